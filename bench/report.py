@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Format the benchmark results and check Lifeboat's targets.
+
+    report.py RESULTS.tsv
+
+RESULTS.tsv is written by sqlite.sh.  Lines starting with "#" are header
+text printed as-is; every other line is
+    step <TAB> tool <TAB> seconds <TAB> bytes <TAB> peak_rss_kib <TAB> note
+with empty fields where a value does not apply or the tool was skipped.
+
+Each step's ratios are against a reference, chosen to answer the question a
+user would ask at that step:
+  full backup    time and size vs `sqlite3 .backup` + `zstd -3` (the obvious DIY way)
+  second backup  time vs the same tool's full backup (is incremental cheap?);
+                 new bytes vs zstd -3 of the pages that actually changed
+                 (the floor for any page-level incremental)
+  restore        time vs `zstd -d` of the DIY file
+"""
+import sys
+
+LIFEBOAT = "lifeboat"
+DIY = "sqlite3 .backup + zstd -3"
+CHANGED = "changed pages, zstd -3"
+UNZSTD = "zstd -d"
+
+
+def num(s):
+    return float(s) if s not in ("", None) else None
+
+
+def human(n):
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def main():
+    header, rows = [], []
+    with open(sys.argv[1]) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("#"):
+                header.append(line[1:].strip())
+            elif line:
+                step, tool, secs, nbytes, rss, note = (line.split("\t") + [""] * 6)[:6]
+                rows.append(dict(step=step, tool=tool, secs=num(secs), bytes=num(nbytes),
+                                 rss=num(rss), note=note))
+
+    def get(step, tool):
+        return next((r for r in rows if r["step"] == step and r["tool"] == tool), {})
+
+    diy, changed, unz = get("full backup", DIY), get("change", CHANGED), get("restore", UNZSTD)
+
+    table = [("step", "tool", "time s", "stored/new bytes", "peak RSS MiB",
+              "time vs ref", "bytes vs ref", "notes")]
+    for r in rows:
+        t_ref = b_ref = None
+        if r["step"] == "full backup":
+            t_ref, b_ref = diy.get("secs"), diy.get("bytes")
+        elif r["step"] == "second backup":
+            t_ref = get("full backup", r["tool"]).get("secs")
+            b_ref = changed.get("bytes")
+        elif r["step"] == "restore":
+            t_ref = unz.get("secs")
+        table.append((
+            r["step"], r["tool"],
+            "-" if r["secs"] is None else f"{r['secs']:.2f}",
+            human(r["bytes"]),
+            "-" if r["rss"] is None else f"{r['rss'] / 1024:.0f}",
+            ratio(r["secs"], t_ref), ratio(r["bytes"], b_ref), r["note"]))
+
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    out = header + [""]
+    for i, row in enumerate(table):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths) + "  -----")
+    out += ["", "references: full backup -> sqlite3+zstd; second backup -> time: same tool's"
+            " full backup, bytes: changed pages zstd -3; restore -> zstd -d", ""]
+
+    # Targets: (description, measured, limit); measured/limit None => n/a.
+    lb_full, lb_second = get("full backup", LIFEBOAT), get("second backup", LIFEBOAT)
+    lb_restore = get("restore", LIFEBOAT)
+    lb_rss = [r["rss"] for r in rows if r["tool"] == LIFEBOAT and r["rss"] is not None]
+
+    def lim(x, k):
+        return None if x is None else x * k
+
+    targets = [
+        ("full backup time <= 1.0x sqlite3+zstd", "s",
+         lb_full.get("secs"), lim(diy.get("secs"), 1.0)),
+        ("stored size <= 1.05x .zst file", "B",
+         lb_full.get("bytes"), lim(diy.get("bytes"), 1.05)),
+        ("second backup time <= 0.5x Lifeboat full", "s",
+         lb_second.get("secs"), lim(lb_full.get("secs"), 0.5)),
+        ("new stored bytes <= 1.2x compressed changed pages", "B",
+         lb_second.get("bytes"), lim(changed.get("bytes"), 1.2)),
+        ("restore time <= 1.2x zstd -d", "s",
+         lb_restore.get("secs"), lim(unz.get("secs"), 1.2)),
+        ("peak RSS <= 256 MiB (max over Lifeboat steps)", "KiB",
+         max(lb_rss) if lb_rss else None, 256 * 1024),
+    ]
+    out.append("targets")
+    passed = failed = 0
+    for desc, unit, got, limit in targets:
+        if got is None or limit is None:
+            verdict, detail = "n/a ", "not measured"
+        else:
+            ok = got <= limit
+            passed, failed = passed + ok, failed + (not ok)
+            verdict = "PASS" if ok else "FAIL"
+            if unit == "s":
+                detail = f"{got:.2f} s vs limit {limit:.2f} s"
+            elif unit == "B":
+                detail = f"{human(got)} vs limit {human(limit)}"
+            else:
+                detail = f"{got / 1024:.0f} MiB vs limit {limit / 1024:.0f} MiB"
+        out.append(f"  [{verdict}] {desc}: {detail}")
+    out.append(f"  {passed} of {len(targets)} targets met, {failed} missed, "
+               f"{len(targets) - passed - failed} not measured")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

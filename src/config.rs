@@ -1,0 +1,135 @@
+//! Configuration: `lifeboat.toml`, overridden by `LIFEBOAT_*` variables, overridden by flags.
+//! Flags and variables are handled by the CLI parser; this module reads the file, fills what
+//! they left unset, and picks the defaults (no config is needed at all).
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Keys of `lifeboat.toml`. Every key is also a variable: `repo` is `LIFEBOAT_REPO`, and so on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub repo: Option<String>,
+    pub compression: Option<String>,
+    pub level: Option<i32>,
+    /// `written` (default), `full` or `none`.
+    pub verify: Option<String>,
+    pub temp_dir: Option<PathBuf>,
+}
+
+/// Where the config file is: `--config`/`LIFEBOAT_CONFIG`, else `./lifeboat.toml`, else
+/// `$XDG_CONFIG_HOME/lifeboat/lifeboat.toml` (`~/.config/...`). None if there is none.
+pub fn find_config(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    let local = PathBuf::from("lifeboat.toml");
+    if local.is_file() {
+        return Some(local);
+    }
+    let user = config_home()?.join("lifeboat").join("lifeboat.toml");
+    user.is_file().then_some(user)
+}
+
+pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
+    let Some(path) = find_config(explicit) else {
+        return Ok((FileConfig::default(), None));
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Error::io("cannot read config file", &path, e)
+    })?;
+    let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
+        Error::usage(format!("config file {} is invalid: {e}", path.display()))
+            .hint("valid keys: repo, compression, level, verify, temp_dir")
+    })?;
+    Ok((cfg, Some(path)))
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+}
+
+fn config_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".config")))
+}
+
+/// Lifeboat's data folder: `$XDG_DATA_HOME/lifeboat`, else `~/.local/share/lifeboat`.
+pub fn data_home() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".local").join("share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("lifeboat")
+}
+
+/// The repository used when none is configured.
+pub fn default_repo() -> PathBuf {
+    data_home().join("repo")
+}
+
+/// Where a repository location came from, for the line that tells the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    FlagOrEnv,
+    File,
+    Default,
+}
+
+/// Pick the repository: flag/variable, then file, then the default.
+pub fn repo_location(flag_or_env: Option<&str>, file: &FileConfig) -> (String, Origin) {
+    if let Some(r) = flag_or_env {
+        return (r.to_string(), Origin::FlagOrEnv);
+    }
+    if let Some(r) = &file.repo {
+        return (r.clone(), Origin::File);
+    }
+    (default_repo().display().to_string(), Origin::Default)
+}
+
+/// Turn a location (`PATH` or `file://PATH`) into a local path; other schemes come later.
+pub fn local_path(location: &str) -> Result<PathBuf> {
+    if let Some(p) = location.strip_prefix("file://") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some((scheme, _)) = location.split_once("://") {
+        return Err(Error::usage(format!(
+            "repository location '{scheme}://…' is not supported yet"
+        ))
+        .hint("use a local path or file://PATH"));
+    }
+    Ok(PathBuf::from(location))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file = FileConfig {
+            repo: Some("/from/file".into()),
+            ..Default::default()
+        };
+        assert_eq!(repo_location(Some("/flag"), &file).0, "/flag");
+        assert_eq!(repo_location(None, &file), ("/from/file".into(), Origin::File));
+        assert_eq!(repo_location(None, &FileConfig::default()).1, Origin::Default);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("rpeo = 'x'").is_err());
+        let c: FileConfig = toml::from_str("repo = '/r'\nlevel = 5").unwrap();
+        assert_eq!(c.level, Some(5));
+    }
+
+    #[test]
+    fn locations() {
+        assert_eq!(local_path("file:///a/b").unwrap(), PathBuf::from("/a/b"));
+        assert!(local_path("s3://bucket/x").is_err());
+    }
+}

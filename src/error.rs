@@ -1,0 +1,132 @@
+//! Errors: what failed, what to do next, and the stable exit code for each kind.
+
+use std::fmt;
+use std::path::Path;
+
+/// Broad classes of failure. Each maps to one documented exit code
+/// (see `docs/EXIT_CODES` in the README) so scripts can react without parsing text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A bug or an unexpected condition.
+    Internal,
+    /// Bad arguments, bad config, ambiguous id.
+    Usage,
+    /// A database file, backup id or repository that does not exist.
+    NotFound,
+    /// Stored data failed a check: missing, truncated or corrupted object, or a mismatch on verify.
+    Integrity,
+    /// The source is not something Lifeboat can back up (not a SQLite database, unreadable).
+    Source,
+    /// The database is in use by another process (in-place restore refuses).
+    InUse,
+    /// Reading or writing storage failed (permissions, full disk, unreachable target).
+    Storage,
+    /// Wrong password or key (reserved for encrypted repositories).
+    Auth,
+    /// The user declined a confirmation.
+    Aborted,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Internal => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::NotFound => 3,
+            ErrorKind::Integrity => 4,
+            ErrorKind::Source => 5,
+            ErrorKind::InUse => 6,
+            ErrorKind::Storage => 7,
+            ErrorKind::Auth => 8,
+            ErrorKind::Aborted => 10,
+        }
+    }
+}
+
+/// The one error type of the library: a kind, a sentence saying what failed, and a hint
+/// saying what to do about it.
+#[derive(Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, m)
+    }
+    pub fn usage(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, m)
+    }
+    pub fn integrity(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Integrity, m)
+    }
+    pub fn source(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Source, m)
+    }
+    pub fn storage(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Storage, m)
+    }
+
+    /// An I/O error on a named path, classified so the exit code says whether the thing is
+    /// missing or the storage is failing.
+    pub fn io(action: &str, path: &Path, e: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let what = format!("{action} {}: {e}", path.display());
+        match e.kind() {
+            K::NotFound => Error::not_found(what),
+            K::PermissionDenied => Error::storage(what)
+                .hint("check the permissions of that path for the user running lifeboat"),
+            K::StorageFull | K::QuotaExceeded => {
+                Error::storage(what).hint("free some space there, then run the command again")
+            }
+            _ => Error::storage(what),
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        self.kind.exit_code()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::source(format!("SQLite: {e}"))
+    }
+}
+
+/// Attach a path and action to `std::io::Result`s.
+pub trait IoContext<T> {
+    fn ctx(self, action: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, action: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(action, path, e))
+    }
+}

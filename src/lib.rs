@@ -1,0 +1,17 @@
+//! Lifeboat: consistent, deduplicated, verified backups of live databases.
+//!
+//! The data path is one straight line through the modules:
+//! `source` (consistent snapshot) → `ops::backup` (hash, dedup) → `repo::compress` →
+//! `repo::pack` → `storage`; `ops::restore` and `ops::verify` walk it backwards.
+
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod id;
+pub mod ops;
+pub mod progress;
+pub mod repo;
+pub mod source;
+pub mod storage;
+
+pub use error::{Error, ErrorKind, Result};

@@ -1,0 +1,714 @@
+//! The `lifeboat` command: parse arguments, call the library, print results.
+
+use clap::{Args, Parser, Subcommand};
+use lifeboat::config::{self, FileConfig, Origin};
+use lifeboat::error::{Error, ErrorKind, Result};
+use lifeboat::ops::backup::{backup, BackupOptions};
+use lifeboat::ops::verify::{verify_manifest, VerifyReport};
+use lifeboat::ops::{check, restore, VerifyLevel};
+use lifeboat::progress::Progress;
+use lifeboat::repo::compress::{Codec, Compression};
+use lifeboat::repo::manifest::Manifest;
+use lifeboat::repo::Repository;
+use lifeboat::storage::LocalStorage;
+use serde_json::json;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Consistent, deduplicated, verified backups of live databases",
+    after_help = "Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 integrity failure, \
+                  5 bad source, 6 database in use, 7 storage failure, 10 aborted"
+)]
+struct Cli {
+    /// Repository location (a path or file://PATH). Default: ~/.local/share/lifeboat/repo
+    #[arg(long, global = true, env = "LIFEBOAT_REPO")]
+    repo: Option<String>,
+    /// Config file. Default: ./lifeboat.toml, then ~/.config/lifeboat/lifeboat.toml
+    #[arg(long, global = true, env = "LIFEBOAT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More logging on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Back up a live SQLite database.
+    Backup(BackupArgs),
+    /// List backups, oldest first.
+    List {
+        /// Only backups of this database.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Only backups with this tag.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Show everything recorded about one backup.
+    Show {
+        /// Backup id, unambiguous prefix, or `latest`.
+        id: String,
+    },
+    /// Prove backups restore: rebuild, integrity_check, compare checksums, schema, row counts.
+    Verify {
+        /// Backup id, unambiguous prefix, or `latest` (the default).
+        id: Option<String>,
+        /// Verify every backup.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Restore a backup to a new file (--output) or over a database (--db).
+    Restore {
+        /// Backup id, unambiguous prefix, or `latest`.
+        id: String,
+        /// Write a new database file here.
+        #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+        output: Option<PathBuf>,
+        /// Replace this database in place (a safety backup of it is taken first).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Create, check or measure the repository.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// Create a sample database and back it up, to see Lifeboat work end to end.
+    Demo {
+        /// Where to create the sample database. Default: ~/.local/share/lifeboat/demo.db
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Rows to add to it.
+        #[arg(long, default_value_t = 50_000)]
+        rows: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RepoCommand {
+    /// Create an empty repository.
+    Init,
+    /// Check that every backup's objects are present and consistent.
+    Check {
+        /// Also read every pack and check every blob (reads the whole repository).
+        #[arg(long)]
+        read_data: bool,
+    },
+    /// Sizes, counts and ratios.
+    Stats,
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    /// The SQLite database file.
+    database: PathBuf,
+    #[arg(long)]
+    description: Option<String>,
+    /// Tag the backup (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// zstd (default), gzip, lz4 or none.
+    #[arg(long, env = "LIFEBOAT_COMPRESSION")]
+    compression: Option<String>,
+    /// Compression level (zstd 1-22, default 3; gzip 0-9, default 6).
+    #[arg(long, env = "LIFEBOAT_LEVEL")]
+    level: Option<i32>,
+    /// Run the full verify before committing the backup.
+    #[arg(long, conflicts_with = "no_verify")]
+    verify: bool,
+    /// Do not read back what was written.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+struct Ctx {
+    json: bool,
+    file: FileConfig,
+    repo_flag: Option<String>,
+}
+
+impl Ctx {
+    fn location(&self) -> (String, Origin) {
+        config::repo_location(self.repo_flag.as_deref(), &self.file)
+    }
+
+    fn open_repo(&self) -> Result<Repository> {
+        let (loc, _) = self.location();
+        Repository::open(Box::new(LocalStorage::new(config::local_path(&loc)?)))
+    }
+
+    /// Open the repository, creating it if it does not exist yet (backup needs no set-up).
+    fn open_or_init_repo(&self) -> Result<Repository> {
+        let (loc, origin) = self.location();
+        let path = config::local_path(&loc)?;
+        match Repository::open(Box::new(LocalStorage::new(&path))) {
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                lifeboat::storage::local::create_private_dir(&path)?;
+                let repo = Repository::init(Box::new(LocalStorage::new(&path)))?;
+                if !self.json {
+                    eprintln!(
+                        "created repository at {}{}",
+                        path.display(),
+                        if origin == Origin::Default {
+                            " (the default; set --repo or LIFEBOAT_REPO to choose)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                Ok(repo)
+            }
+            other => other,
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        Progress::new(!self.json)
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let json = cli.json;
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"error": {"kind": format!("{:?}", e.kind), "message": e.message,
+                        "hint": e.hint, "exit_code": e.exit_code()}})
+                );
+            }
+            eprintln!("error: {}", e.message);
+            if let Some(h) = &e.hint {
+                eprintln!("  hint: {h}");
+            }
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    let (file, _) = config::load(cli.config.as_deref())?;
+    if let Some(t) = &file.temp_dir {
+        if std::env::var_os("LIFEBOAT_TEMP_DIR").is_none() {
+            std::env::set_var("LIFEBOAT_TEMP_DIR", t);
+        }
+    }
+    let ctx = Ctx {
+        json: cli.json,
+        file,
+        repo_flag: cli.repo,
+    };
+    match cli.command {
+        Command::Backup(args) => cmd_backup(&ctx, args),
+        Command::List { source, tag } => cmd_list(&ctx, source, tag),
+        Command::Show { id } => cmd_show(&ctx, &id),
+        Command::Verify { id, all } => cmd_verify(&ctx, id, all),
+        Command::Restore {
+            id,
+            output,
+            db,
+            yes,
+        } => cmd_restore(&ctx, &id, output, db, yes),
+        Command::Repo { command } => match command {
+            RepoCommand::Init => cmd_init(&ctx),
+            RepoCommand::Check { read_data } => cmd_check(&ctx, read_data),
+            RepoCommand::Stats => cmd_stats(&ctx),
+        },
+        Command::Demo { db, rows } => cmd_demo(&ctx, db, rows),
+    }
+}
+
+fn compression(ctx: &Ctx, codec: Option<String>, level: Option<i32>) -> Result<Compression> {
+    let codec = match codec.or_else(|| ctx.file.compression.clone()) {
+        Some(c) => Codec::parse(&c)?,
+        None => Codec::Zstd,
+    };
+    Compression::new(codec, level.or(ctx.file.level))
+}
+
+fn verify_level(ctx: &Ctx, verify: bool, no_verify: bool) -> Result<VerifyLevel> {
+    if verify {
+        return Ok(VerifyLevel::Full);
+    }
+    if no_verify {
+        return Ok(VerifyLevel::None);
+    }
+    let from_env = std::env::var("LIFEBOAT_VERIFY").ok();
+    match from_env.as_deref().or(ctx.file.verify.as_deref()) {
+        None | Some("written") => Ok(VerifyLevel::Written),
+        Some("full") => Ok(VerifyLevel::Full),
+        Some("none") => Ok(VerifyLevel::None),
+        Some(other) => Err(Error::usage(format!("verify = '{other}' is not valid"))
+            .hint("use written, full or none")),
+    }
+}
+
+fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    let opts = BackupOptions {
+        database: a.database,
+        description: a.description,
+        tags: a.tags,
+        trigger: "manual".into(),
+        compression: compression(ctx, a.compression, a.level)?,
+        verify: verify_level(ctx, a.verify, a.no_verify)?,
+        progress: ctx.progress(),
+    };
+    // Check the source before creating a repository for it.
+    lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
+    let repo = ctx.open_or_init_repo()?;
+    let out = backup(&repo, &opts)?;
+    print_backup(ctx, &repo, &out, opts.verify);
+    Ok(0)
+}
+
+fn print_backup(
+    ctx: &Ctx,
+    repo: &Repository,
+    out: &lifeboat::ops::backup::BackupOutcome,
+    level: VerifyLevel,
+) {
+    let m = &out.manifest;
+    let s = &m.stored;
+    let dedup = ratio(m.database.logical_bytes, s.new_raw_bytes);
+    let comp = ratio(s.new_raw_bytes, s.new_stored_bytes);
+    if ctx.json {
+        println!(
+            "{}",
+            json!({
+                "id": m.id, "repository": repo.location(), "source": m.source.path,
+                "time": m.time, "logical_bytes": m.database.logical_bytes,
+                "page_size": m.database.page_size, "page_count": m.database.page_count,
+                "new_blobs": s.new_blobs, "reused_blobs": s.reused_blobs,
+                "new_raw_bytes": s.new_raw_bytes, "new_stored_bytes": s.new_stored_bytes,
+                "repo_stored_bytes": out.repo_stored_bytes, "dedup_ratio": dedup,
+                "compression_ratio": comp, "duration_ms": m.duration_ms,
+                "sha256": m.database.sha256, "verify": verify_name(level),
+                "verify_report": out.verify,
+            })
+        );
+        return;
+    }
+    println!("backup {} of {}", m.id, m.source.path);
+    println!("  repository   {}", repo.location());
+    println!(
+        "  database     {} ({} pages of {} B, {} tables)",
+        bytes(m.database.logical_bytes),
+        m.database.page_count,
+        m.database.page_size,
+        m.database.tables.len()
+    );
+    println!(
+        "  new data     {} pages new, {} reused; {} stored",
+        s.new_blobs,
+        s.reused_blobs,
+        bytes(s.new_stored_bytes)
+    );
+    println!("  ratios       dedup {dedup:.1}x, compression {comp:.1}x ({})", s.compression);
+    println!("  repository   {} in total", bytes(out.repo_stored_bytes));
+    if let Some(r) = &out.verify {
+        print_verify(r);
+    } else {
+        println!(
+            "  checked      {}",
+            match level {
+                VerifyLevel::None => "nothing (--no-verify)",
+                _ => "every new object read back, hashes match",
+            }
+        );
+    }
+    println!("  took         {:.2} s", m.duration_ms as f64 / 1000.0);
+}
+
+fn verify_name(level: VerifyLevel) -> &'static str {
+    match level {
+        VerifyLevel::None => "none",
+        VerifyLevel::Written => "written",
+        VerifyLevel::Full => "full",
+    }
+}
+
+fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let source = source.map(|s| absolute_display(&s));
+    let backups: Vec<Manifest> = repo
+        .list_backups()?
+        .into_iter()
+        .filter(|m| source.as_ref().is_none_or(|s| &m.source.path == s))
+        .filter(|m| tag.as_ref().is_none_or(|t| m.tags.contains(t)))
+        .collect();
+    if ctx.json {
+        let rows: Vec<_> = backups.iter().map(summary_json).collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(0);
+    }
+    println!(
+        "{:<14}  {:<19}  {:>10}  {:>10}  {:<12}  {:<20}  DESCRIPTION",
+        "ID", "TIME (UTC)", "SIZE", "STORED", "TAGS", "SOURCE"
+    );
+    for m in &backups {
+        println!(
+            "{:<14}  {:<19}  {:>10}  {:>10}  {:<12}  {:<20}  {}",
+            m.id,
+            m.time.get(..19).unwrap_or(&m.time).replace('T', " "),
+            bytes(m.database.logical_bytes),
+            bytes(m.stored.new_stored_bytes),
+            m.tags.join(","),
+            m.source.path,
+            m.description.as_deref().unwrap_or("")
+        );
+    }
+    println!("{} backups in {}", backups.len(), repo.location());
+    Ok(0)
+}
+
+fn summary_json(m: &Manifest) -> serde_json::Value {
+    json!({
+        "id": m.id, "time": m.time, "source": m.source.path, "kind": m.source.kind,
+        "host": m.source.host, "tags": m.tags, "description": m.description,
+        "trigger": m.trigger, "logical_bytes": m.database.logical_bytes,
+        "new_stored_bytes": m.stored.new_stored_bytes, "sha256": m.database.sha256,
+    })
+}
+
+fn cmd_show(ctx: &Ctx, id: &str) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let m = repo.resolve(id, None)?;
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&m).map_err(|e| Error::internal(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    println!("backup       {}", m.id);
+    println!("time         {}", m.time);
+    println!("source       {} ({}) on {}", m.source.path, m.source.kind, m.source.host);
+    println!("trigger      {}", m.trigger);
+    if let Some(d) = &m.description {
+        println!("description  {d}");
+    }
+    if !m.tags.is_empty() {
+        println!("tags         {}", m.tags.join(", "));
+    }
+    let d = &m.database;
+    println!(
+        "database     {} ({} pages of {} B, journal {}, SQLite {})",
+        bytes(d.logical_bytes),
+        d.page_count,
+        d.page_size,
+        d.journal_mode,
+        d.sqlite_version
+    );
+    println!("sha256       {}", d.sha256);
+    println!("schema hash  {}", d.schema_hash);
+    println!("tables");
+    for (t, n) in &d.tables {
+        println!("  {t:<30} {n:>12} rows");
+    }
+    let s = &m.stored;
+    println!(
+        "stored       {} new ({} new pages, {} reused), {} level {}",
+        bytes(s.new_stored_bytes),
+        s.new_blobs,
+        s.reused_blobs,
+        s.compression,
+        s.level
+    );
+    println!(
+        "took         {:.2} s with lifeboat {}",
+        m.duration_ms as f64 / 1000.0,
+        m.tool_version
+    );
+    Ok(0)
+}
+
+fn print_verify(r: &VerifyReport) {
+    for s in &r.steps {
+        println!(
+            "  {} {:<28} {}",
+            if s.ok { "✓" } else { "✗" },
+            s.name,
+            s.detail
+        );
+    }
+}
+
+fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let targets = if all {
+        repo.list_backups()?
+    } else {
+        vec![repo.resolve(id.as_deref().unwrap_or("latest"), None)?]
+    };
+    let index = repo.load_index()?;
+    let progress = ctx.progress();
+    let mut reports = Vec::new();
+    for m in &targets {
+        if !ctx.json {
+            println!("verify {} of {} ({})", m.id, m.source.path, m.time);
+        }
+        let r = verify_manifest(&repo, &index, m, &progress)?;
+        if !ctx.json {
+            print_verify(&r);
+            println!("  {}", if r.ok { "OK: this backup restores" } else { "FAILED" });
+        }
+        reports.push(r);
+    }
+    let failed = reports.iter().filter(|r| !r.ok).count();
+    if ctx.json {
+        println!("{}", json!({"ok": failed == 0, "backups": reports}));
+    } else if all {
+        println!("{} of {} backups verified", reports.len() - failed, reports.len());
+    }
+    Ok(if failed == 0 {
+        0
+    } else {
+        ErrorKind::Integrity.exit_code()
+    })
+}
+
+fn confirm(question: &str) -> Result<()> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::usage("an in-place restore needs confirmation")
+            .hint("add --yes to replace the database without asking"));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Error::internal(e.to_string()))?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::Aborted, "restore cancelled; nothing was changed"))
+    }
+}
+
+fn cmd_restore(
+    ctx: &Ctx,
+    id: &str,
+    output: Option<PathBuf>,
+    db: Option<PathBuf>,
+    yes: bool,
+) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let m = repo.resolve(id, None)?;
+    let progress = ctx.progress();
+    let out = match (output, db) {
+        (Some(out), _) => restore::restore_to_file(&repo, &m, &out, &progress)?,
+        (None, Some(db)) => {
+            if db.exists() {
+                restore::ensure_not_in_use(&db)?;
+            }
+            if !yes {
+                confirm(&format!(
+                    "Replace {} with backup {} from {}? A safety backup is taken first.",
+                    restore::describe_target(&db),
+                    m.id,
+                    m.time
+                ))?;
+            }
+            restore::restore_in_place(&repo, &m, &db, compression(ctx, None, None)?, &progress)?
+        }
+        (None, None) => return Err(Error::usage("give --output FILE or --db FILE")),
+    };
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"id": out.backup_id, "path": out.path, "bytes": out.bytes,
+                   "sha256": out.sha256, "safety_backup": out.safety_backup,
+                   "moved_aside": out.moved_aside})
+        );
+    } else {
+        if let Some(s) = &out.safety_backup {
+            println!("safety backup {s} of the previous database (tag pre-restore)");
+        }
+        for p in &out.moved_aside {
+            println!("previous file kept as {}", p.display());
+        }
+        println!(
+            "restored backup {} to {} ({}, SHA-256 verified)",
+            out.backup_id,
+            out.path.display(),
+            bytes(out.bytes)
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_init(ctx: &Ctx) -> Result<i32> {
+    let (loc, _) = ctx.location();
+    let path = config::local_path(&loc)?;
+    lifeboat::storage::local::create_private_dir(&path)?;
+    let repo = Repository::init(Box::new(LocalStorage::new(&path)))?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"repository": repo.location(), "id": repo.config.id,
+                   "format_version": repo.config.format_version, "encryption": repo.config.encryption})
+        );
+    } else {
+        println!("created repository {} at {}", repo.config.id, repo.location());
+    }
+    Ok(0)
+}
+
+fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let r = check::check(&repo, read_data)?;
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(|e| Error::internal(e.to_string()))?
+        );
+    } else {
+        println!("check {}{}", repo.location(), if read_data { " (reading all data)" } else { "" });
+        println!(
+            "  {} backups, {} index files, {} packs, {} blobs",
+            r.backups, r.index_files, r.packs, r.blobs
+        );
+        for p in &r.problems {
+            println!("  ✗ {}: {}", p.object, p.problem);
+            if !p.backups.is_empty() {
+                println!(
+                    "      affects backups: {}",
+                    p.backups.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        if r.unreferenced_packs > 0 || r.temp_files > 0 {
+            println!(
+                "  note: {} unreferenced packs ({}) and {} temporary files from interrupted runs; harmless",
+                r.unreferenced_packs,
+                bytes(r.unreferenced_bytes),
+                r.temp_files
+            );
+        }
+        println!(
+            "  {}",
+            if r.ok {
+                "no problems found".to_string()
+            } else {
+                format!("{} problems found", r.problems.len())
+            }
+        );
+    }
+    Ok(if r.ok { 0 } else { ErrorKind::Integrity.exit_code() })
+}
+
+fn cmd_stats(ctx: &Ctx) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let s = check::stats(&repo)?;
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string(&s).map_err(|e| Error::internal(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    println!("repository   {} (format {}, encryption {})", s.location, s.format_version, s.encryption);
+    println!("backups      {} of {} sources", s.backups, s.sources.len());
+    println!("logical      {} (sum of all backups)", bytes(s.logical_bytes));
+    println!("unique       {} in {} blobs", bytes(s.unique_bytes), s.blobs);
+    println!("stored       {} in {} packs", bytes(s.stored_bytes), s.packs);
+    println!(
+        "ratios       dedup {:.1}x, compression {:.1}x, overall {:.1}x",
+        s.dedup_ratio,
+        s.compression_ratio,
+        ratio(s.logical_bytes, s.stored_bytes)
+    );
+    Ok(0)
+}
+
+fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
+    let db = db.unwrap_or_else(|| config::data_home().join("demo.db"));
+    let fresh = !db.exists();
+    lifeboat::demo::create_demo_database(&db, rows)?;
+    if !ctx.json {
+        println!(
+            "{} sample database {} ({} rows added)",
+            if fresh { "created" } else { "extended" },
+            db.display(),
+            rows
+        );
+    }
+    let repo = ctx.open_or_init_repo()?;
+    let opts = BackupOptions {
+        database: db.clone(),
+        description: Some("lifeboat demo".into()),
+        tags: vec!["demo".into()],
+        trigger: "manual".into(),
+        compression: compression(ctx, None, None)?,
+        verify: VerifyLevel::Full,
+        progress: ctx.progress(),
+    };
+    let out = backup(&repo, &opts)?;
+    print_backup(ctx, &repo, &out, opts.verify);
+    if !ctx.json {
+        println!();
+        println!("next: lifeboat list");
+        println!("      lifeboat verify latest");
+        println!("      lifeboat restore latest --output /tmp/restored.db");
+        println!("      lifeboat backup {}    # again: only changed pages are stored", db.display());
+    }
+    Ok(0)
+}
+
+fn absolute_display(p: &Path) -> String {
+    p.canonicalize()
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

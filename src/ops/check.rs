@@ -1,0 +1,245 @@
+//! Repository health: `repo check` (is everything every backup needs present and intact,
+//! and which backups does any damage affect) and `repo stats`.
+
+use crate::error::Result;
+use crate::id::Hash;
+use crate::repo::index::{decode_index_file, Index};
+use crate::repo::pack::{pack_object_name, read_directory};
+use crate::repo::{compress, Repository};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    pub object: String,
+    pub problem: String,
+    /// Backups that cannot be restored because of it.
+    pub backups: BTreeSet<String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct CheckReport {
+    pub ok: bool,
+    pub read_data: bool,
+    pub backups: usize,
+    pub index_files: usize,
+    pub packs: usize,
+    pub blobs: usize,
+    pub bytes_read: u64,
+    /// Packs no index mentions: left by an interrupted backup, harmless, removed by prune.
+    pub unreferenced_packs: usize,
+    pub unreferenced_bytes: u64,
+    /// Files left in `tmp/` by interrupted writers.
+    pub temp_files: usize,
+    pub problems: Vec<Problem>,
+}
+
+pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+    let storage = repo.storage();
+    let mut report = CheckReport {
+        read_data,
+        ..Default::default()
+    };
+    let mut problems: Vec<Problem> = Vec::new();
+    let problem = |object: String, what: String| Problem {
+        object,
+        problem: what,
+        backups: BTreeSet::new(),
+    };
+
+    // Index files, one by one, so a bad one is reported rather than fatal.
+    let mut index = Index::default();
+    for obj in storage.list("index/")? {
+        let name = obj.name.rsplit('/').next().unwrap_or_default();
+        let Ok(id) = Hash::from_hex(name) else {
+            continue;
+        };
+        let data = storage.get(&obj.name)?;
+        report.bytes_read += data.len() as u64;
+        if Hash::of(&data) != id {
+            problems.push(problem(obj.name.clone(), "corrupted (hash mismatch)".into()));
+            continue;
+        }
+        match decode_index_file(&data, &obj.name) {
+            Ok(packs) => packs.iter().for_each(|p| index.add_pack(p)),
+            Err(e) => problems.push(problem(obj.name.clone(), e.to_string())),
+        }
+        report.index_files += 1;
+    }
+    report.blobs = index.blob_count();
+    report.packs = index.packs.len();
+
+    // Packs: present, right size, and with --read-data intact down to every blob.
+    let on_disk: HashMap<String, u64> = storage
+        .list("data/")?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    let mut bad_packs: HashMap<u32, usize> = HashMap::new();
+    let mut referenced = HashSet::new();
+    for (pack_no, pack) in index.packs.iter().enumerate() {
+        let name = pack_object_name(&pack.id);
+        referenced.insert(name.clone());
+        let what = match on_disk.get(&name) {
+            None => Some("missing".to_string()),
+            Some(&size) if size != pack.size => Some(format!(
+                "wrong size: {size} bytes instead of {} (truncated?)",
+                pack.size
+            )),
+            Some(_) if read_data => check_pack_data(repo, &index, pack_no as u32, &name, &mut report.bytes_read),
+            Some(_) => None,
+        };
+        if let Some(what) = what {
+            bad_packs.insert(pack_no as u32, problems.len());
+            problems.push(problem(name, what));
+        }
+    }
+    for (name, size) in &on_disk {
+        if !referenced.contains(name) {
+            report.unreferenced_packs += 1;
+            report.unreferenced_bytes += size;
+        }
+    }
+    report.temp_files = storage.list("tmp/")?.len();
+
+    // Backups: every list and page resolvable, and which backups each problem breaks.
+    for obj in storage.list("backups/")? {
+        let id = obj.name.rsplit('/').next().unwrap_or_default().to_string();
+        if !crate::id::is_backup_id(&id) {
+            continue;
+        }
+        report.backups += 1;
+        let m = match repo.read_manifest(&id) {
+            Ok(m) => m,
+            Err(e) => {
+                let mut p = problem(obj.name.clone(), e.to_string());
+                p.backups.insert(id);
+                problems.push(p);
+                continue;
+            }
+        };
+        let mut missing = 0u64;
+        let blame = |h: &Hash, problems: &mut Vec<Problem>, missing: &mut u64| match index.get(h) {
+            None => *missing += 1,
+            Some(loc) => {
+                let pack = index.frames[loc.frame as usize].pack;
+                if let Some(&i) = bad_packs.get(&pack) {
+                    problems[i].backups.insert(m.id.clone());
+                }
+            }
+        };
+        for list_hex in &m.content.lists {
+            let Ok(list_id) = Hash::from_hex(list_hex) else {
+                missing += 1;
+                continue;
+            };
+            blame(&list_id, &mut problems, &mut missing);
+            let Ok(list) = repo.read_blob(&index, &list_id) else {
+                continue; // the list's pack is already blamed (or the list is missing)
+            };
+            for chunk in list.chunks_exact(32) {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(chunk);
+                blame(&Hash(h), &mut problems, &mut missing);
+            }
+        }
+        if missing > 0 {
+            let mut p = problem(
+                obj.name.clone(),
+                format!("{missing} blobs it needs are in no index"),
+            );
+            p.backups.insert(m.id.clone());
+            problems.push(p);
+        }
+    }
+    report.ok = problems.is_empty();
+    report.problems = problems;
+    Ok(report)
+}
+
+/// Read a whole pack: its hash, its directory against the index, every frame and blob.
+fn check_pack_data(
+    repo: &Repository,
+    index: &Index,
+    pack_no: u32,
+    name: &str,
+    bytes_read: &mut u64,
+) -> Option<String> {
+    let data = match repo.storage().get(name) {
+        Ok(d) => d,
+        Err(e) => return Some(e.to_string()),
+    };
+    *bytes_read += data.len() as u64;
+    if Hash::of(&data) != index.packs[pack_no as usize].id {
+        return Some("corrupted (hash mismatch)".into());
+    }
+    let frames = match read_directory(&data, name) {
+        Ok(f) => f,
+        Err(e) => return Some(e.to_string()),
+    };
+    for f in &frames {
+        let start = f.offset as usize;
+        let Some(stored) = data.get(start..start + f.stored_len as usize) else {
+            return Some(format!("frame at {} lies outside the pack", f.offset));
+        };
+        let raw = match compress::decompress(f.codec, stored, f.raw_len as usize) {
+            Ok(r) => r,
+            Err(e) => return Some(format!("frame at {}: {e}", f.offset)),
+        };
+        for b in &f.blobs {
+            let slice = raw.get(b.offset as usize..(b.offset + b.len) as usize);
+            if slice.map(Hash::of) != Some(b.id) {
+                return Some(format!("blob {} is corrupted", b.id.short()));
+            }
+        }
+    }
+    None
+}
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub location: String,
+    pub format_version: u32,
+    pub encryption: String,
+    pub backups: usize,
+    pub sources: BTreeMap<String, usize>,
+    /// Sum of the database sizes of all backups.
+    pub logical_bytes: u64,
+    /// Bytes of distinct blobs before compression.
+    pub unique_bytes: u64,
+    /// Bytes of packs, index files and manifests.
+    pub stored_bytes: u64,
+    pub packs: usize,
+    pub blobs: usize,
+    pub index_files: usize,
+    pub dedup_ratio: f64,
+    pub compression_ratio: f64,
+}
+
+pub fn stats(repo: &Repository) -> Result<Stats> {
+    let index = repo.load_index()?;
+    let backups = repo.list_backups()?;
+    let mut sources = BTreeMap::new();
+    for m in &backups {
+        *sources.entry(m.source.path.clone()).or_insert(0) += 1;
+    }
+    let logical: u64 = backups.iter().map(|m| m.database.logical_bytes).sum();
+    let unique: u64 = index.blobs().map(|(_, l)| u64::from(l.len)).sum();
+    let packs = index.pack_bytes();
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(Stats {
+        location: repo.location(),
+        format_version: repo.config.format_version,
+        encryption: repo.config.encryption.clone(),
+        backups: backups.len(),
+        sources,
+        logical_bytes: logical,
+        unique_bytes: unique,
+        stored_bytes: repo.stored_bytes()?,
+        packs: index.packs.len(),
+        blobs: index.blob_count(),
+        index_files: index.files.len(),
+        dedup_ratio: ratio(logical, unique),
+        compression_ratio: ratio(unique, packs),
+    })
+}

@@ -1,0 +1,18 @@
+//! Operations on a repository: the data path forwards (backup) and backwards (restore,
+//! verify), and the repository's own health (check, stats).
+
+pub mod backup;
+pub mod check;
+pub mod restore;
+pub mod verify;
+
+/// How much `backup` checks before it writes the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyLevel {
+    /// Trust the writes.
+    None,
+    /// Read every new object back and check its hash (the default).
+    Written,
+    /// Rebuild the database and run the full `verify` before the backup is committed.
+    Full,
+}

@@ -1,0 +1,152 @@
+//! Verify: prove a backup restores. Rebuild it into a temporary file (reading and checking
+//! every object it needs), then compare SHA-256, size, schema and row counts with what the
+//! manifest recorded, and run SQLite's own `PRAGMA integrity_check`.
+
+use crate::error::{Error, Result};
+use crate::ops::restore::{write_image, TempFile};
+use crate::progress::Progress;
+use crate::repo::index::Index;
+use crate::repo::manifest::Manifest;
+use crate::repo::Repository;
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub id: String,
+    pub ok: bool,
+    pub steps: Vec<Step>,
+}
+
+impl VerifyReport {
+    fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
+        self.steps.push(Step {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        });
+        self.ok &= ok;
+        ok
+    }
+
+    pub fn first_failure(&self) -> Option<&str> {
+        self.steps.iter().find(|s| !s.ok).map(|s| s.name.as_str())
+    }
+}
+
+/// Where verify rebuilds databases: `LIFEBOAT_TEMP_DIR`, else the system temp dir.
+pub fn temp_dir() -> PathBuf {
+    std::env::var_os("LIFEBOAT_TEMP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+pub fn verify_manifest(
+    repo: &Repository,
+    index: &Index,
+    m: &Manifest,
+    progress: &Progress,
+) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        id: m.id.clone(),
+        ok: true,
+        steps: Vec::new(),
+    };
+    let dir = temp_dir();
+    let mut tmp = TempFile::in_dir(&dir, &format!("verify-{}", m.id)).map_err(|e| {
+        Error::new(e.kind, format!("cannot create a temporary file for verify: {e}"))
+            .hint("set LIFEBOAT_TEMP_DIR to a folder with room for one copy of the database")
+    })?;
+    let path = tmp.path.clone();
+    let file = tmp
+        .file
+        .as_mut()
+        .ok_or_else(|| Error::internal("temp file closed"))?;
+    let stats = match write_image(repo, index, m, file, &path, progress) {
+        Ok(s) => s,
+        Err(e) => {
+            if e.kind == crate::error::ErrorKind::Integrity {
+                report.push("read and check every object", false, e.to_string());
+                return Ok(report);
+            }
+            return Err(e);
+        }
+    };
+    report.push(
+        "read and check every object",
+        true,
+        format!("{} pages, {} lists", stats.blocks, m.content.lists.len()),
+    );
+    report.push(
+        "size matches",
+        stats.bytes == m.database.logical_bytes,
+        format!("{} bytes", stats.bytes),
+    );
+    report.push(
+        "SHA-256 matches",
+        stats.sha256 == m.database.sha256,
+        stats.sha256.clone(),
+    );
+    tmp.file = None;
+
+    let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(c) => c,
+        Err(e) => {
+            report.push("open the rebuilt database", false, e.to_string());
+            return Ok(report);
+        }
+    };
+    let integrity: Result<Vec<String>> = (|| {
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    })();
+    match integrity {
+        Ok(lines) if lines == ["ok"] => report.push("PRAGMA integrity_check", true, "ok"),
+        Ok(lines) => report.push(
+            "PRAGMA integrity_check",
+            false,
+            lines.into_iter().take(5).collect::<Vec<_>>().join("; "),
+        ),
+        Err(e) => report.push("PRAGMA integrity_check", false, e.to_string()),
+    };
+    match crate::source::sqlite::facts(&conn) {
+        Ok(facts) => {
+            report.push(
+                "schema matches",
+                facts.schema_hash == m.database.schema_hash,
+                format!("{} tables", facts.tables.len()),
+            );
+            let rows: u64 = facts.tables.values().sum();
+            let diff: Vec<String> = m
+                .database
+                .tables
+                .iter()
+                .filter(|(t, n)| facts.tables.get(*t) != Some(n))
+                .map(|(t, n)| format!("{t}: {} instead of {n}", facts.tables.get(t).copied().unwrap_or(0)))
+                .collect();
+            report.push(
+                "row counts match",
+                diff.is_empty() && facts.tables.len() == m.database.tables.len(),
+                if diff.is_empty() {
+                    format!("{rows} rows")
+                } else {
+                    diff.join(", ")
+                },
+            );
+        }
+        Err(e) => {
+            report.push("schema matches", false, e.to_string());
+        }
+    }
+    drop(conn);
+    Ok(report)
+}

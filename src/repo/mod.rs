@@ -1,0 +1,274 @@
+//! The repository format: a config object, write-once packs of compressed frames, index
+//! files that locate blobs, and manifests that describe backups. `docs/FORMAT.md` is the
+//! specification; this module is its implementation.
+
+pub mod compress;
+pub mod index;
+pub mod manifest;
+pub mod pack;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{is_backup_id, Hash};
+use crate::storage::Storage;
+use index::{decode_index_file, Index};
+use manifest::Manifest;
+use pack::pack_object_name;
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The `config` object: written once by `repo init`, never changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format_version: u32,
+    pub id: String,
+    pub created: String,
+    /// Hash naming blobs and objects.
+    pub hash: String,
+    /// `none` today; encrypted repositories name their scheme here.
+    pub encryption: String,
+    /// Packs are closed once they reach this many bytes.
+    pub pack_size: u64,
+}
+
+pub struct Repository {
+    storage: Box<dyn Storage>,
+    pub config: RepoConfig,
+}
+
+impl Repository {
+    pub fn init(storage: Box<dyn Storage>) -> Result<Repository> {
+        if storage.exists("config")? {
+            return Err(Error::usage(format!(
+                "a repository already exists at {}",
+                storage.describe()
+            ))
+            .hint("use it as it is, or choose another --repo"));
+        }
+        let config = RepoConfig {
+            format_version: FORMAT_VERSION,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            created: jiff::Timestamp::now().to_string(),
+            hash: "blake3".into(),
+            encryption: "none".into(),
+            pack_size: 16 << 20,
+        };
+        let data = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::internal(format!("cannot encode config: {e}")))?;
+        if !storage.put_new("config", &data)? {
+            return Err(Error::usage(format!(
+                "a repository was created at {} at the same moment",
+                storage.describe()
+            )));
+        }
+        Ok(Repository { storage, config })
+    }
+
+    pub fn open(storage: Box<dyn Storage>) -> Result<Repository> {
+        let data = match storage.get("config") {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                return Err(Error::not_found(format!(
+                    "no Lifeboat repository at {}",
+                    storage.describe()
+                ))
+                .hint("check --repo / LIFEBOAT_REPO, or create one with `lifeboat repo init`"))
+            }
+            Err(e) => return Err(e),
+        };
+        let config: RepoConfig = serde_json::from_slice(&data).map_err(|e| {
+            Error::integrity(format!(
+                "the repository config at {} is unreadable: {e}",
+                storage.describe()
+            ))
+        })?;
+        if config.format_version != FORMAT_VERSION {
+            return Err(Error::usage(format!(
+                "repository format {} is not supported by this lifeboat (format {FORMAT_VERSION})",
+                config.format_version
+            ))
+            .hint("use the lifeboat version that created it, or a newer one"));
+        }
+        if config.encryption != "none" {
+            return Err(Error::usage(format!(
+                "repository uses encryption '{}', which this lifeboat does not support",
+                config.encryption
+            )));
+        }
+        Ok(Repository { storage, config })
+    }
+
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    pub fn location(&self) -> String {
+        self.storage.describe()
+    }
+
+    /// Read every index file, checking each against its name.
+    pub fn load_index(&self) -> Result<Index> {
+        let mut index = Index::default();
+        for obj in self.storage.list("index/")? {
+            let name = obj.name.rsplit('/').next().unwrap_or_default().to_string();
+            let Ok(id) = Hash::from_hex(&name) else {
+                continue; // not ours (editor backup file, etc.)
+            };
+            let data = self.storage.get(&obj.name)?;
+            if Hash::of(&data) != id {
+                return Err(Error::integrity(format!(
+                    "index file {} is corrupted (its content does not match its name)",
+                    obj.name
+                ))
+                .hint("run `lifeboat repo check` to see which backups are affected"));
+            }
+            for pack in decode_index_file(&data, &obj.name)? {
+                index.add_pack(&pack);
+            }
+            index.files.push(id);
+        }
+        Ok(index)
+    }
+
+    /// All backups, oldest first. An unreadable manifest is an error naming it.
+    pub fn list_backups(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for obj in self.storage.list("backups/")? {
+            let id = obj.name.rsplit('/').next().unwrap_or_default();
+            if !is_backup_id(id) {
+                continue;
+            }
+            out.push(self.read_manifest(id)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    pub fn read_manifest(&self, id: &str) -> Result<Manifest> {
+        let name = format!("backups/{id}");
+        let data = self.storage.get(&name)?;
+        let m: Manifest = serde_json::from_slice(&data).map_err(|e| {
+            Error::integrity(format!("manifest {name} is unreadable: {e}"))
+                .hint("the backup cannot be used; run `lifeboat repo check`")
+        })?;
+        if m.id != id {
+            return Err(Error::integrity(format!(
+                "manifest {name} describes backup {} (swapped or renamed object)",
+                m.id
+            )));
+        }
+        Ok(m)
+    }
+
+    pub fn write_manifest(&self, m: &Manifest) -> Result<u64> {
+        let data = serde_json::to_vec_pretty(m)
+            .map_err(|e| Error::internal(format!("cannot encode manifest: {e}")))?;
+        if !self.storage.put_new(&format!("backups/{}", m.id), &data)? {
+            return Err(Error::internal(format!("backup id {} already exists", m.id)));
+        }
+        Ok(data.len() as u64)
+    }
+
+    /// Find a backup by `latest`, a full id or an unambiguous prefix; `source` narrows
+    /// `latest` to one database.
+    pub fn resolve(&self, spec: &str, source: Option<&str>) -> Result<Manifest> {
+        let all = self.list_backups()?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .rev()
+                .find(|m| source.is_none_or(|s| m.source.path == s))
+                .ok_or_else(|| {
+                    Error::not_found(match source {
+                        Some(s) => format!("no backup of {s} in {}", self.location()),
+                        None => format!("the repository at {} has no backups", self.location()),
+                    })
+                    .hint("take one with `lifeboat backup DB`")
+                });
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let mut hits: Vec<Manifest> = all
+            .into_iter()
+            .filter(|m| m.id.starts_with(&spec_l))
+            .collect();
+        match hits.len() {
+            0 => Err(Error::not_found(format!("no backup with id '{spec}'"))
+                .hint("`lifeboat list` shows the backups in this repository")),
+            1 => Ok(hits.remove(0)),
+            n => Err(Error::usage(format!(
+                "'{spec}' matches {n} backups: {}",
+                hits.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+            .hint("type more characters of the id")),
+        }
+    }
+
+    /// Read and decompress one frame.
+    pub fn read_frame(&self, index: &Index, frame_no: u32) -> Result<Vec<u8>> {
+        let f = &index.frames[frame_no as usize];
+        let pack = &index.packs[f.pack as usize];
+        let name = pack_object_name(&pack.id);
+        let stored = self
+            .storage
+            .get_range(&name, f.offset, f.stored_len as usize)
+            .map_err(|e| {
+                if e.kind == ErrorKind::NotFound {
+                    Error::integrity(format!("pack {name} is missing")).hint(
+                        "the backups that use it cannot be restored from this repository; \
+                         run `lifeboat repo check` to list them",
+                    )
+                } else {
+                    e
+                }
+            })?;
+        compress::decompress(f.codec, &stored, f.raw_len as usize).map_err(|e| {
+            Error::integrity(format!("pack {name} is corrupted at offset {}: {e}", f.offset))
+        })
+    }
+
+    /// Read one blob and check it against its id.
+    pub fn read_blob(&self, index: &Index, id: &Hash) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| missing_blob(id))?;
+        let frame = self.read_frame(index, loc.frame)?;
+        let blob = slice_blob(&frame, loc)?;
+        check_blob(index, id, loc, blob)?;
+        Ok(blob.to_vec())
+    }
+
+    /// Bytes stored in the repository (packs, index files, manifests, config).
+    pub fn stored_bytes(&self) -> Result<u64> {
+        let mut total = 0;
+        for prefix in ["data/", "index/", "backups/"] {
+            total += self
+                .storage
+                .list(prefix)?
+                .iter()
+                .map(|o| o.size)
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+}
+
+pub fn missing_blob(id: &Hash) -> Error {
+    Error::integrity(format!("blob {} is not in any index", id.to_hex()))
+        .hint("an index file or pack was lost; run `lifeboat repo check`")
+}
+
+pub fn slice_blob<'a>(frame: &'a [u8], loc: &index::BlobLoc) -> Result<&'a [u8]> {
+    frame
+        .get(loc.offset as usize..(loc.offset as usize + loc.len as usize))
+        .ok_or_else(|| Error::integrity("blob lies outside its frame"))
+}
+
+pub fn check_blob(index: &Index, id: &Hash, loc: &index::BlobLoc, blob: &[u8]) -> Result<()> {
+    if Hash::of(blob) != *id {
+        let pack = pack_object_name(&index.pack_of(loc).id);
+        return Err(Error::integrity(format!(
+            "blob {} in pack {pack} is corrupted (hash mismatch)",
+            id.short()
+        ))
+        .hint("run `lifeboat repo check --read-data` to find every damaged object"));
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! Database sources: each kind of database yields a consistent snapshot as a stream of
+//! fixed-size blocks plus the facts `verify` later checks (schema, row counts).
+
+pub mod sqlite;
+
+use crate::error::Result;
+use std::collections::BTreeMap;
+
+/// Facts recorded at backup time and compared after a restore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub schema_hash: String,
+    pub tables: BTreeMap<String, u64>,
+}
+
+/// A consistent, read-only view of a live database, held open until dropped.
+pub trait Snapshot {
+    /// `sqlite`, `postgres`, …
+    fn kind(&self) -> &'static str;
+    fn block_size(&self) -> u32;
+    fn block_count(&self) -> u64;
+    /// Call `f` with each block in order (`block_size` bytes each).
+    fn read_blocks(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+    /// Schema and row counts, from the same snapshot as the blocks.
+    fn facts(&mut self) -> Result<Facts>;
+}

@@ -1,0 +1,204 @@
+//! A repository in a local folder. Objects are written to `tmp/`, fsynced, then hard-linked
+//! into place: `link(2)` fails if the name exists, which gives create-only semantics that
+//! `rename(2)` would not, and a crash leaves only a stray file in `tmp/`.
+
+use super::{ObjectInfo, Storage};
+use crate::error::{Error, IoContext, Result};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: impl Into<PathBuf>) -> LocalStorage {
+        LocalStorage { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn temp_path(&self) -> Result<PathBuf> {
+        let dir = self.staging_dir()?;
+        Ok(dir.join(format!("{:016x}.tmp", rand::random::<u64>())))
+    }
+
+    /// Link a finished, fsynced temp file to its final name without replacing anything.
+    fn link_into_place(&self, tmp: &Path, name: &str) -> Result<bool> {
+        let dest = self.path(name);
+        if let Some(parent) = dest.parent() {
+            create_private_dir(parent)?;
+        }
+        let created = match fs::hard_link(tmp, &dest) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => {
+                let _ = fs::remove_file(tmp);
+                return Err(Error::io("cannot store", &dest, e));
+            }
+        };
+        fs::remove_file(tmp).ctx("cannot remove temporary file", tmp)?;
+        if created {
+            if let Some(parent) = dest.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(created)
+    }
+}
+
+/// Create a directory (and parents) readable only by its owner.
+pub fn create_private_dir(path: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .ctx("cannot create directory", path)
+}
+
+/// Create a new file readable only by its owner; fails if it exists.
+pub fn create_private_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .ctx("cannot create file", path)
+}
+
+/// Make a directory entry (a new or renamed file) durable.
+pub fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .ctx("cannot sync directory", path)
+}
+
+impl Storage for LocalStorage {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<bool> {
+        if self.path(name).exists() {
+            return Ok(false);
+        }
+        let tmp = self.temp_path()?;
+        let mut f = create_private_file(&tmp)?;
+        let written = f.write_all(data).and_then(|_| f.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("cannot write", &tmp, e));
+        }
+        self.link_into_place(&tmp, name)
+    }
+
+    fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool> {
+        File::open(staged)
+            .and_then(|f| f.sync_all())
+            .ctx("cannot sync", staged)?;
+        self.link_into_place(staged, name)
+    }
+
+    fn staging_dir(&self) -> Result<PathBuf> {
+        let dir = self.root.join("tmp");
+        create_private_dir(&dir)?;
+        Ok(dir)
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let p = self.path(name);
+        fs::read(&p).ctx("cannot read", &p)
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let p = self.path(name);
+        let mut f = File::open(&p).ctx("cannot open", &p)?;
+        f.seek(SeekFrom::Start(offset)).ctx("cannot seek in", &p)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact(&mut buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Error::integrity(format!(
+                    "{} is truncated: wanted {len} bytes at offset {offset}",
+                    p.display()
+                ))
+            } else {
+                Error::io("cannot read", &p, e)
+            }
+        })?;
+        Ok(buf)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let base = self.path(prefix.trim_end_matches('/'));
+        if !base.exists() {
+            return Ok(out);
+        }
+        let mut stack = vec![base];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).ctx("cannot list", &dir)? {
+                let entry = entry.ctx("cannot list", &dir)?;
+                let meta = entry.metadata().ctx("cannot stat", &entry.path())?;
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                } else if let Ok(rel) = entry.path().strip_prefix(&self.root) {
+                    out.push(ObjectInfo {
+                        name: rel.to_string_lossy().into_owned(),
+                        size: meta.len(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        Ok(self.path(name).exists())
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let p = self.path(name);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("cannot delete", &p, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn put_new_is_create_only_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().join("repo"));
+        assert!(s.put_new("backups/a", b"one").unwrap());
+        assert!(!s.put_new("backups/a", b"two").unwrap());
+        assert_eq!(s.get("backups/a").unwrap(), b"one");
+        let mode = fs::metadata(dir.path().join("repo/backups/a"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(s.list("backups/").unwrap().len(), 1);
+        assert!(s.list("tmp/").unwrap().is_empty(), "no temp file left behind");
+        assert_eq!(s.get_range("backups/a", 1, 2).unwrap(), b"ne");
+        assert_eq!(
+            s.get_range("backups/a", 2, 5).unwrap_err().kind,
+            crate::error::ErrorKind::Integrity
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! Storage targets: where repository objects live. One trait, one implementation per kind
+//! of place (local disk today; object stores later). Objects are write-once: `put_new`
+//! never replaces an existing object, which is what makes concurrent writers and crashes safe.
+
+pub mod local;
+
+pub use local::LocalStorage;
+
+use crate::error::Result;
+use std::path::{Path, PathBuf};
+
+/// An object name and its size, as listed.
+#[derive(Debug, Clone)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+}
+
+/// The seam between the repository format and a place that stores bytes. Names are
+/// `/`-separated relative paths such as `data/ab/ab12…` or `backups/<id>`.
+pub trait Storage: Send + Sync {
+    /// Where this target is, for messages (never contains credentials).
+    fn describe(&self) -> String;
+    /// Create `name` holding `data` unless it exists. Returns false when it already existed.
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<bool>;
+    /// Create `name` from a finished local file written in `staging_dir`, unless it exists.
+    /// The staged file is consumed either way.
+    fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool>;
+    /// A local directory for temporary files that `put_file_new` can consume cheaply.
+    fn staging_dir(&self) -> Result<PathBuf>;
+    fn get(&self, name: &str) -> Result<Vec<u8>>;
+    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Objects directly or indirectly under `prefix` (e.g. `data/`).
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    fn exists(&self, name: &str) -> Result<bool>;
+    fn delete(&self, name: &str) -> Result<()>;
+}
