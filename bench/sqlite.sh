@@ -128,13 +128,13 @@ drop_caches() {
 }
 
 # run_timed OUTFILE CMD...  -> sets T_SECS, T_RSS_KIB (peak RSS of the command
-# and its children, KiB); stdout to OUTFILE, stderr to OUTFILE.err; returns
-# the command's exit status.
+# and its children, KiB); stdout to OUTFILE, stderr to OUTFILE.err, stdin from
+# /dev/null (nothing may prompt); returns the command's exit status.
 run_timed() {
     local out=$1 tf=$RUN/.time rc; shift
     drop_caches
     if [[ -x /usr/bin/time ]]; then
-        /usr/bin/time -f '%e %M' -o "$tf" "$@" >"$out" 2>"$out.err"; rc=$?
+        /usr/bin/time -f '%e %M' -o "$tf" "$@" </dev/null >"$out" 2>"$out.err"; rc=$?
     else   # same two numbers from wait4(), for machines without GNU time
         python3 -c 'import os,sys,time
 t=time.monotonic(); p=os.fork()
@@ -144,7 +144,7 @@ if p==0:
     os.execvp(sys.argv[3],sys.argv[3:])
 _,st,ru=os.wait4(p,0)
 open(sys.argv[1],"w").write("%.2f %d\n"%(time.monotonic()-t,ru.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(st))' "$tf" "$out" "$@"; rc=$?
+sys.exit(os.waitstatus_to_exitcode(st))' "$tf" "$out" "$@" </dev/null; rc=$?
     fi
     # GNU time prefixes a "Command exited with non-zero status" line on failure.
     read -r T_SECS T_RSS_KIB < <(tail -n 1 "$tf")
@@ -353,6 +353,10 @@ main() {
     prepare_pristine
 
     rm -rf "$RUN"; mkdir -p "$RUN"
+    # Measure Lifeboat's defaults: no ./lifeboat.toml from the caller's
+    # directory, no LIFEBOAT_* overrides from the caller's environment.
+    cd "$RUN" || exit 1
+    unset LIFEBOAT_REPO LIFEBOAT_CONFIG LIFEBOAT_COMPRESSION LIFEBOAT_LEVEL
     cp --reflink=auto "$PRISTINE" "$DB"
     local bytes pages psize mode
     bytes=$(size "$DB")

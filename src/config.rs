@@ -36,9 +36,8 @@ pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
     let Some(path) = find_config(explicit) else {
         return Ok((FileConfig::default(), None));
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Error::io("cannot read config file", &path, e)
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::io("cannot read config file", &path, e))?;
     let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
         Error::usage(format!("config file {} is invalid: {e}", path.display()))
             .hint("valid keys: repo, compression, level, verify, temp_dir")
@@ -47,7 +46,9 @@ pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
 }
 
 fn home() -> Option<PathBuf> {
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
 }
 
 fn config_home() -> Option<PathBuf> {
@@ -116,8 +117,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(repo_location(Some("/flag"), &file).0, "/flag");
-        assert_eq!(repo_location(None, &file), ("/from/file".into(), Origin::File));
-        assert_eq!(repo_location(None, &FileConfig::default()).1, Origin::Default);
+        assert_eq!(
+            repo_location(None, &file),
+            ("/from/file".into(), Origin::File)
+        );
+        assert_eq!(
+            repo_location(None, &FileConfig::default()).1,
+            Origin::Default
+        );
     }
 
     #[test]

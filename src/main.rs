@@ -156,7 +156,13 @@ impl Ctx {
         match Repository::open(Box::new(LocalStorage::new(&path))) {
             Err(e) if e.kind == ErrorKind::NotFound => {
                 lifeboat::storage::local::create_private_dir(&path)?;
-                let repo = Repository::init(Box::new(LocalStorage::new(&path)))?;
+                let repo = match Repository::init(Box::new(LocalStorage::new(&path))) {
+                    Ok(repo) => repo,
+                    // Another process created it a moment ago (concurrent first backups): use it.
+                    Err(e) => {
+                        return Repository::open(Box::new(LocalStorage::new(&path))).map_err(|_| e)
+                    }
+                };
                 if !self.json {
                     eprintln!(
                         "created repository at {}{}",
@@ -179,8 +185,44 @@ impl Ctx {
     }
 }
 
+/// Parse arguments; in `--json` mode a usage error is reported in the JSON error shape too.
+fn parse_args() -> Cli {
+    use clap::error::ErrorKind as K;
+    let e = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(e) => e,
+    };
+    let wants_json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if !wants_json
+        || matches!(
+            e.kind(),
+            K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+        )
+    {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let message = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    let code = ErrorKind::Usage.exit_code();
+    println!(
+        "{}",
+        json!({"error": {"kind": format!("{:?}", ErrorKind::Usage), "message": message,
+            "hint": "run `lifeboat --help` for the usage", "exit_code": code}})
+    );
+    eprint!("{text}");
+    std::process::exit(code);
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_args();
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -297,7 +339,9 @@ fn print_backup(
 ) {
     let m = &out.manifest;
     let s = &m.stored;
-    let dedup = ratio(m.database.logical_bytes, s.new_raw_bytes);
+    // Pages in the database per page stored; raw bytes written per byte stored (new data
+    // plus this backup's page lists and index). Both are 0 when nothing new was stored.
+    let dedup = ratio(m.database.page_count, s.new_blobs);
     let comp = ratio(s.new_raw_bytes, s.new_stored_bytes);
     if ctx.json {
         println!(
@@ -331,7 +375,10 @@ fn print_backup(
         s.reused_blobs,
         bytes(s.new_stored_bytes)
     );
-    println!("  ratios       dedup {dedup:.1}x, compression {comp:.1}x ({})", s.compression);
+    println!(
+        "  ratios       dedup {dedup:.1}x, compression {comp:.1}x ({})",
+        s.compression
+    );
     println!("  repository   {} in total", bytes(out.repo_stored_bytes));
     if let Some(r) = &out.verify {
         print_verify(r);
@@ -410,7 +457,10 @@ fn cmd_show(ctx: &Ctx, id: &str) -> Result<i32> {
     }
     println!("backup       {}", m.id);
     println!("time         {}", m.time);
-    println!("source       {} ({}) on {}", m.source.path, m.source.kind, m.source.host);
+    println!(
+        "source       {} ({}) on {}",
+        m.source.path, m.source.kind, m.source.host
+    );
     println!("trigger      {}", m.trigger);
     if let Some(d) = &m.description {
         println!("description  {d}");
@@ -478,7 +528,14 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
         let r = verify_manifest(&repo, &index, m, &progress)?;
         if !ctx.json {
             print_verify(&r);
-            println!("  {}", if r.ok { "OK: this backup restores" } else { "FAILED" });
+            println!(
+                "  {}",
+                if r.ok {
+                    "OK: this backup restores"
+                } else {
+                    "FAILED"
+                }
+            );
         }
         reports.push(r);
     }
@@ -486,7 +543,11 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
     if ctx.json {
         println!("{}", json!({"ok": failed == 0, "backups": reports}));
     } else if all {
-        println!("{} of {} backups verified", reports.len() - failed, reports.len());
+        println!(
+            "{} of {} backups verified",
+            reports.len() - failed,
+            reports.len()
+        );
     }
     Ok(if failed == 0 {
         0
@@ -509,7 +570,10 @@ fn confirm(question: &str) -> Result<()> {
     if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
         Ok(())
     } else {
-        Err(Error::new(ErrorKind::Aborted, "restore cancelled; nothing was changed"))
+        Err(Error::new(
+            ErrorKind::Aborted,
+            "restore cancelled; nothing was changed",
+        ))
     }
 }
 
@@ -526,6 +590,13 @@ fn cmd_restore(
     let out = match (output, db) {
         (Some(out), _) => restore::restore_to_file(&repo, &m, &out, &progress)?,
         (None, Some(db)) => {
+            if db.is_dir() {
+                return Err(Error::usage(format!(
+                    "{} is a directory, not a database file",
+                    db.display()
+                ))
+                .hint("give the path of the database file itself"));
+            }
             if db.exists() {
                 restore::ensure_not_in_use(&db)?;
             }
@@ -545,7 +616,7 @@ fn cmd_restore(
         println!(
             "{}",
             json!({"id": out.backup_id, "path": out.path, "bytes": out.bytes,
-                   "sha256": out.sha256, "safety_backup": out.safety_backup,
+                   "verified": "every page checked against its hash", "safety_backup": out.safety_backup,
                    "moved_aside": out.moved_aside})
         );
     } else {
@@ -556,7 +627,7 @@ fn cmd_restore(
             println!("previous file kept as {}", p.display());
         }
         println!(
-            "restored backup {} to {} ({}, SHA-256 verified)",
+            "restored backup {} to {} ({}, every page verified)",
             out.backup_id,
             out.path.display(),
             bytes(out.bytes)
@@ -577,7 +648,11 @@ fn cmd_init(ctx: &Ctx) -> Result<i32> {
                    "format_version": repo.config.format_version, "encryption": repo.config.encryption})
         );
     } else {
-        println!("created repository {} at {}", repo.config.id, repo.location());
+        println!(
+            "created repository {} at {}",
+            repo.config.id,
+            repo.location()
+        );
     }
     Ok(0)
 }
@@ -591,7 +666,11 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
             serde_json::to_string(&r).map_err(|e| Error::internal(e.to_string()))?
         );
     } else {
-        println!("check {}{}", repo.location(), if read_data { " (reading all data)" } else { "" });
+        println!(
+            "check {}{}",
+            repo.location(),
+            if read_data { " (reading all data)" } else { "" }
+        );
         println!(
             "  {} backups, {} index files, {} packs, {} blobs",
             r.backups, r.index_files, r.packs, r.blobs
@@ -622,7 +701,11 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
             }
         );
     }
-    Ok(if r.ok { 0 } else { ErrorKind::Integrity.exit_code() })
+    Ok(if r.ok {
+        0
+    } else {
+        ErrorKind::Integrity.exit_code()
+    })
 }
 
 fn cmd_stats(ctx: &Ctx) -> Result<i32> {
@@ -635,11 +718,25 @@ fn cmd_stats(ctx: &Ctx) -> Result<i32> {
         );
         return Ok(0);
     }
-    println!("repository   {} (format {}, encryption {})", s.location, s.format_version, s.encryption);
+    println!(
+        "repository   {} (format {}, encryption {})",
+        s.location, s.format_version, s.encryption
+    );
     println!("backups      {} of {} sources", s.backups, s.sources.len());
-    println!("logical      {} (sum of all backups)", bytes(s.logical_bytes));
-    println!("unique       {} in {} blobs", bytes(s.unique_bytes), s.blobs);
-    println!("stored       {} in {} packs", bytes(s.stored_bytes), s.packs);
+    println!(
+        "logical      {} (sum of all backups)",
+        bytes(s.logical_bytes)
+    );
+    println!(
+        "unique       {} in {} blobs",
+        bytes(s.unique_bytes),
+        s.blobs
+    );
+    println!(
+        "stored       {} in {} packs",
+        bytes(s.stored_bytes),
+        s.packs
+    );
     println!(
         "ratios       dedup {:.1}x, compression {:.1}x, overall {:.1}x",
         s.dedup_ratio,
@@ -678,7 +775,10 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
         println!("next: lifeboat list");
         println!("      lifeboat verify latest");
         println!("      lifeboat restore latest --output /tmp/restored.db");
-        println!("      lifeboat backup {}    # again: only changed pages are stored", db.display());
+        println!(
+            "      lifeboat backup {}    # again: only changed pages are stored",
+            db.display()
+        );
     }
     Ok(0)
 }

@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::id::Hash;
-use crate::repo::index::{decode_index_file, Index};
+use crate::repo::index::{decode_index_file, Index, IndexedPack};
 use crate::repo::pack::{pack_object_name, read_directory};
 use crate::repo::{compress, Repository};
 use serde::Serialize;
@@ -47,8 +47,13 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         backups: BTreeSet::new(),
     };
 
+    // Manifests first: a backup commits its index file before its manifest, so every backup
+    // listed here finds its index below even if it committed while this check runs.
+    let manifests = storage.list("backups/")?;
+
     // Index files, one by one, so a bad one is reported rather than fatal.
     let mut index = Index::default();
+    let mut indexed: HashMap<Hash, IndexedPack> = HashMap::new();
     for obj in storage.list("index/")? {
         let name = obj.name.rsplit('/').next().unwrap_or_default();
         let Ok(id) = Hash::from_hex(name) else {
@@ -57,11 +62,21 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         let data = storage.get(&obj.name)?;
         report.bytes_read += data.len() as u64;
         if Hash::of(&data) != id {
-            problems.push(problem(obj.name.clone(), "corrupted (hash mismatch)".into()));
+            problems.push(problem(
+                obj.name.clone(),
+                "corrupted (hash mismatch)".into(),
+            ));
             continue;
         }
         match decode_index_file(&data, &obj.name) {
-            Ok(packs) => packs.iter().for_each(|p| index.add_pack(p)),
+            Ok(packs) => {
+                for p in packs {
+                    index.add_pack(&p);
+                    if read_data {
+                        indexed.insert(p.id, p);
+                    }
+                }
+            }
             Err(e) => problems.push(problem(obj.name.clone(), e.to_string())),
         }
         report.index_files += 1;
@@ -86,7 +101,10 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 "wrong size: {size} bytes instead of {} (truncated?)",
                 pack.size
             )),
-            Some(_) if read_data => check_pack_data(repo, &index, pack_no as u32, &name, &mut report.bytes_read),
+            Some(_) if read_data => match indexed.get(&pack.id) {
+                Some(p) => check_pack_data(repo, p, &name, &mut report.bytes_read),
+                None => Some("not described by any readable index file".into()),
+            },
             Some(_) => None,
         };
         if let Some(what) = what {
@@ -103,7 +121,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     report.temp_files = storage.list("tmp/")?.len();
 
     // Backups: every list and page resolvable, and which backups each problem breaks.
-    for obj in storage.list("backups/")? {
+    for obj in manifests {
         let id = obj.name.rsplit('/').next().unwrap_or_default().to_string();
         if !crate::id::is_backup_id(&id) {
             continue;
@@ -160,8 +178,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
 /// Read a whole pack: its hash, its directory against the index, every frame and blob.
 fn check_pack_data(
     repo: &Repository,
-    index: &Index,
-    pack_no: u32,
+    indexed: &IndexedPack,
     name: &str,
     bytes_read: &mut u64,
 ) -> Option<String> {
@@ -170,25 +187,39 @@ fn check_pack_data(
         Err(e) => return Some(e.to_string()),
     };
     *bytes_read += data.len() as u64;
-    if Hash::of(&data) != index.packs[pack_no as usize].id {
+    if Hash::of(&data) != indexed.id {
         return Some("corrupted (hash mismatch)".into());
     }
     let frames = match read_directory(&data, name) {
         Ok(f) => f,
         Err(e) => return Some(e.to_string()),
     };
-    for f in &frames {
+    let same_shape = frames.len() == indexed.frames.len()
+        && frames.iter().zip(&indexed.frames).all(|(a, b)| {
+            (a.offset, a.stored_len, a.raw_len, a.codec)
+                == (b.offset, b.stored_len, b.raw_len, b.codec)
+                && a.blobs.len() == b.blobs.len()
+                && a.blobs
+                    .iter()
+                    .zip(&b.blobs)
+                    .all(|(x, y)| (x.kind, x.offset, x.len) == (y.kind, y.offset, y.len))
+        });
+    if !same_shape {
+        return Some("its directory does not match the index".into());
+    }
+    let mut dec = compress::Decompressor::default();
+    for f in &indexed.frames {
         let start = f.offset as usize;
         let Some(stored) = data.get(start..start + f.stored_len as usize) else {
             return Some(format!("frame at {} lies outside the pack", f.offset));
         };
-        let raw = match compress::decompress(f.codec, stored, f.raw_len as usize) {
+        let raw = match dec.decompress(f.codec, stored, f.raw_len as usize) {
             Ok(r) => r,
             Err(e) => return Some(format!("frame at {}: {e}", f.offset)),
         };
         for b in &f.blobs {
             let slice = raw.get(b.offset as usize..(b.offset + b.len) as usize);
-            if slice.map(Hash::of) != Some(b.id) {
+            if slice.map(|s| Hash::of(s).key()) != Some(b.id) {
                 return Some(format!("blob {} is corrupted", b.id.short()));
             }
         }

@@ -62,15 +62,18 @@ pub fn verify_manifest(
     };
     let dir = temp_dir();
     let mut tmp = TempFile::in_dir(&dir, &format!("verify-{}", m.id)).map_err(|e| {
-        Error::new(e.kind, format!("cannot create a temporary file for verify: {e}"))
-            .hint("set LIFEBOAT_TEMP_DIR to a folder with room for one copy of the database")
+        Error::new(
+            e.kind,
+            format!("cannot create a temporary file for verify: {e}"),
+        )
+        .hint("set LIFEBOAT_TEMP_DIR to a folder with room for one copy of the database")
     })?;
     let path = tmp.path.clone();
     let file = tmp
         .file
         .as_mut()
         .ok_or_else(|| Error::internal("temp file closed"))?;
-    let stats = match write_image(repo, index, m, file, &path, progress) {
+    let stats = match write_image(repo, index, m, file, &path, true, progress) {
         Ok(s) => s,
         Err(e) => {
             if e.kind == crate::error::ErrorKind::Integrity {
@@ -90,11 +93,8 @@ pub fn verify_manifest(
         stats.bytes == m.database.logical_bytes,
         format!("{} bytes", stats.bytes),
     );
-    report.push(
-        "SHA-256 matches",
-        stats.sha256 == m.database.sha256,
-        stats.sha256.clone(),
-    );
+    let sha256 = stats.sha256.unwrap_or_default();
+    report.push("SHA-256 matches", sha256 == m.database.sha256, sha256);
     tmp.file = None;
 
     let conn = match Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE) {
@@ -131,7 +131,12 @@ pub fn verify_manifest(
                 .tables
                 .iter()
                 .filter(|(t, n)| facts.tables.get(*t) != Some(n))
-                .map(|(t, n)| format!("{t}: {} instead of {n}", facts.tables.get(t).copied().unwrap_or(0)))
+                .map(|(t, n)| {
+                    format!(
+                        "{t}: {} instead of {n}",
+                        facts.tables.get(t).copied().unwrap_or(0)
+                    )
+                })
                 .collect();
             report.push(
                 "row counts match",

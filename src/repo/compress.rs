@@ -69,25 +69,54 @@ impl Compression {
             (Codec::Gzip, Some(l)) if (0..=9).contains(&l) => l,
             (Codec::None | Codec::Lz4, _) => 0,
             (c, Some(l)) => {
-                return Err(Error::usage(format!(
-                    "level {l} is out of range for {}",
-                    c.name()
-                ))
-                .hint("zstd takes 1-22, gzip 0-9; lz4 and none take no level"))
+                return Err(
+                    Error::usage(format!("level {l} is out of range for {}", c.name()))
+                        .hint("zstd takes 1-22, gzip 0-9; lz4 and none take no level"),
+                )
             }
         };
         Ok(Compression { codec, level })
     }
 
+    /// One-off compression; hot loops keep a [`Compressor`] instead.
     pub fn compress(&self, raw: &[u8]) -> Result<Vec<u8>> {
-        match self.codec {
+        Compressor::new(*self).compress(raw)
+    }
+}
+
+/// A compressor that keeps its zstd context between frames: creating and clearing a context
+/// per 256 KiB frame cost ~3% of a backup's CPU.
+pub struct Compressor {
+    settings: Compression,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Compressor {
+    pub fn new(settings: Compression) -> Compressor {
+        Compressor {
+            settings,
+            zstd: None,
+        }
+    }
+
+    pub fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>> {
+        let fail = |e: std::io::Error| Error::internal(format!("zstd compression failed: {e}"));
+        match self.settings.codec {
             Codec::None => Ok(raw.to_vec()),
-            Codec::Zstd => zstd::bulk::compress(raw, self.level)
-                .map_err(|e| Error::internal(format!("zstd compression failed: {e}"))),
+            Codec::Zstd => {
+                if self.zstd.is_none() {
+                    self.zstd =
+                        Some(zstd::bulk::Compressor::new(self.settings.level).map_err(fail)?);
+                }
+                match self.zstd.as_mut() {
+                    Some(z) => z.compress(raw).map_err(fail),
+                    None => Err(Error::internal("zstd context missing")),
+                }
+            }
             Codec::Gzip => {
                 let mut enc = flate2::write::GzEncoder::new(
                     Vec::with_capacity(raw.len() / 2),
-                    flate2::Compression::new(self.level as u32),
+                    flate2::Compression::new(self.settings.level as u32),
                 );
                 enc.write_all(raw)
                     .and_then(|_| enc.finish())
@@ -101,28 +130,51 @@ impl Compression {
 /// Decompress a frame whose raw length is known from the directory; a length mismatch is
 /// corruption, never silently accepted.
 pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>> {
-    let out = match codec {
-        Codec::None => stored.to_vec(),
-        Codec::Zstd => zstd::bulk::decompress(stored, raw_len)
-            .map_err(|e| Error::integrity(format!("zstd frame does not decompress: {e}")))?,
-        Codec::Gzip => {
-            let mut out = Vec::with_capacity(raw_len);
-            flate2::read::GzDecoder::new(stored)
-                .take(raw_len as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| Error::integrity(format!("gzip frame does not decompress: {e}")))?;
-            out
+    Decompressor::default().decompress(codec, stored, raw_len)
+}
+
+/// A decompressor that keeps its zstd context between frames.
+#[derive(Default)]
+pub struct Decompressor {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Decompressor {
+    pub fn decompress(&mut self, codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>> {
+        let corrupt =
+            |e: std::io::Error| Error::integrity(format!("zstd frame does not decompress: {e}"));
+        let out = match codec {
+            Codec::None => stored.to_vec(),
+            Codec::Zstd => {
+                if self.zstd.is_none() {
+                    self.zstd = Some(zstd::bulk::Decompressor::new().map_err(corrupt)?);
+                }
+                match self.zstd.as_mut() {
+                    Some(z) => z.decompress(stored, raw_len).map_err(corrupt)?,
+                    None => return Err(Error::internal("zstd context missing")),
+                }
+            }
+            Codec::Gzip => {
+                let mut out = Vec::with_capacity(raw_len);
+                flate2::read::GzDecoder::new(stored)
+                    .take(raw_len as u64 + 1)
+                    .read_to_end(&mut out)
+                    .map_err(|e| {
+                        Error::integrity(format!("gzip frame does not decompress: {e}"))
+                    })?;
+                out
+            }
+            Codec::Lz4 => lz4_flex::block::decompress(stored, raw_len)
+                .map_err(|e| Error::integrity(format!("lz4 frame does not decompress: {e}")))?,
+        };
+        if out.len() != raw_len {
+            return Err(Error::integrity(format!(
+                "frame decompressed to {} bytes, expected {raw_len}",
+                out.len()
+            )));
         }
-        Codec::Lz4 => lz4_flex::block::decompress(stored, raw_len)
-            .map_err(|e| Error::integrity(format!("lz4 frame does not decompress: {e}")))?,
-    };
-    if out.len() != raw_len {
-        return Err(Error::integrity(format!(
-            "frame decompressed to {} bytes, expected {raw_len}",
-            out.len()
-        )));
+        Ok(out)
     }
-    Ok(out)
 }
 
 #[cfg(test)]

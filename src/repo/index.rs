@@ -3,11 +3,11 @@
 //! compact in-memory map (about 50 bytes per blob, so ~13 MiB for a 1 GiB database).
 //!
 //! ```text
-//! "LBINDEX1" | u32 pack count | per pack: [32] pack id, u64 size, frames (as in pack directories)
+//! "LBINDEX1" | zstd( u32 pack count | per pack: [32] pack id, u64 size, frames with blob ids )
 //! ```
 
 use crate::error::{Error, Result};
-use crate::id::{Hash, HashMapById};
+use crate::id::{Hash, HashMapById, Key, KeyMap};
 use crate::repo::compress::Codec;
 use crate::repo::pack::{decode_frames, encode_frames, BlobKind, FrameEntry, Reader};
 
@@ -51,7 +51,7 @@ pub struct IndexedPack {
 pub struct Index {
     pub packs: Vec<PackRef>,
     pub frames: Vec<FrameLoc>,
-    blobs: HashMapById<BlobLoc>,
+    blobs: KeyMap<BlobLoc>,
     pack_numbers: HashMapById<u32>,
     /// Index files this index was built from.
     pub files: Vec<Hash>,
@@ -59,18 +59,22 @@ pub struct Index {
 
 impl Index {
     pub fn get(&self, id: &Hash) -> Option<&BlobLoc> {
-        self.blobs.get(id)
+        self.blobs.get(&id.key())
+    }
+
+    pub fn get_key(&self, key: &Key) -> Option<&BlobLoc> {
+        self.blobs.get(key)
     }
 
     pub fn contains(&self, id: &Hash) -> bool {
-        self.blobs.contains_key(id)
+        self.blobs.contains_key(&id.key())
     }
 
     pub fn blob_count(&self) -> usize {
         self.blobs.len()
     }
 
-    pub fn blobs(&self) -> impl Iterator<Item = (&Hash, &BlobLoc)> {
+    pub fn blobs(&self) -> impl Iterator<Item = (&Key, &BlobLoc)> {
         self.blobs.iter()
     }
 
@@ -116,30 +120,37 @@ impl Index {
     }
 }
 
-pub fn encode_index_file(packs: &[IndexedPack]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(INDEX_MAGIC);
-    out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
+pub fn encode_index_file(packs: &[IndexedPack]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(packs.len() as u32).to_le_bytes());
     for p in packs {
-        out.extend_from_slice(&p.id.0);
-        out.extend_from_slice(&p.size.to_le_bytes());
-        encode_frames(&p.frames, &mut out);
+        body.extend_from_slice(&p.id.0);
+        body.extend_from_slice(&p.size.to_le_bytes());
+        encode_frames(&p.frames, &mut body, true);
     }
-    out
+    let mut out = INDEX_MAGIC.to_vec();
+    out.extend_from_slice(
+        &zstd::bulk::compress(&body, 3)
+            .map_err(|e| Error::internal(format!("cannot compress index: {e}")))?,
+    );
+    Ok(out)
 }
 
 pub fn decode_index_file(data: &[u8], name: &str) -> Result<Vec<IndexedPack>> {
     let what = format!("index file {name}");
-    let mut r = Reader::new(data, &what);
-    if r.take(8)? != INDEX_MAGIC {
+    if data.len() < 8 || &data[..8] != INDEX_MAGIC {
         return Err(Error::integrity(format!("{what} is not an index file")));
     }
+    // An index is a few dozen bytes per blob; refuse to inflate past a sane bound.
+    let body = zstd::bulk::decompress(&data[8..], 1 << 31)
+        .map_err(|e| Error::integrity(format!("{what} does not decompress: {e}")))?;
+    let mut r = Reader::new(&body, &what);
     let n = r.u32()? as usize;
     let mut packs = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
         let id = r.hash()?;
         let size = r.u64()?;
-        let frames = decode_frames(&mut r)?;
+        let frames = decode_frames(&mut r, true)?;
         packs.push(IndexedPack { id, size, frames });
     }
     if !r.is_empty() {
@@ -160,7 +171,7 @@ mod tests {
     #[test]
     fn index_file_round_trips_and_first_copy_wins() {
         let blob = |s: &[u8], off| BlobEntry {
-            id: Hash::of(s),
+            id: Hash::of(s).key(),
             kind: BlobKind::Data,
             offset: off,
             len: 1,
@@ -176,7 +187,7 @@ mod tests {
                 blobs: vec![blob(b"a", 0), blob(b"b", 1)],
             }],
         };
-        let file = encode_index_file(&[pack(b"p1"), pack(b"p2")]);
+        let file = encode_index_file(&[pack(b"p1"), pack(b"p2")]).unwrap();
         let packs = decode_index_file(&file, "x").unwrap();
         assert_eq!(packs.len(), 2);
         let mut index = Index::default();

@@ -164,7 +164,10 @@ impl Repository {
         let data = serde_json::to_vec_pretty(m)
             .map_err(|e| Error::internal(format!("cannot encode manifest: {e}")))?;
         if !self.storage.put_new(&format!("backups/{}", m.id), &data)? {
-            return Err(Error::internal(format!("backup id {} already exists", m.id)));
+            return Err(Error::internal(format!(
+                "backup id {} already exists",
+                m.id
+            )));
         }
         Ok(data.len() as u64)
     }
@@ -172,6 +175,12 @@ impl Repository {
     /// Find a backup by `latest`, a full id or an unambiguous prefix; `source` narrows
     /// `latest` to one database.
     pub fn resolve(&self, spec: &str, source: Option<&str>) -> Result<Manifest> {
+        // A full id needs only its own manifest: another backup's damaged manifest must not
+        // stop this one from being verified or restored.
+        let full = spec.to_ascii_lowercase();
+        if is_backup_id(&full) && self.storage.exists(&format!("backups/{full}"))? {
+            return self.read_manifest(&full);
+        }
         let all = self.list_backups()?;
         if spec == "latest" {
             return all
@@ -197,7 +206,10 @@ impl Repository {
             1 => Ok(hits.remove(0)),
             n => Err(Error::usage(format!(
                 "'{spec}' matches {n} backups: {}",
-                hits.iter().map(|m| m.id.as_str()).collect::<Vec<_>>().join(", ")
+                hits.iter()
+                    .map(|m| m.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .hint("type more characters of the id")),
         }
@@ -205,6 +217,16 @@ impl Repository {
 
     /// Read and decompress one frame.
     pub fn read_frame(&self, index: &Index, frame_no: u32) -> Result<Vec<u8>> {
+        self.read_frame_with(index, frame_no, &mut compress::Decompressor::default())
+    }
+
+    /// Read and decompress one frame, reusing the caller's decompression context.
+    pub fn read_frame_with(
+        &self,
+        index: &Index,
+        frame_no: u32,
+        decompressor: &mut compress::Decompressor,
+    ) -> Result<Vec<u8>> {
         let f = &index.frames[frame_no as usize];
         let pack = &index.packs[f.pack as usize];
         let name = pack_object_name(&pack.id);
@@ -221,9 +243,14 @@ impl Repository {
                     e
                 }
             })?;
-        compress::decompress(f.codec, &stored, f.raw_len as usize).map_err(|e| {
-            Error::integrity(format!("pack {name} is corrupted at offset {}: {e}", f.offset))
-        })
+        decompressor
+            .decompress(f.codec, &stored, f.raw_len as usize)
+            .map_err(|e| {
+                Error::integrity(format!(
+                    "pack {name} is corrupted at offset {}: {e}",
+                    f.offset
+                ))
+            })
     }
 
     /// Read one blob and check it against its id.

@@ -19,8 +19,9 @@ pub trait Snapshot {
     fn kind(&self) -> &'static str;
     fn block_size(&self) -> u32;
     fn block_count(&self) -> u64;
-    /// Call `f` with each block in order (`block_size` bytes each).
-    fn read_blocks(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+    /// Call `f` with every block in order, a few at a time: each call gets a whole number
+    /// of blocks (about 1 MiB).
+    fn read_chunks(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
     /// Schema and row counts, from the same snapshot as the blocks.
     fn facts(&mut self) -> Result<Facts>;
 }

@@ -8,8 +8,8 @@
 
 use super::{Facts, Snapshot};
 use crate::error::{Error, IoContext, Result};
+use crate::id::Sha256Stream;
 use rusqlite::{Connection, OpenFlags};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,9 +19,14 @@ const HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 pub struct SqliteSnapshot {
     conn: Connection,
+    path: PathBuf,
     page_size: u32,
     page_count: u64,
     pub journal_mode: String,
+    /// Our own descriptor of the database file, for direct reads. Closing any descriptor of a
+    /// file drops every POSIX lock this process holds on it, SQLite's shared lock included, so
+    /// it stays open until the connection has closed (fields drop after `Drop::drop`, in order).
+    db_file: std::fs::File,
 }
 
 /// Check that `path` is a SQLite database file, with an error a person can act on.
@@ -66,8 +71,6 @@ impl SqliteSnapshot {
         let ctx = |e: rusqlite::Error| Error::source(format!("{}: {e}", path.display()));
         // Wait for a writer's lock rather than failing at once; in WAL mode readers never wait.
         conn.busy_timeout(Duration::from_secs(30)).map_err(ctx)?;
-        // Reads go through mmap (a read-only mapping of the file) instead of a copy per page.
-        let _ = conn.pragma_update(None, "mmap_size", 1i64 << 40);
         conn.pragma_update(None, "cache_size", -2048).map_err(ctx)?;
         conn.execute_batch("BEGIN").map_err(ctx)?;
         // The first read fixes the snapshot for the whole transaction.
@@ -88,9 +91,11 @@ impl SqliteSnapshot {
             .map_err(ctx)?;
         Ok(SqliteSnapshot {
             conn,
+            path: path.to_path_buf(),
             page_size,
             page_count,
             journal_mode,
+            db_file: std::fs::File::open(path).ctx("cannot open", path)?,
         })
     }
 }
@@ -106,26 +111,52 @@ impl Snapshot for SqliteSnapshot {
         self.page_count
     }
 
-    fn read_blocks(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT pgno, data FROM sqlite_dbpage WHERE pgno <= ?1")
-            .map_err(|e| {
-                Error::internal(format!(
-                    "sqlite_dbpage is unavailable ({e}); lifeboat was built without \
-                     SQLITE_ENABLE_DBPAGE_VTAB"
-                ))
-            })?;
-        let mut rows = stmt.query([self.page_count as i64])?;
+    fn read_chunks(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        if std::env::var_os("LIFEBOAT_SQLITE_READ").is_some_and(|v| v == "dbpage") {
+            return self.read_all_through_sqlite(f);
+        }
+        self.read_file_with_wal_overlay(f)
+    }
+
+    fn facts(&mut self) -> Result<Facts> {
+        facts(&self.conn)
+    }
+}
+
+/// Bytes per read and per chunk handed to the backup pipeline. Cold 128 KiB reads cost a
+/// third of the kernel time of 1 MiB reads on the machines measured here (the copy target
+/// stays in the CPU cache).
+const CHUNK_BYTES: usize = 128 << 10;
+
+impl SqliteSnapshot {
+    /// The page holding SQLite's lock bytes (byte 2^30); never written, always zeros in images.
+    fn lock_byte_page(&self) -> u64 {
+        (1u64 << 30) / u64::from(self.page_size) + 1
+    }
+
+    /// Every page through `sqlite_dbpage`: simple, but ~16 µs of SQLite machinery per page.
+    /// Kept as the reference path (`LIFEBOAT_SQLITE_READ=dbpage`) that tests compare against.
+    fn read_all_through_sqlite(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let size = self.page_size as usize;
-        let zero = vec![0u8; size];
+        let per_chunk = (CHUNK_BYTES / size).max(1);
+        let mut chunk = Vec::with_capacity(per_chunk * size);
+        let mut stmt =
+            self.dbpage_statement("SELECT pgno, data FROM sqlite_dbpage WHERE pgno <= ?1")?;
+        let mut rows = stmt.query([self.page_count as i64])?;
         let mut next: u64 = 1;
+        let mut emit = |chunk: &mut Vec<u8>, page: &[u8]| -> Result<()> {
+            chunk.extend_from_slice(page);
+            if chunk.len() >= per_chunk * size {
+                f(chunk)?;
+                chunk.clear();
+            }
+            Ok(())
+        };
+        let zero = vec![0u8; size];
         while let Some(row) = rows.next()? {
             let pgno = row.get::<_, i64>(0)? as u64;
-            // SQLite never stores the lock-byte page (the page holding byte 2^30 in files over
-            // 1 GiB); the image still has it, as zeros, so offsets stay page-aligned.
             while next < pgno {
-                f(&zero)?;
+                emit(&mut chunk, &zero)?;
                 next += 1;
             }
             let data = row
@@ -138,19 +169,129 @@ impl Snapshot for SqliteSnapshot {
                     data.len()
                 )));
             }
-            f(data)?;
+            emit(&mut chunk, data)?;
             next = pgno + 1;
         }
         while next <= self.page_count {
-            f(&zero)?;
+            emit(&mut chunk, &zero)?;
             next += 1;
+        }
+        if !chunk.is_empty() {
+            f(&chunk)?;
         }
         Ok(())
     }
 
-    fn facts(&mut self) -> Result<Facts> {
-        facts(&self.conn)
+    /// Large sequential reads of the database file, with every page that appears anywhere in
+    /// the `-wal` file read through `sqlite_dbpage` instead.
+    ///
+    /// Why this is consistent: while our read transaction is open, SQLite changes a page in
+    /// the main file only by checkpointing a WAL frame of it, and only frames up to our
+    /// snapshot's end (a checkpoint never backfills past the oldest reader; a reader that
+    /// ignores the WAL holds `WAL_READ_LOCK(0)`, which blocks backfill entirely). Every such
+    /// frame is in the WAL file when we list it, after the snapshot began (the WAL cannot be
+    /// restarted under a reader that uses it). So a page absent from the list is the same in
+    /// the file and in our snapshot; listing every frame, valid or stale, only sends more
+    /// pages down the exact path. In rollback-journal mode our shared lock keeps writers out
+    /// of the file and the WAL list is empty.
+    fn read_file_with_wal_overlay(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let size = self.page_size as usize;
+        let in_wal = wal_pages(&self.path, self.page_size)?;
+        let file = &self.db_file;
+        let per_chunk = (CHUNK_BYTES / size).max(1) as u64;
+        let lock_page = self.lock_byte_page();
+        let mut stmt = self.dbpage_statement("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
+        let mut buf = vec![0u8; per_chunk as usize * size];
+        let mut first: u64 = 1;
+        while first <= self.page_count {
+            let n = per_chunk.min(self.page_count - first + 1);
+            let chunk = &mut buf[..n as usize * size];
+            let got = read_full_at(file, chunk, (first - 1) * size as u64)
+                .ctx("cannot read", &self.path)?;
+            for i in 0..n {
+                let pgno = first + i;
+                let page = &mut chunk[i as usize * size..(i as usize + 1) * size];
+                let beyond_file = (i as usize + 1) * size > got;
+                if pgno == lock_page {
+                    page.fill(0);
+                } else if beyond_file || in_wal.contains(&(pgno as u32)) {
+                    let mut rows = stmt.query([pgno as i64])?;
+                    match rows.next()? {
+                        Some(row) => {
+                            let data = row
+                                .get_ref(0)?
+                                .as_blob()
+                                .map_err(|e| Error::source(format!("page {pgno}: {e}")))?;
+                            if data.len() != size {
+                                return Err(Error::source(format!(
+                                    "page {pgno} has {} bytes, expected {size}",
+                                    data.len()
+                                )));
+                            }
+                            page.copy_from_slice(data);
+                        }
+                        None => page.fill(0),
+                    }
+                }
+            }
+            f(chunk)?;
+            first += n;
+        }
+        Ok(())
     }
+
+    fn dbpage_statement(&self, sql: &str) -> Result<rusqlite::Statement<'_>> {
+        self.conn.prepare(sql).map_err(|e| {
+            Error::internal(format!(
+                "sqlite_dbpage is unavailable ({e}); lifeboat was built without \
+                 SQLITE_ENABLE_DBPAGE_VTAB"
+            ))
+        })
+    }
+}
+
+/// Read as much of `buf` as the file has at `offset` (short only at end of file).
+fn read_full_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Page numbers of every frame in `DB-wal` (each frame starts with its page number, 4 bytes
+/// big-endian, after the 32-byte file header). Reads only the frame headers.
+fn wal_pages(db: &Path, page_size: u32) -> Result<std::collections::HashSet<u32>> {
+    use std::os::unix::fs::FileExt;
+    let mut pages = std::collections::HashSet::new();
+    let mut wal_path = db.as_os_str().to_owned();
+    wal_path.push("-wal");
+    let wal_path = PathBuf::from(wal_path);
+    let wal = match std::fs::File::open(&wal_path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pages),
+        Err(e) => return Err(Error::io("cannot open", &wal_path, e)),
+    };
+    let len = wal.metadata().ctx("cannot stat", &wal_path)?.len();
+    let frame = 24 + u64::from(page_size);
+    let mut off = 32;
+    let mut head = [0u8; 4];
+    while off + 4 <= len {
+        match wal.read_at(&mut head, off) {
+            Ok(4) => {}
+            Ok(_) => break, // the file shrank (WAL truncated): frames past here are gone
+            Err(e) => return Err(Error::io("cannot read", &wal_path, e)),
+        }
+        pages.insert(u32::from_be_bytes(head));
+        off += frame;
+    }
+    Ok(pages)
 }
 
 impl Drop for SqliteSnapshot {
@@ -161,7 +302,7 @@ impl Drop for SqliteSnapshot {
 
 /// Schema hash and row counts of an open database (source snapshot or restored copy).
 pub fn facts(conn: &Connection) -> Result<Facts> {
-    let mut hasher = Sha256::new();
+    let mut hasher = Sha256Stream::default();
     let mut tables = Vec::new();
     {
         let mut stmt = conn.prepare(
@@ -172,7 +313,7 @@ pub fn facts(conn: &Connection) -> Result<Facts> {
             let (ty, name, tbl, sql): (String, String, String, String) =
                 (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
             for part in [&ty, &name, &tbl, &sql] {
-                hasher.update((part.len() as u64).to_le_bytes());
+                hasher.update(&(part.len() as u64).to_le_bytes());
                 hasher.update(part.as_bytes());
             }
             let virtual_table = sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL");
@@ -188,7 +329,7 @@ pub fn facts(conn: &Connection) -> Result<Facts> {
         counts.insert(t, n as u64);
     }
     Ok(Facts {
-        schema_hash: hex::encode(hasher.finalize()),
+        schema_hash: hasher.finish_hex(),
         tables: counts,
     })
 }
@@ -217,9 +358,9 @@ pub fn processes_using(db: &Path) -> Vec<(u32, String)> {
         let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
             continue;
         };
-        let uses = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|l| l == target || l == wal)
-        });
+        let uses = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target || l == wal));
         if uses {
             let name = std::fs::read_to_string(p.path().join("comm"))
                 .map(|s| s.trim().to_string())
@@ -251,9 +392,9 @@ mod tests {
         let mut s = SqliteSnapshot::open(&db).unwrap();
         assert_eq!(s.journal_mode, "wal");
         let mut n = 0u64;
-        s.read_blocks(&mut |p| {
-            assert_eq!(p.len(), s_len());
-            n += 1;
+        s.read_chunks(&mut |p| {
+            assert_eq!(p.len() % s_len(), 0);
+            n += (p.len() / s_len()) as u64;
             Ok(())
         })
         .unwrap();
@@ -272,7 +413,9 @@ mod tests {
         std::fs::write(&f, b"hello, not a database at all").unwrap();
         let e = SqliteSnapshot::open(&f).err().unwrap();
         assert_eq!(e.kind, crate::error::ErrorKind::Source);
-        let e = SqliteSnapshot::open(&dir.path().join("missing.db")).err().unwrap();
+        let e = SqliteSnapshot::open(&dir.path().join("missing.db"))
+            .err()
+            .unwrap();
         assert_eq!(e.kind, crate::error::ErrorKind::NotFound);
     }
 }

@@ -194,7 +194,10 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(s.list("backups/").unwrap().len(), 1);
-        assert!(s.list("tmp/").unwrap().is_empty(), "no temp file left behind");
+        assert!(
+            s.list("tmp/").unwrap().is_empty(),
+            "no temp file left behind"
+        );
         assert_eq!(s.get_range("backups/a", 1, 2).unwrap(), b"ne");
         assert_eq!(
             s.get_range("backups/a", 2, 5).unwrap_err().kind,

@@ -1,0 +1,236 @@
+//! Shared helpers for integration tests: each test gets its own folder, repository and HOME,
+//! and runs the real `lifeboat` binary.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// `lifeboat` with HOME, the repository and the temp dir inside this test's folder.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("lifeboat").expect("binary");
+        c.current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path("home"))
+            .env("LIFEBOAT_REPO", self.repo())
+            .env("LIFEBOAT_TEMP_DIR", self.dir.path());
+        c
+    }
+
+    /// Run `lifeboat ARGS --json`, assert success, parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cmd().args(args).arg("--json").output().expect("run");
+        assert!(
+            out.status.success(),
+            "lifeboat {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("json on stdout")
+    }
+
+    /// Back up `db` and return the new backup id.
+    pub fn backup(&self, db: &Path) -> String {
+        let v = self.json(&["backup", db.to_str().expect("utf-8 path")]);
+        v["id"].as_str().expect("id").to_string()
+    }
+}
+
+/// A WAL-mode database with a table `t(id, v)` of `rows` rows.
+pub fn make_db(path: &Path, rows: u32) -> Connection {
+    let c = Connection::open(path).expect("open");
+    c.execute_batch(
+        "PRAGMA journal_mode=WAL; CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .expect("schema");
+    let tx = c.unchecked_transaction().expect("tx");
+    for i in 0..rows {
+        tx.execute(
+            "INSERT INTO t(v) VALUES (?1)",
+            [format!("row {i} {}", "x".repeat((i % 200) as usize))],
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+    c
+}
+
+/// Every row of every table, in a canonical order: the logical content of a database.
+pub fn dump(path: &Path) -> Vec<String> {
+    let c = Connection::open(path).expect("open");
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_schema WHERE type='table' ORDER BY name")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .expect("tables");
+    let mut out = Vec::new();
+    for t in tables {
+        let mut s = c
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+            .expect("select");
+        let n = s.column_count();
+        let rows = s
+            .query_map([], |r| {
+                let mut line = format!("{t}:");
+                for i in 0..n {
+                    line.push_str(&format!("{:?}|", r.get_ref(i)?));
+                }
+                Ok(line)
+            })
+            .expect("rows");
+        for r in rows {
+            out.push(r.expect("row"));
+        }
+    }
+    out
+}
+
+// ---- Helpers for the process-level tests (live, crash, corruption, concurrency) ----
+
+/// Path of the `lifeboat` binary under test.
+pub fn lifeboat_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_lifeboat"))
+}
+
+impl Env {
+    /// A plain `std::process::Command` for `lifeboat` with the same environment as `cmd()`,
+    /// for tests that spawn it in the background and wait for or kill it.
+    pub fn std_cmd(&self) -> std::process::Command {
+        let mut c = std::process::Command::new(lifeboat_bin());
+        c.current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path("home"))
+            .env("LIFEBOAT_REPO", self.repo())
+            .env("LIFEBOAT_TEMP_DIR", self.dir.path())
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// Run `lifeboat ARGS` (whatever the outcome): the exit code and stdout + stderr.
+    pub fn run(&self, args: &[&str]) -> (i32, String) {
+        let out = self.std_cmd().args(args).output().expect("run lifeboat");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Run `lifeboat ARGS --json` (whatever the outcome): the exit code, stdout parsed as
+    /// JSON (`Null` if it is not JSON) and stderr.
+    pub fn run_json(&self, args: &[&str]) -> (i32, serde_json::Value, String) {
+        let out = self
+            .std_cmd()
+            .args(args)
+            .arg("--json")
+            .output()
+            .expect("run lifeboat");
+        let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        (
+            out.status.code().unwrap_or(-1),
+            v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// A database with one table `filler(id, payload)` of `rows` rows of `payload` random bytes
+/// each, in `journal_mode`, written in one transaction. Random content means no two pages
+/// are alike, so nothing dedups and nothing compresses much.
+pub fn make_random_db(path: &Path, journal_mode: &str, rows: u32, payload: u32) {
+    let c = Connection::open(path).expect("open");
+    let mode: String = c
+        .query_row(&format!("PRAGMA journal_mode={journal_mode}"), [], |r| {
+            r.get(0)
+        })
+        .expect("journal mode");
+    assert_eq!(mode, journal_mode.to_ascii_lowercase());
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS filler(id INTEGER PRIMARY KEY, payload BLOB NOT NULL);",
+    )
+    .expect("schema");
+    c.execute(
+        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?1) \
+         INSERT INTO filler(payload) SELECT randomblob(?2) FROM s",
+        [rows, payload],
+    )
+    .expect("fill");
+}
+
+/// SHA-256 of a file's bytes, in hex (the form manifests record). Uses coreutils'
+/// `sha256sum`, so the tests do not depend on whichever hashing crate lifeboat uses.
+pub fn sha256_file(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {} failed", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .expect("sha256sum output")
+        .to_string()
+}
+
+/// The lines `PRAGMA integrity_check` returns for the database at `path` (`["ok"]` if sound).
+pub fn integrity_check(path: &Path) -> Vec<String> {
+    let c = Connection::open(path).expect("open");
+    let mut s = c.prepare("PRAGMA integrity_check").expect("prepare");
+    let lines = s
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("integrity_check")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("integrity_check rows");
+    lines
+}
+
+/// Poll `cond` every 2 ms until it holds or `timeout` passes; whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > timeout {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Names of the files directly in `dir`, sorted.
+pub fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
