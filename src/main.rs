@@ -293,7 +293,13 @@ fn compression(ctx: &Ctx, codec: Option<String>, level: Option<i32>) -> Result<C
         Some(c) => Codec::parse(&c)?,
         None => Codec::Zstd,
     };
-    Compression::new(codec, level.or(ctx.file.level))
+    // A level given on the command line (or LIFEBOAT_LEVEL) must fit the codec; a level
+    // from the config file is a default for the codecs that have levels.
+    let file_level = ctx
+        .file
+        .level
+        .filter(|_| matches!(codec, Codec::Zstd | Codec::Gzip));
+    Compression::new(codec, level.or(file_level))
 }
 
 fn verify_level(ctx: &Ctx, verify: bool, no_verify: bool) -> Result<VerifyLevel> {
@@ -339,6 +345,9 @@ fn print_backup(
 ) {
     let m = &out.manifest;
     let s = &m.stored;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
     // Pages in the database per page stored; raw bytes written per byte stored (new data
     // plus this backup's page lists and index). Both are 0 when nothing new was stored.
     let dedup = ratio(m.database.page_count, s.new_blobs);
@@ -355,7 +364,7 @@ fn print_backup(
                 "repo_stored_bytes": out.repo_stored_bytes, "dedup_ratio": dedup,
                 "compression_ratio": comp, "duration_ms": m.duration_ms,
                 "sha256": m.database.sha256, "verify": verify_name(level),
-                "verify_report": out.verify,
+                "verify_report": out.verify, "warnings": out.warnings,
             })
         );
         return;

@@ -43,6 +43,8 @@ pub struct BackupOutcome {
     pub repo_stored_bytes: u64,
     /// The full verification, when it was asked for.
     pub verify: Option<VerifyReport>,
+    /// Problems noticed in the repository that did not stop this backup.
+    pub warnings: Vec<String>,
 }
 
 struct RawFrame {
@@ -95,6 +97,17 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
     let db_path = absolute(&opts.database)?;
     let mut snap = SqliteSnapshot::open(&db_path)?;
     let mut index = repo.load_index()?;
+    let mut warnings: Vec<String> = index
+        .damaged
+        .iter()
+        .map(|f| format!("index file {f} is damaged; backups that need it may not restore (run `lifeboat repo check`)"))
+        .collect();
+    for pack in repo.drop_missing_packs(&mut index)? {
+        warnings.push(format!(
+            "pack {pack} is missing or truncated; its pages are stored again by this backup, \
+             older backups that use it cannot be restored (run `lifeboat repo check`)"
+        ));
+    }
     tracing::info!(elapsed = ?started.elapsed(), blobs = index.blob_count(), "index loaded");
     let staging = repo.storage().staging_dir()?;
     let workers = std::thread::available_parallelism()
@@ -242,6 +255,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
         repo_stored_bytes: repo.stored_bytes()?,
         manifest,
         verify,
+        warnings,
     })
 }
 
@@ -280,19 +294,18 @@ fn read_pages(
     };
     let block = snap.block_size() as usize;
     // SHA-256 of the whole image runs on its own thread: it is sequential by nature and
-    // costs as much as reading the pages.
+    // costs as much as reading the pages. Chunks travel there and back without copies.
     let (sha_tx, sha_rx) = bounded::<Vec<u8>>(4);
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(8);
     let sha_thread = std::thread::spawn(move || {
         let mut sha = Sha256Stream::default();
         for chunk in sha_rx {
             sha.update(&chunk);
+            let _ = spare_tx.try_send(chunk);
         }
         sha.finish_hex()
     });
-    let read = snap.read_chunks(&mut |chunk| {
-        sha_tx
-            .send(chunk.to_vec())
-            .map_err(|_| Error::internal(PIPELINE_STOPPED))?;
+    let read = snap.read_chunks(&mut |chunk: &mut Vec<u8>| {
         for page in chunk.chunks_exact(block) {
             let id = Hash::of(page);
             sum.pages += 1;
@@ -312,6 +325,10 @@ fn read_pages(
             }
         }
         progress.inc(chunk.len() as u64);
+        let spare = spare_rx.try_recv().unwrap_or_default();
+        sha_tx
+            .send(std::mem::replace(chunk, spare))
+            .map_err(|_| Error::internal(PIPELINE_STOPPED))?;
         Ok(())
     });
     drop(sha_tx);

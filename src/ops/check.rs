@@ -137,6 +137,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
             }
         };
         let mut missing = 0u64;
+        let mut list_cache = crate::repo::FrameCache::default();
         let blame = |h: &Hash, problems: &mut Vec<Problem>, missing: &mut u64| match index.get(h) {
             None => *missing += 1,
             Some(loc) => {
@@ -152,7 +153,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 continue;
             };
             blame(&list_id, &mut problems, &mut missing);
-            let Ok(list) = repo.read_blob(&index, &list_id) else {
+            let Ok(list) = repo.read_blob_cached(&index, &list_id, &mut list_cache) else {
                 continue; // the list's pack is already blamed (or the list is missing)
             };
             for chunk in list.chunks_exact(32) {

@@ -67,7 +67,7 @@ impl Compression {
             (Codec::Zstd, Some(l)) if (1..=22).contains(&l) => l,
             (Codec::Gzip, None) => 6,
             (Codec::Gzip, Some(l)) if (0..=9).contains(&l) => l,
-            (Codec::None | Codec::Lz4, _) => 0,
+            (Codec::None | Codec::Lz4, None) => 0,
             (c, Some(l)) => {
                 return Err(
                     Error::usage(format!("level {l} is out of range for {}", c.name()))
@@ -204,5 +204,7 @@ mod tests {
     fn levels_are_checked() {
         assert!(Compression::new(Codec::Zstd, Some(30)).is_err());
         assert!(Compression::new(Codec::Gzip, Some(9)).is_ok());
+        assert!(Compression::new(Codec::Lz4, Some(3)).is_err());
+        assert!(Compression::new(Codec::Lz4, None).is_ok());
     }
 }

@@ -55,6 +55,8 @@ pub struct Index {
     pack_numbers: HashMapById<u32>,
     /// Index files this index was built from.
     pub files: Vec<Hash>,
+    /// Index files that could not be read (named for warnings; see `repo check`).
+    pub damaged: Vec<String>,
 }
 
 impl Index {
@@ -112,6 +114,16 @@ impl Index {
                 });
             }
         }
+    }
+
+    /// Drop every blob stored in one of `packs` (pack numbers).
+    pub fn forget_packs(&mut self, packs: &std::collections::HashSet<u32>) {
+        if packs.is_empty() {
+            return;
+        }
+        let frames = &self.frames;
+        self.blobs
+            .retain(|_, loc| !packs.contains(&frames[loc.frame as usize].pack));
     }
 
     /// Total stored size of the packs known to the index.

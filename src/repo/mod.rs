@@ -106,7 +106,10 @@ impl Repository {
         self.storage.describe()
     }
 
-    /// Read every index file, checking each against its name.
+    /// Read every index file, checking each against its name. A damaged index file is
+    /// skipped and named in `Index::damaged`: backups whose blobs it alone located fail with
+    /// a clear error, every other backup keeps working, and new backups store those blobs
+    /// again instead of trusting them.
     pub fn load_index(&self) -> Result<Index> {
         let mut index = Index::default();
         for obj in self.storage.list("index/")? {
@@ -115,19 +118,49 @@ impl Repository {
                 continue; // not ours (editor backup file, etc.)
             };
             let data = self.storage.get(&obj.name)?;
-            if Hash::of(&data) != id {
-                return Err(Error::integrity(format!(
-                    "index file {} is corrupted (its content does not match its name)",
-                    obj.name
-                ))
-                .hint("run `lifeboat repo check` to see which backups are affected"));
+            let packs = if Hash::of(&data) != id {
+                Err(Error::integrity("its content does not match its name"))
+            } else {
+                decode_index_file(&data, &obj.name)
+            };
+            match packs {
+                Ok(packs) => {
+                    for pack in &packs {
+                        index.add_pack(pack);
+                    }
+                    index.files.push(id);
+                }
+                Err(e) => {
+                    tracing::warn!("index file {} is damaged: {e}", obj.name);
+                    index.damaged.push(obj.name.clone());
+                }
             }
-            for pack in decode_index_file(&data, &obj.name)? {
-                index.add_pack(&pack);
-            }
-            index.files.push(id);
         }
         Ok(index)
+    }
+
+    /// Forget blobs whose pack is missing or has the wrong size, so a new backup stores them
+    /// again rather than referring to data that is gone. Returns the packs forgotten.
+    pub fn drop_missing_packs(&self, index: &mut Index) -> Result<Vec<String>> {
+        let present: std::collections::HashMap<String, u64> = self
+            .storage
+            .list("data/")?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect();
+        let missing: std::collections::HashSet<u32> = index
+            .packs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| present.get(&pack_object_name(&p.id)) != Some(&p.size))
+            .map(|(n, _)| n as u32)
+            .collect();
+        let names = missing
+            .iter()
+            .map(|&n| pack_object_name(&index.packs[n as usize].id))
+            .collect();
+        index.forget_packs(&missing);
+        Ok(names)
     }
 
     /// All backups, oldest first. An unreadable manifest is an error naming it.
@@ -195,6 +228,10 @@ impl Repository {
                     .hint("take one with `lifeboat backup DB`")
                 });
         }
+        if spec.trim().is_empty() {
+            return Err(Error::usage("no backup id given")
+                .hint("give a backup id, a prefix of one, or `latest`"));
+        }
         let spec_l = spec.to_ascii_lowercase();
         let mut hits: Vec<Manifest> = all
             .into_iter()
@@ -255,9 +292,28 @@ impl Repository {
 
     /// Read one blob and check it against its id.
     pub fn read_blob(&self, index: &Index, id: &Hash) -> Result<Vec<u8>> {
-        let loc = index.get(id).ok_or_else(|| missing_blob(id))?;
-        let frame = self.read_frame(index, loc.frame)?;
-        let blob = slice_blob(&frame, loc)?;
+        self.read_blob_cached(index, id, &mut FrameCache::default())
+    }
+
+    /// Read one blob through a one-frame cache: the page lists of a backup are stored side by
+    /// side, so reading them in order decompresses each frame once instead of once per list.
+    pub fn read_blob_cached(
+        &self,
+        index: &Index,
+        id: &Hash,
+        cache: &mut FrameCache,
+    ) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| missing_blob(index, id))?;
+        if cache.frame.as_ref().is_none_or(|(n, _)| *n != loc.frame) {
+            let data = self.read_frame_with(index, loc.frame, &mut cache.decompressor)?;
+            cache.frame = Some((loc.frame, data));
+        }
+        let frame = cache
+            .frame
+            .as_ref()
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or_default();
+        let blob = slice_blob(frame, loc)?;
         check_blob(index, id, loc, blob)?;
         Ok(blob.to_vec())
     }
@@ -277,9 +333,22 @@ impl Repository {
     }
 }
 
-pub fn missing_blob(id: &Hash) -> Error {
-    Error::integrity(format!("blob {} is not in any index", id.to_hex()))
-        .hint("an index file or pack was lost; run `lifeboat repo check`")
+/// The last frame read, for [`Repository::read_blob_cached`].
+#[derive(Default)]
+pub struct FrameCache {
+    frame: Option<(u32, Vec<u8>)>,
+    decompressor: compress::Decompressor,
+}
+
+pub fn missing_blob(index: &Index, id: &Hash) -> Error {
+    let mut msg = format!("blob {} is not in any index", id.to_hex());
+    if !index.damaged.is_empty() {
+        msg.push_str(&format!(
+            " (damaged index files were skipped: {})",
+            index.damaged.join(", ")
+        ));
+    }
+    Error::integrity(msg).hint("an index file or pack was lost; run `lifeboat repo check`")
 }
 
 pub fn slice_blob<'a>(frame: &'a [u8], loc: &index::BlobLoc) -> Result<&'a [u8]> {

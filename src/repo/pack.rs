@@ -152,7 +152,10 @@ pub fn decode_frames(r: &mut Reader, with_ids: bool) -> Result<Vec<FrameEntry>> 
         let codec = Codec::from_code(r.u8()?)?;
         let count = r.u32()? as usize;
         if count > 1 << 24 {
-            return Err(Error::integrity(format!("{} lists impossible blobs", r.what)));
+            return Err(Error::integrity(format!(
+                "{} lists impossible blobs",
+                r.what
+            )));
         }
         let mut shapes = Vec::with_capacity(count.min(1 << 16));
         match r.u8()? {
@@ -174,7 +177,10 @@ pub fn decode_frames(r: &mut Reader, with_ids: bool) -> Result<Vec<FrameEntry>> 
             }
         }
         if shapes.len() != count {
-            return Err(Error::integrity(format!("{} lists impossible blobs", r.what)));
+            return Err(Error::integrity(format!(
+                "{} lists impossible blobs",
+                r.what
+            )));
         }
         let mut blobs = Vec::with_capacity(count);
         let mut blob_offset = 0u64;
@@ -267,6 +273,7 @@ impl PackWriter {
     ) -> Result<()> {
         let offset = self.len;
         self.write(stored)?;
+        crate::storage::local::start_writeback(&self.file, offset, stored.len() as u64);
         self.frames.push(FrameEntry {
             offset,
             stored_len: stored.len() as u32,
@@ -342,7 +349,14 @@ mod tests {
                 any::<u64>(),
                 any::<u32>(),
                 0u8..4,
-                proptest::collection::vec((any::<[u8; 16]>(), 0u8..2, prop_oneof![Just(100u32), 0u32..400]), 0..5),
+                proptest::collection::vec(
+                    (
+                        any::<[u8; 16]>(),
+                        0u8..2,
+                        prop_oneof![Just(100u32), 0u32..400],
+                    ),
+                    0..5,
+                ),
             )
                 .prop_map(|(offset, stored_len, codec, blobs)| FrameEntry {
                     offset,

@@ -19,9 +19,10 @@ pub trait Snapshot {
     fn kind(&self) -> &'static str;
     fn block_size(&self) -> u32;
     fn block_count(&self) -> u64;
-    /// Call `f` with every block in order, a few at a time: each call gets a whole number
-    /// of blocks (about 1 MiB).
-    fn read_chunks(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+    /// Call `f` with every block in order, a few at a time: each call gets a buffer holding
+    /// a whole number of blocks (about 128 KiB). `f` may keep the buffer by swapping in
+    /// another (ideally a recycled one of the same size), which saves a copy per chunk.
+    fn read_chunks(&mut self, f: &mut dyn FnMut(&mut Vec<u8>) -> Result<()>) -> Result<()>;
     /// Schema and row counts, from the same snapshot as the blocks.
     fn facts(&mut self) -> Result<Facts>;
 }

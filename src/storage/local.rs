@@ -5,17 +5,43 @@
 use super::{ObjectInfo, Storage};
 use crate::error::{Error, IoContext, Result};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub struct LocalStorage {
     root: PathBuf,
+    /// Recently read objects, kept open: a restore reads each pack frame by frame, and a
+    /// fresh open per frame loses the kernel's readahead (cold restores waited on the disk).
+    open_files: Mutex<Vec<(String, Arc<File>)>>,
 }
+
+const OPEN_FILES: usize = 16;
 
 impl LocalStorage {
     pub fn new(root: impl Into<PathBuf>) -> LocalStorage {
-        LocalStorage { root: root.into() }
+        LocalStorage {
+            root: root.into(),
+            open_files: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn open_cached(&self, name: &str) -> Result<Arc<File>> {
+        let mut files = self.open_files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = files.iter().position(|(n, _)| n == name) {
+            let entry = files.remove(i);
+            let f = entry.1.clone();
+            files.push(entry);
+            return Ok(f);
+        }
+        let p = self.path(name);
+        let f = Arc::new(File::open(&p).ctx("cannot open", &p)?);
+        if files.len() == OPEN_FILES {
+            files.remove(0);
+        }
+        files.push((name.to_string(), f.clone()));
+        Ok(f)
     }
 
     pub fn root(&self) -> &Path {
@@ -75,6 +101,21 @@ pub fn create_private_file(path: &Path) -> Result<File> {
         .ctx("cannot create file", path)
 }
 
+/// Ask the kernel to start writing a just-written range to disk now, so the fsync at the end
+/// waits for the last few megabytes instead of the whole file (it cost 0.45 s per GiB here).
+pub fn start_writeback(out: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a file descriptor we own; it only schedules I/O.
+    unsafe {
+        libc::sync_file_range(
+            out.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Make a directory entry (a new or renamed file) durable.
 pub fn sync_dir(path: &Path) -> Result<()> {
     File::open(path)
@@ -120,11 +161,11 @@ impl Storage for LocalStorage {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
         let p = self.path(name);
-        let mut f = File::open(&p).ctx("cannot open", &p)?;
-        f.seek(SeekFrom::Start(offset)).ctx("cannot seek in", &p)?;
+        let f = self.open_cached(name)?;
         let mut buf = vec![0u8; len];
-        f.read_exact(&mut buf).map_err(|e| {
+        f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::integrity(format!(
                     "{} is truncated: wanted {len} bytes at offset {offset}",
@@ -147,7 +188,12 @@ impl Storage for LocalStorage {
         while let Some(dir) = stack.pop() {
             for entry in fs::read_dir(&dir).ctx("cannot list", &dir)? {
                 let entry = entry.ctx("cannot list", &dir)?;
-                let meta = entry.metadata().ctx("cannot stat", &entry.path())?;
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Removed between listing and stat (a temp file being renamed): skip it.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("cannot stat", &entry.path(), e)),
+                };
                 if meta.is_dir() {
                     stack.push(entry.path());
                 } else if let Ok(rel) = entry.path().strip_prefix(&self.root) {
