@@ -50,20 +50,6 @@ fn json_error(out: &Output, expected_code: i32) -> serde_json::Map<String, Value
     err
 }
 
-/// SHA-256 of a file by an independent implementation (coreutils `sha256sum`).
-fn file_sha256(p: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum {}", p.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a digest")
-        .to_string()
-}
-
 fn integrity_check(p: &Path) -> String {
     let c = rusqlite::Connection::open_with_flags(p, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .expect("open restored file");
@@ -225,7 +211,7 @@ fn backup_list_show_verify_restore() {
 
     // restore --output: a plain SQLite file with the same content.
     let restored = restore_to(&env, &id, "restored.db");
-    assert_eq!(file_sha256(&restored), sha);
+    assert_eq!(sha256_file(&restored), sha);
     assert_eq!(integrity_check(&restored), "ok");
     assert_eq!(dump(&restored), dump(&db));
     drop(conn);
@@ -309,7 +295,7 @@ fn every_codec_round_trips() {
             .assert()
             .success();
         assert_eq!(dump(&out), want, "{codec}");
-        assert_eq!(file_sha256(&out), m["database"]["sha256"].as_str().unwrap());
+        assert_eq!(sha256_file(&out), m["database"]["sha256"].as_str().unwrap());
         env.cmd()
             .args(["--repo", s(&repo), "verify", id])
             .assert()

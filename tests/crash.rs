@@ -178,12 +178,11 @@ fn kill_during_backup_leaves_a_consistent_repository() {
         source_untouched_and_unlocked(&big, &big_sha);
         check_clean(&env, false);
         let now = listed(&env);
-        // Only a backup that ran to completion may appear, and nothing disappears.
+        // Nothing disappears and at most this run's backup appears: a kill that lands after
+        // the manifest was written (while the process reports) still commits it, which is
+        // fine because a listed backup is complete (all of them verify below).
         assert!(now.is_superset(&committed), "a backup disappeared: {now:?}");
-        assert!(
-            now.len() <= committed.len() + usize::from(!running),
-            "{now:?}"
-        );
+        assert!(now.len() <= committed.len() + 1, "{now:?}");
         committed = now;
     }
     println!("backup takes {full:?} alone; {killed_mid_backup} of 6 kills landed during it");

@@ -298,27 +298,13 @@ fn apply(conn: &Connection, c: &Case) {
     tx.commit().unwrap();
 }
 
-/// SHA-256 of a file by an independent implementation (coreutils `sha256sum`).
-fn file_sha256(p: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(p)
-        .output()
-        .expect("run sha256sum");
-    assert!(out.status.success(), "sha256sum {}", p.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("a digest")
-        .to_string()
-}
-
 /// Restore `id` to a new file and check it against the manifest; returns the logical dump.
 fn restore_checked(env: &Env, id: &str, name: &str) -> Vec<String> {
     let out = env.path(name);
     let r = env.json(&["restore", id, "--output", out.to_str().unwrap()]);
     let m = env.json(&["show", id]);
     let sha = m["database"]["sha256"].as_str().unwrap();
-    assert_eq!(file_sha256(&out), sha, "restored bytes match the manifest");
+    assert_eq!(sha256_file(&out), sha, "restored bytes match the manifest");
     assert_eq!(r["id"], id);
     let len = std::fs::metadata(&out).unwrap().len();
     assert_eq!(len, m["database"]["logical_bytes"].as_u64().unwrap());

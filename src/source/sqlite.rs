@@ -168,16 +168,7 @@ impl SqliteSnapshot {
                 emit(&mut chunk, &zero)?;
                 next += 1;
             }
-            let data = row
-                .get_ref(1)?
-                .as_blob()
-                .map_err(|e| Error::source(format!("page {pgno}: {e}")))?;
-            if data.len() != size {
-                return Err(Error::source(format!(
-                    "page {pgno} has {} bytes, expected {size}",
-                    data.len()
-                )));
-            }
+            let data = page_blob(row, 1, pgno, size)?;
             emit(&mut chunk, data)?;
             next = pgno + 1;
         }
@@ -231,19 +222,7 @@ impl SqliteSnapshot {
                 } else if beyond_file || in_wal.contains(&(pgno as u32)) {
                     let mut rows = stmt.query([pgno as i64])?;
                     match rows.next()? {
-                        Some(row) => {
-                            let data = row
-                                .get_ref(0)?
-                                .as_blob()
-                                .map_err(|e| Error::source(format!("page {pgno}: {e}")))?;
-                            if data.len() != size {
-                                return Err(Error::source(format!(
-                                    "page {pgno} has {} bytes, expected {size}",
-                                    data.len()
-                                )));
-                            }
-                            page.copy_from_slice(data);
-                        }
+                        Some(row) => page.copy_from_slice(page_blob(row, 0, pgno, size)?),
                         None => page.fill(0),
                     }
                 }
@@ -262,6 +241,21 @@ impl SqliteSnapshot {
             ))
         })
     }
+}
+
+/// Column `col` of a `sqlite_dbpage` row: one page of exactly `size` bytes.
+fn page_blob<'r>(row: &'r rusqlite::Row, col: usize, pgno: u64, size: usize) -> Result<&'r [u8]> {
+    let data = row
+        .get_ref(col)?
+        .as_blob()
+        .map_err(|e| Error::source(format!("page {pgno}: {e}")))?;
+    if data.len() != size {
+        return Err(Error::source(format!(
+            "page {pgno} has {} bytes, expected {size}",
+            data.len()
+        )));
+    }
+    Ok(data)
 }
 
 /// Read as much of `buf` as the file has at `offset` (short only at end of file).
