@@ -33,7 +33,7 @@ impl Progress {
         self.bar.set_length(total_bytes);
         self.bar.set_style(
             ProgressStyle::with_template(
-                "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                "{msg:>8} [{bar:24}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
