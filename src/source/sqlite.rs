@@ -206,8 +206,16 @@ impl SqliteSnapshot {
         let mut stmt = self.dbpage_statement("SELECT data FROM sqlite_dbpage WHERE pgno = ?1")?;
         let mut buf = vec![0u8; per_chunk as usize * size];
         let mut first: u64 = 1;
+        let mut prefetched: u64 = 0;
         while first <= self.page_count {
             let n = per_chunk.min(self.page_count - first + 1);
+            let offset = (first - 1) * size as u64;
+            if offset + PREFETCH_BYTES / 2 >= prefetched {
+                // Keep the disk busy ahead of us, so reading overlaps hashing instead of
+                // alternating with it (cold second backups varied from 1.7 s to 2.5 s).
+                prefetch(file, prefetched.max(offset), PREFETCH_BYTES);
+                prefetched = prefetched.max(offset) + PREFETCH_BYTES;
+            }
             // `f` may have kept the last buffer and handed back another: size this one.
             buf.resize(n as usize * size, 0);
             let chunk = &mut buf[..];
@@ -256,6 +264,23 @@ fn page_blob<'r>(row: &'r rusqlite::Row, col: usize, pgno: u64, size: usize) -> 
         )));
     }
     Ok(data)
+}
+
+/// How far ahead of the reader the database file is requested from the disk.
+const PREFETCH_BYTES: u64 = 16 << 20;
+
+/// Ask the kernel to read a range of the file into the page cache in the background.
+fn prefetch(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an advisory syscall on a descriptor we own; it changes no memory of ours.
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
 }
 
 /// Read as much of `buf` as the file has at `offset` (short only at end of file).
