@@ -3,6 +3,7 @@
 //! specification; this module is its implementation.
 
 pub mod compress;
+pub mod crypto;
 pub mod index;
 pub mod manifest;
 pub mod pack;

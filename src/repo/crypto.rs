@@ -1,0 +1,485 @@
+//! Encryption of repository objects (issue 4, in progress: the primitives and key files are
+//! here and tested; wiring them into every object comes next, see `docs/FORMAT.md`).
+//!
+//! - Every sealed object is XChaCha20-Poly1305 with a random 24-byte nonce, under a data key
+//!   named by its generation number, with the object's kind (and, where it has one, its name)
+//!   as associated data: a flipped byte, a truncated object, or an object moved to another
+//!   name or kind fails to open.
+//! - Blob ids are keyed BLAKE3 (the id key never leaves the key material), so equal content
+//!   cannot be recognised from outside the repository.
+//! - Key files (`keys/<id>`) wrap the *root keys* (id key and root key) with a key derived
+//!   from a passphrase by Argon2id; the parameters are stored in the key file. Data keys are
+//!   separate objects (`keys/data-<generation>`) sealed under the root key, so `key rotate`
+//!   adds a data key that every passphrase opens, without knowing the other passphrases.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::Hash;
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Version byte of the sealed-object envelope.
+const ENVELOPE_VERSION: u8 = 1;
+/// version, kind, u32 key generation, 24-byte nonce.
+pub const HEADER_LEN: usize = 1 + 1 + 4 + 24;
+pub const TAG_LEN: usize = 16;
+
+/// What a sealed object is; part of the associated data, so one kind cannot pass for another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Frame = 1,
+    PackDirectory = 2,
+    Index = 3,
+    Manifest = 4,
+    DataKey = 5,
+}
+
+impl ObjectKind {
+    fn from_code(c: u8) -> Option<ObjectKind> {
+        Some(match c {
+            1 => ObjectKind::Frame,
+            2 => ObjectKind::PackDirectory,
+            3 => ObjectKind::Index,
+            4 => ObjectKind::Manifest,
+            5 => ObjectKind::DataKey,
+            _ => return None,
+        })
+    }
+}
+
+/// What a passphrase unlocks: the id key and the root key that seals the data keys.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct RootKeys {
+    #[serde(with = "b64_32")]
+    pub id_key: [u8; 32],
+    #[serde(with = "b64_32")]
+    pub root_key: [u8; 32],
+}
+
+impl std::fmt::Debug for RootKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootKeys { redacted }")
+    }
+}
+
+impl RootKeys {
+    pub fn generate() -> RootKeys {
+        RootKeys {
+            id_key: rand::random(),
+            root_key: rand::random(),
+        }
+    }
+
+    fn as_sealer(&self) -> MasterKeys {
+        MasterKeys {
+            id_key: self.id_key,
+            data_keys: vec![self.root_key],
+        }
+    }
+
+    /// A new random data key, sealed for storage as `keys/data-<generation>`.
+    pub fn new_data_key(&self, generation: u32) -> Result<([u8; 32], Vec<u8>)> {
+        let key: [u8; 32] = rand::random();
+        let sealed = self
+            .as_sealer()
+            .seal(ObjectKind::DataKey, &generation.to_le_bytes(), &key)?;
+        Ok((key, sealed))
+    }
+
+    /// Open a stored data key; `generation` must be the one in its name.
+    pub fn open_data_key(&self, generation: u32, sealed: &[u8]) -> Result<[u8; 32]> {
+        let what = format!("data key {generation}");
+        let plain = self.as_sealer().open(
+            ObjectKind::DataKey,
+            &generation.to_le_bytes(),
+            sealed,
+            &what,
+        )?;
+        plain
+            .try_into()
+            .map_err(|_| Error::integrity(format!("{what} is malformed")))
+    }
+
+    /// The keys to read and write objects, given the data keys in generation order.
+    pub fn with_data_keys(&self, data_keys: Vec<[u8; 32]>) -> MasterKeys {
+        MasterKeys {
+            id_key: self.id_key,
+            data_keys,
+        }
+    }
+}
+
+/// The keys an open encrypted repository works with (never stored as such).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKeys {
+    /// Keys the BLAKE3 blob ids.
+    pub id_key: [u8; 32],
+    /// Data keys by generation; the last one encrypts new objects (`key rotate` adds one).
+    pub data_keys: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for MasterKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MasterKeys {{ {} data keys, redacted }}",
+            self.data_keys.len()
+        )
+    }
+}
+
+impl MasterKeys {
+    pub fn generate() -> MasterKeys {
+        MasterKeys {
+            id_key: rand::random(),
+            data_keys: vec![rand::random()],
+        }
+    }
+
+    /// Use `key` (generation `data_keys.len()`) for everything written from now on; older
+    /// keys stay for reading.
+    pub fn push_data_key(&mut self, key: [u8; 32]) -> u32 {
+        self.data_keys.push(key);
+        (self.data_keys.len() - 1) as u32
+    }
+
+    /// The id of a blob: BLAKE3 keyed with the repository's id key.
+    pub fn blob_id(&self, data: &[u8]) -> Hash {
+        Hash(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+    }
+
+    /// Encrypt `plain` as an object of `kind`; `name` (e.g. a backup id) binds it to its place.
+    pub fn seal(&self, kind: ObjectKind, name: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        let generation = (self.data_keys.len() - 1) as u32;
+        let key = &self.data_keys[generation as usize];
+        let nonce: [u8; 24] = rand::random();
+        let mut out = Vec::with_capacity(HEADER_LEN + plain.len() + TAG_LEN);
+        out.push(ENVELOPE_VERSION);
+        out.push(kind as u8);
+        out.extend_from_slice(&generation.to_le_bytes());
+        out.extend_from_slice(&nonce);
+        let aad = associated_data(&out[..HEADER_LEN], name);
+        let cipher = XChaCha20Poly1305::new(key.into());
+        let sealed = cipher
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| Error::internal("encryption failed"))?;
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Decrypt and authenticate an object sealed by [`MasterKeys::seal`]. `what` names the
+    /// object in errors.
+    pub fn open(
+        &self,
+        kind: ObjectKind,
+        name: &[u8],
+        sealed: &[u8],
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let tampered = || {
+            Error::integrity(format!(
+                "{what} failed authentication: it was modified, truncated or moved"
+            ))
+            .hint("run `lifeboat repo check --read-data` to find every damaged object")
+        };
+        if sealed.len() < HEADER_LEN + TAG_LEN || sealed[0] != ENVELOPE_VERSION {
+            return Err(tampered());
+        }
+        if ObjectKind::from_code(sealed[1]) != Some(kind) {
+            return Err(tampered());
+        }
+        let generation = u32::from_le_bytes([sealed[2], sealed[3], sealed[4], sealed[5]]);
+        let Some(key) = self.data_keys.get(generation as usize) else {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                format!(
+                    "{what} is encrypted with data key {generation}, which this key does not hold"
+                ),
+            )
+            .hint("the repository's data keys are newer than this key file; use a current key"));
+        };
+        let mut nonce = [0u8; 24];
+        nonce.copy_from_slice(&sealed[6..HEADER_LEN]);
+        let aad = associated_data(&sealed[..HEADER_LEN], name);
+        XChaCha20Poly1305::new(key.into())
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &sealed[HEADER_LEN..],
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| tampered())
+    }
+}
+
+fn associated_data(header: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + name.len() + 8);
+    aad.extend_from_slice(b"lifeboat");
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(name);
+    aad
+}
+
+/// Argon2id cost parameters, stored in every key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KdfParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about 0.2 s here, and memory-hard against GPU guessing.
+    fn default() -> Self {
+        KdfParams {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
+    }
+}
+
+/// A key file (`keys/<id>`): the master keys wrapped by a passphrase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyFile {
+    pub id: String,
+    pub created: String,
+    pub host: String,
+    pub kdf: String,
+    pub params: KdfParams,
+    pub salt: String,
+    pub nonce: String,
+    pub wrapped: String,
+}
+
+fn derive_kek(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32]> {
+    let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
+        .map_err(|e| Error::usage(format!("invalid Argon2 parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = [0u8; 32];
+    argon
+        .hash_password_into(passphrase, salt, &mut out)
+        .map_err(|e| Error::internal(format!("key derivation failed: {e}")))?;
+    Ok(out)
+}
+
+impl KeyFile {
+    /// Wrap `keys` under `passphrase`.
+    pub fn wrap(
+        keys: &RootKeys,
+        passphrase: &[u8],
+        params: KdfParams,
+        host: &str,
+    ) -> Result<KeyFile> {
+        let id = hex::encode(rand::random::<[u8; 8]>());
+        let salt: [u8; 16] = rand::random();
+        let nonce: [u8; 24] = rand::random();
+        let mut kek = derive_kek(passphrase, &salt, params)?;
+        let mut plain = serde_json::to_vec(keys).map_err(|e| Error::internal(e.to_string()))?;
+        let wrapped = XChaCha20Poly1305::new((&kek).into())
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: &plain,
+                    aad: id.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::internal("encryption failed"));
+        kek.zeroize();
+        plain.zeroize();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(KeyFile {
+            id,
+            created: jiff::Timestamp::now().to_string(),
+            host: host.to_string(),
+            kdf: "argon2id".into(),
+            params,
+            salt: b64.encode(salt),
+            nonce: b64.encode(nonce),
+            wrapped: b64.encode(wrapped?),
+        })
+    }
+
+    /// Unwrap with `passphrase`; a wrong passphrase is an `Auth` error.
+    pub fn unwrap(&self, passphrase: &[u8]) -> Result<RootKeys> {
+        if self.kdf != "argon2id" {
+            return Err(Error::usage(format!(
+                "key {} uses unknown KDF '{}'",
+                self.id, self.kdf
+            )));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let bad = || Error::integrity(format!("key file {} is malformed", self.id));
+        let salt = b64.decode(&self.salt).map_err(|_| bad())?;
+        let nonce: [u8; 24] = b64
+            .decode(&self.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(bad)?;
+        let wrapped = b64.decode(&self.wrapped).map_err(|_| bad())?;
+        let mut kek = derive_kek(passphrase, &salt, self.params)?;
+        let plain = XChaCha20Poly1305::new((&kek).into()).decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &wrapped,
+                aad: self.id.as_bytes(),
+            },
+        );
+        kek.zeroize();
+        let mut plain = plain.map_err(|_| {
+            Error::new(
+                ErrorKind::Auth,
+                "wrong passphrase: it opens none of the repository's keys",
+            )
+            .hint("check LIFEBOAT_PASSWORD, --password-file or --password-command")
+        })?;
+        let keys: std::result::Result<RootKeys, _> = serde_json::from_slice(&plain);
+        plain.zeroize();
+        keys.map_err(|_| bad())
+    }
+}
+
+mod b64_32 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(k))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| serde::de::Error::custom("expected 32 bytes of base64"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fast() -> KdfParams {
+        KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    #[test]
+    fn sealed_objects_round_trip_and_detect_tampering() {
+        let keys = MasterKeys::generate();
+        let sealed = keys.seal(ObjectKind::Manifest, b"01abc", b"hello").unwrap();
+        assert_eq!(
+            keys.open(ObjectKind::Manifest, b"01abc", &sealed, "m")
+                .unwrap(),
+            b"hello"
+        );
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(
+                keys.open(ObjectKind::Manifest, b"01abc", &bad, "m")
+                    .is_err(),
+                "byte {i}"
+            );
+        }
+        assert!(
+            keys.open(ObjectKind::Manifest, b"01abd", &sealed, "m")
+                .is_err(),
+            "renamed"
+        );
+        assert!(
+            keys.open(ObjectKind::Index, b"01abc", &sealed, "m")
+                .is_err(),
+            "other kind"
+        );
+        assert!(keys
+            .open(
+                ObjectKind::Manifest,
+                b"01abc",
+                &sealed[..sealed.len() - 1],
+                "m"
+            )
+            .is_err());
+        let other = MasterKeys::generate();
+        assert!(
+            other
+                .open(ObjectKind::Manifest, b"01abc", &sealed, "m")
+                .is_err(),
+            "other repo"
+        );
+    }
+
+    #[test]
+    fn rotation_keeps_old_objects_readable() {
+        let root = RootKeys::generate();
+        let (k0, stored0) = root.new_data_key(0).unwrap();
+        let mut keys = root.with_data_keys(vec![root.open_data_key(0, &stored0).unwrap()]);
+        assert_eq!(keys.data_keys[0], k0);
+        assert!(
+            root.open_data_key(1, &stored0).is_err(),
+            "a data key bound to its generation"
+        );
+        assert!(RootKeys::generate().open_data_key(0, &stored0).is_err());
+        let old = keys.seal(ObjectKind::Frame, b"", b"old").unwrap();
+        let (k1, _) = root.new_data_key(1).unwrap();
+        assert_eq!(keys.push_data_key(k1), 1);
+        let new = keys.seal(ObjectKind::Frame, b"", b"new").unwrap();
+        assert_eq!(new[2], 1, "new objects use the new generation");
+        assert_eq!(
+            keys.open(ObjectKind::Frame, b"", &old, "f").unwrap(),
+            b"old"
+        );
+        assert_eq!(
+            keys.open(ObjectKind::Frame, b"", &new, "f").unwrap(),
+            b"new"
+        );
+        let mut stale = keys.clone();
+        stale.data_keys.pop();
+        let e = stale.open(ObjectKind::Frame, b"", &new, "f").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Auth);
+    }
+
+    #[test]
+    fn blob_ids_are_keyed() {
+        let a = MasterKeys::generate();
+        let b = MasterKeys::generate();
+        assert_ne!(a.blob_id(b"page"), Hash::of(b"page"));
+        assert_ne!(a.blob_id(b"page"), b.blob_id(b"page"));
+        assert_eq!(a.blob_id(b"page"), a.blob_id(b"page"));
+    }
+
+    #[test]
+    fn key_files_unwrap_only_with_their_passphrase_and_params() {
+        let keys = RootKeys::generate();
+        let file = KeyFile::wrap(&keys, b"correct horse", fast(), "host").unwrap();
+        let json = serde_json::to_string(&file).unwrap();
+        assert!(!json.contains("correct horse"));
+        let back: KeyFile = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.params, fast());
+        let opened = back.unwrap(b"correct horse").unwrap();
+        assert_eq!(opened.id_key, keys.id_key);
+        assert_eq!(back.unwrap(b"wrong").unwrap_err().kind, ErrorKind::Auth);
+        let mut other_params = back.clone();
+        other_params.params.iterations = 2;
+        assert!(
+            other_params.unwrap(b"correct horse").is_err(),
+            "params are honoured"
+        );
+        assert_eq!(opened.root_key, keys.root_key);
+        assert!(!format!("{opened:?}").contains(&hex::encode(keys.id_key)));
+    }
+}
