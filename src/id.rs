@@ -56,6 +56,36 @@ impl fmt::Display for Hash {
     }
 }
 
+/// Computes blob ids: plain BLAKE3, or BLAKE3 keyed with the repository's id key when the
+/// repository is encrypted (so equal content cannot be recognised from outside).
+#[derive(Clone, Copy)]
+pub struct BlobHasher(Option<[u8; 32]>);
+
+impl BlobHasher {
+    pub fn plain() -> BlobHasher {
+        BlobHasher(None)
+    }
+    pub fn keyed(key: [u8; 32]) -> BlobHasher {
+        BlobHasher(Some(key))
+    }
+    pub fn id(&self, data: &[u8]) -> Hash {
+        match &self.0 {
+            None => Hash::of(data),
+            Some(k) => Hash(*blake3::keyed_hash(k, data).as_bytes()),
+        }
+    }
+}
+
+impl std::fmt::Debug for BlobHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BlobHasher(keyed)"
+        } else {
+            "BlobHasher(plain)"
+        })
+    }
+}
+
 /// Hashes are uniformly distributed already, so the map hashes by their first eight bytes
 /// instead of running SipHash over all 32 (the index lookup is on the backup's hot path).
 #[derive(Default, Clone, Copy)]

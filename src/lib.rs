@@ -11,6 +11,7 @@ pub mod id;
 pub mod ops;
 pub mod progress;
 pub mod repo;
+pub mod secret;
 pub mod source;
 pub mod storage;
 

@@ -8,8 +8,10 @@ use lifeboat::ops::verify::{verify_manifest, VerifyReport};
 use lifeboat::ops::{check, restore, VerifyLevel};
 use lifeboat::progress::Progress;
 use lifeboat::repo::compress::{Codec, Compression};
+use lifeboat::repo::crypto::KdfParams;
 use lifeboat::repo::manifest::Manifest;
-use lifeboat::repo::Repository;
+use lifeboat::repo::{keys, NewRepo, Repository};
+use lifeboat::secret::PassphraseSource;
 use lifeboat::storage::LocalStorage;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -36,8 +38,78 @@ struct Cli {
     /// More logging on stderr (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Encrypted repositories: read the passphrase from the first line of this file.
+    /// (Or set LIFEBOAT_PASSWORD, or use --password-command; on a terminal it is asked.)
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_PASSWORD_FILE",
+        hide_env_values = true
+    )]
+    password_file: Option<PathBuf>,
+    /// Encrypted repositories: run this command and use the first line it prints.
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_PASSWORD_COMMAND",
+        hide_env_values = true
+    )]
+    password_command: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Argon2id costs for a new key (defaults: 64 MiB, 3 passes, 1 lane).
+#[derive(Args, Clone, Copy)]
+struct KdfArgs {
+    /// Argon2id memory in KiB.
+    #[arg(long)]
+    argon2_memory: Option<u32>,
+    /// Argon2id passes.
+    #[arg(long)]
+    argon2_iterations: Option<u32>,
+    /// Argon2id lanes.
+    #[arg(long)]
+    argon2_parallelism: Option<u32>,
+}
+
+impl KdfArgs {
+    fn params(self) -> KdfParams {
+        let d = KdfParams::default();
+        KdfParams {
+            memory_kib: self.argon2_memory.unwrap_or(d.memory_kib),
+            iterations: self.argon2_iterations.unwrap_or(d.iterations),
+            parallelism: self.argon2_parallelism.unwrap_or(d.parallelism),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// The key files (one per passphrase) and data key generations.
+    List,
+    /// Add a passphrase (from --new-password-file, LIFEBOAT_NEW_PASSWORD, or asked twice).
+    Add {
+        #[command(flatten)]
+        kdf: KdfArgs,
+        /// Read the new passphrase from the first line of this file.
+        #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", hide_env_values = true)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Remove a passphrase's key file (not the one in use, not the last).
+    Remove {
+        /// Key id or unambiguous prefix (see `key list`).
+        id: String,
+    },
+    /// Change the passphrase in use.
+    Passwd {
+        #[command(flatten)]
+        kdf: KdfArgs,
+        #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", hide_env_values = true)]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Start a new data key: everything written from now on uses it; old data stays readable.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +157,11 @@ enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
+    /// Passphrases and data keys of an encrypted repository.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Create a sample database and back it up, to see Lifeboat work end to end.
     Demo {
         /// Where to create the sample database. Default: ~/.local/share/lifeboat/demo.db
@@ -98,8 +175,17 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RepoCommand {
-    /// Create an empty repository.
-    Init,
+    /// Create an empty repository (encrypted with --encrypt).
+    Init {
+        /// Encrypt every object; the passphrase comes from LIFEBOAT_PASSWORD,
+        /// --password-file, --password-command, or is asked twice.
+        #[arg(long)]
+        encrypt: bool,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+    /// What kind of repository this is: format, encryption, keys.
+    Show,
     /// Check that every backup's objects are present and consistent.
     Check {
         /// Also read every pack and check every blob (reads the whole repository).
@@ -137,6 +223,7 @@ struct Ctx {
     json: bool,
     file: FileConfig,
     repo_flag: Option<String>,
+    passphrase: PassphraseSource,
 }
 
 impl Ctx {
@@ -146,26 +233,56 @@ impl Ctx {
 
     fn open_repo(&self) -> Result<Repository> {
         let (loc, _) = self.location();
-        Repository::open(Box::new(LocalStorage::new(config::local_path(&loc)?)))
+        Repository::open(
+            Box::new(LocalStorage::new(config::local_path(&loc)?)),
+            &mut || self.passphrase.get("Repository passphrase", false),
+        )
+    }
+
+    /// Whether the user gave a passphrase without being asked (then new repositories are
+    /// created encrypted).
+    fn passphrase_configured(&self) -> bool {
+        self.passphrase.file.is_some()
+            || self.passphrase.command.is_some()
+            || std::env::var_os(self.passphrase.env_var).is_some()
     }
 
     /// Open the repository, creating it if it does not exist yet (backup needs no set-up).
     fn open_or_init_repo(&self) -> Result<Repository> {
         let (loc, origin) = self.location();
         let path = config::local_path(&loc)?;
-        match Repository::open(Box::new(LocalStorage::new(&path))) {
+        let mut ask = || self.passphrase.get("Repository passphrase", false);
+        match Repository::open(Box::new(LocalStorage::new(&path)), &mut ask) {
             Err(e) if e.kind == ErrorKind::NotFound => {
                 lifeboat::storage::local::create_private_dir(&path)?;
-                let repo = match Repository::init(Box::new(LocalStorage::new(&path))) {
+                let passphrase = if self.passphrase_configured() {
+                    Some(self.passphrase.get("New repository passphrase", true)?)
+                } else {
+                    None
+                };
+                let kind = match &passphrase {
+                    Some(p) => NewRepo::Encrypted {
+                        passphrase: p,
+                        params: KdfParams::default(),
+                    },
+                    None => NewRepo::Plain,
+                };
+                let repo = match Repository::init(Box::new(LocalStorage::new(&path)), kind) {
                     Ok(repo) => repo,
                     // Another process created it a moment ago (concurrent first backups): use it.
                     Err(e) => {
-                        return Repository::open(Box::new(LocalStorage::new(&path))).map_err(|_| e)
+                        return Repository::open(Box::new(LocalStorage::new(&path)), &mut ask)
+                            .map_err(|_| e)
                     }
                 };
                 if !self.json {
                     eprintln!(
-                        "created repository at {}{}",
+                        "created {} repository at {}{}",
+                        if repo.is_encrypted() {
+                            "an encrypted"
+                        } else {
+                            "an unencrypted"
+                        },
                         path.display(),
                         if origin == Origin::Default {
                             " (the default; set --repo or LIFEBOAT_REPO to choose)"
@@ -267,6 +384,11 @@ fn run(cli: Cli) -> Result<i32> {
         json: cli.json,
         file,
         repo_flag: cli.repo,
+        passphrase: PassphraseSource {
+            file: cli.password_file,
+            command: cli.password_command,
+            env_var: "LIFEBOAT_PASSWORD",
+        },
     };
     match cli.command {
         Command::Backup(args) => cmd_backup(&ctx, args),
@@ -280,11 +402,13 @@ fn run(cli: Cli) -> Result<i32> {
             yes,
         } => cmd_restore(&ctx, &id, output, db, yes),
         Command::Repo { command } => match command {
-            RepoCommand::Init => cmd_init(&ctx),
+            RepoCommand::Init { encrypt, kdf } => cmd_init(&ctx, encrypt, kdf.params()),
+            RepoCommand::Show => cmd_repo_show(&ctx),
             RepoCommand::Check { read_data } => cmd_check(&ctx, read_data),
             RepoCommand::Stats => cmd_stats(&ctx),
         },
         Command::Demo { db, rows } => cmd_demo(&ctx, db, rows),
+        Command::Key { command } => cmd_key(&ctx, command),
     }
 }
 
@@ -645,11 +769,30 @@ fn cmd_restore(
     Ok(0)
 }
 
-fn cmd_init(ctx: &Ctx) -> Result<i32> {
+fn cmd_init(ctx: &Ctx, encrypt: bool, params: KdfParams) -> Result<i32> {
     let (loc, _) = ctx.location();
     let path = config::local_path(&loc)?;
+    let storage = Box::new(LocalStorage::new(&path));
+    if lifeboat::storage::Storage::exists(storage.as_ref(), "config")? {
+        return Err(
+            Error::usage(format!("a repository already exists at {}", path.display()))
+                .hint("use it as it is, or choose another --repo"),
+        );
+    }
+    let passphrase = if encrypt {
+        Some(ctx.passphrase.get("New repository passphrase", true)?)
+    } else {
+        None
+    };
+    let kind = match &passphrase {
+        Some(p) => NewRepo::Encrypted {
+            passphrase: p,
+            params,
+        },
+        None => NewRepo::Plain,
+    };
     lifeboat::storage::local::create_private_dir(&path)?;
-    let repo = Repository::init(Box::new(LocalStorage::new(&path)))?;
+    let repo = Repository::init(storage, kind)?;
     if ctx.json {
         println!(
             "{}",
@@ -819,5 +962,152 @@ fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn cmd_repo_show(ctx: &Ctx) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let key_files = if repo.is_encrypted() {
+        keys::list(repo.storage())?
+    } else {
+        Vec::new()
+    };
+    let generations = repo.keys().map(|k| k.master.data_keys.len()).unwrap_or(0);
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"repository": repo.location(), "id": repo.config.id,
+                   "format_version": repo.config.format_version, "created": repo.config.created,
+                   "encryption": repo.config.encryption, "encrypted": repo.is_encrypted(),
+                   "key_files": key_files.len(), "data_key_generations": generations})
+        );
+        return Ok(0);
+    }
+    println!("repository   {} at {}", repo.config.id, repo.location());
+    println!(
+        "format       {} (created {})",
+        repo.config.format_version, repo.config.created
+    );
+    if repo.is_encrypted() {
+        println!(
+            "encryption   ENCRYPTED ({}, Argon2id key files): {} passphrases, {} data key generations",
+            repo.config.encryption,
+            key_files.len(),
+            generations
+        );
+    } else {
+        println!("encryption   NONE: anyone who can read the repository can read the backups");
+    }
+    Ok(0)
+}
+
+/// A new passphrase: `--new-password-file`, `LIFEBOAT_NEW_PASSWORD`, or asked twice.
+fn new_passphrase(file: Option<PathBuf>) -> Result<lifeboat::secret::Passphrase> {
+    PassphraseSource {
+        file,
+        command: None,
+        env_var: "LIFEBOAT_NEW_PASSWORD",
+    }
+    .get("New passphrase", true)
+}
+
+fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
+    let mut repo = ctx.open_repo()?;
+    if !repo.is_encrypted() {
+        return Err(Error::usage(format!(
+            "the repository at {} is not encrypted",
+            repo.location()
+        ))
+        .hint("keys exist only in repositories created with `repo init --encrypt`"));
+    }
+    let host = lifeboat::ops::backup::hostname();
+    let in_use = repo.keys().map(|k| k.key_id.clone()).unwrap_or_default();
+    match command {
+        KeyCommand::List => {
+            let files = keys::list(repo.storage())?;
+            let generations = repo.keys().map(|k| k.master.data_keys.len()).unwrap_or(0);
+            if ctx.json {
+                let rows: Vec<_> = files
+                    .iter()
+                    .map(|k| {
+                        json!({"id": k.id, "created": k.created, "host": k.host,
+                                    "kdf": k.kdf, "params": k.params, "in_use": k.id == in_use})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"keys": rows, "data_key_generations": generations})
+                );
+            } else {
+                println!(
+                    "{:<18} {:<30} {:<20} ARGON2ID (KiB, passes, lanes)",
+                    "ID", "CREATED", "HOST"
+                );
+                for k in &files {
+                    println!(
+                        "{}{:<17} {:<30} {:<20} {}, {}, {}",
+                        if k.id == in_use { "*" } else { " " },
+                        k.id,
+                        k.created,
+                        k.host,
+                        k.params.memory_kib,
+                        k.params.iterations,
+                        k.params.parallelism
+                    );
+                }
+                println!(
+                    "{} keys (* = in use); {generations} data key generations",
+                    files.len()
+                );
+            }
+        }
+        KeyCommand::Add {
+            kdf,
+            new_password_file,
+        } => {
+            let p = new_passphrase(new_password_file)?;
+            let unlocked = repo.keys().ok_or_else(|| Error::internal("keys missing"))?;
+            let kf = keys::add(repo.storage(), unlocked, &p, kdf.params(), &host)?;
+            print_result(
+                ctx,
+                json!({"added": kf.id}),
+                &format!("added key {}", kf.id),
+            );
+        }
+        KeyCommand::Remove { id } => {
+            let unlocked = repo.keys().ok_or_else(|| Error::internal("keys missing"))?;
+            keys::remove(repo.storage(), unlocked, &id)?;
+            print_result(ctx, json!({"removed": id}), &format!("removed key {id}"));
+        }
+        KeyCommand::Passwd {
+            kdf,
+            new_password_file,
+        } => {
+            let p = new_passphrase(new_password_file)?;
+            let unlocked = repo.keys().ok_or_else(|| Error::internal("keys missing"))?;
+            let kf = keys::change_passphrase(repo.storage(), unlocked, &p, kdf.params(), &host)?;
+            print_result(
+                ctx,
+                json!({"added": kf.id, "removed": in_use}),
+                &format!("passphrase changed: key {in_use} replaced by {}", kf.id),
+            );
+        }
+        KeyCommand::Rotate => {
+            let generation = repo.rotate_data_key()?;
+            print_result(
+                ctx,
+                json!({"data_key_generation": generation}),
+                &format!("new data key generation {generation}: new objects use it, old ones stay readable"),
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn print_result(ctx: &Ctx, value: serde_json::Value, text: &str) {
+    if ctx.json {
+        println!("{value}");
+    } else {
+        println!("{text}");
     }
 }

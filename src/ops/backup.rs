@@ -6,11 +6,12 @@
 //! new pages; one writer thread appends frames to packs and stores finished packs.
 
 use crate::error::{Error, Result};
-use crate::id::{new_backup_id, Hash, HashSetById, Sha256Stream};
+use crate::id::{new_backup_id, BlobHasher, Hash, HashSetById, Sha256Stream};
 use crate::ops::verify::{verify_manifest, VerifyReport};
 use crate::ops::VerifyLevel;
 use crate::progress::Progress;
 use crate::repo::compress::{Compression, Compressor};
+use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{encode_index_file, index_object_name, Index, IndexedPack};
 use crate::repo::manifest::{Content, DatabaseInfo, Manifest, SourceInfo, StoredInfo};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, PackWriter};
@@ -127,13 +128,12 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
             .map(|_| {
                 let rx = raw_rx.clone();
                 let tx = stored_tx.clone();
-                s.spawn(move || compress_frames(compression, rx, tx))
+                s.spawn(move || compress_frames(repo, compression, rx, tx))
             })
             .collect();
         drop((raw_rx, stored_tx));
-        let storage = repo.storage();
         let staging = staging.as_path();
-        let writer = s.spawn(move || write_packs(storage, staging, pack_size, stored_rx));
+        let writer = s.spawn(move || write_packs(repo, staging, pack_size, stored_rx));
 
         // Page ids are computed by a pool (BLAKE3 per page is the costliest per-page step
         // after SHA-256), then put back in order for dedup and the page lists.
@@ -141,16 +141,18 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
         let (hashed_tx, hashed_rx) = bounded::<HashedChunk>(workers * 4);
         let (spare_tx, spare_rx) = bounded::<Vec<u8>>(workers * 8);
         let block = snap.block_size() as usize;
+        let hasher = repo.hasher();
         for _ in 0..workers {
             let rx = chunk_rx.clone();
             let tx = hashed_tx.clone();
-            s.spawn(move || hash_pages(block, rx, tx));
+            s.spawn(move || hash_pages(hasher, block, rx, tx));
         }
         drop((chunk_rx, hashed_tx));
         let index = &index;
         let progress = &opts.progress;
-        let collector =
-            s.spawn(move || collect_pages(index, block, hashed_rx, raw_tx, spare_tx, progress));
+        let collector = s.spawn(move || {
+            collect_pages(index, hasher, block, hashed_rx, raw_tx, spare_tx, progress)
+        });
         let read = read_image(&mut snap, chunk_tx, spare_rx);
         let collected = collector
             .join()
@@ -214,7 +216,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
     let mut new_stored_bytes: u64 = packs.iter().map(|p| p.size).sum();
     let mut index_files = Vec::new();
     if !packs.is_empty() {
-        let data = encode_index_file(&packs)?;
+        let data = repo.seal(ObjectKind::Index, b"", encode_index_file(&packs)?)?;
         let iid = Hash::of(&data);
         repo.storage().put_new(&index_object_name(&iid), &data)?;
         new_stored_bytes += data.len() as u64;
@@ -317,9 +319,14 @@ fn read_image(
 }
 
 /// Stage 2 (a pool): the BLAKE3 id of every page.
-fn hash_pages(block: usize, rx: Receiver<(u64, Vec<u8>)>, tx: Sender<HashedChunk>) {
+fn hash_pages(
+    hasher: BlobHasher,
+    block: usize,
+    rx: Receiver<(u64, Vec<u8>)>,
+    tx: Sender<HashedChunk>,
+) {
     for (seq, data) in rx {
-        let ids = data.chunks_exact(block).map(Hash::of).collect();
+        let ids = data.chunks_exact(block).map(|p| hasher.id(p)).collect();
         if tx.send(HashedChunk { seq, data, ids }).is_err() {
             return;
         }
@@ -330,6 +337,7 @@ fn hash_pages(block: usize, rx: Receiver<(u64, Vec<u8>)>, tx: Sender<HashedChunk
 /// the page lists.
 fn collect_pages(
     index: &Index,
+    hasher: BlobHasher,
     block: usize,
     rx: Receiver<HashedChunk>,
     tx: Sender<RawFrame>,
@@ -350,7 +358,7 @@ fn collect_pages(
                       pending: &mut HashSetById,
                       sum: &mut ReadSummary|
      -> Result<()> {
-        let id = Hash::of(list);
+        let id = hasher.id(list);
         sum.lists.push(id);
         if !index.contains(&id) && pending.insert(id) {
             list_frame.push(id, BlobKind::List, list);
@@ -405,13 +413,15 @@ fn collect_pages(
 
 /// Stage 2: compress frames.
 fn compress_frames(
+    repo: &Repository,
     compression: Compression,
     rx: Receiver<RawFrame>,
     tx: Sender<StoredFrame>,
 ) -> Result<()> {
     let mut compressor = Compressor::new(compression);
     for f in rx {
-        let stored = compressor.compress(&f.data)?;
+        // Compress, then encrypt (in an encrypted repository): ciphertext does not compress.
+        let stored = repo.seal(ObjectKind::Frame, b"", compressor.compress(&f.data)?)?;
         tx.send(StoredFrame {
             stored,
             codec: compression.codec,
@@ -425,7 +435,7 @@ fn compress_frames(
 
 /// Stage 3: append frames to packs; store each pack once it is full.
 fn write_packs(
-    storage: &dyn crate::storage::Storage,
+    repo: &Repository,
     staging: &Path,
     pack_size: u64,
     rx: Receiver<StoredFrame>,
@@ -441,13 +451,13 @@ fn write_packs(
                 w.add_frame(&f.stored, f.raw_len, f.codec, f.blobs)?;
                 if w.len() >= pack_size {
                     if let Some(w) = current.take() {
-                        done.push(store_pack(storage, w)?);
+                        done.push(store_pack(repo, w)?);
                     }
                 }
             }
         }
         if let Some(w) = current.take() {
-            done.push(store_pack(storage, w)?);
+            done.push(store_pack(repo, w)?);
         }
         Ok(())
     })();
@@ -460,9 +470,10 @@ fn write_packs(
     Ok(done)
 }
 
-fn store_pack(storage: &dyn crate::storage::Storage, w: PackWriter) -> Result<IndexedPack> {
-    let p = w.finish()?;
-    storage.put_file_new(&pack_object_name(&p.id), &p.staged)?;
+fn store_pack(repo: &Repository, w: PackWriter) -> Result<IndexedPack> {
+    let p = w.finish(|dir| repo.seal(ObjectKind::PackDirectory, b"", dir))?;
+    repo.storage()
+        .put_file_new(&pack_object_name(&p.id), &p.staged)?;
     Ok(IndexedPack {
         id: p.id,
         size: p.size,

@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use crate::id::Hash;
+use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{decode_index_file, Index, IndexedPack};
 use crate::repo::pack::{pack_object_name, read_directory};
 use crate::repo::{compress, Repository};
@@ -68,7 +69,10 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
             ));
             continue;
         }
-        match decode_index_file(&data, &obj.name) {
+        let decoded = repo
+            .unseal(ObjectKind::Index, b"", data, &obj.name)
+            .and_then(|plain| decode_index_file(&plain, &obj.name));
+        match decoded {
             Ok(packs) => {
                 for p in packs {
                     index.add_pack(&p);
@@ -191,7 +195,15 @@ fn check_pack_data(
     if Hash::of(&data) != indexed.id {
         return Some("corrupted (hash mismatch)".into());
     }
-    let frames = match read_directory(&data, name) {
+    let open_dir = |d: &[u8]| {
+        repo.unseal(
+            ObjectKind::PackDirectory,
+            b"",
+            d.to_vec(),
+            &format!("the directory of pack {name}"),
+        )
+    };
+    let frames = match read_directory(&data, name, open_dir) {
         Ok(f) => f,
         Err(e) => return Some(e.to_string()),
     };
@@ -209,18 +221,23 @@ fn check_pack_data(
         return Some("its directory does not match the index".into());
     }
     let mut dec = compress::Decompressor::default();
+    let hasher = repo.hasher();
     for f in &indexed.frames {
         let start = f.offset as usize;
         let Some(stored) = data.get(start..start + f.stored_len as usize) else {
             return Some(format!("frame at {} lies outside the pack", f.offset));
         };
-        let raw = match dec.decompress(f.codec, stored, f.raw_len as usize) {
+        let what = format!("frame at {}", f.offset);
+        let raw = match repo
+            .unseal(ObjectKind::Frame, b"", stored.to_vec(), &what)
+            .and_then(|plain| dec.decompress(f.codec, &plain, f.raw_len as usize))
+        {
             Ok(r) => r,
             Err(e) => return Some(format!("frame at {}: {e}", f.offset)),
         };
         for b in &f.blobs {
             let slice = raw.get(b.offset as usize..(b.offset + b.len) as usize);
-            if slice.map(|s| Hash::of(s).key()) != Some(b.id) {
+            if slice.map(|s| hasher.id(s).key()) != Some(b.id) {
                 return Some(format!("blob {} is corrupted", b.id.short()));
             }
         }

@@ -301,7 +301,7 @@ fn build_batch(
             }
         };
         let blob = slice_blob(&frame, loc)?;
-        check_blob(index, id, loc, blob)?;
+        check_blob(index, repo.hasher(), id, loc, blob)?;
         out.push(Piece {
             frame,
             start: loc.offset as usize,

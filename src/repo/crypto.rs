@@ -13,7 +13,7 @@
 //!   adds a data key that every passphrase opens, without knowing the other passphrases.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::Hash;
+use crate::id::{BlobHasher, Hash};
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -147,7 +147,11 @@ impl MasterKeys {
 
     /// The id of a blob: BLAKE3 keyed with the repository's id key.
     pub fn blob_id(&self, data: &[u8]) -> Hash {
-        Hash(*blake3::keyed_hash(&self.id_key, data).as_bytes())
+        self.hasher().id(data)
+    }
+
+    pub fn hasher(&self) -> BlobHasher {
+        BlobHasher::keyed(self.id_key)
     }
 
     /// Encrypt `plain` as an object of `kind`; `name` (e.g. a backup id) binds it to its place.

@@ -5,12 +5,15 @@
 pub mod compress;
 pub mod crypto;
 pub mod index;
+pub mod keys;
 pub mod manifest;
 pub mod pack;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::{is_backup_id, Hash};
+use crate::id::{is_backup_id, BlobHasher, Hash};
+use crate::secret::Passphrase;
 use crate::storage::Storage;
+use crypto::{KdfParams, ObjectKind};
 use index::{decode_index_file, Index};
 use manifest::Manifest;
 use pack::pack_object_name;
@@ -26,19 +29,32 @@ pub struct RepoConfig {
     pub created: String,
     /// Hash naming blobs and objects.
     pub hash: String,
-    /// `none` today; encrypted repositories name their scheme here.
+    /// `none`, or `xchacha20poly1305` (see the encryption section of FORMAT.md).
     pub encryption: String,
     /// Packs are closed once they reach this many bytes.
     pub pack_size: u64,
 }
 
+/// The encryption scheme name in `config`.
+pub const ENCRYPTION: &str = "xchacha20poly1305";
+
 pub struct Repository {
     storage: Box<dyn Storage>,
     pub config: RepoConfig,
+    keys: Option<keys::Unlocked>,
+}
+
+/// How to create a repository.
+pub enum NewRepo<'a> {
+    Plain,
+    Encrypted {
+        passphrase: &'a Passphrase,
+        params: KdfParams,
+    },
 }
 
 impl Repository {
-    pub fn init(storage: Box<dyn Storage>) -> Result<Repository> {
+    pub fn init(storage: Box<dyn Storage>, kind: NewRepo) -> Result<Repository> {
         if storage.exists("config")? {
             return Err(Error::usage(format!(
                 "a repository already exists at {}",
@@ -50,9 +66,27 @@ impl Repository {
             format_version: FORMAT_VERSION,
             id: hex::encode(rand::random::<[u8; 16]>()),
             created: jiff::Timestamp::now().to_string(),
-            hash: "blake3".into(),
-            encryption: "none".into(),
+            hash: match kind {
+                NewRepo::Plain => "blake3",
+                NewRepo::Encrypted { .. } => "blake3-keyed",
+            }
+            .into(),
+            encryption: match kind {
+                NewRepo::Plain => "none",
+                NewRepo::Encrypted { .. } => ENCRYPTION,
+            }
+            .into(),
             pack_size: 16 << 20,
+        };
+        // Keys first, config last: a repository exists once its config does.
+        let keys = match kind {
+            NewRepo::Plain => None,
+            NewRepo::Encrypted { passphrase, params } => Some(keys::create(
+                storage.as_ref(),
+                passphrase,
+                params,
+                &crate::ops::backup::hostname(),
+            )?),
         };
         let data = serde_json::to_vec_pretty(&config)
             .map_err(|e| Error::internal(format!("cannot encode config: {e}")))?;
@@ -62,10 +96,18 @@ impl Repository {
                 storage.describe()
             )));
         }
-        Ok(Repository { storage, config })
+        Ok(Repository {
+            storage,
+            config,
+            keys,
+        })
     }
 
-    pub fn open(storage: Box<dyn Storage>) -> Result<Repository> {
+    /// Open a repository; `passphrase` is asked for only if the repository is encrypted.
+    pub fn open(
+        storage: Box<dyn Storage>,
+        passphrase: &mut dyn FnMut() -> Result<Passphrase>,
+    ) -> Result<Repository> {
         let data = match storage.get("config") {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => {
@@ -90,13 +132,67 @@ impl Repository {
             ))
             .hint("use the lifeboat version that created it, or a newer one"));
         }
-        if config.encryption != "none" {
-            return Err(Error::usage(format!(
-                "repository uses encryption '{}', which this lifeboat does not support",
-                config.encryption
-            )));
+        let keys = match config.encryption.as_str() {
+            "none" => None,
+            ENCRYPTION => Some(keys::unlock(storage.as_ref(), &passphrase()?)?),
+            other => {
+                return Err(Error::usage(format!(
+                    "repository uses encryption '{other}', which this lifeboat does not support"
+                ))
+                .hint("use a newer lifeboat"))
+            }
+        };
+        Ok(Repository {
+            storage,
+            config,
+            keys,
+        })
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    pub fn keys(&self) -> Option<&keys::Unlocked> {
+        self.keys.as_ref()
+    }
+
+    /// `key rotate`: a new data key for everything this and later processes write.
+    pub fn rotate_data_key(&mut self) -> Result<u32> {
+        match self.keys.as_mut() {
+            Some(k) => keys::rotate(self.storage.as_ref(), k),
+            None => Err(Error::usage("the repository is not encrypted")),
         }
-        Ok(Repository { storage, config })
+    }
+
+    /// How blob ids are computed in this repository.
+    pub fn hasher(&self) -> BlobHasher {
+        match &self.keys {
+            Some(k) => k.master.hasher(),
+            None => BlobHasher::plain(),
+        }
+    }
+
+    /// Encrypt an object in an encrypted repository; pass it through otherwise.
+    pub fn seal(&self, kind: ObjectKind, name: &[u8], plain: Vec<u8>) -> Result<Vec<u8>> {
+        match &self.keys {
+            Some(k) => k.master.seal(kind, name, &plain),
+            None => Ok(plain),
+        }
+    }
+
+    /// Authenticate and decrypt an object sealed by [`Repository::seal`].
+    pub fn unseal(
+        &self,
+        kind: ObjectKind,
+        name: &[u8],
+        data: Vec<u8>,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        match &self.keys {
+            Some(k) => k.master.open(kind, name, &data, what),
+            None => Ok(data),
+        }
     }
 
     pub fn storage(&self) -> &dyn Storage {
@@ -122,7 +218,8 @@ impl Repository {
             let packs = if Hash::of(&data) != id {
                 Err(Error::integrity("its content does not match its name"))
             } else {
-                decode_index_file(&data, &obj.name)
+                self.unseal(ObjectKind::Index, b"", data, &obj.name)
+                    .and_then(|plain| decode_index_file(&plain, &obj.name))
             };
             match packs {
                 Ok(packs) => {
@@ -181,6 +278,7 @@ impl Repository {
     pub fn read_manifest(&self, id: &str) -> Result<Manifest> {
         let name = format!("backups/{id}");
         let data = self.storage.get(&name)?;
+        let data = self.unseal(ObjectKind::Manifest, id.as_bytes(), data, &name)?;
         let m: Manifest = serde_json::from_slice(&data).map_err(|e| {
             Error::integrity(format!("manifest {name} is unreadable: {e}"))
                 .hint("the backup cannot be used; run `lifeboat repo check`")
@@ -197,6 +295,7 @@ impl Repository {
     pub fn write_manifest(&self, m: &Manifest) -> Result<u64> {
         let data = serde_json::to_vec_pretty(m)
             .map_err(|e| Error::internal(format!("cannot encode manifest: {e}")))?;
+        let data = self.seal(ObjectKind::Manifest, m.id.as_bytes(), data)?;
         if !self.storage.put_new(&format!("backups/{}", m.id), &data)? {
             return Err(Error::internal(format!(
                 "backup id {} already exists",
@@ -281,6 +380,8 @@ impl Repository {
                     e
                 }
             })?;
+        let what = format!("a frame of pack {name} at offset {}", f.offset);
+        let stored = self.unseal(ObjectKind::Frame, b"", stored, &what)?;
         decompressor
             .decompress(f.codec, &stored, f.raw_len as usize)
             .map_err(|e| {
@@ -315,7 +416,7 @@ impl Repository {
             .map(|(_, d)| d.as_slice())
             .unwrap_or_default();
         let blob = slice_blob(frame, loc)?;
-        check_blob(index, id, loc, blob)?;
+        check_blob(index, self.hasher(), id, loc, blob)?;
         Ok(blob.to_vec())
     }
 
@@ -358,8 +459,14 @@ pub fn slice_blob<'a>(frame: &'a [u8], loc: &index::BlobLoc) -> Result<&'a [u8]>
         .ok_or_else(|| Error::integrity("blob lies outside its frame"))
 }
 
-pub fn check_blob(index: &Index, id: &Hash, loc: &index::BlobLoc, blob: &[u8]) -> Result<()> {
-    if Hash::of(blob) != *id {
+pub fn check_blob(
+    index: &Index,
+    hasher: BlobHasher,
+    id: &Hash,
+    loc: &index::BlobLoc,
+    blob: &[u8],
+) -> Result<()> {
+    if hasher.id(blob) != *id {
         let pack = pack_object_name(&index.pack_of(loc).id);
         return Err(Error::integrity(format!(
             "blob {} in pack {pack} is corrupted (hash mismatch)",

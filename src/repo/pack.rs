@@ -292,9 +292,12 @@ impl PackWriter {
         self.frames.is_empty()
     }
 
-    pub fn finish(mut self) -> Result<FinishedPack> {
-        let mut dir = Vec::new();
-        encode_frames(&self.frames, &mut dir, false);
+    /// Write the directory (through `seal`, which encrypts it in encrypted repositories) and
+    /// make the pack durable.
+    pub fn finish(mut self, seal: impl FnOnce(Vec<u8>) -> Result<Vec<u8>>) -> Result<FinishedPack> {
+        let mut plain = Vec::new();
+        encode_frames(&self.frames, &mut plain, false);
+        let mut dir = seal(plain)?;
         let dir_len = dir.len() as u32;
         dir.extend_from_slice(&dir_len.to_le_bytes());
         dir.extend_from_slice(DIR_MAGIC);
@@ -314,8 +317,13 @@ impl PackWriter {
     }
 }
 
-/// Parse the directory at the end of a whole pack held in memory.
-pub fn read_directory(pack: &[u8], name: &str) -> Result<Vec<FrameEntry>> {
+/// Parse the directory at the end of a whole pack held in memory; `open` decrypts it in
+/// encrypted repositories.
+pub fn read_directory(
+    pack: &[u8],
+    name: &str,
+    open: impl FnOnce(&[u8]) -> Result<Vec<u8>>,
+) -> Result<Vec<FrameEntry>> {
     let what = format!("pack {name}");
     let bad = || Error::integrity(format!("{what} has no valid directory (truncated?)"));
     if pack.len() < PACK_MAGIC.len() + 12 || &pack[..8] != PACK_MAGIC {
@@ -330,7 +338,8 @@ pub fn read_directory(pack: &[u8], name: &str) -> Result<Vec<FrameEntry>> {
     if dir_len > end - 8 {
         return Err(bad());
     }
-    let mut r = Reader::new(&pack[end - dir_len..end], &what);
+    let dir = open(&pack[end - dir_len..end])?;
+    let mut r = Reader::new(&dir, &what);
     let frames = decode_frames(&mut r, false)?;
     if !r.is_empty() {
         return Err(bad());
@@ -426,14 +435,14 @@ mod tests {
         };
         w.add_frame(b"abc", 3, Codec::None, vec![blob.clone()])
             .unwrap();
-        let p = w.finish().unwrap();
+        let p = w.finish(Ok).unwrap();
         let bytes = std::fs::read(&p.staged).unwrap();
         assert_eq!(Hash::of(&bytes), p.id);
-        let frames = read_directory(&bytes, "t").unwrap();
+        let frames = read_directory(&bytes, "t", |d| Ok(d.to_vec())).unwrap();
         assert_eq!(
             (frames[0].blobs[0].len, frames[0].blobs[0].kind),
             (blob.len, blob.kind)
         );
-        assert!(read_directory(&bytes[..bytes.len() - 1], "t").is_err());
+        assert!(read_directory(&bytes[..bytes.len() - 1], "t", |d| Ok(d.to_vec())).is_err());
     }
 }

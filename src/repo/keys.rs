@@ -1,0 +1,183 @@
+//! Keys of an encrypted repository as stored objects: key files `keys/<id>` (root keys
+//! wrapped by a passphrase) and data keys `keys/data-<generation>` (sealed by the root key).
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::crypto::{KdfParams, KeyFile, MasterKeys, RootKeys};
+use crate::secret::Passphrase;
+use crate::storage::Storage;
+
+/// An unlocked encrypted repository's keys, and which key file opened them.
+pub struct Unlocked {
+    pub master: MasterKeys,
+    pub root: RootKeys,
+    pub key_id: String,
+}
+
+fn key_file_name(id: &str) -> String {
+    format!("keys/{id}")
+}
+
+fn data_key_name(generation: u32) -> String {
+    format!("keys/data-{generation:08}")
+}
+
+/// Every key file, oldest first.
+pub fn list(storage: &dyn Storage) -> Result<Vec<KeyFile>> {
+    let mut out = Vec::new();
+    for obj in storage.list("keys/")? {
+        let name = obj.name.rsplit('/').next().unwrap_or_default();
+        if name.starts_with("data-") || name.len() != 16 || hex::decode(name).is_err() {
+            continue;
+        }
+        let data = storage.get(&obj.name)?;
+        let kf: KeyFile = serde_json::from_slice(&data)
+            .map_err(|e| Error::integrity(format!("key file {} is unreadable: {e}", obj.name)))?;
+        out.push(kf);
+    }
+    out.sort_by(|a, b| a.created.cmp(&b.created));
+    Ok(out)
+}
+
+fn store_key_file(storage: &dyn Storage, kf: &KeyFile) -> Result<()> {
+    let data = serde_json::to_vec_pretty(kf).map_err(|e| Error::internal(e.to_string()))?;
+    if !storage.put_new(&key_file_name(&kf.id), &data)? {
+        return Err(Error::internal(format!("key id {} already exists", kf.id)));
+    }
+    Ok(())
+}
+
+/// New root keys, data key generation 0 and one key file for `passphrase`.
+pub fn create(
+    storage: &dyn Storage,
+    passphrase: &Passphrase,
+    params: KdfParams,
+    host: &str,
+) -> Result<Unlocked> {
+    let root = RootKeys::generate();
+    let (data_key, sealed) = root.new_data_key(0)?;
+    storage.put_new(&data_key_name(0), &sealed)?;
+    let kf = KeyFile::wrap(&root, passphrase.as_bytes(), params, host)?;
+    store_key_file(storage, &kf)?;
+    Ok(Unlocked {
+        master: root.with_data_keys(vec![data_key]),
+        root,
+        key_id: kf.id,
+    })
+}
+
+/// Open the repository's keys with `passphrase` (tries every key file).
+pub fn unlock(storage: &dyn Storage, passphrase: &Passphrase) -> Result<Unlocked> {
+    let files = list(storage)?;
+    if files.is_empty() {
+        return Err(Error::integrity(format!(
+            "the encrypted repository at {} has no key files",
+            storage.describe()
+        ))
+        .hint(
+            "restore keys/ from a copy of the repository; without a key the data cannot be read",
+        ));
+    }
+    let mut last = None;
+    for kf in &files {
+        match kf.unwrap(passphrase.as_bytes()) {
+            Ok(root) => {
+                let master = root.with_data_keys(read_data_keys(storage, &root)?);
+                return Ok(Unlocked {
+                    master,
+                    root,
+                    key_id: kf.id.clone(),
+                });
+            }
+            Err(e) if e.kind == ErrorKind::Auth => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::new(ErrorKind::Auth, "wrong passphrase")))
+}
+
+fn read_data_keys(storage: &dyn Storage, root: &RootKeys) -> Result<Vec<[u8; 32]>> {
+    let mut keys = Vec::new();
+    loop {
+        let generation = keys.len() as u32;
+        let name = data_key_name(generation);
+        match storage.get(&name) {
+            Ok(sealed) => keys.push(root.open_data_key(generation, &sealed)?),
+            Err(e) if e.kind == ErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if keys.is_empty() {
+        return Err(Error::integrity(
+            "the repository has no data keys (keys/data-00000000 is missing)",
+        ));
+    }
+    Ok(keys)
+}
+
+/// Add a key file for another passphrase.
+pub fn add(
+    storage: &dyn Storage,
+    unlocked: &Unlocked,
+    passphrase: &Passphrase,
+    params: KdfParams,
+    host: &str,
+) -> Result<KeyFile> {
+    let kf = KeyFile::wrap(&unlocked.root, passphrase.as_bytes(), params, host)?;
+    store_key_file(storage, &kf)?;
+    Ok(kf)
+}
+
+/// Remove a key file. The last key and the key in use cannot be removed.
+pub fn remove(storage: &dyn Storage, unlocked: &Unlocked, id: &str) -> Result<()> {
+    let files = list(storage)?;
+    let matching: Vec<&KeyFile> = files.iter().filter(|k| k.id.starts_with(id)).collect();
+    let kf = match matching.as_slice() {
+        [] => {
+            return Err(Error::not_found(format!("no key with id '{id}'"))
+                .hint("`lifeboat key list` shows the keys"))
+        }
+        [one] => *one,
+        _ => {
+            return Err(
+                Error::usage(format!("'{id}' matches several keys")).hint("type more of the id")
+            )
+        }
+    };
+    if kf.id == unlocked.key_id {
+        return Err(Error::usage("refusing to remove the key in use").hint(
+            "open the repository with another passphrase to remove this one, or use `key passwd`",
+        ));
+    }
+    if files.len() < 2 {
+        return Err(Error::usage(
+            "refusing to remove the last key: the data would be unreadable",
+        ));
+    }
+    storage.delete(&key_file_name(&kf.id))
+}
+
+/// Replace the key in use with one for a new passphrase.
+pub fn change_passphrase(
+    storage: &dyn Storage,
+    unlocked: &Unlocked,
+    new: &Passphrase,
+    params: KdfParams,
+    host: &str,
+) -> Result<KeyFile> {
+    let kf = add(storage, unlocked, new, params, host)?;
+    storage.delete(&key_file_name(&unlocked.key_id))?;
+    Ok(kf)
+}
+
+/// A new data key generation for everything written from now on.
+pub fn rotate(storage: &dyn Storage, unlocked: &mut Unlocked) -> Result<u32> {
+    let generation = unlocked.master.data_keys.len() as u32;
+    let (key, sealed) = unlocked.root.new_data_key(generation)?;
+    if !storage.put_new(&data_key_name(generation), &sealed)? {
+        return Err(Error::usage(
+            "another rotation happened at the same moment; run it again",
+        ));
+    }
+    unlocked.master.push_data_key(key);
+    Ok(generation)
+}
