@@ -8,9 +8,9 @@ use lifeboat::ops::verify::{verify_manifest, VerifyReport};
 use lifeboat::ops::{check, restore, VerifyLevel};
 use lifeboat::progress::Progress;
 use lifeboat::repo::compress::{Codec, Compression};
-use lifeboat::repo::crypto::KdfParams;
+use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfParams};
 use lifeboat::repo::manifest::Manifest;
-use lifeboat::repo::{keys, NewRepo, Repository};
+use lifeboat::repo::{keys, NewRepo, Repository, Unlock};
 use lifeboat::secret::PassphraseSource;
 use lifeboat::storage::LocalStorage;
 use serde_json::json;
@@ -55,6 +55,9 @@ struct Cli {
         hide_env_values = true
     )]
     password_command: Option<String>,
+    /// Write-only repositories: the private identity file (`key generate`) that reads them.
+    #[arg(long, global = true, env = "LIFEBOAT_IDENTITY", hide_env_values = true)]
+    identity: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,6 +91,12 @@ impl KdfArgs {
 enum KeyCommand {
     /// The key files (one per passphrase) and data key generations.
     List,
+    /// Make a private identity for write-only repositories; prints its public key.
+    Generate {
+        /// Where to write the identity (created 0600; keep it off the backup host).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Add a passphrase (from --new-password-file, LIFEBOAT_NEW_PASSWORD, or asked twice).
     Add {
         #[command(flatten)]
@@ -181,6 +190,10 @@ enum RepoCommand {
         /// --password-file, --password-command, or is asked twice.
         #[arg(long)]
         encrypt: bool,
+        /// Write-only: seal backups to this public key (from `key generate`). This host can
+        /// back up and deduplicate, but only the identity can list, verify or restore.
+        #[arg(long)]
+        recipient: Option<String>,
         #[command(flatten)]
         kdf: KdfArgs,
     },
@@ -224,6 +237,7 @@ struct Ctx {
     file: FileConfig,
     repo_flag: Option<String>,
     passphrase: PassphraseSource,
+    identity: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -233,10 +247,22 @@ impl Ctx {
 
     fn open_repo(&self) -> Result<Repository> {
         let (loc, _) = self.location();
-        Repository::open(
-            Box::new(LocalStorage::new(config::local_path(&loc)?)),
-            &mut || self.passphrase.get("Repository passphrase", false),
-        )
+        self.open_at(Box::new(LocalStorage::new(config::local_path(&loc)?)))
+    }
+
+    /// Open with the identity if one was given, else with a passphrase (asked only if the
+    /// repository is encrypted).
+    fn open_at(&self, storage: Box<LocalStorage>) -> Result<Repository> {
+        if let Some(path) = &self.identity {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::io("cannot read identity", path, e))?,
+            );
+            let identity = Identity::from_file_text(&text)?;
+            return Repository::open(storage, Unlock::Identity(&identity));
+        }
+        let mut ask = || self.passphrase.get("Repository passphrase", false);
+        Repository::open(storage, Unlock::Passphrase(&mut ask))
     }
 
     /// Whether the user gave a passphrase without being asked (then new repositories are
@@ -251,8 +277,7 @@ impl Ctx {
     fn open_or_init_repo(&self) -> Result<Repository> {
         let (loc, origin) = self.location();
         let path = config::local_path(&loc)?;
-        let mut ask = || self.passphrase.get("Repository passphrase", false);
-        match Repository::open(Box::new(LocalStorage::new(&path)), &mut ask) {
+        match self.open_at(Box::new(LocalStorage::new(&path))) {
             Err(e) if e.kind == ErrorKind::NotFound => {
                 lifeboat::storage::local::create_private_dir(&path)?;
                 let passphrase = if self.passphrase_configured() {
@@ -264,6 +289,7 @@ impl Ctx {
                     Some(p) => NewRepo::Encrypted {
                         passphrase: p,
                         params: KdfParams::default(),
+                        recipient: None,
                     },
                     None => NewRepo::Plain,
                 };
@@ -271,7 +297,8 @@ impl Ctx {
                     Ok(repo) => repo,
                     // Another process created it a moment ago (concurrent first backups): use it.
                     Err(e) => {
-                        return Repository::open(Box::new(LocalStorage::new(&path)), &mut ask)
+                        return self
+                            .open_at(Box::new(LocalStorage::new(&path)))
                             .map_err(|_| e)
                     }
                 };
@@ -389,6 +416,7 @@ fn run(cli: Cli) -> Result<i32> {
             command: cli.password_command,
             env_var: "LIFEBOAT_PASSWORD",
         },
+        identity: cli.identity,
     };
     match cli.command {
         Command::Backup(args) => cmd_backup(&ctx, args),
@@ -402,7 +430,11 @@ fn run(cli: Cli) -> Result<i32> {
             yes,
         } => cmd_restore(&ctx, &id, output, db, yes),
         Command::Repo { command } => match command {
-            RepoCommand::Init { encrypt, kdf } => cmd_init(&ctx, encrypt, kdf.params()),
+            RepoCommand::Init {
+                encrypt,
+                recipient,
+                kdf,
+            } => cmd_init(&ctx, encrypt, recipient, kdf.params()),
             RepoCommand::Show => cmd_repo_show(&ctx),
             RepoCommand::Check { read_data } => cmd_check(&ctx, read_data),
             RepoCommand::Stats => cmd_stats(&ctx),
@@ -769,7 +801,9 @@ fn cmd_restore(
     Ok(0)
 }
 
-fn cmd_init(ctx: &Ctx, encrypt: bool, params: KdfParams) -> Result<i32> {
+fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfParams) -> Result<i32> {
+    let recipient = recipient.map(|r| parse_recipient(&r)).transpose()?;
+    let encrypt = encrypt || recipient.is_some();
     let (loc, _) = ctx.location();
     let path = config::local_path(&loc)?;
     let storage = Box::new(LocalStorage::new(&path));
@@ -788,6 +822,7 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, params: KdfParams) -> Result<i32> {
         Some(p) => NewRepo::Encrypted {
             passphrase: p,
             params,
+            recipient,
         },
         None => NewRepo::Plain,
     };
@@ -917,7 +952,12 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
         tags: vec!["demo".into()],
         trigger: "manual".into(),
         compression: compression(ctx, None, None)?,
-        verify: VerifyLevel::Full,
+        // A write-only key cannot read the backup back; it still checks what it wrote.
+        verify: if repo.is_write_only() {
+            VerifyLevel::Written
+        } else {
+            VerifyLevel::Full
+        },
         progress: ctx.progress(),
     };
     let out = backup(&repo, &opts)?;
@@ -979,7 +1019,9 @@ fn cmd_repo_show(ctx: &Ctx) -> Result<i32> {
             json!({"repository": repo.location(), "id": repo.config.id,
                    "format_version": repo.config.format_version, "created": repo.config.created,
                    "encryption": repo.config.encryption, "encrypted": repo.is_encrypted(),
-                   "key_files": key_files.len(), "data_key_generations": generations})
+                   "key_files": key_files.len(), "data_key_generations": generations,
+                   "write_only": repo.is_write_only(),
+                   "recipient": keys::recipient(repo.storage())?.map(|r| recipient_string(&r))})
         );
         return Ok(0);
     }
@@ -995,6 +1037,17 @@ fn cmd_repo_show(ctx: &Ctx) -> Result<i32> {
             key_files.len(),
             generations
         );
+        if let Some(r) = keys::recipient(repo.storage())? {
+            println!(
+                "write-only   backups are sealed to {}; {}",
+                recipient_string(&r),
+                if repo.is_write_only() {
+                    "this key can back up but not read (use --identity to read)"
+                } else {
+                    "opened with its identity"
+                }
+            );
+        }
     } else {
         println!("encryption   NONE: anyone who can read the repository can read the backups");
     }
@@ -1012,6 +1065,9 @@ fn new_passphrase(file: Option<PathBuf>) -> Result<lifeboat::secret::Passphrase>
 }
 
 fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
+    if let KeyCommand::Generate { output } = &command {
+        return cmd_key_generate(ctx, output);
+    }
     let mut repo = ctx.open_repo()?;
     if !repo.is_encrypted() {
         return Err(Error::usage(format!(
@@ -1092,6 +1148,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                 &format!("passphrase changed: key {in_use} replaced by {}", kf.id),
             );
         }
+        KeyCommand::Generate { .. } => unreachable!("handled above"),
         KeyCommand::Rotate => {
             let generation = repo.rotate_data_key()?;
             print_result(
@@ -1110,4 +1167,31 @@ fn print_result(ctx: &Ctx, value: serde_json::Value, text: &str) {
     } else {
         println!("{text}");
     }
+}
+
+fn cmd_key_generate(ctx: &Ctx, output: &Path) -> Result<i32> {
+    let identity = Identity::generate();
+    let mut file = lifeboat::storage::local::create_private_file(output).map_err(|e| {
+        if output.exists() {
+            Error::usage(format!("{} already exists", output.display()))
+                .hint("choose another --output; an identity is never overwritten")
+        } else {
+            e
+        }
+    })?;
+    let text = zeroize::Zeroizing::new(identity.to_file_text());
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io("cannot write", output, e))?;
+    let public = recipient_string(&identity.public());
+    print_result(
+        ctx,
+        json!({"identity": output, "recipient": public}),
+        &format!(
+            "wrote identity {} (keep it off the backup host)\nrecipient: {public}\n\
+             on the backup host: lifeboat repo init --recipient {public}",
+            output.display()
+        ),
+    );
+    Ok(0)
 }

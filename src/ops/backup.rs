@@ -96,6 +96,12 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
     let started = Instant::now();
     let now = jiff::Timestamp::now();
     let id = new_backup_id(now.as_millisecond().max(0) as u64);
+    if opts.verify == VerifyLevel::Full && repo.is_write_only() {
+        return Err(Error::usage(
+            "--verify reads the backup back, which a write-only key cannot do",
+        )
+        .hint("back up with the default check here, and run `lifeboat verify --identity FILE` where the identity is"));
+    }
     let db_path = absolute(&opts.database)?;
     let mut snap = SqliteSnapshot::open(&db_path)?;
     let mut index = repo.load_index()?;

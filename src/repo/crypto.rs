@@ -20,8 +20,12 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// Version byte of the sealed-object envelope.
+/// Version byte of the sealed-object envelope (symmetric, under a data key).
 const ENVELOPE_VERSION: u8 = 1;
+/// Version byte of objects sealed to the repository's recipient public key (write-only mode):
+/// `2 | kind | 32-byte ephemeral X25519 public key | 24-byte nonce | ciphertext | tag`.
+const PK_ENVELOPE_VERSION: u8 = 2;
+const PK_HEADER_LEN: usize = 1 + 1 + 32 + 24;
 /// version, kind, u32 key generation, 24-byte nonce.
 pub const HEADER_LEN: usize = 1 + 1 + 4 + 24;
 pub const TAG_LEN: usize = 16;
@@ -34,6 +38,7 @@ pub enum ObjectKind {
     Index = 3,
     Manifest = 4,
     DataKey = 5,
+    RootKeys = 6,
 }
 
 impl ObjectKind {
@@ -44,6 +49,7 @@ impl ObjectKind {
             3 => ObjectKind::Index,
             4 => ObjectKind::Manifest,
             5 => ObjectKind::DataKey,
+            6 => ObjectKind::RootKeys,
             _ => return None,
         })
     }
@@ -76,6 +82,8 @@ impl RootKeys {
         MasterKeys {
             id_key: self.id_key,
             data_keys: vec![self.root_key],
+            recipient: None,
+            identity: None,
         }
     }
 
@@ -107,6 +115,8 @@ impl RootKeys {
         MasterKeys {
             id_key: self.id_key,
             data_keys,
+            recipient: None,
+            identity: None,
         }
     }
 }
@@ -118,6 +128,10 @@ pub struct MasterKeys {
     pub id_key: [u8; 32],
     /// Data keys by generation; the last one encrypts new objects (`key rotate` adds one).
     pub data_keys: Vec<[u8; 32]>,
+    /// Write-only repositories: frames and manifests are sealed to this X25519 public key.
+    pub recipient: Option<[u8; 32]>,
+    /// The matching secret, held only where backups may be read (`--identity`).
+    pub identity: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for MasterKeys {
@@ -135,6 +149,8 @@ impl MasterKeys {
         MasterKeys {
             id_key: rand::random(),
             data_keys: vec![rand::random()],
+            recipient: None,
+            identity: None,
         }
     }
 
@@ -155,7 +171,13 @@ impl MasterKeys {
     }
 
     /// Encrypt `plain` as an object of `kind`; `name` (e.g. a backup id) binds it to its place.
+    /// In a write-only repository, content (frames, manifests) is sealed to the recipient.
     pub fn seal(&self, kind: ObjectKind, name: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        if let Some(recipient) = &self.recipient {
+            if matches!(kind, ObjectKind::Frame | ObjectKind::Manifest) {
+                return seal_to(recipient, kind, name, plain);
+            }
+        }
         let generation = (self.data_keys.len() - 1) as u32;
         let key = &self.data_keys[generation as usize];
         let nonce: [u8; 24] = rand::random();
@@ -194,6 +216,16 @@ impl MasterKeys {
             ))
             .hint("run `lifeboat repo check --read-data` to find every damaged object")
         };
+        if sealed.first() == Some(&PK_ENVELOPE_VERSION) {
+            return match &self.identity {
+                Some(secret) => open_from(secret, kind, name, sealed).ok_or_else(tampered),
+                None => Err(Error::new(
+                    ErrorKind::Auth,
+                    format!("{what} is sealed to the repository's recipient key; this key is write-only"),
+                )
+                .hint("read or restore on the machine that holds the identity, with --identity FILE")),
+            };
+        }
         if sealed.len() < HEADER_LEN + TAG_LEN || sealed[0] != ENVELOPE_VERSION {
             return Err(tampered());
         }
@@ -223,6 +255,149 @@ impl MasterKeys {
             )
             .map_err(|_| tampered())
     }
+}
+
+/// The key for one object sealed to a public key: BLAKE3's KDF over the X25519 shared secret
+/// and both public keys (binding the key to this recipient and this ephemeral key).
+fn pk_object_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32]) -> [u8; 32] {
+    let mut material = Vec::with_capacity(96);
+    material.extend_from_slice(shared);
+    material.extend_from_slice(ephemeral);
+    material.extend_from_slice(recipient);
+    let key = blake3::derive_key("lifeboat 2026-11 x25519 sealed object v1", &material);
+    material.zeroize();
+    key
+}
+
+/// Seal to an X25519 public key with a fresh ephemeral key (one per object).
+pub fn seal_to(
+    recipient: &[u8; 32],
+    kind: ObjectKind,
+    name: &[u8],
+    plain: &[u8],
+) -> Result<Vec<u8>> {
+    let ephemeral = x25519_dalek::StaticSecret::from(rand::random::<[u8; 32]>());
+    let ephemeral_pub = x25519_dalek::PublicKey::from(&ephemeral).to_bytes();
+    let shared = ephemeral.diffie_hellman(&x25519_dalek::PublicKey::from(*recipient));
+    if !shared.was_contributory() {
+        return Err(Error::usage(
+            "the recipient key is not a valid X25519 public key",
+        ));
+    }
+    let mut key = pk_object_key(shared.as_bytes(), &ephemeral_pub, recipient);
+    let nonce: [u8; 24] = rand::random();
+    let mut out = Vec::with_capacity(PK_HEADER_LEN + plain.len() + TAG_LEN);
+    out.push(PK_ENVELOPE_VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&ephemeral_pub);
+    out.extend_from_slice(&nonce);
+    let aad = associated_data(&out[..PK_HEADER_LEN], name);
+    let sealed = XChaCha20Poly1305::new((&key).into())
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plain,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| Error::internal("encryption failed"));
+    key.zeroize();
+    out.extend_from_slice(&sealed?);
+    Ok(out)
+}
+
+/// Open an object sealed by [`seal_to`] with the recipient's secret; None if inauthentic.
+fn open_from(secret: &[u8; 32], kind: ObjectKind, name: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < PK_HEADER_LEN + TAG_LEN || ObjectKind::from_code(sealed[1]) != Some(kind) {
+        return None;
+    }
+    let mut ephemeral_pub = [0u8; 32];
+    ephemeral_pub.copy_from_slice(&sealed[2..34]);
+    let mut nonce = [0u8; 24];
+    nonce.copy_from_slice(&sealed[34..PK_HEADER_LEN]);
+    let secret = x25519_dalek::StaticSecret::from(*secret);
+    let recipient = x25519_dalek::PublicKey::from(&secret).to_bytes();
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(ephemeral_pub));
+    if !shared.was_contributory() {
+        return None;
+    }
+    let mut key = pk_object_key(shared.as_bytes(), &ephemeral_pub, &recipient);
+    let aad = associated_data(&sealed[..PK_HEADER_LEN], name);
+    let plain = XChaCha20Poly1305::new((&key).into())
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &sealed[PK_HEADER_LEN..],
+                aad: &aad,
+            },
+        )
+        .ok();
+    key.zeroize();
+    plain
+}
+
+/// A private identity for write-only repositories (`key generate`); kept off the backup host.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Identity {
+    pub secret: [u8; 32],
+}
+
+const RECIPIENT_PREFIX: &str = "lifeboat-recipient-";
+const IDENTITY_PREFIX: &str = "LIFEBOAT-IDENTITY-";
+
+impl Identity {
+    pub fn generate() -> Identity {
+        Identity {
+            secret: rand::random(),
+        }
+    }
+
+    pub fn public(&self) -> [u8; 32] {
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(self.secret)).to_bytes()
+    }
+
+    /// The identity file's text: a comment line with the public key, then the secret.
+    pub fn to_file_text(&self) -> String {
+        format!(
+            "# lifeboat identity; public key: {}\n{IDENTITY_PREFIX}{}\n",
+            recipient_string(&self.public()),
+            hex::encode(self.secret)
+        )
+    }
+
+    pub fn from_file_text(text: &str) -> Result<Identity> {
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(IDENTITY_PREFIX))
+            .ok_or_else(|| Error::usage("not a lifeboat identity file"))?;
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(&line[IDENTITY_PREFIX.len()..], &mut secret)
+            .map_err(|_| Error::usage("the identity file is damaged"))?;
+        Ok(Identity { secret })
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Identity(redacted)")
+    }
+}
+
+/// `lifeboat-recipient-<64 hex>`: what `repo init --recipient` takes.
+pub fn recipient_string(public: &[u8; 32]) -> String {
+    format!("{RECIPIENT_PREFIX}{}", hex::encode(public))
+}
+
+pub fn parse_recipient(s: &str) -> Result<[u8; 32]> {
+    let bad = || {
+        Error::usage(format!("'{s}' is not a lifeboat recipient"))
+            .hint("use the public key printed by `lifeboat key generate` (lifeboat-recipient-...)")
+    };
+    let hex_part = s.trim().strip_prefix(RECIPIENT_PREFIX).ok_or_else(bad)?;
+    let mut pk = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut pk).map_err(|_| bad())?;
+    Ok(pk)
 }
 
 fn associated_data(header: &[u8], name: &[u8]) -> Vec<u8> {
@@ -455,6 +630,48 @@ mod tests {
         stale.data_keys.pop();
         let e = stale.open(ObjectKind::Frame, b"", &new, "f").unwrap_err();
         assert_eq!(e.kind, ErrorKind::Auth);
+    }
+
+    #[test]
+    fn write_only_keys_seal_content_they_cannot_open() {
+        let identity = Identity::generate();
+        let mut writer = MasterKeys::generate();
+        writer.recipient = Some(identity.public());
+        let frame = writer.seal(ObjectKind::Frame, b"", b"page bytes").unwrap();
+        let index = writer.seal(ObjectKind::Index, b"", b"index").unwrap();
+        let e = writer
+            .open(ObjectKind::Frame, b"", &frame, "f")
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Auth, "the writer cannot read content");
+        assert_eq!(
+            writer.open(ObjectKind::Index, b"", &index, "i").unwrap(),
+            b"index"
+        );
+        let mut reader = writer.clone();
+        reader.identity = Some(identity.secret);
+        assert_eq!(
+            reader.open(ObjectKind::Frame, b"", &frame, "f").unwrap(),
+            b"page bytes"
+        );
+        let mut bad = frame.clone();
+        bad[40] ^= 1;
+        assert!(reader.open(ObjectKind::Frame, b"", &bad, "f").is_err());
+        assert!(
+            reader.open(ObjectKind::Manifest, b"", &frame, "f").is_err(),
+            "kind is bound"
+        );
+        let mut stranger = reader.clone();
+        stranger.identity = Some(Identity::generate().secret);
+        assert!(stranger.open(ObjectKind::Frame, b"", &frame, "f").is_err());
+        let text = identity.to_file_text();
+        assert_eq!(
+            Identity::from_file_text(&text).unwrap().secret,
+            identity.secret
+        );
+        let r = recipient_string(&identity.public());
+        assert_eq!(parse_recipient(&r).unwrap(), identity.public());
+        assert!(parse_recipient("nonsense").is_err());
+        assert!(!format!("{identity:?}").contains(&hex::encode(identity.secret)));
     }
 
     #[test]

@@ -2,15 +2,29 @@
 //! wrapped by a passphrase) and data keys `keys/data-<generation>` (sealed by the root key).
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::repo::crypto::{KdfParams, KeyFile, MasterKeys, RootKeys};
+use crate::repo::crypto::{
+    recipient_string, seal_to, Identity, KdfParams, KeyFile, MasterKeys, ObjectKind, RootKeys,
+};
 use crate::secret::Passphrase;
 use crate::storage::Storage;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
 
 /// An unlocked encrypted repository's keys, and which key file opened them.
 pub struct Unlocked {
     pub master: MasterKeys,
     pub root: RootKeys,
     pub key_id: String,
+}
+
+const RECIPIENT_OBJECT: &str = "keys/recipient";
+
+/// `keys/recipient` of a write-only repository: the public key content is sealed to, and the
+/// root keys sealed to it too, so the identity alone opens the repository.
+#[derive(Serialize, Deserialize)]
+struct RecipientFile {
+    public: String,
+    sealed_root: String,
 }
 
 fn key_file_name(id: &str) -> String {
@@ -46,22 +60,91 @@ fn store_key_file(storage: &dyn Storage, kf: &KeyFile) -> Result<()> {
     Ok(())
 }
 
-/// New root keys, data key generation 0 and one key file for `passphrase`.
+/// New root keys, data key generation 0 and one key file for `passphrase`; with a
+/// `recipient`, the repository is write-only for every passphrase.
 pub fn create(
     storage: &dyn Storage,
     passphrase: &Passphrase,
     params: KdfParams,
     host: &str,
+    recipient: Option<[u8; 32]>,
 ) -> Result<Unlocked> {
     let root = RootKeys::generate();
     let (data_key, sealed) = root.new_data_key(0)?;
     storage.put_new(&data_key_name(0), &sealed)?;
+    if let Some(public) = &recipient {
+        let plain = serde_json::to_vec(&root).map_err(|e| Error::internal(e.to_string()))?;
+        let sealed_root = seal_to(public, ObjectKind::RootKeys, b"", &plain)?;
+        let file = RecipientFile {
+            public: recipient_string(public),
+            sealed_root: base64::engine::general_purpose::STANDARD.encode(sealed_root),
+        };
+        let data = serde_json::to_vec_pretty(&file).map_err(|e| Error::internal(e.to_string()))?;
+        storage.put_new(RECIPIENT_OBJECT, &data)?;
+    }
     let kf = KeyFile::wrap(&root, passphrase.as_bytes(), params, host)?;
     store_key_file(storage, &kf)?;
+    let mut master = root.with_data_keys(vec![data_key]);
+    master.recipient = recipient;
     Ok(Unlocked {
-        master: root.with_data_keys(vec![data_key]),
+        master,
         root,
         key_id: kf.id,
+    })
+}
+
+fn read_recipient(storage: &dyn Storage) -> Result<Option<RecipientFile>> {
+    match storage.get(RECIPIENT_OBJECT) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| Error::integrity(format!("{RECIPIENT_OBJECT} is unreadable: {e}"))),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The recipient public key of a write-only repository, if it is one.
+pub fn recipient(storage: &dyn Storage) -> Result<Option<[u8; 32]>> {
+    read_recipient(storage)?
+        .map(|r| crate::repo::crypto::parse_recipient(&r.public))
+        .transpose()
+}
+
+/// Open a write-only repository with the private identity: full read access.
+pub fn unlock_with_identity(storage: &dyn Storage, identity: &Identity) -> Result<Unlocked> {
+    let Some(file) = read_recipient(storage)? else {
+        return Err(
+            Error::usage("this repository is not write-only; --identity is not needed")
+                .hint("open it with its passphrase"),
+        );
+    };
+    let public = crate::repo::crypto::parse_recipient(&file.public)?;
+    if public != identity.public() {
+        return Err(Error::new(
+            ErrorKind::Auth,
+            "this identity does not match the repository's recipient key",
+        )
+        .hint(format!("the repository's recipient is {}", file.public)));
+    }
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&file.sealed_root)
+        .map_err(|_| Error::integrity(format!("{RECIPIENT_OBJECT} is damaged")))?;
+    let reader = MasterKeys {
+        id_key: [0; 32],
+        data_keys: Vec::new(),
+        recipient: Some(public),
+        identity: Some(identity.secret),
+    };
+    let plain = reader.open(ObjectKind::RootKeys, b"", &sealed, RECIPIENT_OBJECT)?;
+    let root: RootKeys = serde_json::from_slice(&plain)
+        .map_err(|_| Error::integrity(format!("{RECIPIENT_OBJECT} is damaged")))?;
+    let mut master = root.with_data_keys(read_data_keys(storage, &root)?);
+    master.recipient = Some(public);
+    master.identity = Some(identity.secret);
+    Ok(Unlocked {
+        master,
+        root,
+        key_id: "identity".into(),
     })
 }
 
@@ -81,7 +164,8 @@ pub fn unlock(storage: &dyn Storage, passphrase: &Passphrase) -> Result<Unlocked
     for kf in &files {
         match kf.unwrap(passphrase.as_bytes()) {
             Ok(root) => {
-                let master = root.with_data_keys(read_data_keys(storage, &root)?);
+                let mut master = root.with_data_keys(read_data_keys(storage, &root)?);
+                master.recipient = recipient(storage)?;
                 return Ok(Unlocked {
                     master,
                     root,

@@ -50,7 +50,17 @@ pub enum NewRepo<'a> {
     Encrypted {
         passphrase: &'a Passphrase,
         params: KdfParams,
+        /// Write-only: content sealed to this X25519 public key (`repo init --recipient`).
+        recipient: Option<[u8; 32]>,
     },
+}
+
+/// How to unlock an encrypted repository.
+pub enum Unlock<'a> {
+    /// A passphrase, asked for only if the repository is encrypted.
+    Passphrase(&'a mut dyn FnMut() -> Result<Passphrase>),
+    /// The private identity of a write-only repository.
+    Identity(&'a crypto::Identity),
 }
 
 impl Repository {
@@ -81,11 +91,16 @@ impl Repository {
         // Keys first, config last: a repository exists once its config does.
         let keys = match kind {
             NewRepo::Plain => None,
-            NewRepo::Encrypted { passphrase, params } => Some(keys::create(
+            NewRepo::Encrypted {
+                passphrase,
+                params,
+                recipient,
+            } => Some(keys::create(
                 storage.as_ref(),
                 passphrase,
                 params,
                 &crate::ops::backup::hostname(),
+                recipient,
             )?),
         };
         let data = serde_json::to_vec_pretty(&config)
@@ -104,10 +119,7 @@ impl Repository {
     }
 
     /// Open a repository; `passphrase` is asked for only if the repository is encrypted.
-    pub fn open(
-        storage: Box<dyn Storage>,
-        passphrase: &mut dyn FnMut() -> Result<Passphrase>,
-    ) -> Result<Repository> {
+    pub fn open(storage: Box<dyn Storage>, unlock: Unlock) -> Result<Repository> {
         let data = match storage.get("config") {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => {
@@ -134,7 +146,12 @@ impl Repository {
         }
         let keys = match config.encryption.as_str() {
             "none" => None,
-            ENCRYPTION => Some(keys::unlock(storage.as_ref(), &passphrase()?)?),
+            ENCRYPTION => Some(match unlock {
+                Unlock::Passphrase(ask) => keys::unlock(storage.as_ref(), &ask()?)?,
+                Unlock::Identity(identity) => {
+                    keys::unlock_with_identity(storage.as_ref(), identity)?
+                }
+            }),
             other => {
                 return Err(Error::usage(format!(
                     "repository uses encryption '{other}', which this lifeboat does not support"
@@ -151,6 +168,13 @@ impl Repository {
 
     pub fn is_encrypted(&self) -> bool {
         self.keys.is_some()
+    }
+
+    /// Whether this process can write but not read backups (write-only key).
+    pub fn is_write_only(&self) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|k| k.master.recipient.is_some() && k.master.identity.is_none())
     }
 
     pub fn keys(&self) -> Option<&keys::Unlocked> {
