@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
     version,
     about = "Consistent, deduplicated, verified backups of live databases",
     after_help = "Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 integrity failure, \
-                  5 bad source, 6 database in use, 7 storage failure, 10 aborted"
+                  5 bad source, 6 database in use, 7 storage failure, 8 wrong passphrase, 10 aborted"
 )]
 struct Cli {
     /// Repository location (a path or file://PATH). Default: ~/.local/share/lifeboat/repo
