@@ -323,3 +323,54 @@ fn backup_after_a_lost_pack_stores_the_pages_again() {
         .success();
     assert_eq!(sha256_file(&out), sha256_file(&a_db));
 }
+
+/// Byte ranges `(offset, stored length)` of the frames of a pack that hold page lists
+/// (blob kind 1), read from the pack's directory (docs/FORMAT.md).
+fn list_frames(pack: &Path) -> Vec<(usize, usize)> {
+    let b = std::fs::read(pack).expect("pack");
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes")) as usize;
+    let dir_len = u32_at(b.len() - 12);
+    let mut i = b.len() - 12 - dir_len;
+    let mut found = Vec::new();
+    for _ in 0..u32_at(i) {
+        i += 4;
+        let offset = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes")) as usize;
+        let stored = u32_at(i + 8);
+        let count = u32_at(i + 17);
+        i += 21;
+        let mut kinds = Vec::new();
+        if b[i] == 1 {
+            kinds.push(b[i + 1]);
+            i += 6;
+        } else {
+            i += 1;
+            for _ in 0..count {
+                kinds.push(b[i]);
+                i += 5;
+            }
+        }
+        if kinds.contains(&1) {
+            found.push((offset, stored));
+        }
+        i -= 4; // the next frame's fields start here; the loop adds 4 back
+    }
+    found
+}
+
+#[test]
+fn corrupted_page_list_is_reported_by_repo_check() {
+    let f = fixture();
+    let (rel, path) = f.object_of_a("packs");
+    let frames = list_frames(&path);
+    assert!(!frames.is_empty(), "pack {rel} holds no page list");
+    let (offset, len) = frames[0];
+    flip_byte(&path, offset + len / 2);
+
+    // The pack keeps its size, but `repo check` reads every page list to find the pages a
+    // backup needs: a list that fails its check must not pass as "no problems found".
+    f.check_blames_a(false, &rel);
+    f.check_blames_a(true, &rel);
+    f.verify_fails(4, &rel);
+    f.restore_fails(4);
+    f.b_still_restores();
+}

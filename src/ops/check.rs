@@ -157,8 +157,27 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 continue;
             };
             blame(&list_id, &mut problems, &mut missing);
-            let Ok(list) = repo.read_blob_cached(&index, &list_id, &mut list_cache) else {
-                continue; // the list's pack is already blamed (or the list is missing)
+            let list = match repo.read_blob_cached(&index, &list_id, &mut list_cache) {
+                Ok(list) => list,
+                Err(e) => {
+                    // A missing list is counted above, and a missing or wrong-size pack is
+                    // blamed above. A list that is there but fails its check (damage inside
+                    // a pack of the right size) is a problem too, named by its pack.
+                    if let Some(loc) = index.get(&list_id) {
+                        let object = pack_object_name(&index.pack_of(loc).id);
+                        match problems.iter_mut().find(|p| p.object == object) {
+                            Some(p) => {
+                                p.backups.insert(m.id.clone());
+                            }
+                            None => {
+                                let mut p = problem(object, e.to_string());
+                                p.backups.insert(m.id.clone());
+                                problems.push(p);
+                            }
+                        }
+                    }
+                    continue;
+                }
             };
             for chunk in list.chunks_exact(32) {
                 let mut h = [0u8; 32];
