@@ -374,3 +374,82 @@ fn corrupted_page_list_is_reported_by_repo_check() {
     f.restore_fails(4);
     f.b_still_restores();
 }
+
+/// `lifeboat ARGS --json` on one CPU: one compressor, so frames reach the pack in a fixed
+/// order and the same pages make a byte-identical pack (with the same name) every time.
+fn run_on_one_cpu(env: &Env, args: &[&str]) -> (i32, serde_json::Value, String) {
+    use std::os::unix::process::CommandExt;
+    let mut c = env.std_cmd();
+    c.args(args).arg("--json");
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = c.output().expect("run lifeboat");
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn backup_never_leans_on_a_damaged_copy_of_the_pack_it_writes() {
+    let env = Env::new();
+    let db = env.path("a.db");
+    make_random_db(&db, "wal", 2_000, 300);
+    let d = db.to_str().expect("utf-8");
+    let (code, v, err) = run_on_one_cpu(&env, &["backup", d]);
+    assert_eq!(code, 0, "{v}\n{err}");
+    let first = v["id"].as_str().expect("id").to_string();
+    let m = env.json(&["show", &first]);
+    let packs = strings(&m["stored"]["packs"]);
+    assert_eq!(packs.len(), 1, "{m}");
+    let rel = format!("data/{}/{}", &packs[0][..2], packs[0]);
+    let path = env.repo().join(&rel);
+    let len = std::fs::metadata(&path).expect("pack").len();
+    writable(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.set_len(len / 2))
+        .expect("truncate");
+
+    // The backup stores the lost pages again, in a pack that has exactly the damaged pack's
+    // name. Linking it fails (the name exists): the backup must not commit a manifest that
+    // relies on the damaged copy, with or without the read-back check.
+    for extra in [&["--no-verify"][..], &[]] {
+        let args: Vec<&str> = ["backup", d].iter().chain(extra).copied().collect();
+        let (code, v, err) = run_on_one_cpu(&env, &args);
+        if code == 0 {
+            let id = v["id"].as_str().expect("id");
+            let out = env.path(&format!("restored-{id}.db"));
+            let (c, text) = env.run(&["restore", id, "--output", out.to_str().expect("utf-8")]);
+            panic!("backup {args:?} committed {id}, which restores with code {c}:\n{text}");
+        }
+        assert_eq!(code, 4, "{args:?}: {v}\n{err}");
+        assert!(err.contains(&rel), "the error names {rel}: {err}");
+        assert!(err.contains("damaged"), "the error says why: {err}");
+    }
+    let listed = env.json(&["list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // What the hint says: move the damaged copy away and back up again.
+    std::fs::rename(&path, env.path("damaged-pack")).expect("move aside");
+    let (code, v, err) = run_on_one_cpu(&env, &["backup", d]);
+    assert_eq!(code, 0, "{v}\n{err}");
+    let id = v["id"].as_str().expect("id");
+    let out = env.path("healed.db");
+    env.cmd()
+        .args(["restore", id, "--output", out.to_str().expect("utf-8")])
+        .assert()
+        .success();
+    assert_eq!(sha256_file(&out), sha256_file(&db));
+}

@@ -224,7 +224,10 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
     if !packs.is_empty() {
         let data = repo.seal(ObjectKind::Index, b"", encode_index_file(&packs)?)?;
         let iid = Hash::of(&data);
-        repo.storage().put_new(&index_object_name(&iid), &data)?;
+        let name = index_object_name(&iid);
+        if !repo.storage().put_new(&name, &data)? {
+            existing_copy_intact(repo, &name, &iid)?;
+        }
         new_stored_bytes += data.len() as u64;
         index_files.push(iid);
     }
@@ -478,13 +481,33 @@ fn write_packs(
 
 fn store_pack(repo: &Repository, w: PackWriter) -> Result<IndexedPack> {
     let p = w.finish(|dir| repo.seal(ObjectKind::PackDirectory, b"", dir))?;
-    repo.storage()
-        .put_file_new(&pack_object_name(&p.id), &p.staged)?;
+    let name = pack_object_name(&p.id);
+    if !repo.storage().put_file_new(&name, &p.staged)? {
+        existing_copy_intact(repo, &name, &p.id)?;
+    }
     Ok(IndexedPack {
         id: p.id,
         size: p.size,
         frames: p.frames,
     })
+}
+
+/// An object this backup stores already exists under its name, which is the hash of its
+/// bytes: normally the very same bytes. But a damaged copy (say a truncated pack, whose pages
+/// this backup stores again in an identical pack) keeps its name, and relying on it would
+/// commit a backup that cannot be restored.
+fn existing_copy_intact(repo: &Repository, name: &str, id: &Hash) -> Result<()> {
+    if Hash::of(&repo.storage().get(name)?) == *id {
+        return Ok(());
+    }
+    Err(Error::integrity(format!(
+        "{name} is damaged (its content does not match its name) and this backup needs to \
+         store it again; the backup was not committed"
+    ))
+    .hint(
+        "move that file out of the repository (keep it if you want to investigate), then run \
+         the backup again; `lifeboat repo check` lists the older backups it affects",
+    ))
 }
 
 /// Read back every object this backup wrote and check it against its name: catches a write
