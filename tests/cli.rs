@@ -436,6 +436,43 @@ fn bad_sources() {
     assert!(!env.repo().exists());
 }
 
+/// A database this user cannot read is a bad source (exit 5, as the README's table says),
+/// not a storage failure: the repository is fine, and the hint says what to check.
+#[test]
+fn unreadable_source_is_a_source_error() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let db = env.path("app.db");
+    drop(make_db(&db, 10));
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Tests run as root, who reads anything: run lifeboat as `nobody`, who can reach the
+    // folder but not read the database.
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |json: bool| {
+        let mut c = env.std_cmd();
+        c.args(["backup", s(&db)]);
+        if json {
+            c.arg("--json");
+        }
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c.output().expect("run lifeboat as nobody")
+    };
+    let out = as_nobody(false);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(stderr(&out).contains(s(&db)), "{}", stderr(&out));
+    assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
+    assert_eq!(json_error(&as_nobody(true), 5)["kind"], "Source");
+    assert!(!env.repo().exists(), "no repository was created");
+}
+
 /// Tests run as root, so a read-only folder would not stop writes. A repository path below a
 /// regular file can never be created (ENOTDIR) whoever runs it. That is a storage failure
 /// (exit 7, "unwritable/unusable target"), not "not found" (exit 3): nothing the user named

@@ -31,12 +31,23 @@ pub struct SqliteSnapshot {
 
 /// Check that `path` is a SQLite database file, with an error a person can act on.
 pub fn check_is_sqlite(path: &Path) -> Result<()> {
+    // A source this user may not read is a bad source (exit 5), not a storage failure.
+    let unreadable = |action: &str, e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            Error::source(format!("{action} {}: {e}", path.display())).hint(
+                "check the permissions of the database and its folders for the user running \
+                 lifeboat",
+            )
+        } else {
+            Error::io(action, path, e)
+        }
+    };
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::not_found(format!("database {} does not exist", path.display()))
                 .hint("check the path; `lifeboat demo` creates a sample database to try")
         } else {
-            Error::io("cannot read", path, e)
+            unreadable("cannot read", e)
         }
     })?;
     if meta.is_dir() {
@@ -52,8 +63,10 @@ pub fn check_is_sqlite(path: &Path) -> Result<()> {
         )));
     }
     let mut head = [0u8; 16];
-    let mut f = std::fs::File::open(path).ctx("cannot open", path)?;
-    let n = f.read(&mut head).ctx("cannot read", path)?;
+    let mut f = std::fs::File::open(path).map_err(|e| unreadable("cannot open", e))?;
+    let n = f
+        .read(&mut head)
+        .map_err(|e| unreadable("cannot read", e))?;
     if n < 16 || &head != HEADER {
         return Err(Error::source(format!(
             "{} is not a SQLite database (no SQLite header)",
