@@ -61,7 +61,21 @@ impl LocalStorage {
     fn link_into_place(&self, tmp: &Path, name: &str) -> Result<bool> {
         let dest = self.path(name);
         if let Some(parent) = dest.parent() {
+            let mut created = Vec::new();
+            let mut dir = Some(parent);
+            while let Some(d) = dir.filter(|d| !d.exists()) {
+                created.push(d);
+                dir = d.parent();
+            }
             create_private_dir(parent)?;
+            // A new directory (`data/ab/`, or `backups/` on the first backup) is durable only
+            // once the directory holding it is synced; otherwise a crash can lose the entry,
+            // and every object in it, after the manifest that needs them was committed.
+            for d in created.iter().rev() {
+                if let Some(up) = d.parent() {
+                    sync_dir(up)?;
+                }
+            }
         }
         let created = match fs::hard_link(tmp, &dest) {
             Ok(()) => true,
