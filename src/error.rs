@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::Path;
 
 /// Broad classes of failure. Each maps to one documented exit code
-/// (see `docs/EXIT_CODES` in the README) so scripts can react without parsing text.
+/// (the README's "Exit codes" table) so scripts can react without parsing text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
     /// A bug or an unexpected condition.

@@ -295,11 +295,23 @@ impl Ctx {
                 };
                 let repo = match Repository::init(Box::new(LocalStorage::new(&path)), kind) {
                     Ok(repo) => repo,
-                    // Another process created it a moment ago (concurrent first backups): use it.
+                    // Another process created it a moment ago (concurrent first backups): use it,
+                    // giving its creator a few seconds to write the keys (Argon2id takes a while).
                     Err(e) => {
-                        return self
-                            .open_at(Box::new(LocalStorage::new(&path)))
-                            .map_err(|_| e)
+                        if !lifeboat::storage::Storage::exists(&LocalStorage::new(&path), "config")?
+                        {
+                            return Err(e);
+                        }
+                        let mut waited = 0;
+                        loop {
+                            match self.open_at(Box::new(LocalStorage::new(&path))) {
+                                Err(e2) if e2.kind == ErrorKind::NotFound && waited < 100 => {
+                                    std::thread::sleep(std::time::Duration::from_millis(100));
+                                    waited += 1;
+                                }
+                                other => return other,
+                            }
+                        }
                     }
                 };
                 if !self.json {

@@ -191,7 +191,7 @@ fn backup_list_show_verify_restore() {
         .lines()
         .filter(|l| l.trim_start().starts_with('✓'))
         .count();
-    assert_eq!(ticks, 6, "{text}");
+    assert_eq!(ticks, 7, "{text}");
     assert!(!text.contains('✗'), "{text}");
     assert!(text.contains("OK: this backup restores"), "{text}");
     assert!(
@@ -847,7 +847,7 @@ fn verify_levels_and_repository_locations() {
     let b = env.json(&["backup", s(&db), "--verify"]);
     assert_eq!(b["verify"], "full");
     assert_eq!(b["verify_report"]["ok"], true, "{b}");
-    assert_eq!(b["verify_report"]["steps"].as_array().unwrap().len(), 6);
+    assert_eq!(b["verify_report"]["steps"].as_array().unwrap().len(), 7);
     let b = env.json(&["backup", s(&db), "--no-verify"]);
     assert_eq!(b["verify"], "none");
     assert!(b["verify_report"].is_null());

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::id::Hash;
 use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{decode_index_file, Index, IndexedPack};
+use crate::repo::manifest::Manifest;
 use crate::repo::pack::{pack_object_name, read_directory};
 use crate::repo::{compress, Repository};
 use serde::Serialize;
@@ -260,6 +261,76 @@ fn check_pack_data(
                 return Some(format!("blob {} is corrupted", b.id.short()));
             }
         }
+    }
+    None
+}
+
+/// Packs holding the blobs of backup `m` (its lists and pages), by index pack number.
+pub fn packs_used_by(repo: &Repository, index: &Index, m: &Manifest) -> Result<BTreeSet<u32>> {
+    let mut packs = BTreeSet::new();
+    let mut cache = crate::repo::FrameCache::default();
+    for list_hex in &m.content.lists {
+        let list_id = Hash::from_hex(list_hex)?;
+        if let Some(loc) = index.get(&list_id) {
+            packs.insert(index.frames[loc.frame as usize].pack);
+        }
+        let list = repo.read_blob_cached(index, &list_id, &mut cache)?;
+        for chunk in list.chunks_exact(32) {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(chunk);
+            if let Some(loc) = index.get(&Hash(h)) {
+                packs.insert(index.frames[loc.frame as usize].pack);
+            }
+        }
+    }
+    Ok(packs)
+}
+
+/// Check a pack's length and directory against the index without reading its frames: what
+/// a restore does not read, but a damaged pack would show.
+pub fn pack_structure_problem(repo: &Repository, index: &Index, pack_no: u32) -> Option<String> {
+    let pack = &index.packs[pack_no as usize];
+    let name = pack_object_name(&pack.id);
+    let fail = |why: String| Some(format!("{name}: {why}"));
+    if pack.size < 20 {
+        return fail("impossibly small".into());
+    }
+    let tail = match repo.storage().get_range(&name, pack.size - 12, 12) {
+        Ok(t) => t,
+        Err(e) => return fail(e.to_string()),
+    };
+    if &tail[4..] != crate::repo::pack::DIR_MAGIC {
+        return fail("its end is not a pack directory (truncated or extended?)".into());
+    }
+    let dir_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+    if dir_len + 20 > pack.size {
+        return fail("its directory length is impossible".into());
+    }
+    let sealed = match repo
+        .storage()
+        .get_range(&name, pack.size - 12 - dir_len, dir_len as usize)
+    {
+        Ok(d) => d,
+        Err(e) => return fail(e.to_string()),
+    };
+    let what = format!("the directory of pack {name}");
+    let dir = match repo.unseal(ObjectKind::PackDirectory, b"", sealed, &what) {
+        Ok(d) => d,
+        Err(e) => return Some(e.to_string()),
+    };
+    let mut r = crate::repo::pack::Reader::new(&dir, &what);
+    let frames = match crate::repo::pack::decode_frames(&mut r, false) {
+        Ok(f) => f,
+        Err(e) => return Some(e.to_string()),
+    };
+    let expected: Vec<_> = index.frames.iter().filter(|f| f.pack == pack_no).collect();
+    let same = frames.len() == expected.len()
+        && frames.iter().zip(&expected).all(|(a, b)| {
+            (a.offset, a.stored_len, a.raw_len, a.codec)
+                == (b.offset, b.stored_len, b.raw_len, b.codec)
+        });
+    if !same {
+        return fail("its directory does not match the index".into());
     }
     None
 }

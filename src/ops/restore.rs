@@ -1,5 +1,5 @@
-//! Restore: manifest → page lists → blobs (each checked against its id) → a new file,
-//! whose SHA-256 must match the manifest before it is renamed into place.
+//! Restore: manifest → page lists → blobs, each checked against its id (which pins every
+//! byte of the image) → a new file, fsynced before it is renamed into place.
 //!
 //! Worker threads rebuild batches of pages (reading and decompressing the frames they need)
 //! while this thread writes batches in order, so decompression and writing overlap.

@@ -88,6 +88,20 @@ pub fn verify_manifest(
         true,
         format!("{} pages, {} lists", stats.blocks, m.content.lists.len()),
     );
+    let packs = crate::ops::check::packs_used_by(repo, index, m)?;
+    let damaged: Vec<String> = packs
+        .iter()
+        .filter_map(|&p| crate::ops::check::pack_structure_problem(repo, index, p))
+        .collect();
+    report.push(
+        "packs intact (size, directory)",
+        damaged.is_empty(),
+        if damaged.is_empty() {
+            format!("{} packs", packs.len())
+        } else {
+            damaged.join("; ")
+        },
+    );
     report.push(
         "size matches",
         stats.bytes == m.database.logical_bytes,

@@ -440,6 +440,18 @@ pub struct KeyFile {
     pub wrapped: String,
 }
 
+impl KdfParams {
+    /// Refuse parameters Argon2id cannot use, before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map(|_| ())
+            .map_err(|e| {
+                Error::usage(format!("invalid Argon2 parameters: {e}"))
+                    .hint("memory is in KiB (at least 8 × lanes), passes and lanes at least 1")
+            })
+    }
+}
+
 fn derive_kek(passphrase: &[u8], salt: &[u8], p: KdfParams) -> Result<[u8; 32]> {
     let params = argon2::Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32))
         .map_err(|e| Error::usage(format!("invalid Argon2 parameters: {e}")))?;

@@ -1,6 +1,6 @@
 //! The index: which pack and frame hold each blob. Every backup that stores new packs writes
 //! one index file listing them (`index/<hash>`); opening a repository reads them all into a
-//! compact in-memory map (about 50 bytes per blob, so ~13 MiB for a 1 GiB database).
+//! compact in-memory map (30-50 bytes per blob, so 9-13 MiB for a 1 GiB database).
 //!
 //! ```text
 //! "LBINDEX1" | zstd( u32 pack count | per pack: [32] pack id, u64 size, frames with blob ids )

@@ -44,9 +44,11 @@ pub fn list(storage: &dyn Storage) -> Result<Vec<KeyFile>> {
             continue;
         }
         let data = storage.get(&obj.name)?;
-        let kf: KeyFile = serde_json::from_slice(&data)
-            .map_err(|e| Error::integrity(format!("key file {} is unreadable: {e}", obj.name)))?;
-        out.push(kf);
+        match serde_json::from_slice::<KeyFile>(&data) {
+            Ok(kf) => out.push(kf),
+            // One damaged key file must not lock out the other passphrases.
+            Err(e) => tracing::warn!("key file {} is damaged and was skipped: {e}", obj.name),
+        }
     }
     out.sort_by(|a, b| a.created.cmp(&b.created));
     Ok(out)
@@ -71,7 +73,13 @@ pub fn create(
 ) -> Result<Unlocked> {
     let root = RootKeys::generate();
     let (data_key, sealed) = root.new_data_key(0)?;
-    storage.put_new(&data_key_name(0), &sealed)?;
+    if !storage.put_new(&data_key_name(0), &sealed)? {
+        return Err(Error::usage(format!(
+            "{} already has a data key: it is not a new repository",
+            storage.describe()
+        ))
+        .hint("delete the folder if it holds no backups, or choose another --repo"));
+    }
     if let Some(public) = &recipient {
         let plain = serde_json::to_vec(&root).map_err(|e| Error::internal(e.to_string()))?;
         let sealed_root = seal_to(public, ObjectKind::RootKeys, b"", &plain)?;
@@ -152,12 +160,15 @@ pub fn unlock_with_identity(storage: &dyn Storage, identity: &Identity) -> Resul
 pub fn unlock(storage: &dyn Storage, passphrase: &Passphrase) -> Result<Unlocked> {
     let files = list(storage)?;
     if files.is_empty() {
-        return Err(Error::integrity(format!(
-            "the encrypted repository at {} has no key files",
+        // Either being created this very moment (the config is written before the keys) or
+        // an interrupted `repo init`.
+        return Err(Error::not_found(format!(
+            "the encrypted repository at {} has no key files (yet)",
             storage.describe()
         ))
         .hint(
-            "restore keys/ from a copy of the repository; without a key the data cannot be read",
+            "if `repo init` was interrupted and there are no backups, delete the folder and \
+             init again; otherwise restore keys/ from a copy of the repository",
         ));
     }
     let mut last = None;
@@ -173,7 +184,13 @@ pub fn unlock(storage: &dyn Storage, passphrase: &Passphrase) -> Result<Unlocked
                 });
             }
             Err(e) if e.kind == ErrorKind::Auth => last = Some(e),
-            Err(e) => return Err(e),
+            // A damaged key file (bad parameters, bad base64) must not stop the others.
+            Err(e) => {
+                tracing::warn!("key file {} cannot be used: {e}", kf.id);
+                if last.is_none() {
+                    last = Some(e);
+                }
+            }
         }
     }
     Err(last.unwrap_or_else(|| Error::new(ErrorKind::Auth, "wrong passphrase")))

@@ -88,7 +88,21 @@ impl Repository {
             .into(),
             pack_size: 16 << 20,
         };
-        // Keys first, config last: a repository exists once its config does.
+        // Check what can fail before anything is written, so a refused init leaves nothing.
+        if let NewRepo::Encrypted { params, .. } = &kind {
+            params.validate()?;
+        }
+        // The config decides who created the repository (create-only); only the winner then
+        // writes keys. Openers that come in between see "keys not written yet" (NotFound)
+        // and retry; see `keys::unlock`.
+        let data = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::internal(format!("cannot encode config: {e}")))?;
+        if !storage.put_new("config", &data)? {
+            return Err(Error::usage(format!(
+                "a repository was created at {} at the same moment",
+                storage.describe()
+            )));
+        }
         let keys = match kind {
             NewRepo::Plain => None,
             NewRepo::Encrypted {
@@ -103,14 +117,6 @@ impl Repository {
                 recipient,
             )?),
         };
-        let data = serde_json::to_vec_pretty(&config)
-            .map_err(|e| Error::internal(format!("cannot encode config: {e}")))?;
-        if !storage.put_new("config", &data)? {
-            return Err(Error::usage(format!(
-                "a repository was created at {} at the same moment",
-                storage.describe()
-            )));
-        }
         Ok(Repository {
             storage,
             config,

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 pub const PACK_MAGIC: &[u8; 8] = b"LBPACK01";
 pub const DIR_MAGIC: &[u8; 8] = b"LBPKDIR1";
+/// The largest raw frame a reader accepts (writers make ~1 MiB frames).
+pub const MAX_FRAME_RAW: u32 = 256 << 20;
 
 /// What a blob holds. Stored as one byte; new kinds (e.g. a delta against another blob)
 /// get new codes, and readers reject codes they do not know.
@@ -151,7 +153,9 @@ pub fn decode_frames(r: &mut Reader, with_ids: bool) -> Result<Vec<FrameEntry>> 
         let raw_len = r.u32()?;
         let codec = Codec::from_code(r.u8()?)?;
         let count = r.u32()? as usize;
-        if count > 1 << 24 {
+        // Writers make frames of about 1 MiB; bound what an untrusted directory can make us
+        // allocate.
+        if count > 1 << 24 || count > raw_len as usize + 1 || raw_len > MAX_FRAME_RAW {
             return Err(Error::integrity(format!(
                 "{} lists impossible blobs",
                 r.what
