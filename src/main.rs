@@ -62,7 +62,7 @@ struct Cli {
     command: Command,
 }
 
-/// Argon2id costs for a new key (defaults: 64 MiB, 3 passes, 1 lane).
+/// Argon2id costs for a new key (defaults: 46 MiB, 1 pass, 1 lane).
 #[derive(Args, Clone, Copy)]
 struct KdfArgs {
     /// Argon2id memory in KiB.

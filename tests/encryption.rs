@@ -88,7 +88,7 @@ fn init_encrypted(env: &Env) {
     let mut args = vec!["repo", "init", "--encrypt"];
     args.extend(FAST);
     let v = json(env, PW, &args);
-    assert_eq!(v["encryption"], "xchacha20poly1305", "{v}");
+    assert_eq!(v["encryption"], "aes-256-gcm+blake3", "{v}");
 }
 
 /// Back up `db` with passphrase `pw`; the backup's JSON report.
@@ -357,13 +357,13 @@ fn nothing_readable_at_rest() {
 
     let show = json(&env, PW, &["repo", "show"]);
     assert_eq!(show["encrypted"], true, "{show}");
-    assert_eq!(show["encryption"], "xchacha20poly1305", "{show}");
+    assert_eq!(show["encryption"], "aes-256-gcm+blake3", "{show}");
     assert_eq!(show["key_files"], 1, "{show}");
     assert_eq!(show["data_key_generations"], 1, "{show}");
     let text = run(&env, Some(PW), &["repo", "show"]).ok("repo show");
     assert!(text.stdout.contains("ENCRYPTED"), "{}", text.stdout);
     let config: Value = serde_json::from_slice(&files["config"]).expect("config is JSON");
-    assert_eq!(config["encryption"], "xchacha20poly1305");
+    assert_eq!(config["encryption"], "aes-256-gcm+blake3");
 
     // Control: the same database in an unencrypted repository is readable, so the search
     // above would have found it.
@@ -1295,7 +1295,7 @@ fn default_argon2_parameters() {
     let v = key_list(&env, PW);
     assert_eq!(
         v["keys"][0]["params"],
-        serde_json::json!({"memory_kib": 65536, "iterations": 3, "parallelism": 1}),
+        serde_json::json!({"memory_kib": 47104, "iterations": 1, "parallelism": 1}),
         "{v}"
     );
     assert_eq!(json(&env, PW, &["repo", "show"])["encrypted"], true);
@@ -1308,8 +1308,8 @@ fn default_argon2_parameters() {
     )
     .ok("init");
     let v = json(&env, PW, &["--repo", s(&r2), "key", "list"]);
-    assert_eq!(v["keys"][0]["params"]["memory_kib"], 65536, "{v}");
-    assert_eq!(v["keys"][0]["params"]["iterations"], 3, "{v}");
+    assert_eq!(v["keys"][0]["params"]["memory_kib"], 47104, "{v}");
+    assert_eq!(v["keys"][0]["params"]["iterations"], 1, "{v}");
     // Nonsensical parameters are a usage error, and create nothing.
     let r3 = env.path("r3");
     let o = run(

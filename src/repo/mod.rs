@@ -29,14 +29,14 @@ pub struct RepoConfig {
     pub created: String,
     /// Hash naming blobs and objects.
     pub hash: String,
-    /// `none`, or `xchacha20poly1305` (see the encryption section of FORMAT.md).
+    /// `none`, or `aes-256-gcm+blake3` (see the encryption section of FORMAT.md).
     pub encryption: String,
     /// Packs are closed once they reach this many bytes.
     pub pack_size: u64,
 }
 
 /// The encryption scheme name in `config`.
-pub const ENCRYPTION: &str = "xchacha20poly1305";
+pub const ENCRYPTION: &str = "aes-256-gcm+blake3";
 
 pub struct Repository {
     storage: Box<dyn Storage>,
