@@ -15,10 +15,18 @@ user would ask at that step:
                  new bytes vs zstd -3 of the pages that actually changed
                  (the floor for any page-level incremental)
   restore        time vs `zstd -d` of the DIY file
+
+Rows of the tool "lifeboat (encrypted)" (the same steps on an encrypted
+repository) are in the table with the same references, and are compared with
+plain Lifeboat step by step in a separate "encryption overhead" section with
+its own targets: time and peak RSS each <= 1.10x unencrypted.
 """
 import sys
 
 LIFEBOAT = "lifeboat"
+LIFEBOAT_ENC = "lifeboat (encrypted)"
+ENC_STEPS = ("full backup", "second backup", "restore")
+ENC_LIMIT = 1.10   # encrypted / unencrypted, for time and for peak RSS
 DIY = "sqlite3 .backup + zstd -3"
 CHANGED = "changed pages, zstd -3"
 UNZSTD = "zstd -d"
@@ -108,6 +116,14 @@ def main():
          max(lb_rss) if lb_rss else None, 256 * 1024),
     ]
     out.append("targets")
+    out += check(targets)
+    out += encryption_overhead(get)
+    print("\n".join(out))
+
+
+def check(targets):
+    """Target lines plus a summary line, for (desc, unit, got, limit) tuples."""
+    out = []
     passed = failed = 0
     for desc, unit, got, limit in targets:
         if got is None or limit is None:
@@ -125,7 +141,43 @@ def main():
         out.append(f"  [{verdict}] {desc}: {detail}")
     out.append(f"  {passed} of {len(targets)} targets met, {failed} missed, "
                f"{len(targets) - passed - failed} not measured")
-    print("\n".join(out))
+    return out
+
+
+def encryption_overhead(get):
+    """Encrypted vs plain Lifeboat, step by step: a small table and its targets."""
+    out = ["", f"encryption overhead ({LIFEBOAT_ENC} / {LIFEBOAT}, same database bytes at each step)"]
+    if not any(get(step, LIFEBOAT_ENC) for step in ENC_STEPS):
+        out.append("  not measured (BENCH_SKIP_ENCRYPTED=1)")
+        return out
+
+    def secs(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    def mib(x):
+        return "-" if x is None else f"{x / 1024:.0f}"
+
+    table = [("step", "time s plain", "time s enc", "time ratio",
+              "RSS MiB plain", "RSS MiB enc", "RSS ratio", "bytes ratio")]
+    targets = []
+    for step in ENC_STEPS:
+        p, e = get(step, LIFEBOAT), get(step, LIFEBOAT_ENC)
+        pt, et, pr, er = p.get("secs"), e.get("secs"), p.get("rss"), e.get("rss")
+        table.append((step, secs(pt), secs(et), ratio(et, pt), mib(pr), mib(er), ratio(er, pr),
+                      ratio(e.get("bytes"), p.get("bytes"))))
+        targets.append((f"{step} time encrypted <= {ENC_LIMIT:.2f}x unencrypted", "s",
+                        et, None if pt is None else pt * ENC_LIMIT))
+        targets.append((f"{step} peak RSS encrypted <= {ENC_LIMIT:.2f}x unencrypted", "KiB",
+                        er, None if pr is None else pr * ENC_LIMIT))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for i, row in enumerate(table):
+        out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if i == 0:
+            out.append("  " + "  ".join("-" * w for w in widths))
+    out += ["  (bytes: stored size for the full backup, repository growth for the second;"
+            " ratios are encrypted/unencrypted)", "", "encryption targets"]
+    out += check(targets)
+    return out
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@
 # the bytes each tool stores.  Prints a table and a target check, and writes
 # them to $BENCH_DIR/results.txt (raw numbers in $BENCH_DIR/results.tsv).
 #
+# Lifeboat is also measured with an encrypted repository (`repo init --encrypt`,
+# passphrase from LIFEBOAT_PASSWORD, default Argon2id): each Lifeboat step is
+# followed by the same step on the encrypted repository, on the same database
+# bytes (the second backups both see the one changed database), and the report
+# adds an "encryption overhead" section: encrypted/unencrypted time and peak
+# RSS ratios, with targets of <= 1.10x each.
+#
 # Usage:
 #   bench/sqlite.sh                   # full size (~1.1 GB DB, 5.5 M rows)
 #   BENCH_SMALL=1 bench/sqlite.sh     # ~50 MB DB, under a minute: checks the script
@@ -20,6 +27,7 @@
 #   BENCH_ROWS  rows in the generated database (default 5500000, or 250000 with BENCH_SMALL=1)
 #   BENCH_SKIP_BUILD=1  use the existing target/release/lifeboat without `cargo build`
 #   BENCH_LIFEBOAT      path of another lifeboat binary to measure (implies no build)
+#   BENCH_SKIP_ENCRYPTED=1  skip the encrypted-repository steps and the overhead section
 #
 # The generated database is kept as $BENCH_DIR/pristine-<rows>.db and reused
 # by later runs (generation takes a minute or two at full size); each run
@@ -43,6 +51,9 @@ TSV=$BENCH_DIR/results.tsv
 TXT=$BENCH_DIR/results.txt
 LB=${BENCH_LIFEBOAT:-$ROOT/target/release/lifeboat}
 LB_OK=0                           # set to 1 once the binary built
+LB_ENC="lifeboat (encrypted)"     # tool name of the encrypted runs; report.py matches on it
+ENC_OK=0                          # set to 1 once the encrypted repository exists
+ENC_PASSWORD=lifeboat-bench       # passed only to the encrypted runs, as LIFEBOAT_PASSWORD
 DIY="sqlite3 .backup + zstd -3"   # tool names; report.py matches on them
 CHANGED="changed pages, zstd -3"
 export RESTIC_PASSWORD=lifeboat-bench RESTIC_REPOSITORY=$RUN/restic-repo
@@ -164,7 +175,9 @@ lifeboat_version() {
     v=$("$LB" --version 2>/dev/null | head -n 1); v=${v:-lifeboat (no --version)}
     c=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null) || c="no commits yet"
     [[ -n $(cd "$ROOT" && git status --porcelain -- src Cargo.toml 2>/dev/null) ]] && c+=", src dirty"
-    echo "$v (commit $c)"
+    # An outside binary was not built from this tree: say so, not just its state.
+    if [[ -n ${BENCH_LIFEBOAT:-} ]]; then echo "$v (binary $LB; this tree: commit $c)"
+    else echo "$v (commit $c)"; fi
 }
 
 # Why a lifeboat backup run failed: exit status, or output without JSON.
@@ -198,27 +211,98 @@ check_restored() {
     else echo "BAD RESTORE: quick_check=$qc rows=$cnt want=$want"; return 1; fi
 }
 
+# --- lifeboat runs (plain and encrypted) ------------------------------------
+
+# lb_cmd TOOL -> sets LB_CMD, the command line that runs lifeboat as TOOL, and
+# LB_REPO, its repository.  The encrypted runs get the passphrase in their own
+# environment only (through env(1), which execs lifeboat: same process, so the
+# peak RSS is still lifeboat's).
+lb_cmd() {
+    if [[ $1 == "$LB_ENC" ]]; then
+        LB_CMD=(env "LIFEBOAT_PASSWORD=$ENC_PASSWORD" "$LB"); LB_REPO=$RUN/lifeboat-repo-enc
+    else
+        LB_CMD=("$LB"); LB_REPO=$RUN/lifeboat-repo
+    fi
+}
+
+# Create the encrypted repository (not timed: one-off setup, like restic init)
+# and check that it reports itself encrypted.
+init_encrypted() {
+    ENC_OK=0
+    if [[ ${BENCH_SKIP_ENCRYPTED:-0} == 1 ]]; then log "encrypted steps skipped (BENCH_SKIP_ENCRYPTED=1)"; return; fi
+    ((LB_OK)) || return
+    lb_cmd "$LB_ENC"
+    if "${LB_CMD[@]}" repo init --encrypt --repo "$LB_REPO" --json </dev/null >"$RUN/lb-enc-init.out" 2>&1 \
+        && "${LB_CMD[@]}" repo show --repo "$LB_REPO" --json </dev/null 2>&1 | grep -q '"encrypted":true'; then
+        ENC_OK=1
+    else
+        warn "lifeboat repo init --encrypt failed (see $RUN/lb-enc-init.out); encrypted steps are skipped"
+    fi
+}
+
+# Is TOOL runnable?  The plain runs need the binary; the encrypted ones also
+# the encrypted repository, and are silent (no rows) when BENCH_SKIP_ENCRYPTED=1.
+# -> 0 run it, 1 record it as skipped, 2 leave it out
+lb_runnable() {
+    if [[ $1 == "$LB_ENC" ]]; then
+        [[ ${BENCH_SKIP_ENCRYPTED:-0} == 1 ]] && return 2
+        ((LB_OK && ENC_OK)) && return 0
+        return 1
+    fi
+    ((LB_OK)) && return 0
+    return 1
+}
+
+# lb_backup STEP TOOL OUTNAME -> one timed `lifeboat backup` of the live DB,
+# recorded with the repository's growth (whole size for the full backup).
+lb_backup() {
+    local step=$1 tool=$2 out=$RUN/$3.out j note rc id lo ne re ms before
+    lb_runnable "$tool"; rc=$?
+    ((rc == 2)) && return
+    if ((rc)); then record "$step" "$tool" "" "" "" "skipped: no working binary or repository"; return; fi
+    lb_cmd "$tool"
+    before=0; [[ -d $LB_REPO ]] && before=$(dusize "$LB_REPO")
+    [[ $step == "full backup" ]] && before=0
+    run_timed "$out" "${LB_CMD[@]}" backup "$DB" --repo "$LB_REPO" --json; rc=$?
+    if ((rc == 0)) && j=$(lifeboat_json "$out") && [[ -d $LB_REPO ]]; then
+        read -r id lo ne re ms <<<"$j"
+        note="json: id=$id logical=$lo new_stored=$ne repo_stored=$re duration_ms=$ms"
+        record "$step" "$tool" "$T_SECS" "$(($(dusize "$LB_REPO") - before))" "$T_RSS_KIB" "$note"
+        return 0
+    fi
+    record "$step" "$tool" "" "" "" "$(lb_failure $rc "$out")"
+    if [[ $step == "full backup" ]]; then   # no point timing later steps against a broken binary
+        if [[ $tool == "$LB_ENC" ]]; then ENC_OK=0; else LB_OK=0; fi
+        warn "$tool backup failed; its later steps are skipped:"
+        tail -n 5 "$out.err" "$out" >&2
+    fi
+    return 1
+}
+
+# lb_restore TOOL OUTNAME WANT_ROWS -> timed `lifeboat restore latest`, checked.
+lb_restore() {
+    local tool=$1 out=$RUN/$2.out file=$RUN/$2.db want=$3 note rc
+    lb_runnable "$tool"; rc=$?
+    ((rc == 2)) && return
+    if ((rc)); then record "restore" "$tool" "" "" "" "skipped: no working binary or repository"; return; fi
+    lb_cmd "$tool"
+    if run_timed "$out" "${LB_CMD[@]}" restore latest --repo "$LB_REPO" --output "$file"; then
+        local t=$T_SECS r=$T_RSS_KIB
+        note=$(check_restored "$file" "$want")
+        cmp -s "$file" "$DB" && note+=", byte-identical to source"
+        record "restore" "$tool" "$t" "" "$r" "$note"
+    else
+        record "restore" "$tool" "" "" "" "FAILED (see $out.err)"
+    fi
+}
+
 # --- steps -------------------------------------------------------------------
 
 step_full_backup() {
     log "step 1: full backup"
-    local j note rc id lo ne re ms
-    if ((LB_OK)); then
-        run_timed "$RUN/lb-full.out" "$LB" backup "$DB" --repo "$RUN/lifeboat-repo" --json; rc=$?
-        if ((rc == 0)) && j=$(lifeboat_json "$RUN/lb-full.out") && [[ -d $RUN/lifeboat-repo ]]; then
-            read -r id lo ne re ms <<<"$j"
-            LB_FULL_REPO=$(dusize "$RUN/lifeboat-repo")
-            note="json: id=$id logical=$lo new_stored=$ne repo_stored=$re duration_ms=$ms"
-            record "full backup" lifeboat "$T_SECS" "$LB_FULL_REPO" "$T_RSS_KIB" "$note"
-        else
-            record "full backup" lifeboat "" "" "" "$(lb_failure $rc "$RUN/lb-full.out")"
-            LB_OK=0   # no point timing later steps against a broken binary
-            warn "lifeboat backup failed; its later steps are skipped:"
-            tail -n 5 "$RUN/lb-full.out.err" "$RUN/lb-full.out" >&2
-        fi
-    else
-        record "full backup" lifeboat "" "" "" "skipped: no working binary"
-    fi
+    lb_backup "full backup" lifeboat lb-full
+    init_encrypted
+    lb_backup "full backup" "$LB_ENC" lb-enc-full
 
     if have sqlite3 && have zstd; then
         # Both halves timed together: that is the cost of one DIY backup.
@@ -273,20 +357,8 @@ step_change() {
 
 step_second_backup() {
     log "step 3: second backup (after the change)"
-    local j note rc id lo ne re ms
-    if ((LB_OK)); then
-        run_timed "$RUN/lb-second.out" "$LB" backup "$DB" --repo "$RUN/lifeboat-repo" --json; rc=$?
-        if ((rc == 0)) && j=$(lifeboat_json "$RUN/lb-second.out"); then
-            read -r id lo ne re ms <<<"$j"
-            note="json: id=$id logical=$lo new_stored=$ne repo_stored=$re duration_ms=$ms"
-            record "second backup" lifeboat "$T_SECS" "$(($(dusize "$RUN/lifeboat-repo") - LB_FULL_REPO))" \
-                "$T_RSS_KIB" "$note"
-        else
-            record "second backup" lifeboat "" "" "" "$(lb_failure $rc "$RUN/lb-second.out")"
-        fi
-    else
-        record "second backup" lifeboat "" "" "" "skipped: no working binary"
-    fi
+    lb_backup "second backup" lifeboat lb-second
+    lb_backup "second backup" "$LB_ENC" lb-enc-second
 
     if have restic && [[ -n ${RESTIC_FULL_REPO:-} ]]; then
         if run_timed "$RUN/restic-second.out" restic backup "$DB"; then
@@ -305,21 +377,10 @@ step_second_backup() {
 # decompressing it is all the DIY restore does).
 step_restore() {
     log "step 4: restore latest"
-    local want note
+    local want
     want=$(sql "$DB" "SELECT count(*) FROM events")
-    if ((LB_OK)); then
-        if run_timed "$RUN/lb-restore.out" "$LB" restore latest --repo "$RUN/lifeboat-repo" \
-            --output "$RUN/lb-restore.db"; then
-            local t=$T_SECS r=$T_RSS_KIB
-            note=$(check_restored "$RUN/lb-restore.db" "$want")
-            cmp -s "$RUN/lb-restore.db" "$DB" && note+=", byte-identical to source"
-            record "restore" lifeboat "$t" "" "$r" "$note"
-        else
-            record "restore" lifeboat "" "" "" "FAILED (see $RUN/lb-restore.out.err)"
-        fi
-    else
-        record "restore" lifeboat "" "" "" "skipped: no working binary"
-    fi
+    lb_restore lifeboat lb-restore "$want"
+    lb_restore "$LB_ENC" lb-enc-restore "$want"
 
     if [[ -f $RUN/x.db.zst ]]; then
         if run_timed "$RUN/unzstd.out" zstd -d -q -f "$RUN/x.db.zst" -o "$RUN/y.db"; then
@@ -356,7 +417,9 @@ main() {
     # Measure Lifeboat's defaults: no ./lifeboat.toml from the caller's
     # directory, no LIFEBOAT_* overrides from the caller's environment.
     cd "$RUN" || exit 1
+    # (That includes any passphrase: only the encrypted runs get one.)
     unset LIFEBOAT_REPO LIFEBOAT_CONFIG LIFEBOAT_COMPRESSION LIFEBOAT_LEVEL
+    unset LIFEBOAT_PASSWORD LIFEBOAT_PASSWORD_FILE LIFEBOAT_PASSWORD_COMMAND
     cp --reflink=auto "$PRISTINE" "$DB"
     local bytes pages psize mode
     bytes=$(size "$DB")
