@@ -3,6 +3,7 @@
 //! they left unset, and picks the defaults (no config is needed at all).
 
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -92,18 +93,31 @@ pub fn repo_location(flag_or_env: Option<&str>, file: &FileConfig) -> (String, O
     (default_repo().display().to_string(), Origin::Default)
 }
 
-/// Turn a location (`PATH` or `file://PATH`) into a local path; other schemes come later.
+/// Turn a location (`PATH` or `file://PATH`) into a local path.
 pub fn local_path(location: &str) -> Result<PathBuf> {
     if let Some(p) = location.strip_prefix("file://") {
         return Ok(PathBuf::from(p));
     }
     if let Some((scheme, _)) = location.split_once("://") {
         return Err(Error::usage(format!(
-            "repository location '{scheme}://…' is not supported yet"
+            "repository location '{scheme}://…' is not supported"
         ))
-        .hint("use a local path or file://PATH"));
+        .hint("use a path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX"));
     }
     Ok(PathBuf::from(location))
+}
+
+/// The storage at a repository location. `create` makes a missing local folder (0700);
+/// buckets must exist already.
+pub fn open_storage(location: &str, create: bool) -> Result<Box<dyn Storage>> {
+    if crate::storage::object::is_object_url(location) {
+        return Ok(Box::new(crate::storage::ObjectStorage::open(location)?));
+    }
+    let path = local_path(location)?;
+    if create {
+        crate::storage::local::create_private_dir(&path)?;
+    }
+    Ok(Box::new(crate::storage::LocalStorage::new(path)))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfPar
 use lifeboat::repo::manifest::Manifest;
 use lifeboat::repo::{keys, NewRepo, Repository, Unlock};
 use lifeboat::secret::PassphraseSource;
-use lifeboat::storage::LocalStorage;
+use lifeboat::storage::Storage;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -247,12 +247,12 @@ impl Ctx {
 
     fn open_repo(&self) -> Result<Repository> {
         let (loc, _) = self.location();
-        self.open_at(Box::new(LocalStorage::new(config::local_path(&loc)?)))
+        self.open_at(config::open_storage(&loc, false)?)
     }
 
     /// Open with the identity if one was given, else with a passphrase (asked only if the
     /// repository is encrypted).
-    fn open_at(&self, storage: Box<LocalStorage>) -> Result<Repository> {
+    fn open_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
         if let Some(path) = &self.identity {
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(path)
@@ -276,10 +276,8 @@ impl Ctx {
     /// Open the repository, creating it if it does not exist yet (backup needs no set-up).
     fn open_or_init_repo(&self) -> Result<Repository> {
         let (loc, origin) = self.location();
-        let path = config::local_path(&loc)?;
-        match self.open_at(Box::new(LocalStorage::new(&path))) {
+        match self.open_at(config::open_storage(&loc, false)?) {
             Err(e) if e.kind == ErrorKind::NotFound => {
-                lifeboat::storage::local::create_private_dir(&path)?;
                 let passphrase = if self.passphrase_configured() {
                     Some(self.passphrase.get("New repository passphrase", true)?)
                 } else {
@@ -293,18 +291,17 @@ impl Ctx {
                     },
                     None => NewRepo::Plain,
                 };
-                let repo = match Repository::init(Box::new(LocalStorage::new(&path)), kind) {
+                let repo = match Repository::init(config::open_storage(&loc, true)?, kind) {
                     Ok(repo) => repo,
                     // Another process created it a moment ago (concurrent first backups): use it,
                     // giving its creator a few seconds to write the keys (Argon2id takes a while).
                     Err(e) => {
-                        if !lifeboat::storage::Storage::exists(&LocalStorage::new(&path), "config")?
-                        {
+                        if !config::open_storage(&loc, false)?.exists("config")? {
                             return Err(e);
                         }
                         let mut waited = 0;
                         loop {
-                            match self.open_at(Box::new(LocalStorage::new(&path))) {
+                            match self.open_at(config::open_storage(&loc, false)?) {
                                 Err(e2) if e2.kind == ErrorKind::NotFound && waited < 100 => {
                                     std::thread::sleep(std::time::Duration::from_millis(100));
                                     waited += 1;
@@ -322,7 +319,7 @@ impl Ctx {
                         } else {
                             "an unencrypted"
                         },
-                        path.display(),
+                        repo.location(),
                         if origin == Origin::Default {
                             " (the default; set --repo or LIFEBOAT_REPO to choose)"
                         } else {
@@ -817,13 +814,13 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
     let recipient = recipient.map(|r| parse_recipient(&r)).transpose()?;
     let encrypt = encrypt || recipient.is_some();
     let (loc, _) = ctx.location();
-    let path = config::local_path(&loc)?;
-    let storage = Box::new(LocalStorage::new(&path));
-    if lifeboat::storage::Storage::exists(storage.as_ref(), "config")? {
-        return Err(
-            Error::usage(format!("a repository already exists at {}", path.display()))
-                .hint("use it as it is, or choose another --repo"),
-        );
+    let storage = config::open_storage(&loc, false)?;
+    if storage.exists("config")? {
+        return Err(Error::usage(format!(
+            "a repository already exists at {}",
+            storage.describe()
+        ))
+        .hint("use it as it is, or choose another --repo"));
     }
     let passphrase = if encrypt {
         Some(ctx.passphrase.get("New repository passphrase", true)?)
@@ -838,8 +835,7 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
         },
         None => NewRepo::Plain,
     };
-    lifeboat::storage::local::create_private_dir(&path)?;
-    let repo = Repository::init(storage, kind)?;
+    let repo = Repository::init(config::open_storage(&loc, true)?, kind)?;
     if ctx.json {
         println!(
             "{}",

@@ -872,7 +872,8 @@ fn verify_levels_and_repository_locations() {
     assert_eq!(code(&out), 2);
     assert_eq!(env.json(&["list"]).as_array().unwrap().len(), 3);
 
-    // file://PATH is the same as PATH; other schemes are refused as usage errors.
+    // file://PATH is the same as PATH; an object store without credentials is a usage error
+    // (and no request is sent to a cloud metadata service); unknown schemes too.
     let repo = env.path("url repo");
     let url = format!("file://{}", repo.display());
     let b = env.json(&["--repo", &url, "backup", s(&db)]);
@@ -882,5 +883,12 @@ fn verify_levels_and_repository_locations() {
     let out = run(env
         .cmd()
         .args(["--repo", "s3://bucket/lifeboat", "backup", s(&db), "--json"]));
+    let e = json_error(&out, 2);
+    assert_eq!(e["kind"], "Usage");
+    assert!(
+        e["hint"].as_str().unwrap().contains("AWS_ACCESS_KEY_ID"),
+        "{e:?}"
+    );
+    let out = run(env.cmd().args(["--repo", "ftp://host/x", "list", "--json"]));
     assert_eq!(json_error(&out, 2)["kind"], "Usage");
 }

@@ -3,8 +3,10 @@
 //! never replaces an existing object, which is what makes concurrent writers and crashes safe.
 
 pub mod local;
+pub mod object;
 
 pub use local::LocalStorage;
+pub use object::ObjectStorage;
 
 use crate::error::Result;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,285 @@
+//! A repository in an object store: S3 and S3-compatible stores (`s3://bucket/prefix`),
+//! Google Cloud Storage (`gs://`) and Azure Blob Storage (`az://container/prefix`), through
+//! the `object_store` crate (its clients, credential chains and retries with backoff).
+//!
+//! The repository format needs no rename and no append: objects are created once with a
+//! create-only put (`If-None-Match: *` on S3 and Azure, generation 0 on GCS), so concurrent
+//! writers never replace each other's objects, and listings that lag only delay garbage
+//! collection, never correctness. Credentials come from each ecosystem's usual variables
+//! (`AWS_*`, `GOOGLE_*`, `AZURE_*`) and never appear in messages: `describe` is the URL.
+
+use super::{ObjectInfo, Storage};
+use crate::error::{Error, ErrorKind, Result};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct ObjectStorage {
+    store: Arc<dyn ObjectStore>,
+    /// Objects live under this prefix inside the bucket (may be empty).
+    prefix: String,
+    url: String,
+    runtime: tokio::runtime::Runtime,
+    /// Local folder where packs are assembled before upload; removed on drop.
+    staging: tempfile::TempDir,
+}
+
+/// Whether a repository location names an object store rather than a local folder.
+pub fn is_object_url(location: &str) -> bool {
+    ["s3://", "gs://", "az://", "azure://"]
+        .iter()
+        .any(|s| location.starts_with(s))
+}
+
+/// Variables that carry credentials (or an emulator setting) for each kind of store.
+fn credential_variables(scheme: &str) -> &'static [&'static str] {
+    match scheme {
+        "s3" => &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        ],
+        "gs" => &[
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "GOOGLE_SERVICE_ACCOUNT",
+            "GOOGLE_SERVICE_ACCOUNT_PATH",
+            "GOOGLE_SERVICE_ACCOUNT_KEY",
+        ],
+        _ => &[
+            "AZURE_STORAGE_ACCOUNT_KEY",
+            "AZURE_STORAGE_ACCESS_KEY",
+            "AZURE_STORAGE_SAS_KEY",
+            "AZURE_STORAGE_TOKEN",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "AZURE_STORAGE_USE_EMULATOR",
+        ],
+    }
+}
+
+/// Without credentials the clients fall back to the cloud's instance-metadata service
+/// (169.254.169.254), which off-cloud means a confusing network error. Lifeboat asks for it
+/// explicitly instead (`LIFEBOAT_CLOUD_METADATA=1` on a VM with an instance role).
+fn require_credentials(scheme: &str) -> Result<()> {
+    let vars = credential_variables(scheme);
+    let have = vars.iter().any(|v| std::env::var_os(v).is_some());
+    let metadata = std::env::var("LIFEBOAT_CLOUD_METADATA").is_ok_and(|v| v == "1");
+    if have || metadata {
+        return Ok(());
+    }
+    Err(
+        Error::usage(format!("no credentials for {scheme}:// in the environment")).hint(format!(
+            "set one of {} (or LIFEBOAT_CLOUD_METADATA=1 to use the VM's instance role)",
+            vars.join(", ")
+        )),
+    )
+}
+
+impl ObjectStorage {
+    pub fn open(url: &str) -> Result<ObjectStorage> {
+        // One TLS provider for the whole process (ring: no C build); a second install fails
+        // harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| Error::usage(format!("'{url}' is not a repository URL")))?;
+        let (bucket, prefix) = match rest.split_once('/') {
+            Some((b, p)) => (b, p.trim_matches('/')),
+            None => (rest, ""),
+        };
+        if bucket.is_empty() {
+            return Err(Error::usage(format!("'{url}' names no bucket"))
+                .hint("write it as s3://BUCKET/PREFIX (gs://, az:// likewise)"));
+        }
+        require_credentials(scheme)?;
+        let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {
+            "s3" => object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            "az" | "azure" => object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(bucket)
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            other => {
+                return Err(
+                    Error::usage(format!("unknown repository scheme '{other}://'"))
+                        .hint("use a path, file://, s3://, gs:// or az://"),
+                )
+            }
+        };
+        let store = built.map_err(|e| {
+            Error::usage(format!("cannot set up {url}: {e}")).hint(match scheme {
+                "s3" => "set AWS_REGION (and AWS_ENDPOINT for S3-compatible stores)",
+                "gs" => "set GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT",
+                _ => "set AZURE_STORAGE_ACCOUNT_NAME and a key, SAS or connection settings",
+            })
+        })?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal(format!("cannot start the I/O runtime: {e}")))?;
+        let staging = tempfile::Builder::new()
+            .prefix("lifeboat-staging-")
+            .tempdir()
+            .map_err(|e| {
+                Error::io(
+                    "cannot create a staging folder in",
+                    &std::env::temp_dir(),
+                    e,
+                )
+            })?;
+        Ok(ObjectStorage {
+            store,
+            prefix: prefix.to_string(),
+            url: url.trim_end_matches('/').to_string(),
+            runtime,
+            staging,
+        })
+    }
+
+    fn path(&self, name: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(name)
+        } else {
+            ObjPath::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    /// Turn a store error into ours, naming the object and never the credentials.
+    fn error(&self, action: &str, name: &str, e: object_store::Error) -> Error {
+        let what = format!("cannot {action} {}/{name}", self.url);
+        match e {
+            object_store::Error::NotFound { .. } => Error::not_found(format!("{what}: not found")),
+            object_store::Error::Unauthenticated { .. }
+            | object_store::Error::PermissionDenied { .. } => {
+                Error::new(ErrorKind::Storage, format!("{what}: access denied ({e})"))
+                    .hint("check the credentials and that they may write to this bucket")
+            }
+            other => Error::storage(format!("{what}: {other}")).hint(
+                "check the endpoint, the network and that the bucket exists; transient errors were \
+                 already retried",
+            ),
+        }
+    }
+
+    fn put(&self, name: &str, payload: PutPayload) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let path = self.path(name);
+        match self
+            .runtime
+            .block_on(self.store.put_opts(&path, payload, opts))
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.error("store", name, e)),
+        }
+    }
+}
+
+impl Storage for ObjectStorage {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn put_new(&self, name: &str, data: &[u8]) -> Result<bool> {
+        self.put(name, PutPayload::from(data.to_vec()))
+    }
+
+    fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool> {
+        let data = std::fs::read(staged).map_err(|e| Error::io("cannot read", staged, e));
+        let _ = std::fs::remove_file(staged);
+        self.put(name, PutPayload::from(data?))
+    }
+
+    fn staging_dir(&self) -> Result<PathBuf> {
+        Ok(self.staging.path().to_path_buf())
+    }
+
+    fn get(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        self.runtime
+            .block_on(async {
+                let r = self.store.get(&path).await?;
+                r.bytes().await
+            })
+            .map(|b| b.to_vec())
+            .map_err(|e| self.error("read", name, e))
+    }
+
+    fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        let bytes = self
+            .runtime
+            .block_on(self.store.get_range(&path, offset..offset + len as u64))
+            .map_err(|e| match e {
+                object_store::Error::Generic { .. } if offset > 0 => Error::integrity(format!(
+                    "{}/{name} is truncated or unreadable at {offset}+{len}: {e}",
+                    self.url
+                )),
+                e => self.error("read", name, e),
+            })?;
+        if bytes.len() != len {
+            return Err(Error::integrity(format!(
+                "{}/{name} is truncated: wanted {len} bytes at offset {offset}, got {}",
+                self.url,
+                bytes.len()
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let base = self.path(prefix.trim_end_matches('/'));
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let metas: Vec<object_store::ObjectMeta> = self
+            .runtime
+            .block_on(self.store.list(Some(&base)).try_collect())
+            .map_err(|e| self.error("list", prefix, e))?;
+        let mut out: Vec<ObjectInfo> = metas
+            .into_iter()
+            .filter_map(|m| {
+                let full = m.location.to_string();
+                full.strip_prefix(&strip).map(|rel| ObjectInfo {
+                    name: rel.to_string(),
+                    size: m.size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn exists(&self, name: &str) -> Result<bool> {
+        let path = self.path(name);
+        match self.runtime.block_on(self.store.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error("check", name, e)),
+        }
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let path = self.path(name);
+        match self.runtime.block_on(self.store.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("delete", name, e)),
+        }
+    }
+}
