@@ -2,6 +2,8 @@
 //! and runs the real `lifeboat` binary.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use assert_cmd::Command;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
