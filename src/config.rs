@@ -17,6 +17,9 @@ pub struct FileConfig {
     /// `written` (default), `full` or `none`.
     pub verify: Option<String>,
     pub temp_dir: Option<PathBuf>,
+    /// Extra replicas, besides those added with `lifeboat replica add`.
+    #[serde(default)]
+    pub replicas: Vec<String>,
 }
 
 /// Where the config file is: `--config`/`LIFEBOAT_CONFIG`, else `./lifeboat.toml`, else
@@ -41,7 +44,7 @@ pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
         .map_err(|e| Error::io("cannot read config file", &path, e))?;
     let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
         Error::usage(format!("config file {} is invalid: {e}", path.display()))
-            .hint("valid keys: repo, compression, level, verify, temp_dir")
+            .hint("valid keys: repo, compression, level, verify, temp_dir, replicas")
     })?;
     Ok((cfg, Some(path)))
 }

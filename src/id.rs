@@ -148,6 +148,19 @@ pub fn new_backup_id(unix_ms: u64) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// When a backup was taken, read from its id (the first 48 bits are milliseconds), without
+/// opening its manifest (which may be encrypted or on a slow store).
+pub fn backup_time(id: &str) -> Option<jiff::Timestamp> {
+    if !is_backup_id(id) {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for b in id.bytes() {
+        value = (value << 5) | CROCKFORD.iter().position(|c| *c == b)? as u128;
+    }
+    jiff::Timestamp::from_millisecond((value >> 20) as i64).ok()
+}
+
 /// Whether `s` has the shape of a backup id (used to reject junk file names in listings).
 pub fn is_backup_id(s: &str) -> bool {
     s.len() == 14 && s.bytes().all(|b| CROCKFORD.contains(&b))
@@ -164,6 +177,10 @@ mod tests {
         let c = new_backup_id(1_800_000_000_000);
         assert!(a < b && b < c, "{a} {b} {c}");
         assert!(is_backup_id(&a));
+        assert_eq!(
+            backup_time(&c).map(|t| t.as_millisecond()),
+            Some(1_800_000_000_000)
+        );
         let same: std::collections::HashSet<_> =
             (0..100).map(|_| new_backup_id(1_700_000_000_000)).collect();
         assert!(same.len() > 90);

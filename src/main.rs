@@ -5,7 +5,7 @@ use lifeboat::config::{self, FileConfig, Origin};
 use lifeboat::error::{Error, ErrorKind, Result};
 use lifeboat::ops::backup::{backup, BackupOptions};
 use lifeboat::ops::verify::{verify_manifest, VerifyReport};
-use lifeboat::ops::{check, restore, VerifyLevel};
+use lifeboat::ops::{check, restore, sync, VerifyLevel};
 use lifeboat::progress::Progress;
 use lifeboat::repo::compress::{Codec, Compression};
 use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfParams};
@@ -88,6 +88,16 @@ impl KdfArgs {
 }
 
 #[derive(Subcommand)]
+enum ReplicaCommand {
+    /// Add a replica (a path, file://, s3://, gs://, az://) and copy everything to it.
+    Add { url: String },
+    /// Stop replicating to a target (its copy is left as it is).
+    Remove { url: String },
+    /// The replicas of this repository.
+    List,
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// The key files (one per passphrase) and data key generations.
     List,
@@ -166,6 +176,18 @@ enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
+    /// Copies of this repository on other targets.
+    Replica {
+        #[command(subcommand)]
+        command: ReplicaCommand,
+    },
+    /// Bring replicas up to date (all of them, or --target URL).
+    Sync {
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Per target: how far behind, newest backup there, last success, last error.
+    Status,
     /// Passphrases and data keys of an encrypted repository.
     Key {
         #[command(subcommand)]
@@ -450,6 +472,9 @@ fn run(cli: Cli) -> Result<i32> {
         },
         Command::Demo { db, rows } => cmd_demo(&ctx, db, rows),
         Command::Key { command } => cmd_key(&ctx, command),
+        Command::Replica { command } => cmd_replica(&ctx, command),
+        Command::Sync { target } => cmd_sync(&ctx, target),
+        Command::Status => cmd_status(&ctx),
     }
 }
 
@@ -498,8 +523,13 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
     let repo = ctx.open_or_init_repo()?;
     let out = backup(&repo, &opts)?;
-    print_backup(ctx, &repo, &out, opts.verify);
-    Ok(0)
+    // Then bring every replica up to date; the backup stands on the primary either way.
+    let replication = sync::sync_replicas(&repo, &ctx.file.replicas, None)?;
+    print_backup(ctx, &repo, &out, opts.verify, &replication);
+    match sync::replica_failure(&replication) {
+        Some(e) => Err(e),
+        None => Ok(0),
+    }
 }
 
 fn print_backup(
@@ -507,6 +537,7 @@ fn print_backup(
     repo: &Repository,
     out: &lifeboat::ops::backup::BackupOutcome,
     level: VerifyLevel,
+    replication: &[sync::SyncReport],
 ) {
     let m = &out.manifest;
     let s = &m.stored;
@@ -530,6 +561,7 @@ fn print_backup(
                 "compression_ratio": comp, "duration_ms": m.duration_ms,
                 "sha256": m.database.sha256, "verify": verify_name(level),
                 "verify_report": out.verify, "warnings": out.warnings,
+                "replication": replication,
             })
         );
         return;
@@ -564,6 +596,17 @@ fn print_backup(
                 _ => "every new object read back, hashes match",
             }
         );
+    }
+    for r in replication {
+        match &r.error {
+            None => println!(
+                "  replica      {}: {} objects, {} copied",
+                r.target,
+                r.copied_objects,
+                bytes(r.copied_bytes)
+            ),
+            Some(e) => println!("  replica      {}: FAILED ({e})", r.target),
+        }
     }
     println!("  took         {:.2} s", m.duration_ms as f64 / 1000.0);
 }
@@ -969,7 +1012,7 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
         progress: ctx.progress(),
     };
     let out = backup(&repo, &opts)?;
-    print_backup(ctx, &repo, &out, opts.verify);
+    print_backup(ctx, &repo, &out, opts.verify, &[]);
     if !ctx.json {
         println!();
         println!("next: lifeboat list");
@@ -1202,4 +1245,186 @@ fn cmd_key_generate(ctx: &Ctx, output: &Path) -> Result<i32> {
         ),
     );
     Ok(0)
+}
+
+fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
+    if ctx.json {
+        println!("{}", json!({ "targets": reports }));
+    } else {
+        for r in reports {
+            match &r.error {
+                None => println!(
+                    "{}: {} objects copied ({}){}",
+                    r.target,
+                    r.copied_objects,
+                    bytes(r.copied_bytes),
+                    if r.repaired.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} damaged copies replaced", r.repaired.len())
+                    }
+                ),
+                Some(e) => println!("{}: FAILED: {e}", r.target),
+            }
+        }
+    }
+    match sync::replica_failure(reports) {
+        Some(e) => Err(e),
+        None => Ok(0),
+    }
+}
+
+fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let mut list = sync::read_replicas(repo.storage())?;
+    match command {
+        ReplicaCommand::List => {
+            let all = sync::replica_urls(&repo, &ctx.file.replicas)?;
+            if ctx.json {
+                println!("{}", json!({ "replicas": all }));
+            } else if all.is_empty() {
+                println!("no replicas; add one with `lifeboat replica add URL`");
+            } else {
+                for r in all {
+                    println!("{r}");
+                }
+            }
+            Ok(0)
+        }
+        ReplicaCommand::Add { url } => {
+            if url == repo.location() {
+                return Err(Error::usage("a repository cannot be its own replica"));
+            }
+            // Refuse a target that holds another repository.
+            let target = config::open_storage(&url, true)?;
+            if let Ok(data) = target.get("config") {
+                let theirs: lifeboat::repo::RepoConfig = serde_json::from_slice(&data)
+                    .map_err(|e| Error::integrity(format!("{url}/config is unreadable: {e}")))?;
+                if theirs.id != repo.config.id {
+                    return Err(Error::usage(format!(
+                        "{url} holds another repository ({})",
+                        theirs.id
+                    ))
+                    .hint("choose an empty location for the replica"));
+                }
+            }
+            if !list.replicas.contains(&url) {
+                list.replicas.push(url.clone());
+                sync::write_replicas(repo.storage(), &list)?;
+            }
+            let reports = sync::sync_replicas(&repo, &ctx.file.replicas, Some(&url))?;
+            print_sync(ctx, &reports)
+        }
+        ReplicaCommand::Remove { url } => {
+            if !list.replicas.contains(&url) {
+                return Err(Error::not_found(format!(
+                    "{url} is not a replica of this repository"
+                )));
+            }
+            list.replicas.retain(|r| r != &url);
+            sync::write_replicas(repo.storage(), &list)?;
+            print_result(
+                ctx,
+                json!({"removed": url}),
+                &format!("removed replica {url} (its copy is left as it is)"),
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn cmd_sync(ctx: &Ctx, target: Option<String>) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let reports = sync::sync_replicas(&repo, &ctx.file.replicas, target.as_deref())?;
+    if reports.is_empty() && !ctx.json {
+        println!("no replicas to sync; add one with `lifeboat replica add URL`");
+        return Ok(0);
+    }
+    print_sync(ctx, &reports)
+}
+
+fn cmd_status(ctx: &Ctx) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let now = jiff::Timestamp::now();
+    let age = |id: &Option<String>| {
+        id.as_deref()
+            .and_then(lifeboat::id::backup_time)
+            .map(|t| (now.as_second() - t.as_second()).max(0))
+    };
+    let primary = sync::lag(repo.storage(), repo.storage());
+    let mut rows = vec![json!({
+        "target": repo.location(), "role": "primary", "backups": primary.backups,
+        "newest_backup": primary.newest_backup, "newest_backup_age_s": age(&primary.newest_backup),
+        "error": primary.error,
+    })];
+    for url in sync::replica_urls(&repo, &ctx.file.replicas)? {
+        let lag = match config::open_storage(&url, false) {
+            Ok(t) => sync::lag(repo.storage(), t.as_ref()),
+            Err(e) => sync::Lag {
+                target: url.clone(),
+                objects_behind: 0,
+                bytes_behind: 0,
+                backups: 0,
+                newest_backup: None,
+                error: Some(e.to_string()),
+            },
+        };
+        let state = sync::state_of(&repo, &url);
+        rows.push(json!({
+            "target": url, "role": "replica", "objects_behind": lag.objects_behind,
+            "bytes_behind": lag.bytes_behind, "backups": lag.backups,
+            "newest_backup": lag.newest_backup, "newest_backup_age_s": age(&lag.newest_backup),
+            "last_success": state.last_success, "last_error": state.last_error,
+            "last_error_time": state.last_error_time, "error": lag.error,
+        }));
+    }
+    if ctx.json {
+        println!("{}", json!({ "targets": rows }));
+        return Ok(0);
+    }
+    for r in &rows {
+        let newest = match r["newest_backup_age_s"].as_i64() {
+            Some(s) => format!("newest backup {} ago", human_age(s)),
+            None => "no backups".into(),
+        };
+        println!(
+            "{} ({})",
+            r["target"].as_str().unwrap_or(""),
+            r["role"].as_str().unwrap_or("")
+        );
+        println!("  {} backups, {newest}", r["backups"]);
+        if r["role"] == "replica" {
+            println!(
+                "  behind by {} objects ({})",
+                r["objects_behind"],
+                bytes(r["bytes_behind"].as_u64().unwrap_or(0))
+            );
+            println!(
+                "  last success {}",
+                r["last_success"]
+                    .as_str()
+                    .unwrap_or("never (on this machine)")
+            );
+            if let Some(e) = r["last_error"].as_str() {
+                println!(
+                    "  last error {} at {}",
+                    e,
+                    r["last_error_time"].as_str().unwrap_or("?")
+                );
+            }
+        }
+        if let Some(e) = r["error"].as_str() {
+            println!("  UNREACHABLE: {e}");
+        }
+    }
+    Ok(0)
+}
+
+fn human_age(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
 }

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod check;
 pub mod restore;
+pub mod sync;
 pub mod verify;
 
 /// How much `backup` checks before it writes the manifest.

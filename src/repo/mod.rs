@@ -42,6 +42,8 @@ pub struct Repository {
     storage: Box<dyn Storage>,
     pub config: RepoConfig,
     keys: Option<keys::Unlocked>,
+    /// Replicas to read from when the primary's copy of an object is missing or damaged.
+    replicas: std::sync::OnceLock<Vec<Box<dyn Storage>>>,
 }
 
 /// How to create a repository.
@@ -121,6 +123,7 @@ impl Repository {
             storage,
             config,
             keys,
+            replicas: std::sync::OnceLock::new(),
         })
     }
 
@@ -169,6 +172,7 @@ impl Repository {
             storage,
             config,
             keys,
+            replicas: std::sync::OnceLock::new(),
         })
     }
 
@@ -394,11 +398,52 @@ impl Repository {
         frame_no: u32,
         decompressor: &mut compress::Decompressor,
     ) -> Result<Vec<u8>> {
+        match self.read_frame_from(self.storage.as_ref(), index, frame_no, decompressor) {
+            Ok(frame) => Ok(frame),
+            // A missing or damaged frame may be intact on a replica: use it, and say so.
+            Err(e) if e.kind != ErrorKind::Auth => {
+                for replica in self.replicas() {
+                    if let Ok(frame) =
+                        self.read_frame_from(replica.as_ref(), index, frame_no, decompressor)
+                    {
+                        tracing::warn!(
+                            "{e}; read it from replica {} instead (the primary needs repair: \
+                             `lifeboat repo check`)",
+                            replica.describe()
+                        );
+                        return Ok(frame);
+                    }
+                }
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The repository's replicas, opened on first use (only when a read needs them).
+    fn replicas(&self) -> &[Box<dyn Storage>] {
+        self.replicas.get_or_init(|| {
+            crate::ops::sync::read_replicas(self.storage.as_ref())
+                .map(|l| l.replicas)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|url| crate::config::open_storage(url, false).ok())
+                .filter(|s| s.exists("config").unwrap_or(false))
+                .collect()
+        })
+    }
+
+    fn read_frame_from(
+        &self,
+        storage: &dyn Storage,
+        index: &Index,
+        frame_no: u32,
+        decompressor: &mut compress::Decompressor,
+    ) -> Result<Vec<u8>> {
         let f = &index.frames[frame_no as usize];
         let pack = &index.packs[f.pack as usize];
         let name = pack_object_name(&pack.id);
-        let stored = self
-            .storage
+        let stored = storage
             .get_range(&name, f.offset, f.stored_len as usize)
             .map_err(|e| {
                 if e.kind == ErrorKind::NotFound {
