@@ -17,6 +17,8 @@ pub struct FileConfig {
     /// `written` (default), `full` or `none`.
     pub verify: Option<String>,
     pub temp_dir: Option<PathBuf>,
+    /// Packs uploaded at once (default 4).
+    pub transfers: Option<usize>,
     /// Extra replicas, besides those added with `lifeboat replica add`.
     #[serde(default)]
     pub replicas: Vec<String>,
@@ -44,7 +46,7 @@ pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
         .map_err(|e| Error::io("cannot read config file", &path, e))?;
     let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
         Error::usage(format!("config file {} is invalid: {e}", path.display()))
-            .hint("valid keys: repo, compression, level, verify, temp_dir, replicas")
+            .hint("valid keys: repo, compression, level, verify, temp_dir, transfers, replicas")
     })?;
     Ok((cfg, Some(path)))
 }

@@ -355,6 +355,26 @@ impl Ctx {
         }
     }
 
+    /// `LIFEBOAT_TRANSFERS`, else `transfers` in the file, else the default.
+    fn transfers(&self) -> Result<usize> {
+        match std::env::var("LIFEBOAT_TRANSFERS") {
+            Ok(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| {
+                    Error::usage(format!(
+                        "LIFEBOAT_TRANSFERS={v} is not a number from 1 to 64"
+                    ))
+                }),
+            Err(_) => Ok(self
+                .file
+                .transfers
+                .unwrap_or(lifeboat::ops::backup::DEFAULT_TRANSFERS)
+                .clamp(1, 64)),
+        }
+    }
+
     fn progress(&self) -> Progress {
         Progress::new(!self.json)
     }
@@ -518,6 +538,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         compression: compression(ctx, a.compression, a.level)?,
         verify: verify_level(ctx, a.verify, a.no_verify)?,
         progress: ctx.progress(),
+        transfers: ctx.transfers()?,
     };
     // Check the source before creating a repository for it.
     lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
@@ -1010,6 +1031,7 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
             VerifyLevel::Full
         },
         progress: ctx.progress(),
+        transfers: ctx.transfers()?,
     };
     let out = backup(&repo, &opts)?;
     print_backup(ctx, &repo, &out, opts.verify, &[]);

@@ -28,6 +28,8 @@ use std::time::Instant;
 pub const FRAME_BYTES: usize = 1 << 20;
 /// Page ids per list blob: a small change rewrites only the lists it touches.
 pub const IDS_PER_LIST: usize = 1024;
+/// Packs uploaded at once by default.
+pub const DEFAULT_TRANSFERS: usize = 4;
 
 pub struct BackupOptions {
     pub database: PathBuf,
@@ -37,6 +39,8 @@ pub struct BackupOptions {
     pub compression: Compression,
     pub verify: VerifyLevel,
     pub progress: Progress,
+    /// Packs uploaded at once (`transfers` in lifeboat.toml, `LIFEBOAT_TRANSFERS`).
+    pub transfers: usize,
 }
 
 pub struct BackupOutcome {
@@ -139,7 +143,8 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
             .collect();
         drop((raw_rx, stored_tx));
         let staging = staging.as_path();
-        let writer = s.spawn(move || write_packs(repo, staging, pack_size, stored_rx));
+        let transfers = opts.transfers;
+        let writer = s.spawn(move || write_packs(repo, staging, pack_size, transfers, stored_rx));
 
         // Page ids are computed by a pool (BLAKE3 per page is the costliest per-page step
         // after SHA-256), then put back in order for dedup and the page lists.
@@ -219,18 +224,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
         )));
     }
 
-    let mut new_stored_bytes: u64 = packs.iter().map(|p| p.size).sum();
-    let mut index_files = Vec::new();
-    if !packs.is_empty() {
-        let data = repo.seal(ObjectKind::Index, b"", encode_index_file(&packs)?)?;
-        let iid = Hash::of(&data);
-        let name = index_object_name(&iid);
-        if !repo.storage().put_new(&name, &data)? {
-            existing_copy_intact(repo, &name, &iid)?;
-        }
-        new_stored_bytes += data.len() as u64;
-        index_files.push(iid);
-    }
+    let new_stored_bytes: u64 = packs.iter().map(|p| p.pack.size + p.index_size).sum();
+    let index_files: Vec<Hash> = packs.iter().map(|p| p.index_file).collect();
+    let packs: Vec<IndexedPack> = packs.into_iter().map(|p| p.pack).collect();
     if opts.verify != VerifyLevel::None {
         check_written(repo, &packs, &index_files)?;
     }
@@ -443,52 +439,112 @@ fn compress_frames(
 }
 
 /// Stage 3: append frames to packs; store each pack once it is full.
+/// A pack this backup stored, and the index file that describes it.
+struct StoredPack {
+    pack: IndexedPack,
+    index_file: Hash,
+    index_size: u64,
+}
+
+/// Append frames to packs; finished packs are stored by `transfers` uploader threads while
+/// the next pack fills (on an object store each upload is a round trip or several).
 fn write_packs(
     repo: &Repository,
     staging: &Path,
     pack_size: u64,
+    transfers: usize,
     rx: Receiver<StoredFrame>,
-) -> Result<Vec<IndexedPack>> {
-    let mut done = Vec::new();
-    let mut current: Option<PackWriter> = None;
-    let result = (|| -> Result<()> {
-        for f in rx.iter() {
-            if current.is_none() {
-                current = Some(PackWriter::create(staging)?);
-            }
-            if let Some(w) = current.as_mut() {
-                w.add_frame(&f.stored, f.raw_len, f.codec, f.blobs)?;
-                if w.len() >= pack_size {
-                    if let Some(w) = current.take() {
-                        done.push(store_pack(repo, w)?);
+) -> Result<Vec<StoredPack>> {
+    let done = std::sync::Mutex::new(Vec::new());
+    let first_error: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let fail = |e: Error| {
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+    };
+    std::thread::scope(|s| {
+        let (up_tx, up_rx) = bounded::<PackWriter>(transfers.max(1));
+        for _ in 0..transfers.max(1) {
+            let up_rx = up_rx.clone();
+            let (done, fail) = (&done, &fail);
+            s.spawn(move || {
+                for w in up_rx {
+                    match store_pack(repo, w) {
+                        Ok(p) => {
+                            if let Ok(mut d) = done.lock() {
+                                d.push(p);
+                            }
+                        }
+                        Err(e) => fail(e),
+                    }
+                }
+            });
+        }
+        drop(up_rx);
+        let mut current: Option<PackWriter> = None;
+        let result = (|| -> Result<()> {
+            for f in rx.iter() {
+                if current.is_none() {
+                    current = Some(PackWriter::create(staging)?);
+                }
+                if let Some(w) = current.as_mut() {
+                    w.add_frame(&f.stored, f.raw_len, f.codec, f.blobs)?;
+                    if w.len() >= pack_size {
+                        if let Some(w) = current.take() {
+                            up_tx
+                                .send(w)
+                                .map_err(|_| Error::internal(PIPELINE_STOPPED))?;
+                        }
                     }
                 }
             }
+            if let Some(w) = current.take() {
+                up_tx
+                    .send(w)
+                    .map_err(|_| Error::internal(PIPELINE_STOPPED))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            if let Some(w) = current.take() {
+                w.abandon();
+            }
+            fail(e);
         }
-        if let Some(w) = current.take() {
-            done.push(store_pack(repo, w)?);
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        if let Some(w) = current.take() {
-            w.abandon();
-        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
-    Ok(done)
+    Ok(done.into_inner().unwrap_or_default())
 }
 
-fn store_pack(repo: &Repository, w: PackWriter) -> Result<IndexedPack> {
+/// Store a finished pack, then at once the index file describing it: a backup interrupted
+/// later still leaves its stored packs indexed, so the next run does not upload them again.
+fn store_pack(repo: &Repository, w: PackWriter) -> Result<StoredPack> {
     let p = w.finish(|dir| repo.seal(ObjectKind::PackDirectory, b"", dir))?;
     let name = pack_object_name(&p.id);
     if !repo.storage().put_file_new(&name, &p.staged)? {
         existing_copy_intact(repo, &name, &p.id)?;
     }
-    Ok(IndexedPack {
+    let pack = IndexedPack {
         id: p.id,
         size: p.size,
         frames: p.frames,
+    };
+    let data = repo.seal(
+        ObjectKind::Index,
+        b"",
+        encode_index_file(std::slice::from_ref(&pack))?,
+    )?;
+    let index_file = Hash::of(&data);
+    let index_name = index_object_name(&index_file);
+    if !repo.storage().put_new(&index_name, &data)? {
+        existing_copy_intact(repo, &index_name, &index_file)?;
+    }
+    Ok(StoredPack {
+        pack,
+        index_file,
+        index_size: data.len() as u64,
     })
 }
 

@@ -484,6 +484,7 @@ pub fn restore_in_place(
                 compression,
                 verify: VerifyLevel::Written,
                 progress: progress.clone(),
+                transfers: crate::ops::backup::DEFAULT_TRANSFERS,
             },
         );
         match safety {
