@@ -78,6 +78,32 @@ fn require_credentials(scheme: &str) -> Result<()> {
     )
 }
 
+/// How transient errors (5xx, throttling, dropped connections) are retried, with exponential
+/// backoff. object_store's defaults (10 retries, none started later than 180 s after the first
+/// attempt) suit unattended backups; two optional variables override them, say for a job that
+/// must give up quickly when the store is down (and for tests):
+/// `LIFEBOAT_RETRIES` (retries per request, 0 = none) and `LIFEBOAT_RETRY_TIMEOUT_SECS`
+/// (seconds after the first attempt when no further retry starts).
+fn retry_config() -> Result<object_store::RetryConfig> {
+    let mut retry = object_store::RetryConfig::default();
+    let number = |var: &str| -> Result<Option<u64>> {
+        match std::env::var(var) {
+            Err(_) => Ok(None),
+            Ok(v) => v.trim().parse().map(Some).map_err(|_| {
+                Error::usage(format!("{var}={v} is not a whole number"))
+                    .hint(format!("unset {var} to use the default"))
+            }),
+        }
+    };
+    if let Some(n) = number("LIFEBOAT_RETRIES")? {
+        retry.max_retries = n as usize;
+    }
+    if let Some(s) = number("LIFEBOAT_RETRY_TIMEOUT_SECS")? {
+        retry.retry_timeout = std::time::Duration::from_secs(s);
+    }
+    Ok(retry)
+}
+
 impl ObjectStorage {
     pub fn open(url: &str) -> Result<ObjectStorage> {
         // One TLS provider for the whole process (ring: no C build); a second install fails
@@ -95,17 +121,21 @@ impl ObjectStorage {
                 .hint("write it as s3://BUCKET/PREFIX (gs://, az:// likewise)"));
         }
         require_credentials(scheme)?;
+        let retry = retry_config()?;
         let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {
             "s3" => object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(retry.clone())
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_bucket_name(bucket)
+                .with_retry(retry.clone())
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             "az" | "azure" => object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_container_name(bucket)
+                .with_retry(retry)
                 .build()
                 .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             other => {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod azure;
+pub mod fault_proxy;
 pub mod gcs;
 pub mod s3;
 
