@@ -494,7 +494,7 @@ fn the_proxy_faults_single_requests_on_a_kept_alive_connection() {
     );
 }
 
-// ---- Faults Lifeboat does not survive yet (run with `--ignored`; see the reasons) ----
+// ---- Faults that once broke Lifeboat: a pack upload reset mid-body, a lost response ----
 
 /// A connection reset in the middle of a pack upload (a multi-MiB create-only PUT) should be
 /// retried like any transient error. object_store does not retry it: a create-only PUT is
@@ -503,7 +503,6 @@ fn the_proxy_faults_single_requests_on_a_kept_alive_connection() {
 /// itself: if the first attempt did land, the retry's 412 becomes `AlreadyExists`, which
 /// `store_pack` already handles by checking the stored copy's hash.
 #[test]
-#[ignore = "BUG: a reset mid-upload of a pack fails the backup at once (exit 7, no retry)"]
 fn a_pack_upload_reset_mid_body_is_retried() {
     let env = Env::new();
     let s3 = S3Server::start();
@@ -533,7 +532,6 @@ fn a_pack_upload_reset_mid_body_is_retried() {
 /// fact committed. `write_manifest` could compare the stored manifest with its own bytes
 /// and succeed when they are the same.
 #[test]
-#[ignore = "BUG: a lost response to the manifest PUT fails a committed backup with exit 1"]
 fn a_lost_response_to_the_manifest_put_is_not_an_error() {
     let env = Env::new();
     let s3 = S3Server::start();

@@ -56,10 +56,7 @@ pub fn list(storage: &dyn Storage) -> Result<Vec<KeyFile>> {
 
 fn store_key_file(storage: &dyn Storage, kf: &KeyFile) -> Result<()> {
     let data = serde_json::to_vec_pretty(kf).map_err(|e| Error::internal(e.to_string()))?;
-    if !storage.put_new(&key_file_name(&kf.id), &data)? {
-        return Err(Error::internal(format!("key id {} already exists", kf.id)));
-    }
-    Ok(())
+    crate::storage::put_new_or_same(storage, &key_file_name(&kf.id), &data)
 }
 
 /// New root keys, data key generation 0 and one key file for `passphrase`; with a
@@ -73,7 +70,7 @@ pub fn create(
 ) -> Result<Unlocked> {
     let root = RootKeys::generate();
     let (data_key, sealed) = root.new_data_key(0)?;
-    if !storage.put_new(&data_key_name(0), &sealed)? {
+    if !storage.put_new(&data_key_name(0), &sealed)? && storage.get(&data_key_name(0))? != sealed {
         return Err(Error::usage(format!(
             "{} already has a data key: it is not a new repository",
             storage.describe()
@@ -88,7 +85,7 @@ pub fn create(
             sealed_root: base64::engine::general_purpose::STANDARD.encode(sealed_root),
         };
         let data = serde_json::to_vec_pretty(&file).map_err(|e| Error::internal(e.to_string()))?;
-        storage.put_new(RECIPIENT_OBJECT, &data)?;
+        crate::storage::put_new_or_same(storage, RECIPIENT_OBJECT, &data)?;
     }
     let kf = KeyFile::wrap(&root, passphrase.as_bytes(), params, host)?;
     store_key_file(storage, &kf)?;

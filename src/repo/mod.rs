@@ -99,7 +99,7 @@ impl Repository {
         // and retry; see `keys::unlock`.
         let data = serde_json::to_vec_pretty(&config)
             .map_err(|e| Error::internal(format!("cannot encode config: {e}")))?;
-        if !storage.put_new("config", &data)? {
+        if !storage.put_new("config", &data)? && storage.get("config")? != data {
             return Err(Error::usage(format!(
                 "a repository was created at {} at the same moment",
                 storage.describe()
@@ -330,12 +330,12 @@ impl Repository {
         let data = serde_json::to_vec_pretty(m)
             .map_err(|e| Error::internal(format!("cannot encode manifest: {e}")))?;
         let data = self.seal(ObjectKind::Manifest, m.id.as_bytes(), data)?;
-        if !self.storage.put_new(&format!("backups/{}", m.id), &data)? {
-            return Err(Error::internal(format!(
-                "backup id {} already exists",
-                m.id
-            )));
-        }
+        // Same bytes already there: our own write whose answer was lost.
+        crate::storage::put_new_or_same(
+            self.storage.as_ref(),
+            &format!("backups/{}", m.id),
+            &data,
+        )?;
         Ok(data.len() as u64)
     }
 

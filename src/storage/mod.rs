@@ -11,6 +11,23 @@ pub use object::ObjectStorage;
 use crate::error::Result;
 use std::path::{Path, PathBuf};
 
+/// Create `name` holding `data`, or accept an existing object with exactly these bytes (our
+/// own earlier attempt whose answer was lost, or a concurrent writer of the same content).
+/// Errors if a different object holds the name.
+pub fn put_new_or_same(storage: &dyn Storage, name: &str, data: &[u8]) -> Result<()> {
+    if storage.put_new(name, data)? {
+        return Ok(());
+    }
+    if storage.get(name)? == data {
+        return Ok(());
+    }
+    Err(crate::error::Error::usage(format!(
+        "{}/{name} already exists with other content",
+        storage.describe()
+    ))
+    .hint("another process created it at the same moment; run the command again"))
+}
+
 /// An object name and its size, as listed.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {

@@ -26,6 +26,9 @@ pub struct ObjectStorage {
     staging: tempfile::TempDir,
 }
 
+/// Extra attempts Lifeboat makes at a create-only PUT that failed mid-transfer.
+const PUT_ATTEMPTS: u32 = 4;
+
 /// Whether a repository location names an object store rather than a local folder.
 pub fn is_object_url(location: &str) -> bool {
     ["s3://", "gs://", "az://", "azure://"]
@@ -207,14 +210,27 @@ impl ObjectStorage {
             ..Default::default()
         };
         let path = self.path(name);
-        match self
-            .runtime
-            .block_on(self.store.put_opts(&path, payload, opts))
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. })
-            | Err(object_store::Error::Precondition { .. }) => Ok(false),
-            Err(e) => Err(self.error("store", name, e)),
+        // object_store does not repeat a create-only PUT whose connection broke mid-body (it
+        // cannot know whether it landed). Repeating it is safe here: if the first attempt did
+        // land, the repeat answers "already exists", and callers compare the bytes.
+        let mut attempt = 0u32;
+        loop {
+            match self
+                .runtime
+                .block_on(self.store.put_opts(&path, payload.clone(), opts.clone()))
+            {
+                Ok(_) => return Ok(true),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => return Ok(false),
+                Err(e @ object_store::Error::Generic { .. }) if attempt < PUT_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::info!("retrying {name} after: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        200 * 2u64.pow(attempt) + u64::from(rand::random::<u8>()),
+                    ));
+                }
+                Err(e) => return Err(self.error("store", name, e)),
+            }
         }
     }
 }
