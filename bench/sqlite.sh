@@ -36,44 +36,19 @@
 
 set -uo pipefail   # no -e: a failing tool is recorded as failed, not fatal
 
+
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$HERE")
-BENCH_DIR=${BENCH_DIR:-/tmp/lifeboat-bench}
-if [[ ${BENCH_SMALL:-0} == 1 ]]; then
-    ROWS=${BENCH_ROWS:-250000}
-else
-    ROWS=${BENCH_ROWS:-5500000}
-fi
-PRISTINE=$BENCH_DIR/pristine-$ROWS.db
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"   # BENCH_DIR, ROWS, PRISTINE, LB, timing, recording, checks, step_change
 RUN=$BENCH_DIR/run                # everything of one run; wiped at the start
 DB=$RUN/db.sqlite                 # the "live" database the tools back up
 TSV=$BENCH_DIR/results.tsv
 TXT=$BENCH_DIR/results.txt
-LB=${BENCH_LIFEBOAT:-$ROOT/target/release/lifeboat}
-LB_OK=0                           # set to 1 once the binary built
 LB_ENC="lifeboat (encrypted)"     # tool name of the encrypted runs; report.py matches on it
 ENC_OK=0                          # set to 1 once the encrypted repository exists
 ENC_PASSWORD=lifeboat-bench       # passed only to the encrypted runs, as LIFEBOAT_PASSWORD
-DIY="sqlite3 .backup + zstd -3"   # tool names; report.py matches on them
-CHANGED="changed pages, zstd -3"
 export RESTIC_PASSWORD=lifeboat-bench RESTIC_REPOSITORY=$RUN/restic-repo
 export RESTIC_CACHE_DIR=$RUN/restic-cache   # restic's normal local cache, but per run
-
-log()  { printf '==> %s\n' "$*" >&2; }
-warn() { printf 'WARNING: %s\n' "$*" >&2; }
-have() { command -v "$1" >/dev/null 2>&1; }
-size() { stat -c %s "$1"; }
-dusize() { du -sb "$1" | cut -f1; }
-
-# Run one SQL statement with Python's sqlite3, so checks work even where the
-# sqlite3 CLI is missing (it is only needed for the DIY pipeline itself).
-sql() {
-    python3 -c 'import sqlite3,sys
-con = sqlite3.connect(sys.argv[1])
-for row in con.execute(sys.argv[2]): print("|".join(map(str, row)))' "$1" "$2"
-}
-
-# --- setup -------------------------------------------------------------------
 
 # Install what is missing with apt (once).  A tool that still cannot be had is
 # skipped later with a message; only python3 and a timer are truly required.
@@ -83,132 +58,12 @@ ensure_tools() {
     have zstd    || missing+=(zstd)
     have sqlite3 || missing+=(sqlite3)
     [[ -x /usr/bin/time ]] || missing+=(time)
-    if ((${#missing[@]})); then
-        log "installing ${missing[*]} with apt"
-        if have apt-get && [[ $(id -u) == 0 ]]; then
-            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-                apt-get install -y -qq "${missing[@]}"; } >"$BENCH_DIR/apt.log" 2>&1 \
-                || warn "apt-get failed (see $BENCH_DIR/apt.log)"
-        else
-            warn "cannot apt-get install (not root or no apt)"
-        fi
-    fi
+    apt_install "${missing[@]}"
     have python3 || { echo "python3 is required" >&2; exit 1; }
     have restic  || warn "restic unavailable: its rows are skipped"
     have zstd    || warn "zstd unavailable: DIY pipeline and changed-pages size are skipped"
     have sqlite3 || warn "sqlite3 CLI unavailable: DIY pipeline is skipped"
     [[ -x /usr/bin/time ]] || warn "GNU time unavailable: falling back to a Python timer"
-}
-
-# Build the release binary.  A build failure is not fatal: the other tools
-# still run and Lifeboat's rows say why they are missing.
-build_lifeboat() {
-    if [[ ${BENCH_SKIP_BUILD:-0} != 1 && -z ${BENCH_LIFEBOAT:-} ]]; then
-        log "cargo build --release"
-        if ! (cd "$ROOT" && cargo build --release) >"$BENCH_DIR/build.log" 2>&1; then
-            warn "cargo build --release failed; Lifeboat is skipped. Last lines of $BENCH_DIR/build.log:"
-            tail -n 15 "$BENCH_DIR/build.log" >&2
-            return
-        fi
-    fi
-    if [[ -x $LB ]]; then LB_OK=1; else warn "$LB not found; Lifeboat is skipped"; fi
-}
-
-# Make (or reuse) the pristine database.  Reuse needs the exact row count, so
-# a different BENCH_ROWS or a damaged file triggers regeneration.
-prepare_pristine() {
-    if [[ -f $PRISTINE ]] && [[ $(sql "$PRISTINE" "SELECT count(*) FROM events" 2>/dev/null) == "$ROWS" ]]; then
-        log "reusing $PRISTINE"
-    else
-        log "generating $PRISTINE ($ROWS rows; slow at full size, done once)"
-        python3 "$HERE/make_db.py" "$PRISTINE" "$ROWS" || { echo "make_db.py failed" >&2; exit 1; }
-    fi
-}
-
-# --- measurement -------------------------------------------------------------
-
-DROP_OK=1
-# Cold cache for every timed step, so no tool benefits from the previous one
-# having read the database.  Needs root; warn once and carry on otherwise.
-drop_caches() {
-    sync
-    if ((DROP_OK)) && ! { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
-        warn "cannot write /proc/sys/vm/drop_caches: timings are with a warm page cache"
-        DROP_OK=0
-    fi
-}
-
-# run_timed OUTFILE CMD...  -> sets T_SECS, T_RSS_KIB (peak RSS of the command
-# and its children, KiB); stdout to OUTFILE, stderr to OUTFILE.err, stdin from
-# /dev/null (nothing may prompt); returns the command's exit status.
-run_timed() {
-    local out=$1 tf=$RUN/.time rc; shift
-    drop_caches
-    if [[ -x /usr/bin/time ]]; then
-        /usr/bin/time -f '%e %M' -o "$tf" "$@" </dev/null >"$out" 2>"$out.err"; rc=$?
-    else   # same two numbers from wait4(), for machines without GNU time
-        python3 -c 'import os,sys,time
-t=time.monotonic(); p=os.fork()
-if p==0:
-    fd=os.open(sys.argv[2],os.O_WRONLY|os.O_CREAT|os.O_TRUNC); os.dup2(fd,1)
-    fd=os.open(sys.argv[2]+".err",os.O_WRONLY|os.O_CREAT|os.O_TRUNC); os.dup2(fd,2)
-    os.execvp(sys.argv[3],sys.argv[3:])
-_,st,ru=os.wait4(p,0)
-open(sys.argv[1],"w").write("%.2f %d\n"%(time.monotonic()-t,ru.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(st))' "$tf" "$out" "$@" </dev/null; rc=$?
-    fi
-    # GNU time prefixes a "Command exited with non-zero status" line on failure.
-    read -r T_SECS T_RSS_KIB < <(tail -n 1 "$tf")
-    return $rc
-}
-
-# record STEP TOOL SECS BYTES RSS_KIB NOTE  -> one row of the results table
-record() {
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$TSV"
-    printf '    %-14s %-26s %8s s  %14s B  %6s KiB  %s\n' "$@" >&2
-}
-
-# "lifeboat <version> (commit X[, dirty])" for the results header.
-lifeboat_version() {
-    ((LB_OK)) || { echo "lifeboat not built"; return; }
-    local v c
-    v=$("$LB" --version 2>/dev/null | head -n 1); v=${v:-lifeboat (no --version)}
-    c=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null) || c="no commits yet"
-    [[ -n $(cd "$ROOT" && git status --porcelain -- src Cargo.toml 2>/dev/null) ]] && c+=", src dirty"
-    # An outside binary was not built from this tree: say so, not just its state.
-    if [[ -n ${BENCH_LIFEBOAT:-} ]]; then echo "$v (binary $LB; this tree: commit $c)"
-    else echo "$v (commit $c)"; fi
-}
-
-# Why a lifeboat backup run failed: exit status, or output without JSON.
-lb_failure() {
-    local rc=$1 out=$2
-    if ((rc)); then echo "FAILED: exit $rc (see $out.err)"
-    else echo "FAILED: exit 0 but no JSON object on stdout (see $out)"; fi
-}
-
-# Last JSON object printed by `lifeboat ... --json` -> "id logical new repo ms".
-lifeboat_json() {
-    python3 -c 'import json,sys
-obj=None
-text=open(sys.argv[1]).read()
-try: obj=json.loads(text[text.find("{"):])    # whole output, or all from the first "{"
-except ValueError:
-    for line in reversed(text.splitlines()):
-        try: obj=json.loads(line); break
-        except ValueError: pass
-if not isinstance(obj,dict): sys.exit(1)
-print(*[obj.get(k,"?") for k in ("id","logical_bytes","new_stored_bytes","repo_stored_bytes","duration_ms")])' "$1"
-}
-
-# Is FILE a sound database with the same rows as the live DB?  -> note text
-check_restored() {
-    local f=$1 want=$2 qc cnt
-    [[ -s $f ]] || { echo "MISSING OUTPUT"; return 1; }
-    qc=$(sql "$f" "PRAGMA quick_check" 2>&1 | head -n1)
-    cnt=$(sql "$f" "SELECT count(*) FROM events" 2>&1)
-    if [[ $qc == ok && $cnt == "$want" ]]; then echo "quick_check ok, $cnt rows"
-    else echo "BAD RESTORE: quick_check=$qc rows=$cnt want=$want"; return 1; fi
 }
 
 # --- lifeboat runs (plain and encrypted) ------------------------------------
@@ -331,30 +186,6 @@ step_full_backup() {
     fi
 }
 
-# Apply the change once, then measure the floor for an incremental backup:
-# zstd -3 of exactly the pages that differ.
-step_change() {
-    log "step 2: realistic change (1% update, 0.5% insert, 0.2% delete)"
-    # The pre-change copy is taken now, after the full backups, and both files
-    # are checkpointed (pristine is; change_db.py checkpoints at its end), so
-    # the main files hold the whole state when compared.
-    sql "$DB" "PRAGMA wal_checkpoint(TRUNCATE)" >/dev/null
-    cp --reflink=auto "$DB" "$RUN/pre-change.db"
-    local msg diff pages_note
-    msg=$(python3 "$HERE/change_db.py" "$DB") || { echo "change_db.py failed" >&2; exit 1; }
-    sql "$DB" "PRAGMA wal_checkpoint(TRUNCATE)" >/dev/null
-    diff=$(python3 "$HERE/page_diff.py" "$RUN/pre-change.db" "$DB" "$RUN/changed-pages.bin")
-    read -r _ ch _ nw _ tot _ ps <<<"$diff"
-    pages_note="$((ch + nw)) of $tot pages differ ($ch changed, $nw new), raw $(size "$RUN/changed-pages.bin") B"
-    echo "# change: $msg; $pages_note" >>"$TSV"
-    if have zstd; then
-        record "change" "$CHANGED" "" "$(zstd -3 -q -c "$RUN/changed-pages.bin" | wc -c)" "" "$pages_note"
-    else
-        record "change" "$CHANGED" "" "" "" "skipped: zstd missing; $pages_note"
-    fi
-    rm -f "$RUN/pre-change.db" "$RUN/changed-pages.bin"
-}
-
 step_second_backup() {
     log "step 3: second backup (after the change)"
     lb_backup "second backup" lifeboat lb-second
@@ -412,31 +243,10 @@ main() {
     ensure_tools
     build_lifeboat
     prepare_pristine
-
-    rm -rf "$RUN"; mkdir -p "$RUN"
-    # Measure Lifeboat's defaults: no ./lifeboat.toml from the caller's
-    # directory, no LIFEBOAT_* overrides from the caller's environment.
-    cd "$RUN" || exit 1
-    # (That includes any passphrase: only the encrypted runs get one.)
-    unset LIFEBOAT_REPO LIFEBOAT_CONFIG LIFEBOAT_COMPRESSION LIFEBOAT_LEVEL
-    unset LIFEBOAT_PASSWORD LIFEBOAT_PASSWORD_FILE LIFEBOAT_PASSWORD_COMMAND
-    cp --reflink=auto "$PRISTINE" "$DB"
-    local bytes pages psize mode
-    bytes=$(size "$DB")
-    pages=$(sql "$DB" "PRAGMA page_count"); psize=$(sql "$DB" "PRAGMA page_size")
-    mode=$(sql "$DB" "PRAGMA journal_mode")
-    {
-        echo "# Lifeboat SQLite benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores," \
-             "$(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
-             "$(lifeboat_version)"
-        # Other work on the machine (e.g. a cargo build) skews timings; say so.
-        echo "# load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "# database: $ROWS rows, $bytes bytes ($((bytes / 1048576)) MiB), $pages pages of $psize B, journal_mode=$mode"
-    } >"$TSV"
-    sed 's/^# //' "$TSV" >&2
+    begin_run "Lifeboat SQLite benchmark"
 
     step_full_backup
-    step_change
+    step_change        # in lib.sh: s3.sh makes the same change
     step_second_backup
     step_restore
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Format the S3 benchmark results and check Lifeboat's targets.
+
+    report_s3.py RESULTS-S3.tsv
+
+RESULTS-S3.tsv is written by s3.sh, in the format of sqlite.sh's results
+(see report.py): "#" header lines, then
+    step <TAB> tool <TAB> seconds <TAB> bytes <TAB> peak_rss_kib <TAB> note
+where bytes are what the tool uploaded (growth of its prefix in the bucket).
+
+Every step is compared with the standard pipeline at the same step:
+  full backup    sqlite3 .backup + zstd -3 + aws s3 cp (time, bytes)
+  second backup  the same pipeline again on the changed database: a new
+                 full .zst uploaded whole (time, bytes); bytes are also
+                 compared with zstd -3 of the pages that actually changed
+                 (the floor for any page-level incremental)
+  restore        aws s3 cp - | zstd -d of the pipeline's latest object
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import check, human, num, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
+
+LIFEBOAT = "lifeboat"
+PIPE = "sqlite3+zstd -3+aws s3 cp"
+PIPE_RESTORE = "aws s3 cp - | zstd -d"
+CHANGED = "changed pages, zstd -3"
+LIMIT = 1.2   # Lifeboat / pipeline for time; Lifeboat / changed pages for bytes
+
+
+def main():
+    header, rows = [], []
+    with open(sys.argv[1]) as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line.startswith("#"):
+                header.append(line[1:].strip())
+            elif line:
+                step, tool, secs, nbytes, rss, note = (line.split("\t") + [""] * 6)[:6]
+                rows.append(dict(step=step, tool=tool, secs=num(secs), bytes=num(nbytes),
+                                 rss=num(rss), note=note))
+
+    def get(step, tool):
+        return next((r for r in rows if r["step"] == step and r["tool"] == tool), {})
+
+    changed = get("change", CHANGED)
+    ref_tool = {"full backup": PIPE, "second backup": PIPE, "restore": PIPE_RESTORE}
+
+    table = [("step", "tool", "time s", "uploaded", "peak RSS MiB",
+              "time vs pipeline", "bytes vs pipeline", "bytes vs changed pages", "notes")]
+    for r in rows:
+        ref = get(r["step"], ref_tool[r["step"]]) if r["step"] in ref_tool else {}
+        table.append((
+            r["step"], r["tool"],
+            "-" if r["secs"] is None else f"{r['secs']:.2f}",
+            human(r["bytes"]),
+            "-" if r["rss"] is None else f"{r['rss'] / 1024:.0f}",
+            ratio(r["secs"], ref.get("secs")), ratio(r["bytes"], ref.get("bytes")),
+            ratio(r["bytes"], changed.get("bytes")) if r["step"] == "second backup" else "-",
+            r["note"]))
+
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    out = header + [""]
+    for i, row in enumerate(table):
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths) + "  -----")
+    out += ["", "ratios: Lifeboat / the pipeline at the same step; the second backup's"
+            " bytes also / zstd -3 of the changed pages", ""]
+
+    lb_full, lb_second = get("full backup", LIFEBOAT), get("second backup", LIFEBOAT)
+    lb_restore = get("restore", LIFEBOAT)
+    lb_rss = [r["rss"] for r in rows if r["tool"] == LIFEBOAT and r["rss"] is not None]
+
+    def lim(x):
+        return None if x is None else x * LIMIT
+
+    targets = [
+        (f"full backup time <= {LIMIT:.1f}x pipeline", "s",
+         lb_full.get("secs"), lim(get("full backup", PIPE).get("secs"))),
+        (f"restore time <= {LIMIT:.1f}x pipeline", "s",
+         lb_restore.get("secs"), lim(get("restore", PIPE_RESTORE).get("secs"))),
+        (f"second backup uploads <= {LIMIT:.1f}x compressed changed pages", "B",
+         lb_second.get("bytes"), lim(changed.get("bytes"))),
+        ("peak RSS <= 256 MiB (max over Lifeboat steps)", "KiB",
+         max(lb_rss) if lb_rss else None, 256 * 1024),
+    ]
+    out.append("targets")
+    out += check(targets)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
