@@ -158,10 +158,7 @@ pub fn write_image(
         )));
     }
     let block_size = m.content.block_size as usize;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8);
+    let workers = repo.storage().read_parallelism().clamp(1, 8);
     progress.start("restore", m.content.blocks * block_size as u64);
     let mut blocks = 0u64;
     let sha256 = std::thread::scope(|s| -> Result<Option<String>> {

@@ -53,4 +53,11 @@ pub trait Storage: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     fn exists(&self, name: &str) -> Result<bool>;
     fn delete(&self, name: &str) -> Result<()>;
+    /// How many reads to keep in flight: a local disk wants one per core, an object store
+    /// many more, since each ranged read waits on a round trip.
+    fn read_parallelism(&self) -> usize {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    }
 }

@@ -24,7 +24,18 @@ pub struct ObjectStorage {
     runtime: tokio::runtime::Runtime,
     /// Local folder where packs are assembled before upload; removed on drop.
     staging: tempfile::TempDir,
+    /// Recently fetched windows of objects (name, window start, bytes), newest last.
+    windows: std::sync::Mutex<Vec<(String, u64, bytes::Bytes)>>,
+    /// Object sizes learned on the way, so windows never reach past an object's end.
+    sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
+
+/// Small ranged reads (a restore reads ~1,000 frames per GiB) are served from aligned
+/// windows fetched whole: one request per 8 MiB instead of one per frame. Per-frame GETs made
+/// a restore from a local S3 server 2.3x slower than `aws s3 cp | zstd -d`.
+const WINDOW: u64 = 8 << 20;
+/// Windows kept: enough for the restore workers reading a few packs side by side.
+const WINDOWS_KEPT: usize = 6;
 
 /// Extra attempts Lifeboat makes at a create-only PUT that failed mid-transfer.
 const PUT_ATTEMPTS: u32 = 4;
@@ -176,6 +187,8 @@ impl ObjectStorage {
             url: url.trim_end_matches('/').to_string(),
             runtime,
             staging,
+            windows: std::sync::Mutex::new(Vec::new()),
+            sizes: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -202,6 +215,82 @@ impl ObjectStorage {
                  already retried",
             ),
         }
+    }
+
+    fn get_range_direct(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        let bytes = self
+            .runtime
+            .block_on(self.store.get_range(&path, offset..offset + len as u64))
+            .map_err(|e| match e {
+                object_store::Error::Generic { .. } if offset > 0 => Error::integrity(format!(
+                    "{}/{name} is truncated or unreadable at {offset}+{len}: {e}",
+                    self.url
+                )),
+                e => self.error("read", name, e),
+            })?;
+        if bytes.len() != len {
+            return Err(Error::integrity(format!(
+                "{}/{name} is truncated: wanted {len} bytes at offset {offset}, got {}",
+                self.url,
+                bytes.len()
+            )));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// Serve `offset..offset+len` from the window starting at `start`, fetching the window
+    /// (clipped to the object's size) if it is not cached. None: read directly instead.
+    fn read_via_window(
+        &self,
+        name: &str,
+        start: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        let cut = |w: &bytes::Bytes| {
+            let from = (offset - start) as usize;
+            w.get(from..from + len).map(|s| s.to_vec())
+        };
+        if let Ok(windows) = self.windows.lock() {
+            if let Some((_, _, w)) = windows.iter().find(|(n, s, _)| n == name && *s == start) {
+                return Ok(cut(w));
+            }
+        }
+        let full = self.path(name).to_string();
+        let known = self.sizes.lock().ok().and_then(|s| s.get(&full).copied());
+        let size = match known {
+            Some(size) => size,
+            None => {
+                let meta = self
+                    .runtime
+                    .block_on(self.store.head(&self.path(name)))
+                    .map_err(|e| self.error("read", name, e))?;
+                if let Ok(mut sizes) = self.sizes.lock() {
+                    sizes.insert(full, meta.size);
+                }
+                meta.size
+            }
+        };
+        if offset + len as u64 > size {
+            return Ok(None); // let the direct read report the truncation precisely
+        }
+        let end = (start + WINDOW).min(size);
+        let window = self
+            .runtime
+            .block_on(self.store.get_range(&self.path(name), start..end))
+            .map_err(|e| self.error("read", name, e))?;
+        if window.len() as u64 != end - start {
+            return Ok(None);
+        }
+        let hit = cut(&window);
+        if let Ok(mut windows) = self.windows.lock() {
+            if windows.len() >= WINDOWS_KEPT {
+                windows.remove(0);
+            }
+            windows.push((name.to_string(), start, window));
+        }
+        Ok(hit)
     }
 
     fn put(&self, name: &str, payload: PutPayload) -> Result<bool> {
@@ -240,6 +329,12 @@ impl Storage for ObjectStorage {
         self.url.clone()
     }
 
+    fn read_parallelism(&self) -> usize {
+        // Windows turn many frame reads into few large GETs; a few workers keep the
+        // connection busy without holding many windows' worth of frames in memory.
+        4
+    }
+
     fn put_new(&self, name: &str, data: &[u8]) -> Result<bool> {
         self.put(name, PutPayload::from(data.to_vec()))
     }
@@ -266,25 +361,13 @@ impl Storage for ObjectStorage {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let path = self.path(name);
-        let bytes = self
-            .runtime
-            .block_on(self.store.get_range(&path, offset..offset + len as u64))
-            .map_err(|e| match e {
-                object_store::Error::Generic { .. } if offset > 0 => Error::integrity(format!(
-                    "{}/{name} is truncated or unreadable at {offset}+{len}: {e}",
-                    self.url
-                )),
-                e => self.error("read", name, e),
-            })?;
-        if bytes.len() != len {
-            return Err(Error::integrity(format!(
-                "{}/{name} is truncated: wanted {len} bytes at offset {offset}, got {}",
-                self.url,
-                bytes.len()
-            )));
+        let start = offset / WINDOW * WINDOW;
+        if offset + len as u64 <= start + WINDOW {
+            if let Some(hit) = self.read_via_window(name, start, offset, len)? {
+                return Ok(hit);
+            }
         }
-        Ok(bytes.to_vec())
+        self.get_range_direct(name, offset, len)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -298,6 +381,11 @@ impl Storage for ObjectStorage {
             .runtime
             .block_on(self.store.list(Some(&base)).try_collect())
             .map_err(|e| self.error("list", prefix, e))?;
+        if let Ok(mut sizes) = self.sizes.lock() {
+            for m in &metas {
+                sizes.insert(m.location.to_string(), m.size);
+            }
+        }
         let mut out: Vec<ObjectInfo> = metas
             .into_iter()
             .filter_map(|m| {
