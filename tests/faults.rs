@@ -13,6 +13,7 @@
 mod common;
 use common::fault_proxy::{Down, FaultProxy, Faults};
 use common::s3::S3Server;
+use common::server::TestStore;
 use common::*;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,7 @@
 //! The repository in Google Cloud Storage, on gcp-storage-emulator (started per test on
 //! 127.0.0.1, with the XML API routes object_store needs added by tests/common/gcs_xml_api.py):
 //! round trips, dedup, encryption, damage named, an unreachable endpoint a clear storage error.
+//! The scenarios are shared with tests/s3.rs and tests/azure.rs (tests/common/store_scenarios.rs).
 //!
 //! No concurrent-writer test here, unlike tests/s3.rs and tests/azure.rs: the emulator is a
 //! single-threaded HTTP/1.0 server that handles one request at a time, and it has no
@@ -9,33 +10,9 @@
 
 mod common;
 use common::gcs::GcsServer;
-use common::*;
-use std::time::{Duration, Instant};
-
-/// `lifeboat` pointed at `url` on `gcs`, with the Google variables and nothing else.
-fn cmd(env: &Env, gcs: &GcsServer, url: &str) -> assert_cmd::Command {
-    let mut c = env.cmd();
-    c.env_remove("LIFEBOAT_REPO")
-        .envs(gcs.env())
-        .args(["--repo", url]);
-    c
-}
-
-fn json(env: &Env, gcs: &GcsServer, url: &str, args: &[&str]) -> serde_json::Value {
-    let out = cmd(env, gcs, url)
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "lifeboat {args:?} on {url}: {}\n{}\nemulator log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout),
-        gcs.log()
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use common::server::TestStore;
+use common::store_scenarios as scenario;
+use std::time::Instant;
 
 #[test]
 fn emulator_harness_serves_both_apis_and_stops_on_drop() {
@@ -61,7 +38,7 @@ fn emulator_harness_serves_both_apis_and_stops_on_drop() {
 
     // XML API as object_store speaks it (the launcher's routes): HEAD and ranged GET with the
     // metadata headers, ListObjectsV2, create-only PUT, DELETE.
-    let xml_path = format!("/{}/{}", gcs.bucket, common::s3::encode(name));
+    let xml_path = format!("/{}/{}", gcs.bucket, common::server::encode(name));
     let head = gcs.request("HEAD", &xml_path, &[], b"");
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("70000"));
@@ -104,166 +81,20 @@ fn emulator_harness_serves_both_apis_and_stops_on_drop() {
         "the GCS emulator (pid {pid}) still runs after drop"
     );
     assert!(!dir.exists(), "{} still exists", dir.display());
-    assert!(common::s3::http(&addr, "GET", "/", &[], b"").is_err());
+    assert!(common::server::http(&addr, "GET", "/", &[], b"").is_err());
 }
 
 #[test]
 fn backup_verify_restore_and_dedup_on_gcs() {
-    let env = Env::new();
-    let gcs = GcsServer::start();
-    let url = gcs.url("team/app");
-    let db = env.path("app.db");
-    let conn = make_db(&db, 3_000);
-
-    let first = json(&env, &gcs, &url, &["backup", db.to_str().unwrap()]);
-    assert_eq!(first["repository"], url.as_str());
-    conn.execute("UPDATE t SET v = 'changed' WHERE id < 20", [])
-        .unwrap();
-    drop(conn);
-    let second = json(&env, &gcs, &url, &["backup", db.to_str().unwrap()]);
-    assert!(second["reused_blobs"].as_u64().unwrap() > 0, "{second}");
-    assert!(
-        second["new_stored_bytes"].as_u64() < first["new_stored_bytes"].as_u64(),
-        "the second backup uploads only what changed: {first} {second}"
-    );
-
-    // The objects really are in the bucket, under the prefix.
-    let names = gcs.list(&gcs.bucket, "team/app/");
-    assert!(names.iter().any(|k| k == "team/app/config"), "{names:?}");
-    assert!(
-        names.iter().any(|k| k.starts_with("team/app/data/")),
-        "{names:?}"
-    );
-    assert!(
-        names.iter().any(|k| k.starts_with("team/app/backups/")),
-        "{names:?}"
-    );
-
-    let list = json(&env, &gcs, &url, &["list"]);
-    assert_eq!(list.as_array().unwrap().len(), 2);
-    let v = json(&env, &gcs, &url, &["verify", "--all"]);
-    assert_eq!(v["ok"], true, "{v}");
-    let out = env.path("restored.db");
-    cmd(&env, &gcs, &url)
-        .args(["restore", "latest", "--output"])
-        .arg(&out)
-        .assert()
-        .success();
-    assert_eq!(dump(&out), dump(&db));
-    let check = json(&env, &gcs, &url, &["repo", "check", "--read-data"]);
-    assert_eq!(check["ok"], true, "{check}");
+    scenario::backup_verify_restore_and_dedup::<GcsServer>();
 }
 
 #[test]
 fn encrypted_repository_on_gcs_and_nothing_readable_in_the_bucket() {
-    let env = Env::new();
-    let gcs = GcsServer::start();
-    let url = gcs.url("secret");
-    let db = env.path("app.db");
-    drop(make_db(&db, 1_000));
-    let with_pw = |args: &[&str]| {
-        let mut c = cmd(&env, &gcs, &url);
-        c.env("LIFEBOAT_PASSWORD", "gcs-pass").args(args);
-        c
-    };
-    with_pw(&[
-        "repo",
-        "init",
-        "--encrypt",
-        "--argon2-memory",
-        "64",
-        "--argon2-iterations",
-        "1",
-    ])
-    .assert()
-    .success();
-    with_pw(&["backup", db.to_str().unwrap()])
-        .assert()
-        .success();
-    with_pw(&["verify"]).assert().success();
-    let out = env.path("r.db");
-    with_pw(&["restore", "latest", "--output", out.to_str().unwrap()])
-        .assert()
-        .success();
-    assert_eq!(dump(&out), dump(&db));
-    let wrong = cmd(&env, &gcs, &url)
-        .env("LIFEBOAT_PASSWORD", "nope")
-        .arg("list")
-        .output()
-        .unwrap();
-    assert_eq!(wrong.status.code(), Some(8));
-    let names = gcs.list(&gcs.bucket, "secret/");
-    assert!(
-        names.iter().any(|k| k.starts_with("secret/data/")),
-        "{names:?}"
-    );
-    for name in names {
-        let r = gcs.get(&gcs.bucket, &name);
-        assert_eq!(r.status, 200, "{name}: {}", r.text());
-        let text = String::from_utf8_lossy(&r.body);
-        assert!(!text.contains("row 999"), "{name} holds row data");
-        assert!(!text.contains("gcs-pass"), "{name} holds the passphrase");
-    }
+    scenario::encrypted_repository_and_nothing_readable::<GcsServer>();
 }
 
 #[test]
 fn a_lost_object_is_named_and_an_unreachable_endpoint_is_a_storage_error() {
-    let env = Env::new();
-    let gcs = GcsServer::start();
-    let url = gcs.url("damaged");
-    let db = env.path("app.db");
-    drop(make_db(&db, 1_000));
-    let b = json(&env, &gcs, &url, &["backup", db.to_str().unwrap()]);
-    let id = b["id"].as_str().unwrap().to_string();
-    let pack = gcs
-        .list(&gcs.bucket, "damaged/data/")
-        .into_iter()
-        .next()
-        .expect("a pack");
-    let deleted = gcs.delete(&gcs.bucket, &pack);
-    assert!(deleted.status / 100 == 2, "{}", deleted.text());
-    let out = cmd(&env, &gcs, &url)
-        .args(["verify", &id])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let name = pack.trim_start_matches("damaged/");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.contains(name), "verify names {name}: {text}");
-    let out = cmd(&env, &gcs, &url)
-        .args(["repo", "check", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
-
-    // Nothing listens on this port (GOOGLE_BASE_URL wins over the service account's
-    // gcs_base_url): retries, then exit 7 naming the repository.
-    let started = Instant::now();
-    let out = env
-        .cmd()
-        .env_remove("LIFEBOAT_REPO")
-        .envs(gcs.env())
-        .env("GOOGLE_BASE_URL", "http://127.0.0.1:9")
-        .args(["--repo", &url, "list"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&url), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(60));
+    scenario::lost_object_named_and_unreachable_endpoint_a_storage_error::<GcsServer>();
 }

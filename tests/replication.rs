@@ -4,6 +4,7 @@
 
 mod common;
 use common::s3::S3Server;
+use common::server::TestStore;
 use common::*;
 
 #[test]

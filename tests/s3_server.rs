@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::s3::{http, S3Server};
+use common::s3::S3Server;
+use common::server::{http, TestStore};
 use std::path::Path;
 use std::time::Instant;
 

@@ -6,6 +6,8 @@ pub mod azure;
 pub mod fault_proxy;
 pub mod gcs;
 pub mod s3;
+pub mod server;
+pub mod store_scenarios;
 
 use assert_cmd::Command;
 use rusqlite::Connection;
