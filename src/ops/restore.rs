@@ -26,6 +26,9 @@ use std::sync::Arc;
 /// Pages per unit of work. Large enough that few frames straddle two workers' batches (each
 /// would be decompressed twice), small enough to bound the frames held in flight.
 const BATCH_BLOCKS: usize = 2048;
+/// Decompressed frames each worker keeps: pages of one backup are mostly stored in order, so
+/// a few suffice, and each pinned frame is 1 MiB of memory per worker.
+const FRAME_CACHE: usize = 4;
 /// Bytes per `writev`: large write calls into the page cache cost 4-10x more kernel time per
 /// byte on the machines measured here.
 const WRITE_BYTES: usize = 128 << 10;
@@ -290,7 +293,7 @@ fn build_batch(
             None => {
                 let data = Arc::new(repo.read_frame_with(index, loc.frame, dec)?);
                 // A handful of frames is enough: pages of one backup are mostly stored in order.
-                if cache.len() == 8 {
+                if cache.len() == FRAME_CACHE {
                     cache.remove(0);
                 }
                 cache.push((loc.frame, data.clone()));
