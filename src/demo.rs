@@ -9,6 +9,10 @@ pub fn create_demo_database(path: &Path, rows: u64) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         crate::storage::local::create_private_dir(dir)?;
     }
+    if !path.exists() {
+        // Created empty and private first: SQLite keeps the mode, and gives it to -wal/-shm.
+        crate::storage::local::create_private_file(path)?;
+    }
     let conn = Connection::open(path)
         .map_err(|e| Error::source(format!("cannot create {}: {e}", path.display())))?;
     conn.execute_batch(

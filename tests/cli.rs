@@ -783,6 +783,11 @@ fn demo_works_without_any_configuration() {
         "demo verifies its backup: {text}"
     );
     assert!(demo_db.is_file());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&demo_db).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the sample database is private");
+    }
 
     let out = run(env
         .cmd()
