@@ -49,9 +49,10 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
-def main():
+def load(path):
+    """Header lines and rows of a results file, and a lookup of one row by step and tool."""
     header, rows = [], []
-    with open(sys.argv[1]) as f:
+    with open(path) as f:
         for line in f:
             line = line.rstrip("\n")
             if line.startswith("#"):
@@ -63,6 +64,12 @@ def main():
 
     def get(step, tool):
         return next((r for r in rows if r["step"] == step and r["tool"] == tool), {})
+
+    return header, rows, get
+
+
+def main():
+    header, rows, get = load(sys.argv[1])
 
     diy, changed, unz = get("full backup", DIY), get("change", CHANGED), get("restore", UNZSTD)
 

@@ -20,7 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import check, human, num, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
+from report import check, human, load, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
 
 LIFEBOAT = "lifeboat"
 PIPE = "sqlite3+zstd -3+aws s3 cp"
@@ -30,19 +30,7 @@ LIMIT = 1.2   # Lifeboat / pipeline for time; Lifeboat / changed pages for bytes
 
 
 def main():
-    header, rows = [], []
-    with open(sys.argv[1]) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line.startswith("#"):
-                header.append(line[1:].strip())
-            elif line:
-                step, tool, secs, nbytes, rss, note = (line.split("\t") + [""] * 6)[:6]
-                rows.append(dict(step=step, tool=tool, secs=num(secs), bytes=num(nbytes),
-                                 rss=num(rss), note=note))
-
-    def get(step, tool):
-        return next((r for r in rows if r["step"] == step and r["tool"] == tool), {})
+    header, rows, get = load(sys.argv[1])
 
     changed = get("change", CHANGED)
     ref_tool = {"full backup": PIPE, "second backup": PIPE, "restore": PIPE_RESTORE}
