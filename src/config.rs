@@ -3,8 +3,10 @@
 //! they left unset, and picks the defaults (no config is needed at all).
 
 use crate::error::{Error, Result};
+use crate::ops::policy::Policy;
 use crate::storage::Storage;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Keys of `lifeboat.toml`. Every key is also a variable: `repo` is `LIFEBOAT_REPO`, and so on.
@@ -22,6 +24,75 @@ pub struct FileConfig {
     /// Extra replicas, besides those added with `lifeboat replica add`.
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// Time zone of retention periods (days, weeks, ...): an IANA name, `UTC` or `local`.
+    pub timezone: Option<String>,
+    /// Retention policies: `[retention]`, `[retention.source."PATH"]`,
+    /// `[retention.target."URL"]` and `[retention.target."URL".source."PATH"]`.
+    pub retention: Option<RetentionSection>,
+}
+
+/// A `[retention]` section: a policy, and more specific ones per source and per target.
+#[derive(Debug, Default, Clone)]
+pub struct RetentionSection {
+    pub policy: Option<Policy>,
+    pub sources: BTreeMap<String, Policy>,
+    pub targets: BTreeMap<String, RetentionSection>,
+}
+
+impl RetentionSection {
+    /// The policy for backups of `source` (a database path) in the repository at `target`:
+    /// the most specific section wins (target and source, then target, then source, then
+    /// the plain `[retention]`). None: no policy applies, and nothing is forgotten.
+    pub fn policy_for(&self, target: &str, source: &str) -> Option<Policy> {
+        let norm = |s: &str| s.trim_end_matches('/').to_string();
+        let on_target = self
+            .targets
+            .iter()
+            .find(|(url, _)| norm(url) == norm(target))
+            .map(|(_, t)| t);
+        if let Some(t) = on_target {
+            if let Some(p) = t.sources.get(source) {
+                return Some(p.clone());
+            }
+            if let Some(p) = &t.policy {
+                return Some(p.clone());
+            }
+        }
+        self.sources
+            .get(source)
+            .cloned()
+            .or_else(|| self.policy.clone())
+    }
+}
+
+impl<'de> Deserialize<'de> for RetentionSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(d)?;
+        let sources = match table.remove("source") {
+            Some(v) => BTreeMap::<String, Policy>::deserialize(v).map_err(D::Error::custom)?,
+            None => BTreeMap::new(),
+        };
+        let targets = match table.remove("target") {
+            Some(v) => {
+                BTreeMap::<String, RetentionSection>::deserialize(v).map_err(D::Error::custom)?
+            }
+            None => BTreeMap::new(),
+        };
+        if targets.values().any(|t| !t.targets.is_empty()) {
+            return Err(D::Error::custom("a [retention.target] cannot hold targets"));
+        }
+        let policy = if table.is_empty() {
+            None
+        } else {
+            Some(Policy::deserialize(toml::Value::Table(table)).map_err(D::Error::custom)?)
+        };
+        Ok(RetentionSection {
+            policy,
+            sources,
+            targets,
+        })
+    }
 }
 
 /// Where the config file is: `--config`/`LIFEBOAT_CONFIG`, else `./lifeboat.toml`, else
@@ -46,7 +117,7 @@ pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
         .map_err(|e| Error::io("cannot read config file", &path, e))?;
     let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
         Error::usage(format!("config file {} is invalid: {e}", path.display()))
-            .hint("valid keys: repo, compression, level, verify, temp_dir, transfers, replicas")
+            .hint("valid keys: repo, compression, level, verify, temp_dir, transfers, replicas, timezone, [retention]; see the README")
     })?;
     Ok((cfg, Some(path)))
 }
@@ -151,6 +222,35 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("rpeo = 'x'").is_err());
         let c: FileConfig = toml::from_str("repo = '/r'\nlevel = 5").unwrap();
         assert_eq!(c.level, Some(5));
+    }
+
+    #[test]
+    fn retention_sections_pick_the_most_specific() {
+        let c: FileConfig = toml::from_str(
+            r#"
+            timezone = "Europe/Berlin"
+            [retention]
+            keep_daily = 7
+            [retention.source."/srv/app.db"]
+            keep_hourly = 48
+            [retention.target."s3://b/p"]
+            keep_monthly = 12
+            [retention.target."s3://b/p".source."/srv/app.db"]
+            keep_yearly = "all"
+            "#,
+        )
+        .unwrap();
+        let r = c.retention.unwrap();
+        let get = |t: &str, s: &str| r.policy_for(t, s).unwrap().describe();
+        assert_eq!(get("/repo", "/other.db"), "daily 7");
+        assert_eq!(get("/repo", "/srv/app.db"), "hourly 48");
+        assert_eq!(get("s3://b/p/", "/other.db"), "monthly 12");
+        assert_eq!(get("s3://b/p", "/srv/app.db"), "yearly all");
+        assert!(toml::from_str::<FileConfig>(
+            "[retention]
+keep_dialy = 7"
+        )
+        .is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The `lifeboat` command: parse arguments, call the library, print results.
 
+mod cli;
+
 use clap::{Args, Parser, Subcommand};
 use lifeboat::config::{self, FileConfig, Origin};
 use lifeboat::error::{Error, ErrorKind, Result};
@@ -188,6 +190,20 @@ enum Command {
     },
     /// Per target: how far behind, newest backup there, last success, last error.
     Status,
+    /// Apply a retention policy: remove the backups it does not keep (then `prune`).
+    Forget(Box<cli::retention::ForgetArgs>),
+    /// Garbage collection: delete and repack data no backup needs.
+    Prune(cli::retention::PruneArgs),
+    /// Pin a backup: no retention policy ever removes it.
+    Pin {
+        /// Backup id, unambiguous prefix, or `latest`.
+        id: String,
+    },
+    /// Unpin a backup.
+    Unpin {
+        /// Backup id, unambiguous prefix, or `latest`.
+        id: String,
+    },
     /// Passphrases and data keys of an encrypted repository.
     Key {
         #[command(subcommand)]
@@ -252,11 +268,19 @@ struct BackupArgs {
     /// Do not read back what was written.
     #[arg(long)]
     no_verify: bool,
+    /// Record this time (RFC 3339) instead of now, e.g. when importing older history.
+    #[arg(long, value_parser = parse_timestamp)]
+    time: Option<jiff::Timestamp>,
 }
 
-struct Ctx {
+fn parse_timestamp(s: &str) -> std::result::Result<jiff::Timestamp, String> {
+    s.parse::<jiff::Timestamp>()
+        .map_err(|e| format!("not an RFC 3339 time such as 2026-11-26T02:00:00Z: {e}"))
+}
+
+pub(crate) struct Ctx {
     json: bool,
-    file: FileConfig,
+    pub(crate) file: FileConfig,
     repo_flag: Option<String>,
     passphrase: PassphraseSource,
     identity: Option<PathBuf>,
@@ -495,6 +519,10 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Replica { command } => cmd_replica(&ctx, command),
         Command::Sync { target } => cmd_sync(&ctx, target),
         Command::Status => cmd_status(&ctx),
+        Command::Forget(a) => cli::retention::cmd_forget(&ctx, *a),
+        Command::Prune(a) => cli::retention::cmd_prune(&ctx, a),
+        Command::Pin { id } => cli::retention::cmd_pin(&ctx, &id, true),
+        Command::Unpin { id } => cli::retention::cmd_pin(&ctx, &id, false),
     }
 }
 
@@ -539,6 +567,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         verify: verify_level(ctx, a.verify, a.no_verify)?,
         progress: ctx.progress(),
         transfers: ctx.transfers()?,
+        time: a.time,
     };
     // Check the source before creating a repository for it.
     lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
@@ -700,6 +729,12 @@ fn cmd_show(ctx: &Ctx, id: &str) -> Result<i32> {
         m.source.path, m.source.kind, m.source.host
     );
     println!("trigger      {}", m.trigger);
+    if lifeboat::ops::forget::is_pinned(&repo, &m.id)? {
+        println!("pinned       yes (no retention policy removes it)");
+    }
+    if let Some(v) = &m.verification {
+        println!("checked      {v} (at backup time)");
+    }
     if let Some(d) = &m.description {
         println!("description  {d}");
     }
@@ -764,6 +799,12 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
             println!("verify {} of {} ({})", m.id, m.source.path, m.time);
         }
         let r = verify_manifest(&repo, &index, m, &progress)?;
+        if r.ok {
+            // Feeds the "newest verified" retention rail; a read-only target just misses it.
+            if let Err(e) = lifeboat::ops::forget::record_verified(&repo, &m.id) {
+                tracing::warn!("could not record the verification of {}: {e}", m.id);
+            }
+        }
         if !ctx.json {
             print_verify(&r);
             println!(
@@ -1032,6 +1073,7 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
         },
         progress: ctx.progress(),
         transfers: ctx.transfers()?,
+        time: None,
     };
     let out = backup(&repo, &opts)?;
     print_backup(ctx, &repo, &out, opts.verify, &[]);
@@ -1048,7 +1090,7 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
     Ok(0)
 }
 
-fn absolute_display(p: &Path) -> String {
+pub(crate) fn absolute_display(p: &Path) -> String {
     p.canonicalize()
         .unwrap_or_else(|_| p.to_path_buf())
         .display()
@@ -1063,7 +1105,7 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -1234,7 +1276,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
     Ok(0)
 }
 
-fn print_result(ctx: &Ctx, value: serde_json::Value, text: &str) {
+pub(crate) fn print_result(ctx: &Ctx, value: serde_json::Value, text: &str) {
     if ctx.json {
         println!("{value}");
     } else {

@@ -15,7 +15,7 @@ use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{encode_index_file, index_object_name, Index, IndexedPack};
 use crate::repo::manifest::{Content, DatabaseInfo, Manifest, SourceInfo, StoredInfo};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, PackWriter};
-use crate::repo::Repository;
+use crate::repo::{locks, Repository};
 use crate::source::sqlite::{sqlite_version, SqliteSnapshot};
 use crate::source::Snapshot;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -41,6 +41,8 @@ pub struct BackupOptions {
     pub progress: Progress,
     /// Packs uploaded at once (`transfers` in lifeboat.toml, `LIFEBOAT_TRANSFERS`).
     pub transfers: usize,
+    /// Record this time instead of now (`backup --time`, for imported history).
+    pub time: Option<jiff::Timestamp>,
 }
 
 pub struct BackupOutcome {
@@ -97,8 +99,15 @@ struct ReadSummary {
 const PIPELINE_STOPPED: &str = "backup pipeline stopped";
 
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
+    // The marker tells a concurrent prune that this backup may reuse any pack it indexed.
+    locks::as_writer(repo.storage(), "backup", true, |_| {
+        backup_marked(repo, opts)
+    })
+}
+
+fn backup_marked(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
     let started = Instant::now();
-    let now = jiff::Timestamp::now();
+    let now = opts.time.unwrap_or_else(jiff::Timestamp::now);
     let id = new_backup_id(now.as_millisecond().max(0) as u64);
     if opts.verify == VerifyLevel::Full && repo.is_write_only() {
         return Err(Error::usage(
@@ -120,6 +129,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
              older backups that use it cannot be restored (run `lifeboat repo check`)"
         ));
     }
+    // Packs a prune plans to delete are not reused: their pages are stored again.
+    let planned = std::mem::take(&mut index.planned);
+    index.forget_packs(&planned);
     tracing::info!(elapsed = ?started.elapsed(), blobs = index.blob_count(), "index loaded");
     let staging = repo.storage().staging_dir()?;
     let workers = std::thread::available_parallelism()
@@ -249,6 +261,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
         trigger: opts.trigger.clone(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         duration_ms: 0,
+        verification: None,
         database,
         content: Content {
             kind: "pages".into(),
@@ -285,6 +298,14 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
         None
     };
 
+    manifest.verification = Some(
+        match opts.verify {
+            VerifyLevel::None => "none",
+            VerifyLevel::Written => "written",
+            VerifyLevel::Full => "full",
+        }
+        .into(),
+    );
     manifest.duration_ms = started.elapsed().as_millis() as u64;
     repo.write_manifest(&manifest)?;
     Ok(BackupOutcome {
@@ -440,9 +461,9 @@ fn compress_frames(
 
 /// Stage 3: append frames to packs; store each pack once it is full.
 /// A pack this backup stored, and the index file that describes it.
-struct StoredPack {
-    pack: IndexedPack,
-    index_file: Hash,
+pub(crate) struct StoredPack {
+    pub pack: IndexedPack,
+    pub index_file: Hash,
     index_size: u64,
 }
 
@@ -520,7 +541,7 @@ fn write_packs(
 
 /// Store a finished pack, then at once the index file describing it: a backup interrupted
 /// later still leaves its stored packs indexed, so the next run does not upload them again.
-fn store_pack(repo: &Repository, w: PackWriter) -> Result<StoredPack> {
+pub(crate) fn store_pack(repo: &Repository, w: PackWriter) -> Result<StoredPack> {
     let p = w.finish(|dir| repo.seal(ObjectKind::PackDirectory, b"", dir))?;
     let name = pack_object_name(&p.id);
     if !repo.storage().put_file_new(&name, &p.staged)? {
@@ -568,7 +589,11 @@ fn existing_copy_intact(repo: &Repository, name: &str, id: &Hash) -> Result<()> 
 
 /// Read back every object this backup wrote and check it against its name: catches a write
 /// that the storage acknowledged but did not keep, before the manifest makes it count.
-fn check_written(repo: &Repository, packs: &[IndexedPack], index_files: &[Hash]) -> Result<()> {
+pub(crate) fn check_written(
+    repo: &Repository,
+    packs: &[IndexedPack],
+    index_files: &[Hash],
+) -> Result<()> {
     let bad = |name: &str, why: &str| {
         Error::integrity(format!(
             "{name} did not read back intact ({why}); the backup was not committed"

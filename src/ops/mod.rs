@@ -3,6 +3,9 @@
 
 pub mod backup;
 pub mod check;
+pub mod forget;
+pub mod policy;
+pub mod prune;
 pub mod restore;
 pub mod sync;
 pub mod verify;

@@ -485,6 +485,7 @@ pub fn restore_in_place(
                 verify: VerifyLevel::Written,
                 progress: progress.clone(),
                 transfers: crate::ops::backup::DEFAULT_TRANSFERS,
+                time: None,
             },
         );
         match safety {

@@ -83,6 +83,14 @@ fn content_addressed(name: &str) -> Option<Hash> {
 
 /// Copy everything `target` lacks from `source`, `parallel` objects at a time.
 pub fn sync(source: &dyn Storage, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
+    // A sync may copy a manifest that needs packs a prune on the target has planned to
+    // delete; its marker (which sees no plan) holds such sweeps until it is done.
+    crate::repo::locks::as_writer(target, "sync", false, |_| {
+        sync_marked(source, target, parallel)
+    })
+}
+
+fn sync_marked(source: &dyn Storage, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
     let copied = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let repaired = Mutex::new(Vec::new());

@@ -57,6 +57,8 @@ pub struct Index {
     pub files: Vec<Hash>,
     /// Index files that could not be read (named for warnings; see `repo check`).
     pub damaged: Vec<String>,
+    /// Packs (numbers) that a prune plans to delete: readable, but not to be reused.
+    pub planned: std::collections::HashSet<u32>,
 }
 
 impl Index {

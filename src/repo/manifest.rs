@@ -21,6 +21,10 @@ pub struct Manifest {
     pub trigger: String,
     pub tool_version: String,
     pub duration_ms: u64,
+    /// What the backup checked before committing: `none`, `written` (every new object read
+    /// back) or `full` (restored and verified). Absent in manifests of early versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
     pub database: DatabaseInfo,
     pub content: Content,
     pub stored: StoredInfo,

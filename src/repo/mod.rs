@@ -6,6 +6,7 @@ pub mod compress;
 pub mod crypto;
 pub mod index;
 pub mod keys;
+pub mod locks;
 pub mod manifest;
 pub mod pack;
 
@@ -242,20 +243,27 @@ impl Repository {
     /// a clear error, every other backup keeps working, and new backups store those blobs
     /// again instead of trusting them.
     pub fn load_index(&self) -> Result<Index> {
+        // Packs that a prune plans to delete are added last, so a blob that also lives in
+        // a pack that stays (prune copied it there) is found there.
+        let planned: std::collections::HashSet<Hash> = locks::read_plans(self.storage.as_ref())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
+            .collect();
         let mut index = Index::default();
+        // Re-read at the end rather than held: a big plan can cover hundreds of packs.
+        let mut deferred = Vec::new();
         for obj in self.storage.list("index/")? {
             let name = obj.name.rsplit('/').next().unwrap_or_default().to_string();
             let Ok(id) = Hash::from_hex(&name) else {
                 continue; // not ours (editor backup file, etc.)
             };
-            let data = self.storage.get(&obj.name)?;
-            let packs = if Hash::of(&data) != id {
-                Err(Error::integrity("its content does not match its name"))
-            } else {
-                self.unseal(ObjectKind::Index, b"", data, &obj.name)
-                    .and_then(|plain| decode_index_file(&plain, &obj.name))
-            };
-            match packs {
+            match self.read_index_file(&obj.name, &id) {
+                // Compacted away by a prune since the listing: its packs are in a newer file.
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Ok(packs) if packs.iter().any(|p| planned.contains(&p.id)) => {
+                    deferred.push((id, obj.name));
+                }
                 Ok(packs) => {
                     for pack in &packs {
                         index.add_pack(pack);
@@ -268,7 +276,36 @@ impl Repository {
                 }
             }
         }
+        for (id, name) in deferred {
+            match self.read_index_file(&name, &id) {
+                Ok(packs) => {
+                    for pack in &packs {
+                        index.add_pack(pack);
+                    }
+                    index.files.push(id);
+                }
+                Err(e) if e.kind == ErrorKind::NotFound => {}
+                Err(e) => index.damaged.push(format!("{name} ({e})")),
+            }
+        }
+        index.planned = index
+            .packs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| planned.contains(&p.id))
+            .map(|(n, _)| n as u32)
+            .collect();
         Ok(index)
+    }
+
+    /// Read, check and decode one index file.
+    pub fn read_index_file(&self, name: &str, id: &Hash) -> Result<Vec<index::IndexedPack>> {
+        let data = self.storage.get(name)?;
+        if Hash::of(&data) != *id {
+            return Err(Error::integrity("its content does not match its name"));
+        }
+        let plain = self.unseal(ObjectKind::Index, b"", data, name)?;
+        decode_index_file(&plain, name)
     }
 
     /// Forget blobs whose pack is missing or has the wrong size, so a new backup stores them

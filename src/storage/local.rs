@@ -156,6 +156,29 @@ impl Storage for LocalStorage {
         self.link_into_place(&tmp, name)
     }
 
+    fn put_replace(&self, name: &str, data: &[u8]) -> Result<()> {
+        let tmp = self.temp_path()?;
+        let mut f = create_private_file(&tmp)?;
+        let dest = self.path(name);
+        let written = f
+            .write_all(data)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| Error::io("cannot write", &tmp, e))
+            .and_then(|_| match dest.parent() {
+                Some(parent) => create_private_dir(parent),
+                None => Ok(()),
+            })
+            .and_then(|_| fs::rename(&tmp, &dest).ctx("cannot store", &dest));
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
     fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool> {
         File::open(staged)
             .and_then(|f| f.sync_all())

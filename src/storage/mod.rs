@@ -47,6 +47,9 @@ pub trait Storage: Send + Sync {
     fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool>;
     /// A local directory for temporary files that `put_file_new` can consume cheaply.
     fn staging_dir(&self) -> Result<PathBuf>;
+    /// Create or atomically replace `name`. Only for the small mutable coordination objects
+    /// (`locks/`, `pins/`, `verified/`); repository data is write-once.
+    fn put_replace(&self, name: &str, data: &[u8]) -> Result<()>;
     fn get(&self, name: &str) -> Result<Vec<u8>>;
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// Objects directly or indirectly under `prefix` (e.g. `data/`).

@@ -345,6 +345,15 @@ impl Storage for ObjectStorage {
         self.put(name, PutPayload::from(data?))
     }
 
+    fn put_replace(&self, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(name);
+        let payload = PutPayload::from(data.to_vec());
+        self.runtime
+            .block_on(self.store.put(&path, payload))
+            .map(|_| ())
+            .map_err(|e| self.error("store", name, e))
+    }
+
     fn staging_dir(&self) -> Result<PathBuf> {
         Ok(self.staging.path().to_path_buf())
     }

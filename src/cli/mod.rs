@@ -1,0 +1,3 @@
+//! Subcommand groups of the `lifeboat` binary that are big enough for a file of their own.
+
+pub mod retention;

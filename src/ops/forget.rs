@@ -1,0 +1,202 @@
+//! Forget: apply a retention policy to a repository's backups and delete the manifests of
+//! those it does not keep (their data goes with the next `prune`). Also pins, and the
+//! records of passed verifications that the "newest verified" rail relies on.
+//!
+//! - `pins/<backup id>`: the backup is pinned (never forgotten).
+//! - `verified/<backup id>`: `lifeboat verify` passed for it (time and host inside).
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops::policy::{self, Candidate, Decision, Policy};
+use crate::repo::manifest::Manifest;
+use crate::repo::Repository;
+use jiff::tz::TimeZone;
+use serde::Serialize;
+use std::collections::HashSet;
+
+const PINS: &str = "pins/";
+const VERIFIED: &str = "verified/";
+
+/// Which policy applies to one source: chosen per source by the caller (CLI flags, or the
+/// `[retention]` sections of lifeboat.toml for this target).
+pub type PolicyFor<'a> = dyn Fn(&Manifest) -> Option<Policy> + 'a;
+
+pub struct ForgetOptions<'a> {
+    pub policy_for: &'a PolicyFor<'a>,
+    /// Only backups of this source path.
+    pub source: Option<String>,
+    pub dry_run: bool,
+    pub force: bool,
+    pub now: jiff::Timestamp,
+    pub tz: TimeZone,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForgetRow {
+    pub id: String,
+    pub time: String,
+    pub source: String,
+    pub host: String,
+    pub trigger: String,
+    pub tags: Vec<String>,
+    pub keep: bool,
+    pub reasons: Vec<String>,
+    /// The policy that decided, in words.
+    pub policy: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ForgetReport {
+    pub dry_run: bool,
+    pub timezone: String,
+    pub backups: Vec<ForgetRow>,
+    pub removed: Vec<String>,
+    /// Sources left alone because no policy applies to them.
+    pub no_policy: Vec<String>,
+}
+
+fn group_of(m: &Manifest) -> String {
+    format!("{} on {}", m.source.path, m.source.host)
+}
+
+pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
+    let storage = repo.storage();
+    let pinned = ids_under(repo, PINS)?;
+    let verified = ids_under(repo, VERIFIED)?;
+    let backups: Vec<Manifest> = repo
+        .list_backups()?
+        .into_iter()
+        .filter(|m| opts.source.as_ref().is_none_or(|s| &m.source.path == s))
+        .collect();
+    if backups.is_empty() {
+        return Err(Error::not_found(match &opts.source {
+            Some(s) => format!("no backups of {s} in {}", repo.location()),
+            None => format!("no backups in {}", repo.location()),
+        }));
+    }
+    // Sources sharing a policy are decided together; each source is its own group.
+    let mut by_policy: Vec<(Policy, Vec<usize>)> = Vec::new();
+    let mut no_policy = Vec::new();
+    for (i, m) in backups.iter().enumerate() {
+        let Some(p) = (opts.policy_for)(m) else {
+            let g = group_of(m);
+            if !no_policy.contains(&g) {
+                no_policy.push(g);
+            }
+            continue;
+        };
+        match by_policy.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, v)) => v.push(i),
+            None => by_policy.push((p, vec![i])),
+        }
+    }
+    let mut rows: Vec<ForgetRow> = Vec::new();
+    for (p, members) in &by_policy {
+        let candidates: Vec<Candidate> = members
+            .iter()
+            .map(|&i| {
+                let m = &backups[i];
+                Candidate {
+                    id: m.id.clone(),
+                    time: backup_time(m),
+                    group: group_of(m),
+                    tags: m.tags.clone(),
+                    pinned: pinned.contains(&m.id),
+                    verified: verified.contains(&m.id) || m.verification.as_deref() == Some("full"),
+                    pre_restore: m.trigger == "pre-restore",
+                }
+            })
+            .collect();
+        let decisions = policy::apply(&candidates, p, opts.now, &opts.tz, opts.force)?;
+        let described = p.describe();
+        for (&i, Decision { keep, reasons, .. }) in members.iter().zip(decisions) {
+            let m = &backups[i];
+            rows.push(ForgetRow {
+                id: m.id.clone(),
+                time: m.time.clone(),
+                source: m.source.path.clone(),
+                host: m.source.host.clone(),
+                trigger: m.trigger.clone(),
+                tags: m.tags.clone(),
+                keep,
+                reasons,
+                policy: described.clone(),
+            });
+        }
+    }
+    rows.sort_by(|a, b| (&a.source, &a.host, &a.id).cmp(&(&b.source, &b.host, &b.id)));
+    let mut removed = Vec::new();
+    if !opts.dry_run {
+        for row in rows.iter().filter(|r| !r.keep) {
+            // The manifest is the backup: once it is gone, the rest is garbage for prune.
+            storage.delete(&format!("backups/{}", row.id))?;
+            storage.delete(&format!("{VERIFIED}{}", row.id))?;
+            removed.push(row.id.clone());
+        }
+    } else {
+        removed = rows
+            .iter()
+            .filter(|r| !r.keep)
+            .map(|r| r.id.clone())
+            .collect();
+    }
+    Ok(ForgetReport {
+        dry_run: opts.dry_run,
+        timezone: policy::zone_name(&opts.tz),
+        backups: rows,
+        removed,
+        no_policy,
+    })
+}
+
+fn backup_time(m: &Manifest) -> jiff::Timestamp {
+    m.time
+        .parse()
+        .ok()
+        .or_else(|| crate::id::backup_time(&m.id))
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+fn ids_under(repo: &Repository, prefix: &str) -> Result<HashSet<String>> {
+    Ok(repo
+        .storage()
+        .list(prefix)?
+        .into_iter()
+        .filter_map(|o| o.name.rsplit('/').next().map(str::to_string))
+        .collect())
+}
+
+/// Pin or unpin a backup (by id, prefix or `latest`). Returns its id.
+pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String> {
+    let m = repo.resolve(spec, None)?;
+    let name = format!("{PINS}{}", m.id);
+    if pinned {
+        let record = serde_json::json!({
+            "pinned": jiff::Timestamp::now().to_string(),
+            "host": crate::ops::backup::hostname(),
+        });
+        repo.storage()
+            .put_replace(&name, record.to_string().as_bytes())?;
+    } else {
+        repo.storage().delete(&name)?;
+    }
+    Ok(m.id)
+}
+
+pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
+    match repo.storage().exists(&format!("{PINS}{id}")) {
+        Ok(b) => Ok(b),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Record that `verify` passed for a backup (the "newest verified" safety rail).
+pub fn record_verified(repo: &Repository, id: &str) -> Result<()> {
+    let record = serde_json::json!({
+        "verified": jiff::Timestamp::now().to_string(),
+        "host": crate::ops::backup::hostname(),
+        "tool_version": env!("CARGO_PKG_VERSION"),
+    });
+    repo.storage()
+        .put_replace(&format!("{VERIFIED}{id}"), record.to_string().as_bytes())
+}

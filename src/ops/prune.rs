@@ -1,0 +1,760 @@
+//! Garbage collection: delete packs no backup needs, repack packs that are mostly unused,
+//! and drop their index entries, without ever deleting data a running backup may reuse.
+//!
+//! One run: (1) survey: which blobs the backups reference, and per pack how many bytes are
+//! live; (2) repack the worst packs until at most `max_unused` of the repository is unused,
+//! writing new packs and index files; (3) write a deletion *plan* naming the unused and
+//! repacked packs; (4) sweep every plan that no live writer can still be using (see
+//! `repo::locks`): survey again, this time preferring copies outside the plans, delete the
+//! planned packs that hold no needed blob, rewrite the index files that named them, delete
+//! the plan. A plan a running backup has not seen waits for the next prune.
+//!
+//! Memory is bounded by the referenced blob keys (16 bytes and a bit per distinct blob the
+//! kept backups need) plus one index file and one pack at a time; the full index is never
+//! loaded.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{Hash, Key};
+use crate::ops::backup::{check_written, store_pack, FRAME_BYTES};
+use crate::progress::Progress;
+use crate::repo::compress::{Compression, Compressor, Decompressor};
+use crate::repo::crypto::ObjectKind;
+use crate::repo::index::{encode_index_file, index_object_name, Index, IndexedPack};
+use crate::repo::locks::{self, Plan};
+use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, FrameEntry, PackWriter};
+use crate::repo::{FrameCache, Repository};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+pub struct PruneOptions {
+    pub dry_run: bool,
+    /// Fraction of the repository's pack bytes allowed to stay unused (restic's
+    /// `--max-unused`); partly used packs are repacked until the rest is under it.
+    pub max_unused: f64,
+    pub progress: Progress,
+}
+
+pub const DEFAULT_MAX_UNUSED: f64 = 0.05;
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub backups: usize,
+    pub packs_before: usize,
+    pub bytes_before: u64,
+    /// Packs holding no needed blob (found this run).
+    pub unused_packs: usize,
+    pub unused_bytes: u64,
+    /// Partly used packs whose live blobs were (or would be) copied to new packs.
+    pub repacked_packs: usize,
+    pub repacked_bytes: u64,
+    pub repack_written_bytes: u64,
+    pub deleted_packs: usize,
+    pub deleted_bytes: u64,
+    pub deleted_index_files: usize,
+    pub written_index_files: usize,
+    /// Planned packs left for a later prune, because a running writer may still use them.
+    pub pending_packs: usize,
+    pub pending_bytes: u64,
+    pub waiting_for: Vec<String>,
+    /// Blobs some backup needs that no pack holds (a damaged repository; see `repo check`).
+    pub missing_blobs: u64,
+    pub packs_after: usize,
+    pub bytes_after: u64,
+    /// Estimated bytes in packs that no backup needs, after this run.
+    pub unused_bytes_after: u64,
+}
+
+impl PruneReport {
+    /// Bytes freed: deleted minus written by repacking.
+    pub fn freed_bytes(&self) -> i64 {
+        self.bytes_before as i64 - self.bytes_after as i64
+    }
+}
+
+pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    if !(0.0..=1.0).contains(&opts.max_unused) {
+        return Err(Error::usage("--max-unused must be between 0% and 100%"));
+    }
+    if repo.is_write_only() {
+        return Err(Error::usage(
+            "prune reads the backups' page lists, which a write-only key cannot",
+        )
+        .hint("run prune where the identity is, with --identity FILE"));
+    }
+    if opts.dry_run {
+        return plan_and_sweep(repo, opts);
+    }
+    locks::as_pruner(repo.storage(), || plan_and_sweep(repo, opts))
+}
+
+fn plan_and_sweep(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+    let storage = repo.storage();
+    let plans = locks::read_plans(storage)?;
+    let already_planned: HashSet<Hash> = planned_packs(&plans);
+    let survey = Survey::take(repo, &already_planned, &opts.progress)?;
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        backups: survey.backups,
+        packs_before: survey.packs.len(),
+        bytes_before: survey.packs.values().map(|p| p.size).sum(),
+        missing_blobs: survey.referenced.missing(),
+        ..Default::default()
+    };
+
+    // What is unused now, and what to repack.
+    let keep_unindexed = report.missing_blobs > 0 || !survey.damaged_index.is_empty();
+    let mut doomed: Vec<Hash> = Vec::new();
+    for (id, p) in &survey.packs {
+        if already_planned.contains(id) || p.live_blobs > 0 {
+            continue;
+        }
+        if !p.indexed && keep_unindexed {
+            continue; // it may hold what a damaged index file located
+        }
+        doomed.push(*id);
+        report.unused_packs += 1;
+        report.unused_bytes += p.size;
+    }
+    let repack = choose_repack(&survey, &already_planned, opts.max_unused);
+    report.repacked_packs = repack.len();
+    report.repacked_bytes = repack.iter().map(|id| survey.packs[id].size).sum();
+    if opts.dry_run {
+        report.pending_packs = already_planned.len();
+        report.packs_after = report.packs_before - report.unused_packs - report.repacked_packs;
+        report.bytes_after = report.bytes_before - report.unused_bytes - report.repacked_bytes
+            + repack
+                .iter()
+                .map(|id| survey.packs[id].live_size())
+                .sum::<u64>();
+        report.unused_bytes_after = survey.unused_bytes_except(&doomed, &repack);
+        return Ok(report);
+    }
+    if !repack.is_empty() {
+        let written = repack_packs(repo, &survey, &repack, &opts.progress)?;
+        report.repack_written_bytes = written.iter().map(|p| p.size).sum();
+        report.written_index_files += written.len();
+        doomed.extend(repack.iter().copied());
+    }
+    drop(survey);
+    if !doomed.is_empty() {
+        let mut names: Vec<String> = doomed.iter().map(|h| h.to_hex()).collect();
+        names.sort();
+        locks::write_plan(storage, names)?;
+    }
+    sweep(repo, opts, &mut report)?;
+
+    let after: Vec<crate::storage::ObjectInfo> = storage.list("data/")?;
+    report.packs_after = after.len();
+    report.bytes_after = after.iter().map(|o| o.size).sum();
+    Ok(report)
+}
+
+fn planned_packs(plans: &[Plan]) -> HashSet<Hash> {
+    plans
+        .iter()
+        .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
+        .collect()
+}
+
+/// Delete what every eligible plan names and no backup needs.
+fn sweep(repo: &Repository, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+    let storage = repo.storage();
+    let plans = locks::read_plans(storage)?;
+    if plans.is_empty() {
+        return Ok(());
+    }
+    let markers = locks::live_markers(storage)?;
+    let (eligible, waiting): (Vec<Plan>, Vec<Plan>) = plans.into_iter().partition(|plan| {
+        markers.iter().all(|(name, m)| {
+            name == locks::PRUNE_LOCK
+                || m.seen_plans
+                    .as_ref()
+                    .is_some_and(|seen| seen.contains(&plan.id))
+        })
+    });
+    if !waiting.is_empty() {
+        report.waiting_for = markers
+            .iter()
+            .filter(|(name, _)| name != locks::PRUNE_LOCK)
+            .map(|(_, m)| m.describe())
+            .collect();
+    }
+    if eligible.is_empty() {
+        let pending = planned_packs(&waiting);
+        report.pending_packs = pending.len();
+        return Ok(());
+    }
+    let planned = planned_packs(&eligible);
+    // Survey again: backups committed since the plan was written may need planned packs.
+    let survey = Survey::take(repo, &planned, &opts.progress)?;
+    report.missing_blobs = survey.referenced.missing();
+    let keep_unindexed = report.missing_blobs > 0 || !survey.damaged_index.is_empty();
+    let delete: HashSet<Hash> = planned
+        .iter()
+        .filter(|id| match survey.packs.get(id) {
+            Some(p) => p.live_blobs == 0 && (p.indexed || !keep_unindexed),
+            None => false, // already gone
+        })
+        .copied()
+        .collect();
+    let waiting_packs = planned_packs(&waiting);
+    report.pending_packs = waiting_packs.difference(&delete).count();
+    report.pending_bytes = waiting_packs
+        .iter()
+        .filter(|id| !delete.contains(id))
+        .filter_map(|id| survey.packs.get(id).map(|p| p.size))
+        .sum();
+
+    // Index entries first, then packs: a crash in between leaves unindexed packs (garbage
+    // the next prune finds), never an index naming a pack that is gone.
+    for file in &survey.index_files {
+        if !file.packs.iter().any(|p| delete.contains(p)) {
+            continue;
+        }
+        let remaining: Vec<IndexedPack> = if file.packs.iter().all(|p| delete.contains(p)) {
+            Vec::new()
+        } else {
+            repo.read_index_file(&file.name, &file.id)?
+                .into_iter()
+                .filter(|p| !delete.contains(&p.id))
+                .collect()
+        };
+        if !remaining.is_empty() {
+            let data = repo.seal(ObjectKind::Index, b"", encode_index_file(&remaining)?)?;
+            let name = index_object_name(&Hash::of(&data));
+            crate::storage::put_new_or_same(storage, &name, &data)?;
+            report.written_index_files += 1;
+        }
+        storage.delete(&file.name)?;
+        report.deleted_index_files += 1;
+    }
+    for id in &delete {
+        storage.delete(&pack_object_name(id))?;
+        report.deleted_packs += 1;
+        report.deleted_bytes += survey.packs.get(id).map_or(0, |p| p.size);
+    }
+    for plan in &eligible {
+        storage.delete(&locks::plan_object(&plan.id))?;
+    }
+    Ok(())
+}
+
+/// The blobs backups reference, as sorted 16-byte keys, and which have been found a home.
+struct Referenced {
+    keys: Vec<Key>,
+    claimed: Vec<u64>,
+}
+
+impl Referenced {
+    fn build(mut keys: Vec<Key>) -> Referenced {
+        keys.sort_unstable();
+        keys.dedup();
+        let words = keys.len().div_ceil(64);
+        Referenced {
+            keys,
+            claimed: vec![0; words],
+        }
+    }
+
+    /// Claim `key` for this copy: true if it is needed and no earlier copy claimed it.
+    fn claim(&mut self, key: &Key) -> bool {
+        let Ok(i) = self.keys.binary_search(key) else {
+            return false;
+        };
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.claimed[word] & bit != 0 {
+            return false;
+        }
+        self.claimed[word] |= bit;
+        true
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.keys.binary_search(key).is_ok()
+    }
+
+    fn missing(&self) -> u64 {
+        let claimed: u64 = self.claimed.iter().map(|w| u64::from(w.count_ones())).sum();
+        self.keys.len() as u64 - claimed
+    }
+}
+
+/// How much of one pack is needed.
+#[derive(Debug, Default, Clone)]
+struct PackUse {
+    size: u64,
+    indexed: bool,
+    live_blobs: u64,
+    live_raw: u64,
+    dead_raw: u64,
+    /// The index file that describes it (for repacking).
+    index_file: Option<usize>,
+}
+
+impl PackUse {
+    /// Stored bytes attributable to live blobs (pro rata by raw size).
+    fn live_size(&self) -> u64 {
+        let raw = self.live_raw + self.dead_raw;
+        if raw == 0 {
+            return 0;
+        }
+        (self.size as u128 * self.live_raw as u128 / raw as u128) as u64
+    }
+}
+
+struct IndexFile {
+    id: Hash,
+    name: String,
+    packs: Vec<Hash>,
+}
+
+struct Survey {
+    backups: usize,
+    packs: HashMap<Hash, PackUse>,
+    index_files: Vec<IndexFile>,
+    damaged_index: Vec<String>,
+    referenced: Referenced,
+}
+
+impl Survey {
+    /// Look at every pack, index file and backup. Copies in `planned` packs are claimed
+    /// last, so a blob that also lives elsewhere is counted there.
+    fn take(repo: &Repository, planned: &HashSet<Hash>, progress: &Progress) -> Result<Survey> {
+        let storage = repo.storage();
+        let mut packs: HashMap<Hash, PackUse> = HashMap::new();
+        for obj in storage.list("data/")? {
+            let Some(id) = obj
+                .name
+                .rsplit('/')
+                .next()
+                .and_then(|n| Hash::from_hex(n).ok())
+            else {
+                continue;
+            };
+            packs.insert(
+                id,
+                PackUse {
+                    size: obj.size,
+                    ..Default::default()
+                },
+            );
+        }
+        // Pass 1: where the page lists are (they are few), and what each index file holds.
+        let mut lists = Index::default();
+        let mut index_files = Vec::new();
+        let mut damaged_index = Vec::new();
+        for obj in storage.list("index/")? {
+            let Some(id) = obj
+                .name
+                .rsplit('/')
+                .next()
+                .and_then(|n| Hash::from_hex(n).ok())
+            else {
+                continue;
+            };
+            let file = match repo.read_index_file(&obj.name, &id) {
+                Ok(f) => f,
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!("index file {} is damaged: {e}", obj.name);
+                    damaged_index.push(obj.name);
+                    continue;
+                }
+            };
+            for p in &file {
+                if packs.get(&p.id).is_some_and(|u| u.size == p.size) {
+                    lists.add_pack(&only_lists(p));
+                }
+            }
+            index_files.push(IndexFile {
+                id,
+                name: obj.name,
+                packs: file.iter().map(|p| p.id).collect(),
+            });
+        }
+        let (backups, referenced) = referenced_blobs(repo, &lists, progress)?;
+        drop(lists);
+        let mut referenced = referenced;
+
+        // Pass 2: claim each needed blob at its first copy, planned packs last.
+        let (first, last): (Vec<usize>, Vec<usize>) = (0..index_files.len())
+            .partition(|&i| !index_files[i].packs.iter().any(|p| planned.contains(p)));
+        for i in first.into_iter().chain(last) {
+            let file = &index_files[i];
+            let decoded = match repo.read_index_file(&file.name, &file.id) {
+                Ok(d) => d,
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for p in &decoded {
+                let Some(usage) = packs.get_mut(&p.id) else {
+                    continue; // the pack is gone: its entries help no one
+                };
+                if usage.size != p.size || usage.indexed {
+                    continue; // truncated copy, or already counted through another file
+                }
+                usage.indexed = true;
+                usage.index_file = Some(i);
+                for f in &p.frames {
+                    for b in &f.blobs {
+                        if referenced.claim(&b.id) {
+                            usage.live_blobs += 1;
+                            usage.live_raw += u64::from(b.len);
+                        } else {
+                            usage.dead_raw += u64::from(b.len);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Survey {
+            backups,
+            packs,
+            index_files,
+            damaged_index,
+            referenced,
+        })
+    }
+
+    fn unused_bytes_except(&self, gone: &[Hash], repacked: &[Hash]) -> u64 {
+        self.packs
+            .iter()
+            .filter(|(id, _)| !gone.contains(id) && !repacked.contains(id))
+            .map(|(_, p)| p.size - p.live_size().min(p.size))
+            .sum()
+    }
+}
+
+/// The same pack with only its list blobs (frame offsets stay valid).
+fn only_lists(p: &IndexedPack) -> IndexedPack {
+    IndexedPack {
+        id: p.id,
+        size: p.size,
+        frames: p
+            .frames
+            .iter()
+            .map(|f| FrameEntry {
+                blobs: f
+                    .blobs
+                    .iter()
+                    .filter(|b| b.kind == BlobKind::List)
+                    .cloned()
+                    .collect(),
+                ..f.clone()
+            })
+            .collect(),
+    }
+}
+
+/// Every blob (pages and page lists) some backup needs. Each distinct list is read once;
+/// keys are merged into a sorted set in batches so memory stays near the final set's size.
+fn referenced_blobs(
+    repo: &Repository,
+    lists: &Index,
+    progress: &Progress,
+) -> Result<(usize, Referenced)> {
+    const BATCH: usize = 1 << 22;
+    let backups = repo.list_backups()?;
+    let mut seen_lists: HashSet<Hash> = HashSet::new();
+    let mut keys: Vec<Key> = Vec::new();
+    let mut pending: Vec<Key> = Vec::new();
+    let mut cache = FrameCache::default();
+    progress.start("survey", backups.len() as u64);
+    for m in &backups {
+        for hex in &m.content.lists {
+            let id = Hash::from_hex(hex).map_err(|_| {
+                Error::integrity(format!("backup {} names a bad list id {hex}", m.id))
+            })?;
+            if !seen_lists.insert(id) {
+                continue;
+            }
+            pending.push(id.key());
+            match repo.read_blob_cached(lists, &id, &mut cache) {
+                Ok(list) => pending.extend(list.chunks_exact(32).map(|c| {
+                    let mut k = [0u8; 16];
+                    k.copy_from_slice(&c[..16]);
+                    Key(k)
+                })),
+                // The list itself is missing: its key stays unclaimed and counts as missing,
+                // which keeps prune from deleting anything unindexed.
+                Err(e) => tracing::warn!("backup {}: {e}", m.id),
+            }
+            if pending.len() >= BATCH {
+                merge_sorted(&mut keys, &mut pending);
+            }
+        }
+        progress.inc(1);
+    }
+    merge_sorted(&mut keys, &mut pending);
+    progress.finish();
+    Ok((backups.len(), Referenced::build(keys)))
+}
+
+fn merge_sorted(keys: &mut Vec<Key>, pending: &mut Vec<Key>) {
+    if pending.is_empty() {
+        return;
+    }
+    pending.sort_unstable();
+    pending.dedup();
+    let mut merged = Vec::with_capacity(keys.len() + pending.len());
+    let (mut a, mut b) = (keys.iter().peekable(), pending.iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x < y => a.next(),
+            (Some(x), Some(y)) if x > y => b.next(),
+            (Some(_), Some(_)) => {
+                b.next();
+                a.next()
+            }
+            (Some(_), None) => a.next(),
+            (None, Some(_)) => b.next(),
+            (None, None) => break,
+        };
+        if let Some(k) = next {
+            merged.push(*k);
+        }
+    }
+    *keys = merged;
+    pending.clear();
+    pending.shrink_to(1 << 20);
+}
+
+/// The partly used packs to rewrite: most wasteful first, until what stays unused is at
+/// most `max_unused` of the pack bytes that remain.
+fn choose_repack(survey: &Survey, planned: &HashSet<Hash>, max_unused: f64) -> Vec<Hash> {
+    let mut partial: Vec<(&Hash, &PackUse)> = survey
+        .packs
+        .iter()
+        .filter(|(id, p)| p.indexed && p.live_blobs > 0 && p.dead_raw > 0 && !planned.contains(id))
+        .collect();
+    partial.sort_by(|a, b| {
+        let waste = |p: &PackUse| p.dead_raw as f64 / (p.live_raw + p.dead_raw) as f64;
+        waste(b.1).total_cmp(&waste(a.1)).then_with(|| a.0.cmp(b.0))
+    });
+    let kept: Vec<&PackUse> = survey
+        .packs
+        .iter()
+        .filter(|(id, p)| p.live_blobs > 0 && !planned.contains(id))
+        .map(|(_, p)| p)
+        .collect();
+    let mut total: u64 = kept.iter().map(|p| p.size).sum();
+    let mut unused: u64 = kept
+        .iter()
+        .map(|p| p.size - p.live_size().min(p.size))
+        .sum();
+    let mut chosen = Vec::new();
+    for (id, p) in partial {
+        if unused as f64 <= max_unused * total as f64 {
+            break;
+        }
+        let waste = p.size - p.live_size().min(p.size);
+        unused -= waste;
+        total -= waste;
+        chosen.push(*id);
+    }
+    chosen
+}
+
+/// Copy the needed blobs of `repack` into new packs (with their index files), checked by
+/// reading them back. Whole frames whose every blob is needed are copied as stored; the
+/// others are decompressed and their needed blobs recompressed together.
+fn repack_packs(
+    repo: &Repository,
+    survey: &Survey,
+    repack: &[Hash],
+    progress: &Progress,
+) -> Result<Vec<IndexedPack>> {
+    let storage = repo.storage();
+    let staging = storage.staging_dir()?;
+    let pack_size = repo.config.pack_size;
+    let mut out = Repacker {
+        repo,
+        staging: &staging,
+        pack_size,
+        writer: None,
+        frame: (Vec::new(), Vec::new()),
+        compressor: Compressor::new(Compression::new(crate::repo::compress::Codec::Zstd, None)?),
+        written: Vec::new(),
+    };
+    let mut copied: HashSet<Key> = HashSet::new();
+    let mut decompressor = Decompressor::default();
+    let wanted: HashSet<&Hash> = repack.iter().collect();
+    let mut by_file: Vec<usize> = repack
+        .iter()
+        .filter_map(|id| survey.packs[id].index_file)
+        .collect();
+    by_file.sort_unstable();
+    by_file.dedup();
+    progress.start(
+        "repack",
+        repack.iter().map(|id| survey.packs[id].size).sum(),
+    );
+    let result = (|| -> Result<()> {
+        for i in by_file {
+            let file = &survey.index_files[i];
+            for p in repo.read_index_file(&file.name, &file.id)? {
+                if !wanted.contains(&p.id) {
+                    continue;
+                }
+                let name = pack_object_name(&p.id);
+                let data = storage.get(&name)?;
+                if Hash::of(&data) != p.id {
+                    return Err(Error::integrity(format!(
+                        "{name} is damaged (its content does not match its name); prune stopped before deleting anything"
+                    ))
+                    .hint("run `lifeboat repo check --read-data` to see which backups it affects"));
+                }
+                for f in &p.frames {
+                    let needed: Vec<bool> = f
+                        .blobs
+                        .iter()
+                        .map(|b| survey.referenced.contains(&b.id) && !copied.contains(&b.id))
+                        .collect();
+                    let stored = data
+                        .get(f.offset as usize..f.offset as usize + f.stored_len as usize)
+                        .ok_or_else(|| {
+                            Error::integrity(format!("{name}: a frame lies outside the pack"))
+                        })?;
+                    if needed.iter().all(|&n| n) {
+                        out.copy_frame(stored, f)?;
+                    } else if needed.iter().any(|&n| n) {
+                        let plain = repo.unseal(ObjectKind::Frame, b"", stored.to_vec(), &name)?;
+                        let raw = decompressor.decompress(f.codec, &plain, f.raw_len as usize)?;
+                        for (b, _) in f.blobs.iter().zip(&needed).filter(|(_, n)| **n) {
+                            let blob = raw
+                                .get(b.offset as usize..(b.offset + b.len) as usize)
+                                .ok_or_else(|| {
+                                    Error::integrity(format!(
+                                        "{name}: a blob lies outside its frame"
+                                    ))
+                                })?;
+                            out.add_blob(b, blob)?;
+                        }
+                    }
+                    for (b, n) in f.blobs.iter().zip(&needed) {
+                        if *n {
+                            copied.insert(b.id);
+                        }
+                    }
+                }
+                progress.inc(p.size);
+            }
+        }
+        out.finish()
+    })();
+    progress.finish();
+    if let Err(e) = result {
+        if let Some(w) = out.writer.take() {
+            w.abandon();
+        }
+        return Err(e);
+    }
+    let index_files: Vec<Hash> = out.written.iter().map(|(_, f)| *f).collect();
+    let packs: Vec<IndexedPack> = out.written.into_iter().map(|(p, _)| p).collect();
+    check_written(repo, &packs, &index_files)?;
+    Ok(packs)
+}
+
+struct Repacker<'a> {
+    repo: &'a Repository,
+    staging: &'a std::path::Path,
+    pack_size: u64,
+    writer: Option<PackWriter>,
+    /// The raw frame being filled: bytes and entries.
+    frame: (Vec<u8>, Vec<BlobEntry>),
+    compressor: Compressor,
+    written: Vec<(IndexedPack, Hash)>,
+}
+
+impl Repacker<'_> {
+    fn writer(&mut self) -> Result<&mut PackWriter> {
+        if self.writer.is_none() {
+            self.writer = Some(PackWriter::create(self.staging)?);
+        }
+        self.writer
+            .as_mut()
+            .ok_or_else(|| Error::internal("pack writer vanished"))
+    }
+
+    fn copy_frame(&mut self, stored: &[u8], f: &FrameEntry) -> Result<()> {
+        self.writer()?
+            .add_frame(stored, f.raw_len, f.codec, f.blobs.clone())?;
+        self.maybe_close_pack()
+    }
+
+    fn add_blob(&mut self, entry: &BlobEntry, bytes: &[u8]) -> Result<()> {
+        self.frame.1.push(BlobEntry {
+            offset: self.frame.0.len() as u32,
+            ..entry.clone()
+        });
+        self.frame.0.extend_from_slice(bytes);
+        if self.frame.0.len() >= FRAME_BYTES {
+            self.flush_frame()?;
+        }
+        Ok(())
+    }
+
+    fn flush_frame(&mut self) -> Result<()> {
+        if self.frame.1.is_empty() {
+            return Ok(());
+        }
+        let (raw, blobs) = std::mem::take(&mut self.frame);
+        let compressed = self.compressor.compress(&raw)?;
+        let stored = self.repo.seal(ObjectKind::Frame, b"", compressed)?;
+        self.writer()?.add_frame(
+            &stored,
+            raw.len() as u32,
+            crate::repo::compress::Codec::Zstd,
+            blobs,
+        )?;
+        self.maybe_close_pack()
+    }
+
+    fn maybe_close_pack(&mut self) -> Result<()> {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.len() >= self.pack_size)
+        {
+            self.close_pack()?;
+        }
+        Ok(())
+    }
+
+    fn close_pack(&mut self) -> Result<()> {
+        if let Some(w) = self.writer.take() {
+            if w.is_empty() {
+                w.abandon();
+                return Ok(());
+            }
+            let stored = store_pack(self.repo, w)?;
+            self.written.push((stored.pack, stored.index_file));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        self.flush_frame()?;
+        self.close_pack()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_keeps_a_sorted_set() {
+        let k = |n: u8| Key([n; 16]);
+        let mut keys = vec![k(1), k(5)];
+        let mut pending = vec![k(5), k(3), k(9), k(3)];
+        merge_sorted(&mut keys, &mut pending);
+        assert_eq!(keys, vec![k(1), k(3), k(5), k(9)]);
+        let mut r = Referenced::build(keys);
+        assert!(r.claim(&k(3)));
+        assert!(!r.claim(&k(3)), "second copy is not needed");
+        assert!(!r.claim(&k(4)), "not referenced");
+        assert_eq!(r.missing(), 3);
+    }
+}

@@ -1,0 +1,310 @@
+//! Coordination between writers and prune, on stores with no rename, no append and no
+//! locking primitive beyond create-only puts.
+//!
+//! - `locks/<kind>-<random>`: a *writer marker*. Every backup and sync writes one before it
+//!   reads the index, refreshes it every minute, and deletes it at the end. A backup records
+//!   in it which deletion plans it had seen when it loaded the index (`seen_plans`); sync
+//!   records none, so it blocks every sweep while it runs.
+//! - `locks/prune`: the prune lock, created with a create-only put: one prune at a time.
+//! - `plans/<id>`: a *deletion plan*, written by prune: packs it intends to delete. Writers
+//!   that have seen a plan do not reuse its packs. Prune deletes a plan's packs only when no
+//!   live writer could still reuse them (every live marker has seen the plan), and only those
+//!   packs that, re-checked at that moment, hold no blob a backup needs.
+//!
+//! So nothing relies on clocks agreeing, except to call a marker stale: a marker whose
+//! process is gone (same host) or that has not been refreshed for `STALE_AFTER` (any host).
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::storage::Storage;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub const LOCKS: &str = "locks/";
+pub const PLANS: &str = "plans/";
+pub const PRUNE_LOCK: &str = "locks/prune";
+
+/// A marker not refreshed for this long belongs to a dead process on some host.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
+
+fn refresh_every() -> Duration {
+    let secs = std::env::var("LIFEBOAT_LOCK_REFRESH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    Duration::from_secs(secs)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Marker {
+    /// `backup`, `sync` or `prune`.
+    pub kind: String,
+    pub host: String,
+    pub pid: u32,
+    pub started: String,
+    pub refreshed: String,
+    /// Deletion plans this writer had seen when it loaded the index; None: it may use any pack.
+    #[serde(default)]
+    pub seen_plans: Option<Vec<String>>,
+}
+
+impl Marker {
+    fn new(kind: &str) -> Marker {
+        let now = jiff::Timestamp::now().to_string();
+        Marker {
+            kind: kind.into(),
+            host: crate::ops::backup::hostname(),
+            pid: std::process::id(),
+            started: now.clone(),
+            refreshed: now,
+            seen_plans: None,
+        }
+    }
+
+    /// Whether the process that wrote this marker is certainly gone.
+    pub fn is_stale(&self) -> bool {
+        if self.host == crate::ops::backup::hostname() && !process_alive(self.pid) {
+            return true;
+        }
+        let Ok(refreshed) = self.refreshed.parse::<jiff::Timestamp>() else {
+            return false; // unreadable time: assume alive rather than delete under it
+        };
+        let age = jiff::Timestamp::now().duration_since(refreshed);
+        age.as_secs() > STALE_AFTER.as_secs() as i64
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} on {} (pid {}) since {}",
+            self.kind, self.host, self.pid, self.started
+        )
+    }
+
+    fn encode(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(|e| Error::internal(e.to_string()))
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 checks for existence and permission only; nothing is delivered.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// A deletion plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: String,
+    pub created: String,
+    pub host: String,
+    /// Pack ids (hex) to delete once no writer can reuse them.
+    pub packs: Vec<String>,
+}
+
+pub fn read_plans(storage: &dyn Storage) -> Result<Vec<Plan>> {
+    let mut plans = Vec::new();
+    for obj in storage.list(PLANS)? {
+        let data = match storage.get(&obj.name) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => continue, // swept meanwhile
+            Err(e) => return Err(e),
+        };
+        let plan: Plan = serde_json::from_slice(&data).map_err(|e| {
+            Error::integrity(format!("deletion plan {} is unreadable: {e}", obj.name))
+                .hint("delete that object; the next `lifeboat prune` plans again from scratch")
+        })?;
+        plans.push(plan);
+    }
+    plans.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(plans)
+}
+
+pub fn write_plan(storage: &dyn Storage, packs: Vec<String>) -> Result<Plan> {
+    let now = jiff::Timestamp::now();
+    let plan = Plan {
+        id: crate::id::new_backup_id(now.as_millisecond().max(0) as u64),
+        created: now.to_string(),
+        host: crate::ops::backup::hostname(),
+        packs,
+    };
+    let data = serde_json::to_vec_pretty(&plan).map_err(|e| Error::internal(e.to_string()))?;
+    storage.put_replace(&plan_object(&plan.id), &data)?;
+    Ok(plan)
+}
+
+pub fn plan_object(id: &str) -> String {
+    format!("{PLANS}{id}")
+}
+
+/// Every marker present, with its object name. Stale markers of dead processes on this host
+/// are deleted on the way (they would otherwise block sweeps for half an hour).
+pub fn live_markers(storage: &dyn Storage) -> Result<Vec<(String, Marker)>> {
+    let mut out = Vec::new();
+    for obj in storage.list(LOCKS)? {
+        let data = match storage.get(&obj.name) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(marker) = serde_json::from_slice::<Marker>(&data) else {
+            tracing::warn!(
+                "{} is not a Lifeboat lock; treated as a live writer",
+                obj.name
+            );
+            out.push((obj.name, Marker::new("unknown")));
+            continue;
+        };
+        if marker.is_stale() {
+            tracing::info!("removing stale lock {} ({})", obj.name, marker.describe());
+            storage.delete(&obj.name)?;
+            continue;
+        }
+        out.push((obj.name, marker));
+    }
+    Ok(out)
+}
+
+/// Run `work` as a writer: with a marker in the repository for its whole duration. A
+/// backup (`sees_plans`) gets the deletion plans it must respect; packs in them must not be
+/// reused.
+pub fn as_writer<T>(
+    storage: &dyn Storage,
+    kind: &str,
+    sees_plans: bool,
+    work: impl FnOnce(&[Plan]) -> Result<T>,
+) -> Result<T> {
+    let name = format!("{LOCKS}{kind}-{:016x}", rand::random::<u64>());
+    let mut marker = Marker::new(kind);
+    storage.put_replace(&name, &marker.encode()?)?;
+    let result = (|| {
+        let plans = if sees_plans {
+            // The marker is visible before the plans are read: a prune that writes a plan
+            // after this listing will see the marker, and wait for this writer.
+            let plans = read_plans(storage)?;
+            marker.seen_plans = Some(plans.iter().map(|p| p.id.clone()).collect());
+            storage.put_replace(&name, &marker.encode()?)?;
+            plans
+        } else {
+            Vec::new()
+        };
+        with_refresh(storage, &name, &marker, || work(&plans))
+    })();
+    if let Err(e) = storage.delete(&name) {
+        tracing::warn!("could not remove lock {name}: {e}; it goes stale in 30 minutes");
+    }
+    result
+}
+
+/// Keep `marker` fresh under `name` while `work` runs.
+fn with_refresh<T>(
+    storage: &dyn Storage,
+    name: &str,
+    marker: &Marker,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut m = marker.clone();
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(refresh_every())
+            {
+                m.refreshed = jiff::Timestamp::now().to_string();
+                match m.encode() {
+                    Ok(data) => {
+                        if let Err(e) = storage.put_replace(name, &data) {
+                            tracing::warn!("could not refresh lock {name}: {e}");
+                        }
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+        });
+        let r = work();
+        drop(stop_tx);
+        r
+    })
+}
+
+/// Run `work` holding the prune lock. Another live prune is an error (exit 6) naming it;
+/// a stale prune lock is taken over.
+pub fn as_pruner<T>(storage: &dyn Storage, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let marker = Marker::new("prune");
+    let data = marker.encode()?;
+    let mut taken = storage.put_new(PRUNE_LOCK, &data)?;
+    if !taken {
+        let other: Option<Marker> = storage
+            .get(PRUNE_LOCK)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok());
+        match other {
+            Some(m) if !m.is_stale() => {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    format!("another prune is running: {}", m.describe()),
+                )
+                .hint("wait for it to finish; a lock from a process that died is taken over after 30 minutes"));
+            }
+            _ => {
+                storage.delete(PRUNE_LOCK)?;
+                taken = storage.put_new(PRUNE_LOCK, &data)?;
+            }
+        }
+    }
+    if !taken {
+        return Err(Error::new(
+            ErrorKind::InUse,
+            "another prune took the prune lock at the same moment",
+        )
+        .hint("run the command again later"));
+    }
+    let r = with_refresh(storage, PRUNE_LOCK, &marker, work);
+    if let Err(e) = storage.delete(PRUNE_LOCK) {
+        tracing::warn!("could not remove the prune lock: {e}");
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStorage;
+
+    #[test]
+    fn markers_come_and_go_and_see_plans() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let plan = write_plan(&s, vec!["ab".into()]).unwrap();
+        let seen = as_writer(&s, "backup", true, |plans| {
+            let live = live_markers(&s)?;
+            assert_eq!(live.len(), 1);
+            assert_eq!(
+                live[0].1.seen_plans.as_deref(),
+                Some(&[plan.id.clone()][..])
+            );
+            Ok(plans.len())
+        })
+        .unwrap();
+        assert_eq!(seen, 1);
+        assert!(live_markers(&s).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dead_local_process_is_stale_and_prune_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let mut dead = Marker::new("backup");
+        dead.pid = u32::MAX - 1;
+        assert!(dead.is_stale());
+        s.put_replace("locks/backup-1", &dead.encode().unwrap())
+            .unwrap();
+        assert!(live_markers(&s).unwrap().is_empty());
+        let inner = as_pruner(&s, || Ok(as_pruner(&s, || Ok(())).unwrap_err().kind)).unwrap();
+        assert_eq!(inner, ErrorKind::InUse);
+        // A stale prune lock is taken over.
+        s.put_replace(PRUNE_LOCK, &dead.encode().unwrap()).unwrap();
+        as_pruner(&s, || Ok(())).unwrap();
+    }
+}
