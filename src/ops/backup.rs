@@ -100,12 +100,16 @@ const PIPELINE_STOPPED: &str = "backup pipeline stopped";
 
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
     // The marker tells a concurrent prune that this backup may reuse any pack it indexed.
-    locks::as_writer(repo.storage(), "backup", true, |_| {
-        backup_marked(repo, opts)
+    locks::as_writer(repo.storage(), "backup", true, |plans| {
+        backup_marked(repo, opts, plans)
     })
 }
 
-fn backup_marked(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
+fn backup_marked(
+    repo: &Repository,
+    opts: &BackupOptions,
+    plans: &[locks::Plan],
+) -> Result<BackupOutcome> {
     let started = Instant::now();
     let now = opts.time.unwrap_or_else(jiff::Timestamp::now);
     let id = new_backup_id(now.as_millisecond().max(0) as u64);
@@ -129,8 +133,16 @@ fn backup_marked(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcom
              older backups that use it cannot be restored (run `lifeboat repo check`)"
         ));
     }
-    // Packs a prune plans to delete are not reused: their pages are stored again.
-    let planned = std::mem::take(&mut index.planned);
+    // Packs a prune plans to delete are not reused: their pages are stored again. The plans
+    // seen when the marker was written count even if a prune has swept them since.
+    let seen: std::collections::HashSet<Hash> = plans
+        .iter()
+        .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
+        .collect();
+    let mut planned = std::mem::take(&mut index.planned);
+    planned.extend(
+        (0..index.packs.len() as u32).filter(|&n| seen.contains(&index.packs[n as usize].id)),
+    );
     index.forget_packs(&planned);
     tracing::info!(elapsed = ?started.elapsed(), blobs = index.blob_count(), "index loaded");
     let staging = repo.storage().staging_dir()?;

@@ -217,7 +217,8 @@ fn sweep(repo: &Repository, opts: &PruneOptions, report: &mut PruneReport) -> Re
         } else {
             repo.read_index_file(&file.name, &file.id)?
                 .into_iter()
-                .filter(|p| !delete.contains(&p.id))
+                // Entries of packs already gone go too.
+                .filter(|p| !delete.contains(&p.id) && survey.packs.contains_key(&p.id))
                 .collect()
         };
         if !remaining.is_empty() {
