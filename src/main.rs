@@ -1434,7 +1434,14 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             },
         };
         let state = sync::state_of(&repo, &url);
+        // RFC 3339 UTC strings of one format compare in time order.
+        let failing = match (&state.last_error_time, &state.last_success) {
+            (Some(err), Some(ok)) => err > ok,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         rows.push(json!({
+            "failing": failing,
             "target": url, "role": "replica", "objects_behind": lag.objects_behind,
             "bytes_behind": lag.bytes_behind, "backups": lag.backups,
             "newest_backup": lag.newest_backup, "newest_backup_age_s": age(&lag.newest_backup),
@@ -1471,9 +1478,14 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             );
             if let Some(e) = r["last_error"].as_str() {
                 println!(
-                    "  last error {} at {}",
+                    "  last error {} at {}{}",
                     e,
-                    r["last_error_time"].as_str().unwrap_or("?")
+                    r["last_error_time"].as_str().unwrap_or("?"),
+                    if r["failing"] == true {
+                        " (still failing: run `lifeboat sync`)"
+                    } else {
+                        " (a later sync succeeded)"
+                    }
                 );
             }
         }

@@ -394,6 +394,7 @@ fn a_replica_that_goes_down_fails_the_backup_not_the_primary_and_sync_catches_up
         .cloned()
         .unwrap_or_else(|| panic!("the replica is listed: {s}"));
     assert!(row["last_error"].is_string(), "{s}");
+    assert_eq!(row["failing"], true, "{s}");
     assert!(row["error"].is_string(), "unreachable now: {s}");
 
     // Back up: sync catches up and the replica verifies.
@@ -416,6 +417,7 @@ fn a_replica_that_goes_down_fails_the_backup_not_the_primary_and_sync_catches_up
     assert_eq!(row["objects_behind"], 0, "{s}");
     assert!(row["error"].is_null(), "{s}");
     assert!(row["last_success"].is_string(), "{s}");
+    assert_eq!(row["failing"], false, "the later success clears it: {s}");
 }
 
 /// The proxy itself: requests on one kept-alive connection are forwarded or faulted one by

@@ -296,6 +296,12 @@ fn print_prune(r: &PruneReport) {
         bytes(r.deleted_bytes),
         r.deleted_index_files
     );
+    if r.compacted_index_files > 0 {
+        println!(
+            "  index            {} small index files merged",
+            r.compacted_index_files
+        );
+    }
     if r.pending_packs > 0 {
         println!(
             "  waiting          {} packs ({}) are kept until these finish, then the next prune deletes them: {}",

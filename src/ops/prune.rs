@@ -53,6 +53,8 @@ pub struct PruneReport {
     pub deleted_bytes: u64,
     pub deleted_index_files: usize,
     pub written_index_files: usize,
+    /// Small index files merged into bigger ones (fewer reads to open the repository).
+    pub compacted_index_files: usize,
     /// Planned packs left for a later prune, because a running writer may still use them.
     pub pending_packs: usize,
     pub pending_bytes: u64,
@@ -143,6 +145,7 @@ fn plan_and_sweep(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport>
         locks::write_plan(storage, names)?;
     }
     sweep(repo, opts, &mut report)?;
+    compact_index(repo, &mut report)?;
 
     let after: Vec<crate::storage::ObjectInfo> = storage.list("data/")?;
     report.packs_after = after.len();
@@ -239,6 +242,93 @@ fn sweep(repo: &Repository, opts: &PruneOptions, report: &mut PruneReport) -> Re
         storage.delete(&locks::plan_object(&plan.id))?;
     }
     Ok(())
+}
+
+/// Index files with fewer packs than this are merged when there are `COMPACT_WHEN` of them.
+const SMALL_INDEX_PACKS: usize = 32;
+const COMPACT_WHEN: usize = 16;
+/// Packs per merged index file: bounds the memory of merging (~0.5 MiB decoded per pack).
+const MERGED_INDEX_PACKS: usize = 64;
+
+/// Merge the many one-pack index files that backups write into files of up to
+/// `MERGED_INDEX_PACKS` packs: opening a repository on an object store costs a request per
+/// index file. The merged file is stored before the small ones are deleted, so a reader that
+/// finds one gone re-lists and reads the merged one (`Repository::load_index`).
+fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
+    let storage = repo.storage();
+    // A running backup reads its own index files back before committing: leave them be.
+    let writers = locks::live_markers(storage)?;
+    if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
+        return Ok(());
+    }
+    let present: HashMap<Hash, u64> = storage
+        .list("data/")?
+        .into_iter()
+        .filter_map(|o| {
+            let id = Hash::from_hex(o.name.rsplit('/').next()?).ok()?;
+            Some((id, o.size))
+        })
+        .collect();
+    let mut small = Vec::new();
+    for obj in storage.list("index/")? {
+        let Some(id) = obj.name.rsplit('/').next().and_then(|n| Hash::from_hex(n).ok()) else {
+            continue;
+        };
+        let packs = match repo.read_index_file(&obj.name, &id) {
+            Ok(p) => p,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(_) => continue, // damaged: left for `repo check` to name
+        };
+        if packs.len() < SMALL_INDEX_PACKS {
+            small.push((obj.name, id, packs.len()));
+        }
+    }
+    if small.len() < COMPACT_WHEN {
+        return Ok(());
+    }
+    let mut group: Vec<IndexedPack> = Vec::new();
+    let mut merged_names: Vec<String> = Vec::new();
+    let mut seen: HashSet<Hash> = HashSet::new();
+    let flush = |group: &mut Vec<IndexedPack>,
+                 merged_names: &mut Vec<String>,
+                 report: &mut PruneReport|
+     -> Result<()> {
+        if !group.is_empty() {
+            let data = repo.seal(ObjectKind::Index, b"", encode_index_file(group)?)?;
+            let name = index_object_name(&Hash::of(&data));
+            crate::storage::put_new_or_same(storage, &name, &data)?;
+            if Hash::of(&storage.get(&name)?) != Hash::of(&data) {
+                return Err(Error::integrity(format!(
+                    "{name} did not read back intact; prune stopped before deleting anything"
+                )));
+            }
+            report.written_index_files += 1;
+            group.clear();
+        }
+        for old in merged_names.drain(..) {
+            storage.delete(&old)?;
+            report.compacted_index_files += 1;
+        }
+        Ok(())
+    };
+    for (name, id, _) in small {
+        let packs = match repo.read_index_file(&name, &id) {
+            Ok(p) => p,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for p in packs {
+            // Entries of packs that are gone (or truncated) and repeats are dropped.
+            if present.get(&p.id) == Some(&p.size) && seen.insert(p.id) {
+                group.push(p);
+            }
+        }
+        merged_names.push(name);
+        if group.len() >= MERGED_INDEX_PACKS {
+            flush(&mut group, &mut merged_names, report)?;
+        }
+    }
+    flush(&mut group, &mut merged_names, report)
 }
 
 /// The blobs backups reference, as sorted 16-byte keys, and which have been found a home.

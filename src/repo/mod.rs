@@ -253,27 +253,38 @@ impl Repository {
         let mut index = Index::default();
         // Re-read at the end rather than held: a big plan can cover hundreds of packs.
         let mut deferred = Vec::new();
-        for obj in self.storage.list("index/")? {
-            let name = obj.name.rsplit('/').next().unwrap_or_default().to_string();
-            let Ok(id) = Hash::from_hex(&name) else {
-                continue; // not ours (editor backup file, etc.)
-            };
-            match self.read_index_file(&obj.name, &id) {
-                // Compacted away by a prune since the listing: its packs are in a newer file.
-                Err(e) if e.kind == ErrorKind::NotFound => {}
-                Ok(packs) if packs.iter().any(|p| planned.contains(&p.id)) => {
-                    deferred.push((id, obj.name));
+        let mut read: std::collections::HashSet<Hash> = std::collections::HashSet::new();
+        // A prune that merges index files stores the merged file before deleting the small
+        // ones: if one vanished under us, a second listing finds the merged file.
+        for _listing in 0..2 {
+            let mut vanished = false;
+            for obj in self.storage.list("index/")? {
+                let name = obj.name.rsplit('/').next().unwrap_or_default().to_string();
+                let Ok(id) = Hash::from_hex(&name) else {
+                    continue; // not ours (editor backup file, etc.)
+                };
+                if !read.insert(id) {
+                    continue;
                 }
-                Ok(packs) => {
-                    for pack in &packs {
-                        index.add_pack(pack);
+                match self.read_index_file(&obj.name, &id) {
+                    Err(e) if e.kind == ErrorKind::NotFound => vanished = true,
+                    Ok(packs) if packs.iter().any(|p| planned.contains(&p.id)) => {
+                        deferred.push((id, obj.name));
                     }
-                    index.files.push(id);
+                    Ok(packs) => {
+                        for pack in &packs {
+                            index.add_pack(pack);
+                        }
+                        index.files.push(id);
+                    }
+                    Err(e) => {
+                        tracing::warn!("index file {} is damaged: {e}", obj.name);
+                        index.damaged.push(obj.name.clone());
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!("index file {} is damaged: {e}", obj.name);
-                    index.damaged.push(obj.name.clone());
-                }
+            }
+            if !vanished {
+                break;
             }
         }
         for (id, name) in deferred {
