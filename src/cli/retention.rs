@@ -115,6 +115,9 @@ pub struct ForgetArgs {
     /// lifeboat.toml, else local.
     #[arg(long, env = "LIFEBOAT_TIMEZONE")]
     timezone: Option<String>,
+    /// The primary and every replica, each with its own policy from lifeboat.toml.
+    #[arg(long)]
+    all_targets: bool,
 }
 
 #[derive(Args)]
@@ -138,24 +141,85 @@ fn parse_percent(s: &str) -> std::result::Result<f64, String> {
 }
 
 pub fn cmd_forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
-    let repo = ctx.open_repo()?;
-    let location = repo.location();
     let cli_policy = a.rules.policy();
-    let retention = ctx.file.retention.clone();
-    if cli_policy.is_none() && retention.is_none() {
+    if cli_policy.is_none() && ctx.file.retention.is_none() {
         return Err(Error::usage("no retention policy given")
             .hint("add rules such as --keep-daily 7 --keep-weekly 4, or a [retention] section to lifeboat.toml"));
     }
+    let tz = policy::time_zone(a.timezone.as_deref().or(ctx.file.timezone.as_deref()))?;
+    let repo = ctx.open_repo()?;
+    if !a.all_targets {
+        let (report, pruned) = forget_on(ctx, &repo, &a, &cli_policy, &tz)?;
+        if ctx.json {
+            println!("{}", json!({"forget": report, "prune": pruned}));
+        } else {
+            print_forget_and_prune(&report, pruned.as_ref(), &tz);
+        }
+        return Ok(0);
+    }
+    // Every target with its own policy: the primary, then each replica.
+    let mut results = Vec::new();
+    let mut failed = Vec::new();
+    let urls = lifeboat::ops::sync::replica_urls(&repo, &ctx.file.replicas)?;
+    let mut targets: Vec<(String, Result<lifeboat::repo::Repository>)> =
+        vec![(repo.location(), Ok(repo))];
+    for url in urls {
+        let opened = lifeboat::config::open_storage(&url, false).and_then(|s| ctx.open_at(s));
+        targets.push((url, opened));
+    }
+    for (target, opened) in targets {
+        if !ctx.json {
+            println!("\n== {target}");
+        }
+        let outcome = opened.and_then(|r| forget_on(ctx, &r, &a, &cli_policy, &tz));
+        match outcome {
+            Ok((report, pruned)) => {
+                if !ctx.json {
+                    print_forget_and_prune(&report, pruned.as_ref(), &tz);
+                }
+                results.push(json!({"target": target, "forget": report, "prune": pruned}));
+            }
+            Err(e) => {
+                if !ctx.json {
+                    println!("error: {}", e.message);
+                }
+                results.push(json!({"target": target, "error": e.message}));
+                failed.push(format!("{target}: {}", e.message));
+            }
+        }
+    }
+    if ctx.json {
+        println!("{}", json!({"targets": results}));
+    }
+    if failed.is_empty() {
+        Ok(0)
+    } else {
+        Err(
+            Error::storage(format!("retention failed on {}", failed.join("; ")))
+                .hint("the other targets were done; fix that one and run the command again"),
+        )
+    }
+}
+
+/// Forget (and prune) on one repository, with the policy for that target.
+fn forget_on(
+    ctx: &Ctx,
+    repo: &lifeboat::repo::Repository,
+    a: &ForgetArgs,
+    cli_policy: &Option<Policy>,
+    tz: &jiff::tz::TimeZone,
+) -> Result<(ForgetReport, Option<PruneReport>)> {
+    let location = repo.location();
+    let retention = &ctx.file.retention;
     let policy_for = |m: &Manifest| -> Option<Policy> {
-        match (&cli_policy, &retention) {
+        match (cli_policy, retention) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(r)) => r.policy_for(&location, &m.source.path),
             (None, None) => None,
         }
     };
-    let tz = policy::time_zone(a.timezone.as_deref().or(ctx.file.timezone.as_deref()))?;
     let report = forget::forget(
-        &repo,
+        repo,
         &ForgetOptions {
             policy_for: &policy_for,
             source: a.source.as_deref().map(absolute_display),
@@ -167,7 +231,7 @@ pub fn cmd_forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     )?;
     let pruned = if a.prune && !a.dry_run {
         Some(prune::prune(
-            &repo,
+            repo,
             &PruneOptions {
                 dry_run: false,
                 max_unused: a.max_unused.unwrap_or(DEFAULT_MAX_UNUSED),
@@ -177,17 +241,20 @@ pub fn cmd_forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     } else {
         None
     };
-    if ctx.json {
-        println!("{}", json!({"forget": report, "prune": pruned}));
-        return Ok(0);
-    }
-    print_forget(&report, &tz);
-    if let Some(p) = &pruned {
+    Ok((report, pruned))
+}
+
+fn print_forget_and_prune(
+    report: &ForgetReport,
+    pruned: Option<&PruneReport>,
+    tz: &jiff::tz::TimeZone,
+) {
+    print_forget(report, tz);
+    if let Some(p) = pruned {
         print_prune(p);
     } else if !report.dry_run && !report.removed.is_empty() {
         println!("run `lifeboat prune` to free the space they used");
     }
-    Ok(0)
 }
 
 fn print_forget(r: &ForgetReport, tz: &jiff::tz::TimeZone) {

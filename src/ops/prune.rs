@@ -271,7 +271,12 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
         .collect();
     let mut small = Vec::new();
     for obj in storage.list("index/")? {
-        let Some(id) = obj.name.rsplit('/').next().and_then(|n| Hash::from_hex(n).ok()) else {
+        let Some(id) = obj
+            .name
+            .rsplit('/')
+            .next()
+            .and_then(|n| Hash::from_hex(n).ok())
+        else {
             continue;
         };
         let packs = match repo.read_index_file(&obj.name, &id) {
@@ -553,6 +558,15 @@ fn referenced_blobs(
     let mut cache = FrameCache::default();
     progress.start("survey", backups.len() as u64);
     for m in &backups {
+        // What a backup of another kind references is unknown to this version: deleting
+        // anything could break it.
+        if m.content.kind != "pages" {
+            return Err(Error::usage(format!(
+                "backup {} stores its content as '{}', which this version of Lifeboat does not know; prune changed nothing",
+                m.id, m.content.kind
+            ))
+            .hint("run prune with the Lifeboat version that wrote that backup, or a newer one"));
+        }
         for hex in &m.content.lists {
             let id = Hash::from_hex(hex).map_err(|_| {
                 Error::integrity(format!("backup {} names a bad list id {hex}", m.id))
