@@ -126,6 +126,14 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
     rows.sort_by(|a, b| (&a.source, &a.host, &a.id).cmp(&(&b.source, &b.host, &b.id)));
     let mut removed = Vec::new();
     if !opts.dry_run {
+        // Recorded first, so that a sync from a primary that still has them does not copy
+        // them back to this repository.
+        let gone: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.keep)
+            .map(|r| r.id.clone())
+            .collect();
+        crate::repo::tombstones::record_forgotten(storage, &gone)?;
         for row in rows.iter().filter(|r| !r.keep) {
             // The manifest is the backup: once it is gone, the rest is garbage for prune.
             storage.delete(&format!("backups/{}", row.id))?;

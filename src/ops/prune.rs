@@ -146,6 +146,7 @@ fn plan_and_sweep(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport>
     }
     sweep(repo, opts, &mut report)?;
     compact_index(repo, &mut report)?;
+    crate::repo::tombstones::merge(storage)?;
 
     let after: Vec<crate::storage::ObjectInfo> = storage.list("data/")?;
     report.packs_after = after.len();
@@ -233,6 +234,9 @@ fn sweep(repo: &Repository, opts: &PruneOptions, report: &mut PruneReport) -> Re
         storage.delete(&file.name)?;
         report.deleted_index_files += 1;
     }
+    let mut dropped: Vec<String> = delete.iter().map(|h| h.to_hex()).collect();
+    dropped.sort();
+    crate::repo::tombstones::record_dropped(storage, &dropped)?;
     for id in &delete {
         storage.delete(&pack_object_name(id))?;
         report.deleted_packs += 1;

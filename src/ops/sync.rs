@@ -1,16 +1,21 @@
-//! Replication: copies of a repository on other targets, kept up to date by copying the
-//! objects they lack. Objects are write-once and named by content (or by backup id), so a
-//! copy is complete when every name is present with the right bytes; the order — keys,
-//! packs, index files, manifests, config last — keeps a replica valid at every moment: a
-//! manifest is never there before what it needs, and a replica is not a repository until its
-//! first sync has finished.
+//! Replication: copies of a repository on other targets. A sync copies the backups a target
+//! lacks with exactly the packs they need that it does not hold (by blob, not by object
+//! name), packs it lost (repair), and index entries for what it copied. A replica can thus
+//! keep its own retention policy: what it forgot or pruned on purpose (its tombstones) is
+//! not copied back, and a pack a prune on the primary merely rewrote is not copied twice.
+//! The order — keys, packs, index files, manifests, config last — keeps a replica valid at
+//! every moment: a manifest is never there before what it needs, and a replica is not a
+//! repository until its first sync has finished. A write-only host, which cannot read page
+//! lists, copies by object name instead.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::Hash;
-use crate::repo::Repository;
+use crate::id::{Hash, Key};
+use crate::repo::index::IndexedPack;
+use crate::repo::pack::pack_object_name;
+use crate::repo::{tombstones, Repository};
 use crate::storage::{ObjectInfo, Storage};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -65,9 +70,6 @@ pub struct Lag {
     pub error: Option<String>,
 }
 
-/// The object groups in copy order; `config` goes last, alone.
-const GROUPS: [&str; 4] = ["keys/", "data/", "index/", "backups/"];
-
 fn by_name(list: Vec<ObjectInfo>) -> HashMap<String, u64> {
     list.into_iter().map(|o| (o.name, o.size)).collect()
 }
@@ -81,74 +83,305 @@ fn content_addressed(name: &str) -> Option<Hash> {
     }
 }
 
-/// Copy everything `target` lacks from `source`, `parallel` objects at a time.
-pub fn sync(source: &dyn Storage, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
+/// Bring `target` up to date with `repo`, `parallel` objects at a time.
+pub fn sync(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
     // A sync may copy a manifest that needs packs a prune on the target has planned to
     // delete; its marker (which sees no plan) holds such sweeps until it is done.
     crate::repo::locks::as_writer(target, "sync", false, |_| {
-        sync_marked(source, target, parallel)
+        let copier = Copier::new(repo.storage(), target, parallel);
+        copier.copy_missing("keys/", |_| true)?;
+        if repo.is_write_only() {
+            // Without the key to the page lists, copy by name: everything the target lacks
+            // and did not drop on purpose.
+            let tomb = tombstones::read(target)?;
+            copier.copy_missing("data/", |name| !tomb.packs.contains(object_id(name)))?;
+            copier.copy_missing("index/", |_| true)?;
+            copier.copy_missing("backups/", |name| !tomb.backups.contains(object_id(name)))?;
+        } else {
+            copy_backups(repo, target, &copier)?;
+        }
+        // The config last: only now is the replica a repository.
+        if !target.exists("config")? {
+            copier.copy_one("config", false)?;
+        }
+        Ok(copier.report())
     })
 }
 
-fn sync_marked(source: &dyn Storage, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
-    let copied = AtomicU64::new(0);
-    let bytes = AtomicU64::new(0);
-    let repaired = Mutex::new(Vec::new());
-    for group in GROUPS {
-        let have = by_name(target.list(group)?);
-        let want: Vec<ObjectInfo> = source
-            .list(group)?
+fn object_id(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or_default()
+}
+
+/// Copy the backups the target lacks (and did not forget on purpose), with exactly the
+/// packs they need that the target does not hold, plus packs the target lost (repair), and
+/// index entries for what was copied; manifests last.
+fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Result<()> {
+    let source = repo.storage();
+    let tomb = tombstones::read(target)?;
+    let have_backups = by_name(target.list("backups/")?);
+    let manifests: Vec<ObjectInfo> = source
+        .list("backups/")?
+        .into_iter()
+        .filter(|o| crate::id::is_backup_id(object_id(&o.name)))
+        .filter(|o| have_backups.get(&o.name) != Some(&o.size))
+        .filter(|o| !tomb.backups.contains(object_id(&o.name)))
+        .collect();
+
+    // What the target holds: blob keys of its indexed packs, except packs a prune there
+    // plans to delete (it may be deleting them right now).
+    let target_packs = by_name(target.list("data/")?);
+    let planned: HashSet<String> = crate::repo::locks::read_plans(target)?
+        .into_iter()
+        .flat_map(|p| p.packs)
+        .collect();
+    let mut target_keys: HashSet<Key> = HashSet::new();
+    let mut damaged_index: HashSet<String> = HashSet::new();
+    for obj in target.list("index/")? {
+        let Ok(id) = Hash::from_hex(object_id(&obj.name)) else {
+            continue;
+        };
+        let packs = match repo.read_index_file_from(target, &obj.name, &id) {
+            Ok(p) => p,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => {
+                // Its packs count as absent: what is needed is copied again, and a source
+                // copy of this file replaces it.
+                tracing::warn!("{}/{}: {e}", target.describe(), obj.name);
+                damaged_index.insert(obj.name);
+                continue;
+            }
+        };
+        for p in packs {
+            let present = target_packs.get(&pack_object_name(&p.id)) == Some(&p.size);
+            if present && !planned.contains(&p.id.to_hex()) {
+                target_keys.extend(p.frames.iter().flat_map(|f| f.blobs.iter().map(|b| b.id)));
+            }
+        }
+    }
+
+    let index = repo.load_index()?;
+    let mut packs_to_copy: HashSet<u32> = HashSet::new();
+    let mut need = |key: &Key, what: &str| -> Result<()> {
+        if target_keys.contains(key) {
+            return Ok(());
+        }
+        let loc = index.get_key(key).ok_or_else(|| {
+            Error::integrity(format!(
+                "{what} needs a blob that is missing from {}; not copied",
+                repo.location()
+            ))
+            .hint("run `lifeboat repo check` on the source")
+        })?;
+        packs_to_copy.insert(index.frames[loc.frame as usize].pack);
+        Ok(())
+    };
+    let mut cache = crate::repo::FrameCache::default();
+    for obj in &manifests {
+        let m = repo.read_manifest(object_id(&obj.name))?;
+        let what = format!("backup {}", m.id);
+        for hex in &m.content.lists {
+            let id = Hash::from_hex(hex)?;
+            need(&id.key(), &what)?;
+            let list = repo.read_blob_cached(&index, &id, &mut cache)?;
+            for chunk in list.chunks_exact(32) {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(&chunk[..16]);
+                need(&Key(k), &what)?;
+            }
+        }
+    }
+    // Packs the target lacks that hold a blob it has nowhere else: a lost or damaged pack
+    // (repair). Packs whose every blob it holds already (a prune on the source repacked
+    // them) are skipped and recorded as dropped; packs a prune on the source is about to
+    // delete are skipped. A pack copied here that the target's own backups do not need is
+    // dropped by its next prune, and not copied again.
+    let mut missing: HashMap<u32, bool> = HashMap::new();
+    for (n, p) in index.packs.iter().enumerate() {
+        let name = pack_object_name(&p.id);
+        if target_packs.get(&name) != Some(&p.size)
+            && !tomb.packs.contains(&p.id.to_hex())
+            && !packs_to_copy.contains(&(n as u32))
+            && !index.planned.contains(&(n as u32))
+        {
+            missing.insert(n as u32, false);
+        }
+    }
+    if !missing.is_empty() {
+        for (key, loc) in index.blobs() {
+            let pack = index.frames[loc.frame as usize].pack;
+            if let Some(holds_new) = missing.get_mut(&pack) {
+                *holds_new |= !target_keys.contains(key);
+            }
+        }
+    }
+    let mut duplicates = Vec::new();
+    for (n, holds_new) in missing {
+        if holds_new {
+            packs_to_copy.insert(n);
+        } else {
+            duplicates.push(index.packs[n as usize].id.to_hex());
+        }
+    }
+    for &n in &packs_to_copy {
+        let id = index.packs[n as usize].id.to_hex();
+        if planned.contains(&id) {
+            return Err(Error::storage(format!(
+                "a prune on {} is deleting pack {id}, which this sync needs",
+                target.describe()
+            ))
+            .hint("run `lifeboat sync` again once that prune has finished"));
+        }
+    }
+
+    // Packs, then their index entries, then the manifests.
+    let names: Vec<(String, bool)> = packs_to_copy
+        .iter()
+        .map(|&n| {
+            let name = pack_object_name(&index.packs[n as usize].id);
+            let replace = target_packs.contains_key(&name);
+            (name, replace)
+        })
+        .collect();
+    copier.copy_all(names)?;
+    let mut files: Vec<u32> = packs_to_copy
+        .iter()
+        .map(|&n| index.pack_file[n as usize])
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    let copied: HashSet<Hash> = packs_to_copy
+        .iter()
+        .map(|&n| index.packs[n as usize].id)
+        .collect();
+    for f in files {
+        let id = index.files[f as usize];
+        let name = crate::repo::index::index_object_name(&id);
+        let packs = repo.read_index_file(&name, &id)?;
+        let on_target = |p: &IndexedPack| {
+            copied.contains(&p.id) || target_packs.get(&pack_object_name(&p.id)) == Some(&p.size)
+        };
+        if packs.iter().all(on_target) {
+            let replace = damaged_index.contains(&name);
+            copier.copy_all(vec![(name, replace)])?;
+        } else {
+            // Name only packs the target holds: an entry for an absent pack could shadow
+            // the copy of a blob that lives elsewhere there.
+            let kept: Vec<IndexedPack> = packs
+                .into_iter()
+                .filter(|p| copied.contains(&p.id))
+                .collect();
+            let data = repo.seal(
+                crate::repo::crypto::ObjectKind::Index,
+                b"",
+                crate::repo::index::encode_index_file(&kept)?,
+            )?;
+            let name = crate::repo::index::index_object_name(&Hash::of(&data));
+            crate::storage::put_new_or_same(target, &name, &data)?;
+            copier.count(data.len() as u64);
+        }
+    }
+    tombstones::record_dropped(target, &duplicates)?;
+    let names = manifests
+        .into_iter()
+        .map(|o| {
+            let replace = have_backups.contains_key(&o.name);
+            (o.name, replace)
+        })
+        .collect();
+    copier.copy_all(names)
+}
+
+/// Copies objects from one storage to another, several at a time, counting.
+struct Copier<'a> {
+    source: &'a dyn Storage,
+    target: &'a dyn Storage,
+    parallel: usize,
+    copied: AtomicU64,
+    bytes: AtomicU64,
+    repaired: Mutex<Vec<String>>,
+}
+
+impl<'a> Copier<'a> {
+    fn new(source: &'a dyn Storage, target: &'a dyn Storage, parallel: usize) -> Copier<'a> {
+        Copier {
+            source,
+            target,
+            parallel,
+            copied: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            repaired: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn count(&self, bytes: u64) {
+        self.copied.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Copy every object under `prefix` that the target lacks (or holds with another size)
+    /// and `wanted` accepts.
+    fn copy_missing(&self, prefix: &str, wanted: impl Fn(&str) -> bool) -> Result<()> {
+        let have = by_name(self.target.list(prefix)?);
+        let todo = self
+            .source
+            .list(prefix)?
             .into_iter()
-            .filter(|o| have.get(&o.name) != Some(&o.size))
+            .filter(|o| have.get(&o.name) != Some(&o.size) && wanted(&o.name))
+            .map(|o| {
+                let replace = have.contains_key(&o.name);
+                (o.name, replace)
+            })
             .collect();
-        let queue = Mutex::new(want.into_iter());
+        self.copy_all(todo)
+    }
+
+    fn copy_one(&self, name: &str, replace: bool) -> Result<()> {
+        let n = copy_one(self.source, self.target, name, replace)?;
+        self.count(n);
+        if replace {
+            if let Ok(mut r) = self.repaired.lock() {
+                r.push(name.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `(name, replace)` pairs, `parallel` at a time; the first error stops the rest.
+    fn copy_all(&self, todo: Vec<(String, bool)>) -> Result<()> {
+        let queue = Mutex::new(todo.into_iter());
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
         std::thread::scope(|s| {
-            for _ in 0..parallel.max(1) {
+            for _ in 0..self.parallel.max(1) {
                 s.spawn(|| loop {
                     if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
                         return;
                     }
                     let next = queue.lock().ok().and_then(|mut q| q.next());
-                    let Some(obj) = next else { return };
-                    let replace = have.contains_key(&obj.name);
-                    match copy_one(source, target, &obj.name, replace) {
-                        Ok(n) => {
-                            copied.fetch_add(1, Ordering::Relaxed);
-                            bytes.fetch_add(n, Ordering::Relaxed);
-                            if replace {
-                                if let Ok(mut r) = repaired.lock() {
-                                    r.push(obj.name.clone());
-                                }
-                            }
+                    let Some((name, replace)) = next else { return };
+                    if let Err(e) = self.copy_one(&name, replace) {
+                        if let Ok(mut slot) = first_error.lock() {
+                            slot.get_or_insert(e);
                         }
-                        Err(e) => {
-                            if let Ok(mut slot) = first_error.lock() {
-                                slot.get_or_insert(e);
-                            }
-                            return;
-                        }
+                        return;
                     }
                 });
             }
         });
-        if let Some(e) = first_error.into_inner().ok().flatten() {
-            return Err(e);
+        match first_error.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
-    // The config last: only now is the replica a repository.
-    if !target.exists("config")? {
-        let n = copy_one(source, target, "config", false)?;
-        copied.fetch_add(1, Ordering::Relaxed);
-        bytes.fetch_add(n, Ordering::Relaxed);
+
+    fn report(&self) -> SyncReport {
+        SyncReport {
+            target: self.target.describe(),
+            copied_objects: self.copied.load(Ordering::Relaxed),
+            copied_bytes: self.bytes.load(Ordering::Relaxed),
+            repaired: self.repaired.lock().map(|r| r.clone()).unwrap_or_default(),
+            error: None,
+        }
     }
-    Ok(SyncReport {
-        target: target.describe(),
-        copied_objects: copied.into_inner(),
-        copied_bytes: bytes.into_inner(),
-        repaired: repaired.into_inner().unwrap_or_default(),
-        error: None,
-    })
 }
 
 fn copy_one(source: &dyn Storage, target: &dyn Storage, name: &str, replace: bool) -> Result<u64> {
@@ -170,7 +403,9 @@ fn copy_one(source: &dyn Storage, target: &dyn Storage, name: &str, replace: boo
     Ok(data.len() as u64)
 }
 
-/// Compare a target with the source without copying.
+/// Compare a target with the source without copying: the backups it lacks and the packs it
+/// lacks (except what it dropped or forgot on purpose). Index files are not counted: a sync
+/// writes the target's own.
 pub fn lag(source: &dyn Storage, target: &dyn Storage) -> Lag {
     let mut lag = Lag {
         target: target.describe(),
@@ -184,10 +419,15 @@ pub fn lag(source: &dyn Storage, target: &dyn Storage) -> Lag {
         if !target.exists("config")? {
             lag.objects_behind += 1;
         }
-        for group in GROUPS {
+        let tomb = tombstones::read(target)?;
+        for group in ["keys/", "data/", "backups/"] {
             let have = by_name(target.list(group)?);
             for o in source.list(group)? {
-                if have.get(&o.name) != Some(&o.size) {
+                let id = object_id(&o.name);
+                if have.get(&o.name) != Some(&o.size)
+                    && !tomb.packs.contains(id)
+                    && !tomb.backups.contains(id)
+                {
                     lag.objects_behind += 1;
                     lag.bytes_behind += o.size;
                 }
@@ -195,7 +435,7 @@ pub fn lag(source: &dyn Storage, target: &dyn Storage) -> Lag {
             if group == "backups/" {
                 let mut ids: Vec<String> = have
                     .keys()
-                    .filter_map(|n| n.rsplit('/').next().map(str::to_string))
+                    .map(|n| object_id(n).to_string())
                     .filter(|id| crate::id::is_backup_id(id))
                     .collect();
                 ids.sort();
@@ -234,8 +474,7 @@ pub fn sync_replicas(
     }
     let mut reports = Vec::new();
     for url in targets {
-        let result = crate::config::open_storage(url, true)
-            .and_then(|t| sync(repo.storage(), t.as_ref(), 4));
+        let result = crate::config::open_storage(url, true).and_then(|t| sync(repo, t.as_ref(), 4));
         let report = match result {
             Ok(r) => r,
             Err(e) => SyncReport {

@@ -55,6 +55,8 @@ pub struct Index {
     pack_numbers: HashMapById<u32>,
     /// Index files this index was built from.
     pub files: Vec<Hash>,
+    /// Per pack, the index file (in `files`) that first described it.
+    pub pack_file: Vec<u32>,
     /// Index files that could not be read (named for warnings; see `repo check`).
     pub damaged: Vec<String>,
     /// Packs (numbers) that a prune plans to delete: readable, but not to be reused.
@@ -116,6 +118,16 @@ impl Index {
                 });
             }
         }
+    }
+
+    /// Add the packs of one index file.
+    pub fn add_file(&mut self, file: Hash, packs: &[IndexedPack]) {
+        let file_no = self.files.len() as u32;
+        for pack in packs {
+            self.add_pack(pack);
+        }
+        self.pack_file.resize(self.packs.len(), file_no);
+        self.files.push(file);
     }
 
     /// Drop every blob stored in one of `packs` (pack numbers).

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod locks;
 pub mod manifest;
 pub mod pack;
+pub mod tombstones;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{is_backup_id, BlobHasher, Hash};
@@ -271,12 +272,7 @@ impl Repository {
                     Ok(packs) if packs.iter().any(|p| planned.contains(&p.id)) => {
                         deferred.push((id, obj.name));
                     }
-                    Ok(packs) => {
-                        for pack in &packs {
-                            index.add_pack(pack);
-                        }
-                        index.files.push(id);
-                    }
+                    Ok(packs) => index.add_file(id, &packs),
                     Err(e) => {
                         tracing::warn!("index file {} is damaged: {e}", obj.name);
                         index.damaged.push(obj.name.clone());
@@ -289,12 +285,7 @@ impl Repository {
         }
         for (id, name) in deferred {
             match self.read_index_file(&name, &id) {
-                Ok(packs) => {
-                    for pack in &packs {
-                        index.add_pack(pack);
-                    }
-                    index.files.push(id);
-                }
+                Ok(packs) => index.add_file(id, &packs),
                 Err(e) if e.kind == ErrorKind::NotFound => {}
                 Err(e) => index.damaged.push(format!("{name} ({e})")),
             }
@@ -311,7 +302,17 @@ impl Repository {
 
     /// Read, check and decode one index file.
     pub fn read_index_file(&self, name: &str, id: &Hash) -> Result<Vec<index::IndexedPack>> {
-        let data = self.storage.get(name)?;
+        self.read_index_file_from(self.storage.as_ref(), name, id)
+    }
+
+    /// The same from another copy of this repository (a replica).
+    pub fn read_index_file_from(
+        &self,
+        storage: &dyn Storage,
+        name: &str,
+        id: &Hash,
+    ) -> Result<Vec<index::IndexedPack>> {
+        let data = storage.get(name)?;
         if Hash::of(&data) != *id {
             return Err(Error::integrity("its content does not match its name"));
         }

@@ -1,0 +1,135 @@
+//! What a repository lacks on purpose, so that `sync` does not copy it back: a replica
+//! with its own retention policy forgets backups and prunes packs that the primary still has.
+//!
+//! - `forgotten/<id>`: `{"backups": [backup ids]}`, written by `forget` before it deletes
+//!   the manifests.
+//! - `dropped/<id>`: `{"packs": [pack ids]}`, written by `prune` before it deletes packs,
+//!   and by `sync` for packs it did not copy because the target holds all their blobs.
+//!
+//! Sync still copies a dropped pack when a backup it copies needs a blob only that pack
+//! holds; tombstones save work, they never decide what a backup can rely on.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::storage::Storage;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+const FORGOTTEN: &str = "forgotten/";
+const DROPPED: &str = "dropped/";
+/// More records than this of one kind are merged into one by `prune`.
+const MERGE_WHEN: usize = 16;
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Tombstones {
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub backups: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub packs: BTreeSet<String>,
+}
+
+/// Every tombstone of the repository at `storage`.
+pub fn read(storage: &dyn Storage) -> Result<Tombstones> {
+    let mut all = Tombstones::default();
+    for prefix in [FORGOTTEN, DROPPED] {
+        for (_, t) in read_prefix(storage, prefix)? {
+            all.backups.extend(t.backups);
+            all.packs.extend(t.packs);
+        }
+    }
+    Ok(all)
+}
+
+fn read_prefix(storage: &dyn Storage, prefix: &str) -> Result<Vec<(String, Tombstones)>> {
+    let mut out = Vec::new();
+    for obj in storage.list(prefix)? {
+        let data = match storage.get(&obj.name) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => continue, // merged meanwhile
+            Err(e) => return Err(e),
+        };
+        let t: Tombstones = serde_json::from_slice(&data).map_err(|e| {
+            Error::integrity(format!("{} is unreadable: {e}", obj.name))
+                .hint("delete it: at worst sync copies some forgotten data back once")
+        })?;
+        out.push((obj.name, t));
+    }
+    Ok(out)
+}
+
+fn write(storage: &dyn Storage, prefix: &str, t: &Tombstones) -> Result<()> {
+    let now = jiff::Timestamp::now();
+    let name = format!(
+        "{prefix}{}",
+        crate::id::new_backup_id(now.as_millisecond().max(0) as u64)
+    );
+    let data = serde_json::to_vec(t).map_err(|e| Error::internal(e.to_string()))?;
+    storage.put_replace(&name, &data)
+}
+
+pub fn record_forgotten(storage: &dyn Storage, ids: &[String]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let t = Tombstones {
+        backups: ids.iter().cloned().collect(),
+        ..Default::default()
+    };
+    write(storage, FORGOTTEN, &t)
+}
+
+pub fn record_dropped(storage: &dyn Storage, packs: &[String]) -> Result<()> {
+    if packs.is_empty() {
+        return Ok(());
+    }
+    let t = Tombstones {
+        packs: packs.iter().cloned().collect(),
+        ..Default::default()
+    };
+    write(storage, DROPPED, &t)
+}
+
+/// Merge many small records into one per kind (written first, then the old ones deleted).
+/// Returns how many records were merged away.
+pub fn merge(storage: &dyn Storage) -> Result<usize> {
+    let mut merged = 0;
+    for prefix in [FORGOTTEN, DROPPED] {
+        let records = read_prefix(storage, prefix)?;
+        if records.len() <= MERGE_WHEN {
+            continue;
+        }
+        let mut all = Tombstones::default();
+        for (_, t) in &records {
+            all.backups.extend(t.backups.iter().cloned());
+            all.packs.extend(t.packs.iter().cloned());
+        }
+        write(storage, prefix, &all)?;
+        for (name, _) in records {
+            storage.delete(&name)?;
+            merged += 1;
+        }
+    }
+    Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStorage;
+
+    #[test]
+    fn records_accumulate_and_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        for i in 0..20 {
+            record_forgotten(&s, &[format!("b{i}")]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        record_dropped(&s, &["ab".into()]).unwrap();
+        let t = read(&s).unwrap();
+        assert_eq!(t.backups.len(), 20);
+        assert!(t.packs.contains("ab"));
+        assert_eq!(merge(&s).unwrap(), 20);
+        assert_eq!(s.list(FORGOTTEN).unwrap().len(), 1);
+        assert_eq!(read(&s).unwrap().backups.len(), 20);
+    }
+}
