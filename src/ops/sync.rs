@@ -91,10 +91,11 @@ pub fn sync(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<
         let copier = Copier::new(repo.storage(), target, parallel);
         copier.copy_missing("keys/", |_| true)?;
         if repo.is_write_only() {
-            // Without the key to the page lists, copy by name: everything the target lacks
-            // and did not drop on purpose.
+            // Without the key to the page lists, copy by name: every pack the target lacks
+            // (a new backup may need one it dropped; its next prune drops it again), and
+            // the backups it did not forget.
             let tomb = tombstones::read(target)?;
-            copier.copy_missing("data/", |name| !tomb.packs.contains(object_id(name)))?;
+            copier.copy_missing("data/", |_| true)?;
             copier.copy_missing("index/", |_| true)?;
             copier.copy_missing("backups/", |name| !tomb.backups.contains(object_id(name)))?;
         } else {
