@@ -17,14 +17,16 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{Hash, Key};
 use crate::ops::backup::{check_written, store_pack, FRAME_BYTES};
 use crate::progress::Progress;
-use crate::repo::compress::{Compression, Compressor, Decompressor};
+use crate::repo::compress::{Codec, Compression, Compressor, Decompressor};
 use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{encode_index_file, index_object_name, Index, IndexedPack};
 use crate::repo::locks::{self, Plan};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, FrameEntry, PackWriter};
 use crate::repo::{FrameCache, Repository};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 pub struct PruneOptions {
     pub dry_run: bool,
@@ -138,13 +140,13 @@ fn plan_and_sweep(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport>
         report.written_index_files += written.len();
         doomed.extend(repack.iter().copied());
     }
-    drop(survey);
     if !doomed.is_empty() {
         let mut names: Vec<String> = doomed.iter().map(|h| h.to_hex()).collect();
         names.sort();
         locks::write_plan(storage, names)?;
     }
-    sweep(repo, opts, &mut report)?;
+    let doomed: HashSet<Hash> = doomed.into_iter().collect();
+    sweep(repo, opts, &mut report, Some((survey, doomed)))?;
     compact_index(repo, &mut report)?;
     crate::repo::tombstones::merge(storage)?;
 
@@ -161,8 +163,14 @@ fn planned_packs(plans: &[Plan]) -> HashSet<Hash> {
         .collect()
 }
 
-/// Delete what every eligible plan names and no backup needs.
-fn sweep(repo: &Repository, opts: &PruneOptions, report: &mut PruneReport) -> Result<()> {
+/// Delete what every eligible plan names and no backup needs. `prior` is this run's survey
+/// and the packs it planned: when no backup has been committed since, it still holds.
+fn sweep(
+    repo: &Repository,
+    opts: &PruneOptions,
+    report: &mut PruneReport,
+    prior: Option<(Survey, HashSet<Hash>)>,
+) -> Result<()> {
     let storage = repo.storage();
     let plans = locks::read_plans(storage)?;
     if plans.is_empty() {
@@ -190,13 +198,32 @@ fn sweep(repo: &Repository, opts: &PruneOptions, report: &mut PruneReport) -> Re
         return Ok(());
     }
     let planned = planned_packs(&eligible);
-    // Survey again: backups committed since the plan was written may need planned packs.
-    let survey = Survey::take(repo, &planned, &opts.progress)?;
+    // A backup committed since this run's survey may need planned packs: then survey again,
+    // preferring copies outside the plans. Otherwise the survey stands: this run's planned
+    // packs hold no needed blob that is not also elsewhere (unused, or copied by the
+    // repack), and older plans' packs were claimed last in it.
+    let now: HashSet<String> = storage
+        .list("backups/")?
+        .into_iter()
+        .map(|o| o.name.rsplit('/').next().unwrap_or_default().to_string())
+        .filter(|id| crate::id::is_backup_id(id))
+        .collect();
+    let (survey, doomed_now) = match prior {
+        Some((survey, doomed)) if now.is_subset(&survey.manifests) => (survey, doomed),
+        other => {
+            drop(other);
+            (
+                Survey::take(repo, &planned, &opts.progress)?,
+                HashSet::new(),
+            )
+        }
+    };
     report.missing_blobs = survey.referenced.missing();
     let keep_unindexed = report.missing_blobs > 0 || !survey.damaged_index.is_empty();
     let delete: HashSet<Hash> = planned
         .iter()
         .filter(|id| match survey.packs.get(id) {
+            Some(_) if doomed_now.contains(id) => true,
             Some(p) => p.live_blobs == 0 && (p.indexed || !keep_unindexed),
             None => false, // already gone
         })
@@ -411,6 +438,8 @@ struct IndexFile {
 
 struct Survey {
     backups: usize,
+    /// Ids of the backups surveyed.
+    manifests: HashSet<String>,
     packs: HashMap<Hash, PackUse>,
     index_files: Vec<IndexFile>,
     damaged_index: Vec<String>,
@@ -473,7 +502,8 @@ impl Survey {
                 packs: file.iter().map(|p| p.id).collect(),
             });
         }
-        let (backups, referenced) = referenced_blobs(repo, &lists, progress)?;
+        let (manifests, referenced) = referenced_blobs(repo, &lists, progress)?;
+        let backups = manifests.len();
         drop(lists);
         let mut referenced = referenced;
 
@@ -510,6 +540,7 @@ impl Survey {
         }
         Ok(Survey {
             backups,
+            manifests,
             packs,
             index_files,
             damaged_index,
@@ -553,7 +584,7 @@ fn referenced_blobs(
     repo: &Repository,
     lists: &Index,
     progress: &Progress,
-) -> Result<(usize, Referenced)> {
+) -> Result<(HashSet<String>, Referenced)> {
     const BATCH: usize = 1 << 22;
     let backups = repo.list_backups()?;
     let mut seen_lists: HashSet<Hash> = HashSet::new();
@@ -597,7 +628,8 @@ fn referenced_blobs(
     }
     merge_sorted(&mut keys, &mut pending);
     progress.finish();
-    Ok((backups.len(), Referenced::build(keys)))
+    let ids = backups.into_iter().map(|m| m.id).collect();
+    Ok((ids, Referenced::build(keys)))
 }
 
 fn merge_sorted(keys: &mut Vec<Key>, pending: &mut Vec<Key>) {
@@ -665,9 +697,18 @@ fn choose_repack(survey: &Survey, planned: &HashSet<Hash>, max_unused: f64) -> V
     chosen
 }
 
+/// A frame ready for a pack: stored bytes and its entry (offset filled in by the writer).
+struct ReadyFrame {
+    stored: Vec<u8>,
+    raw_len: u32,
+    codec: Codec,
+    blobs: Vec<BlobEntry>,
+}
+
 /// Copy the needed blobs of `repack` into new packs (with their index files), checked by
 /// reading them back. Whole frames whose every blob is needed are copied as stored; the
-/// others are decompressed and their needed blobs recompressed together.
+/// others are decompressed and their needed blobs recompressed together. One worker per
+/// core reads, checks and recompresses packs; one writer appends frames to new packs.
 fn repack_packs(
     repo: &Repository,
     survey: &Survey,
@@ -676,18 +717,6 @@ fn repack_packs(
 ) -> Result<Vec<IndexedPack>> {
     let storage = repo.storage();
     let staging = storage.staging_dir()?;
-    let pack_size = repo.config.pack_size;
-    let mut out = Repacker {
-        repo,
-        staging: &staging,
-        pack_size,
-        writer: None,
-        frame: (Vec::new(), Vec::new()),
-        compressor: Compressor::new(Compression::new(crate::repo::compress::Codec::Zstd, None)?),
-        written: Vec::new(),
-    };
-    let mut copied: HashSet<Key> = HashSet::new();
-    let mut decompressor = Decompressor::default();
     let wanted: HashSet<&Hash> = repack.iter().collect();
     let mut by_file: Vec<usize> = repack
         .iter()
@@ -695,158 +724,232 @@ fn repack_packs(
         .collect();
     by_file.sort_unstable();
     by_file.dedup();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
+    let compression = Compression::new(Codec::Zstd, None)?;
+    let copied: Mutex<HashSet<Key>> = Mutex::new(HashSet::new());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+    };
+    let failed = || first_error.lock().map(|e| e.is_some()).unwrap_or(true);
     progress.start(
         "repack",
         repack.iter().map(|id| survey.packs[id].size).sum(),
     );
-    let result = (|| -> Result<()> {
-        for i in by_file {
-            let file = &survey.index_files[i];
-            for p in repo.read_index_file(&file.name, &file.id)? {
-                if !wanted.contains(&p.id) {
-                    continue;
-                }
-                let name = pack_object_name(&p.id);
-                let data = storage.get(&name)?;
-                if Hash::of(&data) != p.id {
-                    return Err(Error::integrity(format!(
-                        "{name} is damaged (its content does not match its name); prune stopped before deleting anything"
-                    ))
-                    .hint("run `lifeboat repo check --read-data` to see which backups it affects"));
-                }
-                for f in &p.frames {
-                    let needed: Vec<bool> = f
-                        .blobs
-                        .iter()
-                        .map(|b| survey.referenced.contains(&b.id) && !copied.contains(&b.id))
-                        .collect();
-                    let stored = data
-                        .get(f.offset as usize..f.offset as usize + f.stored_len as usize)
-                        .ok_or_else(|| {
-                            Error::integrity(format!("{name}: a frame lies outside the pack"))
-                        })?;
-                    if needed.iter().all(|&n| n) {
-                        out.copy_frame(stored, f)?;
-                    } else if needed.iter().any(|&n| n) {
-                        let plain = repo.unseal(ObjectKind::Frame, b"", stored.to_vec(), &name)?;
-                        let raw = decompressor.decompress(f.codec, &plain, f.raw_len as usize)?;
-                        for (b, _) in f.blobs.iter().zip(&needed).filter(|(_, n)| **n) {
-                            let blob = raw
-                                .get(b.offset as usize..(b.offset + b.len) as usize)
-                                .ok_or_else(|| {
-                                    Error::integrity(format!(
-                                        "{name}: a blob lies outside its frame"
-                                    ))
-                                })?;
-                            out.add_blob(b, blob)?;
-                        }
+    let written = std::thread::scope(|s| {
+        let (job_tx, job_rx) = bounded::<IndexedPack>(workers);
+        let (frame_tx, frame_rx) = bounded::<ReadyFrame>(workers * 4);
+        for _ in 0..workers {
+            let (job_rx, frame_tx) = (job_rx.clone(), frame_tx.clone());
+            let (copied, fail, failed) = (&copied, &fail, &failed);
+            s.spawn(move || {
+                let mut worker = RepackWorker::new(repo, survey, copied, frame_tx, compression);
+                for p in job_rx {
+                    if failed() {
+                        return;
                     }
-                    for (b, n) in f.blobs.iter().zip(&needed) {
-                        if *n {
-                            copied.insert(b.id);
-                        }
+                    let size = p.size;
+                    if let Err(e) = worker.repack(p) {
+                        fail(e);
+                        return;
+                    }
+                    progress.inc(size);
+                }
+                if let Err(e) = worker.flush() {
+                    fail(e);
+                }
+            });
+        }
+        drop((job_rx, frame_tx));
+        let writer = s.spawn(|| write_frames(repo, &staging, frame_rx));
+        // Feed the workers pack by pack, from the index files that describe them.
+        let fed = (|| -> Result<()> {
+            for i in by_file {
+                let file = &survey.index_files[i];
+                for p in repo.read_index_file(&file.name, &file.id)? {
+                    if wanted.contains(&p.id) && job_tx.send(p).is_err() {
+                        return Ok(()); // the workers stopped on an error, reported below
                     }
                 }
-                progress.inc(p.size);
             }
+            Ok(())
+        })();
+        drop(job_tx);
+        if let Err(e) = fed {
+            fail(e);
         }
-        out.finish()
-    })();
+        writer
+            .join()
+            .unwrap_or_else(|_| Err(Error::internal("repack writer panicked")))
+    });
     progress.finish();
-    if let Err(e) = result {
-        if let Some(w) = out.writer.take() {
-            w.abandon();
-        }
+    if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
-    let index_files: Vec<Hash> = out.written.iter().map(|(_, f)| *f).collect();
-    let packs: Vec<IndexedPack> = out.written.into_iter().map(|(p, _)| p).collect();
+    let written = written?;
+    let index_files: Vec<Hash> = written.iter().map(|(_, f)| *f).collect();
+    let packs: Vec<IndexedPack> = written.into_iter().map(|(p, _)| p).collect();
     check_written(repo, &packs, &index_files)?;
     Ok(packs)
 }
 
-struct Repacker<'a> {
+/// One repack worker: takes packs, sends frames of their needed blobs to the writer.
+struct RepackWorker<'a> {
     repo: &'a Repository,
-    staging: &'a std::path::Path,
-    pack_size: u64,
-    writer: Option<PackWriter>,
+    survey: &'a Survey,
+    /// Blobs already copied by any worker (a blob is copied once).
+    copied: &'a Mutex<HashSet<Key>>,
+    out: Sender<ReadyFrame>,
     /// The raw frame being filled: bytes and entries.
     frame: (Vec<u8>, Vec<BlobEntry>),
     compressor: Compressor,
-    written: Vec<(IndexedPack, Hash)>,
+    decompressor: Decompressor,
 }
 
-impl Repacker<'_> {
-    fn writer(&mut self) -> Result<&mut PackWriter> {
-        if self.writer.is_none() {
-            self.writer = Some(PackWriter::create(self.staging)?);
+impl<'a> RepackWorker<'a> {
+    fn new(
+        repo: &'a Repository,
+        survey: &'a Survey,
+        copied: &'a Mutex<HashSet<Key>>,
+        out: Sender<ReadyFrame>,
+        compression: Compression,
+    ) -> RepackWorker<'a> {
+        RepackWorker {
+            repo,
+            survey,
+            copied,
+            out,
+            frame: (Vec::new(), Vec::new()),
+            compressor: Compressor::new(compression),
+            decompressor: Decompressor::default(),
         }
-        self.writer
-            .as_mut()
-            .ok_or_else(|| Error::internal("pack writer vanished"))
     }
 
-    fn copy_frame(&mut self, stored: &[u8], f: &FrameEntry) -> Result<()> {
-        self.writer()?
-            .add_frame(stored, f.raw_len, f.codec, f.blobs.clone())?;
-        self.maybe_close_pack()
+    fn send(&self, f: ReadyFrame) -> Result<()> {
+        self.out
+            .send(f)
+            .map_err(|_| Error::internal("repack writer stopped"))
     }
 
-    fn add_blob(&mut self, entry: &BlobEntry, bytes: &[u8]) -> Result<()> {
-        self.frame.1.push(BlobEntry {
-            offset: self.frame.0.len() as u32,
-            ..entry.clone()
-        });
-        self.frame.0.extend_from_slice(bytes);
-        if self.frame.0.len() >= FRAME_BYTES {
-            self.flush_frame()?;
+    /// Claim the blobs of a frame that are needed and not copied yet.
+    fn claim(&self, blobs: &[BlobEntry]) -> Vec<bool> {
+        let mut copied = self.copied.lock().unwrap_or_else(|p| p.into_inner());
+        blobs
+            .iter()
+            .map(|b| self.survey.referenced.contains(&b.id) && copied.insert(b.id))
+            .collect()
+    }
+
+    fn repack(&mut self, p: IndexedPack) -> Result<()> {
+        let name = pack_object_name(&p.id);
+        let data = self.repo.storage().get(&name)?;
+        if Hash::of(&data) != p.id {
+            return Err(Error::integrity(format!(
+                "{name} is damaged (its content does not match its name); prune stopped before deleting anything"
+            ))
+            .hint("run `lifeboat repo check --read-data` to see which backups it affects"));
+        }
+        for f in p.frames {
+            let needed = self.claim(&f.blobs);
+            let range = f.offset as usize..f.offset as usize + f.stored_len as usize;
+            let stored = data.get(range).ok_or_else(|| {
+                Error::integrity(format!("{name}: a frame lies outside the pack"))
+            })?;
+            if needed.iter().all(|&n| n) {
+                self.send(ReadyFrame {
+                    stored: stored.to_vec(),
+                    raw_len: f.raw_len,
+                    codec: f.codec,
+                    blobs: f.blobs,
+                })?;
+            } else if needed.iter().any(|&n| n) {
+                let plain = self
+                    .repo
+                    .unseal(ObjectKind::Frame, b"", stored.to_vec(), &name)?;
+                let raw = self
+                    .decompressor
+                    .decompress(f.codec, &plain, f.raw_len as usize)?;
+                for (b, _) in f.blobs.iter().zip(&needed).filter(|(_, n)| **n) {
+                    let blob = raw
+                        .get(b.offset as usize..(b.offset + b.len) as usize)
+                        .ok_or_else(|| {
+                            Error::integrity(format!("{name}: a blob lies outside its frame"))
+                        })?;
+                    self.frame.1.push(BlobEntry {
+                        offset: self.frame.0.len() as u32,
+                        ..b.clone()
+                    });
+                    self.frame.0.extend_from_slice(blob);
+                    if self.frame.0.len() >= FRAME_BYTES {
+                        self.flush()?;
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    fn flush_frame(&mut self) -> Result<()> {
+    fn flush(&mut self) -> Result<()> {
         if self.frame.1.is_empty() {
             return Ok(());
         }
         let (raw, blobs) = std::mem::take(&mut self.frame);
         let compressed = self.compressor.compress(&raw)?;
         let stored = self.repo.seal(ObjectKind::Frame, b"", compressed)?;
-        self.writer()?.add_frame(
-            &stored,
-            raw.len() as u32,
-            crate::repo::compress::Codec::Zstd,
+        self.send(ReadyFrame {
+            stored,
+            raw_len: raw.len() as u32,
+            codec: Codec::Zstd,
             blobs,
-        )?;
-        self.maybe_close_pack()
+        })
     }
+}
 
-    fn maybe_close_pack(&mut self) -> Result<()> {
-        if self
-            .writer
-            .as_ref()
-            .is_some_and(|w| w.len() >= self.pack_size)
-        {
-            self.close_pack()?;
-        }
-        Ok(())
-    }
-
-    fn close_pack(&mut self) -> Result<()> {
-        if let Some(w) = self.writer.take() {
-            if w.is_empty() {
-                w.abandon();
-                return Ok(());
+/// Append frames to new packs; store each (with its index file) once full.
+fn write_frames(
+    repo: &Repository,
+    staging: &std::path::Path,
+    frames: Receiver<ReadyFrame>,
+) -> Result<Vec<(IndexedPack, Hash)>> {
+    let mut written = Vec::new();
+    let mut writer: Option<PackWriter> = None;
+    let result = (|| -> Result<()> {
+        for f in frames {
+            if writer.is_none() {
+                writer = Some(PackWriter::create(staging)?);
             }
-            let stored = store_pack(self.repo, w)?;
-            self.written.push((stored.pack, stored.index_file));
+            if let Some(w) = writer.as_mut() {
+                w.add_frame(&f.stored, f.raw_len, f.codec, f.blobs)?;
+                if w.len() >= repo.config.pack_size {
+                    if let Some(w) = writer.take() {
+                        let stored = store_pack(repo, w)?;
+                        written.push((stored.pack, stored.index_file));
+                    }
+                }
+            }
+        }
+        if let Some(w) = writer.take() {
+            if !w.is_empty() {
+                let stored = store_pack(repo, w)?;
+                written.push((stored.pack, stored.index_file));
+            } else {
+                w.abandon();
+            }
         }
         Ok(())
+    })();
+    if let Err(e) = result {
+        if let Some(w) = writer.take() {
+            w.abandon();
+        }
+        return Err(e); // the workers' sends now fail, and they stop
     }
-
-    fn finish(&mut self) -> Result<()> {
-        self.flush_frame()?;
-        self.close_pack()
-    }
+    Ok(written)
 }
 
 #[cfg(test)]
