@@ -29,6 +29,37 @@ pub struct FileConfig {
     /// Retention policies: `[retention]`, `[retention.source."PATH"]`,
     /// `[retention.target."URL"]` and `[retention.target."URL".source."PATH"]`.
     pub retention: Option<RetentionSection>,
+    /// How to reach particular object-store targets: `[target."s3://bucket/prefix"]`.
+    #[serde(default)]
+    pub target: BTreeMap<String, TargetConfig>,
+}
+
+/// Settings of one object-store target, for replicas on another provider or account than
+/// the primary.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Read this target's credentials and endpoint from `<prefix>AWS_*` (`<prefix>GOOGLE_*`,
+    /// `<prefix>AZURE_*`) instead of the plain variables, e.g. `REPLICA_` for
+    /// `REPLICA_AWS_ACCESS_KEY_ID`, `REPLICA_AWS_ENDPOINT`. Secrets stay in the environment.
+    pub env_prefix: Option<String>,
+}
+
+static TARGETS: std::sync::OnceLock<BTreeMap<String, TargetConfig>> = std::sync::OnceLock::new();
+
+/// Make the `[target."URL"]` sections known to every place that opens a target.
+pub fn register_targets(targets: &BTreeMap<String, TargetConfig>) {
+    let _ = TARGETS.set(targets.clone());
+}
+
+/// The variable prefix configured for the target at `url`, if any.
+pub fn target_env_prefix(url: &str) -> Option<String> {
+    let norm = |s: &str| s.trim_end_matches('/').to_string();
+    TARGETS
+        .get()?
+        .iter()
+        .find(|(u, _)| norm(u) == norm(url))
+        .and_then(|(_, t)| t.env_prefix.clone())
 }
 
 /// A `[retention]` section: a policy, and more specific ones per source and per target.
@@ -117,7 +148,7 @@ pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
         .map_err(|e| Error::io("cannot read config file", &path, e))?;
     let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
         Error::usage(format!("config file {} is invalid: {e}", path.display()))
-            .hint("valid keys: repo, compression, level, verify, temp_dir, transfers, replicas, timezone, [retention]; see the README")
+            .hint("valid keys: repo, compression, level, verify, temp_dir, transfers, replicas, timezone, [retention], [target]; see the README")
     })?;
     Ok((cfg, Some(path)))
 }

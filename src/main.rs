@@ -477,6 +477,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     let (file, _) = config::load(cli.config.as_deref())?;
+    config::register_targets(&file.target);
     if let Some(t) = &file.temp_dir {
         if std::env::var_os("LIFEBOAT_TEMP_DIR").is_none() {
             std::env::set_var("LIFEBOAT_TEMP_DIR", t);

@@ -170,3 +170,54 @@ fn a_replica_on_s3() {
     let status = run(&["status"]);
     assert_eq!(status["targets"][1]["objects_behind"], 0, "{status}");
 }
+
+#[test]
+fn a_replica_with_its_own_credential_variables() {
+    let env = Env::new();
+    let s3 = S3Server::start();
+    let url = s3.url("elsewhere");
+    let db = env.path("app.db");
+    drop(make_db(&db, 1_000));
+    env.backup(&db);
+    // Only prefixed variables: the replica's provider differs from the primary's.
+    let prefixed: Vec<(String, String)> = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| (format!("REPLICA_{k}"), v))
+        .collect();
+    let run = |args: &[&str]| {
+        env.cmd()
+            .envs(prefixed.clone())
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["replica", "add", &url]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no credentials without the section"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no credentials for s3://"));
+
+    std::fs::write(
+        env.path("lifeboat.toml"),
+        format!("[target.\"{url}\"]\nenv_prefix = \"REPLICA_\"\n"),
+    )
+    .unwrap();
+    let out = run(&["replica", "add", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["--repo", &url, "verify", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+}

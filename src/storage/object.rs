@@ -77,8 +77,11 @@ fn credential_variables(scheme: &str) -> &'static [&'static str] {
 /// Without credentials the clients fall back to the cloud's instance-metadata service
 /// (169.254.169.254), which off-cloud means a confusing network error. Lifeboat asks for it
 /// explicitly instead (`LIFEBOAT_CLOUD_METADATA=1` on a VM with an instance role).
-fn require_credentials(scheme: &str) -> Result<()> {
-    let vars = credential_variables(scheme);
+fn require_credentials(scheme: &str, env_prefix: &str) -> Result<()> {
+    let vars: Vec<String> = credential_variables(scheme)
+        .iter()
+        .map(|v| format!("{env_prefix}{v}"))
+        .collect();
     let have = vars.iter().any(|v| std::env::var_os(v).is_some());
     let metadata = std::env::var("LIFEBOAT_CLOUD_METADATA").is_ok_and(|v| v == "1");
     if have || metadata {
@@ -90,6 +93,20 @@ fn require_credentials(scheme: &str) -> Result<()> {
             vars.join(", ")
         )),
     )
+}
+
+/// `<env_prefix><family>*` variables as object_store config keys (`aws_endpoint`, ...), the
+/// way the builders' `from_env` reads the unprefixed ones.
+fn settings(env_prefix: &str, family: &str) -> Vec<(String, String)> {
+    let start = format!("{env_prefix}{family}");
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(env_prefix)
+                .filter(|_| k.starts_with(&start))
+                .map(|rest| (rest.to_ascii_lowercase(), v))
+        })
+        .collect()
 }
 
 /// How transient errors (5xx, throttling, dropped connections) are retried, with exponential
@@ -134,24 +151,53 @@ impl ObjectStorage {
             return Err(Error::usage(format!("'{url}' names no bucket"))
                 .hint("write it as s3://BUCKET/PREFIX (gs://, az:// likewise)"));
         }
-        require_credentials(scheme)?;
+        // A `[target."URL"]` section may name a variable prefix for this target's settings.
+        let env_prefix = crate::config::target_env_prefix(url).unwrap_or_default();
+        require_credentials(scheme, &env_prefix)?;
         let retry = retry_config()?;
         let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {
-            "s3" => object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry.clone())
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
-            "gs" => object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry.clone())
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
-            "az" | "azure" => object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_container_name(bucket)
-                .with_retry(retry)
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            "s3" => {
+                let mut b = object_store::aws::AmazonS3Builder::new();
+                for (key, value) in settings(&env_prefix, "AWS_") {
+                    if let Ok(k) = key.parse() {
+                        b = b.with_config(k, value);
+                    }
+                }
+                b.with_bucket_name(bucket)
+                    .with_retry(retry.clone())
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env();
+                if !env_prefix.is_empty() {
+                    b = object_store::gcp::GoogleCloudStorageBuilder::new();
+                    for (key, value) in settings(&env_prefix, "GOOGLE_") {
+                        if let Ok(k) = key.parse() {
+                            b = b.with_config(k, value);
+                        }
+                    }
+                }
+                b.with_bucket_name(bucket)
+                    .with_retry(retry.clone())
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
+            "az" | "azure" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env();
+                if !env_prefix.is_empty() {
+                    b = object_store::azure::MicrosoftAzureBuilder::new();
+                    for (key, value) in settings(&env_prefix, "AZURE_") {
+                        if let Ok(k) = key.parse() {
+                            b = b.with_config(k, value);
+                        }
+                    }
+                }
+                b.with_container_name(bucket)
+                    .with_retry(retry)
+                    .build()
+                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+            }
             other => {
                 return Err(
                     Error::usage(format!("unknown repository scheme '{other}://'"))
