@@ -12,7 +12,7 @@ use lifeboat::progress::Progress;
 use lifeboat::repo::compress::{Codec, Compression};
 use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfParams};
 use lifeboat::repo::manifest::Manifest;
-use lifeboat::repo::{keys, NewRepo, Repository, Unlock};
+use lifeboat::repo::{keys, locks, NewRepo, Repository, Unlock};
 use lifeboat::secret::PassphraseSource;
 use lifeboat::storage::Storage;
 use serde_json::json;
@@ -792,33 +792,37 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
     } else {
         vec![repo.resolve(id.as_deref().unwrap_or("latest"), None)?]
     };
-    let index = repo.load_index()?;
     let progress = ctx.progress();
-    let mut reports = Vec::new();
-    for m in &targets {
-        if !ctx.json {
-            println!("verify {} of {} ({})", m.id, m.source.path, m.time);
-        }
-        let r = verify_manifest(&repo, &index, m, &progress)?;
-        if r.ok {
-            // Feeds the "newest verified" retention rail; a read-only target just misses it.
-            if let Err(e) = lifeboat::ops::forget::record_verified(&repo, &m.id) {
-                tracing::warn!("could not record the verification of {}: {e}", m.id);
+    // The marker keeps a concurrent prune from deleting what this verify reads.
+    let reports = locks::as_reader(repo.storage(), "verify", || {
+        let index = repo.load_index()?;
+        let mut reports = Vec::new();
+        for m in &targets {
+            if !ctx.json {
+                println!("verify {} of {} ({})", m.id, m.source.path, m.time);
             }
-        }
-        if !ctx.json {
-            print_verify(&r);
-            println!(
-                "  {}",
-                if r.ok {
-                    "OK: this backup restores"
-                } else {
-                    "FAILED"
+            let r = verify_manifest(&repo, &index, m, &progress)?;
+            if r.ok {
+                // Feeds the "newest verified" retention rail; a read-only target just misses it.
+                if let Err(e) = lifeboat::ops::forget::record_verified(&repo, &m.id) {
+                    tracing::warn!("could not record the verification of {}: {e}", m.id);
                 }
-            );
+            }
+            if !ctx.json {
+                print_verify(&r);
+                println!(
+                    "  {}",
+                    if r.ok {
+                        "OK: this backup restores"
+                    } else {
+                        "FAILED"
+                    }
+                );
+            }
+            reports.push(r);
         }
-        reports.push(r);
-    }
+        Ok(reports)
+    })?;
     let failed = reports.iter().filter(|r| !r.ok).count();
     if ctx.json {
         println!("{}", json!({"ok": failed == 0, "backups": reports}));
@@ -868,7 +872,9 @@ fn cmd_restore(
     let m = repo.resolve(id, None)?;
     let progress = ctx.progress();
     let out = match (output, db) {
-        (Some(out), _) => restore::restore_to_file(&repo, &m, &out, &progress)?,
+        (Some(out), _) => locks::as_reader(repo.storage(), "restore", || {
+            restore::restore_to_file(&repo, &m, &out, &progress)
+        })?,
         (None, Some(db)) => {
             if db.is_dir() {
                 return Err(Error::usage(format!(
@@ -888,7 +894,10 @@ fn cmd_restore(
                     m.time
                 ))?;
             }
-            restore::restore_in_place(&repo, &m, &db, compression(ctx, None, None)?, &progress)?
+            let compression = compression(ctx, None, None)?;
+            locks::as_reader(repo.storage(), "restore", || {
+                restore::restore_in_place(&repo, &m, &db, compression, &progress)
+            })?
         }
         (None, None) => return Err(Error::usage("give --output FILE or --db FILE")),
     };
@@ -960,7 +969,7 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
 
 fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let r = check::check(&repo, read_data)?;
+    let r = locks::as_reader(repo.storage(), "check", || check::check(&repo, read_data))?;
     if ctx.json {
         println!(
             "{}",

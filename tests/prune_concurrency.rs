@@ -350,7 +350,7 @@ fn two_prunes_at_once() {
     assert_eq!(p["deleted_packs"], 0, "{p}");
 }
 
-/// BUG (found by this test): readers take no marker, so a prune deletes packs a running
+/// Regression (this test found it; readers now hold a marker the sweep waits for): readers took no marker, so a prune deletes packs a running
 /// `restore` or `verify` of a KEPT backup is about to read (the packs it repacked). The
 /// restore fails with exit 4 "pack ... is missing" (an integrity error whose hint says the
 /// backups using it cannot be restored) and `verify` reports the backup as failed, though
@@ -358,7 +358,7 @@ fn two_prunes_at_once() {
 /// hold a marker that prune's sweep waits for, or reload the index when a planned pack
 /// vanished).
 #[test]
-fn bug_restore_and_verify_of_a_kept_backup_fail_while_prune_runs() {
+fn restore_and_verify_of_a_kept_backup_work_while_prune_runs() {
     let env = Env::new();
     let lb = Runner::local(&env);
     let db = env.path("app.db");
@@ -406,7 +406,8 @@ fn bug_restore_and_verify_of_a_kept_backup_fail_while_prune_runs() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// BUG (found by this test): `repo check` run while a prune sweeps reports damage that is
+/// Regression (this test found it; check now holds a marker, skips vanished index files and
+/// judges planned packs only by what backups need): `repo check` run while a prune sweeps reported damage that was
 /// not there: it lists `index/` and `data/` at different moments and takes no marker, so a
 /// pack the prune deletes after the check read the index file naming it is reported
 /// "missing" (exit 4, naming a kept backup as affected), and an index file deleted between
@@ -418,7 +419,7 @@ fn bug_restore_and_verify_of_a_kept_backup_fail_while_prune_runs() {
 /// Made deterministic by stopping the check (SIGSTOP) at points spread over its run,
 /// running a whole prune, then letting the check go on.
 #[test]
-fn bug_repo_check_while_prune_runs_reports_false_damage() {
+fn repo_check_while_prune_runs_reports_no_false_damage() {
     let env = Env::new();
     let lb = Runner::local(&env);
     let db = env.path("app.db");

@@ -246,7 +246,7 @@ fn kill_prune_at_spread_points_and_between_its_steps() {
     }
 }
 
-/// BUG (found by this test): DATA LOSS after a prune is killed right after it stored a
+/// Regression (this test found it: data loss, fixed by keeping what the repack stored): a prune is killed right after it stored a
 /// repacked pack (before its index file and its plan). Repacking is deterministic in an
 /// unencrypted repository, so the leftover pack U has exactly the bytes (and name) of the
 /// pack the next prune's repack writes. That next prune (1) finds U unused and unindexed and
@@ -262,7 +262,7 @@ fn kill_prune_at_spread_points_and_between_its_steps() {
 /// deleted (e.g. drop from `doomed` every pack this run's repack wrote or found already
 /// stored, or do not take the shortcut when it did).
 #[test]
-fn bug_prune_after_an_interrupted_repack_deletes_the_only_copy() {
+fn prune_after_an_interrupted_repack_keeps_the_only_copy() {
     let env = Env::new();
     let lb = Runner::local(&env);
     let kept = garbage_repository(&env);
@@ -300,7 +300,7 @@ fn bug_prune_after_an_interrupted_repack_deletes_the_only_copy() {
     );
 }
 
-/// GAP (found by this test): the files a killed `prune` (or backup) leaves in `tmp/` (here
+/// Regression (this test found the gap, now closed: prune removes `tmp/` leftovers when no writer runs): the files a killed `prune` (or backup) leaves in `tmp/` (here
 /// a partly written repacked pack, megabytes) are never removed: `repo check` reports them
 /// as "temporary files from interrupted runs; harmless" after any number of prunes, and
 /// FORMAT.md calls them garbage, but the garbage collector does not collect them, so every
@@ -308,7 +308,7 @@ fn bug_prune_after_an_interrupted_repack_deletes_the_only_copy() {
 /// marker (no writer running) removes `tmp/` leftovers, or those older than the stale-marker
 /// age.
 #[test]
-fn bug_prune_never_removes_the_temporary_files_of_killed_runs() {
+fn prune_removes_the_temporary_files_of_killed_runs() {
     let env = Env::new();
     let lb = Runner::local(&env);
     let kept = garbage_repository(&env);

@@ -14,22 +14,22 @@ use std::path::PathBuf;
 #[derive(Args, Clone, Default)]
 pub struct PolicyArgs {
     /// Keep the newest N backups.
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     keep_last: Option<Count>,
     /// Keep the newest backup of each of the last N hours that have one (`all` for every).
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     keep_hourly: Option<Count>,
     /// Keep the newest backup of each of the last N days that have one.
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     keep_daily: Option<Count>,
     /// Keep the newest backup of each of the last N ISO weeks (Monday-Sunday) that have one.
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     keep_weekly: Option<Count>,
     /// Keep the newest backup of each of the last N months that have one.
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     keep_monthly: Option<Count>,
     /// Keep the newest backup of each of the last N years that have one.
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     keep_yearly: Option<Count>,
     /// Keep every backup within this age of the newest one (e.g. 48h, 30d, 1y6m).
     #[arg(long, value_name = "AGE", value_parser = Age::parse)]
@@ -53,10 +53,10 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "TAG")]
     keep_tag: Vec<String>,
     /// Whatever else the rules say, keep at least the newest N.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     min_count: Option<Count>,
     /// Keep at most N (the oldest of those the rules keep go first).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     max_count: Option<Count>,
     /// Remove backups older than this (from now), whatever the keep rules say.
     #[arg(long, value_name = "AGE", value_parser = Age::parse)]

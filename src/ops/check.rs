@@ -53,15 +53,37 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     // listed here finds its index below even if it committed while this check runs.
     let manifests = storage.list("backups/")?;
 
-    // Index files, one by one, so a bad one is reported rather than fatal.
+    // Packs a prune is deleting: expected to vanish; a problem only if a backup needs them.
+    let planned: HashSet<Hash> = crate::repo::locks::read_plans(storage)?
+        .iter()
+        .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
+        .collect();
+
+    // Index files, one by one, so a bad one is reported rather than fatal. Those naming
+    // planned packs come last, so blobs a prune copied elsewhere are found at the copy.
     let mut index = Index::default();
     let mut indexed: HashMap<Hash, IndexedPack> = HashMap::new();
-    for obj in storage.list("index/")? {
+    let mut listing = storage.list("index/")?;
+    if !planned.is_empty() {
+        let names_planned = |name: &str| -> bool {
+            let id = Hash::from_hex(name.rsplit('/').next().unwrap_or_default());
+            id.and_then(|id| repo.read_index_file(name, &id))
+                .is_ok_and(|packs| packs.iter().any(|p| planned.contains(&p.id)))
+        };
+        // Stable: files naming no planned pack keep their order, ahead of the others.
+        listing.sort_by_cached_key(|o| names_planned(&o.name));
+    }
+    for obj in listing {
         let name = obj.name.rsplit('/').next().unwrap_or_default();
         let Ok(id) = Hash::from_hex(name) else {
             continue;
         };
-        let data = storage.get(&obj.name)?;
+        let data = match storage.get(&obj.name) {
+            Ok(d) => d,
+            // Rewritten or merged by a prune since the listing.
+            Err(e) if e.kind == crate::error::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         report.bytes_read += data.len() as u64;
         if Hash::of(&data) != id {
             problems.push(problem(
@@ -96,11 +118,16 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         .map(|o| (o.name, o.size))
         .collect();
     let mut bad_packs: HashMap<u32, usize> = HashMap::new();
+    let mut planned_gone: HashMap<u32, String> = HashMap::new();
     let mut referenced = HashSet::new();
     for (pack_no, pack) in index.packs.iter().enumerate() {
         let name = pack_object_name(&pack.id);
         referenced.insert(name.clone());
         let what = match on_disk.get(&name) {
+            None if planned.contains(&pack.id) => {
+                planned_gone.insert(pack_no as u32, name.clone());
+                None
+            }
             None => Some("missing".to_string()),
             Some(&size) if size != pack.size => Some(format!(
                 "wrong size: {size} bytes instead of {} (truncated?)",
@@ -149,6 +176,18 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 let pack = index.frames[loc.frame as usize].pack;
                 if let Some(&i) = bad_packs.get(&pack) {
                     problems[i].backups.insert(m.id.clone());
+                } else if let Some(name) = planned_gone.get(&pack) {
+                    // Deleted by a prune although this backup needs it from there.
+                    match problems.iter_mut().find(|p| &p.object == name) {
+                        Some(p) => {
+                            p.backups.insert(m.id.clone());
+                        }
+                        None => {
+                            let mut p = problem(name.clone(), "missing (deleted by prune)".into());
+                            p.backups.insert(m.id.clone());
+                            problems.push(p);
+                        }
+                    }
                 }
             }
         };

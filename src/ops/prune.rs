@@ -57,6 +57,8 @@ pub struct PruneReport {
     pub written_index_files: usize,
     /// Small index files merged into bigger ones (fewer reads to open the repository).
     pub compacted_index_files: usize,
+    /// Leftovers of killed runs removed from the local staging folder `tmp/`.
+    pub temp_files_removed: usize,
     /// Planned packs left for a later prune, because a running writer may still use them.
     pub pending_packs: usize,
     pub pending_bytes: u64,
@@ -134,21 +136,28 @@ fn plan_and_sweep(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport>
         report.unused_bytes_after = survey.unused_bytes_except(&doomed, &repack);
         return Ok(report);
     }
+    // What the repack stored. A pack the repack produced may already have been there, from
+    // an earlier prune killed after storing it and before indexing it: the survey called
+    // it unused, but it now holds the only copy of what it repacked, so it must stay.
+    let mut fresh: HashSet<Hash> = HashSet::new();
     if !repack.is_empty() {
         let written = repack_packs(repo, &survey, &repack, &opts.progress)?;
         report.repack_written_bytes = written.iter().map(|p| p.size).sum();
         report.written_index_files += written.len();
+        fresh.extend(written.iter().map(|p| p.id));
         doomed.extend(repack.iter().copied());
     }
+    doomed.retain(|id| !fresh.contains(id));
     if !doomed.is_empty() {
         let mut names: Vec<String> = doomed.iter().map(|h| h.to_hex()).collect();
         names.sort();
         locks::write_plan(storage, names)?;
     }
     let doomed: HashSet<Hash> = doomed.into_iter().collect();
-    sweep(repo, opts, &mut report, Some((survey, doomed)))?;
+    sweep(repo, opts, &mut report, Some((survey, doomed)), &fresh)?;
     compact_index(repo, &mut report)?;
     crate::repo::tombstones::merge(storage)?;
+    report.temp_files_removed = remove_temp_files(storage)?;
 
     let after: Vec<crate::storage::ObjectInfo> = storage.list("data/")?;
     report.packs_after = after.len();
@@ -170,6 +179,7 @@ fn sweep(
     opts: &PruneOptions,
     report: &mut PruneReport,
     prior: Option<(Survey, HashSet<Hash>)>,
+    fresh: &HashSet<Hash>,
 ) -> Result<()> {
     let storage = repo.storage();
     let plans = locks::read_plans(storage)?;
@@ -222,6 +232,7 @@ fn sweep(
     let keep_unindexed = report.missing_blobs > 0 || !survey.damaged_index.is_empty();
     let delete: HashSet<Hash> = planned
         .iter()
+        .filter(|id| !fresh.contains(id))
         .filter(|id| match survey.packs.get(id) {
             Some(_) if doomed_now.contains(id) => true,
             Some(p) => p.live_blobs == 0 && (p.indexed || !keep_unindexed),
@@ -273,6 +284,21 @@ fn sweep(
         storage.delete(&locks::plan_object(&plan.id))?;
     }
     Ok(())
+}
+
+/// Remove the staging files of killed runs (`tmp/` of a local repository), but only when no
+/// writer is running: a running backup's pack is staged there until it is stored.
+fn remove_temp_files(storage: &dyn crate::storage::Storage) -> Result<usize> {
+    let writers = locks::live_markers(storage)?;
+    if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for obj in storage.list("tmp/")? {
+        storage.delete(&obj.name)?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Index files with fewer packs than this are merged when there are `COMPACT_WHEN` of them.

@@ -197,6 +197,36 @@ pub fn as_writer<T>(
     result
 }
 
+/// Run `work` as a reader (restore, verify, check): with a marker, so that a prune does not
+/// delete packs it may read from an index loaded before a deletion plan. Unlike a writer's,
+/// a reader's marker is a courtesy: where it cannot be written (read-only credentials), the
+/// reader goes on without, and a concurrent prune can make it fail (never return wrong data).
+pub fn as_reader<T>(
+    storage: &dyn Storage,
+    kind: &str,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let name = format!("{LOCKS}{kind}-{:016x}", rand::random::<u64>());
+    let mut marker = Marker::new(kind);
+    let marked = marker
+        .encode()
+        .and_then(|data| storage.put_replace(&name, &data));
+    if let Err(e) = marked {
+        tracing::info!("reading without a lock ({e}); a prune running now could interrupt this");
+        return work();
+    }
+    let result = (|| {
+        // Plans seen now are also seen by the index load that follows.
+        marker.seen_plans = Some(read_plans(storage)?.into_iter().map(|p| p.id).collect());
+        storage.put_replace(&name, &marker.encode()?)?;
+        with_refresh(storage, &name, &marker, work)
+    })();
+    if let Err(e) = storage.delete(&name) {
+        tracing::warn!("could not remove lock {name}: {e}; it goes stale in 30 minutes");
+    }
+    result
+}
+
 /// Keep `marker` fresh under `name` while `work` runs.
 fn with_refresh<T>(
     storage: &dyn Storage,
