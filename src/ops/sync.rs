@@ -87,26 +87,33 @@ fn content_addressed(name: &str) -> Option<Hash> {
 pub fn sync(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
     // A sync may copy a manifest that needs packs a prune on the target has planned to
     // delete; its marker (which sees no plan) holds such sweeps until it is done.
-    crate::repo::locks::as_writer(target, "sync", false, |_| {
-        let copier = Copier::new(repo.storage(), target, parallel);
-        copier.copy_missing("keys/", |_| true)?;
-        if repo.is_write_only() {
-            // Without the key to the page lists, copy by name: every pack the target lacks
-            // (a new backup may need one it dropped; its next prune drops it again), and
-            // the backups it did not forget.
-            let tomb = tombstones::read(target)?;
-            copier.copy_missing("data/", |_| true)?;
-            copier.copy_missing("index/", |_| true)?;
-            copier.copy_missing("backups/", |name| !tomb.backups.contains(object_id(name)))?;
-        } else {
-            copy_backups(repo, target, &copier)?;
-        }
-        // The config last: only now is the replica a repository.
-        if !target.exists("config")? {
-            copier.copy_one("config", false)?;
-        }
-        Ok(copier.report())
+    // And a reader's marker on the source, whose own prune must not delete what this copies.
+    crate::repo::locks::as_reader(repo.storage(), "sync", || {
+        crate::repo::locks::as_writer(target, "sync", false, |_| {
+            sync_marked(repo, target, parallel)
+        })
     })
+}
+
+fn sync_marked(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
+    let copier = Copier::new(repo.storage(), target, parallel);
+    copier.copy_missing("keys/", |_| true)?;
+    if repo.is_write_only() {
+        // Without the key to the page lists, copy by name: every pack the target lacks
+        // (a new backup may need one it dropped; its next prune drops it again), and
+        // the backups it did not forget.
+        let tomb = tombstones::read(target)?;
+        copier.copy_missing("data/", |_| true)?;
+        copier.copy_missing("index/", |_| true)?;
+        copier.copy_missing("backups/", |name| !tomb.backups.contains(object_id(name)))?;
+    } else {
+        copy_backups(repo, target, &copier)?;
+    }
+    // The config last: only now is the replica a repository.
+    if !target.exists("config")? {
+        copier.copy_one("config", false)?;
+    }
+    Ok(copier.report())
 }
 
 fn object_id(name: &str) -> &str {
