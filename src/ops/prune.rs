@@ -19,7 +19,9 @@ use crate::ops::backup::{check_written, store_pack, FRAME_BYTES};
 use crate::progress::Progress;
 use crate::repo::compress::{Codec, Compression, Compressor, Decompressor};
 use crate::repo::crypto::ObjectKind;
-use crate::repo::index::{encode_index_file, index_object_name, Index, IndexedPack};
+use crate::repo::index::{
+    encode_index_file, index_object_name, list_index_files, Index, IndexedPack,
+};
 use crate::repo::locks::{self, Plan};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, FrameEntry, PackWriter};
 use crate::repo::{FrameCache, Repository};
@@ -327,22 +329,14 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
         })
         .collect();
     let mut small = Vec::new();
-    for obj in storage.list("index/")? {
-        let Some(id) = obj
-            .name
-            .rsplit('/')
-            .next()
-            .and_then(|n| Hash::from_hex(n).ok())
-        else {
-            continue;
-        };
-        let packs = match repo.read_index_file(&obj.name, &id) {
+    for (name, id) in list_index_files(storage)? {
+        let packs = match repo.read_index_file(&name, &id) {
             Ok(p) => p,
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(_) => continue, // damaged: left for `repo check` to name
         };
         if packs.len() < SMALL_INDEX_PACKS {
-            small.push((obj.name, id, packs.len()));
+            small.push((name, id, packs.len()));
         }
     }
     if small.len() < COMPACT_WHEN {
@@ -499,21 +493,13 @@ impl Survey {
         let mut lists = Index::default();
         let mut index_files = Vec::new();
         let mut damaged_index = Vec::new();
-        for obj in storage.list("index/")? {
-            let Some(id) = obj
-                .name
-                .rsplit('/')
-                .next()
-                .and_then(|n| Hash::from_hex(n).ok())
-            else {
-                continue;
-            };
-            let file = match repo.read_index_file(&obj.name, &id) {
+        for (name, id) in list_index_files(storage)? {
+            let file = match repo.read_index_file(&name, &id) {
                 Ok(f) => f,
                 Err(e) if e.kind == ErrorKind::NotFound => continue,
                 Err(e) => {
-                    tracing::warn!("index file {} is damaged: {e}", obj.name);
-                    damaged_index.push(obj.name);
+                    tracing::warn!("index file {name} is damaged: {e}");
+                    damaged_index.push(name);
                     continue;
                 }
             };
@@ -524,7 +510,7 @@ impl Survey {
             }
             index_files.push(IndexFile {
                 id,
-                name: obj.name,
+                name,
                 packs: file.iter().map(|p| p.id).collect(),
             });
         }

@@ -144,18 +144,15 @@ fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Res
         .collect();
     let mut target_keys: HashSet<Key> = HashSet::new();
     let mut damaged_index: HashSet<String> = HashSet::new();
-    for obj in target.list("index/")? {
-        let Ok(id) = Hash::from_hex(object_id(&obj.name)) else {
-            continue;
-        };
-        let packs = match repo.read_index_file_from(target, &obj.name, &id) {
+    for (name, id) in crate::repo::index::list_index_files(target)? {
+        let packs = match repo.read_index_file_from(target, &name, &id) {
             Ok(p) => p,
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => {
                 // Its packs count as absent: what is needed is copied again, and a source
                 // copy of this file replaces it.
-                tracing::warn!("{}/{}: {e}", target.describe(), obj.name);
-                damaged_index.insert(obj.name);
+                tracing::warn!("{}/{name}: {e}", target.describe());
+                damaged_index.insert(name);
                 continue;
             }
         };

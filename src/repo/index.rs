@@ -185,6 +185,19 @@ pub fn decode_index_file(data: &[u8], name: &str) -> Result<Vec<IndexedPack>> {
     Ok(packs)
 }
 
+/// The index files under `index/` of `storage`: object name and id (names that are not
+/// ids, such as an editor's backup file, are skipped).
+pub fn list_index_files(storage: &dyn crate::storage::Storage) -> Result<Vec<(String, Hash)>> {
+    Ok(storage
+        .list("index/")?
+        .into_iter()
+        .filter_map(|o| {
+            let id = Hash::from_hex(o.name.rsplit('/').next()?).ok()?;
+            Some((o.name, id))
+        })
+        .collect())
+}
+
 pub fn index_object_name(id: &Hash) -> String {
     format!("index/{}", id.to_hex())
 }

@@ -95,6 +95,24 @@ fn require_credentials(scheme: &str, env_prefix: &str) -> Result<()> {
     )
 }
 
+/// A store builder from the usual variables (`from_env`), or, for a target with a variable
+/// prefix, from the prefixed ones only. A macro: the three builders share no trait.
+macro_rules! builder_from_env {
+    ($builder:ty, $prefix:expr, $family:expr) => {{
+        if $prefix.is_empty() {
+            <$builder>::from_env()
+        } else {
+            let mut b = <$builder>::new();
+            for (key, value) in settings($prefix, $family) {
+                if let Ok(k) = key.parse() {
+                    b = b.with_config(k, value);
+                }
+            }
+            b
+        }
+    }};
+}
+
 /// `<env_prefix><family>*` variables as object_store config keys (`aws_endpoint`, ...), the
 /// way the builders' `from_env` reads the unprefixed ones.
 fn settings(env_prefix: &str, family: &str) -> Vec<(String, String)> {
@@ -156,48 +174,29 @@ impl ObjectStorage {
         require_credentials(scheme, &env_prefix)?;
         let retry = retry_config()?;
         let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {
-            "s3" => {
-                let mut b = object_store::aws::AmazonS3Builder::new();
-                for (key, value) in settings(&env_prefix, "AWS_") {
-                    if let Ok(k) = key.parse() {
-                        b = b.with_config(k, value);
-                    }
-                }
-                b.with_bucket_name(bucket)
-                    .with_retry(retry.clone())
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
-            "gs" => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env();
-                if !env_prefix.is_empty() {
-                    b = object_store::gcp::GoogleCloudStorageBuilder::new();
-                    for (key, value) in settings(&env_prefix, "GOOGLE_") {
-                        if let Ok(k) = key.parse() {
-                            b = b.with_config(k, value);
-                        }
-                    }
-                }
-                b.with_bucket_name(bucket)
-                    .with_retry(retry.clone())
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
-            "az" | "azure" => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env();
-                if !env_prefix.is_empty() {
-                    b = object_store::azure::MicrosoftAzureBuilder::new();
-                    for (key, value) in settings(&env_prefix, "AZURE_") {
-                        if let Ok(k) = key.parse() {
-                            b = b.with_config(k, value);
-                        }
-                    }
-                }
-                b.with_container_name(bucket)
-                    .with_retry(retry)
-                    .build()
-                    .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-            }
+            "s3" => builder_from_env!(object_store::aws::AmazonS3Builder, &env_prefix, "AWS_")
+                .with_bucket_name(bucket)
+                .with_retry(retry.clone())
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            "gs" => builder_from_env!(
+                object_store::gcp::GoogleCloudStorageBuilder,
+                &env_prefix,
+                "GOOGLE_"
+            )
+            .with_bucket_name(bucket)
+            .with_retry(retry.clone())
+            .build()
+            .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            "az" | "azure" => builder_from_env!(
+                object_store::azure::MicrosoftAzureBuilder,
+                &env_prefix,
+                "AZURE_"
+            )
+            .with_container_name(bucket)
+            .with_retry(retry)
+            .build()
+            .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
             other => {
                 return Err(
                     Error::usage(format!("unknown repository scheme '{other}://'"))
