@@ -20,7 +20,7 @@ use crate::id::{Hash, Sha256Stream};
 use crate::ops::backup::{backup, BackupOptions};
 use crate::ops::VerifyLevel;
 use crate::progress::Progress;
-use crate::repo::compress::{Compression, Decompressor};
+use crate::repo::compress::{BufferPool, Compression, Decompressor};
 use crate::repo::index::{BlobLoc, Index};
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::BlobKind;
@@ -65,10 +65,29 @@ const LIST_FRAMES: usize = 2;
 /// byte on the machines measured here.
 const WRITE_BYTES: usize = 128 << 10;
 
+/// A decompressed frame. Its buffer goes back to the pool once no page needs it.
+struct Frame {
+    data: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
+    }
+}
+
 /// A checked page, still inside its decompressed frame: workers hand pages to the writer
 /// without copying them.
 struct Piece {
-    frame: Arc<Vec<u8>>,
+    frame: Arc<Frame>,
     start: usize,
     len: usize,
 }
@@ -386,7 +405,7 @@ impl<'a> Planner<'a> {
 
 /// A load's outcome, as the workers see it.
 enum Loaded {
-    Frame(Arc<Vec<u8>>),
+    Frame(Arc<Frame>),
     /// The load failed: the batches that need it fail with this error.
     Failed(Error),
 }
@@ -396,6 +415,8 @@ enum Loaded {
 struct Loads {
     state: Mutex<LoadsState>,
     published: Condvar,
+    /// Buffers of retired frames, for the readers to decompress into.
+    pool: Arc<BufferPool>,
 }
 
 struct LoadsState {
@@ -412,6 +433,7 @@ impl Loads {
                 readers,
             }),
             published: Condvar::new(),
+            pool: Arc::default(),
         }
     }
 
@@ -426,7 +448,7 @@ impl Loads {
         self.published.notify_all();
     }
 
-    fn wait(&self, load: u64) -> Result<Arc<Vec<u8>>> {
+    fn wait(&self, load: u64) -> Result<Arc<Frame>> {
         let mut state = self.lock();
         loop {
             match state.frames.get(&load) {
@@ -474,7 +496,10 @@ struct Pending<'a> {
 
 impl Pending<'_> {
     fn publish(&mut self, frame: u32, data: Vec<u8>) {
-        let data = Arc::new(data);
+        let data = Arc::new(Frame {
+            data,
+            pool: self.loads.pool.clone(),
+        });
         self.left.retain(|&(load, f)| {
             if f == frame {
                 self.loads.publish(load, Loaded::Frame(data.clone()));
@@ -608,7 +633,7 @@ pub fn write_image(
             let loads = &loads;
             s.spawn(move || {
                 let _alive = ReaderAlive(loads);
-                let mut dec = Decompressor::default();
+                let mut dec = Decompressor::with_pool(loads.pool.clone());
                 for fetch in rx {
                     // Even after a failed fetch: every batch waiting for a frame gets an
                     // answer, and the first failure is what the writer reports.
@@ -706,7 +731,7 @@ pub fn write_image(
 fn build_job(repo: &Repository, index: &Index, job: Job, loads: &Loads) -> Result<Built> {
     // Pages come from a few loads at a time: remember the last ones rather than taking the
     // shared lock for every page.
-    let mut recent: Vec<(u64, Arc<Vec<u8>>)> = Vec::with_capacity(4);
+    let mut recent: Vec<(u64, Arc<Frame>)> = Vec::with_capacity(4);
     let mut pieces = Vec::with_capacity(job.pages.len());
     for page in &job.pages {
         let frame = match recent.iter().position(|(l, _)| *l == page.load) {
