@@ -47,7 +47,8 @@ const BATCH_LOADS: usize = 8;
 const FRAME_CACHE: usize = 16;
 /// Batches between the planner and the writer, per reader thread. Each batch pins the frames
 /// of its pages until it is written, so frames in memory are at most `FRAME_CACHE` +
-/// (batches + 1) x `BATCH_LOADS`: 120 MiB with the 4 readers of an object store.
+/// (batches + 1) x `BATCH_LOADS`: 120 MiB with the 4 readers of an object store (and up to
+/// 16 spare buffers, `BufferPool`).
 const IN_FLIGHT_PER_READER: usize = 3;
 /// Batches a fetch may wait for more frames of its pack before it is sent, with `in_flight`
 /// batches between planner and writer: long enough for few, long requests (a local S3
