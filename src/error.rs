@@ -45,7 +45,7 @@ impl ErrorKind {
 
 /// The one error type of the library: a kind, a sentence saying what failed, and a hint
 /// saying what to do about it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,

@@ -453,3 +453,42 @@ fn backup_never_leans_on_a_damaged_copy_of_the_pack_it_writes() {
         .success();
     assert_eq!(sha256_file(&out), sha256_file(&db));
 }
+
+/// A restore learns late that part of the image is lost: the first page lists are intact and
+/// their pages are being restored when a later list turns out to be unreadable. The error
+/// names the lost list (not a failure of the restore's own machinery) and no file is left.
+#[test]
+fn an_index_lost_half_way_through_the_image_is_reported() {
+    let env = Env::new();
+    let db = env.path("big.db");
+    // ~7,000 pages; the second backup changes only the last rows, so its first page lists
+    // (1,024 ids each) are those of the first backup and only its last ones are new.
+    make_random_db(&db, "wal", 24_000, 1_000);
+    env.backup(&db);
+    let c = rusqlite::Connection::open(&db).expect("open");
+    c.execute(
+        "UPDATE filler SET payload = randomblob(1000) WHERE id > 23000",
+        [],
+    )
+    .expect("change");
+    drop(c);
+    let second = env.backup(&db);
+    let m = manifest(&env, &second);
+    let index_files = strings(&m["stored"]["index_files"]);
+    assert_eq!(index_files.len(), 1, "{m}");
+    let path = env.repo().join("index").join(&index_files[0]);
+    writable(&path);
+    std::fs::remove_file(&path).expect("delete");
+
+    let out = env.path("restored.db");
+    let before = file_names(env.dir.path());
+    let (code, text) = env.run(&["restore", &second, "--output", out.to_str().expect("utf-8")]);
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("not in any index"), "{text}");
+    assert!(!out.exists());
+    assert_eq!(
+        file_names(env.dir.path()),
+        before,
+        "a failed restore left files"
+    );
+}

@@ -1,42 +1,94 @@
 //! Restore: manifest → page lists → blobs, each checked against its id (which pins every
 //! byte of the image) → a new file, fsynced before it is renamed into place.
 //!
-//! Worker threads rebuild batches of pages (reading and decompressing the frames they need)
-//! while this thread writes batches in order, so decompression and writing overlap.
+//! Four stages overlap, connected by bounded queues:
+//! * a planner thread walks the page lists, cuts them into batches of pages, and decides
+//!   which frame each page is read from: a frame is *loaded* (read and decompressed) once and
+//!   serves the pages that follow until it drops out of a small cache. It gathers the loads
+//!   of each pack into *fetches*, so frames that lie together are read with one request;
+//! * reader threads run the fetches: one ranged read per fetch, streamed and decompressed
+//!   frame by frame, each frame published for the workers as soon as it is ready;
+//! * worker threads check each page of a batch against its id, as its frame arrives;
+//! * this thread writes the batches in order.
+//!
+//! Memory is bounded by the batches between the planner and the writer (`IN_FLIGHT`): each
+//! pins the frames its pages come from until it is written, and fetches only ever hold the
+//! frames of batches already planned.
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::id::{Hash, Sha256Stream};
 use crate::ops::backup::{backup, BackupOptions};
 use crate::ops::VerifyLevel;
 use crate::progress::Progress;
-use crate::repo::compress::{Compression, Decompressor};
-use crate::repo::index::Index;
+use crate::repo::compress::{BufferPool, Compression, Decompressor};
+use crate::repo::index::{BlobLoc, Index};
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::BlobKind;
-use crate::repo::{check_blob, missing_blob, slice_blob, FrameCache, Repository};
+use crate::repo::{check_blob, missing_blob, slice_blob, Repository};
 use crate::source::sqlite::{check_is_sqlite, processes_using};
 use crate::storage::local::{create_private_file, start_writeback, sync_dir};
 use crossbeam_channel::bounded;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
-/// Pages per unit of work. Large enough that few frames straddle two workers' batches (each
-/// would be decompressed twice), small enough to bound the frames held in flight.
+/// Pages per unit of work: enough that a batch's frames are read with few requests, few
+/// enough to bound the frames held in flight.
 const BATCH_BLOCKS: usize = 2048;
-/// Decompressed frames each worker keeps: pages of one backup are mostly stored in order, so
-/// a few suffice, and each pinned frame is 1 MiB of memory per worker.
-const FRAME_CACHE: usize = 4;
+/// Most frames one batch loads. A batch whose pages come from many frames is cut short, so
+/// its memory stays bounded (each load is a 1 MiB decompressed frame).
+const BATCH_LOADS: usize = 8;
+/// Decompressed frames kept for later pages. Pages of one backup are stored in order, so the
+/// pages of an image come from a few frames at a time (one per backup that wrote pages in
+/// the region).
+const FRAME_CACHE: usize = 16;
+/// Batches between the planner and the writer, per reader thread. Each batch pins the frames
+/// of its pages until it is written, so frames in memory are at most `FRAME_CACHE` +
+/// (batches + 1) x `BATCH_LOADS`: 120 MiB with the 4 readers of an object store (and up to
+/// 16 spare buffers, `BufferPool`).
+const IN_FLIGHT_PER_READER: usize = 3;
+/// Batches a fetch may wait for more frames of its pack before it is sent, with `in_flight`
+/// batches between planner and writer: long enough for few, long requests (a local S3
+/// server spends ~4 ms of CPU per GET, whatever its size), short enough that the frames
+/// arrive before they are needed. At most `in_flight`, or the planner could wait for the
+/// writer to finish a batch whose frames it has not sent.
+fn fetch_ahead(in_flight: usize) -> u64 {
+    (in_flight as u64 * 2 / 3).max(1)
+}
+/// Span of a pack after which a fetch is sent without waiting.
+const FETCH_BYTES: u64 = 32 << 20;
+/// Frames of page lists read at a time (each list blob lies in one frame).
+const LIST_FRAMES: usize = 2;
 /// Bytes per `writev`: large write calls into the page cache cost 4-10x more kernel time per
 /// byte on the machines measured here.
 const WRITE_BYTES: usize = 128 << 10;
 
+/// A decompressed frame. Its buffer goes back to the pool once no page needs it.
+struct Frame {
+    data: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl std::ops::Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
+    }
+}
+
 /// A checked page, still inside its decompressed frame: workers hand pages to the writer
 /// without copying them.
 struct Piece {
-    frame: Arc<Vec<u8>>,
+    frame: Arc<Frame>,
     start: usize,
     len: usize,
 }
@@ -105,40 +157,395 @@ pub struct ImageStats {
     pub sha256: Option<String>,
 }
 
-/// Every id in the backup's page lists, in order, in batches.
-fn for_each_id_batch(
+/// Every id in the backup's page lists, in order. The lists' frames are read a few at a
+/// time, with as few requests as their places in the packs allow.
+fn for_each_id(
     repo: &Repository,
     index: &Index,
     m: &Manifest,
-    f: &mut dyn FnMut(Vec<Hash>) -> Result<()>,
+    f: &mut dyn FnMut(Hash) -> Result<()>,
 ) -> Result<()> {
-    let mut batch = Vec::with_capacity(BATCH_BLOCKS);
-    let mut cache = FrameCache::default();
-    for list_hex in &m.content.lists {
-        let list_id = Hash::from_hex(list_hex)?;
-        let list = repo.read_blob_cached(index, &list_id, &mut cache)?;
-        if list.len() % 32 != 0 {
+    let lists = m
+        .content
+        .lists
+        .iter()
+        .map(|hex| Hash::from_hex(hex))
+        .collect::<Result<Vec<Hash>>>()?;
+    let mut dec = Decompressor::default();
+    let mut rest = &lists[..];
+    while !rest.is_empty() {
+        // The next lists, as many as lie in LIST_FRAMES frames.
+        let mut frames: Vec<u32> = Vec::with_capacity(LIST_FRAMES);
+        let mut take = 0;
+        for id in rest {
+            let Some(loc) = index.get(id) else {
+                break; // reported when it is the next list to read
+            };
+            if !frames.contains(&loc.frame) {
+                if frames.len() == LIST_FRAMES {
+                    break;
+                }
+                frames.push(loc.frame);
+            }
+            take += 1;
+        }
+        // A first list missing from the index is taken alone, and reported below.
+        let (now, later) = rest.split_at(take.max(1));
+        let mut read: HashMap<u32, Vec<u8>> = HashMap::with_capacity(frames.len());
+        repo.read_frames_with(index, &frames, &mut dec, &mut |n, data| {
+            read.insert(n, data);
+            Ok(())
+        })?;
+        for list_id in now {
+            let loc = index
+                .get(list_id)
+                .ok_or_else(|| missing_blob(index, list_id))?;
+            let frame = read
+                .get(&loc.frame)
+                .ok_or_else(|| Error::internal("a page list's frame was not read"))?;
+            let list = slice_blob(frame, loc)?;
+            check_blob(index, repo.hasher(), list_id, loc, list)?;
+            if list.len() % 32 != 0 {
+                return Err(Error::integrity(format!(
+                    "page list {} is malformed",
+                    list_id.short()
+                )));
+            }
+            for chunk in list.chunks_exact(32) {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(chunk);
+                f(Hash(h))?;
+            }
+        }
+        rest = later;
+    }
+    Ok(())
+}
+
+/// One page of the image: its id, where it lies, and which load of its frame it uses.
+struct PageRef {
+    id: Hash,
+    loc: BlobLoc,
+    load: u64,
+}
+
+/// A unit of work for the workers: pages in image order, and the loads that no later batch
+/// uses, freed once this batch is written.
+#[derive(Default)]
+struct Job {
+    pages: Vec<PageRef>,
+    retire: Vec<u64>,
+    /// Loads this batch makes (first uses), to cut batches that would hold too many frames.
+    loads: usize,
+}
+
+/// Frame loads for a reader, (load, frame): frames of one pack, read with one request (or
+/// a few, where the frames have large gaps between them).
+#[derive(Default)]
+struct Fetch {
+    loads: Vec<(u64, u32)>,
+}
+
+/// A fetch being gathered: its pack, the span of the pack it reads, and the first batch that
+/// needs it.
+struct Gathering {
+    pack: u32,
+    start: u64,
+    end: u64,
+    first_job: u64,
+    fetch: Fetch,
+}
+
+/// Cuts the image's pages into jobs, and decides which frames are loaded when and with
+/// which request. It keeps the frame numbers of the last `FRAME_CACHE` loads: a page in one
+/// of them uses that load, any other page makes a new load, and the least recently used load
+/// is retired. New loads join the fetch gathered for their pack; a fetch is sent when it
+/// spans `FETCH_BYTES` of the pack, or `fetch_ahead` batches after the first batch that needs
+/// it.
+struct Planner<'a> {
+    index: &'a Index,
+    block_size: usize,
+    fetch_ahead: u64,
+    /// (frame, load), least recently used first.
+    cache: Vec<(u32, u64)>,
+    loads: u64,
+    job: Job,
+    /// Number of the job being built.
+    jobs: u64,
+    gathering: Vec<Gathering>,
+    /// Fetches ready to send, in the order they were closed.
+    ready: Vec<Fetch>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(index: &'a Index, block_size: usize, fetch_ahead: u64) -> Self {
+        Planner {
+            index,
+            block_size,
+            fetch_ahead,
+            cache: Vec::with_capacity(FRAME_CACHE),
+            loads: 0,
+            job: Job::default(),
+            jobs: 0,
+            gathering: Vec::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    /// Add the next page; returns a finished job, if this page completed or cut one. Fetches
+    /// may become ready too (`take_fetches`).
+    fn add(&mut self, id: Hash) -> Result<Option<Job>> {
+        let loc = *self
+            .index
+            .get(&id)
+            .ok_or_else(|| missing_blob(self.index, &id))?;
+        if loc.kind != BlobKind::Data || loc.len as usize != self.block_size {
             return Err(Error::integrity(format!(
-                "page list {} is malformed",
-                list_id.short()
+                "blob {} is not a {}-byte page",
+                id.short(),
+                self.block_size
             )));
         }
-        for chunk in list.chunks_exact(32) {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(chunk);
-            batch.push(Hash(h));
-            if batch.len() == BATCH_BLOCKS {
-                f(std::mem::replace(
-                    &mut batch,
-                    Vec::with_capacity(BATCH_BLOCKS),
-                ))?;
+        let mut done = None;
+        let load = match self.cache.iter().rposition(|&(f, _)| f == loc.frame) {
+            Some(i) => {
+                let hit = self.cache.remove(i);
+                self.cache.push(hit);
+                hit.1
+            }
+            None => {
+                if self.job.loads >= BATCH_LOADS {
+                    done = Some(self.close_job());
+                }
+                self.new_load(loc.frame)
+            }
+        };
+        self.job.pages.push(PageRef { id, loc, load });
+        if done.is_none() && self.job.pages.len() >= BATCH_BLOCKS {
+            done = Some(self.close_job());
+        }
+        Ok(done)
+    }
+
+    fn new_load(&mut self, frame: u32) -> u64 {
+        let load = self.loads;
+        self.loads += 1;
+        if self.cache.len() >= FRAME_CACHE {
+            let (_, old) = self.cache.remove(0);
+            self.job.retire.push(old);
+        }
+        self.cache.push((frame, load));
+        self.job.loads += 1;
+        self.gather(load, frame);
+        load
+    }
+
+    /// Add a load to the fetch gathered for its pack, or start one. Frames of one pack are
+    /// needed in nearly, not exactly, the order they are stored (a backup compresses frames on
+    /// several threads), so a fetch takes any frame of its pack, and its reader sorts them.
+    fn gather(&mut self, load: u64, frame: u32) {
+        let f = &self.index.frames[frame as usize];
+        let (start, end) = (f.offset, f.offset + u64::from(f.stored_len));
+        let i = match self.gathering.iter().position(|g| g.pack == f.pack) {
+            Some(i) => i,
+            None => {
+                self.gathering.push(Gathering {
+                    pack: f.pack,
+                    start,
+                    end,
+                    first_job: self.jobs,
+                    fetch: Fetch::default(),
+                });
+                self.gathering.len() - 1
+            }
+        };
+        let g = &mut self.gathering[i];
+        g.start = g.start.min(start);
+        g.end = g.end.max(end);
+        g.fetch.loads.push((load, frame));
+        if g.end - g.start >= FETCH_BYTES {
+            let g = self.gathering.remove(i);
+            self.ready.push(g.fetch);
+        }
+    }
+
+    /// End the job being built, and send the fetches that have waited `fetch_ahead` batches.
+    fn close_job(&mut self) -> Job {
+        let jobs = self.jobs;
+        let (due, keep): (Vec<Gathering>, Vec<Gathering>) = std::mem::take(&mut self.gathering)
+            .into_iter()
+            .partition(|g| g.first_job + self.fetch_ahead <= jobs);
+        self.gathering = keep;
+        self.ready.extend(due.into_iter().map(|g| g.fetch));
+        self.jobs += 1;
+        std::mem::take(&mut self.job)
+    }
+
+    fn take_fetches(&mut self) -> Vec<Fetch> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// The last job, which retires every load still kept, and the last fetches.
+    fn finish(mut self) -> (Option<Job>, Vec<Fetch>) {
+        tracing::debug!(
+            "restore plan: {} batches, {} frame loads",
+            self.jobs + 1,
+            self.loads
+        );
+        let job = (!self.job.pages.is_empty()).then(|| {
+            let mut job = std::mem::take(&mut self.job);
+            job.retire
+                .extend(self.cache.drain(..).map(|(_, load)| load));
+            job
+        });
+        let mut fetches = self.take_fetches();
+        fetches.extend(self.gathering.drain(..).map(|g| g.fetch));
+        (job, fetches)
+    }
+}
+
+/// A load's outcome, as the workers see it.
+enum Loaded {
+    Frame(Arc<Frame>),
+    /// The load failed: the batches that need it fail with this error.
+    Failed(Error),
+}
+
+/// Decompressed frames by load number, shared by all threads: readers publish them, workers
+/// wait for them, and the writer retires them once no batch needs them.
+struct Loads {
+    state: Mutex<LoadsState>,
+    published: Condvar,
+    /// Buffers of retired frames, for the readers to decompress into.
+    pool: Arc<BufferPool>,
+}
+
+struct LoadsState {
+    frames: HashMap<u64, Loaded>,
+    /// Reader threads still running: once none is, a load not yet published never will be.
+    readers: usize,
+}
+
+impl Loads {
+    fn new(readers: usize) -> Self {
+        Loads {
+            state: Mutex::new(LoadsState {
+                frames: HashMap::new(),
+                readers,
+            }),
+            published: Condvar::new(),
+            pool: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LoadsState> {
+        // A thread that panicked holding the lock leaves a usable map: keep going (that
+        // thread's loads are published as failed).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, load: u64, outcome: Loaded) {
+        self.lock().frames.insert(load, outcome);
+        self.published.notify_all();
+    }
+
+    fn wait(&self, load: u64) -> Result<Arc<Frame>> {
+        let mut state = self.lock();
+        loop {
+            match state.frames.get(&load) {
+                Some(Loaded::Frame(f)) => return Ok(f.clone()),
+                Some(Loaded::Failed(e)) => return Err(e.clone()),
+                None if state.readers == 0 => {
+                    return Err(Error::internal("the restore readers stopped"))
+                }
+                None => {
+                    state = self
+                        .published
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
             }
         }
     }
-    if !batch.is_empty() {
-        f(batch)?;
+
+    fn retire(&self, loads: &[u64]) {
+        let mut state = self.lock();
+        for load in loads {
+            state.frames.remove(load);
+        }
     }
-    Ok(())
+}
+
+/// Held by each reader thread: when the last one ends, however it ends, workers still
+/// waiting for a frame are woken with an error instead of waiting forever.
+struct ReaderAlive<'a>(&'a Loads);
+
+impl Drop for ReaderAlive<'_> {
+    fn drop(&mut self) {
+        self.0.lock().readers -= 1;
+        self.0.published.notify_all();
+    }
+}
+
+/// The loads of a fetch still to publish: whatever ends the fetch early (an error, a panic)
+/// publishes them as failed, so no worker waits for them forever.
+struct Pending<'a> {
+    loads: &'a Loads,
+    left: Vec<(u64, u32)>,
+    why: Error,
+}
+
+impl Pending<'_> {
+    fn publish(&mut self, frame: u32, data: Vec<u8>) {
+        let data = Arc::new(Frame {
+            data,
+            pool: self.loads.pool.clone(),
+        });
+        self.left.retain(|&(load, f)| {
+            if f == frame {
+                self.loads.publish(load, Loaded::Frame(data.clone()));
+            }
+            f != frame
+        });
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        for &(load, _) in &self.left {
+            self.loads.publish(load, Loaded::Failed(self.why.clone()));
+        }
+    }
+}
+
+/// Read, decompress and publish the frames of one fetch; a frame that cannot be read is
+/// published as failed, for the batches that need it to report.
+fn run_fetch(
+    repo: &Repository,
+    index: &Index,
+    fetch: Fetch,
+    loads: &Loads,
+    dec: &mut Decompressor,
+) {
+    let frames: Vec<u32> = fetch.loads.iter().map(|&(_, frame)| frame).collect();
+    let mut pending = Pending {
+        loads,
+        left: fetch.loads,
+        why: Error::internal("a restore reader stopped"),
+    };
+    let read = repo.read_frames_with(index, &frames, dec, &mut |frame, data| {
+        pending.publish(frame, data);
+        Ok(())
+    });
+    if let Err(e) = read {
+        pending.why = e;
+    }
+}
+
+/// A built batch: its pages, and the loads to retire once it is written.
+struct Built {
+    pieces: Vec<Piece>,
+    retire: Vec<u64>,
 }
 
 /// Rebuild the database image of `m` into `out`, checking every blob against its id: with
@@ -161,9 +568,17 @@ pub fn write_image(
         )));
     }
     let block_size = m.content.block_size as usize;
-    let workers = repo.storage().read_parallelism().clamp(1, 8);
+    // Readers wait on requests and decompress; workers check pages, which is CPU work only.
+    let readers = repo.storage().read_parallelism().clamp(1, 8);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8);
     progress.start("restore", m.content.blocks * block_size as u64);
     let mut blocks = 0u64;
+    let loads = Loads::new(readers);
+    // Set when the planner stops because a later stage did: its error is then not the cause.
+    let stopped = &AtomicBool::new(false);
     let sha256 = std::thread::scope(|s| -> Result<Option<String>> {
         // The SHA-256 runs beside the writer: both are sequential, and together on one thread
         // they were the slowest stage.
@@ -179,26 +594,62 @@ pub fn write_image(
                 sha.finish_hex()
             })
         });
-        let (job_tx, job_rx) = bounded::<(u64, Vec<Hash>)>(workers);
-        let (done_tx, done_rx) = bounded::<(u64, Result<Vec<Piece>>)>(workers);
+        // The planner takes a ticket per batch and the writer returns it once the batch is
+        // written: that bounds the batches (and so the frames) in memory.
+        let in_flight = (IN_FLIGHT_PER_READER * readers).max(workers);
+        let (ticket_tx, ticket_rx) = bounded::<()>(in_flight);
+        for _ in 0..in_flight {
+            let _ = ticket_tx.send(());
+        }
+        let (job_tx, job_rx) = bounded::<(u64, Job)>(in_flight);
+        let (fetch_tx, fetch_rx) = crossbeam_channel::unbounded::<Fetch>();
+        let (done_tx, done_rx) = bounded::<(u64, Result<Built>)>(in_flight);
         let planner = s.spawn(move || {
             let mut n = 0u64;
-            for_each_id_batch(repo, index, m, &mut |batch| {
-                job_tx
-                    .send((n, batch))
-                    .map_err(|_| Error::internal("restore stopped"))?;
-                n += 1;
+            let mut send = |job: Option<Job>, fetches: Vec<Fetch>| -> Result<()> {
+                let stop = || {
+                    stopped.store(true, Ordering::Relaxed);
+                    Error::internal("restore stopped")
+                };
+                for fetch in fetches {
+                    fetch_tx.send(fetch).map_err(|_| stop())?;
+                }
+                if let Some(job) = job {
+                    ticket_rx.recv().map_err(|_| stop())?;
+                    job_tx.send((n, job)).map_err(|_| stop())?;
+                    n += 1;
+                }
                 Ok(())
-            })
+            };
+            let mut plan = Planner::new(index, block_size, fetch_ahead(in_flight));
+            for_each_id(repo, index, m, &mut |id| {
+                let job = plan.add(id)?;
+                send(job, plan.take_fetches())
+            })?;
+            let (job, fetches) = plan.finish();
+            send(job, fetches)
         });
+        for _ in 0..readers {
+            let rx = fetch_rx.clone();
+            let loads = &loads;
+            s.spawn(move || {
+                let _alive = ReaderAlive(loads);
+                let mut dec = Decompressor::with_pool(loads.pool.clone());
+                for fetch in rx {
+                    // Even after a failed fetch: every batch waiting for a frame gets an
+                    // answer, and the first failure is what the writer reports.
+                    run_fetch(repo, index, fetch, loads, &mut dec);
+                }
+            });
+        }
+        drop(fetch_rx);
         for _ in 0..workers {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
+            let loads = &loads;
             s.spawn(move || {
-                let mut cache: Vec<(u32, Arc<Vec<u8>>)> = Vec::new();
-                let mut dec = Decompressor::default();
-                for (n, ids) in rx {
-                    let r = build_batch(repo, index, &ids, block_size, &mut cache, &mut dec);
+                for (n, job) in rx {
+                    let r = build_job(repo, index, job, loads);
                     let failed = r.is_err();
                     if tx.send((n, r)).is_err() || failed {
                         break;
@@ -207,37 +658,40 @@ pub fn write_image(
             });
         }
         drop((job_rx, done_tx));
-        let mut waiting: BTreeMap<u64, Vec<Piece>> = BTreeMap::new();
+        let mut waiting: BTreeMap<u64, Built> = BTreeMap::new();
         let mut next = 0u64;
         let mut failure = None;
         for (n, r) in done_rx.iter() {
             match r {
-                Ok(bytes) => {
-                    waiting.insert(n, bytes);
+                Ok(built) => {
+                    waiting.insert(n, built);
                 }
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
             }
-            while let Some(batch) = waiting.remove(&next) {
-                write_pieces(out, &batch).ctx("cannot write", out_path)?;
+            while let Some(Built { pieces, retire }) = waiting.remove(&next) {
+                write_pieces(out, &pieces).ctx("cannot write", out_path)?;
                 start_writeback(
                     out,
                     blocks * block_size as u64,
-                    (batch.len() * block_size) as u64,
+                    (pieces.len() * block_size) as u64,
                 );
-                blocks += batch.len() as u64;
-                progress.inc((batch.len() * block_size) as u64);
+                blocks += pieces.len() as u64;
+                progress.inc((pieces.len() * block_size) as u64);
+                loads.retire(&retire);
+                let _ = ticket_tx.send(());
                 if hasher.is_some() {
                     sha_tx
-                        .send(batch)
+                        .send(pieces)
                         .map_err(|_| Error::internal("SHA-256 thread stopped"))?;
                 }
                 next += 1;
             }
         }
-        drop((done_rx, sha_tx));
+        // Dropping the tickets' sender stops a planner waiting for one.
+        drop((done_rx, sha_tx, ticket_tx));
         let sha256 = match hasher {
             Some(h) => Some(
                 h.join()
@@ -248,10 +702,13 @@ pub fn write_image(
         let planned = planner
             .join()
             .unwrap_or_else(|_| Err(Error::internal("restore planner panicked")));
-        if let Some(e) = failure {
-            return Err(e);
+        // A planner that failed on its own (say, on a damaged page list) leaves batches
+        // waiting for frames it never sent: their errors are consequences, its is the cause.
+        match (planned, failure) {
+            (Err(e), _) if !stopped.load(Ordering::Relaxed) => return Err(e),
+            (_, Some(e)) | (Err(e), None) => return Err(e),
+            (Ok(()), None) => {}
         }
-        planned?;
         if !waiting.is_empty() {
             return Err(Error::internal("restore lost a batch"));
         }
@@ -271,44 +728,36 @@ pub fn write_image(
     })
 }
 
-fn build_batch(
-    repo: &Repository,
-    index: &Index,
-    ids: &[Hash],
-    block_size: usize,
-    cache: &mut Vec<(u32, Arc<Vec<u8>>)>,
-    dec: &mut Decompressor,
-) -> Result<Vec<Piece>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let loc = index.get(id).ok_or_else(|| missing_blob(index, id))?;
-        if loc.kind != BlobKind::Data || loc.len as usize != block_size {
-            return Err(Error::integrity(format!(
-                "blob {} is not a {block_size}-byte page",
-                id.short()
-            )));
-        }
-        let frame = match cache.iter().position(|(f, _)| *f == loc.frame) {
-            Some(i) => cache[i].1.clone(),
+/// Build one batch: check each page against its id, as its frame arrives.
+fn build_job(repo: &Repository, index: &Index, job: Job, loads: &Loads) -> Result<Built> {
+    // Pages come from a few loads at a time: remember the last ones rather than taking the
+    // shared lock for every page.
+    let mut recent: Vec<(u64, Arc<Frame>)> = Vec::with_capacity(4);
+    let mut pieces = Vec::with_capacity(job.pages.len());
+    for page in &job.pages {
+        let frame = match recent.iter().position(|(l, _)| *l == page.load) {
+            Some(i) => recent[i].1.clone(),
             None => {
-                let data = Arc::new(repo.read_frame_with(index, loc.frame, dec)?);
-                // A handful of frames is enough: pages of one backup are mostly stored in order.
-                if cache.len() == FRAME_CACHE {
-                    cache.remove(0);
+                let frame = loads.wait(page.load)?;
+                if recent.len() == 4 {
+                    recent.remove(0);
                 }
-                cache.push((loc.frame, data.clone()));
-                data
+                recent.push((page.load, frame.clone()));
+                frame
             }
         };
-        let blob = slice_blob(&frame, loc)?;
-        check_blob(index, repo.hasher(), id, loc, blob)?;
-        out.push(Piece {
+        let blob = slice_blob(&frame, &page.loc)?;
+        check_blob(index, repo.hasher(), &page.id, &page.loc, blob)?;
+        pieces.push(Piece {
             frame,
-            start: loc.offset as usize,
-            len: loc.len as usize,
+            start: page.loc.offset as usize,
+            len: page.loc.len as usize,
         });
     }
-    Ok(out)
+    Ok(Built {
+        pieces,
+        retire: job.retire,
+    })
 }
 
 /// A temporary file beside `target`, removed on drop unless kept.
@@ -558,5 +1007,172 @@ pub fn describe_target(db: &Path) -> String {
         Ok(()) => format!("the SQLite database {}", db.display()),
         Err(_) if db.exists() => format!("the file {}", db.display()),
         Err(_) => format!("{} (new file)", db.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::compress::Codec;
+    use crate::repo::index::IndexedPack;
+    use crate::repo::pack::{BlobEntry, FrameEntry};
+    use std::collections::HashSet;
+
+    const PAGE: u32 = 16;
+    const PAGES_PER_FRAME: u32 = 64;
+
+    /// Page ids of `packs` packs of `frames` frames each; page `p` of frame `f` of pack `k`.
+    fn page_id(k: u32, f: u32, p: u32) -> Hash {
+        Hash::of(format!("{k}/{f}/{p}").as_bytes())
+    }
+
+    fn index(packs: u32, frames: u32) -> Index {
+        let mut index = Index::default();
+        for k in 0..packs {
+            let entries = (0..frames)
+                .map(|f| FrameEntry {
+                    offset: 8 + u64::from(f) * 1000,
+                    stored_len: 1000,
+                    raw_len: PAGE * PAGES_PER_FRAME,
+                    codec: Codec::Zstd,
+                    blobs: (0..PAGES_PER_FRAME)
+                        .map(|p| BlobEntry {
+                            id: page_id(k, f, p).key(),
+                            kind: BlobKind::Data,
+                            offset: p * PAGE,
+                            len: PAGE,
+                        })
+                        .collect(),
+                })
+                .collect();
+            index.add_pack(&IndexedPack {
+                id: Hash::of(&k.to_le_bytes()),
+                size: 8 + u64::from(frames) * 1000,
+                frames: entries,
+            });
+        }
+        index
+    }
+
+    /// An image like a database after several backups: mostly pack 0 in order, runs of
+    /// changed pages from the other packs (stored a little out of order, as parallel
+    /// compression does), and now and then a page from far away.
+    fn image(packs: u32, frames: u32, pages: usize) -> Vec<Hash> {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % u64::from(n)) as u32
+        };
+        let mut cursors = vec![0u32; packs as usize];
+        (0..pages)
+            .map(|i| {
+                let k = if next(3) == 0 { 1 + next(packs - 1) } else { 0 };
+                let c = &mut cursors[k as usize];
+                *c += 1;
+                let mut f = (*c / PAGES_PER_FRAME) % frames;
+                if next(50) == 0 {
+                    f = next(frames); // far away
+                } else if next(4) == 0 {
+                    f = (f + 1) % frames; // the next frame was stored first
+                }
+                page_id(k, f, i as u32 % PAGES_PER_FRAME)
+            })
+            .collect()
+    }
+
+    /// Runs the planner like `write_image` does and checks what the other stages rely on.
+    #[test]
+    fn plans_are_complete_ordered_and_bounded() {
+        let index = index(4, 400);
+        let ids = image(4, 400, 60_000);
+        let in_flight = 12;
+        let ahead = fetch_ahead(in_flight);
+        let mut plan = Planner::new(&index, PAGE as usize, ahead);
+        let mut jobs: Vec<Job> = Vec::new();
+        // Fetches with the number of jobs closed when each was sent.
+        let mut fetches: Vec<(usize, Fetch)> = Vec::new();
+        for id in &ids {
+            let job = plan.add(*id).unwrap();
+            fetches.extend(plan.take_fetches().into_iter().map(|f| (jobs.len(), f)));
+            jobs.extend(job);
+        }
+        let (last, rest) = plan.finish();
+        jobs.extend(last);
+        fetches.extend(rest.into_iter().map(|f| (usize::MAX, f)));
+
+        // Every load is fetched exactly once, with frames of one pack per fetch.
+        let mut frame_of = HashMap::new();
+        let mut sent_after = HashMap::new();
+        for (closed, f) in &fetches {
+            let packs: HashSet<u32> = f
+                .loads
+                .iter()
+                .map(|&(_, frame)| index.frames[frame as usize].pack)
+                .collect();
+            assert_eq!(packs.len(), 1);
+            for &(load, frame) in &f.loads {
+                assert!(
+                    frame_of.insert(load, frame).is_none(),
+                    "load {load} fetched twice"
+                );
+                sent_after.insert(load, *closed);
+            }
+        }
+
+        let mut retired: HashMap<u64, usize> = HashMap::new();
+        let mut first_use: HashMap<u64, usize> = HashMap::new();
+        let mut pages = Vec::new();
+        for (n, job) in jobs.iter().enumerate() {
+            assert!(job.pages.len() <= BATCH_BLOCKS);
+            let mut new = HashSet::new();
+            for p in &job.pages {
+                assert_eq!(frame_of[&p.load], p.loc.frame, "a page uses its own frame");
+                assert!(
+                    !retired.contains_key(&p.load),
+                    "load {} used after retiring",
+                    p.load
+                );
+                if *first_use.entry(p.load).or_insert(n) == n {
+                    new.insert(p.load);
+                }
+                pages.push(p.id);
+            }
+            assert!(
+                new.len() <= BATCH_LOADS,
+                "job {n} loads {} frames",
+                new.len()
+            );
+            for &load in &job.retire {
+                assert!(
+                    retired.insert(load, n).is_none(),
+                    "load {load} retired twice"
+                );
+            }
+        }
+        assert_eq!(pages, ids, "the pages, in order");
+        assert_eq!(
+            first_use.len(),
+            frame_of.len(),
+            "every load fetched is used"
+        );
+        assert_eq!(retired.len(), frame_of.len(), "every load is retired");
+        // A batch's frames are sent before the planner can wait for the writer to finish
+        // that batch: by the time `ahead` more batches are closed.
+        for (load, first) in first_use {
+            let closed = sent_after[&load];
+            assert!(
+                closed == usize::MAX && first + ahead as usize >= jobs.len() - 1
+                    || closed <= first + ahead as usize,
+                "load {load} of job {first} sent after {closed} jobs"
+            );
+        }
+        // Few, long fetches: the point of gathering them.
+        assert!(
+            fetches.len() * 8 < frame_of.len(),
+            "{} fetches",
+            fetches.len()
+        );
     }
 }

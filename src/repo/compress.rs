@@ -133,13 +133,52 @@ pub fn decompress(codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>
     Decompressor::default().decompress(codec, stored, raw_len)
 }
 
+/// Buffers of frames that are no longer needed, for the next frames: memory in use already
+/// spares the page faults of fresh memory (a restore decompresses 1-1.5 GB per GB restored).
+#[derive(Default)]
+pub struct BufferPool {
+    spare: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// Buffers kept; more are freed.
+    const KEPT: usize = 16;
+
+    fn take(&self) -> Vec<u8> {
+        self.spare
+            .lock()
+            .ok()
+            .and_then(|mut spare| spare.pop())
+            .unwrap_or_default()
+    }
+
+    /// Hand back a buffer whose content is no longer needed.
+    pub fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if let Ok(mut spare) = self.spare.lock() {
+            if spare.len() < Self::KEPT {
+                spare.push(buf);
+            }
+        }
+    }
+}
+
 /// A decompressor that keeps its zstd context between frames.
 #[derive(Default)]
 pub struct Decompressor {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
+    /// Where zstd output buffers come from, if the caller gives them back.
+    pool: Option<std::sync::Arc<BufferPool>>,
 }
 
 impl Decompressor {
+    pub fn with_pool(pool: std::sync::Arc<BufferPool>) -> Self {
+        Decompressor {
+            zstd: None,
+            pool: Some(pool),
+        }
+    }
+
     pub fn decompress(&mut self, codec: Codec, stored: &[u8], raw_len: usize) -> Result<Vec<u8>> {
         let corrupt =
             |e: std::io::Error| Error::integrity(format!("zstd frame does not decompress: {e}"));
@@ -149,10 +188,13 @@ impl Decompressor {
                 if self.zstd.is_none() {
                     self.zstd = Some(zstd::bulk::Decompressor::new().map_err(corrupt)?);
                 }
+                let mut out = self.pool.as_ref().map(|p| p.take()).unwrap_or_default();
+                out.reserve_exact(raw_len);
                 match self.zstd.as_mut() {
-                    Some(z) => z.decompress(stored, raw_len).map_err(corrupt)?,
+                    Some(z) => z.decompress_to_buffer(stored, &mut out).map_err(corrupt)?,
                     None => return Err(Error::internal("zstd context missing")),
-                }
+                };
+                out
             }
             Codec::Gzip => {
                 let mut out = Vec::with_capacity(raw_len);
@@ -189,6 +231,21 @@ mod tests {
             let c = Compression::new(codec, None).unwrap();
             let stored = c.compress(&data).unwrap();
             prop_assert_eq!(decompress(codec, &stored, data.len()).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn pooled_buffers_are_reused_whatever_they_held() {
+        let pool = std::sync::Arc::new(BufferPool::default());
+        let mut dec = Decompressor::with_pool(pool.clone());
+        let c = Compression::new(Codec::Zstd, None).unwrap();
+        for data in [vec![7u8; 100], vec![1u8; 5000], b"short".to_vec()] {
+            pool.give(vec![0xee; 3000]);
+            let stored = c.compress(&data).unwrap();
+            assert_eq!(
+                dec.decompress(Codec::Zstd, &stored, data.len()).unwrap(),
+                data
+            );
         }
     }
 

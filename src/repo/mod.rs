@@ -490,8 +490,7 @@ impl Repository {
         decompressor: &mut compress::Decompressor,
     ) -> Result<Vec<u8>> {
         let f = &index.frames[frame_no as usize];
-        let pack = &index.packs[f.pack as usize];
-        let name = pack_object_name(&pack.id);
+        let name = pack_object_name(&index.packs[f.pack as usize].id);
         let stored = storage
             .get_range(&name, f.offset, f.stored_len as usize)
             .map_err(|e| {
@@ -504,6 +503,19 @@ impl Repository {
                     e
                 }
             })?;
+        self.open_frame(index, frame_no, stored, decompressor)
+    }
+
+    /// Unseal and decompress the stored bytes of a frame.
+    fn open_frame(
+        &self,
+        index: &Index,
+        frame_no: u32,
+        stored: Vec<u8>,
+        decompressor: &mut compress::Decompressor,
+    ) -> Result<Vec<u8>> {
+        let f = &index.frames[frame_no as usize];
+        let name = pack_object_name(&index.packs[f.pack as usize].id);
         let what = format!("a frame of pack {name} at offset {}", f.offset);
         let stored = self.unseal(ObjectKind::Frame, b"", stored, &what)?;
         decompressor
@@ -514,6 +526,91 @@ impl Repository {
                     f.offset
                 ))
             })
+    }
+
+    /// Read and decompress several frames, handing each to `deliver` (frame number, data)
+    /// once, as soon as it is ready: in pack order, not the order given, because frames that
+    /// lie side by side in a pack are read with one request (see [`Storage::read_ranges`]).
+    /// A frame that cannot be read that way is read on its own with [`read_frame_with`]'s
+    /// replica fallback, so the outcome and the errors are those of reading frame by frame.
+    /// An error from `deliver` stops the read and is returned.
+    ///
+    /// [`read_frame_with`]: Repository::read_frame_with
+    pub fn read_frames_with(
+        &self,
+        index: &Index,
+        frames: &[u32],
+        decompressor: &mut compress::Decompressor,
+        deliver: &mut dyn FnMut(u32, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let mut order = frames.to_vec();
+        order.sort_unstable_by_key(|&n| {
+            let f = &index.frames[n as usize];
+            (f.pack, f.offset)
+        });
+        order.dedup();
+        let mut rest = &order[..];
+        while !rest.is_empty() {
+            let len = run_length(index, rest);
+            let (run, after) = rest.split_at(len);
+            self.read_run(index, run, decompressor, deliver)?;
+            rest = after;
+        }
+        Ok(())
+    }
+
+    /// [`Repository::read_frames_with`] for one run of frames of one pack, in offset order.
+    fn read_run(
+        &self,
+        index: &Index,
+        run: &[u32],
+        decompressor: &mut compress::Decompressor,
+        deliver: &mut dyn FnMut(u32, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let Some(&first) = run.first() else {
+            return Ok(());
+        };
+        let name = pack_object_name(&index.packs[index.frames[first as usize].pack as usize].id);
+        let ranges: Vec<(u64, usize)> = run
+            .iter()
+            .map(|&n| {
+                let f = &index.frames[n as usize];
+                (f.offset, f.stored_len as usize)
+            })
+            .collect();
+        let mut delivered = 0usize;
+        // Errors that end the whole read (as opposed to a failed request, after which the
+        // frames not yet delivered are read one by one).
+        let mut fatal: Option<Error> = None;
+        let streamed = self.storage.read_ranges(&name, &ranges, &mut |i, stored| {
+            let Some(&n) = run.get(i) else {
+                return Err(Error::internal(
+                    "storage returned a range that was not asked for",
+                ));
+            };
+            let frame = match self.open_frame(index, n, stored, decompressor) {
+                Ok(frame) => Ok(frame),
+                // Damaged here: read it again, from a replica if need be.
+                Err(_) => self.read_frame_with(index, n, decompressor),
+            };
+            delivered = i + 1;
+            frame.and_then(|frame| deliver(n, frame)).map_err(|e| {
+                let stop = Error::new(e.kind, "frame read stopped");
+                fatal = Some(e);
+                stop
+            })
+        });
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        if let Err(e) = streamed {
+            tracing::debug!("reading {} frames of {name} at once failed: {e}", run.len());
+            for &n in &run[delivered..] {
+                let frame = self.read_frame_with(index, n, decompressor)?;
+                deliver(n, frame)?;
+            }
+        }
+        Ok(())
     }
 
     /// Read one blob and check it against its id.
@@ -557,6 +654,37 @@ impl Repository {
         }
         Ok(total)
     }
+}
+
+/// Largest gap between two wanted frames of a pack that one read spans: reading a few
+/// unwanted bytes costs less than another request.
+const MAX_GAP: u64 = 256 << 10;
+/// Largest single read of frames, so one request never holds up a reader for long.
+const MAX_RUN: u64 = 32 << 20;
+
+/// How many of `frames` (sorted by pack and offset) to read with one request: those of one
+/// pack, each starting at most `MAX_GAP` after the previous one ends, `MAX_RUN` bytes at most.
+fn run_length(index: &Index, frames: &[u32]) -> usize {
+    let Some(&first) = frames.first() else {
+        return 0;
+    };
+    let head = &index.frames[first as usize];
+    let mut end = head.offset + u64::from(head.stored_len);
+    let mut len = 1;
+    for &n in &frames[1..] {
+        let f = &index.frames[n as usize];
+        let next_end = f.offset + u64::from(f.stored_len);
+        if f.pack != head.pack
+            || f.offset < end
+            || f.offset - end > MAX_GAP
+            || next_end - head.offset > MAX_RUN
+        {
+            break;
+        }
+        end = next_end;
+        len += 1;
+    }
+    len
 }
 
 /// The last frame read, for [`Repository::read_blob_cached`].

@@ -52,6 +52,22 @@ pub trait Storage: Send + Sync {
     fn put_replace(&self, name: &str, data: &[u8]) -> Result<()>;
     fn get(&self, name: &str) -> Result<Vec<u8>>;
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Read several ranges of `name`, (offset, length) in increasing order without overlaps,
+    /// handing range `i` to `part` as soon as it has arrived. An object store reads them all
+    /// with one request (the bytes between them are read and dropped): a restore reads ~1,000
+    /// frames per GiB, and one request per frame costs more than the transfer. An error from
+    /// `part` stops the read and is returned as it is.
+    fn read_ranges(
+        &self,
+        name: &str,
+        ranges: &[(u64, usize)],
+        part: &mut dyn FnMut(usize, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        for (i, &(offset, len)) in ranges.iter().enumerate() {
+            part(i, self.get_range(name, offset, len)?)?;
+        }
+        Ok(())
+    }
     /// Objects directly or indirectly under `prefix` (e.g. `data/`).
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     fn exists(&self, name: &str) -> Result<bool>;

@@ -24,18 +24,7 @@ pub struct ObjectStorage {
     runtime: tokio::runtime::Runtime,
     /// Local folder where packs are assembled before upload; removed on drop.
     staging: tempfile::TempDir,
-    /// Recently fetched windows of objects (name, window start, bytes), newest last.
-    windows: std::sync::Mutex<Vec<(String, u64, bytes::Bytes)>>,
-    /// Object sizes learned on the way, so windows never reach past an object's end.
-    sizes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
-
-/// Small ranged reads (a restore reads ~1,000 frames per GiB) are served from aligned
-/// windows fetched whole: one request per 8 MiB instead of one per frame. Per-frame GETs made
-/// a restore from a local S3 server 2.3x slower than `aws s3 cp | zstd -d`.
-const WINDOW: u64 = 8 << 20;
-/// Windows kept: enough for the restore workers reading a few packs side by side.
-const WINDOWS_KEPT: usize = 6;
 
 /// Extra attempts Lifeboat makes at a create-only PUT that failed mid-transfer.
 const PUT_ATTEMPTS: u32 = 4;
@@ -232,8 +221,6 @@ impl ObjectStorage {
             url: url.trim_end_matches('/').to_string(),
             runtime,
             staging,
-            windows: std::sync::Mutex::new(Vec::new()),
-            sizes: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -262,80 +249,23 @@ impl ObjectStorage {
         }
     }
 
-    fn get_range_direct(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let path = self.path(name);
-        let bytes = self
-            .runtime
-            .block_on(self.store.get_range(&path, offset..offset + len as u64))
-            .map_err(|e| match e {
-                object_store::Error::Generic { .. } if offset > 0 => Error::integrity(format!(
-                    "{}/{name} is truncated or unreadable at {offset}+{len}: {e}",
-                    self.url
-                )),
-                e => self.error("read", name, e),
-            })?;
-        if bytes.len() != len {
-            return Err(Error::integrity(format!(
-                "{}/{name} is truncated: wanted {len} bytes at offset {offset}, got {}",
-                self.url,
-                bytes.len()
-            )));
+    /// A failed ranged read. Stores answer a range past the end of an object with an error
+    /// (416) rather than short data, and a short object is damage, not a storage problem.
+    fn range_error(&self, name: &str, offset: u64, len: u64, e: object_store::Error) -> Error {
+        match e {
+            object_store::Error::Generic { .. } if offset > 0 => Error::integrity(format!(
+                "{}/{name} is truncated or unreadable at {offset}+{len}: {e}",
+                self.url
+            )),
+            e => self.error("read", name, e),
         }
-        Ok(bytes.to_vec())
     }
 
-    /// Serve `offset..offset+len` from the window starting at `start`, fetching the window
-    /// (clipped to the object's size) if it is not cached. None: read directly instead.
-    fn read_via_window(
-        &self,
-        name: &str,
-        start: u64,
-        offset: u64,
-        len: usize,
-    ) -> Result<Option<Vec<u8>>> {
-        let cut = |w: &bytes::Bytes| {
-            let from = (offset - start) as usize;
-            w.get(from..from + len).map(|s| s.to_vec())
-        };
-        if let Ok(windows) = self.windows.lock() {
-            if let Some((_, _, w)) = windows.iter().find(|(n, s, _)| n == name && *s == start) {
-                return Ok(cut(w));
-            }
-        }
-        let full = self.path(name).to_string();
-        let known = self.sizes.lock().ok().and_then(|s| s.get(&full).copied());
-        let size = match known {
-            Some(size) => size,
-            None => {
-                let meta = self
-                    .runtime
-                    .block_on(self.store.head(&self.path(name)))
-                    .map_err(|e| self.error("read", name, e))?;
-                if let Ok(mut sizes) = self.sizes.lock() {
-                    sizes.insert(full, meta.size);
-                }
-                meta.size
-            }
-        };
-        if offset + len as u64 > size {
-            return Ok(None); // let the direct read report the truncation precisely
-        }
-        let end = (start + WINDOW).min(size);
-        let window = self
-            .runtime
-            .block_on(self.store.get_range(&self.path(name), start..end))
-            .map_err(|e| self.error("read", name, e))?;
-        if window.len() as u64 != end - start {
-            return Ok(None);
-        }
-        let hit = cut(&window);
-        if let Ok(mut windows) = self.windows.lock() {
-            if windows.len() >= WINDOWS_KEPT {
-                windows.remove(0);
-            }
-            windows.push((name.to_string(), start, window));
-        }
-        Ok(hit)
+    fn truncated(&self, name: &str, offset: u64, wanted: u64, got: u64) -> Error {
+        Error::integrity(format!(
+            "{}/{name} is truncated: wanted {wanted} bytes at offset {offset}, got {got}",
+            self.url
+        ))
     }
 
     fn put(&self, name: &str, payload: PutPayload) -> Result<bool> {
@@ -375,8 +305,8 @@ impl Storage for ObjectStorage {
     }
 
     fn read_parallelism(&self) -> usize {
-        // Windows turn many frame reads into few large GETs; a few workers keep the
-        // connection busy without holding many windows' worth of frames in memory.
+        // Restores read frames with few, long requests (`read_ranges`); a few readers keep
+        // requests in flight while others decompress.
         4
     }
 
@@ -415,13 +345,56 @@ impl Storage for ObjectStorage {
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let start = offset / WINDOW * WINDOW;
-        if offset + len as u64 <= start + WINDOW {
-            if let Some(hit) = self.read_via_window(name, start, offset, len)? {
-                return Ok(hit);
-            }
+        let path = self.path(name);
+        let bytes = self
+            .runtime
+            .block_on(self.store.get_range(&path, offset..offset + len as u64))
+            .map_err(|e| self.range_error(name, offset, len as u64, e))?;
+        if bytes.len() != len {
+            return Err(self.truncated(name, offset, len as u64, bytes.len() as u64));
         }
-        self.get_range_direct(name, offset, len)
+        Ok(bytes.to_vec())
+    }
+
+    fn read_ranges(
+        &self,
+        name: &str,
+        ranges: &[(u64, usize)],
+        part: &mut dyn FnMut(usize, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let (Some(&(start, _)), Some(&(last, last_len))) = (ranges.first(), ranges.last()) else {
+            return Ok(());
+        };
+        let span = start..last + last_len as u64;
+        let total = span.end - span.start;
+        let opts = object_store::GetOptions::new().with_range(Some(span.clone()));
+        let got = self
+            .runtime
+            .block_on(self.store.get_opts(&self.path(name), opts))
+            .map_err(|e| self.range_error(name, start, total, e))?;
+        if got.range != span {
+            return Err(self.truncated(name, start, total, got.range.end - got.range.start));
+        }
+        tracing::debug!(
+            "reading {name} {}..{} for {} ranges",
+            span.start,
+            span.end,
+            ranges.len()
+        );
+        let mut body = got.into_stream();
+        let mut parts = RangeSplitter::new(start, ranges);
+        // Ranges are handed over between polls of the body: meanwhile the connection keeps
+        // receiving into the socket buffer, so decompressing one frame overlaps fetching the
+        // next.
+        while !parts.done() {
+            let chunk = self
+                .runtime
+                .block_on(body.try_next())
+                .map_err(|e| self.error("read", name, e))?
+                .ok_or_else(|| self.truncated(name, start, total, parts.received()))?;
+            parts.feed(&chunk, part)?;
+        }
+        Ok(())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -435,11 +408,6 @@ impl Storage for ObjectStorage {
             .runtime
             .block_on(self.store.list(Some(&base)).try_collect())
             .map_err(|e| self.error("list", prefix, e))?;
-        if let Ok(mut sizes) = self.sizes.lock() {
-            for m in &metas {
-                sizes.insert(m.location.to_string(), m.size);
-            }
-        }
         let mut out: Vec<ObjectInfo> = metas
             .into_iter()
             .filter_map(|m| {
@@ -468,6 +436,102 @@ impl Storage for ObjectStorage {
         match self.runtime.block_on(self.store.delete(&path)) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", name, e)),
+        }
+    }
+}
+
+/// Cuts the bytes of a span of an object, as they arrive, into the ranges wanted from it.
+struct RangeSplitter<'a> {
+    ranges: &'a [(u64, usize)],
+    /// Offset in the object of the next byte to arrive.
+    at: u64,
+    /// Index of the range being filled.
+    next: usize,
+    buf: Vec<u8>,
+    received: u64,
+}
+
+impl<'a> RangeSplitter<'a> {
+    /// `start`: where the span begins; `ranges`: increasing, not overlapping, inside it.
+    fn new(start: u64, ranges: &'a [(u64, usize)]) -> Self {
+        RangeSplitter {
+            ranges,
+            at: start,
+            next: 0,
+            buf: Vec::with_capacity(ranges.first().map_or(0, |r| r.1)),
+            received: 0,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.next >= self.ranges.len()
+    }
+
+    fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Take in the next `chunk` of the span, handing each range it completes to `part`.
+    fn feed(
+        &mut self,
+        mut chunk: &[u8],
+        part: &mut dyn FnMut(usize, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        self.received += chunk.len() as u64;
+        while let Some(&(offset, len)) = self.ranges.get(self.next) {
+            // Skip what lies before the range (a gap between two ranges).
+            let skip = offset.saturating_sub(self.at).min(chunk.len() as u64);
+            chunk = &chunk[skip as usize..];
+            self.at += skip;
+            if self.at < offset {
+                break;
+            }
+            let take = (len - self.buf.len()).min(chunk.len());
+            self.buf.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            self.at += take as u64;
+            if self.buf.len() < len {
+                break;
+            }
+            let after = self.ranges.get(self.next + 1).map_or(0, |r| r.1);
+            part(
+                self.next,
+                std::mem::replace(&mut self.buf, Vec::with_capacity(after)),
+            )?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RangeSplitter;
+
+    #[test]
+    fn ranges_are_cut_across_chunks_and_gaps_skipped() {
+        let data: Vec<u8> = (0..=255).collect();
+        // The span starts at object offset 1000; ranges with gaps, one empty, one at the end.
+        let ranges = [(1000, 10), (1010, 0), (1030, 100), (1130, 1), (1200, 56)];
+        for chunk in [1, 7, 64, 256] {
+            let mut got: Vec<(usize, Vec<u8>)> = Vec::new();
+            let mut split = RangeSplitter::new(1000, &ranges);
+            for c in data.chunks(chunk) {
+                split
+                    .feed(c, &mut |i, p| {
+                        got.push((i, p));
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            assert!(split.done());
+            assert_eq!(got.len(), ranges.len());
+            for (i, (n, p)) in got.iter().enumerate() {
+                let (offset, len) = ranges[i];
+                let from = (offset - 1000) as usize;
+                assert_eq!(i, *n);
+                assert_eq!(p[..], data[from..from + len]);
+            }
         }
     }
 }
