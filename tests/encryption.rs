@@ -4,6 +4,9 @@
 //!
 //! Key files use tiny Argon2id costs (64 KiB, 1 pass) except where the defaults are tested.
 
+/// Where a pack's first frame starts: after "LBPACK01" and 16 bytes of salt.
+const FRAMES: usize = 8 + 16;
+
 mod common;
 use common::*;
 
@@ -425,10 +428,14 @@ fn two_encrypted_repositories_store_the_same_database_differently() {
     assert_ne!(p1, p2, "pack bytes differ");
     // Not just different nonces on identical layouts: the first frames' ciphertexts differ
     // from their first byte on.
-    let c1 = &p1[8 + 30..8 + 30 + 64];
-    let c2 = &p2[8 + 30..8 + 30 + 64];
+    let c1 = &p1[FRAMES + 30..FRAMES + 30 + 64];
+    let c2 = &p2[FRAMES + 30..FRAMES + 30 + 64];
     assert_ne!(c1, c2);
-    assert_ne!(&p1[8 + 6..8 + 30], &p2[8 + 6..8 + 30], "nonces differ");
+    assert_ne!(
+        &p1[FRAMES + 6..FRAMES + 30],
+        &p2[FRAMES + 6..FRAMES + 30],
+        "nonces differ"
+    );
     // And index files (which hold the keyed blob ids) differ too.
     let idx = |r: &Path| {
         tree(r)
@@ -694,8 +701,8 @@ impl Fx {
 fn tampered_frame_in_a_pack_is_detected() {
     let f = tamper_fixture();
     let (rel, path) = f.object(0, "packs");
-    // "LBPACK01", then the first sealed frame: 30 header bytes, then ciphertext.
-    flip_byte(&path, 8 + 30 + 100);
+    // "LBPACK01" and the salt, then the first sealed frame: 30 header bytes, then ciphertext.
+    flip_byte(&path, FRAMES + 30 + 100);
     f.detected(0, &rel);
     f.check_names(&rel);
 }
@@ -705,11 +712,11 @@ fn tampered_frame_header_is_detected() {
     // The nonce and the generation are authenticated too.
     let f = tamper_fixture();
     let (rel, path) = f.object(0, "packs");
-    flip_byte(&path, 8 + 10); // inside the first frame's nonce
+    flip_byte(&path, FRAMES + 10); // inside the first frame's nonce
     f.detected(0, &rel);
     let f = tamper_fixture();
     let (rel, path) = f.object(0, "packs");
-    flip_byte(&path, 8 + 1); // the kind byte
+    flip_byte(&path, FRAMES + 1); // the kind byte
     f.detected(0, &rel);
 }
 
@@ -1100,7 +1107,11 @@ fn key_rotate_adds_a_generation_and_keeps_old_data_readable() {
     assert_eq!(generation(&m1), 1);
     let man1 = json(&env, PW, &["show", &id1]);
     let pack1 = std::fs::read(repo.join(pack_rel(&strings(&man1["stored"]["packs"])[0]))).unwrap();
-    assert_eq!(generation(&pack1[8..]), 1, "first frame of the new pack");
+    assert_eq!(
+        generation(&pack1[FRAMES..]),
+        1,
+        "first frame of the new pack"
+    );
     let dir_len =
         u32::from_le_bytes(pack1[pack1.len() - 12..pack1.len() - 8].try_into().unwrap()) as usize;
     let dir = &pack1[pack1.len() - 12 - dir_len..pack1.len() - 12];
@@ -1113,7 +1124,7 @@ fn key_rotate_adds_a_generation_and_keeps_old_data_readable() {
     assert_eq!((idx1[1], generation(&idx1)), (3, 1), "new index file");
     let man0 = json(&env, PW, &["show", &id0]);
     let pack0 = std::fs::read(repo.join(pack_rel(&strings(&man0["stored"]["packs"])[0]))).unwrap();
-    assert_eq!(generation(&pack0[8..]), 0, "old pack untouched");
+    assert_eq!(generation(&pack0[FRAMES..]), 0, "old pack untouched");
 
     // Both backups verify and restore, with either passphrase.
     let v = json(&env, PW, &["verify", "--all"]);

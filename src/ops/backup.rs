@@ -100,8 +100,8 @@ const PIPELINE_STOPPED: &str = "backup pipeline stopped";
 
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
     // The marker tells a concurrent prune that this backup may reuse any pack it indexed.
-    locks::as_writer(repo.storage(), "backup", true, |plans| {
-        backup_marked(repo, opts, plans)
+    locks::as_writer(repo.storage(), "backup", true, |plans, lease| {
+        backup_marked(repo, opts, plans, lease)
     })
 }
 
@@ -109,6 +109,7 @@ fn backup_marked(
     repo: &Repository,
     opts: &BackupOptions,
     plans: &[locks::Plan],
+    lease: &locks::Lease,
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let now = opts.time.unwrap_or_else(jiff::Timestamp::now);
@@ -319,6 +320,8 @@ fn backup_marked(
         .into(),
     );
     manifest.duration_ms = started.elapsed().as_millis() as u64;
+    // A backup paused long enough to look dead may reuse packs a prune has since deleted.
+    lease.check()?;
     repo.write_manifest(&manifest)?;
     Ok(BackupOutcome {
         repo_stored_bytes: repo.stored_bytes()?,

@@ -324,8 +324,11 @@ impl Period {
             i64::from(z.hour()),
         );
         match self {
+            // The offset tells apart the two 01:00 hours of a night when clocks go back.
             Period::Hour => (
-                ((y * 100 + m) * 100 + d) * 100 + h,
+                (((y * 100 + m) * 100 + d) * 100 + h) * 100_000
+                    + i64::from(z.offset().seconds())
+                    + 50_000,
                 format!("{y:04}-{m:02}-{d:02} {h:02}h"),
             ),
             Period::Day => ((y * 100 + m) * 100 + d, format!("{y:04}-{m:02}-{d:02}")),
@@ -395,7 +398,20 @@ pub fn apply(
             (backups[b].time, &backups[b].id).cmp(&(backups[a].time, &backups[a].id))
         });
         apply_group(backups, &members, policy, now, tz, force, &mut decisions);
-        if !members.iter().any(|&i| decisions[i].keep) && !force {
+        // Safety backups taken before restores do not count: a source must keep one of its
+        // ordinary backups.
+        let ordinary: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| !backups[i].pre_restore)
+            .collect();
+        let kept = |v: &[usize]| v.iter().any(|&i| decisions[i].keep);
+        let emptied = if ordinary.is_empty() {
+            !kept(&members)
+        } else {
+            !kept(&ordinary)
+        };
+        if emptied && !force {
             return Err(Error::usage(format!(
                 "the policy would remove every backup of {group}"
             ))
@@ -541,7 +557,9 @@ fn apply_group(
         if let Some(&i) = members.iter().find(|&&i| backups[i].verified) {
             rescue(out, i, "newest verified");
         }
-        if members.len() == 1 {
+        if normal.len() == 1 {
+            rescue(out, normal[0], "only backup of this source");
+        } else if normal.is_empty() && members.len() == 1 {
             rescue(out, members[0], "only backup of this source");
         }
     }
@@ -848,7 +866,13 @@ mod tests {
                 // Refused: then some group really would have been emptied.
                 let forced = apply(&b, &p, now, &tz, true).unwrap();
                 let groups: std::collections::BTreeSet<&str> = b.iter().map(|c| c.group.as_str()).collect();
-                prop_assert!(groups.iter().any(|g| b.iter().zip(&forced).filter(|(c, _)| c.group == *g).all(|(_, d)| !d.keep)));
+                let emptied = |g: &str| {
+                    let ordinary = b.iter().any(|c| c.group == g && !c.pre_restore);
+                    b.iter().zip(&forced)
+                        .filter(|(c, _)| c.group == g && (!ordinary || !c.pre_restore))
+                        .all(|(_, d)| !d.keep)
+                };
+                prop_assert!(groups.iter().any(|g| emptied(g)));
                 return Ok(());
             };
             prop_assert_eq!(d.len(), b.len());
@@ -864,7 +888,7 @@ mod tests {
                 if let Some(n) = p.min_count {
                     for &i in normal.iter().take(n as usize) { prop_assert!(d[i].keep); }
                 }
-                let limited = |i: usize| b[i].pinned || b[i].verified || order.len() == 1;
+                let limited = |i: usize| b[i].pinned || b[i].verified || normal.len() == 1 || order.len() == 1;
                 // max-age: nothing kept older, except what min-count, pins or rails hold.
                 if let Some(age) = &p.max_age {
                     let cutoff = age.before(now, &tz);

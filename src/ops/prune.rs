@@ -22,7 +22,7 @@ use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{
     encode_index_file, index_object_name, list_index_files, Index, IndexedPack,
 };
-use crate::repo::locks::{self, Plan};
+use crate::repo::locks::{self, Lease, Plan};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, FrameEntry, PackWriter};
 use crate::repo::{FrameCache, Repository};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -91,12 +91,20 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
         .hint("run prune where the identity is, with --identity FILE"));
     }
     if opts.dry_run {
-        return plan_and_sweep(repo, opts);
+        return plan_and_sweep(repo, opts, None);
     }
-    locks::as_pruner(repo.storage(), || plan_and_sweep(repo, opts))
+    locks::as_pruner(repo.storage(), |lease| {
+        plan_and_sweep(repo, opts, Some(lease))
+    })
 }
 
-fn plan_and_sweep(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
+/// `lease`: the prune lock (None for a dry run, which changes nothing).
+fn plan_and_sweep(
+    repo: &Repository,
+    opts: &PruneOptions,
+    lease: Option<&Lease>,
+) -> Result<PruneReport> {
+    let check_lease = || lease.map_or(Ok(()), |l| l.check());
     let storage = repo.storage();
     let plans = locks::read_plans(storage)?;
     let already_planned: HashSet<Hash> = planned_packs(&plans);
@@ -150,13 +158,21 @@ fn plan_and_sweep(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport>
         doomed.extend(repack.iter().copied());
     }
     doomed.retain(|id| !fresh.contains(id));
+    check_lease()?;
     if !doomed.is_empty() {
         let mut names: Vec<String> = doomed.iter().map(|h| h.to_hex()).collect();
         names.sort();
         locks::write_plan(storage, names)?;
     }
     let doomed: HashSet<Hash> = doomed.into_iter().collect();
-    sweep(repo, opts, &mut report, Some((survey, doomed)), &fresh)?;
+    sweep(
+        repo,
+        opts,
+        &mut report,
+        Some((survey, doomed)),
+        &fresh,
+        &check_lease,
+    )?;
     compact_index(repo, &mut report)?;
     crate::repo::tombstones::merge(storage)?;
     report.temp_files_removed = remove_temp_files(storage)?;
@@ -182,6 +198,7 @@ fn sweep(
     report: &mut PruneReport,
     prior: Option<(Survey, HashSet<Hash>)>,
     fresh: &HashSet<Hash>,
+    check_lease: &dyn Fn() -> Result<()>,
 ) -> Result<()> {
     let storage = repo.storage();
     let plans = locks::read_plans(storage)?;
@@ -224,8 +241,11 @@ fn sweep(
         Some((survey, doomed)) if now.is_subset(&survey.manifests) => (survey, doomed),
         other => {
             drop(other);
+            // Copies in any plan are claimed last, as readers read them last.
+            let all_planned: HashSet<Hash> =
+                planned.union(&planned_packs(&waiting)).copied().collect();
             (
-                Survey::take(repo, &planned, &opts.progress)?,
+                Survey::take(repo, &all_planned, &opts.progress)?,
                 HashSet::new(),
             )
         }
@@ -250,6 +270,8 @@ fn sweep(
         .filter_map(|id| survey.packs.get(id).map(|p| p.size))
         .sum();
 
+    // Still the only prune, and not taken for dead while surveying?
+    check_lease()?;
     // Index entries first, then packs: a crash in between leaves unindexed packs (garbage
     // the next prune finds), never an index naming a pack that is gone.
     for file in &survey.index_files {
@@ -261,8 +283,7 @@ fn sweep(
         } else {
             repo.read_index_file(&file.name, &file.id)?
                 .into_iter()
-                // Entries of packs already gone go too.
-                .filter(|p| !delete.contains(&p.id) && survey.packs.contains_key(&p.id))
+                .filter(|p| !delete.contains(&p.id))
                 .collect()
         };
         if !remaining.is_empty() {
@@ -320,14 +341,6 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
     if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
         return Ok(());
     }
-    let present: HashMap<Hash, u64> = storage
-        .list("data/")?
-        .into_iter()
-        .filter_map(|o| {
-            let id = Hash::from_hex(o.name.rsplit('/').next()?).ok()?;
-            Some((id, o.size))
-        })
-        .collect();
     let mut small = Vec::new();
     for (name, id) in list_index_files(storage)? {
         let packs = match repo.read_index_file(&name, &id) {
@@ -342,6 +355,16 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
     if small.len() < COMPACT_WHEN {
         return Ok(());
     }
+    // Listed after the index files: a pack an index file names was stored before that file,
+    // so one missing from this later listing is really gone.
+    let present: HashMap<Hash, u64> = storage
+        .list("data/")?
+        .into_iter()
+        .filter_map(|o| {
+            let id = Hash::from_hex(o.name.rsplit('/').next()?).ok()?;
+            Some((id, o.size))
+        })
+        .collect();
     let mut group: Vec<IndexedPack> = Vec::new();
     let mut merged_names: Vec<String> = Vec::new();
     let mut seen: HashSet<Hash> = HashSet::new();
@@ -349,21 +372,29 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
                  merged_names: &mut Vec<String>,
                  report: &mut PruneReport|
      -> Result<()> {
-        if !group.is_empty() {
-            let data = repo.seal(ObjectKind::Index, b"", encode_index_file(group)?)?;
-            let name = index_object_name(&Hash::of(&data));
-            crate::storage::put_new_or_same(storage, &name, &data)?;
-            if Hash::of(&storage.get(&name)?) != Hash::of(&data) {
-                return Err(Error::integrity(format!(
-                    "{name} did not read back intact; prune stopped before deleting anything"
-                )));
-            }
-            report.written_index_files += 1;
+        // A group of one file is that file: nothing to merge (and in an unencrypted
+        // repository, where index files are deterministic, the "merged" file would be that
+        // very file, deleted below).
+        if merged_names.len() < 2 {
+            merged_names.clear();
             group.clear();
+            return Ok(());
         }
+        let data = repo.seal(ObjectKind::Index, b"", encode_index_file(group)?)?;
+        let name = index_object_name(&Hash::of(&data));
+        crate::storage::put_new_or_same(storage, &name, &data)?;
+        if Hash::of(&storage.get(&name)?) != Hash::of(&data) {
+            return Err(Error::integrity(format!(
+                "{name} did not read back intact; prune stopped before deleting anything"
+            )));
+        }
+        report.written_index_files += 1;
+        group.clear();
         for old in merged_names.drain(..) {
-            storage.delete(&old)?;
-            report.compacted_index_files += 1;
+            if old != name {
+                storage.delete(&old)?;
+                report.compacted_index_files += 1;
+            }
         }
         Ok(())
     };
@@ -417,8 +448,8 @@ impl Referenced {
         true
     }
 
-    fn contains(&self, key: &Key) -> bool {
-        self.keys.binary_search(key).is_ok()
+    fn position(&self, key: &Key) -> Option<usize> {
+        self.keys.binary_search(key).ok()
     }
 
     fn missing(&self) -> u64 {
@@ -622,16 +653,21 @@ fn referenced_blobs(
                 continue;
             }
             pending.push(id.key());
-            match repo.read_blob_cached(lists, &id, &mut cache) {
-                Ok(list) => pending.extend(list.chunks_exact(32).map(|c| {
-                    let mut k = [0u8; 16];
-                    k.copy_from_slice(&c[..16]);
-                    Key(k)
-                })),
-                // The list itself is missing: its key stays unclaimed and counts as missing,
-                // which keeps prune from deleting anything unindexed.
-                Err(e) => tracing::warn!("backup {}: {e}", m.id),
-            }
+            // A list that cannot be read hides which pages its backup needs: deleting
+            // anything could take the last copy of one. Stop before anything is deleted
+            // (the backup may be repairable from a replica).
+            let list = repo.read_blob_cached(lists, &id, &mut cache).map_err(|e| {
+                Error::new(
+                    e.kind,
+                    format!("cannot read a page list of backup {}: {}; prune deleted nothing", m.id, e.message),
+                )
+                .hint("run `lifeboat repo check`; repair the repository (or forget that backup) before pruning")
+            })?;
+            pending.extend(list.chunks_exact(32).map(|c| {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(&c[..16]);
+                Key(k)
+            }));
             if pending.len() >= BATCH {
                 merge_sorted(&mut keys, &mut pending);
             }
@@ -644,32 +680,17 @@ fn referenced_blobs(
     Ok((ids, Referenced::build(keys)))
 }
 
+/// Merge `pending` into the sorted set `keys`. In place (extend, sort, dedup) rather than
+/// into a new vector: a large vector grows by remapping its pages, so the peak stays near
+/// the final size instead of twice it.
 fn merge_sorted(keys: &mut Vec<Key>, pending: &mut Vec<Key>) {
     if pending.is_empty() {
         return;
     }
-    pending.sort_unstable();
-    pending.dedup();
-    let mut merged = Vec::with_capacity(keys.len() + pending.len());
-    let (mut a, mut b) = (keys.iter().peekable(), pending.iter().peekable());
-    loop {
-        let next = match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x < y => a.next(),
-            (Some(x), Some(y)) if x > y => b.next(),
-            (Some(_), Some(_)) => {
-                b.next();
-                a.next()
-            }
-            (Some(_), None) => a.next(),
-            (None, Some(_)) => b.next(),
-            (None, None) => break,
-        };
-        if let Some(k) = next {
-            merged.push(*k);
-        }
-    }
-    *keys = merged;
-    pending.clear();
+    keys.reserve_exact(pending.len());
+    keys.append(pending);
+    keys.sort_unstable();
+    keys.dedup();
     pending.shrink_to(1 << 20);
 }
 
@@ -741,7 +762,9 @@ fn repack_packs(
         .unwrap_or(2)
         .clamp(1, 8);
     let compression = Compression::new(Codec::Zstd, None)?;
-    let copied: Mutex<HashSet<Key>> = Mutex::new(HashSet::new());
+    // One bit per referenced blob (a blob is copied once), not a set of keys: bounded by
+    // what the backups reference, whatever the share of the repository repacked.
+    let copied: Mutex<Vec<u64>> = Mutex::new(vec![0; survey.referenced.keys.len().div_ceil(64)]);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
         if let Ok(mut slot) = first_error.lock() {
@@ -814,8 +837,8 @@ fn repack_packs(
 struct RepackWorker<'a> {
     repo: &'a Repository,
     survey: &'a Survey,
-    /// Blobs already copied by any worker (a blob is copied once).
-    copied: &'a Mutex<HashSet<Key>>,
+    /// Blobs already copied by any worker, a bit per referenced blob.
+    copied: &'a Mutex<Vec<u64>>,
     out: Sender<ReadyFrame>,
     /// The raw frame being filled: bytes and entries.
     frame: (Vec<u8>, Vec<BlobEntry>),
@@ -827,7 +850,7 @@ impl<'a> RepackWorker<'a> {
     fn new(
         repo: &'a Repository,
         survey: &'a Survey,
-        copied: &'a Mutex<HashSet<Key>>,
+        copied: &'a Mutex<Vec<u64>>,
         out: Sender<ReadyFrame>,
         compression: Compression,
     ) -> RepackWorker<'a> {
@@ -853,7 +876,15 @@ impl<'a> RepackWorker<'a> {
         let mut copied = self.copied.lock().unwrap_or_else(|p| p.into_inner());
         blobs
             .iter()
-            .map(|b| self.survey.referenced.contains(&b.id) && copied.insert(b.id))
+            .map(|b| match self.survey.referenced.position(&b.id) {
+                Some(i) => {
+                    let (word, bit) = (i / 64, 1u64 << (i % 64));
+                    let first = copied[word] & bit == 0;
+                    copied[word] |= bit;
+                    first
+                }
+                None => false,
+            })
             .collect()
     }
 

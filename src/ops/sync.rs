@@ -11,6 +11,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{Hash, Key};
 use crate::repo::index::IndexedPack;
+use crate::repo::locks::Lease;
 use crate::repo::pack::pack_object_name;
 use crate::repo::{tombstones, Repository};
 use crate::storage::{ObjectInfo, Storage};
@@ -89,13 +90,18 @@ pub fn sync(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<
     // delete; its marker (which sees no plan) holds such sweeps until it is done.
     // And a reader's marker on the source, whose own prune must not delete what this copies.
     crate::repo::locks::as_reader(repo.storage(), "sync", || {
-        crate::repo::locks::as_writer(target, "sync", false, |_| {
-            sync_marked(repo, target, parallel)
+        crate::repo::locks::as_writer(target, "sync", false, |_, lease| {
+            sync_marked(repo, target, parallel, lease)
         })
     })
 }
 
-fn sync_marked(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
+fn sync_marked(
+    repo: &Repository,
+    target: &dyn Storage,
+    parallel: usize,
+    lease: &Lease,
+) -> Result<SyncReport> {
     let copier = Copier::new(repo.storage(), target, parallel);
     copier.copy_missing("keys/", |_| true)?;
     if repo.is_write_only() {
@@ -103,11 +109,32 @@ fn sync_marked(repo: &Repository, target: &dyn Storage, parallel: usize) -> Resu
         // (a new backup may need one it dropped; its next prune drops it again), and
         // the backups it did not forget.
         let tomb = tombstones::read(target)?;
+        // Packs a prune there is deleting cannot be relied on, nor stored again under their
+        // names: wait for that prune rather than copy backups that may need them.
+        let planned: HashSet<String> = crate::repo::locks::read_plans(target)?
+            .into_iter()
+            .flat_map(|p| p.packs)
+            .collect();
+        if !planned.is_empty() {
+            let source_packs = repo.storage().list("data/")?;
+            if let Some(o) = source_packs
+                .iter()
+                .find(|o| planned.contains(object_id(&o.name)))
+            {
+                return Err(Error::storage(format!(
+                    "a prune on {} is deleting {}, which this repository still has",
+                    target.describe(),
+                    o.name
+                ))
+                .hint("run `lifeboat sync` again once that prune has finished"));
+            }
+        }
         copier.copy_missing("data/", |_| true)?;
         copier.copy_missing("index/", |_| true)?;
+        lease.check()?;
         copier.copy_missing("backups/", |name| !tomb.backups.contains(object_id(name)))?;
     } else {
-        copy_backups(repo, target, &copier)?;
+        copy_backups(repo, target, &copier, lease)?;
     }
     // The config last: only now is the replica a repository.
     if !target.exists("config")? {
@@ -123,10 +150,17 @@ fn object_id(name: &str) -> &str {
 /// Copy the backups the target lacks (and did not forget on purpose), with exactly the
 /// packs they need that the target does not hold, plus packs the target lost (repair), and
 /// index entries for what was copied; manifests last.
-fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Result<()> {
+fn copy_backups(
+    repo: &Repository,
+    target: &dyn Storage,
+    copier: &Copier,
+    lease: &Lease,
+) -> Result<()> {
     let source = repo.storage();
-    let tomb = tombstones::read(target)?;
+    // Backups listed before the tombstones: a forget running now records a backup before
+    // deleting it, so one missing from this listing is found in the tombstones read next.
     let have_backups = by_name(target.list("backups/")?);
+    let tomb = tombstones::read(target)?;
     let manifests: Vec<ObjectInfo> = source
         .list("backups/")?
         .into_iter()
@@ -143,6 +177,7 @@ fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Res
         .flat_map(|p| p.packs)
         .collect();
     let mut target_keys: HashSet<Key> = HashSet::new();
+    let mut target_indexed: HashSet<Hash> = HashSet::new();
     let mut damaged_index: HashSet<String> = HashSet::new();
     for (name, id) in crate::repo::index::list_index_files(target)? {
         let packs = match repo.read_index_file_from(target, &name, &id) {
@@ -157,6 +192,7 @@ fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Res
             }
         };
         for p in packs {
+            target_indexed.insert(p.id);
             let present = target_packs.get(&pack_object_name(&p.id)) == Some(&p.size);
             if present && !planned.contains(&p.id.to_hex()) {
                 target_keys.extend(p.frames.iter().flat_map(|f| f.blobs.iter().map(|b| b.id)));
@@ -195,20 +231,25 @@ fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Res
             }
         }
     }
-    // Packs the target lacks that hold a blob it has nowhere else: a lost or damaged pack
-    // (repair). Packs whose every blob it holds already (a prune on the source repacked
-    // them) are skipped and recorded as dropped; packs a prune on the source is about to
-    // delete are skipped. A pack copied here that the target's own backups do not need is
-    // dropped by its next prune, and not copied again.
+    // Packs the target lacks: those its index still names were lost or damaged there and are
+    // copied again (repair); others are copied if they hold a blob it has nowhere else.
+    // Packs whose every blob it holds already (a prune on the source repacked them) are
+    // skipped and recorded as dropped, as are packs it dropped before and packs a prune on
+    // the source is about to delete. A pack copied here that the target's own backups do
+    // not need is dropped by its next prune, and not copied again.
     let mut missing: HashMap<u32, bool> = HashMap::new();
     for (n, p) in index.packs.iter().enumerate() {
-        let name = pack_object_name(&p.id);
-        if target_packs.get(&name) != Some(&p.size)
-            && !tomb.packs.contains(&p.id.to_hex())
-            && !packs_to_copy.contains(&(n as u32))
-            && !index.planned.contains(&(n as u32))
+        let n = n as u32;
+        if target_packs.get(&pack_object_name(&p.id)) == Some(&p.size)
+            || packs_to_copy.contains(&n)
+            || index.planned.contains(&n)
         {
-            missing.insert(n as u32, false);
+            continue;
+        }
+        if target_indexed.contains(&p.id) {
+            packs_to_copy.insert(n);
+        } else if !tomb.packs.contains(&p.id.to_hex()) {
+            missing.insert(n, false);
         }
     }
     if !missing.is_empty() {
@@ -238,13 +279,18 @@ fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Res
         }
     }
 
-    // Packs, then their index entries, then the manifests.
+    // Packs (only those the target lacks or holds damaged: one it holds intact but not
+    // indexed needs only its index entry), then their index entries, then the manifests.
     let names: Vec<(String, bool)> = packs_to_copy
         .iter()
-        .map(|&n| {
-            let name = pack_object_name(&index.packs[n as usize].id);
-            let replace = target_packs.contains_key(&name);
-            (name, replace)
+        .filter_map(|&n| {
+            let p = &index.packs[n as usize];
+            let name = pack_object_name(&p.id);
+            match target_packs.get(&name) {
+                Some(&size) if size == p.size => None,
+                Some(_) => Some((name, true)),
+                None => Some((name, false)),
+            }
         })
         .collect();
     copier.copy_all(names)?;
@@ -261,31 +307,27 @@ fn copy_backups(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Res
     for f in files {
         let id = index.files[f as usize];
         let name = crate::repo::index::index_object_name(&id);
-        let packs = repo.read_index_file(&name, &id)?;
-        let on_target = |p: &IndexedPack| {
-            copied.contains(&p.id) || target_packs.get(&pack_object_name(&p.id)) == Some(&p.size)
-        };
-        if packs.iter().all(on_target) {
-            let replace = damaged_index.contains(&name);
-            copier.copy_all(vec![(name, replace)])?;
-        } else {
-            // Name only packs the target holds: an entry for an absent pack could shadow
-            // the copy of a blob that lives elsewhere there.
-            let kept: Vec<IndexedPack> = packs
-                .into_iter()
-                .filter(|p| copied.contains(&p.id))
-                .collect();
-            let data = repo.seal(
-                crate::repo::crypto::ObjectKind::Index,
-                b"",
-                crate::repo::index::encode_index_file(&kept)?,
-            )?;
-            let name = crate::repo::index::index_object_name(&Hash::of(&data));
-            crate::storage::put_new_or_same(target, &name, &data)?;
-            copier.count(data.len() as u64);
+        // Only the packs just made present: an entry for a pack the target lacks (or is
+        // deleting) could shadow a copy of a blob that lives elsewhere there.
+        let kept: Vec<IndexedPack> = repo
+            .read_index_file(&name, &id)?
+            .into_iter()
+            .filter(|p| copied.contains(&p.id))
+            .collect();
+        let data = repo.seal(
+            crate::repo::crypto::ObjectKind::Index,
+            b"",
+            crate::repo::index::encode_index_file(&kept)?,
+        )?;
+        let name = crate::repo::index::index_object_name(&Hash::of(&data));
+        if damaged_index.contains(&name) {
+            target.delete(&name)?; // the same entries, damaged there: replaced
         }
+        crate::storage::put_new_or_same(target, &name, &data)?;
+        copier.count(data.len() as u64);
     }
     tombstones::record_dropped(target, &duplicates)?;
+    lease.check()?;
     let names = manifests
         .into_iter()
         .map(|o| {

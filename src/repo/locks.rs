@@ -36,7 +36,7 @@ fn refresh_every() -> Duration {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Marker {
-    /// `backup`, `sync` or `prune`.
+    /// `backup`, `sync`, `restore`, `verify`, `check` or `prune`.
     pub kind: String,
     pub host: String,
     pub pid: u32,
@@ -45,6 +45,17 @@ pub struct Marker {
     /// Deletion plans this writer had seen when it loaded the index; None: it may use any pack.
     #[serde(default)]
     pub seen_plans: Option<Vec<String>>,
+    /// Where `pid` means something: boot id and pid namespace. A host name alone is not
+    /// enough: containers sharing a host name, or cloned VMs, have their own pids.
+    #[serde(default)]
+    pub machine: String,
+    /// The process's start time in clock ticks since boot, so a reused pid is not mistaken
+    /// for the writer.
+    #[serde(default)]
+    pub start_ticks: u64,
+    /// Random; tells the holder of the prune lock whether it still holds it.
+    #[serde(default)]
+    pub token: String,
 }
 
 impl Marker {
@@ -57,13 +68,25 @@ impl Marker {
             started: now.clone(),
             refreshed: now,
             seen_plans: None,
+            machine: this_machine(),
+            start_ticks: start_ticks(std::process::id()).unwrap_or(0),
+            token: format!("{:032x}", rand::random::<u128>()),
         }
     }
 
-    /// Whether the process that wrote this marker is certainly gone.
+    /// Whether the process that wrote this marker is certainly gone: on this machine (same
+    /// boot, same pid namespace) when its process no longer runs, anywhere when it has not
+    /// been refreshed for `STALE_AFTER`.
     pub fn is_stale(&self) -> bool {
-        if self.host == crate::ops::backup::hostname() && !process_alive(self.pid) {
-            return true;
+        let here = !self.machine.is_empty()
+            && self.machine == this_machine()
+            && self.host == crate::ops::backup::hostname();
+        if here {
+            let alive = process_alive(self.pid)
+                && (self.start_ticks == 0 || start_ticks(self.pid) == Some(self.start_ticks));
+            if !alive {
+                return true;
+            }
         }
         let Ok(refreshed) = self.refreshed.parse::<jiff::Timestamp>() else {
             return false; // unreadable time: assume alive rather than delete under it
@@ -82,6 +105,26 @@ impl Marker {
     fn encode(&self) -> Result<Vec<u8>> {
         serde_json::to_vec_pretty(self).map_err(|e| Error::internal(e.to_string()))
     }
+}
+
+/// Boot id and pid namespace of this process: pids are comparable only within both.
+fn this_machine() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let ns = std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    if boot.trim().is_empty() || ns.is_empty() {
+        return String::new(); // unknown: never judge by pid
+    }
+    format!("{}/{ns}", boot.trim())
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -166,18 +209,87 @@ pub fn live_markers(storage: &dyn Storage) -> Result<Vec<(String, Marker)>> {
     Ok(out)
 }
 
+/// What a marker's holder knows about it: whether it has been kept fresh without a gap a
+/// prune could have taken for death, and (for the prune lock) whether it is still ours.
+pub struct Lease {
+    state: std::sync::Mutex<LeaseState>,
+    what: String,
+}
+
+struct LeaseState {
+    last_ok: std::time::Instant,
+    broken: Option<String>,
+}
+
+/// A marker older than this is close enough to stale that its holder must not commit.
+const LEASE_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+impl Lease {
+    fn new(what: &str) -> Lease {
+        Lease {
+            state: std::sync::Mutex::new(LeaseState {
+                last_ok: std::time::Instant::now(),
+                broken: None,
+            }),
+            what: what.to_string(),
+        }
+    }
+
+    fn refreshed(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.last_ok.elapsed() > STALE_AFTER - LEASE_MARGIN && st.broken.is_none() {
+            st.broken = Some(format!(
+                "its lock was not refreshed for {} s (process paused, or the store unreachable)",
+                st.last_ok.elapsed().as_secs()
+            ));
+        }
+        st.last_ok = std::time::Instant::now();
+    }
+
+    fn lose(&self, why: String) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.broken.get_or_insert(why);
+    }
+
+    /// Fails if a prune may have judged this process dead: call before committing (a
+    /// manifest) or deleting anything.
+    pub fn check(&self) -> Result<()> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let why = match &st.broken {
+            Some(w) => Some(w.clone()),
+            None if st.last_ok.elapsed() > STALE_AFTER - LEASE_MARGIN => Some(format!(
+                "its lock was not refreshed for {} s",
+                st.last_ok.elapsed().as_secs()
+            )),
+            None => None,
+        };
+        match why {
+            None => Ok(()),
+            Some(why) => Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "{} stopped: {why}; another process may have taken it for dead",
+                    self.what
+                ),
+            )
+            .hint("nothing was committed; run the command again")),
+        }
+    }
+}
+
 /// Run `work` as a writer: with a marker in the repository for its whole duration. A
 /// backup (`sees_plans`) gets the deletion plans it must respect; packs in them must not be
-/// reused.
+/// reused. `work` must call `Lease::check` before it commits.
 pub fn as_writer<T>(
     storage: &dyn Storage,
     kind: &str,
     sees_plans: bool,
-    work: impl FnOnce(&[Plan]) -> Result<T>,
+    work: impl FnOnce(&[Plan], &Lease) -> Result<T>,
 ) -> Result<T> {
     let name = format!("{LOCKS}{kind}-{:016x}", rand::random::<u64>());
     let mut marker = Marker::new(kind);
     storage.put_replace(&name, &marker.encode()?)?;
+    let lease = Lease::new(&format!("the {kind}"));
     let result = (|| {
         let plans = if sees_plans {
             // The marker is visible before the plans are read: a prune that writes a plan
@@ -189,7 +301,9 @@ pub fn as_writer<T>(
         } else {
             Vec::new()
         };
-        with_refresh(storage, &name, &marker, || work(&plans))
+        with_refresh(storage, &name, &marker, &lease, false, || {
+            work(&plans, &lease)
+        })
     })();
     if let Err(e) = storage.delete(&name) {
         tracing::warn!("could not remove lock {name}: {e}; it goes stale in 30 minutes");
@@ -215,11 +329,12 @@ pub fn as_reader<T>(
         tracing::info!("reading without a lock ({e}); a prune running now could interrupt this");
         return work();
     }
+    let lease = Lease::new(&format!("the {kind}"));
     let result = (|| {
         // Plans seen now are also seen by the index load that follows.
         marker.seen_plans = Some(read_plans(storage)?.into_iter().map(|p| p.id).collect());
         storage.put_replace(&name, &marker.encode()?)?;
-        with_refresh(storage, &name, &marker, work)
+        with_refresh(storage, &name, &marker, &lease, false, work)
     })();
     if let Err(e) = storage.delete(&name) {
         tracing::warn!("could not remove lock {name}: {e}; it goes stale in 30 minutes");
@@ -227,11 +342,15 @@ pub fn as_reader<T>(
     result
 }
 
-/// Keep `marker` fresh under `name` while `work` runs.
+/// Keep `marker` fresh under `name` while `work` runs. An `exclusive` marker (the prune
+/// lock) is re-read first, and if another process holds it now, the lease is lost and the
+/// marker left alone.
 fn with_refresh<T>(
     storage: &dyn Storage,
     name: &str,
     marker: &Marker,
+    lease: &Lease,
+    exclusive: bool,
     work: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -241,14 +360,25 @@ fn with_refresh<T>(
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
                 stop_rx.recv_timeout(refresh_every())
             {
-                m.refreshed = jiff::Timestamp::now().to_string();
-                match m.encode() {
-                    Ok(data) => {
-                        if let Err(e) = storage.put_replace(name, &data) {
-                            tracing::warn!("could not refresh lock {name}: {e}");
-                        }
+                if exclusive {
+                    let holder: Option<Marker> = storage
+                        .get(name)
+                        .ok()
+                        .and_then(|d| serde_json::from_slice(&d).ok());
+                    if holder.as_ref().map(|h| h.token.as_str()) != Some(m.token.as_str()) {
+                        lease.lose(format!(
+                            "{name} was taken over by {}",
+                            holder
+                                .map(|h| h.describe())
+                                .unwrap_or_else(|| "nobody".into())
+                        ));
+                        return;
                     }
-                    Err(e) => tracing::warn!("{e}"),
+                }
+                m.refreshed = jiff::Timestamp::now().to_string();
+                match m.encode().and_then(|data| storage.put_replace(name, &data)) {
+                    Ok(()) => lease.refreshed(),
+                    Err(e) => tracing::warn!("could not refresh lock {name}: {e}"),
                 }
             }
         });
@@ -259,8 +389,8 @@ fn with_refresh<T>(
 }
 
 /// Run `work` holding the prune lock. Another live prune is an error (exit 6) naming it;
-/// a stale prune lock is taken over.
-pub fn as_pruner<T>(storage: &dyn Storage, work: impl FnOnce() -> Result<T>) -> Result<T> {
+/// a stale prune lock is taken over. `work` must call `Lease::check` before deleting.
+pub fn as_pruner<T>(storage: &dyn Storage, work: impl FnOnce(&Lease) -> Result<T>) -> Result<T> {
     let marker = Marker::new("prune");
     let data = marker.encode()?;
     let mut taken = storage.put_new(PRUNE_LOCK, &data)?;
@@ -283,16 +413,30 @@ pub fn as_pruner<T>(storage: &dyn Storage, work: impl FnOnce() -> Result<T>) -> 
             }
         }
     }
-    if !taken {
+    // Two prunes taking over one stale lock at once can both see their put succeed (one
+    // deleted the other's): the lock's content says who won.
+    let holder: Option<Marker> = storage
+        .get(PRUNE_LOCK)
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok());
+    if !taken || holder.map(|h| h.token) != Some(marker.token.clone()) {
         return Err(Error::new(
             ErrorKind::InUse,
             "another prune took the prune lock at the same moment",
         )
         .hint("run the command again later"));
     }
-    let r = with_refresh(storage, PRUNE_LOCK, &marker, work);
-    if let Err(e) = storage.delete(PRUNE_LOCK) {
-        tracing::warn!("could not remove the prune lock: {e}");
+    let lease = Lease::new("the prune");
+    let r = with_refresh(storage, PRUNE_LOCK, &marker, &lease, true, || work(&lease));
+    let still_ours = storage
+        .get(PRUNE_LOCK)
+        .ok()
+        .and_then(|d| serde_json::from_slice::<Marker>(&d).ok())
+        .is_some_and(|h| h.token == marker.token);
+    if still_ours {
+        if let Err(e) = storage.delete(PRUNE_LOCK) {
+            tracing::warn!("could not remove the prune lock: {e}");
+        }
     }
     r
 }
@@ -307,7 +451,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
         let plan = write_plan(&s, vec!["ab".into()]).unwrap();
-        let seen = as_writer(&s, "backup", true, |plans| {
+        let seen = as_writer(&s, "backup", true, |plans, _| {
             let live = live_markers(&s)?;
             assert_eq!(live.len(), 1);
             assert_eq!(
@@ -331,10 +475,10 @@ mod tests {
         s.put_replace("locks/backup-1", &dead.encode().unwrap())
             .unwrap();
         assert!(live_markers(&s).unwrap().is_empty());
-        let inner = as_pruner(&s, || Ok(as_pruner(&s, || Ok(())).unwrap_err().kind)).unwrap();
+        let inner = as_pruner(&s, |_| Ok(as_pruner(&s, |_| Ok(())).unwrap_err().kind)).unwrap();
         assert_eq!(inner, ErrorKind::InUse);
         // A stale prune lock is taken over.
         s.put_replace(PRUNE_LOCK, &dead.encode().unwrap()).unwrap();
-        as_pruner(&s, || Ok(())).unwrap();
+        as_pruner(&s, |_| Ok(())).unwrap();
     }
 }

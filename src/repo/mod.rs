@@ -251,6 +251,16 @@ impl Repository {
             .iter()
             .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
             .collect();
+        // So are packs that are missing or truncated here: a later backup stored their pages
+        // again in another pack (packs are salted, so never under the same name).
+        let present: std::collections::HashMap<Hash, u64> = self
+            .storage
+            .list("data/")?
+            .into_iter()
+            .filter_map(|o| Some((Hash::from_hex(o.name.rsplit('/').next()?).ok()?, o.size)))
+            .collect();
+        let last =
+            |p: &index::IndexedPack| planned.contains(&p.id) || present.get(&p.id) != Some(&p.size);
         let mut index = Index::default();
         // Re-read at the end rather than held: a big plan can cover hundreds of packs.
         let mut deferred = Vec::new();
@@ -269,7 +279,7 @@ impl Repository {
                 }
                 match self.read_index_file(&obj.name, &id) {
                     Err(e) if e.kind == ErrorKind::NotFound => vanished = true,
-                    Ok(packs) if packs.iter().any(|p| planned.contains(&p.id)) => {
+                    Ok(packs) if packs.iter().any(last) => {
                         deferred.push((id, obj.name));
                     }
                     Ok(packs) => index.add_file(id, &packs),

@@ -19,6 +19,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub const PACK_MAGIC: &[u8; 8] = b"LBPACK01";
+/// Random bytes after the magic (frames are found by offset, so readers skip them).
+pub const PACK_SALT: usize = 16;
 pub const DIR_MAGIC: &[u8; 8] = b"LBPKDIR1";
 /// The largest raw frame a reader accepts (writers make ~1 MiB frames).
 pub const MAX_FRAME_RAW: u32 = 256 << 20;
@@ -257,6 +259,9 @@ impl PackWriter {
             frames: Vec::new(),
         };
         w.write(PACK_MAGIC)?;
+        // A random salt makes every pack unique: a later writer storing the same frames can
+        // never re-create, under the same name, a pack that a prune is deleting.
+        w.write(&rand::random::<[u8; PACK_SALT]>())?;
         Ok(w)
     }
 
