@@ -1,15 +1,24 @@
 //! Restore: manifest → page lists → blobs, each checked against its id (which pins every
 //! byte of the image) → a new file, fsynced before it is renamed into place.
 //!
+//! Pages are restored in *storage order*: the image is taken in chunks (`CHUNK_BLOCKS`
+//! pages), and a chunk's pages are sorted by where they are stored (pack, frame, offset), so
+//! each frame a chunk needs is loaded once, however scattered its pages are in the image (a
+//! database backed up for weeks and repacked by prune has its pages in frames of many days,
+//! and image order then loaded a 1 MiB frame for nearly every 4 KiB page). Each page is
+//! written at its place in the image with positional writes.
+//!
 //! Four stages overlap, connected by bounded queues:
-//! * a planner thread walks the page lists, cuts them into batches of pages, and decides
-//!   which frame each page is read from: a frame is *loaded* (read and decompressed) once and
-//!   serves the pages that follow until it drops out of a small cache. It gathers the loads
-//!   of each pack into *fetches*, so frames that lie together are read with one request;
+//! * a planner thread walks the page lists, cuts each sorted chunk into batches of pages,
+//!   and decides which frame each page is read from: a frame is *loaded* (read and
+//!   decompressed) once and serves the pages that follow until it drops out of a small cache.
+//!   It gathers the loads of each pack into *fetches*, so frames that lie together are read
+//!   with one request;
 //! * reader threads run the fetches: one ranged read per fetch, streamed and decompressed
 //!   frame by frame, each frame published for the workers as soon as it is ready;
 //! * worker threads check each page of a batch against its id, as its frame arrives;
-//! * this thread writes the batches in order.
+//! * this thread writes the batches, in the order planned, each page at its place. The
+//!   image's SHA-256, when asked for, is computed by reading the finished file back.
 //!
 //! Memory is bounded by the batches between the planner and the writer (`IN_FLIGHT`): each
 //! pins the frames its pages come from until it is written, and fetches only ever hold the
@@ -30,11 +39,13 @@ use crate::storage::local::{create_private_file, start_writeback, sync_dir};
 use crossbeam_channel::bounded;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+/// Pages of the image sorted into storage order at a time: 256 MiB of 4 KiB pages, with 4 MiB
+/// of ids and places.
+const CHUNK_BLOCKS: usize = 64 << 10;
 /// Pages per unit of work: enough that a batch's frames are read with few requests, few
 /// enough to bound the frames held in flight.
 const BATCH_BLOCKS: usize = 2048;
@@ -88,66 +99,103 @@ impl Drop for Frame {
 /// A checked page, still inside its decompressed frame: workers hand pages to the writer
 /// without copying them.
 struct Piece {
+    /// Where it goes in the image.
+    pos: u64,
     frame: Arc<Frame>,
     start: usize,
     len: usize,
 }
 
-impl Piece {
-    fn bytes(&self) -> &[u8] {
-        &self.frame[self.start..self.start + self.len]
+/// Write pieces at their places with `pwritev`: one call per run of adjacent places (at
+/// most `WRITE_BYTES`), merging neighbours that lie together in one frame. Returns the span
+/// of the image written, (start, end).
+fn write_pieces_at(out: &File, pieces: &mut [Piece]) -> std::io::Result<(u64, u64)> {
+    pieces.sort_unstable_by_key(|p| p.pos);
+    let span = match (pieces.first(), pieces.last()) {
+        (Some(a), Some(b)) => (a.pos, b.pos + b.len as u64),
+        _ => (0, 0),
+    };
+    let mut slices: Vec<std::io::IoSlice> = Vec::with_capacity(64);
+    let mut i = 0;
+    while i < pieces.len() {
+        let start = pieces[i].pos;
+        let mut end = start + pieces[i].len as u64;
+        let mut j = i + 1;
+        while j < pieces.len()
+            && pieces[j].pos == end
+            && end + pieces[j].len as u64 - start <= WRITE_BYTES as u64
+        {
+            end += pieces[j].len as u64;
+            j += 1;
+        }
+        let mut k = i;
+        while k < j {
+            let p = &pieces[k];
+            let mut len = p.len;
+            k += 1;
+            while k < j
+                && Arc::ptr_eq(&pieces[k].frame, &p.frame)
+                && pieces[k].start == p.start + len
+            {
+                len += pieces[k].len;
+                k += 1;
+            }
+            slices.push(std::io::IoSlice::new(&p.frame[p.start..p.start + len]));
+        }
+        pwrite_all(out, &mut slices, start)?;
+        slices.clear();
+        i = j;
     }
+    Ok(span)
 }
 
-/// Write pieces in order with `writev`, merging neighbours from the same frame.
-fn write_pieces(out: &mut File, pieces: &[Piece]) -> std::io::Result<()> {
-    let mut slices: Vec<std::io::IoSlice> = Vec::with_capacity(64);
-    let mut pending = 0usize;
-    let mut run: Option<(&Piece, usize)> = None; // first piece of the run, run length
-    let flush = |slices: &mut Vec<std::io::IoSlice>, out: &mut File| -> std::io::Result<()> {
-        let mut bufs = &mut slices[..];
-        while !bufs.is_empty() {
-            let n = out.write_vectored(bufs)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+/// `pwritev` until every slice is written.
+fn pwrite_all(out: &File, slices: &mut [std::io::IoSlice], mut offset: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut bufs = slices;
+    while !bufs.is_empty() {
+        let count = bufs.len().min(1024) as libc::c_int;
+        // SAFETY: `IoSlice` has the layout of `iovec` on Unix, and the slices outlive the call.
+        let n = unsafe {
+            libc::pwritev(
+                out.as_raw_fd(),
+                bufs.as_ptr() as *const libc::iovec,
+                count,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
-            std::io::IoSlice::advance_slices(&mut bufs, n);
+            return Err(e);
         }
-        slices.clear();
-        Ok(())
-    };
-    for p in pieces {
-        let extends = run.is_some_and(|(first, len)| {
-            Arc::ptr_eq(&first.frame, &p.frame) && first.start + len == p.start
-        });
-        match run.as_mut() {
-            Some((_, len)) if extends => *len += p.len,
-            _ => {
-                if let Some((first, len)) = run.take() {
-                    slices.push(std::io::IoSlice::new(
-                        &first.frame[first.start..first.start + len],
-                    ));
-                }
-                run = Some((p, p.len));
-            }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
-        pending += p.len;
-        if pending >= WRITE_BYTES {
-            if let Some((first, len)) = run.take() {
-                slices.push(std::io::IoSlice::new(
-                    &first.frame[first.start..first.start + len],
-                ));
-            }
-            flush(&mut slices, out)?;
-            pending = 0;
-        }
+        offset += n as u64;
+        std::io::IoSlice::advance_slices(&mut bufs, n as usize);
     }
-    if let Some((first, len)) = run.take() {
-        slices.push(std::io::IoSlice::new(
-            &first.frame[first.start..first.start + len],
-        ));
+    Ok(())
+}
+
+/// SHA-256 of the first `len` bytes of a file, read back sequentially.
+fn sha256_of_file(file: &File, len: u64) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut sha = Sha256Stream::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let want = (len - at).min(buf.len() as u64) as usize;
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        sha.update(&buf[..n]);
+        at += n as u64;
     }
-    flush(&mut slices, out)
+    Ok(sha.finish_hex())
 }
 
 pub struct ImageStats {
@@ -222,14 +270,16 @@ fn for_each_id(
     Ok(())
 }
 
-/// One page of the image: its id, where it lies, and which load of its frame it uses.
+/// One page of the image: its place, its id, where it lies, and which load of its frame it
+/// uses.
 struct PageRef {
+    pos: u64,
     id: Hash,
     loc: BlobLoc,
     load: u64,
 }
 
-/// A unit of work for the workers: pages in image order, and the loads that no later batch
+/// A unit of work for the workers: pages in storage order, and the loads that no later batch
 /// uses, freed once this batch is written.
 #[derive(Default)]
 struct Job {
@@ -292,13 +342,12 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Add the next page; returns a finished job, if this page completed or cut one. Fetches
-    /// may become ready too (`take_fetches`).
-    fn add(&mut self, id: Hash) -> Result<Option<Job>> {
+    /// Where a page lies, checking that it is one.
+    fn locate(&self, id: &Hash) -> Result<BlobLoc> {
         let loc = *self
             .index
-            .get(&id)
-            .ok_or_else(|| missing_blob(self.index, &id))?;
+            .get(id)
+            .ok_or_else(|| missing_blob(self.index, id))?;
         if loc.kind != BlobKind::Data || loc.len as usize != self.block_size {
             return Err(Error::integrity(format!(
                 "blob {} is not a {}-byte page",
@@ -306,6 +355,31 @@ impl<'a> Planner<'a> {
                 self.block_size
             )));
         }
+        Ok(loc)
+    }
+
+    /// Plan a chunk of the image, (place, id, where it lies), in storage order, handing each
+    /// finished job and the fetches that became ready to `send`. Leaves `chunk` empty.
+    fn add_chunk(
+        &mut self,
+        chunk: &mut Vec<(u64, Hash, BlobLoc)>,
+        send: &mut dyn FnMut(Option<Job>, Vec<Fetch>) -> Result<()>,
+    ) -> Result<()> {
+        let frames = &self.index.frames;
+        chunk.sort_unstable_by_key(|&(pos, _, loc)| {
+            let f = &frames[loc.frame as usize];
+            (f.pack, f.offset, loc.offset, pos)
+        });
+        for (pos, id, loc) in chunk.drain(..) {
+            let job = self.add(pos, id, loc);
+            send(job, self.take_fetches())?;
+        }
+        Ok(())
+    }
+
+    /// Add the next page; returns a finished job, if this page completed or cut one. Fetches
+    /// may become ready too (`take_fetches`).
+    fn add(&mut self, pos: u64, id: Hash, loc: BlobLoc) -> Option<Job> {
         let mut done = None;
         let load = match self.cache.iter().rposition(|&(f, _)| f == loc.frame) {
             Some(i) => {
@@ -320,11 +394,11 @@ impl<'a> Planner<'a> {
                 self.new_load(loc.frame)
             }
         };
-        self.job.pages.push(PageRef { id, loc, load });
+        self.job.pages.push(PageRef { pos, id, loc, load });
         if done.is_none() && self.job.pages.len() >= BATCH_BLOCKS {
             done = Some(self.close_job());
         }
-        Ok(done)
+        done
     }
 
     fn new_load(&mut self, frame: u32) -> u64 {
@@ -551,7 +625,8 @@ struct Built {
 /// Rebuild the database image of `m` into `out`, checking every blob against its id: with
 /// the ids of the page lists checked too, the manifest's list of list ids pins every byte,
 /// so a restore needs no whole-image checksum. `image_sha256` also computes the SHA-256
-/// recorded at backup time (what `verify` reports), at ~1 s per GiB on its own thread.
+/// recorded at backup time (what `verify` reports), reading the finished file back (~1 s per
+/// GiB).
 pub fn write_image(
     repo: &Repository,
     index: &Index,
@@ -579,21 +654,7 @@ pub fn write_image(
     let loads = Loads::new(readers);
     // Set when the planner stops because a later stage did: its error is then not the cause.
     let stopped = &AtomicBool::new(false);
-    let sha256 = std::thread::scope(|s| -> Result<Option<String>> {
-        // The SHA-256 runs beside the writer: both are sequential, and together on one thread
-        // they were the slowest stage.
-        let (sha_tx, sha_rx) = bounded::<Vec<Piece>>(2);
-        let hasher = image_sha256.then(|| {
-            s.spawn(move || {
-                let mut sha = Sha256Stream::default();
-                for batch in sha_rx {
-                    for p in &batch {
-                        sha.update(p.bytes());
-                    }
-                }
-                sha.finish_hex()
-            })
-        });
+    std::thread::scope(|s| -> Result<()> {
         // The planner takes a ticket per batch and the writer returns it once the batch is
         // written: that bounds the batches (and so the frames) in memory.
         let in_flight = (IN_FLIGHT_PER_READER * readers).max(workers);
@@ -622,10 +683,17 @@ pub fn write_image(
                 Ok(())
             };
             let mut plan = Planner::new(index, block_size, fetch_ahead(in_flight));
+            let mut chunk = Vec::with_capacity(CHUNK_BLOCKS.min(m.content.blocks as usize));
+            let mut pos = 0u64;
             for_each_id(repo, index, m, &mut |id| {
-                let job = plan.add(id)?;
-                send(job, plan.take_fetches())
+                chunk.push((pos, id, plan.locate(&id)?));
+                pos += block_size as u64;
+                if chunk.len() >= CHUNK_BLOCKS {
+                    plan.add_chunk(&mut chunk, &mut send)?;
+                }
+                Ok(())
             })?;
+            plan.add_chunk(&mut chunk, &mut send)?;
             let (job, fetches) = plan.finish();
             send(job, fetches)
         });
@@ -671,34 +739,22 @@ pub fn write_image(
                     break;
                 }
             }
-            while let Some(Built { pieces, retire }) = waiting.remove(&next) {
-                write_pieces(out, &pieces).ctx("cannot write", out_path)?;
-                start_writeback(
-                    out,
-                    blocks * block_size as u64,
-                    (pieces.len() * block_size) as u64,
-                );
+            while let Some(Built { mut pieces, retire }) = waiting.remove(&next) {
+                let (start, end) =
+                    write_pieces_at(out, &mut pieces).ctx("cannot write", out_path)?;
+                if end > start {
+                    start_writeback(out, start, end - start);
+                }
                 blocks += pieces.len() as u64;
                 progress.inc((pieces.len() * block_size) as u64);
+                drop(pieces);
                 loads.retire(&retire);
                 let _ = ticket_tx.send(());
-                if hasher.is_some() {
-                    sha_tx
-                        .send(pieces)
-                        .map_err(|_| Error::internal("SHA-256 thread stopped"))?;
-                }
                 next += 1;
             }
         }
         // Dropping the tickets' sender stops a planner waiting for one.
-        drop((done_rx, sha_tx, ticket_tx));
-        let sha256 = match hasher {
-            Some(h) => Some(
-                h.join()
-                    .map_err(|_| Error::internal("SHA-256 thread panicked"))?,
-            ),
-            None => None,
-        };
+        drop((done_rx, ticket_tx));
         let planned = planner
             .join()
             .unwrap_or_else(|_| Err(Error::internal("restore planner panicked")));
@@ -712,7 +768,7 @@ pub fn write_image(
         if !waiting.is_empty() {
             return Err(Error::internal("restore lost a batch"));
         }
-        Ok(sha256)
+        Ok(())
     })?;
     progress.finish();
     if blocks != m.content.blocks {
@@ -721,6 +777,13 @@ pub fn write_image(
             m.id, blocks, m.content.blocks
         )));
     }
+    // Pages were written out of order: the image's SHA-256 reads the finished file back (from
+    // the page cache, which holds what was just written).
+    let sha256 = if image_sha256 {
+        Some(sha256_of_file(out, blocks * block_size as u64).ctx("cannot read back", out_path)?)
+    } else {
+        None
+    };
     Ok(ImageStats {
         bytes: blocks * block_size as u64,
         blocks,
@@ -749,6 +812,7 @@ fn build_job(repo: &Repository, index: &Index, job: Job, loads: &Loads) -> Resul
         let blob = slice_blob(&frame, &page.loc)?;
         check_blob(index, repo.hasher(), &page.id, &page.loc, blob)?;
         pieces.push(Piece {
+            pos: page.pos,
             frame,
             start: page.loc.offset as usize,
             len: page.loc.len as usize,
@@ -1082,6 +1146,39 @@ mod tests {
             .collect()
     }
 
+    /// Runs the planner like `write_image` does, in chunks of `chunk` pages: the jobs, and
+    /// the fetches with the number of jobs closed when each was sent.
+    fn plan(
+        index: &Index,
+        ids: &[Hash],
+        ahead: u64,
+        chunk: usize,
+    ) -> (Vec<Job>, Vec<(usize, Fetch)>) {
+        let mut plan = Planner::new(index, PAGE as usize, ahead);
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut fetches: Vec<(usize, Fetch)> = Vec::new();
+        let mut send = |job: Option<Job>, ready: Vec<Fetch>| -> Result<()> {
+            fetches.extend(ready.into_iter().map(|f| (jobs.len(), f)));
+            jobs.extend(job);
+            Ok(())
+        };
+        for (n, part) in ids.chunks(chunk).enumerate() {
+            let mut pages: Vec<(u64, Hash, BlobLoc)> = part
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let pos = ((n * chunk + i) as u64) * u64::from(PAGE);
+                    (pos, *id, plan.locate(id).unwrap())
+                })
+                .collect();
+            plan.add_chunk(&mut pages, &mut send).unwrap();
+        }
+        let (last, rest) = plan.finish();
+        jobs.extend(last);
+        fetches.extend(rest.into_iter().map(|f| (usize::MAX, f)));
+        (jobs, fetches)
+    }
+
     /// Runs the planner like `write_image` does and checks what the other stages rely on.
     #[test]
     fn plans_are_complete_ordered_and_bounded() {
@@ -1089,18 +1186,7 @@ mod tests {
         let ids = image(4, 400, 60_000);
         let in_flight = 12;
         let ahead = fetch_ahead(in_flight);
-        let mut plan = Planner::new(&index, PAGE as usize, ahead);
-        let mut jobs: Vec<Job> = Vec::new();
-        // Fetches with the number of jobs closed when each was sent.
-        let mut fetches: Vec<(usize, Fetch)> = Vec::new();
-        for id in &ids {
-            let job = plan.add(*id).unwrap();
-            fetches.extend(plan.take_fetches().into_iter().map(|f| (jobs.len(), f)));
-            jobs.extend(job);
-        }
-        let (last, rest) = plan.finish();
-        jobs.extend(last);
-        fetches.extend(rest.into_iter().map(|f| (usize::MAX, f)));
+        let (jobs, fetches) = plan(&index, &ids, ahead, 20_000);
 
         // Every load is fetched exactly once, with frames of one pack per fetch.
         let mut frame_of = HashMap::new();
@@ -1137,7 +1223,7 @@ mod tests {
                 if *first_use.entry(p.load).or_insert(n) == n {
                     new.insert(p.load);
                 }
-                pages.push(p.id);
+                pages.push((p.pos, p.id));
             }
             assert!(
                 new.len() <= BATCH_LOADS,
@@ -1151,7 +1237,18 @@ mod tests {
                 );
             }
         }
-        assert_eq!(pages, ids, "the pages, in order");
+        pages.sort_unstable_by_key(|&(pos, _)| pos);
+        let places: Vec<u64> = (0..ids.len() as u64).map(|i| i * u64::from(PAGE)).collect();
+        assert_eq!(
+            pages.iter().map(|&(pos, _)| pos).collect::<Vec<_>>(),
+            places,
+            "every place once"
+        );
+        assert_eq!(
+            pages.into_iter().map(|(_, id)| id).collect::<Vec<_>>(),
+            ids,
+            "each page at its place"
+        );
         assert_eq!(
             first_use.len(),
             frame_of.len(),
@@ -1169,6 +1266,61 @@ mod tests {
             );
         }
         // Few, long fetches: the point of gathering them.
+        assert!(
+            fetches.len() * 8 < frame_of.len(),
+            "{} fetches",
+            fetches.len()
+        );
+    }
+
+    /// Pages scattered over many frames (a database backed up for weeks, then repacked):
+    /// each frame is loaded at most once per chunk, where image order loaded one for nearly
+    /// every page.
+    #[test]
+    fn scattered_pages_load_each_frame_once_per_chunk() {
+        let (packs, frames) = (4, 100);
+        let index = index(packs, frames);
+        // Every page of every frame once, shuffled.
+        let mut ids: Vec<Hash> = (0..packs)
+            .flat_map(|k| {
+                (0..frames).flat_map(move |f| (0..PAGES_PER_FRAME).map(move |p| page_id(k, f, p)))
+            })
+            .collect();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for i in (1..ids.len()).rev() {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ids.swap(i, (seed % (i as u64 + 1)) as usize);
+        }
+        let chunk = 8192;
+        let (jobs, fetches) = plan(&index, &ids, fetch_ahead(12), chunk);
+        let frame_of: HashMap<u64, u32> = fetches
+            .iter()
+            .flat_map(|(_, f)| f.loads.iter().copied())
+            .collect();
+        // The frames loaded for the pages of each chunk.
+        let mut loaded: HashMap<u64, HashSet<u64>> = HashMap::new();
+        let mut pages = 0;
+        for job in &jobs {
+            for p in &job.pages {
+                let c = p.pos / (chunk as u64 * u64::from(PAGE));
+                loaded.entry(c).or_default().insert(p.load);
+                pages += 1;
+            }
+        }
+        assert_eq!(pages, ids.len());
+        for (c, loads) in &loaded {
+            let distinct: HashSet<u32> = loads.iter().map(|l| frame_of[l]).collect();
+            assert_eq!(
+                loads.len(),
+                distinct.len(),
+                "chunk {c} loads a frame more than once"
+            );
+        }
+        // At most one load per frame per chunk in all.
+        let chunks = ids.len().div_ceil(chunk);
+        assert!(frame_of.len() <= chunks * (packs * frames) as usize);
         assert!(
             fetches.len() * 8 < frame_of.len(),
             "{} fetches",
