@@ -108,7 +108,9 @@ fn plan_and_sweep(
     let storage = repo.storage();
     let plans = locks::read_plans(storage)?;
     let already_planned: HashSet<Hash> = planned_packs(&plans);
+    let started = std::time::Instant::now();
     let survey = Survey::take(repo, &already_planned, &opts.progress)?;
+    tracing::info!(elapsed = ?started.elapsed(), packs = survey.packs.len(), "surveyed");
     let mut report = PruneReport {
         dry_run: opts.dry_run,
         backups: survey.backups,
@@ -152,6 +154,7 @@ fn plan_and_sweep(
     let mut fresh: HashSet<Hash> = HashSet::new();
     if !repack.is_empty() {
         let written = repack_packs(repo, &survey, &repack, &opts.progress)?;
+        tracing::info!(elapsed = ?started.elapsed(), packs = written.len(), "repacked");
         report.repack_written_bytes = written.iter().map(|p| p.size).sum();
         report.written_index_files += written.len();
         fresh.extend(written.iter().map(|p| p.id));
@@ -173,7 +176,9 @@ fn plan_and_sweep(
         &fresh,
         &check_lease,
     )?;
+    tracing::info!(elapsed = ?started.elapsed(), deleted = report.deleted_packs, "swept");
     compact_index(repo, &mut report)?;
+    tracing::info!(elapsed = ?started.elapsed(), "index compacted");
     crate::repo::tombstones::merge(storage)?;
     report.temp_files_removed = remove_temp_files(storage)?;
 
@@ -323,6 +328,9 @@ fn remove_temp_files(storage: &dyn crate::storage::Storage) -> Result<usize> {
     }
     Ok(removed)
 }
+
+/// A repack reads neighbouring frames of a pack with one request up to this span.
+const FETCH_SPAN: u64 = 8 << 20;
 
 /// Index files with fewer packs than this are merged when there are `COMPACT_WHEN` of them.
 const SMALL_INDEX_PACKS: usize = 32;
@@ -890,49 +898,126 @@ impl<'a> RepackWorker<'a> {
 
     fn repack(&mut self, p: IndexedPack) -> Result<()> {
         let name = pack_object_name(&p.id);
-        let data = self.repo.storage().get(&name)?;
-        if Hash::of(&data) != p.id {
-            return Err(Error::integrity(format!(
-                "{name} is damaged (its content does not match its name); prune stopped before deleting anything"
-            ))
-            .hint("run `lifeboat repo check --read-data` to see which backups it affects"));
+        let needed: Vec<Vec<bool>> = p.frames.iter().map(|f| self.claim(&f.blobs)).collect();
+        let wanted: u64 = p
+            .frames
+            .iter()
+            .zip(&needed)
+            .filter(|(_, n)| n.iter().any(|&x| x))
+            .map(|(f, _)| u64::from(f.stored_len))
+            .sum();
+        let outside = || Error::integrity(format!("{name}: a frame lies outside the pack"));
+        if wanted * 2 >= p.size {
+            // Most of the pack: read it whole and check it by its name (cheaper than
+            // decompressing the frames copied as they are).
+            let data = self.repo.storage().get(&name)?;
+            if Hash::of(&data) != p.id {
+                return Err(Error::integrity(format!(
+                    "{name} is damaged (its content does not match its name); prune stopped before deleting anything"
+                ))
+                .hint("run `lifeboat repo check --read-data` to see which backups it affects"));
+            }
+            for (f, needed) in p.frames.into_iter().zip(needed) {
+                let range = f.offset as usize..f.offset as usize + f.stored_len as usize;
+                let stored = data.get(range).ok_or_else(outside)?;
+                self.take_frame(&name, f, &needed, stored, true)?;
+            }
+            return Ok(());
         }
-        for f in p.frames {
-            let needed = self.claim(&f.blobs);
-            let range = f.offset as usize..f.offset as usize + f.stored_len as usize;
-            let stored = data.get(range).ok_or_else(|| {
-                Error::integrity(format!("{name}: a frame lies outside the pack"))
-            })?;
-            if needed.iter().all(|&n| n) {
-                self.send(ReadyFrame {
-                    stored: stored.to_vec(),
-                    raw_len: f.raw_len,
-                    codec: f.codec,
-                    blobs: f.blobs,
+        // A small part (typically the page lists of forgotten backups are the rest): read
+        // only the frames that hold needed blobs, neighbours in one request, and check
+        // each blob against its id instead of the pack against its name.
+        let mut frames: Vec<(FrameEntry, Vec<bool>)> = p
+            .frames
+            .into_iter()
+            .zip(needed)
+            .filter(|(_, n)| n.iter().any(|&x| x))
+            .collect();
+        frames.sort_by_key(|(f, _)| f.offset);
+        let mut i = 0;
+        while i < frames.len() {
+            let start = frames[i].0.offset;
+            let mut end = start + u64::from(frames[i].0.stored_len);
+            let mut j = i + 1;
+            while j < frames.len() && frames[j].0.offset == end && end - start < FETCH_SPAN {
+                end += u64::from(frames[j].0.stored_len);
+                j += 1;
+            }
+            let data = self
+                .repo
+                .storage()
+                .get_range(&name, start, (end - start) as usize)?;
+            for (f, needed) in frames[i..j].iter() {
+                let from = (f.offset - start) as usize;
+                let stored = data
+                    .get(from..from + f.stored_len as usize)
+                    .ok_or_else(outside)?;
+                self.take_frame(&name, f.clone(), needed, stored, false)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Pass on the needed blobs of one frame: the whole frame as stored when all are needed,
+    /// else those blobs into the frame being filled. `checked`: the bytes are known intact
+    /// (their pack matched its name); otherwise each blob is checked against its id.
+    fn take_frame(
+        &mut self,
+        name: &str,
+        f: FrameEntry,
+        needed: &[bool],
+        stored: &[u8],
+        checked: bool,
+    ) -> Result<()> {
+        let all = needed.iter().all(|&n| n);
+        if all && checked {
+            return self.send(ReadyFrame {
+                stored: stored.to_vec(),
+                raw_len: f.raw_len,
+                codec: f.codec,
+                blobs: f.blobs,
+            });
+        }
+        if !needed.iter().any(|&n| n) {
+            return Ok(());
+        }
+        let plain = self
+            .repo
+            .unseal(ObjectKind::Frame, b"", stored.to_vec(), name)?;
+        let raw = self
+            .decompressor
+            .decompress(f.codec, &plain, f.raw_len as usize)?;
+        let hasher = self.repo.hasher();
+        for (b, _) in f.blobs.iter().zip(needed).filter(|(_, n)| **n) {
+            let blob = raw
+                .get(b.offset as usize..(b.offset + b.len) as usize)
+                .filter(|blob| checked || hasher.id(blob).key() == b.id)
+                .ok_or_else(|| {
+                    Error::integrity(format!(
+                        "{name} is damaged (a blob fails its check); prune stopped before deleting anything"
+                    ))
+                    .hint("run `lifeboat repo check --read-data` to see which backups it affects")
                 })?;
-            } else if needed.iter().any(|&n| n) {
-                let plain = self
-                    .repo
-                    .unseal(ObjectKind::Frame, b"", stored.to_vec(), &name)?;
-                let raw = self
-                    .decompressor
-                    .decompress(f.codec, &plain, f.raw_len as usize)?;
-                for (b, _) in f.blobs.iter().zip(&needed).filter(|(_, n)| **n) {
-                    let blob = raw
-                        .get(b.offset as usize..(b.offset + b.len) as usize)
-                        .ok_or_else(|| {
-                            Error::integrity(format!("{name}: a blob lies outside its frame"))
-                        })?;
-                    self.frame.1.push(BlobEntry {
-                        offset: self.frame.0.len() as u32,
-                        ..b.clone()
-                    });
-                    self.frame.0.extend_from_slice(blob);
-                    if self.frame.0.len() >= FRAME_BYTES {
-                        self.flush()?;
-                    }
+            if !all {
+                self.frame.1.push(BlobEntry {
+                    offset: self.frame.0.len() as u32,
+                    ..b.clone()
+                });
+                self.frame.0.extend_from_slice(blob);
+                if self.frame.0.len() >= FRAME_BYTES {
+                    self.flush()?;
                 }
             }
+        }
+        if all {
+            // Every blob checked: the frame goes on as stored.
+            self.send(ReadyFrame {
+                stored: stored.to_vec(),
+                raw_len: f.raw_len,
+                codec: f.codec,
+                blobs: f.blobs,
+            })?;
         }
         Ok(())
     }
