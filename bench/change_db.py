@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Apply a realistic day-of-traffic change to the benchmark database.
 
-    change_db.py DB [SEED]
+    change_db.py DB [SEED [SCALE]]
 
-Relative to the current row count N (max id, since ids are dense):
+Relative to N, the largest id (the row count while ids are dense):
   * update 1.0% of rows chosen at random (new payload, as an app would when
     it enriches or corrects an event),
   * insert 0.5% new rows at the end (ids and timestamps continue),
   * delete 0.2% of rows chosen at random,
-each in 1,000-row transactions, the way an application commits, with the
-common WAL settings (synchronous=NORMAL, default auto-checkpoint).  The
-scattered updates and deletes touch pages all over the table and index,
-which is exactly what makes incremental backup hard.
+(SCALE, default 1, multiplies all three; retention.sh uses 0.1 so that 60
+days of history fit on disk), each in 1,000-row transactions, the way an
+application commits, with the common WAL settings (synchronous=NORMAL,
+default auto-checkpoint).  The scattered updates and deletes touch pages
+all over the table and index, which is exactly what makes incremental
+backup hard.
 
 Finishes with PRAGMA wal_checkpoint(TRUNCATE) so the main file holds every
 change (needed for the page comparison and for file-level tools like restic).
@@ -37,10 +39,11 @@ def in_txns(con, sql, rows):
 
 
 def main():
-    if len(sys.argv) not in (2, 3):
+    if len(sys.argv) not in (2, 3, 4):
         sys.exit(__doc__)
     db = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) == 3 else 7
+    seed = int(sys.argv[2]) if len(sys.argv) >= 3 else 7
+    scale = float(sys.argv[3]) if len(sys.argv) == 4 else 1.0
     t0 = time.time()
     con = sqlite3.connect(db, isolation_level=None)
     con.execute("PRAGMA journal_mode=WAL")
@@ -50,13 +53,30 @@ def main():
 
     gen = PayloadGen(seed, ts=max_ts)
     r = gen.r
-    n_upd, n_ins, n_del = n // 100, n // 200, n // 500
-    # Disjoint random victims for updates and deletes, in random order.
-    victims = r.sample(range(1, n + 1), n_upd + n_del)
+    m = int(n * scale)   # == n at scale 1 (the default): the same counts as ever
+    n_upd, n_ins, n_del = m // 100, m // 200, m // 500
+    # Disjoint random victims for updates and deletes, in random order.  Ids
+    # are dense in a fresh database; after earlier runs' deletes (retention.sh
+    # applies one change per day) victims that are gone are replaced by more
+    # draws among the rows that exist.  A fresh database draws none: its change
+    # is the same as ever.
+    want = n_upd + n_del
+    victims = r.sample(range(1, n + 1), want)
+    kinds = dict(con.execute(
+        "SELECT id, kind FROM events WHERE id IN (%s)" % ",".join(map(str, victims))))
+    if len(kinds) < want:
+        seen = set(victims)
+        victims = [v for v in victims if v in kinds]
+        while len(victims) < want:
+            v = r.randint(1, n)
+            if v not in seen:
+                seen.add(v)
+                row = con.execute("SELECT kind FROM events WHERE id = ?", (v,)).fetchone()
+                if row:
+                    kinds[v] = row[0]
+                    victims.append(v)
     upd_ids, del_ids = victims[:n_upd], victims[n_upd:]
 
-    kinds = dict(con.execute(
-        "SELECT id, kind FROM events WHERE id IN (%s)" % ",".join(map(str, upd_ids))))
     updates = [(gen.payload(kinds[i]), i) for i in upd_ids]
     in_txns(con, "UPDATE events SET payload = ? WHERE id = ?", updates)
 

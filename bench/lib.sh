@@ -114,14 +114,15 @@ drop_caches() {
 }
 
 # run_timed OUTFILE CMD...  -> sets T_SECS, T_RSS_KIB (peak RSS of the command
-# and its children, KiB); stdout to OUTFILE, stderr to OUTFILE.err, stdin from
+# and its children, KiB), T_CPU (user + system CPU seconds, which a busy machine
+# skews less than wall time); stdout to OUTFILE, stderr to OUTFILE.err, stdin from
 # /dev/null (nothing may prompt); returns the command's exit status.
 run_timed() {
     local out=$1 tf=$RUN/.time rc; shift
     drop_caches
     if [[ -x /usr/bin/time ]]; then
-        /usr/bin/time -f '%e %M' -o "$tf" "$@" </dev/null >"$out" 2>"$out.err"; rc=$?
-    else   # same two numbers from wait4(), for machines without GNU time
+        /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" </dev/null >"$out" 2>"$out.err"; rc=$?
+    else   # the same numbers from wait4(), for machines without GNU time
         python3 -c 'import os,sys,time
 t=time.monotonic(); p=os.fork()
 if p==0:
@@ -129,11 +130,13 @@ if p==0:
     fd=os.open(sys.argv[2]+".err",os.O_WRONLY|os.O_CREAT|os.O_TRUNC); os.dup2(fd,2)
     os.execvp(sys.argv[3],sys.argv[3:])
 _,st,ru=os.wait4(p,0)
-open(sys.argv[1],"w").write("%.2f %d\n"%(time.monotonic()-t,ru.ru_maxrss))
+open(sys.argv[1],"w").write("%.2f %d %.2f %.2f\n"%(time.monotonic()-t,ru.ru_maxrss,ru.ru_utime,ru.ru_stime))
 sys.exit(os.waitstatus_to_exitcode(st))' "$tf" "$out" "$@" </dev/null; rc=$?
     fi
     # GNU time prefixes a "Command exited with non-zero status" line on failure.
-    read -r T_SECS T_RSS_KIB < <(tail -n 1 "$tf")
+    local user sys
+    read -r T_SECS T_RSS_KIB user sys < <(tail -n 1 "$tf")
+    T_CPU=$(awk -v u="${user:-0}" -v s="${sys:-0}" 'BEGIN {printf "%.2f", u + s}')
     return $rc
 }
 
