@@ -109,7 +109,7 @@ fn plan_and_sweep(
     let plans = locks::read_plans(storage)?;
     let already_planned: HashSet<Hash> = planned_packs(&plans);
     let started = std::time::Instant::now();
-    let survey = Survey::take(repo, &already_planned, &opts.progress)?;
+    let survey = Survey::take(repo, &already_planned, &opts.progress, opts.max_unused)?;
     tracing::info!(elapsed = ?started.elapsed(), packs = survey.packs.len(), "surveyed");
     let mut report = PruneReport {
         dry_run: opts.dry_run,
@@ -250,7 +250,7 @@ fn sweep(
             let all_planned: HashSet<Hash> =
                 planned.union(&planned_packs(&waiting)).copied().collect();
             (
-                Survey::take(repo, &all_planned, &opts.progress)?,
+                Survey::take(repo, &all_planned, &opts.progress, opts.max_unused)?,
                 HashSet::new(),
             )
         }
@@ -474,6 +474,9 @@ struct PackUse {
     live_blobs: u64,
     live_raw: u64,
     dead_raw: u64,
+    /// Raw bytes a repack would free: frames wholly unused, and frames whose unused share
+    /// exceeds the tolerance (the others are copied as they are, garbage and all).
+    reclaim_raw: u64,
     /// The index file that describes it (for repacking).
     index_file: Option<usize>,
 }
@@ -497,6 +500,8 @@ struct IndexFile {
 
 struct Survey {
     backups: usize,
+    /// The unused share tolerated inside a frame (`--max-unused`).
+    max_unused: f64,
     /// Ids of the backups surveyed.
     manifests: HashSet<String>,
     packs: HashMap<Hash, PackUse>,
@@ -508,7 +513,12 @@ struct Survey {
 impl Survey {
     /// Look at every pack, index file and backup. Copies in `planned` packs are claimed
     /// last, so a blob that also lives elsewhere is counted there.
-    fn take(repo: &Repository, planned: &HashSet<Hash>, progress: &Progress) -> Result<Survey> {
+    fn take(
+        repo: &Repository,
+        planned: &HashSet<Hash>,
+        progress: &Progress,
+        max_unused: f64,
+    ) -> Result<Survey> {
         let storage = repo.storage();
         let mut packs: HashMap<Hash, PackUse> = HashMap::new();
         for obj in storage.list("data/")? {
@@ -578,19 +588,26 @@ impl Survey {
                 usage.indexed = true;
                 usage.index_file = Some(i);
                 for f in &p.frames {
+                    let (mut live, mut dead) = (0u64, 0u64);
                     for b in &f.blobs {
                         if referenced.claim(&b.id) {
                             usage.live_blobs += 1;
-                            usage.live_raw += u64::from(b.len);
+                            live += u64::from(b.len);
                         } else {
-                            usage.dead_raw += u64::from(b.len);
+                            dead += u64::from(b.len);
                         }
+                    }
+                    usage.live_raw += live;
+                    usage.dead_raw += dead;
+                    if live == 0 || rewrites(live, dead, max_unused) {
+                        usage.reclaim_raw += dead;
                     }
                 }
             }
         }
         Ok(Survey {
             backups,
+            max_unused,
             manifests,
             packs,
             index_files,
@@ -702,18 +719,26 @@ fn merge_sorted(keys: &mut Vec<Key>, pending: &mut Vec<Key>) {
     pending.shrink_to(1 << 20);
 }
 
+/// Whether a repack rewrites a frame with `live` and `dead` raw bytes, rather than copying
+/// it as stored: when its unused share is above the tolerance. Copying is ~10x cheaper than
+/// decompressing and recompressing, and a frame of a backup a few pages changed since is
+/// mostly live.
+fn rewrites(live: u64, dead: u64, max_unused: f64) -> bool {
+    dead > 0 && dead as f64 > max_unused * (live + dead) as f64
+}
+
 /// The partly used packs to rewrite: most wasteful first, until what stays unused is at
 /// most `max_unused` of the pack bytes that remain.
 fn choose_repack(survey: &Survey, planned: &HashSet<Hash>, max_unused: f64) -> Vec<Hash> {
     let mut partial: Vec<(&Hash, &PackUse)> = survey
         .packs
         .iter()
-        .filter(|(id, p)| p.indexed && p.live_blobs > 0 && p.dead_raw > 0 && !planned.contains(id))
+        .filter(|(id, p)| {
+            p.indexed && p.live_blobs > 0 && p.reclaim_raw > 0 && !planned.contains(id)
+        })
         .collect();
-    partial.sort_by(|a, b| {
-        let waste = |p: &PackUse| p.dead_raw as f64 / (p.live_raw + p.dead_raw) as f64;
-        waste(b.1).total_cmp(&waste(a.1)).then_with(|| a.0.cmp(b.0))
-    });
+    let gain = |p: &PackUse| p.reclaim_raw as f64 / (p.live_raw + p.dead_raw) as f64;
+    partial.sort_by(|a, b| gain(b.1).total_cmp(&gain(a.1)).then_with(|| a.0.cmp(b.0)));
     let kept: Vec<&PackUse> = survey
         .packs
         .iter()
@@ -730,9 +755,9 @@ fn choose_repack(survey: &Survey, planned: &HashSet<Hash>, max_unused: f64) -> V
         if unused as f64 <= max_unused * total as f64 {
             break;
         }
-        let waste = p.size - p.live_size().min(p.size);
-        unused -= waste;
-        total -= waste;
+        let freed = ((p.size as f64 * gain(p)) as u64).min(unused);
+        unused -= freed;
+        total -= freed;
         chosen.push(*id);
     }
     chosen
@@ -852,6 +877,7 @@ struct RepackWorker<'a> {
     frame: (Vec<u8>, Vec<BlobEntry>),
     compressor: Compressor,
     decompressor: Decompressor,
+    max_unused: f64,
 }
 
 impl<'a> RepackWorker<'a> {
@@ -870,6 +896,7 @@ impl<'a> RepackWorker<'a> {
             frame: (Vec::new(), Vec::new()),
             compressor: Compressor::new(compression),
             decompressor: Decompressor::default(),
+            max_unused: survey.max_unused,
         }
     }
 
@@ -970,7 +997,15 @@ impl<'a> RepackWorker<'a> {
         stored: &[u8],
         checked: bool,
     ) -> Result<()> {
-        let all = needed.iter().all(|&n| n);
+        let live: u64 = f
+            .blobs
+            .iter()
+            .zip(needed)
+            .filter(|(_, n)| **n)
+            .map(|(b, _)| u64::from(b.len))
+            .sum();
+        // All needed, or so nearly that rewriting it is not worth it: copied as stored.
+        let all = live > 0 && !rewrites(live, u64::from(f.raw_len) - live, self.max_unused);
         if all && checked {
             return self.send(ReadyFrame {
                 stored: stored.to_vec(),
@@ -989,7 +1024,8 @@ impl<'a> RepackWorker<'a> {
             .decompressor
             .decompress(f.codec, &plain, f.raw_len as usize)?;
         let hasher = self.repo.hasher();
-        for (b, _) in f.blobs.iter().zip(needed).filter(|(_, n)| **n) {
+        // A frame copied as stored brings its unused blobs along, indexed: check them too.
+        for (b, _) in f.blobs.iter().zip(needed).filter(|(_, n)| **n || all) {
             let blob = raw
                 .get(b.offset as usize..(b.offset + b.len) as usize)
                 .filter(|blob| checked || hasher.id(blob).key() == b.id)
@@ -1083,6 +1119,14 @@ fn write_frames(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_mostly_live_are_copied_and_the_rest_rewritten() {
+        assert!(!rewrites(95, 5, 0.05), "5% unused is within 5%");
+        assert!(rewrites(90, 10, 0.05));
+        assert!(rewrites(99, 1, 0.0), "0% rewrites anything with garbage");
+        assert!(!rewrites(100, 0, 0.0), "nothing to gain");
+    }
 
     #[test]
     fn merging_keeps_a_sorted_set() {
