@@ -136,10 +136,7 @@ fn backup_marked(
     }
     // Packs a prune plans to delete are not reused: their pages are stored again. The plans
     // seen when the marker was written count even if a prune has swept them since.
-    let seen: std::collections::HashSet<Hash> = plans
-        .iter()
-        .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
-        .collect();
+    let seen = locks::planned_packs(plans);
     let mut planned = std::mem::take(&mut index.planned);
     planned.extend(
         (0..index.packs.len() as u32).filter(|&n| seen.contains(&index.packs[n as usize].id)),

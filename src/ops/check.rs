@@ -54,10 +54,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let manifests = storage.list("backups/")?;
 
     // Packs a prune is deleting: expected to vanish; a problem only if a backup needs them.
-    let planned: HashSet<Hash> = crate::repo::locks::read_plans(storage)?
-        .iter()
-        .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
-        .collect();
+    let planned = crate::repo::locks::planned_packs(&crate::repo::locks::read_plans(storage)?);
 
     // Index files, one by one, so a bad one is reported rather than fatal. Those naming
     // planned packs come last, so blobs a prune copied elsewhere are found at the copy.

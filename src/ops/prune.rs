@@ -23,7 +23,9 @@ use crate::repo::index::{
     encode_index_file, index_object_name, list_index_files, Index, IndexedPack,
 };
 use crate::repo::locks::{self, Lease, Plan};
-use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, FrameEntry, PackWriter};
+use crate::repo::pack::{
+    list_packs, pack_object_name, BlobEntry, BlobKind, FrameEntry, PackWriter,
+};
 use crate::repo::{FrameCache, Repository};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
@@ -107,7 +109,7 @@ fn plan_and_sweep(
     let check_lease = || lease.map_or(Ok(()), |l| l.check());
     let storage = repo.storage();
     let plans = locks::read_plans(storage)?;
-    let already_planned: HashSet<Hash> = planned_packs(&plans);
+    let already_planned: HashSet<Hash> = locks::planned_packs(&plans);
     let started = std::time::Instant::now();
     let survey = Survey::take(repo, &already_planned, &opts.progress, opts.max_unused)?;
     tracing::info!(elapsed = ?started.elapsed(), packs = survey.packs.len(), "surveyed");
@@ -188,13 +190,6 @@ fn plan_and_sweep(
     Ok(report)
 }
 
-fn planned_packs(plans: &[Plan]) -> HashSet<Hash> {
-    plans
-        .iter()
-        .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
-        .collect()
-}
-
 /// Delete what every eligible plan names and no backup needs. `prior` is this run's survey
 /// and the packs it planned: when no backup has been committed since, it still holds.
 fn sweep(
@@ -227,11 +222,11 @@ fn sweep(
             .collect();
     }
     if eligible.is_empty() {
-        let pending = planned_packs(&waiting);
+        let pending = locks::planned_packs(&waiting);
         report.pending_packs = pending.len();
         return Ok(());
     }
-    let planned = planned_packs(&eligible);
+    let planned = locks::planned_packs(&eligible);
     // A backup committed since this run's survey may need planned packs: then survey again,
     // preferring copies outside the plans. Otherwise the survey stands: this run's planned
     // packs hold no needed blob that is not also elsewhere (unused, or copied by the
@@ -247,8 +242,10 @@ fn sweep(
         other => {
             drop(other);
             // Copies in any plan are claimed last, as readers read them last.
-            let all_planned: HashSet<Hash> =
-                planned.union(&planned_packs(&waiting)).copied().collect();
+            let all_planned: HashSet<Hash> = planned
+                .union(&locks::planned_packs(&waiting))
+                .copied()
+                .collect();
             (
                 Survey::take(repo, &all_planned, &opts.progress, opts.max_unused)?,
                 HashSet::new(),
@@ -267,7 +264,7 @@ fn sweep(
         })
         .copied()
         .collect();
-    let waiting_packs = planned_packs(&waiting);
+    let waiting_packs = locks::planned_packs(&waiting);
     report.pending_packs = waiting_packs.difference(&delete).count();
     report.pending_bytes = waiting_packs
         .iter()
@@ -365,14 +362,7 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
     }
     // Listed after the index files: a pack an index file names was stored before that file,
     // so one missing from this later listing is really gone.
-    let present: HashMap<Hash, u64> = storage
-        .list("data/")?
-        .into_iter()
-        .filter_map(|o| {
-            let id = Hash::from_hex(o.name.rsplit('/').next()?).ok()?;
-            Some((id, o.size))
-        })
-        .collect();
+    let present = list_packs(storage)?;
     let mut group: Vec<IndexedPack> = Vec::new();
     let mut merged_names: Vec<String> = Vec::new();
     let mut seen: HashSet<Hash> = HashSet::new();
@@ -520,24 +510,16 @@ impl Survey {
         max_unused: f64,
     ) -> Result<Survey> {
         let storage = repo.storage();
-        let mut packs: HashMap<Hash, PackUse> = HashMap::new();
-        for obj in storage.list("data/")? {
-            let Some(id) = obj
-                .name
-                .rsplit('/')
-                .next()
-                .and_then(|n| Hash::from_hex(n).ok())
-            else {
-                continue;
-            };
-            packs.insert(
-                id,
-                PackUse {
-                    size: obj.size,
+        let mut packs: HashMap<Hash, PackUse> = list_packs(storage)?
+            .into_iter()
+            .map(|(id, size)| {
+                let usage = PackUse {
+                    size,
                     ..Default::default()
-                },
-            );
-        }
+                };
+                (id, usage)
+            })
+            .collect();
         // Pass 1: where the page lists are (they are few), and what each index file holds.
         let mut lists = Index::default();
         let mut index_files = Vec::new();

@@ -146,6 +146,18 @@ pub struct Plan {
     pub packs: Vec<String>,
 }
 
+/// The packs named by `plans`.
+pub fn planned_packs(plans: &[Plan]) -> std::collections::HashSet<crate::id::Hash> {
+    plans
+        .iter()
+        .flat_map(|p| {
+            p.packs
+                .iter()
+                .filter_map(|h| crate::id::Hash::from_hex(h).ok())
+        })
+        .collect()
+}
+
 pub fn read_plans(storage: &dyn Storage) -> Result<Vec<Plan>> {
     let mut plans = Vec::new();
     for obj in storage.list(PLANS)? {

@@ -246,19 +246,11 @@ impl Repository {
     pub fn load_index(&self) -> Result<Index> {
         // Packs that a prune plans to delete are added last, so a blob that also lives in
         // a pack that stays (prune copied it there) is found there.
-        let planned: std::collections::HashSet<Hash> = locks::read_plans(self.storage.as_ref())
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|p| p.packs.iter().filter_map(|h| Hash::from_hex(h).ok()))
-            .collect();
+        let planned =
+            locks::planned_packs(&locks::read_plans(self.storage.as_ref()).unwrap_or_default());
         // So are packs that are missing or truncated here: a later backup stored their pages
         // again in another pack (packs are salted, so never under the same name).
-        let present: std::collections::HashMap<Hash, u64> = self
-            .storage
-            .list("data/")?
-            .into_iter()
-            .filter_map(|o| Some((Hash::from_hex(o.name.rsplit('/').next()?).ok()?, o.size)))
-            .collect();
+        let present = pack::list_packs(self.storage.as_ref())?;
         let last =
             |p: &index::IndexedPack| planned.contains(&p.id) || present.get(&p.id) != Some(&p.size);
         let mut index = Index::default();

@@ -242,6 +242,18 @@ pub struct FinishedPack {
     pub frames: Vec<FrameEntry>,
 }
 
+/// The packs under `data/` of `storage`, with their sizes (names that are not pack ids are
+/// skipped).
+pub fn list_packs(
+    storage: &dyn crate::storage::Storage,
+) -> Result<std::collections::HashMap<Hash, u64>> {
+    Ok(storage
+        .list("data/")?
+        .into_iter()
+        .filter_map(|o| Some((Hash::from_hex(o.name.rsplit('/').next()?).ok()?, o.size)))
+        .collect())
+}
+
 pub fn pack_object_name(id: &Hash) -> String {
     let hex = id.to_hex();
     format!("data/{}/{}", &hex[..2], hex)
