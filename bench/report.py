@@ -49,6 +49,18 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
+def aligned(table):
+    """Rows of cells as text lines, columns padded; the last column (notes) is left ragged.
+    The first row is the heading, underlined."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    lines = []
+    for i, row in enumerate(table):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  -----")
+    return lines
+
+
 def load(path):
     """Header lines and rows of a results file, and a lookup of one row by step and tool."""
     header, rows = [], []
@@ -91,12 +103,7 @@ def main():
             "-" if r["rss"] is None else f"{r['rss'] / 1024:.0f}",
             ratio(r["secs"], t_ref), ratio(r["bytes"], b_ref), r["note"]))
 
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    out = header + [""]
-    for i, row in enumerate(table):
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths) + "  -----")
+    out = header + [""] + aligned(table)
     out += ["", "references: full backup -> sqlite3+zstd; second backup -> time: same tool's"
             " full backup, bytes: changed pages zstd -3; restore -> zstd -d", ""]
 

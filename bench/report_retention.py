@@ -27,7 +27,7 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import check, human, load, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
+from report import aligned, check, human, load, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
 
 LB_ENC = "lifeboat (encrypted)"
 LB_PLAIN = "lifeboat"
@@ -59,12 +59,7 @@ def main():
             ratio(r["secs"], ref.get("secs")), ratio(c, cpu(ref)),
             ratio(r["bytes"], ref.get("bytes")), r["note"]))
 
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    out = header + [""]
-    for i, row in enumerate(table):
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths) + "  -----")
+    out = header + [""] + aligned(table)
     out += ["", "bytes: history -> repository size after the backups; forget+prune -> bytes freed;"
             " repo after -> repository size after pruning (all du -sb)",
             "cpu: user + system seconds (less skewed than wall time when other work runs)",

@@ -20,7 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import check, human, load, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
+from report import aligned, check, human, load, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
 
 LIFEBOAT = "lifeboat"
 PIPE = "sqlite3+zstd -3+aws s3 cp"
@@ -48,12 +48,7 @@ def main():
             ratio(r["bytes"], changed.get("bytes")) if r["step"] == "second backup" else "-",
             r["note"]))
 
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    out = header + [""]
-    for i, row in enumerate(table):
-        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths) + "  -----")
+    out = header + [""] + aligned(table)
     out += ["", "ratios: Lifeboat / the pipeline at the same step; the second backup's"
             " bytes also / zstd -3 of the changed pages", ""]
 
