@@ -128,7 +128,7 @@ fn backup_marked(
         .iter()
         .map(|f| format!("index file {f} is damaged; backups that need it may not restore (run `lifeboat repo check`)"))
         .collect();
-    for pack in repo.drop_missing_packs(&mut index)? {
+    for pack in repo.drop_missing_packs(&mut index) {
         warnings.push(format!(
             "pack {pack} is missing or truncated; its pages are stored again by this backup, \
              older backups that use it cannot be restored (run `lifeboat repo check`)"

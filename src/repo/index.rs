@@ -61,6 +61,8 @@ pub struct Index {
     pub damaged: Vec<String>,
     /// Packs (numbers) that a prune plans to delete: readable, but not to be reused.
     pub planned: std::collections::HashSet<u32>,
+    /// Packs (numbers) missing or of the wrong size when the index was loaded.
+    pub absent: std::collections::HashSet<u32>,
 }
 
 impl Index {

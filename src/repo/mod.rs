@@ -299,6 +299,13 @@ impl Repository {
             .filter(|(_, p)| planned.contains(&p.id))
             .map(|(n, _)| n as u32)
             .collect();
+        index.absent = index
+            .packs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| present.get(&p.id) != Some(&p.size))
+            .map(|(n, _)| n as u32)
+            .collect();
         Ok(index)
     }
 
@@ -324,26 +331,15 @@ impl Repository {
 
     /// Forget blobs whose pack is missing or has the wrong size, so a new backup stores them
     /// again rather than referring to data that is gone. Returns the packs forgotten.
-    pub fn drop_missing_packs(&self, index: &mut Index) -> Result<Vec<String>> {
-        let present: std::collections::HashMap<String, u64> = self
-            .storage
-            .list("data/")?
-            .into_iter()
-            .map(|o| (o.name, o.size))
-            .collect();
-        let missing: std::collections::HashSet<u32> = index
-            .packs
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| present.get(&pack_object_name(&p.id)) != Some(&p.size))
-            .map(|(n, _)| n as u32)
-            .collect();
+    /// (`load_index` found them, from the same listing of `data/` it orders packs by.)
+    pub fn drop_missing_packs(&self, index: &mut Index) -> Vec<String> {
+        let missing = std::mem::take(&mut index.absent);
         let names = missing
             .iter()
             .map(|&n| pack_object_name(&index.packs[n as usize].id))
             .collect();
         index.forget_packs(&missing);
-        Ok(names)
+        names
     }
 
     /// All backups, oldest first. An unreadable manifest is an error naming it.
