@@ -23,6 +23,10 @@ pub enum ErrorKind {
     Storage,
     /// Wrong password or key (reserved for encrypted repositories).
     Auth,
+    /// The repository is not what this machine saw before, or not authenticated: replaced,
+    /// rolled back, its security lowered, or a record forged. `--accept-change` accepts a
+    /// deliberate change.
+    Trust,
     /// The user declined a confirmation.
     Aborted,
 }
@@ -38,6 +42,7 @@ impl ErrorKind {
             ErrorKind::InUse => 6,
             ErrorKind::Storage => 7,
             ErrorKind::Auth => 8,
+            ErrorKind::Trust => 9,
             ErrorKind::Aborted => 10,
         }
     }

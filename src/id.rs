@@ -57,28 +57,55 @@ impl fmt::Display for Hash {
 }
 
 /// Computes blob ids: plain BLAKE3, or BLAKE3 keyed with the repository's id key when the
-/// repository is encrypted (so equal content cannot be recognised from outside).
-#[derive(Clone, Copy)]
-pub struct BlobHasher(Option<[u8; 32]>);
+/// repository is encrypted (so equal content cannot be recognised from outside). After a full
+/// key rotation, blobs stored under an earlier epoch's id key still check against it.
+#[derive(Clone)]
+pub struct BlobHasher {
+    current: Option<[u8; 32]>,
+    older: std::sync::Arc<[[u8; 32]]>,
+}
 
 impl BlobHasher {
     pub fn plain() -> BlobHasher {
-        BlobHasher(None)
+        BlobHasher {
+            current: None,
+            older: std::sync::Arc::new([]),
+        }
     }
-    pub fn keyed(key: [u8; 32]) -> BlobHasher {
-        BlobHasher(Some(key))
+    /// Ids under `key`; checks accept the `older` id keys too.
+    pub fn keyed(key: [u8; 32], older: Vec<[u8; 32]>) -> BlobHasher {
+        BlobHasher {
+            current: Some(key),
+            older: older.into(),
+        }
     }
     pub fn id(&self, data: &[u8]) -> Hash {
-        match &self.0 {
+        match &self.current {
             None => Hash::of(data),
             Some(k) => Hash(*blake3::keyed_hash(k, data).as_bytes()),
         }
+    }
+    /// Whether `data` is the blob `id` (under the current id key or an earlier one).
+    pub fn matches(&self, data: &[u8], id: &Hash) -> bool {
+        self.id(data) == *id
+            || self
+                .older
+                .iter()
+                .any(|k| Hash(*blake3::keyed_hash(k, data).as_bytes()) == *id)
+    }
+    /// Whether `data` is the blob whose key (first 16 bytes of its id) is `key`.
+    pub fn matches_key(&self, data: &[u8], key: &Key) -> bool {
+        self.id(data).key() == *key
+            || self
+                .older
+                .iter()
+                .any(|k| Hash(*blake3::keyed_hash(k, data).as_bytes()).key() == *key)
     }
 }
 
 impl std::fmt::Debug for BlobHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.current.is_some() {
             "BlobHasher(keyed)"
         } else {
             "BlobHasher(plain)"

@@ -14,5 +14,6 @@ pub mod repo;
 pub mod secret;
 pub mod source;
 pub mod storage;
+pub mod trust;
 
 pub use error::{Error, ErrorKind, Result};

@@ -60,6 +60,11 @@ struct Cli {
     /// Write-only repositories: the private identity file (`key generate`) that reads them.
     #[arg(long, global = true, env = "LIFEBOAT_IDENTITY", hide_env_values = true)]
     identity: Option<PathBuf>,
+    /// Accept a repository that changed since this machine last used it (another id, keys
+    /// replaced, encryption or format lowered, newest backup or replica list gone back).
+    /// Each change is printed; without this flag such a command stops with exit code 9.
+    #[arg(long, global = true)]
+    accept_change: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,7 +135,24 @@ enum KeyCommand {
         new_password_file: Option<PathBuf>,
     },
     /// Start a new data key: everything written from now on uses it; old data stays readable.
-    Rotate,
+    /// With --full, replace the root keys too, for when a passphrase or key file may be in
+    /// the wrong hands: every other key file is removed (add them again with `key add`),
+    /// manifests, index files and records are re-sealed, and the next backup of each
+    /// database is stored in full once (new blob ids).
+    Rotate {
+        /// Replace the root keys, not only the data key.
+        #[arg(long)]
+        full: bool,
+        /// Do not ask before removing the other key files.
+        #[arg(long, short)]
+        yes: bool,
+        #[command(flatten)]
+        kdf: KdfArgs,
+        /// --full with --identity: the passphrase of the new key file, from this file (else
+        /// LIFEBOAT_NEW_PASSWORD, or asked twice).
+        #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", hide_env_values = true)]
+        new_password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -245,6 +267,9 @@ enum RepoCommand {
     },
     /// Sizes, counts and ratios.
     Stats,
+    /// Move a repository made by an older Lifeboat to the current format (crash-safe; a
+    /// write-only repository needs --identity). Older versions cannot open it afterwards.
+    Upgrade,
 }
 
 #[derive(Args)]
@@ -284,6 +309,8 @@ pub(crate) struct Ctx {
     repo_flag: Option<String>,
     passphrase: PassphraseSource,
     identity: Option<PathBuf>,
+    /// `--accept-change`: accept a repository that changed since this machine last saw it.
+    accept_change: bool,
 }
 
 impl Ctx {
@@ -297,8 +324,14 @@ impl Ctx {
     }
 
     /// Open with the identity if one was given, else with a passphrase (asked only if the
-    /// repository is encrypted).
-    fn open_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
+    /// repository is encrypted); then compare it with what this machine saw of it before.
+    pub(crate) fn open_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
+        let repo = self.unlock_at(storage)?;
+        self.vouch(&repo)?;
+        Ok(repo)
+    }
+
+    fn unlock_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
         if let Some(path) = &self.identity {
             let text = zeroize::Zeroizing::new(
                 std::fs::read_to_string(path)
@@ -307,8 +340,35 @@ impl Ctx {
             let identity = Identity::from_file_text(&text)?;
             return Repository::open(storage, Unlock::Identity(&identity));
         }
+        let preferred_key = lifeboat::trust::load(&storage.describe()).and_then(|s| s.key_id);
         let mut ask = || self.passphrase.get("Repository passphrase", false);
-        Repository::open(storage, Unlock::Passphrase(&mut ask))
+        Repository::open(
+            storage,
+            Unlock::Passphrase {
+                ask: &mut ask,
+                given: self.passphrase_configured(),
+                preferred_key,
+            },
+        )
+    }
+
+    /// The trust check (`lifeboat::trust`), and where damaged objects may be read from.
+    fn vouch(&self, repo: &Repository) -> Result<()> {
+        for notice in lifeboat::trust::check(repo, &repo.location(), self.accept_change)? {
+            eprintln!("warning: {notice}");
+        }
+        let configured = self.file.replicas.clone();
+        repo.set_replica_resolver(Box::new(move |repo| {
+            sync::replica_urls(repo, &configured).unwrap_or_default()
+        }));
+        Ok(())
+    }
+
+    /// Remember the repository as this command left it (new backups, keys, replicas).
+    pub(crate) fn record(&self, repo: &Repository) {
+        if let Err(e) = lifeboat::trust::record(repo, &repo.location()) {
+            tracing::warn!("could not record the state of {}: {e}", repo.location());
+        }
     }
 
     /// Whether the user gave a passphrase without being asked (then new repositories are
@@ -338,7 +398,10 @@ impl Ctx {
                     None => NewRepo::Plain,
                 };
                 let repo = match Repository::init(config::open_storage(&loc, true)?, kind) {
-                    Ok(repo) => repo,
+                    Ok(repo) => {
+                        self.vouch(&repo)?;
+                        repo
+                    }
                     // Another process created it a moment ago (concurrent first backups): use it,
                     // giving its creator a few seconds to write the keys (Argon2id takes a while).
                     Err(e) => {
@@ -493,6 +556,7 @@ fn run(cli: Cli) -> Result<i32> {
             env_var: "LIFEBOAT_PASSWORD",
         },
         identity: cli.identity,
+        accept_change: cli.accept_change,
     };
     match cli.command {
         Command::Backup(args) => cmd_backup(&ctx, args),
@@ -514,6 +578,7 @@ fn run(cli: Cli) -> Result<i32> {
             RepoCommand::Show => cmd_repo_show(&ctx),
             RepoCommand::Check { read_data } => cmd_check(&ctx, read_data),
             RepoCommand::Stats => cmd_stats(&ctx),
+            RepoCommand::Upgrade => cmd_upgrade(&ctx),
         },
         Command::Demo { db, rows } => cmd_demo(&ctx, db, rows),
         Command::Key { command } => cmd_key(&ctx, command),
@@ -574,6 +639,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
     let repo = ctx.open_or_init_repo()?;
     let out = backup(&repo, &opts)?;
+    ctx.record(&repo);
     // Then bring every replica up to date; the backup stands on the primary either way.
     let replication = sync::sync_replicas(&repo, &ctx.file.replicas, None)?;
     print_backup(ctx, &repo, &out, opts.verify, &replication);
@@ -794,7 +860,7 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
     };
     let progress = ctx.progress();
     // The marker keeps a concurrent prune from deleting what this verify reads.
-    let reports = locks::as_reader(repo.storage(), "verify", || {
+    let reports = locks::as_reader(repo.storage(), &repo.records(), "verify", || {
         let index = repo.load_index()?;
         let mut reports = Vec::new();
         for m in &targets {
@@ -840,10 +906,10 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
     })
 }
 
-fn confirm(question: &str) -> Result<()> {
+fn confirm(question: &str, what: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::usage("an in-place restore needs confirmation")
-            .hint("add --yes to replace the database without asking"));
+        return Err(Error::usage(format!("{what}: it needs confirmation"))
+            .hint("add --yes to go on without asking"));
     }
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
@@ -856,7 +922,7 @@ fn confirm(question: &str) -> Result<()> {
     } else {
         Err(Error::new(
             ErrorKind::Aborted,
-            "restore cancelled; nothing was changed",
+            "cancelled; nothing was changed",
         ))
     }
 }
@@ -872,10 +938,11 @@ fn cmd_restore(
     let m = repo.resolve(id, None)?;
     let progress = ctx.progress();
     let out = match (output, db) {
-        (Some(out), _) => locks::as_reader(repo.storage(), "restore", || {
+        (Some(out), _) => locks::as_reader(repo.storage(), &repo.records(), "restore", || {
             restore::restore_to_file(&repo, &m, &out, &progress)
         })?,
         (None, Some(db)) => {
+            restore::check_in_place_target(&db)?;
             if db.is_dir() {
                 return Err(Error::usage(format!(
                     "{} is a directory, not a database file",
@@ -887,17 +954,22 @@ fn cmd_restore(
                 restore::ensure_not_in_use(&db)?;
             }
             if !yes {
-                confirm(&format!(
-                    "Replace {} with backup {} from {}? A safety backup is taken first.",
-                    restore::describe_target(&db),
-                    m.id,
-                    m.time
-                ))?;
+                confirm(
+                    &format!(
+                        "Replace {} with backup {} from {}? A safety backup is taken first.",
+                        restore::describe_target(&db),
+                        m.id,
+                        m.time
+                    ),
+                    "an in-place restore replaces the database",
+                )?;
             }
             let compression = compression(ctx, None, None)?;
-            locks::as_reader(repo.storage(), "restore", || {
+            let out = locks::as_reader(repo.storage(), &repo.records(), "restore", || {
                 restore::restore_in_place(&repo, &m, &db, compression, &progress)
-            })?
+            })?;
+            ctx.record(&repo);
+            out
         }
         (None, None) => return Err(Error::usage("give --output FILE or --db FILE")),
     };
@@ -951,6 +1023,7 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
         None => NewRepo::Plain,
     };
     let repo = Repository::init(config::open_storage(&loc, true)?, kind)?;
+    ctx.record(&repo);
     if ctx.json {
         println!(
             "{}",
@@ -969,7 +1042,9 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
 
 fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let r = locks::as_reader(repo.storage(), "check", || check::check(&repo, read_data))?;
+    let r = locks::as_reader(repo.storage(), &repo.records(), "check", || {
+        check::check(&repo, read_data)
+    })?;
     if ctx.json {
         println!(
             "{}",
@@ -1086,6 +1161,7 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
         time: None,
     };
     let out = backup(&repo, &opts)?;
+    ctx.record(&repo);
     print_backup(ctx, &repo, &out, opts.verify, &[]);
     if !ctx.json {
         println!();
@@ -1138,22 +1214,39 @@ fn cmd_repo_show(ctx: &Ctx) -> Result<i32> {
         Vec::new()
     };
     let generations = repo.keys().map(|k| k.master.data_keys.len()).unwrap_or(0);
+    let fingerprint = repo.keys().map(|k| k.root.fingerprint());
+    let epoch = repo.keys().map_or(0, |k| k.root.epoch);
     if ctx.json {
         println!(
             "{}",
             json!({"repository": repo.location(), "id": repo.config.id,
-                   "format_version": repo.config.format_version, "created": repo.config.created,
+                   "format_version": repo.config.format_version, "features": repo.config.features,
+                   "upgraded_from": repo.config.upgraded_from, "created": repo.config.created,
                    "encryption": repo.config.encryption, "encrypted": repo.is_encrypted(),
                    "key_files": key_files.len(), "data_key_generations": generations,
+                   "key_epoch": epoch, "key_fingerprint": fingerprint,
                    "write_only": repo.is_write_only(),
-                   "recipient": keys::recipient(repo.storage())?.map(|r| recipient_string(&r))})
+                   "recipient": repo.recipient().map(|r| recipient_string(&r))})
         );
         return Ok(0);
     }
     println!("repository   {} at {}", repo.config.id, repo.location());
     println!(
-        "format       {} (created {})",
-        repo.config.format_version, repo.config.created
+        "format       {}{} (created {}){}",
+        repo.config.format_version,
+        if repo.config.features.is_empty() {
+            String::new()
+        } else {
+            format!(", features {}", repo.config.features.join(", "))
+        },
+        repo.config.created,
+        match repo.config.upgraded_from {
+            Some(v) => format!(", upgraded from format {v}"),
+            None if !repo.config.is_current() => {
+                ", read-only until `lifeboat repo upgrade`".to_string()
+            }
+            None => String::new(),
+        }
     );
     if repo.is_encrypted() {
         println!(
@@ -1162,7 +1255,12 @@ fn cmd_repo_show(ctx: &Ctx) -> Result<i32> {
             key_files.len(),
             generations
         );
-        if let Some(r) = keys::recipient(repo.storage())? {
+        if let Some(f) = &fingerprint {
+            println!(
+                "keys         fingerprint {f}, key epoch {epoch} (compare with other machines)"
+            );
+        }
+        if let Some(r) = repo.recipient() {
             println!(
                 "write-only   backups are sealed to {}; {}",
                 recipient_string(&r),
@@ -1201,12 +1299,17 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
         ))
         .hint("keys exist only in repositories created with `repo init --encrypt`"));
     }
+    if !matches!(command, KeyCommand::List) {
+        repo.require_current_format("changing keys")?;
+    }
     let host = lifeboat::ops::backup::hostname();
     let in_use = repo.keys().map(|k| k.key_id.clone()).unwrap_or_default();
+    let unlocked = || repo.keys().ok_or_else(|| Error::internal("keys missing"));
     match command {
         KeyCommand::List => {
             let files = keys::list(repo.storage())?;
             let generations = repo.keys().map(|k| k.master.data_keys.len()).unwrap_or(0);
+            let epoch = repo.keys().map_or(0, |k| k.root.epoch);
             if ctx.json {
                 let rows: Vec<_> = files
                     .iter()
@@ -1217,7 +1320,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                     .collect();
                 println!(
                     "{}",
-                    json!({"keys": rows, "data_key_generations": generations})
+                    json!({"keys": rows, "data_key_generations": generations, "key_epoch": epoch})
                 );
             } else {
                 println!(
@@ -1237,7 +1340,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                     );
                 }
                 println!(
-                    "{} keys (* = in use); {generations} data key generations",
+                    "{} keys (* = in use); {generations} data key generations, key epoch {epoch}",
                     files.len()
                 );
             }
@@ -1247,8 +1350,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             new_password_file,
         } => {
             let p = new_passphrase(new_password_file)?;
-            let unlocked = repo.keys().ok_or_else(|| Error::internal("keys missing"))?;
-            let kf = keys::add(repo.storage(), unlocked, &p, kdf.params(), &host)?;
+            let kf = keys::add(repo.storage(), unlocked()?, &p, kdf.params(), &host)?;
             print_result(
                 ctx,
                 json!({"added": kf.id}),
@@ -1256,8 +1358,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             );
         }
         KeyCommand::Remove { id } => {
-            let unlocked = repo.keys().ok_or_else(|| Error::internal("keys missing"))?;
-            keys::remove(repo.storage(), unlocked, &id)?;
+            keys::remove(repo.storage(), unlocked()?, &id)?;
             print_result(ctx, json!({"removed": id}), &format!("removed key {id}"));
         }
         KeyCommand::Passwd {
@@ -1265,8 +1366,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             new_password_file,
         } => {
             let p = new_passphrase(new_password_file)?;
-            let unlocked = repo.keys().ok_or_else(|| Error::internal("keys missing"))?;
-            let kf = keys::change_passphrase(repo.storage(), unlocked, &p, kdf.params(), &host)?;
+            let kf = keys::change_passphrase(repo.storage(), unlocked()?, &p, kdf.params(), &host)?;
             print_result(
                 ctx,
                 json!({"added": kf.id, "removed": in_use}),
@@ -1274,16 +1374,109 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             );
         }
         KeyCommand::Generate { .. } => unreachable!("handled above"),
-        KeyCommand::Rotate => {
+        KeyCommand::Rotate { full: false, .. } => {
             let generation = repo.rotate_data_key()?;
+            ctx.record(&repo);
             print_result(
                 ctx,
                 json!({"data_key_generation": generation}),
                 &format!("new data key generation {generation}: new objects use it, old ones stay readable"),
             );
         }
+        KeyCommand::Rotate {
+            full: true,
+            yes,
+            kdf,
+            new_password_file,
+        } => {
+            let others: Vec<String> = keys::list(repo.storage())?
+                .into_iter()
+                .filter(|k| k.id != in_use)
+                .map(|k| format!("{} ({}, {})", k.id, k.host, k.created))
+                .collect();
+            let resuming = repo.config.keys.as_ref().is_some_and(|k| k.rekeying);
+            if !others.is_empty() && !yes && !resuming {
+                confirm(
+                    &format!(
+                        "A full rotation removes the other key files, which open only the old keys: {}. Go on?",
+                        others.join(", ")
+                    ),
+                    "a full key rotation removes the other key files",
+                )?;
+            }
+            // The new key file is for the passphrase in use (asked again only on a terminal),
+            // or, opened with the identity, for a new one.
+            let passphrase = if repo.keys().is_some_and(|k| k.by_identity) {
+                new_passphrase(new_password_file)?
+            } else {
+                ctx.passphrase
+                    .get("Repository passphrase (for the new keys)", false)?
+            };
+            let r = lifeboat::ops::rekey::rotate_full(&mut repo, &passphrase, kdf.params(), &host)?;
+            ctx.record(&repo);
+            print_result(
+                ctx,
+                serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?,
+                &format!(
+                    "{} key epoch {}: new root, id and data keys; {} manifests, {} index files and {} records re-sealed; key {} opens it{}",
+                    if r.resumed { "finished rotating to" } else { "rotated to" },
+                    r.epoch,
+                    r.manifests,
+                    r.index_files,
+                    r.records,
+                    r.key_id,
+                    if r.key_files_removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; removed key files {} (add passphrases again with `lifeboat key add`)",
+                            r.key_files_removed.join(", ")
+                        )
+                    }
+                ),
+            );
+        }
     }
     Ok(0)
+}
+
+fn cmd_upgrade(ctx: &Ctx) -> Result<i32> {
+    let mut repo = ctx.open_repo()?;
+    let r = lifeboat::repo::upgrade::upgrade(&mut repo)?;
+    ctx.record(&repo);
+    let text = if r.from == r.to {
+        format!(
+            "the repository at {} is already in format {}",
+            repo.location(),
+            r.to
+        )
+    } else {
+        let mut t = format!(
+            "upgraded {} from format {} to {}: {} manifests and {} records sealed",
+            repo.location(),
+            r.from,
+            r.to,
+            r.manifests_resealed,
+            r.records_sealed
+        );
+        for m in &r.manifests_refused {
+            t.push_str(&format!(
+                "\n  left out (forged or damaged, now refused): {m}"
+            ));
+        }
+        t.push_str("\n  older Lifeboat versions cannot open it any more; replicas are upgraded by the next sync");
+        t
+    };
+    print_result(
+        ctx,
+        serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?,
+        &text,
+    );
+    Ok(if r.manifests_refused.is_empty() {
+        0
+    } else {
+        ErrorKind::Integrity.exit_code()
+    })
 }
 
 pub(crate) fn print_result(ctx: &Ctx, value: serde_json::Value, text: &str) {
@@ -1350,7 +1543,11 @@ fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
 
 fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let mut list = sync::read_replicas(repo.storage())?;
+    let records = repo.records();
+    let (mut list, _) = sync::read_replicas(repo.storage(), &records)?;
+    if !matches!(command, ReplicaCommand::List) {
+        repo.require_current_format("changing replicas")?;
+    }
     match command {
         ReplicaCommand::List => {
             let all = sync::replica_urls(&repo, &ctx.file.replicas)?;
@@ -1372,8 +1569,7 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
             // Refuse a target that holds another repository.
             let target = config::open_storage(&url, true)?;
             if let Ok(data) = target.get("config") {
-                let theirs: lifeboat::repo::RepoConfig = serde_json::from_slice(&data)
-                    .map_err(|e| Error::integrity(format!("{url}/config is unreadable: {e}")))?;
+                let (theirs, _) = lifeboat::repo::RepoConfig::parse(&data, &url)?;
                 if theirs.id != repo.config.id {
                     return Err(Error::usage(format!(
                         "{url} holds another repository ({})",
@@ -1384,8 +1580,10 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
             }
             if !list.replicas.contains(&url) {
                 list.replicas.push(url.clone());
-                sync::write_replicas(repo.storage(), &list)?;
+                sync::write_replicas(repo.storage(), &records, &list)?;
             }
+            lifeboat::trust::confirm_replica(&repo.location(), &url, true)?;
+            ctx.record(&repo);
             let reports = sync::sync_replicas(&repo, &ctx.file.replicas, Some(&url))?;
             print_sync(ctx, &reports)
         }
@@ -1396,7 +1594,9 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
                 )));
             }
             list.replicas.retain(|r| r != &url);
-            sync::write_replicas(repo.storage(), &list)?;
+            sync::write_replicas(repo.storage(), &records, &list)?;
+            lifeboat::trust::confirm_replica(&repo.location(), &url, false)?;
+            ctx.record(&repo);
             print_result(
                 ctx,
                 json!({"removed": url}),
@@ -1425,7 +1625,8 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             .and_then(lifeboat::id::backup_time)
             .map(|t| (now.as_second() - t.as_second()).max(0))
     };
-    let primary = sync::lag(repo.storage(), repo.storage());
+    let records = repo.records();
+    let primary = sync::lag(repo.storage(), repo.storage(), &records);
     let mut rows = vec![json!({
         "target": repo.location(), "role": "primary", "backups": primary.backups,
         "newest_backup": primary.newest_backup, "newest_backup_age_s": age(&primary.newest_backup),
@@ -1433,7 +1634,7 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
     })];
     for url in sync::replica_urls(&repo, &ctx.file.replicas)? {
         let lag = match config::open_storage(&url, false) {
-            Ok(t) => sync::lag(repo.storage(), t.as_ref()),
+            Ok(t) => sync::lag(repo.storage(), t.as_ref(), &records),
             Err(e) => sync::Lag {
                 target: url.clone(),
                 objects_behind: 0,

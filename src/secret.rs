@@ -4,7 +4,7 @@
 use crate::error::{Error, ErrorKind, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A passphrase, wiped from memory when dropped.
 #[derive(Clone)]
@@ -40,15 +40,17 @@ impl PassphraseSource {
     /// Get the passphrase; `confirm` asks twice when prompting (for a new passphrase).
     pub fn get(&self, prompt: &str, confirm: bool) -> Result<Passphrase> {
         if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::io("cannot read password file", path, e))?;
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::io("cannot read password file", path, e))?,
+            );
             return non_empty(
                 first_line(&text),
                 &format!("password file {}", path.display()),
             );
         }
         if let Some(cmd) = &self.command {
-            let out = std::process::Command::new("sh")
+            let mut out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
                 .stderr(std::process::Stdio::inherit())
@@ -62,9 +64,10 @@ impl PassphraseSource {
                 ));
             }
             let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
+            out.stdout.zeroize();
             return non_empty(first_line(&text), "the password command's output");
         }
-        if let Ok(p) = std::env::var(self.env_var) {
+        if let Ok(p) = std::env::var(self.env_var).map(Zeroizing::new) {
             return non_empty(p.as_str(), self.env_var);
         }
         if !std::io::stdin().is_terminal() {

@@ -241,6 +241,9 @@ fn forget_on(
     } else {
         None
     };
+    if !a.dry_run {
+        ctx.record(repo);
+    }
     Ok((report, pruned))
 }
 
@@ -312,6 +315,9 @@ pub fn cmd_prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
             progress: ctx.progress(),
         },
     )?;
+    if !a.dry_run {
+        ctx.record(&repo);
+    }
     if ctx.json {
         println!("{}", json!(report));
     } else {
@@ -393,6 +399,7 @@ fn print_prune(r: &PruneReport) {
 pub fn cmd_pin(ctx: &Ctx, id: &str, pinned: bool) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let id = forget::set_pinned(&repo, id, pinned)?;
+    ctx.record(&repo);
     print_result(
         ctx,
         json!({"id": id, "pinned": pinned}),

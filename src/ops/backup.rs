@@ -100,9 +100,14 @@ const PIPELINE_STOPPED: &str = "backup pipeline stopped";
 
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
     // The marker tells a concurrent prune that this backup may reuse any pack it indexed.
-    locks::as_writer(repo.storage(), "backup", true, |plans, lease| {
-        backup_marked(repo, opts, plans, lease)
-    })
+    repo.require_current_format("backup")?;
+    locks::as_writer(
+        repo.storage(),
+        &repo.records(),
+        "backup",
+        true,
+        |plans, lease| backup_marked(repo, opts, plans, lease),
+    )
 }
 
 fn backup_marked(
@@ -178,6 +183,7 @@ fn backup_marked(
         for _ in 0..workers {
             let rx = chunk_rx.clone();
             let tx = hashed_tx.clone();
+            let hasher = hasher.clone();
             s.spawn(move || hash_pages(hasher, block, rx, tx));
         }
         drop((chunk_rx, hashed_tx));

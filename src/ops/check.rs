@@ -54,7 +54,10 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let manifests = storage.list("backups/")?;
 
     // Packs a prune is deleting: expected to vanish; a problem only if a backup needs them.
-    let planned = crate::repo::locks::planned_packs(&crate::repo::locks::read_plans(storage)?);
+    let planned = crate::repo::locks::planned_packs(&crate::repo::locks::read_plans(
+        storage,
+        &repo.records(),
+    )?);
 
     // Index files, one by one, so a bad one is reported rather than fatal. Those naming
     // planned packs come last, so blobs a prune copied elsewhere are found at the copy.
@@ -293,7 +296,7 @@ fn check_pack_data(
         };
         for b in &f.blobs {
             let slice = raw.get(b.offset as usize..(b.offset + b.len) as usize);
-            if slice.map(|s| hasher.id(s).key()) != Some(b.id) {
+            if !slice.is_some_and(|s| hasher.matches_key(s, &b.id)) {
                 return Some(format!("blob {} is corrupted", b.id.short()));
             }
         }

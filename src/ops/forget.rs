@@ -59,6 +59,9 @@ fn group_of(m: &Manifest) -> String {
 }
 
 pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
+    if !opts.dry_run {
+        repo.require_current_format("forget")?;
+    }
     let storage = repo.storage();
     let pinned = ids_under(repo, PINS)?;
     let verified = ids_under(repo, VERIFIED)?;
@@ -133,7 +136,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
             .filter(|r| !r.keep)
             .map(|r| r.id.clone())
             .collect();
-        crate::repo::tombstones::record_forgotten(storage, &gone)?;
+        crate::repo::tombstones::record_forgotten(storage, &repo.records(), &gone)?;
         for row in rows.iter().filter(|r| !r.keep) {
             // The manifest is the backup: once it is gone, the rest is garbage for prune.
             storage.delete(&format!("backups/{}", row.id))?;
@@ -164,17 +167,33 @@ fn backup_time(m: &Manifest) -> jiff::Timestamp {
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
+/// The backup ids with an authentic record under `prefix` (`pins/`, `verified/`): a planted
+/// pin or verification must not decide what a policy keeps.
 fn ids_under(repo: &Repository, prefix: &str) -> Result<HashSet<String>> {
-    Ok(repo
-        .storage()
-        .list(prefix)?
-        .into_iter()
-        .filter_map(|o| o.name.rsplit('/').next().map(str::to_string))
-        .collect())
+    let records = repo.records();
+    let mut ids = HashSet::new();
+    for o in repo.storage().list(prefix)? {
+        let Some(id) = o.name.rsplit('/').next() else {
+            continue;
+        };
+        let data = match repo.storage().get(&o.name) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if records
+            .decode_or_warn::<serde_json::Value>(&o.name, &data)
+            .is_some()
+        {
+            ids.insert(id.to_string());
+        }
+    }
+    Ok(ids)
 }
 
 /// Pin or unpin a backup (by id, prefix or `latest`). Returns its id.
 pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String> {
+    repo.require_current_format(if pinned { "pin" } else { "unpin" })?;
     let m = repo.resolve(spec, None)?;
     let name = format!("{PINS}{}", m.id);
     if pinned {
@@ -183,7 +202,7 @@ pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String>
             "host": crate::ops::backup::hostname(),
         });
         repo.storage()
-            .put_replace(&name, record.to_string().as_bytes())?;
+            .put_replace(&name, &repo.records().encode(&name, &record)?)?;
     } else {
         repo.storage().delete(&name)?;
     }
@@ -191,8 +210,12 @@ pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String>
 }
 
 pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
-    match repo.storage().exists(&format!("{PINS}{id}")) {
-        Ok(b) => Ok(b),
+    let name = format!("{PINS}{id}");
+    match repo.storage().get(&name) {
+        Ok(data) => Ok(repo
+            .records()
+            .decode_or_warn::<serde_json::Value>(&name, &data)
+            .is_some()),
         Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
@@ -200,11 +223,13 @@ pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
 
 /// Record that `verify` passed for a backup (the "newest verified" safety rail).
 pub fn record_verified(repo: &Repository, id: &str) -> Result<()> {
+    repo.require_current_format("recording a verification")?;
     let record = serde_json::json!({
         "verified": jiff::Timestamp::now().to_string(),
         "host": crate::ops::backup::hostname(),
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
+    let name = format!("{VERIFIED}{id}");
     repo.storage()
-        .put_replace(&format!("{VERIFIED}{id}"), record.to_string().as_bytes())
+        .put_replace(&name, &repo.records().encode(&name, &record)?)
 }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod forget;
 pub mod policy;
 pub mod prune;
+pub mod rekey;
 pub mod restore;
 pub mod sync;
 pub mod verify;

@@ -69,6 +69,9 @@ pub struct PruneReport {
     pub waiting_for: Vec<String>,
     /// Blobs some backup needs that no pack holds (a damaged repository; see `repo check`).
     pub missing_blobs: u64,
+    /// Packs kept although planned: they hold blobs backups need whose other copy, named by
+    /// an index file, failed its check (a damaged or planted index entry; see `repo check`).
+    pub kept_unverified: Vec<String>,
     pub packs_after: usize,
     pub bytes_after: u64,
     /// Estimated bytes in packs that no backup needs, after this run.
@@ -95,7 +98,8 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     if opts.dry_run {
         return plan_and_sweep(repo, opts, None);
     }
-    locks::as_pruner(repo.storage(), |lease| {
+    repo.require_current_format("prune")?;
+    locks::as_pruner(repo.storage(), &repo.records(), |lease| {
         plan_and_sweep(repo, opts, Some(lease))
     })
 }
@@ -108,7 +112,8 @@ fn plan_and_sweep(
 ) -> Result<PruneReport> {
     let check_lease = || lease.map_or(Ok(()), |l| l.check());
     let storage = repo.storage();
-    let plans = locks::read_plans(storage)?;
+    let records = repo.records();
+    let plans = locks::read_plans(storage, &records)?;
     let already_planned: HashSet<Hash> = locks::planned_packs(&plans);
     let started = std::time::Instant::now();
     let survey = Survey::take(repo, &already_planned, &opts.progress, opts.max_unused)?;
@@ -154,8 +159,9 @@ fn plan_and_sweep(
     // an earlier prune killed after storing it and before indexing it: the survey called
     // it unused, but it now holds the only copy of what it repacked, so it must stay.
     let mut fresh: HashSet<Hash> = HashSet::new();
+    let mut written = Vec::new();
     if !repack.is_empty() {
-        let written = repack_packs(repo, &survey, &repack, &opts.progress)?;
+        written = repack_packs(repo, &survey, &repack, &opts.progress)?;
         tracing::info!(elapsed = ?started.elapsed(), packs = written.len(), "repacked");
         report.repack_written_bytes = written.iter().map(|p| p.size).sum();
         report.written_index_files += written.len();
@@ -167,7 +173,7 @@ fn plan_and_sweep(
     if !doomed.is_empty() {
         let mut names: Vec<String> = doomed.iter().map(|h| h.to_hex()).collect();
         names.sort();
-        locks::write_plan(storage, names)?;
+        locks::write_plan(storage, &records, names)?;
     }
     let doomed: HashSet<Hash> = doomed.into_iter().collect();
     sweep(
@@ -175,14 +181,14 @@ fn plan_and_sweep(
         opts,
         &mut report,
         Some((survey, doomed)),
-        &fresh,
+        &written,
         &check_lease,
     )?;
     tracing::info!(elapsed = ?started.elapsed(), deleted = report.deleted_packs, "swept");
     compact_index(repo, &mut report)?;
     tracing::info!(elapsed = ?started.elapsed(), "index compacted");
-    crate::repo::tombstones::merge(storage)?;
-    report.temp_files_removed = remove_temp_files(storage)?;
+    crate::repo::tombstones::merge(storage, &records)?;
+    report.temp_files_removed = remove_temp_files(repo)?;
 
     let after: Vec<crate::storage::ObjectInfo> = storage.list("data/")?;
     report.packs_after = after.len();
@@ -197,15 +203,17 @@ fn sweep(
     opts: &PruneOptions,
     report: &mut PruneReport,
     prior: Option<(Survey, HashSet<Hash>)>,
-    fresh: &HashSet<Hash>,
+    written: &[IndexedPack],
     check_lease: &dyn Fn() -> Result<()>,
 ) -> Result<()> {
     let storage = repo.storage();
-    let plans = locks::read_plans(storage)?;
+    let records = repo.records();
+    let fresh: HashSet<Hash> = written.iter().map(|p| p.id).collect();
+    let plans = locks::read_plans(storage, &records)?;
     if plans.is_empty() {
         return Ok(());
     }
-    let markers = locks::live_markers(storage)?;
+    let markers = locks::live_markers(storage, &records)?;
     let (eligible, waiting): (Vec<Plan>, Vec<Plan>) = plans.into_iter().partition(|plan| {
         markers.iter().all(|(name, m)| {
             name == locks::PRUNE_LOCK
@@ -254,7 +262,7 @@ fn sweep(
     };
     report.missing_blobs = survey.referenced.missing();
     let keep_unindexed = report.missing_blobs > 0 || !survey.damaged_index.is_empty();
-    let delete: HashSet<Hash> = planned
+    let mut delete: HashSet<Hash> = planned
         .iter()
         .filter(|id| !fresh.contains(id))
         .filter(|id| match survey.packs.get(id) {
@@ -272,6 +280,15 @@ fn sweep(
         .filter_map(|id| survey.packs.get(id).map(|p| p.size))
         .sum();
 
+    // Never on trust: every needed blob a doomed pack holds must have a copy elsewhere that
+    // has been read and checked. Packs without one stay (an index file pointing at a junk
+    // copy, planted or damaged, must not make prune delete the genuine one).
+    let keep = unverified_copies(repo, &survey, &delete, written)?;
+    if !keep.is_empty() {
+        delete.retain(|p| !keep.contains(p));
+        report.kept_unverified = keep.iter().map(|p| pack_object_name(p)).collect();
+        report.kept_unverified.sort();
+    }
     // Still the only prune, and not taken for dead while surveying?
     check_lease()?;
     // Index entries first, then packs: a crash in between leaves unindexed packs (garbage
@@ -299,7 +316,7 @@ fn sweep(
     }
     let mut dropped: Vec<String> = delete.iter().map(|h| h.to_hex()).collect();
     dropped.sort();
-    crate::repo::tombstones::record_dropped(storage, &dropped)?;
+    crate::repo::tombstones::record_dropped(storage, &records, &dropped)?;
     for id in &delete {
         storage.delete(&pack_object_name(id))?;
         report.deleted_packs += 1;
@@ -311,10 +328,111 @@ fn sweep(
     Ok(())
 }
 
+/// The packs of `delete` that must stay: those holding a blob some backup needs of which no
+/// copy outside `delete` has been read and found intact (copies in packs this run wrote and
+/// checked count as read).
+fn unverified_copies(
+    repo: &Repository,
+    survey: &Survey,
+    delete: &HashSet<Hash>,
+    written: &[IndexedPack],
+) -> Result<HashSet<Hash>> {
+    // Needed blobs that doomed packs hold, and which doomed packs hold each.
+    let mut needed: HashMap<Key, Vec<Hash>> = HashMap::new();
+    for file in &survey.index_files {
+        if !file.packs.iter().any(|p| delete.contains(p)) {
+            continue;
+        }
+        for p in repo.read_index_file(&file.name, &file.id)? {
+            if !delete.contains(&p.id) {
+                continue;
+            }
+            for b in p.frames.iter().flat_map(|f| &f.blobs) {
+                if survey.referenced.position(&b.id).is_some() {
+                    needed.entry(b.id).or_default().push(p.id);
+                }
+            }
+        }
+    }
+    for b in written
+        .iter()
+        .flat_map(|p| &p.frames)
+        .flat_map(|f| &f.blobs)
+    {
+        needed.remove(&b.id);
+    }
+    if needed.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // The other copies the index files name, frame by frame, read and checked.
+    let mut candidates: Vec<(Hash, FrameEntry)> = Vec::new();
+    for file in &survey.index_files {
+        let decoded = match repo.read_index_file(&file.name, &file.id) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for p in decoded {
+            let present = survey.packs.get(&p.id).is_some_and(|u| u.size == p.size);
+            if delete.contains(&p.id) || !present {
+                continue;
+            }
+            for f in p.frames {
+                if f.blobs.iter().any(|b| needed.contains_key(&b.id)) {
+                    candidates.push((p.id, f));
+                }
+            }
+        }
+    }
+    candidates.sort_by_key(|(p, f)| (*p, f.offset));
+    let hasher = repo.hasher();
+    let mut decompressor = Decompressor::default();
+    for (pack, f) in candidates {
+        if !f.blobs.iter().any(|b| needed.contains_key(&b.id)) {
+            continue; // checked through another copy meanwhile
+        }
+        let name = pack_object_name(&pack);
+        let raw = repo
+            .storage()
+            .get_range(&name, f.offset, f.stored_len as usize)
+            .and_then(|stored| repo.unseal(ObjectKind::Frame, b"", stored, &name))
+            .and_then(|plain| decompressor.decompress(f.codec, &plain, f.raw_len as usize));
+        let raw = match raw {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("a copy in {name} cannot be read: {e}");
+                continue;
+            }
+        };
+        for b in &f.blobs {
+            let intact = raw
+                .get(b.offset as usize..(b.offset + b.len) as usize)
+                .is_some_and(|blob| hasher.matches_key(blob, &b.id));
+            if intact {
+                needed.remove(&b.id);
+            } else if needed.contains_key(&b.id) {
+                tracing::warn!(
+                    "{name} does not hold blob {} where an index file says it does",
+                    b.id.short()
+                );
+            }
+        }
+    }
+    let keep: HashSet<Hash> = needed.into_values().flatten().collect();
+    for p in &keep {
+        tracing::warn!(
+            "prune kept {}: it holds blobs backups need that no other copy holds intact",
+            pack_object_name(p)
+        );
+    }
+    Ok(keep)
+}
+
 /// Remove the staging files of killed runs (`tmp/` of a local repository), but only when no
 /// writer is running: a running backup's pack is staged there until it is stored.
-fn remove_temp_files(storage: &dyn crate::storage::Storage) -> Result<usize> {
-    let writers = locks::live_markers(storage)?;
+fn remove_temp_files(repo: &Repository) -> Result<usize> {
+    let storage = repo.storage();
+    let writers = locks::live_markers(storage, &repo.records())?;
     if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
         return Ok(0);
     }
@@ -342,7 +460,7 @@ const MERGED_INDEX_PACKS: usize = 64;
 fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
     let storage = repo.storage();
     // A running backup reads its own index files back before committing: leave them be.
-    let writers = locks::live_markers(storage)?;
+    let writers = locks::live_markers(storage, &repo.records())?;
     if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
         return Ok(());
     }
@@ -926,10 +1044,14 @@ impl<'a> RepackWorker<'a> {
                 ))
                 .hint("run `lifeboat repo check --read-data` to see which backups it affects"));
             }
+            // A pack that matches its name is as it was written, but only an index file
+            // says what its blobs are: in a write-only repository, whose backup hosts hold
+            // the keys that seal index files, check every blob all the same.
+            let trusted = self.repo.recipient().is_none();
             for (f, needed) in p.frames.into_iter().zip(needed) {
                 let range = f.offset as usize..f.offset as usize + f.stored_len as usize;
                 let stored = data.get(range).ok_or_else(outside)?;
-                self.take_frame(&name, f, &needed, stored, true)?;
+                self.take_frame(&name, f, &needed, stored, trusted)?;
             }
             return Ok(());
         }
@@ -1010,7 +1132,7 @@ impl<'a> RepackWorker<'a> {
         for (b, _) in f.blobs.iter().zip(needed).filter(|(_, n)| **n || all) {
             let blob = raw
                 .get(b.offset as usize..(b.offset + b.len) as usize)
-                .filter(|blob| checked || hasher.id(blob).key() == b.id)
+                .filter(|blob| checked || hasher.matches_key(blob, &b.id))
                 .ok_or_else(|| {
                     Error::integrity(format!(
                         "{name} is damaged (a blob fails its check); prune stopped before deleting anything"

@@ -252,7 +252,7 @@ fn for_each_id(
                 .get(&loc.frame)
                 .ok_or_else(|| Error::internal("a page list's frame was not read"))?;
             let list = slice_blob(frame, loc)?;
-            check_blob(index, repo.hasher(), list_id, loc, list)?;
+            check_blob(index, &repo.hasher(), list_id, loc, list)?;
             if list.len() % 32 != 0 {
                 return Err(Error::integrity(format!(
                     "page list {} is malformed",
@@ -815,7 +815,7 @@ fn build_job(repo: &Repository, index: &Index, job: Job, loads: &Loads) -> Resul
             }
         };
         let blob = slice_blob(&frame, &page.loc)?;
-        check_blob(index, repo.hasher(), &page.id, &page.loc, blob)?;
+        check_blob(index, &repo.hasher(), &page.id, &page.loc, blob)?;
         pieces.push(Piece {
             pos: page.pos,
             frame,
@@ -976,6 +976,25 @@ pub fn ensure_not_in_use(db: &Path) -> Result<()> {
     .hint("stop the application that uses it, then run the restore again"))
 }
 
+/// Refuse an in-place target that is a symbolic link: the restore would replace the link
+/// with a file (and its owner and mode would be the link target's, which someone who can
+/// write the folder could point anywhere, say at a setuid program).
+pub fn check_in_place_target(db: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(db) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            let target = std::fs::read_link(db)
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|_| "?".into());
+            Err(Error::usage(format!(
+                "{} is a symbolic link (to {target}); an in-place restore replaces a file, not a link",
+                db.display()
+            ))
+            .hint("give the path of the database file itself with --db"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Replace a database in place: safety backup of the current one, rebuild beside it,
 /// verify, fsync, remove stale `-wal`/`-shm`/`-journal`, rename into place.
 pub fn restore_in_place(
@@ -985,6 +1004,7 @@ pub fn restore_in_place(
     compression: Compression,
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
+    check_in_place_target(db)?;
     let exists = db.exists();
     if exists {
         ensure_not_in_use(db)?;
@@ -1025,13 +1045,17 @@ pub fn restore_in_place(
     }
     let index = repo.load_index()?;
     let (mut tmp, stats) = rebuild_beside(repo, &index, m, db, progress)?;
-    if let Ok(meta) = std::fs::metadata(db) {
+    // The new file takes the old one's owner and permission bits, never setuid, setgid or
+    // sticky bits (a database is not a program), and never a link target's.
+    if let Ok(meta) = std::fs::symlink_metadata(db) {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let _ = std::fs::set_permissions(
-            &tmp.path,
-            std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-        );
-        let _ = std::os::unix::fs::chown(&tmp.path, Some(meta.uid()), Some(meta.gid()));
+        if meta.file_type().is_file() {
+            let _ = std::os::unix::fs::chown(&tmp.path, Some(meta.uid()), Some(meta.gid()));
+            let _ = std::fs::set_permissions(
+                &tmp.path,
+                std::fs::Permissions::from_mode(meta.mode() & 0o777),
+            );
+        }
     }
     if exists {
         ensure_not_in_use(db)?;

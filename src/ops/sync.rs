@@ -13,7 +13,8 @@ use crate::id::{Hash, Key};
 use crate::repo::index::IndexedPack;
 use crate::repo::locks::Lease;
 use crate::repo::pack::pack_object_name;
-use crate::repo::{tombstones, Repository};
+use crate::repo::records::Records;
+use crate::repo::{tombstones, RepoConfig, Repository};
 use crate::storage::{ObjectInfo, Storage};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -27,25 +28,45 @@ pub struct ReplicaList {
     pub replicas: Vec<String>,
 }
 
-pub fn read_replicas(storage: &dyn Storage) -> Result<ReplicaList> {
+/// The newest authentic version of the replica list, and its object name. Versions that are
+/// not authentic (planted to send backups elsewhere) are skipped with a warning.
+pub fn read_replicas(
+    storage: &dyn Storage,
+    records: &Records,
+) -> Result<(ReplicaList, Option<String>)> {
     let mut versions = storage.list("replicas/")?;
-    versions.sort_by(|a, b| a.name.cmp(&b.name));
-    match versions.last() {
-        None => Ok(ReplicaList::default()),
-        Some(v) => serde_json::from_slice(&storage.get(&v.name)?)
-            .map_err(|e| Error::integrity(format!("{} is unreadable: {e}", v.name))),
+    versions.sort_by(|a, b| b.name.cmp(&a.name));
+    for v in versions {
+        let data = match storage.get(&v.name) {
+            Ok(d) => d,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        match records.decode::<ReplicaList>(&v.name, &data) {
+            Ok(list) => return Ok((list, Some(v.name))),
+            Err(e) if e.kind == ErrorKind::Trust => tracing::warn!("ignored {}: {e}", v.name),
+            Err(e) => {
+                return Err(Error::integrity(format!("{} is unreadable: {e}", v.name))
+                    .hint("delete it; the version before it then counts"))
+            }
+        }
     }
+    Ok((ReplicaList::default(), None))
 }
 
-pub fn write_replicas(storage: &dyn Storage, list: &ReplicaList) -> Result<()> {
+/// Store a new version of the replica list; returns its object name.
+pub fn write_replicas(
+    storage: &dyn Storage,
+    records: &Records,
+    list: &ReplicaList,
+) -> Result<String> {
     let name = format!(
         "replicas/{:016}-{:08x}",
         jiff::Timestamp::now().as_millisecond(),
         rand::random::<u32>()
     );
-    let data = serde_json::to_vec_pretty(list).map_err(|e| Error::internal(e.to_string()))?;
-    storage.put_new(&name, &data)?;
-    Ok(())
+    storage.put_new(&name, &records.encode(&name, list)?)?;
+    Ok(name)
 }
 
 /// What one sync of one target did.
@@ -86,14 +107,57 @@ fn content_addressed(name: &str) -> Option<Hash> {
 
 /// Bring `target` up to date with `repo`, `parallel` objects at a time.
 pub fn sync(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
+    repo.require_current_format("sync")?;
+    let update_config = target_config_update(repo, target)?;
+    let records = repo.records();
     // A sync may copy a manifest that needs packs a prune on the target has planned to
     // delete; its marker (which sees no plan) holds such sweeps until it is done.
     // And a reader's marker on the source, whose own prune must not delete what this copies.
-    crate::repo::locks::as_reader(repo.storage(), "sync", || {
-        crate::repo::locks::as_writer(target, "sync", false, |_, lease| {
-            sync_marked(repo, target, parallel, lease)
+    crate::repo::locks::as_reader(repo.storage(), &records, "sync", || {
+        crate::repo::locks::as_writer(target, &records, "sync", false, |_, lease| {
+            sync_marked(repo, target, parallel, lease, update_config)
         })
     })
+}
+
+/// Whether the target's config must be replaced by the source's (a replica of a repository
+/// since upgraded or re-keyed). Refuses a target that holds another repository, or a newer
+/// state of this one.
+fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<bool> {
+    let data = match target.get("config") {
+        Ok(d) => d,
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(false), // copied last
+        Err(e) => return Err(e),
+    };
+    let source = repo.storage().get("config")?;
+    if data == source {
+        return Ok(false);
+    }
+    let (theirs, _) = RepoConfig::parse(&data, &target.describe())?;
+    if theirs.id != repo.config.id {
+        return Err(Error::usage(format!(
+            "{} holds another repository ({}), not a replica of this one ({})",
+            target.describe(),
+            theirs.id,
+            repo.config.id
+        ))
+        .hint(
+            "remove it from the replicas (`lifeboat replica remove URL`) or empty that location",
+        ));
+    }
+    let ahead = theirs.format_version > repo.config.format_version
+        || match (&theirs.keys, &repo.config.keys) {
+            (Some(t), Some(s)) => t.epoch > s.epoch || t.data_keys.len() > s.data_keys.len(),
+            _ => false,
+        };
+    if ahead {
+        return Err(Error::usage(format!(
+            "the replica at {} has newer keys or a newer format than this repository",
+            target.describe()
+        ))
+        .hint("sync from the copy that was rotated or upgraded last"));
+    }
+    Ok(true)
 }
 
 fn sync_marked(
@@ -101,17 +165,19 @@ fn sync_marked(
     target: &dyn Storage,
     parallel: usize,
     lease: &Lease,
+    update_config: bool,
 ) -> Result<SyncReport> {
+    let records = repo.records();
     let copier = Copier::new(repo.storage(), target, parallel);
     copier.copy_missing("keys/", |_| true)?;
     if repo.is_write_only() {
         // Without the key to the page lists, copy by name: every pack the target lacks
         // (a new backup may need one it dropped; its next prune drops it again), and
         // the backups it did not forget.
-        let tomb = tombstones::read(target)?;
+        let tomb = tombstones::read(target, &records)?;
         // Packs a prune there is deleting cannot be relied on, nor stored again under their
         // names: wait for that prune rather than copy backups that may need them.
-        let planned: HashSet<String> = crate::repo::locks::read_plans(target)?
+        let planned: HashSet<String> = crate::repo::locks::read_plans(target, &records)?
             .into_iter()
             .flat_map(|p| p.packs)
             .collect();
@@ -136,8 +202,13 @@ fn sync_marked(
     } else {
         copy_backups(repo, target, &copier, lease)?;
     }
-    // The config last: only now is the replica a repository.
-    if !target.exists("config")? {
+    // The config last: only now is the replica a repository (or in the new format, with
+    // the new keys).
+    if update_config {
+        let data = repo.storage().get("config")?;
+        target.put_replace("config", &data)?;
+        copier.count(data.len() as u64);
+    } else if !target.exists("config")? {
         copier.copy_one("config", false)?;
     }
     Ok(copier.report())
@@ -159,8 +230,9 @@ fn copy_backups(
     let source = repo.storage();
     // Backups listed before the tombstones: a forget running now records a backup before
     // deleting it, so one missing from this listing is found in the tombstones read next.
+    let records = repo.records();
     let have_backups = by_name(target.list("backups/")?);
-    let tomb = tombstones::read(target)?;
+    let tomb = tombstones::read(target, &records)?;
     let manifests: Vec<ObjectInfo> = source
         .list("backups/")?
         .into_iter()
@@ -172,7 +244,7 @@ fn copy_backups(
     // What the target holds: blob keys of its indexed packs, except packs a prune there
     // plans to delete (it may be deleting them right now).
     let target_packs = by_name(target.list("data/")?);
-    let planned: HashSet<String> = crate::repo::locks::read_plans(target)?
+    let planned: HashSet<String> = crate::repo::locks::read_plans(target, &records)?
         .into_iter()
         .flat_map(|p| p.packs)
         .collect();
@@ -326,7 +398,7 @@ fn copy_backups(
         crate::storage::put_new_or_same(target, &name, &data)?;
         copier.count(data.len() as u64);
     }
-    tombstones::record_dropped(target, &duplicates)?;
+    tombstones::record_dropped(target, &records, &duplicates)?;
     lease.check()?;
     let names = manifests
         .into_iter()
@@ -453,7 +525,7 @@ fn copy_one(source: &dyn Storage, target: &dyn Storage, name: &str, replace: boo
 /// Compare a target with the source without copying: the backups it lacks and the packs it
 /// lacks (except what it dropped or forgot on purpose). Index files are not counted: a sync
 /// writes the target's own.
-pub fn lag(source: &dyn Storage, target: &dyn Storage) -> Lag {
+pub fn lag(source: &dyn Storage, target: &dyn Storage, records: &Records) -> Lag {
     let mut lag = Lag {
         target: target.describe(),
         objects_behind: 0,
@@ -466,7 +538,7 @@ pub fn lag(source: &dyn Storage, target: &dyn Storage) -> Lag {
         if !target.exists("config")? {
             lag.objects_behind += 1;
         }
-        let tomb = tombstones::read(target)?;
+        let tomb = tombstones::read(target, records)?;
         for group in ["keys/", "data/", "backups/"] {
             let have = by_name(target.list(group)?);
             for o in source.list(group)? {
@@ -539,8 +611,28 @@ pub fn sync_replicas(
 }
 
 /// Replicas from the repository (`replica add`) and from the configuration, without repeats.
+/// In a repository whose records are sealed, the list is authentic. In one whose records are
+/// plain, anyone who can write the storage could add a location (and have this host send
+/// everything there with its own credentials): only those added on this machine count.
 pub fn replica_urls(repo: &Repository, configured: &[String]) -> Result<Vec<String>> {
-    let mut urls = read_replicas(repo.storage())?.replicas;
+    let records = repo.records();
+    let (list, _) = read_replicas(repo.storage(), &records)?;
+    let mut urls = Vec::new();
+    if records.is_sealed() {
+        urls = list.replicas;
+    } else {
+        let confirmed = crate::trust::confirmed_replicas(&repo.location());
+        for url in list.replicas {
+            if confirmed.contains(&url) {
+                urls.push(url);
+            } else {
+                tracing::warn!(
+                    "replica {url} is listed in the repository but was not added on this machine; \
+                     not used (run `lifeboat replica add {url}` here to send backups to it)"
+                );
+            }
+        }
+    }
     for c in configured {
         if !urls.contains(c) {
             urls.push(c.clone());

@@ -1,28 +1,52 @@
-//! Keys of an encrypted repository as stored objects: key files `keys/<id>` (root keys
-//! wrapped by a passphrase) and data keys `keys/data-<generation>` (sealed by the root key).
+//! Keys of an encrypted repository as stored objects:
+//!
+//! - `keys/<16 hex>`: key files, the root keys wrapped by a passphrase (Argon2id).
+//! - `keys/data-<generation>`: data keys, each sealed by the root key of the epoch the config
+//!   names for it.
+//! - `keys/past-<epoch>`: after `key rotate --full`, the root keys of earlier epochs, sealed
+//!   by the current root key (old objects stay readable, and only through the new keys).
+//! - `keys/recipient-<epoch>`: write-only repositories: the root keys sealed to the identity
+//!   (HPKE base mode), so the identity alone opens the repository. (Format 1 kept the
+//!   recipient in a plaintext `keys/recipient`, which is no longer trusted for anything.)
+//!
+//! What the keys are (epoch, generations, recipient) is in the authenticated config
+//! (`repo::format`); a key that opens no authentic config is refused.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::repo::crypto::{
-    recipient_string, seal_to, Identity, KdfParams, KeyFile, MasterKeys, ObjectKind, RootKeys,
+    open_root_from, parse_recipient, recipient_string, seal_root_to, Identity, KdfParams, KeyFile,
+    Legacy, MasterKeys, RootKeys,
 };
+use crate::repo::format::{KeysSection, RepoConfig};
 use crate::secret::Passphrase;
 use crate::storage::Storage;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
-/// An unlocked encrypted repository's keys, and which key file opened them.
+/// An unlocked encrypted repository's keys, and what opened them.
 pub struct Unlocked {
-    pub master: MasterKeys,
+    pub master: Arc<MasterKeys>,
+    /// The root keys of the current epoch.
     pub root: RootKeys,
+    /// Root keys of earlier epochs, oldest first.
+    pub past: Vec<RootKeys>,
+    /// The key file that opened them, or `identity`.
     pub key_id: String,
+    /// Opened by the identity of a write-only repository. Anyone can seal keys to a public
+    /// recipient, so only the config's MAC and the local trust state vouch for them; keys
+    /// wrapped by a passphrase were wrapped by someone who knew it.
+    pub by_identity: bool,
 }
 
-const RECIPIENT_OBJECT: &str = "keys/recipient";
+const RECIPIENT_V1: &str = "keys/recipient";
+/// Key files tried per command at most: planted ones must not multiply a command's cost.
+const MAX_KEY_FILES_TRIED: usize = 32;
 
-/// `keys/recipient` of a write-only repository: the public key content is sealed to, and the
-/// root keys sealed to it too, so the identity alone opens the repository.
+/// `keys/recipient-<epoch>`: the root keys sealed to the identity.
 #[derive(Serialize, Deserialize)]
 struct RecipientFile {
+    /// For people reading the folder; the authenticated config says which recipient counts.
     public: String,
     sealed_root: String,
 }
@@ -31,8 +55,16 @@ fn key_file_name(id: &str) -> String {
     format!("keys/{id}")
 }
 
-fn data_key_name(generation: u32) -> String {
+pub fn data_key_name(generation: u32) -> String {
     format!("keys/data-{generation:08}")
+}
+
+fn past_name(epoch: u32) -> String {
+    format!("keys/past-{epoch}")
+}
+
+fn recipient_name(epoch: u32) -> String {
+    format!("keys/recipient-{epoch}")
 }
 
 /// Every key file, oldest first.
@@ -40,12 +72,13 @@ pub fn list(storage: &dyn Storage) -> Result<Vec<KeyFile>> {
     let mut out = Vec::new();
     for obj in storage.list("keys/")? {
         let name = obj.name.rsplit('/').next().unwrap_or_default();
-        if name.starts_with("data-") || name.len() != 16 || hex::decode(name).is_err() {
+        if name.len() != 16 || hex::decode(name).is_err() {
             continue;
         }
         let data = storage.get(&obj.name)?;
         match serde_json::from_slice::<KeyFile>(&data) {
-            Ok(kf) => out.push(kf),
+            Ok(kf) if kf.id == name => out.push(kf),
+            Ok(_) => tracing::warn!("key file {} names another key; skipped", obj.name),
             // One damaged key file must not lock out the other passphrases.
             Err(e) => tracing::warn!("key file {} is damaged and was skipped: {e}", obj.name),
         }
@@ -59,18 +92,45 @@ fn store_key_file(storage: &dyn Storage, kf: &KeyFile) -> Result<()> {
     crate::storage::put_new_or_same(storage, &key_file_name(&kf.id), &data)
 }
 
-/// New root keys, data key generation 0 and one key file for `passphrase`; with a
-/// `recipient`, the repository is write-only for every passphrase.
+fn store_recipient_file(
+    storage: &dyn Storage,
+    recipient: &[u8; 32],
+    root: &RootKeys,
+) -> Result<()> {
+    let name = recipient_name(root.epoch);
+    let sealed = seal_root_to(recipient, &name, root)?;
+    let file = RecipientFile {
+        public: recipient_string(recipient),
+        sealed_root: base64::engine::general_purpose::STANDARD.encode(sealed),
+    };
+    let data = serde_json::to_vec_pretty(&file).map_err(|e| Error::internal(e.to_string()))?;
+    // Never listed by a config before the config that makes it count is written: a leftover
+    // of an interrupted run may be replaced.
+    storage.put_replace(&name, &data)
+}
+
+/// The keys section of a new repository.
+pub fn new_section(recipient: Option<[u8; 32]>) -> KeysSection {
+    KeysSection {
+        epoch: 0,
+        data_keys: vec![0],
+        recipient: recipient.map(|r| recipient_string(&r)),
+        rekeying: false,
+    }
+}
+
+/// Store the keys of a new repository (whose config, naming them, is already written):
+/// data key generation 0, the identity's copy of the root keys, and one key file.
 pub fn create(
     storage: &dyn Storage,
+    root: &RootKeys,
     passphrase: &Passphrase,
     params: KdfParams,
     host: &str,
     recipient: Option<[u8; 32]>,
 ) -> Result<Unlocked> {
-    let root = RootKeys::generate();
     let (data_key, sealed) = root.new_data_key(0)?;
-    if !storage.put_new(&data_key_name(0), &sealed)? && storage.get(&data_key_name(0))? != sealed {
+    if !storage.put_new(&data_key_name(0), &sealed)? {
         return Err(Error::usage(format!(
             "{} already has a data key: it is not a new repository",
             storage.describe()
@@ -78,53 +138,121 @@ pub fn create(
         .hint("delete the folder if it holds no backups, or choose another --repo"));
     }
     if let Some(public) = &recipient {
-        let plain = serde_json::to_vec(&root).map_err(|e| Error::internal(e.to_string()))?;
-        let sealed_root = seal_to(public, ObjectKind::RootKeys, b"", &plain)?;
-        let file = RecipientFile {
-            public: recipient_string(public),
-            sealed_root: base64::engine::general_purpose::STANDARD.encode(sealed_root),
-        };
-        let data = serde_json::to_vec_pretty(&file).map_err(|e| Error::internal(e.to_string()))?;
-        crate::storage::put_new_or_same(storage, RECIPIENT_OBJECT, &data)?;
+        store_recipient_file(storage, public, root)?;
     }
-    let kf = KeyFile::wrap(&root, passphrase.as_bytes(), params, host)?;
+    let kf = KeyFile::wrap(root, passphrase.as_bytes(), params, host)?;
     store_key_file(storage, &kf)?;
-    let mut master = root.with_data_keys(vec![data_key]);
-    master.recipient = recipient;
     Ok(Unlocked {
-        master,
-        root,
+        master: Arc::new(MasterKeys::new(
+            std::slice::from_ref(root),
+            vec![data_key],
+            recipient,
+            Legacy::none(),
+        )),
+        root: root.clone(),
+        past: Vec::new(),
         key_id: kf.id,
+        by_identity: false,
     })
 }
 
-fn read_recipient(storage: &dyn Storage) -> Result<Option<RecipientFile>> {
-    match storage.get(RECIPIENT_OBJECT) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|e| Error::integrity(format!("{RECIPIENT_OBJECT} is unreadable: {e}"))),
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+fn missing_key_files(storage: &dyn Storage) -> Error {
+    // Either being created this very moment (the config is written before the keys) or an
+    // interrupted `repo init`.
+    Error::not_found(format!(
+        "the encrypted repository at {} has no key files (yet)",
+        storage.describe()
+    ))
+    .hint(
+        "if `repo init` was interrupted and there are no backups, delete the folder and init \
+         again; otherwise restore keys/ from a copy of the repository",
+    )
 }
 
-/// The recipient public key of a write-only repository, if it is one.
-pub fn recipient(storage: &dyn Storage) -> Result<Option<[u8; 32]>> {
-    read_recipient(storage)?
-        .map(|r| crate::repo::crypto::parse_recipient(&r.public))
-        .transpose()
+/// Open the repository's keys with `passphrase`. Key files are tried cheapest first (the
+/// one that worked last time, `preferred`, before all), at most `MAX_KEY_FILES_TRIED`, and
+/// never one whose Argon2 parameters exceed the ceiling: a key file planted in the storage
+/// cannot stall a command.
+pub fn unlock(
+    storage: &dyn Storage,
+    passphrase: &Passphrase,
+    config: &RepoConfig,
+    mac: Option<&str>,
+    preferred: Option<&str>,
+) -> Result<Unlocked> {
+    let mut files = list(storage)?;
+    if files.is_empty() {
+        return Err(missing_key_files(storage));
+    }
+    files.sort_by_key(|k| (Some(k.id.as_str()) != preferred, k.params.work()));
+    if files.len() > MAX_KEY_FILES_TRIED {
+        tracing::warn!(
+            "{} has {} key files; only the {MAX_KEY_FILES_TRIED} cheapest are tried",
+            storage.describe(),
+            files.len()
+        );
+        files.truncate(MAX_KEY_FILES_TRIED);
+    }
+    let mut wrong: Option<Error> = None;
+    let mut other: Option<Error> = None;
+    for kf in &files {
+        match kf.unwrap(passphrase.as_bytes()) {
+            Ok(root) => match open_with_root(storage, config, mac, root, &kf.id, false) {
+                Ok(u) => return Ok(u),
+                // Keys of another epoch (retired) or of another repository: try the others.
+                Err(e) if e.kind == ErrorKind::Trust => other = Some(e),
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.kind == ErrorKind::Auth => wrong = Some(e),
+            // A damaged or hostile key file must not stop the others.
+            Err(e) => {
+                tracing::warn!("key file {} cannot be used: {e}", kf.id);
+                other.get_or_insert(e);
+            }
+        }
+    }
+    Err(other
+        .or(wrong)
+        .unwrap_or_else(|| Error::new(ErrorKind::Auth, "wrong passphrase")))
 }
 
 /// Open a write-only repository with the private identity: full read access.
-pub fn unlock_with_identity(storage: &dyn Storage, identity: &Identity) -> Result<Unlocked> {
-    let Some(file) = read_recipient(storage)? else {
-        return Err(
-            Error::usage("this repository is not write-only; --identity is not needed")
-                .hint("open it with its passphrase"),
-        );
+pub fn unlock_with_identity(
+    storage: &dyn Storage,
+    identity: &Identity,
+    config: &RepoConfig,
+    mac: Option<&str>,
+) -> Result<Unlocked> {
+    let not_write_only = || {
+        Error::usage("this repository is not write-only; --identity is not needed")
+            .hint("open it with its passphrase")
     };
-    let public = crate::repo::crypto::parse_recipient(&file.public)?;
-    if public != identity.public() {
+    let (name, v1) = if config.format_version >= 2 {
+        let section = config.keys.as_ref().ok_or_else(not_write_only)?;
+        let recipient = section.recipient.as_deref().ok_or_else(not_write_only)?;
+        if parse_recipient(recipient)? != identity.public() {
+            return Err(Error::new(
+                ErrorKind::Auth,
+                "this identity does not match the repository's recipient key",
+            )
+            .hint(format!("the repository's recipient is {recipient}")));
+        }
+        (recipient_name(section.epoch), false)
+    } else {
+        (RECIPIENT_V1.to_string(), true)
+    };
+    let file: RecipientFile = match storage.get(&name) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map_err(|e| Error::integrity(format!("{name} is unreadable: {e}")))?,
+        Err(e) if e.kind == ErrorKind::NotFound && v1 => return Err(not_write_only()),
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            return Err(Error::integrity(format!("{name} is missing")).hint(
+                "restore keys/ from a replica; the identity opens the repository only through it",
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    if v1 && parse_recipient(&file.public)? != identity.public() {
         return Err(Error::new(
             ErrorKind::Auth,
             "this identity does not match the repository's recipient key",
@@ -133,83 +261,153 @@ pub fn unlock_with_identity(storage: &dyn Storage, identity: &Identity) -> Resul
     }
     let sealed = base64::engine::general_purpose::STANDARD
         .decode(&file.sealed_root)
-        .map_err(|_| Error::integrity(format!("{RECIPIENT_OBJECT} is damaged")))?;
-    let reader = MasterKeys {
-        id_key: [0; 32],
-        data_keys: Vec::new(),
-        recipient: Some(public),
-        identity: Some(identity.secret),
-    };
-    let plain = reader.open(ObjectKind::RootKeys, b"", &sealed, RECIPIENT_OBJECT)?;
-    let root: RootKeys = serde_json::from_slice(&plain)
-        .map_err(|_| Error::integrity(format!("{RECIPIENT_OBJECT} is damaged")))?;
-    let mut master = root.with_data_keys(read_data_keys(storage, &root)?);
-    master.recipient = Some(public);
+        .map_err(|_| Error::integrity(format!("{name} is damaged")))?;
+    let root = open_root_from(identity, &name, &sealed, v1).ok_or_else(|| {
+        Error::integrity(format!("{name} is damaged, or not sealed to this identity"))
+            .hint("restore keys/ from a replica")
+    })?;
+    let mut unlocked = open_with_root(storage, config, mac, root, "identity", true)?;
+    let mut master = (*unlocked.master).clone();
     master.identity = Some(identity.secret);
+    if v1 {
+        master.recipient = Some(identity.public());
+    }
+    unlocked.master = Arc::new(master);
+    Ok(unlocked)
+}
+
+/// Everything the root keys of the current epoch open, once the config is proven theirs.
+fn open_with_root(
+    storage: &dyn Storage,
+    config: &RepoConfig,
+    mac: Option<&str>,
+    root: RootKeys,
+    key_id: &str,
+    by_identity: bool,
+) -> Result<Unlocked> {
+    if config.format_version < 2 {
+        return open_format_1(storage, root, key_id, by_identity);
+    }
+    config.verify(mac, &root)?;
+    let section = config
+        .keys
+        .as_ref()
+        .ok_or_else(|| Error::integrity("the config of this encrypted repository lists no keys"))?;
+    if root.epoch != section.epoch {
+        return Err(Error::new(
+            ErrorKind::Trust,
+            format!(
+                "this key belongs to key epoch {}, the repository is at epoch {}",
+                root.epoch, section.epoch
+            ),
+        ));
+    }
+    let past = if section.epoch > 0 {
+        let name = past_name(section.epoch);
+        let sealed = storage.get(&name).map_err(|e| missing_key(e, &name))?;
+        let past = root.open_past(&sealed)?;
+        if past.len() != section.epoch as usize
+            || past.iter().enumerate().any(|(i, r)| r.epoch != i as u32)
+        {
+            return Err(Error::integrity(format!(
+                "{name} does not hold every earlier epoch"
+            )));
+        }
+        past
+    } else {
+        Vec::new()
+    };
+    let mut epochs = past.clone();
+    epochs.push(root.clone());
+    let mut data_keys = Vec::with_capacity(section.data_keys.len());
+    for (generation, &epoch) in section.data_keys.iter().enumerate() {
+        let name = data_key_name(generation as u32);
+        let sealed = storage.get(&name).map_err(|e| missing_key(e, &name))?;
+        let sealer = epochs.get(epoch as usize).ok_or_else(|| {
+            Error::integrity(format!("the config names key epoch {epoch} for {name}"))
+        })?;
+        data_keys.push(sealer.open_data_key(generation as u32, &sealed)?);
+    }
+    if data_keys.is_empty() {
+        return Err(Error::integrity("the config lists no data keys"));
+    }
+    let recipient = section
+        .recipient
+        .as_deref()
+        .map(parse_recipient)
+        .transpose()?;
+    let legacy = if config.upgraded_from.is_some() {
+        Legacy::upgraded()
+    } else {
+        Legacy::none()
+    };
+    let mut master = MasterKeys::new(&epochs, data_keys, recipient, legacy);
+    master.set_generation_epochs(section.data_keys.clone(), section.rekeying);
     Ok(Unlocked {
-        master,
+        master: Arc::new(master),
         root,
-        key_id: "identity".into(),
+        past,
+        key_id: key_id.to_string(),
+        by_identity,
     })
 }
 
-/// Open the repository's keys with `passphrase` (tries every key file).
-pub fn unlock(storage: &dyn Storage, passphrase: &Passphrase) -> Result<Unlocked> {
-    let files = list(storage)?;
-    if files.is_empty() {
-        // Either being created this very moment (the config is written before the keys) or
-        // an interrupted `repo init`.
-        return Err(Error::not_found(format!(
-            "the encrypted repository at {} has no key files (yet)",
-            storage.describe()
+fn missing_key(e: Error, name: &str) -> Error {
+    if e.kind == ErrorKind::NotFound {
+        Error::integrity(format!(
+            "{name} is missing, though the repository's config lists it (deleted?)"
         ))
         .hint(
-            "if `repo init` was interrupted and there are no backups, delete the folder and \
-             init again; otherwise restore keys/ from a copy of the repository",
-        ));
+            "restore keys/ from a replica: objects sealed with that key cannot be read without it",
+        )
+    } else {
+        e
     }
-    let mut last = None;
-    for kf in &files {
-        match kf.unwrap(passphrase.as_bytes()) {
-            Ok(root) => {
-                let mut master = root.with_data_keys(read_data_keys(storage, &root)?);
-                master.recipient = recipient(storage)?;
-                return Ok(Unlocked {
-                    master,
-                    root,
-                    key_id: kf.id.clone(),
-                });
-            }
-            Err(e) if e.kind == ErrorKind::Auth => last = Some(e),
-            // A damaged key file (bad parameters, bad base64) must not stop the others.
-            Err(e) => {
-                tracing::warn!("key file {} cannot be used: {e}", kf.id);
-                if last.is_none() {
-                    last = Some(e);
-                }
-            }
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::new(ErrorKind::Auth, "wrong passphrase")))
 }
 
-fn read_data_keys(storage: &dyn Storage, root: &RootKeys) -> Result<Vec<[u8; 32]>> {
-    let mut keys = Vec::new();
+/// Format 1: data keys found by listing, the recipient from the plaintext `keys/recipient`.
+/// Only for reading (and `repo upgrade`): nothing here is authenticated.
+fn open_format_1(
+    storage: &dyn Storage,
+    root: RootKeys,
+    key_id: &str,
+    by_identity: bool,
+) -> Result<Unlocked> {
+    let mut data_keys = Vec::new();
     loop {
-        let generation = keys.len() as u32;
-        let name = data_key_name(generation);
-        match storage.get(&name) {
-            Ok(sealed) => keys.push(root.open_data_key(generation, &sealed)?),
+        let generation = data_keys.len() as u32;
+        match storage.get(&data_key_name(generation)) {
+            Ok(sealed) => data_keys.push(root.open_data_key(generation, &sealed)?),
             Err(e) if e.kind == ErrorKind::NotFound => break,
             Err(e) => return Err(e),
         }
     }
-    if keys.is_empty() {
+    if data_keys.is_empty() {
         return Err(Error::integrity(
             "the repository has no data keys (keys/data-00000000 is missing)",
         ));
     }
-    Ok(keys)
+    let recipient = match storage.get(RECIPIENT_V1) {
+        Ok(data) => {
+            let file: RecipientFile = serde_json::from_slice(&data)
+                .map_err(|e| Error::integrity(format!("{RECIPIENT_V1} is unreadable: {e}")))?;
+            Some(parse_recipient(&file.public)?)
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(Unlocked {
+        master: Arc::new(MasterKeys::new(
+            std::slice::from_ref(&root),
+            data_keys,
+            recipient,
+            Legacy::format_1(),
+        )),
+        root,
+        past: Vec::new(),
+        key_id: key_id.to_string(),
+        by_identity,
+    })
 }
 
 /// Add a key file for another passphrase.
@@ -267,15 +465,109 @@ pub fn change_passphrase(
     Ok(kf)
 }
 
-/// A new data key generation for everything written from now on.
-pub fn rotate(storage: &dyn Storage, unlocked: &mut Unlocked) -> Result<u32> {
-    let generation = unlocked.master.data_keys.len() as u32;
+/// A new data key generation, stored; the caller commits it by writing the config that
+/// lists it (until then it is a leftover nobody uses).
+pub fn new_generation(
+    storage: &dyn Storage,
+    unlocked: &Unlocked,
+    section: &KeysSection,
+) -> Result<([u8; 32], KeysSection)> {
+    let generation = section.data_keys.len() as u32;
     let (key, sealed) = unlocked.root.new_data_key(generation)?;
-    if !storage.put_new(&data_key_name(generation), &sealed)? {
-        return Err(Error::usage(
-            "another rotation happened at the same moment; run it again",
-        ));
+    // Not listed by the config: a leftover of an interrupted rotation, replaced.
+    storage.put_replace(&data_key_name(generation), &sealed)?;
+    let mut next = section.clone();
+    next.data_keys.push(unlocked.root.epoch);
+    Ok((key, next))
+}
+
+/// The first step of `key rotate --full`: new root keys for epoch `section.epoch + 1`, which
+/// open everything earlier through `keys/past-<epoch>`; a data key of the new epoch; the
+/// identity's copy; and a key file for `passphrase`. Returns them and the keys section the
+/// caller commits by writing the config under the new root.
+pub fn new_epoch(
+    storage: &dyn Storage,
+    unlocked: &Unlocked,
+    section: &KeysSection,
+    passphrase: &Passphrase,
+    params: KdfParams,
+    host: &str,
+) -> Result<(Unlocked, KeysSection)> {
+    let epoch = section.epoch + 1;
+    let root = RootKeys::generate(epoch);
+    let mut past = unlocked.past.clone();
+    past.push(unlocked.root.clone());
+    storage.put_replace(&past_name(epoch), &root.seal_past(&past)?)?;
+    let generation = section.data_keys.len() as u32;
+    let (data_key, sealed) = root.new_data_key(generation)?;
+    storage.put_replace(&data_key_name(generation), &sealed)?;
+    let recipient = section
+        .recipient
+        .as_deref()
+        .map(parse_recipient)
+        .transpose()?;
+    if let Some(r) = &recipient {
+        store_recipient_file(storage, r, &root)?;
     }
-    unlocked.master.push_data_key(key);
-    Ok(generation)
+    let kf = KeyFile::wrap(&root, passphrase.as_bytes(), params, host)?;
+    store_key_file(storage, &kf)?;
+    let mut next = section.clone();
+    next.epoch = epoch;
+    next.data_keys.push(epoch);
+    next.rekeying = true;
+    let mut data_keys = unlocked.master.data_keys.clone();
+    data_keys.push(data_key);
+    let mut epochs = past.clone();
+    epochs.push(root.clone());
+    let mut master = MasterKeys::new(&epochs, data_keys, recipient, unlocked.master.legacy);
+    master.set_generation_epochs(next.data_keys.clone(), true);
+    master.identity = unlocked.master.identity;
+    Ok((
+        Unlocked {
+            master: Arc::new(master),
+            root,
+            past,
+            key_id: kf.id,
+            by_identity: false,
+        },
+        next,
+    ))
+}
+
+/// After a full rotation is committed: remove every key file but `keep` (they open only the
+/// retired root keys) and the identity's copies of retired root keys. Returns the key files
+/// removed.
+pub fn remove_retired(storage: &dyn Storage, keep: &str, epoch: u32) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for kf in list(storage)? {
+        if kf.id != keep {
+            storage.delete(&key_file_name(&kf.id))?;
+            removed.push(kf.id);
+        }
+    }
+    for old in 0..epoch {
+        storage.delete(&recipient_name(old))?;
+    }
+    storage.delete(RECIPIENT_V1)?;
+    Ok(removed)
+}
+
+/// `repo upgrade` of a write-only repository: the identity's copy of the root keys in the
+/// format-2 form (`keys/recipient-0`).
+pub fn upgrade_recipient(
+    storage: &dyn Storage,
+    recipient: &[u8; 32],
+    root: &RootKeys,
+) -> Result<()> {
+    store_recipient_file(storage, recipient, root)
+}
+
+/// `repo upgrade`: the data key generations of a format-1 repository (all epoch 0).
+pub fn format_1_generations(unlocked: &Unlocked) -> Vec<u32> {
+    vec![0; unlocked.master.data_keys.len()]
+}
+
+/// Remove the format-1 `keys/recipient` once the upgraded config no longer needs it.
+pub fn remove_format_1_recipient(storage: &dyn Storage) -> Result<()> {
+    storage.delete(RECIPIENT_V1)
 }

@@ -15,6 +15,7 @@
 //! process is gone (same host) or that has not been refreshed for `STALE_AFTER` (any host).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::repo::records::Records;
 use crate::storage::Storage;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -102,8 +103,8 @@ impl Marker {
         )
     }
 
-    fn encode(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec_pretty(self).map_err(|e| Error::internal(e.to_string()))
+    fn encode(&self, records: &Records, name: &str) -> Result<Vec<u8>> {
+        records.encode(name, self)
     }
 }
 
@@ -158,7 +159,9 @@ pub fn planned_packs(plans: &[Plan]) -> std::collections::HashSet<crate::id::Has
         .collect()
 }
 
-pub fn read_plans(storage: &dyn Storage) -> Result<Vec<Plan>> {
+/// Every authentic deletion plan. One that is not authentic (planted) is ignored: it decides
+/// nothing (prune re-checks every pack it deletes anyway).
+pub fn read_plans(storage: &dyn Storage, records: &Records) -> Result<Vec<Plan>> {
     let mut plans = Vec::new();
     for obj in storage.list(PLANS)? {
         let data = match storage.get(&obj.name) {
@@ -166,17 +169,31 @@ pub fn read_plans(storage: &dyn Storage) -> Result<Vec<Plan>> {
             Err(e) if e.kind == ErrorKind::NotFound => continue, // swept meanwhile
             Err(e) => return Err(e),
         };
-        let plan: Plan = serde_json::from_slice(&data).map_err(|e| {
-            Error::integrity(format!("deletion plan {} is unreadable: {e}", obj.name))
-                .hint("delete that object; the next `lifeboat prune` plans again from scratch")
-        })?;
+        let plan: Plan = match records.decode(&obj.name, &data) {
+            Ok(p) => p,
+            Err(e) if e.kind == ErrorKind::Trust => {
+                tracing::warn!("ignored {}: {e}", obj.name);
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::integrity(format!(
+                    "deletion plan {} is unreadable: {e}",
+                    obj.name
+                ))
+                .hint("delete that object; the next `lifeboat prune` plans again from scratch"))
+            }
+        };
+        if plan_object(&plan.id) != obj.name {
+            tracing::warn!("ignored {}: it describes plan {}", obj.name, plan.id);
+            continue;
+        }
         plans.push(plan);
     }
     plans.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(plans)
 }
 
-pub fn write_plan(storage: &dyn Storage, packs: Vec<String>) -> Result<Plan> {
+pub fn write_plan(storage: &dyn Storage, records: &Records, packs: Vec<String>) -> Result<Plan> {
     let now = jiff::Timestamp::now();
     let plan = Plan {
         id: crate::id::new_backup_id(now.as_millisecond().max(0) as u64),
@@ -184,8 +201,8 @@ pub fn write_plan(storage: &dyn Storage, packs: Vec<String>) -> Result<Plan> {
         host: crate::ops::backup::hostname(),
         packs,
     };
-    let data = serde_json::to_vec_pretty(&plan).map_err(|e| Error::internal(e.to_string()))?;
-    storage.put_replace(&plan_object(&plan.id), &data)?;
+    let name = plan_object(&plan.id);
+    storage.put_replace(&name, &records.encode(&name, &plan)?)?;
     Ok(plan)
 }
 
@@ -194,8 +211,11 @@ pub fn plan_object(id: &str) -> String {
 }
 
 /// Every marker present, with its object name. Stale markers of dead processes on this host
-/// are deleted on the way (they would otherwise block sweeps for half an hour).
-pub fn live_markers(storage: &dyn Storage) -> Result<Vec<(String, Marker)>> {
+/// are deleted on the way (they would otherwise block sweeps for half an hour). In a
+/// repository whose records are sealed, a marker that is not authentic was planted: it is
+/// ignored (it must not hold prune off forever); in one whose records are plain, an
+/// unreadable marker counts as a live writer.
+pub fn live_markers(storage: &dyn Storage, records: &Records) -> Result<Vec<(String, Marker)>> {
     let mut out = Vec::new();
     for obj in storage.list(LOCKS)? {
         let data = match storage.get(&obj.name) {
@@ -203,13 +223,20 @@ pub fn live_markers(storage: &dyn Storage) -> Result<Vec<(String, Marker)>> {
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let Ok(marker) = serde_json::from_slice::<Marker>(&data) else {
-            tracing::warn!(
-                "{} is not a Lifeboat lock; treated as a live writer",
-                obj.name
-            );
-            out.push((obj.name, Marker::new("unknown")));
-            continue;
+        let marker = match records.decode::<Marker>(&obj.name, &data) {
+            Ok(m) => m,
+            Err(e) if records.is_sealed() => {
+                tracing::warn!("ignored {}: {e}", obj.name);
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "{} is not a Lifeboat lock; treated as a live writer",
+                    obj.name
+                );
+                out.push((obj.name, Marker::new("unknown")));
+                continue;
+            }
         };
         if marker.is_stale() {
             tracing::info!("removing stale lock {} ({})", obj.name, marker.describe());
@@ -294,26 +321,27 @@ impl Lease {
 /// reused. `work` must call `Lease::check` before it commits.
 pub fn as_writer<T>(
     storage: &dyn Storage,
+    records: &Records,
     kind: &str,
     sees_plans: bool,
     work: impl FnOnce(&[Plan], &Lease) -> Result<T>,
 ) -> Result<T> {
     let name = format!("{LOCKS}{kind}-{:016x}", rand::random::<u64>());
     let mut marker = Marker::new(kind);
-    storage.put_replace(&name, &marker.encode()?)?;
+    storage.put_replace(&name, &marker.encode(records, &name)?)?;
     let lease = Lease::new(&format!("the {kind}"));
     let result = (|| {
         let plans = if sees_plans {
             // The marker is visible before the plans are read: a prune that writes a plan
             // after this listing will see the marker, and wait for this writer.
-            let plans = read_plans(storage)?;
+            let plans = read_plans(storage, records)?;
             marker.seen_plans = Some(plans.iter().map(|p| p.id.clone()).collect());
-            storage.put_replace(&name, &marker.encode()?)?;
+            storage.put_replace(&name, &marker.encode(records, &name)?)?;
             plans
         } else {
             Vec::new()
         };
-        with_refresh(storage, &name, &marker, &lease, false, || {
+        with_refresh(storage, records, &name, &marker, &lease, false, || {
             work(&plans, &lease)
         })
     })();
@@ -329,13 +357,14 @@ pub fn as_writer<T>(
 /// reader goes on without, and a concurrent prune can make it fail (never return wrong data).
 pub fn as_reader<T>(
     storage: &dyn Storage,
+    records: &Records,
     kind: &str,
     work: impl FnOnce() -> Result<T>,
 ) -> Result<T> {
     let name = format!("{LOCKS}{kind}-{:016x}", rand::random::<u64>());
     let mut marker = Marker::new(kind);
     let marked = marker
-        .encode()
+        .encode(records, &name)
         .and_then(|data| storage.put_replace(&name, &data));
     if let Err(e) = marked {
         tracing::info!("reading without a lock ({e}); a prune running now could interrupt this");
@@ -344,9 +373,14 @@ pub fn as_reader<T>(
     let lease = Lease::new(&format!("the {kind}"));
     let result = (|| {
         // Plans seen now are also seen by the index load that follows.
-        marker.seen_plans = Some(read_plans(storage)?.into_iter().map(|p| p.id).collect());
-        storage.put_replace(&name, &marker.encode()?)?;
-        with_refresh(storage, &name, &marker, &lease, false, work)
+        marker.seen_plans = Some(
+            read_plans(storage, records)?
+                .into_iter()
+                .map(|p| p.id)
+                .collect(),
+        );
+        storage.put_replace(&name, &marker.encode(records, &name)?)?;
+        with_refresh(storage, records, &name, &marker, &lease, false, work)
     })();
     if let Err(e) = storage.delete(&name) {
         tracing::warn!("could not remove lock {name}: {e}; it goes stale in 30 minutes");
@@ -359,6 +393,7 @@ pub fn as_reader<T>(
 /// marker left alone.
 fn with_refresh<T>(
     storage: &dyn Storage,
+    records: &Records,
     name: &str,
     marker: &Marker,
     lease: &Lease,
@@ -376,7 +411,7 @@ fn with_refresh<T>(
                     let holder: Option<Marker> = storage
                         .get(name)
                         .ok()
-                        .and_then(|d| serde_json::from_slice(&d).ok());
+                        .and_then(|d| records.decode(name, &d).ok());
                     if holder.as_ref().map(|h| h.token.as_str()) != Some(m.token.as_str()) {
                         lease.lose(format!(
                             "{name} was taken over by {}",
@@ -388,7 +423,10 @@ fn with_refresh<T>(
                     }
                 }
                 m.refreshed = jiff::Timestamp::now().to_string();
-                match m.encode().and_then(|data| storage.put_replace(name, &data)) {
+                match m
+                    .encode(records, name)
+                    .and_then(|data| storage.put_replace(name, &data))
+                {
                     Ok(()) => lease.refreshed(),
                     Err(e) => tracing::warn!("could not refresh lock {name}: {e}"),
                 }
@@ -402,15 +440,23 @@ fn with_refresh<T>(
 
 /// Run `work` holding the prune lock. Another live prune is an error (exit 6) naming it;
 /// a stale prune lock is taken over. `work` must call `Lease::check` before deleting.
-pub fn as_pruner<T>(storage: &dyn Storage, work: impl FnOnce(&Lease) -> Result<T>) -> Result<T> {
+/// A prune lock that is not authentic (planted) is treated like a stale one: taken over.
+pub fn as_pruner<T>(
+    storage: &dyn Storage,
+    records: &Records,
+    work: impl FnOnce(&Lease) -> Result<T>,
+) -> Result<T> {
     let marker = Marker::new("prune");
-    let data = marker.encode()?;
-    let mut taken = storage.put_new(PRUNE_LOCK, &data)?;
-    if !taken {
-        let other: Option<Marker> = storage
+    let data = marker.encode(records, PRUNE_LOCK)?;
+    let read_holder = || -> Option<Marker> {
+        storage
             .get(PRUNE_LOCK)
             .ok()
-            .and_then(|d| serde_json::from_slice(&d).ok());
+            .and_then(|d| records.decode(PRUNE_LOCK, &d).ok())
+    };
+    let mut taken = storage.put_new(PRUNE_LOCK, &data)?;
+    if !taken {
+        let other: Option<Marker> = read_holder();
         match other {
             Some(m) if !m.is_stale() => {
                 return Err(Error::new(
@@ -427,10 +473,7 @@ pub fn as_pruner<T>(storage: &dyn Storage, work: impl FnOnce(&Lease) -> Result<T
     }
     // Two prunes taking over one stale lock at once can both see their put succeed (one
     // deleted the other's): the lock's content says who won.
-    let holder: Option<Marker> = storage
-        .get(PRUNE_LOCK)
-        .ok()
-        .and_then(|d| serde_json::from_slice(&d).ok());
+    let holder: Option<Marker> = read_holder();
     if !taken || holder.map(|h| h.token) != Some(marker.token.clone()) {
         return Err(Error::new(
             ErrorKind::InUse,
@@ -439,12 +482,10 @@ pub fn as_pruner<T>(storage: &dyn Storage, work: impl FnOnce(&Lease) -> Result<T
         .hint("run the command again later"));
     }
     let lease = Lease::new("the prune");
-    let r = with_refresh(storage, PRUNE_LOCK, &marker, &lease, true, || work(&lease));
-    let still_ours = storage
-        .get(PRUNE_LOCK)
-        .ok()
-        .and_then(|d| serde_json::from_slice::<Marker>(&d).ok())
-        .is_some_and(|h| h.token == marker.token);
+    let r = with_refresh(storage, records, PRUNE_LOCK, &marker, &lease, true, || {
+        work(&lease)
+    });
+    let still_ours = read_holder().is_some_and(|h| h.token == marker.token);
     if still_ours {
         if let Err(e) = storage.delete(PRUNE_LOCK) {
             tracing::warn!("could not remove the prune lock: {e}");
@@ -462,9 +503,10 @@ mod tests {
     fn markers_come_and_go_and_see_plans() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
-        let plan = write_plan(&s, vec!["ab".into()]).unwrap();
-        let seen = as_writer(&s, "backup", true, |plans, _| {
-            let live = live_markers(&s)?;
+        let r = Records::plain();
+        let plan = write_plan(&s, &r, vec!["ab".into()]).unwrap();
+        let seen = as_writer(&s, &r, "backup", true, |plans, _| {
+            let live = live_markers(&s, &r)?;
             assert_eq!(live.len(), 1);
             assert_eq!(
                 live[0].1.seen_plans.as_deref(),
@@ -474,23 +516,67 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, 1);
-        assert!(live_markers(&s).unwrap().is_empty());
+        assert!(live_markers(&s, &r).unwrap().is_empty());
     }
 
     #[test]
     fn dead_local_process_is_stale_and_prune_is_exclusive() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
+        let r = Records::plain();
         let mut dead = Marker::new("backup");
         dead.pid = u32::MAX - 1;
         assert!(dead.is_stale());
-        s.put_replace("locks/backup-1", &dead.encode().unwrap())
-            .unwrap();
-        assert!(live_markers(&s).unwrap().is_empty());
-        let inner = as_pruner(&s, |_| Ok(as_pruner(&s, |_| Ok(())).unwrap_err().kind)).unwrap();
+        s.put_replace(
+            "locks/backup-1",
+            &dead.encode(&r, "locks/backup-1").unwrap(),
+        )
+        .unwrap();
+        assert!(live_markers(&s, &r).unwrap().is_empty());
+        let inner = as_pruner(&s, &r, |_| {
+            Ok(as_pruner(&s, &r, |_| Ok(())).unwrap_err().kind)
+        })
+        .unwrap();
         assert_eq!(inner, ErrorKind::InUse);
         // A stale prune lock is taken over.
-        s.put_replace(PRUNE_LOCK, &dead.encode().unwrap()).unwrap();
-        as_pruner(&s, |_| Ok(())).unwrap();
+        s.put_replace(PRUNE_LOCK, &dead.encode(&r, PRUNE_LOCK).unwrap())
+            .unwrap();
+        as_pruner(&s, &r, |_| Ok(())).unwrap();
+    }
+
+    #[test]
+    fn planted_locks_and_plans_decide_nothing_in_sealed_repositories() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let r = Records::sealed(std::sync::Arc::new(
+            crate::repo::crypto::MasterKeys::generate(),
+        ));
+        // An attacker writes a live-looking marker, a prune lock and a plan in plain JSON.
+        let live = Marker::new("backup");
+        let plain = Records::plain();
+        s.put_replace(
+            "locks/backup-2",
+            &live.encode(&plain, "locks/backup-2").unwrap(),
+        )
+        .unwrap();
+        s.put_replace(PRUNE_LOCK, &live.encode(&plain, PRUNE_LOCK).unwrap())
+            .unwrap();
+        write_plan(&s, &plain, vec!["cd".into()]).unwrap();
+        assert!(
+            live_markers(&s, &r).unwrap().is_empty(),
+            "planted marker ignored"
+        );
+        assert!(
+            read_plans(&s, &r).unwrap().is_empty(),
+            "planted plan ignored"
+        );
+        as_pruner(&s, &r, |_| Ok(())).unwrap();
+        // A genuine plan moved to another name is ignored too.
+        let genuine = write_plan(&s, &r, vec!["ef".into()]).unwrap();
+        let data = s.get(&plan_object(&genuine.id)).unwrap();
+        s.put_replace("plans/01zzzzzzzzzzzz", &data).unwrap();
+        let plans = read_plans(&s, &r).unwrap();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].id, genuine.id);
     }
 }

@@ -4,49 +4,41 @@
 
 pub mod compress;
 pub mod crypto;
+pub mod format;
+pub mod hpke;
 pub mod index;
 pub mod keys;
 pub mod locks;
 pub mod manifest;
 pub mod pack;
+pub mod records;
 pub mod tombstones;
+pub mod upgrade;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{is_backup_id, BlobHasher, Hash};
 use crate::secret::Passphrase;
 use crate::storage::Storage;
-use crypto::{KdfParams, ObjectKind};
+use crypto::{KdfParams, ObjectKind, RootKeys};
+pub use format::{RepoConfig, ENCRYPTION, FORMAT_VERSION};
 use index::{decode_index_file, Index};
 use manifest::Manifest;
 use pack::pack_object_name;
-use serde::{Deserialize, Serialize};
-
-pub const FORMAT_VERSION: u32 = 1;
-
-/// The `config` object: written once by `repo init`, never changed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RepoConfig {
-    pub format_version: u32,
-    pub id: String,
-    pub created: String,
-    /// Hash naming blobs and objects.
-    pub hash: String,
-    /// `none`, or `aes-256-gcm+blake3` (see the encryption section of FORMAT.md).
-    pub encryption: String,
-    /// Packs are closed once they reach this many bytes.
-    pub pack_size: u64,
-}
-
-/// The encryption scheme name in `config`.
-pub const ENCRYPTION: &str = "aes-256-gcm+blake3";
+use records::Records;
 
 pub struct Repository {
     storage: Box<dyn Storage>,
     pub config: RepoConfig,
     keys: Option<keys::Unlocked>,
-    /// Replicas to read from when the primary's copy of an object is missing or damaged.
+    /// Replicas to read from when the primary's copy of an object is missing or damaged:
+    /// the locations the opener vouches for ([`Repository::set_replica_resolver`]), asked
+    /// only when a read needs them.
+    replica_resolver: std::sync::OnceLock<ReplicaResolver>,
     replicas: std::sync::OnceLock<Vec<Box<dyn Storage>>>,
 }
+
+/// Lists the replicas a repository may read from (see [`Repository::set_replica_resolver`]).
+pub type ReplicaResolver = Box<dyn Fn(&Repository) -> Vec<String> + Send + Sync>;
 
 /// How to create a repository.
 pub enum NewRepo<'a> {
@@ -62,7 +54,15 @@ pub enum NewRepo<'a> {
 /// How to unlock an encrypted repository.
 pub enum Unlock<'a> {
     /// A passphrase, asked for only if the repository is encrypted.
-    Passphrase(&'a mut dyn FnMut() -> Result<Passphrase>),
+    Passphrase {
+        ask: &'a mut dyn FnMut() -> Result<Passphrase>,
+        /// Whether the user gave one without being asked (variable, file, command): then a
+        /// repository that says it is not encrypted is refused, since an attacker may have
+        /// turned encryption off in its config.
+        given: bool,
+        /// The key file that opened this repository last time, tried first.
+        preferred_key: Option<String>,
+    },
     /// The private identity of a write-only repository.
     Identity(&'a crypto::Identity),
 }
@@ -76,8 +76,17 @@ impl Repository {
             ))
             .hint("use it as it is, or choose another --repo"));
         }
+        // Check what can fail before anything is written, so a refused init leaves nothing.
+        if let NewRepo::Encrypted { params, .. } = &kind {
+            params.validate()?;
+        }
+        let root = match &kind {
+            NewRepo::Plain => None,
+            NewRepo::Encrypted { .. } => Some(RootKeys::generate(0)),
+        };
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
+            features: Vec::new(),
             id: hex::encode(rand::random::<[u8; 16]>()),
             created: jiff::Timestamp::now().to_string(),
             hash: match kind {
@@ -91,40 +100,45 @@ impl Repository {
             }
             .into(),
             pack_size: 16 << 20,
+            keys: match &kind {
+                NewRepo::Plain => None,
+                NewRepo::Encrypted { recipient, .. } => Some(keys::new_section(*recipient)),
+            },
+            upgraded_from: None,
         };
-        // Check what can fail before anything is written, so a refused init leaves nothing.
-        if let NewRepo::Encrypted { params, .. } = &kind {
-            params.validate()?;
-        }
         // The config decides who created the repository (create-only); only the winner then
         // writes keys. Openers that come in between see "keys not written yet" (NotFound)
         // and retry; see `keys::unlock`.
-        let data = serde_json::to_vec_pretty(&config)
-            .map_err(|e| Error::internal(format!("cannot encode config: {e}")))?;
+        let data = config.encode(root.as_ref())?;
         if !storage.put_new("config", &data)? && storage.get("config")? != data {
             return Err(Error::usage(format!(
                 "a repository was created at {} at the same moment",
                 storage.describe()
             )));
         }
-        let keys = match kind {
-            NewRepo::Plain => None,
-            NewRepo::Encrypted {
-                passphrase,
-                params,
-                recipient,
-            } => Some(keys::create(
+        let keys = match (kind, root) {
+            (
+                NewRepo::Encrypted {
+                    passphrase,
+                    params,
+                    recipient,
+                },
+                Some(root),
+            ) => Some(keys::create(
                 storage.as_ref(),
+                &root,
                 passphrase,
                 params,
                 &crate::ops::backup::hostname(),
                 recipient,
             )?),
+            _ => None,
         };
         Ok(Repository {
             storage,
             config,
             keys,
+            replica_resolver: std::sync::OnceLock::new(),
             replicas: std::sync::OnceLock::new(),
         })
     }
@@ -142,38 +156,45 @@ impl Repository {
             }
             Err(e) => return Err(e),
         };
-        let config: RepoConfig = serde_json::from_slice(&data).map_err(|e| {
-            Error::integrity(format!(
-                "the repository config at {} is unreadable: {e}",
-                storage.describe()
-            ))
-        })?;
-        if config.format_version != FORMAT_VERSION {
-            return Err(Error::usage(format!(
-                "repository format {} is not supported by this lifeboat (format {FORMAT_VERSION})",
-                config.format_version
-            ))
-            .hint("use the lifeboat version that created it, or a newer one"));
-        }
-        let keys = match config.encryption.as_str() {
-            "none" => None,
-            ENCRYPTION => Some(match unlock {
-                Unlock::Passphrase(ask) => keys::unlock(storage.as_ref(), &ask()?)?,
-                Unlock::Identity(identity) => {
-                    keys::unlock_with_identity(storage.as_ref(), identity)?
-                }
-            }),
-            other => {
-                return Err(Error::usage(format!(
-                    "repository uses encryption '{other}', which this lifeboat does not support"
-                ))
-                .hint("use a newer lifeboat"))
+        let (config, mac) = RepoConfig::parse(&data, &storage.describe())?;
+        let keys = if !config.is_encrypted() {
+            let secret_given = match &unlock {
+                Unlock::Passphrase { given, .. } => *given,
+                Unlock::Identity(_) => true,
+            };
+            if secret_given {
+                return Err(Error::new(
+                    ErrorKind::Trust,
+                    format!(
+                        "the repository at {} is not encrypted, but a passphrase or identity was given",
+                        storage.describe()
+                    ),
+                )
+                .hint("if it was encrypted, someone changed its config to turn encryption off: do not write to it. \
+                       If it is meant to be unencrypted, unset LIFEBOAT_PASSWORD (--password-file, --password-command, --identity) for it"));
             }
+            None
+        } else {
+            Some(match unlock {
+                Unlock::Passphrase {
+                    ask, preferred_key, ..
+                } => keys::unlock(
+                    storage.as_ref(),
+                    &ask()?,
+                    &config,
+                    mac.as_deref(),
+                    preferred_key.as_deref(),
+                )?,
+                Unlock::Identity(identity) => {
+                    keys::unlock_with_identity(storage.as_ref(), identity, &config, mac.as_deref())?
+                }
+            })
         };
         Ok(Repository {
             storage,
             config,
             keys,
+            replica_resolver: std::sync::OnceLock::new(),
             replicas: std::sync::OnceLock::new(),
         })
     }
@@ -189,16 +210,86 @@ impl Repository {
             .is_some_and(|k| k.master.recipient.is_some() && k.master.identity.is_none())
     }
 
+    /// The recipient of a write-only repository (from the authenticated config).
+    pub fn recipient(&self) -> Option<[u8; 32]> {
+        self.keys.as_ref().and_then(|k| k.master.recipient)
+    }
+
     pub fn keys(&self) -> Option<&keys::Unlocked> {
         self.keys.as_ref()
     }
 
+    /// Writers call this first: a format-1 repository is read-only until `repo upgrade`,
+    /// since format 1 trusted records nobody authenticated.
+    pub fn require_current_format(&self, what: &str) -> Result<()> {
+        if self.config.is_current() {
+            return Ok(());
+        }
+        Err(Error::usage(format!(
+            "{what} needs the repository at {} in format {FORMAT_VERSION}; it is in format {}",
+            self.location(),
+            self.config.format_version
+        ))
+        .hint(if self.recipient().is_some() {
+            "run `lifeboat repo upgrade --identity FILE` where the identity is (it takes seconds and keeps every backup); until then it can be read, not written"
+        } else {
+            "run `lifeboat repo upgrade` (it takes seconds and keeps every backup); until then it can be read, not written"
+        }))
+    }
+
+    /// How coordination records are sealed here.
+    pub fn records(&self) -> Records {
+        match &self.keys {
+            Some(k) if self.config.is_current() => Records::sealed(k.master.clone()),
+            _ => Records::plain(),
+        }
+    }
+
+    /// Replace the config (a key rotation, an upgrade), authenticated under `root` (the
+    /// current root keys unless given: a full rotation commits under the new ones).
+    pub fn write_config(&mut self, config: RepoConfig, root: Option<&RootKeys>) -> Result<()> {
+        self.config = self.store_config(config, root)?;
+        Ok(())
+    }
+
+    /// Store `config` and read it back (an object store that lost the write must not leave
+    /// us believing it); the caller makes it `self.config`.
+    pub fn store_config(&self, config: RepoConfig, root: Option<&RootKeys>) -> Result<RepoConfig> {
+        let root = root.or(self.keys.as_ref().map(|k| &k.root));
+        let data = config.encode(root)?;
+        self.storage.put_replace("config", &data)?;
+        let (stored, mac) = RepoConfig::parse(&self.storage.get("config")?, &self.location())?;
+        if let Some(root) = root {
+            stored.verify(mac.as_deref(), root)?;
+        }
+        Ok(stored)
+    }
+
     /// `key rotate`: a new data key for everything this and later processes write.
     pub fn rotate_data_key(&mut self) -> Result<u32> {
-        match self.keys.as_mut() {
-            Some(k) => keys::rotate(self.storage.as_ref(), k),
-            None => Err(Error::usage("the repository is not encrypted")),
-        }
+        self.require_current_format("key rotate")?;
+        let Some(unlocked) = self.keys.as_ref() else {
+            return Err(Error::usage("the repository is not encrypted"));
+        };
+        let section = self
+            .config
+            .keys
+            .clone()
+            .ok_or_else(|| Error::internal("encrypted repository without a keys section"))?;
+        let (key, next) = keys::new_generation(self.storage.as_ref(), unlocked, &section)?;
+        let mut config = self.config.clone();
+        config.keys = Some(next);
+        self.write_config(config, None)?;
+        let k = self
+            .keys
+            .as_mut()
+            .ok_or_else(|| Error::internal("keys vanished"))?;
+        Ok(std::sync::Arc::make_mut(&mut k.master).push_data_key(key))
+    }
+
+    /// Replace the keys with those of a full rotation once its config is written.
+    pub fn replace_keys(&mut self, unlocked: keys::Unlocked) {
+        self.keys = Some(unlocked);
     }
 
     /// How blob ids are computed in this repository.
@@ -207,6 +298,11 @@ impl Repository {
             Some(k) => k.master.hasher(),
             None => BlobHasher::plain(),
         }
+    }
+
+    /// The key epoch new blob ids belong to (recorded in manifests).
+    pub fn key_epoch(&self) -> u32 {
+        self.keys.as_ref().map_or(0, |k| k.master.epoch())
     }
 
     /// Encrypt an object in an encrypted repository; pass it through otherwise.
@@ -231,6 +327,12 @@ impl Repository {
         }
     }
 
+    /// How to find the locations to read damaged or missing objects from. Only what the
+    /// opener vouches for: an authentic replica list, or replicas confirmed on this machine.
+    pub fn set_replica_resolver(&self, resolve: ReplicaResolver) {
+        let _ = self.replica_resolver.set(resolve);
+    }
+
     pub fn storage(&self) -> &dyn Storage {
         self.storage.as_ref()
     }
@@ -246,8 +348,9 @@ impl Repository {
     pub fn load_index(&self) -> Result<Index> {
         // Packs that a prune plans to delete are added last, so a blob that also lives in
         // a pack that stays (prune copied it there) is found there.
-        let planned =
-            locks::planned_packs(&locks::read_plans(self.storage.as_ref()).unwrap_or_default());
+        let planned = locks::planned_packs(
+            &locks::read_plans(self.storage.as_ref(), &self.records()).unwrap_or_default(),
+        );
         // So are packs that are missing or truncated here: a later backup stored their pages
         // again in another pack (packs are salted, so never under the same name).
         let present = pack::list_packs(self.storage.as_ref())?;
@@ -370,6 +473,13 @@ impl Repository {
                 m.id
             )));
         }
+        if m.format > manifest::MANIFEST_FORMAT {
+            return Err(Error::usage(format!(
+                "backup {id} was written by a newer Lifeboat (manifest format {})",
+                m.format
+            ))
+            .hint("use a newer lifeboat to read it"));
+        }
         Ok(m)
     }
 
@@ -470,8 +580,9 @@ impl Repository {
     /// The repository's replicas, opened on first use (only when a read needs them).
     fn replicas(&self) -> &[Box<dyn Storage>] {
         self.replicas.get_or_init(|| {
-            crate::ops::sync::read_replicas(self.storage.as_ref())
-                .map(|l| l.replicas)
+            self.replica_resolver
+                .get()
+                .map(|resolve| resolve(self))
                 .unwrap_or_default()
                 .iter()
                 .filter_map(|url| crate::config::open_storage(url, false).ok())
@@ -635,7 +746,7 @@ impl Repository {
             .map(|(_, d)| d.as_slice())
             .unwrap_or_default();
         let blob = slice_blob(frame, loc)?;
-        check_blob(index, self.hasher(), id, loc, blob)?;
+        check_blob(index, &self.hasher(), id, loc, blob)?;
         Ok(blob.to_vec())
     }
 
@@ -711,12 +822,12 @@ pub fn slice_blob<'a>(frame: &'a [u8], loc: &index::BlobLoc) -> Result<&'a [u8]>
 
 pub fn check_blob(
     index: &Index,
-    hasher: BlobHasher,
+    hasher: &BlobHasher,
     id: &Hash,
     loc: &index::BlobLoc,
     blob: &[u8],
 ) -> Result<()> {
-    if hasher.id(blob) != *id {
+    if !hasher.matches(blob, id) {
         let pack = pack_object_name(&index.pack_of(loc).id);
         return Err(Error::integrity(format!(
             "blob {} in pack {pack} is corrupted (hash mismatch)",

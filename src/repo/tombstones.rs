@@ -10,6 +10,7 @@
 //! holds; tombstones save work, they never decide what a backup can rely on.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::repo::records::Records;
 use crate::storage::Storage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -27,11 +28,11 @@ pub struct Tombstones {
     pub packs: BTreeSet<String>,
 }
 
-/// Every tombstone of the repository at `storage`.
-pub fn read(storage: &dyn Storage) -> Result<Tombstones> {
+/// Every authentic tombstone of the repository at `storage`.
+pub fn read(storage: &dyn Storage, records: &Records) -> Result<Tombstones> {
     let mut all = Tombstones::default();
     for prefix in [FORGOTTEN, DROPPED] {
-        for (_, t) in read_prefix(storage, prefix)? {
+        for (_, t) in read_prefix(storage, records, prefix)? {
             all.backups.extend(t.backups);
             all.packs.extend(t.packs);
         }
@@ -39,7 +40,13 @@ pub fn read(storage: &dyn Storage) -> Result<Tombstones> {
     Ok(all)
 }
 
-fn read_prefix(storage: &dyn Storage, prefix: &str) -> Result<Vec<(String, Tombstones)>> {
+/// A tombstone that is not authentic is ignored (a planted one would keep backups from
+/// being copied to a replica).
+fn read_prefix(
+    storage: &dyn Storage,
+    records: &Records,
+    prefix: &str,
+) -> Result<Vec<(String, Tombstones)>> {
     let mut out = Vec::new();
     for obj in storage.list(prefix)? {
         let data = match storage.get(&obj.name) {
@@ -47,26 +54,32 @@ fn read_prefix(storage: &dyn Storage, prefix: &str) -> Result<Vec<(String, Tombs
             Err(e) if e.kind == ErrorKind::NotFound => continue, // merged meanwhile
             Err(e) => return Err(e),
         };
-        let t: Tombstones = serde_json::from_slice(&data).map_err(|e| {
-            Error::integrity(format!("{} is unreadable: {e}", obj.name))
-                .hint("delete it: at worst sync copies some forgotten data back once")
-        })?;
+        let t: Tombstones = match records.decode(&obj.name, &data) {
+            Ok(t) => t,
+            Err(e) if e.kind == ErrorKind::Trust => {
+                tracing::warn!("ignored {}: {e}", obj.name);
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::integrity(format!("{} is unreadable: {e}", obj.name))
+                    .hint("delete it: at worst sync copies some forgotten data back once"))
+            }
+        };
         out.push((obj.name, t));
     }
     Ok(out)
 }
 
-fn write(storage: &dyn Storage, prefix: &str, t: &Tombstones) -> Result<()> {
+fn write(storage: &dyn Storage, records: &Records, prefix: &str, t: &Tombstones) -> Result<()> {
     let now = jiff::Timestamp::now();
     let name = format!(
         "{prefix}{}",
         crate::id::new_backup_id(now.as_millisecond().max(0) as u64)
     );
-    let data = serde_json::to_vec(t).map_err(|e| Error::internal(e.to_string()))?;
-    storage.put_replace(&name, &data)
+    storage.put_replace(&name, &records.encode(&name, t)?)
 }
 
-pub fn record_forgotten(storage: &dyn Storage, ids: &[String]) -> Result<()> {
+pub fn record_forgotten(storage: &dyn Storage, records: &Records, ids: &[String]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -74,10 +87,10 @@ pub fn record_forgotten(storage: &dyn Storage, ids: &[String]) -> Result<()> {
         backups: ids.iter().cloned().collect(),
         ..Default::default()
     };
-    write(storage, FORGOTTEN, &t)
+    write(storage, records, FORGOTTEN, &t)
 }
 
-pub fn record_dropped(storage: &dyn Storage, packs: &[String]) -> Result<()> {
+pub fn record_dropped(storage: &dyn Storage, records: &Records, packs: &[String]) -> Result<()> {
     if packs.is_empty() {
         return Ok(());
     }
@@ -85,25 +98,25 @@ pub fn record_dropped(storage: &dyn Storage, packs: &[String]) -> Result<()> {
         packs: packs.iter().cloned().collect(),
         ..Default::default()
     };
-    write(storage, DROPPED, &t)
+    write(storage, records, DROPPED, &t)
 }
 
 /// Merge many small records into one per kind (written first, then the old ones deleted).
 /// Returns how many records were merged away.
-pub fn merge(storage: &dyn Storage) -> Result<usize> {
+pub fn merge(storage: &dyn Storage, records: &Records) -> Result<usize> {
     let mut merged = 0;
     for prefix in [FORGOTTEN, DROPPED] {
-        let records = read_prefix(storage, prefix)?;
-        if records.len() <= MERGE_WHEN {
+        let found = read_prefix(storage, records, prefix)?;
+        if found.len() <= MERGE_WHEN {
             continue;
         }
         let mut all = Tombstones::default();
-        for (_, t) in &records {
+        for (_, t) in &found {
             all.backups.extend(t.backups.iter().cloned());
             all.packs.extend(t.packs.iter().cloned());
         }
-        write(storage, prefix, &all)?;
-        for (name, _) in records {
+        write(storage, records, prefix, &all)?;
+        for (name, _) in found {
             storage.delete(&name)?;
             merged += 1;
         }
@@ -120,16 +133,21 @@ mod tests {
     fn records_accumulate_and_merge() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path());
+        let r = Records::sealed(std::sync::Arc::new(
+            crate::repo::crypto::MasterKeys::generate(),
+        ));
         for i in 0..20 {
-            record_forgotten(&s, &[format!("b{i}")]).unwrap();
+            record_forgotten(&s, &r, &[format!("b{i}")]).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        record_dropped(&s, &["ab".into()]).unwrap();
-        let t = read(&s).unwrap();
+        record_dropped(&s, &r, &["ab".into()]).unwrap();
+        // A tombstone planted without the keys is ignored.
+        record_forgotten(&s, &Records::plain(), &["genuine-backup".into()]).unwrap();
+        let t = read(&s, &r).unwrap();
         assert_eq!(t.backups.len(), 20);
+        assert!(!t.backups.contains("genuine-backup"));
         assert!(t.packs.contains("ab"));
-        assert_eq!(merge(&s).unwrap(), 20);
-        assert_eq!(s.list(FORGOTTEN).unwrap().len(), 1);
-        assert_eq!(read(&s).unwrap().backups.len(), 20);
+        assert_eq!(merge(&s, &r).unwrap(), 20);
+        assert_eq!(read(&s, &r).unwrap().backups.len(), 20);
     }
 }

@@ -102,6 +102,29 @@ macro_rules! builder_from_env {
     }};
 }
 
+/// Say so, every time, when TLS certificates are not checked: anyone on the network path
+/// could then read and change what is stored (the data stays encrypted and authenticated
+/// in an encrypted repository, but deletions and replays become easy).
+fn warn_insecure(url: &str, env_prefix: &str) {
+    for family in ["AWS_", "GOOGLE_", "AZURE_"] {
+        let var = format!("{env_prefix}{family}ALLOW_INVALID_CERTIFICATES");
+        let on = std::env::var(&var)
+            .map(|v| {
+                matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "1" | "true" | "yes" | "on"
+                )
+            })
+            .unwrap_or(false);
+        if on {
+            tracing::warn!(
+                "{var} is set: TLS certificates of {url} are not checked, so anyone on the network \
+                 path can impersonate the store; unset it unless this is a test"
+            );
+        }
+    }
+}
+
 /// `<env_prefix><family>*` variables as object_store config keys (`aws_endpoint`, ...), the
 /// way the builders' `from_env` reads the unprefixed ones.
 fn settings(env_prefix: &str, family: &str) -> Vec<(String, String)> {
@@ -161,6 +184,7 @@ impl ObjectStorage {
         // A `[target."URL"]` section may name a variable prefix for this target's settings.
         let env_prefix = crate::config::target_env_prefix(url).unwrap_or_default();
         require_credentials(scheme, &env_prefix)?;
+        warn_insecure(url, &env_prefix);
         let retry = retry_config()?;
         let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {
             "s3" => builder_from_env!(object_store::aws::AmazonS3Builder, &env_prefix, "AWS_")

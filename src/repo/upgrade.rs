@@ -1,0 +1,205 @@
+//! `lifeboat repo upgrade`: move a repository of format 1 to format 2 without rewriting its
+//! data. Packs, index files and format-1 envelopes under data keys stay as they are (they
+//! are as authentic as format 2's); what format 1 left unauthenticated is made authentic:
+//!
+//! 1. write-only repositories: the identity's copy of the root keys in the format-2 form, and
+//!    every manifest re-sealed with the PSK envelope, after checking that its page lists
+//!    resolve and check against their keyed ids (a manifest planted with the format-1
+//!    envelope, which mixed in no secret, names lists nobody could forge, and fails; it is
+//!    left out and reported, and format 2 refuses it);
+//! 2. encrypted repositories: every coordination record (pins, verifications, tombstones,
+//!    replica lists, deletion plans) sealed under the data key;
+//! 3. the config, last: format 2, the key layout and the recipient inside it, authenticated.
+//!
+//! Crash-safe: until step 3 the repository is still format 1 (and stays readable: format 1
+//! readers of this version accept both envelopes); each step can run again. It runs alone:
+//! it holds the prune lock and refuses while a backup or sync is running.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::Hash;
+use crate::repo::crypto::{Legacy, MasterKeys};
+use crate::repo::format::{KeysSection, RepoConfig, FORMAT_VERSION};
+use crate::repo::records::Records;
+use crate::repo::{keys, locks, Repository};
+use serde::Serialize;
+use std::sync::Arc;
+
+#[derive(Debug, Default, Serialize)]
+pub struct UpgradeReport {
+    pub from: u32,
+    pub to: u32,
+    pub manifests_resealed: usize,
+    /// Manifests that failed their check and were left out (forged or damaged).
+    pub manifests_refused: Vec<String>,
+    pub records_sealed: usize,
+}
+
+const RECORD_PREFIXES: [&str; 6] = [
+    "pins/",
+    "verified/",
+    "forgotten/",
+    "dropped/",
+    "replicas/",
+    "plans/",
+];
+
+pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
+    let from = repo.config.format_version;
+    if from == FORMAT_VERSION {
+        return Ok(UpgradeReport {
+            from,
+            to: from,
+            ..Default::default()
+        });
+    }
+    let write_only = repo.recipient().is_some();
+    if write_only && !repo.keys().is_some_and(|k| k.by_identity) {
+        return Err(Error::usage(
+            "upgrading a write-only repository needs its identity: format 1 did not authenticate \
+             its recipient or its manifests, and only the identity can check them",
+        )
+        .hint("run `lifeboat repo upgrade --identity FILE` where the identity is; until then this host can read nothing and write nothing there"));
+    }
+    let plain = Records::plain();
+    let (report, config) = locks::as_pruner(repo.storage(), &plain, |lease| {
+        let writers: Vec<String> = locks::live_markers(repo.storage(), &plain)?
+            .into_iter()
+            .filter(|(name, _)| name != locks::PRUNE_LOCK)
+            .map(|(_, m)| m.describe())
+            .collect();
+        if !writers.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!("the repository is in use: {}", writers.join("; ")),
+            )
+            .hint("run `repo upgrade` again when they have finished"));
+        }
+        upgrade_locked(repo, from, lease)
+    })?;
+    repo.config = config;
+    Ok(report)
+}
+
+fn upgrade_locked(
+    repo: &Repository,
+    from: u32,
+    lease: &locks::Lease,
+) -> Result<(UpgradeReport, RepoConfig)> {
+    let mut report = UpgradeReport {
+        from,
+        to: FORMAT_VERSION,
+        ..Default::default()
+    };
+    let mut config = RepoConfig {
+        format_version: FORMAT_VERSION,
+        upgraded_from: Some(from),
+        ..repo.config.clone()
+    };
+    let root = repo.keys().map(|k| k.root.clone());
+    if let Some(unlocked) = repo.keys() {
+        let recipient = unlocked.master.recipient;
+        config.keys = Some(KeysSection {
+            epoch: 0,
+            data_keys: keys::format_1_generations(unlocked),
+            recipient: recipient.map(|r| crate::repo::crypto::recipient_string(&r)),
+            rekeying: false,
+        });
+        // The keys as format 2 sees them: format-1 envelopes accepted only where safe.
+        let mut v2 = MasterKeys::new(
+            std::slice::from_ref(&unlocked.root),
+            unlocked.master.data_keys.clone(),
+            recipient,
+            Legacy::upgraded(),
+        );
+        v2.identity = unlocked.master.identity;
+        let v2 = Arc::new(v2);
+        if let Some(r) = &recipient {
+            keys::upgrade_recipient(repo.storage(), r, &unlocked.root)?;
+            reseal_manifests(repo, &v2, &mut report)?;
+        }
+        report.records_sealed = seal_records(repo, &Records::sealed(v2))?;
+    }
+    lease.check()?;
+    let stored = repo.store_config(config, root.as_ref())?;
+    if repo.recipient().is_some() {
+        keys::remove_format_1_recipient(repo.storage())?;
+    }
+    // The keys in memory still follow format 1's rules: reopen to use the repository further.
+    Ok((report, stored))
+}
+
+/// Re-seal every manifest of a write-only repository with the format-2 envelope, after
+/// checking it names page lists that exist and check against their keyed ids.
+fn reseal_manifests(repo: &Repository, v2: &MasterKeys, report: &mut UpgradeReport) -> Result<()> {
+    let index = repo.load_index()?;
+    let mut cache = crate::repo::FrameCache::default();
+    for obj in repo.storage().list("backups/")? {
+        let id = obj.name.rsplit('/').next().unwrap_or_default().to_string();
+        if !crate::id::is_backup_id(&id) {
+            continue;
+        }
+        let genuine = repo.read_manifest(&id).and_then(|m| {
+            let mut pages = 0u64;
+            for hex in &m.content.lists {
+                let list = repo.read_blob_cached(&index, &Hash::from_hex(hex)?, &mut cache)?;
+                pages += (list.len() / 32) as u64;
+            }
+            if m.content.lists.is_empty() || pages != m.content.blocks {
+                return Err(Error::integrity("its page lists do not add up"));
+            }
+            Ok(m)
+        });
+        match genuine {
+            Ok(m) => {
+                let data =
+                    serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
+                let sealed = v2.seal(
+                    crate::repo::crypto::ObjectKind::Manifest,
+                    id.as_bytes(),
+                    &data,
+                )?;
+                repo.storage().put_replace(&obj.name, &sealed)?;
+                report.manifests_resealed += 1;
+            }
+            Err(e) => {
+                tracing::warn!("backup {id} left out of the upgrade: {e}");
+                report
+                    .manifests_refused
+                    .push(format!("{id}: {}", e.message));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Seal the plain JSON records of format 1 (a re-run finds some sealed already).
+fn seal_records(repo: &Repository, sealed: &Records) -> Result<usize> {
+    let storage = repo.storage();
+    let mut n = 0;
+    for prefix in RECORD_PREFIXES {
+        for obj in storage.list(prefix)? {
+            let data = match storage.get(&obj.name) {
+                Ok(d) => d,
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if sealed.decode::<serde_json::Value>(&obj.name, &data).is_ok() {
+                continue; // an earlier run sealed it
+            }
+            match Records::plain().decode::<serde_json::Value>(&obj.name, &data) {
+                Ok(value) => {
+                    storage.put_replace(&obj.name, &sealed.encode(&obj.name, &value)?)?;
+                    n += 1;
+                }
+                Err(e) => tracing::warn!("{} is unreadable and was left as it is: {e}", obj.name),
+            }
+        }
+    }
+    // Markers of dead processes: nothing to keep.
+    for obj in storage.list(locks::LOCKS)? {
+        if obj.name != locks::PRUNE_LOCK {
+            storage.delete(&obj.name)?;
+        }
+    }
+    Ok(n)
+}
