@@ -267,6 +267,15 @@ enum RepoCommand {
     },
     /// Sizes, counts and ratios.
     Stats,
+    /// How a stored object is sealed: envelope, kind, key generation and epoch (for
+    /// diagnosing an encrypted repository; nothing is decrypted).
+    Inspect {
+        /// Object name, e.g. backups/01m8… or data/ab/ab12… (with --offset for a frame).
+        object: String,
+        /// Byte offset of the sealed object inside it (a frame in a pack).
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+    },
     /// Move a repository made by an older Lifeboat to the current format (crash-safe; a
     /// write-only repository needs --identity). Older versions cannot open it afterwards.
     Upgrade,
@@ -579,6 +588,7 @@ fn run(cli: Cli) -> Result<i32> {
             RepoCommand::Check { read_data } => cmd_check(&ctx, read_data),
             RepoCommand::Stats => cmd_stats(&ctx),
             RepoCommand::Upgrade => cmd_upgrade(&ctx),
+            RepoCommand::Inspect { object, offset } => cmd_inspect(&ctx, &object, offset),
         },
         Command::Demo { db, rows } => cmd_demo(&ctx, db, rows),
         Command::Key { command } => cmd_key(&ctx, command),
@@ -1437,6 +1447,37 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             );
         }
     }
+    Ok(0)
+}
+
+fn cmd_inspect(ctx: &Ctx, object: &str, offset: u64) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let Some(keys) = repo.keys() else {
+        return Err(Error::usage("the repository is not encrypted: objects are not sealed"));
+    };
+    let data = repo.storage().get(object)?;
+    let at = data
+        .get(offset as usize..)
+        .ok_or_else(|| Error::usage(format!("{object} is shorter than {offset} bytes")))?;
+    let info = keys.master.describe(at).ok_or_else(|| {
+        Error::integrity(format!(
+            "no envelope this repository's keys recognise at offset {offset} of {object}"
+        ))
+    })?;
+    print_result(
+        ctx,
+        serde_json::to_value(&info).map_err(|e| Error::internal(e.to_string()))?,
+        &format!(
+            "{object} at {offset}: envelope {}, kind {}, {}, key epoch {}",
+            info.envelope,
+            info.kind,
+            match info.generation {
+                Some(g) => format!("data key generation {g}"),
+                None => "sealed to the recipient".to_string(),
+            },
+            info.epoch
+        ),
+    );
     Ok(0)
 }
 

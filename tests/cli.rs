@@ -506,7 +506,7 @@ fn repository_below_a_regular_file_is_a_storage_failure() {
 fn repo_init_check_stats() {
     let env = Env::new();
     let init = env.json(&["repo", "init"]);
-    assert_eq!(init["format_version"], 1);
+    assert_eq!(init["format_version"], 2);
     assert_eq!(init["encryption"], "none");
     assert_eq!(init["repository"], s(&env.repo()));
     assert!(env.repo().join("config").is_file());
@@ -542,7 +542,7 @@ fn repo_init_check_stats() {
 
     let st = env.json(&["repo", "stats"]);
     assert_eq!(st["location"], s(&env.repo()));
-    assert_eq!(st["format_version"], 1);
+    assert_eq!(st["format_version"], 2);
     assert_eq!(st["encryption"], "none");
     assert_eq!(st["backups"], 2);
     let src = db.canonicalize().unwrap();

@@ -215,11 +215,15 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The LE u32 data-key generation in a sealed object's header (bytes 2..6).
-fn generation(sealed: &[u8]) -> u32 {
-    assert!(sealed.len() > 6);
-    assert_eq!(sealed[0], 1, "envelope version");
-    u32::from_le_bytes([sealed[2], sealed[3], sealed[4], sealed[5]])
+/// What `repo inspect` says of the sealed object at `offset` of `object` (the header is
+/// masked: only the repository's keys tell its kind and data-key generation).
+fn inspect(env: &Env, pw: &str, object: &str, offset: usize) -> (u64, u64) {
+    let v = json(env, pw, &["repo", "inspect", object, "--offset", &offset.to_string()]);
+    assert_eq!(v["envelope"], 2, "{v}");
+    (
+        v["kind"].as_u64().expect("kind"),
+        v["generation"].as_u64().expect("generation"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -353,7 +357,8 @@ fn nothing_readable_at_rest() {
             serde_json::from_slice::<Value>(bytes).is_err(),
             "{rel} is readable JSON"
         );
-        assert_eq!((bytes[0], bytes[1]), (1, 4), "{rel}: envelope header");
+        let v = json(&env, PW, &["repo", "inspect", rel]);
+        assert_eq!((v["envelope"].as_u64(), v["kind"].as_u64()), (Some(2), Some(4)), "{rel}: {v}");
         assert!(!contains(bytes, b"\"sha256\""), "{rel}");
     }
     assert!(files.contains_key(&format!("backups/{id}")));
@@ -427,7 +432,7 @@ fn two_encrypted_repositories_store_the_same_database_differently() {
     assert_ne!(n1, n2, "pack names (hashes of the bytes) differ");
     assert_ne!(p1, p2, "pack bytes differ");
     // Not just different nonces on identical layouts: the first frames' ciphertexts differ
-    // from their first byte on.
+    // from their first byte on (after the 24-byte nonce and the 6-byte masked header).
     let c1 = &p1[FRAMES + 30..FRAMES + 30 + 64];
     let c2 = &p2[FRAMES + 30..FRAMES + 30 + 64];
     assert_ne!(c1, c2);
@@ -701,7 +706,8 @@ impl Fx {
 fn tampered_frame_in_a_pack_is_detected() {
     let f = tamper_fixture();
     let (rel, path) = f.object(0, "packs");
-    // "LBPACK01" and the salt, then the first sealed frame: 30 header bytes, then ciphertext.
+    // "LBPACK01" and the salt, then the first sealed frame: a 24-byte nonce and a 6-byte
+    // masked header, then ciphertext.
     flip_byte(&path, FRAMES + 30 + 100);
     f.detected(0, &rel);
     f.check_names(&rel);
@@ -709,14 +715,18 @@ fn tampered_frame_in_a_pack_is_detected() {
 
 #[test]
 fn tampered_frame_header_is_detected() {
-    // The nonce and the generation are authenticated too.
+    // The nonce and the (masked) header are authenticated too.
     let f = tamper_fixture();
     let (rel, path) = f.object(0, "packs");
     flip_byte(&path, FRAMES + 10); // inside the first frame's nonce
     f.detected(0, &rel);
     let f = tamper_fixture();
     let (rel, path) = f.object(0, "packs");
-    flip_byte(&path, FRAMES + 1); // the kind byte
+    flip_byte(&path, FRAMES + 25); // the masked kind byte
+    f.detected(0, &rel);
+    let f = tamper_fixture();
+    let (rel, path) = f.object(0, "packs");
+    flip_byte(&path, FRAMES + 27); // the masked generation
     f.detected(0, &rel);
 }
 
@@ -1101,30 +1111,28 @@ fn key_rotate_adds_a_generation_and_keeps_old_data_readable() {
     // Generation in the headers: old manifest 0, new manifest 1; new pack frames, pack
     // directory and index file 1.
     let repo = env.repo();
-    let m0 = std::fs::read(repo.join("backups").join(&id0)).unwrap();
-    let m1 = std::fs::read(repo.join("backups").join(&id1)).unwrap();
-    assert_eq!(generation(&m0), 0);
-    assert_eq!(generation(&m1), 1);
+    assert_eq!(inspect(&env, PW, &format!("backups/{id0}"), 0), (4, 0));
+    assert_eq!(inspect(&env, PW, &format!("backups/{id1}"), 0), (4, 1));
     let man1 = json(&env, PW, &["show", &id1]);
-    let pack1 = std::fs::read(repo.join(pack_rel(&strings(&man1["stored"]["packs"])[0]))).unwrap();
+    let pack1_rel = pack_rel(&strings(&man1["stored"]["packs"])[0]);
+    let pack1 = std::fs::read(repo.join(&pack1_rel)).unwrap();
     assert_eq!(
-        generation(&pack1[FRAMES..]),
-        1,
+        inspect(&env, PW, &pack1_rel, FRAMES),
+        (1, 1),
         "first frame of the new pack"
     );
     let dir_len =
         u32::from_le_bytes(pack1[pack1.len() - 12..pack1.len() - 8].try_into().unwrap()) as usize;
-    let dir = &pack1[pack1.len() - 12 - dir_len..pack1.len() - 12];
-    assert_eq!((dir[1], generation(dir)), (2, 1), "new pack directory");
-    let idx1 = std::fs::read(
-        repo.join("index")
-            .join(&strings(&man1["stored"]["index_files"])[0]),
-    )
-    .unwrap();
-    assert_eq!((idx1[1], generation(&idx1)), (3, 1), "new index file");
+    assert_eq!(
+        inspect(&env, PW, &pack1_rel, pack1.len() - 12 - dir_len),
+        (2, 1),
+        "new pack directory"
+    );
+    let idx1 = format!("index/{}", strings(&man1["stored"]["index_files"])[0]);
+    assert_eq!(inspect(&env, PW, &idx1, 0), (3, 1), "new index file");
     let man0 = json(&env, PW, &["show", &id0]);
-    let pack0 = std::fs::read(repo.join(pack_rel(&strings(&man0["stored"]["packs"])[0]))).unwrap();
-    assert_eq!(generation(&pack0[FRAMES..]), 0, "old pack untouched");
+    let pack0_rel = pack_rel(&strings(&man0["stored"]["packs"])[0]);
+    assert_eq!(inspect(&env, PW, &pack0_rel, FRAMES), (1, 0), "old pack untouched");
 
     // Both backups verify and restore, with either passphrase.
     let v = json(&env, PW, &["verify", "--all"]);
@@ -1141,8 +1149,8 @@ fn key_rotate_adds_a_generation_and_keeps_old_data_readable() {
         2
     );
     let b2 = backup(&env, PW2, &db);
-    let m2 = std::fs::read(repo.join("backups").join(b2["id"].as_str().unwrap())).unwrap();
-    assert_eq!(generation(&m2), 2);
+    let m2 = format!("backups/{}", b2["id"].as_str().unwrap());
+    assert_eq!(inspect(&env, PW, &m2, 0), (4, 2));
     assert_eq!(json(&env, PW, &["verify", "--all"])["ok"], true);
 
     // A data key generation cannot be moved to another generation's name.
@@ -1306,7 +1314,7 @@ fn default_argon2_parameters() {
     let v = key_list(&env, PW);
     assert_eq!(
         v["keys"][0]["params"],
-        serde_json::json!({"memory_kib": 47104, "iterations": 1, "parallelism": 1}),
+        serde_json::json!({"memory_kib": 65536, "iterations": 3, "parallelism": 4}),
         "{v}"
     );
     assert_eq!(json(&env, PW, &["repo", "show"])["encrypted"], true);
@@ -1319,8 +1327,8 @@ fn default_argon2_parameters() {
     )
     .ok("init");
     let v = json(&env, PW, &["--repo", s(&r2), "key", "list"]);
-    assert_eq!(v["keys"][0]["params"]["memory_kib"], 47104, "{v}");
-    assert_eq!(v["keys"][0]["params"]["iterations"], 1, "{v}");
+    assert_eq!(v["keys"][0]["params"]["memory_kib"], 65536, "{v}");
+    assert_eq!(v["keys"][0]["params"]["iterations"], 3, "{v}");
     // Nonsensical parameters are a usage error, and create nothing.
     let r3 = env.path("r3");
     let o = run(

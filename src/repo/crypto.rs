@@ -580,13 +580,67 @@ impl MasterKeys {
             return Err(write_only());
         }
         if let Some(generation) = missing_generation {
-            return Err(Error::new(
-                ErrorKind::Auth,
-                format!("{what} names data key {generation}, which this repository's keys do not hold"),
-            )
-            .hint("the repository's data keys are newer than its config says (a key rotation running now?); run the command again, then `lifeboat repo check --read-data`"));
+            return Err(Error::integrity(format!(
+                "{what} failed authentication: it names data key {generation}, which the repository does not list (modified, or sealed after a key rotation this command started before)"
+            ))
+            .hint("run the command again; if it fails the same way, run `lifeboat repo check --read-data` to find every damaged object"));
         }
         Err(tampered())
+    }
+
+    /// How an object at the start of `sealed` is sealed, as far as the header tells (for
+    /// `repo inspect`; nothing is authenticated here).
+    pub fn describe(&self, sealed: &[u8]) -> Option<EnvelopeInfo> {
+        if sealed.len() >= NONCE_LEN + V2_SEALED_HEADER {
+            for (epoch, keys) in self.epochs.iter().enumerate().rev() {
+                let mut header = [0u8; V2_SEALED_HEADER];
+                header_mask(&keys.header_key, &sealed[..NONCE_LEN], &mut header);
+                for (h, b) in header.iter_mut().zip(&sealed[NONCE_LEN..]) {
+                    *h ^= b;
+                }
+                if !(1..=8).contains(&header[1]) {
+                    continue;
+                }
+                match header[0] {
+                    V2_SYMMETRIC => {
+                        return Some(EnvelopeInfo {
+                            envelope: 2,
+                            kind: header[1],
+                            sealed_to_recipient: false,
+                            generation: Some(u32::from_le_bytes([header[2], header[3], header[4], header[5]])),
+                            epoch: epoch as u32,
+                        })
+                    }
+                    V2_SEALED => {
+                        return Some(EnvelopeInfo {
+                            envelope: 2,
+                            kind: header[1],
+                            sealed_to_recipient: true,
+                            generation: None,
+                            epoch: epoch as u32,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+        }
+        match sealed {
+            [V1_SYMMETRIC, kind, a, b, c, d, ..] => Some(EnvelopeInfo {
+                envelope: 1,
+                kind: *kind,
+                sealed_to_recipient: false,
+                generation: Some(u32::from_le_bytes([*a, *b, *c, *d])),
+                epoch: 0,
+            }),
+            [V1_SEALED, kind, ..] => Some(EnvelopeInfo {
+                envelope: 1,
+                kind: *kind,
+                sealed_to_recipient: true,
+                generation: None,
+                epoch: 0,
+            }),
+            _ => None,
+        }
     }
 
     fn open_v1_symmetric(&self, kind: ObjectKind, name: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
@@ -602,6 +656,21 @@ impl MasterKeys {
         let aad = associated_data_v1(&sealed[..V1_HEADER_LEN], name);
         aead_open(key, nonce, &aad, &sealed[V1_HEADER_LEN..])
     }
+}
+
+/// What the header of a sealed object says (`repo inspect`).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvelopeInfo {
+    /// 1: format 1's plain header; 2: format 2's masked header.
+    pub envelope: u8,
+    /// 1 frame, 2 pack directory, 3 index file, 4 manifest, 5 data key, 6 root keys,
+    /// 7 record, 8 past keys.
+    pub kind: u8,
+    pub sealed_to_recipient: bool,
+    /// The data-key generation (objects sealed under a data key).
+    pub generation: Option<u32>,
+    /// The key epoch whose header key unmasked it.
+    pub epoch: u32,
 }
 
 /// Format 1: `lifeboat` | header | name.
@@ -1145,7 +1214,8 @@ pub(crate) mod tests {
         let mut stale = keys.clone();
         stale.data_keys.pop();
         let e = stale.open(ObjectKind::Frame, b"", &new, "f").unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Auth);
+        assert_eq!(e.kind, ErrorKind::Integrity);
+        assert!(e.message.contains("data key 1"), "{}", e.message);
     }
 
     #[test]
