@@ -1453,7 +1453,9 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
 fn cmd_inspect(ctx: &Ctx, object: &str, offset: u64) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let Some(keys) = repo.keys() else {
-        return Err(Error::usage("the repository is not encrypted: objects are not sealed"));
+        return Err(Error::usage(
+            "the repository is not encrypted: objects are not sealed",
+        ));
     };
     let data = repo.storage().get(object)?;
     let at = data

@@ -218,7 +218,11 @@ fn rand_suffix() -> u64 {
 /// What `repo inspect` says of the sealed object at `offset` of `object` (the header is
 /// masked: only the repository's keys tell its kind and data-key generation).
 fn inspect(env: &Env, pw: &str, object: &str, offset: usize) -> (u64, u64) {
-    let v = json(env, pw, &["repo", "inspect", object, "--offset", &offset.to_string()]);
+    let v = json(
+        env,
+        pw,
+        &["repo", "inspect", object, "--offset", &offset.to_string()],
+    );
     assert_eq!(v["envelope"], 2, "{v}");
     (
         v["kind"].as_u64().expect("kind"),
@@ -358,7 +362,11 @@ fn nothing_readable_at_rest() {
             "{rel} is readable JSON"
         );
         let v = json(&env, PW, &["repo", "inspect", rel]);
-        assert_eq!((v["envelope"].as_u64(), v["kind"].as_u64()), (Some(2), Some(4)), "{rel}: {v}");
+        assert_eq!(
+            (v["envelope"].as_u64(), v["kind"].as_u64()),
+            (Some(2), Some(4)),
+            "{rel}: {v}"
+        );
         assert!(!contains(bytes, b"\"sha256\""), "{rel}");
     }
     assert!(files.contains_key(&format!("backups/{id}")));
@@ -1132,7 +1140,11 @@ fn key_rotate_adds_a_generation_and_keeps_old_data_readable() {
     assert_eq!(inspect(&env, PW, &idx1, 0), (3, 1), "new index file");
     let man0 = json(&env, PW, &["show", &id0]);
     let pack0_rel = pack_rel(&strings(&man0["stored"]["packs"])[0]);
-    assert_eq!(inspect(&env, PW, &pack0_rel, FRAMES), (1, 0), "old pack untouched");
+    assert_eq!(
+        inspect(&env, PW, &pack0_rel, FRAMES),
+        (1, 0),
+        "old pack untouched"
+    );
 
     // Both backups verify and restore, with either passphrase.
     let v = json(&env, PW, &["verify", "--all"]);

@@ -286,7 +286,7 @@ fn sweep(
     let keep = unverified_copies(repo, &survey, &delete, written)?;
     if !keep.is_empty() {
         delete.retain(|p| !keep.contains(p));
-        report.kept_unverified = keep.iter().map(|p| pack_object_name(p)).collect();
+        report.kept_unverified = keep.iter().map(pack_object_name).collect();
         report.kept_unverified.sort();
     }
     // Still the only prune, and not taken for dead while surveying?

@@ -607,7 +607,9 @@ impl MasterKeys {
                             envelope: 2,
                             kind: header[1],
                             sealed_to_recipient: false,
-                            generation: Some(u32::from_le_bytes([header[2], header[3], header[4], header[5]])),
+                            generation: Some(u32::from_le_bytes([
+                                header[2], header[3], header[4], header[5],
+                            ])),
                             epoch: epoch as u32,
                         })
                     }
@@ -1188,7 +1190,7 @@ pub(crate) mod tests {
         let root = RootKeys::generate(0);
         let (k0, stored0) = root.new_data_key(0).unwrap();
         let mut keys = MasterKeys::new(
-            &[root.clone()],
+            std::slice::from_ref(&root),
             vec![root.open_data_key(0, &stored0).unwrap()],
             None,
             Legacy::none(),
@@ -1222,7 +1224,12 @@ pub(crate) mod tests {
     fn epochs_read_what_earlier_epochs_wrote() {
         let e0 = RootKeys::generate(0);
         let e1 = RootKeys::generate(1);
-        let old = MasterKeys::new(&[e0.clone()], vec![[7; 32]], None, Legacy::none());
+        let old = MasterKeys::new(
+            std::slice::from_ref(&e0),
+            vec![[7; 32]],
+            None,
+            Legacy::none(),
+        );
         let sealed = old.seal(ObjectKind::Index, b"", b"epoch 0").unwrap();
         let new = MasterKeys::new(
             &[e0.clone(), e1.clone()],
@@ -1242,7 +1249,7 @@ pub(crate) mod tests {
         assert!(new.hasher().matches(page, &old_id));
         assert!(!old.hasher().matches(page, &new.blob_id(page)));
         // Past keys sealed under the new root, bound to its epoch.
-        let past = e1.seal_past(&[e0.clone()]).unwrap();
+        let past = e1.seal_past(std::slice::from_ref(&e0)).unwrap();
         assert_eq!(e1.open_past(&past).unwrap()[0].root_key, e0.root_key);
         assert!(RootKeys::generate(1).open_past(&past).is_err());
     }
@@ -1253,7 +1260,12 @@ pub(crate) mod tests {
         // file and a record with them: refused, unless a rotation is still re-sealing.
         let e0 = RootKeys::generate(0);
         let e1 = RootKeys::generate(1);
-        let retired = MasterKeys::new(&[e0.clone()], vec![[1; 32]], None, Legacy::none());
+        let retired = MasterKeys::new(
+            std::slice::from_ref(&e0),
+            vec![[1; 32]],
+            None,
+            Legacy::none(),
+        );
         let mut now = MasterKeys::new(&[e0, e1], vec![[1; 32], [2; 32]], None, Legacy::none());
         now.set_generation_epochs(vec![0, 1], false);
         for kind in [ObjectKind::Manifest, ObjectKind::Index, ObjectKind::Record] {
@@ -1585,7 +1597,12 @@ pub(crate) mod tests {
             root_key: [0x22; 32],
             epoch: 0,
         };
-        let keys = MasterKeys::new(&[root.clone()], vec![[0x33; 32]], None, Legacy::none());
+        let keys = MasterKeys::new(
+            std::slice::from_ref(&root),
+            vec![[0x33; 32]],
+            None,
+            Legacy::none(),
+        );
         (root, keys)
     }
 
