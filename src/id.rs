@@ -93,6 +93,18 @@ impl BlobHasher {
                 .iter()
                 .any(|k| Hash(*blake3::keyed_hash(k, data).as_bytes()) == *id)
     }
+    /// The ids `data` has under every id key (current first): a blob read without an index
+    /// entry may have been stored under any of them.
+    pub fn all_ids(&self, data: &[u8]) -> Vec<Hash> {
+        let mut out = vec![self.id(data)];
+        out.extend(
+            self.older
+                .iter()
+                .map(|k| Hash(*blake3::keyed_hash(k, data).as_bytes())),
+        );
+        out
+    }
+
     /// Whether `data` is the blob whose key (first 16 bytes of its id) is `key`.
     pub fn matches_key(&self, data: &[u8], key: &Key) -> bool {
         self.id(data).key() == *key

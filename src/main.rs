@@ -755,6 +755,7 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
         .filter(|m| source.as_ref().is_none_or(|s| &m.source.path == s))
         .filter(|m| tag.as_ref().is_none_or(|t| m.tags.contains(t)))
         .collect();
+    ctx.record(&repo);
     if ctx.json {
         let rows: Vec<_> = backups.iter().map(summary_json).collect();
         println!("{}", serde_json::Value::Array(rows));
@@ -792,6 +793,7 @@ fn summary_json(m: &Manifest) -> serde_json::Value {
 fn cmd_show(ctx: &Ctx, id: &str) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let m = repo.resolve(id, None)?;
+    ctx.record(&repo);
     if ctx.json {
         println!(
             "{}",
@@ -868,6 +870,7 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
     } else {
         vec![repo.resolve(id.as_deref().unwrap_or("latest"), None)?]
     };
+    ctx.record(&repo);
     let progress = ctx.progress();
     // The marker keeps a concurrent prune from deleting what this verify reads.
     let reports = locks::as_reader(repo.storage(), &repo.records(), "verify", || {
@@ -946,6 +949,7 @@ fn cmd_restore(
 ) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let m = repo.resolve(id, None)?;
+    ctx.record(&repo);
     let progress = ctx.progress();
     let out = match (output, db) {
         (Some(out), _) => locks::as_reader(repo.storage(), &repo.records(), "restore", || {

@@ -126,13 +126,9 @@ pub fn confirm_replica(location: &str, url: &str, added: bool) -> Result<()> {
 /// What a repository shows now.
 fn observe(repo: &Repository, location: &str) -> Result<Seen> {
     let keys = repo.keys();
-    let newest = repo
-        .storage()
-        .list("backups/")?
-        .into_iter()
-        .filter_map(|o| o.name.rsplit('/').next().map(str::to_string))
-        .filter(|id| crate::id::is_backup_id(id))
-        .max();
+    // Only backups this process read (and authenticated) or wrote count: a name anyone can
+    // plant in a listing must not become what "the newest" means.
+    let newest = repo.newest_authentic();
     let replica_list = if repo.records().is_sealed() {
         crate::ops::sync::read_replicas(repo.storage(), &repo.records())?.1
     } else {
@@ -212,11 +208,10 @@ fn changes(was: &Seen, now: &Seen, repo: &Repository) -> Vec<String> {
         ));
     }
     if let Some(newest) = &was.newest_backup {
-        let still_there = now.newest_backup.as_ref().is_some_and(|n| n >= newest)
-            && repo
-                .storage()
-                .exists(&format!("backups/{newest}"))
-                .unwrap_or(true);
+        let still_there = repo
+            .storage()
+            .exists(&format!("backups/{newest}"))
+            .unwrap_or(true);
         if !still_there {
             out.push(format!(
                 "backup {newest}, the newest this machine has seen here, is gone (deleted elsewhere, or the repository rolled back)"
@@ -288,6 +283,17 @@ pub fn record(repo: &Repository, location: &str) -> Result<()> {
 fn save(repo: &Repository, was: Option<Seen>, mut now: Seen) {
     match was {
         Some(was) => {
+            // The newest seen stays until this machine sees a newer one, or deletes it.
+            if let Some(old) = was.newest_backup {
+                let gone = repo.forgot(&old)
+                    || !repo
+                        .storage()
+                        .exists(&format!("backups/{old}"))
+                        .unwrap_or(true);
+                if !gone && now.newest_backup.as_ref().is_none_or(|n| *n < old) {
+                    now.newest_backup = Some(old);
+                }
+            }
             now.first_seen = was.first_seen;
             now.replicas = was.replicas;
             if repo.keys().is_some_and(|k| k.by_identity) {

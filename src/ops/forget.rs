@@ -140,6 +140,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
         for row in rows.iter().filter(|r| !r.keep) {
             // The manifest is the backup: once it is gone, the rest is garbage for prune.
             storage.delete(&format!("backups/{}", row.id))?;
+            repo.note_forgotten(&row.id);
             storage.delete(&format!("{VERIFIED}{}", row.id))?;
             removed.push(row.id.clone());
         }

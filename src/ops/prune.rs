@@ -354,6 +354,43 @@ fn unverified_copies(
             }
         }
     }
+    // Packs no index file describes (leftovers of killed backups, or whose index file was
+    // deleted): what they hold is known only by reading them.
+    let hasher = repo.hasher();
+    let mut decompressor = Decompressor::default();
+    for id in delete {
+        if survey.packs.get(id).is_none_or(|u| u.indexed) {
+            continue;
+        }
+        let name = pack_object_name(id);
+        let data = repo.storage().get(&name)?;
+        if Hash::of(&data) != *id {
+            continue; // damaged: nothing in it can be relied on, and nothing is lost with it
+        }
+        let open_dir = |d: &[u8]| repo.unseal(ObjectKind::PackDirectory, b"", d.to_vec(), &name);
+        let Ok(frames) = crate::repo::pack::read_directory(&data, &name, open_dir) else {
+            continue;
+        };
+        for f in frames {
+            let stored = data
+                .get(f.offset as usize..(f.offset + u64::from(f.stored_len)) as usize)
+                .unwrap_or_default();
+            let raw = repo
+                .unseal(ObjectKind::Frame, b"", stored.to_vec(), &name)
+                .and_then(|plain| decompressor.decompress(f.codec, &plain, f.raw_len as usize));
+            let Ok(raw) = raw else { continue };
+            for b in &f.blobs {
+                let Some(blob) = raw.get(b.offset as usize..(b.offset + b.len) as usize) else {
+                    continue;
+                };
+                for blob_id in hasher.all_ids(blob) {
+                    if survey.referenced.position(&blob_id.key()).is_some() {
+                        needed.entry(blob_id.key()).or_default().push(*id);
+                    }
+                }
+            }
+        }
+    }
     for b in written
         .iter()
         .flat_map(|p| &p.frames)
@@ -385,8 +422,6 @@ fn unverified_copies(
         }
     }
     candidates.sort_by_key(|(p, f)| (*p, f.offset));
-    let hasher = repo.hasher();
-    let mut decompressor = Decompressor::default();
     for (pack, f) in candidates {
         if !f.blobs.iter().any(|b| needed.contains_key(&b.id)) {
             continue; // checked through another copy meanwhile

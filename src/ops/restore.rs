@@ -220,6 +220,7 @@ fn for_each_id(
         .map(|hex| Hash::from_hex(hex))
         .collect::<Result<Vec<Hash>>>()?;
     let mut dec = Decompressor::default();
+    let hasher = repo.hasher();
     let mut rest = &lists[..];
     while !rest.is_empty() {
         // The next lists, as many as lie in LIST_FRAMES frames.
@@ -251,8 +252,17 @@ fn for_each_id(
             let frame = read
                 .get(&loc.frame)
                 .ok_or_else(|| Error::internal("a page list's frame was not read"))?;
-            let list = slice_blob(frame, loc)?;
-            check_blob(index, &repo.hasher(), list_id, loc, list)?;
+            let checked = slice_blob(frame, loc)
+                .and_then(|list| check_blob(index, &hasher, list_id, loc, list).map(|()| list));
+            // Another copy the index knows of may be intact.
+            let alternate;
+            let list = match checked {
+                Ok(list) => list,
+                Err(e) => {
+                    alternate = repo.read_alternate(index, list_id, &mut dec).ok_or(e)?;
+                    &alternate[..]
+                }
+            };
             if list.len() % 32 != 0 {
                 return Err(Error::integrity(format!(
                     "page list {} is malformed",
@@ -802,26 +812,50 @@ fn build_job(repo: &Repository, index: &Index, job: Job, loads: &Loads) -> Resul
     // shared lock for every page.
     let mut recent: Vec<(u64, Arc<Frame>)> = Vec::with_capacity(4);
     let mut pieces = Vec::with_capacity(job.pages.len());
+    let hasher = repo.hasher();
     for page in &job.pages {
         let frame = match recent.iter().position(|(l, _)| *l == page.load) {
-            Some(i) => recent[i].1.clone(),
-            None => {
-                let frame = loads.wait(page.load)?;
+            Some(i) => Ok(recent[i].1.clone()),
+            None => loads.wait(page.load).inspect(|frame| {
                 if recent.len() == 4 {
                     recent.remove(0);
                 }
                 recent.push((page.load, frame.clone()));
-                frame
-            }
+            }),
         };
-        let blob = slice_blob(&frame, &page.loc)?;
-        check_blob(index, &repo.hasher(), &page.id, &page.loc, blob)?;
-        pieces.push(Piece {
-            pos: page.pos,
-            frame,
-            start: page.loc.offset as usize,
-            len: page.loc.len as usize,
+        let checked = frame.and_then(|frame| {
+            slice_blob(&frame, &page.loc)
+                .and_then(|blob| check_blob(index, &hasher, &page.id, &page.loc, blob))
+                .map(|()| frame)
         });
+        match checked {
+            Ok(frame) => pieces.push(Piece {
+                pos: page.pos,
+                frame,
+                start: page.loc.offset as usize,
+                len: page.loc.len as usize,
+            }),
+            // Another copy the index knows of may be intact.
+            Err(e) => {
+                let blob = repo
+                    .read_alternate(
+                        index,
+                        &page.id,
+                        &mut crate::repo::compress::Decompressor::default(),
+                    )
+                    .ok_or(e)?;
+                let len = blob.len();
+                pieces.push(Piece {
+                    pos: page.pos,
+                    frame: Arc::new(Frame {
+                        data: blob,
+                        pool: loads.pool.clone(),
+                    }),
+                    start: 0,
+                    len,
+                });
+            }
+        }
     }
     Ok(Built {
         pieces,

@@ -52,6 +52,9 @@ pub struct Index {
     pub packs: Vec<PackRef>,
     pub frames: Vec<FrameLoc>,
     blobs: KeyMap<BlobLoc>,
+    /// Further copies of blobs stored more than once (two backups racing, a prune's repack,
+    /// or an index entry that turns out wrong): read when the first copy fails its check.
+    alternates: KeyMap<Vec<BlobLoc>>,
     pack_numbers: HashMapById<u32>,
     /// Index files this index was built from.
     pub files: Vec<Hash>,
@@ -86,12 +89,20 @@ impl Index {
         self.blobs.iter()
     }
 
+    /// Other places the blob `id` is stored, besides [`Index::get`]'s.
+    pub fn alternates(&self, id: &Hash) -> &[BlobLoc] {
+        self.alternates
+            .get(&id.key())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     pub fn pack_of(&self, loc: &BlobLoc) -> &PackRef {
         &self.packs[self.frames[loc.frame as usize].pack as usize]
     }
 
     /// Add a pack's frames. A blob stored twice (two backups racing) keeps its first place;
-    /// the second copy is garbage for prune to collect.
+    /// the second is kept as an alternate (and is garbage for prune to collect).
     pub fn add_pack(&mut self, pack: &IndexedPack) {
         if self.pack_numbers.contains_key(&pack.id) {
             return;
@@ -112,12 +123,20 @@ impl Index {
                 codec: f.codec,
             });
             for b in &f.blobs {
-                self.blobs.entry(b.id).or_insert(BlobLoc {
+                let loc = BlobLoc {
                     frame: frame_no,
                     offset: b.offset,
                     len: b.len,
                     kind: b.kind,
-                });
+                };
+                match self.blobs.entry(b.id) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(loc);
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {
+                        self.alternates.entry(b.id).or_default().push(loc);
+                    }
+                }
             }
         }
     }
@@ -138,8 +157,36 @@ impl Index {
             return;
         }
         let frames = &self.frames;
-        self.blobs
-            .retain(|_, loc| !packs.contains(&frames[loc.frame as usize].pack));
+        let gone = |loc: &BlobLoc| packs.contains(&frames[loc.frame as usize].pack);
+        self.alternates.retain(|_, alts| {
+            alts.retain(|l| !gone(l));
+            !alts.is_empty()
+        });
+        let lost: Vec<Key> = self
+            .blobs
+            .iter()
+            .filter(|(_, loc)| gone(loc))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in lost {
+            // Another copy, if any, takes its place.
+            let next = self
+                .alternates
+                .get_mut(&key)
+                .filter(|alts| !alts.is_empty())
+                .map(|alts| alts.remove(0));
+            if self.alternates.get(&key).is_some_and(Vec::is_empty) {
+                self.alternates.remove(&key);
+            }
+            match next {
+                Some(loc) => {
+                    self.blobs.insert(key, loc);
+                }
+                None => {
+                    self.blobs.remove(&key);
+                }
+            }
+        }
     }
 
     /// Total stored size of the packs known to the index.
@@ -238,6 +285,15 @@ mod tests {
         assert_eq!(index.blob_count(), 2);
         let loc = index.get(&Hash::of(b"b")).unwrap();
         assert_eq!(index.pack_of(loc).id, Hash::of(b"p1"));
+        // The second copy is an alternate, and takes over when the first pack is forgotten.
+        let alts = index.alternates(&Hash::of(b"b"));
+        assert_eq!(alts.len(), 1);
+        assert_eq!(index.pack_of(&alts[0]).id, Hash::of(b"p2"));
+        index.forget_packs(&[0].into_iter().collect());
+        let loc = index.get(&Hash::of(b"b")).unwrap();
+        assert_eq!(index.pack_of(loc).id, Hash::of(b"p2"));
+        assert!(index.alternates(&Hash::of(b"b")).is_empty());
+        assert_eq!(index.blob_count(), 2);
         assert!(decode_index_file(&file[..file.len() - 3], "x").is_err());
     }
 }

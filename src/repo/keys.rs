@@ -40,8 +40,10 @@ pub struct Unlocked {
 }
 
 const RECIPIENT_V1: &str = "keys/recipient";
-/// Key files tried per command at most: planted ones must not multiply a command's cost.
-const MAX_KEY_FILES_TRIED: usize = 32;
+/// Key derivation work (KiB × passes) one command spends on key files at most: four times
+/// the ceiling of one file, a few seconds. Files are tried cheapest first, so a planted file
+/// dearer than the genuine one is never reached, and cheaper ones cost little.
+const KDF_BUDGET: u64 = 4 * crate::repo::crypto::MAX_KDF_WORK;
 
 /// `keys/recipient-<epoch>`: the root keys sealed to the identity.
 #[derive(Serialize, Deserialize)]
@@ -170,9 +172,9 @@ fn missing_key_files(storage: &dyn Storage) -> Error {
 }
 
 /// Open the repository's keys with `passphrase`. Key files are tried cheapest first (the
-/// one that worked last time, `preferred`, before all), at most `MAX_KEY_FILES_TRIED`, and
-/// never one whose Argon2 parameters exceed the ceiling: a key file planted in the storage
-/// cannot stall a command.
+/// one that worked last time, `preferred`, before all), within `KDF_BUDGET`, and never one
+/// whose Argon2 parameters exceed the ceiling: key files planted in the storage cannot stall
+/// a command.
 pub fn unlock(
     storage: &dyn Storage,
     passphrase: &Passphrase,
@@ -185,22 +187,29 @@ pub fn unlock(
         return Err(missing_key_files(storage));
     }
     files.sort_by_key(|k| (Some(k.id.as_str()) != preferred, k.params.work()));
-    if files.len() > MAX_KEY_FILES_TRIED {
-        tracing::warn!(
-            "{} has {} key files; only the {MAX_KEY_FILES_TRIED} cheapest are tried",
-            storage.describe(),
-            files.len()
-        );
-        files.truncate(MAX_KEY_FILES_TRIED);
-    }
+    // Which error to report: a key that opened but is not this repository's (retired by a
+    // full rotation), else a wrong passphrase, else unusable key files.
+    let mut retired: Option<Error> = None;
     let mut wrong: Option<Error> = None;
     let mut other: Option<Error> = None;
+    let mut spent = 0u64;
     for kf in &files {
+        if kf.params.within_ceiling().is_ok() {
+            spent += kf.params.work();
+            if spent > KDF_BUDGET {
+                tracing::warn!(
+                    "{} has {} key files; gave up after the cheapest that fit the key derivation budget (planted ones?)",
+                    storage.describe(),
+                    files.len()
+                );
+                break;
+            }
+        }
         match kf.unwrap(passphrase.as_bytes()) {
             Ok(root) => match open_with_root(storage, config, mac, root, &kf.id, false) {
                 Ok(u) => return Ok(u),
                 // Keys of another epoch (retired) or of another repository: try the others.
-                Err(e) if e.kind == ErrorKind::Trust => other = Some(e),
+                Err(e) if e.kind == ErrorKind::Trust => retired = Some(e),
                 Err(e) => return Err(e),
             },
             Err(e) if e.kind == ErrorKind::Auth => wrong = Some(e),
@@ -211,8 +220,9 @@ pub fn unlock(
             }
         }
     }
-    Err(other
+    Err(retired
         .or(wrong)
+        .or(other)
         .unwrap_or_else(|| Error::new(ErrorKind::Auth, "wrong passphrase")))
 }
 

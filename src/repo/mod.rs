@@ -30,6 +30,11 @@ pub struct Repository {
     storage: Box<dyn Storage>,
     pub config: RepoConfig,
     keys: Option<keys::Unlocked>,
+    /// Blob ids of this repository (from `keys`, kept ready: every blob read uses it).
+    hasher: BlobHasher,
+    /// Backups this process read (authenticated) or wrote, and those it deleted: what the
+    /// local trust state may record as the newest backup.
+    authentic: std::sync::Mutex<(std::collections::BTreeSet<String>, Vec<String>)>,
     /// Replicas to read from when the primary's copy of an object is missing or damaged:
     /// the locations the opener vouches for ([`Repository::set_replica_resolver`]), asked
     /// only when a read needs them.
@@ -137,6 +142,8 @@ impl Repository {
         Ok(Repository {
             storage,
             config,
+            hasher: Self::hasher_of(keys.as_ref()),
+            authentic: Default::default(),
             keys,
             replica_resolver: std::sync::OnceLock::new(),
             replicas: std::sync::OnceLock::new(),
@@ -193,6 +200,8 @@ impl Repository {
         Ok(Repository {
             storage,
             config,
+            hasher: Self::hasher_of(keys.as_ref()),
+            authentic: Default::default(),
             keys,
             replica_resolver: std::sync::OnceLock::new(),
             replicas: std::sync::OnceLock::new(),
@@ -289,12 +298,17 @@ impl Repository {
 
     /// Replace the keys with those of a full rotation once its config is written.
     pub fn replace_keys(&mut self, unlocked: keys::Unlocked) {
+        self.hasher = Self::hasher_of(Some(&unlocked));
         self.keys = Some(unlocked);
     }
 
     /// How blob ids are computed in this repository.
     pub fn hasher(&self) -> BlobHasher {
-        match &self.keys {
+        self.hasher.clone()
+    }
+
+    fn hasher_of(keys: Option<&keys::Unlocked>) -> BlobHasher {
+        match keys {
             Some(k) => k.master.hasher(),
             None => BlobHasher::plain(),
         }
@@ -480,7 +494,32 @@ impl Repository {
             ))
             .hint("use a newer lifeboat to read it"));
         }
+        self.note_authentic(id);
         Ok(m)
+    }
+
+    /// The newest backup this process read or wrote (and did not delete).
+    pub fn newest_authentic(&self) -> Option<String> {
+        let seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
+        seen.0.iter().next_back().cloned()
+    }
+
+    /// Whether this process deleted backup `id` (forget).
+    pub fn forgot(&self, id: &str) -> bool {
+        let seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
+        seen.1.iter().any(|f| f == id)
+    }
+
+    /// Note that this process deleted backup `id`.
+    pub fn note_forgotten(&self, id: &str) {
+        let mut seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
+        seen.0.remove(id);
+        seen.1.push(id.to_string());
+    }
+
+    fn note_authentic(&self, id: &str) {
+        let mut seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
+        seen.0.insert(id.to_string());
     }
 
     pub fn write_manifest(&self, m: &Manifest) -> Result<u64> {
@@ -493,6 +532,7 @@ impl Repository {
             &format!("backups/{}", m.id),
             &data,
         )?;
+        self.note_authentic(&m.id);
         Ok(data.len() as u64)
     }
 
@@ -737,17 +777,55 @@ impl Repository {
     ) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| missing_blob(index, id))?;
         if cache.frame.as_ref().is_none_or(|(n, _)| *n != loc.frame) {
-            let data = self.read_frame_with(index, loc.frame, &mut cache.decompressor)?;
-            cache.frame = Some((loc.frame, data));
+            let data = self.read_frame_with(index, loc.frame, &mut cache.decompressor);
+            match data {
+                Ok(data) => cache.frame = Some((loc.frame, data)),
+                Err(e) => {
+                    return self
+                        .read_alternate(index, id, &mut cache.decompressor)
+                        .ok_or(e)
+                }
+            }
         }
         let frame = cache
             .frame
             .as_ref()
             .map(|(_, d)| d.as_slice())
             .unwrap_or_default();
-        let blob = slice_blob(frame, loc)?;
-        check_blob(index, &self.hasher(), id, loc, blob)?;
-        Ok(blob.to_vec())
+        let checked = slice_blob(frame, loc)
+            .and_then(|blob| check_blob(index, &self.hasher, id, loc, blob).map(|()| blob));
+        match checked {
+            Ok(blob) => Ok(blob.to_vec()),
+            Err(e) => self
+                .read_alternate(index, id, &mut cache.decompressor)
+                .ok_or(e),
+        }
+    }
+
+    /// Another copy of blob `id` that the index knows of and that passes its check, when the
+    /// first one does not (damaged, or named by a wrong index entry).
+    pub fn read_alternate(
+        &self,
+        index: &Index,
+        id: &Hash,
+        decompressor: &mut compress::Decompressor,
+    ) -> Option<Vec<u8>> {
+        for loc in index.alternates(id) {
+            let Ok(frame) = self.read_frame_with(index, loc.frame, decompressor) else {
+                continue;
+            };
+            if let Ok(blob) = slice_blob(&frame, loc) {
+                if self.hasher.matches(blob, id) {
+                    tracing::warn!(
+                        "blob {} read from its copy in pack {} (the first copy the index names fails its check; run `lifeboat repo check --read-data`)",
+                        id.short(),
+                        pack_object_name(&index.pack_of(loc).id)
+                    );
+                    return Some(blob.to_vec());
+                }
+            }
+        }
+        None
     }
 
     /// Bytes stored in the repository (packs, index files, manifests, config).

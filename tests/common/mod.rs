@@ -2,6 +2,7 @@
 //! and runs the real `lifeboat` binary.
 #![allow(dead_code)]
 
+pub mod attacker;
 pub mod azure;
 pub mod fault_proxy;
 pub mod gcs;

@@ -1,0 +1,1050 @@
+//! Repository trust (issue 10): someone who can read and write the storage, but holds no key,
+//! plays every attack of the issue against a passphrase-encrypted and a write-only
+//! repository, on local disk and on the S3 server; a compromised write-only backup host (who
+//! holds a passphrase key) plays the prune attack. Each attack must be refused or detected
+//! with a clear error, leave the repository and the source database untouched, and leave
+//! every genuine backup restorable, byte for byte, even after `forget --prune`.
+
+mod common;
+use common::attacker::{edit_config, Storage};
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+const HOST_PW: &str = "backup-host-passphrase-4471";
+const FAST: [&str; 4] = ["--argon2-memory", "64", "--argon2-iterations", "1"];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Encrypted with a passphrase that reads and writes.
+    Passphrase,
+    /// Write-only: the host's passphrase writes, the owner's identity reads.
+    WriteOnly,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.text()))
+    }
+    fn ok(self, what: &str) -> Out {
+        assert_eq!(self.code, 0, "{what} failed:\n{}", self.text());
+        self
+    }
+    fn fails(self, code: i32, what: &str, says: &str) -> Out {
+        assert_eq!(self.code, code, "{what}: wrong exit code:\n{}", self.text());
+        assert!(
+            self.text().contains(says),
+            "{what} should say {says:?}:\n{}",
+            self.text()
+        );
+        self
+    }
+}
+
+/// A repository with two genuine backups, its source database, the host (passphrase) and
+/// the owner (passphrase, or the identity on another machine).
+struct Case {
+    env: Env,
+    store: Storage,
+    mode: Mode,
+    identity: PathBuf,
+    db: PathBuf,
+    ids: Vec<String>,
+    dumps: Vec<Vec<String>>,
+}
+
+impl Case {
+    fn new(env: Env, store: Storage, mode: Mode) -> Case {
+        let identity = env.path("owner.key");
+        Case::with_identity(env, store, mode, identity, true)
+    }
+
+    /// `identity`: the owner's identity file (generated here when `generate`).
+    fn with_identity(
+        env: Env,
+        store: Storage,
+        mode: Mode,
+        identity: PathBuf,
+        generate: bool,
+    ) -> Case {
+        let db = env.path("app.db");
+        drop(make_db(&db, 1_500));
+        let mut case = Case {
+            env,
+            store,
+            mode,
+            identity,
+            db,
+            ids: Vec::new(),
+            dumps: Vec::new(),
+        };
+        let mut init = vec!["repo", "init", "--encrypt"];
+        let recipient;
+        if mode == Mode::WriteOnly {
+            if generate {
+                case.run(&[], &["key", "generate", "--output", s(&case.identity)])
+                    .ok("key generate");
+            }
+            recipient = recipient_of(&case.identity);
+            init.extend(["--recipient", recipient.as_str()]);
+        }
+        init.extend(FAST);
+        case.host(&init).ok("repo init");
+        case.backup();
+        let c = rusqlite::Connection::open(&case.db).unwrap();
+        c.execute("UPDATE t SET v = 'second' WHERE id % 3 = 0", [])
+            .unwrap();
+        drop(c);
+        case.backup();
+        // The owner has used the repository before (its machine remembers it).
+        case.owner(&["list"]).ok("owner list");
+        case
+    }
+
+    fn run_in(&self, home: &str, vars: &[(&str, &str)], args: &[&str]) -> Out {
+        let mut c = self.env.std_cmd();
+        c.env("HOME", self.env.path(home))
+            .envs(self.store.env())
+            .args(["--repo", &self.store.url()]);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let o = c.args(args).output().expect("run lifeboat");
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, vars: &[(&str, &str)], args: &[&str]) -> Out {
+        self.run_in("home", vars, args)
+    }
+
+    /// The backup host (its passphrase; in write-only mode it cannot read).
+    fn host(&self, args: &[&str]) -> Out {
+        self.run(&[("LIFEBOAT_PASSWORD", HOST_PW)], args)
+    }
+
+    /// The owner: the same passphrase, or the identity on a machine of its own.
+    fn owner(&self, args: &[&str]) -> Out {
+        match self.mode {
+            Mode::Passphrase => self.host(args),
+            Mode::WriteOnly => {
+                let mut a = vec!["--identity", s(&self.identity)];
+                a.extend(args);
+                self.run_in("home-owner", &[], &a)
+            }
+        }
+    }
+
+    fn owner_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        self.owner(&a).ok(&format!("owner {args:?}")).json()
+    }
+
+    /// A genuine backup by the host.
+    fn backup(&mut self) -> String {
+        let o = self.host(&["backup", s(&self.db), "--json"]).ok("backup");
+        let id = o.json()["id"].as_str().expect("id").to_string();
+        self.ids.push(id.clone());
+        self.dumps.push(dump(&self.db));
+        id
+    }
+
+    /// Every genuine backup restores to exactly the rows it had.
+    fn assert_genuine_restore(&self, also: &[&str]) {
+        for (n, id) in self.ids.iter().enumerate() {
+            let out = self.env.path(&format!("check-{id}-{}.db", unique()));
+            let mut args = also.to_vec();
+            args.extend(["restore", id.as_str(), "--output", s(&out)]);
+            self.owner(&args)
+                .ok(&format!("restore of genuine backup {id}"));
+            assert_eq!(dump(&out), self.dumps[n], "backup {id} restores its rows");
+        }
+    }
+
+    fn source_sha(&self) -> String {
+        sha256_file(&self.db)
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn recipient_of(identity: &Path) -> String {
+    let text = std::fs::read_to_string(identity).expect("identity");
+    let start = text.find("lifeboat-recipient-").expect("public key");
+    text[start..start + "lifeboat-recipient-".len() + 64].to_string()
+}
+
+fn local(env: &Env) -> Storage {
+    Storage::local(env, "repo")
+}
+
+fn s3(_: &Env) -> Storage {
+    Storage::s3("victim/repo")
+}
+
+/// Run `attack` on both kinds of repository on one kind of storage.
+fn both_modes(storage: fn(&Env) -> Storage, attack: fn(&mut Case)) {
+    for mode in [Mode::Passphrase, Mode::WriteOnly] {
+        let env = Env::new();
+        let store = storage(&env);
+        let mut case = Case::new(env, store, mode);
+        attack(&mut case);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. A planted recipient does not redirect future backups.
+// ---------------------------------------------------------------------------------------
+
+fn planted_recipient(case: &mut Case) {
+    let attacker_key = case.env.path("attacker.key");
+    case.run(&[], &["key", "generate", "--output", s(&attacker_key)])
+        .ok("attacker key");
+    let attacker = recipient_of(&attacker_key);
+    let junk = json!({"public": attacker, "sealed_root": "AAAA"});
+    let junk = serde_json::to_vec(&junk).unwrap();
+    case.store.put("keys/recipient", &junk); // where format 1 looked
+    case.store.put("keys/recipient-7", &junk);
+    if case.mode == Mode::Passphrase {
+        case.store.put("keys/recipient-0", &junk);
+    }
+    let id = case.backup();
+    // The attacker's identity reads nothing; the owner reads the new backup.
+    let o = case.run(&[], &["--identity", s(&attacker_key), "list"]);
+    assert!(
+        [2, 8].contains(&o.code) && !o.stdout.contains(&id),
+        "the attacker's identity must not read:\n{}",
+        o.text()
+    );
+    let info = case.owner_json(&["repo", "inspect", &format!("backups/{id}")]);
+    assert_eq!(
+        info["sealed_to_recipient"],
+        case.mode == Mode::WriteOnly,
+        "{info}"
+    );
+    case.assert_genuine_restore(&[]);
+
+    // A config naming the attacker's recipient is not authentic: refused, nothing written.
+    edit_config(&case.store, |v| v["keys"]["recipient"] = json!(attacker));
+    let before = case.store.snapshot();
+    let sha = case.source_sha();
+    case.host(&["backup", s(&case.db)]).fails(
+        9,
+        "backup into a config with a planted recipient",
+        "not authenticated",
+    );
+    assert_eq!(case.store.snapshot(), before, "the repository is untouched");
+    assert_eq!(case.source_sha(), sha, "the source is untouched");
+}
+
+#[test]
+fn planted_recipient_does_not_redirect_backups_local() {
+    both_modes(local, planted_recipient);
+}
+
+#[test]
+fn planted_recipient_does_not_redirect_backups_s3() {
+    both_modes(s3, planted_recipient);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Encryption cannot be switched off, and a replaced repository is not accepted.
+// ---------------------------------------------------------------------------------------
+
+fn encryption_switched_off(case: &mut Case) {
+    let before_config = case.store.get("config").unwrap();
+    edit_config(&case.store, |v| {
+        v["encryption"] = json!("none");
+        v["hash"] = json!("blake3");
+        let o = v.as_object_mut().unwrap();
+        o.remove("keys");
+        o.remove("mac");
+    });
+    let before = case.store.snapshot();
+    let sha = case.source_sha();
+    // With a passphrase or identity given, an unencrypted repository is refused.
+    case.host(&["backup", s(&case.db)]).fails(
+        9,
+        "backup with a passphrase into a repository whose config says none",
+        "not encrypted, but a passphrase or identity was given",
+    );
+    case.owner(&["list"])
+        .fails(9, "owner list", "not encrypted");
+    // Without one, this machine remembers that it was encrypted.
+    case.run(&[], &["backup", s(&case.db)]).fails(
+        9,
+        "backup without a passphrase",
+        "encryption was turned off",
+    );
+    assert_eq!(case.store.snapshot(), before, "nothing written");
+    assert_eq!(case.source_sha(), sha);
+    case.store.put("config", &before_config);
+    case.assert_genuine_restore(&[]);
+}
+
+#[test]
+fn encryption_cannot_be_switched_off_local() {
+    both_modes(local, encryption_switched_off);
+}
+
+#[test]
+fn encryption_cannot_be_switched_off_s3() {
+    both_modes(s3, encryption_switched_off);
+}
+
+fn replaced_repository(case: &mut Case) {
+    // The attacker makes a repository of their own, with their own data, and puts it in
+    // place of the victim's.
+    let evil_db = case.env.path("evil.db");
+    let c = make_db(&evil_db, 10);
+    c.execute("UPDATE t SET v = 'attacker was here'", [])
+        .unwrap();
+    drop(c);
+    let evil = Storage::local(&case.env, "evil-repo");
+    let evil_run = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut c = case.env.std_cmd();
+        c.env("HOME", case.env.path("home-attacker"))
+            .args(["--repo", &evil.url()]);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let o = c.args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    match case.mode {
+        // A plain one (the victim's passphrase opens no encrypted one of the attacker's).
+        Mode::Passphrase => evil_run(&[], &["repo", "init"]),
+        // Sealed to the victim's recipient, which is public: the identity opens it.
+        Mode::WriteOnly => {
+            let recipient = recipient_of(&case.identity);
+            let mut init = vec!["repo", "init", "--recipient", recipient.as_str()];
+            init.extend(FAST);
+            evil_run(&[("LIFEBOAT_PASSWORD", "attacker")], &init);
+        }
+    }
+    let evil_pw: &[(&str, &str)] = match case.mode {
+        Mode::Passphrase => &[],
+        Mode::WriteOnly => &[("LIFEBOAT_PASSWORD", "attacker")],
+    };
+    evil_run(evil_pw, &["backup", s(&evil_db)]);
+    case.store.replace_with(&evil);
+    let out = case.env.path("restored-evil.db");
+    let o = case.owner(&["restore", "latest", "--output", s(&out)]);
+    assert_eq!(
+        o.code,
+        9,
+        "restore from a replaced repository:\n{}",
+        o.text()
+    );
+    assert!(
+        o.text().contains("not encrypted") || o.text().contains("repository id changed"),
+        "{}",
+        o.text()
+    );
+    assert!(!o.text().contains("every page verified"));
+    assert!(!out.exists(), "nothing restored");
+    if case.mode == Mode::WriteOnly {
+        // A machine that never saw the repository cannot tell (documented): it is told
+        // this is a first contact, with the fingerprint to compare.
+        let o = case.run_in(
+            "home-fresh",
+            &[],
+            &["--identity", s(&case.identity), "repo", "show"],
+        );
+        assert!(o.text().contains("first use of repository"), "{}", o.text());
+    }
+}
+
+#[test]
+fn replaced_repository_is_refused_local() {
+    both_modes(local, replaced_repository);
+}
+
+#[test]
+fn replaced_repository_is_refused_s3() {
+    both_modes(s3, replaced_repository);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. History cannot be forged in a write-only repository, and forget --prune keeps the
+//    genuine backups.
+// ---------------------------------------------------------------------------------------
+
+fn forged_history(case: &mut Case, forged: &[String]) {
+    let before = case.store.snapshot();
+    let o = case
+        .owner(&["list"])
+        .fails(4, "list with a forged backup", "failed authentication");
+    assert!(
+        forged.iter().any(|f| o.text().contains(f.as_str())),
+        "names a forged manifest:\n{}",
+        o.text()
+    );
+    let out = case.env.path("latest.db");
+    case.owner(&["restore", "latest", "--output", s(&out)])
+        .fails(4, "restore latest", "failed authentication");
+    assert!(!out.exists());
+    case.owner(&["forget", "--keep-last", "1", "--prune"])
+        .fails(4, "forget with a forged backup", "failed authentication");
+    assert_eq!(case.store.snapshot(), before, "forget changed nothing");
+    case.assert_genuine_restore(&[]);
+    // Once the forged manifests are removed (as the error says), retention works.
+    for f in forged {
+        case.store.delete(f);
+    }
+    let v = case.owner_json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(v["forget"]["removed"].as_array().unwrap().len(), 1, "{v}");
+    let newest = case.ids.len() - 1;
+    case.ids.drain(..newest);
+    case.dumps.drain(..newest);
+    case.assert_genuine_restore(&[]);
+}
+
+fn forged_with_own_keys(case: &mut Case) {
+    // The attacker's own write-only repository, sealed to the victim's public recipient,
+    // with a "newer" backup of their database; its objects are copied into the victim's.
+    let recipient = recipient_of(&case.identity);
+    let evil = Storage::local(&case.env, "evil-repo");
+    let evil_db = case.env.path("evil.db");
+    drop(make_db(&evil_db, 10));
+    let run = |args: &[&str]| {
+        let o = case
+            .env
+            .std_cmd()
+            .env("HOME", case.env.path("home-attacker"))
+            .env("LIFEBOAT_PASSWORD", "attacker")
+            .args(["--repo", &evil.url()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o
+    };
+    let mut init = vec!["repo", "init", "--recipient", recipient.as_str()];
+    init.extend(FAST);
+    run(&init);
+    let o = run(&[
+        "backup",
+        s(&evil_db),
+        "--time",
+        "2099-01-01T00:00:00Z",
+        "--json",
+    ]);
+    let id: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = id["id"].as_str().unwrap().to_string();
+    for (name, data) in evil.snapshot() {
+        if name.starts_with("data/") || name.starts_with("index/") || name.starts_with("backups/") {
+            case.store.put(&name, &data);
+        }
+    }
+    forged_history(case, &[format!("backups/{id}")]);
+}
+
+#[test]
+fn forged_history_in_write_only_repositories_local() {
+    let env = Env::new();
+    let store = local(&env);
+    forged_with_own_keys(&mut Case::new(env, store, Mode::WriteOnly));
+}
+
+#[test]
+fn forged_history_in_write_only_repositories_s3() {
+    let env = Env::new();
+    let store = s3(&env);
+    forged_with_own_keys(&mut Case::new(env, store, Mode::WriteOnly));
+}
+
+#[test]
+fn format_1_envelopes_cannot_forge_manifests() {
+    // The format-1 envelope mixed in no secret: a manifest sealed that way to the
+    // repository's recipient is what anyone could write. The manifests of the format-1
+    // fixture, sealed to the fixture's identity, are copied into a format-2 repository
+    // with the same recipient.
+    let env = Env::new();
+    let store = local(&env);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
+    let identity = env.path("owner.key");
+    std::fs::copy(fixtures.join("identity.key"), &identity).unwrap();
+    let mut case = Case::with_identity(env, store, Mode::WriteOnly, identity, false);
+    let mut forged = Vec::new();
+    for e in std::fs::read_dir(fixtures.join("write-only/backups")).unwrap() {
+        let e = e.unwrap();
+        let name = format!("backups/{}", e.file_name().to_string_lossy());
+        case.store.put(&name, &std::fs::read(e.path()).unwrap());
+        forged.push(name);
+    }
+    forged_history(&mut case, &forged);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. A compromised write-only host cannot make prune delete what backups need.
+// ---------------------------------------------------------------------------------------
+
+/// As the backup host, with its passphrase key and the library: an index file naming every
+/// blob of every genuine pack at a junk copy, listed before the genuine index files.
+fn plant_junk_copies(case: &Case) -> Vec<String> {
+    use lifeboat::repo::compress::Codec;
+    use lifeboat::repo::crypto::ObjectKind;
+    use lifeboat::repo::index::{encode_index_file, index_object_name, IndexedPack};
+    use lifeboat::repo::pack::{pack_object_name, PackWriter};
+    use lifeboat::repo::{Repository, Unlock};
+
+    let work = case.env.path(&format!("host-copy-{}", unique()));
+    case.store.download(&work);
+    let mut ask = || Ok(lifeboat::secret::Passphrase::new(HOST_PW.to_string()));
+    let repo = Repository::open(
+        Box::new(lifeboat::storage::LocalStorage::new(&work)),
+        Unlock::Passphrase {
+            ask: &mut ask,
+            given: true,
+            preferred_key: None,
+        },
+    )
+    .expect("the host opens its repository");
+    assert!(repo.is_write_only());
+    let genuine: Vec<(String, lifeboat::id::Hash)> =
+        lifeboat::repo::index::list_index_files(repo.storage()).unwrap();
+    let first = genuine.iter().map(|(n, _)| n.clone()).min().unwrap();
+    let mut packs: Vec<IndexedPack> = Vec::new();
+    for (name, id) in &genuine {
+        packs.extend(repo.read_index_file(name, id).unwrap());
+    }
+    let staging = case.env.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    for attempt in 0..500 {
+        let mut junk_packs = Vec::new();
+        let mut objects = Vec::new();
+        for p in &packs {
+            let mut w = PackWriter::create(&staging).unwrap();
+            for f in &p.frames {
+                let raw = vec![(attempt % 251) as u8; f.raw_len as usize];
+                let sealed = repo.seal(ObjectKind::Frame, b"", raw).unwrap();
+                w.add_frame(&sealed, f.raw_len, Codec::None, f.blobs.clone())
+                    .unwrap();
+            }
+            let done = w
+                .finish(|d| repo.seal(ObjectKind::PackDirectory, b"", d))
+                .unwrap();
+            objects.push((
+                pack_object_name(&done.id),
+                std::fs::read(&done.staged).unwrap(),
+            ));
+            junk_packs.push(IndexedPack {
+                id: done.id,
+                size: done.size,
+                frames: done.frames,
+            });
+        }
+        let index = repo
+            .seal(
+                ObjectKind::Index,
+                b"",
+                encode_index_file(&junk_packs).unwrap(),
+            )
+            .unwrap();
+        let name = index_object_name(&lifeboat::id::Hash::of(&index));
+        if name < first {
+            let names = objects.iter().map(|(n, _)| n.clone()).collect();
+            for (n, data) in objects {
+                case.store.put(&n, &data);
+            }
+            case.store.put(&name, &index);
+            return names;
+        }
+    }
+    panic!("no junk index file sorted first in 500 tries");
+}
+
+fn planted_index(case: &mut Case) {
+    let junk = plant_junk_copies(case);
+    assert!(!junk.is_empty());
+    // Restores read past the junk copies (another copy is intact).
+    case.assert_genuine_restore(&[]);
+    // Retention keeping every backup, then a prune that repacks everything it can.
+    let v = case.owner_json(&["forget", "--keep-last", "10", "--prune"]);
+    assert_eq!(v["forget"]["removed"], json!([]), "{v}");
+    let v = case.owner_json(&["prune", "--max-unused", "0%"]);
+    assert!(v["deleted_packs"].is_number(), "{v}");
+    case.assert_genuine_restore(&[]);
+    // A second prune (plans swept) deletes nothing genuine either.
+    case.owner_json(&["prune", "--max-unused", "0%"]);
+    case.assert_genuine_restore(&[]);
+    // And check names the junk copies that remain (prune may have deleted them, after
+    // checking the genuine copies).
+    let remaining: Vec<&String> = junk
+        .iter()
+        .filter(|n| case.store.get(n).is_some())
+        .collect();
+    let o = case.owner(&["repo", "check", "--read-data"]);
+    match remaining.first() {
+        Some(n) => {
+            assert_eq!(o.code, 4, "check finds the junk copies:\n{}", o.text());
+            assert!(o.text().contains(n.as_str()), "names {n}:\n{}", o.text());
+        }
+        None => assert_eq!(o.code, 0, "{}", o.text()),
+    }
+}
+
+#[test]
+fn planted_index_cannot_make_prune_delete_needed_data_local() {
+    let env = Env::new();
+    let store = local(&env);
+    planted_index(&mut Case::new(env, store, Mode::WriteOnly));
+}
+
+#[test]
+fn planted_index_cannot_make_prune_delete_needed_data_s3() {
+    let env = Env::new();
+    let store = s3(&env);
+    planted_index(&mut Case::new(env, store, Mode::WriteOnly));
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. No silent rollback or downgrade.
+// ---------------------------------------------------------------------------------------
+
+fn rollback(case: &mut Case) {
+    // A second data key generation, then its object deleted: the config lists it.
+    case.host(&["key", "rotate"]).ok("key rotate");
+    let config_gen2 = case.store.get("config").unwrap();
+    case.backup();
+    let key1 = case.store.get("keys/data-00000001").unwrap();
+    case.store.delete("keys/data-00000001");
+    let before = case.store.snapshot();
+    case.host(&["backup", s(&case.db)]).fails(
+        4,
+        "backup without the newest data key",
+        "keys/data-00000001 is missing",
+    );
+    assert_eq!(case.store.snapshot(), before);
+    case.store.put("keys/data-00000001", &key1);
+
+    // An older (authentic) config put back: fewer generations than this machine saw.
+    case.host(&["key", "rotate"]).ok("second rotation");
+    case.store.put("config", &config_gen2);
+    let before = case.store.snapshot();
+    case.host(&["backup", s(&case.db)]).fails(
+        9,
+        "backup after the config was rolled back",
+        "data key generations went from 3 to 2",
+    );
+    assert_eq!(case.store.snapshot(), before);
+
+    // The newest backup deleted: what `latest` means would silently change.
+    let o = case.host(&["backup", s(&case.db), "--json", "--accept-change"]);
+    let o = o.ok("backup accepting the rollback");
+    assert!(
+        o.stderr.contains("accepted: data key generations"),
+        "{}",
+        o.stderr
+    );
+    let id = o.json()["id"].as_str().unwrap().to_string();
+    case.ids.push(id.clone());
+    case.dumps.push(dump(&case.db));
+    case.owner(&["list"]).ok("owner list");
+    case.store.delete(&format!("backups/{id}"));
+    case.owner(&["restore", "latest", "--output", s(&case.env.path("x.db"))])
+        .fails(
+            9,
+            "restore latest after the newest backup vanished",
+            &format!("backup {id}"),
+        );
+    assert!(!case.env.path("x.db").exists());
+    case.ids.pop();
+    case.dumps.pop();
+    // Accepted deliberately, with a notice; `latest` is then the one before.
+    let o = case
+        .owner(&["--accept-change", "list"])
+        .ok("list accepting the change");
+    assert!(
+        o.stderr.contains(&format!("accepted: backup {id}")),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stdout.contains(case.ids.last().unwrap().as_str()));
+    case.assert_genuine_restore(&[]);
+}
+
+#[test]
+fn no_silent_rollback_local() {
+    both_modes(local, rollback);
+}
+
+#[test]
+fn no_silent_rollback_s3() {
+    both_modes(s3, rollback);
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Unauthenticated records decide nothing.
+// ---------------------------------------------------------------------------------------
+
+fn planted_records(case: &mut Case) {
+    // A replica list naming the attacker's location: nothing is sent there.
+    let elsewhere = case.store.sibling("attacker-copy");
+    case.store.put(
+        "replicas/9999999999999999-00000000",
+        &serde_json::to_vec(&json!({"replicas": [elsewhere]})).unwrap(),
+    );
+    let o = case.host(&["backup", s(&case.db), "--json"]).ok("backup");
+    let report = o.json();
+    assert_eq!(report["replication"], json!([]), "{report}");
+    assert!(o.stderr.contains("ignored replicas/"), "{}", o.stderr);
+    case.ids.push(report["id"].as_str().unwrap().to_string());
+    case.dumps.push(dump(&case.db));
+    let attacker_copy = match &case.store.place {
+        common::attacker::Place::Local(p) => p.with_file_name("attacker-copy").exists(),
+        common::attacker::Place::S3 { server, .. } => {
+            use common::server::TestStore;
+            !server.list(&server.bucket, "attacker-copy/").is_empty()
+        }
+    };
+    assert!(
+        !attacker_copy,
+        "nothing was sent to the attacker's location"
+    );
+
+    // Planted pins and verification marks keep nothing; planted locks and plans and a
+    // planted prune lock neither block nor steer prune.
+    let oldest = case.ids[0].clone();
+    case.store.put(
+        &format!("pins/{oldest}"),
+        br#"{"pinned":"2026-01-01T00:00:00Z","host":"x"}"#,
+    );
+    case.store.put(
+        &format!("verified/{oldest}"),
+        br#"{"verified":"2026-01-01T00:00:00Z","host":"x"}"#,
+    );
+    let now = jiff::Timestamp::now().to_string();
+    let marker = json!({"kind": "backup", "host": "elsewhere", "pid": 1, "started": now,
+                        "refreshed": now, "seen_plans": [], "machine": "", "start_ticks": 0,
+                        "token": "00"});
+    case.store.put(
+        "locks/backup-00000000000000aa",
+        &serde_json::to_vec(&marker).unwrap(),
+    );
+    case.store
+        .put("locks/prune", &serde_json::to_vec(&marker).unwrap());
+    let packs: Vec<String> = case
+        .store
+        .list("data/")
+        .iter()
+        .map(|n| n.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let plan = json!({"id": "01aaaaaaaaaaaa", "created": now, "host": "x", "packs": packs});
+    case.store
+        .put("plans/01aaaaaaaaaaaa", &serde_json::to_vec(&plan).unwrap());
+    let v = case.owner_json(&["forget", "--keep-last", "1", "--prune"]);
+    let removed: Vec<String> = v["forget"]["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        removed.contains(&oldest),
+        "the planted pin kept nothing: {v}"
+    );
+    assert_eq!(
+        v["prune"]["waiting_for"],
+        json!([]),
+        "a planted lock holds nothing: {v}"
+    );
+    let keep = case.ids.len() - 1;
+    case.ids.drain(..keep);
+    case.dumps.drain(..keep);
+    case.assert_genuine_restore(&[]);
+}
+
+#[test]
+fn planted_records_decide_nothing_local() {
+    both_modes(local, planted_records);
+}
+
+#[test]
+fn planted_records_decide_nothing_s3() {
+    both_modes(s3, planted_records);
+}
+
+fn planted_tombstone(case: &mut Case) {
+    // A replica (added by the owner), then a tombstone planted on it for a genuine backup it
+    // lost: sync copies the backup back all the same.
+    let replica = case.store.sibling("replica");
+    case.host(&["replica", "add", &replica]).ok("replica add");
+    let id = case.backup();
+    // `sibling` of the local store: the folder "replica" beside "repo".
+    let replica_store = Storage::local(&case.env, "replica");
+    assert!(replica_store.get(&format!("backups/{id}")).is_some());
+    replica_store.delete(&format!("backups/{id}"));
+    replica_store.put(
+        "forgotten/01aaaaaaaaaaaa",
+        &serde_json::to_vec(&json!({"backups": [id]})).unwrap(),
+    );
+    case.host(&["sync"]).ok("sync");
+    assert!(
+        replica_store.get(&format!("backups/{id}")).is_some(),
+        "the forged tombstone kept nothing from the replica"
+    );
+}
+
+#[test]
+fn planted_tombstones_keep_nothing_from_replicas() {
+    both_modes(local, planted_tombstone);
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. A planted key file cannot stall a command.
+// ---------------------------------------------------------------------------------------
+
+fn planted_key_files(case: &mut Case) {
+    let genuine_name = case
+        .store
+        .list("keys/")
+        .into_iter()
+        .find(|n| n.len() == "keys/".len() + 16)
+        .unwrap();
+    let genuine: Value = serde_json::from_slice(&case.store.get(&genuine_name).unwrap()).unwrap();
+    for (i, (memory, passes)) in [(47104u64, 4_000_000_000u64), (4_194_304, 1), (65536, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let id = format!("{:016x}", i);
+        let mut planted = genuine.clone();
+        planted["id"] = json!(id);
+        planted["created"] = json!("2000-01-01T00:00:00Z");
+        planted["params"]["memory_kib"] = json!(memory);
+        planted["params"]["iterations"] = json!(passes);
+        case.store.put(
+            &format!("keys/{id}"),
+            &serde_json::to_vec(&planted).unwrap(),
+        );
+    }
+    // Forty more that each take a cheap wrong guess: at most 32 key files are tried.
+    for i in 0..40 {
+        let id = format!("{:016x}", 100 + i);
+        let mut planted = genuine.clone();
+        planted["id"] = json!(id);
+        planted["params"]["memory_kib"] = json!(32);
+        case.store.put(
+            &format!("keys/{id}"),
+            &serde_json::to_vec(&planted).unwrap(),
+        );
+    }
+    let started = std::time::Instant::now();
+    case.host(&["key", "list"])
+        .ok("key list despite planted key files");
+    let o = case.run(
+        &[("LIFEBOAT_PASSWORD", "wrong-passphrase")],
+        &["key", "list"],
+    );
+    assert_eq!(o.code, 8, "{}", o.text());
+    // On a fresh machine (no key file remembered), the planted ones are tried first, cheap.
+    case.run_in(
+        "home-fresh",
+        &[("LIFEBOAT_PASSWORD", HOST_PW)],
+        &["key", "list"],
+    )
+    .ok("key list on a fresh machine");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "planted key files stalled lifeboat for {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn planted_key_files_cannot_stall_a_command() {
+    let env = Env::new();
+    let store = local(&env);
+    planted_key_files(&mut Case::new(env, store, Mode::Passphrase));
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Full key rotation revokes copied key files; in-place restores keep no setuid bit and
+//    follow no link; disabled TLS checks are said.
+// ---------------------------------------------------------------------------------------
+
+fn full_rotation(case: &mut Case) {
+    const PW2: &str = "second-person-passphrase-991";
+    // A second person's passphrase, and a copy of the whole repository they took.
+    let mut args = match case.mode {
+        Mode::Passphrase => vec!["key", "add"],
+        Mode::WriteOnly => vec!["--identity", s(&case.identity), "key", "add"],
+    };
+    args.extend(FAST);
+    let vars = [
+        ("LIFEBOAT_PASSWORD", HOST_PW),
+        ("LIFEBOAT_NEW_PASSWORD", PW2),
+    ];
+    match case.mode {
+        Mode::Passphrase => case.run(&vars, &args),
+        Mode::WriteOnly => case.run_in("home-owner", &vars[1..], &args),
+    }
+    .ok("key add");
+    let stolen = case.store.snapshot();
+    let new_pw = [("LIFEBOAT_NEW_PASSWORD", "new-host-passphrase-12")];
+    let o = match case.mode {
+        Mode::Passphrase => case.run(
+            &[("LIFEBOAT_PASSWORD", HOST_PW)],
+            &["key", "rotate", "--full", "--yes", "--json"],
+        ),
+        Mode::WriteOnly => case.run_in(
+            "home-owner",
+            &new_pw,
+            &[
+                "--identity",
+                s(&case.identity),
+                "key",
+                "rotate",
+                "--full",
+                "--yes",
+                "--json",
+            ],
+        ),
+    };
+    let r = o.ok("key rotate --full").json();
+    assert_eq!(r["epoch"], 1, "{r}");
+    assert!(
+        !r["key_files_removed"].as_array().unwrap().is_empty(),
+        "{r}"
+    );
+    let host_pw = match case.mode {
+        Mode::Passphrase => HOST_PW,
+        Mode::WriteOnly => "new-host-passphrase-12",
+    };
+    // The copied key files open only retired keys.
+    for (name, data) in &stolen {
+        if name.starts_with("keys/") && case.store.get(name).is_none() {
+            case.store.put(name, data);
+        }
+    }
+    case.run(&[("LIFEBOAT_PASSWORD", PW2)], &["list"]).fails(
+        9,
+        "a retired key file",
+        "not authenticated by this repository's keys",
+    );
+    // Old and new data readable through the new keys; new blob ids: no dedup with the old.
+    let o = case
+        .run(
+            &[("LIFEBOAT_PASSWORD", host_pw)],
+            &["backup", s(&case.db), "--json"],
+        )
+        .ok("backup after the rotation");
+    let b = o.json();
+    assert_eq!(b["reused_blobs"], 0, "new id key: {b}");
+    case.ids.push(b["id"].as_str().unwrap().to_string());
+    case.dumps.push(dump(&case.db));
+    case.assert_genuine_restore(&[]);
+    // What the second person writes with the retired keys (into their copy, then copied
+    // over) is refused.
+    let copy = Storage::local(&case.env, "stolen-copy");
+    for (name, data) in &stolen {
+        copy.put(name, data);
+    }
+    let o = case
+        .env
+        .std_cmd()
+        .env("HOME", case.env.path("home-thief"))
+        .env("LIFEBOAT_PASSWORD", PW2)
+        .args(["--repo", &copy.url(), "backup", s(&case.db), "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let forged: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let forged = format!("backups/{}", forged["id"].as_str().unwrap());
+    for (name, data) in copy.snapshot() {
+        if case.store.get(&name).is_none() && !name.starts_with("locks/") {
+            case.store.put(&name, &data);
+        }
+    }
+    let o = case.owner(&["list"]);
+    assert_eq!(
+        o.code,
+        4,
+        "a manifest sealed with retired keys:\n{}",
+        o.text()
+    );
+    assert!(o.text().contains(&forged), "{}", o.text());
+}
+
+#[test]
+fn full_key_rotation_revokes_copied_keys_local() {
+    both_modes(local, full_rotation);
+}
+
+#[test]
+fn full_key_rotation_revokes_copied_keys_s3() {
+    both_modes(s3, full_rotation);
+}
+
+#[test]
+fn in_place_restore_follows_no_link_and_copies_no_setuid_bit() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let db = env.path("app.db");
+    drop(make_db(&db, 500));
+    env.backup(&db);
+    // A link to another file: refused, both left as they were.
+    let other = env.path("other.db");
+    std::fs::copy(&db, &other).unwrap();
+    let link = env.path("link.db");
+    std::os::unix::fs::symlink(&other, &link).unwrap();
+    let before = sha256_file(&other);
+    let (code, out) = env.run(&["restore", "latest", "--db", s(&link), "--yes"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is a symbolic link"), "{out}");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(sha256_file(&other), before);
+    // setuid/setgid bits on the database are not carried over.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let (code, out) = env.run(&["restore", "latest", "--db", s(&db), "--yes"]);
+    assert_eq!(code, 0, "{out}");
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "restored mode {mode:o}");
+}
+
+#[test]
+fn disabled_tls_checks_are_said() {
+    let env = Env::new();
+    let store = s3(&env);
+    let db = env.path("app.db");
+    drop(make_db(&db, 100));
+    let o = env
+        .std_cmd()
+        .envs(store.env())
+        .env("AWS_ALLOW_INVALID_CERTIFICATES", "true")
+        .args(["--repo", &store.url(), "repo", "init"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("AWS_ALLOW_INVALID_CERTIFICATES is set: TLS certificates"),
+        "{err}"
+    );
+}
