@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 need() { command -v "$1" >/dev/null 2>&1; }
 
 # Tools the tests call besides the lifeboat binary: sha256sum and sleep (coreutils), gcc
-# for the bundled SQLite build. Install whatever is missing (root on CI; sudo elsewhere).
+# for the bundled SQLite build, strace. Install whatever is missing (root on CI; sudo elsewhere).
 missing=()
 need cc || missing+=(gcc)
 need sha256sum || missing+=(coreutils)
 need python3 || missing+=(python3)
+# strace aims kills at exact steps of an upgrade (tests/upgrade.rs).
+need strace || missing+=(strace)
 { need python3 && python3 -c 'import ensurepip, venv' 2>/dev/null; } || missing+=(python3-venv)
 # Node and npm for Azurite, the Azure Blob emulator (its npm package needs no newer Node than Debian's).
 need node || missing+=(nodejs)

@@ -1,0 +1,499 @@
+//! The format contract (issue 10): repositories made by the first release (format 1, the
+//! fixtures in tests/fixtures/v1, made by tests/fixtures/v1/make.sh with that release's
+//! binary) stay readable, are read-only until `repo upgrade`, and upgrade crash-safely on
+//! local disk (a kill at every step, aimed with strace) and on the S3 server (the store
+//! failing at a chosen object); a repository of a newer format or with unknown features is
+//! refused and left untouched.
+
+mod common;
+use common::attacker::{edit_config, Storage};
+use common::fault_proxy::{FaultProxy, Faults};
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const HOST_PW: &str = "host-passphrase";
+const OWNER_PW: &str = "fixture-passphrase";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// A copy of fixture `name` as the test's repository.
+fn fixture(env: &Env, name: &str) -> PathBuf {
+    copy_dir(&fixtures().join(name), &env.repo());
+    env.repo()
+}
+
+/// How each fixture is opened: the variables and flags of its reader.
+fn reader(name: &str) -> (Vec<(&'static str, String)>, Vec<String>) {
+    match name {
+        "plain" => (vec![], vec![]),
+        "encrypted" => (vec![("LIFEBOAT_PASSWORD", OWNER_PW.into())], vec![]),
+        _ => (
+            vec![],
+            vec![
+                "--identity".into(),
+                fixtures().join("identity.key").display().to_string(),
+            ],
+        ),
+    }
+}
+
+fn run(env: &Env, vars: &[(&str, String)], args: &[&str]) -> (i32, String, String) {
+    let mut c = env.std_cmd();
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    let o = c.args(args).output().expect("run lifeboat");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Run as the fixture's reader; assert success; parse `--json` output.
+fn read_json(env: &Env, name: &str, args: &[&str]) -> Value {
+    let (vars, flags) = reader(name);
+    let mut a: Vec<&str> = flags.iter().map(String::as_str).collect();
+    a.extend(args);
+    a.push("--json");
+    let (code, out, err) = run(env, &vars, &a);
+    assert_eq!(code, 0, "{name}: {args:?}:\n{out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Both backups of a fixture restore to the databases it was made from.
+fn assert_fixture_restores(env: &Env, name: &str) {
+    let list = read_json(env, name, &["list"]);
+    let ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["trigger"] == "manual")
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.len() >= 2, "{name}: {list}");
+    for (id, db) in ids.iter().zip(["app-1.db", "app-2.db"]) {
+        let out = env.path(&format!("restored-{name}-{id}.db"));
+        read_json(env, name, &["restore", id, "--output", s(&out)]);
+        assert_eq!(dump(&out), dump(&fixtures().join(db)), "{name} {id}");
+        assert_eq!(sha256_file(&out), sha256_file(&fixtures().join(db)));
+    }
+}
+
+#[test]
+fn format_1_repositories_stay_readable_and_are_read_only() {
+    for name in ["plain", "encrypted", "write-only"] {
+        let env = Env::new();
+        let repo = fixture(&env, name);
+        let show = read_json(&env, name, &["repo", "show"]);
+        assert_eq!(show["format_version"], 1, "{show}");
+        assert_fixture_restores(&env, name);
+        // Writing needs the upgrade, and says so; nothing is written.
+        let before = tree(&repo);
+        let host: Vec<(&str, String)> = match name {
+            "plain" => vec![],
+            "encrypted" => vec![("LIFEBOAT_PASSWORD", OWNER_PW.into())],
+            _ => vec![("LIFEBOAT_PASSWORD", HOST_PW.into())],
+        };
+        let db = env.path("new.db");
+        drop(make_db(&db, 50));
+        let (code, out, err) = run(&env, &host, &["backup", s(&db)]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(err.contains("lifeboat repo upgrade"), "{name}: {err}");
+        let (code, _, err) = run(&env, &host, &["forget", "--keep-last", "1"]);
+        assert_eq!(code, 2, "{name}: {err}");
+        assert_eq!(tree(&repo), before, "{name}: the repository is untouched");
+    }
+}
+
+#[test]
+fn upgrade_keeps_every_backup_pin_and_key() {
+    for name in ["plain", "encrypted", "write-only"] {
+        let env = Env::new();
+        let repo = fixture(&env, name);
+        let r = read_json(&env, name, &["repo", "upgrade"]);
+        assert_eq!(
+            (r["from"].as_u64(), r["to"].as_u64()),
+            (Some(1), Some(2)),
+            "{r}"
+        );
+        assert_eq!(r["manifests_refused"], serde_json::json!([]), "{r}");
+        let show = read_json(&env, name, &["repo", "show"]);
+        assert_eq!(show["format_version"], 2, "{show}");
+        assert_eq!(show["upgraded_from"], 1, "{show}");
+        assert_fixture_restores(&env, name);
+        let check = read_json(&env, name, &["repo", "check", "--read-data"]);
+        assert_eq!(check["ok"], true, "{check}");
+        // Again: nothing to do.
+        let again = read_json(&env, name, &["repo", "upgrade"]);
+        assert_eq!(again["from"], 2);
+        // Writable now: a backup that reuses the old pages, by the fixture's writer.
+        let host: Vec<(&str, String)> = match name {
+            "plain" => vec![],
+            "encrypted" => vec![("LIFEBOAT_PASSWORD", OWNER_PW.into())],
+            _ => vec![("LIFEBOAT_PASSWORD", HOST_PW.into())],
+        };
+        let (code, out, err) = run(
+            &env,
+            &host,
+            &["backup", s(&fixtures().join("app-2.db")), "--json"],
+        );
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        let b: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(b["new_blobs"], 0, "{name}: dedup with format-1 data: {b}");
+        // The pin made by the first release still holds (plain and encrypted fixtures).
+        if name != "write-only" {
+            let list = read_json(&env, name, &["list"]);
+            let pinned = list.as_array().unwrap()[1]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let (vars, flags) = reader(name);
+            let mut a: Vec<&str> = flags.iter().map(String::as_str).collect();
+            a.extend(["show", pinned.as_str()]);
+            let (code, out, _) = run(&env, &vars, &a);
+            assert_eq!(code, 0);
+            assert!(out.contains("pinned       yes"), "{name}: {out}");
+        }
+        // The plaintext recipient file of format 1 is gone; the config carries it.
+        if name == "write-only" {
+            assert!(!repo.join("keys/recipient").exists());
+            assert!(repo.join("keys/recipient-0").exists());
+            assert!(show["recipient"]
+                .as_str()
+                .unwrap()
+                .starts_with("lifeboat-recipient-"));
+        }
+    }
+}
+
+#[test]
+fn write_only_upgrade_needs_the_identity_and_leaves_out_forged_manifests() {
+    let env = Env::new();
+    let repo = fixture(&env, "write-only");
+    let before = tree(&repo);
+    let host = vec![("LIFEBOAT_PASSWORD", HOST_PW.to_string())];
+    let (code, _, err) = run(&env, &host, &["repo", "upgrade"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("needs its identity"), "{err}");
+    assert_eq!(tree(&repo), before);
+    // Before the upgrade, someone planted a manifest sealed the format-1 way to the public
+    // recipient: it names no page list anyone can forge, and is left out.
+    let genuine = std::fs::read_dir(repo.join("backups"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let forged_id = "01m95h4nz00000";
+    std::fs::copy(genuine.path(), repo.join("backups").join(forged_id)).unwrap();
+    let (vars, flags) = reader("write-only");
+    let mut a: Vec<&str> = flags.iter().map(String::as_str).collect();
+    a.extend(["repo", "upgrade", "--json"]);
+    let (code, out, err) = run(&env, &vars, &a);
+    assert_eq!(code, 4, "{out}{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["manifests_resealed"], 2, "{r}");
+    assert!(
+        r["manifests_refused"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(forged_id),
+        "{r}"
+    );
+    // Refused from now on; the genuine backups restore once it is removed.
+    let mut a: Vec<&str> = flags.iter().map(String::as_str).collect();
+    a.push("list");
+    let (code, _, err) = run(&env, &vars, &a);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains(forged_id), "{err}");
+    std::fs::remove_file(repo.join("backups").join(forged_id)).unwrap();
+    let mut a: Vec<&str> = flags.iter().map(String::as_str).collect();
+    a.extend(["--accept-change", "list"]);
+    run(&env, &vars, &a);
+    assert_fixture_restores(&env, "write-only");
+    // The host writes again.
+    let (code, out, err) = run(&env, &host, &["backup", s(&fixtures().join("app-1.db"))]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Manifests of `repo` still in the format-1 write-only envelope (version 2, kind 4).
+fn format_1_manifests(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("backups"))
+        .unwrap()
+        .filter(|e| {
+            let b = std::fs::read(e.as_ref().unwrap().path()).unwrap();
+            b[..2] == [2, 4]
+        })
+        .count()
+}
+
+fn config_format(repo: &Path) -> u64 {
+    let v: Value = serde_json::from_slice(&std::fs::read(repo.join("config")).unwrap()).unwrap();
+    v["format_version"].as_u64().unwrap()
+}
+
+#[test]
+fn upgrade_killed_at_any_step_on_local_disk_resumes() {
+    // Every object the upgrade replaces is one rename: kill the process at the N-th rename
+    // (strace's fault injection), for N across the whole run, and check what it left.
+    let strace = std::process::Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|o| o.status.success()),
+        "strace is needed (scripts/test.sh installs it)"
+    );
+    let many_db = fixtures().join("app-many.db");
+    // Renames: 1 the trust state, 2 keys/recipient-0, 3..=42 the 40 manifests, 43 the pin,
+    // 44 the config.
+    for n in [2u32, 3, 4, 12, 25, 41, 42, 43, 44] {
+        let env = Env::new();
+        let repo = fixture(&env, "write-only-many");
+        let (vars, flags) = reader("write-only-many");
+        let mut c = std::process::Command::new("strace");
+        c.args([
+            "-f",
+            "-qq",
+            "-o",
+            "/dev/null",
+            "-e",
+            "trace=rename,renameat,renameat2",
+        ])
+        .arg("-e")
+        .arg(format!(
+            "inject=rename,renameat,renameat2:signal=SIGKILL:when={n}"
+        ))
+        .arg(lifeboat_bin())
+        .current_dir(env.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.path("home"))
+        .env("LIFEBOAT_REPO", env.repo())
+        .args(&flags)
+        .args(["repo", "upgrade"]);
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        assert_ne!(out.status.code(), Some(0), "killed at rename {n}");
+        // The kill landed where aimed: the config is still format 1, and exactly the
+        // manifests renamed before it are re-sealed.
+        assert_eq!(config_format(&repo), 1, "kill at rename {n}");
+        let resealed = 40 - format_1_manifests(&repo);
+        assert_eq!(
+            resealed,
+            (n.saturating_sub(3) as usize).min(40),
+            "kill at rename {n}"
+        );
+        // Still readable, every backup listed; then the upgrade finishes.
+        let list = read_json(&env, "write-only-many", &["list"]);
+        assert_eq!(
+            list.as_array().unwrap().len(),
+            40,
+            "after a kill at rename {n}"
+        );
+        let r = read_json(&env, "write-only-many", &["repo", "upgrade"]);
+        assert_eq!(r["to"], 2);
+        assert_eq!(config_format(&repo), 2);
+        assert_eq!(format_1_manifests(&repo), 0);
+        let out = env.path("latest.db");
+        read_json(
+            &env,
+            "write-only-many",
+            &["restore", "latest", "--output", s(&out)],
+        );
+        assert_eq!(dump(&out), dump(&many_db), "after a kill at rename {n}");
+    }
+}
+
+#[test]
+fn upgrade_interrupted_on_s3_resumes() {
+    // The store fails (503, no retries) at a chosen object: the 20th manifest, then the
+    // config. What was done stays done, the repository stays readable, a second run ends it.
+    let env = Env::new();
+    let store = Storage::s3("team/repo");
+    for e in walk(&fixtures().join("write-only-many")) {
+        let name = e
+            .strip_prefix(fixtures().join("write-only-many"))
+            .unwrap()
+            .display()
+            .to_string();
+        store.put(&name, &std::fs::read(&e).unwrap());
+    }
+    let manifests = store.list("backups/");
+    assert_eq!(manifests.len(), 40);
+    let (bucket, prefix) = match &store.place {
+        common::attacker::Place::S3 { server, prefix } => (server.bucket.clone(), prefix.clone()),
+        _ => unreachable!(),
+    };
+    let upstream = match &store.place {
+        common::attacker::Place::S3 { server, .. } => server.addr().to_string(),
+        _ => unreachable!(),
+    };
+    let (vars, flags) = reader("write-only-many");
+    let upgrade = |endpoint: &str, also: &[&str]| {
+        let mut c = env.std_cmd();
+        c.envs(store.env())
+            .env("AWS_ENDPOINT", endpoint)
+            .env("LIFEBOAT_RETRIES", "0")
+            .args(["--repo", &store.url()])
+            .args(&flags)
+            .args(also);
+        for (k, v) in &vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let endpoint = store
+        .env()
+        .into_iter()
+        .find(|(k, _)| *k == "AWS_ENDPOINT")
+        .unwrap()
+        .1;
+    for (stop_at, resealed) in [(manifests[19].clone(), 19usize), ("config".to_string(), 40)] {
+        let proxy = FaultProxy::start(
+            &upstream,
+            Faults {
+                down_at: Some(format!("PUT /{bucket}/{prefix}/{stop_at}")),
+                ..Faults::default()
+            },
+        );
+        let out = upgrade(&proxy.endpoint(), &["repo", "upgrade"]);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!proxy.log().is_empty(), "the store failed where aimed");
+        let config: Value = serde_json::from_slice(&store.get("config").unwrap()).unwrap();
+        assert_eq!(config["format_version"], 1, "stopped at {stop_at}");
+        let v1 = manifests
+            .iter()
+            .filter(|m| store.get(m).unwrap()[..2] == [2, 4])
+            .count();
+        assert_eq!(40 - v1, resealed, "stopped at {stop_at}");
+        let out = upgrade(&endpoint, &["list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(list.as_array().unwrap().len(), 40);
+    }
+    let out = upgrade(&endpoint, &["repo", "upgrade"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: Value = serde_json::from_slice(&store.get("config").unwrap()).unwrap();
+    assert_eq!(config["format_version"], 2);
+    let restored = env.path("latest.db");
+    let out = upgrade(&endpoint, &["restore", "latest", "--output", s(&restored)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dump(&restored), dump(&fixtures().join("app-many.db")));
+}
+
+#[test]
+fn newer_formats_and_unknown_features_are_refused_untouched() {
+    for (what, edit) in [
+        (
+            "format 3",
+            Box::new(|v: &mut Value| v["format_version"] = 3.into()) as Box<dyn Fn(&mut Value)>,
+        ),
+        (
+            "features content-kinds-9",
+            Box::new(|v: &mut Value| v["features"] = serde_json::json!(["content-kinds-9"])),
+        ),
+    ] {
+        for encrypted in [false, true] {
+            let env = Env::new();
+            let vars: Vec<(&str, String)> = if encrypted {
+                vec![("LIFEBOAT_PASSWORD", OWNER_PW.into())]
+            } else {
+                vec![]
+            };
+            let mut init = vec![
+                "repo",
+                "init",
+                "--argon2-memory",
+                "64",
+                "--argon2-iterations",
+                "1",
+            ];
+            if encrypted {
+                init.push("--encrypt");
+            }
+            let (code, _, err) = run(&env, &vars, &init);
+            assert_eq!(code, 0, "{err}");
+            let db = env.path("a.db");
+            drop(make_db(&db, 50));
+            let (code, _, err) = run(&env, &vars, &["backup", s(&db)]);
+            assert_eq!(code, 0, "{err}");
+            let store = Storage::local(&env, "repo");
+            edit_config(&store, |v| edit(v));
+            let before = tree(&env.repo());
+            for args in [
+                vec!["list"],
+                vec!["backup", s(&db)],
+                vec!["repo", "upgrade"],
+                vec!["prune"],
+            ] {
+                let (code, _, err) = run(&env, &vars, &args);
+                assert_eq!(code, 2, "{what} {args:?}: {err}");
+                assert!(
+                    err.contains(&format!("made by a newer Lifeboat ({what}")),
+                    "{err}"
+                );
+            }
+            assert_eq!(tree(&env.repo()), before, "{what}: untouched");
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every file under `dir` (but the staging and lock folders) and its bytes.
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    walk(dir)
+        .into_iter()
+        .map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), p))
+        .filter(|(n, _)| !n.starts_with("tmp/") && !n.starts_with("locks/"))
+        .map(|(n, p)| (n, std::fs::read(p).unwrap()))
+        .collect()
+}
