@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
     version,
     about = "Consistent, deduplicated, verified backups of live databases",
     after_help = "Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 integrity failure, \
-                  5 bad source, 6 database in use, 7 storage failure, 8 wrong passphrase, 10 aborted"
+                  5 bad source, 6 database in use, 7 storage failure, 8 wrong passphrase, 9 repository changed or not authentic, 10 aborted"
 )]
 struct Cli {
     /// Repository location (a path or file://PATH). Default: ~/.local/share/lifeboat/repo
@@ -69,16 +69,17 @@ struct Cli {
     command: Command,
 }
 
-/// Argon2id costs for a new key (defaults: 46 MiB, 1 pass, 1 lane).
+/// Argon2id costs for a new key (defaults: 64 MiB, 3 passes, 4 lanes; at most 1 GiB, 16
+/// passes, 16 lanes, and memory × passes at most 2 GiB).
 #[derive(Args, Clone, Copy)]
 struct KdfArgs {
-    /// Argon2id memory in KiB.
+    /// Argon2id memory in KiB (default 65536).
     #[arg(long)]
     argon2_memory: Option<u32>,
-    /// Argon2id passes.
+    /// Argon2id passes (default 3).
     #[arg(long)]
     argon2_iterations: Option<u32>,
-    /// Argon2id lanes.
+    /// Argon2id lanes (default 4).
     #[arg(long)]
     argon2_parallelism: Option<u32>,
 }
