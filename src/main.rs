@@ -1429,6 +1429,17 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             };
             let r = lifeboat::ops::rekey::rotate_full(&mut repo, &passphrase, kdf.params(), &host)?;
             ctx.record(&repo);
+            // Replicas are re-keyed now, not at the next backup: until then they still accept
+            // what a retired key writes there.
+            let replication = sync::sync_replicas(&repo, &ctx.file.replicas, None)?;
+            for rep in &replication {
+                if let Some(e) = &rep.error {
+                    eprintln!(
+                        "warning: replica {} not re-keyed yet: {e}; run `lifeboat sync`",
+                        rep.target
+                    );
+                }
+            }
             print_result(
                 ctx,
                 serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?,

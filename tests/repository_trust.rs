@@ -1048,3 +1048,56 @@ fn disabled_tls_checks_are_said() {
         "{err}"
     );
 }
+
+#[test]
+fn a_full_rotation_re_keys_the_replicas() {
+    // A replica added before the rotation: the rotation syncs it, re-sealing what it holds;
+    // afterwards the replica opens with the new key only, restores every backup, and what
+    // a retired key writes there is refused.
+    let env = Env::new();
+    let store = local(&env);
+    let case = Case::new(env, store, Mode::Passphrase);
+    let replica = case.store.sibling("replica");
+    case.host(&["replica", "add", &replica]).ok("replica add");
+    let old_key_files: Vec<String> = Storage::local(&case.env, "replica")
+        .list("keys/")
+        .into_iter()
+        .filter(|n| n.len() == "keys/".len() + 16)
+        .collect();
+    case.host(&["key", "rotate", "--full", "--yes"])
+        .ok("rotate --full");
+    let replica_store = Storage::local(&case.env, "replica");
+    for k in &old_key_files {
+        assert!(
+            replica_store.get(k).is_none(),
+            "{k} removed from the replica"
+        );
+    }
+    let on_replica = |args: &[&str]| {
+        let o = case
+            .env
+            .std_cmd()
+            .env("HOME", case.env.path("home"))
+            .env("LIFEBOAT_PASSWORD", HOST_PW)
+            .args(["--repo", replica.as_str()])
+            .args(args)
+            .output()
+            .unwrap();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    let list = on_replica(&["list", "--json"])
+        .ok("list the replica")
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), case.ids.len(), "{list}");
+    for (id, rows) in case.ids.iter().zip(&case.dumps) {
+        let out = case.env.path(&format!("from-replica-{id}.db"));
+        on_replica(&["restore", id, "--output", s(&out)]).ok("restore from the replica");
+        assert_eq!(&dump(&out), rows);
+    }
+    let show = on_replica(&["repo", "show", "--json"]).ok("show").json();
+    assert_eq!(show["key_epoch"], 1, "{show}");
+}

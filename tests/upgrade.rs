@@ -497,3 +497,30 @@ fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
         .map(|(n, p)| (n, std::fs::read(p).unwrap()))
         .collect()
 }
+
+#[test]
+fn a_format_1_replica_is_upgraded_where_it_is_before_a_sync() {
+    // A primary and its replica, both format 1 (a copy of the fixture: the same
+    // repository); the primary is upgraded; a sync refuses to mix formats and says how.
+    let env = Env::new();
+    let primary = fixture(&env, "encrypted");
+    let replica = env.path("replica");
+    copy_dir(&primary, &replica);
+    let owner = vec![("LIFEBOAT_PASSWORD", OWNER_PW.to_string())];
+    let (code, _, err) = run(&env, &owner, &["repo", "upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&env, &owner, &["replica", "add", s(&replica)]);
+    assert_eq!(code, 7, "{err}");
+    assert!(
+        err.contains("is in format 1") && err.contains("repo upgrade"),
+        "{err}"
+    );
+    let (code, _, err) = run(&env, &owner, &["--repo", s(&replica), "repo", "upgrade"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&env, &owner, &["sync"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&env, &owner, &["--repo", s(&replica), "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}

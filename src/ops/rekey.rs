@@ -92,7 +92,7 @@ pub fn rotate_full(
             ..Default::default()
         };
         // Step 2: re-seal what decides.
-        reseal(repo, &new.master, &mut report)?;
+        reseal(repo.storage(), &new.master, &mut report)?;
         ensure_alone(repo, &old_records)?;
         lease.check()?;
         // Step 3: only the new keys count.
@@ -138,10 +138,13 @@ fn ensure_alone(repo: &Repository, records: &Records) -> Result<()> {
     .hint("run `lifeboat key rotate --full` again when they have finished (an interrupted rotation resumes)"))
 }
 
-/// Re-seal every manifest, index file and record under the newest keys (which, while
-/// rekeying, open those of every epoch).
-fn reseal(repo: &Repository, keys: &MasterKeys, report: &mut RekeyReport) -> Result<()> {
-    let storage = repo.storage();
+/// Re-seal every manifest, index file and record of `storage` (the repository, or a replica
+/// `sync` re-keys) under the newest keys, which must be rekeying: opening every epoch's.
+pub fn reseal(
+    storage: &dyn crate::storage::Storage,
+    keys: &MasterKeys,
+    report: &mut RekeyReport,
+) -> Result<()> {
     for obj in storage.list("backups/")? {
         let id = obj.name.rsplit('/').next().unwrap_or_default().to_string();
         if !crate::id::is_backup_id(&id) {

@@ -108,30 +108,41 @@ fn content_addressed(name: &str) -> Option<Hash> {
 /// Bring `target` up to date with `repo`, `parallel` objects at a time.
 pub fn sync(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
     repo.require_current_format("sync")?;
-    let update_config = target_config_update(repo, target)?;
+    let update = target_config_update(repo, target)?;
     let records = repo.records();
     // A sync may copy a manifest that needs packs a prune on the target has planned to
     // delete; its marker (which sees no plan) holds such sweeps until it is done.
     // And a reader's marker on the source, whose own prune must not delete what this copies.
     crate::repo::locks::as_reader(repo.storage(), &records, "sync", || {
         crate::repo::locks::as_writer(target, &records, "sync", false, |_, lease| {
-            sync_marked(repo, target, parallel, lease, update_config)
+            sync_marked(repo, target, parallel, lease, update)
         })
     })
 }
 
-/// Whether the target's config must be replaced by the source's (a replica of a repository
-/// since upgraded or re-keyed). Refuses a target that holds another repository, or a newer
-/// state of this one.
-fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<bool> {
+/// What a sync does with the target's config.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum ConfigUpdate {
+    /// The same as the source's, or missing (copied last).
+    None,
+    /// Replaced by the source's at the end (new data key generations).
+    Replace,
+    /// Replaced at the end, after the target's manifests, index files and records are
+    /// re-sealed under the keys of a full rotation it has not seen.
+    Rekey,
+}
+
+/// What to do with the target's config. Refuses a target that holds another repository, a
+/// newer state of this one, or an older format (upgraded where it is, which checks it).
+fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<ConfigUpdate> {
     let data = match target.get("config") {
         Ok(d) => d,
-        Err(e) if e.kind == ErrorKind::NotFound => return Ok(false), // copied last
+        Err(e) if e.kind == ErrorKind::NotFound => return Ok(ConfigUpdate::None),
         Err(e) => return Err(e),
     };
     let source = repo.storage().get("config")?;
     if data == source {
-        return Ok(false);
+        return Ok(ConfigUpdate::None);
     }
     let (theirs, _) = RepoConfig::parse(&data, &target.describe())?;
     if theirs.id != repo.config.id {
@@ -157,7 +168,27 @@ fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<bool>
         ))
         .hint("sync from the copy that was rotated or upgraded last"));
     }
-    Ok(true)
+    if theirs.format_version < repo.config.format_version {
+        return Err(Error::usage(format!(
+            "the replica at {} is in format {}; this repository is in format {}",
+            target.describe(),
+            theirs.format_version,
+            repo.config.format_version
+        ))
+        .hint(format!(
+            "upgrade it where it is first: `lifeboat --repo {} repo upgrade` (with --identity FILE for a write-only repository), then sync",
+            target.describe()
+        )));
+    }
+    let behind = match (&theirs.keys, &repo.config.keys) {
+        (Some(t), Some(s)) => t.epoch < s.epoch || t.rekeying,
+        _ => false,
+    };
+    Ok(if behind {
+        ConfigUpdate::Rekey
+    } else {
+        ConfigUpdate::Replace
+    })
 }
 
 fn sync_marked(
@@ -165,11 +196,35 @@ fn sync_marked(
     target: &dyn Storage,
     parallel: usize,
     lease: &Lease,
-    update_config: bool,
+    update: ConfigUpdate,
 ) -> Result<SyncReport> {
     let records = repo.records();
     let copier = Copier::new(repo.storage(), target, parallel);
     copier.copy_missing("keys/", |_| true)?;
+    if update == ConfigUpdate::Rekey {
+        // The replica has not seen a full key rotation: re-seal what decides there under the
+        // new keys (which open every epoch's while rekeying), as the rotation did here.
+        let keys = repo
+            .keys()
+            .ok_or_else(|| Error::internal("a rotated repository without keys"))?;
+        let mut rekeying = (*keys.master).clone();
+        let epochs = repo
+            .config
+            .keys
+            .as_ref()
+            .map(|k| k.data_keys.clone())
+            .unwrap_or_default();
+        rekeying.set_generation_epochs(epochs, true);
+        let mut report = crate::ops::rekey::RekeyReport::default();
+        crate::ops::rekey::reseal(target, &rekeying, &mut report)?;
+        tracing::info!(
+            "{}: re-keyed {} manifests, {} index files, {} records",
+            target.describe(),
+            report.manifests,
+            report.index_files,
+            report.records
+        );
+    }
     if repo.is_write_only() {
         // Without the key to the page lists, copy by name: every pack the target lacks
         // (a new backup may need one it dropped; its next prune drops it again), and
@@ -202,12 +257,26 @@ fn sync_marked(
     } else {
         copy_backups(repo, target, &copier, lease)?;
     }
-    // The config last: only now is the replica a repository (or in the new format, with
-    // the new keys).
-    if update_config {
+    // The config last: only now is the replica a repository (or has the new keys).
+    if update != ConfigUpdate::None {
         let data = repo.storage().get("config")?;
         target.put_replace("config", &data)?;
         copier.count(data.len() as u64);
+        if update == ConfigUpdate::Rekey {
+            // Key files the source removed open only retired keys.
+            let source: HashSet<String> = repo
+                .storage()
+                .list("keys/")?
+                .into_iter()
+                .map(|o| o.name)
+                .collect();
+            for o in target.list("keys/")? {
+                let file = object_id(&o.name);
+                if file.len() == 16 && !source.contains(&o.name) {
+                    target.delete(&o.name)?;
+                }
+            }
+        }
     } else if !target.exists("config")? {
         copier.copy_one("config", false)?;
     }
@@ -601,7 +670,10 @@ pub fn sync_replicas(
                 copied_objects: 0,
                 copied_bytes: 0,
                 repaired: Vec::new(),
-                error: Some(format!("{e}")),
+                error: Some(match &e.hint {
+                    Some(h) => format!("{e} ({h})"),
+                    None => format!("{e}"),
+                }),
             },
         };
         crate::ops::sync::record(repo, &report);
