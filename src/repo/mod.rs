@@ -476,7 +476,19 @@ impl Repository {
     pub fn read_manifest(&self, id: &str) -> Result<Manifest> {
         let name = format!("backups/{id}");
         let data = self.storage.get(&name)?;
-        let data = self.unseal(ObjectKind::Manifest, id.as_bytes(), data, &name)?;
+        let data = self
+            .unseal(ObjectKind::Manifest, id.as_bytes(), data, &name)
+            .map_err(|e| {
+                if e.kind == ErrorKind::Integrity {
+                    e.hint(format!(
+                        "nothing acts on it; if no Lifeboat of yours wrote it (forged), or it is \
+                         damaged, move {name} out of the repository (a replica may hold an \
+                         intact copy) and run the command again"
+                    ))
+                } else {
+                    e
+                }
+            })?;
         let m: Manifest = serde_json::from_slice(&data).map_err(|e| {
             Error::integrity(format!("manifest {name} is unreadable: {e}"))
                 .hint("the backup cannot be used; run `lifeboat repo check`")
