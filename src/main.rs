@@ -1409,8 +1409,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                 .filter(|k| k.id != in_use)
                 .map(|k| format!("{} ({}, {})", k.id, k.host, k.created))
                 .collect();
-            let resuming = repo.config.keys.as_ref().is_some_and(|k| k.rekeying);
-            if !others.is_empty() && !yes && !resuming {
+            if !others.is_empty() && !yes {
                 confirm(
                     &format!(
                         "A full rotation removes the other key files, which open only the old keys: {}. Go on?",
@@ -1445,7 +1444,11 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                 serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?,
                 &format!(
                     "{} key epoch {}: new root, id and data keys; {} manifests, {} index files and {} records re-sealed; key {} opens it{}",
-                    if r.resumed { "finished rotating to" } else { "rotated to" },
+                    if r.resumed {
+                        "rotated (again, over an interrupted rotation) to"
+                    } else {
+                        "rotated to"
+                    },
                     r.epoch,
                     r.manifests,
                     r.index_files,

@@ -34,6 +34,9 @@ pub struct Seen {
     pub key_epoch: u32,
     #[serde(default)]
     pub data_key_generations: u32,
+    /// The config's revision (raised by every change of it).
+    #[serde(default)]
+    pub config_revision: u64,
     #[serde(default)]
     pub newest_backup: Option<String>,
     /// Object name of the newest authentic replica list version.
@@ -145,6 +148,7 @@ fn observe(repo: &Repository, location: &str) -> Result<Seen> {
         key_fingerprint: keys.map(|k| k.root.fingerprint()),
         key_epoch: keys.map_or(0, |k| k.root.epoch),
         data_key_generations: keys.map_or(0, |k| k.master.data_keys.len() as u32),
+        config_revision: repo.config.revision,
         newest_backup: newest,
         replica_list,
         replicas: Vec::new(),
@@ -167,6 +171,12 @@ fn changes(was: &Seen, now: &Seen, repo: &Repository) -> Vec<String> {
     }
     if was.encryption != "none" && now.encryption == "none" {
         out.push("encryption was turned off".into());
+    }
+    if now.config_revision < was.config_revision {
+        out.push(format!(
+            "the config went back from revision {} to {} (an older copy put back)",
+            was.config_revision, now.config_revision
+        ));
     }
     if now.format_version < was.format_version {
         out.push(format!(

@@ -1101,3 +1101,89 @@ fn a_full_rotation_re_keys_the_replicas() {
     let show = on_replica(&["repo", "show", "--json"]).ok("show").json();
     assert_eq!(show["key_epoch"], 1, "{show}");
 }
+
+/// As the backup host: an index file (sorting first) that describes a genuine pack as
+/// holding no blob at all.
+fn plant_empty_description(case: &Case) -> String {
+    use lifeboat::repo::crypto::ObjectKind;
+    use lifeboat::repo::index::{encode_index_file, index_object_name, IndexedPack};
+    use lifeboat::repo::{Repository, Unlock};
+    let work = case.env.path(&format!("host-copy-{}", unique()));
+    case.store.download(&work);
+    let mut ask = || Ok(lifeboat::secret::Passphrase::new(HOST_PW.to_string()));
+    let repo = Repository::open(
+        Box::new(lifeboat::storage::LocalStorage::new(&work)),
+        Unlock::Passphrase {
+            ask: &mut ask,
+            given: true,
+            preferred_key: None,
+        },
+    )
+    .expect("the host opens its repository");
+    let genuine = lifeboat::repo::index::list_index_files(repo.storage()).unwrap();
+    let first = genuine.iter().map(|(n, _)| n.clone()).min().unwrap();
+    let mut biggest: Option<IndexedPack> = None;
+    for (name, id) in &genuine {
+        for p in repo.read_index_file(name, id).unwrap() {
+            let n = p.frames.iter().map(|f| f.blobs.len()).sum::<usize>();
+            if biggest
+                .as_ref()
+                .is_none_or(|b| b.frames.iter().map(|f| f.blobs.len()).sum::<usize>() < n)
+            {
+                biggest = Some(p);
+            }
+        }
+    }
+    let mut empty = biggest.expect("a pack");
+    for f in &mut empty.frames {
+        f.blobs.clear();
+    }
+    for _ in 0..2000 {
+        // Index files are sealed with a random nonce: a new name each time.
+        let data = repo
+            .seal(
+                ObjectKind::Index,
+                b"",
+                encode_index_file(std::slice::from_ref(&empty)).unwrap(),
+            )
+            .unwrap();
+        let name = index_object_name(&lifeboat::id::Hash::of(&data));
+        if name < first {
+            case.store.put(&name, &data);
+            return lifeboat::repo::pack::pack_object_name(&empty.id);
+        }
+    }
+    panic!("no planted index file sorted first");
+}
+
+#[test]
+fn a_planted_description_of_a_pack_hides_nothing_from_restore_or_prune() {
+    // A compromised backup host describes the pack holding the base pages as empty, in an
+    // index file read first; then enough backups for prune to merge index files.
+    let env = Env::new();
+    let store = local(&env);
+    let mut case = Case::new(env, store, Mode::WriteOnly);
+    let pack = plant_empty_description(&case);
+    for i in 0..17 {
+        let c = rusqlite::Connection::open(&case.db).unwrap();
+        c.execute(
+            "UPDATE t SET v = ?1 WHERE id = ?2",
+            rusqlite::params![format!("n{i}"), i + 1],
+        )
+        .unwrap();
+        drop(c);
+        case.backup();
+    }
+    case.assert_genuine_restore(&[]);
+    let keep = case.ids.len().to_string();
+    for _ in 0..2 {
+        let v = case.owner_json(&["forget", "--keep-last", &keep, "--prune"]);
+        assert_eq!(v["forget"]["removed"], json!([]), "{v}");
+        case.owner_json(&["prune", "--max-unused", "0%"]);
+    }
+    case.assert_genuine_restore(&[]);
+    assert!(
+        case.store.get(&pack).is_some() || case.owner(&["repo", "check", "--read-data"]).code == 0,
+        "the genuine pack was deleted without its blobs being elsewhere"
+    );
+}

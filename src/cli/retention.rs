@@ -351,7 +351,7 @@ fn print_prune(r: &PruneReport) {
     );
     if r.missing_blobs > 0 {
         println!(
-            "  WARNING          {} blobs that backups need are missing; unindexed packs were kept (run `lifeboat repo check`)",
+            "  WARNING          {} blobs that backups need are in no index: prune deleted nothing (run `lifeboat repo check`; restore what it names from a replica, or forget the backups it names)",
             r.missing_blobs
         );
     }

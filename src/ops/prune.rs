@@ -127,8 +127,20 @@ fn plan_and_sweep(
         ..Default::default()
     };
 
+    // Blobs a backup needs that no index file locates: the repository needs repair, and
+    // which pack might still hold them is unknown. Delete nothing.
+    if report.missing_blobs > 0 {
+        tracing::warn!(
+            "{} blobs that backups need are in no index; prune deleted nothing",
+            report.missing_blobs
+        );
+        let all: Vec<crate::storage::ObjectInfo> = storage.list("data/")?;
+        report.packs_after = all.len();
+        report.bytes_after = all.iter().map(|o| o.size).sum();
+        return Ok(report);
+    }
     // What is unused now, and what to repack.
-    let keep_unindexed = report.missing_blobs > 0 || !survey.damaged_index.is_empty();
+    let keep_unindexed = !survey.damaged_index.is_empty();
     let mut doomed: Vec<Hash> = Vec::new();
     for (id, p) in &survey.packs {
         if already_planned.contains(id) || p.live_blobs > 0 {
@@ -261,7 +273,10 @@ fn sweep(
         }
     };
     report.missing_blobs = survey.referenced.missing();
-    let keep_unindexed = report.missing_blobs > 0 || !survey.damaged_index.is_empty();
+    if report.missing_blobs > 0 {
+        return Ok(()); // see plan_and_sweep: nothing is deleted from a damaged repository
+    }
+    let keep_unindexed = !survey.damaged_index.is_empty();
     let mut delete: HashSet<Hash> = planned
         .iter()
         .filter(|id| !fresh.contains(id))
@@ -556,8 +571,11 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
             Err(e) => return Err(e),
         };
         for p in packs {
-            // Entries of packs that are gone (or truncated) and repeats are dropped.
-            if present.get(&p.id) == Some(&p.size) && seen.insert(p.id) {
+            // Entries of packs that are gone (or truncated) and repeated descriptions are
+            // dropped; a pack described differently keeps every description (which one is
+            // right is decided by reading blobs, never here).
+            let digest = crate::repo::index::description_digest(&p);
+            if present.get(&p.id) == Some(&p.size) && seen.insert(digest) {
                 group.push(p);
             }
         }
@@ -620,8 +638,11 @@ struct PackUse {
     /// Raw bytes a repack would free: frames wholly unused, and frames whose unused share
     /// exceeds the tolerance (the others are copied as they are, garbage and all).
     reclaim_raw: u64,
-    /// The index file that describes it (for repacking).
-    index_file: Option<usize>,
+    /// The index files that describe it (for repacking): usually one; more when a pack is
+    /// described differently (a wrong description must not hide the blobs of the right one).
+    index_files: Vec<usize>,
+    /// Digests of the descriptions counted, so a repeated one counts once.
+    descriptions: Vec<Hash>,
 }
 
 impl PackUse {
@@ -717,11 +738,18 @@ impl Survey {
                 let Some(usage) = packs.get_mut(&p.id) else {
                     continue; // the pack is gone: its entries help no one
                 };
-                if usage.size != p.size || usage.indexed {
-                    continue; // truncated copy, or already counted through another file
+                if usage.size != p.size {
+                    continue; // truncated copy
                 }
+                let digest = crate::repo::index::description_digest(p);
+                if usage.descriptions.contains(&digest) {
+                    continue; // already counted through another file
+                }
+                usage.descriptions.push(digest);
                 usage.indexed = true;
-                usage.index_file = Some(i);
+                if !usage.index_files.contains(&i) {
+                    usage.index_files.push(i);
+                }
                 for f in &p.frames {
                     let (mut live, mut dead) = (0u64, 0u64);
                     for b in &f.blobs {
@@ -921,7 +949,7 @@ fn repack_packs(
     let wanted: HashSet<&Hash> = repack.iter().collect();
     let mut by_file: Vec<usize> = repack
         .iter()
-        .filter_map(|id| survey.packs[id].index_file)
+        .flat_map(|id| survey.packs[id].index_files.iter().copied())
         .collect();
     by_file.sort_unstable();
     by_file.dedup();

@@ -5,11 +5,13 @@
 //! repository accepts: manifests, index files and records are re-sealed under the new keys
 //! and, once the rotation is over, accepted only under them.
 //!
-//! Crash-safe in two commits of the config: (1) the new keys, with `rekeying` set (objects of
-//! every epoch accepted); (2) after every manifest, index file and record is re-sealed,
-//! `rekeying` cleared. Interrupted in between, the next `key rotate --full` (with the same
-//! passphrase, whose new key file step 1 wrote) finishes the job. It runs alone: it holds
-//! the prune lock and refuses while a backup or sync runs.
+//! Crash-safe in two commits of the config: (1) the new keys, with `rekeying` set; (2) after
+//! every manifest, index file and record is re-sealed, `rekeying` cleared. In between, only
+//! the rotation reads objects of earlier epochs; other readers refuse what is not re-sealed
+//! yet. Interrupted, the next `key rotate --full` (with the same passphrase, whose new key
+//! file step 1 wrote) rotates once more, from there: it never trusts `rekeying` to resume,
+//! since whoever holds the keys being revoked could have set it. It runs alone: it holds the
+//! prune lock and refuses while a backup or sync runs.
 //!
 //! Not rewritten: packs. Their frames stay sealed under the old data keys, which a retired
 //! key can open; forget and prune the old backups to remove that data. New blob ids use the
@@ -27,6 +29,7 @@ use serde::Serialize;
 #[derive(Debug, Default, Serialize)]
 pub struct RekeyReport {
     pub epoch: u32,
+    /// An interrupted rotation was found (and is superseded by this one).
     pub resumed: bool,
     pub manifests: usize,
     pub index_files: usize,
@@ -69,22 +72,16 @@ pub fn rotate_full(
     let old_records = repo.records();
     let (report, config, new) = locks::as_pruner(repo.storage(), &old_records, |lease| {
         ensure_alone(repo, &old_records)?;
-        // Step 1: the new keys, committed with `rekeying` set; or, resuming, the keys that
-        // an interrupted rotation committed.
-        let (new, mut next, resumed) = if section.rekeying {
-            let current = repo
-                .keys()
-                .ok_or_else(|| Error::internal("keys vanished"))?;
-            (clone_unlocked(current), section.clone(), true)
-        } else {
-            let (new, next) =
-                keys::new_epoch(repo.storage(), unlocked, &section, passphrase, params, host)?;
-            let mut config = repo.config.clone();
-            config.keys = Some(next.clone());
-            lease.check()?;
-            repo.store_config(config, Some(&new.root))?;
-            (new, next, false)
-        };
+        // Step 1: the new keys, committed with `rekeying` set. Always a new epoch, even
+        // after an interrupted rotation: whoever holds the keys being revoked can set
+        // `rekeying` in an authentic config, and must not make this a no-op.
+        let resumed = section.rekeying;
+        let (new, mut next) =
+            keys::new_epoch(repo.storage(), unlocked, &section, passphrase, params, host)?;
+        let mut config = repo.config.clone();
+        config.keys = Some(next.clone());
+        lease.check()?;
+        let committed = repo.store_config(config, Some(&new.root))?;
         let mut report = RekeyReport {
             epoch: next.epoch,
             resumed,
@@ -97,7 +94,7 @@ pub fn rotate_full(
         lease.check()?;
         // Step 3: only the new keys count.
         next.rekeying = false;
-        let mut config = repo.config.clone();
+        let mut config = committed;
         config.keys = Some(next.clone());
         let stored = repo.store_config(config, Some(&new.root))?;
         report.key_files_removed = keys::remove_retired(repo.storage(), &new.key_id, next.epoch)?;
@@ -110,16 +107,6 @@ pub fn rotate_full(
     repo.config = config;
     repo.replace_keys(new);
     Ok(report)
-}
-
-fn clone_unlocked(u: &keys::Unlocked) -> keys::Unlocked {
-    keys::Unlocked {
-        master: u.master.clone(),
-        root: u.root.clone(),
-        past: u.past.clone(),
-        key_id: u.key_id.clone(),
-        by_identity: u.by_identity,
-    }
 }
 
 fn ensure_alone(repo: &Repository, records: &Records) -> Result<()> {

@@ -44,6 +44,10 @@ pub struct RepoConfig {
     /// Set by `repo upgrade`: the format the repository was created with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgraded_from: Option<u32>,
+    /// Raised by every change of the config: the local trust state refuses one that goes
+    /// back (an older, authentic config put back).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// The keys of an encrypted repository, authenticated with the config.
@@ -57,8 +61,8 @@ pub struct KeysSection {
     /// Write-only repositories: frames and manifests are sealed to this recipient.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
-    /// A full key rotation is re-sealing manifests, index files and records: until it ends,
-    /// those sealed under earlier epochs' keys are accepted too.
+    /// A full key rotation is re-sealing manifests, index files and records. Until it ends,
+    /// those not yet re-sealed are refused (run `key rotate --full` again to finish).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rekeying: bool,
 }
@@ -234,6 +238,7 @@ mod tests {
                 rekeying: false,
             }),
             upgraded_from: None,
+            revision: 0,
         }
     }
 

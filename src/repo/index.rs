@@ -56,6 +56,9 @@ pub struct Index {
     /// or an index entry that turns out wrong): read when the first copy fails its check.
     alternates: KeyMap<Vec<BlobLoc>>,
     pack_numbers: HashMapById<u32>,
+    /// Digests of the descriptions of each pack: the same description met again (an
+    /// interrupted compaction leaves a pack in two files) adds nothing.
+    described: HashMapById<Vec<Hash>>,
     /// Index files this index was built from.
     pub files: Vec<Hash>,
     /// Per pack, the index file (in `files`) that first described it.
@@ -102,17 +105,29 @@ impl Index {
     }
 
     /// Add a pack's frames. A blob stored twice (two backups racing) keeps its first place;
-    /// the second is kept as an alternate (and is garbage for prune to collect).
+    /// the second is kept as an alternate (and is garbage for prune to collect). A pack
+    /// described by several index files (the same description twice, or one that is wrong:
+    /// damaged, or planted by a backup host) gets the blobs of every description: each blob
+    /// is checked against its id when read, so a wrong one can only fail, never hide others.
     pub fn add_pack(&mut self, pack: &IndexedPack) {
-        if self.pack_numbers.contains_key(&pack.id) {
+        let pack_no = match self.pack_numbers.get(&pack.id) {
+            Some(&n) => n,
+            None => {
+                let n = self.packs.len() as u32;
+                self.packs.push(PackRef {
+                    id: pack.id,
+                    size: pack.size,
+                });
+                self.pack_numbers.insert(pack.id, n);
+                n
+            }
+        };
+        let digest = description_digest(pack);
+        let seen = self.described.entry(pack.id).or_default();
+        if seen.contains(&digest) {
             return;
         }
-        let pack_no = self.packs.len() as u32;
-        self.packs.push(PackRef {
-            id: pack.id,
-            size: pack.size,
-        });
-        self.pack_numbers.insert(pack.id, pack_no);
+        seen.push(digest);
         for f in &pack.frames {
             let frame_no = self.frames.len() as u32;
             self.frames.push(FrameLoc {
@@ -193,6 +208,14 @@ impl Index {
     pub fn pack_bytes(&self) -> u64 {
         self.packs.iter().map(|p| p.size).sum()
     }
+}
+
+/// A digest of what a description says of its pack (frames, blobs and their keys).
+pub fn description_digest(pack: &IndexedPack) -> Hash {
+    let mut bytes = pack.id.0.to_vec();
+    bytes.extend_from_slice(&pack.size.to_le_bytes());
+    encode_frames(&pack.frames, &mut bytes, true);
+    Hash::of(&bytes)
 }
 
 pub fn encode_index_file(packs: &[IndexedPack]) -> Result<Vec<u8>> {
@@ -295,5 +318,38 @@ mod tests {
         assert!(index.alternates(&Hash::of(b"b")).is_empty());
         assert_eq!(index.blob_count(), 2);
         assert!(decode_index_file(&file[..file.len() - 3], "x").is_err());
+    }
+
+    #[test]
+    fn a_second_description_of_a_pack_adds_its_blobs_and_a_repeat_adds_nothing() {
+        let entry = |s: &[u8], off| BlobEntry {
+            id: Hash::of(s).key(),
+            kind: BlobKind::Data,
+            offset: off,
+            len: 1,
+        };
+        let describe = |blobs: Vec<BlobEntry>| IndexedPack {
+            id: Hash::of(b"p"),
+            size: 100,
+            frames: vec![FrameEntry {
+                offset: 8,
+                stored_len: 10,
+                raw_len: 2,
+                codec: Codec::Zstd,
+                blobs,
+            }],
+        };
+        let mut index = Index::default();
+        // A description that lists nothing (wrong, or planted) comes first.
+        index.add_pack(&describe(vec![]));
+        index.add_pack(&describe(vec![entry(b"a", 0), entry(b"b", 1)]));
+        index.add_pack(&describe(vec![entry(b"a", 0), entry(b"b", 1)]));
+        assert_eq!(index.packs.len(), 1);
+        assert_eq!(index.blob_count(), 2);
+        assert!(
+            index.alternates(&Hash::of(b"a")).is_empty(),
+            "the repeat added nothing"
+        );
+        assert_eq!(index.frames.len(), 2);
     }
 }

@@ -352,7 +352,9 @@ fn open_with_root(
         Legacy::none()
     };
     let mut master = MasterKeys::new(&epochs, data_keys, recipient, legacy);
-    master.set_generation_epochs(section.data_keys.clone(), section.rekeying);
+    // Even while a full rotation is unfinished (`rekeying`), readers accept manifests, index
+    // files and records of the current epoch only: the rotation alone reads the others.
+    master.set_generation_epochs(section.data_keys.clone(), false);
     Ok(Unlocked {
         master: Arc::new(master),
         root,

@@ -110,6 +110,7 @@ impl Repository {
                 NewRepo::Encrypted { recipient, .. } => Some(keys::new_section(*recipient)),
             },
             upgraded_from: None,
+            revision: 0,
         };
         // The config decides who created the repository (create-only); only the winner then
         // writes keys. Openers that come in between see "keys not written yet" (NotFound)
@@ -263,7 +264,12 @@ impl Repository {
 
     /// Store `config` and read it back (an object store that lost the write must not leave
     /// us believing it); the caller makes it `self.config`.
-    pub fn store_config(&self, config: RepoConfig, root: Option<&RootKeys>) -> Result<RepoConfig> {
+    pub fn store_config(
+        &self,
+        mut config: RepoConfig,
+        root: Option<&RootKeys>,
+    ) -> Result<RepoConfig> {
+        config.revision = self.config.revision.max(config.revision) + 1;
         let root = root.or(self.keys.as_ref().map(|k| &k.root));
         let data = config.encode(root)?;
         self.storage.put_replace("config", &data)?;
@@ -479,7 +485,11 @@ impl Repository {
         let data = self
             .unseal(ObjectKind::Manifest, id.as_bytes(), data, &name)
             .map_err(|e| {
-                if e.kind == ErrorKind::Integrity {
+                if e.kind == ErrorKind::Integrity
+                    && self.config.keys.as_ref().is_some_and(|k| k.rekeying)
+                {
+                    e.hint("a full key rotation was interrupted and this backup is not re-sealed yet: run `lifeboat key rotate --full` to finish it")
+                } else if e.kind == ErrorKind::Integrity {
                     e.hint(format!(
                         "nothing acts on it; if no Lifeboat of yours wrote it (forged), or it is \
                          damaged, move {name} out of the repository (a replica may hold an \
