@@ -1366,6 +1366,8 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
         } => {
             let p = new_passphrase(new_password_file)?;
             let kf = keys::add(repo.storage(), unlocked()?, &p, kdf.params(), &host)?;
+            repo.update_key_files(|l| l.push(kf.id.clone()))?;
+            ctx.record(&repo);
             print_result(
                 ctx,
                 json!({"added": kf.id}),
@@ -1373,7 +1375,9 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             );
         }
         KeyCommand::Remove { id } => {
-            keys::remove(repo.storage(), unlocked()?, &id)?;
+            let removed = keys::remove(repo.storage(), unlocked()?, &id)?;
+            repo.update_key_files(|l| l.retain(|k| *k != removed))?;
+            ctx.record(&repo);
             print_result(ctx, json!({"removed": id}), &format!("removed key {id}"));
         }
         KeyCommand::Passwd {
@@ -1382,6 +1386,11 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
         } => {
             let p = new_passphrase(new_password_file)?;
             let kf = keys::change_passphrase(repo.storage(), unlocked()?, &p, kdf.params(), &host)?;
+            repo.update_key_files(|l| {
+                l.retain(|k| *k != in_use);
+                l.push(kf.id.clone());
+            })?;
+            ctx.record(&repo);
             print_result(
                 ctx,
                 json!({"added": kf.id, "removed": in_use}),
@@ -1442,7 +1451,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
             print_result(
                 ctx,
                 serde_json::to_value(&r).map_err(|e| Error::internal(e.to_string()))?,
-                &format!(
+                &(format!(
                     "{} key epoch {}: new root, id and data keys; {} manifests, {} index files and {} records re-sealed; key {} opens it{}",
                     if r.resumed {
                         "rotated (again, over an interrupted rotation) to"
@@ -1462,7 +1471,11 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                             r.key_files_removed.join(", ")
                         )
                     }
-                ),
+                ) + &r
+                    .left_out
+                    .iter()
+                    .map(|m| format!("\n  left out (forged or damaged, refused from now on): {m}"))
+                    .collect::<String>()),
             );
         }
     }
@@ -1524,6 +1537,12 @@ fn cmd_upgrade(ctx: &Ctx) -> Result<i32> {
         for m in &r.manifests_refused {
             t.push_str(&format!(
                 "\n  left out (forged or damaged, now refused): {m}"
+            ));
+        }
+        if !r.replicas_dropped.is_empty() {
+            t.push_str(&format!(
+                "\n  the replica list was not carried over (format 1 did not authenticate it); it named {}: add the ones you use again with `lifeboat replica add URL`",
+                r.replicas_dropped.join(", ")
             ));
         }
         t.push_str("\n  older Lifeboat versions cannot open it any more; replicas are upgraded by the next sync");

@@ -229,7 +229,12 @@ fn changes(was: &Seen, now: &Seen, repo: &Repository) -> Vec<String> {
         }
     }
     if let Some(list) = &was.replica_list {
-        if now.replica_list.as_ref().is_none_or(|n| n < list) {
+        let order = |n: &String| (crate::ops::sync::version_ms(n), n.clone());
+        if now
+            .replica_list
+            .as_ref()
+            .is_none_or(|n| order(n) < order(list))
+        {
             out.push(format!(
                 "the replica list went back to {} (newest seen here: {list})",
                 now.replica_list.as_deref().unwrap_or("none")

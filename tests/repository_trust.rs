@@ -1187,3 +1187,268 @@ fn a_planted_description_of_a_pack_hides_nothing_from_restore_or_prune() {
         "the genuine pack was deleted without its blobs being elsewhere"
     );
 }
+
+/// `lifeboat` with `pw` on the repository at `url` (another HOME: the holder of a leaked key).
+fn thief(case: &Case, pw: &str, url: &str, args: &[&str]) -> Out {
+    let o = case
+        .env
+        .std_cmd()
+        .env("HOME", case.env.path("home-thief"))
+        .env("LIFEBOAT_PASSWORD", pw)
+        .args(["--repo", url])
+        .args(args)
+        .output()
+        .unwrap();
+    Out {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+const LEAKED: &str = "leaked-passphrase-5512";
+
+fn add_leaked_key(case: &Case) {
+    let mut args = vec!["key", "add"];
+    args.extend(FAST);
+    case.run(
+        &[
+            ("LIFEBOAT_PASSWORD", HOST_PW),
+            ("LIFEBOAT_NEW_PASSWORD", LEAKED),
+        ],
+        &args,
+    )
+    .ok("key add");
+}
+
+#[test]
+fn a_preset_rekeying_flag_does_not_make_a_full_rotation_a_no_op() {
+    let env = Env::new();
+    let store = local(&env);
+    let case = Case::new(env, store, Mode::Passphrase);
+    add_leaked_key(&case);
+    let stolen = case.store.snapshot();
+    // The holder of the leaked key writes an authentic config saying a rotation is under way.
+    let mut ask = || Ok(lifeboat::secret::Passphrase::new(LEAKED.to_string()));
+    let repo = lifeboat::repo::Repository::open(
+        Box::new(lifeboat::storage::LocalStorage::new(
+            case.store.url().as_str(),
+        )),
+        lifeboat::repo::Unlock::Passphrase {
+            ask: &mut ask,
+            given: true,
+            preferred_key: None,
+        },
+    )
+    .unwrap();
+    let mut config = repo.config.clone();
+    config.keys.as_mut().unwrap().rekeying = true;
+    repo.store_config(config, None).unwrap();
+    // The owner rotates: a new epoch all the same, and the leaked key is revoked.
+    let r = case
+        .host(&["key", "rotate", "--full", "--yes", "--json"])
+        .ok("rotate --full")
+        .json();
+    assert_eq!(r["epoch"], 1, "{r}");
+    for (name, data) in &stolen {
+        if name.starts_with("keys/") && case.store.get(name).is_none() {
+            case.store.put(name, data);
+        }
+    }
+    thief(&case, LEAKED, &case.store.url(), &["list"]).fails(
+        9,
+        "the leaked key after the rotation",
+        "not authenticated",
+    );
+}
+
+#[test]
+fn an_edited_replica_config_makes_sync_re_seal_nothing() {
+    let env = Env::new();
+    let store = local(&env);
+    let case = Case::new(env, store, Mode::Passphrase);
+    let replica = case.store.sibling("replica");
+    case.host(&["replica", "add", &replica]).ok("replica add");
+    add_leaked_key(&case);
+    // The leaked key's holder keeps a copy of the repository as it was.
+    let copy = Storage::local(&case.env, "stolen-copy");
+    for (name, data) in case.store.snapshot() {
+        copy.put(&name, &data);
+    }
+    case.host(&["key", "rotate", "--full", "--yes"])
+        .ok("rotate --full");
+    // A backup sealed with the retired keys, planted in the replica, whose config is then
+    // edited (no key needed) to look as if it had not been re-keyed.
+    let evil = case.env.path("evil.db");
+    drop(make_db(&evil, 20));
+    // (Its own attempt to replicate there is refused: the replica's keys are newer.)
+    let o = thief(&case, LEAKED, &copy.url(), &["backup", s(&evil), "--json"]).fails(
+        7,
+        "thief backup",
+        "newer keys",
+    );
+    let first: Value = serde_json::from_str(o.stdout.lines().next().unwrap()).unwrap();
+    let forged = format!("backups/{}", first["id"].as_str().unwrap());
+    let replica_store = Storage::local(&case.env, "replica");
+    for (name, data) in copy.snapshot() {
+        if replica_store.get(&name).is_none() {
+            replica_store.put(&name, &data);
+        }
+    }
+    edit_config(&replica_store, |v| v["keys"]["rekeying"] = json!(true));
+    case.host(&["sync"]).ok("sync");
+    let mut c = case.env.std_cmd();
+    let o = c
+        .env("HOME", case.env.path("home"))
+        .env("LIFEBOAT_PASSWORD", HOST_PW)
+        .args(["--repo", &replica, "list"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&forged));
+}
+
+#[test]
+fn links_inside_a_local_repository_are_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let store = local(&env);
+    let case = Case::new(env, store, Mode::Passphrase);
+    let replica = case.store.sibling("replica");
+    case.host(&["replica", "add", &replica]).ok("replica add");
+    let root = PathBuf::from(case.store.url());
+    // A link posing as a key file, to a file only this user may read: not copied anywhere.
+    let secret = case.env.path("secret.txt");
+    std::fs::write(&secret, "root-only secret").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&secret, root.join("keys/0123456789abcdef")).unwrap();
+    case.host(&["backup", s(&case.db)]).ok("backup");
+    for f in walk_files(&case.env.path("replica")) {
+        let text = std::fs::read(&f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("root-only secret"),
+            "{}",
+            f.display()
+        );
+    }
+    // The staging folder replaced by a link to someone's folder: prune refuses, and the
+    // folder is untouched.
+    let victim = case.env.path("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("important.txt"), "keep me").unwrap();
+    std::fs::remove_dir_all(root.join("tmp")).unwrap();
+    std::os::unix::fs::symlink(&victim, root.join("tmp")).unwrap();
+    case.host(&["prune"])
+        .fails(9, "prune through a linked tmp/", "symbolic link");
+    assert_eq!(
+        std::fs::read_to_string(victim.join("important.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn forgotten_backups_copied_back_stay_forgotten() {
+    let env = Env::new();
+    let store = local(&env);
+    let mut case = Case::new(env, store, Mode::Passphrase);
+    let old: Vec<(String, Vec<u8>)> = case
+        .store
+        .list("backups/")
+        .into_iter()
+        .map(|n| {
+            let d = case.store.get(&n).unwrap();
+            (n, d)
+        })
+        .collect();
+    let v = case.owner_json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(v["forget"]["removed"].as_array().unwrap().len(), 1, "{v}");
+    for (n, d) in &old {
+        case.store.put(n, d);
+    }
+    let list = case.owner_json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    case.owner_json(&["prune"]);
+    case.ids.drain(..1);
+    case.dumps.drain(..1);
+    case.assert_genuine_restore(&[]);
+}
+
+#[test]
+fn planted_key_files_do_not_lock_out_a_fresh_machine() {
+    let env = Env::new();
+    let store = local(&env);
+    let case = Case::new(env, store, Mode::Passphrase);
+    let genuine_name = case
+        .store
+        .list("keys/")
+        .into_iter()
+        .find(|n| n.len() == "keys/".len() + 16)
+        .unwrap();
+    let genuine: Value = serde_json::from_slice(&case.store.get(&genuine_name).unwrap()).unwrap();
+    // Forty-three copies with the default (dear) parameters, dated before the genuine one.
+    for i in 0..43 {
+        let id = format!("{:016x}", 0xa00 + i);
+        let mut planted = genuine.clone();
+        planted["id"] = json!(id);
+        planted["created"] = json!("2000-01-01T00:00:00Z");
+        planted["params"] = json!({"memory_kib": 65536, "iterations": 3, "parallelism": 4});
+        case.store.put(
+            &format!("keys/{id}"),
+            &serde_json::to_vec(&planted).unwrap(),
+        );
+    }
+    case.run_in(
+        "home-fresh",
+        &[("LIFEBOAT_PASSWORD", HOST_PW)],
+        &["key", "list"],
+    )
+    .ok("a fresh machine opens the repository");
+    let o = case.run_in(
+        "home-fresh-2",
+        &[("LIFEBOAT_PASSWORD", "not-the-passphrase")],
+        &["key", "list"],
+    );
+    assert_eq!(o.code, 8, "{}", o.text());
+    assert!(o.text().contains("were not tried"), "{}", o.text());
+}
+
+#[test]
+fn sync_state_on_this_machine_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let store = local(&env);
+    let case = Case::new(env, store, Mode::Passphrase);
+    let replica = case.store.sibling("replica");
+    case.host(&["replica", "add", &replica]).ok("replica add");
+    let state = case.env.path("home/.local/state/lifeboat");
+    for f in walk_files(&state) {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let mode = std::fs::metadata(state.join("trust"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+}

@@ -524,3 +524,73 @@ fn a_format_1_replica_is_upgraded_where_it_is_before_a_sync() {
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn upgrade_drops_the_unauthenticated_replica_list() {
+    // Format 1 did not authenticate the replica list: one planted before the upgrade must
+    // not become authentic by it.
+    let env = Env::new();
+    let repo = fixture(&env, "encrypted");
+    let attacker = env.path("attacker-bucket");
+    std::fs::create_dir_all(repo.join("replicas")).unwrap();
+    std::fs::write(
+        repo.join("replicas/9999999999999999-deadbeef"),
+        serde_json::to_vec(&serde_json::json!({"replicas": [attacker.display().to_string()]}))
+            .unwrap(),
+    )
+    .unwrap();
+    let r = read_json(&env, "encrypted", &["repo", "upgrade"]);
+    assert_eq!(
+        r["replicas_dropped"][0],
+        attacker.display().to_string(),
+        "{r}"
+    );
+    let b = read_json(
+        &env,
+        "encrypted",
+        &["backup", s(&fixtures().join("app-2.db"))],
+    );
+    assert_eq!(b["replication"], serde_json::json!([]), "{b}");
+    assert!(!attacker.exists(), "nothing sent to the planted replica");
+}
+
+#[test]
+fn a_format_2_config_replaced_by_a_format_1_one_is_refused() {
+    // Someone without the keys writes a format-1 config (no MAC) over a format-2 one: a
+    // machine that never saw the repository still refuses it, since its data keys are in
+    // the format-2 envelope.
+    let env = Env::new();
+    let owner = vec![("LIFEBOAT_PASSWORD", OWNER_PW.to_string())];
+    let (code, _, err) = run(
+        &env,
+        &owner,
+        &[
+            "repo",
+            "init",
+            "--encrypt",
+            "--argon2-memory",
+            "64",
+            "--argon2-iterations",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let store = Storage::local(&env, "repo");
+    edit_config(&store, |v| {
+        v["format_version"] = 1.into();
+        let o = v.as_object_mut().unwrap();
+        o.remove("keys");
+        o.remove("mac");
+        o.remove("features");
+    });
+    let mut c = env.std_cmd();
+    let o = c
+        .env("HOME", env.path("fresh-home"))
+        .env("LIFEBOAT_PASSWORD", OWNER_PW)
+        .args(["repo", "upgrade"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(9), "{err}");
+    assert!(err.contains("an old config was put in its place"), "{err}");
+}

@@ -34,6 +34,9 @@ pub struct RekeyReport {
     pub manifests: usize,
     pub index_files: usize,
     pub records: usize,
+    /// Manifests left as they were (so refused from now on): they did not open (forged or
+    /// damaged), or, re-keying a replica, only the replica held them.
+    pub left_out: Vec<String>,
     /// Key files removed: they opened only the retired keys.
     pub key_files_removed: Vec<String>,
     pub key_id: String,
@@ -89,7 +92,7 @@ pub fn rotate_full(
             ..Default::default()
         };
         // Step 2: re-seal what decides.
-        reseal(repo.storage(), &new.master, &mut report)?;
+        reseal(repo.storage(), &new.master, None, &mut report)?;
         ensure_alone(repo, &old_records)?;
         lease.check()?;
         // Step 3: only the new keys count.
@@ -125,11 +128,15 @@ fn ensure_alone(repo: &Repository, records: &Records) -> Result<()> {
     .hint("run `lifeboat key rotate --full` again when they have finished (an interrupted rotation resumes)"))
 }
 
-/// Re-seal every manifest, index file and record of `storage` (the repository, or a replica
-/// `sync` re-keys) under the newest keys, which must be rekeying: opening every epoch's.
+/// Re-seal every manifest, index file and record of `storage` under the newest keys, which
+/// must be rekeying (opening every epoch's). Re-keying a replica (`source`: the repository,
+/// already re-keyed), its manifests are the source's re-sealed ones: one only the replica
+/// holds is left out, since nothing can tell it from one a retired key wrote there since the
+/// rotation; and its replica lists are left out (a replica's own list sends nothing).
 pub fn reseal(
     storage: &dyn crate::storage::Storage,
     keys: &MasterKeys,
+    source: Option<&dyn crate::storage::Storage>,
     report: &mut RekeyReport,
 ) -> Result<()> {
     for obj in storage.list("backups/")? {
@@ -137,13 +144,35 @@ pub fn reseal(
         if !crate::id::is_backup_id(&id) {
             continue;
         }
-        let data = storage.get(&obj.name)?;
-        let plain = keys.open(ObjectKind::Manifest, id.as_bytes(), &data, &obj.name)?;
-        storage.put_replace(
-            &obj.name,
-            &keys.seal(ObjectKind::Manifest, id.as_bytes(), &plain)?,
-        )?;
-        report.manifests += 1;
+        let resealed = match source {
+            Some(source) => match source.get(&obj.name) {
+                Ok(data) => Ok(data),
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    Err("only this replica holds it".to_string())
+                }
+                Err(e) => return Err(e),
+            },
+            None => {
+                let data = storage.get(&obj.name)?;
+                keys.open(ObjectKind::Manifest, id.as_bytes(), &data, &obj.name)
+                    .and_then(|plain| keys.seal(ObjectKind::Manifest, id.as_bytes(), &plain))
+                    .map_err(|e| e.message)
+            }
+        };
+        match resealed {
+            Ok(sealed) => {
+                storage.put_replace(&obj.name, &sealed)?;
+                report.manifests += 1;
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "{}: {} left out of the key rotation: {why}",
+                    storage.describe(),
+                    obj.name
+                );
+                report.left_out.push(format!("{}: {why}", obj.name));
+            }
+        }
     }
     for (name, id) in crate::repo::index::list_index_files(storage)? {
         let data = match storage.get(&name) {
@@ -175,6 +204,9 @@ pub fn reseal(
     }
     let records = Records::sealed(std::sync::Arc::new(keys.clone()));
     for prefix in RECORD_PREFIXES {
+        if source.is_some() && prefix == "replicas/" {
+            continue;
+        }
         for obj in storage.list(prefix)? {
             let data = match storage.get(&obj.name) {
                 Ok(d) => d,

@@ -35,7 +35,9 @@ pub fn read_replicas(
     records: &Records,
 ) -> Result<(ReplicaList, Option<String>)> {
     let mut versions = storage.list("replicas/")?;
-    versions.sort_by(|a, b| b.name.cmp(&a.name));
+    // Newest first, by the time in the name (as a number: a planted name of another width
+    // must not sort past the real ones).
+    versions.sort_by(|a, b| (version_ms(&b.name), &b.name).cmp(&(version_ms(&a.name), &a.name)));
     for v in versions {
         let data = match storage.get(&v.name) {
             Ok(d) => d,
@@ -54,15 +56,26 @@ pub fn read_replicas(
     Ok((ReplicaList::default(), None))
 }
 
+/// The milliseconds in a replica list version's name (`replicas/<ms>-<rand>`).
+pub fn version_ms(name: &str) -> Option<i64> {
+    object_id(name).split('-').next()?.parse().ok()
+}
+
 /// Store a new version of the replica list; returns its object name.
 pub fn write_replicas(
     storage: &dyn Storage,
     records: &Records,
     list: &ReplicaList,
 ) -> Result<String> {
+    // Named after the newest authentic version, whatever its time says: this one must win.
+    let newest_ms = read_replicas(storage, records)?
+        .1
+        .as_deref()
+        .and_then(version_ms)
+        .unwrap_or(0);
     let name = format!(
         "replicas/{:016}-{:08x}",
-        jiff::Timestamp::now().as_millisecond(),
+        jiff::Timestamp::now().as_millisecond().max(newest_ms + 1),
         rand::random::<u32>()
     );
     storage.put_new(&name, &records.encode(&name, list)?)?;
@@ -144,7 +157,7 @@ fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<Confi
     if data == source {
         return Ok(ConfigUpdate::None);
     }
-    let (theirs, _) = RepoConfig::parse(&data, &target.describe())?;
+    let (theirs, mac) = RepoConfig::parse(&data, &target.describe())?;
     if theirs.id != repo.config.id {
         return Err(Error::usage(format!(
             "{} holds another repository ({}), not a replica of this one ({})",
@@ -180,15 +193,27 @@ fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<Confi
             target.describe()
         )));
     }
-    let behind = match (&theirs.keys, &repo.config.keys) {
-        (Some(t), Some(s)) => t.epoch < s.epoch || t.rekeying,
-        _ => false,
-    };
-    Ok(if behind {
-        ConfigUpdate::Rekey
-    } else {
-        ConfigUpdate::Replace
-    })
+    // Act on the target's config only if it is authentic (under the keys of its epoch): an
+    // edited one is simply replaced, and nothing of the replica is re-sealed on its word.
+    if let (Some(keys), Some(t)) = (repo.keys(), &theirs.keys) {
+        let root = if t.epoch == keys.root.epoch {
+            Some(&keys.root)
+        } else {
+            keys.past.get(t.epoch as usize)
+        };
+        let authentic = root.is_some_and(|r| theirs.verify(mac.as_deref(), r).is_ok());
+        if !authentic {
+            tracing::warn!(
+                "the config of the replica at {} is not authentic; replaced by this repository's",
+                target.describe()
+            );
+            return Ok(ConfigUpdate::Replace);
+        }
+        if t.epoch < keys.root.epoch || t.rekeying {
+            return Ok(ConfigUpdate::Rekey);
+        }
+    }
+    Ok(ConfigUpdate::Replace)
 }
 
 fn sync_marked(
@@ -216,7 +241,7 @@ fn sync_marked(
             .unwrap_or_default();
         rekeying.set_generation_epochs(epochs, true);
         let mut report = crate::ops::rekey::RekeyReport::default();
-        crate::ops::rekey::reseal(target, &rekeying, &mut report)?;
+        crate::ops::rekey::reseal(target, &rekeying, Some(repo.storage()), &mut report)?;
         tracing::info!(
             "{}: re-keyed {} manifests, {} index files, {} records",
             target.describe(),
@@ -224,6 +249,13 @@ fn sync_marked(
             report.index_files,
             report.records
         );
+        if !report.left_out.is_empty() {
+            tracing::warn!(
+                "{}: {} backups only this replica held are no longer readable there (a full key rotation cannot vouch for them)",
+                target.describe(),
+                report.left_out.len()
+            );
+        }
     }
     if repo.is_write_only() {
         // Without the key to the page lists, copy by name: every pack the target lacks
@@ -759,9 +791,18 @@ pub fn record(repo: &Repository, report: &SyncReport) {
         let _ = crate::storage::local::create_private_dir(dir);
     }
     if let Ok(data) = serde_json::to_vec_pretty(&states) {
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, &path));
+        use std::io::Write;
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let written = crate::storage::local::create_private_file(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&data)
+                    .map_err(|e| Error::io("cannot write", &tmp, e))
+            })
+            .and_then(|()| {
+                std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))
+            });
         if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
             tracing::warn!("cannot record sync state in {}: {e}", path.display());
         }
     }

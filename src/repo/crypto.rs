@@ -174,6 +174,21 @@ impl RootKeys {
         key
     }
 
+    /// Whether a stored data key is in the format-2 envelope (format 1 never wrote one): a
+    /// format-1 config beside it was put there to downgrade the repository.
+    pub fn data_key_is_format_2(&self, generation: u32, sealed: &[u8]) -> bool {
+        let mut sealer = self.as_sealer();
+        sealer.legacy = Legacy::none();
+        sealer
+            .open(
+                ObjectKind::DataKey,
+                &generation.to_le_bytes(),
+                sealed,
+                "data key",
+            )
+            .is_ok()
+    }
+
     /// Seal the root keys of earlier epochs under these (stored as `keys/past-<epoch>`).
     pub fn seal_past(&self, past: &[RootKeys]) -> Result<Vec<u8>> {
         let plain =

@@ -65,6 +65,10 @@ pub struct KeysSection {
     /// those not yet re-sealed are refused (run `key rotate --full` again to finish).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rekeying: bool,
+    /// The key files (`keys/<id>`) the owners made: tried first, so that key files planted
+    /// in the storage cannot crowd them out of a command's key-derivation budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_files: Vec<String>,
 }
 
 impl RepoConfig {
@@ -236,6 +240,7 @@ mod tests {
                 data_keys: vec![0],
                 recipient: None,
                 rekeying: false,
+                key_files: vec![],
             }),
             upgraded_from: None,
             revision: 0,

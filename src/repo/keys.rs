@@ -111,24 +111,23 @@ fn store_recipient_file(
     storage.put_replace(&name, &data)
 }
 
-/// The keys section of a new repository.
-pub fn new_section(recipient: Option<[u8; 32]>) -> KeysSection {
+/// The keys section of a new repository, whose first key file is `key_file`.
+pub fn new_section(recipient: Option<[u8; 32]>, key_file: &str) -> KeysSection {
     KeysSection {
         epoch: 0,
         data_keys: vec![0],
         recipient: recipient.map(|r| recipient_string(&r)),
         rekeying: false,
+        key_files: vec![key_file.to_string()],
     }
 }
 
 /// Store the keys of a new repository (whose config, naming them, is already written):
-/// data key generation 0, the identity's copy of the root keys, and one key file.
+/// data key generation 0, the identity's copy of the root keys, and its key file `kf`.
 pub fn create(
     storage: &dyn Storage,
     root: &RootKeys,
-    passphrase: &Passphrase,
-    params: KdfParams,
-    host: &str,
+    kf: &KeyFile,
     recipient: Option<[u8; 32]>,
 ) -> Result<Unlocked> {
     let (data_key, sealed) = root.new_data_key(0)?;
@@ -142,8 +141,7 @@ pub fn create(
     if let Some(public) = &recipient {
         store_recipient_file(storage, public, root)?;
     }
-    let kf = KeyFile::wrap(root, passphrase.as_bytes(), params, host)?;
-    store_key_file(storage, &kf)?;
+    store_key_file(storage, kf)?;
     Ok(Unlocked {
         master: Arc::new(MasterKeys::new(
             std::slice::from_ref(root),
@@ -153,7 +151,7 @@ pub fn create(
         )),
         root: root.clone(),
         past: Vec::new(),
-        key_id: kf.id,
+        key_id: kf.id.clone(),
         by_identity: false,
     })
 }
@@ -186,17 +184,33 @@ pub fn unlock(
     if files.is_empty() {
         return Err(missing_key_files(storage));
     }
-    files.sort_by_key(|k| (Some(k.id.as_str()) != preferred, k.params.work()));
+    // The one that worked here last, then those the (not yet authenticated) config lists,
+    // then the rest, cheapest first.
+    let listed: Vec<&str> = config
+        .keys
+        .as_ref()
+        .map(|k| k.key_files.iter().take(16).map(String::as_str).collect())
+        .unwrap_or_default();
+    files.sort_by_key(|k| {
+        (
+            Some(k.id.as_str()) != preferred,
+            !listed.contains(&k.id.as_str()),
+            k.params.work(),
+        )
+    });
     // Which error to report: a key that opened but is not this repository's (retired by a
     // full rotation), else a wrong passphrase, else unusable key files.
     let mut retired: Option<Error> = None;
     let mut wrong: Option<Error> = None;
     let mut other: Option<Error> = None;
     let mut spent = 0u64;
+    let mut untried = 0;
     for kf in &files {
-        if kf.params.within_ceiling().is_ok() {
+        let favoured = Some(kf.id.as_str()) == preferred || listed.contains(&kf.id.as_str());
+        if kf.params.within_ceiling().is_ok() && !favoured {
             spent += kf.params.work();
             if spent > KDF_BUDGET {
+                untried = files.len() - files.iter().position(|f| f.id == kf.id).unwrap_or(0);
                 tracing::warn!(
                     "{} has {} key files; gave up after the cheapest that fit the key derivation budget (planted ones?)",
                     storage.describe(),
@@ -220,10 +234,22 @@ pub fn unlock(
             }
         }
     }
-    Err(retired
+    let e = retired
         .or(wrong)
         .or(other)
-        .unwrap_or_else(|| Error::new(ErrorKind::Auth, "wrong passphrase")))
+        .unwrap_or_else(|| Error::new(ErrorKind::Auth, "wrong passphrase"));
+    if untried > 0 {
+        return Err(Error::new(
+            e.kind,
+            format!(
+                "{}; {untried} of the repository's {} key files were not tried (too many: planted ones?)",
+                e.message,
+                files.len()
+            ),
+        )
+        .hint("check the passphrase; then look at `keys/` on the storage for key files nobody made"));
+    }
+    Err(e)
 }
 
 /// Open a write-only repository with the private identity: full read access.
@@ -389,6 +415,16 @@ fn open_format_1(
     loop {
         let generation = data_keys.len() as u32;
         match storage.get(&data_key_name(generation)) {
+            Ok(sealed) if root.data_key_is_format_2(generation, &sealed) => {
+                return Err(Error::new(
+                    ErrorKind::Trust,
+                    format!(
+                        "the config of the repository at {} says format 1, but its data keys are format 2's: an old config was put in its place",
+                        storage.describe()
+                    ),
+                )
+                .hint("restore `config` from a replica; do not run `repo upgrade` on it"));
+            }
             Ok(sealed) => data_keys.push(root.open_data_key(generation, &sealed)?),
             Err(e) if e.kind == ErrorKind::NotFound => break,
             Err(e) => return Err(e),
@@ -435,8 +471,9 @@ pub fn add(
     Ok(kf)
 }
 
-/// Remove a key file. The last key and the key in use cannot be removed.
-pub fn remove(storage: &dyn Storage, unlocked: &Unlocked, id: &str) -> Result<()> {
+/// Remove a key file (returns its full id). The last key and the key in use cannot be
+/// removed.
+pub fn remove(storage: &dyn Storage, unlocked: &Unlocked, id: &str) -> Result<String> {
     let files = list(storage)?;
     let matching: Vec<&KeyFile> = files.iter().filter(|k| k.id.starts_with(id)).collect();
     let kf = match matching.as_slice() {
@@ -461,7 +498,8 @@ pub fn remove(storage: &dyn Storage, unlocked: &Unlocked, id: &str) -> Result<()
             "refusing to remove the last key: the data would be unreadable",
         ));
     }
-    storage.delete(&key_file_name(&kf.id))
+    storage.delete(&key_file_name(&kf.id))?;
+    Ok(kf.id.clone())
 }
 
 /// Replace the key in use with one for a new passphrase.
@@ -527,6 +565,7 @@ pub fn new_epoch(
     next.epoch = epoch;
     next.data_keys.push(epoch);
     next.rekeying = true;
+    next.key_files = vec![kf.id.clone()];
     let mut data_keys = unlocked.master.data_keys.clone();
     data_keys.push(data_key);
     let mut epochs = past.clone();

@@ -89,6 +89,20 @@ impl Repository {
             NewRepo::Plain => None,
             NewRepo::Encrypted { .. } => Some(RootKeys::generate(0)),
         };
+        let key_file = match (&kind, &root) {
+            (
+                NewRepo::Encrypted {
+                    passphrase, params, ..
+                },
+                Some(root),
+            ) => Some(crypto::KeyFile::wrap(
+                root,
+                passphrase.as_bytes(),
+                *params,
+                &crate::ops::backup::hostname(),
+            )?),
+            _ => None,
+        };
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
             features: Vec::new(),
@@ -105,9 +119,11 @@ impl Repository {
             }
             .into(),
             pack_size: 16 << 20,
-            keys: match &kind {
-                NewRepo::Plain => None,
-                NewRepo::Encrypted { recipient, .. } => Some(keys::new_section(*recipient)),
+            keys: match (&kind, &key_file) {
+                (NewRepo::Encrypted { recipient, .. }, Some(kf)) => {
+                    Some(keys::new_section(*recipient, &kf.id))
+                }
+                _ => None,
             },
             upgraded_from: None,
             revision: 0,
@@ -122,22 +138,10 @@ impl Repository {
                 storage.describe()
             )));
         }
-        let keys = match (kind, root) {
-            (
-                NewRepo::Encrypted {
-                    passphrase,
-                    params,
-                    recipient,
-                },
-                Some(root),
-            ) => Some(keys::create(
-                storage.as_ref(),
-                &root,
-                passphrase,
-                params,
-                &crate::ops::backup::hostname(),
-                recipient,
-            )?),
+        let keys = match (kind, root, key_file) {
+            (NewRepo::Encrypted { recipient, .. }, Some(root), Some(kf)) => {
+                Some(keys::create(storage.as_ref(), &root, &kf, recipient)?)
+            }
             _ => None,
         };
         Ok(Repository {
@@ -300,6 +304,16 @@ impl Repository {
             .as_mut()
             .ok_or_else(|| Error::internal("keys vanished"))?;
         Ok(std::sync::Arc::make_mut(&mut k.master).push_data_key(key))
+    }
+
+    /// Change the list of key files in the config (`key add`, `key remove`, `key passwd`).
+    pub fn update_key_files(&mut self, change: impl FnOnce(&mut Vec<String>)) -> Result<()> {
+        let mut config = self.config.clone();
+        let Some(section) = config.keys.as_mut() else {
+            return Ok(());
+        };
+        change(&mut section.key_files);
+        self.write_config(config, None)
     }
 
     /// Replace the keys with those of a full rotation once its config is written.
@@ -465,12 +479,19 @@ impl Repository {
         names
     }
 
-    /// All backups, oldest first. An unreadable manifest is an error naming it.
+    /// All backups, oldest first. An unreadable manifest is an error naming it. A manifest
+    /// that an (authentic) tombstone says was forgotten is left out: copying an old
+    /// manifest back does not bring a forgotten backup back.
     pub fn list_backups(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
+        let forgotten = tombstones::read(self.storage.as_ref(), &self.records())?.backups;
         for obj in self.storage.list("backups/")? {
             let id = obj.name.rsplit('/').next().unwrap_or_default();
             if !is_backup_id(id) {
+                continue;
+            }
+            if forgotten.contains(id) {
+                tracing::warn!("{} was forgotten (a tombstone names it); ignored", obj.name);
                 continue;
             }
             out.push(self.read_manifest(id)?);

@@ -7,8 +7,10 @@
 //!    resolve and check against their keyed ids (a manifest planted with the format-1
 //!    envelope, which mixed in no secret, names lists nobody could forge, and fails; it is
 //!    left out and reported, and format 2 refuses it);
-//! 2. encrypted repositories: every coordination record (pins, verifications, tombstones,
-//!    replica lists, deletion plans) sealed under the data key;
+//! 2. encrypted repositories: pins and verifications sealed under the data key (a planted
+//!    one can only keep a backup longer); replica lists, tombstones and deletion plans
+//!    dropped, since format 1 did not authenticate them (a planted replica list would send
+//!    backups elsewhere): replicas are added again with `replica add`;
 //! 3. the config, last: format 2, the key layout and the recipient inside it, authenticated.
 //!
 //! Crash-safe: until step 3 the repository is still format 1 (and stays readable: format 1
@@ -32,16 +34,18 @@ pub struct UpgradeReport {
     /// Manifests that failed their check and were left out (forged or damaged).
     pub manifests_refused: Vec<String>,
     pub records_sealed: usize,
+    /// Replicas named by the format-1 replica list, which could not be authenticated and was
+    /// dropped: to be added again with `lifeboat replica add URL`.
+    pub replicas_dropped: Vec<String>,
 }
 
-const RECORD_PREFIXES: [&str; 6] = [
-    "pins/",
-    "verified/",
-    "forgotten/",
-    "dropped/",
-    "replicas/",
-    "plans/",
-];
+/// Records format 1 kept as plain JSON that are sealed as they are: a planted pin or
+/// verification can only keep a backup longer.
+const RECORDS_KEPT: [&str; 2] = ["pins/", "verified/"];
+/// Records that are dropped: a planted replica list would send backups elsewhere, a planted
+/// tombstone keep a backup from a replica, a planted plan steer prune. Replicas are added
+/// again (`replica add`); tombstones and plans are written again by the next forget and prune.
+const RECORDS_DROPPED: [&str; 4] = ["replicas/", "forgotten/", "dropped/", "plans/"];
 
 pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
     let from = repo.config.format_version;
@@ -103,6 +107,10 @@ fn upgrade_locked(
             data_keys: keys::format_1_generations(unlocked),
             recipient: recipient.map(|r| crate::repo::crypto::recipient_string(&r)),
             rekeying: false,
+            key_files: keys::list(repo.storage())?
+                .into_iter()
+                .map(|k| k.id)
+                .collect(),
         });
         // The keys as format 2 sees them: format-1 envelopes accepted only where safe.
         let mut v2 = MasterKeys::new(
@@ -117,6 +125,10 @@ fn upgrade_locked(
             keys::upgrade_recipient(repo.storage(), r, &unlocked.root)?;
             reseal_manifests(repo, &v2, &mut report)?;
         }
+        report.replicas_dropped =
+            crate::ops::sync::read_replicas(repo.storage(), &Records::plain())
+                .map(|(list, _)| list.replicas)
+                .unwrap_or_default();
         report.records_sealed = seal_records(repo, &Records::sealed(v2))?;
     }
     lease.check()?;
@@ -176,7 +188,12 @@ fn reseal_manifests(repo: &Repository, v2: &MasterKeys, report: &mut UpgradeRepo
 fn seal_records(repo: &Repository, sealed: &Records) -> Result<usize> {
     let storage = repo.storage();
     let mut n = 0;
-    for prefix in RECORD_PREFIXES {
+    for prefix in RECORDS_DROPPED {
+        for obj in storage.list(prefix)? {
+            storage.delete(&obj.name)?;
+        }
+    }
+    for prefix in RECORDS_KEPT {
         for obj in storage.list(prefix)? {
             let data = match storage.get(&obj.name) {
                 Ok(d) => d,

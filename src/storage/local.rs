@@ -1,6 +1,10 @@
 //! A repository in a local folder. Objects are written to `tmp/`, fsynced, then hard-linked
 //! into place: `link(2)` fails if the name exists, which gives create-only semantics that
 //! `rename(2)` would not, and a crash leaves only a stray file in `tmp/`.
+//!
+//! No symbolic link below the repository's folder is followed (the folder itself may be
+//! one): whoever can write the folder could otherwise make Lifeboat read files outside it
+//! and copy them to a replica, or delete them, with its own privileges (often root's).
 
 use super::{ObjectInfo, Storage};
 use crate::error::{Error, IoContext, Result};
@@ -35,8 +39,14 @@ impl LocalStorage {
             files.push(entry);
             return Ok(f);
         }
-        let p = self.path(name);
-        let f = Arc::new(File::open(&p).ctx("cannot open", &p)?);
+        let p = self.path(name)?;
+        let f = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .ctx("cannot open", &p)?,
+        );
         if files.len() == OPEN_FILES {
             files.remove(0);
         }
@@ -48,8 +58,31 @@ impl LocalStorage {
         &self.root
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.root.join(name)
+    /// The path of object `name`, refusing one that leaves the folder or goes through a
+    /// symbolic link.
+    fn path(&self, name: &str) -> Result<PathBuf> {
+        let mut p = self.root.clone();
+        for part in Path::new(name).components() {
+            match part {
+                std::path::Component::Normal(c) => p.push(c),
+                _ => {
+                    return Err(Error::integrity(format!(
+                        "'{name}' is not a repository object name"
+                    )))
+                }
+            }
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(Error::new(
+                    crate::error::ErrorKind::Trust,
+                    format!(
+                        "{} is a symbolic link; Lifeboat follows no link inside a repository (it could lead outside it)",
+                        p.display()
+                    ),
+                )
+                .hint("remove the link and find out who made it; to keep a repository on another disk, link (or mount) the repository's folder itself"));
+            }
+        }
+        Ok(p)
     }
 
     fn temp_path(&self) -> Result<PathBuf> {
@@ -59,7 +92,7 @@ impl LocalStorage {
 
     /// Link a finished, fsynced temp file to its final name without replacing anything.
     fn link_into_place(&self, tmp: &Path, name: &str) -> Result<bool> {
-        let dest = self.path(name);
+        let dest = self.path(name)?;
         if let Some(parent) = dest.parent() {
             let mut created = Vec::new();
             let mut dir = Some(parent);
@@ -143,7 +176,7 @@ impl Storage for LocalStorage {
     }
 
     fn put_new(&self, name: &str, data: &[u8]) -> Result<bool> {
-        if self.path(name).exists() {
+        if self.path(name)?.exists() {
             return Ok(false);
         }
         let tmp = self.temp_path()?;
@@ -159,7 +192,13 @@ impl Storage for LocalStorage {
     fn put_replace(&self, name: &str, data: &[u8]) -> Result<()> {
         let tmp = self.temp_path()?;
         let mut f = create_private_file(&tmp)?;
-        let dest = self.path(name);
+        let dest = match self.path(name) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         let written = f
             .write_all(data)
             .and_then(|_| f.sync_all())
@@ -187,19 +226,27 @@ impl Storage for LocalStorage {
     }
 
     fn staging_dir(&self) -> Result<PathBuf> {
-        let dir = self.root.join("tmp");
+        let dir = self.path("tmp")?;
         create_private_dir(&dir)?;
         Ok(dir)
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
-        let p = self.path(name);
-        fs::read(&p).ctx("cannot read", &p)
+        use std::io::Read;
+        let p = self.path(name)?;
+        let mut out = Vec::new();
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&p)
+            .and_then(|mut f| f.read_to_end(&mut out))
+            .ctx("cannot read", &p)?;
+        Ok(out)
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let p = self.path(name);
+        let p = self.path(name)?;
         let f = self.open_cached(name)?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
@@ -217,7 +264,11 @@ impl Storage for LocalStorage {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        let base = self.path(prefix.trim_end_matches('/'));
+        let base = if prefix.trim_end_matches('/').is_empty() {
+            self.root.clone()
+        } else {
+            self.path(prefix.trim_end_matches('/'))?
+        };
         if !base.exists() {
             return Ok(out);
         }
@@ -225,6 +276,13 @@ impl Storage for LocalStorage {
         while let Some(dir) = stack.pop() {
             for entry in fs::read_dir(&dir).ctx("cannot list", &dir)? {
                 let entry = entry.ctx("cannot list", &dir)?;
+                if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                    tracing::warn!(
+                        "{} is a symbolic link; ignored (Lifeboat follows no link inside a repository)",
+                        entry.path().display()
+                    );
+                    continue;
+                }
                 let meta = match entry.metadata() {
                     Ok(m) => m,
                     // Removed between listing and stat (a temp file being renamed): skip it.
@@ -246,11 +304,11 @@ impl Storage for LocalStorage {
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
-        Ok(self.path(name).exists())
+        Ok(self.path(name)?.exists())
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        let p = self.path(name);
+        let p = self.path(name)?;
         match fs::remove_file(&p) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -286,5 +344,36 @@ mod tests {
             s.get_range("backups/a", 2, 5).unwrap_err().kind,
             crate::error::ErrorKind::Integrity
         );
+    }
+
+    #[test]
+    fn no_link_inside_the_folder_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("secret"), b"root only").unwrap();
+        let s = LocalStorage::new(dir.path().join("repo"));
+        s.put_new("backups/a", b"one").unwrap();
+        // A file link: not read, not listed.
+        std::os::unix::fs::symlink(outside.join("secret"), dir.path().join("repo/keys")).unwrap();
+        assert!(s.get("keys").is_err());
+        assert!(s.list("").unwrap().iter().all(|o| o.name != "keys"));
+        // A folder link: not listed through, not written or deleted through.
+        fs::remove_dir_all(dir.path().join("repo/tmp")).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.path().join("repo/tmp")).unwrap();
+        assert!(s.list("tmp/").is_err());
+        assert!(s.delete("tmp/secret").is_err());
+        assert!(
+            s.put_new("backups/b", b"two").is_err(),
+            "staging through a link"
+        );
+        assert!(s.get("tmp/secret").is_err());
+        assert!(s.get("../outside/secret").is_err());
+        assert_eq!(fs::read(outside.join("secret")).unwrap(), b"root only");
+        // The repository's folder itself may be a link.
+        let linked = LocalStorage::new(dir.path().join("link-to-repo"));
+        std::os::unix::fs::symlink(dir.path().join("repo"), dir.path().join("link-to-repo"))
+            .unwrap();
+        assert_eq!(linked.get("backups/a").unwrap(), b"one");
     }
 }
