@@ -28,43 +28,13 @@ const ROW_VALUE: &str = "pelican-4417-distinctive-row-value";
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// One run of `lifeboat`: exit code, stdout, stderr.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.text()))
-    }
-    fn ok(self, what: &str) -> Out {
-        assert_eq!(self.code, 0, "{what} failed:\n{}", self.text());
-        self
-    }
-    fn code(self, code: i32, what: &str) -> Out {
-        assert_eq!(self.code, code, "{what}: wrong exit code:\n{}", self.text());
-        self
-    }
-}
-
 /// Run `lifeboat ARGS` with extra environment variables (stdin is not a terminal).
 fn run_vars(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Out {
     let mut c = env.std_cmd();
     for (k, v) in vars {
         c.env(k, v);
     }
-    let o = c.args(args).output().expect("run lifeboat");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    Out::of(c.args(args).output().expect("run lifeboat"))
 }
 
 /// Run `lifeboat ARGS` with `LIFEBOAT_PASSWORD=pw` (none if `pw` is None).

@@ -22,35 +22,6 @@ enum Mode {
     WriteOnly,
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn text(&self) -> String {
-        format!("{}{}", self.stdout, self.stderr)
-    }
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.text()))
-    }
-    fn ok(self, what: &str) -> Out {
-        assert_eq!(self.code, 0, "{what} failed:\n{}", self.text());
-        self
-    }
-    fn fails(self, code: i32, what: &str, says: &str) -> Out {
-        assert_eq!(self.code, code, "{what}: wrong exit code:\n{}", self.text());
-        assert!(
-            self.text().contains(says),
-            "{what} should say {says:?}:\n{}",
-            self.text()
-        );
-        self
-    }
-}
-
 /// A repository with two genuine backups, its source database, the host (passphrase) and
 /// the owner (passphrase, or the identity on another machine).
 struct Case {
@@ -119,12 +90,21 @@ impl Case {
         for (k, v) in vars {
             c.env(k, v);
         }
-        let o = c.args(args).output().expect("run lifeboat");
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        Out::of(c.args(args).output().expect("run lifeboat"))
+    }
+
+    /// `lifeboat` with passphrase `pw` on another repository location `url`, as `home`.
+    fn elsewhere(&self, home: &str, pw: &str, url: &str, args: &[&str]) -> Out {
+        Out::of(
+            self.env
+                .std_cmd()
+                .env("HOME", self.env.path(home))
+                .env("LIFEBOAT_PASSWORD", pw)
+                .args(["--repo", url])
+                .args(args)
+                .output()
+                .expect("run lifeboat"),
+        )
     }
 
     fn run(&self, vars: &[(&str, &str)], args: &[&str]) -> Out {
@@ -502,6 +482,22 @@ fn format_1_envelopes_cannot_forge_manifests() {
 // 4. A compromised write-only host cannot make prune delete what backups need.
 // ---------------------------------------------------------------------------------------
 
+/// The repository (a local copy of it) as the backup host opens it with the library.
+fn host_library_repo(case: &Case) -> lifeboat::repo::Repository {
+    let work = case.env.path(&format!("host-copy-{}", unique()));
+    case.store.download(&work);
+    let mut ask = || Ok(lifeboat::secret::Passphrase::new(HOST_PW.to_string()));
+    lifeboat::repo::Repository::open(
+        Box::new(lifeboat::storage::LocalStorage::new(&work)),
+        lifeboat::repo::Unlock::Passphrase {
+            ask: &mut ask,
+            given: true,
+            preferred_key: None,
+        },
+    )
+    .expect("the host opens its repository")
+}
+
 /// As the backup host, with its passphrase key and the library: an index file naming every
 /// blob of every genuine pack at a junk copy, listed before the genuine index files.
 fn plant_junk_copies(case: &Case) -> Vec<String> {
@@ -509,20 +505,8 @@ fn plant_junk_copies(case: &Case) -> Vec<String> {
     use lifeboat::repo::crypto::ObjectKind;
     use lifeboat::repo::index::{encode_index_file, index_object_name, IndexedPack};
     use lifeboat::repo::pack::{pack_object_name, PackWriter};
-    use lifeboat::repo::{Repository, Unlock};
 
-    let work = case.env.path(&format!("host-copy-{}", unique()));
-    case.store.download(&work);
-    let mut ask = || Ok(lifeboat::secret::Passphrase::new(HOST_PW.to_string()));
-    let repo = Repository::open(
-        Box::new(lifeboat::storage::LocalStorage::new(&work)),
-        Unlock::Passphrase {
-            ask: &mut ask,
-            given: true,
-            preferred_key: None,
-        },
-    )
-    .expect("the host opens its repository");
+    let repo = host_library_repo(case);
     assert!(repo.is_write_only());
     let genuine: Vec<(String, lifeboat::id::Hash)> =
         lifeboat::repo::index::list_index_files(repo.storage()).unwrap();
@@ -1073,22 +1057,7 @@ fn a_full_rotation_re_keys_the_replicas() {
             "{k} removed from the replica"
         );
     }
-    let on_replica = |args: &[&str]| {
-        let o = case
-            .env
-            .std_cmd()
-            .env("HOME", case.env.path("home"))
-            .env("LIFEBOAT_PASSWORD", HOST_PW)
-            .args(["--repo", replica.as_str()])
-            .args(args)
-            .output()
-            .unwrap();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    };
+    let on_replica = |args: &[&str]| case.elsewhere("home", HOST_PW, &replica, args);
     let list = on_replica(&["list", "--json"])
         .ok("list the replica")
         .json();
@@ -1107,19 +1076,7 @@ fn a_full_rotation_re_keys_the_replicas() {
 fn plant_empty_description(case: &Case) -> String {
     use lifeboat::repo::crypto::ObjectKind;
     use lifeboat::repo::index::{encode_index_file, index_object_name, IndexedPack};
-    use lifeboat::repo::{Repository, Unlock};
-    let work = case.env.path(&format!("host-copy-{}", unique()));
-    case.store.download(&work);
-    let mut ask = || Ok(lifeboat::secret::Passphrase::new(HOST_PW.to_string()));
-    let repo = Repository::open(
-        Box::new(lifeboat::storage::LocalStorage::new(&work)),
-        Unlock::Passphrase {
-            ask: &mut ask,
-            given: true,
-            preferred_key: None,
-        },
-    )
-    .expect("the host opens its repository");
+    let repo = host_library_repo(case);
     let genuine = lifeboat::repo::index::list_index_files(repo.storage()).unwrap();
     let first = genuine.iter().map(|(n, _)| n.clone()).min().unwrap();
     let mut biggest: Option<IndexedPack> = None;
@@ -1190,20 +1147,7 @@ fn a_planted_description_of_a_pack_hides_nothing_from_restore_or_prune() {
 
 /// `lifeboat` with `pw` on the repository at `url` (another HOME: the holder of a leaked key).
 fn thief(case: &Case, pw: &str, url: &str, args: &[&str]) -> Out {
-    let o = case
-        .env
-        .std_cmd()
-        .env("HOME", case.env.path("home-thief"))
-        .env("LIFEBOAT_PASSWORD", pw)
-        .args(["--repo", url])
-        .args(args)
-        .output()
-        .unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    case.elsewhere("home-thief", pw, url, args)
 }
 
 const LEAKED: &str = "leaked-passphrase-5512";
@@ -1297,20 +1241,11 @@ fn an_edited_replica_config_makes_sync_re_seal_nothing() {
     }
     edit_config(&replica_store, |v| v["keys"]["rekeying"] = json!(true));
     case.host(&["sync"]).ok("sync");
-    let mut c = case.env.std_cmd();
-    let o = c
-        .env("HOME", case.env.path("home"))
-        .env("LIFEBOAT_PASSWORD", HOST_PW)
-        .args(["--repo", &replica, "list"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    case.elsewhere("home", HOST_PW, &replica, &["list"]).fails(
+        4,
+        "the replica with a planted backup",
+        &forged,
     );
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&forged));
 }
 
 #[test]
@@ -1349,21 +1284,6 @@ fn links_inside_a_local_repository_are_not_followed() {
         std::fs::read_to_string(victim.join("important.txt")).unwrap(),
         "keep me"
     );
-}
-
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk_files(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -330,7 +330,7 @@ fn upgrade_interrupted_on_s3_resumes() {
     // config. What was done stays done, the repository stays readable, a second run ends it.
     let env = Env::new();
     let store = Storage::s3("team/repo");
-    for e in walk(&fixtures().join("write-only-many")) {
+    for e in walk_files(&fixtures().join("write-only-many")) {
         let name = e
             .strip_prefix(fixtures().join("write-only-many"))
             .unwrap()
@@ -475,22 +475,9 @@ fn newer_formats_and_unknown_features_are_refused_untouched() {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Every file under `dir` (but the staging and lock folders) and its bytes.
 fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    walk(dir)
+    walk_files(dir)
         .into_iter()
         .map(|p| (p.strip_prefix(dir).unwrap().display().to_string(), p))
         .filter(|(n, _)| !n.starts_with("tmp/") && !n.starts_with("locks/"))

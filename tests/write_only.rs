@@ -110,7 +110,7 @@ fn write_only_host_backs_up_but_cannot_read_and_the_identity_can() {
     assert_eq!(code, 8, "{out}");
 
     // Nothing in the repository names the table or holds the rows.
-    for f in walk(&env.repo()) {
+    for f in walk_files(&env.repo()) {
         let bytes = std::fs::read(&f).unwrap();
         let text = String::from_utf8_lossy(&bytes);
         assert!(!text.contains("row 1999"), "{} holds row data", f.display());
@@ -120,17 +120,4 @@ fn write_only_host_backs_up_but_cannot_read_and_the_identity_can() {
             f.display()
         );
     }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

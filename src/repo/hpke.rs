@@ -176,6 +176,22 @@ fn aead_key(aead: Aead, key: &[u8]) -> aead::LessSafeKey {
     )
 }
 
+/// The context of a Diffie-Hellman result between the encapsulated key `enc` and the
+/// recipient `pk_r` (the same on both sides); None for a low-order point.
+fn context(
+    aead: Aead,
+    dh: &x25519_dalek::SharedSecret,
+    enc: &[u8; 32],
+    pk_r: &[u8; 32],
+    info: &[u8],
+    psk: Psk,
+) -> Option<Context> {
+    let mut shared = extract_and_expand(dh, enc, pk_r)?;
+    let ctx = key_schedule(aead, &shared, info, psk);
+    shared.zeroize();
+    Some(ctx)
+}
+
 /// Seal `plain` to `pk_r` with the ephemeral secret `sk_e`: returns the encapsulated key and
 /// the ciphertext with its tag. None if `pk_r` is a low-order point.
 pub fn seal_with(
@@ -190,9 +206,7 @@ pub fn seal_with(
     let secret = x25519_dalek::StaticSecret::from(sk_e);
     let enc = x25519_dalek::PublicKey::from(&secret).to_bytes();
     let dh = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*pk_r));
-    let mut shared = extract_and_expand(&dh, &enc, pk_r)?;
-    let ctx = key_schedule(aead, &shared, info, psk);
-    shared.zeroize();
+    let ctx = context(aead, &dh, &enc, pk_r, info, psk)?;
     let mut buf = plain.to_vec();
     aead_key(aead, &ctx.key)
         .seal_in_place_append_tag(
@@ -230,9 +244,7 @@ pub fn open(
     let secret = x25519_dalek::StaticSecret::from(*sk_r);
     let pk_r = x25519_dalek::PublicKey::from(&secret).to_bytes();
     let dh = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*enc));
-    let mut shared = extract_and_expand(&dh, enc, &pk_r)?;
-    let ctx = key_schedule(aead, &shared, info, psk);
-    shared.zeroize();
+    let ctx = context(aead, &dh, enc, &pk_r, info, psk)?;
     let mut buf = sealed.to_vec();
     let len = aead_key(aead, &ctx.key)
         .open_in_place(

@@ -163,28 +163,14 @@ pub fn planned_packs(plans: &[Plan]) -> std::collections::HashSet<crate::id::Has
 /// nothing (prune re-checks every pack it deletes anyway).
 pub fn read_plans(storage: &dyn Storage, records: &Records) -> Result<Vec<Plan>> {
     let mut plans = Vec::new();
-    for obj in storage.list(PLANS)? {
-        let data = match storage.get(&obj.name) {
-            Ok(d) => d,
-            Err(e) if e.kind == ErrorKind::NotFound => continue, // swept meanwhile
-            Err(e) => return Err(e),
-        };
-        let plan: Plan = match records.decode(&obj.name, &data) {
-            Ok(p) => p,
-            Err(e) if e.kind == ErrorKind::Trust => {
-                tracing::warn!("ignored {}: {e}", obj.name);
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::integrity(format!(
-                    "deletion plan {} is unreadable: {e}",
-                    obj.name
-                ))
-                .hint("delete that object; the next `lifeboat prune` plans again from scratch"))
-            }
-        };
-        if plan_object(&plan.id) != obj.name {
-            tracing::warn!("ignored {}: it describes plan {}", obj.name, plan.id);
+    let found: Vec<(String, Plan)> = records.read_all(
+        storage,
+        PLANS,
+        "delete that object; the next `lifeboat prune` plans again from scratch",
+    )?;
+    for (name, plan) in found {
+        if plan_object(&plan.id) != name {
+            tracing::warn!("ignored {name}: it describes plan {}", plan.id);
             continue;
         }
         plans.push(plan);

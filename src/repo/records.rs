@@ -73,6 +73,33 @@ impl Records {
             .map_err(|e| Error::integrity(format!("{name} is unreadable: {e}")))
     }
 
+    /// Every authentic record under `prefix`, with its object name. One deleted meanwhile
+    /// is skipped; one that is not authentic is ignored with a warning (it decides nothing);
+    /// one that is authentic but unreadable is an error, naming it, with `hint`.
+    pub fn read_all<T: DeserializeOwned>(
+        &self,
+        storage: &dyn crate::storage::Storage,
+        prefix: &str,
+        hint: &str,
+    ) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for obj in storage.list(prefix)? {
+            let data = match storage.get(&obj.name) {
+                Ok(d) => d,
+                Err(e) if e.kind == crate::error::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            match self.decode(&obj.name, &data) {
+                Ok(v) => out.push((obj.name, v)),
+                Err(e) if e.kind == crate::error::ErrorKind::Trust => {
+                    tracing::warn!("ignored {}: {e}", obj.name)
+                }
+                Err(e) => return Err(e.hint(hint)),
+            }
+        }
+        Ok(out)
+    }
+
     /// [`Records::decode`], or None with a warning: for listings where one bad record must
     /// neither stop the command nor be acted on.
     pub fn decode_or_warn<T: DeserializeOwned>(&self, name: &str, data: &[u8]) -> Option<T> {

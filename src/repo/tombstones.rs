@@ -9,7 +9,7 @@
 //! Sync still copies a dropped pack when a backup it copies needs a blob only that pack
 //! holds; tombstones save work, they never decide what a backup can rely on.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::Result;
 use crate::repo::records::Records;
 use crate::storage::Storage;
 use serde::{Deserialize, Serialize};
@@ -47,27 +47,11 @@ fn read_prefix(
     records: &Records,
     prefix: &str,
 ) -> Result<Vec<(String, Tombstones)>> {
-    let mut out = Vec::new();
-    for obj in storage.list(prefix)? {
-        let data = match storage.get(&obj.name) {
-            Ok(d) => d,
-            Err(e) if e.kind == ErrorKind::NotFound => continue, // merged meanwhile
-            Err(e) => return Err(e),
-        };
-        let t: Tombstones = match records.decode(&obj.name, &data) {
-            Ok(t) => t,
-            Err(e) if e.kind == ErrorKind::Trust => {
-                tracing::warn!("ignored {}: {e}", obj.name);
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::integrity(format!("{} is unreadable: {e}", obj.name))
-                    .hint("delete it: at worst sync copies some forgotten data back once"))
-            }
-        };
-        out.push((obj.name, t));
-    }
-    Ok(out)
+    records.read_all(
+        storage,
+        prefix,
+        "delete it: at worst sync copies some forgotten data back once",
+    )
 }
 
 fn write(storage: &dyn Storage, records: &Records, prefix: &str, t: &Tombstones) -> Result<()> {

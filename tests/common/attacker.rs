@@ -110,7 +110,7 @@ impl Storage {
     /// Names (relative to the repository) under `prefix`, sorted.
     pub fn list(&self, prefix: &str) -> Vec<String> {
         let mut names = match &self.place {
-            Place::Local(root) => walk(root)
+            Place::Local(root) => super::walk_files(root)
                 .into_iter()
                 .filter_map(|p| Some(p.strip_prefix(root).ok()?.display().to_string()))
                 .filter(|n| n.starts_with(prefix))
@@ -153,22 +153,6 @@ impl Storage {
             std::fs::write(path, data).expect("write");
         }
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// A config object edited the way an attacker would: parse, change, write back (the MAC,

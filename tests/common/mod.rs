@@ -242,3 +242,62 @@ pub fn file_names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Every file below `dir` (none if it does not exist), in no particular order.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// One run of `lifeboat`: exit code, stdout, stderr.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn of(o: std::process::Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.text()))
+    }
+    pub fn ok(self, what: &str) -> Out {
+        assert_eq!(self.code, 0, "{what} failed:\n{}", self.text());
+        self
+    }
+    pub fn code(self, code: i32, what: &str) -> Out {
+        assert_eq!(self.code, code, "{what}: wrong exit code:\n{}", self.text());
+        self
+    }
+    /// Exit `code`, and the output says `says`.
+    pub fn fails(self, code: i32, what: &str, says: &str) -> Out {
+        let o = self.code(code, what);
+        assert!(
+            o.text().contains(says),
+            "{what} should say {says:?}:\n{}",
+            o.text()
+        );
+        o
+    }
+}
