@@ -184,13 +184,47 @@ fn s3(_: &Env) -> Storage {
     Storage::s3("victim/repo")
 }
 
+/// Run `attack` on a repository of one kind on one kind of storage.
+fn in_mode(storage: fn(&Env) -> Storage, mode: Mode, attack: fn(&mut Case)) {
+    let env = Env::new();
+    let store = storage(&env);
+    attack(&mut Case::new(env, store, mode));
+}
+
+/// Tests `NAME::local` and `NAME::s3` running `attack` on local disk and on the S3 server:
+/// in both modes, or in the one given.
+macro_rules! on_both_stores {
+    ($name:ident, $attack:ident) => {
+        mod $name {
+            #[test]
+            fn local() {
+                super::both_modes(super::local, super::$attack);
+            }
+            #[test]
+            fn s3() {
+                super::both_modes(super::s3, super::$attack);
+            }
+        }
+    };
+    ($name:ident, $attack:ident, $mode:expr) => {
+        mod $name {
+            use super::Mode;
+            #[test]
+            fn local() {
+                super::in_mode(super::local, $mode, super::$attack);
+            }
+            #[test]
+            fn s3() {
+                super::in_mode(super::s3, $mode, super::$attack);
+            }
+        }
+    };
+}
+
 /// Run `attack` on both kinds of repository on one kind of storage.
 fn both_modes(storage: fn(&Env) -> Storage, attack: fn(&mut Case)) {
     for mode in [Mode::Passphrase, Mode::WriteOnly] {
-        let env = Env::new();
-        let store = storage(&env);
-        let mut case = Case::new(env, store, mode);
-        attack(&mut case);
+        in_mode(storage, mode, attack);
     }
 }
 
@@ -239,15 +273,10 @@ fn planted_recipient(case: &mut Case) {
     assert_eq!(case.source_sha(), sha, "the source is untouched");
 }
 
-#[test]
-fn planted_recipient_does_not_redirect_backups_local() {
-    both_modes(local, planted_recipient);
-}
-
-#[test]
-fn planted_recipient_does_not_redirect_backups_s3() {
-    both_modes(s3, planted_recipient);
-}
+on_both_stores!(
+    planted_recipient_does_not_redirect_backups,
+    planted_recipient
+);
 
 // ---------------------------------------------------------------------------------------
 // 2. Encryption cannot be switched off, and a replaced repository is not accepted.
@@ -284,15 +313,7 @@ fn encryption_switched_off(case: &mut Case) {
     case.assert_genuine_restore(&[]);
 }
 
-#[test]
-fn encryption_cannot_be_switched_off_local() {
-    both_modes(local, encryption_switched_off);
-}
-
-#[test]
-fn encryption_cannot_be_switched_off_s3() {
-    both_modes(s3, encryption_switched_off);
-}
+on_both_stores!(encryption_cannot_be_switched_off, encryption_switched_off);
 
 fn replaced_repository(case: &mut Case) {
     // The attacker makes a repository of their own, with their own data, and puts it in
@@ -357,15 +378,7 @@ fn replaced_repository(case: &mut Case) {
     }
 }
 
-#[test]
-fn replaced_repository_is_refused_local() {
-    both_modes(local, replaced_repository);
-}
-
-#[test]
-fn replaced_repository_is_refused_s3() {
-    both_modes(s3, replaced_repository);
-}
+on_both_stores!(replaced_repository_is_refused, replaced_repository);
 
 // ---------------------------------------------------------------------------------------
 // 3. History cannot be forged in a write-only repository, and forget --prune keeps the
@@ -442,19 +455,11 @@ fn forged_with_own_keys(case: &mut Case) {
     forged_history(case, &[format!("backups/{id}")]);
 }
 
-#[test]
-fn forged_history_in_write_only_repositories_local() {
-    let env = Env::new();
-    let store = local(&env);
-    forged_with_own_keys(&mut Case::new(env, store, Mode::WriteOnly));
-}
-
-#[test]
-fn forged_history_in_write_only_repositories_s3() {
-    let env = Env::new();
-    let store = s3(&env);
-    forged_with_own_keys(&mut Case::new(env, store, Mode::WriteOnly));
-}
+on_both_stores!(
+    forged_history_in_write_only_repositories,
+    forged_with_own_keys,
+    Mode::WriteOnly
+);
 
 #[test]
 fn format_1_envelopes_cannot_forge_manifests() {
@@ -591,19 +596,11 @@ fn planted_index(case: &mut Case) {
     }
 }
 
-#[test]
-fn planted_index_cannot_make_prune_delete_needed_data_local() {
-    let env = Env::new();
-    let store = local(&env);
-    planted_index(&mut Case::new(env, store, Mode::WriteOnly));
-}
-
-#[test]
-fn planted_index_cannot_make_prune_delete_needed_data_s3() {
-    let env = Env::new();
-    let store = s3(&env);
-    planted_index(&mut Case::new(env, store, Mode::WriteOnly));
-}
+on_both_stores!(
+    planted_index_cannot_make_prune_delete_needed_data,
+    planted_index,
+    Mode::WriteOnly
+);
 
 // ---------------------------------------------------------------------------------------
 // 5. No silent rollback or downgrade.
@@ -671,15 +668,7 @@ fn rollback(case: &mut Case) {
     case.assert_genuine_restore(&[]);
 }
 
-#[test]
-fn no_silent_rollback_local() {
-    both_modes(local, rollback);
-}
-
-#[test]
-fn no_silent_rollback_s3() {
-    both_modes(s3, rollback);
-}
+on_both_stores!(no_silent_rollback, rollback);
 
 // ---------------------------------------------------------------------------------------
 // 6. Unauthenticated records decide nothing.
@@ -762,15 +751,7 @@ fn planted_records(case: &mut Case) {
     case.assert_genuine_restore(&[]);
 }
 
-#[test]
-fn planted_records_decide_nothing_local() {
-    both_modes(local, planted_records);
-}
-
-#[test]
-fn planted_records_decide_nothing_s3() {
-    both_modes(s3, planted_records);
-}
+on_both_stores!(planted_records_decide_nothing, planted_records);
 
 fn planted_tombstone(case: &mut Case) {
     // A replica (added by the owner), then a tombstone planted on it for a genuine backup it
@@ -860,9 +841,7 @@ fn planted_key_files(case: &mut Case) {
 
 #[test]
 fn planted_key_files_cannot_stall_a_command() {
-    let env = Env::new();
-    let store = local(&env);
-    planted_key_files(&mut Case::new(env, store, Mode::Passphrase));
+    in_mode(local, Mode::Passphrase, planted_key_files);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -973,15 +952,7 @@ fn full_rotation(case: &mut Case) {
     assert!(o.text().contains(&forged), "{}", o.text());
 }
 
-#[test]
-fn full_key_rotation_revokes_copied_keys_local() {
-    both_modes(local, full_rotation);
-}
-
-#[test]
-fn full_key_rotation_revokes_copied_keys_s3() {
-    both_modes(s3, full_rotation);
-}
+on_both_stores!(full_key_rotation_revokes_copied_keys, full_rotation);
 
 #[test]
 fn in_place_restore_follows_no_link_and_copies_no_setuid_bit() {
