@@ -1257,31 +1257,55 @@ fn links_inside_a_local_repository_are_not_followed() {
     );
 }
 
-#[test]
-fn forgotten_backups_copied_back_stay_forgotten() {
-    let env = Env::new();
-    let store = local(&env);
-    let mut case = Case::new(env, store, Mode::Passphrase);
-    let old: Vec<(String, Vec<u8>)> = case
-        .store
-        .list("backups/")
-        .into_iter()
-        .map(|n| {
-            let d = case.store.get(&n).unwrap();
-            (n, d)
-        })
-        .collect();
-    let v = case.owner_json(&["forget", "--keep-last", "1", "--prune"]);
-    assert_eq!(v["forget"]["removed"].as_array().unwrap().len(), 1, "{v}");
-    for (n, d) in &old {
-        case.store.put(n, d);
-    }
+/// Tombstones are authentic to anyone holding a key, a write-only host included, and one
+/// copied from a replica is authentic too: none may make prune delete data a present
+/// backup needs.
+fn sealed_tombstone(case: &mut Case) {
+    let repo = host_library_repo(case);
+    let all: Vec<String> = case.ids.clone();
+    let tomb = lifeboat::repo::tombstones::Tombstones {
+        backups: all.iter().cloned().collect(),
+        ..Default::default()
+    };
+    let name = "forgotten/01aaaaaaaaaaaa";
+    case.store
+        .put(name, &repo.records().encode(name, &tomb).unwrap());
+    // The same record as a replica of the repository holds it after its own forget.
+    let replica = case.store.sibling("replica");
+    case.owner(&["replica", "add", &replica]).ok("replica add");
+    case.owner(&["sync"]).ok("sync");
+    let mut forget = case.env.std_cmd();
+    forget
+        .env("HOME", case.env.path("home-owner"))
+        .args(["--repo", &replica]);
+    match case.mode {
+        Mode::Passphrase => forget.env("LIFEBOAT_PASSWORD", HOST_PW),
+        Mode::WriteOnly => forget.args(["--identity", s(&case.identity)]),
+    };
+    Out::of(
+        forget
+            .args(["forget", "--keep-last", "1", "--prune"])
+            .output()
+            .unwrap(),
+    )
+    .ok("forget on the replica");
+    let replica_store = Storage::local(&case.env, "replica");
+    let replayed = replica_store.list("forgotten/");
+    assert_eq!(replayed.len(), 1, "the replica's forget left a tombstone");
+    case.store
+        .put(&replayed[0], &replica_store.get(&replayed[0]).unwrap());
+
     let list = case.owner_json(&["list"]);
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    case.owner_json(&["prune"]);
-    case.ids.drain(..1);
-    case.dumps.drain(..1);
+    assert_eq!(list.as_array().unwrap().len(), all.len(), "{list}");
+    let v = case.owner_json(&["prune", "--max-unused", "0%"]);
+    assert_eq!(v["missing_blobs"], json!(0), "{v}");
     case.assert_genuine_restore(&[]);
+    case.owner(&["repo", "check", "--read-data"]).ok("check after prune");
+}
+
+#[test]
+fn sealed_tombstones_make_prune_delete_nothing() {
+    both_modes(local, sealed_tombstone);
 }
 
 #[test]

@@ -479,19 +479,18 @@ impl Repository {
         names
     }
 
-    /// All backups, oldest first. An unreadable manifest is an error naming it. A manifest
-    /// that an (authentic) tombstone says was forgotten is left out: copying an old
-    /// manifest back does not bring a forgotten backup back.
+    /// All backups, oldest first. An unreadable manifest is an error naming it.
+    ///
+    /// Tombstones do not filter this list: anyone holding the repository's keys, a
+    /// write-only host included, can seal one, and a tombstone copied from a replica is
+    /// authentic too. A list that dropped the backups a tombstone names would let such a
+    /// record make prune delete data a present backup needs. A forgotten manifest copied
+    /// back therefore reappears (and the next `forget` forgets it again).
     pub fn list_backups(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
-        let forgotten = tombstones::read(self.storage.as_ref(), &self.records())?.backups;
         for obj in self.storage.list("backups/")? {
             let id = obj.name.rsplit('/').next().unwrap_or_default();
             if !is_backup_id(id) {
-                continue;
-            }
-            if forgotten.contains(id) {
-                tracing::warn!("{} was forgotten (a tombstone names it); ignored", obj.name);
                 continue;
             }
             out.push(self.read_manifest(id)?);
