@@ -137,9 +137,10 @@ enum KeyCommand {
     },
     /// Start a new data key: everything written from now on uses it; old data stays readable.
     /// With --full, replace the root keys too, for when a passphrase or key file may be in
-    /// the wrong hands: every other key file is removed (add them again with `key add`),
-    /// manifests, index files and records are re-sealed, and the next backup of each
-    /// database is stored in full once (new blob ids).
+    /// the wrong hands: the new keys get a new passphrase (one no current key file opens),
+    /// every other key file is removed (add them again with `key add`), manifests, index
+    /// files and records are re-sealed, and the next backup of each database is stored in
+    /// full once (new blob ids).
     Rotate {
         /// Replace the root keys, not only the data key.
         #[arg(long)]
@@ -149,8 +150,8 @@ enum KeyCommand {
         yes: bool,
         #[command(flatten)]
         kdf: KdfArgs,
-        /// --full with --identity: the passphrase of the new key file, from this file (else
-        /// LIFEBOAT_NEW_PASSWORD, or asked twice).
+        /// --full: the new passphrase, from this file (else LIFEBOAT_NEW_PASSWORD, or asked
+        /// twice).
         #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", hide_env_values = true)]
         new_password_file: Option<PathBuf>,
     },
@@ -1427,14 +1428,9 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                     "a full key rotation removes the other key files",
                 )?;
             }
-            // The new key file is for the passphrase in use (asked again only on a terminal),
-            // or, opened with the identity, for a new one.
-            let passphrase = if repo.keys().is_some_and(|k| k.by_identity) {
-                new_passphrase(new_password_file)?
-            } else {
-                ctx.passphrase
-                    .get("Repository passphrase (for the new keys)", false)?
-            };
+            // Always a new passphrase: the old one may be in the wrong hands, and opens the
+            // retired keys wherever an old copy of the repository is put back.
+            let passphrase = new_passphrase(new_password_file)?;
             let r = lifeboat::ops::rekey::rotate_full(&mut repo, &passphrase, kdf.params(), &host)?;
             ctx.record(&repo);
             // Replicas are re-keyed now, not at the next backup: until then they still accept

@@ -32,6 +32,8 @@ struct Case {
     db: PathBuf,
     ids: Vec<String>,
     dumps: Vec<Vec<String>>,
+    /// The host's passphrase (a full key rotation gives a new one).
+    host_pw: String,
 }
 
 impl Case {
@@ -58,6 +60,7 @@ impl Case {
             db,
             ids: Vec::new(),
             dumps: Vec::new(),
+            host_pw: HOST_PW.to_string(),
         };
         let mut init = vec!["repo", "init", "--encrypt"];
         let recipient;
@@ -113,7 +116,34 @@ impl Case {
 
     /// The backup host (its passphrase; in write-only mode it cannot read).
     fn host(&self, args: &[&str]) -> Out {
-        self.run(&[("LIFEBOAT_PASSWORD", HOST_PW)], args)
+        self.run(&[("LIFEBOAT_PASSWORD", &self.host_pw)], args)
+    }
+
+    /// `key rotate --full --yes` by the owner, with a new passphrase that the host uses
+    /// from then on.
+    fn rotate_full(&mut self, json: bool) -> Out {
+        let new_pw = format!("rotated-passphrase-{}", unique());
+        let mut args = vec!["key", "rotate", "--full", "--yes"];
+        if json {
+            args.push("--json");
+        }
+        let o = match self.mode {
+            Mode::Passphrase => self.run(
+                &[
+                    ("LIFEBOAT_PASSWORD", &self.host_pw),
+                    ("LIFEBOAT_NEW_PASSWORD", &new_pw),
+                ],
+                &args,
+            ),
+            Mode::WriteOnly => {
+                let mut a = vec!["--identity", s(&self.identity)];
+                a.extend(args);
+                self.run_in("home-owner", &[("LIFEBOAT_NEW_PASSWORD", &new_pw)], &a)
+            }
+        }
+        .ok("key rotate --full");
+        self.host_pw = new_pw;
+        o
     }
 
     /// The owner: the same passphrase, or the identity on a machine of its own.
@@ -491,7 +521,7 @@ fn format_1_envelopes_cannot_forge_manifests() {
 fn host_library_repo(case: &Case) -> lifeboat::repo::Repository {
     let work = case.env.path(&format!("host-copy-{}", unique()));
     case.store.download(&work);
-    let mut ask = || Ok(lifeboat::secret::Passphrase::new(HOST_PW.to_string()));
+    let mut ask = || Ok(lifeboat::secret::Passphrase::new(case.host_pw.clone()));
     lifeboat::repo::Repository::open(
         Box::new(lifeboat::storage::LocalStorage::new(&work)),
         lifeboat::repo::Unlock::Passphrase {
@@ -867,36 +897,12 @@ fn full_rotation(case: &mut Case) {
     }
     .ok("key add");
     let stolen = case.store.snapshot();
-    let new_pw = [("LIFEBOAT_NEW_PASSWORD", "new-host-passphrase-12")];
-    let o = match case.mode {
-        Mode::Passphrase => case.run(
-            &[("LIFEBOAT_PASSWORD", HOST_PW)],
-            &["key", "rotate", "--full", "--yes", "--json"],
-        ),
-        Mode::WriteOnly => case.run_in(
-            "home-owner",
-            &new_pw,
-            &[
-                "--identity",
-                s(&case.identity),
-                "key",
-                "rotate",
-                "--full",
-                "--yes",
-                "--json",
-            ],
-        ),
-    };
-    let r = o.ok("key rotate --full").json();
+    let r = case.rotate_full(true).json();
     assert_eq!(r["epoch"], 1, "{r}");
     assert!(
         !r["key_files_removed"].as_array().unwrap().is_empty(),
         "{r}"
     );
-    let host_pw = match case.mode {
-        Mode::Passphrase => HOST_PW,
-        Mode::WriteOnly => "new-host-passphrase-12",
-    };
     // The copied key files open only retired keys.
     for (name, data) in &stolen {
         if name.starts_with("keys/") && case.store.get(name).is_none() {
@@ -910,10 +916,7 @@ fn full_rotation(case: &mut Case) {
     );
     // Old and new data readable through the new keys; new blob ids: no dedup with the old.
     let o = case
-        .run(
-            &[("LIFEBOAT_PASSWORD", host_pw)],
-            &["backup", s(&case.db), "--json"],
-        )
+        .host(&["backup", s(&case.db), "--json"])
         .ok("backup after the rotation");
     let b = o.json();
     assert_eq!(b["reused_blobs"], 0, "new id key: {b}");
@@ -950,6 +953,16 @@ fn full_rotation(case: &mut Case) {
         o.text()
     );
     assert!(o.text().contains(&forged), "{}", o.text());
+    // The next rotation re-seals only what the keys it retires sealed: the forged manifest
+    // is left out, and stays refused.
+    let r = case.rotate_full(true).json();
+    assert_eq!(r["epoch"], 2, "{r}");
+    assert!(r["left_out"].to_string().contains(&forged), "{r}");
+    let o = case.owner(&["list"]);
+    assert_eq!(o.code, 4, "after the second rotation:\n{}", o.text());
+    assert!(o.text().contains(&forged), "{}", o.text());
+    case.store.delete(&forged);
+    case.assert_genuine_restore(&[]);
 }
 
 on_both_stores!(full_key_rotation_revokes_copied_keys, full_rotation);
@@ -1011,7 +1024,7 @@ fn a_full_rotation_re_keys_the_replicas() {
     // a retired key writes there is refused.
     let env = Env::new();
     let store = local(&env);
-    let case = Case::new(env, store, Mode::Passphrase);
+    let mut case = Case::new(env, store, Mode::Passphrase);
     let replica = case.store.sibling("replica");
     case.host(&["replica", "add", &replica]).ok("replica add");
     let old_key_files: Vec<String> = Storage::local(&case.env, "replica")
@@ -1019,8 +1032,7 @@ fn a_full_rotation_re_keys_the_replicas() {
         .into_iter()
         .filter(|n| n.len() == "keys/".len() + 16)
         .collect();
-    case.host(&["key", "rotate", "--full", "--yes"])
-        .ok("rotate --full");
+    case.rotate_full(false);
     let replica_store = Storage::local(&case.env, "replica");
     for k in &old_key_files {
         assert!(
@@ -1028,7 +1040,7 @@ fn a_full_rotation_re_keys_the_replicas() {
             "{k} removed from the replica"
         );
     }
-    let on_replica = |args: &[&str]| case.elsewhere("home", HOST_PW, &replica, args);
+    let on_replica = |args: &[&str]| case.elsewhere("home", &case.host_pw, &replica, args);
     let list = on_replica(&["list", "--json"])
         .ok("list the replica")
         .json();
@@ -1140,7 +1152,7 @@ fn add_leaked_key(case: &Case) {
 fn a_preset_rekeying_flag_does_not_make_a_full_rotation_a_no_op() {
     let env = Env::new();
     let store = local(&env);
-    let case = Case::new(env, store, Mode::Passphrase);
+    let mut case = Case::new(env, store, Mode::Passphrase);
     add_leaked_key(&case);
     let stolen = case.store.snapshot();
     // The holder of the leaked key writes an authentic config saying a rotation is under way.
@@ -1160,10 +1172,7 @@ fn a_preset_rekeying_flag_does_not_make_a_full_rotation_a_no_op() {
     config.keys.as_mut().unwrap().rekeying = true;
     repo.store_config(config, None).unwrap();
     // The owner rotates: a new epoch all the same, and the leaked key is revoked.
-    let r = case
-        .host(&["key", "rotate", "--full", "--yes", "--json"])
-        .ok("rotate --full")
-        .json();
+    let r = case.rotate_full(true).json();
     assert_eq!(r["epoch"], 1, "{r}");
     for (name, data) in &stolen {
         if name.starts_with("keys/") && case.store.get(name).is_none() {
@@ -1177,11 +1186,14 @@ fn a_preset_rekeying_flag_does_not_make_a_full_rotation_a_no_op() {
     );
 }
 
-#[test]
-fn an_edited_replica_config_makes_sync_re_seal_nothing() {
+/// A replica where the holder of a retired key planted a backup sealed with it, and a config
+/// that asks sync to re-key the replica (`old_config`: the one from before the rotation,
+/// authentic under the retired keys; else the current one, edited): sync re-seals nothing
+/// of theirs, and the replica refuses the planted backup.
+fn replica_re_keyed_on_an_attackers_word(old_config: bool) {
     let env = Env::new();
     let store = local(&env);
-    let case = Case::new(env, store, Mode::Passphrase);
+    let mut case = Case::new(env, store, Mode::Passphrase);
     let replica = case.store.sibling("replica");
     case.host(&["replica", "add", &replica]).ok("replica add");
     add_leaked_key(&case);
@@ -1190,10 +1202,7 @@ fn an_edited_replica_config_makes_sync_re_seal_nothing() {
     for (name, data) in case.store.snapshot() {
         copy.put(&name, &data);
     }
-    case.host(&["key", "rotate", "--full", "--yes"])
-        .ok("rotate --full");
-    // A backup sealed with the retired keys, planted in the replica, whose config is then
-    // edited (no key needed) to look as if it had not been re-keyed.
+    case.rotate_full(false);
     let evil = case.env.path("evil.db");
     drop(make_db(&evil, 20));
     // (Its own attempt to replicate there is refused: the replica's keys are newer.)
@@ -1204,19 +1213,44 @@ fn an_edited_replica_config_makes_sync_re_seal_nothing() {
     );
     let first: Value = serde_json::from_str(o.stdout.lines().next().unwrap()).unwrap();
     let forged = format!("backups/{}", first["id"].as_str().unwrap());
+    // And a tombstone (forgetting the genuine backups in the copy) for the replica, whose
+    // genuine backups are deleted there: sync must copy them back all the same.
+    thief(&case, LEAKED, &copy.url(), &["forget", "--keep-last", "1"]).ok("thief forget");
     let replica_store = Storage::local(&case.env, "replica");
+    assert_eq!(copy.list("forgotten/").len(), 1);
+    for id in &case.ids {
+        replica_store.delete(&format!("backups/{id}"));
+    }
     for (name, data) in copy.snapshot() {
-        if replica_store.get(&name).is_none() {
+        let genuine_manifest = name.starts_with("backups/") && name != forged;
+        if !genuine_manifest
+            && (replica_store.get(&name).is_none() || (old_config && name == "config"))
+        {
             replica_store.put(&name, &data);
         }
     }
-    edit_config(&replica_store, |v| v["keys"]["rekeying"] = json!(true));
+    if !old_config {
+        edit_config(&replica_store, |v| v["keys"]["rekeying"] = json!(true));
+    }
     case.host(&["sync"]).ok("sync");
-    case.elsewhere("home", HOST_PW, &replica, &["list"]).fails(
-        4,
-        "the replica with a planted backup",
-        &forged,
-    );
+    case.elsewhere("home", &case.host_pw, &replica, &["list"])
+        .fails(4, "the replica with a planted backup", &forged);
+    replica_store.delete(&forged);
+    let list = case
+        .elsewhere("home", &case.host_pw, &replica, &["list", "--json"])
+        .ok("list the replica")
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), case.ids.len(), "{list}");
+}
+
+#[test]
+fn an_edited_replica_config_makes_sync_re_seal_nothing() {
+    replica_re_keyed_on_an_attackers_word(false);
+}
+
+#[test]
+fn an_old_replica_config_makes_sync_re_seal_nothing_a_retired_key_wrote() {
+    replica_re_keyed_on_an_attackers_word(true);
 }
 
 #[test]
@@ -1279,7 +1313,7 @@ fn sealed_tombstone(case: &mut Case) {
         .env("HOME", case.env.path("home-owner"))
         .args(["--repo", &replica]);
     match case.mode {
-        Mode::Passphrase => forget.env("LIFEBOAT_PASSWORD", HOST_PW),
+        Mode::Passphrase => forget.env("LIFEBOAT_PASSWORD", &case.host_pw),
         Mode::WriteOnly => forget.args(["--identity", s(&case.identity)]),
     };
     Out::of(
@@ -1300,7 +1334,8 @@ fn sealed_tombstone(case: &mut Case) {
     let v = case.owner_json(&["prune", "--max-unused", "0%"]);
     assert_eq!(v["missing_blobs"], json!(0), "{v}");
     case.assert_genuine_restore(&[]);
-    case.owner(&["repo", "check", "--read-data"]).ok("check after prune");
+    case.owner(&["repo", "check", "--read-data"])
+        .ok("check after prune");
 }
 
 #[test]

@@ -141,8 +141,9 @@ enum ConfigUpdate {
     /// Replaced by the source's at the end (new data key generations).
     Replace,
     /// Replaced at the end, after the target's manifests, index files and records are
-    /// re-sealed under the keys of a full rotation it has not seen.
-    Rekey,
+    /// re-sealed under the keys of a full rotation it has not seen (its config is
+    /// authentic under the keys of epoch `from_epoch`).
+    Rekey { from_epoch: u32 },
 }
 
 /// What to do with the target's config. Refuses a target that holds another repository, a
@@ -210,7 +211,9 @@ fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<Confi
             return Ok(ConfigUpdate::Replace);
         }
         if t.epoch < keys.root.epoch || t.rekeying {
-            return Ok(ConfigUpdate::Rekey);
+            return Ok(ConfigUpdate::Rekey {
+                from_epoch: t.epoch,
+            });
         }
     }
     Ok(ConfigUpdate::Replace)
@@ -225,23 +228,15 @@ fn sync_marked(
 ) -> Result<SyncReport> {
     let records = repo.records();
     let copier = Copier::new(repo.storage(), target, parallel);
-    copier.copy_missing("keys/", |_| true)?;
-    if update == ConfigUpdate::Rekey {
+    copier.copy_missing("keys/", |name| !crate::ops::rekey::is_inventory(name))?;
+    if let ConfigUpdate::Rekey { from_epoch } = update {
         // The replica has not seen a full key rotation: re-seal what decides there under the
-        // new keys (which open every epoch's while rekeying), as the rotation did here.
+        // new keys, as the rotation did here.
         let keys = repo
             .keys()
             .ok_or_else(|| Error::internal("a rotated repository without keys"))?;
-        let mut rekeying = (*keys.master).clone();
-        let epochs = repo
-            .config
-            .keys
-            .as_ref()
-            .map(|k| k.data_keys.clone())
-            .unwrap_or_default();
-        rekeying.set_generation_epochs(epochs, true);
-        let mut report = crate::ops::rekey::RekeyReport::default();
-        crate::ops::rekey::reseal(target, &rekeying, Some(repo.storage()), &mut report)?;
+        let report =
+            crate::ops::rekey::reseal_replica(target, &keys.master, repo.storage(), from_epoch)?;
         tracing::info!(
             "{}: re-keyed {} manifests, {} index files, {} records",
             target.describe(),
@@ -294,7 +289,7 @@ fn sync_marked(
         let data = repo.storage().get("config")?;
         target.put_replace("config", &data)?;
         copier.count(data.len() as u64);
-        if update == ConfigUpdate::Rekey {
+        if matches!(update, ConfigUpdate::Rekey { .. }) {
             // Key files the source removed open only retired keys.
             let source: HashSet<String> = repo
                 .storage()

@@ -60,6 +60,8 @@ pub enum ObjectKind {
     Record = 7,
     /// The root keys of earlier key epochs, sealed under the current root key.
     PastKeys = 8,
+    /// What a full key rotation may re-seal (`keys/inventory-<epoch>`).
+    Inventory = 9,
 }
 
 impl ObjectKind {
@@ -144,7 +146,6 @@ impl RootKeys {
             identity: None,
             legacy: Legacy::format_1(),
             generation_epochs: vec![self.epoch],
-            rekeying: false,
         }
     }
 
@@ -260,8 +261,6 @@ pub struct MasterKeys {
     /// and records are accepted only under the current epoch's keys: whoever held a retired
     /// key must not be able to write one (`key rotate --full` re-seals them all first).
     generation_epochs: Vec<u32>,
-    /// Set while a full rotation re-seals them: every epoch's keys are accepted.
-    rekeying: bool,
 }
 
 impl Drop for MasterKeys {
@@ -326,26 +325,26 @@ impl MasterKeys {
             recipient,
             identity: None,
             legacy,
-            rekeying: false,
         }
     }
 
-    /// Which epoch each data-key generation belongs to (from the config), and whether a full
-    /// rotation is still re-sealing objects (then keys of every epoch count).
-    pub fn set_generation_epochs(&mut self, epochs: Vec<u32>, rekeying: bool) {
+    /// Which epoch each data-key generation belongs to (from the config).
+    pub fn set_generation_epochs(&mut self, epochs: Vec<u32>) {
         self.generation_epochs = epochs;
-        self.rekeying = rekeying;
     }
 
-    /// Whether an object of `kind` sealed under generation `generation` (or by epoch
-    /// `epoch`'s recipient envelope) can be authentic now.
+    /// Whether an object of `kind` sealed by epoch `epoch`'s keys can be authentic now:
+    /// what decides (manifests, index files, records, a rotation's inventory) only under
+    /// the current epoch, since whoever held a retired key can still seal under it.
     fn epoch_allowed(&self, kind: ObjectKind, epoch: u32) -> bool {
-        self.rekeying
-            || epoch == self.epoch()
-            || !matches!(
-                kind,
-                ObjectKind::Manifest | ObjectKind::Index | ObjectKind::Record
-            )
+        epoch == self.epoch() || !Self::decides(kind)
+    }
+
+    fn decides(kind: ObjectKind) -> bool {
+        matches!(
+            kind,
+            ObjectKind::Manifest | ObjectKind::Index | ObjectKind::Record | ObjectKind::Inventory
+        )
     }
 
     #[cfg(test)]
@@ -477,6 +476,31 @@ impl MasterKeys {
         sealed: &[u8],
         what: &str,
     ) -> Result<Vec<u8>> {
+        self.open_in(kind, name, sealed, what, false)
+            .map(|(plain, _)| plain)
+    }
+
+    /// As [`MasterKeys::open`], under the keys of any epoch, returning the epoch that sealed
+    /// it (0 for format-1 envelopes). Only a full key rotation uses this, to decide by the
+    /// epoch whether an object may be re-sealed.
+    pub fn open_any_epoch(
+        &self,
+        kind: ObjectKind,
+        name: &[u8],
+        sealed: &[u8],
+        what: &str,
+    ) -> Result<(Vec<u8>, u32)> {
+        self.open_in(kind, name, sealed, what, true)
+    }
+
+    fn open_in(
+        &self,
+        kind: ObjectKind,
+        name: &[u8],
+        sealed: &[u8],
+        what: &str,
+        any_epoch: bool,
+    ) -> Result<(Vec<u8>, u32)> {
         let tampered = || {
             Error::integrity(format!(
                 "{what} failed authentication: it was modified, truncated, moved or forged"
@@ -522,13 +546,13 @@ impl MasterKeys {
                             .get(generation as usize)
                             .copied()
                             .unwrap_or(u32::MAX);
-                        if !self.epoch_allowed(kind, key_epoch) {
+                        if !any_epoch && !self.epoch_allowed(kind, key_epoch) {
                             continue;
                         }
                         let aad = associated_data_v2(nonce, header, name);
                         let body = &sealed[NONCE_LEN + V2_SYMMETRIC_HEADER..];
                         if let Some(plain) = aead_open(key, nonce, &aad, body) {
-                            return Ok(plain);
+                            return Ok((plain, key_epoch));
                         }
                     }
                     V2_SEALED
@@ -537,7 +561,7 @@ impl MasterKeys {
                             && matches!(kind, ObjectKind::Frame | ObjectKind::Manifest)
                             && self.recipient.is_some() =>
                     {
-                        if !self.epoch_allowed(kind, epoch_no as u32) {
+                        if !any_epoch && !self.epoch_allowed(kind, epoch_no as u32) {
                             continue;
                         }
                         let Some(secret) = &self.identity else {
@@ -561,7 +585,7 @@ impl MasterKeys {
                             body,
                             psk,
                         ) {
-                            return Ok(plain);
+                            return Ok((plain, epoch_no as u32));
                         }
                     }
                     _ => {}
@@ -571,8 +595,8 @@ impl MasterKeys {
         // Format 1, where the repository still accepts it.
         match sealed.first() {
             Some(&V1_SYMMETRIC) if self.legacy.symmetric => {
-                if let Some(plain) = self.open_v1_symmetric(kind, name, sealed) {
-                    return Ok(plain);
+                if let Some(opened) = self.open_v1_symmetric(kind, name, sealed, any_epoch) {
+                    return Ok(opened);
                 }
             }
             Some(&V1_SEALED)
@@ -584,7 +608,7 @@ impl MasterKeys {
                     None => sealed_to_recipient = true,
                     Some(secret) => {
                         if let Some(plain) = open_v1_sealed(secret, kind, name, sealed) {
-                            return Ok(plain);
+                            return Ok((plain, 0));
                         }
                     }
                 }
@@ -613,7 +637,7 @@ impl MasterKeys {
                 for (h, b) in header.iter_mut().zip(&sealed[NONCE_LEN..]) {
                     *h ^= b;
                 }
-                if !(1..=8).contains(&header[1]) {
+                if !(1..=9).contains(&header[1]) {
                     continue;
                 }
                 match header[0] {
@@ -660,18 +684,25 @@ impl MasterKeys {
         }
     }
 
-    fn open_v1_symmetric(&self, kind: ObjectKind, name: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    fn open_v1_symmetric(
+        &self,
+        kind: ObjectKind,
+        name: &[u8],
+        sealed: &[u8],
+        any_epoch: bool,
+    ) -> Option<(Vec<u8>, u32)> {
         if sealed.len() < V1_HEADER_LEN + TAG_LEN || sealed[1] != kind.code() {
             return None;
         }
         let generation = u32::from_le_bytes([sealed[2], sealed[3], sealed[4], sealed[5]]);
-        if !self.epoch_allowed(kind, *self.generation_epochs.get(generation as usize)?) {
+        let epoch = *self.generation_epochs.get(generation as usize)?;
+        if !any_epoch && !self.epoch_allowed(kind, epoch) {
             return None;
         }
         let key = self.data_keys.get(generation as usize)?;
         let nonce = &sealed[6..V1_HEADER_LEN];
         let aad = associated_data_v1(&sealed[..V1_HEADER_LEN], name);
-        aead_open(key, nonce, &aad, &sealed[V1_HEADER_LEN..])
+        aead_open(key, nonce, &aad, &sealed[V1_HEADER_LEN..]).map(|plain| (plain, epoch))
     }
 }
 
@@ -681,7 +712,7 @@ pub struct EnvelopeInfo {
     /// 1: format 1's plain header; 2: format 2's masked header.
     pub envelope: u8,
     /// 1 frame, 2 pack directory, 3 index file, 4 manifest, 5 data key, 6 root keys,
-    /// 7 record, 8 past keys.
+    /// 7 record, 8 past keys, 9 rotation inventory.
     pub kind: u8,
     pub sealed_to_recipient: bool,
     /// The data-key generation (objects sealed under a data key).
@@ -1272,7 +1303,8 @@ pub(crate) mod tests {
     #[test]
     fn retired_keys_cannot_write_what_decides() {
         // After a full rotation, someone holding epoch 0's keys seals a manifest, an index
-        // file and a record with them: refused, unless a rotation is still re-sealing.
+        // file, a record and an inventory with them: refused; only a rotation opens them
+        // (any epoch), and learns which epoch sealed them.
         let e0 = RootKeys::generate(0);
         let e1 = RootKeys::generate(1);
         let retired = MasterKeys::new(
@@ -1282,19 +1314,23 @@ pub(crate) mod tests {
             Legacy::none(),
         );
         let mut now = MasterKeys::new(&[e0, e1], vec![[1; 32], [2; 32]], None, Legacy::none());
-        now.set_generation_epochs(vec![0, 1], false);
-        for kind in [ObjectKind::Manifest, ObjectKind::Index, ObjectKind::Record] {
+        now.set_generation_epochs(vec![0, 1]);
+        for kind in [
+            ObjectKind::Manifest,
+            ObjectKind::Index,
+            ObjectKind::Record,
+            ObjectKind::Inventory,
+        ] {
             let forged = retired.seal(kind, b"n", b"{}").unwrap();
             assert!(now.open(kind, b"n", &forged, "x").is_err(), "{kind:?}");
-            let mut rekeying = now.clone();
-            rekeying.set_generation_epochs(vec![0, 1], true);
-            assert!(
-                rekeying.open(kind, b"n", &forged, "x").is_ok(),
-                "{kind:?} during rotation"
+            assert_eq!(
+                now.open_any_epoch(kind, b"n", &forged, "x").unwrap().1,
+                0,
+                "{kind:?}"
             );
-            assert!(now
-                .open(kind, b"n", &now.seal(kind, b"n", b"{}").unwrap(), "x")
-                .is_ok());
+            let genuine = now.seal(kind, b"n", b"{}").unwrap();
+            assert!(now.open(kind, b"n", &genuine, "x").is_ok());
+            assert_eq!(now.open_any_epoch(kind, b"n", &genuine, "x").unwrap().1, 1);
         }
         // Frames stay readable: their blobs are checked against their ids.
         let frame = retired.seal(ObjectKind::Frame, b"", b"page").unwrap();

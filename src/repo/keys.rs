@@ -380,7 +380,7 @@ fn open_with_root(
     let mut master = MasterKeys::new(&epochs, data_keys, recipient, legacy);
     // Even while a full rotation is unfinished (`rekeying`), readers accept manifests, index
     // files and records of the current epoch only: the rotation alone reads the others.
-    master.set_generation_epochs(section.data_keys.clone(), false);
+    master.set_generation_epochs(section.data_keys.clone());
     Ok(Unlocked {
         master: Arc::new(master),
         root,
@@ -571,7 +571,7 @@ pub fn new_epoch(
     let mut epochs = past.clone();
     epochs.push(root.clone());
     let mut master = MasterKeys::new(&epochs, data_keys, recipient, unlocked.master.legacy);
-    master.set_generation_epochs(next.data_keys.clone(), true);
+    master.set_generation_epochs(next.data_keys.clone());
     master.identity = unlocked.master.identity;
     Ok((
         Unlocked {
@@ -583,6 +583,24 @@ pub fn new_epoch(
         },
         next,
     ))
+}
+
+/// The key file (listed in the config, or `in_use`) that `passphrase` opens, if any: a full
+/// rotation wants a passphrase no key file of the retired keys opens, or whoever puts an
+/// old state of the repository back could open it with the new passphrase.
+pub fn opened_by(
+    storage: &dyn Storage,
+    section: &KeysSection,
+    in_use: &str,
+    passphrase: &Passphrase,
+) -> Result<Option<String>> {
+    for kf in list(storage)? {
+        let listed = kf.id == in_use || section.key_files.iter().take(16).any(|k| *k == kf.id);
+        if listed && kf.unwrap(passphrase.as_bytes()).is_ok() {
+            return Ok(Some(kf.id));
+        }
+    }
+    Ok(None)
 }
 
 /// After a full rotation is committed: remove every key file but `keep` (they open only the

@@ -508,7 +508,7 @@ impl Repository {
                 if e.kind == ErrorKind::Integrity
                     && self.config.keys.as_ref().is_some_and(|k| k.rekeying)
                 {
-                    e.hint("a full key rotation was interrupted and this backup is not re-sealed yet: run `lifeboat key rotate --full` to finish it")
+                    e.hint("a full key rotation was interrupted and this backup is not re-sealed yet: run `lifeboat key rotate --full` again (with a new passphrase) to finish it")
                 } else if e.kind == ErrorKind::Integrity {
                     e.hint(format!(
                         "nothing acts on it; if no Lifeboat of yours wrote it (forged), or it is \
