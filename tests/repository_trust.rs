@@ -1402,3 +1402,27 @@ fn sync_state_on_this_machine_is_private() {
         & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn a_full_rotation_wants_a_passphrase_no_current_key_file_opens() {
+    // The same passphrase (or another one the repository has now) would let whoever puts an
+    // old copy of the repository back open it on a fresh machine: refused, nothing changed.
+    let env = Env::new();
+    let store = local(&env);
+    let case = Case::new(env, store, Mode::Passphrase);
+    add_leaked_key(&case);
+    let before = case.store.snapshot();
+    for new in [HOST_PW, LEAKED] {
+        case.run(
+            &[("LIFEBOAT_PASSWORD", HOST_PW), ("LIFEBOAT_NEW_PASSWORD", new)],
+            &["key", "rotate", "--full", "--yes"],
+        )
+        .fails(2, "rotation to a current passphrase", "of the keys being retired");
+    }
+    let after = case.store.snapshot();
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().filter(|n| !n.starts_with("locks/")).collect::<Vec<_>>()
+    );
+    assert_eq!(before["config"], after["config"]);
+}
