@@ -40,25 +40,11 @@ fn run(env: &Env, pw: &str, args: &[&str]) -> Out {
     )
 }
 
-/// `lifeboat key rotate --full` under strace: killed at the `kill_at`-th rename (None: not
-/// killed, the renames are logged to `log`).
+/// `lifeboat key rotate --full` under strace: killed at the `kill_at`-th rename in the
+/// repository (None: not killed); the renames are logged to `log`.
 fn rotate_traced(env: &Env, pw: &str, new_pw: &str, kill_at: Option<u32>, log: &Path) -> Out {
-    let mut c = std::process::Command::new("strace");
-    c.args([
-        "-f",
-        "-qq",
-        "-o",
-        s(log),
-        "-e",
-        "trace=rename,renameat,renameat2",
-    ]);
-    if let Some(n) = kill_at {
-        c.arg("-e").arg(format!(
-            "inject=rename,renameat,renameat2:signal=SIGKILL:when={n}"
-        ));
-    }
-    c.arg(lifeboat_bin())
-        .current_dir(env.dir.path())
+    let mut c = lifeboat_under_strace(kill_at, log);
+    c.current_dir(env.dir.path())
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", env.path("home"))
@@ -163,21 +149,12 @@ fn fresh(t: &Template) -> Env {
 
 #[test]
 fn full_rotation_killed_at_any_step_finishes_and_re_seals_nothing_planted() {
-    let strace = std::process::Command::new("strace").arg("-V").output();
-    assert!(
-        strace.is_ok_and(|o| o.status.success()),
-        "strace is needed (scripts/test.sh installs it)"
-    );
     let t = template();
     // How many renames a whole rotation makes.
     let probe = fresh(&t);
     let log = probe.path("renames.log");
     rotate_traced(&probe, OLD_PW, "probe-pw", None, &log).ok("untouched rotation");
-    let renames = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("rename"))
-        .count() as u32;
+    let renames = renames_logged(&log);
     assert!(renames > 10, "{renames} renames");
     eprintln!("a rotation makes {renames} renames");
 
@@ -188,6 +165,7 @@ fn full_rotation_killed_at_any_step_finishes_and_re_seals_nothing_planted() {
         let p1 = format!("first-new-{n}");
         let out = rotate_traced(&env, OLD_PW, &p1, Some(n), &env.path("log"));
         assert_ne!(out.code, 0, "killed at rename {n}:\n{}", out.text());
+        assert_eq!(renames_logged(&env.path("log")), n, "killed at rename {n}");
         let cfg = config(&env.repo());
         let epoch = cfg["keys"]["epoch"].as_u64().unwrap();
         // Whatever it left opens with exactly one of the passphrases.

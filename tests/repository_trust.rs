@@ -1414,15 +1414,54 @@ fn a_full_rotation_wants_a_passphrase_no_current_key_file_opens() {
     let before = case.store.snapshot();
     for new in [HOST_PW, LEAKED] {
         case.run(
-            &[("LIFEBOAT_PASSWORD", HOST_PW), ("LIFEBOAT_NEW_PASSWORD", new)],
+            &[
+                ("LIFEBOAT_PASSWORD", HOST_PW),
+                ("LIFEBOAT_NEW_PASSWORD", new),
+            ],
             &["key", "rotate", "--full", "--yes"],
         )
-        .fails(2, "rotation to a current passphrase", "of the keys being retired");
+        .fails(
+            2,
+            "rotation to a current passphrase",
+            "of the keys being retired",
+        );
     }
     let after = case.store.snapshot();
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
-        after.keys().filter(|n| !n.starts_with("locks/")).collect::<Vec<_>>()
+        after
+            .keys()
+            .filter(|n| !n.starts_with("locks/"))
+            .collect::<Vec<_>>()
     );
     assert_eq!(before["config"], after["config"]);
 }
+
+/// Planted objects that would exhaust memory or block a read: an oversized key file and a
+/// FIFO (local disk) posing as one are skipped; an oversized config is refused unread.
+fn oversized_and_special_files(case: &mut Case) {
+    let junk = vec![b'{'; 3 << 20];
+    case.store.put("keys/aaaaaaaaaaaaaaaa", &junk);
+    if let common::attacker::Place::Local(root) = &case.store.place {
+        let fifo = root.join("keys/bbbbbbbbbbbbbbbb");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+    let started = std::time::Instant::now();
+    let list = case.owner_json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), case.ids.len(), "{list}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    case.store.put("config", &junk);
+    case.owner(&["list"]).fails(
+        4,
+        "an oversized config",
+        "more than such an object ever holds",
+    );
+}
+
+on_both_stores!(
+    oversized_and_special_files_stall_nothing,
+    oversized_and_special_files,
+    Mode::Passphrase
+);

@@ -256,51 +256,43 @@ fn config_format(repo: &Path) -> u64 {
 fn upgrade_killed_at_any_step_on_local_disk_resumes() {
     // Every object the upgrade replaces is one rename: kill the process at the N-th rename
     // (strace's fault injection), for N across the whole run, and check what it left.
-    let strace = std::process::Command::new("strace").arg("-V").output();
-    assert!(
-        strace.is_ok_and(|o| o.status.success()),
-        "strace is needed (scripts/test.sh installs it)"
-    );
     let many_db = fixtures().join("app-many.db");
-    // Renames: 1 the trust state, 2 keys/recipient-0, 3..=42 the 40 manifests, 43 the pin,
-    // 44 the config.
-    for n in [2u32, 3, 4, 12, 25, 41, 42, 43, 44] {
+    // Renames in the repository: 1 keys/recipient-0, 2..=41 the 40 manifests, 42 the pin,
+    // 43 the config, 44 the data key sealed again.
+    for n in [1u32, 2, 3, 11, 24, 40, 41, 42, 43, 44] {
         let env = Env::new();
         let repo = fixture(&env, "write-only-many");
         let (vars, flags) = reader("write-only-many");
-        let mut c = std::process::Command::new("strace");
-        c.args([
-            "-f",
-            "-qq",
-            "-o",
-            "/dev/null",
-            "-e",
-            "trace=rename,renameat,renameat2",
-        ])
-        .arg("-e")
-        .arg(format!(
-            "inject=rename,renameat,renameat2:signal=SIGKILL:when={n}"
-        ))
-        .arg(lifeboat_bin())
-        .current_dir(env.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", env.path("home"))
-        .env("LIFEBOAT_REPO", env.repo())
-        .args(&flags)
-        .args(["repo", "upgrade"]);
+        let mut c = lifeboat_under_strace(Some(n), &env.path("renames.log"));
+        c.current_dir(env.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", env.path("home"))
+            .env("LIFEBOAT_REPO", env.repo())
+            .args(&flags)
+            .args(["repo", "upgrade"]);
         for (k, v) in &vars {
             c.env(k, v);
         }
         let out = c.output().unwrap();
         assert_ne!(out.status.code(), Some(0), "killed at rename {n}");
-        // The kill landed where aimed: the config is still format 1, and exactly the
-        // manifests renamed before it are re-sealed.
-        assert_eq!(config_format(&repo), 1, "kill at rename {n}");
+        assert_eq!(
+            renames_logged(&env.path("renames.log")),
+            n,
+            "kill at rename {n}"
+        );
+        // The kill landed where aimed: the config is still format 1 (up to its own rename),
+        // and exactly the manifests renamed before it are re-sealed.
+        let committed = n > 43;
+        assert_eq!(
+            config_format(&repo),
+            if committed { 2 } else { 1 },
+            "kill at rename {n}"
+        );
         let resealed = 40 - format_1_manifests(&repo);
         assert_eq!(
             resealed,
-            (n.saturating_sub(3) as usize).min(40),
+            (n.saturating_sub(2) as usize).min(40),
             "kill at rename {n}"
         );
         // Still readable, every backup listed; then the upgrade finishes.
@@ -312,6 +304,12 @@ fn upgrade_killed_at_any_step_on_local_disk_resumes() {
         );
         let r = read_json(&env, "write-only-many", &["repo", "upgrade"]);
         assert_eq!(r["to"], 2);
+        // The data key ends in format 2's envelope either way.
+        assert_eq!(r["data_keys_resealed"], 1, "kill at rename {n}: {r}");
+        assert_eq!(
+            read_json(&env, "write-only-many", &["repo", "upgrade"])["data_keys_resealed"],
+            0
+        );
         assert_eq!(config_format(&repo), 2);
         assert_eq!(format_1_manifests(&repo), 0);
         let out = env.path("latest.db");
@@ -580,4 +578,30 @@ fn a_format_2_config_replaced_by_a_format_1_one_is_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(9), "{err}");
     assert!(err.contains("an old config was put in its place"), "{err}");
+}
+
+#[test]
+fn an_upgraded_repository_given_back_its_format_1_config_is_refused() {
+    // After `repo upgrade`, the format-1 config it replaced (saved by anyone who could read
+    // the storage) is put back: a machine that never saw the repository refuses it too,
+    // since the upgrade sealed the data keys again in format 2's envelope.
+    let env = Env::new();
+    let repo = fixture(&env, "encrypted");
+    let old_config = std::fs::read(repo.join("config")).unwrap();
+    let r = read_json(&env, "encrypted", &["repo", "upgrade"]);
+    assert_eq!(r["data_keys_resealed"], 1, "{r}");
+    std::fs::write(repo.join("config"), &old_config).unwrap();
+    let o = Out::of(
+        env.std_cmd()
+            .env("HOME", env.path("fresh-home"))
+            .env("LIFEBOAT_PASSWORD", OWNER_PW)
+            .args(["list"])
+            .output()
+            .unwrap(),
+    );
+    o.fails(
+        9,
+        "the format-1 config put back",
+        "an old config was put in its place",
+    );
 }

@@ -154,7 +154,7 @@ fn backup_marked(
         .unwrap_or(2)
         .clamp(1, 8);
     let compression = opts.compression;
-    let pack_size = repo.config.pack_size;
+    let pack_size = repo.config.pack_target();
 
     opts.progress
         .start("backup", snap.block_count() * u64::from(snap.block_size()));

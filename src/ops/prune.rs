@@ -1256,7 +1256,7 @@ fn write_frames(
             }
             if let Some(w) = writer.as_mut() {
                 w.add_frame(&f.stored, f.raw_len, f.codec, f.blobs)?;
-                if w.len() >= repo.config.pack_size {
+                if w.len() >= repo.config.pack_target() {
                     if let Some(w) = writer.take() {
                         let stored = store_pack(repo, w)?;
                         written.push((stored.pack, stored.index_file));

@@ -149,12 +149,14 @@ enum ConfigUpdate {
 /// What to do with the target's config. Refuses a target that holds another repository, a
 /// newer state of this one, or an older format (upgraded where it is, which checks it).
 fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<ConfigUpdate> {
-    let data = match target.get("config") {
+    let data = match target.get_small("config", crate::storage::SMALL_OBJECT_MAX) {
         Ok(d) => d,
         Err(e) if e.kind == ErrorKind::NotFound => return Ok(ConfigUpdate::None),
         Err(e) => return Err(e),
     };
-    let source = repo.storage().get("config")?;
+    let source = repo
+        .storage()
+        .get_small("config", crate::storage::SMALL_OBJECT_MAX)?;
     if data == source {
         return Ok(ConfigUpdate::None);
     }
@@ -180,7 +182,7 @@ fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<Confi
             "the replica at {} has newer keys or a newer format than this repository",
             target.describe()
         ))
-        .hint("sync from the copy that was rotated or upgraded last"));
+        .hint("sync from the copy that was rotated or upgraded last; if none was, that config was tampered with (it cannot be checked without the newer keys it claims): delete `config` on the replica and sync again"));
     }
     if theirs.format_version < repo.config.format_version {
         return Err(Error::usage(format!(
@@ -286,7 +288,9 @@ fn sync_marked(
     }
     // The config last: only now is the replica a repository (or has the new keys).
     if update != ConfigUpdate::None {
-        let data = repo.storage().get("config")?;
+        let data = repo
+            .storage()
+            .get_small("config", crate::storage::SMALL_OBJECT_MAX)?;
         target.put_replace("config", &data)?;
         copier.count(data.len() as u64);
         if matches!(update, ConfigUpdate::Rekey { .. }) {

@@ -152,10 +152,14 @@ impl RootKeys {
     /// A new random data key, sealed for storage as `keys/data-<generation>`.
     pub fn new_data_key(&self, generation: u32) -> Result<([u8; 32], Vec<u8>)> {
         let key: [u8; 32] = rand::random();
-        let sealed = self
-            .as_sealer()
-            .seal(ObjectKind::DataKey, &generation.to_le_bytes(), &key)?;
+        let sealed = self.seal_data_key(generation, &key)?;
         Ok((key, sealed))
+    }
+
+    /// Data key `key` of `generation`, sealed (format 2's envelope) for `keys/data-<generation>`.
+    pub fn seal_data_key(&self, generation: u32, key: &[u8; 32]) -> Result<Vec<u8>> {
+        self.as_sealer()
+            .seal(ObjectKind::DataKey, &generation.to_le_bytes(), key)
     }
 
     /// Open a stored data key; `generation` must be the one in its name.

@@ -72,6 +72,12 @@ pub struct KeysSection {
 }
 
 impl RepoConfig {
+    /// The pack size to write, within bounds whatever the config says: a pack is held in
+    /// memory while it is written, and a format-1 config was not authenticated.
+    pub fn pack_target(&self) -> u64 {
+        self.pack_size.clamp(1 << 20, 256 << 20)
+    }
+
     pub fn is_encrypted(&self) -> bool {
         self.encryption != "none"
     }

@@ -77,7 +77,15 @@ pub fn list(storage: &dyn Storage) -> Result<Vec<KeyFile>> {
         if name.len() != 16 || hex::decode(name).is_err() {
             continue;
         }
-        let data = storage.get(&obj.name)?;
+        let data = match storage.get_small(&obj.name, crate::storage::SMALL_OBJECT_MAX) {
+            Ok(d) => d,
+            // One oversized or special (planted) key file must not lock out the others.
+            Err(e) if matches!(e.kind, ErrorKind::Integrity | ErrorKind::Trust) => {
+                tracing::warn!("key file {} skipped: {e}", obj.name);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         match serde_json::from_slice::<KeyFile>(&data) {
             Ok(kf) if kf.id == name => out.push(kf),
             Ok(_) => tracing::warn!("key file {} names another key; skipped", obj.name),
@@ -277,7 +285,7 @@ pub fn unlock_with_identity(
     } else {
         (RECIPIENT_V1.to_string(), true)
     };
-    let file: RecipientFile = match storage.get(&name) {
+    let file: RecipientFile = match storage.get_small(&name, crate::storage::SMALL_OBJECT_MAX) {
         Ok(data) => serde_json::from_slice(&data)
             .map_err(|e| Error::integrity(format!("{name} is unreadable: {e}")))?,
         Err(e) if e.kind == ErrorKind::NotFound && v1 => return Err(not_write_only()),
@@ -340,7 +348,9 @@ fn open_with_root(
     }
     let past = if section.epoch > 0 {
         let name = past_name(section.epoch);
-        let sealed = storage.get(&name).map_err(|e| missing_key(e, &name))?;
+        let sealed = storage
+            .get_small(&name, crate::storage::SMALL_OBJECT_MAX)
+            .map_err(|e| missing_key(e, &name))?;
         let past = root.open_past(&sealed)?;
         if past.len() != section.epoch as usize
             || past.iter().enumerate().any(|(i, r)| r.epoch != i as u32)
@@ -358,7 +368,9 @@ fn open_with_root(
     let mut data_keys = Vec::with_capacity(section.data_keys.len());
     for (generation, &epoch) in section.data_keys.iter().enumerate() {
         let name = data_key_name(generation as u32);
-        let sealed = storage.get(&name).map_err(|e| missing_key(e, &name))?;
+        let sealed = storage
+            .get_small(&name, crate::storage::SMALL_OBJECT_MAX)
+            .map_err(|e| missing_key(e, &name))?;
         let sealer = epochs.get(epoch as usize).ok_or_else(|| {
             Error::integrity(format!("the config names key epoch {epoch} for {name}"))
         })?;
@@ -414,7 +426,7 @@ fn open_format_1(
     let mut data_keys = Vec::new();
     loop {
         let generation = data_keys.len() as u32;
-        match storage.get(&data_key_name(generation)) {
+        match storage.get_small(&data_key_name(generation), crate::storage::SMALL_OBJECT_MAX) {
             Ok(sealed) if root.data_key_is_format_2(generation, &sealed) => {
                 return Err(Error::new(
                     ErrorKind::Trust,
@@ -435,7 +447,7 @@ fn open_format_1(
             "the repository has no data keys (keys/data-00000000 is missing)",
         ));
     }
-    let recipient = match storage.get(RECIPIENT_V1) {
+    let recipient = match storage.get_small(RECIPIENT_V1, crate::storage::SMALL_OBJECT_MAX) {
         Ok(data) => {
             let file: RecipientFile = serde_json::from_slice(&data)
                 .map_err(|e| Error::integrity(format!("{RECIPIENT_V1} is unreadable: {e}")))?;
@@ -629,6 +641,38 @@ pub fn upgrade_recipient(
     root: &RootKeys,
 ) -> Result<()> {
     store_recipient_file(storage, recipient, root)
+}
+
+/// After `repo upgrade` committed format 2: the data keys of epoch 0 still in format 1's
+/// envelope, sealed again in format 2's. Then a format-1 config put back in place of the
+/// upgraded one is caught (`open_format_1` finds format-2 data keys). Returns how many.
+pub fn reseal_format_1_data_keys(storage: &dyn Storage, unlocked: &Unlocked) -> Result<usize> {
+    let root = if unlocked.root.epoch == 0 {
+        &unlocked.root
+    } else {
+        match unlocked.past.first() {
+            Some(r) => r,
+            None => return Ok(0),
+        }
+    };
+    let mut resealed = 0;
+    for (generation, key) in unlocked.master.data_keys.iter().enumerate() {
+        let generation = generation as u32;
+        let name = data_key_name(generation);
+        let sealed = match storage.get_small(&name, crate::storage::SMALL_OBJECT_MAX) {
+            Ok(s) => s,
+            Err(e) if e.kind == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if root.data_key_is_format_2(generation, &sealed)
+            || root.open_data_key(generation, &sealed).ok().as_ref() != Some(key)
+        {
+            continue; // already format 2's, or another epoch's
+        }
+        storage.put_replace(&name, &root.seal_data_key(generation, key)?)?;
+        resealed += 1;
+    }
+    Ok(resealed)
 }
 
 /// `repo upgrade`: the data key generations of a format-1 repository (all epoch 0).

@@ -93,6 +93,18 @@ impl Marker {
             return false; // unreadable time: assume alive rather than delete under it
         };
         let age = jiff::Timestamp::now().duration_since(refreshed);
+        if age.as_secs() < -(STALE_AFTER.as_secs() as i64) {
+            // Dated further ahead than any working clock is: an authentic marker written to
+            // hold prune off for ever, or a host whose clock is wrong (object stores refuse
+            // requests from clocks 15 minutes off).
+            tracing::warn!(
+                "a lock marker of {} (pid {}) is dated {} s in the future; treated as stale (check that host's clock)",
+                self.host,
+                self.pid,
+                -age.as_secs()
+            );
+            return true;
+        }
         age.as_secs() > STALE_AFTER.as_secs() as i64
     }
 
@@ -204,7 +216,7 @@ pub fn plan_object(id: &str) -> String {
 pub fn live_markers(storage: &dyn Storage, records: &Records) -> Result<Vec<(String, Marker)>> {
     let mut out = Vec::new();
     for obj in storage.list(LOCKS)? {
-        let data = match storage.get(&obj.name) {
+        let data = match storage.get_small(&obj.name, crate::storage::RECORD_MAX) {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -564,5 +576,27 @@ mod tests {
         let plans = read_plans(&s, &r).unwrap();
         assert_eq!(plans.len(), 1);
         assert_eq!(plans[0].id, genuine.id);
+    }
+
+    #[test]
+    fn markers_dated_far_ahead_are_stale() {
+        let mut m = Marker::new("backup");
+        m.machine = String::new(); // another host: judged by its time alone
+        let at = |secs: i64| {
+            jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_secs(secs))
+                .unwrap()
+                .to_string()
+        };
+        m.refreshed = at(60);
+        assert!(!m.is_stale(), "a clock a minute ahead");
+        m.refreshed = at(-60);
+        assert!(!m.is_stale());
+        m.refreshed = at(-(STALE_AFTER.as_secs() as i64) - 60);
+        assert!(m.is_stale(), "not refreshed for too long");
+        m.refreshed = at(STALE_AFTER.as_secs() as i64 + 60);
+        assert!(m.is_stale(), "dated beyond any clock skew");
+        m.refreshed = "3000-01-01T00:00:00Z".into();
+        assert!(m.is_stale());
     }
 }

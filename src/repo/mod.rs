@@ -132,7 +132,9 @@ impl Repository {
         // writes keys. Openers that come in between see "keys not written yet" (NotFound)
         // and retry; see `keys::unlock`.
         let data = config.encode(root.as_ref())?;
-        if !storage.put_new("config", &data)? && storage.get("config")? != data {
+        if !storage.put_new("config", &data)?
+            && storage.get_small("config", crate::storage::SMALL_OBJECT_MAX)? != data
+        {
             return Err(Error::usage(format!(
                 "a repository was created at {} at the same moment",
                 storage.describe()
@@ -157,7 +159,7 @@ impl Repository {
 
     /// Open a repository; `passphrase` is asked for only if the repository is encrypted.
     pub fn open(storage: Box<dyn Storage>, unlock: Unlock) -> Result<Repository> {
-        let data = match storage.get("config") {
+        let data = match storage.get_small("config", crate::storage::SMALL_OBJECT_MAX) {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => {
                 return Err(Error::not_found(format!(
@@ -273,11 +275,23 @@ impl Repository {
         mut config: RepoConfig,
         root: Option<&RootKeys>,
     ) -> Result<RepoConfig> {
-        config.revision = self.config.revision.max(config.revision) + 1;
+        // Format 1 did not authenticate its config: its revision (none was written) counts
+        // for nothing.
+        let current = if self.config.format_version >= 2 {
+            self.config.revision
+        } else {
+            0
+        };
+        config.revision = current.max(config.revision).saturating_add(1);
         let root = root.or(self.keys.as_ref().map(|k| &k.root));
         let data = config.encode(root)?;
         self.storage.put_replace("config", &data)?;
-        let (stored, mac) = RepoConfig::parse(&self.storage.get("config")?, &self.location())?;
+        let (stored, mac) = RepoConfig::parse(
+            &self
+                .storage
+                .get_small("config", crate::storage::SMALL_OBJECT_MAX)?,
+            &self.location(),
+        )?;
         if let Some(root) = root {
             stored.verify(mac.as_deref(), root)?;
         }

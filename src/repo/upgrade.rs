@@ -11,7 +11,10 @@
 //!    one can only keep a backup longer); replica lists, tombstones and deletion plans
 //!    dropped, since format 1 did not authenticate them (a planted replica list would send
 //!    backups elsewhere): replicas are added again with `replica add`;
-//! 3. the config, last: format 2, the key layout and the recipient inside it, authenticated.
+//! 3. the config: format 2, the key layout and the recipient inside it, authenticated;
+//! 4. then the data keys sealed again in format 2's envelope, so that a format-1 config put
+//!    back in place of the upgraded one is caught (running `repo upgrade` again finishes this
+//!    step if it was interrupted).
 //!
 //! Crash-safe: until step 3 the repository is still format 1 (and stays readable: format 1
 //! readers of this version accept both envelopes); each step can run again. It runs alone:
@@ -34,6 +37,8 @@ pub struct UpgradeReport {
     /// Manifests that failed their check and were left out (forged or damaged).
     pub manifests_refused: Vec<String>,
     pub records_sealed: usize,
+    /// Data keys moved from format 1's envelope to format 2's (after the config).
+    pub data_keys_resealed: usize,
     /// Replicas named by the format-1 replica list, which could not be authenticated and was
     /// dropped: to be added again with `lifeboat replica add URL`.
     pub replicas_dropped: Vec<String>,
@@ -50,9 +55,17 @@ const RECORDS_DROPPED: [&str; 4] = ["replicas/", "forgotten/", "dropped/", "plan
 pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
     let from = repo.config.format_version;
     if from == FORMAT_VERSION {
+        // An upgrade interrupted after its config was committed finishes here.
+        let data_keys_resealed = match repo.keys() {
+            Some(unlocked) if repo.config.upgraded_from.is_some() => {
+                keys::reseal_format_1_data_keys(repo.storage(), unlocked)?
+            }
+            _ => 0,
+        };
         return Ok(UpgradeReport {
             from,
             to: from,
+            data_keys_resealed,
             ..Default::default()
         });
     }
@@ -97,6 +110,8 @@ fn upgrade_locked(
     let mut config = RepoConfig {
         format_version: FORMAT_VERSION,
         upgraded_from: Some(from),
+        revision: 0,
+        pack_size: repo.config.pack_target(),
         ..repo.config.clone()
     };
     let root = repo.keys().map(|k| k.root.clone());
@@ -135,6 +150,9 @@ fn upgrade_locked(
     let stored = repo.store_config(config, root.as_ref())?;
     if repo.recipient().is_some() {
         keys::remove_format_1_recipient(repo.storage())?;
+    }
+    if let Some(unlocked) = repo.keys() {
+        report.data_keys_resealed = keys::reseal_format_1_data_keys(repo.storage(), unlocked)?;
     }
     // The keys in memory still follow format 1's rules: reopen to use the repository further.
     Ok((report, stored))

@@ -5,11 +5,22 @@
 //! No symbolic link below the repository's folder is followed (the folder itself may be
 //! one): whoever can write the folder could otherwise make Lifeboat read files outside it
 //! and copy them to a replica, or delete them, with its own privileges (often root's).
+//! Every operation walks from the folder one directory at a time with `openat(2)` and
+//! `O_NOFOLLOW`, then acts relative to the directory it opened (`linkat`, `renameat`,
+//! `unlinkat`), so a link swapped in between a check and the act cannot redirect it. Only
+//! regular files are read (`O_NONBLOCK`: a planted FIFO cannot hang a command). What is not
+//! covered: the staging folder is handed out as a path (packs are written there by path),
+//! so a link swapped in for `tmp/` at that moment makes Lifeboat create a stray file where
+//! it points; it never reads or deletes through it.
 
 use super::{ObjectInfo, Storage};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,6 +33,41 @@ pub struct LocalStorage {
 }
 
 const OPEN_FILES: usize = 16;
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+const STAGING: &str = "tmp";
+
+/// An object name split into its folders and its file name.
+struct ObjectPath<'a> {
+    dirs: Vec<&'a str>,
+    file: &'a str,
+}
+
+fn split(name: &str) -> Result<ObjectPath<'_>> {
+    let bad = || Error::integrity(format!("'{name}' is not a repository object name"));
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        return Err(bad());
+    }
+    let file = parts.pop().ok_or_else(bad)?;
+    Ok(ObjectPath { dirs: parts, file })
+}
+
+fn errno_io(e: rustix::io::Errno) -> std::io::Error {
+    std::io::Error::from(e)
+}
+
+/// Whether `file` in folder `dir` is a symbolic link (an `O_NOFOLLOW` open of one fails with
+/// ELOOP, or with ENOTDIR when `O_DIRECTORY` is asked for too).
+fn is_link(dir: &OwnedFd, file: &str) -> bool {
+    rustix::fs::statat(dir, file, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink)
+}
 
 impl LocalStorage {
     pub fn new(root: impl Into<PathBuf>) -> LocalStorage {
@@ -39,14 +85,7 @@ impl LocalStorage {
             files.push(entry);
             return Ok(f);
         }
-        let p = self.path(name)?;
-        let f = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&p)
-                .ctx("cannot open", &p)?,
-        );
+        let f = Arc::new(self.open_object(name)?);
         if files.len() == OPEN_FILES {
             files.remove(0);
         }
@@ -58,71 +97,185 @@ impl LocalStorage {
         &self.root
     }
 
-    /// The path of object `name`, refusing one that leaves the folder or goes through a
-    /// symbolic link.
-    fn path(&self, name: &str) -> Result<PathBuf> {
-        let mut p = self.root.clone();
-        for part in Path::new(name).components() {
-            match part {
-                std::path::Component::Normal(c) => p.push(c),
-                _ => {
-                    return Err(Error::integrity(format!(
-                        "'{name}' is not a repository object name"
-                    )))
-                }
+    /// For messages: where object (or folder) `name` is.
+    fn display(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn link_refused(&self, name: &str) -> Error {
+        Error::new(
+            ErrorKind::Trust,
+            format!(
+                "{} is a symbolic link; Lifeboat follows no link inside a repository (it could lead outside it)",
+                self.display(name).display()
+            ),
+        )
+        .hint("remove the link and find out who made it; to keep a repository on another disk, link (or mount) the repository's folder itself")
+    }
+
+    /// The repository's folder (which may be a link), created if `create`. None if it does
+    /// not exist and `create` is false.
+    fn open_root(&self, create: bool) -> Result<Option<OwnedFd>> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        match rustix::fs::open(&self.root, flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(rustix::io::Errno::NOENT) if create => {
+                create_private_dir(&self.root)?;
+                rustix::fs::open(&self.root, flags, Mode::empty())
+                    .map(Some)
+                    .map_err(|e| Error::io("cannot open", &self.root, errno_io(e)))
             }
-            if fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(Error::new(
-                    crate::error::ErrorKind::Trust,
-                    format!(
-                        "{} is a symbolic link; Lifeboat follows no link inside a repository (it could lead outside it)",
-                        p.display()
-                    ),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::io("cannot open", &self.root, errno_io(e))),
+        }
+    }
+
+    /// The folder `dirs` (relative to the repository's), opened one level at a time without
+    /// following links; missing levels are created (0700, made durable) if `create`. None if
+    /// a level is missing and `create` is false.
+    fn open_dir(&self, dirs: &[&str], create: bool) -> Result<Option<OwnedFd>> {
+        let Some(mut fd) = self.open_root(create)? else {
+            return Ok(None);
+        };
+        for (i, dir) in dirs.iter().enumerate() {
+            let here = || dirs[..=i].join("/");
+            let opened = match rustix::fs::openat(&fd, *dir, DIR_FLAGS, Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&fd, *dir, Mode::from_raw_mode(0o700)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => {
+                            return Err(Error::io(
+                                "cannot create directory",
+                                &self.display(&here()),
+                                errno_io(e),
+                            ))
+                        }
+                    }
+                    // A new folder (`data/ab/`, or `backups/` on the first backup) is durable
+                    // only once the folder holding it is synced; otherwise a crash can lose
+                    // the entry, and every object in it, after the manifest that needs them
+                    // was committed.
+                    rustix::fs::fsync(&fd).map_err(|e| {
+                        Error::io("cannot sync directory", &self.display(&here()), errno_io(e))
+                    })?;
+                    rustix::fs::openat(&fd, *dir, DIR_FLAGS, Mode::empty())
+                }
+                other => other,
+            };
+            fd = match opened {
+                Ok(next) => next,
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(_) if is_link(&fd, dir) => return Err(self.link_refused(&here())),
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot open",
+                        &self.display(&here()),
+                        errno_io(e),
+                    ))
+                }
+            };
+        }
+        Ok(Some(fd))
+    }
+
+    fn not_found(&self, name: &str) -> Error {
+        Error::io(
+            "cannot read",
+            &self.display(name),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        )
+    }
+
+    /// Object `name`, opened for reading: a regular file, reached without following links.
+    fn open_object(&self, name: &str) -> Result<File> {
+        let path = split(name)?;
+        let dir = self
+            .open_dir(&path.dirs, false)?
+            .ok_or_else(|| self.not_found(name))?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&dir, path.file, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(_) if is_link(&dir, path.file) => return Err(self.link_refused(name)),
+            Err(e) => return Err(Error::io("cannot read", &self.display(name), errno_io(e))),
+        };
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|e| Error::io("cannot stat", &self.display(name), errno_io(e)))?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+            return Err(Error::new(
+                ErrorKind::Trust,
+                format!(
+                    "{} is not a regular file; Lifeboat reads nothing else in a repository",
+                    self.display(name).display()
+                ),
+            )
+            .hint("remove it and find out who made it"));
+        }
+        Ok(File::from(fd))
+    }
+
+    /// A new private file in the staging folder: the folder, the file's name in it, and
+    /// the file.
+    fn create_staged(&self) -> Result<(OwnedFd, String, File)> {
+        let dir = self
+            .open_dir(&[STAGING], true)?
+            .ok_or_else(|| Error::internal("staging folder not created"))?;
+        let name = format!("{:016x}.tmp", rand::random::<u64>());
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&dir, name.as_str(), flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| {
+                Error::io(
+                    "cannot create file",
+                    &self.display(&format!("{STAGING}/{name}")),
+                    errno_io(e),
                 )
-                .hint("remove the link and find out who made it; to keep a repository on another disk, link (or mount) the repository's folder itself"));
-            }
-        }
-        Ok(p)
+            })?;
+        Ok((dir, name, File::from(fd)))
     }
 
-    fn temp_path(&self) -> Result<PathBuf> {
-        let dir = self.staging_dir()?;
-        Ok(dir.join(format!("{:016x}.tmp", rand::random::<u64>())))
-    }
-
-    /// Link a finished, fsynced temp file to its final name without replacing anything.
-    fn link_into_place(&self, tmp: &Path, name: &str) -> Result<bool> {
-        let dest = self.path(name)?;
-        if let Some(parent) = dest.parent() {
-            let mut created = Vec::new();
-            let mut dir = Some(parent);
-            while let Some(d) = dir.filter(|d| !d.exists()) {
-                created.push(d);
-                dir = d.parent();
-            }
-            create_private_dir(parent)?;
-            // A new directory (`data/ab/`, or `backups/` on the first backup) is durable only
-            // once the directory holding it is synced; otherwise a crash can lose the entry,
-            // and every object in it, after the manifest that needs them was committed.
-            for d in created.iter().rev() {
-                if let Some(up) = d.parent() {
-                    sync_dir(up)?;
-                }
-            }
-        }
-        let created = match fs::hard_link(tmp, &dest) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+    /// Link a finished, fsynced file of the staging folder to its final name without
+    /// replacing anything; the staged name is removed either way.
+    fn link_into_place(&self, staging: &OwnedFd, staged: &str, name: &str) -> Result<bool> {
+        let unstage = || {
+            let _ = rustix::fs::unlinkat(staging, staged, AtFlags::empty());
+        };
+        let path = match split(name) {
+            Ok(p) => p,
             Err(e) => {
-                let _ = fs::remove_file(tmp);
-                return Err(Error::io("cannot store", &dest, e));
+                unstage();
+                return Err(e);
             }
         };
-        fs::remove_file(tmp).ctx("cannot remove temporary file", tmp)?;
-        if created {
-            if let Some(parent) = dest.parent() {
-                sync_dir(parent)?;
+        let dir = match self.open_dir(&path.dirs, true) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                unstage();
+                return Err(Error::internal("object folder not created"));
             }
+            Err(e) => {
+                unstage();
+                return Err(e);
+            }
+        };
+        let created = match rustix::fs::linkat(staging, staged, &dir, path.file, AtFlags::empty()) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::EXIST) => false,
+            Err(e) => {
+                unstage();
+                return Err(Error::io("cannot store", &self.display(name), errno_io(e)));
+            }
+        };
+        rustix::fs::unlinkat(staging, staged, AtFlags::empty()).map_err(|e| {
+            Error::io(
+                "cannot remove temporary file",
+                &self.display(&format!("{STAGING}/{staged}")),
+                errno_io(e),
+            )
+        })?;
+        if created {
+            rustix::fs::fsync(&dir).map_err(|e| {
+                Error::io("cannot sync directory", &self.display(name), errno_io(e))
+            })?;
         }
         Ok(created)
     }
@@ -176,87 +329,109 @@ impl Storage for LocalStorage {
     }
 
     fn put_new(&self, name: &str, data: &[u8]) -> Result<bool> {
-        if self.path(name)?.exists() {
+        if self.exists(name)? {
             return Ok(false);
         }
-        let tmp = self.temp_path()?;
-        let mut f = create_private_file(&tmp)?;
-        let written = f.write_all(data).and_then(|_| f.sync_all());
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io("cannot write", &tmp, e));
+        let (staging, staged, mut f) = self.create_staged()?;
+        if let Err(e) = f.write_all(data).and_then(|_| f.sync_all()) {
+            let _ = rustix::fs::unlinkat(&staging, staged.as_str(), AtFlags::empty());
+            return Err(Error::io("cannot write", &self.display(STAGING), e));
         }
-        self.link_into_place(&tmp, name)
+        self.link_into_place(&staging, &staged, name)
     }
 
     fn put_replace(&self, name: &str, data: &[u8]) -> Result<()> {
-        let tmp = self.temp_path()?;
-        let mut f = create_private_file(&tmp)?;
-        let dest = match self.path(name) {
-            Ok(d) => d,
+        let path = split(name)?;
+        let (staging, staged, mut f) = self.create_staged()?;
+        let unstage = || {
+            let _ = rustix::fs::unlinkat(&staging, staged.as_str(), AtFlags::empty());
+        };
+        if let Err(e) = f.write_all(data).and_then(|_| f.sync_all()) {
+            unstage();
+            return Err(Error::io("cannot write", &self.display(STAGING), e));
+        }
+        let dir = match self.open_dir(&path.dirs, true) {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                unstage();
+                return Err(Error::internal("object folder not created"));
+            }
             Err(e) => {
-                let _ = fs::remove_file(&tmp);
+                unstage();
                 return Err(e);
             }
         };
-        let written = f
-            .write_all(data)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io("cannot write", &tmp, e))
-            .and_then(|_| match dest.parent() {
-                Some(parent) => create_private_dir(parent),
-                None => Ok(()),
-            })
-            .and_then(|_| fs::rename(&tmp, &dest).ctx("cannot store", &dest));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
+        // renameat replaces a link at the final name rather than following it.
+        if let Err(e) = rustix::fs::renameat(&staging, staged.as_str(), &dir, path.file) {
+            unstage();
+            return Err(Error::io("cannot store", &self.display(name), errno_io(e)));
         }
-        written?;
-        if let Some(parent) = dest.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(())
+        rustix::fs::fsync(&dir)
+            .map_err(|e| Error::io("cannot sync directory", &self.display(name), errno_io(e)))
     }
 
     fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool> {
         File::open(staged)
             .and_then(|f| f.sync_all())
             .ctx("cannot sync", staged)?;
-        self.link_into_place(staged, name)
+        let staging_dir = self.display(STAGING);
+        let file = staged
+            .strip_prefix(&staging_dir)
+            .ok()
+            .map(Path::as_os_str)
+            .filter(|f| !f.is_empty() && !f.as_bytes().contains(&b'/'))
+            .ok_or_else(|| {
+                Error::internal(format!(
+                    "{} is not a file of the staging folder {}",
+                    staged.display(),
+                    staging_dir.display()
+                ))
+            })?;
+        let staging = self
+            .open_dir(&[STAGING], false)?
+            .ok_or_else(|| self.not_found(STAGING))?;
+        self.link_into_place(&staging, &OsStr::to_string_lossy(file), name)
     }
 
     fn staging_dir(&self) -> Result<PathBuf> {
-        let dir = self.path("tmp")?;
-        create_private_dir(&dir)?;
-        Ok(dir)
+        self.open_dir(&[STAGING], true)?;
+        Ok(self.display(STAGING))
     }
 
     fn get(&self, name: &str) -> Result<Vec<u8>> {
         use std::io::Read;
-        let p = self.path(name)?;
         let mut out = Vec::new();
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
-            .and_then(|mut f| f.read_to_end(&mut out))
-            .ctx("cannot read", &p)?;
+        self.open_object(name)?
+            .read_to_end(&mut out)
+            .ctx("cannot read", &self.display(name))?;
+        Ok(out)
+    }
+
+    fn get_small(&self, name: &str, max: u64) -> Result<Vec<u8>> {
+        use std::io::Read;
+        let f = self.open_object(name)?;
+        let size = f.metadata().ctx("cannot stat", &self.display(name))?.len();
+        super::check_small(self, name, size, max)?;
+        let mut out = Vec::new();
+        f.take(max + 1)
+            .read_to_end(&mut out)
+            .ctx("cannot read", &self.display(name))?;
+        super::check_small(self, name, out.len() as u64, max)?;
         Ok(out)
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
-        let p = self.path(name)?;
         let f = self.open_cached(name)?;
         let mut buf = vec![0u8; len];
         f.read_exact_at(&mut buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::integrity(format!(
                     "{} is truncated: wanted {len} bytes at offset {offset}",
-                    p.display()
+                    self.display(name).display()
                 ))
             } else {
-                Error::io("cannot read", &p, e)
+                Error::io("cannot read", &self.display(name), e)
             }
         })?;
         Ok(buf)
@@ -264,38 +439,67 @@ impl Storage for LocalStorage {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        let base = if prefix.trim_end_matches('/').is_empty() {
-            self.root.clone()
+        let base = prefix.trim_end_matches('/');
+        let dirs: Vec<&str> = if base.is_empty() {
+            Vec::new()
         } else {
-            self.path(prefix.trim_end_matches('/'))?
+            split(base)?
+                .dirs
+                .into_iter()
+                .chain([split(base)?.file])
+                .collect()
         };
-        if !base.exists() {
+        let Some(fd) = self.open_dir(&dirs, false)? else {
             return Ok(out);
-        }
-        let mut stack = vec![base];
-        while let Some(dir) = stack.pop() {
-            for entry in fs::read_dir(&dir).ctx("cannot list", &dir)? {
-                let entry = entry.ctx("cannot list", &dir)?;
-                if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                    tracing::warn!(
-                        "{} is a symbolic link; ignored (Lifeboat follows no link inside a repository)",
-                        entry.path().display()
-                    );
+        };
+        let mut stack = vec![(base.to_string(), fd)];
+        while let Some((dir_name, fd)) = stack.pop() {
+            let here = self.display(&dir_name);
+            let entries = rustix::fs::Dir::read_from(&fd)
+                .map_err(|e| Error::io("cannot list", &here, errno_io(e)))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("cannot list", &here, errno_io(e)))?;
+                let file = entry.file_name().to_bytes();
+                if file == b"." || file == b".." {
                     continue;
                 }
-                let meta = match entry.metadata() {
-                    Ok(m) => m,
-                    // Removed between listing and stat (a temp file being renamed): skip it.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io("cannot stat", &entry.path(), e)),
+                let file = String::from_utf8_lossy(file).into_owned();
+                let name = if dir_name.is_empty() {
+                    file.clone()
+                } else {
+                    format!("{dir_name}/{file}")
                 };
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                } else if let Ok(rel) = entry.path().strip_prefix(&self.root) {
-                    out.push(ObjectInfo {
-                        name: rel.to_string_lossy().into_owned(),
-                        size: meta.len(),
-                    });
+                let stat = match rustix::fs::statat(&fd, file.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(s) => s,
+                    // Removed between listing and stat (a temp file being renamed): skip it.
+                    Err(rustix::io::Errno::NOENT) => continue,
+                    Err(e) => {
+                        return Err(Error::io("cannot stat", &self.display(&name), errno_io(e)))
+                    }
+                };
+                match FileType::from_raw_mode(stat.st_mode) {
+                    FileType::Symlink => tracing::warn!(
+                        "{} is a symbolic link; ignored (Lifeboat follows no link inside a repository)",
+                        self.display(&name).display()
+                    ),
+                    FileType::Directory => {
+                        match rustix::fs::openat(&fd, file.as_str(), DIR_FLAGS, Mode::empty()) {
+                            Ok(sub) => stack.push((name, sub)),
+                            Err(rustix::io::Errno::NOENT) => {}
+                            Err(_) if is_link(&fd, &file) => return Err(self.link_refused(&name)),
+                            Err(e) => {
+                                return Err(Error::io("cannot list", &self.display(&name), errno_io(e)))
+                            }
+                        }
+                    }
+                    FileType::RegularFile => out.push(ObjectInfo {
+                        name,
+                        size: stat.st_size.max(0) as u64,
+                    }),
+                    _ => tracing::warn!(
+                        "{} is not a regular file; ignored",
+                        self.display(&name).display()
+                    ),
                 }
             }
         }
@@ -304,15 +508,29 @@ impl Storage for LocalStorage {
     }
 
     fn exists(&self, name: &str) -> Result<bool> {
-        Ok(self.path(name)?.exists())
+        let path = split(name)?;
+        let Some(dir) = self.open_dir(&path.dirs, false)? else {
+            return Ok(false);
+        };
+        match rustix::fs::statat(&dir, path.file, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(s) if FileType::from_raw_mode(s.st_mode) == FileType::Symlink => {
+                Err(self.link_refused(name))
+            }
+            Ok(_) => Ok(true),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io("cannot stat", &self.display(name), errno_io(e))),
+        }
     }
 
     fn delete(&self, name: &str) -> Result<()> {
-        let p = self.path(name)?;
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("cannot delete", &p, e)),
+        let path = split(name)?;
+        let Some(dir) = self.open_dir(&path.dirs, false)? else {
+            return Ok(());
+        };
+        // unlinkat removes a link itself, never what it points to.
+        match rustix::fs::unlinkat(&dir, path.file, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(Error::io("cannot delete", &self.display(name), errno_io(e))),
         }
     }
 }
@@ -375,5 +593,29 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("repo"), dir.path().join("link-to-repo"))
             .unwrap();
         assert_eq!(linked.get("backups/a").unwrap(), b"one");
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path().join("repo"));
+        s.put_new("keys/a", b"one").unwrap();
+        let fifo = dir.path().join("repo/keys/0123456789abcdef");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Read without a writer on the other end: refused at once, not a hang.
+        let e = s.get("keys/0123456789abcdef").unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Trust, "{e}");
+        let listed: Vec<String> = s
+            .list("keys/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(listed, ["keys/a"]);
+        assert!(s.get("keys").is_err(), "a folder is not an object");
+        assert!(s.get("keys/").is_err());
+        assert!(s.get("keys//a").is_err());
     }
 }

@@ -28,6 +28,29 @@ pub fn put_new_or_same(storage: &dyn Storage, name: &str, data: &[u8]) -> Result
     .hint("another process created it at the same moment; run the command again"))
 }
 
+/// The most a config, key file, data key or recipient file may hold: they are read whole
+/// into memory, and a planted giant one must not exhaust it.
+pub const SMALL_OBJECT_MAX: u64 = 1 << 20;
+/// The most a coordination record (lock marker, plan, pin, tombstone, replica list) may hold.
+pub const RECORD_MAX: u64 = 64 << 20;
+
+/// The error for object `name` of `size` bytes where at most `max` can be genuine.
+pub fn check_small<S: Storage + ?Sized>(
+    storage: &S,
+    name: &str,
+    size: u64,
+    max: u64,
+) -> Result<()> {
+    if size <= max {
+        return Ok(());
+    }
+    Err(crate::error::Error::integrity(format!(
+        "{}/{name} is {size} bytes, more than such an object ever holds ({max}); not read",
+        storage.describe()
+    ))
+    .hint("it was damaged or planted: restore it from a replica, or remove it if nothing made it"))
+}
+
 /// An object name and its size, as listed.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {
@@ -51,6 +74,13 @@ pub trait Storage: Send + Sync {
     /// (`locks/`, `pins/`, `verified/`); repository data is write-once.
     fn put_replace(&self, name: &str, data: &[u8]) -> Result<()>;
     fn get(&self, name: &str) -> Result<Vec<u8>>;
+    /// `get`, for an object that is never larger than `max` bytes: a larger one is an
+    /// Integrity error, found before it is read.
+    fn get_small(&self, name: &str, max: u64) -> Result<Vec<u8>> {
+        let data = self.get(name)?;
+        check_small(self, name, data.len() as u64, max)?;
+        Ok(data)
+    }
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// Read several ranges of `name`, (offset, length) in increasing order without overlaps,
     /// handing range `i` to `part` as soon as it has arrived. An object store reads them all

@@ -368,6 +368,30 @@ impl Storage for ObjectStorage {
             .map_err(|e| self.error("read", name, e))
     }
 
+    fn get_small(&self, name: &str, max: u64) -> Result<Vec<u8>> {
+        let path = self.path(name);
+        let got = self
+            .runtime
+            .block_on(async {
+                let r = self.store.get(&path).await?;
+                if r.meta.size > max {
+                    return Ok(Err(r.meta.size));
+                }
+                r.bytes().await.map(Ok)
+            })
+            .map_err(|e| self.error("read", name, e))?;
+        match got {
+            Ok(b) => {
+                super::check_small(self, name, b.len() as u64, max)?;
+                Ok(b.to_vec())
+            }
+            Err(size) => {
+                super::check_small(self, name, size, max)?;
+                Err(crate::error::Error::internal("unreachable size check"))
+            }
+        }
+    }
+
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let path = self.path(name);
         let bytes = self

@@ -260,6 +260,37 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `lifeboat` under strace, logging to `log` every `renameat(2)`: how a local repository
+/// replaces an object (std's `rename(2)`, used for files outside the repository such as the
+/// trust state, is another syscall and not counted). With `kill_at`, the process is killed
+/// (SIGKILL) at that rename, before it happens. Fails the test if strace is missing.
+pub fn lifeboat_under_strace(kill_at: Option<u32>, log: &Path) -> std::process::Command {
+    let strace = std::process::Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|o| o.status.success()),
+        "strace is needed (scripts/test.sh installs it)"
+    );
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-o"])
+        .arg(log)
+        .args(["-e", "trace=renameat"]);
+    if let Some(n) = kill_at {
+        c.arg("-e")
+            .arg(format!("inject=renameat:signal=SIGKILL:when={n}"));
+    }
+    c.arg(lifeboat_bin());
+    c
+}
+
+/// How many renames `lifeboat_under_strace` logged.
+pub fn renames_logged(log: &Path) -> u32 {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("renameat("))
+        .count() as u32
+}
+
 /// One run of `lifeboat`: exit code, stdout, stderr.
 pub struct Out {
     pub code: i32,
