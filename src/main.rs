@@ -1517,9 +1517,17 @@ fn cmd_upgrade(ctx: &Ctx) -> Result<i32> {
     ctx.record(&repo);
     let text = if r.from == r.to {
         format!(
-            "the repository at {} is already in format {}",
+            "the repository at {} is already in format {}{}",
             repo.location(),
-            r.to
+            r.to,
+            if r.data_keys_resealed > 0 {
+                format!(
+                    "; finished an interrupted upgrade ({} data keys sealed in format 2's envelope)",
+                    r.data_keys_resealed
+                )
+            } else {
+                String::new()
+            }
         )
     } else {
         let mut t = format!(
@@ -1541,7 +1549,7 @@ fn cmd_upgrade(ctx: &Ctx) -> Result<i32> {
                 r.replicas_dropped.join(", ")
             ));
         }
-        t.push_str("\n  older Lifeboat versions cannot open it any more; replicas are upgraded by the next sync");
+        t.push_str("\n  older Lifeboat versions cannot open it any more; upgrade each replica where it is (`lifeboat --repo URL repo upgrade`): a sync refuses one still in format 1");
         t
     };
     print_result(
