@@ -1315,8 +1315,13 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
         ))
         .hint("keys exist only in repositories created with `repo init --encrypt`"));
     }
-    if !matches!(command, KeyCommand::List) {
-        repo.require_current_format("changing keys")?;
+    match command {
+        KeyCommand::List => {}
+        // The one write that runs over an interrupted rotation: it finishes it.
+        KeyCommand::Rotate { full: true, .. } => {
+            repo.require_current_format("key rotate --full")?
+        }
+        _ => repo.require_writable("changing keys")?,
     }
     let host = lifeboat::ops::backup::hostname();
     let in_use = repo.keys().map(|k| k.key_id.clone()).unwrap_or_default();
@@ -1631,7 +1636,7 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
     let records = repo.records();
     let (mut list, _) = sync::read_replicas(repo.storage(), &records)?;
     if !matches!(command, ReplicaCommand::List) {
-        repo.require_current_format("changing replicas")?;
+        repo.require_writable("changing replicas")?;
     }
     match command {
         ReplicaCommand::List => {

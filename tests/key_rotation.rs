@@ -190,6 +190,12 @@ fn full_rotation_killed_at_any_step_finishes_and_re_seals_nothing_planted() {
                 if resealed > 0 && resealed < t.ids.len() {
                     seen_half_resealed = true;
                 }
+                // Nothing writes until the rotation is finished (it could undo the write).
+                run(&env, current, &["unpin", &t.ids[0]]).fails(
+                    6,
+                    &format!("unpin after a kill at rename {n}"),
+                    "a full key rotation of",
+                );
             }
             // The leaked key's holder plants its manifest while the rotation is unfinished.
             std::fs::write(env.repo().join(&t.forged.0), &t.forged.1).unwrap();
@@ -246,4 +252,48 @@ fn full_rotation_killed_at_any_step_finishes_and_re_seals_nothing_planted() {
         seen_half_resealed,
         "no kill landed half way through re-sealing"
     );
+}
+
+#[test]
+fn a_backup_does_not_start_while_a_full_rotation_runs() {
+    // The rotation is held for 3 s at its first rename (strace), after it took the lock and
+    // its inventory; a backup started then refuses (exit 6) instead of writing objects under
+    // keys being retired, which the rotation would not re-seal.
+    let t = template();
+    let env = fresh(&t);
+    let db = t.env.path("app.db");
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=renameat", "-e"])
+        .arg("inject=renameat:delay_enter=3000000:when=1")
+        .arg(lifeboat_bin())
+        .current_dir(env.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.path("home"))
+        .env("LIFEBOAT_REPO", env.repo())
+        .env("LIFEBOAT_PASSWORD", OLD_PW)
+        .env("LIFEBOAT_NEW_PASSWORD", "during-pw")
+        .args(["key", "rotate", "--full", "--yes", "--json"])
+        .args(FAST)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let rotation = c.spawn().unwrap();
+    // Wait until the rotation holds the lock.
+    assert!(
+        wait_until(std::time::Duration::from_secs(20), || env
+            .repo()
+            .join("locks/prune")
+            .exists()),
+        "the rotation took the lock"
+    );
+    let refused = run(&env, OLD_PW, &["backup", s(&db)]);
+    let done = Out::of(rotation.wait_with_output().unwrap()).ok("the rotation");
+    refused.fails(6, "a backup during the rotation", "key rotation on");
+    assert_eq!(done.json()["left_out"], serde_json::json!([]));
+    // Afterwards the backup runs, and every backup is listed.
+    run(&env, "during-pw", &["backup", s(&db)]).ok("backup after the rotation");
+    let list = run(&env, "during-pw", &["list", "--json"])
+        .ok("list")
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), t.ids.len() + 1, "{list}");
 }

@@ -1216,6 +1216,14 @@ fn replica_re_keyed_on_an_attackers_word(old_config: bool) {
     // And a tombstone (forgetting the genuine backups in the copy) for the replica, whose
     // genuine backups are deleted there: sync must copy them back all the same.
     thief(&case, LEAKED, &copy.url(), &["forget", "--keep-last", "1"]).ok("thief forget");
+    // And a pin of the planted backup.
+    thief(
+        &case,
+        LEAKED,
+        &copy.url(),
+        &["pin", &first["id"].as_str().unwrap()],
+    )
+    .ok("thief pin");
     let replica_store = Storage::local(&case.env, "replica");
     assert_eq!(copy.list("forgotten/").len(), 1);
     for id in &case.ids {
@@ -1241,6 +1249,53 @@ fn replica_re_keyed_on_an_attackers_word(old_config: bool) {
         .ok("list the replica")
         .json();
     assert_eq!(list.as_array().unwrap().len(), case.ids.len(), "{list}");
+    if old_config {
+        // Re-keyed on the word of a config the retired key put back: nothing it sealed was
+        // re-sealed (every index file there is the current epoch's, the planted pin gone).
+        for name in replica_store.list("index/") {
+            let v = case
+                .elsewhere(
+                    "home",
+                    &case.host_pw,
+                    &replica,
+                    &["repo", "inspect", &name, "--json"],
+                )
+                .ok("inspect")
+                .json();
+            assert_eq!(v["epoch"], 1, "{name}: {v}");
+        }
+        let planted_pin = format!("pins/{}", first["id"].as_str().unwrap());
+        assert!(replica_store.get(&planted_pin).is_none(), "{planted_pin}");
+        // The planted backup's packs are there, but no index file there describes them.
+        let source_packs = case.store.list("data/");
+        let planted_packs = copy
+            .list("data/")
+            .into_iter()
+            .filter(|p| !source_packs.contains(p))
+            .count();
+        assert!(planted_packs > 0);
+        let check = case
+            .elsewhere(
+                "home",
+                &case.host_pw,
+                &replica,
+                &["repo", "check", "--json"],
+            )
+            .ok("check the replica")
+            .json();
+        assert_eq!(check["unreferenced_packs"], planted_packs, "{check}");
+    }
+    for (id, rows) in case.ids.iter().zip(&case.dumps) {
+        let out = case.env.path(&format!("from-replica-{id}.db"));
+        case.elsewhere(
+            "home",
+            &case.host_pw,
+            &replica,
+            &["restore", id, "--output", s(&out)],
+        )
+        .ok("restore from the replica");
+        assert_eq!(&dump(&out), rows);
+    }
 }
 
 #[test]

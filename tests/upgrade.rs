@@ -36,6 +36,16 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// A copy of the fixture database `name` in the test's folder (tests never open the files
+/// of the source tree: SQLite would leave -shm files there).
+fn fixture_db(env: &Env, name: &str) -> PathBuf {
+    let p = env.path(name);
+    if !p.exists() {
+        std::fs::copy(fixtures().join(name), &p).expect("fixture database");
+    }
+    p
+}
+
 /// A copy of fixture `name` as the test's repository.
 fn fixture(env: &Env, name: &str) -> PathBuf {
     copy_dir(&fixtures().join(name), &env.repo());
@@ -95,7 +105,7 @@ fn assert_fixture_restores(env: &Env, name: &str) {
     for (id, db) in ids.iter().zip(["app-1.db", "app-2.db"]) {
         let out = env.path(&format!("restored-{name}-{id}.db"));
         read_json(env, name, &["restore", id, "--output", s(&out)]);
-        assert_eq!(dump(&out), dump(&fixtures().join(db)), "{name} {id}");
+        assert_eq!(dump(&out), dump(&fixture_db(env, db)), "{name} {id}");
         assert_eq!(sha256_file(&out), sha256_file(&fixtures().join(db)));
     }
 }
@@ -156,7 +166,7 @@ fn upgrade_keeps_every_backup_pin_and_key() {
         let (code, out, err) = run(
             &env,
             &host,
-            &["backup", s(&fixtures().join("app-2.db")), "--json"],
+            &["backup", s(&fixture_db(&env, "app-2.db")), "--json"],
         );
         assert_eq!(code, 0, "{name}: {out}{err}");
         let b: Value = serde_json::from_str(&out).unwrap();
@@ -232,7 +242,7 @@ fn write_only_upgrade_needs_the_identity_and_leaves_out_forged_manifests() {
     run(&env, &vars, &a);
     assert_fixture_restores(&env, "write-only");
     // The host writes again.
-    let (code, out, err) = run(&env, &host, &["backup", s(&fixtures().join("app-1.db"))]);
+    let (code, out, err) = run(&env, &host, &["backup", s(&fixture_db(&env, "app-1.db"))]);
     assert_eq!(code, 0, "{out}{err}");
 }
 
@@ -256,7 +266,8 @@ fn config_format(repo: &Path) -> u64 {
 fn upgrade_killed_at_any_step_on_local_disk_resumes() {
     // Every object the upgrade replaces is one rename: kill the process at the N-th rename
     // (strace's fault injection), for N across the whole run, and check what it left.
-    let many_db = fixtures().join("app-many.db");
+    let keep = Env::new();
+    let many_db = fixture_db(&keep, "app-many.db");
     // Renames in the repository: 1 keys/recipient-0, 2..=41 the 40 manifests, 42 the pin,
     // 43 the config, 44 the data key sealed again.
     for n in [1u32, 2, 3, 11, 24, 40, 41, 42, 43, 44] {
@@ -413,7 +424,7 @@ fn upgrade_interrupted_on_s3_resumes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(dump(&restored), dump(&fixtures().join("app-many.db")));
+    assert_eq!(dump(&restored), dump(&fixture_db(&env, "app-many.db")));
 }
 
 #[test]
@@ -533,7 +544,7 @@ fn upgrade_drops_the_unauthenticated_replica_list() {
     let b = read_json(
         &env,
         "encrypted",
-        &["backup", s(&fixtures().join("app-2.db"))],
+        &["backup", s(&fixture_db(&env, "app-2.db"))],
     );
     assert_eq!(b["replication"], serde_json::json!([]), "{b}");
     assert!(!attacker.exists(), "nothing sent to the planted replica");

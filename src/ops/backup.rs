@@ -100,7 +100,7 @@ const PIPELINE_STOPPED: &str = "backup pipeline stopped";
 
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
     // The marker tells a concurrent prune that this backup may reuse any pack it indexed.
-    repo.require_current_format("backup")?;
+    repo.require_writable("backup")?;
     locks::as_writer(
         repo.storage(),
         &repo.records(),

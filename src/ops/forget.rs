@@ -60,7 +60,7 @@ fn group_of(m: &Manifest) -> String {
 
 pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
     if !opts.dry_run {
-        repo.require_current_format("forget")?;
+        repo.require_writable("forget")?;
     }
     let storage = repo.storage();
     let pinned = ids_under(repo, PINS)?;
@@ -194,7 +194,7 @@ fn ids_under(repo: &Repository, prefix: &str) -> Result<HashSet<String>> {
 
 /// Pin or unpin a backup (by id, prefix or `latest`). Returns its id.
 pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String> {
-    repo.require_current_format(if pinned { "pin" } else { "unpin" })?;
+    repo.require_writable(if pinned { "pin" } else { "unpin" })?;
     let m = repo.resolve(spec, None)?;
     let name = format!("{PINS}{}", m.id);
     if pinned {
@@ -224,7 +224,7 @@ pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
 
 /// Record that `verify` passed for a backup (the "newest verified" safety rail).
 pub fn record_verified(repo: &Repository, id: &str) -> Result<()> {
-    repo.require_current_format("recording a verification")?;
+    repo.require_writable("recording a verification")?;
     let record = serde_json::json!({
         "verified": jiff::Timestamp::now().to_string(),
         "host": crate::ops::backup::hostname(),

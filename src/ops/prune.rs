@@ -98,7 +98,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions) -> Result<PruneReport> {
     if opts.dry_run {
         return plan_and_sweep(repo, opts, None);
     }
-    repo.require_current_format("prune")?;
+    repo.require_writable("prune")?;
     locks::as_pruner(repo.storage(), &repo.records(), |lease| {
         plan_and_sweep(repo, opts, Some(lease))
     })

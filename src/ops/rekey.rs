@@ -158,68 +158,72 @@ pub fn rotate_full(
         .hint("a full rotation needs a passphrase no current key file opens: give a new one (LIFEBOAT_NEW_PASSWORD or --new-password-file)"));
     }
     let old_records = repo.records();
-    let (report, config, new) = locks::as_pruner(repo.storage(), &old_records, |lease| {
-        ensure_alone(repo, &old_records)?;
-        let resumed = section.rekeying;
-        let mut report = RekeyReport {
-            resumed,
-            ..Default::default()
-        };
-        // What is re-sealed, decided by the keys being retired alone.
-        let earlier = if resumed {
-            read_inventory(repo.storage(), &unlocked.master, section.epoch)?
-        } else {
-            Inventory::default()
-        };
-        let inventory = take_inventory(repo.storage(), &unlocked.master, &earlier, &mut report)?;
-        // Step 1: the new keys, committed with `rekeying` set. Always a new epoch, even
-        // after an interrupted rotation: whoever holds the keys being revoked can set
-        // `rekeying` in an authentic config, and must not make this a no-op.
-        let (new, mut next) =
-            keys::new_epoch(repo.storage(), unlocked, &section, passphrase, params, host)?;
-        let name = inventory_name(next.epoch);
-        let plain = serde_json::to_vec(&inventory).map_err(|e| Error::internal(e.to_string()))?;
-        repo.storage().put_replace(
-            &name,
-            &new.master
-                .seal(ObjectKind::Inventory, name.as_bytes(), &plain)?,
-        )?;
-        let mut config = repo.config.clone();
-        config.keys = Some(next.clone());
-        lease.check()?;
-        let committed = repo.store_config(config, Some(&new.root))?;
-        report.epoch = next.epoch;
-        report.key_id = new.key_id.clone();
-        // Step 2: re-seal what the inventory names.
-        for (name, hash) in &inventory.objects {
-            let data = get_if_present(repo.storage(), name)?;
-            let unchanged = data.as_ref().is_some_and(|d| Hash::of(d).to_hex() == *hash);
-            match data {
-                Some(data) if unchanged => {
-                    reseal_one(repo.storage(), &new.master, name, &data, &mut report)?
+    let (report, config, new) =
+        locks::exclusively(repo.storage(), &old_records, "key rotation", |lease| {
+            ensure_alone(repo, &old_records)?;
+            let resumed = section.rekeying;
+            let mut report = RekeyReport {
+                resumed,
+                ..Default::default()
+            };
+            // What is re-sealed, decided by the keys being retired alone.
+            let earlier = if resumed {
+                read_inventory(repo.storage(), &unlocked.master, section.epoch)?
+            } else {
+                Inventory::default()
+            };
+            let inventory =
+                take_inventory(repo.storage(), &unlocked.master, &earlier, &mut report)?;
+            // Step 1: the new keys, committed with `rekeying` set. Always a new epoch, even
+            // after an interrupted rotation: whoever holds the keys being revoked can set
+            // `rekeying` in an authentic config, and must not make this a no-op.
+            let (new, mut next) =
+                keys::new_epoch(repo.storage(), unlocked, &section, passphrase, params, host)?;
+            let name = inventory_name(next.epoch);
+            let plain =
+                serde_json::to_vec(&inventory).map_err(|e| Error::internal(e.to_string()))?;
+            repo.storage().put_replace(
+                &name,
+                &new.master
+                    .seal(ObjectKind::Inventory, name.as_bytes(), &plain)?,
+            )?;
+            let mut config = repo.config.clone();
+            config.keys = Some(next.clone());
+            lease.check()?;
+            let committed = repo.store_config(config, Some(&new.root))?;
+            report.epoch = next.epoch;
+            report.key_id = new.key_id.clone();
+            // Step 2: re-seal what the inventory names.
+            for (name, hash) in &inventory.objects {
+                let data = get_if_present(repo.storage(), name)?;
+                let unchanged = data.as_ref().is_some_and(|d| Hash::of(d).to_hex() == *hash);
+                match data {
+                    Some(data) if unchanged => {
+                        reseal_one(repo.storage(), &new.master, name, &data, &mut report)?
+                    }
+                    Some(_) => left_out(
+                        repo.storage(),
+                        name,
+                        "it changed since the rotation began",
+                        &mut report,
+                    ),
+                    None => {}
                 }
-                Some(_) => left_out(
-                    repo.storage(),
-                    name,
-                    "it changed since the rotation began",
-                    &mut report,
-                ),
-                None => {}
             }
-        }
-        ensure_alone(repo, &old_records)?;
-        lease.check()?;
-        // Step 3: only the new keys count.
-        next.rekeying = false;
-        let mut config = committed;
-        config.keys = Some(next.clone());
-        let stored = repo.store_config(config, Some(&new.root))?;
-        report.key_files_removed = keys::remove_retired(repo.storage(), &new.key_id, next.epoch)?;
-        for o in repo.storage().list(INVENTORY_PREFIX)? {
-            repo.storage().delete(&o.name)?;
-        }
-        Ok((report, stored, new))
-    })?;
+            ensure_alone(repo, &old_records)?;
+            lease.check()?;
+            // Step 3: only the new keys count.
+            next.rekeying = false;
+            let mut config = committed;
+            config.keys = Some(next.clone());
+            let stored = repo.store_config(config, Some(&new.root))?;
+            report.key_files_removed =
+                keys::remove_retired(repo.storage(), &new.key_id, next.epoch)?;
+            for o in repo.storage().list(INVENTORY_PREFIX)? {
+                repo.storage().delete(&o.name)?;
+            }
+            Ok((report, stored, new))
+        })?;
     repo.config = config;
     repo.replace_keys(new);
     Ok(report)
@@ -359,15 +363,16 @@ fn reseal_one(
 }
 
 /// Re-key a replica that has not seen the rotation to the current epoch, whose config is
-/// authentic under `replica_epoch`'s keys. Its manifests become the source's (re-sealed by
-/// the rotation there); one only the replica holds is left out, since nothing can tell it
-/// from one a retired key wrote there since the rotation. Its index files and pins are
-/// re-sealed if its own epoch sealed them: neither can make anything delete data (prune
-/// reads and checks every copy it relies on; a pin only keeps a backup longer), and the
-/// replica's config may be an old one put back by whoever holds a retired key. Its other
-/// records (tombstones, plans, verifications, replica lists) are deleted: at worst the next
-/// sync copies forgotten data back once, the next prune plans again, a backup is verified
-/// again.
+/// authentic under `replica_epoch`'s keys. Nothing the replica holds is re-sealed on its
+/// own word: that config may be an old one put back by whoever holds a retired key, with
+/// objects they sealed. Its manifests become the source's (re-sealed by the rotation there);
+/// one only the replica holds is left out (nothing can tell it from one a retired key wrote
+/// there). Its index files are deleted: the sync that follows indexes the packs the
+/// replica holds again from the source's index (copying none it has). A pin is kept (re-
+/// sealed) if the replica's epoch sealed it and it names a backup of the source (at worst
+/// it keeps a genuine backup longer); every other record (tombstones, plans, verifications,
+/// replica lists, other pins) is deleted: at worst the next sync copies data the replica
+/// had forgotten back once, its next prune plans again, a backup is verified again.
 pub fn reseal_replica(
     target: &dyn Storage,
     keys: &MasterKeys,
@@ -382,46 +387,34 @@ pub fn reseal_replica(
         let Some((kind, bound)) = sealing_of(&name) else {
             continue;
         };
-        if kind == ObjectKind::Manifest {
-            match get_if_present(source, &name)? {
+        match kind {
+            ObjectKind::Manifest => match get_if_present(source, &name)? {
                 Some(data) => {
                     target.put_replace(&name, &data)?;
                     report.manifests += 1;
                 }
                 None => left_out(target, &name, "only this replica holds it", &mut report),
+            },
+            ObjectKind::Index => {
+                target.delete(&name)?;
+                report.index_files += 1;
             }
-            continue;
-        }
-        if kind == ObjectKind::Record && !name.starts_with("pins/") {
-            target.delete(&name)?;
-            continue;
-        }
-        let Some(data) = get_if_present(target, &name)? else {
-            continue;
-        };
-        if kind == ObjectKind::Index && index_object_name(&Hash::of(&data)) != name {
-            left_out(
-                target,
-                &name,
-                "damaged (its content does not match its name)",
-                &mut report,
-            );
-            continue;
-        }
-        match keys.open_any_epoch(kind, &bound, &data, &name) {
-            Ok((_, epoch)) if epoch == keys.epoch() => {}
-            Ok((_, epoch)) if epoch == replica_epoch => {
-                reseal_one(target, keys, &name, &data, &mut report)?
+            _ => {
+                let pinned = name.strip_prefix("pins/").map(|id| format!("backups/{id}"));
+                let keep = match &pinned {
+                    Some(backup) if source.exists(backup)? => get_if_present(target, &name)?
+                        .filter(|data| {
+                            keys.open_any_epoch(kind, &bound, data, &name).is_ok_and(
+                                |(_, epoch)| epoch == replica_epoch || epoch == keys.epoch(),
+                            )
+                        }),
+                    _ => None,
+                };
+                match keep {
+                    Some(data) => reseal_one(target, keys, &name, &data, &mut report)?,
+                    None => target.delete(&name)?,
+                }
             }
-            Ok((_, epoch)) => left_out(
-                target,
-                &name,
-                &format!(
-                    "sealed by key epoch {epoch}, retired before the replica's {replica_epoch}"
-                ),
-                &mut report,
-            ),
-            Err(e) => left_out(target, &name, &e.message, &mut report),
         }
     }
     Ok(report)

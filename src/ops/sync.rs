@@ -120,7 +120,7 @@ fn content_addressed(name: &str) -> Option<Hash> {
 
 /// Bring `target` up to date with `repo`, `parallel` objects at a time.
 pub fn sync(repo: &Repository, target: &dyn Storage, parallel: usize) -> Result<SyncReport> {
-    repo.require_current_format("sync")?;
+    repo.require_writable("sync")?;
     let update = target_config_update(repo, target)?;
     let records = repo.records();
     // A sync may copy a manifest that needs packs a prune on the target has planned to
@@ -240,7 +240,7 @@ fn sync_marked(
         let report =
             crate::ops::rekey::reseal_replica(target, &keys.master, repo.storage(), from_epoch)?;
         tracing::info!(
-            "{}: re-keyed {} manifests, {} index files, {} records",
+            "{}: re-keyed: {} manifests taken from this repository, {} index files dropped (indexed again now), {} pins kept",
             target.describe(),
             report.manifests,
             report.index_files,
@@ -284,7 +284,8 @@ fn sync_marked(
         lease.check()?;
         copier.copy_missing("backups/", |name| !tomb.backups.contains(object_id(name)))?;
     } else {
-        copy_backups(repo, target, &copier, lease)?;
+        let reindex = matches!(update, ConfigUpdate::Rekey { .. });
+        copy_backups(repo, target, &copier, lease, reindex)?;
     }
     // The config last: only now is the replica a repository (or has the new keys).
     if update != ConfigUpdate::None {
@@ -321,11 +322,15 @@ fn object_id(name: &str) -> &str {
 /// Copy the backups the target lacks (and did not forget on purpose), with exactly the
 /// packs they need that the target does not hold, plus packs the target lost (repair), and
 /// index entries for what was copied; manifests last.
+/// Copy the backups `target` lacks, with the data they need that it does not hold, and
+/// their index entries. `reindex`: the target's index files were dropped (re-keyed), so
+/// every backup's data is indexed there again (packs it holds are not copied again).
 fn copy_backups(
     repo: &Repository,
     target: &dyn Storage,
     copier: &Copier,
     lease: &Lease,
+    reindex: bool,
 ) -> Result<()> {
     let source = repo.storage();
     // Backups listed before the tombstones: a forget running now records a backup before
@@ -337,7 +342,7 @@ fn copy_backups(
         .list("backups/")?
         .into_iter()
         .filter(|o| crate::id::is_backup_id(object_id(&o.name)))
-        .filter(|o| have_backups.get(&o.name) != Some(&o.size))
+        .filter(|o| reindex || have_backups.get(&o.name) != Some(&o.size))
         .filter(|o| !tomb.backups.contains(object_id(&o.name)))
         .collect();
 

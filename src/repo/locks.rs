@@ -25,6 +25,10 @@ pub const PLANS: &str = "plans/";
 pub const PRUNE_LOCK: &str = "locks/prune";
 
 /// A marker not refreshed for this long belongs to a dead process on some host.
+/// The kind of the prune lock's marker when a prune holds it (a key rotation or an upgrade
+/// holds it under another kind, and then keeps writers out).
+const PRUNE_KIND: &str = "prune";
+
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 
 fn refresh_every() -> Duration {
@@ -83,11 +87,9 @@ impl Marker {
             && self.machine == this_machine()
             && self.host == crate::ops::backup::hostname();
         if here {
-            let alive = process_alive(self.pid)
-                && (self.start_ticks == 0 || start_ticks(self.pid) == Some(self.start_ticks));
-            if !alive {
-                return true;
-            }
+            // Its own process says it all: alive is alive, whatever its clock said.
+            return !(process_alive(self.pid)
+                && (self.start_ticks == 0 || start_ticks(self.pid) == Some(self.start_ticks)));
         }
         let Ok(refreshed) = self.refreshed.parse::<jiff::Timestamp>() else {
             return false; // unreadable time: assume alive rather than delete under it
@@ -329,6 +331,18 @@ pub fn as_writer<T>(
     storage.put_replace(&name, &marker.encode(records, &name)?)?;
     let lease = Lease::new(&format!("the {kind}"));
     let result = (|| {
+        // The marker is visible before the prune lock is read: a key rotation or upgrade
+        // that takes the lock after this sees the marker and stops; one that took it before
+        // is seen here.
+        if let Some(holder) = read_lock_holder(storage, records) {
+            if holder.kind != PRUNE_KIND && !holder.is_stale() {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    format!("the repository is being changed: {}", holder.describe()),
+                )
+                .hint(format!("run the {kind} again when it has finished")));
+            }
+        }
         let plans = if sees_plans {
             // The marker is visible before the plans are read: a prune that writes a plan
             // after this listing will see the marker, and wait for this writer.
@@ -436,6 +450,14 @@ fn with_refresh<T>(
     })
 }
 
+/// The authentic holder of the prune lock, if any.
+fn read_lock_holder(storage: &dyn Storage, records: &Records) -> Option<Marker> {
+    storage
+        .get_small(PRUNE_LOCK, crate::storage::RECORD_MAX)
+        .ok()
+        .and_then(|d| records.decode(PRUNE_LOCK, &d).ok())
+}
+
 /// Run `work` holding the prune lock. Another live prune is an error (exit 6) naming it;
 /// a stale prune lock is taken over. `work` must call `Lease::check` before deleting.
 /// A prune lock that is not authentic (planted) is treated like a stale one: taken over.
@@ -444,14 +466,30 @@ pub fn as_pruner<T>(
     records: &Records,
     work: impl FnOnce(&Lease) -> Result<T>,
 ) -> Result<T> {
-    let marker = Marker::new("prune");
+    holding_prune_lock(storage, records, PRUNE_KIND, work)
+}
+
+/// Run `work` holding the prune lock as `kind` (a full key rotation, an upgrade): writers
+/// refuse to start while it is held (`as_writer`), and `work` must check for the writers
+/// that started before.
+pub fn exclusively<T>(
+    storage: &dyn Storage,
+    records: &Records,
+    kind: &str,
+    work: impl FnOnce(&Lease) -> Result<T>,
+) -> Result<T> {
+    holding_prune_lock(storage, records, kind, work)
+}
+
+fn holding_prune_lock<T>(
+    storage: &dyn Storage,
+    records: &Records,
+    kind: &str,
+    work: impl FnOnce(&Lease) -> Result<T>,
+) -> Result<T> {
+    let marker = Marker::new(kind);
     let data = marker.encode(records, PRUNE_LOCK)?;
-    let read_holder = || -> Option<Marker> {
-        storage
-            .get(PRUNE_LOCK)
-            .ok()
-            .and_then(|d| records.decode(PRUNE_LOCK, &d).ok())
-    };
+    let read_holder = || read_lock_holder(storage, records);
     let mut taken = storage.put_new(PRUNE_LOCK, &data)?;
     if !taken {
         let other: Option<Marker> = read_holder();
@@ -459,7 +497,7 @@ pub fn as_pruner<T>(
             Some(m) if !m.is_stale() => {
                 return Err(Error::new(
                     ErrorKind::InUse,
-                    format!("another prune is running: {}", m.describe()),
+                    format!("the prune lock is held: {}", m.describe()),
                 )
                 .hint("wait for it to finish; a lock from a process that died is taken over after 30 minutes"));
             }

@@ -253,6 +253,24 @@ impl Repository {
         }))
     }
 
+    /// What every command that writes checks first: the current format, and no full key
+    /// rotation left half done (the rotation that finishes it re-seals what the interrupted
+    /// one listed, which could undo a deletion made meanwhile).
+    pub fn require_writable(&self, what: &str) -> Result<()> {
+        self.require_current_format(what)?;
+        if self.config.keys.as_ref().is_some_and(|k| k.rekeying) {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "{what} waits: a full key rotation of {} was interrupted",
+                    self.location()
+                ),
+            )
+            .hint("finish it first: `lifeboat key rotate --full` (with a new passphrase)"));
+        }
+        Ok(())
+    }
+
     /// How coordination records are sealed here.
     pub fn records(&self) -> Records {
         match &self.keys {
@@ -300,7 +318,7 @@ impl Repository {
 
     /// `key rotate`: a new data key for everything this and later processes write.
     pub fn rotate_data_key(&mut self) -> Result<u32> {
-        self.require_current_format("key rotate")?;
+        self.require_writable("key rotate")?;
         let Some(unlocked) = self.keys.as_ref() else {
             return Err(Error::usage("the repository is not encrypted"));
         };

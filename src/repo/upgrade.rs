@@ -78,7 +78,7 @@ pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
         .hint("run `lifeboat repo upgrade --identity FILE` where the identity is; until then this host can read nothing and write nothing there"));
     }
     let plain = Records::plain();
-    let (report, config) = locks::as_pruner(repo.storage(), &plain, |lease| {
+    let (report, config) = locks::exclusively(repo.storage(), &plain, "upgrade", |lease| {
         let writers: Vec<String> = locks::live_markers(repo.storage(), &plain)?
             .into_iter()
             .filter(|(name, _)| name != locks::PRUNE_LOCK)

@@ -85,7 +85,9 @@ pub fn make_db(path: &Path, rows: u32) -> Connection {
 
 /// Every row of every table, in a canonical order: the logical content of a database.
 pub fn dump(path: &Path) -> Vec<String> {
-    let c = Connection::open(path).expect("open");
+    // Read-only: a missing file is an error, not an empty database.
+    let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let tables: Vec<String> = c
         .prepare("SELECT name FROM sqlite_schema WHERE type='table' ORDER BY name")
         .and_then(|mut s| {
