@@ -1221,7 +1221,7 @@ fn replica_re_keyed_on_an_attackers_word(old_config: bool) {
         &case,
         LEAKED,
         &copy.url(),
-        &["pin", &first["id"].as_str().unwrap()],
+        &["pin", first["id"].as_str().unwrap()],
     )
     .ok("thief pin");
     let replica_store = Storage::local(&case.env, "replica");
