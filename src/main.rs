@@ -1658,7 +1658,7 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
             }
             // Refuse a target that holds another repository.
             let target = config::open_storage(&url, true)?;
-            if let Ok(data) = target.get_small("config", lifeboat::storage::SMALL_OBJECT_MAX) {
+            if let Ok(data) = target.get_small("config", lifeboat::repo::format::SMALL_OBJECT_MAX) {
                 let (theirs, _) = lifeboat::repo::RepoConfig::parse(&data, &url)?;
                 if theirs.id != repo.config.id {
                     return Err(Error::usage(format!(

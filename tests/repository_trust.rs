@@ -1507,6 +1507,22 @@ fn oversized_and_special_files(case: &mut Case) {
     let list = case.owner_json(&["list"]);
     assert_eq!(list.as_array().unwrap().len(), case.ids.len(), "{list}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    if let common::attacker::Place::Local(root) = &case.store.place {
+        // A 600 MiB (sparse) index file: reported, never read into memory.
+        let giant = root.join(format!("index/{}", "ab".repeat(32)));
+        std::fs::File::create(&giant)
+            .unwrap()
+            .set_len(600 << 20)
+            .unwrap();
+        let o = case.owner(&["repo", "check", "--json"]).code(4, "check");
+        assert!(
+            o.stdout.contains("more than such an object ever holds"),
+            "{}",
+            o.text()
+        );
+        case.assert_genuine_restore(&[]);
+        std::fs::remove_file(giant).unwrap();
+    }
     case.store.put("config", &junk);
     case.owner(&["list"]).fails(
         4,
@@ -1520,3 +1536,35 @@ on_both_stores!(
     oversized_and_special_files,
     Mode::Passphrase
 );
+
+#[test]
+fn a_forgotten_manifest_copied_back_does_not_stop_prune() {
+    // After `forget --prune`, the forgotten manifest is put back (it is authentic): it shows
+    // in the list again, but prune goes on (its data is gone) and what is kept restores.
+    let env = Env::new();
+    let store = local(&env);
+    let mut case = Case::new(env, store, Mode::Passphrase);
+    let old: Vec<(String, Vec<u8>)> = case
+        .store
+        .list("backups/")
+        .into_iter()
+        .map(|n| {
+            let d = case.store.get(&n).unwrap();
+            (n, d)
+        })
+        .collect();
+    let v = case.owner_json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(v["forget"]["removed"].as_array().unwrap().len(), 1, "{v}");
+    for (n, d) in &old {
+        case.store.put(n, d);
+    }
+    let list = case.owner_json(&["list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let o = case
+        .owner(&["prune", "--json"])
+        .ok("prune with the manifest back");
+    assert!(o.stderr.contains("its manifest is back"), "{}", o.stderr);
+    case.ids.drain(..1);
+    case.dumps.drain(..1);
+    case.assert_genuine_restore(&[]);
+}

@@ -313,6 +313,15 @@ fn upgrade_killed_at_any_step_on_local_disk_resumes() {
             40,
             "after a kill at rename {n}"
         );
+        if committed {
+            // Interrupted after its config: every command says how to finish it.
+            let (vars, flags) = reader("write-only-many");
+            let mut a: Vec<&str> = flags.iter().map(String::as_str).collect();
+            a.push("list");
+            let (code, _, err) = run(&env, &vars, &a);
+            assert_eq!(code, 0, "{err}");
+            assert!(err.contains("run `lifeboat repo upgrade` again"), "{err}");
+        }
         let r = read_json(&env, "write-only-many", &["repo", "upgrade"]);
         assert_eq!(r["to"], 2);
         // The data key ends in format 2's envelope either way.

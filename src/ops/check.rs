@@ -78,10 +78,14 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         let Ok(id) = Hash::from_hex(name) else {
             continue;
         };
-        let data = match storage.get(&obj.name) {
+        let data = match storage.get_small(&obj.name, crate::repo::format::INDEX_MAX) {
             Ok(d) => d,
             // Rewritten or merged by a prune since the listing.
             Err(e) if e.kind == crate::error::ErrorKind::NotFound => continue,
+            Err(e) if e.kind == crate::error::ErrorKind::Integrity => {
+                problems.push(problem(obj.name.clone(), e.message));
+                continue;
+            }
             Err(e) => return Err(e),
         };
         report.bytes_read += data.len() as u64;

@@ -177,7 +177,10 @@ fn ids_under(repo: &Repository, prefix: &str) -> Result<HashSet<String>> {
         let Some(id) = o.name.rsplit('/').next() else {
             continue;
         };
-        let data = match repo.storage().get(&o.name) {
+        let data = match repo
+            .storage()
+            .get_small(&o.name, crate::repo::format::RECORD_MAX)
+        {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -212,7 +215,10 @@ pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String>
 
 pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
     let name = format!("{PINS}{id}");
-    match repo.storage().get(&name) {
+    match repo
+        .storage()
+        .get_small(&name, crate::repo::format::RECORD_MAX)
+    {
         Ok(data) => Ok(repo
             .records()
             .decode_or_warn::<serde_json::Value>(&name, &data)

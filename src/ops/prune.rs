@@ -818,12 +818,31 @@ fn referenced_blobs(
 ) -> Result<(HashSet<String>, Referenced)> {
     const BATCH: usize = 1 << 22;
     let backups = repo.list_backups()?;
+    // A manifest that `forget` removed and someone copied back, whose data a prune already
+    // deleted: none of its page lists is left. It must not stop every later prune (its
+    // pages are unknown either way); any other unreadable list still stops this one.
+    let forgotten = crate::repo::tombstones::read(repo.storage(), &repo.records())?.backups;
+    let gone = |m: &crate::repo::manifest::Manifest| {
+        forgotten.contains(&m.id)
+            && m.content
+                .lists
+                .iter()
+                .all(|hex| Hash::from_hex(hex).is_ok_and(|id| lists.get(&id).is_none()))
+    };
     let mut seen_lists: HashSet<Hash> = HashSet::new();
     let mut keys: Vec<Key> = Vec::new();
     let mut pending: Vec<Key> = Vec::new();
     let mut cache = FrameCache::default();
     progress.start("survey", backups.len() as u64);
     for m in &backups {
+        if gone(m) {
+            tracing::warn!(
+                "backup {} was forgotten and its data pruned, but its manifest is back (copied back from an old copy?); prune ignores it: delete backups/{}",
+                m.id,
+                m.id
+            );
+            continue;
+        }
         // What a backup of another kind references is unknown to this version: deleting
         // anything could break it.
         if m.content.kind != "pages" {

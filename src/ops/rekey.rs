@@ -123,7 +123,15 @@ fn sealed_objects(storage: &dyn Storage, replica_lists: bool) -> Result<Vec<Stri
 
 /// `storage.get`, None if the object is gone.
 fn get_if_present(storage: &dyn Storage, name: &str) -> Result<Option<Vec<u8>>> {
-    match storage.get(name) {
+    use crate::repo::format::{INDEX_MAX, MANIFEST_MAX, RECORD_MAX};
+    let max = if name.starts_with("backups/") {
+        MANIFEST_MAX
+    } else if name.starts_with("index/") || is_inventory(name) {
+        INDEX_MAX
+    } else {
+        RECORD_MAX
+    };
+    match storage.get_small(name, max) {
         Ok(d) => Ok(Some(d)),
         Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),

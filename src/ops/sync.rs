@@ -38,8 +38,14 @@ pub fn read_replicas(
     // Newest first, by the time in the name (as a number: a planted name of another width
     // must not sort past the real ones).
     versions.sort_by(|a, b| (version_ms(&b.name), &b.name).cmp(&(version_ms(&a.name), &a.name)));
+    // A version dated far ahead (a key holder's, to win over every later change) is ignored.
+    let latest = jiff::Timestamp::now().as_millisecond() + 24 * 3600 * 1000;
     for v in versions {
-        let data = match storage.get(&v.name) {
+        if version_ms(&v.name).is_some_and(|ms| ms > latest) {
+            tracing::warn!("ignored {}: dated more than a day ahead", v.name);
+            continue;
+        }
+        let data = match storage.get_small(&v.name, crate::repo::format::RECORD_MAX) {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -75,7 +81,9 @@ pub fn write_replicas(
         .unwrap_or(0);
     let name = format!(
         "replicas/{:016}-{:08x}",
-        jiff::Timestamp::now().as_millisecond().max(newest_ms + 1),
+        jiff::Timestamp::now()
+            .as_millisecond()
+            .max(newest_ms.saturating_add(1)),
         rand::random::<u32>()
     );
     storage.put_new(&name, &records.encode(&name, list)?)?;
@@ -149,14 +157,14 @@ enum ConfigUpdate {
 /// What to do with the target's config. Refuses a target that holds another repository, a
 /// newer state of this one, or an older format (upgraded where it is, which checks it).
 fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<ConfigUpdate> {
-    let data = match target.get_small("config", crate::storage::SMALL_OBJECT_MAX) {
+    let data = match target.get_small("config", crate::repo::format::SMALL_OBJECT_MAX) {
         Ok(d) => d,
         Err(e) if e.kind == ErrorKind::NotFound => return Ok(ConfigUpdate::None),
         Err(e) => return Err(e),
     };
     let source = repo
         .storage()
-        .get_small("config", crate::storage::SMALL_OBJECT_MAX)?;
+        .get_small("config", crate::repo::format::SMALL_OBJECT_MAX)?;
     if data == source {
         return Ok(ConfigUpdate::None);
     }
@@ -291,7 +299,7 @@ fn sync_marked(
     if update != ConfigUpdate::None {
         let data = repo
             .storage()
-            .get_small("config", crate::storage::SMALL_OBJECT_MAX)?;
+            .get_small("config", crate::repo::format::SMALL_OBJECT_MAX)?;
         target.put_replace("config", &data)?;
         copier.count(data.len() as u64);
         if matches!(update, ConfigUpdate::Rekey { .. }) {
@@ -831,4 +839,32 @@ pub fn replica_failure(reports: &[SyncReport]) -> Option<Error> {
         )
         .hint("the primary is complete; run `lifeboat sync` once the target is reachable again")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::LocalStorage;
+
+    #[test]
+    fn replica_lists_dated_far_ahead_win_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStorage::new(dir.path());
+        let r = Records::sealed(std::sync::Arc::new(
+            crate::repo::crypto::MasterKeys::generate(),
+        ));
+        // An authentic list (a key holder's) named at the end of time.
+        let planted = format!("replicas/{}-00000000", i64::MAX);
+        let evil = ReplicaList {
+            replicas: vec!["s3://elsewhere/x".into()],
+        };
+        s.put_new(&planted, &r.encode(&planted, &evil).unwrap())
+            .unwrap();
+        assert_eq!(read_replicas(&s, &r).unwrap().0.replicas.len(), 0);
+        let mine = ReplicaList {
+            replicas: vec!["/backup/replica".into()],
+        };
+        write_replicas(&s, &r, &mine).unwrap();
+        assert_eq!(read_replicas(&s, &r).unwrap().0.replicas, mine.replicas);
+    }
 }

@@ -14,6 +14,17 @@ use crate::repo::crypto::RootKeys;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+// The most each kind of object may hold: each is read whole into memory, and a planted
+// giant one must not exhaust it (a larger one is refused unread, as damaged or planted).
+/// Configs, key files, data keys, recipient files.
+pub const SMALL_OBJECT_MAX: u64 = 1 << 20;
+/// Coordination records (lock markers, plans, pins, tombstones, replica lists).
+pub const RECORD_MAX: u64 = 64 << 20;
+/// Manifests (their page lists are blobs in packs; a manifest names them).
+pub const MANIFEST_MAX: u64 = 64 << 20;
+/// Index files (a backup writes one per pack; a rotation's inventory names every object).
+pub const INDEX_MAX: u64 = 512 << 20;
+
 /// The format this version writes.
 pub const FORMAT_VERSION: u32 = 2;
 /// Formats this version reads (format 1 read-only, until `repo upgrade`).

@@ -77,7 +77,7 @@ pub fn list(storage: &dyn Storage) -> Result<Vec<KeyFile>> {
         if name.len() != 16 || hex::decode(name).is_err() {
             continue;
         }
-        let data = match storage.get_small(&obj.name, crate::storage::SMALL_OBJECT_MAX) {
+        let data = match storage.get_small(&obj.name, crate::repo::format::SMALL_OBJECT_MAX) {
             Ok(d) => d,
             // One oversized or special (planted) key file must not lock out the others.
             Err(e) if matches!(e.kind, ErrorKind::Integrity | ErrorKind::Trust) => {
@@ -285,7 +285,8 @@ pub fn unlock_with_identity(
     } else {
         (RECIPIENT_V1.to_string(), true)
     };
-    let file: RecipientFile = match storage.get_small(&name, crate::storage::SMALL_OBJECT_MAX) {
+    let file: RecipientFile = match storage.get_small(&name, crate::repo::format::SMALL_OBJECT_MAX)
+    {
         Ok(data) => serde_json::from_slice(&data)
             .map_err(|e| Error::integrity(format!("{name} is unreadable: {e}")))?,
         Err(e) if e.kind == ErrorKind::NotFound && v1 => return Err(not_write_only()),
@@ -349,7 +350,7 @@ fn open_with_root(
     let past = if section.epoch > 0 {
         let name = past_name(section.epoch);
         let sealed = storage
-            .get_small(&name, crate::storage::SMALL_OBJECT_MAX)
+            .get_small(&name, crate::repo::format::SMALL_OBJECT_MAX)
             .map_err(|e| missing_key(e, &name))?;
         let past = root.open_past(&sealed)?;
         if past.len() != section.epoch as usize
@@ -369,12 +370,19 @@ fn open_with_root(
     for (generation, &epoch) in section.data_keys.iter().enumerate() {
         let name = data_key_name(generation as u32);
         let sealed = storage
-            .get_small(&name, crate::storage::SMALL_OBJECT_MAX)
+            .get_small(&name, crate::repo::format::SMALL_OBJECT_MAX)
             .map_err(|e| missing_key(e, &name))?;
         let sealer = epochs.get(epoch as usize).ok_or_else(|| {
             Error::integrity(format!("the config names key epoch {epoch} for {name}"))
         })?;
         data_keys.push(sealer.open_data_key(generation as u32, &sealed)?);
+        if config.upgraded_from.is_some()
+            && !sealer.data_key_is_format_2(generation as u32, &sealed)
+        {
+            tracing::warn!(
+                "{name} is still in format 1's envelope: an upgrade was interrupted after its config; run `lifeboat repo upgrade` again to finish it"
+            );
+        }
     }
     if data_keys.is_empty() {
         return Err(Error::integrity("the config lists no data keys"));
@@ -426,7 +434,10 @@ fn open_format_1(
     let mut data_keys = Vec::new();
     loop {
         let generation = data_keys.len() as u32;
-        match storage.get_small(&data_key_name(generation), crate::storage::SMALL_OBJECT_MAX) {
+        match storage.get_small(
+            &data_key_name(generation),
+            crate::repo::format::SMALL_OBJECT_MAX,
+        ) {
             Ok(sealed) if root.data_key_is_format_2(generation, &sealed) => {
                 return Err(Error::new(
                     ErrorKind::Trust,
@@ -447,7 +458,7 @@ fn open_format_1(
             "the repository has no data keys (keys/data-00000000 is missing)",
         ));
     }
-    let recipient = match storage.get_small(RECIPIENT_V1, crate::storage::SMALL_OBJECT_MAX) {
+    let recipient = match storage.get_small(RECIPIENT_V1, crate::repo::format::SMALL_OBJECT_MAX) {
         Ok(data) => {
             let file: RecipientFile = serde_json::from_slice(&data)
                 .map_err(|e| Error::integrity(format!("{RECIPIENT_V1} is unreadable: {e}")))?;
@@ -659,7 +670,7 @@ pub fn reseal_format_1_data_keys(storage: &dyn Storage, unlocked: &Unlocked) -> 
     for (generation, key) in unlocked.master.data_keys.iter().enumerate() {
         let generation = generation as u32;
         let name = data_key_name(generation);
-        let sealed = match storage.get_small(&name, crate::storage::SMALL_OBJECT_MAX) {
+        let sealed = match storage.get_small(&name, crate::repo::format::SMALL_OBJECT_MAX) {
             Ok(s) => s,
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),

@@ -218,7 +218,7 @@ pub fn plan_object(id: &str) -> String {
 pub fn live_markers(storage: &dyn Storage, records: &Records) -> Result<Vec<(String, Marker)>> {
     let mut out = Vec::new();
     for obj in storage.list(LOCKS)? {
-        let data = match storage.get_small(&obj.name, crate::storage::RECORD_MAX) {
+        let data = match storage.get_small(&obj.name, crate::repo::format::RECORD_MAX) {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -421,7 +421,7 @@ fn with_refresh<T>(
             {
                 if exclusive {
                     let holder: Option<Marker> = storage
-                        .get(name)
+                        .get_small(name, crate::repo::format::RECORD_MAX)
                         .ok()
                         .and_then(|d| records.decode(name, &d).ok());
                     if holder.as_ref().map(|h| h.token.as_str()) != Some(m.token.as_str()) {
@@ -453,7 +453,7 @@ fn with_refresh<T>(
 /// The authentic holder of the prune lock, if any.
 fn read_lock_holder(storage: &dyn Storage, records: &Records) -> Option<Marker> {
     storage
-        .get_small(PRUNE_LOCK, crate::storage::RECORD_MAX)
+        .get_small(PRUNE_LOCK, crate::repo::format::RECORD_MAX)
         .ok()
         .and_then(|d| records.decode(PRUNE_LOCK, &d).ok())
 }

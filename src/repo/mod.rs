@@ -133,7 +133,7 @@ impl Repository {
         // and retry; see `keys::unlock`.
         let data = config.encode(root.as_ref())?;
         if !storage.put_new("config", &data)?
-            && storage.get_small("config", crate::storage::SMALL_OBJECT_MAX)? != data
+            && storage.get_small("config", crate::repo::format::SMALL_OBJECT_MAX)? != data
         {
             return Err(Error::usage(format!(
                 "a repository was created at {} at the same moment",
@@ -159,7 +159,7 @@ impl Repository {
 
     /// Open a repository; `passphrase` is asked for only if the repository is encrypted.
     pub fn open(storage: Box<dyn Storage>, unlock: Unlock) -> Result<Repository> {
-        let data = match storage.get_small("config", crate::storage::SMALL_OBJECT_MAX) {
+        let data = match storage.get_small("config", crate::repo::format::SMALL_OBJECT_MAX) {
             Ok(d) => d,
             Err(e) if e.kind == ErrorKind::NotFound => {
                 return Err(Error::not_found(format!(
@@ -307,7 +307,7 @@ impl Repository {
         let (stored, mac) = RepoConfig::parse(
             &self
                 .storage
-                .get_small("config", crate::storage::SMALL_OBJECT_MAX)?,
+                .get_small("config", crate::repo::format::SMALL_OBJECT_MAX)?,
             &self.location(),
         )?;
         if let Some(root) = root {
@@ -490,7 +490,7 @@ impl Repository {
         name: &str,
         id: &Hash,
     ) -> Result<Vec<index::IndexedPack>> {
-        let data = storage.get(name)?;
+        let data = storage.get_small(name, crate::repo::format::INDEX_MAX)?;
         if Hash::of(&data) != *id {
             return Err(Error::integrity("its content does not match its name"));
         }
@@ -533,7 +533,9 @@ impl Repository {
 
     pub fn read_manifest(&self, id: &str) -> Result<Manifest> {
         let name = format!("backups/{id}");
-        let data = self.storage.get(&name)?;
+        let data = self
+            .storage
+            .get_small(&name, crate::repo::format::MANIFEST_MAX)?;
         let data = self
             .unseal(ObjectKind::Manifest, id.as_bytes(), data, &name)
             .map_err(|e| {

@@ -84,7 +84,7 @@ impl Records {
     ) -> Result<Vec<(String, T)>> {
         let mut out = Vec::new();
         for obj in storage.list(prefix)? {
-            let data = match storage.get_small(&obj.name, crate::storage::RECORD_MAX) {
+            let data = match storage.get_small(&obj.name, crate::repo::format::RECORD_MAX) {
                 Ok(d) => d,
                 Err(e) if e.kind == crate::error::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),

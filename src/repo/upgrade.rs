@@ -213,7 +213,7 @@ fn seal_records(repo: &Repository, sealed: &Records) -> Result<usize> {
     }
     for prefix in RECORDS_KEPT {
         for obj in storage.list(prefix)? {
-            let data = match storage.get(&obj.name) {
+            let data = match storage.get_small(&obj.name, crate::repo::format::RECORD_MAX) {
                 Ok(d) => d,
                 Err(e) if e.kind == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),

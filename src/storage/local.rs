@@ -192,10 +192,17 @@ impl LocalStorage {
         let dir = self
             .open_dir(&path.dirs, false)?
             .ok_or_else(|| self.not_found(name))?;
+        self.open_regular(&dir, path.file, name)
+    }
+
+    /// File `file` of folder `dir` (object `name`), opened for reading: a regular file, not
+    /// a link (`O_NOFOLLOW`), and opened without blocking (`O_NONBLOCK`: a FIFO cannot
+    /// hold the open).
+    fn open_regular(&self, dir: &OwnedFd, file: &str, name: &str) -> Result<File> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&dir, path.file, flags, Mode::empty()) {
+        let fd = match rustix::fs::openat(dir, file, flags, Mode::empty()) {
             Ok(fd) => fd,
-            Err(_) if is_link(&dir, path.file) => return Err(self.link_refused(name)),
+            Err(_) if is_link(dir, file) => return Err(self.link_refused(name)),
             Err(e) => return Err(Error::io("cannot read", &self.display(name), errno_io(e))),
         };
         let stat = rustix::fs::fstat(&fd)
@@ -371,9 +378,6 @@ impl Storage for LocalStorage {
     }
 
     fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool> {
-        File::open(staged)
-            .and_then(|f| f.sync_all())
-            .ctx("cannot sync", staged)?;
         let staging_dir = self.display(STAGING);
         let file = staged
             .strip_prefix(&staging_dir)
@@ -387,10 +391,17 @@ impl Storage for LocalStorage {
                     staging_dir.display()
                 ))
             })?;
+        let file = OsStr::to_string_lossy(file).into_owned();
         let staging = self
             .open_dir(&[STAGING], false)?
             .ok_or_else(|| self.not_found(STAGING))?;
-        self.link_into_place(&staging, &OsStr::to_string_lossy(file), name)
+        // Synced through a descriptor opened like any object's: what was swapped in for the
+        // staged file (a link, a FIFO) is refused, not followed or waited on.
+        let shown = format!("{STAGING}/{file}");
+        self.open_regular(&staging, &file, &shown)?
+            .sync_all()
+            .ctx("cannot sync", staged)?;
+        self.link_into_place(&staging, &file, name)
     }
 
     fn staging_dir(&self) -> Result<PathBuf> {
@@ -439,21 +450,24 @@ impl Storage for LocalStorage {
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
-        let base = prefix.trim_end_matches('/');
-        let dirs: Vec<&str> = if base.is_empty() {
-            Vec::new()
-        } else {
-            split(base)?
-                .dirs
-                .into_iter()
-                .chain([split(base)?.file])
-                .collect()
-        };
-        let Some(fd) = self.open_dir(&dirs, false)? else {
-            return Ok(out);
-        };
-        let mut stack = vec![(base.to_string(), fd)];
-        while let Some((dir_name, fd)) = stack.pop() {
+        // Folders still to list, by name: one descriptor open at a time, however many
+        // folders there are (each is opened from the repository's folder down, no link
+        // followed).
+        let mut pending = vec![prefix.trim_end_matches('/').to_string()];
+        while let Some(dir_name) = pending.pop() {
+            let dirs: Vec<&str> = if dir_name.is_empty() {
+                Vec::new()
+            } else {
+                dir_name.split('/').collect()
+            };
+            if dirs.iter().any(|d| d.is_empty() || *d == "." || *d == "..") {
+                return Err(Error::integrity(format!(
+                    "'{prefix}' is not a repository object name"
+                )));
+            }
+            let Some(fd) = self.open_dir(&dirs, false)? else {
+                continue; // missing (or removed since it was listed)
+            };
             let here = self.display(&dir_name);
             let entries = rustix::fs::Dir::read_from(&fd)
                 .map_err(|e| Error::io("cannot list", &here, errno_io(e)))?;
@@ -482,16 +496,7 @@ impl Storage for LocalStorage {
                         "{} is a symbolic link; ignored (Lifeboat follows no link inside a repository)",
                         self.display(&name).display()
                     ),
-                    FileType::Directory => {
-                        match rustix::fs::openat(&fd, file.as_str(), DIR_FLAGS, Mode::empty()) {
-                            Ok(sub) => stack.push((name, sub)),
-                            Err(rustix::io::Errno::NOENT) => {}
-                            Err(_) if is_link(&fd, &file) => return Err(self.link_refused(&name)),
-                            Err(e) => {
-                                return Err(Error::io("cannot list", &self.display(&name), errno_io(e)))
-                            }
-                        }
-                    }
+                    FileType::Directory => pending.push(name),
                     FileType::RegularFile => out.push(ObjectInfo {
                         name,
                         size: stat.st_size.max(0) as u64,
@@ -614,6 +619,14 @@ mod tests {
             .map(|o| o.name)
             .collect();
         assert_eq!(listed, ["keys/a"]);
+        // A FIFO swapped in for a staged file: refused, not waited on.
+        let staged = s.staging_dir().unwrap().join("0000000000000001.tmp");
+        let c = std::ffi::CString::new(staged.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = s.put_file_new("data/ab/abab", &staged).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Trust, "{e}");
+        assert!(!s.exists("data/ab/abab").unwrap());
         assert!(s.get("keys").is_err(), "a folder is not an object");
         assert!(s.get("keys/").is_err());
         assert!(s.get("keys//a").is_err());

@@ -28,12 +28,6 @@ pub fn put_new_or_same(storage: &dyn Storage, name: &str, data: &[u8]) -> Result
     .hint("another process created it at the same moment; run the command again"))
 }
 
-/// The most a config, key file, data key or recipient file may hold: they are read whole
-/// into memory, and a planted giant one must not exhaust it.
-pub const SMALL_OBJECT_MAX: u64 = 1 << 20;
-/// The most a coordination record (lock marker, plan, pin, tombstone, replica list) may hold.
-pub const RECORD_MAX: u64 = 64 << 20;
-
 /// The error for object `name` of `size` bytes where at most `max` can be genuine.
 pub fn check_small<S: Storage + ?Sized>(
     storage: &S,
