@@ -354,7 +354,7 @@ fn stale_prune_lock_is_taken_over_and_a_live_one_respected() {
     let (code, v, err) = lb.run_json(&["prune"]);
     assert_eq!(code, 6, "{v}\n{err}");
     assert!(
-        err.contains("the prune lock is held: prune on")
+        err.contains("another prune is running: prune on")
             && err.contains(&std::process::id().to_string()),
         "{err}"
     );

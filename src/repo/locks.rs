@@ -495,9 +495,14 @@ fn holding_prune_lock<T>(
         let other: Option<Marker> = read_holder();
         match other {
             Some(m) if !m.is_stale() => {
+                let what = if m.kind == PRUNE_KIND {
+                    "another prune is running"
+                } else {
+                    "the repository is being changed"
+                };
                 return Err(Error::new(
                     ErrorKind::InUse,
-                    format!("the prune lock is held: {}", m.describe()),
+                    format!("{what}: {}", m.describe()),
                 )
                 .hint("wait for it to finish; a lock from a process that died is taken over after 30 minutes"));
             }
