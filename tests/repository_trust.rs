@@ -708,13 +708,20 @@ fn planted_records(case: &mut Case) {
     // A replica list naming the attacker's location: nothing is sent there.
     let elsewhere = case.store.sibling("attacker-copy");
     case.store.put(
-        "replicas/9999999999999999-00000000",
+        &format!(
+            "replicas/{:016}-00000000",
+            jiff::Timestamp::now().as_millisecond() + 60_000
+        ),
         &serde_json::to_vec(&json!({"replicas": [elsewhere]})).unwrap(),
     );
     let o = case.host(&["backup", s(&case.db), "--json"]).ok("backup");
     let report = o.json();
     assert_eq!(report["replication"], json!([]), "{report}");
-    assert!(o.stderr.contains("ignored replicas/"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains("ignored replicas/") && o.stderr.contains("is not authentic"),
+        "{}",
+        o.stderr
+    );
     case.ids.push(report["id"].as_str().unwrap().to_string());
     case.dumps.push(dump(&case.db));
     let attacker_copy = match &case.store.place {

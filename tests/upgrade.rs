@@ -539,7 +539,10 @@ fn upgrade_drops_the_unauthenticated_replica_list() {
     let attacker = env.path("attacker-bucket");
     std::fs::create_dir_all(repo.join("replicas")).unwrap();
     std::fs::write(
-        repo.join("replicas/9999999999999999-deadbeef"),
+        repo.join(format!(
+            "replicas/{:016}-deadbeef",
+            jiff::Timestamp::now().as_millisecond()
+        )),
         serde_json::to_vec(&serde_json::json!({"replicas": [attacker.display().to_string()]}))
             .unwrap(),
     )
