@@ -178,6 +178,12 @@ impl LocalStorage {
         Ok(Some(fd))
     }
 
+    /// The folder a new object goes in, created if missing.
+    fn object_dir(&self, dirs: &[&str]) -> Result<OwnedFd> {
+        self.open_dir(dirs, true)?
+            .ok_or_else(|| Error::internal("object folder not created"))
+    }
+
     fn not_found(&self, name: &str) -> Error {
         Error::io(
             "cannot read",
@@ -253,17 +259,7 @@ impl LocalStorage {
                 return Err(e);
             }
         };
-        let dir = match self.open_dir(&path.dirs, true) {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                unstage();
-                return Err(Error::internal("object folder not created"));
-            }
-            Err(e) => {
-                unstage();
-                return Err(e);
-            }
-        };
+        let dir = self.object_dir(&path.dirs).inspect_err(|_| unstage())?;
         let created = match rustix::fs::linkat(staging, staged, &dir, path.file, AtFlags::empty()) {
             Ok(()) => true,
             Err(rustix::io::Errno::EXIST) => false,
@@ -357,17 +353,7 @@ impl Storage for LocalStorage {
             unstage();
             return Err(Error::io("cannot write", &self.display(STAGING), e));
         }
-        let dir = match self.open_dir(&path.dirs, true) {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                unstage();
-                return Err(Error::internal("object folder not created"));
-            }
-            Err(e) => {
-                unstage();
-                return Err(e);
-            }
-        };
+        let dir = self.object_dir(&path.dirs).inspect_err(|_| unstage())?;
         // renameat replaces a link at the final name rather than following it.
         if let Err(e) = rustix::fs::renameat(&staging, staged.as_str(), &dir, path.file) {
             unstage();

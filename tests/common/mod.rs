@@ -293,6 +293,20 @@ pub fn renames_logged(log: &Path) -> u32 {
         .count() as u32
 }
 
+/// Copy the folder `from` (files and folders) to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
 /// One run of `lifeboat`: exit code, stdout, stderr.
 pub struct Out {
     pub code: i32,

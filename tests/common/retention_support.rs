@@ -284,19 +284,6 @@ pub fn files_under(repo: &Path, dir: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Copy a folder recursively (a repository template for each kill point).
-pub fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    for e in std::fs::read_dir(src).expect("read_dir").flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().expect("file type").is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).expect("copy");
-        }
-    }
-}
-
 /// Sum of the sizes of the packs of a local repository.
 pub fn pack_bytes(repo: &Path) -> u64 {
     tree(&repo.join("data")).values().sum()
