@@ -82,6 +82,9 @@ begin_run() {
     # directory, no LIFEBOAT_* overrides from the caller's environment
     # (that includes any passphrase).
     cd "$RUN" || exit 1
+    # Each run makes its repositories again in the same place: to Lifeboat's trust state
+    # that is another repository where one was, so each run is a new machine to it.
+    export XDG_STATE_HOME="$RUN/state"
     unset LIFEBOAT_REPO LIFEBOAT_CONFIG LIFEBOAT_COMPRESSION LIFEBOAT_LEVEL
     unset LIFEBOAT_PASSWORD LIFEBOAT_PASSWORD_FILE LIFEBOAT_PASSWORD_COMMAND
     cp --reflink=auto "$PRISTINE" "$DB"
