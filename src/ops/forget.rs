@@ -5,7 +5,7 @@
 //! - `pins/<backup id>`: the backup is pinned (never forgotten).
 //! - `verified/<backup id>`: `lifeboat verify` passed for it (time and host inside).
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::ops::policy::{self, Candidate, Decision, Policy};
 use crate::repo::manifest::Manifest;
 use crate::repo::Repository;
@@ -177,18 +177,7 @@ fn ids_under(repo: &Repository, prefix: &str) -> Result<HashSet<String>> {
         let Some(id) = o.name.rsplit('/').next() else {
             continue;
         };
-        let data = match repo
-            .storage()
-            .get_small(&o.name, crate::repo::format::RECORD_MAX)
-        {
-            Ok(d) => d,
-            Err(e) if e.kind == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if records
-            .decode_or_warn::<serde_json::Value>(&o.name, &data)
-            .is_some()
-        {
+        if records.holds(repo.storage(), &o.name)? {
             ids.insert(id.to_string());
         }
     }
@@ -214,18 +203,7 @@ pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String>
 }
 
 pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
-    let name = format!("{PINS}{id}");
-    match repo
-        .storage()
-        .get_small(&name, crate::repo::format::RECORD_MAX)
-    {
-        Ok(data) => Ok(repo
-            .records()
-            .decode_or_warn::<serde_json::Value>(&name, &data)
-            .is_some()),
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    repo.records().holds(repo.storage(), &format!("{PINS}{id}"))
 }
 
 /// Record that `verify` passed for a backup (the "newest verified" safety rail).

@@ -131,11 +131,7 @@ fn get_if_present(storage: &dyn Storage, name: &str) -> Result<Option<Vec<u8>>> 
     } else {
         RECORD_MAX
     };
-    match storage.get_small(name, max) {
-        Ok(d) => Ok(Some(d)),
-        Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+    crate::storage::get_if_present(storage, name, max)
 }
 
 pub fn rotate_full(

@@ -45,10 +45,8 @@ pub fn read_replicas(
             tracing::warn!("ignored {}: dated more than a day ahead", v.name);
             continue;
         }
-        let data = match storage.get_small(&v.name, crate::repo::format::RECORD_MAX) {
-            Ok(d) => d,
-            Err(e) if e.kind == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        let Some(data) = crate::repo::records::fetch(storage, &v.name)? else {
+            continue;
         };
         match records.decode::<ReplicaList>(&v.name, &data) {
             Ok(list) => return Ok((list, Some(v.name))),

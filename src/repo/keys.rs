@@ -670,10 +670,10 @@ pub fn reseal_format_1_data_keys(storage: &dyn Storage, unlocked: &Unlocked) -> 
     for (generation, key) in unlocked.master.data_keys.iter().enumerate() {
         let generation = generation as u32;
         let name = data_key_name(generation);
-        let sealed = match storage.get_small(&name, crate::repo::format::SMALL_OBJECT_MAX) {
-            Ok(s) => s,
-            Err(e) if e.kind == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        let Some(sealed) =
+            crate::storage::get_if_present(storage, &name, crate::repo::format::SMALL_OBJECT_MAX)?
+        else {
+            continue;
         };
         if root.data_key_is_format_2(generation, &sealed)
             || root.open_data_key(generation, &sealed).ok().as_ref() != Some(key)

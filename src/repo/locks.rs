@@ -218,10 +218,8 @@ pub fn plan_object(id: &str) -> String {
 pub fn live_markers(storage: &dyn Storage, records: &Records) -> Result<Vec<(String, Marker)>> {
     let mut out = Vec::new();
     for obj in storage.list(LOCKS)? {
-        let data = match storage.get_small(&obj.name, crate::repo::format::RECORD_MAX) {
-            Ok(d) => d,
-            Err(e) if e.kind == ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+        let Some(data) = crate::repo::records::fetch(storage, &obj.name)? else {
+            continue;
         };
         let marker = match records.decode::<Marker>(&obj.name, &data) {
             Ok(m) => m,

@@ -32,6 +32,11 @@ impl std::fmt::Debug for Records {
     }
 }
 
+/// The stored bytes of record `name`, or None if it is not there (deleted since listed).
+pub fn fetch(storage: &dyn crate::storage::Storage, name: &str) -> Result<Option<Vec<u8>>> {
+    crate::storage::get_if_present(storage, name, crate::repo::format::RECORD_MAX)
+}
+
 impl Records {
     /// Plain JSON records (unencrypted or format-1 repositories).
     pub fn plain() -> Records {
@@ -84,10 +89,8 @@ impl Records {
     ) -> Result<Vec<(String, T)>> {
         let mut out = Vec::new();
         for obj in storage.list(prefix)? {
-            let data = match storage.get_small(&obj.name, crate::repo::format::RECORD_MAX) {
-                Ok(d) => d,
-                Err(e) if e.kind == crate::error::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+            let Some(data) = fetch(storage, &obj.name)? else {
+                continue;
             };
             match self.decode(&obj.name, &data) {
                 Ok(v) => out.push((obj.name, v)),
@@ -98,6 +101,15 @@ impl Records {
             }
         }
         Ok(out)
+    }
+
+    /// Whether record `name` is there and authentic (a missing one is not; a bad one is not,
+    /// with a warning): for pins and verifications, which only their presence says.
+    pub fn holds(&self, storage: &dyn crate::storage::Storage, name: &str) -> Result<bool> {
+        Ok(fetch(storage, name)?.is_some_and(|data| {
+            self.decode_or_warn::<serde_json::Value>(name, &data)
+                .is_some()
+        }))
     }
 
     /// [`Records::decode`], or None with a warning: for listings where one bad record must

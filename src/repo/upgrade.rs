@@ -213,10 +213,8 @@ fn seal_records(repo: &Repository, sealed: &Records) -> Result<usize> {
     }
     for prefix in RECORDS_KEPT {
         for obj in storage.list(prefix)? {
-            let data = match storage.get_small(&obj.name, crate::repo::format::RECORD_MAX) {
-                Ok(d) => d,
-                Err(e) if e.kind == ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
+            let Some(data) = crate::repo::records::fetch(storage, &obj.name)? else {
+                continue;
             };
             if sealed.decode::<serde_json::Value>(&obj.name, &data).is_ok() {
                 continue; // an earlier run sealed it

@@ -28,6 +28,16 @@ pub fn put_new_or_same(storage: &dyn Storage, name: &str, data: &[u8]) -> Result
     .hint("another process created it at the same moment; run the command again"))
 }
 
+/// Object `name` (never larger than `max` bytes: see [`Storage::get_small`]), or None if it
+/// is not there (deleted since it was listed, say).
+pub fn get_if_present(storage: &dyn Storage, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+    match storage.get_small(name, max) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind == crate::error::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The error for object `name` of `size` bytes where at most `max` can be genuine.
 pub fn check_small<S: Storage + ?Sized>(
     storage: &S,
