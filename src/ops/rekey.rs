@@ -24,7 +24,7 @@
 //! key can open; forget and prune the old backups to remove that data. New blob ids use the
 //! new id key, so the next backup of each database stores it in full once.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::id::Hash;
 use crate::repo::crypto::{KdfParams, MasterKeys, ObjectKind};
 use crate::repo::index::index_object_name;
@@ -234,19 +234,11 @@ pub fn rotate_full(
 }
 
 fn ensure_alone(repo: &Repository, records: &Records) -> Result<()> {
-    let writers: Vec<String> = locks::live_markers(repo.storage(), records)?
-        .into_iter()
-        .filter(|(name, _)| name != locks::PRUNE_LOCK)
-        .map(|(_, m)| m.describe())
-        .collect();
-    if writers.is_empty() {
-        return Ok(());
-    }
-    Err(Error::new(
-        ErrorKind::InUse,
-        format!("the repository is in use: {}", writers.join("; ")),
+    locks::ensure_no_writers(
+        repo.storage(),
+        records,
+        "run `lifeboat key rotate --full` again when they have finished (with a new passphrase; it rotates once more, from where an interrupted one stopped)",
     )
-    .hint("run `lifeboat key rotate --full` again when they have finished (with a new passphrase; it rotates once more, from where an interrupted one stopped)"))
 }
 
 /// The inventory an interrupted rotation to `epoch` wrote (sealed under that epoch's keys,

@@ -448,6 +448,24 @@ fn with_refresh<T>(
     })
 }
 
+/// For the holder of the prune lock as a key rotation or upgrade (see [`exclusively`]): an
+/// InUse error naming every live writer (backup, sync) that started before it took the lock.
+pub fn ensure_no_writers(storage: &dyn Storage, records: &Records, hint: &str) -> Result<()> {
+    let writers: Vec<String> = live_markers(storage, records)?
+        .into_iter()
+        .filter(|(name, _)| name != PRUNE_LOCK)
+        .map(|(_, m)| m.describe())
+        .collect();
+    if writers.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::InUse,
+        format!("the repository is in use: {}", writers.join("; ")),
+    )
+    .hint(hint))
+}
+
 /// The authentic holder of the prune lock, if any.
 fn read_lock_holder(storage: &dyn Storage, records: &Records) -> Option<Marker> {
     storage

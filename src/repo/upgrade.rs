@@ -20,7 +20,7 @@
 //! readers of this version accept both envelopes); each step can run again. It runs alone:
 //! it holds the prune lock and refuses while a backup or sync is running.
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::id::Hash;
 use crate::repo::crypto::{Legacy, MasterKeys};
 use crate::repo::format::{KeysSection, RepoConfig, FORMAT_VERSION};
@@ -79,18 +79,11 @@ pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
     }
     let plain = Records::plain();
     let (report, config) = locks::exclusively(repo.storage(), &plain, "upgrade", |lease| {
-        let writers: Vec<String> = locks::live_markers(repo.storage(), &plain)?
-            .into_iter()
-            .filter(|(name, _)| name != locks::PRUNE_LOCK)
-            .map(|(_, m)| m.describe())
-            .collect();
-        if !writers.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InUse,
-                format!("the repository is in use: {}", writers.join("; ")),
-            )
-            .hint("run `repo upgrade` again when they have finished"));
-        }
+        locks::ensure_no_writers(
+            repo.storage(),
+            &plain,
+            "run `repo upgrade` again when they have finished",
+        )?;
         upgrade_locked(repo, from, lease)
     })?;
     repo.config = config;
