@@ -1475,7 +1475,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                 ) + &r
                     .left_out
                     .iter()
-                    .map(|m| format!("\n  left out (forged or damaged, refused from now on): {m}"))
+                    .map(|m| format!("\n  left out (refused from now on): {m}"))
                     .collect::<String>()),
             );
         }

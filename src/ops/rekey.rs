@@ -101,15 +101,10 @@ fn sealing_of(name: &str) -> Option<(ObjectKind, Vec<u8>)> {
         .then(|| (ObjectKind::Record, name.as_bytes().to_vec()))
 }
 
-/// Every manifest, index file and record of `storage`, by name (`replica_lists`: with the
-/// replica lists).
-fn sealed_objects(storage: &dyn Storage, replica_lists: bool) -> Result<Vec<String>> {
+/// Every manifest, index file and record of `storage`, by name.
+fn sealed_objects(storage: &dyn Storage) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for prefix in ["backups/", "index/"]
-        .into_iter()
-        .chain(RECORD_PREFIXES)
-        .filter(|p| replica_lists || *p != "replicas/")
-    {
+    for prefix in ["backups/", "index/"].into_iter().chain(RECORD_PREFIXES) {
         names.extend(
             storage
                 .list(prefix)?
@@ -278,7 +273,7 @@ fn take_inventory(
     report: &mut RekeyReport,
 ) -> Result<Inventory> {
     let mut inventory = Inventory::default();
-    for name in sealed_objects(storage, true)? {
+    for name in sealed_objects(storage)? {
         let Some((kind, bound)) = sealing_of(&name) else {
             continue;
         };
@@ -379,7 +374,7 @@ pub fn reseal_replica(
         epoch: keys.epoch(),
         ..Default::default()
     };
-    for name in sealed_objects(target, true)? {
+    for name in sealed_objects(target)? {
         let Some((kind, bound)) = sealing_of(&name) else {
             continue;
         };

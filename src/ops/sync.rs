@@ -146,9 +146,9 @@ enum ConfigUpdate {
     None,
     /// Replaced by the source's at the end (new data key generations).
     Replace,
-    /// Replaced at the end, after the target's manifests, index files and records are
-    /// re-sealed under the keys of a full rotation it has not seen (its config is
-    /// authentic under the keys of epoch `from_epoch`).
+    /// Replaced at the end, after the target is re-keyed for a full rotation it has not
+    /// seen (its config is authentic under the keys of epoch `from_epoch`): see
+    /// [`crate::ops::rekey::reseal_replica`].
     Rekey { from_epoch: u32 },
 }
 
@@ -238,8 +238,8 @@ fn sync_marked(
     let copier = Copier::new(repo.storage(), target, parallel);
     copier.copy_missing("keys/", |name| !crate::ops::rekey::is_inventory(name))?;
     if let ConfigUpdate::Rekey { from_epoch } = update {
-        // The replica has not seen a full key rotation: re-seal what decides there under the
-        // new keys, as the rotation did here.
+        // The replica has not seen a full key rotation: its manifests become this
+        // repository's, its index is rebuilt below, its records dropped (but for pins).
         let keys = repo
             .keys()
             .ok_or_else(|| Error::internal("a rotated repository without keys"))?;
@@ -327,10 +327,9 @@ fn object_id(name: &str) -> &str {
 
 /// Copy the backups the target lacks (and did not forget on purpose), with exactly the
 /// packs they need that the target does not hold, plus packs the target lost (repair), and
-/// index entries for what was copied; manifests last.
-/// Copy the backups `target` lacks, with the data they need that it does not hold, and
-/// their index entries. `reindex`: the target's index files were dropped (re-keyed), so
-/// every backup's data is indexed there again (packs it holds are not copied again).
+/// index entries for what was copied; manifests last. `reindex`: the target's index files
+/// were dropped (re-keyed), so every backup's data is indexed there again (packs it holds
+/// are not copied again).
 fn copy_backups(
     repo: &Repository,
     target: &dyn Storage,
