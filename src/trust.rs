@@ -98,15 +98,7 @@ fn store(seen: &Seen) -> Result<()> {
     let dir = state_dir();
     crate::storage::local::create_private_dir(&dir)?;
     let data = serde_json::to_vec_pretty(seen).map_err(|e| Error::internal(e.to_string()))?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    {
-        use std::io::Write;
-        let mut f = crate::storage::local::create_private_file(&tmp)?;
-        f.write_all(&data)
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io("cannot write", &tmp, e))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))
+    crate::storage::local::write_private_file(&path, &data)
 }
 
 /// The replicas added on this machine for the repository at `location`.

@@ -800,18 +800,7 @@ pub fn record(repo: &Repository, report: &SyncReport) {
         let _ = crate::storage::local::create_private_dir(dir);
     }
     if let Ok(data) = serde_json::to_vec_pretty(&states) {
-        use std::io::Write;
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let written = crate::storage::local::create_private_file(&tmp)
-            .and_then(|mut f| {
-                f.write_all(&data)
-                    .map_err(|e| Error::io("cannot write", &tmp, e))
-            })
-            .and_then(|()| {
-                std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))
-            });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err(e) = crate::storage::local::write_private_file(&path, &data) {
             tracing::warn!("cannot record sync state in {}: {e}", path.display());
         }
     }

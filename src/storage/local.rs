@@ -304,6 +304,23 @@ pub fn create_private_file(path: &Path) -> Result<File> {
         .ctx("cannot create file", path)
 }
 
+/// Replace `path` with a private (0600) file holding `data`, atomically: written beside it
+/// under a name of this process, synced, renamed over it; nothing is left on failure.
+pub fn write_private_file(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = create_private_file(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::io("cannot write", &tmp, e))
+        })
+        .and_then(|()| fs::rename(&tmp, path).ctx("cannot write", path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// Ask the kernel to start writing a just-written range to disk now, so the fsync at the end
 /// waits for the last few megabytes instead of the whole file (it cost 0.45 s per GiB here).
 pub fn start_writeback(out: &File, offset: u64, len: u64) {
