@@ -85,33 +85,31 @@ impl BlobHasher {
             Some(k) => Hash(*blake3::keyed_hash(k, data).as_bytes()),
         }
     }
+
+    /// The ids `data` has under every id key, current first, computed as they are asked
+    /// for: a blob stored before a full key rotation has its id under an earlier one.
+    fn ids<'a>(&'a self, data: &'a [u8]) -> impl Iterator<Item = Hash> + 'a {
+        std::iter::once(self.id(data)).chain(
+            self.older
+                .iter()
+                .map(move |k| Hash(*blake3::keyed_hash(k, data).as_bytes())),
+        )
+    }
+
     /// Whether `data` is the blob `id` (under the current id key or an earlier one).
     pub fn matches(&self, data: &[u8], id: &Hash) -> bool {
-        self.id(data) == *id
-            || self
-                .older
-                .iter()
-                .any(|k| Hash(*blake3::keyed_hash(k, data).as_bytes()) == *id)
+        self.ids(data).any(|h| h == *id)
     }
+
     /// The ids `data` has under every id key (current first): a blob read without an index
     /// entry may have been stored under any of them.
     pub fn all_ids(&self, data: &[u8]) -> Vec<Hash> {
-        let mut out = vec![self.id(data)];
-        out.extend(
-            self.older
-                .iter()
-                .map(|k| Hash(*blake3::keyed_hash(k, data).as_bytes())),
-        );
-        out
+        self.ids(data).collect()
     }
 
     /// Whether `data` is the blob whose key (first 16 bytes of its id) is `key`.
     pub fn matches_key(&self, data: &[u8], key: &Key) -> bool {
-        self.id(data).key() == *key
-            || self
-                .older
-                .iter()
-                .any(|k| Hash(*blake3::keyed_hash(k, data).as_bytes()).key() == *key)
+        self.ids(data).any(|h| h.key() == *key)
     }
 }
 
