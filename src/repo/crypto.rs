@@ -305,6 +305,19 @@ fn header_mask(header_key: &[u8; 32], nonce: &[u8], out: &mut [u8]) {
         .fill(out);
 }
 
+/// The header of the format-2 object `sealed` as `header_key` unmasks it (the longest
+/// header's worth, or what the object holds of it), and how many of its bytes are real.
+fn unmask_header(header_key: &[u8; 32], sealed: &[u8]) -> ([u8; V2_SEALED_HEADER], usize) {
+    let (nonce, rest) = sealed.split_at(NONCE_LEN.min(sealed.len()));
+    let mut header = [0u8; V2_SEALED_HEADER];
+    let avail = rest.len().min(V2_SEALED_HEADER);
+    header_mask(header_key, nonce, &mut header[..avail]);
+    for (h, b) in header[..avail].iter_mut().zip(rest) {
+        *h ^= b;
+    }
+    (header, avail)
+}
+
 fn sealed_info(kind: ObjectKind) -> [u8; 26] {
     let mut info = [0u8; 26];
     info[..25].copy_from_slice(b"lifeboat v2 sealed object");
@@ -527,12 +540,7 @@ impl MasterKeys {
             // The epoch whose header key unmasks a valid header wrote the object (a wrong
             // key yields one by chance once in ~30,000 tries; the AEAD then decides).
             for (epoch_no, epoch) in self.epochs.iter().enumerate().rev() {
-                let mut header = [0u8; V2_SEALED_HEADER];
-                let avail = (sealed.len() - NONCE_LEN).min(V2_SEALED_HEADER);
-                header_mask(&epoch.header_key, nonce, &mut header[..avail]);
-                for (h, b) in header[..avail].iter_mut().zip(&sealed[NONCE_LEN..]) {
-                    *h ^= b;
-                }
+                let (header, avail) = unmask_header(&epoch.header_key, sealed);
                 if header[1] != kind.code() {
                     continue;
                 }
@@ -636,11 +644,7 @@ impl MasterKeys {
     pub fn describe(&self, sealed: &[u8]) -> Option<EnvelopeInfo> {
         if sealed.len() >= NONCE_LEN + V2_SEALED_HEADER {
             for (epoch, keys) in self.epochs.iter().enumerate().rev() {
-                let mut header = [0u8; V2_SEALED_HEADER];
-                header_mask(&keys.header_key, &sealed[..NONCE_LEN], &mut header);
-                for (h, b) in header.iter_mut().zip(&sealed[NONCE_LEN..]) {
-                    *h ^= b;
-                }
+                let (header, _) = unmask_header(&keys.header_key, sealed);
                 if !(1..=9).contains(&header[1]) {
                     continue;
                 }
