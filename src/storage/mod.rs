@@ -38,7 +38,8 @@ pub fn get_if_present(storage: &dyn Storage, name: &str, max: u64) -> Result<Opt
     }
 }
 
-/// The error for object `name` of `size` bytes where at most `max` can be genuine.
+/// An error if object `name`, of `size` bytes, is larger than `max`, the most it can hold
+/// if genuine.
 pub fn check_small<S: Storage + ?Sized>(
     storage: &S,
     name: &str,

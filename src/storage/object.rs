@@ -370,6 +370,7 @@ impl Storage for ObjectStorage {
 
     fn get_small(&self, name: &str, max: u64) -> Result<Vec<u8>> {
         let path = self.path(name);
+        // The size is known before the body is read: a larger object is refused unread.
         let got = self
             .runtime
             .block_on(async {
@@ -380,16 +381,12 @@ impl Storage for ObjectStorage {
                 r.bytes().await.map(Ok)
             })
             .map_err(|e| self.error("read", name, e))?;
-        match got {
-            Ok(b) => {
-                super::check_small(self, name, b.len() as u64, max)?;
-                Ok(b.to_vec())
-            }
-            Err(size) => {
-                super::check_small(self, name, size, max)?;
-                Err(crate::error::Error::internal("unreachable size check"))
-            }
-        }
+        let size = match &got {
+            Ok(b) => b.len() as u64,
+            Err(size) => *size,
+        };
+        super::check_small(self, name, size, max)?;
+        Ok(got.map(|b| b.to_vec()).unwrap_or_default())
     }
 
     fn get_range(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
