@@ -260,6 +260,17 @@ pub fn unlock(
     Err(e)
 }
 
+/// The identity's copy of the root keys stored as `name` (`keys/recipient-<epoch>`, or
+/// format 1's `keys/recipient`), if there is one.
+fn read_recipient_file(storage: &dyn Storage, name: &str) -> Result<Option<RecipientFile>> {
+    crate::storage::get_if_present(storage, name, crate::repo::format::SMALL_OBJECT_MAX)?
+        .map(|data| {
+            serde_json::from_slice(&data)
+                .map_err(|e| Error::integrity(format!("{name} is unreadable: {e}")))
+        })
+        .transpose()
+}
+
 /// Open a write-only repository with the private identity: full read access.
 pub fn unlock_with_identity(
     storage: &dyn Storage,
@@ -285,18 +296,14 @@ pub fn unlock_with_identity(
     } else {
         (RECIPIENT_V1.to_string(), true)
     };
-    let file: RecipientFile = match storage.get_small(&name, crate::repo::format::SMALL_OBJECT_MAX)
-    {
-        Ok(data) => serde_json::from_slice(&data)
-            .map_err(|e| Error::integrity(format!("{name} is unreadable: {e}")))?,
-        Err(e) if e.kind == ErrorKind::NotFound && v1 => return Err(not_write_only()),
-        Err(e) if e.kind == ErrorKind::NotFound => {
-            return Err(Error::integrity(format!("{name} is missing")).hint(
+    let file =
+        match read_recipient_file(storage, &name)? {
+            Some(file) => file,
+            None if v1 => return Err(not_write_only()),
+            None => return Err(Error::integrity(format!("{name} is missing")).hint(
                 "restore keys/ from a replica; the identity opens the repository only through it",
-            ))
-        }
-        Err(e) => return Err(e),
-    };
+            )),
+        };
     if v1 && parse_recipient(&file.public)? != identity.public() {
         return Err(Error::new(
             ErrorKind::Auth,
@@ -458,15 +465,9 @@ fn open_format_1(
             "the repository has no data keys (keys/data-00000000 is missing)",
         ));
     }
-    let recipient = match storage.get_small(RECIPIENT_V1, crate::repo::format::SMALL_OBJECT_MAX) {
-        Ok(data) => {
-            let file: RecipientFile = serde_json::from_slice(&data)
-                .map_err(|e| Error::integrity(format!("{RECIPIENT_V1} is unreadable: {e}")))?;
-            Some(parse_recipient(&file.public)?)
-        }
-        Err(e) if e.kind == ErrorKind::NotFound => None,
-        Err(e) => return Err(e),
-    };
+    let recipient = read_recipient_file(storage, RECIPIENT_V1)?
+        .map(|file| parse_recipient(&file.public))
+        .transpose()?;
     Ok(Unlocked {
         master: Arc::new(MasterKeys::new(
             std::slice::from_ref(&root),
