@@ -32,14 +32,23 @@ pub struct Repository {
     keys: Option<keys::Unlocked>,
     /// Blob ids of this repository (from `keys`, kept ready: every blob read uses it).
     hasher: BlobHasher,
-    /// Backups this process read (authenticated) or wrote, and those it deleted: what the
-    /// local trust state may record as the newest backup.
-    authentic: std::sync::Mutex<(std::collections::BTreeSet<String>, Vec<String>)>,
+    /// Backups this process read (authenticated), wrote or deleted: what the local trust
+    /// state may record as the newest backup.
+    authentic: std::sync::Mutex<BackupsSeen>,
     /// Replicas to read from when the primary's copy of an object is missing or damaged:
     /// the locations the opener vouches for ([`Repository::set_replica_resolver`]), asked
     /// only when a read needs them.
     replica_resolver: std::sync::OnceLock<ReplicaResolver>,
     replicas: std::sync::OnceLock<Vec<Box<dyn Storage>>>,
+}
+
+/// What one process saw of the repository's backups (see `Repository::newest_authentic`).
+#[derive(Default)]
+struct BackupsSeen {
+    /// Read (and authenticated) or written, and not deleted since.
+    present: std::collections::BTreeSet<String>,
+    /// Deleted (forget).
+    deleted: Vec<String>,
 }
 
 /// Lists the replicas a repository may read from (see [`Repository::set_replica_resolver`]).
@@ -577,25 +586,25 @@ impl Repository {
     /// The newest backup this process read or wrote (and did not delete).
     pub fn newest_authentic(&self) -> Option<String> {
         let seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
-        seen.0.iter().next_back().cloned()
+        seen.present.iter().next_back().cloned()
     }
 
     /// Whether this process deleted backup `id` (forget).
     pub fn forgot(&self, id: &str) -> bool {
         let seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
-        seen.1.iter().any(|f| f == id)
+        seen.deleted.iter().any(|f| f == id)
     }
 
     /// Note that this process deleted backup `id`.
     pub fn note_forgotten(&self, id: &str) {
         let mut seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
-        seen.0.remove(id);
-        seen.1.push(id.to_string());
+        seen.present.remove(id);
+        seen.deleted.push(id.to_string());
     }
 
     fn note_authentic(&self, id: &str) {
         let mut seen = self.authentic.lock().unwrap_or_else(|p| p.into_inner());
-        seen.0.insert(id.to_string());
+        seen.present.insert(id.to_string());
     }
 
     pub fn write_manifest(&self, m: &Manifest) -> Result<u64> {
