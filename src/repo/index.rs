@@ -184,18 +184,13 @@ impl Index {
             .map(|(k, _)| *k)
             .collect();
         for key in lost {
-            // Another copy, if any, takes its place.
-            let next = self
-                .alternates
-                .get_mut(&key)
-                .filter(|alts| !alts.is_empty())
-                .map(|alts| alts.remove(0));
-            if self.alternates.get(&key).is_some_and(Vec::is_empty) {
-                self.alternates.remove(&key);
-            }
-            match next {
-                Some(loc) => {
-                    self.blobs.insert(key, loc);
+            // Another copy, if any, takes its place (the retain above left no empty list).
+            match self.alternates.remove(&key) {
+                Some(mut alts) => {
+                    self.blobs.insert(key, alts.remove(0));
+                    if !alts.is_empty() {
+                        self.alternates.insert(key, alts);
+                    }
                 }
                 None => {
                     self.blobs.remove(&key);
@@ -279,15 +274,19 @@ mod tests {
     use super::*;
     use crate::repo::pack::BlobEntry;
 
-    #[test]
-    fn index_file_round_trips_and_first_copy_wins() {
-        let blob = |s: &[u8], off| BlobEntry {
-            id: Hash::of(s).key(),
+    /// A one-byte data blob holding `content`, at `offset` in its frame.
+    fn blob(content: &[u8], offset: u32) -> BlobEntry {
+        BlobEntry {
+            id: Hash::of(content).key(),
             kind: BlobKind::Data,
-            offset: off,
+            offset,
             len: 1,
-        };
-        let pack = |name: &[u8]| IndexedPack {
+        }
+    }
+
+    /// Pack `name` described as one frame holding `blobs`.
+    fn described(name: &[u8], blobs: Vec<BlobEntry>) -> IndexedPack {
+        IndexedPack {
             id: Hash::of(name),
             size: 100,
             frames: vec![FrameEntry {
@@ -295,9 +294,14 @@ mod tests {
                 stored_len: 10,
                 raw_len: 2,
                 codec: Codec::Zstd,
-                blobs: vec![blob(b"a", 0), blob(b"b", 1)],
+                blobs,
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn index_file_round_trips_and_first_copy_wins() {
+        let pack = |name: &[u8]| described(name, vec![blob(b"a", 0), blob(b"b", 1)]);
         let file = encode_index_file(&[pack(b"p1"), pack(b"p2")]).unwrap();
         let packs = decode_index_file(&file, "x").unwrap();
         assert_eq!(packs.len(), 2);
@@ -322,28 +326,12 @@ mod tests {
 
     #[test]
     fn a_second_description_of_a_pack_adds_its_blobs_and_a_repeat_adds_nothing() {
-        let entry = |s: &[u8], off| BlobEntry {
-            id: Hash::of(s).key(),
-            kind: BlobKind::Data,
-            offset: off,
-            len: 1,
-        };
-        let describe = |blobs: Vec<BlobEntry>| IndexedPack {
-            id: Hash::of(b"p"),
-            size: 100,
-            frames: vec![FrameEntry {
-                offset: 8,
-                stored_len: 10,
-                raw_len: 2,
-                codec: Codec::Zstd,
-                blobs,
-            }],
-        };
+        let describe = |blobs| described(b"p", blobs);
         let mut index = Index::default();
         // A description that lists nothing (wrong, or planted) comes first.
         index.add_pack(&describe(vec![]));
-        index.add_pack(&describe(vec![entry(b"a", 0), entry(b"b", 1)]));
-        index.add_pack(&describe(vec![entry(b"a", 0), entry(b"b", 1)]));
+        index.add_pack(&describe(vec![blob(b"a", 0), blob(b"b", 1)]));
+        index.add_pack(&describe(vec![blob(b"a", 0), blob(b"b", 1)]));
         assert_eq!(index.packs.len(), 1);
         assert_eq!(index.blob_count(), 2);
         assert!(
