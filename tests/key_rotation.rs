@@ -11,7 +11,6 @@ use std::path::Path;
 
 const OLD_PW: &str = "old-passphrase-5120";
 const LEAKED_PW: &str = "leaked-passphrase-7731";
-const FAST: [&str; 4] = ["--argon2-memory", "64", "--argon2-iterations", "1"];
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
@@ -39,7 +38,7 @@ fn rotate_traced(env: &Env, pw: &str, new_pw: &str, kill_at: Option<u32>, log: &
         .env("LIFEBOAT_PASSWORD", pw)
         .env("LIFEBOAT_NEW_PASSWORD", new_pw)
         .args(["key", "rotate", "--full", "--yes", "--json"])
-        .args(FAST);
+        .args(FAST_KDF);
     Out::of(c.output().expect("strace"))
 }
 
@@ -75,10 +74,10 @@ fn template() -> Template {
     let db = env.path("app.db");
     drop(make_db(&db, 800));
     let mut init = vec!["repo", "init", "--encrypt"];
-    init.extend(FAST);
+    init.extend(FAST_KDF);
     run(&env, OLD_PW, &init).ok("init");
     let mut add = vec!["key", "add"];
-    add.extend(FAST);
+    add.extend(FAST_KDF);
     Out::of(
         env.std_cmd()
             .env("LIFEBOAT_PASSWORD", OLD_PW)
@@ -261,7 +260,7 @@ fn a_backup_does_not_start_while_a_full_rotation_runs() {
         .env("LIFEBOAT_PASSWORD", OLD_PW)
         .env("LIFEBOAT_NEW_PASSWORD", "during-pw")
         .args(["key", "rotate", "--full", "--yes", "--json"])
-        .args(FAST)
+        .args(FAST_KDF)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let rotation = c.spawn().unwrap();

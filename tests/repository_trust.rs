@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 const HOST_PW: &str = "backup-host-passphrase-4471";
-const FAST: [&str; 4] = ["--argon2-memory", "64", "--argon2-iterations", "1"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -72,7 +71,7 @@ impl Case {
             recipient = recipient_of(&case.identity);
             init.extend(["--recipient", recipient.as_str()]);
         }
-        init.extend(FAST);
+        init.extend(FAST_KDF);
         case.host(&init).ok("repo init");
         case.backup();
         let c = rusqlite::Connection::open(&case.db).unwrap();
@@ -371,7 +370,7 @@ fn replaced_repository(case: &mut Case) {
         Mode::WriteOnly => {
             let recipient = recipient_of(&case.identity);
             let mut init = vec!["repo", "init", "--recipient", recipient.as_str()];
-            init.extend(FAST);
+            init.extend(FAST_KDF);
             evil_run(&[("LIFEBOAT_PASSWORD", "attacker")], &init);
         }
     }
@@ -466,7 +465,7 @@ fn forged_with_own_keys(case: &mut Case) {
         o
     };
     let mut init = vec!["repo", "init", "--recipient", recipient.as_str()];
-    init.extend(FAST);
+    init.extend(FAST_KDF);
     run(&init);
     let o = run(&[
         "backup",
@@ -893,7 +892,7 @@ fn full_rotation(case: &mut Case) {
         Mode::Passphrase => vec!["key", "add"],
         Mode::WriteOnly => vec!["--identity", s(&case.identity), "key", "add"],
     };
-    args.extend(FAST);
+    args.extend(FAST_KDF);
     let vars = [
         ("LIFEBOAT_PASSWORD", HOST_PW),
         ("LIFEBOAT_NEW_PASSWORD", PW2),
@@ -1144,7 +1143,7 @@ const LEAKED: &str = "leaked-passphrase-5512";
 
 fn add_leaked_key(case: &Case) {
     let mut args = vec!["key", "add"];
-    args.extend(FAST);
+    args.extend(FAST_KDF);
     case.run(
         &[
             ("LIFEBOAT_PASSWORD", HOST_PW),

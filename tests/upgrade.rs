@@ -54,6 +54,16 @@ fn reader(name: &str) -> (Vec<(&'static str, String)>, Vec<String>) {
     }
 }
 
+/// The variables of the fixture's writer: none, the owner's passphrase, or (write-only)
+/// the backup host's.
+fn writer(name: &str) -> Vec<(&'static str, String)> {
+    match name {
+        "plain" => vec![],
+        "encrypted" => vec![("LIFEBOAT_PASSWORD", OWNER_PW.into())],
+        _ => vec![("LIFEBOAT_PASSWORD", HOST_PW.into())],
+    }
+}
+
 fn run(env: &Env, vars: &[(&str, String)], args: &[&str]) -> (i32, String, String) {
     let mut c = env.std_cmd();
     for (k, v) in vars {
@@ -107,11 +117,7 @@ fn format_1_repositories_stay_readable_and_are_read_only() {
         assert_fixture_restores(&env, name);
         // Writing needs the upgrade, and says so; nothing is written.
         let before = tree(&repo);
-        let host: Vec<(&str, String)> = match name {
-            "plain" => vec![],
-            "encrypted" => vec![("LIFEBOAT_PASSWORD", OWNER_PW.into())],
-            _ => vec![("LIFEBOAT_PASSWORD", HOST_PW.into())],
-        };
+        let host = writer(name);
         let db = env.path("new.db");
         drop(make_db(&db, 50));
         let (code, out, err) = run(&env, &host, &["backup", s(&db)]);
@@ -145,11 +151,7 @@ fn upgrade_keeps_every_backup_pin_and_key() {
         let again = read_json(&env, name, &["repo", "upgrade"]);
         assert_eq!(again["from"], 2);
         // Writable now: a backup that reuses the old pages, by the fixture's writer.
-        let host: Vec<(&str, String)> = match name {
-            "plain" => vec![],
-            "encrypted" => vec![("LIFEBOAT_PASSWORD", OWNER_PW.into())],
-            _ => vec![("LIFEBOAT_PASSWORD", HOST_PW.into())],
-        };
+        let host = writer(name);
         let (code, out, err) = run(
             &env,
             &host,
@@ -442,14 +444,8 @@ fn newer_formats_and_unknown_features_are_refused_untouched() {
             } else {
                 vec![]
             };
-            let mut init = vec![
-                "repo",
-                "init",
-                "--argon2-memory",
-                "64",
-                "--argon2-iterations",
-                "1",
-            ];
+            let mut init = vec!["repo", "init"];
+            init.extend(FAST_KDF);
             if encrypted {
                 init.push("--encrypt");
             }
@@ -556,19 +552,9 @@ fn a_format_2_config_replaced_by_a_format_1_one_is_refused() {
     // the format-2 envelope.
     let env = Env::new();
     let owner = vec![("LIFEBOAT_PASSWORD", OWNER_PW.to_string())];
-    let (code, _, err) = run(
-        &env,
-        &owner,
-        &[
-            "repo",
-            "init",
-            "--encrypt",
-            "--argon2-memory",
-            "64",
-            "--argon2-iterations",
-            "1",
-        ],
-    );
+    let mut init = vec!["repo", "init", "--encrypt"];
+    init.extend(FAST_KDF);
+    let (code, _, err) = run(&env, &owner, &init);
     assert_eq!(code, 0, "{err}");
     let store = Storage::local(&env, "repo");
     edit_config(&store, |v| {

@@ -293,6 +293,9 @@ pub fn renames_logged(log: &Path) -> u32 {
         .count() as u32
 }
 
+/// Argon2id parameters that make a test's key derivation cheap (`repo init`, `key add`).
+pub const FAST_KDF: [&str; 4] = ["--argon2-memory", "64", "--argon2-iterations", "1"];
+
 /// Copy the folder `from` (files and folders) to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
