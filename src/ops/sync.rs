@@ -350,6 +350,9 @@ fn copy_backups(
         .filter(|o| reindex || have_backups.get(&o.name) != Some(&o.size))
         .filter(|o| !tomb.backups.contains(object_id(&o.name)))
         .collect();
+    // Re-indexing, every manifest's data is indexed, but only those the target lacks (or
+    // holds otherwise) are copied: re-keying already put the others there.
+    let differs = |o: &ObjectInfo| have_backups.get(&o.name) != Some(&o.size);
 
     // What the target holds: blob keys of its indexed packs, except packs a prune there
     // plans to delete (it may be deleting them right now).
@@ -512,6 +515,7 @@ fn copy_backups(
     lease.check()?;
     let names = manifests
         .into_iter()
+        .filter(|o| differs(o))
         .map(|o| {
             let replace = have_backups.contains_key(&o.name);
             (o.name, replace)
