@@ -82,18 +82,46 @@ impl RetentionSection {
             .find(|(url, _)| norm(url) == norm(target))
             .map(|(_, t)| t);
         if let Some(t) = on_target {
-            if let Some(p) = t.sources.get(source) {
+            if let Some(p) = source_policy(&t.sources, source) {
                 return Some(p.clone());
             }
             if let Some(p) = &t.policy {
                 return Some(p.clone());
             }
         }
-        self.sources
-            .get(source)
+        source_policy(&self.sources, source)
             .cloned()
             .or_else(|| self.policy.clone())
     }
+
+    /// The `[retention.source."PATH"]` sections (plain, and those of `target`) that name no
+    /// database in `known` (the sources of the target's backups): a misspelt path would
+    /// otherwise quietly fall back to the general policy.
+    pub fn unmatched_sources(&self, target: &str, known: &[String]) -> Vec<String> {
+        let norm = |s: &str| s.trim_end_matches('/').to_string();
+        let on_target = self
+            .targets
+            .iter()
+            .filter(|(url, _)| norm(url) == norm(target))
+            .flat_map(|(_, t)| t.sources.keys());
+        self.sources
+            .keys()
+            .chain(on_target)
+            .filter(|k| !known.contains(&crate::source::source_key(Path::new(k.as_str()))))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The policy of a `[retention.source."PATH"]` section naming `source`, spelt any way that
+/// resolves to the same file (relative, trailing slash, through a symlink).
+fn source_policy<'a>(sources: &'a BTreeMap<String, Policy>, source: &str) -> Option<&'a Policy> {
+    sources.get(source).or_else(|| {
+        sources
+            .iter()
+            .find(|(k, _)| crate::source::source_key(Path::new(k.as_str())) == source)
+            .map(|(_, p)| p)
+    })
 }
 
 impl<'de> Deserialize<'de> for RetentionSection {
@@ -200,10 +228,47 @@ pub fn repo_location(flag_or_env: Option<&str>, file: &FileConfig) -> (String, O
     (default_repo().display().to_string(), Origin::Default)
 }
 
+/// Schemes of other backup tools' `scheme:rest` locations (restic, borg, kopia): a path that
+/// starts with one is almost surely not meant as a local folder.
+const FOREIGN_SCHEMES: [(&str, &str); 8] = [
+    ("s3", "s3"),
+    ("gs", "gs"),
+    ("gcs", "gs"),
+    ("az", "az"),
+    ("azure", "az"),
+    ("b2", ""),
+    ("sftp", ""),
+    ("rest", ""),
+];
+
 /// Turn a location (`PATH` or `file://PATH`) into a local path.
 pub fn local_path(location: &str) -> Result<PathBuf> {
     if let Some(p) = location.strip_prefix("file://") {
         return Ok(PathBuf::from(p));
+    }
+    if let Some((scheme, rest)) = location.split_once(':') {
+        let scheme_l = scheme.to_ascii_lowercase();
+        if let Some((_, ours)) = FOREIGN_SCHEMES.iter().find(|(s, _)| *s == scheme_l) {
+            if !rest.starts_with("//") {
+                let hint = if ours.is_empty() {
+                    "Lifeboat stores on local paths, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX and \
+                     az://CONTAINER/PREFIX; to use a folder with this name, write ./"
+                        .to_string()
+                        + location
+                } else {
+                    format!(
+                        "did you mean {ours}://{}? (Lifeboat writes URLs as {ours}://BUCKET/PREFIX; \
+                         an endpoint goes in AWS_ENDPOINT or the target's settings). For a local \
+                         folder with this name, write ./{location}",
+                        rest.trim_start_matches('/')
+                    )
+                };
+                return Err(Error::usage(format!(
+                    "repository location '{location}' looks like another tool's {scheme}: URL"
+                ))
+                .hint(hint));
+            }
+        }
     }
     if let Some((scheme, _)) = location.split_once("://") {
         return Err(Error::usage(format!(
@@ -221,10 +286,39 @@ pub fn open_storage(location: &str, create: bool) -> Result<Box<dyn Storage>> {
         return Ok(Box::new(crate::storage::ObjectStorage::open(location)?));
     }
     let path = local_path(location)?;
+    if path.is_file() {
+        return Err(Error::usage(format!(
+            "repository location {} is a file, not a repository folder",
+            path.display()
+        ))
+        .hint("--repo (LIFEBOAT_REPO) names the repository's folder; the database goes after `backup`"));
+    }
     if create {
         crate::storage::local::create_private_dir(&path)?;
     }
     Ok(Box::new(crate::storage::LocalStorage::new(path)))
+}
+
+/// The hint for a repository location that holds no repository: a known location it looks
+/// like a typo of (`known`: locations this machine has used, the configured one), else how
+/// to create one.
+pub fn missing_repo_hint(location: &str, known: &[String]) -> String {
+    let given = crate::trust::normalize_location(location);
+    let close = known
+        .iter()
+        .filter(|k| **k != given)
+        .map(|k| (strsim::levenshtein(&given, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.chars().count() / 10))
+        .min_by_key(|(d, _)| *d);
+    match close {
+        Some((_, k)) => format!(
+            "did you mean {k}? (a repository this machine has used). To start a new repository \
+             here, run `lifeboat repo init` (or add --init)"
+        ),
+        None => "check --repo / LIFEBOAT_REPO; to start a new repository here, run `lifeboat \
+                 repo init` (--encrypt to encrypt it), or add --init to `backup`"
+            .to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -288,5 +382,24 @@ keep_dialy = 7"
     fn locations() {
         assert_eq!(local_path("file:///a/b").unwrap(), PathBuf::from("/a/b"));
         assert!(local_path("s3://bucket/x").is_err());
+        let e = local_path("s3:primary/app").unwrap_err();
+        assert_eq!(
+            e.hint.as_deref().map(|h| h.contains("s3://primary/app")),
+            Some(true)
+        );
+        assert!(local_path("b2:bucket").is_err());
+        assert_eq!(local_path("./s3:x").unwrap(), PathBuf::from("./s3:x"));
+        assert_eq!(
+            local_path("backup:2026").unwrap(),
+            PathBuf::from("backup:2026")
+        );
+    }
+
+    #[test]
+    fn a_typo_of_a_known_repository_is_named() {
+        let known = vec!["/var/backups/lifeboat".to_string()];
+        assert!(missing_repo_hint("/var/backups/lifebot", &known)
+            .contains("did you mean /var/backups/lifeboat?"));
+        assert!(!missing_repo_hint("/srv/other", &known).contains("did you mean"));
     }
 }

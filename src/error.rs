@@ -29,9 +29,44 @@ pub enum ErrorKind {
     Trust,
     /// The user declined a confirmation.
     Aborted,
+    /// SIGINT or SIGTERM stopped the command (exit 130 or 143: 128 + the signal).
+    Interrupted,
 }
 
+/// Every exit code with what it means: `lifeboat --help` prints this list, and a test holds
+/// the README's table to it.
+pub const EXIT_CODES: [(i32, &str); 13] = [
+    (0, "success"),
+    (1, "internal error"),
+    (2, "usage"),
+    (3, "not found"),
+    (4, "integrity"),
+    (5, "bad source"),
+    (6, "in use"),
+    (7, "storage failure"),
+    (8, "wrong or missing passphrase"),
+    (9, "trust"),
+    (10, "aborted"),
+    (130, "interrupted by SIGINT"),
+    (143, "interrupted by SIGTERM"),
+];
+
 impl ErrorKind {
+    /// Every kind, for tests and listings.
+    pub const ALL: [ErrorKind; 11] = [
+        ErrorKind::Internal,
+        ErrorKind::Usage,
+        ErrorKind::NotFound,
+        ErrorKind::Integrity,
+        ErrorKind::Source,
+        ErrorKind::InUse,
+        ErrorKind::Storage,
+        ErrorKind::Auth,
+        ErrorKind::Trust,
+        ErrorKind::Aborted,
+        ErrorKind::Interrupted,
+    ];
+
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::Internal => 1,
@@ -44,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Auth => 8,
             ErrorKind::Trust => 9,
             ErrorKind::Aborted => 10,
+            ErrorKind::Interrupted => crate::interrupt::exit_code(),
         }
     }
 }
@@ -133,5 +169,37 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for std::io::Result<T> {
     fn ctx(self, action: &str, path: &Path) -> Result<T> {
         self.map_err(|e| Error::io(action, path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_listed_exit_code() {
+        // A new kind must be added to ALL: this match stops compiling until it is handled.
+        for kind in ErrorKind::ALL {
+            match kind {
+                ErrorKind::Internal
+                | ErrorKind::Usage
+                | ErrorKind::NotFound
+                | ErrorKind::Integrity
+                | ErrorKind::Source
+                | ErrorKind::InUse
+                | ErrorKind::Storage
+                | ErrorKind::Auth
+                | ErrorKind::Trust
+                | ErrorKind::Aborted
+                | ErrorKind::Interrupted => {}
+            }
+            assert!(
+                EXIT_CODES.iter().any(|(c, _)| *c == kind.exit_code()),
+                "{kind:?} exits {} which EXIT_CODES does not list",
+                kind.exit_code()
+            );
+        }
+        let listed: Vec<i32> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
+        assert_eq!(listed, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 130, 143]);
     }
 }

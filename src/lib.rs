@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod id;
+pub mod interrupt;
 pub mod ops;
 pub mod progress;
 pub mod repo;

@@ -1,6 +1,26 @@
 //! The `lifeboat` command: parse arguments, call the library, print results.
 
+// Output goes through these instead of std's macros, which panic when the reader has gone
+// (`lifeboat list | head -1`). A closed pipe only stops the printing: the command still
+// finishes its work (a `forget` piped into `head` must not stop half-way) and exits as usual.
+macro_rules! println {
+    () => { $crate::write_out(&mut std::io::stdout(), format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_out(&mut std::io::stdout(), format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprintln {
+    () => { $crate::write_out(&mut std::io::stderr(), format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_out(&mut std::io::stderr(), format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::write_out(&mut std::io::stderr(), format_args!($($arg)*)) };
+}
+
 mod cli;
+
+/// Write to stdout or stderr, ignoring a reader that went away.
+fn write_out(to: &mut dyn std::io::Write, args: std::fmt::Arguments) {
+    let _ = to.write_fmt(args);
+}
 
 use clap::{Args, Parser, Subcommand};
 use lifeboat::config::{self, FileConfig, Origin};
@@ -14,6 +34,7 @@ use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfPar
 use lifeboat::repo::manifest::Manifest;
 use lifeboat::repo::{keys, locks, NewRepo, Repository, Unlock};
 use lifeboat::secret::PassphraseSource;
+use lifeboat::source::source_key;
 use lifeboat::storage::Storage;
 use serde_json::json;
 use std::io::{IsTerminal, Write};
@@ -24,25 +45,37 @@ use std::path::{Path, PathBuf};
     name = "lifeboat",
     version,
     about = "Consistent, deduplicated, verified backups of live databases",
-    after_help = "Exit codes: 0 ok, 1 internal error, 2 usage, 3 not found, 4 integrity failure, \
-                  5 bad source, 6 database in use, 7 storage failure, 8 wrong passphrase, 9 repository changed or not authentic, 10 aborted"
+    after_help = exit_codes_help()
 )]
 struct Cli {
-    /// Repository location (a path or file://PATH). Default: ~/.local/share/lifeboat/repo
-    #[arg(long, global = true, env = "LIFEBOAT_REPO")]
+    /// Repository: a path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or
+    /// az://CONTAINER/PREFIX. Default: ~/.local/share/lifeboat/repo (the only location created
+    /// without `repo init` or `backup --init`)
+    #[arg(
+        help_heading = "Global options",
+        long,
+        global = true,
+        env = "LIFEBOAT_REPO"
+    )]
     repo: Option<String>,
     /// Config file. Default: ./lifeboat.toml, then ~/.config/lifeboat/lifeboat.toml
-    #[arg(long, global = true, env = "LIFEBOAT_CONFIG")]
+    #[arg(
+        help_heading = "Global options",
+        long,
+        global = true,
+        env = "LIFEBOAT_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// Print machine-readable JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(help_heading = "Global options", long, global = true)]
     json: bool,
     /// More logging on stderr (-v, -vv).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(help_heading = "Global options", short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Encrypted repositories: read the passphrase from the first line of this file.
     /// (Or set LIFEBOAT_PASSWORD, or use --password-command; on a terminal it is asked.)
     #[arg(
+        help_heading = "Global options",
         long,
         global = true,
         env = "LIFEBOAT_PASSWORD_FILE",
@@ -51,6 +84,7 @@ struct Cli {
     password_file: Option<PathBuf>,
     /// Encrypted repositories: run this command and use the first line it prints.
     #[arg(
+        help_heading = "Global options",
         long,
         global = true,
         env = "LIFEBOAT_PASSWORD_COMMAND",
@@ -58,12 +92,18 @@ struct Cli {
     )]
     password_command: Option<String>,
     /// Write-only repositories: the private identity file (`key generate`) that reads them.
-    #[arg(long, global = true, env = "LIFEBOAT_IDENTITY", hide_env_values = true)]
+    #[arg(
+        help_heading = "Global options",
+        long,
+        global = true,
+        env = "LIFEBOAT_IDENTITY",
+        hide_env_values = true
+    )]
     identity: Option<PathBuf>,
     /// Accept a repository that changed since this machine last used it (another id, keys
     /// replaced, encryption or format lowered, newest backup or replica list gone back).
     /// Each change is printed; without this flag such a command stops with exit code 9.
-    #[arg(long, global = true)]
+    #[arg(help_heading = "Global options", long, global = true)]
     accept_change: bool,
     #[command(subcommand)]
     command: Command,
@@ -72,6 +112,7 @@ struct Cli {
 /// Argon2id costs for a new key (defaults: 64 MiB, 3 passes, 4 lanes; at most 1 GiB, 16
 /// passes, 16 lanes, and memory × passes at most 2 GiB).
 #[derive(Args, Clone, Copy)]
+#[command(next_help_heading = "Key derivation (Argon2id; defaults: 64 MiB, 3 passes, 4 lanes)")]
 struct KdfArgs {
     /// Argon2id memory in KiB (default 65536).
     #[arg(long)]
@@ -98,9 +139,15 @@ impl KdfArgs {
 #[derive(Subcommand)]
 enum ReplicaCommand {
     /// Add a replica (a path, file://, s3://, gs://, az://) and copy everything to it.
-    Add { url: String },
+    Add {
+        /// Where the copy goes: an empty location, or one holding a copy of this repository.
+        url: String,
+    },
     /// Stop replicating to a target (its copy is left as it is).
-    Remove { url: String },
+    Remove {
+        /// The replica, as `replica list` shows it.
+        url: String,
+    },
     /// The replicas of this repository.
     List,
 }
@@ -117,11 +164,11 @@ enum KeyCommand {
     },
     /// Add a passphrase (from --new-password-file, LIFEBOAT_NEW_PASSWORD, or asked twice).
     Add {
-        #[command(flatten)]
-        kdf: KdfArgs,
         /// Read the new passphrase from the first line of this file.
         #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", hide_env_values = true)]
         new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
     /// Remove a passphrase's key file (not the one in use, not the last).
     Remove {
@@ -130,10 +177,12 @@ enum KeyCommand {
     },
     /// Change the passphrase in use.
     Passwd {
-        #[command(flatten)]
-        kdf: KdfArgs,
+        /// Read the new passphrase from the first line of this file (else
+        /// LIFEBOAT_NEW_PASSWORD, or asked twice).
         #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", hide_env_values = true)]
         new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
     /// Start a new data key: everything written from now on uses it; old data stays readable.
     /// With --full, replace the root keys too, for when a passphrase or key file may be in
@@ -148,12 +197,12 @@ enum KeyCommand {
         /// Do not ask before removing the other key files.
         #[arg(long, short)]
         yes: bool,
-        #[command(flatten)]
-        kdf: KdfArgs,
         /// --full: the new passphrase, from this file (else LIFEBOAT_NEW_PASSWORD, or asked
         /// twice).
         #[arg(long, env = "LIFEBOAT_NEW_PASSWORD_FILE", hide_env_values = true)]
         new_password_file: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
     },
 }
 
@@ -172,30 +221,50 @@ enum Command {
     },
     /// Show everything recorded about one backup.
     Show {
-        /// Backup id, unambiguous prefix, or `latest`.
+        /// Backup id, unambiguous prefix, or `latest` (the newest backup of --source that is
+        /// not a pre-restore safety backup).
         id: String,
+        /// Only backups of this database (needed for `latest` when the repository holds
+        /// several).
+        #[arg(long)]
+        source: Option<PathBuf>,
     },
     /// Prove backups restore: rebuild, integrity_check, compare checksums, schema, row counts.
     Verify {
-        /// Backup id, unambiguous prefix, or `latest` (the default).
+        /// Backup id, unambiguous prefix, or `latest`. Default: the newest backup of each
+        /// database (of --source only, if given).
         id: Option<String>,
-        /// Verify every backup.
+        /// Only backups of this database.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Verify every backup (of --source only, if given).
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
     /// Restore a backup to a new file (--output) or over a database (--db).
+    #[command(
+        after_help = "`latest` with --db means the newest backup of that database that is \
+        not a pre-restore safety backup. Restoring a backup of another database over --db asks \
+        first, naming both (without a terminal it needs --force)."
+    )]
     Restore {
         /// Backup id, unambiguous prefix, or `latest`.
         id: String,
-        /// Write a new database file here.
+        /// Write a new database file here (it must not exist).
         #[arg(long, conflicts_with = "db", required_unless_present = "db")]
         output: Option<PathBuf>,
         /// Replace this database in place (a safety backup of it is taken first).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Pick the backup among those of this database (default with --db: that database).
+        #[arg(long)]
+        source: Option<PathBuf>,
         /// Do not ask for confirmation.
         #[arg(long, short)]
         yes: bool,
+        /// With --db: restore a backup taken of another database over it.
+        #[arg(long)]
+        force: bool,
     },
     /// Create, check or measure the repository.
     Repo {
@@ -209,6 +278,7 @@ enum Command {
     },
     /// Bring replicas up to date (all of them, or --target URL).
     Sync {
+        /// Only this replica (as `replica list` shows it).
         #[arg(long)]
         target: Option<String>,
     },
@@ -287,6 +357,7 @@ enum RepoCommand {
 struct BackupArgs {
     /// The SQLite database file.
     database: PathBuf,
+    /// A note stored with the backup (shown by `list` and `show`).
     #[arg(long)]
     description: Option<String>,
     /// Tag the backup (repeatable).
@@ -295,7 +366,8 @@ struct BackupArgs {
     /// zstd (default), gzip, lz4 or none.
     #[arg(long, env = "LIFEBOAT_COMPRESSION")]
     compression: Option<String>,
-    /// Compression level (zstd 1-22, default 3; gzip 0-9, default 6).
+    /// Compression level (zstd 1-22, default 3; gzip 0-9, default 6). Without it: `level`
+    /// from lifeboat.toml if the codec is the file's `compression`, else the codec's default.
     #[arg(long, env = "LIFEBOAT_LEVEL")]
     level: Option<i32>,
     /// Run the full verify before committing the backup.
@@ -307,11 +379,24 @@ struct BackupArgs {
     /// Record this time (RFC 3339) instead of now, e.g. when importing older history.
     #[arg(long, value_parser = parse_timestamp)]
     time: Option<jiff::Timestamp>,
+    /// Create the repository if there is none at --repo yet (encrypted when a passphrase is
+    /// configured). Only the default location is created without it.
+    #[arg(long, env = "LIFEBOAT_INIT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    init: bool,
 }
 
 fn parse_timestamp(s: &str) -> std::result::Result<jiff::Timestamp, String> {
     s.parse::<jiff::Timestamp>()
         .map_err(|e| format!("not an RFC 3339 time such as 2026-11-26T02:00:00Z: {e}"))
+}
+
+/// "Exit codes: 0 ok, 1 internal error, …", from the one list the code uses.
+fn exit_codes_help() -> String {
+    let codes: Vec<String> = lifeboat::error::EXIT_CODES
+        .iter()
+        .map(|(code, what)| format!("{code} {what}"))
+        .collect();
+    format!("Exit codes: {}", codes.join(", "))
 }
 
 pub(crate) struct Ctx {
@@ -332,6 +417,26 @@ impl Ctx {
     fn open_repo(&self) -> Result<Repository> {
         let (loc, _) = self.location();
         self.open_at(config::open_storage(&loc, false)?)
+            .map_err(|e| self.explain_missing(&loc, e))
+    }
+
+    /// A missing repository: say which known one the location may be a typo of.
+    fn explain_missing(&self, location: &str, e: Error) -> Error {
+        if e.kind != ErrorKind::NotFound || !e.message.starts_with("no Lifeboat repository") {
+            return e;
+        }
+        let mut known = lifeboat::trust::known_locations();
+        known.extend(
+            self.file
+                .repo
+                .iter()
+                .map(|r| lifeboat::trust::normalize_location(r)),
+        );
+        known.push(lifeboat::trust::normalize_location(
+            &config::default_repo().display().to_string(),
+        ));
+        let hint = config::missing_repo_hint(location, &known);
+        e.hint(hint)
     }
 
     /// Open with the identity if one was given, else with a passphrase (asked only if the
@@ -390,10 +495,15 @@ impl Ctx {
             || std::env::var_os(self.passphrase.env_var).is_some()
     }
 
-    /// Open the repository, creating it if it does not exist yet (backup needs no set-up).
-    fn open_or_init_repo(&self) -> Result<Repository> {
+    /// Open the repository, creating it if it does not exist yet, but only at the default
+    /// location (a first backup needs no set-up) or with `--init`: a mistyped --repo must not
+    /// quietly start a new repository that nothing else looks at.
+    fn open_or_init_repo(&self, init: bool) -> Result<Repository> {
         let (loc, origin) = self.location();
         match self.open_at(config::open_storage(&loc, false)?) {
+            Err(e) if e.kind == ErrorKind::NotFound && origin != Origin::Default && !init => {
+                Err(self.explain_missing(&loc, e))
+            }
             Err(e) if e.kind == ErrorKind::NotFound => {
                 let passphrase = if self.passphrase_configured() {
                     Some(self.passphrase.get("New repository passphrase", true)?)
@@ -515,6 +625,7 @@ fn parse_args() -> Cli {
 }
 
 fn main() {
+    lifeboat::interrupt::install();
     let cli = parse_args();
     let filter = match cli.verbose {
         0 => "warn",
@@ -546,6 +657,11 @@ fn main() {
             e.exit_code()
         }
     };
+    // A command a signal stopped reports it the shell's way, whatever part of it failed.
+    let code = match lifeboat::interrupt::received() {
+        Some(_) if code != 0 => lifeboat::interrupt::exit_code(),
+        _ => code,
+    };
     std::process::exit(code);
 }
 
@@ -572,14 +688,22 @@ fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Backup(args) => cmd_backup(&ctx, args),
         Command::List { source, tag } => cmd_list(&ctx, source, tag),
-        Command::Show { id } => cmd_show(&ctx, &id),
-        Command::Verify { id, all } => cmd_verify(&ctx, id, all),
+        Command::Show { id, source } => cmd_show(&ctx, &id, source),
+        Command::Verify { id, source, all } => cmd_verify(&ctx, id, source, all),
         Command::Restore {
             id,
             output,
             db,
+            source,
             yes,
-        } => cmd_restore(&ctx, &id, output, db, yes),
+            force,
+        } => cmd_restore(
+            &ctx,
+            &id,
+            RestoreTo { output, db },
+            source,
+            Confirmation { yes, force },
+        ),
         Command::Repo { command } => match command {
             RepoCommand::Init {
                 encrypt,
@@ -605,16 +729,18 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn compression(ctx: &Ctx, codec: Option<String>, level: Option<i32>) -> Result<Compression> {
-    let codec = match codec.or_else(|| ctx.file.compression.clone()) {
-        Some(c) => Codec::parse(&c)?,
+    let file_codec = match &ctx.file.compression {
+        Some(c) => Codec::parse(c)?,
         None => Codec::Zstd,
     };
-    // A level given on the command line (or LIFEBOAT_LEVEL) must fit the codec; a level
-    // from the config file is a default for the codecs that have levels.
-    let file_level = ctx
-        .file
-        .level
-        .filter(|_| matches!(codec, Codec::Zstd | Codec::Gzip));
+    let codec = match codec {
+        Some(c) => Codec::parse(&c)?,
+        None => file_codec,
+    };
+    // A level given on the command line (or LIFEBOAT_LEVEL) must fit the codec. The file's
+    // `level` belongs to the file's codec: choosing another codec with --compression starts
+    // from that codec's own default (gzip 6, not zstd's 3 from the file).
+    let file_level = ctx.file.level.filter(|_| codec == file_codec);
     Compression::new(codec, level.or(file_level))
 }
 
@@ -649,7 +775,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     };
     // Check the source before creating a repository for it.
     lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
-    let repo = ctx.open_or_init_repo()?;
+    let repo = ctx.open_or_init_repo(a.init)?;
     let out = backup(&repo, &opts)?;
     ctx.record(&repo);
     // Then bring every replica up to date; the backup stands on the primary either way.
@@ -674,7 +800,8 @@ fn print_backup(
         eprintln!("warning: {w}");
     }
     // Pages in the database per page stored; raw bytes written per byte stored (new data
-    // plus this backup's page lists and index). Both are 0 when nothing new was stored.
+    // plus this backup's page lists and index). Both are None (null) when nothing new was
+    // stored: there is no ratio to give.
     let dedup = ratio(m.database.page_count, s.new_blobs);
     let comp = ratio(s.new_raw_bytes, s.new_stored_bytes);
     if ctx.json {
@@ -710,10 +837,16 @@ fn print_backup(
         s.reused_blobs,
         bytes(s.new_stored_bytes)
     );
-    println!(
-        "  ratios       dedup {dedup:.1}x, compression {comp:.1}x ({})",
-        s.compression
-    );
+    if s.new_blobs == 0 {
+        println!("  ratios       nothing new to store: every page was already in the repository");
+    } else {
+        println!(
+            "  ratios       dedup {}, compression {} ({})",
+            times(dedup),
+            times(comp),
+            s.compression
+        );
+    }
     println!("  repository   {} in total", bytes(out.repo_stored_bytes));
     if let Some(r) = &out.verify {
         print_verify(r);
@@ -750,37 +883,93 @@ fn verify_name(level: VerifyLevel) -> &'static str {
 
 fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let source = source.map(|s| absolute_display(&s));
+    let source = source.map(|s| source_key(&s));
     let backups: Vec<Manifest> = repo
         .list_backups()?
         .into_iter()
         .filter(|m| source.as_ref().is_none_or(|s| &m.source.path == s))
         .filter(|m| tag.as_ref().is_none_or(|t| m.tags.contains(t)))
         .collect();
+    let pinned = lifeboat::ops::forget::pinned_ids(&repo)?;
     ctx.record(&repo);
     if ctx.json {
-        let rows: Vec<_> = backups.iter().map(summary_json).collect();
+        let rows: Vec<_> = backups
+            .iter()
+            .map(|m| {
+                let mut row = summary_json(m);
+                row["pinned"] = json!(pinned.contains(&m.id));
+                row
+            })
+            .collect();
         println!("{}", serde_json::Value::Array(rows));
         return Ok(0);
     }
-    println!(
-        "{:<14}  {:<19}  {:>10}  {:>10}  {:<12}  {:<20}  DESCRIPTION",
-        "ID", "TIME (UTC)", "SIZE", "STORED", "TAGS", "SOURCE"
-    );
-    for m in &backups {
-        println!(
-            "{:<14}  {:<19}  {:>10}  {:>10}  {:<12}  {:<20}  {}",
-            m.id,
-            m.time.get(..19).unwrap_or(&m.time).replace('T', " "),
-            bytes(m.database.logical_bytes),
-            bytes(m.stored.new_stored_bytes),
-            m.tags.join(","),
-            m.source.path,
-            m.description.as_deref().unwrap_or("")
-        );
+    let rows: Vec<[String; 7]> = backups
+        .iter()
+        .map(|m| {
+            let mut tags = m.tags.clone();
+            if pinned.contains(&m.id) {
+                tags.insert(0, "pinned".into());
+            }
+            [
+                m.id.clone(),
+                m.time.get(..19).unwrap_or(&m.time).replace('T', " "),
+                bytes(m.database.logical_bytes),
+                bytes(m.stored.new_stored_bytes),
+                tags.join(","),
+                m.source.path.clone(),
+                m.description.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let header = [
+        "ID",
+        "TIME (UTC)",
+        "SIZE",
+        "STORED",
+        "TAGS",
+        "SOURCE",
+        "DESCRIPTION",
+    ]
+    .map(String::from);
+    // Columns as wide as their widest cell: long paths must not push the others out of line.
+    let mut widths = [0usize; 7];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
     }
-    println!("{} backups in {}", backups.len(), repo.location());
+    let right_aligned = [false, false, true, true, false, false, false];
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                line.push_str("  ");
+            }
+            if right_aligned[i] {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+    println!(
+        "{} in {}",
+        count(backups.len(), "backup", "backups"),
+        repo.location()
+    );
     Ok(0)
+}
+
+/// "1 backup", "2 backups".
+pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn summary_json(m: &Manifest) -> serde_json::Value {
@@ -792,9 +981,10 @@ fn summary_json(m: &Manifest) -> serde_json::Value {
     })
 }
 
-fn cmd_show(ctx: &Ctx, id: &str) -> Result<i32> {
+fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let m = repo.resolve(id, None)?;
+    let source = source.as_deref().map(source_key);
+    let m = repo.resolve(id, source.as_deref())?;
     ctx.record(&repo);
     if ctx.json {
         println!(
@@ -865,13 +1055,28 @@ fn print_verify(r: &VerifyReport) {
     }
 }
 
-fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
+fn cmd_verify(ctx: &Ctx, id: Option<String>, source: Option<PathBuf>, all: bool) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let targets = if all {
-        repo.list_backups()?
-    } else {
-        vec![repo.resolve(id.as_deref().unwrap_or("latest"), None)?]
+    let source = source.as_deref().map(source_key);
+    let of_source = |m: &Manifest| source.as_ref().is_none_or(|s| &m.source.path == s);
+    let targets: Vec<Manifest> = match (&id, all) {
+        (Some(id), _) => vec![repo.resolve(id, source.as_deref())?],
+        (None, true) => repo.list_backups()?.into_iter().filter(of_source).collect(),
+        // The newest backup of every database, not just the newest of all.
+        (None, false) => repo
+            .latest_per_source()?
+            .into_iter()
+            .filter(of_source)
+            .collect(),
     };
+    if targets.is_empty() {
+        return Err(Error::not_found(match &source {
+            Some(s) => format!("no backup of {s} in {}", repo.location()),
+            None => format!("the repository at {} has no backups", repo.location()),
+        })
+        .hint("`lifeboat list` shows the backups in this repository"));
+    }
+    let several = targets.len() > 1;
     ctx.record(&repo);
     let progress = ctx.progress();
     // The marker keeps a concurrent prune from deleting what this verify reads.
@@ -907,7 +1112,7 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
     let failed = reports.iter().filter(|r| !r.ok).count();
     if ctx.json {
         println!("{}", json!({"ok": failed == 0, "backups": reports}));
-    } else if all {
+    } else if several {
         println!(
             "{} of {} backups verified",
             reports.len() - failed,
@@ -921,10 +1126,10 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, all: bool) -> Result<i32> {
     })
 }
 
-fn confirm(question: &str, what: &str) -> Result<()> {
+/// Ask on the terminal; without one, fail with `refusal` and `hint` (the flag that agrees).
+fn confirm(question: &str, refusal: &str, hint: &str) -> Result<()> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::usage(format!("{what}: it needs confirmation"))
-            .hint("add --yes to go on without asking"));
+        return Err(Error::usage(refusal.to_string()).hint(hint.to_string()));
     }
     eprint!("{question} [y/N] ");
     let _ = std::io::stderr().flush();
@@ -942,42 +1147,91 @@ fn confirm(question: &str, what: &str) -> Result<()> {
     }
 }
 
+/// Where `restore` writes: a new file, or over a database.
+struct RestoreTo {
+    output: Option<PathBuf>,
+    db: Option<PathBuf>,
+}
+
+/// What the user agreed to in advance: `--yes` (replace the database), `--force` (even with
+/// a backup of another database).
+struct Confirmation {
+    yes: bool,
+    force: bool,
+}
+
 fn cmd_restore(
     ctx: &Ctx,
     id: &str,
-    output: Option<PathBuf>,
-    db: Option<PathBuf>,
-    yes: bool,
+    to: RestoreTo,
+    source: Option<PathBuf>,
+    agreed: Confirmation,
 ) -> Result<i32> {
+    // What is wrong with the target is said first, whatever the backup.
+    if let Some(db) = &to.db {
+        restore::check_in_place_target(db)?;
+        if db.is_dir() {
+            return Err(Error::usage(format!(
+                "{} is a directory, not a database file",
+                db.display()
+            ))
+            .hint("give the path of the database file itself"));
+        }
+        if db.exists() {
+            restore::ensure_not_in_use(db)?;
+        }
+    }
     let repo = ctx.open_repo()?;
-    let m = repo.resolve(id, None)?;
+    // `latest --db app.db` means the newest backup of app.db, not of whatever came last.
+    let source = source
+        .as_deref()
+        .or(to.db.as_deref().filter(|_| id == "latest"))
+        .map(source_key);
+    let m = repo.resolve(id, source.as_deref())?;
     ctx.record(&repo);
+    if !ctx.json && !is_full_id(id, &m) {
+        eprintln!(
+            "using backup {} of {}, taken {} ({} ago), {}",
+            m.id,
+            m.source.path,
+            m.time,
+            human_age(age_of(&m.time)),
+            bytes(m.database.logical_bytes)
+        );
+    }
     let progress = ctx.progress();
-    let out = match (output, db) {
+    let out = match (to.output, to.db) {
         (Some(out), _) => locks::as_reader(repo.storage(), &repo.records(), "restore", || {
             restore::restore_to_file(&repo, &m, &out, &progress)
         })?,
         (None, Some(db)) => {
-            restore::check_in_place_target(&db)?;
-            if db.is_dir() {
-                return Err(Error::usage(format!(
-                    "{} is a directory, not a database file",
-                    db.display()
-                ))
-                .hint("give the path of the database file itself"));
-            }
-            if db.exists() {
-                restore::ensure_not_in_use(&db)?;
-            }
-            if !yes {
+            let target = source_key(&db);
+            // A new file holds nothing to lose; an existing one may be another database.
+            if db.exists() && m.source.path != target && !agreed.force {
+                // Putting one database's backup over another is almost always a slip.
                 confirm(
                     &format!(
-                        "Replace {} with backup {} from {}? A safety backup is taken first.",
+                        "Backup {} is of {}, not of {target}. Replace {target} with it anyway?",
+                        m.id, m.source.path
+                    ),
+                    &format!("backup {} is of {}, not of {target}", m.id, m.source.path),
+                    "add --force to restore it over another database; or pick a backup of this \
+                     one: `lifeboat list --source PATH`",
+                )?;
+            } else if !agreed.yes {
+                confirm(
+                    &format!(
+                        "Replace {} with backup {} of {} taken {} ({} ago, {})? A safety backup \
+                         is taken first.",
                         restore::describe_target(&db),
                         m.id,
-                        m.time
+                        m.source.path,
+                        m.time,
+                        human_age(age_of(&m.time)),
+                        bytes(m.database.logical_bytes)
                     ),
-                    "an in-place restore replaces the database",
+                    "an in-place restore replaces the database: it needs confirmation",
+                    "add --yes to go on without asking",
                 )?;
             }
             let compression = compression(ctx, None, None)?;
@@ -987,12 +1241,16 @@ fn cmd_restore(
             ctx.record(&repo);
             out
         }
-        (None, None) => return Err(Error::usage("give --output FILE or --db FILE")),
+        (None, None) => {
+            return Err(Error::usage("restore needs a place to write the backup to")
+                .hint("give --output FILE (a new file) or --db FILE (replace that database)"))
+        }
     };
     if ctx.json {
         println!(
             "{}",
-            json!({"id": out.backup_id, "path": out.path, "bytes": out.bytes,
+            json!({"id": out.backup_id, "source": m.source.path, "time": m.time,
+                   "path": out.path, "bytes": out.bytes,
                    "verified": "every page checked against its hash", "safety_backup": out.safety_backup,
                    "moved_aside": out.moved_aside})
         );
@@ -1011,6 +1269,18 @@ fn cmd_restore(
         );
     }
     Ok(0)
+}
+
+/// Whether the user named this backup by its whole id (then there is nothing to announce).
+fn is_full_id(spec: &str, m: &Manifest) -> bool {
+    spec.eq_ignore_ascii_case(&m.id)
+}
+
+/// Seconds since an RFC 3339 time (0 if it cannot be read or lies ahead).
+fn age_of(time: &str) -> i64 {
+    time.parse::<jiff::Timestamp>()
+        .map(|t| (jiff::Timestamp::now().as_second() - t.as_second()).max(0))
+        .unwrap_or(0)
 }
 
 fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfParams) -> Result<i32> {
@@ -1073,8 +1343,11 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
             if read_data { " (reading all data)" } else { "" }
         );
         println!(
-            "  {} backups, {} index files, {} packs, {} blobs",
-            r.backups, r.index_files, r.packs, r.blobs
+            "  {}, {}, {}, {}",
+            count(r.backups, "backup", "backups"),
+            count(r.index_files, "index file", "index files"),
+            count(r.packs, "pack", "packs"),
+            count(r.blobs, "blob", "blobs")
         );
         for p in &r.problems {
             println!("  ✗ {}: {}", p.object, p.problem);
@@ -1087,10 +1360,16 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
         }
         if r.unreferenced_packs > 0 || r.temp_files > 0 {
             println!(
-                "  note: {} unreferenced packs ({}) and {} temporary files from interrupted runs; harmless",
-                r.unreferenced_packs,
+                "  note: {} ({}) and {} from interrupted runs; harmless, `lifeboat prune` removes them",
+                count(r.unreferenced_packs, "unreferenced pack", "unreferenced packs"),
                 bytes(r.unreferenced_bytes),
-                r.temp_files
+                count(r.temp_files, "temporary file", "temporary files")
+            );
+        }
+        for lock in &r.stale_locks {
+            println!(
+                "  note: stale lock marker {lock}: its process is gone; it holds nothing back, \
+                 and the next `lifeboat prune` removes it"
             );
         }
         println!(
@@ -1139,10 +1418,10 @@ fn cmd_stats(ctx: &Ctx) -> Result<i32> {
         s.packs
     );
     println!(
-        "ratios       dedup {:.1}x, compression {:.1}x, overall {:.1}x",
+        "ratios       dedup {:.1}x, compression {:.1}x, overall {}",
         s.dedup_ratio,
         s.compression_ratio,
-        ratio(s.logical_bytes, s.stored_bytes)
+        times(ratio(s.logical_bytes, s.stored_bytes))
     );
     Ok(0)
 }
@@ -1159,7 +1438,8 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
             rows
         );
     }
-    let repo = ctx.open_or_init_repo()?;
+    // The demo creates its repository wherever it points: that is what it is for.
+    let repo = ctx.open_or_init_repo(true)?;
     let opts = BackupOptions {
         database: db.clone(),
         description: Some("lifeboat demo".into()),
@@ -1192,19 +1472,14 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
     Ok(0)
 }
 
-pub(crate) fn absolute_display(p: &Path) -> String {
-    p.canonicalize()
-        .unwrap_or_else(|_| p.to_path_buf())
-        .display()
-        .to_string()
+/// `a / b`, or None when nothing was measured (`b` is 0): "0.0x" would read as a failure.
+fn ratio(a: u64, b: u64) -> Option<f64> {
+    (b != 0).then(|| a as f64 / b as f64)
 }
 
-fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        a as f64 / b as f64
-    }
+/// "3.2x", or "n/a" for a ratio of nothing.
+fn times(r: Option<f64>) -> String {
+    r.map_or_else(|| "n/a".to_string(), |r| format!("{r:.1}x"))
 }
 
 pub(crate) fn bytes(n: u64) -> String {
@@ -1430,7 +1705,8 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
                         "A full rotation removes the other key files, which open only the old keys: {}. Go on?",
                         others.join(", ")
                     ),
-                    "a full key rotation removes the other key files",
+                    "a full key rotation removes the other key files: it needs confirmation",
+                    "add --yes to go on without asking",
                 )?;
             }
             // Always a new passphrase: the old one may be in the wrong hands, and opens the
@@ -1803,5 +2079,38 @@ fn human_age(s: i64) -> String {
         s if s < 7200 => format!("{} min", s / 60),
         s if s < 172_800 => format!("{} h", s / 3600),
         s => format!("{} days", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command and every argument says what it is for in `--help`.
+    #[test]
+    fn every_command_and_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() && path != "lifeboat" {
+                missing.push(format!("{path} (the command)"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, format!("{path} {}", sub.get_name()), missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "lifeboat".into(), &mut missing);
+        assert!(missing.is_empty(), "no help text for: {missing:?}");
     }
 }

@@ -87,6 +87,18 @@ fn state_file(location: &str) -> PathBuf {
     state_dir().join(format!("{}.json", &key[..32]))
 }
 
+/// Every repository location this machine has recorded (for "did you mean" hints).
+pub fn known_locations() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(state_dir()) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .filter_map(|data| serde_json::from_slice::<Seen>(&data).ok())
+        .map(|s| normalize_location(&s.location))
+        .collect()
+}
+
 /// What this machine recorded for `location`, if anything.
 pub fn load(location: &str) -> Option<Seen> {
     let data = std::fs::read(state_file(location)).ok()?;

@@ -137,7 +137,9 @@ impl Fixture {
         let sha = sha256_file(&target);
         let before = file_names(self.env.dir.path());
         let t = target.to_str().expect("utf-8");
-        let (c, text) = self.env.run(&["restore", &self.a, "--db", t, "--yes"]);
+        let (c, text) = self
+            .env
+            .run(&["restore", &self.a, "--db", t, "--yes", "--force"]);
         assert_eq!(c, code, "in-place restore of the damaged backup:\n{text}");
         assert_eq!(
             sha256_file(&target),

@@ -352,6 +352,8 @@ fn kill_during_in_place_restore_leaves_old_or_new_database_never_a_mix() {
             "--db",
             copy.to_str().expect("utf-8"),
             "--yes",
+            // The backup is of another file (big.db): restoring it over this one is deliberate.
+            "--force",
         ],
     );
     assert_eq!(sha256_file(&copy), new_sha);
@@ -363,8 +365,12 @@ fn kill_during_in_place_restore_leaves_old_or_new_database_never_a_mix() {
     );
     for delay in points {
         let ms = delay.as_millis();
-        let (status, running) =
-            run_and_kill(&env, &["restore", &id, "--db", t, "--yes"], delay, None);
+        let (status, running) = run_and_kill(
+            &env,
+            &["restore", &id, "--db", t, "--yes", "--force"],
+            delay,
+            None,
+        );
         assert!(
             running || status.success(),
             "restore failed on its own: {status}"
@@ -416,7 +422,7 @@ fn kill_during_in_place_restore_leaves_old_or_new_database_never_a_mix() {
 
     // Uninterrupted, it does replace it.
     env.cmd()
-        .args(["restore", &id, "--db", t, "--yes"])
+        .args(["restore", &id, "--db", t, "--yes", "--force"])
         .assert()
         .success();
     assert_eq!(sha256_file(&target), new_sha);

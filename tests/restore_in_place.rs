@@ -137,7 +137,8 @@ fn with_yes_restores_and_keeps_a_safety_backup() {
     let tagged = env.json(&["list", "--tag", "pre-restore"]);
     assert_eq!(tagged.as_array().unwrap().len(), 1);
     assert_eq!(tagged[0]["id"], safety.as_str());
-    assert_eq!(env.json(&["show", "latest"])["id"], safety.as_str());
+    // `latest` never means a safety backup: it is still the backup that was restored.
+    assert_eq!(env.json(&["show", "latest"])["id"], id.as_str());
 
     // The safety backup holds what was there before.
     let before = env.path("before.db");
@@ -193,7 +194,7 @@ fn stale_wal_and_shm_are_removed() {
     assert_eq!(with_wal.len(), 200 + 200 - 49);
     assert_ne!(with_wal, v1);
 
-    let r = env.json(&["restore", &id, "--db", s(&db), "--yes"]);
+    let r = env.json(&["restore", &id, "--db", s(&db), "--yes", "--force"]);
     assert!(!sidecar(&db, "-wal").exists(), "stale -wal removed");
     assert!(!sidecar(&db, "-shm").exists(), "stale -shm removed");
     assert_eq!(dump(&db), v1);
@@ -272,7 +273,7 @@ fn replaces_a_corrupted_file_and_keeps_it_aside() {
     let db = env.path("broken.db");
     std::fs::write(&db, &garbage).unwrap();
     std::fs::write(sidecar(&db, "-wal"), b"junk wal").unwrap();
-    let r = env.json(&["restore", &id, "--db", s(&db), "--yes"]);
+    let r = env.json(&["restore", &id, "--db", s(&db), "--yes", "--force"]);
     assert!(r["safety_backup"].is_null(), "{r}");
     let aside: Vec<PathBuf> = r["moved_aside"]
         .as_array()
@@ -292,7 +293,7 @@ fn replaces_a_corrupted_file_and_keeps_it_aside() {
     std::fs::write(&db, b"not sqlite").unwrap();
     let out = env
         .cmd()
-        .args(["restore", &id, "--db", s(&db), "--yes"])
+        .args(["restore", &id, "--db", s(&db), "--yes", "--force"])
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -389,7 +390,7 @@ fn files_kept_aside_still_open_as_one_database() {
     bytes[..16].fill(0);
     std::fs::write(&db, &bytes).unwrap();
 
-    let r = env.json(&["restore", &id, "--db", s(&db), "--yes"]);
+    let r = env.json(&["restore", &id, "--db", s(&db), "--yes", "--force"]);
     assert!(r["safety_backup"].is_null(), "{r}");
     let aside: Vec<String> = r["moved_aside"]
         .as_array()

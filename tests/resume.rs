@@ -16,6 +16,7 @@ fn a_killed_backup_leaves_indexed_packs_that_the_next_run_reuses() {
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", env.path("home"))
         .env("LIFEBOAT_REPO", env.repo())
+        .env("LIFEBOAT_INIT", "1")
         .env("LIFEBOAT_TRANSFERS", "1")
         .args(["backup", db.to_str().unwrap()])
         .stdout(std::process::Stdio::null())

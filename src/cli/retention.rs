@@ -1,6 +1,6 @@
 //! `forget`, `prune`, `pin` and `unpin`: parse, call the engine, print.
 
-use crate::{absolute_display, bytes, print_result, Ctx};
+use crate::{bytes, print_result, Ctx};
 use clap::Args;
 use lifeboat::error::{Error, Result};
 use lifeboat::ops::forget::{self, ForgetOptions, ForgetReport};
@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 /// Retention rules on the command line; given any, they replace lifeboat.toml's policies.
 #[derive(Args, Clone, Default)]
+#[command(next_help_heading = "Keep rules (given any, they replace lifeboat.toml's policies)")]
 pub struct PolicyArgs {
     /// Keep the newest N backups.
     #[arg(long, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
@@ -93,8 +94,6 @@ impl PolicyArgs {
 
 #[derive(Args)]
 pub struct ForgetArgs {
-    #[command(flatten)]
-    rules: PolicyArgs,
     /// Only backups of this database.
     #[arg(long)]
     source: Option<PathBuf>,
@@ -118,6 +117,9 @@ pub struct ForgetArgs {
     /// The primary and every replica, each with its own policy from lifeboat.toml.
     #[arg(long)]
     all_targets: bool,
+    // Last: its help heading applies to every argument after it.
+    #[command(flatten)]
+    rules: PolicyArgs,
 }
 
 #[derive(Args)]
@@ -218,11 +220,25 @@ fn forget_on(
             (None, None) => None,
         }
     };
+    if let (None, Some(r)) = (cli_policy, retention) {
+        let known = repo.backup_sources()?;
+        for key in r.unmatched_sources(&location, &known) {
+            eprintln!(
+                "warning: [retention.source.\"{key}\"] in the config names no database with \
+                 backups in {location}; its backups follow the general policy. Sources here: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            );
+        }
+    }
     let report = forget::forget(
         repo,
         &ForgetOptions {
             policy_for: &policy_for,
-            source: a.source.as_deref().map(absolute_display),
+            source: a.source.as_deref().map(lifeboat::source::source_key),
             dry_run: a.dry_run,
             force: a.force,
             now: jiff::Timestamp::now(),
@@ -296,12 +312,16 @@ fn print_forget(r: &ForgetReport, tz: &jiff::tz::TimeZone) {
     println!();
     if r.dry_run {
         println!(
-            "would remove {} of {} backups (dry run: nothing changed)",
+            "would remove {} of {} (dry run: nothing changed)",
             r.removed.len(),
-            total
+            crate::count(total, "backup", "backups")
         );
     } else {
-        println!("removed {} of {} backups", r.removed.len(), total);
+        println!(
+            "removed {} of {}",
+            r.removed.len(),
+            crate::count(total, "backup", "backups")
+        );
     }
 }
 

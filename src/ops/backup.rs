@@ -5,7 +5,7 @@
 //! this thread reads and hashes pages and decides what is new; a pool compresses frames of
 //! new pages; one writer thread appends frames to packs and stores finished packs.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::{new_backup_id, BlobHasher, Hash, HashSetById, Sha256Stream};
 use crate::ops::verify::{verify_manifest, VerifyReport};
 use crate::ops::VerifyLevel;
@@ -108,6 +108,13 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
         true,
         |plans, lease| backup_marked(repo, opts, plans, lease),
     )
+    .map_err(|e| match e.kind {
+        ErrorKind::Interrupted => e.hint(
+            "the backup was not committed (no manifest); the pages it had stored are kept and \
+             indexed, so the next backup does not store them again; its lock marker was removed",
+        ),
+        _ => e,
+    })
 }
 
 fn backup_marked(
@@ -352,6 +359,9 @@ fn read_image(
     let mut sha = Sha256Stream::default();
     let mut seq = 0u64;
     snap.read_chunks(&mut |chunk: &mut Vec<u8>| {
+        // Stopping here lets the pipeline drain: the pages read so far are stored and
+        // indexed (the next backup reuses them), and no manifest is written.
+        crate::interrupt::check()?;
         sha.update(chunk);
         let next = spare.try_recv().unwrap_or_default();
         tx.send((seq, std::mem::replace(chunk, next)))

@@ -33,6 +33,9 @@ pub struct CheckReport {
     pub unreferenced_bytes: u64,
     /// Files left in `tmp/` by interrupted writers.
     pub temp_files: usize,
+    /// Lock markers of processes that are gone (killed): ignored by everyone, removed by
+    /// the next prune. Each: object name and who held it.
+    pub stale_locks: Vec<String>,
     pub problems: Vec<Problem>,
 }
 
@@ -155,6 +158,10 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         }
     }
     report.temp_files = storage.list("tmp/")?.len();
+    report.stale_locks = crate::repo::locks::stale_markers(storage, &repo.records())?
+        .into_iter()
+        .map(|(name, m)| format!("{name} ({})", m.describe()))
+        .collect();
 
     // Backups: every list and page resolvable, and which backups each problem breaks.
     for obj in manifests {

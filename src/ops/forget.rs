@@ -105,7 +105,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
                     tags: m.tags.clone(),
                     pinned: pinned.contains(&m.id),
                     verified: verified.contains(&m.id) || m.verification.as_deref() == Some("full"),
-                    pre_restore: m.trigger == "pre-restore",
+                    pre_restore: m.trigger == crate::repo::manifest::SAFETY_TRIGGER,
                 }
             })
             .collect();
@@ -200,6 +200,11 @@ pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String>
         repo.storage().delete(&name)?;
     }
     Ok(m.id)
+}
+
+/// The ids of the pinned backups (authentic pins only).
+pub fn pinned_ids(repo: &Repository) -> Result<HashSet<String>> {
+    ids_under(repo, PINS)
 }
 
 pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {

@@ -255,10 +255,16 @@ impl<'de> Deserialize<'de> for Age {
     }
 }
 
-/// Parse a count: a number, `all`, `unlimited` or `-1`.
+/// Parse a count: a number from 1, `all`, `unlimited` or `-1`. Zero is refused: a rule that
+/// keeps nothing is a slip (restic reads 0 as "no rule"; either reading of a typo could
+/// remove backups, so neither is guessed).
 pub fn parse_count(text: &str) -> Result<Count> {
     match text.trim() {
         "all" | "unlimited" | "-1" => Ok(UNLIMITED),
+        "0" => Err(
+            Error::usage("a count of 0 is not allowed: it would keep nothing")
+                .hint("leave the rule out to not use it, or give 1 or more"),
+        ),
         t => t.parse::<Count>().map_err(|_| {
             Error::usage(format!("'{text}' is not a count"))
                 .hint("use a number, or `all` for no limit")
@@ -288,7 +294,7 @@ mod count_opt {
         }
         let parsed = match Raw::deserialize(d)? {
             Raw::N(-1) => Ok(UNLIMITED),
-            Raw::N(n) => Count::try_from(n).map_err(|_| format!("{n} is not a count")),
+            Raw::N(n) => parse_count(&n.to_string()).map_err(|e| e.message),
             Raw::S(s) => parse_count(&s).map_err(|e| e.message),
         };
         parsed.map(Some).map_err(serde::de::Error::custom)

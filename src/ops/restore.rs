@@ -745,6 +745,10 @@ pub fn write_image(
         let mut next = 0u64;
         let mut failure = None;
         for (n, r) in done_rx.iter() {
+            if let Err(e) = crate::interrupt::check() {
+                failure = Some(e);
+                break;
+            }
             match r {
                 Ok(built) => {
                     waiting.insert(n, built);
@@ -964,7 +968,8 @@ pub fn restore_to_file(
             .hint("choose another --output, or use --db to replace a database in place"));
     }
     let index = repo.load_index()?;
-    let (mut tmp, stats) = rebuild_beside(repo, &index, m, output, progress)?;
+    let (mut tmp, stats) = rebuild_beside(repo, &index, m, output, progress)
+        .map_err(|e| interrupted_hint(e, format!("{} was not created", output.display())))?;
     // link(2) rather than rename(2): a file that appeared meanwhile is never replaced.
     std::fs::hard_link(&tmp.path, output).map_err(|e| Error::io("cannot create", output, e))?;
     std::fs::remove_file(&tmp.path).ctx("cannot remove", &tmp.path)?;
@@ -977,6 +982,16 @@ pub fn restore_to_file(
         safety_backup: None,
         moved_aside: Vec::new(),
     })
+}
+
+/// What an interrupted restore left: `state` of the target, and no temporary file.
+fn interrupted_hint(e: Error, state: String) -> Error {
+    if e.kind != crate::error::ErrorKind::Interrupted {
+        return e;
+    }
+    e.hint(format!(
+        "{state}; the partly written copy was removed. Run the restore again to finish it"
+    ))
 }
 
 fn sync_parent(p: &Path) -> Result<()> {
@@ -1052,7 +1067,7 @@ pub fn restore_in_place(
                 database: db.to_path_buf(),
                 description: Some(format!("before restoring backup {}", m.id)),
                 tags: vec!["pre-restore".into()],
-                trigger: "pre-restore".into(),
+                trigger: crate::repo::manifest::SAFETY_TRIGGER.into(),
                 compression,
                 verify: VerifyLevel::Written,
                 progress: progress.clone(),
@@ -1078,7 +1093,19 @@ pub fn restore_in_place(
         }
     }
     let index = repo.load_index()?;
-    let (mut tmp, stats) = rebuild_beside(repo, &index, m, db, progress)?;
+    let (mut tmp, stats) = rebuild_beside(repo, &index, m, db, progress).map_err(|e| {
+        interrupted_hint(
+            e,
+            format!(
+                "{} is unchanged{}",
+                db.display(),
+                match &safety_backup {
+                    Some(id) => format!(" (its safety backup {id} is kept)"),
+                    None => String::new(),
+                }
+            ),
+        )
+    })?;
     // The new file takes the old one's owner and permission bits, never setuid, setgid or
     // sticky bits (a database is not a program), and never a link target's.
     if let Ok(meta) = std::fs::symlink_metadata(db) {

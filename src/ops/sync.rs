@@ -591,7 +591,9 @@ impl<'a> Copier<'a> {
                     }
                     let next = queue.lock().ok().and_then(|mut q| q.next());
                     let Some((name, replace)) = next else { return };
-                    if let Err(e) = self.copy_one(&name, replace) {
+                    let copied =
+                        crate::interrupt::check().and_then(|()| self.copy_one(&name, replace));
+                    if let Err(e) = copied {
                         if let Ok(mut slot) = first_error.lock() {
                             slot.get_or_insert(e);
                         }

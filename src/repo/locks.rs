@@ -246,6 +246,23 @@ pub fn live_markers(storage: &dyn Storage, records: &Records) -> Result<Vec<(Str
     Ok(out)
 }
 
+/// The authentic markers whose holder is gone (killed, or a host that stopped refreshing):
+/// what `repo check` reports. Nothing is deleted; the next prune removes them.
+pub fn stale_markers(storage: &dyn Storage, records: &Records) -> Result<Vec<(String, Marker)>> {
+    let mut out = Vec::new();
+    for obj in storage.list(LOCKS)? {
+        let Some(data) = crate::repo::records::fetch(storage, &obj.name)? else {
+            continue;
+        };
+        if let Ok(marker) = records.decode::<Marker>(&obj.name, &data) {
+            if marker.is_stale() {
+                out.push((obj.name, marker));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What a marker's holder knows about it: whether it has been kept fresh without a gap a
 /// prune could have taken for death, and (for the prune lock) whether it is still ours.
 pub struct Lease {

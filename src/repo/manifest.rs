@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// `trigger` of the safety backup an in-place restore takes of the database it replaces.
+pub const SAFETY_TRIGGER: &str = "pre-restore";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format: u32,

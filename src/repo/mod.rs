@@ -25,6 +25,7 @@ use index::{decode_index_file, Index};
 use manifest::Manifest;
 use pack::pack_object_name;
 use records::Records;
+use std::collections::BTreeMap;
 
 pub struct Repository {
     storage: Box<dyn Storage>,
@@ -621,28 +622,34 @@ impl Repository {
         Ok(data.len() as u64)
     }
 
-    /// Find a backup by `latest`, a full id or an unambiguous prefix; `source` narrows
-    /// `latest` to one database.
+    /// Find a backup by `latest`, a full id or an unambiguous prefix. `source` (a path as
+    /// `source::source_key` spells it) narrows every form to the backups of one database.
+    ///
+    /// `latest` never means a `pre-restore` safety backup (restoring "the latest" twice must
+    /// not put back what the first restore replaced), and it is refused when the repository
+    /// holds backups of several databases and no source was named.
     pub fn resolve(&self, spec: &str, source: Option<&str>) -> Result<Manifest> {
         // A full id needs only its own manifest: another backup's damaged manifest must not
         // stop this one from being verified or restored.
         let full = spec.to_ascii_lowercase();
         if is_backup_id(&full) && self.storage.exists(&format!("backups/{full}"))? {
-            return self.read_manifest(&full);
+            let m = self.read_manifest(&full)?;
+            return match source {
+                Some(s) if m.source.path != s => Err(Error::not_found(format!(
+                    "backup {} is of {}, not of {s}",
+                    m.id, m.source.path
+                ))
+                .hint("drop --source, or give a backup of that database (`lifeboat list --source PATH`)")),
+                _ => Ok(m),
+            };
         }
-        let all = self.list_backups()?;
+        let all: Vec<Manifest> = self
+            .list_backups()?
+            .into_iter()
+            .filter(|m| source.is_none_or(|s| m.source.path == s))
+            .collect();
         if spec == "latest" {
-            return all
-                .into_iter()
-                .rev()
-                .find(|m| source.is_none_or(|s| m.source.path == s))
-                .ok_or_else(|| {
-                    Error::not_found(match source {
-                        Some(s) => format!("no backup of {s} in {}", self.location()),
-                        None => format!("the repository at {} has no backups", self.location()),
-                    })
-                    .hint("take one with `lifeboat backup DB`")
-                });
+            return self.pick_latest(all, source);
         }
         if spec.trim().is_empty() {
             return Err(Error::usage("no backup id given")
@@ -654,8 +661,11 @@ impl Repository {
             .filter(|m| m.id.starts_with(&spec_l))
             .collect();
         match hits.len() {
-            0 => Err(Error::not_found(format!("no backup with id '{spec}'"))
-                .hint("`lifeboat list` shows the backups in this repository")),
+            0 => Err(Error::not_found(match source {
+                Some(s) => format!("no backup of {s} with id '{spec}'"),
+                None => format!("no backup with id '{spec}'"),
+            })
+            .hint("`lifeboat list` shows the backups in this repository")),
             1 => Ok(hits.remove(0)),
             n => Err(Error::usage(format!(
                 "'{spec}' matches {n} backups: {}",
@@ -666,6 +676,74 @@ impl Repository {
             ))
             .hint("type more characters of the id")),
         }
+    }
+
+    /// `latest` among `candidates` (already narrowed to `source` when one was named).
+    fn pick_latest(&self, candidates: Vec<Manifest>, source: Option<&str>) -> Result<Manifest> {
+        let (safety, regular): (Vec<Manifest>, Vec<Manifest>) = candidates
+            .into_iter()
+            .partition(|m| m.trigger == manifest::SAFETY_TRIGGER);
+        let sources: std::collections::BTreeSet<&str> =
+            regular.iter().map(|m| m.source.path.as_str()).collect();
+        if sources.len() > 1 {
+            return Err(Error::usage(format!(
+                "`latest` is ambiguous: this repository holds backups of {} databases ({})",
+                sources.len(),
+                sources.iter().copied().collect::<Vec<_>>().join(", ")
+            ))
+            .hint("name one with --source PATH, or give a backup id (`lifeboat list`)"));
+        }
+        if let Some(m) = regular.into_iter().next_back() {
+            return Ok(m);
+        }
+        let what = match source {
+            Some(s) => format!("no backup of {s} in {}", self.location()),
+            None => format!("the repository at {} has no backups", self.location()),
+        };
+        Err(match safety.last() {
+            Some(m) => {
+                Error::not_found(format!("{what} (only pre-restore safety backups)")).hint(format!(
+                    "`latest` never means a safety backup; to restore the state an in-place \
+                     restore replaced, give its id: {} ({})",
+                    m.id, m.time
+                ))
+            }
+            None => {
+                let others = self.backup_sources()?;
+                if source.is_some() && !others.is_empty() {
+                    Error::not_found(what).hint(format!(
+                        "this repository holds backups of: {}",
+                        others.join(", ")
+                    ))
+                } else {
+                    Error::not_found(what).hint("take one with `lifeboat backup DB`")
+                }
+            }
+        })
+    }
+
+    /// The databases this repository holds backups of (safety backups included), sorted.
+    pub fn backup_sources(&self) -> Result<Vec<String>> {
+        let set: std::collections::BTreeSet<String> = self
+            .list_backups()?
+            .into_iter()
+            .map(|m| m.source.path)
+            .collect();
+        Ok(set.into_iter().collect())
+    }
+
+    /// The newest backup of each database that is not a safety backup (what `verify`
+    /// checks when no id is given), oldest first.
+    pub fn latest_per_source(&self) -> Result<Vec<Manifest>> {
+        let mut newest: BTreeMap<String, Manifest> = BTreeMap::new();
+        for m in self.list_backups()? {
+            if m.trigger != manifest::SAFETY_TRIGGER {
+                newest.insert(m.source.path.clone(), m);
+            }
+        }
+        let mut out: Vec<Manifest> = newest.into_values().collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
     /// Read and decompress one frame.

@@ -26,3 +26,25 @@ pub trait Snapshot {
     /// Schema and row counts, from the same snapshot as the blocks.
     fn facts(&mut self) -> Result<Facts>;
 }
+
+/// How a database path is recorded in manifests and compared (`--source`, `--db`,
+/// `[retention.source."PATH"]`): absolute, symlinks resolved, no trailing slash. A path that
+/// does not exist (a deleted database) is resolved through its parent folder.
+pub fn source_key(path: &std::path::Path) -> String {
+    if let Ok(p) = path.canonicalize() {
+        return p.display().to_string();
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let resolved = match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| absolute.clone()),
+        _ => absolute.clone(),
+    };
+    let text = resolved.display().to_string();
+    match text.trim_end_matches('/') {
+        "" => "/".to_string(),
+        t => t.to_string(),
+    }
+}

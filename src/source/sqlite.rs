@@ -7,7 +7,7 @@
 //! checkpoint is forced and the journal mode is never changed.
 
 use super::{Facts, Snapshot};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::id::Sha256Stream;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::BTreeMap;
@@ -77,6 +77,39 @@ pub fn check_is_sqlite(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long to wait for another process's lock on the database: `LIFEBOAT_BUSY_TIMEOUT`
+/// seconds, default 30.
+fn busy_timeout() -> Duration {
+    std::env::var("LIFEBOAT_BUSY_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+}
+
+/// A SQLite error as an operator reads it: a lock held past the busy timeout is "in use"
+/// (exit 6, try again later), anything else a bad source (exit 5).
+fn sqlite_error(path: &Path, action: &str, e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    match e.sqlite_error_code() {
+        Some(DatabaseBusy | DatabaseLocked) => Error::new(
+            ErrorKind::InUse,
+            format!(
+                "{} is locked by another process (waited {} s): {e}",
+                path.display(),
+                busy_timeout().as_secs_f64()
+            ),
+        )
+        .hint(
+            "a program holds a long write transaction (or an exclusive lock) on it; run the \
+             backup again when it is done. In WAL mode (`PRAGMA journal_mode=WAL`) only \
+             checkpoints and exclusive locks make a backup wait; LIFEBOAT_BUSY_TIMEOUT sets how \
+             long it waits (seconds)",
+        ),
+        _ => Error::source(format!("{action} {}: {e}", path.display())),
+    }
+}
+
 impl SqliteSnapshot {
     pub fn open(path: &Path) -> Result<SqliteSnapshot> {
         check_is_sqlite(path)?;
@@ -86,17 +119,17 @@ impl SqliteSnapshot {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX
                 | OpenFlags::SQLITE_OPEN_URI,
         )
-        .map_err(|e| Error::source(format!("cannot open {}: {e}", path.display())))?;
-        let ctx = |e: rusqlite::Error| Error::source(format!("{}: {e}", path.display()));
+        .map_err(|e| sqlite_error(path, "cannot open", e))?;
+        let ctx = |e: rusqlite::Error| sqlite_error(path, "cannot read", e);
         // Wait for a writer's lock rather than failing at once; in WAL mode readers never wait.
-        conn.busy_timeout(Duration::from_secs(30)).map_err(ctx)?;
+        conn.busy_timeout(busy_timeout()).map_err(ctx)?;
         conn.pragma_update(None, "cache_size", -2048).map_err(ctx)?;
         conn.execute_batch("BEGIN").map_err(ctx)?;
         // The first read fixes the snapshot for the whole transaction.
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-            .map_err(|e| {
-                Error::source(format!("cannot read {}: {e}", path.display()))
-                    .hint("is it a SQLite database, and is it readable by this user?")
+            .map_err(|e| match sqlite_error(path, "cannot read", e) {
+                e if e.kind == ErrorKind::InUse => e,
+                e => e.hint("is it a SQLite database, and is it readable by this user?"),
             })?;
         let page_size: u32 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))

@@ -102,6 +102,46 @@ macro_rules! builder_from_env {
     }};
 }
 
+/// A plain-http endpoint is refused by the HTTP client unless `*_ALLOW_HTTP` is set, with a
+/// bare "builder error" at the first request; say which variable to set, before any request.
+fn require_http_allowed(url: &str, scheme: &str, env_prefix: &str) -> Result<()> {
+    let family = match scheme {
+        "s3" => "AWS_",
+        "az" | "azure" => "AZURE_",
+        _ => return Ok(()),
+    };
+    let var = |name: &str| std::env::var(format!("{env_prefix}{family}{name}")).ok();
+    let truthy = |v: Option<String>| {
+        v.is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
+    };
+    let endpoint = ["ENDPOINT", "ENDPOINT_URL", "STORAGE_ENDPOINT"]
+        .iter()
+        .find_map(|n| var(n).map(|v| (format!("{env_prefix}{family}{n}"), v)));
+    let Some((endpoint_var, endpoint)) = endpoint else {
+        return Ok(());
+    };
+    if !endpoint.trim().to_ascii_lowercase().starts_with("http://")
+        || truthy(var("ALLOW_HTTP"))
+        || (family == "AZURE_" && truthy(var("STORAGE_USE_EMULATOR")))
+    {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "{url}: the endpoint {endpoint_var}={endpoint} is plain http, which is refused unless \
+         {env_prefix}{family}ALLOW_HTTP is set"
+    ))
+    .hint(format!(
+        "set {env_prefix}{family}ALLOW_HTTP=true to allow it (only on a network you trust: \
+         requests and, in an unencrypted repository, data travel in clear), or use an https:// \
+         endpoint"
+    )))
+}
+
 /// Say so, every time, when TLS certificates are not checked: anyone on the network path
 /// could then read and change what is stored (the data stays encrypted and authenticated
 /// in an encrypted repository, but deletions and replays become easy).
@@ -184,6 +224,7 @@ impl ObjectStorage {
         // A `[target."URL"]` section may name a variable prefix for this target's settings.
         let env_prefix = crate::config::target_env_prefix(url).unwrap_or_default();
         require_credentials(scheme, &env_prefix)?;
+        require_http_allowed(url, scheme, &env_prefix)?;
         warn_insecure(url, &env_prefix);
         let retry = retry_config()?;
         let built: std::result::Result<Arc<dyn ObjectStore>, object_store::Error> = match scheme {

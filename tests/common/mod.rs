@@ -41,6 +41,8 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path("home"))
             .env("LIFEBOAT_REPO", self.repo())
+            // Tests back up into a fresh folder, as `backup --init` does.
+            .env("LIFEBOAT_INIT", "1")
             .env("LIFEBOAT_TEMP_DIR", self.dir.path());
         c
     }
@@ -134,6 +136,8 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path("home"))
             .env("LIFEBOAT_REPO", self.repo())
+            // Tests back up into a fresh folder, as `backup --init` does.
+            .env("LIFEBOAT_INIT", "1")
             .env("LIFEBOAT_TEMP_DIR", self.dir.path())
             .stdin(std::process::Stdio::null());
         c

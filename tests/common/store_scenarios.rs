@@ -155,7 +155,14 @@ pub fn concurrent_backups_into_one_repository<S: TestStore>() {
                 .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("HOME", env.path("home"))
                 .envs(store.env())
-                .args(["--repo", &url, "backup", db.to_str().unwrap(), "--json"])
+                .args([
+                    "--repo",
+                    &url,
+                    "backup",
+                    "--init",
+                    db.to_str().unwrap(),
+                    "--json",
+                ])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
