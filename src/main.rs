@@ -292,11 +292,17 @@ enum Command {
     Pin {
         /// Backup id, unambiguous prefix, or `latest`.
         id: String,
+        /// Pick the backup among those of this database.
+        #[arg(long)]
+        source: Option<PathBuf>,
     },
     /// Unpin a backup.
     Unpin {
         /// Backup id, unambiguous prefix, or `latest`.
         id: String,
+        /// Pick the backup among those of this database.
+        #[arg(long)]
+        source: Option<PathBuf>,
     },
     /// Passphrases and data keys of an encrypted repository.
     Key {
@@ -723,8 +729,8 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Status => cmd_status(&ctx),
         Command::Forget(a) => cli::retention::cmd_forget(&ctx, *a),
         Command::Prune(a) => cli::retention::cmd_prune(&ctx, a),
-        Command::Pin { id } => cli::retention::cmd_pin(&ctx, &id, true),
-        Command::Unpin { id } => cli::retention::cmd_pin(&ctx, &id, false),
+        Command::Pin { id, source } => cli::retention::cmd_pin(&ctx, &id, source, true),
+        Command::Unpin { id, source } => cli::retention::cmd_pin(&ctx, &id, source, false),
     }
 }
 
@@ -1461,9 +1467,10 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
     print_backup(ctx, &repo, &out, opts.verify, &[]);
     if !ctx.json {
         println!();
+        let source = source_key(&db);
         println!("next: lifeboat list");
-        println!("      lifeboat verify latest");
-        println!("      lifeboat restore latest --output /tmp/restored.db");
+        println!("      lifeboat verify --source {source}");
+        println!("      lifeboat restore latest --source {source} --output /tmp/restored.db");
         println!(
             "      lifeboat backup {}    # again: only changed pages are stored",
             db.display()

@@ -416,9 +416,10 @@ fn print_prune(r: &PruneReport) {
     );
 }
 
-pub fn cmd_pin(ctx: &Ctx, id: &str, pinned: bool) -> Result<i32> {
+pub fn cmd_pin(ctx: &Ctx, id: &str, source: Option<PathBuf>, pinned: bool) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let id = forget::set_pinned(&repo, id, pinned)?;
+    let source = source.as_deref().map(lifeboat::source::source_key);
+    let id = forget::set_pinned(&repo, id, source.as_deref(), pinned)?;
     ctx.record(&repo);
     print_result(
         ctx,

@@ -184,10 +184,16 @@ fn ids_under(repo: &Repository, prefix: &str) -> Result<HashSet<String>> {
     Ok(ids)
 }
 
-/// Pin or unpin a backup (by id, prefix or `latest`). Returns its id.
-pub fn set_pinned(repo: &Repository, spec: &str, pinned: bool) -> Result<String> {
+/// Pin or unpin a backup (by id, prefix or `latest`, among those of `source` if given).
+/// Returns its id.
+pub fn set_pinned(
+    repo: &Repository,
+    spec: &str,
+    source: Option<&str>,
+    pinned: bool,
+) -> Result<String> {
     repo.require_writable(if pinned { "pin" } else { "unpin" })?;
-    let m = repo.resolve(spec, None)?;
+    let m = repo.resolve(spec, source)?;
     let name = format!("{PINS}{}", m.id);
     if pinned {
         let record = serde_json::json!({
