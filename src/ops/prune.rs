@@ -304,6 +304,8 @@ fn sweep(
         report.kept_unverified = keep.iter().map(pack_object_name).collect();
         report.kept_unverified.sort();
     }
+    // The last point to stop on a signal: once deleting starts, it finishes (seconds).
+    crate::interrupt::check()?;
     // Still the only prune, and not taken for dead while surveying?
     check_lease()?;
     // Index entries first, then packs: a crash in between leaves unindexed packs (garbage
@@ -1106,6 +1108,8 @@ impl<'a> RepackWorker<'a> {
     }
 
     fn repack(&mut self, p: IndexedPack) -> Result<()> {
+        // Stopping between packs is as safe as failing there: nothing is deleted yet.
+        crate::interrupt::check()?;
         let name = pack_object_name(&p.id);
         let needed: Vec<Vec<bool>> = p.frames.iter().map(|f| self.claim(&f.blobs)).collect();
         let wanted: u64 = p
