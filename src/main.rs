@@ -1653,7 +1653,9 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
             Ok(0)
         }
         ReplicaCommand::Add { url } => {
-            if url == repo.location() {
+            // One spelling per target: `/x/`, `file:///x` and `/x` are one replica.
+            let url = config::normalize_location(&url);
+            if config::same_location(&url, &repo.location()) {
                 return Err(Error::usage("a repository cannot be its own replica"));
             }
             // Refuse a target that holds another repository.
@@ -1668,7 +1670,7 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
                     .hint("choose an empty location for the replica"));
                 }
             }
-            if !list.replicas.contains(&url) {
+            if !list.replicas.iter().any(|r| config::same_location(r, &url)) {
                 list.replicas.push(url.clone());
                 sync::write_replicas(repo.storage(), &records, &list)?;
             }
@@ -1678,12 +1680,25 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
             print_sync(ctx, &reports)
         }
         ReplicaCommand::Remove { url } => {
-            if !list.replicas.contains(&url) {
-                return Err(Error::not_found(format!(
-                    "{url} is not a replica of this repository"
-                )));
+            // Any spelling of the target removes it (and every spelling it was added under).
+            let url = config::normalize_location(&url);
+            if !list.replicas.iter().any(|r| config::same_location(r, &url)) {
+                let hint = if ctx
+                    .file
+                    .replicas
+                    .iter()
+                    .any(|r| config::same_location(r, &url))
+                {
+                    "it is listed in `replicas` in lifeboat.toml: remove it there"
+                } else {
+                    "`lifeboat replica list` shows the replicas"
+                };
+                return Err(
+                    Error::not_found(format!("{url} is not a replica of this repository"))
+                        .hint(hint),
+                );
             }
-            list.replicas.retain(|r| r != &url);
+            list.replicas.retain(|r| !config::same_location(r, &url));
             sync::write_replicas(repo.storage(), &records, &list)?;
             lifeboat::trust::confirm_replica(&repo.location(), &url, false)?;
             ctx.record(&repo);

@@ -111,9 +111,11 @@ pub fn confirm_replica(location: &str, url: &str, added: bool) -> Result<()> {
     let Some(mut seen) = load(location) else {
         return Ok(()); // recorded with the repository on the command's way out
     };
-    seen.replicas.retain(|r| r != url);
+    // Any spelling of the same target (`/x/`, `file:///x`) is that target.
+    seen.replicas
+        .retain(|r| !crate::config::same_location(r, url));
     if added {
-        seen.replicas.push(url.to_string());
+        seen.replicas.push(crate::config::normalize_location(url));
     }
     store(&seen)
 }

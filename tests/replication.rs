@@ -221,3 +221,50 @@ fn a_replica_with_its_own_credential_variables() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true, "{v}");
 }
+
+#[test]
+fn one_replica_whatever_its_spelling() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    drop(make_db(&db, 300));
+    env.backup(&db);
+    let copy = env.path("copy");
+    let plain = copy.to_str().unwrap().to_string();
+    let listed = |env: &Env| -> Vec<String> {
+        env.json(&["replica", "list"])["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect()
+    };
+    env.json(&["replica", "add", &plain]);
+    // The test's folder is the current one: `copy` is the same place.
+    for other in [
+        format!("{plain}/"),
+        format!("file://{plain}"),
+        format!("{plain}/./"),
+        "copy".to_string(),
+        "./copy/".to_string(),
+    ] {
+        env.json(&["replica", "add", &other]);
+        assert_eq!(listed(&env), vec![plain.clone()], "after adding {other}");
+    }
+    // The configuration file's spelling is the same target too.
+    std::fs::write(
+        env.path("lifeboat.toml"),
+        format!("replicas = [\"{plain}//\", \"file://copy\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(listed(&env), vec![plain.clone()]);
+    let status = env.json(&["status"]);
+    assert_eq!(status["targets"].as_array().unwrap().len(), 2, "{status}");
+    let b = env.json(&["backup", db.to_str().unwrap()]);
+    assert_eq!(b["replication"].as_array().unwrap().len(), 1, "{b}");
+    std::fs::remove_file(env.path("lifeboat.toml")).unwrap();
+
+    env.json(&["replica", "remove", &format!("{plain}/")]);
+    assert!(listed(&env).is_empty());
+    let (code, out) = env.run(&["replica", "remove", &plain]);
+    assert_eq!(code, 3, "{out}");
+}

@@ -694,7 +694,7 @@ pub fn sync_replicas(
     let all = replica_urls(repo, configured)?;
     let targets: Vec<&String> = all
         .iter()
-        .filter(|r| only.is_none_or(|o| o == r.as_str()))
+        .filter(|r| only.is_none_or(|o| crate::config::same_location(o, r)))
         .collect();
     if let Some(o) = only {
         if targets.is_empty() {
@@ -727,21 +727,23 @@ pub fn sync_replicas(
     Ok(reports)
 }
 
-/// Replicas from the repository (`replica add`) and from the configuration, without repeats.
+/// Replicas from the repository (`replica add`) and from the configuration, each once, in
+/// one spelling ([`crate::config::normalize_location`]: `/x/` and `file:///x` are `/x`).
 /// In a repository whose records are sealed, the list is authentic. In one whose records are
 /// plain, anyone who can write the storage could add a location (and have this host send
 /// everything there with its own credentials): only those added on this machine count.
 pub fn replica_urls(repo: &Repository, configured: &[String]) -> Result<Vec<String>> {
+    use crate::config::{normalize_location, same_location};
     let records = repo.records();
     let (list, _) = read_replicas(repo.storage(), &records)?;
-    let mut urls = Vec::new();
+    let mut listed = Vec::new();
     if records.is_sealed() {
-        urls = list.replicas;
+        listed = list.replicas;
     } else {
         let confirmed = crate::trust::confirmed_replicas(&repo.location());
         for url in list.replicas {
-            if confirmed.contains(&url) {
-                urls.push(url);
+            if confirmed.iter().any(|c| same_location(c, &url)) {
+                listed.push(url);
             } else {
                 tracing::warn!(
                     "replica {url} is listed in the repository but was not added on this machine; \
@@ -750,9 +752,11 @@ pub fn replica_urls(repo: &Repository, configured: &[String]) -> Result<Vec<Stri
             }
         }
     }
-    for c in configured {
-        if !urls.contains(c) {
-            urls.push(c.clone());
+    let mut urls: Vec<String> = Vec::new();
+    for url in listed.iter().chain(configured) {
+        let url = normalize_location(url);
+        if !urls.contains(&url) {
+            urls.push(url);
         }
     }
     Ok(urls)
