@@ -729,10 +729,15 @@ fn print_backup(
     for r in replication {
         match &r.error {
             None => println!(
-                "  replica      {}: {} objects, {} copied",
+                "  replica      {}: {} objects, {} copied{}",
                 r.target,
                 r.copied_objects,
-                bytes(r.copied_bytes)
+                bytes(r.copied_bytes),
+                if r.key_files_removed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; removed key files {}", r.key_files_removed.join(", "))
+                }
             ),
             Some(e) => println!("  replica      {}: FAILED ({e})", r.target),
         }
@@ -1611,7 +1616,7 @@ fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
         for r in reports {
             match &r.error {
                 None => println!(
-                    "{}: {} objects copied ({}){}",
+                    "{}: {} objects copied ({}){}{}",
                     r.target,
                     r.copied_objects,
                     bytes(r.copied_bytes),
@@ -1619,6 +1624,14 @@ fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
                         String::new()
                     } else {
                         format!(", {} damaged copies replaced", r.repaired.len())
+                    },
+                    if r.key_files_removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; removed key files {} (removed from this repository: their passphrases no longer open it)",
+                            r.key_files_removed.join(", ")
+                        )
                     }
                 ),
                 Some(e) => println!("{}: FAILED: {e}", r.target),

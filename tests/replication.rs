@@ -222,6 +222,115 @@ fn a_replica_with_its_own_credential_variables() {
     assert_eq!(v["ok"], true, "{v}");
 }
 
+const OLD_PW: &str = "old-passphrase-1234";
+const NEW_PW: &str = "new-passphrase-5678";
+
+/// `lifeboat ARGS` with the passphrase `pw` and extra variables (whatever the outcome).
+fn with_pw(env: &Env, pw: &str, vars: &[(&str, String)], args: &[&str]) -> Out {
+    let mut c = env.std_cmd();
+    c.env("LIFEBOAT_PASSWORD", pw);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    Out::of(c.args(args).output().expect("run lifeboat"))
+}
+
+/// An encrypted repository opened by `OLD_PW` with one backup of `app.db`.
+fn encrypted_repo(env: &Env, vars: &[(&str, String)]) -> std::path::PathBuf {
+    let db = env.path("app.db");
+    drop(make_db(&db, 500));
+    let mut init = vec!["repo", "init", "--encrypt"];
+    init.extend(FAST_KDF);
+    with_pw(env, OLD_PW, vars, &init).ok("repo init");
+    with_pw(env, OLD_PW, vars, &["backup", db.to_str().unwrap()]).ok("backup");
+    db
+}
+
+/// `key add NEW_PW` (opened by `OLD_PW`).
+fn add_new_key(env: &Env, vars: &[(&str, String)]) {
+    let mut vars = vars.to_vec();
+    vars.push(("LIFEBOAT_NEW_PASSWORD", NEW_PW.to_string()));
+    let mut add = vec!["key", "add"];
+    add.extend(FAST_KDF);
+    with_pw(env, OLD_PW, &vars, &add).ok("key add");
+}
+
+/// `key remove` of the key file `OLD_PW` opens (opened by `NEW_PW`); returns its id.
+fn remove_old_key(env: &Env, vars: &[(&str, String)]) -> String {
+    let keys = with_pw(env, NEW_PW, vars, &["key", "list", "--json"])
+        .ok("key list")
+        .json();
+    let old = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["in_use"] == false)
+        .unwrap_or_else(|| panic!("two keys: {keys}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    with_pw(env, NEW_PW, vars, &["key", "remove", &old]).ok("key remove");
+    with_pw(env, OLD_PW, vars, &["list"]).code(8, "the removed passphrase on the primary");
+    old
+}
+
+#[test]
+fn key_changes_reach_the_replicas_at_the_next_sync() {
+    let env = Env::new();
+    encrypted_repo(&env, &[]);
+    let copy = env.path("copy");
+    let copy = copy.to_str().unwrap();
+    with_pw(&env, OLD_PW, &[], &["replica", "add", copy]).ok("replica add");
+
+    // A passphrase added on the primary opens the replica once it is synced.
+    add_new_key(&env, &[]);
+    with_pw(&env, OLD_PW, &[], &["sync"]).ok("sync");
+    with_pw(&env, NEW_PW, &[], &["--repo", copy, "list"]).ok("the new passphrase on the replica");
+
+    // A key file deleted on the primary behind Lifeboat's back (its authenticated config
+    // still lists it) stays on the replica: a listing proves nothing.
+    let keys = with_pw(&env, OLD_PW, &[], &["key", "list", "--json"])
+        .ok("key list")
+        .json();
+    let new_id = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["in_use"] == false)
+        .unwrap_or_else(|| panic!("two keys: {keys}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key_file = env.repo().join("keys").join(&new_id);
+    let saved = std::fs::read(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let sync = with_pw(&env, OLD_PW, &[], &["sync", "--json"])
+        .ok("sync")
+        .json();
+    assert_eq!(
+        sync["targets"][0]["key_files_removed"],
+        serde_json::json!([]),
+        "{sync}"
+    );
+    with_pw(&env, NEW_PW, &[], &["--repo", copy, "list"]).ok("the new passphrase, still");
+    std::fs::write(&key_file, saved).unwrap();
+
+    // A passphrase removed on the primary is removed from the replica by the next sync.
+    let old = remove_old_key(&env, &[]);
+    let sync = with_pw(&env, NEW_PW, &[], &["sync", "--json"])
+        .ok("sync")
+        .json();
+    assert_eq!(
+        sync["targets"][0]["key_files_removed"],
+        serde_json::json!([old]),
+        "{sync}"
+    );
+    with_pw(&env, OLD_PW, &[], &["--repo", copy, "list"])
+        .code(8, "the removed passphrase on the replica");
+    with_pw(&env, NEW_PW, &[], &["--repo", copy, "verify", "--all"])
+        .ok("the remaining passphrase on the replica");
+}
+
 #[test]
 fn one_replica_whatever_its_spelling() {
     let env = Env::new();

@@ -96,6 +96,9 @@ pub struct SyncReport {
     pub copied_bytes: u64,
     /// Objects the target had with the wrong size or bytes, replaced.
     pub repaired: Vec<String>,
+    /// Key files deleted from the target because they were removed from the source
+    /// (`key remove`, `key passwd`, `key rotate --full`): their passphrases no longer open it.
+    pub key_files_removed: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -237,6 +240,12 @@ fn sync_marked(
     let records = repo.records();
     let copier = Copier::new(repo.storage(), target, parallel);
     copier.copy_missing("keys/", |name| !crate::ops::rekey::is_inventory(name))?;
+    let mut key_files_removed = Vec::new();
+    if !matches!(update, ConfigUpdate::Rekey { .. }) {
+        // Every key file here wraps the same root keys: a removed passphrase stops opening
+        // the replica now, whatever happens to the rest of the sync.
+        key_files_removed = remove_revoked_key_files(repo, target)?;
+    }
     if let ConfigUpdate::Rekey { from_epoch } = update {
         // The replica has not seen a full key rotation: its manifests become this
         // repository's, its index is rebuilt below, its records dropped (but for pins).
@@ -301,24 +310,69 @@ fn sync_marked(
         target.put_replace("config", &data)?;
         copier.count(data.len() as u64);
         if matches!(update, ConfigUpdate::Rekey { .. }) {
-            // Key files the source removed open only retired keys.
-            let source: HashSet<String> = repo
-                .storage()
-                .list("keys/")?
-                .into_iter()
-                .map(|o| o.name)
-                .collect();
-            for o in target.list("keys/")? {
-                let file = object_id(&o.name);
-                if file.len() == 16 && !source.contains(&o.name) {
-                    target.delete(&o.name)?;
-                }
-            }
+            // Only now: until the new config was in place, the replica's own key files
+            // were the ones that opened it. Those the source removed open only retired keys.
+            key_files_removed = remove_revoked_key_files(repo, target)?;
         }
     } else if !target.exists("config")? {
         copier.copy_one("config", false)?;
     }
-    Ok(copier.report())
+    let mut report = copier.report();
+    report.key_files_removed = key_files_removed;
+    Ok(report)
+}
+
+/// Whether `name` is a key file (`keys/<16 hex>`, a passphrase's wrapping of the root keys).
+fn is_key_file(name: &str) -> bool {
+    name.strip_prefix("keys/")
+        .is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The key files `target` holds that were removed from the repository: those its
+/// authenticated config no longer lists (`key remove`, `key passwd` and `key rotate --full`
+/// keep that list current) and that its storage no longer holds either. Both must say so:
+/// the listing alone is not authenticated (someone who deleted a key file on the primary must
+/// not lock the owners out of every replica), and a key file the config does not list yet may
+/// be a `key add` under way. Nothing the target says decides anything: it only says what it
+/// holds. Without the authenticated list (an unencrypted repository, or a config written
+/// before Lifeboat kept it), none.
+fn revoked_key_files(
+    repo: &Repository,
+    source: &[ObjectInfo],
+    target: &[ObjectInfo],
+) -> Vec<String> {
+    let Some(listed) = repo
+        .config
+        .keys
+        .as_ref()
+        .map(|k| &k.key_files)
+        .filter(|l| !l.is_empty())
+    else {
+        return Vec::new();
+    };
+    let on_source: HashSet<&str> = source.iter().map(|o| o.name.as_str()).collect();
+    target
+        .iter()
+        .map(|o| o.name.as_str())
+        .filter(|name| is_key_file(name))
+        .filter(|name| !on_source.contains(name))
+        .filter(|name| !listed.iter().any(|id| id == object_id(name)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Delete from `target` the key files removed from the repository ([`revoked_key_files`]);
+/// returns their ids.
+fn remove_revoked_key_files(repo: &Repository, target: &dyn Storage) -> Result<Vec<String>> {
+    let source = repo.storage().list("keys/")?;
+    let revoked = revoked_key_files(repo, &source, &target.list("keys/")?);
+    let mut removed = Vec::new();
+    for name in revoked {
+        target.delete(&name)?;
+        tracing::info!("{}: removed key file {name}", target.describe());
+        removed.push(object_id(&name).to_string());
+    }
+    Ok(removed)
 }
 
 fn object_id(name: &str) -> &str {
@@ -612,6 +666,7 @@ impl<'a> Copier<'a> {
             copied_objects: self.copied.load(Ordering::Relaxed),
             copied_bytes: self.bytes.load(Ordering::Relaxed),
             repaired: self.repaired.lock().map(|r| r.clone()).unwrap_or_default(),
+            key_files_removed: Vec::new(),
             error: None,
         }
     }
@@ -715,6 +770,7 @@ pub fn sync_replicas(
                 copied_objects: 0,
                 copied_bytes: 0,
                 repaired: Vec::new(),
+                key_files_removed: Vec::new(),
                 error: Some(match &e.hint {
                     Some(h) => format!("{e} ({h})"),
                     None => format!("{e}"),
