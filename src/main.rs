@@ -1644,6 +1644,29 @@ fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
     }
 }
 
+/// An error as `--json` prints it (`main` prints the same shape for a command that fails
+/// before it has anything else to say).
+fn error_json(e: &Error) -> serde_json::Value {
+    json!({"kind": format!("{:?}", e.kind), "message": e.message, "hint": e.hint,
+        "exit_code": e.exit_code()})
+}
+
+/// The exit of a command whose report (which names `failure`) is printed already: with
+/// `--json` that report is the one document on stdout, so the error goes to stderr only.
+fn finish(ctx: &Ctx, failure: Option<Error>) -> Result<i32> {
+    match failure {
+        None => Ok(0),
+        Some(e) if ctx.json => {
+            eprintln!("error: {}", e.message);
+            if let Some(h) = &e.hint {
+                eprintln!("  hint: {h}");
+            }
+            Ok(e.exit_code())
+        }
+        Some(e) => Err(e),
+    }
+}
+
 fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let records = repo.records();
@@ -1743,8 +1766,15 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             .and_then(lifeboat::id::backup_time)
             .map(|t| (now.as_second() - t.as_second()).max(0))
     };
-    let records = repo.records();
-    let primary = sync::lag(repo.storage(), repo.storage(), &records);
+    // Targets that cannot be reached or listed, or whose last sync failed: exit 7.
+    let mut trouble = Vec::new();
+    let primary = sync::lag(&repo, repo.storage());
+    if let Some(e) = &primary.error {
+        trouble.push(format!(
+            "{} (the primary) cannot be listed ({e})",
+            repo.location()
+        ));
+    }
     let mut rows = vec![json!({
         "target": repo.location(), "role": "primary", "backups": primary.backups,
         "newest_backup": primary.newest_backup, "newest_backup_age_s": age(&primary.newest_backup),
@@ -1752,15 +1782,8 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
     })];
     for url in sync::replica_urls(&repo, &ctx.file.replicas)? {
         let lag = match config::open_storage(&url, false) {
-            Ok(t) => sync::lag(repo.storage(), t.as_ref(), &records),
-            Err(e) => sync::Lag {
-                target: url.clone(),
-                objects_behind: 0,
-                bytes_behind: 0,
-                backups: 0,
-                newest_backup: None,
-                error: Some(e.to_string()),
-            },
+            Ok(t) => sync::lag(&repo, t.as_ref()),
+            Err(e) => sync::Lag::unreachable(&url, e.to_string()),
         };
         let state = sync::state_of(&repo, &url);
         // RFC 3339 UTC strings of one format compare in time order.
@@ -1769,36 +1792,60 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             (Some(_), None) => true,
             (None, _) => false,
         };
+        if let Some(e) = &lag.error {
+            trouble.push(format!("{url} cannot be reached ({e})"));
+        } else if failing {
+            trouble.push(format!("the last sync of {url} failed"));
+        }
         rows.push(json!({
             "failing": failing,
             "target": url, "role": "replica", "objects_behind": lag.objects_behind,
             "bytes_behind": lag.bytes_behind, "backups": lag.backups,
             "newest_backup": lag.newest_backup, "newest_backup_age_s": age(&lag.newest_backup),
+            "key_changes_pending": sync::key_changes_pending(&repo, &lag, &state),
             "last_success": state.last_success, "last_error": state.last_error,
             "last_error_time": state.last_error_time, "error": lag.error,
         }));
     }
+    let failure = (!trouble.is_empty()).then(|| {
+        Error::storage(trouble.join("; ")).hint(
+            "backups on the primary are not affected; once the target is reachable, `lifeboat sync` catches it up",
+        )
+    });
     if ctx.json {
-        println!("{}", json!({ "targets": rows }));
-        return Ok(0);
+        println!(
+            "{}",
+            json!({ "targets": rows, "error": failure.as_ref().map(error_json) })
+        );
+        return finish(ctx, failure);
     }
     for r in &rows {
-        let newest = match r["newest_backup_age_s"].as_i64() {
-            Some(s) => format!("newest backup {} ago", human_age(s)),
-            None => "no backups".into(),
-        };
+        let reachable = r["error"].is_null();
         println!(
             "{} ({})",
             r["target"].as_str().unwrap_or(""),
             r["role"].as_str().unwrap_or("")
         );
-        println!("  {} backups, {newest}", r["backups"]);
+        if reachable {
+            let newest = match r["newest_backup_age_s"].as_i64() {
+                Some(s) => format!("newest backup {} ago", human_age(s)),
+                None => "no backups".into(),
+            };
+            println!("  {} backups, {newest}", r["backups"]);
+        } else {
+            println!("  ? backups (unreachable)");
+        }
         if r["role"] == "replica" {
-            println!(
-                "  behind by {} objects ({})",
-                r["objects_behind"],
-                bytes(r["bytes_behind"].as_u64().unwrap_or(0))
-            );
+            match (r["objects_behind"].as_u64(), r["bytes_behind"].as_u64()) {
+                (Some(n), Some(b)) => println!("  behind by {n} objects ({})", bytes(b)),
+                _ => println!("  behind by ? (unreachable)"),
+            }
+            if r["key_changes_pending"] == true {
+                println!(
+                    "  key changes pending: keys added or removed here are not there yet \
+                     (a removed passphrase still opens it): run `lifeboat sync`"
+                );
+            }
             println!(
                 "  last success {}",
                 r["last_success"]
@@ -1822,7 +1869,7 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             println!("  UNREACHABLE: {e}");
         }
     }
-    Ok(0)
+    finish(ctx, failure)
 }
 
 fn human_age(s: i64) -> String {

@@ -3,6 +3,7 @@
 //! and a replica that cannot be written fails the command without harming the primary.
 
 mod common;
+use common::fault_proxy::{Down, FaultProxy, Faults};
 use common::s3::S3Server;
 use common::server::TestStore;
 use common::*;
@@ -128,7 +129,8 @@ fn an_unwritable_replica_fails_the_backup_but_not_the_primary() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     let v = env.json(&["--repo", good.to_str().unwrap(), "verify", "--all"]);
     assert_eq!(v["backups"].as_array().unwrap().len(), 2, "{v}");
-    let status = env.json(&["status"]);
+    let (code, status, _) = env.run_json(&["status"]);
+    assert_eq!(code, 7, "a replica cannot be reached: {status}");
     let bad_row = status["targets"]
         .as_array()
         .unwrap()
@@ -137,6 +139,7 @@ fn an_unwritable_replica_fails_the_backup_but_not_the_primary() {
         .cloned()
         .expect("the failing replica is listed");
     assert!(bad_row["last_error"].is_string(), "{status}");
+    assert!(bad_row["objects_behind"].is_null(), "{status}");
 }
 
 #[test]
@@ -274,6 +277,17 @@ fn remove_old_key(env: &Env, vars: &[(&str, String)]) -> String {
     old
 }
 
+/// The status row of `target`.
+fn status_row(status: &serde_json::Value, target: &str) -> serde_json::Value {
+    status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target)
+        .cloned()
+        .unwrap_or_else(|| panic!("{target} is in the status: {status}"))
+}
+
 #[test]
 fn key_changes_reach_the_replicas_at_the_next_sync() {
     let env = Env::new();
@@ -284,6 +298,14 @@ fn key_changes_reach_the_replicas_at_the_next_sync() {
 
     // A passphrase added on the primary opens the replica once it is synced.
     add_new_key(&env, &[]);
+    let status = with_pw(&env, OLD_PW, &[], &["status", "--json"])
+        .ok("status")
+        .json();
+    assert_eq!(
+        status_row(&status, copy)["key_changes_pending"],
+        true,
+        "{status}"
+    );
     with_pw(&env, OLD_PW, &[], &["sync"]).ok("sync");
     with_pw(&env, NEW_PW, &[], &["--repo", copy, "list"]).ok("the new passphrase on the replica");
 
@@ -315,8 +337,20 @@ fn key_changes_reach_the_replicas_at_the_next_sync() {
     with_pw(&env, NEW_PW, &[], &["--repo", copy, "list"]).ok("the new passphrase, still");
     std::fs::write(&key_file, saved).unwrap();
 
-    // A passphrase removed on the primary is removed from the replica by the next sync.
+    // A passphrase removed on the primary: pending until the sync, then gone there too.
     let old = remove_old_key(&env, &[]);
+    let status = with_pw(&env, NEW_PW, &[], &["status", "--json"])
+        .ok("status (a replica merely behind is no failure)")
+        .json();
+    let row = status_row(&status, copy);
+    assert_eq!(row["key_changes_pending"], true, "{status}");
+    assert!(row["objects_behind"].as_u64().unwrap() >= 1, "{status}");
+    let text = with_pw(&env, NEW_PW, &[], &["status"]).ok("status");
+    assert!(
+        text.stdout.contains("key changes pending"),
+        "{}",
+        text.text()
+    );
     let sync = with_pw(&env, NEW_PW, &[], &["sync", "--json"])
         .ok("sync")
         .json();
@@ -329,6 +363,77 @@ fn key_changes_reach_the_replicas_at_the_next_sync() {
         .code(8, "the removed passphrase on the replica");
     with_pw(&env, NEW_PW, &[], &["--repo", copy, "verify", "--all"])
         .ok("the remaining passphrase on the replica");
+    let status = with_pw(&env, NEW_PW, &[], &["status", "--json"])
+        .ok("status")
+        .json();
+    let row = status_row(&status, copy);
+    assert_eq!(row["key_changes_pending"], false, "{status}");
+    assert_eq!(row["objects_behind"], 0, "{status}");
+}
+
+/// An S3 replica behind a fault proxy, for a local primary: the variables for `lifeboat`.
+fn via_proxy(s3: &S3Server, proxy: &FaultProxy) -> Vec<(&'static str, String)> {
+    let mut vars = s3.env();
+    vars.retain(|(k, _)| *k != "AWS_ENDPOINT");
+    vars.push(("AWS_ENDPOINT", proxy.endpoint()));
+    vars.push(("LIFEBOAT_RETRIES", "1".into()));
+    vars.push(("LIFEBOAT_RETRY_TIMEOUT_SECS", "2".into()));
+    vars
+}
+
+#[test]
+fn key_changes_wait_for_an_unreachable_replica_and_status_says_so() {
+    let env = Env::new();
+    let s3 = S3Server::start();
+    let proxy = FaultProxy::start(s3.addr(), Faults::default());
+    let vars = via_proxy(&s3, &proxy);
+    let url = s3.url("replica");
+    encrypted_repo(&env, &vars);
+    add_new_key(&env, &vars);
+    with_pw(&env, OLD_PW, &vars, &["replica", "add", &url]).ok("replica add");
+    let status = with_pw(&env, OLD_PW, &vars, &["status", "--json"])
+        .ok("status, all reachable")
+        .json();
+    assert_eq!(status["error"], serde_json::Value::Null, "{status}");
+
+    // The replica is down when the key is removed and when sync runs.
+    proxy.set_down(Down::ServiceUnavailable);
+    remove_old_key(&env, &vars);
+    with_pw(&env, NEW_PW, &vars, &["sync"]).fails(7, "sync, replica down", &url);
+    let out = with_pw(&env, NEW_PW, &vars, &["status", "--json"]).code(7, "status, replica down");
+    let status = out.json();
+    let row = status_row(&status, &url);
+    assert_eq!(row["key_changes_pending"], true, "{status}");
+    assert!(row["objects_behind"].is_null(), "unknown, not 0: {status}");
+    assert!(row["bytes_behind"].is_null(), "{status}");
+    assert!(row["backups"].is_null(), "{status}");
+    assert_eq!(row["failing"], true, "{status}");
+    assert_eq!(status["error"]["exit_code"], 7, "{status}");
+    let text = with_pw(&env, NEW_PW, &vars, &["status"]).code(7, "status, replica down");
+    for says in ["behind by ? (unreachable)", "key changes pending", "error:"] {
+        assert!(text.text().contains(says), "{says:?}:\n{}", text.text());
+    }
+
+    // Reachable again: still pending (and the last sync failed) until a sync applies them.
+    proxy.set_down(Down::No);
+    let status = with_pw(&env, NEW_PW, &vars, &["status", "--json"])
+        .code(7, "status, the last sync failed")
+        .json();
+    assert_eq!(
+        status_row(&status, &url)["key_changes_pending"],
+        true,
+        "{status}"
+    );
+    with_pw(&env, NEW_PW, &vars, &["sync"]).ok("sync");
+    with_pw(&env, OLD_PW, &vars, &["--repo", &url, "list"])
+        .code(8, "the removed passphrase on the replica");
+    with_pw(&env, NEW_PW, &vars, &["--repo", &url, "list"]).ok("the remaining passphrase");
+    let status = with_pw(&env, NEW_PW, &vars, &["status", "--json"])
+        .ok("status, all good again")
+        .json();
+    let row = status_row(&status, &url);
+    assert_eq!(row["key_changes_pending"], false, "{status}");
+    assert_eq!(row["objects_behind"], 0, "{status}");
 }
 
 #[test]

@@ -102,16 +102,37 @@ pub struct SyncReport {
     pub error: Option<String>,
 }
 
-/// How far a target is behind the primary.
+/// How far a target is behind the primary. The counts are None when the target could not be
+/// reached or listed (`error` says why): unknown, not zero.
 #[derive(Debug, Clone, Serialize)]
 pub struct Lag {
     pub target: String,
-    pub objects_behind: u64,
-    pub bytes_behind: u64,
-    pub backups: u64,
+    /// Objects a sync would copy, plus key files it would delete.
+    pub objects_behind: Option<u64>,
+    pub bytes_behind: Option<u64>,
+    pub backups: Option<u64>,
     /// Id of the newest backup there.
     pub newest_backup: Option<String>,
+    /// Key objects the target lacks (a `key add`, a new data key) plus key files it still
+    /// holds that were removed from the source (`key remove`): what the next sync changes in
+    /// who can open the target.
+    pub key_changes: Option<u64>,
     pub error: Option<String>,
+}
+
+impl Lag {
+    /// A target that could not be opened: nothing about it is known.
+    pub fn unreachable(target: &str, error: String) -> Lag {
+        Lag {
+            target: target.to_string(),
+            objects_behind: None,
+            bytes_behind: None,
+            backups: None,
+            newest_backup: None,
+            key_changes: None,
+            error: Some(error),
+        }
+    }
 }
 
 fn by_name(list: Vec<ObjectInfo>) -> HashMap<String, u64> {
@@ -691,33 +712,53 @@ fn copy_one(source: &dyn Storage, target: &dyn Storage, name: &str, replace: boo
     Ok(data.len() as u64)
 }
 
-/// Compare a target with the source without copying: the backups it lacks and the packs it
-/// lacks (except what it dropped or forgot on purpose). Index files are not counted: a sync
-/// writes the target's own.
-pub fn lag(source: &dyn Storage, target: &dyn Storage, records: &Records) -> Lag {
+/// Compare a target with the repository without copying: the backups it lacks and the packs
+/// it lacks (except what it dropped or forgot on purpose), and the key changes a sync would
+/// make there. Index files are not counted: a sync writes the target's own. A target that
+/// cannot be listed has unknown counts (None) and an error.
+pub fn lag(repo: &Repository, target: &dyn Storage) -> Lag {
     let mut lag = Lag {
         target: target.describe(),
-        objects_behind: 0,
-        bytes_behind: 0,
-        backups: 0,
+        objects_behind: None,
+        bytes_behind: None,
+        backups: None,
         newest_backup: None,
+        key_changes: None,
         error: None,
     };
+    let source = repo.storage();
+    let records = repo.records();
     let result = (|| -> Result<()> {
+        let mut objects = 0;
+        let mut bytes = 0;
+        let mut key_changes = 0;
         if !target.exists("config")? {
-            lag.objects_behind += 1;
+            objects += 1;
         }
-        let tomb = tombstones::read(target, records)?;
+        let tomb = tombstones::read(target, &records)?;
         for group in ["keys/", "data/", "backups/"] {
-            let have = by_name(target.list(group)?);
-            for o in source.list(group)? {
+            let target_list = target.list(group)?;
+            let source_list = source.list(group)?;
+            if group == "keys/" {
+                let revoked = revoked_key_files(repo, &source_list, &target_list).len() as u64;
+                objects += revoked;
+                key_changes += revoked;
+            }
+            let have = by_name(target_list);
+            for o in source_list {
+                if group == "keys/" && crate::ops::rekey::is_inventory(&o.name) {
+                    continue; // never copied
+                }
                 let id = object_id(&o.name);
                 if have.get(&o.name) != Some(&o.size)
                     && !tomb.packs.contains(id)
                     && !tomb.backups.contains(id)
                 {
-                    lag.objects_behind += 1;
-                    lag.bytes_behind += o.size;
+                    objects += 1;
+                    bytes += o.size;
+                    if group == "keys/" {
+                        key_changes += 1;
+                    }
                 }
             }
             if group == "backups/" {
@@ -727,14 +768,19 @@ pub fn lag(source: &dyn Storage, target: &dyn Storage, records: &Records) -> Lag
                     .filter(|id| crate::id::is_backup_id(id))
                     .collect();
                 ids.sort();
-                lag.backups = ids.len() as u64;
+                lag.backups = Some(ids.len() as u64);
                 lag.newest_backup = ids.pop();
             }
         }
+        lag.objects_behind = Some(objects);
+        lag.bytes_behind = Some(bytes);
+        lag.key_changes = Some(key_changes);
         Ok(())
     })();
     if let Err(e) = result {
         lag.error = Some(e.to_string());
+        lag.backups = None;
+        lag.newest_backup = None;
     }
     lag
 }
@@ -764,7 +810,11 @@ pub fn sync_replicas(
     for url in targets {
         let result = crate::config::open_storage(url, true).and_then(|t| sync(repo, t.as_ref(), 4));
         let report = match result {
-            Ok(r) => r,
+            // Named as listed, whatever the storage calls itself: status finds it so.
+            Ok(r) => SyncReport {
+                target: url.clone(),
+                ..r
+            },
             Err(e) => SyncReport {
                 target: url.clone(),
                 copied_objects: 0,
@@ -825,6 +875,10 @@ pub struct TargetState {
     pub last_success: Option<String>,
     pub last_error: Option<String>,
     pub last_error_time: Option<String>,
+    /// [`key_state`] of the repository at the last successful sync: when it no longer
+    /// matches, the target has key changes to receive (told even while it is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_synced: Option<String>,
 }
 
 fn state_path() -> std::path::PathBuf {
@@ -853,7 +907,10 @@ pub fn record(repo: &Repository, report: &SyncReport) {
     let state = states.entry(key).or_default();
     let now = jiff::Timestamp::now().to_string();
     match &report.error {
-        None => state.last_success = Some(now),
+        None => {
+            state.last_success = Some(now);
+            state.keys_synced = key_state(repo);
+        }
         Some(e) => {
             state.last_error = Some(e.clone());
             state.last_error_time = Some(now);
@@ -867,6 +924,29 @@ pub fn record(repo: &Repository, report: &SyncReport) {
         if let Err(e) = crate::storage::local::write_private_file(&path, &data) {
             tracing::warn!("cannot record sync state in {}: {e}", path.display());
         }
+    }
+}
+
+/// A fingerprint of the repository's authenticated key layout (epoch, data key generations,
+/// recipient, key files): it changes with every `key add`, `key remove`, `key passwd` and
+/// `key rotate`. None for an unencrypted repository.
+pub fn key_state(repo: &Repository) -> Option<String> {
+    let section = repo.config.keys.as_ref()?;
+    let data = serde_json::to_vec(section).ok()?;
+    Some(Hash::of(&data).to_hex())
+}
+
+/// Whether the target has key changes to receive: from its listing when it could be read,
+/// else from what the last successful sync from this machine sent (None: unknown).
+pub fn key_changes_pending(repo: &Repository, lag: &Lag, state: &TargetState) -> Option<bool> {
+    if let Some(n) = lag.key_changes {
+        return Some(n > 0);
+    }
+    let now = key_state(repo);
+    match (&state.keys_synced, now) {
+        (_, None) => Some(false),
+        (Some(then), Some(now)) => Some(*then != now),
+        (None, Some(_)) => None,
     }
 }
 
