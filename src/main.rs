@@ -636,6 +636,7 @@ fn verify_level(ctx: &Ctx, verify: bool, no_verify: bool) -> Result<VerifyLevel>
 }
 
 fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    let started = std::time::Instant::now();
     let opts = BackupOptions {
         database: a.database,
         description: a.description,
@@ -654,11 +655,10 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     ctx.record(&repo);
     // Then bring every replica up to date; the backup stands on the primary either way.
     let replication = sync::sync_replicas(&repo, &ctx.file.replicas, None)?;
-    print_backup(ctx, &repo, &out, opts.verify, &replication);
-    match sync::replica_failure(&replication) {
-        Some(e) => Err(e),
-        None => Ok(0),
-    }
+    let failure = sync::replica_failure(&replication);
+    let took = started.elapsed();
+    print_backup(ctx, &repo, &out, opts.verify, &replication, took, &failure);
+    finish(ctx, failure)
 }
 
 fn print_backup(
@@ -667,6 +667,8 @@ fn print_backup(
     out: &lifeboat::ops::backup::BackupOutcome,
     level: VerifyLevel,
     replication: &[sync::SyncReport],
+    took: std::time::Duration,
+    failure: &Option<Error>,
 ) {
     let m = &out.manifest;
     let s = &m.stored;
@@ -677,6 +679,7 @@ fn print_backup(
     // plus this backup's page lists and index). Both are 0 when nothing new was stored.
     let dedup = ratio(m.database.page_count, s.new_blobs);
     let comp = ratio(s.new_raw_bytes, s.new_stored_bytes);
+    let replication_ms: u64 = replication.iter().map(|r| r.duration_ms).sum();
     if ctx.json {
         println!(
             "{}",
@@ -687,10 +690,12 @@ fn print_backup(
                 "new_blobs": s.new_blobs, "reused_blobs": s.reused_blobs,
                 "new_raw_bytes": s.new_raw_bytes, "new_stored_bytes": s.new_stored_bytes,
                 "repo_stored_bytes": out.repo_stored_bytes, "dedup_ratio": dedup,
-                "compression_ratio": comp, "duration_ms": m.duration_ms,
+                "compression_ratio": comp, "duration_ms": took.as_millis() as u64,
+                "backup_duration_ms": m.duration_ms,
+                "replication_duration_ms": replication_ms,
                 "sha256": m.database.sha256, "verify": verify_name(level),
                 "verify_report": out.verify, "warnings": out.warnings,
-                "replication": replication,
+                "replication": replication, "error": failure.as_ref().map(error_json),
             })
         );
         return;
@@ -742,7 +747,16 @@ fn print_backup(
             Some(e) => println!("  replica      {}: FAILED ({e})", r.target),
         }
     }
-    println!("  took         {:.2} s", m.duration_ms as f64 / 1000.0);
+    if replication.is_empty() {
+        println!("  took         {:.2} s", took.as_secs_f64());
+    } else {
+        println!(
+            "  took         {:.2} s (backup {:.2} s, replication {:.2} s)",
+            took.as_secs_f64(),
+            m.duration_ms as f64 / 1000.0,
+            replication_ms as f64 / 1000.0
+        );
+    }
 }
 
 fn verify_name(level: VerifyLevel) -> &'static str {
@@ -1183,7 +1197,8 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
     };
     let out = backup(&repo, &opts)?;
     ctx.record(&repo);
-    print_backup(ctx, &repo, &out, opts.verify, &[]);
+    let took = std::time::Duration::from_millis(out.manifest.duration_ms);
+    print_backup(ctx, &repo, &out, opts.verify, &[], took, &None);
     if !ctx.json {
         println!();
         println!("next: lifeboat list");
@@ -1610,8 +1625,12 @@ fn cmd_key_generate(ctx: &Ctx, output: &Path) -> Result<i32> {
 }
 
 fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
+    let failure = sync::replica_failure(reports);
     if ctx.json {
-        println!("{}", json!({ "targets": reports }));
+        println!(
+            "{}",
+            json!({ "targets": reports, "error": failure.as_ref().map(error_json) })
+        );
     } else {
         for r in reports {
             match &r.error {
@@ -1638,10 +1657,7 @@ fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
             }
         }
     }
-    match sync::replica_failure(reports) {
-        Some(e) => Err(e),
-        None => Ok(0),
-    }
+    finish(ctx, failure)
 }
 
 /// An error as `--json` prints it (`main` prints the same shape for a command that fails

@@ -437,6 +437,81 @@ fn key_changes_wait_for_an_unreachable_replica_and_status_says_so() {
 }
 
 #[test]
+fn a_backup_reports_the_time_its_replicas_took_in_one_document() {
+    let env = Env::new();
+    let s3 = S3Server::start();
+    // Every request to the replica held back: replication takes seconds, the backup not.
+    let proxy = FaultProxy::start(
+        s3.addr(),
+        Faults {
+            delay_every: 1,
+            delay_ms: 150,
+            ..Faults::default()
+        },
+    );
+    let vars = via_proxy(&s3, &proxy);
+    let url = s3.url("slow");
+    let db = env.path("app.db");
+    let conn = make_db(&db, 2_000);
+    let run = |args: &[&str]| {
+        let mut c = env.std_cmd();
+        c.envs(vars.clone());
+        Out::of(c.args(args).output().expect("run lifeboat"))
+    };
+    run(&["backup", db.to_str().unwrap()]).ok("backup");
+    run(&["replica", "add", &url]).ok("replica add");
+
+    conn.execute("UPDATE t SET v = 'changed' WHERE id % 7 = 0", [])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&["backup", db.to_str().unwrap(), "--json"]).ok("backup");
+    let wall = started.elapsed().as_millis() as u64;
+    let b = out.json(); // the whole of stdout: one document
+    let total = b["duration_ms"].as_u64().unwrap();
+    let own = b["backup_duration_ms"].as_u64().unwrap();
+    let replication = b["replication_duration_ms"].as_u64().unwrap();
+    assert!(wall > 1_000, "the proxy slowed replication down: {wall} ms");
+    assert!(
+        total + 500 >= wall,
+        "reported {total} ms of a {wall} ms run: {b}"
+    );
+    assert!(total <= wall, "{b}");
+    assert!(own + replication <= total, "{b}");
+    assert!(replication >= total / 2, "{b}");
+    let text = run(&["backup", db.to_str().unwrap()]).ok("backup");
+    assert!(
+        text.stdout.contains("replication"),
+        "the text says where the time went: {}",
+        text.stdout
+    );
+
+    // A replica that is down: one document, with the failure in it, and exit 7.
+    proxy.set_faults(Faults {
+        down: Down::ServiceUnavailable,
+        ..Faults::default()
+    });
+    conn.execute("UPDATE t SET v = 'again' WHERE id % 5 = 0", [])
+        .unwrap();
+    for args in [
+        vec!["backup", db.to_str().unwrap(), "--json"],
+        vec!["sync", "--json"],
+        vec!["replica", "add", &url, "--json"],
+    ] {
+        let out = run(&args).code(7, "replica down");
+        let v = out.json();
+        assert_eq!(v["error"]["exit_code"], 7, "{args:?}: {v}");
+        let reports = if args[0] == "backup" {
+            &v["replication"]
+        } else {
+            &v["targets"]
+        };
+        assert!(reports[0]["error"].is_string(), "{args:?}: {v}");
+        assert!(out.stderr.contains("replication failed"), "{}", out.stderr);
+    }
+    drop(conn);
+}
+
+#[test]
 fn one_replica_whatever_its_spelling() {
     let env = Env::new();
     let db = env.path("app.db");

@@ -99,7 +99,26 @@ pub struct SyncReport {
     /// Key files deleted from the target because they were removed from the source
     /// (`key remove`, `key passwd`, `key rotate --full`): their passphrases no longer open it.
     pub key_files_removed: Vec<String>,
+    /// How long this target took (including the time it took to fail).
+    pub duration_ms: u64,
     pub error: Option<String>,
+}
+
+impl SyncReport {
+    fn failed(target: &str, e: &Error, duration_ms: u64) -> SyncReport {
+        SyncReport {
+            target: target.to_string(),
+            copied_objects: 0,
+            copied_bytes: 0,
+            repaired: Vec::new(),
+            key_files_removed: Vec::new(),
+            duration_ms,
+            error: Some(match &e.hint {
+                Some(h) => format!("{e} ({h})"),
+                None => format!("{e}"),
+            }),
+        }
+    }
 }
 
 /// How far a target is behind the primary. The counts are None when the target could not be
@@ -688,6 +707,7 @@ impl<'a> Copier<'a> {
             copied_bytes: self.bytes.load(Ordering::Relaxed),
             repaired: self.repaired.lock().map(|r| r.clone()).unwrap_or_default(),
             key_files_removed: Vec::new(),
+            duration_ms: 0,
             error: None,
         }
     }
@@ -808,24 +828,17 @@ pub fn sync_replicas(
     }
     let mut reports = Vec::new();
     for url in targets {
+        let started = std::time::Instant::now();
         let result = crate::config::open_storage(url, true).and_then(|t| sync(repo, t.as_ref(), 4));
+        let ms = started.elapsed().as_millis() as u64;
         let report = match result {
             // Named as listed, whatever the storage calls itself: status finds it so.
             Ok(r) => SyncReport {
                 target: url.clone(),
+                duration_ms: ms,
                 ..r
             },
-            Err(e) => SyncReport {
-                target: url.clone(),
-                copied_objects: 0,
-                copied_bytes: 0,
-                repaired: Vec::new(),
-                key_files_removed: Vec::new(),
-                error: Some(match &e.hint {
-                    Some(h) => format!("{e} ({h})"),
-                    None => format!("{e}"),
-                }),
-            },
+            Err(e) => SyncReport::failed(url, &e, ms),
         };
         crate::ops::sync::record(repo, &report);
         reports.push(report);
