@@ -54,12 +54,58 @@ pub fn register_targets(targets: &BTreeMap<String, TargetConfig>) {
 
 /// The variable prefix configured for the target at `url`, if any.
 pub fn target_env_prefix(url: &str) -> Option<String> {
-    let norm = |s: &str| s.trim_end_matches('/').to_string();
+    let url = normalize_location(url);
     TARGETS
         .get()?
         .iter()
-        .find(|(u, _)| norm(u) == norm(url))
+        .find(|(u, _)| normalize_location(u) == url)
         .and_then(|(_, t)| t.env_prefix.clone())
+}
+
+/// One spelling for each way of writing a location, so that one target is never counted
+/// twice (`/x` and `/x/`, `file:///x` and `/x`, `x` and `/cwd/x`): `file://PATH` is PATH; a
+/// relative path is made absolute from the current folder; `.` parts and repeated or trailing
+/// slashes are dropped (`..` is kept: the folder before it may be a link). An object URL loses
+/// the slashes around its prefix, which it is opened without. Nothing is looked up: the
+/// location need not exist.
+pub fn normalize_location(location: &str) -> String {
+    if crate::storage::object::is_object_url(location) {
+        return match location.split_once("://") {
+            Some((scheme, rest)) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let prefix = prefix.trim_matches('/');
+                if prefix.is_empty() {
+                    format!("{scheme}://{bucket}")
+                } else {
+                    format!("{scheme}://{bucket}/{prefix}")
+                }
+            }
+            None => location.to_string(),
+        };
+    }
+    let path = location.strip_prefix("file://").unwrap_or(location);
+    if path.is_empty() || path.contains("://") {
+        return location.to_string(); // not a path: refused when it is opened
+    }
+    let path = Path::new(path);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match std::env::current_dir() {
+            Ok(dir) => dir.join(path),
+            Err(_) => path.to_path_buf(),
+        }
+    };
+    let clean: PathBuf = absolute
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    clean.display().to_string()
+}
+
+/// Whether two locations name the same target (see [`normalize_location`]).
+pub fn same_location(a: &str, b: &str) -> bool {
+    normalize_location(a) == normalize_location(b)
 }
 
 /// A `[retention]` section: a policy, and more specific ones per source and per target.
@@ -75,11 +121,10 @@ impl RetentionSection {
     /// the most specific section wins (target and source, then target, then source, then
     /// the plain `[retention]`). None: no policy applies, and nothing is forgotten.
     pub fn policy_for(&self, target: &str, source: &str) -> Option<Policy> {
-        let norm = |s: &str| s.trim_end_matches('/').to_string();
         let on_target = self
             .targets
             .iter()
-            .find(|(url, _)| norm(url) == norm(target))
+            .find(|(url, _)| same_location(url, target))
             .map(|(_, t)| t);
         if let Some(t) = on_target {
             if let Some(p) = source_policy(&t.sources, source) {
@@ -98,11 +143,10 @@ impl RetentionSection {
     /// database in `known` (the sources of the target's backups): a misspelt path would
     /// otherwise quietly fall back to the general policy.
     pub fn unmatched_sources(&self, target: &str, known: &[String]) -> Vec<String> {
-        let norm = |s: &str| s.trim_end_matches('/').to_string();
         let on_target = self
             .targets
             .iter()
-            .filter(|(url, _)| norm(url) == norm(target))
+            .filter(|(url, _)| same_location(url, target))
             .flat_map(|(_, t)| t.sources.keys());
         self.sources
             .keys()
@@ -401,5 +445,36 @@ keep_dialy = 7"
         assert!(missing_repo_hint("/var/backups/lifebot", &known)
             .contains("did you mean /var/backups/lifeboat?"));
         assert!(!missing_repo_hint("/srv/other", &known).contains("did you mean"));
+    }
+
+    #[test]
+    fn one_spelling_per_location() {
+        for same in [
+            "/x",
+            "/x/",
+            "/x//",
+            "//x",
+            "/./x/.",
+            "file:///x",
+            "file:///x/",
+        ] {
+            assert_eq!(normalize_location(same), "/x", "{same}");
+        }
+        assert_eq!(normalize_location("/a/../b/"), "/a/../b");
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            normalize_location("rel/x/"),
+            cwd.join("rel/x").display().to_string()
+        );
+        assert_eq!(
+            normalize_location("./rel"),
+            normalize_location("file://rel/")
+        );
+        for same in ["s3://b/p", "s3://b/p/", "s3://b//p//"] {
+            assert_eq!(normalize_location(same), "s3://b/p", "{same}");
+        }
+        assert_eq!(normalize_location("gs://b/"), "gs://b");
+        assert!(!same_location("s3://b/p", "s3://b/q"));
+        assert!(!same_location("s3://b/p", "gs://b/p"));
     }
 }

@@ -768,6 +768,7 @@ fn verify_level(ctx: &Ctx, verify: bool, no_verify: bool) -> Result<VerifyLevel>
 }
 
 fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
+    let started = std::time::Instant::now();
     let opts = BackupOptions {
         database: a.database,
         description: a.description,
@@ -786,11 +787,10 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     ctx.record(&repo);
     // Then bring every replica up to date; the backup stands on the primary either way.
     let replication = sync::sync_replicas(&repo, &ctx.file.replicas, None)?;
-    print_backup(ctx, &repo, &out, opts.verify, &replication);
-    match sync::replica_failure(&replication) {
-        Some(e) => Err(e),
-        None => Ok(0),
-    }
+    let failure = sync::replica_failure(&replication);
+    let took = started.elapsed();
+    print_backup(ctx, &repo, &out, opts.verify, &replication, took, &failure);
+    finish(ctx, failure)
 }
 
 fn print_backup(
@@ -799,6 +799,8 @@ fn print_backup(
     out: &lifeboat::ops::backup::BackupOutcome,
     level: VerifyLevel,
     replication: &[sync::SyncReport],
+    took: std::time::Duration,
+    failure: &Option<Error>,
 ) {
     let m = &out.manifest;
     let s = &m.stored;
@@ -810,6 +812,7 @@ fn print_backup(
     // stored: there is no ratio to give.
     let dedup = ratio(m.database.page_count, s.new_blobs);
     let comp = ratio(s.new_raw_bytes, s.new_stored_bytes);
+    let replication_ms: u64 = replication.iter().map(|r| r.duration_ms).sum();
     if ctx.json {
         println!(
             "{}",
@@ -820,10 +823,12 @@ fn print_backup(
                 "new_blobs": s.new_blobs, "reused_blobs": s.reused_blobs,
                 "new_raw_bytes": s.new_raw_bytes, "new_stored_bytes": s.new_stored_bytes,
                 "repo_stored_bytes": out.repo_stored_bytes, "dedup_ratio": dedup,
-                "compression_ratio": comp, "duration_ms": m.duration_ms,
+                "compression_ratio": comp, "duration_ms": took.as_millis() as u64,
+                "backup_duration_ms": m.duration_ms,
+                "replication_duration_ms": replication_ms,
                 "sha256": m.database.sha256, "verify": verify_name(level),
                 "verify_report": out.verify, "warnings": out.warnings,
-                "replication": replication,
+                "replication": replication, "error": failure.as_ref().map(error_json),
             })
         );
         return;
@@ -868,15 +873,29 @@ fn print_backup(
     for r in replication {
         match &r.error {
             None => println!(
-                "  replica      {}: {} objects, {} copied",
+                "  replica      {}: {} objects, {} copied{}",
                 r.target,
                 r.copied_objects,
-                bytes(r.copied_bytes)
+                bytes(r.copied_bytes),
+                if r.key_files_removed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; removed key files {}", r.key_files_removed.join(", "))
+                }
             ),
             Some(e) => println!("  replica      {}: FAILED ({e})", r.target),
         }
     }
-    println!("  took         {:.2} s", m.duration_ms as f64 / 1000.0);
+    if replication.is_empty() {
+        println!("  took         {:.2} s", took.as_secs_f64());
+    } else {
+        println!(
+            "  took         {:.2} s (backup {:.2} s, replication {:.2} s)",
+            took.as_secs_f64(),
+            m.duration_ms as f64 / 1000.0,
+            replication_ms as f64 / 1000.0
+        );
+    }
 }
 
 fn verify_name(level: VerifyLevel) -> &'static str {
@@ -1464,7 +1483,8 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
     };
     let out = backup(&repo, &opts)?;
     ctx.record(&repo);
-    print_backup(ctx, &repo, &out, opts.verify, &[]);
+    let took = std::time::Duration::from_millis(out.manifest.duration_ms);
+    print_backup(ctx, &repo, &out, opts.verify, &[], took, &None);
     if !ctx.json {
         println!();
         let source = source_key(&db);
@@ -1888,13 +1908,17 @@ fn cmd_key_generate(ctx: &Ctx, output: &Path) -> Result<i32> {
 }
 
 fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
+    let failure = sync::replica_failure(reports);
     if ctx.json {
-        println!("{}", json!({ "targets": reports }));
+        println!(
+            "{}",
+            json!({ "targets": reports, "error": failure.as_ref().map(error_json) })
+        );
     } else {
         for r in reports {
             match &r.error {
                 None => println!(
-                    "{}: {} objects copied ({}){}",
+                    "{}: {} objects copied ({}){}{}",
                     r.target,
                     r.copied_objects,
                     bytes(r.copied_bytes),
@@ -1902,15 +1926,43 @@ fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
                         String::new()
                     } else {
                         format!(", {} damaged copies replaced", r.repaired.len())
+                    },
+                    if r.key_files_removed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; removed key files {} (removed from this repository: their passphrases no longer open it)",
+                            r.key_files_removed.join(", ")
+                        )
                     }
                 ),
                 Some(e) => println!("{}: FAILED: {e}", r.target),
             }
         }
     }
-    match sync::replica_failure(reports) {
-        Some(e) => Err(e),
+    finish(ctx, failure)
+}
+
+/// An error as `--json` prints it (`main` prints the same shape for a command that fails
+/// before it has anything else to say).
+fn error_json(e: &Error) -> serde_json::Value {
+    json!({"kind": format!("{:?}", e.kind), "message": e.message, "hint": e.hint,
+        "exit_code": e.exit_code()})
+}
+
+/// The exit of a command whose report (which names `failure`) is printed already: with
+/// `--json` that report is the one document on stdout, so the error goes to stderr only.
+fn finish(ctx: &Ctx, failure: Option<Error>) -> Result<i32> {
+    match failure {
         None => Ok(0),
+        Some(e) if ctx.json => {
+            eprintln!("error: {}", e.message);
+            if let Some(h) = &e.hint {
+                eprintln!("  hint: {h}");
+            }
+            Ok(e.exit_code())
+        }
+        Some(e) => Err(e),
     }
 }
 
@@ -1936,7 +1988,9 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
             Ok(0)
         }
         ReplicaCommand::Add { url } => {
-            if url == repo.location() {
+            // One spelling per target: `/x/`, `file:///x` and `/x` are one replica.
+            let url = config::normalize_location(&url);
+            if config::same_location(&url, &repo.location()) {
                 return Err(Error::usage("a repository cannot be its own replica"));
             }
             // Refuse a target that holds another repository.
@@ -1951,7 +2005,7 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
                     .hint("choose an empty location for the replica"));
                 }
             }
-            if !list.replicas.contains(&url) {
+            if !list.replicas.iter().any(|r| config::same_location(r, &url)) {
                 list.replicas.push(url.clone());
                 sync::write_replicas(repo.storage(), &records, &list)?;
             }
@@ -1961,12 +2015,25 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
             print_sync(ctx, &reports)
         }
         ReplicaCommand::Remove { url } => {
-            if !list.replicas.contains(&url) {
-                return Err(Error::not_found(format!(
-                    "{url} is not a replica of this repository"
-                )));
+            // Any spelling of the target removes it (and every spelling it was added under).
+            let url = config::normalize_location(&url);
+            if !list.replicas.iter().any(|r| config::same_location(r, &url)) {
+                let hint = if ctx
+                    .file
+                    .replicas
+                    .iter()
+                    .any(|r| config::same_location(r, &url))
+                {
+                    "it is listed in `replicas` in lifeboat.toml: remove it there"
+                } else {
+                    "`lifeboat replica list` shows the replicas"
+                };
+                return Err(
+                    Error::not_found(format!("{url} is not a replica of this repository"))
+                        .hint(hint),
+                );
             }
-            list.replicas.retain(|r| r != &url);
+            list.replicas.retain(|r| !config::same_location(r, &url));
             sync::write_replicas(repo.storage(), &records, &list)?;
             lifeboat::trust::confirm_replica(&repo.location(), &url, false)?;
             ctx.record(&repo);
@@ -1998,8 +2065,15 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             .and_then(lifeboat::id::backup_time)
             .map(|t| (now.as_second() - t.as_second()).max(0))
     };
-    let records = repo.records();
-    let primary = sync::lag(repo.storage(), repo.storage(), &records);
+    // Targets that cannot be reached or listed, or whose last sync failed: exit 7.
+    let mut trouble = Vec::new();
+    let primary = sync::lag(&repo, repo.storage());
+    if let Some(e) = &primary.error {
+        trouble.push(format!(
+            "{} (the primary) cannot be listed ({e})",
+            repo.location()
+        ));
+    }
     let mut rows = vec![json!({
         "target": repo.location(), "role": "primary", "backups": primary.backups,
         "newest_backup": primary.newest_backup, "newest_backup_age_s": age(&primary.newest_backup),
@@ -2007,15 +2081,8 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
     })];
     for url in sync::replica_urls(&repo, &ctx.file.replicas)? {
         let lag = match config::open_storage(&url, false) {
-            Ok(t) => sync::lag(repo.storage(), t.as_ref(), &records),
-            Err(e) => sync::Lag {
-                target: url.clone(),
-                objects_behind: 0,
-                bytes_behind: 0,
-                backups: 0,
-                newest_backup: None,
-                error: Some(e.to_string()),
-            },
+            Ok(t) => sync::lag(&repo, t.as_ref()),
+            Err(e) => sync::Lag::unreachable(&url, e.to_string()),
         };
         let state = sync::state_of(&repo, &url);
         // RFC 3339 UTC strings of one format compare in time order.
@@ -2024,36 +2091,60 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             (Some(_), None) => true,
             (None, _) => false,
         };
+        if let Some(e) = &lag.error {
+            trouble.push(format!("{url} cannot be reached ({e})"));
+        } else if failing {
+            trouble.push(format!("the last sync of {url} failed"));
+        }
         rows.push(json!({
             "failing": failing,
             "target": url, "role": "replica", "objects_behind": lag.objects_behind,
             "bytes_behind": lag.bytes_behind, "backups": lag.backups,
             "newest_backup": lag.newest_backup, "newest_backup_age_s": age(&lag.newest_backup),
+            "key_changes_pending": sync::key_changes_pending(&repo, &lag, &state),
             "last_success": state.last_success, "last_error": state.last_error,
             "last_error_time": state.last_error_time, "error": lag.error,
         }));
     }
+    let failure = (!trouble.is_empty()).then(|| {
+        Error::storage(trouble.join("; ")).hint(
+            "backups on the primary are not affected; once the target is reachable, `lifeboat sync` catches it up",
+        )
+    });
     if ctx.json {
-        println!("{}", json!({ "targets": rows }));
-        return Ok(0);
+        println!(
+            "{}",
+            json!({ "targets": rows, "error": failure.as_ref().map(error_json) })
+        );
+        return finish(ctx, failure);
     }
     for r in &rows {
-        let newest = match r["newest_backup_age_s"].as_i64() {
-            Some(s) => format!("newest backup {} ago", human_age(s)),
-            None => "no backups".into(),
-        };
+        let reachable = r["error"].is_null();
         println!(
             "{} ({})",
             r["target"].as_str().unwrap_or(""),
             r["role"].as_str().unwrap_or("")
         );
-        println!("  {} backups, {newest}", r["backups"]);
+        if reachable {
+            let newest = match r["newest_backup_age_s"].as_i64() {
+                Some(s) => format!("newest backup {} ago", human_age(s)),
+                None => "no backups".into(),
+            };
+            println!("  {} backups, {newest}", r["backups"]);
+        } else {
+            println!("  ? backups (unreachable)");
+        }
         if r["role"] == "replica" {
-            println!(
-                "  behind by {} objects ({})",
-                r["objects_behind"],
-                bytes(r["bytes_behind"].as_u64().unwrap_or(0))
-            );
+            match (r["objects_behind"].as_u64(), r["bytes_behind"].as_u64()) {
+                (Some(n), Some(b)) => println!("  behind by {n} objects ({})", bytes(b)),
+                _ => println!("  behind by ? (unreachable)"),
+            }
+            if r["key_changes_pending"] == true {
+                println!(
+                    "  key changes pending: keys added or removed here are not there yet \
+                     (a removed passphrase still opens it): run `lifeboat sync`"
+                );
+            }
             println!(
                 "  last success {}",
                 r["last_success"]
@@ -2077,7 +2168,7 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             println!("  UNREACHABLE: {e}");
         }
     }
-    Ok(0)
+    finish(ctx, failure)
 }
 
 fn human_age(s: i64) -> String {

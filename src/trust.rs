@@ -69,7 +69,8 @@ fn state_dir() -> PathBuf {
 }
 
 /// One spelling per location: local paths made absolute and resolved, URLs without a
-/// trailing slash.
+/// trailing slash. It names this machine's state file, so it must not change; comparing
+/// spellings a user wrote is `config::same_location` (which does not follow symlinks).
 pub fn normalize_location(location: &str) -> String {
     if crate::storage::object::is_object_url(location) {
         return location.trim_end_matches('/').to_string();
@@ -123,9 +124,11 @@ pub fn confirm_replica(location: &str, url: &str, added: bool) -> Result<()> {
     let Some(mut seen) = load(location) else {
         return Ok(()); // recorded with the repository on the command's way out
     };
-    seen.replicas.retain(|r| r != url);
+    // Any spelling of the same target (`/x/`, `file:///x`) is that target.
+    seen.replicas
+        .retain(|r| !crate::config::same_location(r, url));
     if added {
-        seen.replicas.push(url.to_string());
+        seen.replicas.push(crate::config::normalize_location(url));
     }
     store(&seen)
 }

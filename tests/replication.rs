@@ -3,6 +3,7 @@
 //! and a replica that cannot be written fails the command without harming the primary.
 
 mod common;
+use common::fault_proxy::{Down, FaultProxy, Faults};
 use common::s3::S3Server;
 use common::server::TestStore;
 use common::*;
@@ -128,7 +129,8 @@ fn an_unwritable_replica_fails_the_backup_but_not_the_primary() {
     assert_eq!(list.as_array().unwrap().len(), 2);
     let v = env.json(&["--repo", good.to_str().unwrap(), "verify", "--all"]);
     assert_eq!(v["backups"].as_array().unwrap().len(), 2, "{v}");
-    let status = env.json(&["status"]);
+    let (code, status, _) = env.run_json(&["status"]);
+    assert_eq!(code, 7, "a replica cannot be reached: {status}");
     let bad_row = status["targets"]
         .as_array()
         .unwrap()
@@ -137,6 +139,7 @@ fn an_unwritable_replica_fails_the_backup_but_not_the_primary() {
         .cloned()
         .expect("the failing replica is listed");
     assert!(bad_row["last_error"].is_string(), "{status}");
+    assert!(bad_row["objects_behind"].is_null(), "{status}");
 }
 
 #[test]
@@ -220,4 +223,337 @@ fn a_replica_with_its_own_credential_variables() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+const OLD_PW: &str = "old-passphrase-1234";
+const NEW_PW: &str = "new-passphrase-5678";
+
+/// `lifeboat ARGS` with the passphrase `pw` and extra variables (whatever the outcome).
+fn with_pw(env: &Env, pw: &str, vars: &[(&str, String)], args: &[&str]) -> Out {
+    let mut c = env.std_cmd();
+    c.env("LIFEBOAT_PASSWORD", pw);
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    Out::of(c.args(args).output().expect("run lifeboat"))
+}
+
+/// An encrypted repository opened by `OLD_PW` with one backup of `app.db`.
+fn encrypted_repo(env: &Env, vars: &[(&str, String)]) -> std::path::PathBuf {
+    let db = env.path("app.db");
+    drop(make_db(&db, 500));
+    let mut init = vec!["repo", "init", "--encrypt"];
+    init.extend(FAST_KDF);
+    with_pw(env, OLD_PW, vars, &init).ok("repo init");
+    with_pw(env, OLD_PW, vars, &["backup", db.to_str().unwrap()]).ok("backup");
+    db
+}
+
+/// `key add NEW_PW` (opened by `OLD_PW`).
+fn add_new_key(env: &Env, vars: &[(&str, String)]) {
+    let mut vars = vars.to_vec();
+    vars.push(("LIFEBOAT_NEW_PASSWORD", NEW_PW.to_string()));
+    let mut add = vec!["key", "add"];
+    add.extend(FAST_KDF);
+    with_pw(env, OLD_PW, &vars, &add).ok("key add");
+}
+
+/// `key remove` of the key file `OLD_PW` opens (opened by `NEW_PW`); returns its id.
+fn remove_old_key(env: &Env, vars: &[(&str, String)]) -> String {
+    let keys = with_pw(env, NEW_PW, vars, &["key", "list", "--json"])
+        .ok("key list")
+        .json();
+    let old = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["in_use"] == false)
+        .unwrap_or_else(|| panic!("two keys: {keys}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    with_pw(env, NEW_PW, vars, &["key", "remove", &old]).ok("key remove");
+    with_pw(env, OLD_PW, vars, &["list"]).code(8, "the removed passphrase on the primary");
+    old
+}
+
+/// The status row of `target`.
+fn status_row(status: &serde_json::Value, target: &str) -> serde_json::Value {
+    status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == target)
+        .cloned()
+        .unwrap_or_else(|| panic!("{target} is in the status: {status}"))
+}
+
+#[test]
+fn key_changes_reach_the_replicas_at_the_next_sync() {
+    let env = Env::new();
+    encrypted_repo(&env, &[]);
+    let copy = env.path("copy");
+    let copy = copy.to_str().unwrap();
+    with_pw(&env, OLD_PW, &[], &["replica", "add", copy]).ok("replica add");
+
+    // A passphrase added on the primary opens the replica once it is synced.
+    add_new_key(&env, &[]);
+    let status = with_pw(&env, OLD_PW, &[], &["status", "--json"])
+        .ok("status")
+        .json();
+    assert_eq!(
+        status_row(&status, copy)["key_changes_pending"],
+        true,
+        "{status}"
+    );
+    with_pw(&env, OLD_PW, &[], &["sync"]).ok("sync");
+    with_pw(&env, NEW_PW, &[], &["--repo", copy, "list"]).ok("the new passphrase on the replica");
+
+    // A key file deleted on the primary behind Lifeboat's back (its authenticated config
+    // still lists it) stays on the replica: a listing proves nothing.
+    let keys = with_pw(&env, OLD_PW, &[], &["key", "list", "--json"])
+        .ok("key list")
+        .json();
+    let new_id = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["in_use"] == false)
+        .unwrap_or_else(|| panic!("two keys: {keys}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key_file = env.repo().join("keys").join(&new_id);
+    let saved = std::fs::read(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let sync = with_pw(&env, OLD_PW, &[], &["sync", "--json"])
+        .ok("sync")
+        .json();
+    assert_eq!(
+        sync["targets"][0]["key_files_removed"],
+        serde_json::json!([]),
+        "{sync}"
+    );
+    with_pw(&env, NEW_PW, &[], &["--repo", copy, "list"]).ok("the new passphrase, still");
+    std::fs::write(&key_file, saved).unwrap();
+
+    // A passphrase removed on the primary: pending until the sync, then gone there too.
+    let old = remove_old_key(&env, &[]);
+    let status = with_pw(&env, NEW_PW, &[], &["status", "--json"])
+        .ok("status (a replica merely behind is no failure)")
+        .json();
+    let row = status_row(&status, copy);
+    assert_eq!(row["key_changes_pending"], true, "{status}");
+    assert!(row["objects_behind"].as_u64().unwrap() >= 1, "{status}");
+    let text = with_pw(&env, NEW_PW, &[], &["status"]).ok("status");
+    assert!(
+        text.stdout.contains("key changes pending"),
+        "{}",
+        text.text()
+    );
+    let sync = with_pw(&env, NEW_PW, &[], &["sync", "--json"])
+        .ok("sync")
+        .json();
+    assert_eq!(
+        sync["targets"][0]["key_files_removed"],
+        serde_json::json!([old]),
+        "{sync}"
+    );
+    with_pw(&env, OLD_PW, &[], &["--repo", copy, "list"])
+        .code(8, "the removed passphrase on the replica");
+    with_pw(&env, NEW_PW, &[], &["--repo", copy, "verify", "--all"])
+        .ok("the remaining passphrase on the replica");
+    let status = with_pw(&env, NEW_PW, &[], &["status", "--json"])
+        .ok("status")
+        .json();
+    let row = status_row(&status, copy);
+    assert_eq!(row["key_changes_pending"], false, "{status}");
+    assert_eq!(row["objects_behind"], 0, "{status}");
+}
+
+/// An S3 replica behind a fault proxy, for a local primary: the variables for `lifeboat`.
+fn via_proxy(s3: &S3Server, proxy: &FaultProxy) -> Vec<(&'static str, String)> {
+    let mut vars = s3.env();
+    vars.retain(|(k, _)| *k != "AWS_ENDPOINT");
+    vars.push(("AWS_ENDPOINT", proxy.endpoint()));
+    vars.push(("LIFEBOAT_RETRIES", "1".into()));
+    vars.push(("LIFEBOAT_RETRY_TIMEOUT_SECS", "2".into()));
+    vars
+}
+
+#[test]
+fn key_changes_wait_for_an_unreachable_replica_and_status_says_so() {
+    let env = Env::new();
+    let s3 = S3Server::start();
+    let proxy = FaultProxy::start(s3.addr(), Faults::default());
+    let vars = via_proxy(&s3, &proxy);
+    let url = s3.url("replica");
+    encrypted_repo(&env, &vars);
+    add_new_key(&env, &vars);
+    with_pw(&env, OLD_PW, &vars, &["replica", "add", &url]).ok("replica add");
+    let status = with_pw(&env, OLD_PW, &vars, &["status", "--json"])
+        .ok("status, all reachable")
+        .json();
+    assert_eq!(status["error"], serde_json::Value::Null, "{status}");
+
+    // The replica is down when the key is removed and when sync runs.
+    proxy.set_down(Down::ServiceUnavailable);
+    remove_old_key(&env, &vars);
+    with_pw(&env, NEW_PW, &vars, &["sync"]).fails(7, "sync, replica down", &url);
+    let out = with_pw(&env, NEW_PW, &vars, &["status", "--json"]).code(7, "status, replica down");
+    let status = out.json();
+    let row = status_row(&status, &url);
+    assert_eq!(row["key_changes_pending"], true, "{status}");
+    assert!(row["objects_behind"].is_null(), "unknown, not 0: {status}");
+    assert!(row["bytes_behind"].is_null(), "{status}");
+    assert!(row["backups"].is_null(), "{status}");
+    assert_eq!(row["failing"], true, "{status}");
+    assert_eq!(status["error"]["exit_code"], 7, "{status}");
+    let text = with_pw(&env, NEW_PW, &vars, &["status"]).code(7, "status, replica down");
+    for says in ["behind by ? (unreachable)", "key changes pending", "error:"] {
+        assert!(text.text().contains(says), "{says:?}:\n{}", text.text());
+    }
+
+    // Reachable again: still pending (and the last sync failed) until a sync applies them.
+    proxy.set_down(Down::No);
+    let status = with_pw(&env, NEW_PW, &vars, &["status", "--json"])
+        .code(7, "status, the last sync failed")
+        .json();
+    assert_eq!(
+        status_row(&status, &url)["key_changes_pending"],
+        true,
+        "{status}"
+    );
+    with_pw(&env, NEW_PW, &vars, &["sync"]).ok("sync");
+    with_pw(&env, OLD_PW, &vars, &["--repo", &url, "list"])
+        .code(8, "the removed passphrase on the replica");
+    with_pw(&env, NEW_PW, &vars, &["--repo", &url, "list"]).ok("the remaining passphrase");
+    let status = with_pw(&env, NEW_PW, &vars, &["status", "--json"])
+        .ok("status, all good again")
+        .json();
+    let row = status_row(&status, &url);
+    assert_eq!(row["key_changes_pending"], false, "{status}");
+    assert_eq!(row["objects_behind"], 0, "{status}");
+}
+
+#[test]
+fn a_backup_reports_the_time_its_replicas_took_in_one_document() {
+    let env = Env::new();
+    let s3 = S3Server::start();
+    // Every request to the replica held back: replication takes seconds, the backup not.
+    let proxy = FaultProxy::start(
+        s3.addr(),
+        Faults {
+            delay_every: 1,
+            delay_ms: 150,
+            ..Faults::default()
+        },
+    );
+    let vars = via_proxy(&s3, &proxy);
+    let url = s3.url("slow");
+    let db = env.path("app.db");
+    let conn = make_db(&db, 2_000);
+    let run = |args: &[&str]| {
+        let mut c = env.std_cmd();
+        c.envs(vars.clone());
+        Out::of(c.args(args).output().expect("run lifeboat"))
+    };
+    run(&["backup", db.to_str().unwrap()]).ok("backup");
+    run(&["replica", "add", &url]).ok("replica add");
+
+    conn.execute("UPDATE t SET v = 'changed' WHERE id % 7 = 0", [])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = run(&["backup", db.to_str().unwrap(), "--json"]).ok("backup");
+    let wall = started.elapsed().as_millis() as u64;
+    let b = out.json(); // the whole of stdout: one document
+    let total = b["duration_ms"].as_u64().unwrap();
+    let own = b["backup_duration_ms"].as_u64().unwrap();
+    let replication = b["replication_duration_ms"].as_u64().unwrap();
+    assert!(wall > 1_000, "the proxy slowed replication down: {wall} ms");
+    assert!(
+        total + 500 >= wall,
+        "reported {total} ms of a {wall} ms run: {b}"
+    );
+    assert!(total <= wall, "{b}");
+    assert!(own + replication <= total, "{b}");
+    assert!(replication >= total / 2, "{b}");
+    let text = run(&["backup", db.to_str().unwrap()]).ok("backup");
+    assert!(
+        text.stdout.contains("replication"),
+        "the text says where the time went: {}",
+        text.stdout
+    );
+
+    // A replica that is down: one document, with the failure in it, and exit 7.
+    proxy.set_faults(Faults {
+        down: Down::ServiceUnavailable,
+        ..Faults::default()
+    });
+    conn.execute("UPDATE t SET v = 'again' WHERE id % 5 = 0", [])
+        .unwrap();
+    for args in [
+        vec!["backup", db.to_str().unwrap(), "--json"],
+        vec!["sync", "--json"],
+        vec!["replica", "add", &url, "--json"],
+    ] {
+        let out = run(&args).code(7, "replica down");
+        let v = out.json();
+        assert_eq!(v["error"]["exit_code"], 7, "{args:?}: {v}");
+        let reports = if args[0] == "backup" {
+            &v["replication"]
+        } else {
+            &v["targets"]
+        };
+        assert!(reports[0]["error"].is_string(), "{args:?}: {v}");
+        assert!(out.stderr.contains("replication failed"), "{}", out.stderr);
+    }
+    drop(conn);
+}
+
+#[test]
+fn one_replica_whatever_its_spelling() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    drop(make_db(&db, 300));
+    env.backup(&db);
+    let copy = env.path("copy");
+    let plain = copy.to_str().unwrap().to_string();
+    let listed = |env: &Env| -> Vec<String> {
+        env.json(&["replica", "list"])["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect()
+    };
+    env.json(&["replica", "add", &plain]);
+    // The test's folder is the current one: `copy` is the same place.
+    for other in [
+        format!("{plain}/"),
+        format!("file://{plain}"),
+        format!("{plain}/./"),
+        "copy".to_string(),
+        "./copy/".to_string(),
+    ] {
+        env.json(&["replica", "add", &other]);
+        assert_eq!(listed(&env), vec![plain.clone()], "after adding {other}");
+    }
+    // The configuration file's spelling is the same target too.
+    std::fs::write(
+        env.path("lifeboat.toml"),
+        format!("replicas = [\"{plain}//\", \"file://copy\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(listed(&env), vec![plain.clone()]);
+    let status = env.json(&["status"]);
+    assert_eq!(status["targets"].as_array().unwrap().len(), 2, "{status}");
+    let b = env.json(&["backup", db.to_str().unwrap()]);
+    assert_eq!(b["replication"].as_array().unwrap().len(), 1, "{b}");
+    std::fs::remove_file(env.path("lifeboat.toml")).unwrap();
+
+    env.json(&["replica", "remove", &format!("{plain}/")]);
+    assert!(listed(&env).is_empty());
+    let (code, out) = env.run(&["replica", "remove", &plain]);
+    assert_eq!(code, 3, "{out}");
 }

@@ -96,19 +96,62 @@ pub struct SyncReport {
     pub copied_bytes: u64,
     /// Objects the target had with the wrong size or bytes, replaced.
     pub repaired: Vec<String>,
+    /// Key files deleted from the target because they were removed from the source
+    /// (`key remove`, `key passwd`, `key rotate --full`): their passphrases no longer open it.
+    pub key_files_removed: Vec<String>,
+    /// How long this target took (including the time it took to fail).
+    pub duration_ms: u64,
     pub error: Option<String>,
 }
 
-/// How far a target is behind the primary.
+impl SyncReport {
+    fn failed(target: &str, e: &Error, duration_ms: u64) -> SyncReport {
+        SyncReport {
+            target: target.to_string(),
+            copied_objects: 0,
+            copied_bytes: 0,
+            repaired: Vec::new(),
+            key_files_removed: Vec::new(),
+            duration_ms,
+            error: Some(match &e.hint {
+                Some(h) => format!("{e} ({h})"),
+                None => format!("{e}"),
+            }),
+        }
+    }
+}
+
+/// How far a target is behind the primary. The counts are None when the target could not be
+/// reached or listed (`error` says why): unknown, not zero.
 #[derive(Debug, Clone, Serialize)]
 pub struct Lag {
     pub target: String,
-    pub objects_behind: u64,
-    pub bytes_behind: u64,
-    pub backups: u64,
+    /// Objects a sync would copy, plus key files it would delete.
+    pub objects_behind: Option<u64>,
+    pub bytes_behind: Option<u64>,
+    pub backups: Option<u64>,
     /// Id of the newest backup there.
     pub newest_backup: Option<String>,
+    /// Key objects the target lacks (a `key add`, a new data key) plus key files it still
+    /// holds that were removed from the source (`key remove`): what the next sync changes in
+    /// who can open the target.
+    pub key_changes: Option<u64>,
     pub error: Option<String>,
+}
+
+impl Lag {
+    /// A target that could not be opened: nothing about it is known.
+    pub fn unreachable(target: &str, error: String) -> Lag {
+        Lag {
+            target: target.to_string(),
+            objects_behind: None,
+            bytes_behind: None,
+            backups: None,
+            newest_backup: None,
+            key_changes: None,
+            error: Some(error),
+        }
+    }
 }
 
 fn by_name(list: Vec<ObjectInfo>) -> HashMap<String, u64> {
@@ -237,6 +280,12 @@ fn sync_marked(
     let records = repo.records();
     let copier = Copier::new(repo.storage(), target, parallel);
     copier.copy_missing("keys/", |name| !crate::ops::rekey::is_inventory(name))?;
+    let mut key_files_removed = Vec::new();
+    if !matches!(update, ConfigUpdate::Rekey { .. }) {
+        // Every key file here wraps the same root keys: a removed passphrase stops opening
+        // the replica now, whatever happens to the rest of the sync.
+        key_files_removed = remove_revoked_key_files(repo, target)?;
+    }
     if let ConfigUpdate::Rekey { from_epoch } = update {
         // The replica has not seen a full key rotation: its manifests become this
         // repository's, its index is rebuilt below, its records dropped (but for pins).
@@ -301,24 +350,69 @@ fn sync_marked(
         target.put_replace("config", &data)?;
         copier.count(data.len() as u64);
         if matches!(update, ConfigUpdate::Rekey { .. }) {
-            // Key files the source removed open only retired keys.
-            let source: HashSet<String> = repo
-                .storage()
-                .list("keys/")?
-                .into_iter()
-                .map(|o| o.name)
-                .collect();
-            for o in target.list("keys/")? {
-                let file = object_id(&o.name);
-                if file.len() == 16 && !source.contains(&o.name) {
-                    target.delete(&o.name)?;
-                }
-            }
+            // Only now: until the new config was in place, the replica's own key files
+            // were the ones that opened it. Those the source removed open only retired keys.
+            key_files_removed = remove_revoked_key_files(repo, target)?;
         }
     } else if !target.exists("config")? {
         copier.copy_one("config", false)?;
     }
-    Ok(copier.report())
+    let mut report = copier.report();
+    report.key_files_removed = key_files_removed;
+    Ok(report)
+}
+
+/// Whether `name` is a key file (`keys/<16 hex>`, a passphrase's wrapping of the root keys).
+fn is_key_file(name: &str) -> bool {
+    name.strip_prefix("keys/")
+        .is_some_and(|id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The key files `target` holds that were removed from the repository: those its
+/// authenticated config no longer lists (`key remove`, `key passwd` and `key rotate --full`
+/// keep that list current) and that its storage no longer holds either. Both must say so:
+/// the listing alone is not authenticated (someone who deleted a key file on the primary must
+/// not lock the owners out of every replica), and a key file the config does not list yet may
+/// be a `key add` under way. Nothing the target says decides anything: it only says what it
+/// holds. Without the authenticated list (an unencrypted repository, or a config written
+/// before Lifeboat kept it), none.
+fn revoked_key_files(
+    repo: &Repository,
+    source: &[ObjectInfo],
+    target: &[ObjectInfo],
+) -> Vec<String> {
+    let Some(listed) = repo
+        .config
+        .keys
+        .as_ref()
+        .map(|k| &k.key_files)
+        .filter(|l| !l.is_empty())
+    else {
+        return Vec::new();
+    };
+    let on_source: HashSet<&str> = source.iter().map(|o| o.name.as_str()).collect();
+    target
+        .iter()
+        .map(|o| o.name.as_str())
+        .filter(|name| is_key_file(name))
+        .filter(|name| !on_source.contains(name))
+        .filter(|name| !listed.iter().any(|id| id == object_id(name)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Delete from `target` the key files removed from the repository ([`revoked_key_files`]);
+/// returns their ids.
+fn remove_revoked_key_files(repo: &Repository, target: &dyn Storage) -> Result<Vec<String>> {
+    let source = repo.storage().list("keys/")?;
+    let revoked = revoked_key_files(repo, &source, &target.list("keys/")?);
+    let mut removed = Vec::new();
+    for name in revoked {
+        target.delete(&name)?;
+        tracing::info!("{}: removed key file {name}", target.describe());
+        removed.push(object_id(&name).to_string());
+    }
+    Ok(removed)
 }
 
 fn object_id(name: &str) -> &str {
@@ -614,6 +708,8 @@ impl<'a> Copier<'a> {
             copied_objects: self.copied.load(Ordering::Relaxed),
             copied_bytes: self.bytes.load(Ordering::Relaxed),
             repaired: self.repaired.lock().map(|r| r.clone()).unwrap_or_default(),
+            key_files_removed: Vec::new(),
+            duration_ms: 0,
             error: None,
         }
     }
@@ -638,33 +734,53 @@ fn copy_one(source: &dyn Storage, target: &dyn Storage, name: &str, replace: boo
     Ok(data.len() as u64)
 }
 
-/// Compare a target with the source without copying: the backups it lacks and the packs it
-/// lacks (except what it dropped or forgot on purpose). Index files are not counted: a sync
-/// writes the target's own.
-pub fn lag(source: &dyn Storage, target: &dyn Storage, records: &Records) -> Lag {
+/// Compare a target with the repository without copying: the backups it lacks and the packs
+/// it lacks (except what it dropped or forgot on purpose), and the key changes a sync would
+/// make there. Index files are not counted: a sync writes the target's own. A target that
+/// cannot be listed has unknown counts (None) and an error.
+pub fn lag(repo: &Repository, target: &dyn Storage) -> Lag {
     let mut lag = Lag {
         target: target.describe(),
-        objects_behind: 0,
-        bytes_behind: 0,
-        backups: 0,
+        objects_behind: None,
+        bytes_behind: None,
+        backups: None,
         newest_backup: None,
+        key_changes: None,
         error: None,
     };
+    let source = repo.storage();
+    let records = repo.records();
     let result = (|| -> Result<()> {
+        let mut objects = 0;
+        let mut bytes = 0;
+        let mut key_changes = 0;
         if !target.exists("config")? {
-            lag.objects_behind += 1;
+            objects += 1;
         }
-        let tomb = tombstones::read(target, records)?;
+        let tomb = tombstones::read(target, &records)?;
         for group in ["keys/", "data/", "backups/"] {
-            let have = by_name(target.list(group)?);
-            for o in source.list(group)? {
+            let target_list = target.list(group)?;
+            let source_list = source.list(group)?;
+            if group == "keys/" {
+                let revoked = revoked_key_files(repo, &source_list, &target_list).len() as u64;
+                objects += revoked;
+                key_changes += revoked;
+            }
+            let have = by_name(target_list);
+            for o in source_list {
+                if group == "keys/" && crate::ops::rekey::is_inventory(&o.name) {
+                    continue; // never copied
+                }
                 let id = object_id(&o.name);
                 if have.get(&o.name) != Some(&o.size)
                     && !tomb.packs.contains(id)
                     && !tomb.backups.contains(id)
                 {
-                    lag.objects_behind += 1;
-                    lag.bytes_behind += o.size;
+                    objects += 1;
+                    bytes += o.size;
+                    if group == "keys/" {
+                        key_changes += 1;
+                    }
                 }
             }
             if group == "backups/" {
@@ -674,14 +790,19 @@ pub fn lag(source: &dyn Storage, target: &dyn Storage, records: &Records) -> Lag
                     .filter(|id| crate::id::is_backup_id(id))
                     .collect();
                 ids.sort();
-                lag.backups = ids.len() as u64;
+                lag.backups = Some(ids.len() as u64);
                 lag.newest_backup = ids.pop();
             }
         }
+        lag.objects_behind = Some(objects);
+        lag.bytes_behind = Some(bytes);
+        lag.key_changes = Some(key_changes);
         Ok(())
     })();
     if let Err(e) = result {
         lag.error = Some(e.to_string());
+        lag.backups = None;
+        lag.newest_backup = None;
     }
     lag
 }
@@ -696,7 +817,7 @@ pub fn sync_replicas(
     let all = replica_urls(repo, configured)?;
     let targets: Vec<&String> = all
         .iter()
-        .filter(|r| only.is_none_or(|o| o == r.as_str()))
+        .filter(|r| only.is_none_or(|o| crate::config::same_location(o, r)))
         .collect();
     if let Some(o) = only {
         if targets.is_empty() {
@@ -709,19 +830,17 @@ pub fn sync_replicas(
     }
     let mut reports = Vec::new();
     for url in targets {
+        let started = std::time::Instant::now();
         let result = crate::config::open_storage(url, true).and_then(|t| sync(repo, t.as_ref(), 4));
+        let ms = started.elapsed().as_millis() as u64;
         let report = match result {
-            Ok(r) => r,
-            Err(e) => SyncReport {
+            // Named as listed, whatever the storage calls itself: status finds it so.
+            Ok(r) => SyncReport {
                 target: url.clone(),
-                copied_objects: 0,
-                copied_bytes: 0,
-                repaired: Vec::new(),
-                error: Some(match &e.hint {
-                    Some(h) => format!("{e} ({h})"),
-                    None => format!("{e}"),
-                }),
+                duration_ms: ms,
+                ..r
             },
+            Err(e) => SyncReport::failed(url, &e, ms),
         };
         crate::ops::sync::record(repo, &report);
         reports.push(report);
@@ -729,21 +848,23 @@ pub fn sync_replicas(
     Ok(reports)
 }
 
-/// Replicas from the repository (`replica add`) and from the configuration, without repeats.
+/// Replicas from the repository (`replica add`) and from the configuration, each once, in
+/// one spelling ([`crate::config::normalize_location`]: `/x/` and `file:///x` are `/x`).
 /// In a repository whose records are sealed, the list is authentic. In one whose records are
 /// plain, anyone who can write the storage could add a location (and have this host send
 /// everything there with its own credentials): only those added on this machine count.
 pub fn replica_urls(repo: &Repository, configured: &[String]) -> Result<Vec<String>> {
+    use crate::config::{normalize_location, same_location};
     let records = repo.records();
     let (list, _) = read_replicas(repo.storage(), &records)?;
-    let mut urls = Vec::new();
+    let mut listed = Vec::new();
     if records.is_sealed() {
-        urls = list.replicas;
+        listed = list.replicas;
     } else {
         let confirmed = crate::trust::confirmed_replicas(&repo.location());
         for url in list.replicas {
-            if confirmed.contains(&url) {
-                urls.push(url);
+            if confirmed.iter().any(|c| same_location(c, &url)) {
+                listed.push(url);
             } else {
                 tracing::warn!(
                     "replica {url} is listed in the repository but was not added on this machine; \
@@ -752,9 +873,11 @@ pub fn replica_urls(repo: &Repository, configured: &[String]) -> Result<Vec<Stri
             }
         }
     }
-    for c in configured {
-        if !urls.contains(c) {
-            urls.push(c.clone());
+    let mut urls: Vec<String> = Vec::new();
+    for url in listed.iter().chain(configured) {
+        let url = normalize_location(url);
+        if !urls.contains(&url) {
+            urls.push(url);
         }
     }
     Ok(urls)
@@ -767,6 +890,10 @@ pub struct TargetState {
     pub last_success: Option<String>,
     pub last_error: Option<String>,
     pub last_error_time: Option<String>,
+    /// [`key_state`] of the repository at the last successful sync: when it no longer
+    /// matches, the target has key changes to receive (told even while it is unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_synced: Option<String>,
 }
 
 fn state_path() -> std::path::PathBuf {
@@ -795,7 +922,10 @@ pub fn record(repo: &Repository, report: &SyncReport) {
     let state = states.entry(key).or_default();
     let now = jiff::Timestamp::now().to_string();
     match &report.error {
-        None => state.last_success = Some(now),
+        None => {
+            state.last_success = Some(now);
+            state.keys_synced = key_state(repo);
+        }
         Some(e) => {
             state.last_error = Some(e.clone());
             state.last_error_time = Some(now);
@@ -809,6 +939,29 @@ pub fn record(repo: &Repository, report: &SyncReport) {
         if let Err(e) = crate::storage::local::write_private_file(&path, &data) {
             tracing::warn!("cannot record sync state in {}: {e}", path.display());
         }
+    }
+}
+
+/// A fingerprint of the repository's authenticated key layout (epoch, data key generations,
+/// recipient, key files): it changes with every `key add`, `key remove`, `key passwd` and
+/// `key rotate`. None for an unencrypted repository.
+pub fn key_state(repo: &Repository) -> Option<String> {
+    let section = repo.config.keys.as_ref()?;
+    let data = serde_json::to_vec(section).ok()?;
+    Some(Hash::of(&data).to_hex())
+}
+
+/// Whether the target has key changes to receive: from its listing when it could be read,
+/// else from what the last successful sync from this machine sent (None: unknown).
+pub fn key_changes_pending(repo: &Repository, lag: &Lag, state: &TargetState) -> Option<bool> {
+    if let Some(n) = lag.key_changes {
+        return Some(n > 0);
+    }
+    let now = key_state(repo);
+    match (&state.keys_synced, now) {
+        (_, None) => Some(false),
+        (Some(then), Some(now)) => Some(*then != now),
+        (None, Some(_)) => None,
     }
 }
 
