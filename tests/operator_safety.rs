@@ -10,6 +10,22 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+/// `lifeboat ARGS` in the test's environment.
+fn lb(env: &Env, args: &[&str]) -> Out {
+    Out::of(env.std_cmd().args(args).output().expect("run lifeboat"))
+}
+
+/// Two databases, a.db (100 rows) and b.db (300 rows), each backed up once (b last).
+fn two_backed_up_databases(env: &Env) -> (std::path::PathBuf, String, std::path::PathBuf, String) {
+    let a = env.path("a.db");
+    let b = env.path("b.db");
+    drop(make_db(&a, 100));
+    drop(make_db(&b, 300));
+    let a_id = env.backup(&a);
+    let b_id = env.backup(&b);
+    (a, a_id, b, b_id)
+}
+
 fn insert(db: &Path, rows: u32) {
     let c = rusqlite::Connection::open(db).expect("open");
     for i in 0..rows {
@@ -31,13 +47,8 @@ fn restoring_latest_twice_does_not_roll_back_to_the_safety_backup() {
     assert_ne!(good, bad);
     let d = db.to_str().expect("utf-8");
 
-    let first = Out::of(
-        env.std_cmd()
-            .args(["restore", "latest", "--db", d, "--yes"])
-            .output()
-            .expect("run"),
-    )
-    .ok("first restore latest --db");
+    let first =
+        lb(&env, &["restore", "latest", "--db", d, "--yes"]).ok("first restore latest --db");
     assert!(
         first
             .text()
@@ -56,13 +67,7 @@ fn restoring_latest_twice_does_not_roll_back_to_the_safety_backup() {
     assert_eq!(safety.len(), 1, "a safety backup of the bad state: {list}");
 
     // Again (a retry after an interrupted restore): still the good backup, not the safety one.
-    Out::of(
-        env.std_cmd()
-            .args(["restore", "latest", "--db", d, "--yes"])
-            .output()
-            .expect("run"),
-    )
-    .ok("second restore latest --db");
+    lb(&env, &["restore", "latest", "--db", d, "--yes"]).ok("second restore latest --db");
     assert_eq!(
         dump(&db),
         good,
@@ -77,22 +82,15 @@ fn restoring_latest_twice_does_not_roll_back_to_the_safety_backup() {
 #[test]
 fn latest_is_scoped_to_one_database() {
     let env = Env::new();
-    let a = env.path("a.db");
-    let b = env.path("b.db");
-    drop(make_db(&a, 100));
-    drop(make_db(&b, 300));
-    let a_id = env.backup(&a);
-    let b_id = env.backup(&b); // newer
+    let (a, a_id, b, b_id) = two_backed_up_databases(&env); // b's is newer
     let (a_s, b_s) = (a.to_str().expect("utf-8"), b.to_str().expect("utf-8"));
 
     // Without a source, `latest` is ambiguous: both databases are named.
-    let out = Out::of(
-        env.std_cmd()
-            .args(["restore", "latest", "--output", "x.db"])
-            .output()
-            .expect("run"),
-    )
-    .fails(2, "restore latest with two databases", "ambiguous");
+    let out = lb(&env, &["restore", "latest", "--output", "x.db"]).fails(
+        2,
+        "restore latest with two databases",
+        "ambiguous",
+    );
     assert!(
         out.text().contains(a_s) && out.text().contains(b_s),
         "{}",
@@ -103,29 +101,21 @@ fn latest_is_scoped_to_one_database() {
     // --db picks that database's newest backup, although b's is newer.
     let a_before = dump(&a);
     insert(&a, 10);
-    Out::of(
-        env.std_cmd()
-            .args(["restore", "latest", "--db", a_s, "--yes"])
-            .output()
-            .expect("run"),
-    )
-    .ok("restore latest --db a");
+    lb(&env, &["restore", "latest", "--db", a_s, "--yes"]).ok("restore latest --db a");
     assert_eq!(dump(&a), a_before);
 
     // --source narrows restore --output, show and verify.
     let out_db = env.path("b-copy.db");
-    Out::of(
-        env.std_cmd()
-            .args([
-                "restore",
-                "latest",
-                "--source",
-                b_s,
-                "--output",
-                out_db.to_str().expect("utf-8"),
-            ])
-            .output()
-            .expect("run"),
+    lb(
+        &env,
+        &[
+            "restore",
+            "latest",
+            "--source",
+            b_s,
+            "--output",
+            out_db.to_str().expect("utf-8"),
+        ],
     )
     .ok("restore latest --source b");
     assert_eq!(dump(&out_db), dump(&b));
@@ -156,45 +146,28 @@ fn latest_is_scoped_to_one_database() {
     assert_eq!(ids, want, "verify without an id: {v}");
 
     // A full id of another source with --source is refused.
-    Out::of(
-        env.std_cmd()
-            .args(["show", &a_id, "--source", b_s])
-            .output()
-            .expect("run"),
-    )
-    .fails(3, "show an id of another source", "not of");
+    lb(&env, &["show", &a_id, "--source", b_s]).fails(3, "show an id of another source", "not of");
 }
 
 #[test]
 fn restoring_another_databases_backup_over_a_file_needs_force() {
     let env = Env::new();
-    let a = env.path("a.db");
-    let b = env.path("b.db");
-    drop(make_db(&a, 100));
-    drop(make_db(&b, 300));
-    let a_id = env.backup(&a);
+    let (a, a_id, b, _) = two_backed_up_databases(&env);
     let b_sha = sha256_file(&b);
     let b_s = b.to_str().expect("utf-8");
-    let out = Out::of(
-        env.std_cmd()
-            .args(["restore", &a_id, "--db", b_s, "--yes"])
-            .output()
-            .expect("run"),
-    )
-    .fails(2, "restore a's backup over b", "--force");
+    let out = lb(&env, &["restore", &a_id, "--db", b_s, "--yes"]).fails(
+        2,
+        "restore a's backup over b",
+        "--force",
+    );
     assert!(
         out.text().contains(a.to_str().expect("utf-8")) && out.text().contains(b_s),
         "names both: {}",
         out.text()
     );
     assert_eq!(sha256_file(&b), b_sha, "b was changed by a refused restore");
-    Out::of(
-        env.std_cmd()
-            .args(["restore", &a_id, "--db", b_s, "--yes", "--force"])
-            .output()
-            .expect("run"),
-    )
-    .ok("restore a's backup over b with --force");
+    lb(&env, &["restore", &a_id, "--db", b_s, "--yes", "--force"])
+        .ok("restore a's backup over b with --force");
     assert_eq!(dump(&b), dump(&a));
 }
 
@@ -204,20 +177,12 @@ fn in_place_restore_without_a_terminal_names_both_flags() {
     let a = env.path("a.db");
     drop(make_db(&a, 10));
     env.backup(&a);
-    Out::of(
-        env.std_cmd()
-            .args(["restore", "latest", "--db", a.to_str().expect("utf-8")])
-            .output()
-            .expect("run"),
+    lb(
+        &env,
+        &["restore", "latest", "--db", a.to_str().expect("utf-8")],
     )
     .fails(2, "restore --db without --yes and no terminal", "--yes");
-    Out::of(
-        env.std_cmd()
-            .args(["restore", "latest"])
-            .output()
-            .expect("run"),
-    )
-    .fails(2, "restore without a destination", "--output");
+    lb(&env, &["restore", "latest"]).fails(2, "restore without a destination", "--output");
 }
 
 /// `env.std_cmd()` without `LIFEBOAT_INIT`: what a user's shell looks like.
@@ -225,6 +190,11 @@ fn user_cmd(env: &Env) -> std::process::Command {
     let mut c = env.std_cmd();
     c.env_remove("LIFEBOAT_INIT").env_remove("LIFEBOAT_REPO");
     c
+}
+
+/// `lifeboat ARGS` as a user's shell runs it.
+fn as_user(env: &Env, args: &[&str]) -> Out {
+    Out::of(user_cmd(env).args(args).output().expect("run lifeboat"))
 }
 
 #[test]
@@ -235,28 +205,14 @@ fn mistyped_repositories_are_not_created() {
     let d = db.to_str().expect("utf-8");
     let real = env.path("backups/lifeboat");
     let real_s = real.to_str().expect("utf-8");
-    Out::of(
-        user_cmd(&env)
-            .args(["--repo", real_s, "repo", "init"])
-            .output()
-            .expect("run"),
-    )
-    .ok("repo init");
-    Out::of(
-        user_cmd(&env)
-            .args(["--repo", real_s, "backup", d])
-            .output()
-            .expect("run"),
-    )
-    .ok("backup");
+    as_user(&env, &["--repo", real_s, "repo", "init"]).ok("repo init");
+    as_user(&env, &["--repo", real_s, "backup", d]).ok("backup");
 
     // A typo of a repository this machine used: not found, and the hint names the real one.
     let typo = env.path("backups/lifebot");
-    let out = Out::of(
-        user_cmd(&env)
-            .args(["--repo", typo.to_str().expect("utf-8"), "backup", d])
-            .output()
-            .expect("run"),
+    let out = as_user(
+        &env,
+        &["--repo", typo.to_str().expect("utf-8"), "backup", d],
     )
     .fails(
         3,
@@ -272,23 +228,19 @@ fn mistyped_repositories_are_not_created() {
 
     // A path under folders that do not exist.
     let deep = env.path("nonexistent/dir/repo");
-    Out::of(
-        user_cmd(&env)
-            .args(["--repo", deep.to_str().expect("utf-8"), "backup", d])
-            .output()
-            .expect("run"),
+    as_user(
+        &env,
+        &["--repo", deep.to_str().expect("utf-8"), "backup", d],
     )
     .fails(3, "backup into a path that does not exist", "repo init");
     assert!(!env.path("nonexistent").exists());
 
     // A restic-style URL: refused, nothing created, the hint spells it our way.
-    let out = Out::of(
-        user_cmd(&env)
-            .args(["--repo", "s3:primary/app", "backup", d])
-            .output()
-            .expect("run"),
-    )
-    .fails(2, "a restic-style s3: location", "s3:");
+    let out = as_user(&env, &["--repo", "s3:primary/app", "backup", d]).fails(
+        2,
+        "a restic-style s3: location",
+        "s3:",
+    );
     assert!(out.text().contains("s3://primary/app"), "{}", out.text());
     assert!(
         !env.path("s3:primary").exists(),
@@ -296,13 +248,7 @@ fn mistyped_repositories_are_not_created() {
     );
 
     // A file given as the repository.
-    Out::of(
-        user_cmd(&env)
-            .args(["--repo", d, "list"])
-            .output()
-            .expect("run"),
-    )
-    .fails(
+    as_user(&env, &["--repo", d, "list"]).fails(
         2,
         "--repo naming a database file",
         "is a file, not a repository",
@@ -310,24 +256,21 @@ fn mistyped_repositories_are_not_created() {
 
     // --init creates it on purpose.
     let new = env.path("new-repo");
-    Out::of(
-        user_cmd(&env)
-            .args([
-                "--repo",
-                new.to_str().expect("utf-8"),
-                "backup",
-                "--init",
-                d,
-            ])
-            .output()
-            .expect("run"),
+    as_user(
+        &env,
+        &[
+            "--repo",
+            new.to_str().expect("utf-8"),
+            "backup",
+            "--init",
+            d,
+        ],
     )
     .ok("backup --init");
     assert!(new.join("config").exists());
 
     // The default location is still created by a first backup, with no set-up at all.
-    let out = Out::of(user_cmd(&env).args(["backup", d]).output().expect("run"))
-        .ok("backup into the default");
+    let out = as_user(&env, &["backup", d]).ok("backup into the default");
     assert!(out.text().contains("(the default"), "{}", out.text());
     assert!(env.path("home/.local/share/lifeboat/repo/config").exists());
 }
@@ -597,21 +540,9 @@ fn a_count_of_zero_is_refused() {
     for _ in 0..3 {
         env.backup(&db);
     }
-    Out::of(
-        env.std_cmd()
-            .args(["forget", "--keep-last", "0"])
-            .output()
-            .expect("run"),
-    )
-    .fails(2, "forget --keep-last 0", "count of 0");
+    lb(&env, &["forget", "--keep-last", "0"]).fails(2, "forget --keep-last 0", "count of 0");
     std::fs::write(env.path("lifeboat.toml"), "[retention]\nkeep_last = 0\n").expect("config");
-    Out::of(
-        env.std_cmd()
-            .args(["forget", "--dry-run"])
-            .output()
-            .expect("run"),
-    )
-    .fails(2, "keep_last = 0 in the config", "count of 0");
+    lb(&env, &["forget", "--dry-run"]).fails(2, "keep_last = 0 in the config", "count of 0");
     std::fs::remove_file(env.path("lifeboat.toml")).expect("rm config");
     assert_eq!(env.json(&["list"]).as_array().expect("list").len(), 3);
 }
@@ -663,13 +594,7 @@ fn output_of_a_backup_that_stored_nothing_new_and_of_list() {
     let v = env.json(&["backup", db.to_str().expect("utf-8")]);
     assert_eq!(v["new_blobs"], 0);
     assert!(v["dedup_ratio"].is_null(), "a ratio of nothing: {v}");
-    let out = Out::of(
-        env.std_cmd()
-            .args(["backup", db.to_str().expect("utf-8")])
-            .output()
-            .expect("run"),
-    )
-    .ok("backup");
+    let out = lb(&env, &["backup", db.to_str().expect("utf-8")]).ok("backup");
     assert!(!out.text().contains("0.0x"), "{}", out.text());
     assert!(out.text().contains("nothing new"), "{}", out.text());
 
@@ -679,7 +604,7 @@ fn output_of_a_backup_that_stored_nothing_new_and_of_list() {
     drop(make_db(&deep, 10));
     env.backup(&deep);
     env.json(&["pin", &first]);
-    let out = Out::of(env.std_cmd().args(["list"]).output().expect("run")).ok("list");
+    let out = lb(&env, &["list"]).ok("list");
     let text = out.stdout.clone();
     let lines: Vec<&str> = text.lines().collect();
     let header = lines[0];
@@ -704,13 +629,7 @@ fn output_of_a_backup_that_stored_nothing_new_and_of_list() {
         lines.last().expect("footer").starts_with("4 backups in"),
         "{text}"
     );
-    let one = Out::of(
-        env.std_cmd()
-            .args(["list", "--source", deep.to_str().expect("utf-8")])
-            .output()
-            .expect("run"),
-    )
-    .ok("list");
+    let one = lb(&env, &["list", "--source", deep.to_str().expect("utf-8")]).ok("list");
     assert!(one.text().contains("1 backup in"), "{}", one.text());
     assert_eq!(env.json(&["list"])[0]["pinned"], true);
 }
@@ -738,8 +657,7 @@ fn a_stale_lock_marker_is_named_by_repo_check() {
     if lock_markers(&env.repo()).is_empty() {
         panic!("the backup finished before it was killed; the test needs a larger database");
     }
-    let out =
-        Out::of(env.std_cmd().args(["repo", "check"]).output().expect("run")).ok("repo check");
+    let out = lb(&env, &["repo", "check"]).ok("repo check");
     assert!(
         out.text().contains("stale lock marker locks/"),
         "{}",
