@@ -258,12 +258,12 @@ fn add_new_key(env: &Env, vars: &[(&str, String)]) {
     with_pw(env, OLD_PW, &vars, &add).ok("key add");
 }
 
-/// `key remove` of the key file `OLD_PW` opens (opened by `NEW_PW`); returns its id.
-fn remove_old_key(env: &Env, vars: &[(&str, String)]) -> String {
-    let keys = with_pw(env, NEW_PW, vars, &["key", "list", "--json"])
+/// The id of the key file that `pw` does not open (of two).
+fn other_key_id(env: &Env, pw: &str, vars: &[(&str, String)]) -> String {
+    let keys = with_pw(env, pw, vars, &["key", "list", "--json"])
         .ok("key list")
         .json();
-    let old = keys["keys"]
+    keys["keys"]
         .as_array()
         .unwrap()
         .iter()
@@ -271,7 +271,12 @@ fn remove_old_key(env: &Env, vars: &[(&str, String)]) -> String {
         .unwrap_or_else(|| panic!("two keys: {keys}"))["id"]
         .as_str()
         .unwrap()
-        .to_string();
+        .to_string()
+}
+
+/// `key remove` of the key file `OLD_PW` opens (opened by `NEW_PW`); returns its id.
+fn remove_old_key(env: &Env, vars: &[(&str, String)]) -> String {
+    let old = other_key_id(env, NEW_PW, vars);
     with_pw(env, NEW_PW, vars, &["key", "remove", &old]).ok("key remove");
     with_pw(env, OLD_PW, vars, &["list"]).code(8, "the removed passphrase on the primary");
     old
@@ -311,18 +316,7 @@ fn key_changes_reach_the_replicas_at_the_next_sync() {
 
     // A key file deleted on the primary behind Lifeboat's back (its authenticated config
     // still lists it) stays on the replica: a listing proves nothing.
-    let keys = with_pw(&env, OLD_PW, &[], &["key", "list", "--json"])
-        .ok("key list")
-        .json();
-    let new_id = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["in_use"] == false)
-        .unwrap_or_else(|| panic!("two keys: {keys}"))["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let new_id = other_key_id(&env, OLD_PW, &[]);
     let key_file = env.repo().join("keys").join(&new_id);
     let saved = std::fs::read(&key_file).unwrap();
     std::fs::remove_file(&key_file).unwrap();
