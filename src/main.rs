@@ -1102,6 +1102,9 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
                 format!("{} problems found", r.problems.len())
             }
         );
+        if let Some(h) = &r.hint {
+            println!("  hint: {h}");
+        }
     }
     Ok(if r.ok {
         0
