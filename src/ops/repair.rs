@@ -239,9 +239,12 @@ impl<'a> Repair<'a> {
     fn run(mut self) -> Result<RepairReport> {
         let records = self.repo.records();
         let planned = locks::planned_packs(&locks::read_plans(self.storage, &records)?);
-        let (mut index, damaged_index) = self.index_files()?;
-        let bad_packs = self.packs(&index, &planned)?;
+        let (mut index, damaged_index) = self.index_files(&planned)?;
         let manifests = self.manifests()?;
+        // Which packs the backups use (lists read from a replica where need be): a pack a
+        // prune planned to delete counts only if a backup still needs it.
+        let used = self.needs(&index, &manifests).by_pack;
+        let bad_packs = self.packs(&index, &planned, &used)?;
 
         // Blobs the backups need that no index file locates: index the packs holding them.
         let mut needs = self.needs(&index, &manifests);
@@ -307,6 +310,11 @@ impl<'a> Repair<'a> {
         for (pack_no, problem) in bad_packs {
             let backups = needs.by_pack.get(&pack_no).cloned().unwrap_or_default();
             let name = pack_object_name(&index.packs[pack_no as usize].id);
+            let problem = if backups.is_empty() {
+                format!("{problem} (no backup needs what it holds)")
+            } else {
+                problem
+            };
             self.unrepaired(&name, problem, backups);
         }
         for (backup, pack, error) in std::mem::take(&mut needs.unreadable) {
@@ -338,14 +346,18 @@ impl<'a> Repair<'a> {
 
     /// Read every index file; one that fails its check is replaced by a replica's good copy
     /// of the same name. Returns the index and the damaged files nothing replaced.
-    fn index_files(&mut self) -> Result<(Index, Vec<(String, String)>)> {
-        let mut index = Index::default();
+    /// Files naming packs a prune plans to delete or that are missing or of the wrong size
+    /// are added last (as `Repository::load_index` does), so a blob that also lives in a
+    /// sound pack is found there.
+    fn index_files(&mut self, planned: &HashSet<Hash>) -> Result<(Index, Vec<(String, String)>)> {
+        let present = crate::repo::pack::list_packs(self.storage)?;
+        let mut files: Vec<(Hash, Vec<IndexedPack>)> = Vec::new();
         let mut damaged = Vec::new();
         for (name, id) in list_index_files(self.storage)? {
             self.report.index_files += 1;
             let e = match self.repo.read_index_file(&name, &id) {
                 Ok(packs) => {
-                    index.add_file(id, &packs);
+                    files.push((id, packs));
                     continue;
                 }
                 Err(e) if e.kind == ErrorKind::NotFound => continue,
@@ -369,19 +381,35 @@ impl<'a> Repair<'a> {
             match good {
                 Some((from, data, packs)) => {
                     self.write(&name, &data, true)?;
-                    index.add_file(id, &packs);
+                    files.push((id, packs));
                     self.fixed(&name, &problem, format!("replaced by the copy on {from}"));
                 }
                 None => damaged.push((name, problem)),
             }
         }
+        let last = |packs: &[IndexedPack]| {
+            packs
+                .iter()
+                .any(|p| planned.contains(&p.id) || present.get(&p.id) != Some(&p.size))
+        };
+        files.sort_by_key(|(_, packs)| last(packs));
+        let mut index = Index::default();
+        for (id, packs) in files {
+            index.add_file(id, &packs);
+        }
         Ok((index, damaged))
     }
 
-    /// Read every pack the index names (but those a prune is deleting) and check its bytes
-    /// against its name; a missing or damaged one is replaced by a replica's good copy.
-    /// Returns the packs that stay missing or damaged, and what is wrong with each.
-    fn packs(&mut self, index: &Index, planned: &HashSet<Hash>) -> Result<BTreeMap<u32, String>> {
+    /// Read every pack the index names (but those a prune is deleting and no backup uses)
+    /// and check its bytes against its name; a missing or damaged one is replaced by a
+    /// replica's good copy. Returns the packs that stay missing or damaged, and what is wrong
+    /// with each.
+    fn packs(
+        &mut self,
+        index: &Index,
+        planned: &HashSet<Hash>,
+        used: &HashMap<u32, BTreeSet<String>>,
+    ) -> Result<BTreeMap<u32, String>> {
         let present: HashMap<String, u64> = self
             .storage
             .list("data/")?
@@ -390,7 +418,7 @@ impl<'a> Repair<'a> {
             .collect();
         let mut bad = BTreeMap::new();
         for (n, pack) in index.packs.iter().enumerate() {
-            if planned.contains(&pack.id) {
+            if planned.contains(&pack.id) && !used.contains_key(&(n as u32)) {
                 continue;
             }
             self.report.packs += 1;
