@@ -487,3 +487,38 @@ fn repair_dry_run_changes_nothing() {
     let check = s.json(&["repo", "check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
 }
+
+/// A repair runs alone: while a backup (on another host) holds a lock marker it refuses with
+/// exit 6 and changes nothing; it leaves no lock of its own behind.
+#[test]
+fn repair_waits_for_running_writers() {
+    let s = Setup::new(false, &["zstd"], true);
+    let pack = s.object(0, "packs");
+    flip_middle(&s.primary(&pack));
+    let now = jiff::Timestamp::now().to_string();
+    let marker = serde_json::json!({
+        "kind": "backup", "host": "another-host", "pid": 4242,
+        "started": now, "refreshed": now,
+    });
+    let lock = s.env.repo().join("locks/backup-00000000000000aa");
+    std::fs::create_dir_all(lock.parent().expect("locks")).expect("locks folder");
+    std::fs::write(&lock, marker.to_string()).expect("marker");
+    let before = std::fs::read(s.primary(&pack)).expect("pack");
+    let o = s
+        .run(&["repo", "repair"])
+        .fails(6, "repair while a backup runs", "another-host");
+    assert!(o.stderr.contains("hint:"), "{}", o.stderr);
+    assert_eq!(std::fs::read(s.primary(&pack)).expect("pack"), before);
+    assert!(
+        !s.env.repo().join("locks/prune").exists(),
+        "the lock is released"
+    );
+
+    std::fs::remove_file(&lock).expect("the backup ends");
+    let v = s.json(&["repo", "repair"]);
+    assert_eq!(objects(&v, "repaired"), vec![pack], "{v}");
+    assert!(
+        !s.env.repo().join("locks/prune").exists(),
+        "the lock is released"
+    );
+}
