@@ -766,15 +766,11 @@ impl Repository {
         self.tried_replicas(e)
     }
 
-    /// `e`, saying which replicas were tried and had no good copy either.
+    /// `e`, saying which replicas were tried and had no good copy either (once).
     fn tried_replicas(&self, mut e: Error) -> Error {
         let tried: Vec<String> = self.replicas().iter().map(|r| r.describe()).collect();
-        if !tried.is_empty() {
-            e.message = format!(
-                "{}; no replica has a good copy either (tried {})",
-                e.message,
-                tried.join(", ")
-            );
+        if !tried.is_empty() && !e.message.contains(NO_GOOD_COPY) {
+            e.message = format!("{}; {NO_GOOD_COPY} (tried {})", e.message, tried.join(", "));
         }
         e
     }
@@ -1004,11 +1000,7 @@ impl Repository {
                 }
             }
         }
-        Err(if failure.message.contains("no replica has a good copy") {
-            failure
-        } else {
-            self.tried_replicas(failure)
-        })
+        Err(self.tried_replicas(failure))
     }
 
     /// Bytes stored in the repository (packs, index files, manifests, config).
@@ -1025,6 +1017,9 @@ impl Repository {
         Ok(total)
     }
 }
+
+/// What a read error says once every replica was tried.
+const NO_GOOD_COPY: &str = "no replica has a good copy either";
 
 /// Largest gap between two wanted frames of a pack that one read spans: reading a few
 /// unwanted bytes costs less than another request.
