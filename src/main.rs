@@ -357,6 +357,13 @@ enum RepoCommand {
     /// Move a repository made by an older Lifeboat to the current format (crash-safe; a
     /// write-only repository needs --identity). Older versions cannot open it afterwards.
     Upgrade,
+    /// Put right damaged or missing packs, index files and manifests of this repository
+    /// from its replicas, and index again from the packs what no index file locates.
+    Repair {
+        /// Read and report what would be repaired; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Args)]
@@ -644,6 +651,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let json = cli.json;
     let code = match run(cli) {
@@ -721,6 +729,7 @@ fn run(cli: Cli) -> Result<i32> {
             RepoCommand::Stats => cmd_stats(&ctx),
             RepoCommand::Upgrade => cmd_upgrade(&ctx),
             RepoCommand::Inspect { object, offset } => cmd_inspect(&ctx, &object, offset),
+            RepoCommand::Repair { dry_run } => cli::repair::cmd_repair(&ctx, dry_run),
         },
         Command::Demo { db, rows } => cmd_demo(&ctx, db, rows),
         Command::Key { command } => cmd_key(&ctx, command),
@@ -1405,6 +1414,9 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
                 format!("{} problems found", r.problems.len())
             }
         );
+        if let Some(h) = &r.hint {
+            println!("  hint: {h}");
+        }
     }
     Ok(if r.ok {
         0

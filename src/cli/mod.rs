@@ -1,3 +1,4 @@
 //! Subcommand groups of the `lifeboat` binary that are big enough for a file of their own.
 
+pub mod repair;
 pub mod retention;

@@ -37,9 +37,14 @@ pub struct CheckReport {
     /// the next prune. Each: object name and who held it.
     pub stale_locks: Vec<String>,
     pub problems: Vec<Problem>,
+    /// What to do about the problems, if any.
+    pub hint: Option<String>,
 }
 
+/// Check the primary alone: what replicas hold does not hide its damage (`repo repair`
+/// copies it back).
 pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+    let _primary = repo.primary_only();
     let storage = repo.storage();
     let mut report = CheckReport {
         read_data,
@@ -247,7 +252,27 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     }
     report.ok = problems.is_empty();
     report.problems = problems;
+    if !report.ok {
+        report.hint = Some(repair_hint(&repo.replica_locations()));
+    }
     Ok(report)
+}
+
+/// What `repo check` suggests for damage: `repo repair`, and what it can do here.
+fn repair_hint(replicas: &[String]) -> String {
+    if replicas.is_empty() {
+        "run `lifeboat repo repair`: it rebuilds lost or damaged index files from the packs. \
+         A damaged or missing pack or manifest needs a replica to be repaired from (`lifeboat \
+         replica add URL` of a copy that holds it); otherwise the backups listed cannot be \
+         restored and `lifeboat forget ID` removes them"
+            .into()
+    } else {
+        format!(
+            "run `lifeboat repo repair`: it copies good copies of damaged or missing objects \
+             from the replicas ({}) and rebuilds lost index files from the packs",
+            replicas.join(", ")
+        )
+    }
 }
 
 /// Read a whole pack: its hash, its directory against the index, every frame and blob.
@@ -337,16 +362,39 @@ pub fn packs_used_by(repo: &Repository, index: &Index, m: &Manifest) -> Result<B
 }
 
 /// Check a pack's length and directory against the index without reading its frames: what
-/// a restore does not read, but a damaged pack would show.
+/// a restore does not read, but a damaged pack would show. A pack damaged or missing here
+/// that a replica holds intact is no problem (the reads fall back to it; the replica is
+/// tallied for the command's warning).
 pub fn pack_structure_problem(repo: &Repository, index: &Index, pack_no: u32) -> Option<String> {
+    let (problem, missing) = structure_problem_in(repo, repo.storage(), index, pack_no)?;
+    for replica in repo.replicas() {
+        if structure_problem_in(repo, replica.as_ref(), index, pack_no).is_none() {
+            let pack = &index.packs[pack_no as usize].id;
+            repo.note_replica_pack(&replica.describe(), pack, missing);
+            return None;
+        }
+    }
+    Some(problem)
+}
+
+/// [`pack_structure_problem`] of the pack as `storage` holds it, and whether it is missing.
+fn structure_problem_in(
+    repo: &Repository,
+    storage: &dyn crate::storage::Storage,
+    index: &Index,
+    pack_no: u32,
+) -> Option<(String, bool)> {
     let pack = &index.packs[pack_no as usize];
     let name = pack_object_name(&pack.id);
-    let fail = |why: String| Some(format!("{name}: {why}"));
+    let fail = |why: String| Some((format!("{name}: {why}"), false));
     if pack.size < 20 {
         return fail("impossibly small".into());
     }
-    let tail = match repo.storage().get_range(&name, pack.size - 12, 12) {
+    let tail = match storage.get_range(&name, pack.size - 12, 12) {
         Ok(t) => t,
+        Err(e) if e.kind == crate::error::ErrorKind::NotFound => {
+            return Some((format!("{name}: {e}"), true))
+        }
         Err(e) => return fail(e.to_string()),
     };
     if &tail[4..] != crate::repo::pack::DIR_MAGIC {
@@ -356,22 +404,19 @@ pub fn pack_structure_problem(repo: &Repository, index: &Index, pack_no: u32) ->
     if dir_len + 20 > pack.size {
         return fail("its directory length is impossible".into());
     }
-    let sealed = match repo
-        .storage()
-        .get_range(&name, pack.size - 12 - dir_len, dir_len as usize)
-    {
+    let sealed = match storage.get_range(&name, pack.size - 12 - dir_len, dir_len as usize) {
         Ok(d) => d,
         Err(e) => return fail(e.to_string()),
     };
     let what = format!("the directory of pack {name}");
     let dir = match repo.unseal(ObjectKind::PackDirectory, b"", sealed, &what) {
         Ok(d) => d,
-        Err(e) => return Some(e.to_string()),
+        Err(e) => return Some((e.to_string(), false)),
     };
     let mut r = crate::repo::pack::Reader::new(&dir, &what);
     let frames = match crate::repo::pack::decode_frames(&mut r, false) {
         Ok(f) => f,
-        Err(e) => return Some(e.to_string()),
+        Err(e) => return Some((e.to_string(), false)),
     };
     let expected: Vec<_> = index.frames.iter().filter(|f| f.pack == pack_no).collect();
     let same = frames.len() == expected.len()

@@ -1,5 +1,5 @@
 //! Operations on a repository: the data path forwards (backup) and backwards (restore,
-//! verify), and the repository's own health (check, stats).
+//! verify), and the repository's own health (check, stats, repair).
 
 pub mod backup;
 pub mod check;
@@ -7,6 +7,7 @@ pub mod forget;
 pub mod policy;
 pub mod prune;
 pub mod rekey;
+pub mod repair;
 pub mod restore;
 pub mod sync;
 pub mod verify;

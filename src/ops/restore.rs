@@ -254,12 +254,12 @@ fn for_each_id(
                 .ok_or_else(|| Error::internal("a page list's frame was not read"))?;
             let checked = slice_blob(frame, loc)
                 .and_then(|list| check_blob(index, &hasher, list_id, loc, list).map(|()| list));
-            // Another copy the index knows of may be intact.
+            // A replica, or another copy the index knows of, may hold it intact.
             let alternate;
             let list = match checked {
                 Ok(list) => list,
                 Err(e) => {
-                    alternate = repo.read_alternate(index, list_id, &mut dec).ok_or(e)?;
+                    alternate = repo.read_blob_elsewhere(index, list_id, &mut dec, e)?;
                     &alternate[..]
                 }
             };
@@ -839,15 +839,14 @@ fn build_job(repo: &Repository, index: &Index, job: Job, loads: &Loads) -> Resul
                 start: page.loc.offset as usize,
                 len: page.loc.len as usize,
             }),
-            // Another copy the index knows of may be intact.
+            // A replica, or another copy the index knows of, may hold it intact.
             Err(e) => {
-                let blob = repo
-                    .read_alternate(
-                        index,
-                        &page.id,
-                        &mut crate::repo::compress::Decompressor::default(),
-                    )
-                    .ok_or(e)?;
+                let blob = repo.read_blob_elsewhere(
+                    index,
+                    &page.id,
+                    &mut crate::repo::compress::Decompressor::default(),
+                    e,
+                )?;
                 let len = blob.len();
                 pieces.push(Piece {
                     pos: page.pos,
@@ -939,7 +938,21 @@ fn rebuild_beside(
         .as_mut()
         .ok_or_else(|| Error::internal("temp file closed"))?;
     let started = std::time::Instant::now();
-    let stats = write_image(repo, index, m, file, &path, false, progress)?;
+    let stats = write_image(repo, index, m, file, &path, false, progress).map_err(|e| {
+        if e.kind != ErrorKind::Integrity {
+            return e;
+        }
+        let mut e = Error {
+            message: format!("backup {} cannot be restored: {}", m.id, e.message),
+            ..e
+        };
+        if e.hint.is_none() {
+            e = e.hint(
+                "run `lifeboat repo check --read-data` to list every backup the damage affects",
+            );
+        }
+        e
+    })?;
     tracing::info!(elapsed = ?started.elapsed(), "image written and checked");
     file.sync_all().ctx("cannot sync", &path)?;
     tracing::info!(elapsed = ?started.elapsed(), "image synced to disk");

@@ -4,6 +4,7 @@
 
 pub mod compress;
 pub mod crypto;
+pub mod fallback;
 pub mod format;
 pub mod hpke;
 pub mod index;
@@ -36,11 +37,18 @@ pub struct Repository {
     /// Backups this process read (authenticated), wrote or deleted: what the local trust
     /// state may record as the newest backup.
     authentic: std::sync::Mutex<BackupsSeen>,
-    /// Replicas to read from when the primary's copy of an object is missing or damaged:
+    /// Replicas to read from when the primary's copy of a frame is missing or damaged:
     /// the locations the opener vouches for ([`Repository::set_replica_resolver`]), asked
-    /// only when a read needs them.
-    replica_resolver: std::sync::OnceLock<ReplicaResolver>,
-    replicas: std::sync::OnceLock<Vec<Box<dyn Storage>>>,
+    /// only when a read needs them; what they served is said once, on drop.
+    fallback: fallback::Fallback,
+}
+
+impl Drop for Repository {
+    fn drop(&mut self) {
+        if let Some(warning) = self.take_replica_summary() {
+            tracing::warn!("{warning}");
+        }
+    }
 }
 
 /// What one process saw of the repository's backups (see `Repository::newest_authentic`).
@@ -52,8 +60,7 @@ struct BackupsSeen {
     deleted: Vec<String>,
 }
 
-/// Lists the replicas a repository may read from (see [`Repository::set_replica_resolver`]).
-pub type ReplicaResolver = Box<dyn Fn(&Repository) -> Vec<String> + Send + Sync>;
+pub use fallback::ReplicaResolver;
 
 /// How to create a repository.
 pub enum NewRepo<'a> {
@@ -162,8 +169,7 @@ impl Repository {
             hasher: Self::hasher_of(keys.as_ref()),
             authentic: Default::default(),
             keys,
-            replica_resolver: std::sync::OnceLock::new(),
-            replicas: std::sync::OnceLock::new(),
+            fallback: Default::default(),
         })
     }
 
@@ -220,8 +226,7 @@ impl Repository {
             hasher: Self::hasher_of(keys.as_ref()),
             authentic: Default::default(),
             keys,
-            replica_resolver: std::sync::OnceLock::new(),
-            replicas: std::sync::OnceLock::new(),
+            fallback: Default::default(),
         })
     }
 
@@ -406,7 +411,35 @@ impl Repository {
     /// How to find the locations to read damaged or missing objects from. Only what the
     /// opener vouches for: an authentic replica list, or replicas confirmed on this machine.
     pub fn set_replica_resolver(&self, resolve: ReplicaResolver) {
-        let _ = self.replica_resolver.set(resolve);
+        self.fallback.set_resolver(resolve);
+    }
+
+    /// The replicas reads may fall back to (as the opener vouches for them; none opened).
+    pub fn replica_locations(&self) -> Vec<String> {
+        self.fallback.locations(self)
+    }
+
+    /// Read from the primary alone until the guard is dropped: for commands that judge the
+    /// primary (`repo check`), not the data.
+    pub fn primary_only(&self) -> PrimaryOnly<'_> {
+        self.fallback.set_enabled(false);
+        PrimaryOnly(self)
+    }
+
+    /// The warning saying what replicas served in place of the primary since the last call
+    /// (None if nothing); said by the repository itself when it is dropped, unless taken.
+    pub fn take_replica_summary(&self) -> Option<String> {
+        fallback::summary(&self.fallback.take())
+    }
+
+    /// Note that a replica served pack `pack`'s directory, damaged or missing here.
+    pub fn note_replica_pack(&self, replica: &str, pack: &Hash, missing: bool) {
+        self.fallback.note(replica, pack, None, missing);
+    }
+
+    /// The replicas, opened (see [`Repository::replica_locations`]).
+    pub fn replicas(&self) -> &[Box<dyn Storage>] {
+        self.fallback.replicas(self)
     }
 
     pub fn storage(&self) -> &dyn Storage {
@@ -542,10 +575,14 @@ impl Repository {
     }
 
     pub fn read_manifest(&self, id: &str) -> Result<Manifest> {
+        self.read_manifest_from(self.storage.as_ref(), id)
+    }
+
+    /// Read and authenticate backup `id`'s manifest as another copy of this repository (a
+    /// replica) holds it.
+    pub fn read_manifest_from(&self, storage: &dyn Storage, id: &str) -> Result<Manifest> {
         let name = format!("backups/{id}");
-        let data = self
-            .storage
-            .get_small(&name, crate::repo::format::MANIFEST_MAX)?;
+        let data = storage.get_small(&name, crate::repo::format::MANIFEST_MAX)?;
         let data = self
             .unseal(ObjectKind::Manifest, id.as_bytes(), data, &name)
             .map_err(|e| {
@@ -555,9 +592,9 @@ impl Repository {
                     e.hint("a full key rotation was interrupted and this backup is not re-sealed yet: run `lifeboat key rotate --full` again (with a new passphrase) to finish it")
                 } else if e.kind == ErrorKind::Integrity {
                     e.hint(format!(
-                        "nothing acts on it; if no Lifeboat of yours wrote it (forged), or it is \
-                         damaged, move {name} out of the repository (a replica may hold an \
-                         intact copy) and run the command again"
+                        "nothing acts on it; if it is damaged, `lifeboat repo repair` replaces \
+                         it with a replica's intact copy; if no Lifeboat of yours wrote it \
+                         (forged), move {name} out of the repository and run the command again"
                     ))
                 } else {
                     e
@@ -751,7 +788,9 @@ impl Repository {
         self.read_frame_with(index, frame_no, &mut compress::Decompressor::default())
     }
 
-    /// Read and decompress one frame, reusing the caller's decompression context.
+    /// Read and decompress one frame, reusing the caller's decompression context. A frame
+    /// missing or damaged here is read from the first replica that holds it intact (the
+    /// same pack, at the same place), and the replica is tallied for the command's warning.
     pub fn read_frame_with(
         &self,
         index: &Index,
@@ -760,40 +799,83 @@ impl Repository {
     ) -> Result<Vec<u8>> {
         match self.read_frame_from(self.storage.as_ref(), index, frame_no, decompressor) {
             Ok(frame) => Ok(frame),
-            // A missing or damaged frame may be intact on a replica: use it, and say so.
-            Err(e) if e.kind != ErrorKind::Auth => {
-                for replica in self.replicas() {
-                    if let Ok(frame) =
-                        self.read_frame_from(replica.as_ref(), index, frame_no, decompressor)
-                    {
-                        tracing::warn!(
-                            "{e}; read it from replica {} instead (the primary needs repair: \
-                             `lifeboat repo check`)",
+            Err(e) if e.kind == ErrorKind::Auth => Err(e),
+            Err(e) => {
+                let missing = e.kind == ErrorKind::NotFound;
+                for (n, replica) in self.replicas().iter().enumerate() {
+                    match self.replica_frame(n, replica.as_ref(), index, frame_no, decompressor) {
+                        Ok(frame) => {
+                            let f = &index.frames[frame_no as usize];
+                            let pack = &index.packs[f.pack as usize].id;
+                            tracing::debug!(
+                                "{e}; read frame {} of {} from replica {}",
+                                f.offset,
+                                pack_object_name(pack),
+                                replica.describe()
+                            );
+                            self.fallback
+                                .note(&replica.describe(), pack, Some(f.offset), missing);
+                            return Ok(frame.to_vec());
+                        }
+                        Err(re) => tracing::debug!(
+                            "replica {} has no good copy either: {re}",
                             replica.describe()
-                        );
-                        return Ok(frame);
+                        ),
                     }
                 }
-                Err(e)
+                Err(self.no_good_copy(index, frame_no, e))
             }
-            Err(e) => Err(e),
         }
     }
 
-    /// The repository's replicas, opened on first use (only when a read needs them).
-    fn replicas(&self) -> &[Box<dyn Storage>] {
-        self.replicas.get_or_init(|| {
-            self.replica_resolver
-                .get()
-                .map(|resolve| resolve(self))
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|url| crate::config::open_storage(url, false).ok())
-                .filter(|s| s.exists("config").unwrap_or(false))
-                .collect()
-        })
+    /// The error for a frame no target holds intact: a missing pack is named as such, and
+    /// the replicas tried are named.
+    fn no_good_copy(&self, index: &Index, frame_no: u32, e: Error) -> Error {
+        let f = &index.frames[frame_no as usize];
+        let name = pack_object_name(&index.packs[f.pack as usize].id);
+        let e = if e.kind == ErrorKind::NotFound {
+            Error::integrity(format!("pack {name} is missing")).hint(
+                "the backups that use it cannot be restored from this repository; \
+                 run `lifeboat repo check` to list them",
+            )
+        } else {
+            e
+        };
+        self.tried_replicas(e)
     }
 
+    /// `e`, saying which replicas were tried and had no good copy either (once).
+    fn tried_replicas(&self, mut e: Error) -> Error {
+        let tried: Vec<String> = self.replicas().iter().map(|r| r.describe()).collect();
+        if !tried.is_empty() && !e.message.contains(NO_GOOD_COPY) {
+            e.message = format!("{}; {NO_GOOD_COPY} (tried {})", e.message, tried.join(", "));
+        }
+        e
+    }
+
+    /// Frame `frame_no` from replica number `n`, checked like the primary's, through the
+    /// small cache of frames read from replicas.
+    fn replica_frame(
+        &self,
+        n: usize,
+        replica: &dyn Storage,
+        index: &Index,
+        frame_no: u32,
+        decompressor: &mut compress::Decompressor,
+    ) -> Result<std::sync::Arc<Vec<u8>>> {
+        let f = &index.frames[frame_no as usize];
+        let at = (n, index.packs[f.pack as usize].id, f.offset);
+        if let Some(frame) = self.fallback.cached(&at) {
+            return Ok(frame);
+        }
+        let frame =
+            std::sync::Arc::new(self.read_frame_from(replica, index, frame_no, decompressor)?);
+        self.fallback.cache(at, frame.clone());
+        Ok(frame)
+    }
+
+    /// Frame `frame_no` from one target, unsealed and decompressed (a missing pack is a
+    /// NotFound error).
     fn read_frame_from(
         &self,
         storage: &dyn Storage,
@@ -803,18 +885,7 @@ impl Repository {
     ) -> Result<Vec<u8>> {
         let f = &index.frames[frame_no as usize];
         let name = pack_object_name(&index.packs[f.pack as usize].id);
-        let stored = storage
-            .get_range(&name, f.offset, f.stored_len as usize)
-            .map_err(|e| {
-                if e.kind == ErrorKind::NotFound {
-                    Error::integrity(format!("pack {name} is missing")).hint(
-                        "the backups that use it cannot be restored from this repository; \
-                         run `lifeboat repo check` to list them",
-                    )
-                } else {
-                    e
-                }
-            })?;
+        let stored = storage.get_range(&name, f.offset, f.stored_len as usize)?;
         self.open_frame(index, frame_no, stored, decompressor)
     }
 
@@ -943,11 +1014,7 @@ impl Repository {
             let data = self.read_frame_with(index, loc.frame, &mut cache.decompressor);
             match data {
                 Ok(data) => cache.frame = Some((loc.frame, data)),
-                Err(e) => {
-                    return self
-                        .read_alternate(index, id, &mut cache.decompressor)
-                        .ok_or(e)
-                }
+                Err(e) => return self.read_blob_elsewhere(index, id, &mut cache.decompressor, e),
             }
         }
         let frame = cache
@@ -959,20 +1026,43 @@ impl Repository {
             .and_then(|blob| check_blob(index, &self.hasher, id, loc, blob).map(|()| blob));
         match checked {
             Ok(blob) => Ok(blob.to_vec()),
-            Err(e) => self
-                .read_alternate(index, id, &mut cache.decompressor)
-                .ok_or(e),
+            Err(e) => self.read_blob_elsewhere(index, id, &mut cache.decompressor, e),
         }
     }
 
-    /// Another copy of blob `id` that the index knows of and that passes its check, when the
-    /// first one does not (damaged, or named by a wrong index entry).
-    pub fn read_alternate(
+    /// A good copy of blob `id` when the copy the index names first fails its check
+    /// (`failure`): that frame as a replica holds it (a damaged frame may still
+    /// decompress), or another copy the index knows of. `failure`, naming the replicas
+    /// tried, if none is good.
+    pub fn read_blob_elsewhere(
         &self,
         index: &Index,
         id: &Hash,
         decompressor: &mut compress::Decompressor,
-    ) -> Option<Vec<u8>> {
+        failure: Error,
+    ) -> Result<Vec<u8>> {
+        if failure.kind == ErrorKind::Auth {
+            return Err(failure);
+        }
+        if let Some(loc) = index.get(id) {
+            for (n, replica) in self.replicas().iter().enumerate() {
+                let Ok(frame) =
+                    self.replica_frame(n, replica.as_ref(), index, loc.frame, decompressor)
+                else {
+                    continue;
+                };
+                if let Ok(blob) = slice_blob(&frame, loc) {
+                    if self.hasher.matches(blob, id) {
+                        let f = &index.frames[loc.frame as usize];
+                        let pack = &index.packs[f.pack as usize].id;
+                        // A pack missing here failed in read_frame_with, which tallied it.
+                        self.fallback
+                            .note(&replica.describe(), pack, Some(f.offset), false);
+                        return Ok(blob.to_vec());
+                    }
+                }
+            }
+        }
         for loc in index.alternates(id) {
             let Ok(frame) = self.read_frame_with(index, loc.frame, decompressor) else {
                 continue;
@@ -984,11 +1074,11 @@ impl Repository {
                         id.short(),
                         pack_object_name(&index.pack_of(loc).id)
                     );
-                    return Some(blob.to_vec());
+                    return Ok(blob.to_vec());
                 }
             }
         }
-        None
+        Err(self.tried_replicas(failure))
     }
 
     /// Bytes stored in the repository (packs, index files, manifests, config).
@@ -1005,6 +1095,9 @@ impl Repository {
         Ok(total)
     }
 }
+
+/// What a read error says once every replica was tried.
+const NO_GOOD_COPY: &str = "no replica has a good copy either";
 
 /// Largest gap between two wanted frames of a pack that one read spans: reading a few
 /// unwanted bytes costs less than another request.
@@ -1037,6 +1130,15 @@ fn run_length(index: &Index, frames: &[u32]) -> usize {
     len
 }
 
+/// While it lives, reads use the primary alone (see [`Repository::primary_only`]).
+pub struct PrimaryOnly<'a>(&'a Repository);
+
+impl Drop for PrimaryOnly<'_> {
+    fn drop(&mut self) {
+        self.0.fallback.set_enabled(true);
+    }
+}
+
 /// The last frame read, for [`Repository::read_blob_cached`].
 #[derive(Default)]
 pub struct FrameCache {
@@ -1052,7 +1154,10 @@ pub fn missing_blob(index: &Index, id: &Hash) -> Error {
             index.damaged.join(", ")
         ));
     }
-    Error::integrity(msg).hint("an index file or pack was lost; run `lifeboat repo check`")
+    Error::integrity(msg).hint(
+        "an index file or pack was lost: `lifeboat repo check` says which, and `lifeboat repo \
+         repair` indexes the packs again (copying lost ones from a replica)",
+    )
 }
 
 pub fn slice_blob<'a>(frame: &'a [u8], loc: &index::BlobLoc) -> Result<&'a [u8]> {

@@ -76,7 +76,8 @@ pub trait Storage: Send + Sync {
     /// A local directory for temporary files that `put_file_new` can consume cheaply.
     fn staging_dir(&self) -> Result<PathBuf>;
     /// Create or atomically replace `name`. Only for the small mutable coordination objects
-    /// (`locks/`, `pins/`, `verified/`); repository data is write-once.
+    /// (`locks/`, `pins/`, `verified/`); repository data is write-once, except that `repo
+    /// repair` puts a damaged object's true bytes back under its name.
     fn put_replace(&self, name: &str, data: &[u8]) -> Result<()>;
     fn get(&self, name: &str) -> Result<Vec<u8>>;
     /// `get`, for an object that is never larger than `max` bytes: a larger one is an
