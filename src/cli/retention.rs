@@ -371,7 +371,7 @@ fn print_prune(r: &PruneReport) {
     );
     if r.missing_blobs > 0 {
         println!(
-            "  WARNING          {} blobs that backups need are in no index: prune deleted nothing (run `lifeboat repo check`; restore what it names from a replica, or forget the backups it names)",
+            "  WARNING          {} blobs that backups need are in no index: prune deleted nothing (run `lifeboat repo repair`: it restores them from a replica or rebuilds the index from the packs; or forget the backups `repo check` names)",
             r.missing_blobs
         );
     }

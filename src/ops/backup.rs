@@ -138,12 +138,12 @@ fn backup_marked(
     let mut warnings: Vec<String> = index
         .damaged
         .iter()
-        .map(|f| format!("index file {f} is damaged; backups that need it may not restore (run `lifeboat repo check`)"))
+        .map(|f| format!("index file {f} is damaged; backups that need it may not restore (run `lifeboat repo repair`)"))
         .collect();
     for pack in repo.drop_missing_packs(&mut index) {
         warnings.push(format!(
             "pack {pack} is missing or truncated; its pages are stored again by this backup, \
-             older backups that use it cannot be restored (run `lifeboat repo check`)"
+             older backups that use it cannot be restored unless a replica has it (run `lifeboat repo repair`)"
         ));
     }
     // Packs a prune plans to delete are not reused: their pages are stored again. The plans

@@ -723,7 +723,7 @@ fn copy_one(source: &dyn Storage, target: &dyn Storage, name: &str, replace: boo
                 "{}/{name} is damaged on the source (its bytes do not match its name); not copied",
                 source.describe()
             ))
-            .hint("run `lifeboat repo check --read-data`; restore that object from another copy"));
+            .hint("run `lifeboat repo repair` on the source: it puts back an intact copy from another replica"));
         }
     }
     if replace {
