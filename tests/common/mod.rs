@@ -139,6 +139,18 @@ impl Env {
         c
     }
 
+    /// Give `c` (a `lifeboat` command, or strace running one) the environment `std_cmd`
+    /// gives: this test's folder, HOME, repository and temp dir, and nothing else.
+    pub fn setup(&self, c: &mut std::process::Command) {
+        c.current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path("home"))
+            .env("LIFEBOAT_REPO", self.repo())
+            .env("LIFEBOAT_TEMP_DIR", self.dir.path())
+            .stdin(std::process::Stdio::null());
+    }
+
     /// Run `lifeboat ARGS` (whatever the outcome): the exit code and stdout + stderr.
     pub fn run(&self, args: &[&str]) -> (i32, String) {
         let out = self.std_cmd().args(args).output().expect("run lifeboat");
@@ -267,21 +279,60 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
 /// trust state, is another syscall and not counted). With `kill_at`, the process is killed
 /// (SIGKILL) at that rename, before it happens. Fails the test if strace is missing.
 pub fn lifeboat_under_strace(kill_at: Option<u32>, log: &Path) -> std::process::Command {
+    lifeboat_under_strace_at("renameat", kill_at, log)
+}
+
+/// `lifeboat` under strace, logging every `syscall` (e.g. `linkat`, `rename`) to `log`. With
+/// `kill_at` = N, the process is killed (SIGKILL) when one of its threads enters its N-th
+/// such call, before the call happens: strace counts per thread, so N is the N-th of the
+/// thread that gets there first. Fails the test if strace is missing.
+pub fn lifeboat_under_strace_at(
+    syscall: &str,
+    kill_at: Option<u32>,
+    log: &Path,
+) -> std::process::Command {
+    let mut c = strace_cmd();
+    c.args(["-f", "-qq", "-o"])
+        .arg(log)
+        .args(["-e", &format!("trace={syscall}")]);
+    if let Some(n) = kill_at {
+        c.arg("-e")
+            .arg(format!("inject={syscall}:signal=SIGKILL:when={n}"));
+    }
+    c.arg(lifeboat_bin());
+    c
+}
+
+/// `strace`, after checking that it runs: a missing strace fails the test, never skips it.
+pub fn strace_cmd() -> std::process::Command {
     let strace = std::process::Command::new("strace").arg("-V").output();
     assert!(
         strace.is_ok_and(|o| o.status.success()),
         "strace is needed (scripts/test.sh installs it)"
     );
-    let mut c = std::process::Command::new("strace");
-    c.args(["-f", "-qq", "-o"])
-        .arg(log)
-        .args(["-e", "trace=renameat"]);
-    if let Some(n) = kill_at {
-        c.arg("-e")
-            .arg(format!("inject=renameat:signal=SIGKILL:when={n}"));
-    }
-    c.arg(lifeboat_bin());
-    c
+    std::process::Command::new("strace")
+}
+
+/// The lines of a strace log that record a `syscall` (`name(` at the start of the call).
+pub fn calls_logged(log: &Path, syscall: &str) -> Vec<String> {
+    let call = format!(" {syscall}(");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&call))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the last `syscall` in a strace log never returned: the process was killed as it
+/// entered it (strace logs `= ?`, or `<unfinished ...>` with no `resumed` line after it when
+/// other threads were logged meanwhile).
+pub fn killed_in(log: &Path, syscall: &str) -> bool {
+    let (call, resumed) = (format!(" {syscall}("), format!("<... {syscall} resumed>"));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rfind(|l| l.contains(&call) || l.contains(&resumed))
+        .is_some_and(|l| l.ends_with("= ?") || l.ends_with("<unfinished ...>"))
 }
 
 /// How many renames `lifeboat_under_strace` logged.
