@@ -292,7 +292,9 @@ pub fn lifeboat_under_strace_at(
     log: &Path,
 ) -> std::process::Command {
     let mut c = strace_cmd();
-    c.args(["-f", "-qq", "-o"])
+    // -y: file descriptors with their paths, so `strace_calls` can tell which folder a call
+    // acts in. `syscall` may be a list (`linkat,unlinkat`) when nothing is killed.
+    c.args(["-f", "-qq", "-y", "-o"])
         .arg(log)
         .args(["-e", &format!("trace={syscall}")]);
     if let Some(n) = kill_at {
@@ -335,6 +337,124 @@ pub fn killed_in(log: &Path, syscall: &str) -> bool {
         .is_some_and(|l| l.ends_with("= ?") || l.ends_with("<unfinished ...>"))
 }
 
+/// One call in a strace log written with `-f -y`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StraceCall {
+    /// The thread that made it.
+    pub tid: String,
+    pub syscall: String,
+    /// The top folder of the repository (`data`, `index`, `locks`, `plans`, `tmp`, ...) the
+    /// call acts in: for `linkat` and `renameat`, where the object goes. The whole path of
+    /// the folder when it is outside the repository.
+    pub folder: String,
+}
+
+/// The calls of a strace log (`-f -y`), in order; `repo`: the repository they act in.
+pub fn strace_calls(log: &Path, repo: &Path) -> Vec<StraceCall> {
+    let repo = std::fs::canonicalize(repo).unwrap_or_else(|_| repo.to_path_buf());
+    let prefix = format!("{}/", repo.display());
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (tid, rest) = l.split_once(char::is_whitespace)?;
+            let rest = rest.trim_start();
+            let (syscall, args) = rest.split_once('(')?;
+            if !syscall
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return None; // `<... resumed>`, `+++ exited`, `--- SIGKILL`
+            }
+            // The paths strace prints after file descriptors: `4</path/to/folder>`.
+            let mut folders = Vec::new();
+            let bytes = args.as_bytes();
+            for (i, _) in args.match_indices('<') {
+                if i > 0 && bytes[i - 1].is_ascii_digit() {
+                    if let Some(end) = args[i + 1..].find('>') {
+                        folders.push(&args[i + 1..i + 1 + end]);
+                    }
+                }
+            }
+            let folder = folders.last()?;
+            let folder = match folder.strip_prefix(&prefix) {
+                Some(inside) => inside.split('/').next().unwrap_or(inside).to_string(),
+                None => folder.to_string(),
+            };
+            Some(StraceCall {
+                tid: tid.to_string(),
+                syscall: syscall.to_string(),
+                folder,
+            })
+        })
+        .collect()
+}
+
+/// A step of a run to kill a process at: the `nth` `syscall` that acts in `folder` (see
+/// `StraceCall`), counted over the whole run.
+#[derive(Debug, Clone, Copy)]
+pub struct Aim<'a> {
+    pub what: &'a str,
+    pub syscall: &'a str,
+    pub folder: &'a str,
+    pub nth: usize,
+}
+
+impl Aim<'_> {
+    /// The `kill_at` for `lifeboat_under_strace_at(self.syscall, ..)` that kills the process
+    /// at this step, from the calls of an uninterrupted run. strace counts per thread: the
+    /// step must be the first call of its number in its thread to come (else the test fails
+    /// here, rather than kill elsewhere).
+    pub fn kill_at(&self, probe: &[StraceCall]) -> u32 {
+        let mut seen = 0;
+        for (p, c) in probe.iter().enumerate() {
+            if c.syscall != self.syscall || c.folder != self.folder {
+                continue;
+            }
+            seen += 1;
+            if seen < self.nth {
+                continue;
+            }
+            let of_thread = |tid: &str| {
+                probe[..p]
+                    .iter()
+                    .filter(|x| x.tid == tid && x.syscall == self.syscall)
+                    .count()
+            };
+            let n = of_thread(&c.tid) + 1;
+            let others: Vec<&String> = probe[..p]
+                .iter()
+                .map(|x| &x.tid)
+                .filter(|t| **t != c.tid && of_thread(t) >= n)
+                .collect();
+            assert!(
+                others.is_empty(),
+                "{}: another thread makes its {n}th {} first: cannot aim there: {probe:#?}",
+                self.what,
+                self.syscall
+            );
+            return n as u32;
+        }
+        panic!(
+            "{}: an uninterrupted run makes no {} #{} in {}: {probe:#?}",
+            self.what, self.syscall, self.nth, self.folder
+        );
+    }
+
+    /// Whether the run logged in `log` was killed at this step: its last `syscall`, which
+    /// never returned, is the `nth` in `folder`.
+    pub fn landed(&self, log: &Path, repo: &Path) -> bool {
+        let calls = strace_calls(log, repo);
+        let last = calls.iter().rfind(|c| c.syscall == self.syscall);
+        killed_in(log, self.syscall)
+            && last.is_some_and(|c| c.folder == self.folder)
+            && calls
+                .iter()
+                .filter(|c| c.syscall == self.syscall && c.folder == self.folder)
+                .count()
+                == self.nth
+    }
+}
+
 /// How many renames `lifeboat_under_strace` logged.
 pub fn renames_logged(log: &Path) -> u32 {
     std::fs::read_to_string(log)
@@ -342,6 +462,15 @@ pub fn renames_logged(log: &Path) -> u32 {
         .lines()
         .filter(|l| l.contains("renameat("))
         .count() as u32
+}
+
+/// The unsigned integer `v[field]` (a field path like `prune.deleted_packs` goes down into
+/// objects): the test fails when it is missing or not a number, instead of comparing `None`
+/// (which `Option`'s ordering puts below every number).
+pub fn num(v: &serde_json::Value, field: &str) -> u64 {
+    let x = field.split('.').fold(v, |x, k| &x[k]);
+    x.as_u64()
+        .unwrap_or_else(|| panic!("field {field} is missing or not a number in {v}"))
 }
 
 /// Argon2id parameters that make a test's key derivation cheap (`repo init`, `key add`).
