@@ -163,8 +163,7 @@ fn kill_during_backup_leaves_a_consistent_repository() {
     // The pack stored before the kill is either already indexed (each pack is indexed as
     // soon as it is stored, so a rerun reuses it) or, killed in between, unreferenced.
     assert!(
-        report["packs"].as_u64().unwrap_or(0) + report["unreferenced_packs"].as_u64().unwrap_or(0)
-            >= 1,
+        num(&report, "packs") + num(&report, "unreferenced_packs") >= 1,
         "the pack stored before the kill is accounted for: {report}"
     );
     assert_eq!(listed(&env), committed, "no half-written backup is listed");
