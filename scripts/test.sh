@@ -60,5 +60,7 @@ if [ ! -x .ci/node/node_modules/.bin/azurite-blob ]; then
   [ -x .ci/node/node_modules/.bin/azurite-blob ] || { echo "no .ci/node/node_modules/.bin/azurite-blob" >&2; exit 1; }
 fi
 export LIFEBOAT_AZURITE="$PWD/.ci/node/node_modules/.bin/azurite-blob"
+echo "== benchmark report verdicts (bench/test_report.py)"
+python3 -m unittest discover -s bench -p 'test_*.py'
 echo "== cargo test"
 cargo test --all-targets
