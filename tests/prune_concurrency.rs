@@ -232,6 +232,7 @@ fn backup_during_forget_and_prune_on_s3() {
         "deleted under a live backup: {p}"
     );
     assert!(num(p, "pending_packs") > 0, "{p}");
+    assert!(num(p, "pending_bytes") > 0, "{p}");
     let waiting = p["waiting_for"].to_string();
     assert!(
         waiting.contains("backup") && waiting.contains(&format!("(pid {pid})")),
@@ -310,6 +311,7 @@ fn prune_waits_for_a_backup_that_has_not_seen_its_plan() {
             "{ctx}: deleted under a live backup: {p}"
         );
         assert!(num(p, "pending_packs") > 0, "{ctx}: {p}");
+        assert!(num(p, "pending_bytes") > 0, "{ctx}: {p}");
         let waiting = p["waiting_for"].to_string();
         assert!(
             waiting.contains("backup") && waiting.contains(&format!("(pid {pid})")),
@@ -502,6 +504,10 @@ fn restore_and_verify_of_a_kept_backup_work_while_prune_runs() {
         // They overlapped: the prune repacked, planned, and waited for the reader.
         assert!(num(&p, "repacked_packs") > 0, "{what}: {p}");
         assert!(num(&p, "pending_packs") > 0, "{what}: the prune waits: {p}");
+        assert!(
+            num(&p, "pending_bytes") > 0,
+            "{what}: what waits has a size: {p}"
+        );
         let waiting = p["waiting_for"].to_string();
         assert!(
             waiting.contains(&format!("{what} on")) && waiting.contains(&format!("(pid {pid})")),
@@ -646,6 +652,7 @@ fn repo_check_while_prune_runs_reports_no_false_damage() {
             "step {k}: the prune ran beside the check but did not see it: {p}"
         );
         assert!(num(&p, "pending_packs") > 0, "step {k}: {p}");
+        assert!(num(&p, "pending_bytes") > 0, "step {k}: {p}");
         if code != 0 || v["problems"].as_array().map(Vec::len) != Some(0) {
             false_alarms.push(format!(
                 "check stopped at its openat #{n} ({k}/{steps} of its run), prune deleted {} \
