@@ -36,6 +36,19 @@ def num(s):
     return float(s) if s not in ("", None) else None
 
 
+# Notes the scripts write when a step's own check failed (lib.sh's check_restored, or a
+# command that failed): such a step misses its targets, however fast it was.
+BAD_NOTES = ("BAD RESTORE", "MISSING OUTPUT")
+
+
+def failed_check(row):
+    """The note of a row whose step failed or whose result failed its check, else None."""
+    note = (row or {}).get("note") or ""
+    if note.startswith("FAILED") or any(mark in note for mark in BAD_NOTES):
+        return note
+    return None
+
+
 def human(n):
     if n is None:
         return "-"
@@ -117,15 +130,15 @@ def main():
 
     targets = [
         ("full backup time <= 1.0x sqlite3+zstd", "s",
-         lb_full.get("secs"), lim(diy.get("secs"), 1.0)),
+         lb_full.get("secs"), lim(diy.get("secs"), 1.0), failed_check(lb_full)),
         ("stored size <= 1.05x .zst file", "B",
-         lb_full.get("bytes"), lim(diy.get("bytes"), 1.05)),
+         lb_full.get("bytes"), lim(diy.get("bytes"), 1.05), failed_check(lb_full)),
         ("second backup time <= 0.5x Lifeboat full", "s",
-         lb_second.get("secs"), lim(lb_full.get("secs"), 0.5)),
+         lb_second.get("secs"), lim(lb_full.get("secs"), 0.5), failed_check(lb_second)),
         ("new stored bytes <= 1.2x compressed changed pages", "B",
-         lb_second.get("bytes"), lim(changed.get("bytes"), 1.2)),
+         lb_second.get("bytes"), lim(changed.get("bytes"), 1.2), failed_check(lb_second)),
         ("restore time <= 1.2x zstd -d", "s",
-         lb_restore.get("secs"), lim(unz.get("secs"), 1.2)),
+         lb_restore.get("secs"), lim(unz.get("secs"), 1.2), failed_check(lb_restore)),
         ("peak RSS <= 256 MiB (max over Lifeboat steps)", "KiB",
          max(lb_rss) if lb_rss else None, 256 * 1024),
     ]
@@ -136,11 +149,17 @@ def main():
 
 
 def check(targets):
-    """Target lines plus a summary line, for (desc, unit, got, limit) tuples."""
+    """Target lines plus a summary line, for (desc, unit, got, limit[, bad]) tuples. `bad`:
+    why the measured step itself failed (a restore that is not the database, a command
+    that failed): then the target is missed whatever the numbers say."""
     out = []
     passed = failed = 0
-    for desc, unit, got, limit in targets:
-        if got is None or limit is None:
+    for desc, unit, got, limit, *rest in targets:
+        bad = rest[0] if rest else None
+        if bad:
+            failed += 1
+            verdict, detail = "FAIL", f"the step failed: {bad}"
+        elif got is None or limit is None:
             verdict, detail = "n/a ", "not measured"
         else:
             ok = got <= limit
@@ -179,10 +198,11 @@ def encryption_overhead(get):
         pt, et, pr, er = p.get("secs"), e.get("secs"), p.get("rss"), e.get("rss")
         table.append((step, secs(pt), secs(et), ratio(et, pt), mib(pr), mib(er), ratio(er, pr),
                       ratio(e.get("bytes"), p.get("bytes"))))
+        bad = failed_check(e) or failed_check(p)
         targets.append((f"{step} time encrypted <= {ENC_LIMIT:.2f}x unencrypted", "s",
-                        et, None if pt is None else pt * ENC_LIMIT))
+                        et, None if pt is None else pt * ENC_LIMIT, bad))
         targets.append((f"{step} peak RSS encrypted <= {ENC_LIMIT:.2f}x unencrypted", "KiB",
-                        er, None if pr is None else pr * ENC_LIMIT))
+                        er, None if pr is None else pr * ENC_LIMIT, bad))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for i, row in enumerate(table):
         out.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

@@ -20,7 +20,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from report import aligned, check, human, load, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
+from report import aligned, check, failed_check, human, load, ratio  # noqa: E402  (same formatting as sqlite.sh's report)
 
 LIFEBOAT = "lifeboat"
 PIPE = "sqlite3+zstd -3+aws s3 cp"
@@ -61,11 +61,12 @@ def main():
 
     targets = [
         (f"full backup time <= {LIMIT:.1f}x pipeline", "s",
-         lb_full.get("secs"), lim(get("full backup", PIPE).get("secs"))),
+         lb_full.get("secs"), lim(get("full backup", PIPE).get("secs")), failed_check(lb_full)),
         (f"restore time <= {LIMIT:.1f}x pipeline", "s",
-         lb_restore.get("secs"), lim(get("restore", PIPE_RESTORE).get("secs"))),
+         lb_restore.get("secs"), lim(get("restore", PIPE_RESTORE).get("secs")),
+         failed_check(lb_restore)),
         (f"second backup uploads <= {LIMIT:.1f}x compressed changed pages", "B",
-         lb_second.get("bytes"), lim(changed.get("bytes"))),
+         lb_second.get("bytes"), lim(changed.get("bytes")), failed_check(lb_second)),
         ("peak RSS <= 256 MiB (max over Lifeboat steps)", "KiB",
          max(lb_rss) if lb_rss else None, 256 * 1024),
     ]

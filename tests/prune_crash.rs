@@ -1,6 +1,6 @@
 //! `kill -9` in the middle of `prune` and of `forget --prune`, at points spread over their
-//! run and at the moments between their steps (prune lock taken, repacking, plan written,
-//! packs being deleted): the repository must check clean (unreferenced leftovers are
+//! run and at each of their steps (prune lock taken, repacking, plan written, packs being
+//! deleted; aimed with strace, and checked to have landed there): the repository must check clean (unreferenced leftovers are
 //! allowed: they are garbage the next prune removes), every remaining backup must verify,
 //! and a follow-up prune must complete (a `locks/prune` left by the killed process, whose
 //! pid is gone, is taken over) and leave nothing unused, no plan and no lock behind.
@@ -61,13 +61,15 @@ fn replace_repo(env: &Env, template: &Path) {
 /// still needed: prune --max-unused 0% repacks them, which takes a while); and a small
 /// database made again from scratch, whose first backup's pack nothing needs any more.
 /// Returns the kept backups with their SHA-256.
+/// Returns the kept backups with the SHA-256 of the database file each was taken of
+/// (computed here, not the one lifeboat reported).
 fn garbage_repository(env: &Env) -> Vec<(String, String)> {
     let lb = Runner::local(env);
     let big = env.path("big.db");
     make_random_db(&big, "wal", 50_000, 300);
     lb.backup_at(&big, None);
     churn(&big, 50, 7, u32::MAX, 10);
-    let b = lb.backup_at(&big, None);
+    let b = backed_up(&lb, &big);
     let small = env.path("small.db");
     make_random_db(&small, "wal", 3_000, 300);
     lb.backup_at(&small, None);
@@ -76,21 +78,22 @@ fn garbage_repository(env: &Env) -> Vec<(String, String)> {
         let _ = std::fs::remove_file(env.path(&format!("small.db{suffix}")));
     }
     make_random_db(&small, "wal", 2_500, 250);
-    let s = lb.backup_at(&small, None);
+    let s = backed_up(&lb, &small);
     let v = lb.json(&["forget", "--keep-last", "1"]);
     assert_eq!(removed(&v["forget"]).len(), 2, "{v}");
     let dry = lb.json(&["prune", "--dry-run", "--max-unused", "0%"]);
-    assert!(dry["repacked_packs"].as_u64().unwrap_or(0) >= 1, "{dry}");
-    assert!(dry["unused_packs"].as_u64().unwrap_or(0) >= 1, "{dry}");
-    [b, s]
-        .iter()
-        .map(|x| {
-            (
-                x["id"].as_str().expect("id").to_string(),
-                x["sha256"].as_str().expect("sha").to_string(),
-            )
-        })
-        .collect()
+    assert!(num(&dry, "repacked_packs") >= 1, "{dry}");
+    assert!(num(&dry, "unused_packs") >= 1, "{dry}");
+    vec![b, s]
+}
+
+/// Back up `db` (whose file holds the whole database: no WAL content) and return the
+/// backup's id and the SHA-256 of the file.
+fn backed_up(lb: &Runner, db: &Path) -> (String, String) {
+    let sha = sha256_file(db);
+    let b = lb.backup_at(db, None);
+    assert_eq!(b["sha256"], sha.as_str(), "the backup is of the file: {b}");
+    (b["id"].as_str().expect("id").to_string(), sha)
 }
 
 /// After a kill: clean check, the same backups, all verify.
@@ -132,15 +135,160 @@ fn follow_up_prune(
     assert_eq!(lb.verify_all(ctx), kept.len(), "{ctx}");
     if restore {
         for (id, sha) in kept {
-            assert_eq!(&lb.restore_matches_manifest(id), sha, "{ctx}: backup {id}");
+            assert_eq!(
+                &lb.restore_matches_manifest(id),
+                sha,
+                "{ctx}: backup {id} restores to its source"
+            );
         }
     }
-    dry["repacked_packs"].as_u64().unwrap_or(0)
+    num(&dry, "repacked_packs")
 }
 
 /// The pack names in a local repository.
 fn packs(repo: &Path) -> BTreeSet<String> {
     tree(&repo.join("data")).into_keys().collect()
+}
+
+/// `lifeboat ARGS` under strace on a copy of `template`: uninterrupted (`kill_at` None, the
+/// calls that name the steps are logged), or killed at `aim`. Returns the exit status.
+fn traced(
+    env: &Env,
+    template: &Path,
+    args: &[&str],
+    aim: Option<(&Aim, u32)>,
+    log: &Path,
+) -> std::process::ExitStatus {
+    replace_repo(env, template);
+    let mut c = match aim {
+        Some((a, n)) => lifeboat_under_strace_at(a.syscall, Some(n), log),
+        None => lifeboat_under_strace_at("linkat,renameat,unlinkat", None, log),
+    };
+    env.setup(&mut c);
+    c.args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("strace")
+}
+
+/// A step of a prune to kill it at, and what the kill must leave.
+struct Step {
+    aim: Aim<'static>,
+    lock_left: bool,
+    plan_left: bool,
+    /// Packs of the repository before the prune that are gone (None: all it planned).
+    packs_gone: Option<usize>,
+}
+
+/// The steps of a prune (local repository; `strace -y` names the folders): it takes the lock
+/// (a create-only link into `locks/`, its staging file unlinked after), a writer thread stores
+/// the repacked pack and its index file, it writes its plan, drops the old index files and
+/// records them, deletes the planned packs, removes the plan, releases the lock.
+fn prune_steps() -> Vec<Step> {
+    let step = |what, syscall, folder, nth, lock_left, plan_left, packs_gone| Step {
+        aim: Aim {
+            what,
+            syscall,
+            folder,
+            nth,
+        },
+        lock_left,
+        plan_left,
+        packs_gone,
+    };
+    vec![
+        step(
+            "as it takes the prune lock",
+            "linkat",
+            "locks",
+            1,
+            false,
+            false,
+            Some(0),
+        ),
+        step(
+            "once it holds the prune lock",
+            "unlinkat",
+            "tmp",
+            1,
+            true,
+            false,
+            Some(0),
+        ),
+        step(
+            "once it stored a repacked pack, before its index file",
+            "linkat",
+            "index",
+            1,
+            true,
+            false,
+            Some(0),
+        ),
+        step(
+            "once the repacked pack's index file is stored",
+            "unlinkat",
+            "tmp",
+            3,
+            true,
+            false,
+            Some(0),
+        ),
+        step(
+            "as it writes its plan",
+            "renameat",
+            "plans",
+            1,
+            true,
+            false,
+            Some(0),
+        ),
+        step(
+            "once it dropped the old index files, as it records them",
+            "renameat",
+            "dropped",
+            1,
+            true,
+            true,
+            Some(0),
+        ),
+        step(
+            "as it deletes the first planned pack",
+            "unlinkat",
+            "data",
+            1,
+            true,
+            true,
+            Some(0),
+        ),
+        step(
+            "once it deleted a pack",
+            "unlinkat",
+            "data",
+            2,
+            true,
+            true,
+            Some(1),
+        ),
+        step(
+            "once it deleted the planned packs, as it removes its plan",
+            "unlinkat",
+            "plans",
+            1,
+            true,
+            true,
+            None,
+        ),
+        step(
+            "as it releases the prune lock",
+            "unlinkat",
+            "locks",
+            1,
+            true,
+            false,
+            None,
+        ),
+    ]
 }
 
 #[test]
@@ -151,98 +299,109 @@ fn kill_prune_at_spread_points_and_between_its_steps() {
     let template = env.path("template");
     copy_dir(&env.repo(), &template);
     let template_packs = packs(&template);
+    let prune = ["prune", "--max-unused", "0%"];
 
     // The quicker of two runs: kill points spread over what a prune takes here.
     let full = (0..2)
         .map(|_| {
             replace_repo(&env, &template);
-            time_alone(&env, &["prune", "--max-unused", "0%"])
+            time_alone(&env, &prune)
         })
         .min()
         .expect("timed");
     println!("prune takes {full:?} alone");
-
     let repo = env.repo();
-    type Cond<'a> = Box<dyn Fn() -> bool + 'a>;
-    let mut points: Vec<(String, Duration, Option<Cond>)> = Vec::new();
-    for f in [0.0, 0.1, 0.3, 0.5, 0.75, 1.0] {
-        points.push((format!("at {f} of its run"), full.mul_f64(f), None));
-    }
-    let long = full * 3 + Duration::from_secs(2);
-    points.push((
-        "once it holds the prune lock".into(),
-        long,
-        Some(Box::new(|| repo.join("locks/prune").exists())),
-    ));
-    points.push((
-        "while it writes a repacked pack".into(),
-        long,
-        Some(Box::new(|| {
-            tree(&repo.join("tmp")).values().any(|&size| size > 1 << 20)
-        })),
-    ));
-    points.push((
-        "once its plan is written".into(),
-        long,
-        Some(Box::new(|| !files_under(&repo, "plans").is_empty())),
-    ));
-    points.push((
-        "once it deleted a pack".into(),
-        long,
-        Some(Box::new(|| !packs(&repo).is_superset(&template_packs))),
-    ));
-    // Last, because it hits the data-loss bug (see the test below): a repacked pack stored,
-    // its index file and plan not yet.
-    points.push((
-        "once it stored a repacked pack".into(),
-        long,
-        Some(Box::new(|| {
-            packs(&repo).difference(&template_packs).next().is_some()
-        })),
-    ));
 
-    let (mut mid_run, mut stale_lock, mut plan_left, mut left_to_repack) = (0, 0, 0, 0);
-    for (what, delay, until) in &points {
-        let ctx = format!("prune killed {what}");
-        replace_repo(&env, &template);
-        let (status, running) = run_and_kill(
-            &env,
-            &["prune", "--max-unused", "0%"],
-            *delay,
-            until.as_deref(),
+    // Kills aimed at each step with strace, each checked to have landed there.
+    let probe_log = env.path("probe.log");
+    let status = traced(&env, &template, &prune, None, &probe_log);
+    assert!(status.success(), "the traced prune: {status}");
+    let probe = strace_calls(&probe_log, &repo);
+    let log = env.path("kill.log");
+    for Step {
+        aim,
+        lock_left,
+        plan_left,
+        packs_gone,
+    } in prune_steps()
+    {
+        let ctx = format!("prune killed {}", aim.what);
+        let n = aim.kill_at(&probe);
+        let status = traced(&env, &template, &prune, Some((&aim, n)), &log);
+        assert_eq!(status.code(), None, "{ctx}: not killed: {status}");
+        assert!(
+            aim.landed(&log, &repo),
+            "{ctx}: the kill landed elsewhere: {:#?}",
+            strace_calls(&log, &repo)
         );
-        if running {
-            mid_run += 1;
-        } else {
-            assert!(status.success(), "{ctx}: prune failed on its own: {status}");
+        assert_eq!(repo.join("locks/prune").exists(), lock_left, "{ctx}: lock");
+        assert_eq!(
+            !files_under(&repo, "plans").is_empty(),
+            plan_left,
+            "{ctx}: plan"
+        );
+        let gone = template_packs.difference(&packs(&repo)).count();
+        match packs_gone {
+            Some(n) => assert_eq!(gone, n, "{ctx}: packs deleted"),
+            None => assert!(gone >= 2, "{ctx}: {gone} packs deleted"),
         }
-        let lock = repo.join("locks/prune").exists();
-        let plan = !files_under(&repo, "plans").is_empty();
-        stale_lock += usize::from(lock);
-        plan_left += usize::from(plan);
         let report = consistent_after_kill(&lb, &kept, &ctx);
         // A stale lock of the killed prune does not stop the next one.
-        let repack = follow_up_prune(&env, &lb, &kept, false, &ctx);
-        left_to_repack += usize::from(repack > 0);
+        let repack = follow_up_prune(&env, &lb, &kept, true, &ctx);
         println!(
-            "{ctx}: running {running}, lock left {lock}, plan left {plan}, {} unreferenced \
-             packs; after the follow-up prune {repack} packs would still be repacked",
+            "{ctx}: {} unreferenced packs; after the follow-up prune {repack} packs would \
+             still be repacked",
             report["unreferenced_packs"]
         );
     }
-    println!("{mid_run} of {} kills landed mid-run", points.len());
-    assert!(mid_run >= 5, "the kills should land during the prunes");
-    assert!(stale_lock >= 1, "some kill should leave a stale prune lock");
-    assert!(plan_left >= 1, "some kill should leave a deletion plan");
-    // Restores after the last round, byte for byte.
+
+    // While a repacked pack is being written (polled: it is in tmp/, over 1 MiB).
+    let ctx = "prune killed while it writes a repacked pack";
+    replace_repo(&env, &template);
+    let writing = || tree(&repo.join("tmp")).values().any(|&size| size > 1 << 20);
+    let (_, running) = run_and_kill(
+        &env,
+        &prune,
+        full * 3 + Duration::from_secs(2),
+        Some(&writing),
+    );
+    assert!(
+        running && writing(),
+        "{ctx}: the kill did not land while it wrote"
+    );
+    assert_eq!(packs(&repo), template_packs, "{ctx}: no pack stored yet");
+    consistent_after_kill(&lb, &kept, ctx);
+    follow_up_prune(&env, &lb, &kept, false, ctx);
+
+    // Kills spread over the run: wherever they land. One counts as landing mid-run when it
+    // left the prune lock (taken after start-up, released at the end).
+    let fractions = [0.1, 0.3, 0.5, 0.75, 1.0];
+    let mut mid_run = 0;
+    for f in fractions {
+        let ctx = format!("prune killed at {f} of its run");
+        replace_repo(&env, &template);
+        let (status, running) = run_and_kill(&env, &prune, full.mul_f64(f), None);
+        if !running {
+            assert!(status.success(), "{ctx}: prune failed on its own: {status}");
+        }
+        let lock = repo.join("locks/prune").exists();
+        assert!(running || !lock, "{ctx}: a finished prune left its lock");
+        mid_run += usize::from(lock);
+        consistent_after_kill(&lb, &kept, &ctx);
+        follow_up_prune(&env, &lb, &kept, false, &ctx);
+        println!("{ctx}: running {running}, lock left {lock}");
+    }
+    println!(
+        "{mid_run} of {} spread kills landed while it held the lock",
+        fractions.len()
+    );
+    assert!(
+        mid_run >= 2,
+        "the spread kills should land during the prunes"
+    );
+    // Restores after the last round, byte for byte the source files.
     for (id, sha) in &kept {
         assert_eq!(&lb.restore_matches_manifest(id), sha, "backup {id}");
-    }
-    if left_to_repack > 0 {
-        println!(
-            "{left_to_repack} follow-up prunes left partly used packs behind (see \
-             bug_prune_after_an_interrupted_repack_deletes_the_only_copy)"
-        );
     }
 }
 
@@ -267,15 +426,31 @@ fn prune_after_an_interrupted_repack_keeps_the_only_copy() {
     let lb = Runner::local(&env);
     let kept = garbage_repository(&env);
     let before = packs(&env.repo());
+    let index_before = files_under(&env.repo(), "index");
     let repo = env.repo();
-    let (_, running) = run_and_kill(
-        &env,
-        &["prune", "--max-unused", "0%"],
-        Duration::from_secs(60),
-        Some(&|| packs(&repo).difference(&before).next().is_some()),
-    );
-    assert!(running, "killed once its first repacked pack was stored");
+    let template = env.path("template");
+    copy_dir(&repo, &template);
+    let prune = ["prune", "--max-unused", "0%"];
+    let probe_log = env.path("probe.log");
+    assert!(traced(&env, &template, &prune, None, &probe_log).success());
+    let aim = Aim {
+        what: "once it stored a repacked pack, before its index file",
+        syscall: "linkat",
+        folder: "index",
+        nth: 1,
+    };
+    let n = aim.kill_at(&strace_calls(&probe_log, &repo));
+    let log = env.path("kill.log");
+    let status = traced(&env, &template, &prune, Some((&aim, n)), &log);
+    assert_eq!(status.code(), None, "not killed: {status}");
+    assert!(aim.landed(&log, &repo), "killed {}", aim.what);
     let leftover: Vec<String> = packs(&repo).difference(&before).cloned().collect();
+    assert_eq!(leftover.len(), 1, "one repacked pack stored: {leftover:?}");
+    assert_eq!(
+        files_under(&repo, "index"),
+        index_before,
+        "no index file names it"
+    );
     assert!(
         files_under(&repo, "plans").is_empty(),
         "killed before its plan"
@@ -406,20 +581,49 @@ fn kill_forget_and_forget_prune_at_spread_points() {
         churn(&db, 3, k, 1_500, 5);
         let t = jiff::Timestamp::from_second(noon_days_ago(3).as_second() + k as i64 * 3600)
             .expect("time");
+        let sha = sha256_file(&db);
         let b = lb.backup_at(&db, Some(&rfc3339(t)));
-        all.push((
-            b["id"].as_str().expect("id").to_string(),
-            b["sha256"].as_str().expect("sha").to_string(),
-        ));
+        assert_eq!(b["sha256"], sha.as_str(), "{b}");
+        all.push((b["id"].as_str().expect("id").to_string(), sha));
     }
     let kept: Vec<(String, String)> = all[27..].to_vec();
     let template = env.path("template");
     copy_dir(&env.repo(), &template);
     let all_ids: BTreeSet<String> = all.iter().map(|x| x.0.clone()).collect();
     let kept_ids: BTreeSet<String> = kept.iter().map(|x| x.0.clone()).collect();
+    let repo = env.repo();
 
-    for (args, label) in [
-        (&["forget", "--keep-last", "3"][..], "forget"),
+    // forget records the backups it forgets (`forgotten/`), then deletes their manifests
+    // one by one; with --prune, a prune follows.
+    let aim = |what, syscall, folder, nth| Aim {
+        what,
+        syscall,
+        folder,
+        nth,
+    };
+    let forget_steps = [
+        aim("as it records what it forgets", "renameat", "forgotten", 1),
+        aim("as it deletes the first manifest", "unlinkat", "backups", 1),
+        aim("half way through the manifests", "unlinkat", "backups", 14),
+        aim("as it deletes the last manifest", "unlinkat", "backups", 27),
+    ];
+    let prune_steps = [
+        aim("as it takes the prune lock", "linkat", "locks", 1),
+        aim("as it writes its plan", "renameat", "plans", 1),
+        aim(
+            "as it deletes the first planned pack",
+            "unlinkat",
+            "data",
+            1,
+        ),
+        aim("as it releases the prune lock", "unlinkat", "locks", 1),
+    ];
+    for (args, label, steps) in [
+        (
+            &["forget", "--keep-last", "3"][..],
+            "forget",
+            forget_steps.to_vec(),
+        ),
         (
             &[
                 "forget",
@@ -430,21 +634,55 @@ fn kill_forget_and_forget_prune_at_spread_points() {
                 "0%",
             ][..],
             "forget --prune",
+            [&forget_steps[1..3], &prune_steps[..]].concat(),
         ),
     ] {
         replace_repo(&env, &template);
         let full = time_alone(&env, args);
         println!("{label} takes {full:?} alone");
-        let mut mid_run = 0;
-        let fractions = [0.0, 0.15, 0.35, 0.55, 0.75, 1.0];
-        for (i, f) in fractions.iter().enumerate() {
-            let ctx = format!("{label} killed at {f} of its run");
-            replace_repo(&env, &template);
-            let (status, running) = run_and_kill(&env, args, full.mul_f64(*f), None);
-            if running {
-                mid_run += 1;
-            } else {
-                assert!(status.success(), "{ctx}: failed on its own: {status}");
+        let probe_log = env.path("probe.log");
+        assert!(traced(&env, &template, args, None, &probe_log).success());
+        let probe = strace_calls(&probe_log, &repo);
+        // Aimed at each step (and checked to have landed there), then spread over the run
+        // wherever they land.
+        let mut kills: Vec<(String, Option<Aim>, Duration)> = steps
+            .iter()
+            .map(|a| {
+                (
+                    format!("{label} killed {}", a.what),
+                    Some(*a),
+                    Duration::ZERO,
+                )
+            })
+            .collect();
+        for f in [0.25, 0.5, 0.75] {
+            kills.push((
+                format!("{label} killed at {f} of its run"),
+                None,
+                full.mul_f64(f),
+            ));
+        }
+        let count = kills.len();
+        for (i, (ctx, aim, delay)) in kills.into_iter().enumerate() {
+            match aim {
+                Some(a) => {
+                    let log = env.path("kill.log");
+                    let n = a.kill_at(&probe);
+                    let status = traced(&env, &template, args, Some((&a, n)), &log);
+                    assert_eq!(status.code(), None, "{ctx}: not killed: {status}");
+                    assert!(
+                        a.landed(&log, &repo),
+                        "{ctx}: the kill landed elsewhere: {:#?}",
+                        strace_calls(&log, &repo)
+                    );
+                }
+                None => {
+                    replace_repo(&env, &template);
+                    let (status, running) = run_and_kill(&env, args, delay, None);
+                    if !running {
+                        assert!(status.success(), "{ctx}: failed on its own: {status}");
+                    }
+                }
             }
             lb.check_clean(true, &ctx);
             let now: BTreeSet<String> = lb.ids().into_iter().collect();
@@ -455,7 +693,7 @@ fn kill_forget_and_forget_prune_at_spread_points() {
             );
             let n = lb.verify_all(&ctx);
             assert_eq!(n, now.len(), "{ctx}");
-            println!("{ctx}: running {running}, {} backups left", now.len());
+            println!("{ctx}: {} backups left", now.len());
             // Run again to the end: exactly the kept ones remain, and prune tidies up.
             lb.json(&["forget", "--keep-last", "3"]);
             assert_eq!(
@@ -463,17 +701,7 @@ fn kill_forget_and_forget_prune_at_spread_points() {
                 kept_ids,
                 "{ctx}"
             );
-            follow_up_prune(&env, &lb, &kept, i + 1 == fractions.len(), &ctx);
+            follow_up_prune(&env, &lb, &kept, i == 0 || i + 1 == count, &ctx);
         }
-        println!(
-            "{label}: {mid_run} of {} kills landed mid-run",
-            fractions.len()
-        );
-        // A plain forget takes milliseconds: on a loaded machine only some kills land
-        // while it runs (those are the ones that test something).
-        assert!(
-            mid_run >= 1,
-            "{label}: the kills should land during the runs"
-        );
     }
 }

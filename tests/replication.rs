@@ -14,6 +14,7 @@ fn replicas_follow_backups_and_serve_lost_objects() {
     let db = env.path("app.db");
     let conn = make_db(&db, 2_000);
     let first = env.backup(&db);
+    let first_content = dump(&db);
     let copy1 = env.path("copy1");
     let copy2 = env.path("copy2");
     for c in [&copy1, &copy2] {
@@ -82,6 +83,14 @@ fn replicas_follow_backups_and_serve_lost_objects() {
         String::from_utf8_lossy(&r.stderr).contains("from replica"),
         "the fallback is reported: {}",
         String::from_utf8_lossy(&r.stderr)
+    );
+    // What it restored is the database as it was backed up, not just a file.
+    assert_eq!(dump(&out), first_content, "the restore from the replica");
+    assert_eq!(integrity_check(&out), ["ok"]);
+    assert_eq!(
+        sha256_file(&out),
+        shown["database"]["sha256"].as_str().expect("sha256"),
+        "{shown}"
     );
     let (code, _) = env.run(&["repo", "check"]);
     assert_eq!(code, 4, "the primary itself is still reported as damaged");

@@ -43,9 +43,16 @@ fn write_only_host_backs_up_but_cannot_read_and_the_identity_can() {
 
     let db = env.path("app.db");
     drop(make_db(&db, 2_000));
-    let out = host(&["backup", db.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    // Uncompressed, so that the search for plaintext below would find it were it not sealed.
+    let out = host(&[
+        "backup",
+        db.to_str().unwrap(),
+        "--json",
+        "--compression",
+        "none",
+    ])
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -109,15 +116,41 @@ fn write_only_host_backs_up_but_cannot_read_and_the_identity_can() {
     let (code, out) = env.run(&["--identity", other.to_str().unwrap(), "list"]);
     assert_eq!(code, 8, "{out}");
 
-    // Nothing in the repository names the table or holds the rows.
-    for f in walk_files(&env.repo()) {
-        let bytes = std::fs::read(&f).unwrap();
-        let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains("row 1999"), "{} holds row data", f.display());
+    // Nothing in the repository names the table or holds the rows; the same backup in an
+    // unencrypted repository does (the control that proves the search can find them).
+    let markers = ["row 1999", "CREATE TABLE"];
+    let found = |repo: &Path| -> Vec<(String, &str)> {
+        let mut found = Vec::new();
+        for f in walk_files(repo) {
+            let bytes = std::fs::read(&f).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            for m in markers {
+                if text.contains(m) {
+                    found.push((f.display().to_string(), m));
+                }
+            }
+        }
+        found
+    };
+    let leaked = found(&env.repo());
+    assert!(
+        leaked.is_empty(),
+        "the repository holds plaintext: {leaked:?}"
+    );
+    let plain = env.path("plain-repo");
+    env.json(&[
+        "--repo",
+        plain.to_str().unwrap(),
+        "backup",
+        db.to_str().unwrap(),
+        "--compression",
+        "none",
+    ]);
+    let seen: Vec<&str> = found(&plain).into_iter().map(|(_, m)| m).collect();
+    for m in markers {
         assert!(
-            !text.contains("CREATE TABLE"),
-            "{} holds the schema",
-            f.display()
+            seen.contains(&m),
+            "the search finds {m:?} in an unencrypted repository: {seen:?}"
         );
     }
 }

@@ -244,6 +244,12 @@ fn sweep(
     if eligible.is_empty() {
         let pending = locks::planned_packs(&waiting);
         report.pending_packs = pending.len();
+        if let Some((survey, _)) = &prior {
+            report.pending_bytes = pending
+                .iter()
+                .filter_map(|id| survey.packs.get(id).map(|p| p.size))
+                .sum();
+        }
         return Ok(());
     }
     let planned = locks::planned_packs(&eligible);

@@ -143,6 +143,18 @@ impl Env {
         c
     }
 
+    /// Give `c` (a `lifeboat` command, or strace running one) the environment `std_cmd`
+    /// gives: this test's folder, HOME, repository and temp dir, and nothing else.
+    pub fn setup(&self, c: &mut std::process::Command) {
+        c.current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.path("home"))
+            .env("LIFEBOAT_REPO", self.repo())
+            .env("LIFEBOAT_TEMP_DIR", self.dir.path())
+            .stdin(std::process::Stdio::null());
+    }
+
     /// Run `lifeboat ARGS` (whatever the outcome): the exit code and stdout + stderr.
     pub fn run(&self, args: &[&str]) -> (i32, String) {
         let out = self.std_cmd().args(args).output().expect("run lifeboat");
@@ -271,21 +283,180 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
 /// trust state, is another syscall and not counted). With `kill_at`, the process is killed
 /// (SIGKILL) at that rename, before it happens. Fails the test if strace is missing.
 pub fn lifeboat_under_strace(kill_at: Option<u32>, log: &Path) -> std::process::Command {
+    lifeboat_under_strace_at("renameat", kill_at, log)
+}
+
+/// `lifeboat` under strace, logging every `syscall` (e.g. `linkat`, `rename`) to `log`. With
+/// `kill_at` = N, the process is killed (SIGKILL) when one of its threads enters its N-th
+/// such call, before the call happens: strace counts per thread, so N is the N-th of the
+/// thread that gets there first. Fails the test if strace is missing.
+pub fn lifeboat_under_strace_at(
+    syscall: &str,
+    kill_at: Option<u32>,
+    log: &Path,
+) -> std::process::Command {
+    let mut c = strace_cmd();
+    // -y: file descriptors with their paths, so `strace_calls` can tell which folder a call
+    // acts in. `syscall` may be a list (`linkat,unlinkat`) when nothing is killed.
+    c.args(["-f", "-qq", "-y", "-o"])
+        .arg(log)
+        .args(["-e", &format!("trace={syscall}")]);
+    if let Some(n) = kill_at {
+        c.arg("-e")
+            .arg(format!("inject={syscall}:signal=SIGKILL:when={n}"));
+    }
+    c.arg(lifeboat_bin());
+    c
+}
+
+/// `strace`, after checking that it runs: a missing strace fails the test, never skips it.
+pub fn strace_cmd() -> std::process::Command {
     let strace = std::process::Command::new("strace").arg("-V").output();
     assert!(
         strace.is_ok_and(|o| o.status.success()),
         "strace is needed (scripts/test.sh installs it)"
     );
-    let mut c = std::process::Command::new("strace");
-    c.args(["-f", "-qq", "-o"])
-        .arg(log)
-        .args(["-e", "trace=renameat"]);
-    if let Some(n) = kill_at {
-        c.arg("-e")
-            .arg(format!("inject=renameat:signal=SIGKILL:when={n}"));
+    std::process::Command::new("strace")
+}
+
+/// The lines of a strace log that record a `syscall` (`name(` at the start of the call).
+pub fn calls_logged(log: &Path, syscall: &str) -> Vec<String> {
+    let call = format!(" {syscall}(");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&call))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether the last `syscall` in a strace log never returned: the process was killed as it
+/// entered it (strace logs `= ?`, or `<unfinished ...>` with no `resumed` line after it when
+/// other threads were logged meanwhile).
+pub fn killed_in(log: &Path, syscall: &str) -> bool {
+    let (call, resumed) = (format!(" {syscall}("), format!("<... {syscall} resumed>"));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .rfind(|l| l.contains(&call) || l.contains(&resumed))
+        .is_some_and(|l| l.ends_with("= ?") || l.ends_with("<unfinished ...>"))
+}
+
+/// One call in a strace log written with `-f -y`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StraceCall {
+    /// The thread that made it.
+    pub tid: String,
+    pub syscall: String,
+    /// The top folder of the repository (`data`, `index`, `locks`, `plans`, `tmp`, ...) the
+    /// call acts in: for `linkat` and `renameat`, where the object goes. The whole path of
+    /// the folder when it is outside the repository.
+    pub folder: String,
+}
+
+/// The calls of a strace log (`-f -y`), in order; `repo`: the repository they act in.
+pub fn strace_calls(log: &Path, repo: &Path) -> Vec<StraceCall> {
+    let repo = std::fs::canonicalize(repo).unwrap_or_else(|_| repo.to_path_buf());
+    let prefix = format!("{}/", repo.display());
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (tid, rest) = l.split_once(char::is_whitespace)?;
+            let rest = rest.trim_start();
+            let (syscall, args) = rest.split_once('(')?;
+            if !syscall
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return None; // `<... resumed>`, `+++ exited`, `--- SIGKILL`
+            }
+            // The paths strace prints after file descriptors: `4</path/to/folder>`.
+            let mut folders = Vec::new();
+            let bytes = args.as_bytes();
+            for (i, _) in args.match_indices('<') {
+                if i > 0 && bytes[i - 1].is_ascii_digit() {
+                    if let Some(end) = args[i + 1..].find('>') {
+                        folders.push(&args[i + 1..i + 1 + end]);
+                    }
+                }
+            }
+            let folder = folders.last()?;
+            let folder = match folder.strip_prefix(&prefix) {
+                Some(inside) => inside.split('/').next().unwrap_or(inside).to_string(),
+                None => folder.to_string(),
+            };
+            Some(StraceCall {
+                tid: tid.to_string(),
+                syscall: syscall.to_string(),
+                folder,
+            })
+        })
+        .collect()
+}
+
+/// A step of a run to kill a process at: the `nth` `syscall` that acts in `folder` (see
+/// `StraceCall`), counted over the whole run.
+#[derive(Debug, Clone, Copy)]
+pub struct Aim<'a> {
+    pub what: &'a str,
+    pub syscall: &'a str,
+    pub folder: &'a str,
+    pub nth: usize,
+}
+
+impl Aim<'_> {
+    /// The `kill_at` for `lifeboat_under_strace_at(self.syscall, ..)` that kills the process
+    /// at this step, from the calls of an uninterrupted run. strace counts per thread: the
+    /// step must be the first call of its number in its thread to come (else the test fails
+    /// here, rather than kill elsewhere).
+    pub fn kill_at(&self, probe: &[StraceCall]) -> u32 {
+        let mut seen = 0;
+        for (p, c) in probe.iter().enumerate() {
+            if c.syscall != self.syscall || c.folder != self.folder {
+                continue;
+            }
+            seen += 1;
+            if seen < self.nth {
+                continue;
+            }
+            let of_thread = |tid: &str| {
+                probe[..p]
+                    .iter()
+                    .filter(|x| x.tid == tid && x.syscall == self.syscall)
+                    .count()
+            };
+            let n = of_thread(&c.tid) + 1;
+            let others: Vec<&String> = probe[..p]
+                .iter()
+                .map(|x| &x.tid)
+                .filter(|t| **t != c.tid && of_thread(t) >= n)
+                .collect();
+            assert!(
+                others.is_empty(),
+                "{}: another thread makes its {n}th {} first: cannot aim there: {probe:#?}",
+                self.what,
+                self.syscall
+            );
+            return n as u32;
+        }
+        panic!(
+            "{}: an uninterrupted run makes no {} #{} in {}: {probe:#?}",
+            self.what, self.syscall, self.nth, self.folder
+        );
     }
-    c.arg(lifeboat_bin());
-    c
+
+    /// Whether the run logged in `log` was killed at this step: its last `syscall`, which
+    /// never returned, is the `nth` in `folder`.
+    pub fn landed(&self, log: &Path, repo: &Path) -> bool {
+        let calls = strace_calls(log, repo);
+        let last = calls.iter().rfind(|c| c.syscall == self.syscall);
+        killed_in(log, self.syscall)
+            && last.is_some_and(|c| c.folder == self.folder)
+            && calls
+                .iter()
+                .filter(|c| c.syscall == self.syscall && c.folder == self.folder)
+                .count()
+                == self.nth
+    }
 }
 
 /// How many renames `lifeboat_under_strace` logged.
@@ -295,6 +466,15 @@ pub fn renames_logged(log: &Path) -> u32 {
         .lines()
         .filter(|l| l.contains("renameat("))
         .count() as u32
+}
+
+/// The unsigned integer `v[field]` (a field path like `prune.deleted_packs` goes down into
+/// objects): the test fails when it is missing or not a number, instead of comparing `None`
+/// (which `Option`'s ordering puts below every number).
+pub fn num(v: &serde_json::Value, field: &str) -> u64 {
+    let x = field.split('.').fold(v, |x, k| &x[k]);
+    x.as_u64()
+        .unwrap_or_else(|| panic!("field {field} is missing or not a number in {v}"))
 }
 
 /// Argon2id parameters that make a test's key derivation cheap (`repo init`, `key add`).

@@ -140,7 +140,10 @@ impl<'a> Runner<'a> {
         let (code, v, err) = self.run_json(&["verify", "--all"]);
         assert_eq!(code, 0, "{context}: verify --all failed: {v}\n{err}");
         assert_eq!(v["ok"], true, "{context}: {v}");
-        v["backups"].as_array().map_or(0, Vec::len)
+        v["backups"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{context}: no backups in {v}"))
+            .len()
     }
 
     /// Restore `id` to a new file and return that file's SHA-256; it must equal the SHA-256
