@@ -131,15 +131,7 @@ impl Env {
     /// for tests that spawn it in the background and wait for or kill it.
     pub fn std_cmd(&self) -> std::process::Command {
         let mut c = std::process::Command::new(lifeboat_bin());
-        c.current_dir(self.dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.path("home"))
-            .env("LIFEBOAT_REPO", self.repo())
-            // Tests back up into a fresh folder, as `backup --init` does.
-            .env("LIFEBOAT_INIT", "1")
-            .env("LIFEBOAT_TEMP_DIR", self.dir.path())
-            .stdin(std::process::Stdio::null());
+        self.setup(&mut c);
         c
     }
 
@@ -151,6 +143,8 @@ impl Env {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path("home"))
             .env("LIFEBOAT_REPO", self.repo())
+            // Tests back up into a fresh folder, as `backup --init` does.
+            .env("LIFEBOAT_INIT", "1")
             .env("LIFEBOAT_TEMP_DIR", self.dir.path())
             .stdin(std::process::Stdio::null());
     }
