@@ -18,15 +18,18 @@ pub fn install() {
         let _ =
             signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, again.clone());
         let _ = signal_hook::flag::register(signal, again);
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        // SAFETY: the handler stores to an atomic and calls write(2), both
+        // async-signal-safe; it allocates nothing.
         let _ = unsafe {
             signal_hook::low_level::register(signal, move || {
-                let _ = RECEIVED.compare_exchange(
-                    0,
-                    signal as usize,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                );
+                let first = RECEIVED
+                    .compare_exchange(0, signal as usize, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+                if first {
+                    const SAY: &[u8] =
+                        b"\nlifeboat: stopping at the next safe point (again to stop at once)\n";
+                    libc::write(2, SAY.as_ptr().cast(), SAY.len());
+                }
             })
         };
     }

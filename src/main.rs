@@ -17,9 +17,17 @@ macro_rules! eprint {
 
 mod cli;
 
+/// The first failure to write the output other than a closed pipe (a full disk under
+/// `lifeboat list --json > out.json`): the command then does not exit 0.
+static OUTPUT_FAILED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// Write to stdout or stderr, ignoring a reader that went away.
 fn write_out(to: &mut dyn std::io::Write, args: std::fmt::Arguments) {
-    let _ = to.write_fmt(args);
+    if let Err(e) = to.write_fmt(args) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = OUTPUT_FAILED.set(e.to_string());
+        }
+    }
 }
 
 use clap::{Args, Parser, Subcommand};
@@ -245,7 +253,7 @@ enum Command {
     #[command(
         after_help = "`latest` with --db means the newest backup of that database that is \
         not a pre-restore safety backup. Restoring a backup of another database over --db asks \
-        first, naming both (without a terminal it needs --force)."
+        first, naming both (without a terminal it needs --force as well as --yes)."
     )]
     Restore {
         /// Backup id, unambiguous prefix, or `latest`.
@@ -674,6 +682,14 @@ fn main() {
     // A command a signal stopped reports it the shell's way, whatever part of it failed.
     let code = match lifeboat::interrupt::received() {
         Some(_) if code != 0 => lifeboat::interrupt::exit_code(),
+        _ => code,
+    };
+    // Work done but its report lost (say, stdout redirected to a full disk): not a success.
+    let code = match OUTPUT_FAILED.get() {
+        Some(e) if code == 0 => {
+            let _ = writeln!(std::io::stderr(), "error: could not write the output: {e}");
+            ErrorKind::Storage.exit_code()
+        }
         _ => code,
     };
     std::process::exit(code);
@@ -1227,7 +1243,7 @@ fn cmd_restore(
         eprintln!(
             "using backup {} of {}, taken {} ({} ago), {}",
             m.id,
-            m.source.path,
+            source_and_host(&m),
             m.time,
             human_age(age_of(&m.time)),
             bytes(m.database.logical_bytes)
@@ -1249,8 +1265,8 @@ fn cmd_restore(
                         m.id, m.source.path
                     ),
                     &format!("backup {} is of {}, not of {target}", m.id, m.source.path),
-                    "add --force to restore it over another database; or pick a backup of this \
-                     one: `lifeboat list --source PATH`",
+                    "add --force (with --yes) to restore it over another database without being asked; \
+                     or pick a backup of this one: `lifeboat list --source PATH`",
                 )?;
             } else if !agreed.yes {
                 confirm(
@@ -1259,7 +1275,7 @@ fn cmd_restore(
                          is taken first.",
                         restore::describe_target(&db),
                         m.id,
-                        m.source.path,
+                        source_and_host(&m),
                         m.time,
                         human_age(age_of(&m.time)),
                         bytes(m.database.logical_bytes)
@@ -1303,6 +1319,15 @@ fn cmd_restore(
         );
     }
     Ok(0)
+}
+
+/// "/srv/app.db", or "/srv/app.db on prod-1" for a backup another host took.
+fn source_and_host(m: &Manifest) -> String {
+    if m.source.host == lifeboat::ops::backup::hostname() {
+        m.source.path.clone()
+    } else {
+        format!("{} on {}", m.source.path, m.source.host)
+    }
 }
 
 /// Whether the user named this backup by its whole id (then there is nothing to announce).

@@ -541,6 +541,7 @@ fn a_count_of_zero_is_refused() {
         env.backup(&db);
     }
     lb(&env, &["forget", "--keep-last", "0"]).fails(2, "forget --keep-last 0", "count of 0");
+    lb(&env, &["forget", "--max-count", "+00"]).fails(2, "forget --max-count +00", "count of 0");
     std::fs::write(env.path("lifeboat.toml"), "[retention]\nkeep_last = 0\n").expect("config");
     lb(&env, &["forget", "--dry-run"]).fails(2, "keep_last = 0 in the config", "count of 0");
     std::fs::remove_file(env.path("lifeboat.toml")).expect("rm config");
@@ -696,4 +697,48 @@ fn a_new_codec_on_the_command_line_starts_from_its_own_default_level() {
         ),
         (serde_json::json!("zstd"), serde_json::json!(3))
     );
+}
+
+/// Give backup `id` of a plain repository another host (as if another machine took it).
+fn set_host(env: &Env, id: &str, host: &str) {
+    let path = env.repo().join("backups").join(id);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("plain JSON");
+    m["source"]["host"] = serde_json::json!(host);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
+}
+
+#[test]
+fn latest_of_a_path_prefers_this_hosts_backups() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    drop(make_db(&db, 100));
+    let ours = env.backup(&db);
+    let ours_dump = dump(&db);
+    insert(&db, 20);
+    let theirs = env.backup(&db); // newer, of the same path, "from production"
+    set_host(&env, &theirs, "prod-1");
+    let d = db.to_str().expect("utf-8");
+    let out = lb(&env, &["restore", "latest", "--db", d, "--yes"]).ok("restore latest --db");
+    assert!(
+        out.text().contains(&format!("using backup {ours} ")),
+        "{}",
+        out.text()
+    );
+    assert_eq!(dump(&db), ours_dump, "another host's backup was restored");
+    // On a third host both are someone else's: ambiguous, both named.
+    set_host(&env, &ours, "staging-1");
+    let out = lb(&env, &["show", "latest", "--source", d]).fails(
+        2,
+        "latest of two other hosts",
+        "ambiguous",
+    );
+    assert!(
+        out.text().contains("on prod-1") && out.text().contains("on staging-1"),
+        "{}",
+        out.text()
+    );
+    // verify without an id checks each host's newest.
+    let v = env.json(&["verify"]);
+    assert_eq!(v["backups"].as_array().expect("backups").len(), 2, "{v}");
 }

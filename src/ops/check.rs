@@ -133,6 +133,7 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let mut planned_gone: HashMap<u32, String> = HashMap::new();
     let mut referenced = HashSet::new();
     for (pack_no, pack) in index.packs.iter().enumerate() {
+        crate::interrupt::check()?; // reading every pack can take hours
         let name = pack_object_name(&pack.id);
         referenced.insert(name.clone());
         let what = match on_disk.get(&name) {

@@ -261,14 +261,16 @@ impl<'de> Deserialize<'de> for Age {
 pub fn parse_count(text: &str) -> Result<Count> {
     match text.trim() {
         "all" | "unlimited" | "-1" => Ok(UNLIMITED),
-        "0" => Err(
-            Error::usage("a count of 0 is not allowed: it would keep nothing")
-                .hint("leave the rule out to not use it, or give 1 or more"),
-        ),
-        t => t.parse::<Count>().map_err(|_| {
-            Error::usage(format!("'{text}' is not a count"))
-                .hint("use a number, or `all` for no limit")
-        }),
+        t => match t.parse::<Count>() {
+            // Any spelling of zero (`0`, `00`, `+0`).
+            Ok(0) => Err(Error::usage(format!(
+                "a count of 0 ('{text}') is not allowed: it would keep nothing"
+            ))
+            .hint("leave the rule out to not use it, or give 1 or more")),
+            Ok(n) => Ok(n),
+            Err(_) => Err(Error::usage(format!("'{text}' is not a count"))
+                .hint("use a number, or `all` for no limit")),
+        },
     }
 }
 

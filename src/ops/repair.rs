@@ -418,6 +418,8 @@ impl<'a> Repair<'a> {
             .collect();
         let mut bad = BTreeMap::new();
         for (n, pack) in index.packs.iter().enumerate() {
+            // Each object is put right on its own: stopping between two is safe.
+            crate::interrupt::check()?;
             if planned.contains(&pack.id) && !used.contains_key(&(n as u32)) {
                 continue;
             }
@@ -499,8 +501,13 @@ impl<'a> Repair<'a> {
             };
             let mut good = None;
             for replica in self.replicas() {
-                if let Ok(m) = self.repo.read_manifest_from(replica.as_ref(), &id) {
-                    let data = replica.get_small(&obj.name, crate::repo::format::MANIFEST_MAX)?;
+                // One download, checked and then written as it is: a second read could
+                // return other bytes than the ones that passed.
+                let Ok(data) = replica.get_small(&obj.name, crate::repo::format::MANIFEST_MAX)
+                else {
+                    continue;
+                };
+                if let Ok(m) = self.repo.decode_manifest(&id, data.clone()) {
                     good = Some((replica.describe(), data, m));
                     break;
                 }

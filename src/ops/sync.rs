@@ -830,6 +830,8 @@ pub fn sync_replicas(
     }
     let mut reports = Vec::new();
     for url in targets {
+        // Stopped by a signal: the targets not reached yet are not even contacted.
+        crate::interrupt::check()?;
         let started = std::time::Instant::now();
         let result = crate::config::open_storage(url, true).and_then(|t| sync(repo, t.as_ref(), 4));
         let ms = started.elapsed().as_millis() as u64;

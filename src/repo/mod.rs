@@ -583,6 +583,13 @@ impl Repository {
     pub fn read_manifest_from(&self, storage: &dyn Storage, id: &str) -> Result<Manifest> {
         let name = format!("backups/{id}");
         let data = storage.get_small(&name, crate::repo::format::MANIFEST_MAX)?;
+        self.decode_manifest(id, data)
+    }
+
+    /// Authenticate and parse the stored bytes of backup `id`'s manifest (as read from any
+    /// copy): a caller that then writes those bytes elsewhere writes exactly what was checked.
+    pub fn decode_manifest(&self, id: &str, data: Vec<u8>) -> Result<Manifest> {
+        let name = format!("backups/{id}");
         let data = self
             .unseal(ObjectKind::Manifest, id.as_bytes(), data, &name)
             .map_err(|e| {
@@ -716,17 +723,39 @@ impl Repository {
     }
 
     /// `latest` among `candidates` (already narrowed to `source` when one was named).
+    ///
+    /// A database is a path on a host (as retention groups them): two hosts backing up
+    /// `/srv/app.db` into one repository are two databases. When the candidates come from
+    /// several hosts and this host is one of them, `latest` means this host's; otherwise it
+    /// is ambiguous, so that staging never restores production's newest backup unasked.
     fn pick_latest(&self, candidates: Vec<Manifest>, source: Option<&str>) -> Result<Manifest> {
-        let (safety, regular): (Vec<Manifest>, Vec<Manifest>) = candidates
+        let (safety, mut regular): (Vec<Manifest>, Vec<Manifest>) = candidates
             .into_iter()
             .partition(|m| m.trigger == manifest::SAFETY_TRIGGER);
-        let sources: std::collections::BTreeSet<&str> =
-            regular.iter().map(|m| m.source.path.as_str()).collect();
-        if sources.len() > 1 {
+        let databases = |ms: &[Manifest]| -> std::collections::BTreeSet<(String, String)> {
+            ms.iter()
+                .map(|m| (m.source.path.clone(), m.source.host.clone()))
+                .collect()
+        };
+        let mut found = databases(&regular);
+        let paths: std::collections::BTreeSet<&str> =
+            found.iter().map(|(p, _)| p.as_str()).collect();
+        if found.len() > 1 && paths.len() == 1 {
+            let here = crate::ops::backup::hostname();
+            if found.iter().any(|(_, h)| *h == here) {
+                regular.retain(|m| m.source.host == here);
+                found = databases(&regular);
+            }
+        }
+        if found.len() > 1 {
             return Err(Error::usage(format!(
                 "`latest` is ambiguous: this repository holds backups of {} databases ({})",
-                sources.len(),
-                sources.iter().copied().collect::<Vec<_>>().join(", ")
+                found.len(),
+                found
+                    .iter()
+                    .map(|(p, h)| format!("{p} on {h}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .hint("name one with --source PATH, or give a backup id (`lifeboat list`)"));
         }
@@ -769,13 +798,14 @@ impl Repository {
         Ok(set.into_iter().collect())
     }
 
-    /// The newest backup of each database that is not a safety backup (what `verify`
-    /// checks when no id is given), oldest first.
+    /// The newest backup of each database (path and host) that is not a safety backup
+    /// (what `verify` checks when no id is given), oldest first.
     pub fn latest_per_source(&self) -> Result<Vec<Manifest>> {
-        let mut newest: BTreeMap<String, Manifest> = BTreeMap::new();
+        // A database is a path on a host.
+        let mut newest: BTreeMap<(String, String), Manifest> = BTreeMap::new();
         for m in self.list_backups()? {
             if m.trigger != manifest::SAFETY_TRIGGER {
-                newest.insert(m.source.path.clone(), m);
+                newest.insert((m.source.path.clone(), m.source.host.clone()), m);
             }
         }
         let mut out: Vec<Manifest> = newest.into_values().collect();

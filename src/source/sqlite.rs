@@ -83,8 +83,11 @@ fn busy_timeout() -> Duration {
     std::env::var("LIFEBOAT_BUSY_TIMEOUT")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())
+        // At most a day: SQLite takes milliseconds in an int.
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .map_or(Duration::from_secs(30), Duration::from_secs_f64)
+        .map_or(Duration::from_secs(30), |s| {
+            Duration::from_secs_f64(s.min(86_400.0))
+        })
 }
 
 /// A SQLite error as an operator reads it: a lock held past the busy timeout is "in use"
@@ -95,7 +98,7 @@ fn sqlite_error(path: &Path, action: &str, e: rusqlite::Error) -> Error {
         Some(DatabaseBusy | DatabaseLocked) => Error::new(
             ErrorKind::InUse,
             format!(
-                "{} is locked by another process (waited {} s): {e}",
+                "{} is locked by another process (busy timeout {} s): {e}",
                 path.display(),
                 busy_timeout().as_secs_f64()
             ),
