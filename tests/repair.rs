@@ -522,3 +522,25 @@ fn repair_waits_for_running_writers() {
         "the lock is released"
     );
 }
+
+/// A damaged index file is not removed while a backup's manifest cannot be read: the blobs
+/// that backup needs were not counted, and that index file may be what locates them.
+#[test]
+fn repair_keeps_a_damaged_index_file_while_a_manifest_is_unreadable() {
+    let s = Setup::new(false, &["zstd", "zstd"], false);
+    let damaged = s.object(1, "index_files");
+    flip_middle(&s.primary(&damaged));
+    let manifest = s.primary(&format!("backups/{}", s.id(1)));
+    let bytes = std::fs::read(&manifest).expect("manifest");
+    writable(&manifest);
+    std::fs::write(&manifest, &bytes[..bytes.len() / 2]).expect("truncate manifest");
+    let o = s
+        .run(&["repo", "repair"])
+        .code(4, "repair with an unreadable manifest and no replica");
+    assert!(
+        s.primary(&damaged).exists(),
+        "the damaged index file was removed: {}",
+        o.text()
+    );
+    assert!(o.stdout.contains("manifest cannot be read"), "{}", o.text());
+}

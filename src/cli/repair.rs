@@ -45,6 +45,12 @@ fn print_repair(r: &RepairReport) {
             r.replicas.join(", ")
         }
     );
+    for url in &r.replicas_unreachable {
+        println!(
+            "  ! replica {url} could not be opened (unreachable, or no repository there): \
+             nothing was looked for on it"
+        );
+    }
     for f in &r.repaired {
         println!("  ✓ {}: {}", f.object, f.problem);
         println!(

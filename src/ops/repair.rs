@@ -64,6 +64,9 @@ pub struct RepairReport {
     pub ok: bool,
     /// The replicas good copies were looked for on.
     pub replicas: Vec<String>,
+    /// Configured replicas that could not be opened (unreachable, or no repository there):
+    /// nothing was looked for on them.
+    pub replicas_unreachable: Vec<String>,
     pub backups: usize,
     pub index_files: usize,
     pub packs: usize,
@@ -179,6 +182,12 @@ struct Repair<'a> {
 
 impl<'a> Repair<'a> {
     fn new(repo: &'a Repository, opts: &RepairOptions, lease: Option<&'a Lease>) -> Self {
+        let opened: Vec<String> = repo.replicas().iter().map(|r| r.describe()).collect();
+        let unreachable = repo
+            .replica_locations()
+            .into_iter()
+            .filter(|l| !opened.iter().any(|o| crate::config::same_location(o, l)))
+            .collect();
         Repair {
             repo,
             storage: repo.storage(),
@@ -188,7 +197,8 @@ impl<'a> Repair<'a> {
                 location: repo.location(),
                 dry_run: opts.dry_run,
                 ok: true,
-                replicas: repo.replica_locations(),
+                replicas: opened,
+                replicas_unreachable: unreachable,
                 backups: 0,
                 index_files: 0,
                 packs: 0,
@@ -284,7 +294,11 @@ impl<'a> Repair<'a> {
 
         // Damaged index files nothing replaced: removed once nothing is missing any more
         // (whatever they located is indexed again), else left for a later repair.
-        let complete = needs.missing.is_empty() && needs.unreadable.is_empty();
+        // A backup whose manifest could not be read names blobs nobody counted: while one
+        // is left, a damaged index file may still be the only thing locating them.
+        let every_manifest_read = manifests.len() == self.report.backups;
+        let complete =
+            needs.missing.is_empty() && needs.unreadable.is_empty() && every_manifest_read;
         for (name, problem) in damaged_index {
             if complete {
                 if !self.dry_run {
@@ -302,7 +316,11 @@ impl<'a> Repair<'a> {
                 let backups = needs.missing_by_backup.keys().cloned().collect();
                 self.unrepaired(
                     &name,
-                    format!("{problem}; no replica holds a good copy, and the packs it described were not all found"),
+                    if every_manifest_read {
+                        format!("{problem}; no replica holds a good copy, and the packs it described were not all found")
+                    } else {
+                        format!("{problem}; no replica holds a good copy, and it is kept while a backup's manifest cannot be read (it may locate what that backup needs)")
+                    },
                     backups,
                 );
             }
