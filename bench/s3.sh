@@ -175,7 +175,7 @@ lb_backup() {
     local step=$1 out=$RUN/$2.out before after j id lo ne re ms rc
     ((LB_OK)) || { record "$step" lifeboat "" "" "" "skipped: no working binary"; return; }
     before=$(bucket_bytes lb || echo 0)
-    run_timed "$out" "$LB" backup "$DB" --repo "$LB_URL" --json; rc=$?
+    run_timed "$out" "$LB" backup --init "$DB" --repo "$LB_URL" --json; rc=$?
     if ((rc == 0)) && j=$(lifeboat_json "$out") && after=$(bucket_bytes lb); then
         read -r id lo ne re ms <<<"$j"
         record "$step" lifeboat "$T_SECS" "$((after - before))" "$T_RSS_KIB" \

@@ -118,7 +118,7 @@ lb_backup() {
     lb_cmd "$tool"
     before=0; [[ -d $LB_REPO ]] && before=$(dusize "$LB_REPO")
     [[ $step == "full backup" ]] && before=0
-    run_timed "$out" "${LB_CMD[@]}" backup "$DB" --repo "$LB_REPO" --json; rc=$?
+    run_timed "$out" "${LB_CMD[@]}" backup --init "$DB" --repo "$LB_REPO" --json; rc=$?
     if ((rc == 0)) && j=$(lifeboat_json "$out") && [[ -d $LB_REPO ]]; then
         read -r id lo ne re ms <<<"$j"
         note="json: id=$id logical=$lo new_stored=$ne repo_stored=$re duration_ms=$ms"
