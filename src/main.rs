@@ -811,8 +811,22 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let out = backup(&repo, &opts)?;
     ctx.record(&repo);
     // Then bring every replica up to date; the backup stands on the primary either way.
-    let replication = sync::sync_replicas(&repo, &ctx.file.replicas, None)?;
-    let failure = sync::replica_failure(&replication);
+    let (replication, failure) = match sync::sync_replicas(&repo, &ctx.file.replicas, None) {
+        Ok(r) => {
+            let failure = sync::replica_failure(&r);
+            (r, failure)
+        }
+        // Stopped between replicas: the backup itself is committed, and must be reported.
+        Err(e) if e.kind == ErrorKind::Interrupted => {
+            let e = e.hint(format!(
+                "backup {} is committed on the primary; the replicas were not brought up to \
+                 date: run `lifeboat sync`",
+                out.manifest.id
+            ));
+            (Vec::new(), Some(e))
+        }
+        Err(e) => return Err(e),
+    };
     let took = started.elapsed();
     print_backup(ctx, &repo, &out, opts.verify, &replication, took, &failure);
     finish(ctx, failure)
