@@ -26,6 +26,23 @@ use support::*;
 const PAYLOAD: u32 = 300;
 
 /// Rewrite every row of `db` with fresh random bytes (every page changes).
+/// A prune's report (`p`) shows it deleted nothing, kept packs (with their size) for the
+/// backup `pid`, and named that backup.
+fn waited_for_backup(p: &serde_json::Value, pid: u32, ctx: &str) {
+    assert_eq!(
+        num(p, "deleted_packs"),
+        0,
+        "{ctx}: deleted under a live backup: {p}"
+    );
+    assert!(num(p, "pending_packs") > 0, "{ctx}: {p}");
+    assert!(num(p, "pending_bytes") > 0, "{ctx}: {p}");
+    let waiting = p["waiting_for"].to_string();
+    assert!(
+        waiting.contains("backup") && waiting.contains(&format!("(pid {pid})")),
+        "{ctx}: names the backup it waits for: {p}"
+    );
+}
+
 fn rewrite_all(db: &Path) {
     churn(db, 1, 0, u32::MAX, 1);
 }
@@ -225,19 +242,7 @@ fn backup_during_forget_and_prune_on_s3() {
     ]);
     signal(pid, "CONT");
     assert_eq!(code, 0, "{v}\n{err}");
-    let p = &v["prune"];
-    assert_eq!(
-        num(p, "deleted_packs"),
-        0,
-        "deleted under a live backup: {p}"
-    );
-    assert!(num(p, "pending_packs") > 0, "{p}");
-    assert!(num(p, "pending_bytes") > 0, "{p}");
-    let waiting = p["waiting_for"].to_string();
-    assert!(
-        waiting.contains("backup") && waiting.contains(&format!("(pid {pid})")),
-        "names the backup it waits for: {p}"
-    );
+    waited_for_backup(&v["prune"], pid, "prune during a stopped backup on S3");
     let after = s3.list(s3.bucket(), "race/data/");
     assert!(
         before.iter().all(|k| after.contains(k)),
@@ -306,17 +311,7 @@ fn prune_waits_for_a_backup_that_has_not_seen_its_plan() {
         assert_eq!(code, 0, "{ctx}: {v}\n{err}");
         let p = &v["prune"];
         println!("{ctx}: prune while the backup is stopped: {p}");
-        assert_eq!(
-            p["deleted_packs"], 0,
-            "{ctx}: deleted under a live backup: {p}"
-        );
-        assert!(num(p, "pending_packs") > 0, "{ctx}: {p}");
-        assert!(num(p, "pending_bytes") > 0, "{ctx}: {p}");
-        let waiting = p["waiting_for"].to_string();
-        assert!(
-            waiting.contains("backup") && waiting.contains(&format!("(pid {pid})")),
-            "{ctx}: names the backup it waits for: {p}"
-        );
+        waited_for_backup(p, pid, &ctx);
         let after = tree(&env.repo().join("data"));
         for pack in before.keys() {
             assert!(
