@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::ops::policy::Policy;
-use crate::storage::Storage;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,21 +44,14 @@ pub struct TargetConfig {
     pub env_prefix: Option<String>,
 }
 
-static TARGETS: std::sync::OnceLock<BTreeMap<String, TargetConfig>> = std::sync::OnceLock::new();
-
-/// Make the `[target."URL"]` sections known to every place that opens a target.
+/// Make the `[target."URL"]` sections known to the object stores, which open every target.
 pub fn register_targets(targets: &BTreeMap<String, TargetConfig>) {
-    let _ = TARGETS.set(targets.clone());
-}
-
-/// The variable prefix configured for the target at `url`, if any.
-pub fn target_env_prefix(url: &str) -> Option<String> {
-    let url = normalize_location(url);
-    TARGETS
-        .get()?
-        .iter()
-        .find(|(u, _)| normalize_location(u) == url)
-        .and_then(|(_, t)| t.env_prefix.clone())
+    crate::storage::object::set_env_prefixes(
+        targets
+            .iter()
+            .filter_map(|(url, t)| Some((url.clone(), t.env_prefix.clone()?)))
+            .collect(),
+    );
 }
 
 /// One spelling for each way of writing a location, so that one target is never counted
@@ -70,18 +62,7 @@ pub fn target_env_prefix(url: &str) -> Option<String> {
 /// location need not exist.
 pub fn normalize_location(location: &str) -> String {
     if crate::storage::object::is_object_url(location) {
-        return match location.split_once("://") {
-            Some((scheme, rest)) => {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                let prefix = prefix.trim_matches('/');
-                if prefix.is_empty() {
-                    format!("{scheme}://{bucket}")
-                } else {
-                    format!("{scheme}://{bucket}/{prefix}")
-                }
-            }
-            None => location.to_string(),
-        };
+        return crate::storage::object::normalize_url(location);
     }
     let path = location.strip_prefix("file://").unwrap_or(location);
     if path.is_empty() || path.contains("://") {
@@ -272,77 +253,6 @@ pub fn repo_location(flag_or_env: Option<&str>, file: &FileConfig) -> (String, O
     (default_repo().display().to_string(), Origin::Default)
 }
 
-/// Schemes of other backup tools' `scheme:rest` locations (restic, borg, kopia): a path that
-/// starts with one is almost surely not meant as a local folder.
-const FOREIGN_SCHEMES: [(&str, &str); 8] = [
-    ("s3", "s3"),
-    ("gs", "gs"),
-    ("gcs", "gs"),
-    ("az", "az"),
-    ("azure", "az"),
-    ("b2", ""),
-    ("sftp", ""),
-    ("rest", ""),
-];
-
-/// Turn a location (`PATH` or `file://PATH`) into a local path.
-pub fn local_path(location: &str) -> Result<PathBuf> {
-    if let Some(p) = location.strip_prefix("file://") {
-        return Ok(PathBuf::from(p));
-    }
-    if let Some((scheme, rest)) = location.split_once(':') {
-        let scheme_l = scheme.to_ascii_lowercase();
-        if let Some((_, ours)) = FOREIGN_SCHEMES.iter().find(|(s, _)| *s == scheme_l) {
-            if !rest.starts_with("//") {
-                let hint = if ours.is_empty() {
-                    "Lifeboat stores on local paths, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX and \
-                     az://CONTAINER/PREFIX; to use a folder with this name, write ./"
-                        .to_string()
-                        + location
-                } else {
-                    format!(
-                        "did you mean {ours}://{}? (Lifeboat writes URLs as {ours}://BUCKET/PREFIX; \
-                         an endpoint goes in AWS_ENDPOINT or the target's settings). For a local \
-                         folder with this name, write ./{location}",
-                        rest.trim_start_matches('/')
-                    )
-                };
-                return Err(Error::usage(format!(
-                    "repository location '{location}' looks like another tool's {scheme}: URL"
-                ))
-                .hint(hint));
-            }
-        }
-    }
-    if let Some((scheme, _)) = location.split_once("://") {
-        return Err(Error::usage(format!(
-            "repository location '{scheme}://…' is not supported"
-        ))
-        .hint("use a path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX or az://CONTAINER/PREFIX"));
-    }
-    Ok(PathBuf::from(location))
-}
-
-/// The storage at a repository location. `create` makes a missing local folder (0700);
-/// buckets must exist already.
-pub fn open_storage(location: &str, create: bool) -> Result<Box<dyn Storage>> {
-    if crate::storage::object::is_object_url(location) {
-        return Ok(Box::new(crate::storage::ObjectStorage::open(location)?));
-    }
-    let path = local_path(location)?;
-    if path.is_file() {
-        return Err(Error::usage(format!(
-            "repository location {} is a file, not a repository folder",
-            path.display()
-        ))
-        .hint("--repo (LIFEBOAT_REPO) names the repository's folder; the database goes after `backup`"));
-    }
-    if create {
-        crate::storage::local::create_private_dir(&path)?;
-    }
-    Ok(Box::new(crate::storage::LocalStorage::new(path)))
-}
-
 /// The hint for a repository location that holds no repository: a known location it looks
 /// like a typo of (`known`: locations this machine has used, the configured one), else how
 /// to create one.
@@ -420,23 +330,6 @@ mod tests {
 keep_dialy = 7"
         )
         .is_err());
-    }
-
-    #[test]
-    fn locations() {
-        assert_eq!(local_path("file:///a/b").unwrap(), PathBuf::from("/a/b"));
-        assert!(local_path("s3://bucket/x").is_err());
-        let e = local_path("s3:primary/app").unwrap_err();
-        assert_eq!(
-            e.hint.as_deref().map(|h| h.contains("s3://primary/app")),
-            Some(true)
-        );
-        assert!(local_path("b2:bucket").is_err());
-        assert_eq!(local_path("./s3:x").unwrap(), PathBuf::from("./s3:x"));
-        assert_eq!(
-            local_path("backup:2026").unwrap(),
-            PathBuf::from("backup:2026")
-        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod host;
 pub mod id;
 pub mod interrupt;
 pub mod ops;

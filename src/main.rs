@@ -437,7 +437,7 @@ impl Ctx {
 
     fn open_repo(&self) -> Result<Repository> {
         let (loc, _) = self.location();
-        self.open_at(config::open_storage(&loc, false)?)
+        self.open_at(lifeboat::storage::open(&loc, false)?)
             .map_err(|e| self.explain_missing(&loc, e))
     }
 
@@ -521,7 +521,7 @@ impl Ctx {
     /// quietly start a new repository that nothing else looks at.
     fn open_or_init_repo(&self, init: bool) -> Result<Repository> {
         let (loc, origin) = self.location();
-        match self.open_at(config::open_storage(&loc, false)?) {
+        match self.open_at(lifeboat::storage::open(&loc, false)?) {
             Err(e) if e.kind == ErrorKind::NotFound && origin != Origin::Default && !init => {
                 Err(self.explain_missing(&loc, e))
             }
@@ -539,7 +539,7 @@ impl Ctx {
                     },
                     None => NewRepo::Plain,
                 };
-                let repo = match Repository::init(config::open_storage(&loc, true)?, kind) {
+                let repo = match Repository::init(lifeboat::storage::open(&loc, true)?, kind) {
                     Ok(repo) => {
                         self.vouch(&repo)?;
                         repo
@@ -547,12 +547,12 @@ impl Ctx {
                     // Another process created it a moment ago (concurrent first backups): use it,
                     // giving its creator a few seconds to write the keys (Argon2id takes a while).
                     Err(e) => {
-                        if !config::open_storage(&loc, false)?.exists("config")? {
+                        if !lifeboat::storage::open(&loc, false)?.exists("config")? {
                             return Err(e);
                         }
                         let mut waited = 0;
                         loop {
-                            match self.open_at(config::open_storage(&loc, false)?) {
+                            match self.open_at(lifeboat::storage::open(&loc, false)?) {
                                 Err(e2) if e2.kind == ErrorKind::NotFound && waited < 100 => {
                                     std::thread::sleep(std::time::Duration::from_millis(100));
                                     waited += 1;
@@ -1337,7 +1337,7 @@ fn cmd_restore(
 
 /// "/srv/app.db", or "/srv/app.db on prod-1" for a backup another host took.
 fn source_and_host(m: &Manifest) -> String {
-    if m.source.host == lifeboat::ops::backup::hostname() {
+    if m.source.host == lifeboat::host::hostname() {
         m.source.path.clone()
     } else {
         format!("{} on {}", m.source.path, m.source.host)
@@ -1360,7 +1360,7 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
     let recipient = recipient.map(|r| parse_recipient(&r)).transpose()?;
     let encrypt = encrypt || recipient.is_some();
     let (loc, _) = ctx.location();
-    let storage = config::open_storage(&loc, false)?;
+    let storage = lifeboat::storage::open(&loc, false)?;
     if storage.exists("config")? {
         return Err(Error::usage(format!(
             "a repository already exists at {}",
@@ -1381,7 +1381,7 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
         },
         None => NewRepo::Plain,
     };
-    let repo = Repository::init(config::open_storage(&loc, true)?, kind)?;
+    let repo = Repository::init(lifeboat::storage::open(&loc, true)?, kind)?;
     ctx.record(&repo);
     if ctx.json {
         println!(
@@ -1676,7 +1676,7 @@ fn cmd_key(ctx: &Ctx, command: KeyCommand) -> Result<i32> {
         }
         _ => repo.require_writable("changing keys")?,
     }
-    let host = lifeboat::ops::backup::hostname();
+    let host = lifeboat::host::hostname();
     let in_use = repo.keys().map(|k| k.key_id.clone()).unwrap_or_default();
     let unlocked = || repo.keys().ok_or_else(|| Error::internal("keys missing"));
     match command {
@@ -2045,7 +2045,7 @@ fn cmd_replica(ctx: &Ctx, command: ReplicaCommand) -> Result<i32> {
                 return Err(Error::usage("a repository cannot be its own replica"));
             }
             // Refuse a target that holds another repository.
-            let target = config::open_storage(&url, true)?;
+            let target = lifeboat::storage::open(&url, true)?;
             if let Ok(data) = target.get_small("config", lifeboat::repo::format::SMALL_OBJECT_MAX) {
                 let (theirs, _) = lifeboat::repo::RepoConfig::parse(&data, &url)?;
                 if theirs.id != repo.config.id {
@@ -2131,7 +2131,7 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
         "error": primary.error,
     })];
     for url in sync::replica_urls(&repo, &ctx.file.replicas)? {
-        let lag = match config::open_storage(&url, false) {
+        let lag = match lifeboat::storage::open(&url, false) {
             Ok(t) => sync::lag(&repo, t.as_ref()),
             Err(e) => sync::Lag::unreachable(&url, e.to_string()),
         };

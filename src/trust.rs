@@ -140,7 +140,7 @@ fn observe(repo: &Repository, location: &str) -> Result<Seen> {
     // plant in a listing must not become what "the newest" means.
     let newest = repo.newest_authentic();
     let replica_list = if repo.records().is_sealed() {
-        crate::ops::sync::read_replicas(repo.storage(), &repo.records())?.1
+        crate::repo::replicas::read_replicas(repo.storage(), &repo.records())?.1
     } else {
         None
     };

@@ -166,7 +166,7 @@ pub fn cmd_forget(ctx: &Ctx, a: ForgetArgs) -> Result<i32> {
     let mut targets: Vec<(String, Result<lifeboat::repo::Repository>)> =
         vec![(repo.location(), Ok(repo))];
     for url in urls {
-        let opened = lifeboat::config::open_storage(&url, false).and_then(|s| ctx.open_at(s));
+        let opened = lifeboat::storage::open(&url, false).and_then(|s| ctx.open_at(s));
         targets.push((url, opened));
     }
     for (target, opened) in targets {

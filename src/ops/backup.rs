@@ -277,7 +277,7 @@ fn backup_marked(
         source: SourceInfo {
             kind: "sqlite".into(),
             path: db_path.display().to_string(),
-            host: hostname(),
+            host: crate::host::hostname(),
         },
         description: opts.description.clone(),
         tags: opts.tags.clone(),
@@ -651,11 +651,4 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     crate::source::sqlite::check_is_sqlite(p)?;
     p.canonicalize()
         .map_err(|e| Error::io("cannot resolve", p, e))
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "unknown".into())
 }

@@ -198,7 +198,7 @@ pub fn set_pinned(
     if pinned {
         let record = serde_json::json!({
             "pinned": jiff::Timestamp::now().to_string(),
-            "host": crate::ops::backup::hostname(),
+            "host": crate::host::hostname(),
         });
         repo.storage()
             .put_replace(&name, &repo.records().encode(&name, &record)?)?;
@@ -222,7 +222,7 @@ pub fn record_verified(repo: &Repository, id: &str) -> Result<()> {
     repo.require_writable("recording a verification")?;
     let record = serde_json::json!({
         "verified": jiff::Timestamp::now().to_string(),
-        "host": crate::ops::backup::hostname(),
+        "host": crate::host::hostname(),
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
     let name = format!("{VERIFIED}{id}");

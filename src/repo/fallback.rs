@@ -73,7 +73,7 @@ impl Fallback {
         self.replicas.get_or_init(|| {
             self.locations(repo)
                 .iter()
-                .filter_map(|url| match crate::config::open_storage(url, false) {
+                .filter_map(|url| match crate::storage::open(url, false) {
                     Ok(s) => Some(s),
                     Err(e) => {
                         tracing::info!("replica {url} cannot be read from: {e}");

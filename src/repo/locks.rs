@@ -68,7 +68,7 @@ impl Marker {
         let now = jiff::Timestamp::now().to_string();
         Marker {
             kind: kind.into(),
-            host: crate::ops::backup::hostname(),
+            host: crate::host::hostname(),
             pid: std::process::id(),
             started: now.clone(),
             refreshed: now,
@@ -85,7 +85,7 @@ impl Marker {
     pub fn is_stale(&self) -> bool {
         let here = !self.machine.is_empty()
             && self.machine == this_machine()
-            && self.host == crate::ops::backup::hostname();
+            && self.host == crate::host::hostname();
         if here {
             // Its own process says it all: alive is alive, whatever its clock said.
             return !(process_alive(self.pid)
@@ -198,7 +198,7 @@ pub fn write_plan(storage: &dyn Storage, records: &Records, packs: Vec<String>) 
     let plan = Plan {
         id: crate::id::new_backup_id(now.as_millisecond().max(0) as u64),
         created: now.to_string(),
-        host: crate::ops::backup::hostname(),
+        host: crate::host::hostname(),
         packs,
     };
     let name = plan_object(&plan.id);

@@ -13,6 +13,7 @@ pub mod locks;
 pub mod manifest;
 pub mod pack;
 pub mod records;
+pub mod replicas;
 pub mod tombstones;
 pub mod upgrade;
 
@@ -116,7 +117,7 @@ impl Repository {
                 root,
                 passphrase.as_bytes(),
                 *params,
-                &crate::ops::backup::hostname(),
+                &crate::host::hostname(),
             )?),
             _ => None,
         };
@@ -741,7 +742,7 @@ impl Repository {
         let paths: std::collections::BTreeSet<&str> =
             found.iter().map(|(p, _)| p.as_str()).collect();
         if found.len() > 1 && paths.len() == 1 {
-            let here = crate::ops::backup::hostname();
+            let here = crate::host::hostname();
             if found.iter().any(|(_, h)| *h == here) {
                 regular.retain(|m| m.source.host == here);
                 found = databases(&regular);

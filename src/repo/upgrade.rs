@@ -134,7 +134,7 @@ fn upgrade_locked(
             reseal_manifests(repo, &v2, &mut report)?;
         }
         report.replicas_dropped =
-            crate::ops::sync::read_replicas(repo.storage(), &Records::plain())
+            crate::repo::replicas::read_replicas(repo.storage(), &Records::plain())
                 .map(|(list, _)| list.replicas)
                 .unwrap_or_default();
         report.records_sealed = seal_records(repo, &Records::sealed(v2))?;

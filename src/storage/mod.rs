@@ -3,7 +3,10 @@
 //! never replaces an existing object, which is what makes concurrent writers and crashes safe.
 
 pub mod local;
+pub mod location;
 pub mod object;
+
+pub use location::{local_path, open};
 
 pub use local::LocalStorage;
 pub use object::ObjectStorage;

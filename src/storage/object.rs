@@ -102,6 +102,46 @@ macro_rules! builder_from_env {
     }};
 }
 
+/// Variable prefixes of particular targets (`[target."URL"] env_prefix` in the config), set
+/// once at start-up by the caller that read them: storage does not read configuration.
+static ENV_PREFIXES: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Read target `url`'s settings from `<prefix>AWS_*` (…) instead of the plain variables.
+pub fn set_env_prefixes(by_url: Vec<(String, String)>) {
+    let _ = ENV_PREFIXES.set(
+        by_url
+            .into_iter()
+            .map(|(url, prefix)| (normalize_url(&url), prefix))
+            .collect(),
+    );
+}
+
+fn env_prefix_for(url: &str) -> Option<String> {
+    let url = normalize_url(url);
+    ENV_PREFIXES
+        .get()?
+        .iter()
+        .find(|(u, _)| *u == url)
+        .map(|(_, p)| p.clone())
+}
+
+/// One spelling of an object URL: `scheme://bucket/prefix` without the slashes around the
+/// prefix (it is opened without them).
+pub fn normalize_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                format!("{scheme}://{bucket}")
+            } else {
+                format!("{scheme}://{bucket}/{prefix}")
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
 /// A plain-http endpoint is refused by the HTTP client unless `*_ALLOW_HTTP` is set, with a
 /// bare "builder error" at the first request; say which variable to set, before any request.
 fn require_http_allowed(url: &str, scheme: &str, env_prefix: &str) -> Result<()> {
@@ -222,7 +262,7 @@ impl ObjectStorage {
                 .hint("write it as s3://BUCKET/PREFIX (gs://, az:// likewise)"));
         }
         // A `[target."URL"]` section may name a variable prefix for this target's settings.
-        let env_prefix = crate::config::target_env_prefix(url).unwrap_or_default();
+        let env_prefix = env_prefix_for(url).unwrap_or_default();
         require_credentials(scheme, &env_prefix)?;
         require_http_allowed(url, scheme, &env_prefix)?;
         warn_insecure(url, &env_prefix);
