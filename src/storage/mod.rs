@@ -4,6 +4,7 @@
 
 pub mod local;
 pub mod location;
+pub mod memory;
 pub mod object;
 
 pub use location::{local_path, open};
