@@ -7,6 +7,7 @@ use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{decode_index_file, Index, IndexedPack};
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::{pack_object_name, read_directory};
+use crate::repo::reach::{self, Next, Reached};
 use crate::repo::{compress, Repository};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -208,19 +209,15 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 }
             }
         };
-        for list_hex in &m.content.lists {
-            let Ok(list_id) = Hash::from_hex(list_hex) else {
-                missing += 1;
-                continue;
-            };
-            blame(&list_id, &mut problems, &mut missing);
-            let list = match repo.read_blob_cached(&index, &list_id, &mut list_cache) {
-                Ok(list) => list,
-                Err(e) => {
-                    // A missing list is counted above, and a missing or wrong-size pack is
-                    // blamed above. A list that is there but fails its check (damage inside
-                    // a pack of the right size) is a problem too, named by its pack.
-                    if let Some(loc) = index.get(&list_id) {
+        let walked = reach::walk(repo, &index, &m, &mut list_cache, &mut |r| {
+            match r {
+                Reached::BadId(_) => missing += 1,
+                Reached::List(id) | Reached::Blob(id) => blame(&id, &mut problems, &mut missing),
+                // A missing list is counted above, and a missing or wrong-size pack is
+                // blamed above. A list that is there but fails its check (damage inside
+                // a pack of the right size) is a problem too, named by its pack.
+                Reached::Unreadable(id, e) => {
+                    if let Some(loc) = index.get(&id) {
                         let object = pack_object_name(&index.pack_of(loc).id);
                         match problems.iter_mut().find(|p| p.object == object) {
                             Some(p) => {
@@ -233,14 +230,16 @@ pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                             }
                         }
                     }
-                    continue;
                 }
-            };
-            for chunk in list.chunks_exact(32) {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(chunk);
-                blame(&Hash(h), &mut problems, &mut missing);
             }
+            Ok(Next::Descend)
+        });
+        // Only an unknown content kind stops the walk: this version cannot check it.
+        if let Err(e) = walked {
+            let mut p = problem(obj.name.clone(), e.to_string());
+            p.backups.insert(m.id.clone());
+            problems.push(p);
+            continue;
         }
         if missing > 0 {
             let mut p = problem(
@@ -345,20 +344,19 @@ fn check_pack_data(
 pub fn packs_used_by(repo: &Repository, index: &Index, m: &Manifest) -> Result<BTreeSet<u32>> {
     let mut packs = BTreeSet::new();
     let mut cache = crate::repo::FrameCache::default();
-    for list_hex in &m.content.lists {
-        let list_id = Hash::from_hex(list_hex)?;
-        if let Some(loc) = index.get(&list_id) {
-            packs.insert(index.frames[loc.frame as usize].pack);
-        }
-        let list = repo.read_blob_cached(index, &list_id, &mut cache)?;
-        for chunk in list.chunks_exact(32) {
-            let mut h = [0u8; 32];
-            h.copy_from_slice(chunk);
-            if let Some(loc) = index.get(&Hash(h)) {
+    reach::walk(repo, index, m, &mut cache, &mut |r| match r {
+        Reached::BadId(hex) => Err(crate::error::Error::integrity(format!(
+            "backup {} names a bad list id {hex}",
+            m.id
+        ))),
+        Reached::Unreadable(_, e) => Err(e),
+        Reached::List(id) | Reached::Blob(id) => {
+            if let Some(loc) = index.get(&id) {
                 packs.insert(index.frames[loc.frame as usize].pack);
             }
+            Ok(Next::Descend)
         }
-    }
+    })?;
     Ok(packs)
 }
 

@@ -26,6 +26,7 @@ use crate::repo::locks::{self, Lease, Plan};
 use crate::repo::pack::{
     list_packs, pack_object_name, BlobEntry, BlobKind, FrameEntry, PackWriter,
 };
+use crate::repo::reach::{self, Next, Reached};
 use crate::repo::{FrameCache, Repository};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
@@ -853,40 +854,44 @@ fn referenced_blobs(
         }
         // What a backup of another kind references is unknown to this version: deleting
         // anything could break it.
-        if m.content.kind != "pages" {
-            return Err(Error::usage(format!(
-                "backup {} stores its content as '{}', which this version of Lifeboat does not know; prune changed nothing",
-                m.id, m.content.kind
-            ))
-            .hint("run prune with the Lifeboat version that wrote that backup, or a newer one"));
-        }
-        for hex in &m.content.lists {
-            let id = Hash::from_hex(hex).map_err(|_| {
-                Error::integrity(format!("backup {} names a bad list id {hex}", m.id))
-            })?;
-            if !seen_lists.insert(id) {
-                continue;
+        reach::known_kind(m).map_err(|e| Error {
+            message: format!("{}; prune changed nothing", e.message),
+            ..e
+        })?;
+        reach::walk(repo, lists, m, &mut cache, &mut |r| {
+            match r {
+                Reached::BadId(hex) => {
+                    return Err(Error::integrity(format!(
+                        "backup {} names a bad list id {hex}",
+                        m.id
+                    )))
+                }
+                Reached::List(id) => {
+                    if !seen_lists.insert(id) {
+                        return Ok(Next::Skip);
+                    }
+                    pending.push(id.key());
+                }
+                // A list that cannot be read hides which pages its backup needs: deleting
+                // anything could take the last copy of one. Stop before anything is deleted
+                // (the backup may be repairable from a replica).
+                Reached::Unreadable(_, e) => {
+                    return Err(Error::new(
+                        e.kind,
+                        format!(
+                            "cannot read a page list of backup {}: {}; prune deleted nothing",
+                            m.id, e.message
+                        ),
+                    )
+                    .hint("run `lifeboat repo check`; repair the repository (or forget that backup) before pruning"))
+                }
+                Reached::Blob(id) => pending.push(id.key()),
             }
-            pending.push(id.key());
-            // A list that cannot be read hides which pages its backup needs: deleting
-            // anything could take the last copy of one. Stop before anything is deleted
-            // (the backup may be repairable from a replica).
-            let list = repo.read_blob_cached(lists, &id, &mut cache).map_err(|e| {
-                Error::new(
-                    e.kind,
-                    format!("cannot read a page list of backup {}: {}; prune deleted nothing", m.id, e.message),
-                )
-                .hint("run `lifeboat repo check`; repair the repository (or forget that backup) before pruning")
-            })?;
-            pending.extend(list.chunks_exact(32).map(|c| {
-                let mut k = [0u8; 16];
-                k.copy_from_slice(&c[..16]);
-                Key(k)
-            }));
             if pending.len() >= BATCH {
                 merge_sorted(&mut keys, &mut pending);
             }
-        }
+            Ok(Next::Descend)
+        })?;
         progress.inc(1);
     }
     merge_sorted(&mut keys, &mut pending);

@@ -28,6 +28,7 @@ use crate::repo::index::{
 use crate::repo::locks::{self, Lease};
 use crate::repo::manifest::Manifest;
 use crate::repo::pack::{pack_object_name, read_directory, FrameEntry};
+use crate::repo::reach::{self, Next, Reached};
 use crate::repo::{compress, Repository};
 use crate::storage::Storage;
 use serde::Serialize;
@@ -570,34 +571,32 @@ impl<'a> Repair<'a> {
                     missing += 1;
                 }
             };
-            for hex in &m.content.lists {
-                let Ok(list_id) = Hash::from_hex(hex) else {
-                    needs.unreadable.push((
+            let walked = reach::walk(self.repo, index, m, &mut cache, &mut |r| {
+                match r {
+                    Reached::BadId(hex) => needs.unreadable.push((
                         m.id.clone(),
                         None,
                         format!("its manifest names a page list {hex:?} that is not an id"),
-                    ));
-                    continue;
-                };
-                need(list_id.key(), &mut needs);
-                if !index.contains(&list_id) {
-                    continue;
-                }
-                match self.repo.read_blob_cached(index, &list_id, &mut cache) {
-                    Ok(list) => {
-                        for chunk in list.chunks_exact(32) {
-                            let mut k = [0u8; 16];
-                            k.copy_from_slice(&chunk[..16]);
-                            need(Key(k), &mut needs);
+                    )),
+                    Reached::List(id) => {
+                        need(id.key(), &mut needs);
+                        if !index.contains(&id) {
+                            return Ok(Next::Skip);
                         }
                     }
-                    Err(e) => {
+                    Reached::Unreadable(id, e) => {
                         let pack = index
-                            .get(&list_id)
+                            .get(&id)
                             .map(|loc| index.frames[loc.frame as usize].pack);
                         needs.unreadable.push((m.id.clone(), pack, e.to_string()));
                     }
+                    Reached::Blob(id) => need(id.key(), &mut needs),
                 }
+                Ok(Next::Descend)
+            });
+            // Only an unknown content kind stops a walk here: nothing it needs is known.
+            if let Err(e) = walked {
+                needs.unreadable.push((m.id.clone(), None, e.to_string()));
             }
             if missing > 0 {
                 needs.missing_by_backup.insert(m.id.clone(), missing);

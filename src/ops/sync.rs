@@ -433,16 +433,19 @@ fn copy_backups(
     for obj in &manifests {
         let m = repo.read_manifest(object_id(&obj.name))?;
         let what = format!("backup {}", m.id);
-        for hex in &m.content.lists {
-            let id = Hash::from_hex(hex)?;
-            need(&id.key(), &what)?;
-            let list = repo.read_blob_cached(&index, &id, &mut cache)?;
-            for chunk in list.chunks_exact(32) {
-                let mut k = [0u8; 16];
-                k.copy_from_slice(&chunk[..16]);
-                need(&Key(k), &what)?;
+        crate::repo::reach::walk(repo, &index, &m, &mut cache, &mut |r| {
+            use crate::repo::reach::{Next, Reached};
+            match r {
+                Reached::BadId(hex) => {
+                    return Err(Error::integrity(format!(
+                        "{what} names a bad list id {hex}"
+                    )))
+                }
+                Reached::Unreadable(_, e) => return Err(e),
+                Reached::List(id) | Reached::Blob(id) => need(&id.key(), &what)?,
             }
-        }
+            Ok(Next::Descend)
+        })?;
     }
     // Packs the target lacks: those its index still names were lost or damaged there and are
     // copied again (repair); others are copied if they hold a blob it has nowhere else.
