@@ -742,3 +742,38 @@ fn latest_of_a_path_prefers_this_hosts_backups() {
     let v = env.json(&["verify"]);
     assert_eq!(v["backups"].as_array().expect("backups").len(), 2, "{v}");
 }
+
+/// A backup whose content kind this version does not know (written by a newer Lifeboat):
+/// nothing may be deleted on its account, and every walker says so the same way.
+#[test]
+fn a_content_kind_from_a_newer_lifeboat_stops_prune_and_is_named_by_check() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    drop(make_db(&db, 100));
+    env.backup(&db);
+    insert(&db, 10);
+    let newer = env.backup(&db);
+    let path = env.repo().join("backups").join(&newer);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("plain JSON");
+    m["content"]["kind"] = serde_json::json!("tree");
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
+    let before = common::walk_files(&env.repo().join("data")).len();
+    let out = lb(&env, &["prune"]).fails(2, "prune with an unknown content kind", "does not know");
+    assert!(
+        out.text().contains("prune changed nothing"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(
+        common::walk_files(&env.repo().join("data")).len(),
+        before,
+        "prune deleted data"
+    );
+    let out = lb(&env, &["repo", "check"]).code(4, "check with an unknown content kind");
+    assert!(
+        out.text().contains(&newer) && out.text().contains("'tree'"),
+        "{}",
+        out.text()
+    );
+}
