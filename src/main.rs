@@ -34,13 +34,13 @@ use clap::{Args, Parser, Subcommand};
 use lifeboat::config::{self, FileConfig, Origin};
 use lifeboat::error::{Error, ErrorKind, Result};
 use lifeboat::ops::backup::{backup, BackupOptions};
-use lifeboat::ops::verify::{verify_manifest, VerifyReport};
+use lifeboat::ops::verify::{verify_backups, Progressed, VerifyReport};
 use lifeboat::ops::{check, restore, sync, VerifyLevel};
 use lifeboat::progress::Progress;
 use lifeboat::repo::compress::{Codec, Compression};
 use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfParams};
 use lifeboat::repo::manifest::Manifest;
-use lifeboat::repo::{keys, locks, NewRepo, Repository, Unlock};
+use lifeboat::repo::{keys, NewRepo, Repository, Unlock};
 use lifeboat::secret::PassphraseSource;
 use lifeboat::source::source_key;
 use lifeboat::storage::Storage;
@@ -1143,23 +1143,16 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, source: Option<PathBuf>, all: bool)
     let several = targets.len() > 1;
     ctx.record(&repo);
     let progress = ctx.progress();
-    // The marker keeps a concurrent prune from deleting what this verify reads.
-    let reports = locks::as_reader(repo.storage(), &repo.records(), "verify", || {
-        let index = repo.load_index()?;
-        let mut reports = Vec::new();
-        for m in &targets {
-            if !ctx.json {
-                println!("verify {} of {} ({})", m.id, m.source.path, m.time);
+    let reports = verify_backups(&repo, &targets, &progress, &mut |event| {
+        if ctx.json {
+            return;
+        }
+        match event {
+            Progressed::Starting(m) => {
+                println!("verify {} of {} ({})", m.id, m.source.path, m.time)
             }
-            let r = verify_manifest(&repo, &index, m, &progress)?;
-            if r.ok {
-                // Feeds the "newest verified" retention rail; a read-only target just misses it.
-                if let Err(e) = lifeboat::ops::forget::record_verified(&repo, &m.id) {
-                    tracing::warn!("could not record the verification of {}: {e}", m.id);
-                }
-            }
-            if !ctx.json {
-                print_verify(&r);
+            Progressed::Verified(r) => {
+                print_verify(r);
                 println!(
                     "  {}",
                     if r.ok {
@@ -1169,9 +1162,7 @@ fn cmd_verify(ctx: &Ctx, id: Option<String>, source: Option<PathBuf>, all: bool)
                     }
                 );
             }
-            reports.push(r);
         }
-        Ok(reports)
     })?;
     let failed = reports.iter().filter(|r| !r.ok).count();
     if ctx.json {
@@ -1265,9 +1256,7 @@ fn cmd_restore(
     }
     let progress = ctx.progress();
     let out = match (to.output, to.db) {
-        (Some(out), _) => locks::as_reader(repo.storage(), &repo.records(), "restore", || {
-            restore::restore_to_file(&repo, &m, &out, &progress)
-        })?,
+        (Some(out), _) => restore::restore_to_file(&repo, &m, &out, &progress)?,
         (None, Some(db)) => {
             let target = source_key(&db);
             // A new file holds nothing to lose; an existing one may be another database.
@@ -1299,9 +1288,7 @@ fn cmd_restore(
                 )?;
             }
             let compression = compression(ctx, None, None)?;
-            let out = locks::as_reader(repo.storage(), &repo.records(), "restore", || {
-                restore::restore_in_place(&repo, &m, &db, compression, &progress)
-            })?;
+            let out = restore::restore_in_place(&repo, &m, &db, compression, &progress)?;
             ctx.record(&repo);
             out
         }
@@ -1401,9 +1388,7 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
 
 fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let r = locks::as_reader(repo.storage(), &repo.records(), "check", || {
-        check::check(&repo, read_data)
-    })?;
+    let r = check::check(&repo, read_data)?;
     if ctx.json {
         println!(
             "{}",

@@ -45,6 +45,13 @@ pub struct CheckReport {
 /// Check the primary alone: what replicas hold does not hide its damage (`repo repair`
 /// copies it back).
 pub fn check(repo: &Repository, read_data: bool) -> Result<CheckReport> {
+    // The marker keeps a concurrent prune from deleting what this check is reading.
+    crate::repo::locks::as_reader(repo.storage(), &repo.records(), "check", || {
+        check_marked(repo, read_data)
+    })
+}
+
+fn check_marked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
     let _primary = repo.primary_only();
     let storage = repo.storage();
     let mut report = CheckReport {

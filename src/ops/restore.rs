@@ -976,6 +976,18 @@ pub fn restore_to_file(
     output: &Path,
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
+    // The marker keeps a concurrent prune from deleting what this restore reads.
+    crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
+        restore_to_file_marked(repo, m, output, progress)
+    })
+}
+
+fn restore_to_file_marked(
+    repo: &Repository,
+    m: &Manifest,
+    output: &Path,
+    progress: &Progress,
+) -> Result<RestoreOutcome> {
     if output.exists() {
         return Err(Error::usage(format!("{} already exists", output.display()))
             .hint("choose another --output, or use --db to replace a database in place"));
@@ -1060,6 +1072,18 @@ pub fn check_in_place_target(db: &Path) -> Result<()> {
 /// Replace a database in place: safety backup of the current one, rebuild beside it,
 /// verify, fsync, remove stale `-wal`/`-shm`/`-journal`, rename into place.
 pub fn restore_in_place(
+    repo: &Repository,
+    m: &Manifest,
+    db: &Path,
+    compression: Compression,
+    progress: &Progress,
+) -> Result<RestoreOutcome> {
+    crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
+        restore_in_place_marked(repo, m, db, compression, progress)
+    })
+}
+
+fn restore_in_place_marked(
     repo: &Repository,
     m: &Manifest,
     db: &Path,

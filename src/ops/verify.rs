@@ -49,6 +49,41 @@ pub fn temp_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
+/// What `verify_backups` tells its caller as it goes.
+pub enum Progressed<'a> {
+    /// About to verify this backup.
+    Starting(&'a Manifest),
+    /// Done with it.
+    Verified(&'a VerifyReport),
+}
+
+/// Verify each of `backups` under a reader marker (a concurrent prune deletes nothing they
+/// need), and record each one that passed (the "newest verified" retention rail; a
+/// read-only target just misses it).
+pub fn verify_backups(
+    repo: &Repository,
+    backups: &[Manifest],
+    progress: &Progress,
+    tell: &mut dyn FnMut(Progressed),
+) -> Result<Vec<VerifyReport>> {
+    crate::repo::locks::as_reader(repo.storage(), &repo.records(), "verify", || {
+        let index = repo.load_index()?;
+        let mut reports = Vec::new();
+        for m in backups {
+            tell(Progressed::Starting(m));
+            let r = verify_manifest(repo, &index, m, progress)?;
+            if r.ok {
+                if let Err(e) = crate::ops::forget::record_verified(repo, &m.id) {
+                    tracing::warn!("could not record the verification of {}: {e}", m.id);
+                }
+            }
+            tell(Progressed::Verified(&r));
+            reports.push(r);
+        }
+        Ok(reports)
+    })
+}
+
 pub fn verify_manifest(
     repo: &Repository,
     index: &Index,
