@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod error;
 pub mod host;
 pub mod id;

@@ -31,7 +31,7 @@ fn write_out(to: &mut dyn std::io::Write, args: std::fmt::Arguments) {
 }
 
 use clap::{Args, Parser, Subcommand};
-use lifeboat::config::{self, FileConfig, Origin};
+use lifeboat::config::{self, FileConfig};
 use lifeboat::error::{Error, ErrorKind, Result};
 use lifeboat::ops::backup::{backup, BackupOptions};
 use lifeboat::ops::verify::{verify_backups, Progressed, VerifyReport};
@@ -40,7 +40,7 @@ use lifeboat::progress::Progress;
 use lifeboat::repo::compress::{Codec, Compression};
 use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfParams};
 use lifeboat::repo::manifest::Manifest;
-use lifeboat::repo::{keys, NewRepo, Repository, Unlock};
+use lifeboat::repo::{keys, NewRepo, Repository};
 use lifeboat::secret::PassphraseSource;
 use lifeboat::source::source_key;
 use lifeboat::storage::Storage;
@@ -423,165 +423,46 @@ fn exit_codes_help() -> String {
 pub(crate) struct Ctx {
     json: bool,
     pub(crate) file: FileConfig,
-    repo_flag: Option<String>,
-    passphrase: PassphraseSource,
-    identity: Option<PathBuf>,
-    /// `--accept-change`: accept a repository that changed since this machine last saw it.
-    accept_change: bool,
+    /// Opens the repository (unlock, trust check, replicas) and records it afterwards.
+    opener: lifeboat::engine::Opener,
 }
 
 impl Ctx {
-    fn location(&self) -> (String, Origin) {
-        config::repo_location(self.repo_flag.as_deref(), &self.file)
-    }
-
     fn open_repo(&self) -> Result<Repository> {
-        let (loc, _) = self.location();
-        self.open_at(lifeboat::storage::open(&loc, false)?)
-            .map_err(|e| self.explain_missing(&loc, e))
+        self.opener.open()
     }
 
-    /// A missing repository: say which known one the location may be a typo of.
-    fn explain_missing(&self, location: &str, e: Error) -> Error {
-        if e.kind != ErrorKind::NotFound || !e.message.starts_with("no Lifeboat repository") {
-            return e;
-        }
-        let mut known = lifeboat::trust::known_locations();
-        known.extend(
-            self.file
-                .repo
-                .iter()
-                .map(|r| lifeboat::trust::normalize_location(r)),
-        );
-        known.push(lifeboat::trust::normalize_location(
-            &config::default_repo().display().to_string(),
-        ));
-        let hint = config::missing_repo_hint(location, &known);
-        e.hint(hint)
-    }
-
-    /// Open with the identity if one was given, else with a passphrase (asked only if the
-    /// repository is encrypted); then compare it with what this machine saw of it before.
+    /// Open the repository in `storage` (a replica) with this command's keys and checks.
     pub(crate) fn open_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
-        let repo = self.unlock_at(storage)?;
-        self.vouch(&repo)?;
-        Ok(repo)
-    }
-
-    fn unlock_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
-        if let Some(path) = &self.identity {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::io("cannot read identity", path, e))?,
-            );
-            let identity = Identity::from_file_text(&text)?;
-            return Repository::open(storage, Unlock::Identity(&identity));
-        }
-        let preferred_key = lifeboat::trust::load(&storage.describe()).and_then(|s| s.key_id);
-        let mut ask = || self.passphrase.get("Repository passphrase", false);
-        Repository::open(
-            storage,
-            Unlock::Passphrase {
-                ask: &mut ask,
-                given: self.passphrase_configured(),
-                preferred_key,
-            },
-        )
-    }
-
-    /// The trust check (`lifeboat::trust`), and where damaged objects may be read from.
-    fn vouch(&self, repo: &Repository) -> Result<()> {
-        for notice in lifeboat::trust::check(repo, &repo.location(), self.accept_change)? {
-            eprintln!("warning: {notice}");
-        }
-        let configured = self.file.replicas.clone();
-        repo.set_replica_resolver(Box::new(move |repo| {
-            sync::replica_urls(repo, &configured).unwrap_or_default()
-        }));
-        Ok(())
+        self.opener.open_at(storage)
     }
 
     /// Remember the repository as this command left it (new backups, keys, replicas).
     pub(crate) fn record(&self, repo: &Repository) {
-        if let Err(e) = lifeboat::trust::record(repo, &repo.location()) {
-            tracing::warn!("could not record the state of {}: {e}", repo.location());
-        }
+        self.opener.record(repo)
     }
 
-    /// Whether the user gave a passphrase without being asked (then new repositories are
-    /// created encrypted).
-    fn passphrase_configured(&self) -> bool {
-        self.passphrase.file.is_some()
-            || self.passphrase.command.is_some()
-            || std::env::var_os(self.passphrase.env_var).is_some()
-    }
-
-    /// Open the repository, creating it if it does not exist yet, but only at the default
-    /// location (a first backup needs no set-up) or with `--init`: a mistyped --repo must not
-    /// quietly start a new repository that nothing else looks at.
+    /// Open the repository, creating it at the default location or with `--init`, and say
+    /// when one was created.
     fn open_or_init_repo(&self, init: bool) -> Result<Repository> {
-        let (loc, origin) = self.location();
-        match self.open_at(lifeboat::storage::open(&loc, false)?) {
-            Err(e) if e.kind == ErrorKind::NotFound && origin != Origin::Default && !init => {
-                Err(self.explain_missing(&loc, e))
-            }
-            Err(e) if e.kind == ErrorKind::NotFound => {
-                let passphrase = if self.passphrase_configured() {
-                    Some(self.passphrase.get("New repository passphrase", true)?)
+        let (repo, created) = self.opener.open_or_init(init)?;
+        if let (Some(c), false) = (created, self.json) {
+            eprintln!(
+                "created {} repository at {}{}",
+                if c.encrypted {
+                    "an encrypted"
                 } else {
-                    None
-                };
-                let kind = match &passphrase {
-                    Some(p) => NewRepo::Encrypted {
-                        passphrase: p,
-                        params: KdfParams::default(),
-                        recipient: None,
-                    },
-                    None => NewRepo::Plain,
-                };
-                let repo = match Repository::init(lifeboat::storage::open(&loc, true)?, kind) {
-                    Ok(repo) => {
-                        self.vouch(&repo)?;
-                        repo
-                    }
-                    // Another process created it a moment ago (concurrent first backups): use it,
-                    // giving its creator a few seconds to write the keys (Argon2id takes a while).
-                    Err(e) => {
-                        if !lifeboat::storage::open(&loc, false)?.exists("config")? {
-                            return Err(e);
-                        }
-                        let mut waited = 0;
-                        loop {
-                            match self.open_at(lifeboat::storage::open(&loc, false)?) {
-                                Err(e2) if e2.kind == ErrorKind::NotFound && waited < 100 => {
-                                    std::thread::sleep(std::time::Duration::from_millis(100));
-                                    waited += 1;
-                                }
-                                other => return other,
-                            }
-                        }
-                    }
-                };
-                if !self.json {
-                    eprintln!(
-                        "created {} repository at {}{}",
-                        if repo.is_encrypted() {
-                            "an encrypted"
-                        } else {
-                            "an unencrypted"
-                        },
-                        repo.location(),
-                        if origin == Origin::Default {
-                            " (the default; set --repo or LIFEBOAT_REPO to choose)"
-                        } else {
-                            ""
-                        }
-                    );
+                    "an unencrypted"
+                },
+                repo.location(),
+                if c.default_location {
+                    " (the default; set --repo or LIFEBOAT_REPO to choose)"
+                } else {
+                    ""
                 }
-                Ok(repo)
-            }
-            other => other,
+            );
         }
+        Ok(repo)
     }
 
     /// `LIFEBOAT_TRANSFERS`, else `transfers` in the file, else the default.
@@ -703,10 +584,10 @@ fn run(cli: Cli) -> Result<i32> {
             std::env::set_var("LIFEBOAT_TEMP_DIR", t);
         }
     }
-    let ctx = Ctx {
-        json: cli.json,
-        file,
-        repo_flag: cli.repo,
+    let (location, origin) = config::repo_location(cli.repo.as_deref(), &file);
+    let opener = lifeboat::engine::Opener {
+        location,
+        origin,
         passphrase: PassphraseSource {
             file: cli.password_file,
             command: cli.password_command,
@@ -714,6 +595,14 @@ fn run(cli: Cli) -> Result<i32> {
         },
         identity: cli.identity,
         accept_change: cli.accept_change,
+        configured_replicas: file.replicas.clone(),
+        configured_repo: file.repo.clone(),
+        warn: Box::new(|notice| eprintln!("warning: {notice}")),
+    };
+    let ctx = Ctx {
+        json: cli.json,
+        file,
+        opener,
     };
     match cli.command {
         Command::Backup(args) => cmd_backup(&ctx, args),
@@ -1346,7 +1235,7 @@ fn age_of(time: &str) -> i64 {
 fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfParams) -> Result<i32> {
     let recipient = recipient.map(|r| parse_recipient(&r)).transpose()?;
     let encrypt = encrypt || recipient.is_some();
-    let (loc, _) = ctx.location();
+    let loc = ctx.opener.location.clone();
     let storage = lifeboat::storage::open(&loc, false)?;
     if storage.exists("config")? {
         return Err(Error::usage(format!(
@@ -1356,7 +1245,11 @@ fn cmd_init(ctx: &Ctx, encrypt: bool, recipient: Option<String>, params: KdfPara
         .hint("use it as it is, or choose another --repo"));
     }
     let passphrase = if encrypt {
-        Some(ctx.passphrase.get("New repository passphrase", true)?)
+        Some(
+            ctx.opener
+                .passphrase
+                .get("New repository passphrase", true)?,
+        )
     } else {
         None
     };

@@ -1,0 +1,177 @@
+//! The engine's front door: open (or create) the repository a command works on the way
+//! every caller must — unlock with the identity or a passphrase, check it against what this
+//! machine saw of it (`trust`), read damaged objects from the replicas — and remember it as
+//! the command left it. The CLI calls this; a daemon will too.
+
+use crate::config::{self, Origin};
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::crypto::{Identity, KdfParams};
+use crate::repo::{NewRepo, Repository, Unlock};
+use crate::secret::PassphraseSource;
+use crate::storage::Storage;
+use std::path::PathBuf;
+
+/// How to open the repository of one command (or one daemon job).
+pub struct Opener {
+    /// Where the repository is, and where that setting came from.
+    pub location: String,
+    pub origin: Origin,
+    pub passphrase: PassphraseSource,
+    /// Write-only repositories: the private identity file that reads them.
+    pub identity: Option<PathBuf>,
+    /// Accept a repository that changed since this machine last saw it.
+    pub accept_change: bool,
+    /// Replicas from the config file, besides those in the repository's own list.
+    pub configured_replicas: Vec<String>,
+    /// The config file's `repo`, for "did you mean" hints.
+    pub configured_repo: Option<String>,
+    /// Where warnings go (trust notices): stderr for the CLI, a log for a daemon.
+    pub warn: Box<dyn Fn(&str) + Send + Sync>,
+}
+
+/// A repository `open_or_init` created.
+pub struct Created {
+    pub encrypted: bool,
+    /// At the default location (created without being asked).
+    pub default_location: bool,
+}
+
+impl Opener {
+    /// Open the repository; a missing one is NotFound, with a "did you mean" hint when the
+    /// location looks like a typo of one this machine knows.
+    pub fn open(&self) -> Result<Repository> {
+        self.open_at(crate::storage::open(&self.location, false)?)
+            .map_err(|e| self.explain_missing(e))
+    }
+
+    /// Open the repository in `storage` (a replica, say) with this opener's keys, then
+    /// compare it with what this machine saw of it before.
+    pub fn open_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
+        let repo = self.unlock_at(storage)?;
+        self.vouch(&repo)?;
+        Ok(repo)
+    }
+
+    /// Open the repository, creating it if it does not exist yet, but only at the default
+    /// location (a first backup needs no set-up) or when `init` asks: a mistyped location
+    /// must not quietly start a new repository that nothing else looks at.
+    pub fn open_or_init(&self, init: bool) -> Result<(Repository, Option<Created>)> {
+        let loc = &self.location;
+        match self.open_at(crate::storage::open(loc, false)?) {
+            Err(e) if e.kind == ErrorKind::NotFound && self.origin != Origin::Default && !init => {
+                Err(self.explain_missing(e))
+            }
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                let passphrase = if self.passphrase_configured() {
+                    Some(self.passphrase.get("New repository passphrase", true)?)
+                } else {
+                    None
+                };
+                let kind = match &passphrase {
+                    Some(p) => NewRepo::Encrypted {
+                        passphrase: p,
+                        params: KdfParams::default(),
+                        recipient: None,
+                    },
+                    None => NewRepo::Plain,
+                };
+                let repo = match Repository::init(crate::storage::open(loc, true)?, kind) {
+                    Ok(repo) => {
+                        self.vouch(&repo)?;
+                        repo
+                    }
+                    // Another process created it a moment ago (concurrent first backups):
+                    // use it, giving its creator a few seconds to write the keys (Argon2id
+                    // takes a while).
+                    Err(e) => {
+                        if !crate::storage::open(loc, false)?.exists("config")? {
+                            return Err(e);
+                        }
+                        let mut waited = 0;
+                        loop {
+                            match self.open_at(crate::storage::open(loc, false)?) {
+                                Err(e2) if e2.kind == ErrorKind::NotFound && waited < 100 => {
+                                    std::thread::sleep(std::time::Duration::from_millis(100));
+                                    waited += 1;
+                                }
+                                other => return other.map(|r| (r, None)),
+                            }
+                        }
+                    }
+                };
+                let created = Created {
+                    encrypted: repo.is_encrypted(),
+                    default_location: self.origin == Origin::Default,
+                };
+                Ok((repo, Some(created)))
+            }
+            other => other.map(|r| (r, None)),
+        }
+    }
+
+    /// Remember the repository as this command left it (new backups, keys, replicas).
+    pub fn record(&self, repo: &Repository) {
+        if let Err(e) = crate::trust::record(repo, &repo.location()) {
+            tracing::warn!("could not record the state of {}: {e}", repo.location());
+        }
+    }
+
+    /// Whether the user gave a passphrase without being asked (then new repositories are
+    /// created encrypted).
+    pub fn passphrase_configured(&self) -> bool {
+        self.passphrase.file.is_some()
+            || self.passphrase.command.is_some()
+            || std::env::var_os(self.passphrase.env_var).is_some()
+    }
+
+    /// A missing repository: say which known one the location may be a typo of.
+    fn explain_missing(&self, e: Error) -> Error {
+        if e.kind != ErrorKind::NotFound || !e.message.starts_with("no Lifeboat repository") {
+            return e;
+        }
+        let mut known = crate::trust::known_locations();
+        known.extend(
+            self.configured_repo
+                .iter()
+                .map(|r| crate::trust::normalize_location(r)),
+        );
+        known.push(crate::trust::normalize_location(
+            &config::default_repo().display().to_string(),
+        ));
+        let hint = config::missing_repo_hint(&self.location, &known);
+        e.hint(hint)
+    }
+
+    fn unlock_at(&self, storage: Box<dyn Storage>) -> Result<Repository> {
+        if let Some(path) = &self.identity {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::io("cannot read identity", path, e))?,
+            );
+            let identity = Identity::from_file_text(&text)?;
+            return Repository::open(storage, Unlock::Identity(&identity));
+        }
+        let preferred_key = crate::trust::load(&storage.describe()).and_then(|s| s.key_id);
+        let mut ask = || self.passphrase.get("Repository passphrase", false);
+        Repository::open(
+            storage,
+            Unlock::Passphrase {
+                ask: &mut ask,
+                given: self.passphrase_configured(),
+                preferred_key,
+            },
+        )
+    }
+
+    /// The trust check, and where damaged objects may be read from.
+    fn vouch(&self, repo: &Repository) -> Result<()> {
+        for notice in crate::trust::check(repo, &repo.location(), self.accept_change)? {
+            (self.warn)(&notice);
+        }
+        let configured = self.configured_replicas.clone();
+        repo.set_replica_resolver(Box::new(move |repo| {
+            crate::ops::sync::replica_urls(repo, &configured).unwrap_or_default()
+        }));
+        Ok(())
+    }
+}
