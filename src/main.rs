@@ -1988,87 +1988,33 @@ fn cmd_sync(ctx: &Ctx, target: Option<String>) -> Result<i32> {
 
 fn cmd_status(ctx: &Ctx) -> Result<i32> {
     let repo = ctx.open_repo()?;
-    let now = jiff::Timestamp::now();
-    let age = |id: &Option<String>| {
-        id.as_deref()
-            .and_then(lifeboat::id::backup_time)
-            .map(|t| (now.as_second() - t.as_second()).max(0))
-    };
-    // Targets that cannot be reached or listed, or whose last sync failed: exit 7.
-    let mut trouble = Vec::new();
-    let primary = sync::lag(&repo, repo.storage());
-    if let Some(e) = &primary.error {
-        trouble.push(format!(
-            "{} (the primary) cannot be listed ({e})",
-            repo.location()
-        ));
-    }
-    let mut rows = vec![json!({
-        "target": repo.location(), "role": "primary", "backups": primary.backups,
-        "newest_backup": primary.newest_backup, "newest_backup_age_s": age(&primary.newest_backup),
-        "error": primary.error,
-    })];
-    for url in sync::replica_urls(&repo, &ctx.file.replicas)? {
-        let lag = match lifeboat::storage::open(&url, false) {
-            Ok(t) => sync::lag(&repo, t.as_ref()),
-            Err(e) => sync::Lag::unreachable(&url, e.to_string()),
-        };
-        let state = sync::state_of(&repo, &url);
-        // RFC 3339 UTC strings of one format compare in time order.
-        let failing = match (&state.last_error_time, &state.last_success) {
-            (Some(err), Some(ok)) => err > ok,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if let Some(e) = &lag.error {
-            trouble.push(format!("{url} cannot be reached ({e})"));
-        } else if failing {
-            trouble.push(format!("the last sync of {url} failed"));
-        }
-        rows.push(json!({
-            "failing": failing,
-            "target": url, "role": "replica", "objects_behind": lag.objects_behind,
-            "bytes_behind": lag.bytes_behind, "backups": lag.backups,
-            "newest_backup": lag.newest_backup, "newest_backup_age_s": age(&lag.newest_backup),
-            "key_changes_pending": sync::key_changes_pending(&repo, &lag, &state),
-            "last_success": state.last_success, "last_error": state.last_error,
-            "last_error_time": state.last_error_time, "error": lag.error,
-        }));
-    }
-    let failure = (!trouble.is_empty()).then(|| {
-        Error::storage(trouble.join("; ")).hint(
-            "backups on the primary are not affected; once the target is reachable, `lifeboat sync` catches it up",
-        )
-    });
+    let report = lifeboat::ops::status::status(&repo, &ctx.file.replicas)?;
+    let failure = report.trouble.clone();
     if ctx.json {
         println!(
             "{}",
-            json!({ "targets": rows, "error": failure.as_ref().map(error_json) })
+            json!({ "targets": report.targets, "error": failure.as_ref().map(error_json) })
         );
         return finish(ctx, failure);
     }
-    for r in &rows {
-        let reachable = r["error"].is_null();
-        println!(
-            "{} ({})",
-            r["target"].as_str().unwrap_or(""),
-            r["role"].as_str().unwrap_or("")
-        );
-        if reachable {
-            let newest = match r["newest_backup_age_s"].as_i64() {
-                Some(s) => format!("newest backup {} ago", human_age(s)),
-                None => "no backups".into(),
-            };
-            println!("  {} backups, {newest}", r["backups"]);
-        } else {
-            println!("  ? backups (unreachable)");
+    for t in &report.targets {
+        println!("{} ({})", t.target, t.role);
+        match (&t.error, t.backups) {
+            (None, Some(n)) => {
+                let newest = match t.newest_backup_age_s {
+                    Some(s) => format!("newest backup {} ago", human_age(s)),
+                    None => "no backups".into(),
+                };
+                println!("  {}, {newest}", count(n as usize, "backup", "backups"));
+            }
+            _ => println!("  ? backups (unreachable)"),
         }
-        if r["role"] == "replica" {
-            match (r["objects_behind"].as_u64(), r["bytes_behind"].as_u64()) {
+        if let Some(r) = &t.replica {
+            match (r.objects_behind, r.bytes_behind) {
                 (Some(n), Some(b)) => println!("  behind by {n} objects ({})", bytes(b)),
                 _ => println!("  behind by ? (unreachable)"),
             }
-            if r["key_changes_pending"] == true {
+            if r.key_changes_pending == Some(true) {
                 println!(
                     "  key changes pending: keys added or removed here are not there yet \
                      (a removed passphrase still opens it): run `lifeboat sync`"
@@ -2076,16 +2022,16 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
             }
             println!(
                 "  last success {}",
-                r["last_success"]
-                    .as_str()
+                r.last_success
+                    .as_deref()
                     .unwrap_or("never (on this machine)")
             );
-            if let Some(e) = r["last_error"].as_str() {
+            if let Some(e) = &r.last_error {
                 println!(
                     "  last error {} at {}{}",
                     e,
-                    r["last_error_time"].as_str().unwrap_or("?"),
-                    if r["failing"] == true {
+                    r.last_error_time.as_deref().unwrap_or("?"),
+                    if r.failing {
                         " (still failing: run `lifeboat sync`)"
                     } else {
                         " (a later sync succeeded)"
@@ -2093,7 +2039,7 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
                 );
             }
         }
-        if let Some(e) = r["error"].as_str() {
+        if let Some(e) = &t.error {
             println!("  UNREACHABLE: {e}");
         }
     }
