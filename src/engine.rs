@@ -175,3 +175,49 @@ impl Opener {
         Ok(())
     }
 }
+
+/// What `backup_then_replicate` did.
+pub struct BackedUp {
+    pub outcome: crate::ops::backup::BackupOutcome,
+    /// One report per replica.
+    pub replication: Vec<crate::ops::sync::SyncReport>,
+    /// A replica that failed (or a signal between replicas): the backup stands on the
+    /// primary either way, and the command reports it, then fails with this.
+    pub failure: Option<Error>,
+    /// The whole run, replication included.
+    pub took: std::time::Duration,
+}
+
+/// Back up into `repo`, record it, then bring every replica up to date.
+pub fn backup_then_replicate(
+    opener: &Opener,
+    repo: &Repository,
+    opts: &crate::ops::backup::BackupOptions,
+) -> Result<BackedUp> {
+    let started = std::time::Instant::now();
+    let outcome = crate::ops::backup::backup(repo, opts)?;
+    opener.record(repo);
+    let (replication, failure) =
+        match crate::ops::sync::sync_replicas(repo, &opener.configured_replicas, None) {
+            Ok(r) => {
+                let failure = crate::ops::sync::replica_failure(&r);
+                (r, failure)
+            }
+            // Stopped between replicas: the backup itself is committed, and must be reported.
+            Err(e) if e.kind == ErrorKind::Interrupted => {
+                let e = e.hint(format!(
+                    "backup {} is committed on the primary; the replicas were not brought up \
+                     to date: run `lifeboat sync`",
+                    outcome.manifest.id
+                ));
+                (Vec::new(), Some(e))
+            }
+            Err(e) => return Err(e),
+        };
+    Ok(BackedUp {
+        outcome,
+        replication,
+        failure,
+        took: started.elapsed(),
+    })
+}

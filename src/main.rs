@@ -682,7 +682,6 @@ fn verify_level(ctx: &Ctx, verify: bool, no_verify: bool) -> Result<VerifyLevel>
 }
 
 fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
-    let started = std::time::Instant::now();
     let opts = BackupOptions {
         database: a.database,
         description: a.description,
@@ -697,28 +696,17 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     // Check the source before creating a repository for it.
     lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
     let repo = ctx.open_or_init_repo(a.init)?;
-    let out = backup(&repo, &opts)?;
-    ctx.record(&repo);
-    // Then bring every replica up to date; the backup stands on the primary either way.
-    let (replication, failure) = match sync::sync_replicas(&repo, &ctx.file.replicas, None) {
-        Ok(r) => {
-            let failure = sync::replica_failure(&r);
-            (r, failure)
-        }
-        // Stopped between replicas: the backup itself is committed, and must be reported.
-        Err(e) if e.kind == ErrorKind::Interrupted => {
-            let e = e.hint(format!(
-                "backup {} is committed on the primary; the replicas were not brought up to \
-                 date: run `lifeboat sync`",
-                out.manifest.id
-            ));
-            (Vec::new(), Some(e))
-        }
-        Err(e) => return Err(e),
-    };
-    let took = started.elapsed();
-    print_backup(ctx, &repo, &out, opts.verify, &replication, took, &failure);
-    finish(ctx, failure)
+    let done = lifeboat::engine::backup_then_replicate(&ctx.opener, &repo, &opts)?;
+    print_backup(
+        ctx,
+        &repo,
+        &done.outcome,
+        opts.verify,
+        &done.replication,
+        done.took,
+        &done.failure,
+    );
+    finish(ctx, done.failure)
 }
 
 fn print_backup(
