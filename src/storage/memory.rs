@@ -16,16 +16,7 @@ pub struct MemoryStorage {
 
 impl MemoryStorage {
     pub fn new() -> Result<MemoryStorage> {
-        let staging = tempfile::Builder::new()
-            .prefix("lifeboat-memory-")
-            .tempdir()
-            .map_err(|e| {
-                Error::io(
-                    "cannot create a staging folder in",
-                    &std::env::temp_dir(),
-                    e,
-                )
-            })?;
+        let staging = super::staging_tempdir("lifeboat-memory-")?;
         Ok(MemoryStorage {
             objects: Mutex::new(BTreeMap::new()),
             staging,

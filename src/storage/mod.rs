@@ -15,6 +15,21 @@ pub use object::ObjectStorage;
 use crate::error::Result;
 use std::path::{Path, PathBuf};
 
+/// A private temporary folder (removed on drop) for files a remote or in-memory target
+/// consumes from local disk (`put_file_new`).
+pub fn staging_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| {
+            crate::error::Error::io(
+                "cannot create a staging folder in",
+                &std::env::temp_dir(),
+                e,
+            )
+        })
+}
+
 /// Create `name` holding `data`, or accept an existing object with exactly these bytes (our
 /// own earlier attempt whose answer was lost, or a concurrent writer of the same content).
 /// Errors if a different object holds the name.

@@ -310,16 +310,7 @@ impl ObjectStorage {
             .enable_all()
             .build()
             .map_err(|e| Error::internal(format!("cannot start the I/O runtime: {e}")))?;
-        let staging = tempfile::Builder::new()
-            .prefix("lifeboat-staging-")
-            .tempdir()
-            .map_err(|e| {
-                Error::io(
-                    "cannot create a staging folder in",
-                    &std::env::temp_dir(),
-                    e,
-                )
-            })?;
+        let staging = super::staging_tempdir("lifeboat-staging-")?;
         Ok(ObjectStorage {
             store,
             prefix: prefix.to_string(),
