@@ -516,14 +516,10 @@ fn parse_args() -> Cli {
         .unwrap_or_default()
         .trim_start_matches("error: ")
         .to_string();
-    let code = ErrorKind::Usage.exit_code();
-    println!(
-        "{}",
-        json!({"error": {"kind": format!("{:?}", ErrorKind::Usage), "message": message,
-            "hint": "run `lifeboat --help` for the usage", "exit_code": code}})
-    );
+    let e = Error::usage(message).hint("run `lifeboat --help` for the usage");
+    println!("{}", json!({ "error": error_json(&e) }));
     eprint!("{text}");
-    std::process::exit(code);
+    std::process::exit(e.exit_code());
 }
 
 fn main() {
@@ -547,16 +543,9 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             if json {
-                println!(
-                    "{}",
-                    json!({"error": {"kind": format!("{:?}", e.kind), "message": e.message,
-                        "hint": e.hint, "exit_code": e.exit_code()}})
-                );
+                println!("{}", json!({ "error": error_json(&e) }));
             }
-            eprintln!("error: {}", e.message);
-            if let Some(h) = &e.hint {
-                eprintln!("  hint: {h}");
-            }
+            print_error(&e);
             e.exit_code()
         }
     };
@@ -1862,6 +1851,14 @@ fn print_sync(ctx: &Ctx, reports: &[sync::SyncReport]) -> Result<i32> {
 
 /// An error as `--json` prints it (`main` prints the same shape for a command that fails
 /// before it has anything else to say).
+/// An error as a person reads it, on stderr: what failed, then what to do.
+fn print_error(e: &Error) {
+    eprintln!("error: {}", e.message);
+    if let Some(h) = &e.hint {
+        eprintln!("  hint: {h}");
+    }
+}
+
 fn error_json(e: &Error) -> serde_json::Value {
     json!({"kind": format!("{:?}", e.kind), "message": e.message, "hint": e.hint,
         "exit_code": e.exit_code()})
@@ -1873,10 +1870,7 @@ fn finish(ctx: &Ctx, failure: Option<Error>) -> Result<i32> {
     match failure {
         None => Ok(0),
         Some(e) if ctx.json => {
-            eprintln!("error: {}", e.message);
-            if let Some(h) = &e.hint {
-                eprintln!("  hint: {h}");
-            }
+            print_error(&e);
             Ok(e.exit_code())
         }
         Some(e) => Err(e),

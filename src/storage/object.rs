@@ -142,6 +142,17 @@ pub fn normalize_url(url: &str) -> String {
     }
 }
 
+/// Whether boolean variable `name` is set on (`1`, `true`, `yes`, `on`), as the object
+/// store clients read their `*_ALLOW_*` switches.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
 /// A plain-http endpoint is refused by the HTTP client unless `*_ALLOW_HTTP` is set, with a
 /// bare "builder error" at the first request; say which variable to set, before any request.
 fn require_http_allowed(url: &str, scheme: &str, env_prefix: &str) -> Result<()> {
@@ -151,14 +162,7 @@ fn require_http_allowed(url: &str, scheme: &str, env_prefix: &str) -> Result<()>
         _ => return Ok(()),
     };
     let var = |name: &str| std::env::var(format!("{env_prefix}{family}{name}")).ok();
-    let truthy = |v: Option<String>| {
-        v.is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        })
-    };
+    let flag = |name: &str| env_flag(&format!("{env_prefix}{family}{name}"));
     let endpoint = ["ENDPOINT", "ENDPOINT_URL", "STORAGE_ENDPOINT"]
         .iter()
         .find_map(|n| var(n).map(|v| (format!("{env_prefix}{family}{n}"), v)));
@@ -166,8 +170,8 @@ fn require_http_allowed(url: &str, scheme: &str, env_prefix: &str) -> Result<()>
         return Ok(());
     };
     if !endpoint.trim().to_ascii_lowercase().starts_with("http://")
-        || truthy(var("ALLOW_HTTP"))
-        || (family == "AZURE_" && truthy(var("STORAGE_USE_EMULATOR")))
+        || flag("ALLOW_HTTP")
+        || (family == "AZURE_" && flag("STORAGE_USE_EMULATOR"))
     {
         return Ok(());
     }
@@ -188,15 +192,7 @@ fn require_http_allowed(url: &str, scheme: &str, env_prefix: &str) -> Result<()>
 fn warn_insecure(url: &str, env_prefix: &str) {
     for family in ["AWS_", "GOOGLE_", "AZURE_"] {
         let var = format!("{env_prefix}{family}ALLOW_INVALID_CERTIFICATES");
-        let on = std::env::var(&var)
-            .map(|v| {
-                matches!(
-                    v.trim().to_ascii_lowercase().as_str(),
-                    "1" | "true" | "yes" | "on"
-                )
-            })
-            .unwrap_or(false);
-        if on {
+        if env_flag(&var) {
             tracing::warn!(
                 "{var} is set: TLS certificates of {url} are not checked, so anyone on the network \
                  path can impersonate the store; unset it unless this is a test"
