@@ -124,17 +124,22 @@ impl RetentionSection {
     /// database in `known` (the sources of the target's backups): a misspelt path would
     /// otherwise quietly fall back to the general policy.
     pub fn unmatched_sources(&self, target: &str, known: &[String]) -> Vec<String> {
-        let on_target = self
-            .targets
-            .iter()
-            .filter(|(url, _)| same_location(url, target))
-            .flat_map(|(_, t)| t.sources.keys());
-        self.sources
-            .keys()
-            .chain(on_target)
+        self.source_sections(target)
             .filter(|k| !known.contains(&crate::source::source_key(Path::new(k.as_str()))))
             .cloned()
             .collect()
+    }
+}
+
+impl RetentionSection {
+    /// The paths of the `[retention.source."PATH"]` sections that apply on `target`.
+    pub fn source_sections<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a String> {
+        let on_target = self
+            .targets
+            .iter()
+            .filter(move |(url, _)| same_location(url, target))
+            .flat_map(|(_, t)| t.sources.keys());
+        self.sources.keys().chain(on_target)
     }
 }
 

@@ -1091,13 +1091,6 @@ fn cmd_restore(
     // What is wrong with the target is said first, whatever the backup.
     if let Some(db) = &to.db {
         restore::check_in_place_target(db)?;
-        if db.is_dir() {
-            return Err(Error::usage(format!(
-                "{} is a directory, not a database file",
-                db.display()
-            ))
-            .hint("give the path of the database file itself"));
-        }
         if db.exists() {
             restore::ensure_not_in_use(db)?;
         }

@@ -220,7 +220,12 @@ fn forget_on(
             (None, None) => None,
         }
     };
-    if let (None, Some(r)) = (cli_policy, retention) {
+    let sections = match (cli_policy, retention) {
+        (None, Some(r)) => Some(r).filter(|r| r.source_sections(&location).next().is_some()),
+        _ => None,
+    };
+    // Listing every manifest for this check pays only when there are source sections.
+    if let Some(r) = sections {
         let known = repo.backup_sources()?;
         for key in r.unmatched_sources(&location, &known) {
             eprintln!(

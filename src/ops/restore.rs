@@ -1050,11 +1050,16 @@ pub fn ensure_not_in_use(db: &Path) -> Result<()> {
     .hint("stop the application that uses it, then run the restore again"))
 }
 
-/// Refuse an in-place target that is a symbolic link: the restore would replace the link
-/// with a file (and its owner and mode would be the link target's, which someone who can
-/// write the folder could point anywhere, say at a setuid program).
+/// Refuse an in-place target that is a directory, or a symbolic link: the restore would
+/// replace the link with a file (and its owner and mode would be the link target's, which
+/// someone who can write the folder could point anywhere, say at a setuid program).
 pub fn check_in_place_target(db: &Path) -> Result<()> {
     match std::fs::symlink_metadata(db) {
+        Ok(meta) if meta.is_dir() => Err(Error::usage(format!(
+            "{} is a directory, not a database file",
+            db.display()
+        ))
+        .hint("give the path of the database file itself")),
         Ok(meta) if meta.file_type().is_symlink() => {
             let target = std::fs::read_link(db)
                 .map(|t| t.display().to_string())

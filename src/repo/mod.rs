@@ -689,14 +689,14 @@ impl Repository {
                 _ => Ok(m),
             };
         }
-        let all: Vec<Manifest> = self
-            .list_backups()?
+        let listed = self.list_backups()?;
+        if spec == "latest" {
+            return self.pick_latest(listed, source);
+        }
+        let all: Vec<Manifest> = listed
             .into_iter()
             .filter(|m| source.is_none_or(|s| m.source.path == s))
             .collect();
-        if spec == "latest" {
-            return self.pick_latest(all, source);
-        }
         if spec.trim().is_empty() {
             return Err(Error::usage("no backup id given")
                 .hint("give a backup id, a prefix of one, or `latest`"));
@@ -724,15 +724,19 @@ impl Repository {
         }
     }
 
-    /// `latest` among `candidates` (already narrowed to `source` when one was named).
+    /// `latest` among `listed` (every backup), narrowed to `source` when one was named.
     ///
     /// A database is a path on a host (as retention groups them): two hosts backing up
     /// `/srv/app.db` into one repository are two databases. When the candidates come from
     /// several hosts and this host is one of them, `latest` means this host's; otherwise it
     /// is ambiguous, so that staging never restores production's newest backup unasked.
-    fn pick_latest(&self, candidates: Vec<Manifest>, source: Option<&str>) -> Result<Manifest> {
-        let (safety, mut regular): (Vec<Manifest>, Vec<Manifest>) = candidates
+    fn pick_latest(&self, listed: Vec<Manifest>, source: Option<&str>) -> Result<Manifest> {
+        // Every database here, for the hint when `source` has no backups.
+        let others: std::collections::BTreeSet<String> =
+            listed.iter().map(|m| m.source.path.clone()).collect();
+        let (safety, mut regular): (Vec<Manifest>, Vec<Manifest>) = listed
             .into_iter()
+            .filter(|m| source.is_none_or(|s| m.source.path == s))
             .partition(|m| m.trigger == manifest::SAFETY_TRIGGER);
         let databases = |ms: &[Manifest]| -> std::collections::BTreeSet<(String, String)> {
             ms.iter()
@@ -777,11 +781,10 @@ impl Repository {
                 ))
             }
             None => {
-                let others = self.backup_sources()?;
                 if source.is_some() && !others.is_empty() {
                     Error::not_found(what).hint(format!(
                         "this repository holds backups of: {}",
-                        others.join(", ")
+                        others.into_iter().collect::<Vec<_>>().join(", ")
                     ))
                 } else {
                     Error::not_found(what).hint("take one with `lifeboat backup DB`")
