@@ -7,6 +7,7 @@ use common::fault_proxy::{Down, FaultProxy, Faults};
 use common::s3::S3Server;
 use common::server::TestStore;
 use common::*;
+use std::os::unix::fs::PermissionsExt;
 
 #[test]
 fn replicas_follow_backups_and_serve_lost_objects() {
@@ -559,4 +560,81 @@ fn one_replica_whatever_its_spelling() {
     assert!(listed(&env).is_empty());
     let (code, out) = env.run(&["replica", "remove", &plain]);
     assert_eq!(code, 3, "{out}");
+}
+
+/// An attacker with write access to the primary plants junk under a key file's and a
+/// manifest's names: a sync must not overwrite the replica's good copies with it.
+#[test]
+fn junk_planted_on_the_primary_does_not_overwrite_the_replicas_copies() {
+    let env = Env::new();
+    encrypted_repo(&env, &[]);
+    let copy = env.path("copy");
+    let copy_s = copy.to_str().unwrap();
+    with_pw(&env, OLD_PW, &[], &["replica", "add", copy_s]).ok("replica add");
+    add_new_key(&env, &[]);
+    with_pw(&env, OLD_PW, &[], &["sync"]).ok("sync");
+    let key_id = other_key_id(&env, OLD_PW, &[]);
+    let key = format!("keys/{key_id}");
+    let backup = std::fs::read_dir(env.repo().join("backups"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("backups/{}", e.file_name().to_string_lossy()))
+        .next()
+        .expect("a backup");
+    let replica_key = std::fs::read(copy.join(&key)).unwrap();
+    let replica_manifest = std::fs::read(copy.join(&backup)).unwrap();
+    for name in [&key, &backup] {
+        let p = env.repo().join(name);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&p, b"junk").unwrap();
+    }
+    // The sync may fail on the manifest it cannot authenticate; either way nothing is replaced.
+    let _ = with_pw(&env, OLD_PW, &[], &["sync"]);
+    assert_eq!(
+        std::fs::read(copy.join(&key)).unwrap(),
+        replica_key,
+        "key file overwritten"
+    );
+    assert_eq!(
+        std::fs::read(copy.join(&backup)).unwrap(),
+        replica_manifest,
+        "manifest overwritten"
+    );
+    with_pw(&env, NEW_PW, &[], &["--repo", copy_s, "verify", "--all"])
+        .ok("the replica still opens and verifies");
+}
+
+/// The primary's config is put back from before a `key add` and the new key file deleted
+/// there, then synced from a host that has no record of the repository: the replica keeps
+/// its newer config and the key file it lists.
+#[test]
+fn a_rolled_back_primary_config_does_not_roll_back_the_replica() {
+    let env = Env::new();
+    encrypted_repo(&env, &[]);
+    let copy = env.path("copy");
+    let copy_s = copy.to_str().unwrap();
+    with_pw(&env, OLD_PW, &[], &["replica", "add", copy_s]).ok("replica add");
+    let old_config = std::fs::read(env.repo().join("config")).unwrap();
+    add_new_key(&env, &[]);
+    with_pw(&env, OLD_PW, &[], &["sync"]).ok("sync");
+    let key_id = other_key_id(&env, OLD_PW, &[]);
+    let replica_config = std::fs::read(copy.join("config")).unwrap();
+    let config = env.repo().join("config");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&config, &old_config).unwrap();
+    std::fs::remove_file(env.repo().join("keys").join(&key_id)).unwrap();
+    // A fresh host: no trust record catches the rollback.
+    std::fs::remove_dir_all(env.path("home/.local/state")).unwrap();
+    with_pw(&env, OLD_PW, &[], &["sync"]).fails(7, "sync after a config rollback", "newer config");
+    assert!(
+        copy.join("keys").join(&key_id).exists(),
+        "the replica lost a key file its config lists"
+    );
+    assert_eq!(
+        std::fs::read(copy.join("config")).unwrap(),
+        replica_config,
+        "the replica's config was rolled back"
+    );
+    with_pw(&env, NEW_PW, &[], &["--repo", copy_s, "list"])
+        .ok("the newer passphrase still opens the replica");
 }

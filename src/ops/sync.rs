@@ -200,6 +200,18 @@ fn target_config_update(repo: &Repository, target: &dyn Storage) -> Result<Confi
                 from_epoch: t.epoch,
             });
         }
+        // An authentic config newer than this one: this repository's was put back (a
+        // rollback), or the replica was changed where it is. Replacing it would roll the
+        // replica back too, and remove the key files only the newer config lists.
+        if theirs.revision > repo.config.revision {
+            return Err(Error::usage(format!(
+                "the replica at {} has a newer config (revision {}) than this repository ({})",
+                target.describe(),
+                theirs.revision,
+                repo.config.revision
+            ))
+            .hint("if this repository's config was put back from an old copy, restore the newer one; keys are changed on the primary and reach the replicas by sync"));
+        }
     }
     Ok(ConfigUpdate::Replace)
 }
@@ -212,7 +224,7 @@ fn sync_marked(
     update: ConfigUpdate,
 ) -> Result<SyncReport> {
     let records = repo.records();
-    let copier = Copier::new(repo.storage(), target, parallel);
+    let copier = Copier::new(repo, target, parallel);
     copier.copy_missing("keys/", |name| !crate::ops::rekey::is_inventory(name))?;
     let mut key_files_removed = Vec::new();
     if !matches!(update, ConfigUpdate::Rekey { .. }) {
@@ -281,6 +293,13 @@ fn sync_marked(
         let data = repo
             .storage()
             .get_small("config", crate::repo::format::SMALL_OBJECT_MAX)?;
+        check_config(repo, &data).map_err(|e| {
+            Error::integrity(format!(
+                "the config of {} changed during this sync and does not check ({e}); the replica keeps its own",
+                repo.location()
+            ))
+            .hint("run the command again; if it fails again, someone replaced that config")
+        })?;
         target.put_replace("config", &data)?;
         copier.count(data.len() as u64);
         if matches!(update, ConfigUpdate::Rekey { .. }) {
@@ -557,7 +576,8 @@ fn copy_backups(
 
 /// Copies objects from one storage to another, several at a time, counting.
 struct Copier<'a> {
-    source: &'a dyn Storage,
+    /// The source: its storage, and its keys to check what is copied.
+    repo: &'a Repository,
     target: &'a dyn Storage,
     parallel: usize,
     copied: AtomicU64,
@@ -566,9 +586,9 @@ struct Copier<'a> {
 }
 
 impl<'a> Copier<'a> {
-    fn new(source: &'a dyn Storage, target: &'a dyn Storage, parallel: usize) -> Copier<'a> {
+    fn new(repo: &'a Repository, target: &'a dyn Storage, parallel: usize) -> Copier<'a> {
         Copier {
-            source,
+            repo,
             target,
             parallel,
             copied: AtomicU64::new(0),
@@ -587,7 +607,8 @@ impl<'a> Copier<'a> {
     fn copy_missing(&self, prefix: &str, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let have = by_name(self.target.list(prefix)?);
         let todo = self
-            .source
+            .repo
+            .storage()
             .list(prefix)?
             .into_iter()
             .filter(|o| have.get(&o.name) != Some(&o.size) && wanted(&o.name))
@@ -600,7 +621,9 @@ impl<'a> Copier<'a> {
     }
 
     fn copy_one(&self, name: &str, replace: bool) -> Result<()> {
-        let n = copy_one(self.source, self.target, name, replace)?;
+        let Some(n) = copy_one(self.repo, self.target, name, replace)? else {
+            return Ok(());
+        };
         self.count(n);
         if replace {
             if let Ok(mut r) = self.repaired.lock() {
@@ -652,23 +675,75 @@ impl<'a> Copier<'a> {
     }
 }
 
-fn copy_one(source: &dyn Storage, target: &dyn Storage, name: &str, replace: bool) -> Result<u64> {
+/// Copy `name` to `target`; `replace`: the target holds it with another size. What is
+/// copied is checked first wherever this repository can check it: a content-addressed object
+/// against its name, a manifest and the config against the keys. An object that cannot be
+/// checked here (a key file, a write-only host's manifest) is copied where the target lacks
+/// it, but never replaces the target's copy: junk planted on the source must not overwrite
+/// good copies on every replica. Returns the bytes written, None if the target's was kept.
+fn copy_one(
+    repo: &Repository,
+    target: &dyn Storage,
+    name: &str,
+    replace: bool,
+) -> Result<Option<u64>> {
+    let source = repo.storage();
     let data = source.get(name)?;
-    if let Some(id) = content_addressed(name) {
+    let damaged = || {
+        Error::integrity(format!(
+            "{}/{name} is damaged on the source (it does not check against its name or the \
+             keys); not copied",
+            source.describe()
+        ))
+        .hint("run `lifeboat repo repair` on the source: it puts back an intact copy from another replica")
+    };
+    let checked = if let Some(id) = content_addressed(name) {
         if Hash::of(&data) != id {
-            return Err(Error::integrity(format!(
-                "{}/{name} is damaged on the source (its bytes do not match its name); not copied",
-                source.describe()
-            ))
-            .hint("run `lifeboat repo repair` on the source: it puts back an intact copy from another replica"));
+            return Err(damaged());
         }
-    }
+        true
+    } else if name == "config" {
+        check_config(repo, &data).map_err(|_| damaged())?;
+        true
+    } else if let Some(id) = name
+        .strip_prefix("backups/")
+        .filter(|_| !repo.is_write_only())
+    {
+        repo.decode_manifest(id, data.clone())
+            .map_err(|_| damaged())?;
+        true
+    } else {
+        false
+    };
     if replace {
-        // Only a copy with the wrong size gets here: it is damaged, and it is replaced.
+        if !checked {
+            tracing::warn!(
+                "{}/{name} differs from this repository's copy, which cannot be checked here; \
+                 the replica's is left as it is (run `lifeboat --repo {} repo check` there)",
+                target.describe(),
+                target.describe()
+            );
+            return Ok(None);
+        }
+        // A checked copy replaces one of the wrong size (damaged there).
         target.delete(name)?;
     }
     target.put_new(name, &data)?;
-    Ok(data.len() as u64)
+    Ok(Some(data.len() as u64))
+}
+
+/// The source's config as stored is the one this repository was opened with, or a later
+/// authentic one (a key change meanwhile): never bytes planted since.
+fn check_config(repo: &Repository, data: &[u8]) -> Result<()> {
+    let (config, mac) = RepoConfig::parse(data, &repo.location())?;
+    if config.id != repo.config.id || config.revision < repo.config.revision {
+        return Err(Error::integrity("not this repository's current config"));
+    }
+    match repo.keys() {
+        Some(keys) => config.verify(mac.as_deref(), &keys.root),
+        // An unencrypted repository authenticates nothing (documented).
+        None => Ok(()),
+    }
 }
 
 /// Compare a target with the repository without copying: the backups it lacks and the packs
