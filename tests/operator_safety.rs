@@ -777,3 +777,17 @@ fn a_content_kind_from_a_newer_lifeboat_stops_prune_and_is_named_by_check() {
         out.text()
     );
 }
+
+/// A name planted under `backups/` (dated far ahead) does not make `status` report a fresh
+/// backup: the newest one shown is the newest that reads as a manifest.
+#[test]
+fn status_is_not_fooled_by_a_planted_backup_name() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    drop(make_db(&db, 10));
+    let id = env.backup(&db);
+    let planted = "0zzzzzzzzzzzzz";
+    std::fs::write(env.repo().join("backups").join(planted), b"").expect("plant");
+    let v = env.json(&["status"]);
+    assert_eq!(v["targets"][0]["newest_backup"], id.as_str(), "{v}");
+}

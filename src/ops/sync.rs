@@ -803,7 +803,16 @@ pub fn lag(repo: &Repository, target: &dyn Storage) -> Lag {
                     .collect();
                 ids.sort();
                 lag.backups = Some(ids.len() as u64);
-                lag.newest_backup = ids.pop();
+                // The newest one that authenticates there: a planted name (dated ahead) must
+                // not make stopped backups look fresh. A write-only host cannot read
+                // manifests: it goes by the names.
+                lag.newest_backup = if repo.is_write_only() {
+                    ids.pop()
+                } else {
+                    ids.into_iter()
+                        .rev()
+                        .find(|id| repo.read_manifest_from(target, id).is_ok())
+                };
             }
         }
         lag.objects_behind = Some(objects);
