@@ -480,8 +480,8 @@ fn prune_after_an_interrupted_repack_keeps_the_only_copy() {
 /// as "temporary files from interrupted runs; harmless" after any number of prunes, and
 /// FORMAT.md calls them garbage, but the garbage collector does not collect them, so every
 /// kill leaks up to a pack's size (16 MiB) of disk. Expected: a prune that finds no live
-/// marker (no writer running) removes `tmp/` leftovers, or those older than the stale-marker
-/// age.
+/// marker (no writer running) removes `tmp/` leftovers not written for 10 minutes (a fresh one
+/// may be a starting writer's lock marker: regression `backup_during_forget_and_prune_on_local_disk`).
 #[test]
 fn prune_removes_the_temporary_files_of_killed_runs() {
     let env = Env::new();
@@ -497,6 +497,23 @@ fn prune_removes_the_temporary_files_of_killed_runs() {
     assert!(running, "killed while writing a repacked pack");
     let leftover: u64 = tree(&repo.join("tmp")).values().sum();
     assert!(leftover > 1 << 20, "a partial pack is left in tmp/");
+    // Fresh staging files may be a starting writer's (its lock marker is staged before it
+    // shows): prune leaves them alone.
+    lb.json(&["prune"]);
+    assert_eq!(
+        tree(&repo.join("tmp")).values().sum::<u64>(),
+        leftover,
+        "fresh leftovers are kept"
+    );
+    // Ten minutes later they are a killed run's.
+    let old = std::time::SystemTime::now() - Duration::from_secs(11 * 60);
+    for name in tree(&repo.join("tmp")).keys() {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(repo.join("tmp").join(name))
+            .expect("open");
+        f.set_modified(old).expect("age the leftover");
+    }
     follow_up_prune(&env, &lb, &kept, false, "after a kill while repacking");
     lb.json(&["prune"]);
     let report = lb.check_clean(false, "after two more prunes");

@@ -487,20 +487,22 @@ fn unverified_copies(
     Ok(keep)
 }
 
+/// Staging files untouched for this long belong to no running command: a pack being written
+/// is touched continuously, and a lock marker lives there for the milliseconds it takes to
+/// store it.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// Remove the staging files of killed runs (`tmp/` of a local repository), but only when no
-/// writer is running: a running backup's pack is staged there until it is stored.
+/// writer is running (a running backup's pack is staged there until it is stored) and only
+/// those not written for `LEFTOVER_AGE`: a writer starting now stages its lock marker there
+/// before the marker can be seen.
 fn remove_temp_files(repo: &Repository) -> Result<usize> {
     let storage = repo.storage();
     let writers = locks::live_markers(storage, &repo.records())?;
     if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
         return Ok(0);
     }
-    let mut removed = 0;
-    for obj in storage.list("tmp/")? {
-        storage.delete(&obj.name)?;
-        removed += 1;
-    }
-    Ok(removed)
+    storage.remove_staged_leftovers(LEFTOVER_AGE)
 }
 
 /// A repack reads neighbouring frames of a pack with one request up to this span.

@@ -268,7 +268,12 @@ impl LocalStorage {
                 return Err(Error::io("cannot store", &self.display(name), errno_io(e)));
             }
         };
-        rustix::fs::unlinkat(staging, staged, AtFlags::empty()).map_err(|e| {
+        // Already gone is fine: the object is in place either way.
+        match rustix::fs::unlinkat(staging, staged, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
             Error::io(
                 "cannot remove temporary file",
                 &self.display(&format!("{STAGING}/{staged}")),
@@ -528,6 +533,55 @@ impl Storage for LocalStorage {
             Err(rustix::io::Errno::NOENT) => Ok(false),
             Err(e) => Err(Error::io("cannot stat", &self.display(name), errno_io(e))),
         }
+    }
+
+    fn remove_staged_leftovers(&self, older_than: std::time::Duration) -> Result<usize> {
+        let Some(dir) = self.open_dir(&[STAGING], false)? else {
+            return Ok(0);
+        };
+        let here = self.display(STAGING);
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        let entries = rustix::fs::Dir::read_from(&dir)
+            .map_err(|e| Error::io("cannot list", &here, errno_io(e)))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("cannot list", &here, errno_io(e)))?;
+            let file = entry.file_name();
+            if matches!(file.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let stat = match rustix::fs::statat(&dir, file, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(s) => s,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot stat",
+                        &here.join(OsStr::from_bytes(file.to_bytes())),
+                        errno_io(e),
+                    ))
+                }
+            };
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                continue;
+            }
+            let written =
+                std::time::UNIX_EPOCH + std::time::Duration::new(stat.st_mtime.max(0) as u64, 0);
+            if now.duration_since(written).unwrap_or_default() < older_than {
+                continue;
+            }
+            match rustix::fs::unlinkat(&dir, file, AtFlags::empty()) {
+                Ok(()) => removed += 1,
+                Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        "cannot delete",
+                        &here.join(OsStr::from_bytes(file.to_bytes())),
+                        errno_io(e),
+                    ))
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn delete(&self, name: &str) -> Result<()> {

@@ -125,6 +125,14 @@ pub trait Storage: Send + Sync {
     }
     /// Objects directly or indirectly under `prefix` (e.g. `data/`).
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Remove the staging folder's files last written more than `older_than` ago (leftovers
+    /// of killed runs); how many were removed. Only a store that stages inside the repository
+    /// (`tmp/` of a local folder) has any. The age matters, not only "no writer is running":
+    /// a writer's lock marker is itself staged before it is visible.
+    fn remove_staged_leftovers(&self, older_than: std::time::Duration) -> Result<usize> {
+        let _ = older_than;
+        Ok(0)
+    }
     fn exists(&self, name: &str) -> Result<bool>;
     fn delete(&self, name: &str) -> Result<()>;
     /// How many reads to keep in flight: a local disk wants one per core, an object store
