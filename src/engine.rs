@@ -5,7 +5,10 @@
 
 use crate::config::{self, Origin};
 use crate::error::{Error, ErrorKind, Result};
+use crate::ops::restore::{Destination, RestoreOutcome};
+use crate::progress::Progress;
 use crate::repo::crypto::{Identity, KdfParams};
+use crate::repo::manifest::Manifest;
 use crate::repo::{NewRepo, Repository, Unlock};
 use crate::secret::PassphraseSource;
 use crate::storage::Storage;
@@ -178,7 +181,8 @@ impl Opener {
 
 /// What `backup_then_replicate` did.
 pub struct BackedUp {
-    pub outcome: crate::ops::backup::BackupOutcome,
+    /// One per source of the run, in order.
+    pub outcomes: Vec<crate::ops::backup::BackupOutcome>,
     /// One report per replica.
     pub replication: Vec<crate::ops::sync::SyncReport>,
     /// A replica that failed (or a signal between replicas): the backup stands on the
@@ -188,15 +192,36 @@ pub struct BackedUp {
     pub took: std::time::Duration,
 }
 
-/// Back up into `repo`, record it, then bring every replica up to date.
+/// Back up each source of a run into `repo`, record it, then bring every replica up to
+/// date. A source that fails stops the run; the backups committed before it are named.
 pub fn backup_then_replicate(
     opener: &Opener,
     repo: &Repository,
-    opts: &crate::ops::backup::BackupOptions,
+    runs: &[crate::ops::backup::BackupOptions],
 ) -> Result<BackedUp> {
     let started = std::time::Instant::now();
-    let outcome = crate::ops::backup::backup(repo, opts)?;
+    let mut outcomes = Vec::new();
+    for opts in runs {
+        match crate::ops::backup::backup(repo, opts) {
+            Ok(o) => outcomes.push(o),
+            Err(e) if outcomes.is_empty() => return Err(e),
+            Err(e) => {
+                opener.record(repo);
+                let done: Vec<&str> = outcomes.iter().map(|o| o.manifest.id.as_str()).collect();
+                return Err(e.hint(format!(
+                    "the backups of this run before {} are committed: {}; run `lifeboat sync` \
+                     to copy them to the replicas",
+                    opts.database.display(),
+                    done.join(", ")
+                )));
+            }
+        }
+    }
     opener.record(repo);
+    let newest = outcomes
+        .last()
+        .map(|o| o.manifest.id.clone())
+        .unwrap_or_default();
     let (replication, failure) =
         match crate::ops::sync::sync_replicas(repo, &opener.configured_replicas, None) {
             Ok(r) => {
@@ -206,18 +231,94 @@ pub fn backup_then_replicate(
             // Stopped between replicas: the backup itself is committed, and must be reported.
             Err(e) if e.kind == ErrorKind::Interrupted => {
                 let e = e.hint(format!(
-                    "backup {} is committed on the primary; the replicas were not brought up \
-                     to date: run `lifeboat sync`",
-                    outcome.manifest.id
+                    "backup {newest} is committed on the primary; the replicas were not brought \
+                     up to date: run `lifeboat sync`"
                 ));
                 (Vec::new(), Some(e))
             }
             Err(e) => return Err(e),
         };
     Ok(BackedUp {
-        outcome,
+        outcomes,
         replication,
         failure,
         took: started.elapsed(),
     })
+}
+
+/// Restore backup `m` to `to`: the kind of its content picks the target (an image to a
+/// file, a tree to a folder).
+pub fn restore(
+    repo: &Repository,
+    m: &Manifest,
+    to: Destination,
+    progress: &Progress,
+) -> Result<RestoreOutcome> {
+    let mut target = crate::ops::restore::target_for(m, to)?;
+    crate::ops::restore::restore(repo, m, target.as_mut(), progress)
+}
+
+/// The run `spec` names (a run id or an unambiguous prefix) and its backups.
+pub fn run_backups(repo: &Repository, spec: &str) -> Result<(String, Vec<Manifest>)> {
+    let all = repo.list_backups()?;
+    let wanted = spec.to_ascii_lowercase();
+    let runs: std::collections::BTreeSet<&str> = all
+        .iter()
+        .filter_map(|m| m.run.as_deref())
+        .filter(|r| r.starts_with(&wanted))
+        .collect();
+    let run = match runs.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] => one.to_string(),
+        [] => {
+            return Err(
+                Error::not_found(format!("no run {spec} in {}", repo.location()))
+                    .hint("`lifeboat list` shows the run of each backup taken with others"),
+            )
+        }
+        several => {
+            return Err(Error::usage(format!(
+                "'{spec}' matches several runs: {}",
+                several.join(", ")
+            ))
+            .hint("give more of the run id"))
+        }
+    };
+    let backups = all
+        .into_iter()
+        .filter(|m| m.run.as_deref() == Some(run.as_str()))
+        .collect();
+    Ok((run, backups))
+}
+
+/// Restore every backup of a run into folder `dir` (created if missing), each as a file or
+/// folder named after its source (`app.duckdb`, `myapp`; `-2`, `-3` … when two sources share
+/// a name). `done` hears of each one restored.
+pub fn restore_run(
+    repo: &Repository,
+    backups: &[Manifest],
+    dir: &std::path::Path,
+    overwrite: bool,
+    progress: &Progress,
+    done: &mut dyn FnMut(&Manifest, &RestoreOutcome),
+) -> Result<()> {
+    if !dir.exists() {
+        crate::storage::local::create_private_dir(dir)?;
+    }
+    let mut used = std::collections::BTreeSet::new();
+    for m in backups {
+        let base = std::path::Path::new(&m.source.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| m.id.clone());
+        let mut name = base.clone();
+        let mut n = 2;
+        while !used.insert(name.clone()) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        let path = dir.join(&name);
+        let out = restore(repo, m, Destination::New { path, overwrite }, progress)?;
+        done(m, &out);
+    }
+    Ok(())
 }

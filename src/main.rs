@@ -34,12 +34,13 @@ use clap::{Args, Parser, Subcommand};
 use lifeboat::config::{self, FileConfig};
 use lifeboat::error::{Error, ErrorKind, Result};
 use lifeboat::ops::backup::{backup, BackupOptions};
+use lifeboat::ops::restore::Destination;
 use lifeboat::ops::verify::{verify_backups, Progressed, VerifyReport};
 use lifeboat::ops::{check, restore, sync, VerifyLevel};
 use lifeboat::progress::Progress;
 use lifeboat::repo::compress::{Codec, Compression};
 use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfParams};
-use lifeboat::repo::manifest::Manifest;
+use lifeboat::repo::manifest::{Content, Manifest};
 use lifeboat::repo::{keys, NewRepo, Repository};
 use lifeboat::secret::PassphraseSource;
 use lifeboat::source::source_key;
@@ -257,10 +258,17 @@ enum Command {
     )]
     Restore {
         /// Backup id, unambiguous prefix, or `latest`.
-        id: String,
-        /// Write a new database file here (it must not exist).
-        #[arg(long, conflicts_with = "db", required_unless_present = "db")]
+        #[arg(required_unless_present = "run")]
+        id: Option<String>,
+        /// Write a new database file (or, for a files backup, a new folder) here.
+        #[arg(long, conflicts_with = "db", required_unless_present_any = ["db", "run"])]
         output: Option<PathBuf>,
+        /// Restore every backup of this run (`lifeboat list` shows runs) into --output-dir.
+        #[arg(long, conflicts_with_all = ["id", "output", "db", "source"], requires = "output_dir")]
+        run: Option<String>,
+        /// With --run: the folder to restore into, one file or folder per source.
+        #[arg(long, requires = "run")]
+        output_dir: Option<PathBuf>,
         /// Replace this database in place (a safety backup of it is taken first).
         #[arg(long)]
         db: Option<PathBuf>,
@@ -376,8 +384,27 @@ enum RepoCommand {
 
 #[derive(Args)]
 struct BackupArgs {
-    /// The SQLite database file.
-    database: PathBuf,
+    /// What to back up: SQLite or DuckDB database files (known by their header), or folders
+    /// and files of configuration. Several share one run id and one time.
+    #[arg(required = true, value_name = "SOURCE")]
+    sources: Vec<PathBuf>,
+    /// The kind of every source (sqlite, duckdb, files) instead of finding it from the file.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Files backups: leave out paths matching this glob, relative to the folder (repeatable).
+    #[arg(long = "exclude", value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Files backups: redact the values of keys matching this pattern instead of the default
+    /// secret-looking keys (repeatable; case-insensitive glob over key names).
+    #[arg(
+        long = "redact",
+        value_name = "KEY_PATTERN",
+        conflicts_with = "no_redact"
+    )]
+    redact: Vec<String>,
+    /// Files backups: store every file as it is, secrets included.
+    #[arg(long)]
+    no_redact: bool,
     /// A note stored with the backup (shown by `list` and `show`).
     #[arg(long)]
     description: Option<String>,
@@ -601,17 +628,25 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Restore {
             id,
             output,
+            run,
+            output_dir,
             db,
             source,
             yes,
             force,
-        } => cmd_restore(
-            &ctx,
-            &id,
-            RestoreTo { output, db },
-            source,
-            Confirmation { yes, force },
-        ),
+        } => match (run, output_dir, id) {
+            (Some(run), Some(dir), _) => cmd_restore_run(&ctx, &run, &dir, yes),
+            (_, _, Some(id)) => cmd_restore(
+                &ctx,
+                &id,
+                RestoreTo { output, db },
+                source,
+                Confirmation { yes, force },
+            ),
+            _ => Err(Error::usage(
+                "restore needs a backup id, or --run ID --output-dir DIR",
+            )),
+        },
         Command::Repo { command } => match command {
             RepoCommand::Init {
                 encrypt,
@@ -671,31 +706,127 @@ fn verify_level(ctx: &Ctx, verify: bool, no_verify: bool) -> Result<VerifyLevel>
 }
 
 fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
-    let opts = BackupOptions {
-        database: a.database,
-        description: a.description,
-        tags: a.tags,
-        trigger: "manual".into(),
-        compression: compression(ctx, a.compression, a.level)?,
-        verify: verify_level(ctx, a.verify, a.no_verify)?,
-        progress: ctx.progress(),
-        transfers: ctx.transfers()?,
-        time: a.time,
+    let kind = a
+        .kind
+        .as_deref()
+        .map(lifeboat::source::Kind::parse)
+        .transpose()?;
+    let files = lifeboat::source::files::FilesOptions {
+        exclude: a.exclude,
+        redact: a.redact,
+        no_redact: a.no_redact,
     };
-    // Check the source before creating a repository for it.
-    lifeboat::source::sqlite::check_is_sqlite(&opts.database)?;
+    // Several sources are one run: one id and one time for all of them.
+    let several = a.sources.len() > 1;
+    let time = match (a.time, several) {
+        (Some(t), _) => Some(t),
+        (None, true) => Some(jiff::Timestamp::now()),
+        (None, false) => None,
+    };
+    let run = several
+        .then(|| lifeboat::id::new_backup_id(time.map_or(0, |t| t.as_millisecond().max(0) as u64)));
+    let level = verify_level(ctx, a.verify, a.no_verify)?;
+    let mut runs = Vec::new();
+    for source in a.sources {
+        // Check each source before creating a repository for it.
+        let found = match kind {
+            Some(k) => k,
+            None => lifeboat::source::detect(&source)?,
+        };
+        if found == lifeboat::source::Kind::Sqlite {
+            lifeboat::source::sqlite::check_is_sqlite(&source)?;
+        }
+        runs.push(BackupOptions {
+            database: source,
+            kind: Some(found),
+            files: files.clone(),
+            run: run.clone(),
+            description: a.description.clone(),
+            tags: a.tags.clone(),
+            trigger: "manual".into(),
+            compression: compression(ctx, a.compression.clone(), a.level)?,
+            verify: level,
+            progress: ctx.progress(),
+            transfers: ctx.transfers()?,
+            time,
+        });
+    }
     let repo = ctx.open_or_init_repo(a.init)?;
-    let done = lifeboat::engine::backup_then_replicate(&ctx.opener, &repo, &opts)?;
-    print_backup(
-        ctx,
-        &repo,
-        &done.outcome,
-        opts.verify,
-        &done.replication,
-        done.took,
-        &done.failure,
-    );
+    let done = lifeboat::engine::backup_then_replicate(&ctx.opener, &repo, &runs)?;
+    print_backups(ctx, &repo, &done, level, run.as_deref());
     finish(ctx, done.failure)
+}
+
+/// Print a run's backups: one object (or block) for one source, a run of several as
+/// `{"run": ID, "backups": [...]}`.
+fn print_backups(
+    ctx: &Ctx,
+    repo: &Repository,
+    done: &lifeboat::engine::BackedUp,
+    level: VerifyLevel,
+    run: Option<&str>,
+) {
+    let Some(run) = run else {
+        for out in &done.outcomes {
+            print_backup(
+                ctx,
+                repo,
+                out,
+                level,
+                &done.replication,
+                done.took,
+                &done.failure,
+            );
+        }
+        return;
+    };
+    if ctx.json {
+        let backups: Vec<serde_json::Value> = done
+            .outcomes
+            .iter()
+            .map(|out| backup_json(repo, out, level))
+            .collect();
+        let replication_ms: u64 = done.replication.iter().map(|r| r.duration_ms).sum();
+        println!(
+            "{}",
+            json!({
+                "run": run, "repository": repo.location(), "backups": backups,
+                "duration_ms": done.took.as_millis() as u64,
+                "replication_duration_ms": replication_ms,
+                "replication": done.replication,
+                "error": done.failure.as_ref().map(error_json),
+            })
+        );
+        return;
+    }
+    println!(
+        "run {run}: {}",
+        count(done.outcomes.len(), "backup", "backups")
+    );
+    for out in &done.outcomes {
+        print_backup(ctx, repo, out, level, &[], done.took, &None);
+    }
+    print_replication(&done.replication);
+}
+
+/// One line per replica brought up to date after a backup.
+fn print_replication(replication: &[sync::SyncReport]) {
+    for r in replication {
+        match &r.error {
+            None => println!(
+                "  replica      {}: {} objects, {} copied{}",
+                r.target,
+                r.copied_objects,
+                bytes(r.copied_bytes),
+                if r.key_files_removed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; removed key files {}", r.key_files_removed.join(", "))
+                }
+            ),
+            Some(e) => println!("  replica      {}: FAILED ({e})", r.target),
+        }
+    }
 }
 
 fn print_backup(
@@ -715,46 +846,36 @@ fn print_backup(
     // Pages in the database per page stored; raw bytes written per byte stored (new data
     // plus this backup's page lists and index). Both are None (null) when nothing new was
     // stored: there is no ratio to give.
-    let dedup = ratio(m.database.page_count, s.new_blobs);
+    let dedup = ratio(s.new_blobs + s.reused_blobs, s.new_blobs);
     let comp = ratio(s.new_raw_bytes, s.new_stored_bytes);
     let replication_ms: u64 = replication.iter().map(|r| r.duration_ms).sum();
     if ctx.json {
-        println!(
-            "{}",
-            json!({
-                "id": m.id, "repository": repo.location(), "source": m.source.path,
-                "time": m.time, "logical_bytes": m.database.logical_bytes,
-                "page_size": m.database.page_size, "page_count": m.database.page_count,
-                "new_blobs": s.new_blobs, "reused_blobs": s.reused_blobs,
-                "new_raw_bytes": s.new_raw_bytes, "new_stored_bytes": s.new_stored_bytes,
-                "repo_stored_bytes": out.repo_stored_bytes, "dedup_ratio": dedup,
-                "compression_ratio": comp, "duration_ms": took.as_millis() as u64,
-                "backup_duration_ms": m.duration_ms,
-                "replication_duration_ms": replication_ms,
-                "sha256": m.database.sha256, "verify": verify_name(level),
-                "verify_report": out.verify, "warnings": out.warnings,
-                "replication": replication, "error": failure.as_ref().map(error_json),
-            })
-        );
+        let mut v = backup_json(repo, out, level);
+        if let Some(o) = v.as_object_mut() {
+            o.insert("duration_ms".into(), json!(took.as_millis() as u64));
+            o.insert("replication_duration_ms".into(), json!(replication_ms));
+            o.insert("replication".into(), json!(replication));
+            o.insert("error".into(), json!(failure.as_ref().map(error_json)));
+        }
+        println!("{v}");
         return;
     }
-    println!("backup {} of {}", m.id, m.source.path);
+    println!("backup {} of {} ({})", m.id, m.source.path, m.source.kind);
     println!("  repository   {}", repo.location());
+    println!("  {:<12} {}", m.source.kind, describe_content(m));
+    if let Some(f) = &m.files {
+        for r in &f.redacted {
+            println!("  redacted     {}: {}", r.path, r.keys.join(", "));
+        }
+    }
     println!(
-        "  database     {} ({} pages of {} B, {} tables)",
-        bytes(m.database.logical_bytes),
-        m.database.page_count,
-        m.database.page_size,
-        m.database.tables.len()
-    );
-    println!(
-        "  new data     {} pages new, {} reused; {} stored",
+        "  new data     {} blobs new, {} reused; {} stored",
         s.new_blobs,
         s.reused_blobs,
         bytes(s.new_stored_bytes)
     );
     if s.new_blobs == 0 {
-        println!("  ratios       nothing new to store: every page was already in the repository");
+        println!("  ratios       nothing new to store: everything was already in the repository");
     } else {
         println!(
             "  ratios       dedup {}, compression {} ({})",
@@ -775,22 +896,7 @@ fn print_backup(
             }
         );
     }
-    for r in replication {
-        match &r.error {
-            None => println!(
-                "  replica      {}: {} objects, {} copied{}",
-                r.target,
-                r.copied_objects,
-                bytes(r.copied_bytes),
-                if r.key_files_removed.is_empty() {
-                    String::new()
-                } else {
-                    format!("; removed key files {}", r.key_files_removed.join(", "))
-                }
-            ),
-            Some(e) => println!("  replica      {}: FAILED ({e})", r.target),
-        }
-    }
+    print_replication(replication);
     if replication.is_empty() {
         println!("  took         {:.2} s", took.as_secs_f64());
     } else {
@@ -844,7 +950,7 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
             [
                 m.id.clone(),
                 m.time.get(..19).unwrap_or(&m.time).replace('T', " "),
-                bytes(m.database.logical_bytes),
+                bytes(m.logical_bytes()),
                 bytes(m.stored.new_stored_bytes),
                 tags.join(","),
                 m.source.path.clone(),
@@ -905,10 +1011,85 @@ pub(crate) fn count(n: usize, one: &str, many: &str) -> String {
 fn summary_json(m: &Manifest) -> serde_json::Value {
     json!({
         "id": m.id, "time": m.time, "source": m.source.path, "kind": m.source.kind,
-        "host": m.source.host, "tags": m.tags, "description": m.description,
-        "trigger": m.trigger, "logical_bytes": m.database.logical_bytes,
-        "new_stored_bytes": m.stored.new_stored_bytes, "sha256": m.database.sha256,
+        "host": m.source.host, "run": m.run, "tags": m.tags, "description": m.description,
+        "trigger": m.trigger, "logical_bytes": m.logical_bytes(),
+        "new_stored_bytes": m.stored.new_stored_bytes, "sha256": m.image_sha256(),
     })
+}
+
+/// One backup as `backup --json` prints it.
+fn backup_json(
+    repo: &Repository,
+    out: &lifeboat::ops::backup::BackupOutcome,
+    level: VerifyLevel,
+) -> serde_json::Value {
+    let m = &out.manifest;
+    let s = &m.stored;
+    let (page_size, page_count) = match &m.sqlite {
+        Some(d) => (Some(d.page_size), Some(d.page_count)),
+        None => (None, None),
+    };
+    json!({
+        "id": m.id, "repository": repo.location(), "source": m.source.path,
+        "kind": m.source.kind, "run": m.run,
+        "time": m.time, "logical_bytes": m.logical_bytes(),
+        "page_size": page_size, "page_count": page_count,
+        "content": m.content.kind(),
+        "new_blobs": s.new_blobs, "reused_blobs": s.reused_blobs,
+        "new_raw_bytes": s.new_raw_bytes, "new_stored_bytes": s.new_stored_bytes,
+        "repo_stored_bytes": out.repo_stored_bytes,
+        "dedup_ratio": ratio(s.new_blobs + s.reused_blobs, s.new_blobs),
+        "compression_ratio": ratio(s.new_raw_bytes, s.new_stored_bytes),
+        "backup_duration_ms": m.duration_ms,
+        "sha256": m.image_sha256(), "verify": verify_name(level),
+        "verify_report": out.verify, "warnings": out.warnings,
+        "redacted": m.files.as_ref().map(|f| &f.redacted),
+    })
+}
+
+/// "48.0 MiB (12288 pages of 4096 B, 3 tables)", by kind.
+fn describe_content(m: &Manifest) -> String {
+    if let Some(d) = &m.sqlite {
+        return format!(
+            "{} ({} pages of {} B, {} tables)",
+            bytes(d.logical_bytes),
+            d.page_count,
+            d.page_size,
+            d.tables.len()
+        );
+    }
+    if let Some(d) = &m.duckdb {
+        return format!(
+            "{} ({} blocks of {} B, {} tables, storage version {})",
+            bytes(d.logical_bytes),
+            m.content.items(),
+            d.block_size,
+            d.tables.len(),
+            d.storage_version
+        );
+    }
+    if let Some(f) = &m.files {
+        return format!(
+            "{} in {} ({} folders, {} links{})",
+            bytes(f.bytes),
+            count(f.files as usize, "file", "files"),
+            f.dirs,
+            f.symlinks,
+            if f.redacted.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; secrets redacted in {}",
+                    count(f.redacted.len(), "file", "files")
+                )
+            }
+        );
+    }
+    format!(
+        "{} of '{}' content",
+        bytes(m.logical_bytes()),
+        m.content.kind()
+    )
 }
 
 fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
@@ -942,24 +1123,44 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
     if !m.tags.is_empty() {
         println!("tags         {}", m.tags.join(", "));
     }
-    let d = &m.database;
-    println!(
-        "database     {} ({} pages of {} B, journal {}, SQLite {})",
-        bytes(d.logical_bytes),
-        d.page_count,
-        d.page_size,
-        d.journal_mode,
-        d.sqlite_version
-    );
-    println!("sha256       {}", d.sha256);
-    println!("schema hash  {}", d.schema_hash);
-    println!("tables");
-    for (t, n) in &d.tables {
-        println!("  {t:<30} {n:>12} rows");
+    if let Some(run) = &m.run {
+        println!("run          {run}");
+    }
+    println!("{:<12} {}", m.source.kind, describe_content(&m));
+    if let Some(d) = &m.sqlite {
+        println!(
+            "journal      {} (SQLite {})",
+            d.journal_mode, d.sqlite_version
+        );
+        println!("schema hash  {}", d.schema_hash);
+    }
+    if let Some(d) = &m.duckdb {
+        println!("duckdb       {}", d.duckdb_version);
+    }
+    if let Some(sha) = m.image_sha256() {
+        println!("sha256       {sha}");
+    }
+    if let Some(tables) = m.tables() {
+        println!("tables");
+        for (t, n) in tables {
+            println!("  {t:<30} {n:>12} rows");
+        }
+    }
+    if let Some(f) = &m.files {
+        match &f.redaction {
+            Some(patterns) => println!("redaction    keys like {}", patterns.join(", ")),
+            None => println!("redaction    off (--no-redact): stored as they were"),
+        }
+        if !f.excluded.is_empty() {
+            println!("excluded     {}", f.excluded.join(", "));
+        }
+        for r in &f.redacted {
+            println!("  redacted   {}: {}", r.path, r.keys.join(", "));
+        }
     }
     let s = &m.stored;
     println!(
-        "stored       {} new ({} new pages, {} reused), {} level {}",
+        "stored       {} new ({} new blobs, {} reused), {} level {}",
         bytes(s.new_stored_bytes),
         s.new_blobs,
         s.reused_blobs,
@@ -1110,12 +1311,24 @@ fn cmd_restore(
             source_and_host(&m),
             m.time,
             human_age(age_of(&m.time)),
-            bytes(m.database.logical_bytes)
+            bytes(m.logical_bytes())
         );
     }
     let progress = ctx.progress();
-    let out = match (to.output, to.db) {
-        (Some(out), _) => restore::restore_to_file(&repo, &m, &out, &progress)?,
+    let to = match (to.output, to.db) {
+        (Some(path), _) => Destination::New {
+            path,
+            overwrite: agreed.yes,
+        },
+        (None, Some(db)) if matches!(m.content, Content::Tree { .. }) => {
+            return Err(Error::usage(format!(
+                "backup {} is of files ({}), which are restored to a folder, not over {}",
+                m.id,
+                m.source.path,
+                db.display()
+            ))
+            .hint("give --output DIR (a new folder; with --yes an existing one, whose files of the same names are replaced)"))
+        }
         (None, Some(db)) => {
             let target = source_key(&db);
             // A new file holds nothing to lose; an existing one may be another database.
@@ -1140,43 +1353,107 @@ fn cmd_restore(
                         source_and_host(&m),
                         m.time,
                         human_age(age_of(&m.time)),
-                        bytes(m.database.logical_bytes)
+                        bytes(m.logical_bytes())
                     ),
                     "an in-place restore replaces the database: it needs confirmation",
                     "add --yes to go on without asking",
                 )?;
             }
-            let compression = compression(ctx, None, None)?;
-            let out = restore::restore_in_place(&repo, &m, &db, compression, &progress)?;
-            ctx.record(&repo);
-            out
+            Destination::InPlace {
+                db,
+                compression: compression(ctx, None, None)?,
+            }
         }
         (None, None) => {
             return Err(Error::usage("restore needs a place to write the backup to")
                 .hint("give --output FILE (a new file) or --db FILE (replace that database)"))
         }
     };
+    let out = lifeboat::engine::restore(&repo, &m, to, &progress)?;
+    ctx.record(&repo);
     if ctx.json {
-        println!(
-            "{}",
-            json!({"id": out.backup_id, "source": m.source.path, "time": m.time,
-                   "path": out.path, "bytes": out.bytes,
-                   "verified": "every page checked against its hash", "safety_backup": out.safety_backup,
-                   "moved_aside": out.moved_aside})
-        );
+        println!("{}", restored_json(&m, &out));
     } else {
-        if let Some(s) = &out.safety_backup {
-            println!("safety backup {s} of the previous database (tag pre-restore)");
+        print_restored(&m, &out);
+    }
+    Ok(0)
+}
+
+fn restored_json(m: &Manifest, out: &restore::RestoreOutcome) -> serde_json::Value {
+    let mut v = json!({"id": out.backup_id, "source": m.source.path, "kind": m.source.kind,
+                       "time": m.time, "path": out.path, "bytes": out.bytes,
+                       "safety_backup": out.safety_backup, "moved_aside": out.moved_aside});
+    if let Some(o) = v.as_object_mut() {
+        match &out.tree {
+            Some(t) => {
+                o.insert("files".into(), json!(t.files));
+                o.insert("dirs".into(), json!(t.dirs));
+                o.insert("symlinks".into(), json!(t.symlinks));
+                o.insert("redacted".into(), json!(t.redacted));
+                o.insert(
+                    "verified".into(),
+                    json!("every chunk checked against its hash"),
+                );
+            }
+            None => {
+                o.insert(
+                    "verified".into(),
+                    json!("every page checked against its hash"),
+                );
+            }
         }
-        for p in &out.moved_aside {
-            println!("previous file kept as {}", p.display());
-        }
+    }
+    v
+}
+
+fn print_restored(m: &Manifest, out: &restore::RestoreOutcome) {
+    if let Some(t) = &out.tree {
         println!(
-            "restored backup {} to {} ({}, every page verified)",
-            out.backup_id,
+            "restored backup {} to {} ({} in {}, {} folders, {} links; every chunk verified)",
+            m.id,
             out.path.display(),
-            bytes(out.bytes)
+            bytes(t.bytes),
+            count(t.files as usize, "file", "files"),
+            t.dirs,
+            t.symlinks
         );
+        if !t.redacted.is_empty() {
+            println!("secrets were redacted at backup time; fill these in before use:");
+            for r in &t.redacted {
+                println!("  {}: {}", r.path, r.keys.join(", "));
+            }
+        }
+        return;
+    }
+    if let Some(s) = &out.safety_backup {
+        println!("safety backup {s} of the previous database (tag pre-restore)");
+    }
+    for p in &out.moved_aside {
+        println!("previous file kept as {}", p.display());
+    }
+    println!(
+        "restored backup {} to {} ({}, every page verified)",
+        out.backup_id,
+        out.path.display(),
+        bytes(out.bytes)
+    );
+}
+
+/// Restore every backup of run `run` into `dir`, one file or folder per source.
+fn cmd_restore_run(ctx: &Ctx, run: &str, dir: &Path, yes: bool) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let (run, backups) = lifeboat::engine::run_backups(&repo, run)?;
+    ctx.record(&repo);
+    let progress = ctx.progress();
+    let mut results = Vec::new();
+    lifeboat::engine::restore_run(&repo, &backups, dir, yes, &progress, &mut |m, out| {
+        if !ctx.json {
+            print_restored(m, out);
+        }
+        results.push(restored_json(m, out));
+    })?;
+    if ctx.json {
+        println!("{}", json!({"run": run, "restored": results}));
     }
     Ok(0)
 }
@@ -1366,6 +1643,9 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
     let repo = ctx.open_or_init_repo(true)?;
     let opts = BackupOptions {
         database: db.clone(),
+        kind: Some(lifeboat::source::Kind::Sqlite),
+        files: Default::default(),
+        run: None,
         description: Some("lifeboat demo".into()),
         tags: vec!["demo".into()],
         trigger: "manual".into(),
@@ -1722,7 +2002,14 @@ fn cmd_upgrade(ctx: &Ctx) -> Result<i32> {
     let mut repo = ctx.open_repo()?;
     let r = lifeboat::repo::upgrade::upgrade(&mut repo)?;
     ctx.record(&repo);
-    let text = if r.from == r.to {
+    let text = if r.from == r.to && !r.features_added.is_empty() {
+        format!(
+            "upgraded {}: it now takes backups of every kind (SQLite, DuckDB, files; feature {})\n  \
+             its backups are as they were; Lifeboat versions before this one can no longer open it",
+            repo.location(),
+            r.features_added.join(", ")
+        )
+    } else if r.from == r.to {
         format!(
             "the repository at {} is already in format {}{}",
             repo.location(),

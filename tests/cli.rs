@@ -159,7 +159,7 @@ fn backup_list_show_verify_restore() {
     assert!(m["duration_ms"].is_u64());
     assert_eq!(m["source"]["kind"], "sqlite");
     assert!(m["source"]["host"].as_str().is_some_and(|h| !h.is_empty()));
-    let d = &m["database"];
+    let d = &m["sqlite"];
     assert_eq!(d["tables"]["t"], 2000);
     assert_eq!(d["page_size"], 4096);
     let page_count: i64 = conn
@@ -295,7 +295,7 @@ fn every_codec_round_trips() {
             .assert()
             .success();
         assert_eq!(dump(&out), want, "{codec}");
-        assert_eq!(sha256_file(&out), m["database"]["sha256"].as_str().unwrap());
+        assert_eq!(sha256_file(&out), m["sqlite"]["sha256"].as_str().unwrap());
         env.cmd()
             .args(["--repo", s(&repo), "verify", id])
             .assert()
@@ -394,20 +394,22 @@ fn latest_in_an_empty_repository_is_not_found() {
 #[test]
 fn bad_sources() {
     let env = Env::new();
-    // Not SQLite: exit 5, and no repository is created for it.
-    let junk = env.path("notes.txt");
+    // Named as a database but not one: exit 5, and no repository is created for it.
+    let junk = env.path("notes.db");
     std::fs::write(&junk, "this is not a database, just some text\n".repeat(20)).unwrap();
     let out = run(env.cmd().args(["backup", s(&junk)]));
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("not a SQLite database"),
+        stderr(&out).contains("not a SQLite database") && stderr(&out).contains("--kind files"),
         "{}",
         stderr(&out)
     );
     let out = run(env.cmd().args(["backup", s(&junk), "--json"]));
     assert_eq!(json_error(&out, 5)["kind"], "Source");
-    // A directory is not a database either.
-    let out = run(env.cmd().args(["backup", s(env.dir.path())]));
+    // A SQLite database forced to be one when it is not.
+    let text = env.path("notes.txt");
+    std::fs::write(&text, "plain text\n").unwrap();
+    let out = run(env.cmd().args(["backup", s(&text), "--kind", "sqlite"]));
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     // Missing: exit 3.
     let missing = env.path("missing.db");
@@ -551,8 +553,8 @@ fn repo_init_check_stats() {
     let m2 = env.json(&["show", &id2]);
     assert_eq!(
         st["logical_bytes"].as_u64().unwrap(),
-        m1["database"]["logical_bytes"].as_u64().unwrap()
-            + m2["database"]["logical_bytes"].as_u64().unwrap()
+        m1["sqlite"]["logical_bytes"].as_u64().unwrap()
+            + m2["sqlite"]["logical_bytes"].as_u64().unwrap()
     );
     for k in [
         "unique_bytes",
@@ -798,7 +800,7 @@ fn demo_works_without_any_configuration() {
     assert_eq!(l[0]["tags"], serde_json::json!(["demo"]));
     assert_eq!(l[0]["source"], s(&demo_db.canonicalize().unwrap()));
     let m = env.json(&["--repo", s(&default_repo), "show", "latest"]);
-    assert_eq!(m["database"]["tables"]["signals"], 1000);
+    assert_eq!(m["sqlite"]["tables"]["signals"], 1000);
     let restored = env.path("demo-restored.db");
     env.cmd()
         .env_remove("LIFEBOAT_REPO")

@@ -189,7 +189,7 @@ fn backups_while_verify_and_restore_run() {
     let m = env.json(&["show", &first]);
     assert_eq!(
         sha256_file(&out),
-        m["database"]["sha256"].as_str().expect("sha")
+        m["sqlite"]["sha256"].as_str().expect("sha")
     );
 }
 

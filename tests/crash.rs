@@ -210,7 +210,7 @@ fn kill_during_backup_leaves_a_consistent_repository() {
     let v = env.json(&["verify", &id]);
     assert_eq!(v["ok"], true, "{v}");
     let m = env.json(&["show", &id]);
-    assert_eq!(m["database"]["sha256"], sha256_file(&big).as_str());
+    assert_eq!(m["sqlite"]["sha256"], sha256_file(&big).as_str());
     let out = env.path("big-restored.db");
     restore_to(&env, &id, &out);
     assert_eq!(sha256_file(&out), sha256_file(&big));

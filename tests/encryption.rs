@@ -173,7 +173,7 @@ fn assert_restores(env: &Env, pw: &str, id: &str, expected_dump: &[String]) {
     let out = restore(env, pw, id, &format!("restored-{id}-{}.db", rand_suffix()));
     assert_eq!(
         sha256_file(&out),
-        m["database"]["sha256"].as_str().expect("sha256"),
+        m["sqlite"]["sha256"].as_str().expect("sha256"),
         "restored bytes differ from the manifest's SHA-256"
     );
     assert_eq!(dump(&out), expected_dump, "restored rows differ");
@@ -226,8 +226,8 @@ fn round_trip_backup_list_show_verify_restore_and_dedup() {
 
     let m1 = json(&env, PW, &["show", &id1]);
     assert_eq!(m1["id"], id1.as_str());
-    assert_eq!(m1["database"]["sha256"], b1["sha256"]);
-    assert_eq!(m1["database"]["tables"][TABLE], 3_000, "{m1}");
+    assert_eq!(m1["sqlite"]["sha256"], b1["sha256"]);
+    assert_eq!(m1["sqlite"]["tables"][TABLE], 3_000, "{m1}");
     run(&env, Some(PW), &["show", "latest"]).ok("show");
 
     let v = json(&env, PW, &["verify", &id1]);
@@ -671,7 +671,7 @@ impl Fx {
         );
         if o.code == 0 {
             let m = self.manifest(n);
-            assert_eq!(sha256_file(&out), m["database"]["sha256"].as_str().unwrap());
+            assert_eq!(sha256_file(&out), m["sqlite"]["sha256"].as_str().unwrap());
             assert_eq!(dump(&out), self.dumps[n]);
         } else {
             assert_eq!(o.code, 4, "{}", o.text());

@@ -400,7 +400,7 @@ fn live_backups(journal_mode_name: &str, reopen: bool) {
     let mut states = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let m = env.json(&["show", id]);
-        assert_eq!(m["database"]["journal_mode"], journal_mode_name, "{m}");
+        assert_eq!(m["sqlite"]["journal_mode"], journal_mode_name, "{m}");
         let out = env.path(&format!("restored-{i}.db"));
         env.cmd()
             .args(["restore", id, "--output", out.to_str().expect("utf-8")])
@@ -409,7 +409,7 @@ fn live_backups(journal_mode_name: &str, reopen: bool) {
         assert_eq!(integrity_check(&out), ["ok"]);
         let k = committed_state(&out);
         assert_eq!(
-            m["database"]["tables"]["counter"].as_u64(),
+            m["sqlite"]["tables"]["counter"].as_u64(),
             Some(k as u64),
             "manifest row count differs from the restored copy"
         );
@@ -559,6 +559,6 @@ fn rollback_journal_backup_leaves_the_file_untouched() {
     }
     assert_eq!(journal_mode(&db), "delete");
     let m = env.json(&["show", &id]);
-    assert_eq!(m["database"]["journal_mode"], "delete");
-    assert_eq!(m["database"]["sha256"], hash.as_str());
+    assert_eq!(m["sqlite"]["journal_mode"], "delete");
+    assert_eq!(m["sqlite"]["sha256"], hash.as_str());
 }

@@ -756,7 +756,7 @@ fn a_content_kind_from_a_newer_lifeboat_stops_prune_and_is_named_by_check() {
     let path = env.repo().join("backups").join(&newer);
     let mut m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).expect("manifest")).expect("plain JSON");
-    m["content"]["kind"] = serde_json::json!("tree");
+    m["content"]["kind"] = serde_json::json!("hologram");
     std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("json")).expect("write");
     let before = common::walk_files(&env.repo().join("data")).len();
     let out = lb(&env, &["prune"]).fails(2, "prune with an unknown content kind", "does not know");
@@ -772,7 +772,7 @@ fn a_content_kind_from_a_newer_lifeboat_stops_prune_and_is_named_by_check() {
     );
     let out = lb(&env, &["repo", "check"]).code(4, "check with an unknown content kind");
     assert!(
-        out.text().contains(&newer) && out.text().contains("'tree'"),
+        out.text().contains(&newer) && out.text().contains("'hologram'"),
         "{}",
         out.text()
     );

@@ -90,7 +90,7 @@ fn replicas_follow_backups_and_serve_lost_objects() {
     assert_eq!(integrity_check(&out), ["ok"]);
     assert_eq!(
         sha256_file(&out),
-        shown["database"]["sha256"].as_str().expect("sha256"),
+        shown["sqlite"]["sha256"].as_str().expect("sha256"),
         "{shown}"
     );
     let (code, _) = env.run(&["repo", "check"]);

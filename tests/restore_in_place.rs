@@ -114,7 +114,7 @@ fn with_yes_restores_and_keeps_a_safety_backup() {
     let m = env.json(&["show", &id]);
     assert_eq!(
         sha256_file(&db),
-        m["database"]["sha256"].as_str().unwrap(),
+        m["sqlite"]["sha256"].as_str().unwrap(),
         "the restored file is byte for byte the backed-up image"
     );
     assert_eq!(dump(&db), v1, "database holds the backup's content");

@@ -566,7 +566,7 @@ fn pre_restore_backups_are_kept_seven_days_by_default() {
     assert_eq!(sha256_file(&db), h[0].2, "restored in place");
     let m = lb.json(&["show", &safety]);
     assert_eq!(m["trigger"], "pre-restore", "{m}");
-    assert_eq!(m["database"]["sha256"], current_sha.as_str(), "{m}");
+    assert_eq!(m["sqlite"]["sha256"], current_sha.as_str(), "{m}");
 
     let policy = ["forget", "--keep-last", "1", "--timezone", "UTC"];
     let v = lb.json(&[&policy[..], &["--dry-run"]].concat());

@@ -235,6 +235,6 @@ fn a_backup_reusing_data_the_replica_dropped_brings_it_back() {
     ]);
     assert_eq!(
         sha256_file(&out),
-        shown["database"]["sha256"].as_str().unwrap()
+        shown["sqlite"]["sha256"].as_str().unwrap()
     );
 }

@@ -363,15 +363,14 @@ fn restore_checked(env: &Env, id: &str, name: &str) -> Vec<String> {
     let out = env.path(name);
     let r = env.json(&["restore", id, "--output", out.to_str().unwrap()]);
     let m = env.json(&["show", id]);
-    let sha = m["database"]["sha256"].as_str().unwrap();
+    let sha = m["sqlite"]["sha256"].as_str().unwrap();
     assert_eq!(sha256_file(&out), sha, "restored bytes match the manifest");
     assert_eq!(r["id"], id);
     let len = std::fs::metadata(&out).unwrap().len();
-    assert_eq!(len, m["database"]["logical_bytes"].as_u64().unwrap());
+    assert_eq!(len, m["sqlite"]["logical_bytes"].as_u64().unwrap());
     assert_eq!(
         len,
-        m["database"]["page_size"].as_u64().unwrap()
-            * m["database"]["page_count"].as_u64().unwrap()
+        m["sqlite"]["page_size"].as_u64().unwrap() * m["sqlite"]["page_count"].as_u64().unwrap()
     );
     let conn =
         Connection::open_with_flags(&out, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
@@ -436,16 +435,16 @@ fn check(c: &Case) {
     let id1 = b1["id"].as_str().unwrap().to_string();
     let m1 = env.json(&["show", &id1]);
     spans_frames_and_packs(c, &b1, &m1);
-    assert_eq!(m1["database"]["page_size"], c.page_size);
+    assert_eq!(m1["sqlite"]["page_size"], c.page_size);
     assert_eq!(
-        m1["database"]["journal_mode"],
+        m1["sqlite"]["journal_mode"],
         if c.wal { "wal" } else { "delete" }
     );
     for (i, t) in c.tables.iter().enumerate() {
-        assert_eq!(m1["database"]["tables"][format!("t{i}")], t.rows.len());
+        assert_eq!(m1["sqlite"]["tables"][format!("t{i}")], t.rows.len());
     }
     if let Some(b) = c.bulk {
-        assert_eq!(m1["database"]["tables"]["bulk"], b.rows);
+        assert_eq!(m1["sqlite"]["tables"]["bulk"], b.rows);
     }
     assert_eq!(restore_checked(&env, &id1, "r1.db"), v1);
 

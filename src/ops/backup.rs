@@ -1,9 +1,12 @@
-//! Backup: snapshot → pages → dedup against the index → compress in frames → packs → index
-//! file → (check what was written) → manifest, last.
+//! Backup: source → chunks (pages, blocks, or content-defined chunks of files) → dedup
+//! against the index → compress in frames → packs → index file → (check what was written)
+//! → manifest, last.
 //!
-//! Three stages run at once on bounded channels, so memory does not grow with the database:
-//! this thread reads and hashes pages and decides what is new; a pool compresses frames of
-//! new pages; one writer thread appends frames to packs and stores finished packs.
+//! A [`Source`] takes its snapshot and hands the content to the [`ContentWriter`] here: an
+//! image, or a tree of files. The stages run at once on bounded channels, so memory does not
+//! grow with the source: the front reads and hashes chunks and decides what is new (a
+//! [`Sink`]); a pool compresses frames of new blobs; one writer thread appends frames to
+//! packs and stores finished packs.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{new_backup_id, BlobHasher, Hash, HashSetById, Sha256Stream};
@@ -13,11 +16,11 @@ use crate::progress::Progress;
 use crate::repo::compress::{Compression, Compressor};
 use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{encode_index_file, index_object_name, Index, IndexedPack};
-use crate::repo::manifest::{Content, DatabaseInfo, Manifest, SourceInfo, StoredInfo};
+use crate::repo::manifest::{Content, Manifest, SourceInfo, StoredInfo};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, PackWriter};
+use crate::repo::tree::{encode_node, ends_node, TreeEntry};
 use crate::repo::{locks, Repository};
-use crate::source::sqlite::{sqlite_version, SqliteSnapshot};
-use crate::source::Snapshot;
+use crate::source::{ContentWriter, Cut, Kind, Snapshot, SourceFacts, StoredImage, TreeWriter};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,7 +35,14 @@ pub const IDS_PER_LIST: usize = 1024;
 pub const DEFAULT_TRANSFERS: usize = 4;
 
 pub struct BackupOptions {
+    /// The database file, or the folder or file of a files backup.
     pub database: PathBuf,
+    /// The kind of source; found from the path when not given.
+    pub kind: Option<Kind>,
+    /// Options of a files backup.
+    pub files: crate::source::files::FilesOptions,
+    /// The run this backup belongs to (several sources backed up by one command).
+    pub run: Option<String>,
     pub description: Option<String>,
     pub tags: Vec<String>,
     pub trigger: String,
@@ -85,15 +95,30 @@ struct StoredFrame {
     blobs: Vec<BlobEntry>,
 }
 
-/// What the reading stage learned.
+/// What the front stages stored, over every pipeline of one backup.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    new_blobs: u64,
+    reused_blobs: u64,
+    new_raw_bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: Counts) {
+        self.new_blobs += o.new_blobs;
+        self.reused_blobs += o.reused_blobs;
+        self.new_raw_bytes += o.new_raw_bytes;
+    }
+}
+
+/// What an image's front stages learned.
 #[derive(Default)]
 struct ReadSummary {
     sha256: String,
     lists: Vec<Hash>,
-    pages: u64,
-    new_blobs: u64,
-    reused_blobs: u64,
-    new_raw_bytes: u64,
+    blobs: u64,
+    bytes: u64,
+    counts: Counts,
 }
 
 const PIPELINE_STOPPED: &str = "backup pipeline stopped";
@@ -132,8 +157,19 @@ fn backup_marked(
         )
         .hint("back up with the default check here, and run `lifeboat verify --identity FILE` where the identity is"));
     }
-    let db_path = absolute(&opts.database)?;
-    let mut snap = SqliteSnapshot::open(&db_path)?;
+    let source_path = absolute(&opts.database)?;
+    let mut source = crate::source::open(&source_path, opts.kind, &opts.files)?;
+    let kind = source.kind();
+    let format = repo.manifest_format();
+    if format < 2 && kind != Kind::Sqlite {
+        return Err(Error::usage(format!(
+            "this repository holds SQLite backups only (it was made by an earlier Lifeboat); \
+             backing up {} ({}) needs its format upgraded",
+            source_path.display(),
+            kind.name()
+        ))
+        .hint("run `lifeboat repo upgrade` (Lifeboat versions before this one can then no longer open the repository)"));
+    }
     let mut index = repo.load_index()?;
     let mut warnings: Vec<String> = index
         .damaged
@@ -155,109 +191,21 @@ fn backup_marked(
     );
     index.forget_packs(&planned);
     tracing::info!(elapsed = ?started.elapsed(), blobs = index.blob_count(), "index loaded");
-    let staging = repo.storage().staging_dir()?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8);
     let compression = opts.compression;
-    let pack_size = repo.config.pack_target();
-
-    opts.progress
-        .start("backup", snap.block_count() * u64::from(snap.block_size()));
-    let (summary, packs) = std::thread::scope(|s| {
-        let (raw_tx, raw_rx) = bounded::<RawFrame>(workers * 2);
-        let (stored_tx, stored_rx) = bounded::<StoredFrame>(workers * 2);
-        let compressors: Vec<_> = (0..workers)
-            .map(|_| {
-                let rx = raw_rx.clone();
-                let tx = stored_tx.clone();
-                s.spawn(move || compress_frames(repo, compression, rx, tx))
-            })
-            .collect();
-        drop((raw_rx, stored_tx));
-        let staging = staging.as_path();
-        let transfers = opts.transfers;
-        let writer = s.spawn(move || write_packs(repo, staging, pack_size, transfers, stored_rx));
-
-        // Page ids are computed by a pool (BLAKE3 per page is the costliest per-page step
-        // after SHA-256), then put back in order for dedup and the page lists.
-        let (chunk_tx, chunk_rx) = bounded::<(u64, Vec<u8>)>(workers * 4);
-        let (hashed_tx, hashed_rx) = bounded::<HashedChunk>(workers * 4);
-        let (spare_tx, spare_rx) = bounded::<Vec<u8>>(workers * 8);
-        let block = snap.block_size() as usize;
-        let hasher = repo.hasher();
-        for _ in 0..workers {
-            let rx = chunk_rx.clone();
-            let tx = hashed_tx.clone();
-            let hasher = hasher.clone();
-            s.spawn(move || hash_pages(hasher, block, rx, tx));
-        }
-        drop((chunk_rx, hashed_tx));
-        let index = &index;
-        let progress = &opts.progress;
-        let collector = s.spawn(move || {
-            collect_pages(index, hasher, block, hashed_rx, raw_tx, spare_tx, progress)
-        });
-        let read = read_image(&mut snap, chunk_tx, spare_rx);
-        let collected = collector
-            .join()
-            .unwrap_or_else(|_| Err(Error::internal("page collector panicked")));
-        let read = match (read, collected) {
-            (Ok(sha256), Ok(mut sum)) => {
-                sum.sha256 = sha256;
-                Ok(sum)
-            }
-            (Err(e), Err(c)) if e.message == PIPELINE_STOPPED => Err(c),
-            (Err(e), _) => Err(e),
-            (_, Err(c)) => Err(c),
-        };
-        // Join every compressor before looking at results, so none outlives an error.
-        let joined: Vec<Result<()>> = compressors
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::internal("compressor panicked")))
-            })
-            .collect();
-        let compressed = joined.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()));
-        let written = writer
-            .join()
-            .unwrap_or_else(|_| Err(Error::internal("pack writer panicked")));
-        // Report the first real cause: a full disk in the writer shows up in the reader
-        // only as a closed channel.
-        match (read, compressed, written) {
-            (Ok(r), Ok(()), Ok(p)) => Ok((r, p)),
-            (_, _, Err(e)) => Err(e),
-            (_, Err(e), _) if e.message != PIPELINE_STOPPED => Err(e),
-            (Err(e), _, _) => Err(e),
-            (_, Err(e), _) => Err(e),
-        }
-    })?;
-    opts.progress.finish();
-    tracing::info!(elapsed = ?started.elapsed(), pages = summary.pages, new = summary.new_blobs, "pages read and stored");
-    let facts = snap.facts()?;
-    tracing::info!(elapsed = ?started.elapsed(), "schema and row counts read");
-    let database = DatabaseInfo {
-        page_size: snap.block_size(),
-        page_count: snap.block_count(),
-        logical_bytes: snap.block_count() * u64::from(snap.block_size()),
-        sha256: summary.sha256.clone(),
-        schema_hash: facts.schema_hash,
-        tables: facts.tables,
-        journal_mode: snap.journal_mode.clone(),
-        sqlite_version: sqlite_version(),
+    let mut writer = Writer {
+        repo,
+        index: &index,
+        staging: repo.storage().staging_dir()?,
+        compression,
+        transfers: opts.transfers,
+        progress: &opts.progress,
+        packs: Vec::new(),
+        counts: Counts::default(),
     };
-    drop(snap); // ends the read transaction
-
-    if summary.pages != database.page_count {
-        return Err(Error::source(format!(
-            "read {} pages from {} but it has {}",
-            summary.pages,
-            db_path.display(),
-            database.page_count
-        )));
-    }
+    let backed = source.back_up(&mut writer)?;
+    drop(source);
+    let Writer { packs, counts, .. } = writer;
+    tracing::info!(elapsed = ?started.elapsed(), new = counts.new_blobs, "content read and stored");
 
     let new_stored_bytes: u64 = packs.iter().map(|p| p.pack.size + p.index_size).sum();
     let index_files: Vec<Hash> = packs.iter().map(|p| p.index_file).collect();
@@ -270,42 +218,42 @@ fn backup_marked(
         index.add_pack(p);
     }
 
-    let manifest = Manifest {
-        format: crate::repo::manifest::MANIFEST_FORMAT,
+    let mut manifest = Manifest {
+        format,
         id,
         time: now.to_string(),
         source: SourceInfo {
-            kind: "sqlite".into(),
-            path: db_path.display().to_string(),
+            kind: kind.name().into(),
+            path: source_path.display().to_string(),
             host: crate::host::hostname(),
         },
+        run: opts.run.clone(),
         description: opts.description.clone(),
         tags: opts.tags.clone(),
         trigger: opts.trigger.clone(),
         tool_version: env!("CARGO_PKG_VERSION").into(),
         duration_ms: 0,
         verification: None,
-        database,
-        content: Content {
-            kind: "pages".into(),
-            block_size: 0,
-            blocks: summary.pages,
-            ids_per_list: IDS_PER_LIST as u32,
-            lists: summary.lists.iter().map(|h| h.to_hex()).collect(),
-        },
+        sqlite: None,
+        duckdb: None,
+        files: None,
+        content: backed.content,
         stored: StoredInfo {
             compression: compression.codec.name().into(),
             level: compression.level,
-            new_blobs: summary.new_blobs,
-            reused_blobs: summary.reused_blobs,
-            new_raw_bytes: summary.new_raw_bytes,
+            new_blobs: counts.new_blobs,
+            reused_blobs: counts.reused_blobs,
+            new_raw_bytes: counts.new_raw_bytes,
             new_stored_bytes,
             packs: packs.iter().map(|p| p.id.to_hex()).collect(),
             index_files: index_files.iter().map(|h| h.to_hex()).collect(),
         },
     };
-    let mut manifest = manifest;
-    manifest.content.block_size = manifest.database.page_size;
+    match backed.facts {
+        SourceFacts::Sqlite(f) => manifest.sqlite = Some(f),
+        SourceFacts::Duckdb(f) => manifest.duckdb = Some(f),
+        SourceFacts::Files(f) => manifest.files = Some(f),
+    }
 
     let verify = if opts.verify == VerifyLevel::Full {
         let report = verify_manifest(repo, &index, &manifest, &opts.progress)?;
@@ -341,7 +289,343 @@ fn backup_marked(
     })
 }
 
-/// A chunk of pages with their ids, in read order `seq`.
+/// The engine's [`ContentWriter`]: each image or tree a source hands over runs through one
+/// pipeline; the packs stored and the counts add up over the backup.
+struct Writer<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    staging: PathBuf,
+    compression: Compression,
+    transfers: usize,
+    progress: &'a Progress,
+    packs: Vec<StoredPack>,
+    counts: Counts,
+}
+
+impl Writer<'_> {
+    /// Run `front` (which decides what is new and sends frames of new blobs) against the
+    /// compressors and the pack writer.
+    fn pipeline<T>(
+        &mut self,
+        front: impl FnOnce(Sender<RawFrame>) -> Result<(T, Counts)>,
+    ) -> Result<T> {
+        let repo = self.repo;
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8);
+        let compression = self.compression;
+        let pack_size = repo.config.pack_target();
+        let staging = self.staging.as_path();
+        let transfers = self.transfers;
+        let (value, counts, packs) = std::thread::scope(|s| {
+            let (raw_tx, raw_rx) = bounded::<RawFrame>(workers * 2);
+            let (stored_tx, stored_rx) = bounded::<StoredFrame>(workers * 2);
+            let compressors: Vec<_> = (0..workers)
+                .map(|_| {
+                    let rx = raw_rx.clone();
+                    let tx = stored_tx.clone();
+                    s.spawn(move || compress_frames(repo, compression, rx, tx))
+                })
+                .collect();
+            drop((raw_rx, stored_tx));
+            let writer =
+                s.spawn(move || write_packs(repo, staging, pack_size, transfers, stored_rx));
+            let read = front(raw_tx);
+            // Join every compressor before looking at results, so none outlives an error.
+            let joined: Vec<Result<()>> = compressors
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::internal("compressor panicked")))
+                })
+                .collect();
+            let compressed = joined.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()));
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(Error::internal("pack writer panicked")));
+            // Report the first real cause: a full disk in the writer shows up in the reader
+            // only as a closed channel.
+            match (read, compressed, written) {
+                (Ok((v, c)), Ok(()), Ok(p)) => Ok((v, c, p)),
+                (_, _, Err(e)) => Err(e),
+                (_, Err(e), _) if e.message != PIPELINE_STOPPED => Err(e),
+                (Err(e), _, _) => Err(e),
+                (_, Err(e), _) => Err(e),
+            }
+        })?;
+        self.packs.extend(packs);
+        self.counts.add(counts);
+        Ok(value)
+    }
+}
+
+impl ContentWriter for Writer<'_> {
+    fn image(&mut self, snap: &mut dyn Snapshot, cut: Cut) -> Result<StoredImage> {
+        let index = self.index;
+        let hasher = self.repo.hasher();
+        let progress = self.progress;
+        let block = snap.block_size() as usize;
+        if block == 0 {
+            return Err(Error::source("the source reports blocks of 0 bytes"));
+        }
+        let len = snap.len();
+        progress.start("backup", len);
+        let summary = self.pipeline(move |raw_tx| {
+            let workers = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .clamp(1, 8);
+            std::thread::scope(|s| {
+                // Blob ids are computed by a pool (BLAKE3 per page is the costliest per-page
+                // step after SHA-256), then put back in order for dedup and the lists.
+                let (chunk_tx, chunk_rx) = bounded::<(u64, Vec<u8>)>(workers * 4);
+                let (hashed_tx, hashed_rx) = bounded::<HashedChunk>(workers * 4);
+                let (spare_tx, spare_rx) = bounded::<Vec<u8>>(workers * 8);
+                for _ in 0..workers {
+                    let rx = chunk_rx.clone();
+                    let tx = hashed_tx.clone();
+                    let hasher = hasher.clone();
+                    s.spawn(move || hash_blocks(hasher, block, cut, rx, tx));
+                }
+                drop((chunk_rx, hashed_tx));
+                let collector = s.spawn(move || {
+                    collect_blocks(index, hasher, block, hashed_rx, raw_tx, spare_tx, progress)
+                });
+                let read = read_image(snap, chunk_tx, spare_rx);
+                let collected = collector
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::internal("page collector panicked")));
+                match (read, collected) {
+                    (Ok(sha256), Ok(mut sum)) => {
+                        sum.sha256 = sha256;
+                        let counts = sum.counts;
+                        Ok((sum, counts))
+                    }
+                    (Err(e), Err(c)) if e.message == PIPELINE_STOPPED => Err(c),
+                    (Err(e), _) => Err(e),
+                    (_, Err(c)) => Err(c),
+                }
+            })
+        })?;
+        progress.finish();
+        if summary.bytes != len {
+            return Err(Error::source(format!(
+                "read {} bytes of an image of {len}",
+                summary.bytes
+            )));
+        }
+        let lists = summary.lists.iter().map(|h| h.to_hex()).collect();
+        let content = match cut {
+            Cut::Pages => Content::Pages {
+                block_size: block as u32,
+                blocks: summary.blobs,
+                ids_per_list: IDS_PER_LIST as u32,
+                lists,
+            },
+            Cut::Blocks => Content::Stream {
+                bytes: summary.bytes,
+                chunks: summary.blobs,
+                ids_per_list: IDS_PER_LIST as u32,
+                lists,
+            },
+        };
+        Ok(StoredImage {
+            content,
+            sha256: summary.sha256,
+        })
+    }
+
+    fn tree(&mut self, walk: &mut dyn FnMut(&mut dyn TreeWriter) -> Result<()>) -> Result<Content> {
+        let index = self.index;
+        let hasher = self.repo.hasher();
+        let progress = self.progress;
+        progress.start("backup", 0);
+        let content = self.pipeline(move |raw_tx| {
+            let mut tree = TreeBuilder {
+                sink: Sink::new(index, hasher.clone(), raw_tx),
+                seed: cdc_seed(&hasher),
+                node: Vec::new(),
+                nodes: Vec::new(),
+                entries: 0,
+                bytes: 0,
+                progress,
+            };
+            walk(&mut tree)?;
+            tree.flush_node()?;
+            let TreeBuilder {
+                sink,
+                nodes,
+                entries,
+                bytes,
+                ..
+            } = tree;
+            let counts = sink.finish()?;
+            Ok((
+                Content::Tree {
+                    entries,
+                    bytes,
+                    nodes: nodes.iter().map(|h| h.to_hex()).collect(),
+                },
+                counts,
+            ))
+        })?;
+        progress.finish();
+        Ok(content)
+    }
+}
+
+/// Content-defined chunks of files and streams (FastCDC): at least 64 KiB, 256 KiB on
+/// average, at most 1 MiB. A config file is one chunk; a large file changed in one place
+/// stores about one new chunk. Frames group chunks by 1 MiB either way, so small chunks cost
+/// only index entries (~50 bytes each); see docs/FORMAT.md for the measurements.
+pub const CDC_MIN: u32 = 64 << 10;
+pub const CDC_AVG: u32 = 256 << 10;
+pub const CDC_MAX: u32 = 1 << 20;
+
+/// The chunker's gear seed: secret in an encrypted repository (derived from the id key), so
+/// chunk boundaries, which the sizes of stored frames could reveal, do not fingerprint
+/// content.
+fn cdc_seed(hasher: &BlobHasher) -> u64 {
+    let id = hasher.id(b"lifeboat content-defined chunking seed");
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&id.0[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// The tree's front stage: cuts each file into chunks, stores new ones, and groups the
+/// entries into tree blobs.
+struct TreeBuilder<'a> {
+    sink: Sink<'a>,
+    seed: u64,
+    node: Vec<TreeEntry>,
+    nodes: Vec<Hash>,
+    entries: u64,
+    bytes: u64,
+    progress: &'a Progress,
+}
+
+impl TreeBuilder<'_> {
+    fn flush_node(&mut self) -> Result<()> {
+        if self.node.is_empty() {
+            return Ok(());
+        }
+        let data = encode_node(&self.node)?;
+        let id = self.sink.hasher.id(&data);
+        self.sink.put(id, BlobKind::List, &data)?;
+        self.nodes.push(id);
+        self.node.clear();
+        Ok(())
+    }
+}
+
+impl TreeWriter for TreeBuilder<'_> {
+    fn add(&mut self, mut entry: TreeEntry, data: Option<&mut dyn std::io::Read>) -> Result<()> {
+        crate::interrupt::check()?;
+        if let Some(data) = data {
+            let mut size = 0u64;
+            let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
+                data,
+                CDC_MIN,
+                CDC_AVG,
+                CDC_MAX,
+                fastcdc::v2020::Normalization::Level1,
+                self.seed,
+            );
+            for chunk in chunker {
+                let chunk = chunk.map_err(|e| match e {
+                    fastcdc::v2020::Error::IoError(io) => {
+                        Error::io("cannot read", Path::new(&entry.path), io)
+                    }
+                    other => Error::source(format!("cannot read {}: {other}", entry.path)),
+                })?;
+                let id = self.sink.hasher.id(&chunk.data);
+                self.sink.put(id, BlobKind::Data, &chunk.data)?;
+                size += chunk.data.len() as u64;
+                self.progress.inc(chunk.data.len() as u64);
+                entry.chunks.push(id.to_hex());
+            }
+            entry.size = size;
+            self.bytes += size;
+        }
+        let path = entry.path_bytes()?;
+        self.node.push(entry);
+        self.entries += 1;
+        if ends_node(&path, self.node.len()) {
+            self.flush_node()?;
+        }
+        Ok(())
+    }
+}
+
+/// Dedup and framing: a blob not in the index (nor already sent by this pipeline) joins a
+/// frame of its kind; full frames go to the compressors.
+struct Sink<'a> {
+    index: &'a Index,
+    hasher: BlobHasher,
+    pending: HashSetById,
+    frame: RawFrame,
+    list_frame: RawFrame,
+    tx: Sender<RawFrame>,
+    counts: Counts,
+}
+
+impl<'a> Sink<'a> {
+    fn new(index: &'a Index, hasher: BlobHasher, tx: Sender<RawFrame>) -> Sink<'a> {
+        Sink {
+            index,
+            hasher,
+            pending: HashSetById::default(),
+            frame: RawFrame::new(),
+            list_frame: RawFrame::new(),
+            tx,
+            counts: Counts::default(),
+        }
+    }
+
+    /// Store blob `id` unless it is stored already.
+    fn put(&mut self, id: Hash, kind: BlobKind, bytes: &[u8]) -> Result<()> {
+        let new = !self.index.contains(&id) && self.pending.insert(id);
+        if kind == BlobKind::Data {
+            if new {
+                self.counts.new_blobs += 1;
+            } else {
+                self.counts.reused_blobs += 1;
+            }
+        }
+        if !new {
+            return Ok(());
+        }
+        self.counts.new_raw_bytes += bytes.len() as u64;
+        let frame = match kind {
+            BlobKind::Data => &mut self.frame,
+            BlobKind::List => &mut self.list_frame,
+        };
+        frame.push(id, kind, bytes);
+        if frame.data.len() >= FRAME_BYTES {
+            let full = std::mem::replace(frame, RawFrame::new());
+            self.tx
+                .send(full)
+                .map_err(|_| Error::internal(PIPELINE_STOPPED))?;
+        }
+        Ok(())
+    }
+
+    /// Send the last frames.
+    fn finish(mut self) -> Result<Counts> {
+        for f in [&mut self.frame, &mut self.list_frame] {
+            if !f.blobs.is_empty() {
+                let last = std::mem::replace(f, RawFrame::new());
+                self.tx
+                    .send(last)
+                    .map_err(|_| Error::internal(PIPELINE_STOPPED))?;
+            }
+        }
+        Ok(self.counts)
+    }
+}
+
+/// A chunk of the image with the ids of its blobs, in read order `seq`.
 struct HashedChunk {
     seq: u64,
     data: Vec<u8>,
@@ -350,7 +634,7 @@ struct HashedChunk {
 
 /// Stage 1: read the image in order and hash it with SHA-256 while each 128 KiB chunk is
 /// still in this core's cache (from memory, on another thread, it ran at two thirds of the
-/// speed). Chunks go on to the page hashers; their buffers come back through `spare`.
+/// speed). Chunks go on to the hashers; their buffers come back through `spare`.
 fn read_image(
     snap: &mut dyn Snapshot,
     tx: Sender<(u64, Vec<u8>)>,
@@ -372,24 +656,32 @@ fn read_image(
     Ok(sha.finish_hex())
 }
 
-/// Stage 2 (a pool): the BLAKE3 id of every page.
-fn hash_pages(
+/// The blobs of a chunk of the image: pages (the chunk holds whole pages), or blocks (the
+/// last may be shorter).
+fn blobs_of(data: &[u8], block: usize, cut: Cut) -> std::slice::Chunks<'_, u8> {
+    let _ = cut; // whole pages are checked by `collect_blocks`, which knows the kind
+    data.chunks(block)
+}
+
+/// Stage 2 (a pool): the BLAKE3 id of every blob.
+fn hash_blocks(
     hasher: BlobHasher,
     block: usize,
+    cut: Cut,
     rx: Receiver<(u64, Vec<u8>)>,
     tx: Sender<HashedChunk>,
 ) {
     for (seq, data) in rx {
-        let ids = data.chunks_exact(block).map(|p| hasher.id(p)).collect();
+        let ids = blobs_of(&data, block, cut).map(|p| hasher.id(p)).collect();
         if tx.send(HashedChunk { seq, data, ids }).is_err() {
             return;
         }
     }
 }
 
-/// Stage 3: in page order, decide which pages are new, group them into frames, and build
-/// the page lists.
-fn collect_pages(
+/// Stage 3: in image order, decide which blobs are new, group them into frames, and build
+/// the lists of ids.
+fn collect_blocks(
     index: &Index,
     hasher: BlobHasher,
     block: usize,
@@ -399,30 +691,14 @@ fn collect_pages(
     progress: &Progress,
 ) -> Result<ReadSummary> {
     let mut sum = ReadSummary::default();
-    let mut pending = HashSetById::default();
-    let mut frame = RawFrame::new();
-    let mut list_frame = RawFrame::new();
+    let mut sink = Sink::new(index, hasher, tx);
     let mut list: Vec<u8> = Vec::with_capacity(IDS_PER_LIST * 32);
-    let send = |f: &mut RawFrame| -> Result<()> {
-        let full = std::mem::replace(f, RawFrame::new());
-        tx.send(full).map_err(|_| Error::internal(PIPELINE_STOPPED))
-    };
-    let flush_list = |list: &mut Vec<u8>,
-                      list_frame: &mut RawFrame,
-                      pending: &mut HashSetById,
-                      sum: &mut ReadSummary|
-     -> Result<()> {
-        let id = hasher.id(list);
+    let flush_list = |list: &mut Vec<u8>, sink: &mut Sink, sum: &mut ReadSummary| {
+        let id = sink.hasher.id(list);
         sum.lists.push(id);
-        if !index.contains(&id) && pending.insert(id) {
-            list_frame.push(id, BlobKind::List, list);
-            sum.new_raw_bytes += list.len() as u64;
-            if list_frame.data.len() >= FRAME_BYTES {
-                send(list_frame)?;
-            }
-        }
+        sink.put(id, BlobKind::List, list)?;
         list.clear();
-        Ok(())
+        Ok::<(), Error>(())
     };
     let mut waiting: BTreeMap<u64, HashedChunk> = BTreeMap::new();
     let mut next = 0u64;
@@ -430,21 +706,13 @@ fn collect_pages(
         waiting.insert(hashed.seq, hashed);
         while let Some(chunk) = waiting.remove(&next) {
             next += 1;
-            for (page, id) in chunk.data.chunks_exact(block).zip(&chunk.ids) {
-                sum.pages += 1;
+            for (blob, id) in chunk.data.chunks(block).zip(&chunk.ids) {
+                sum.blobs += 1;
+                sum.bytes += blob.len() as u64;
                 list.extend_from_slice(&id.0);
-                if !index.contains(id) && pending.insert(*id) {
-                    frame.push(*id, BlobKind::Data, page);
-                    sum.new_blobs += 1;
-                    sum.new_raw_bytes += page.len() as u64;
-                    if frame.data.len() >= FRAME_BYTES {
-                        send(&mut frame)?;
-                    }
-                } else {
-                    sum.reused_blobs += 1;
-                }
+                sink.put(*id, BlobKind::Data, blob)?;
                 if list.len() == IDS_PER_LIST * 32 {
-                    flush_list(&mut list, &mut list_frame, &mut pending, &mut sum)?;
+                    flush_list(&mut list, &mut sink, &mut sum)?;
                 }
             }
             progress.inc(chunk.data.len() as u64);
@@ -455,13 +723,9 @@ fn collect_pages(
         return Err(Error::internal(PIPELINE_STOPPED));
     }
     if !list.is_empty() || sum.lists.is_empty() {
-        flush_list(&mut list, &mut list_frame, &mut pending, &mut sum)?;
+        flush_list(&mut list, &mut sink, &mut sum)?;
     }
-    for f in [&mut frame, &mut list_frame] {
-        if !f.blobs.is_empty() {
-            send(f)?;
-        }
-    }
+    sum.counts = sink.finish()?;
     Ok(sum)
 }
 
@@ -648,7 +912,7 @@ pub(crate) fn check_written(
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    crate::source::sqlite::check_is_sqlite(p)?;
+    crate::source::detect(p)?; // a clear error for a missing source
     p.canonicalize()
         .map_err(|e| Error::io("cannot resolve", p, e))
 }

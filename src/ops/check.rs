@@ -463,7 +463,7 @@ pub fn stats(repo: &Repository) -> Result<Stats> {
     for m in &backups {
         *sources.entry(m.source.path.clone()).or_insert(0) += 1;
     }
-    let logical: u64 = backups.iter().map(|m| m.database.logical_bytes).sum();
+    let logical: u64 = backups.iter().map(|m| m.logical_bytes()).sum();
     let unique: u64 = index.blobs().map(|(_, l)| u64::from(l.len)).sum();
     let packs = index.pack_bytes();
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };

@@ -9,6 +9,7 @@ pub mod prune;
 pub mod rekey;
 pub mod repair;
 pub mod restore;
+pub mod restore_tree;
 pub mod status;
 pub mod sync;
 pub mod verify;

@@ -836,7 +836,7 @@ fn referenced_blobs(
     let gone = |m: &crate::repo::manifest::Manifest| {
         forgotten.contains(&m.id)
             && m.content
-                .lists
+                .roots()
                 .iter()
                 .all(|hex| Hash::from_hex(hex).is_ok_and(|id| lists.get(&id).is_none()))
     };

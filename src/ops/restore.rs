@@ -31,7 +31,7 @@ use crate::ops::VerifyLevel;
 use crate::progress::Progress;
 use crate::repo::compress::{BufferPool, Compression, Decompressor};
 use crate::repo::index::{BlobLoc, Index};
-use crate::repo::manifest::Manifest;
+use crate::repo::manifest::{Content, Manifest};
 use crate::repo::pack::BlobKind;
 use crate::repo::{check_blob, missing_blob, slice_blob, Repository};
 use crate::source::sqlite::{check_is_sqlite, processes_using};
@@ -215,7 +215,7 @@ fn for_each_id(
 ) -> Result<()> {
     let lists = m
         .content
-        .lists
+        .lists()
         .iter()
         .map(|hex| Hash::from_hex(hex))
         .collect::<Result<Vec<Hash>>>()?;
@@ -324,7 +324,8 @@ struct Gathering {
 /// it.
 struct Planner<'a> {
     index: &'a Index,
-    block_size: usize,
+    /// Pages of one size (content `pages`), or chunks of any size (`stream`).
+    block_size: Option<usize>,
     fetch_ahead: u64,
     /// (frame, load), least recently used first.
     cache: Vec<(u32, u64)>,
@@ -338,7 +339,7 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn new(index: &'a Index, block_size: usize, fetch_ahead: u64) -> Self {
+    fn new(index: &'a Index, block_size: Option<usize>, fetch_ahead: u64) -> Self {
         Planner {
             index,
             block_size,
@@ -358,13 +359,17 @@ impl<'a> Planner<'a> {
             .index
             .get(id)
             .ok_or_else(|| missing_blob(self.index, id))?;
-        if loc.kind != BlobKind::Data || loc.len as usize != self.block_size {
-            return Err(Error::integrity(format!(
-                "blob {} is not a {}-byte page",
-                id.short(),
-                self.block_size
-            )));
-        }
+        match self.block_size {
+            _ if loc.kind != BlobKind::Data => Err(Error::integrity(format!(
+                "blob {} is not a page or chunk of data",
+                id.short()
+            ))),
+            Some(block) if loc.len as usize != block => Err(Error::integrity(format!(
+                "blob {} is not a {block}-byte page",
+                id.short()
+            ))),
+            _ => Ok(()),
+        }?;
         Ok(loc)
     }
 
@@ -651,21 +656,29 @@ pub fn write_image(
     image_sha256: bool,
     progress: &Progress,
 ) -> Result<ImageStats> {
-    if m.content.kind != "pages" {
-        return Err(Error::usage(format!(
-            "backup {} holds '{}' content, which this lifeboat cannot restore",
-            m.id, m.content.kind
-        )));
-    }
-    let block_size = m.content.block_size as usize;
+    let (block_size, items) = match &m.content {
+        Content::Pages {
+            block_size, blocks, ..
+        } => (Some(*block_size as usize), *blocks),
+        Content::Stream { chunks, .. } => (None, *chunks),
+        other => {
+            return Err(Error::usage(format!(
+                "backup {} holds '{}' content, which is not restored as one file",
+                m.id,
+                other.kind()
+            )))
+        }
+    };
+    let image_bytes = m.logical_bytes();
     // Readers wait on requests and decompress; workers check pages, which is CPU work only.
     let readers = repo.storage().read_parallelism().clamp(1, 8);
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(1, 8);
-    progress.start("restore", m.content.blocks * block_size as u64);
+    progress.start("restore", image_bytes);
     let mut blocks = 0u64;
+    let mut written = 0u64;
     let loads = Loads::new(readers);
     // Set when the planner stops because a later stage did: its error is then not the cause.
     let stopped = &AtomicBool::new(false);
@@ -698,11 +711,12 @@ pub fn write_image(
                 Ok(())
             };
             let mut plan = Planner::new(index, block_size, fetch_ahead(in_flight));
-            let mut chunk = Vec::with_capacity(CHUNK_BLOCKS.min(m.content.blocks as usize));
+            let mut chunk = Vec::with_capacity(CHUNK_BLOCKS.min(items as usize));
             let mut pos = 0u64;
             for_each_id(repo, index, m, &mut |id| {
-                chunk.push((pos, id, plan.locate(&id)?));
-                pos += block_size as u64;
+                let loc = plan.locate(&id)?;
+                chunk.push((pos, id, loc));
+                pos += u64::from(loc.len);
                 if chunk.len() >= CHUNK_BLOCKS {
                     plan.add_chunk(&mut chunk, &mut send)?;
                 }
@@ -765,7 +779,9 @@ pub fn write_image(
                     start_writeback(out, start, end - start);
                 }
                 blocks += pieces.len() as u64;
-                progress.inc((pieces.len() * block_size) as u64);
+                let bytes: u64 = pieces.iter().map(|p| p.len as u64).sum();
+                written += bytes;
+                progress.inc(bytes);
                 drop(pieces);
                 loads.retire(&retire);
                 let _ = ticket_tx.send(());
@@ -790,21 +806,22 @@ pub fn write_image(
         Ok(())
     })?;
     progress.finish();
-    if blocks != m.content.blocks {
+    if blocks != items || written != image_bytes {
         return Err(Error::integrity(format!(
-            "backup {} lists {} pages but its manifest says {}",
-            m.id, blocks, m.content.blocks
+            "backup {} lists {blocks} blobs of {written} bytes but its manifest says {items} of \
+             {image_bytes}",
+            m.id
         )));
     }
     // Pages were written out of order: the image's SHA-256 reads the finished file back (from
     // the page cache, which holds what was just written).
     let sha256 = if image_sha256 {
-        Some(sha256_of_file(out, blocks * block_size as u64).ctx("cannot read back", out_path)?)
+        Some(sha256_of_file(out, written).ctx("cannot read back", out_path)?)
     } else {
         None
     };
     Ok(ImageStats {
-        bytes: blocks * block_size as u64,
+        bytes: written,
         blocks,
         sha256,
     })
@@ -967,46 +984,194 @@ pub struct RestoreOutcome {
     pub safety_backup: Option<String>,
     /// Where the old files were moved when no safety backup could be taken.
     pub moved_aside: Vec<PathBuf>,
+    /// What a files backup restored (entries, redacted keys).
+    pub tree: Option<crate::ops::restore_tree::TreeRestored>,
 }
 
-/// Restore to a new file that needs no Lifeboat to open.
-pub fn restore_to_file(
+/// The restore seam: where a backup goes and how it is put there. [`restore`] drives each
+/// target through the same four steps under a reader marker (a concurrent prune deletes
+/// nothing they read): nothing at the destination changes before `commit`.
+pub trait RestoreTarget {
+    /// Check the destination before anything is read, and keep what it would lose (an
+    /// in-place restore's safety backup).
+    fn prepare(&mut self, repo: &Repository, m: &Manifest, progress: &Progress) -> Result<()>;
+    /// Rebuild the backup beside the destination, checking every blob against its id.
+    fn write(
+        &mut self,
+        repo: &Repository,
+        index: &Index,
+        m: &Manifest,
+        progress: &Progress,
+    ) -> Result<()>;
+    /// Check what was written against what the manifest recorded.
+    fn verify(&mut self, m: &Manifest) -> Result<()>;
+    /// Put it in place, durably.
+    fn commit(&mut self, m: &Manifest) -> Result<RestoreOutcome>;
+}
+
+/// Restore backup `m` to `target`.
+pub fn restore(
     repo: &Repository,
     m: &Manifest,
-    output: &Path,
+    target: &mut dyn RestoreTarget,
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
-    // The marker keeps a concurrent prune from deleting what this restore reads.
     crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
-        restore_to_file_marked(repo, m, output, progress)
+        let index = repo.load_index()?;
+        restore_marked(repo, &index, m, target, progress)
     })
 }
 
-fn restore_to_file_marked(
+/// `restore`, for a caller that holds a reader marker already (verify).
+pub(crate) fn restore_marked(
     repo: &Repository,
+    index: &Index,
     m: &Manifest,
-    output: &Path,
+    target: &mut dyn RestoreTarget,
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
-    if output.exists() {
-        return Err(Error::usage(format!("{} already exists", output.display()))
-            .hint("choose another --output, or use --db to replace a database in place"));
-    }
-    let index = repo.load_index()?;
-    let (mut tmp, stats) = rebuild_beside(repo, &index, m, output, progress)
-        .map_err(|e| interrupted_hint(e, format!("{} was not created", output.display())))?;
-    // link(2) rather than rename(2): a file that appeared meanwhile is never replaced.
-    std::fs::hard_link(&tmp.path, output).map_err(|e| Error::io("cannot create", output, e))?;
-    std::fs::remove_file(&tmp.path).ctx("cannot remove", &tmp.path)?;
-    tmp.keep();
-    sync_parent(output)?;
-    Ok(RestoreOutcome {
-        backup_id: m.id.clone(),
-        path: output.to_path_buf(),
-        bytes: stats.bytes,
-        safety_backup: None,
-        moved_aside: Vec::new(),
+    target.prepare(repo, m, progress)?;
+    target.write(repo, index, m, progress)?;
+    target.verify(m)?;
+    target.commit(m)
+}
+
+/// Where a restore writes, as the CLI and the engine name it.
+pub enum Destination {
+    /// A new file or folder (a folder's files: an existing folder with `overwrite`).
+    New { path: PathBuf, overwrite: bool },
+    /// Replace a database file, after a safety backup of it.
+    InPlace {
+        db: PathBuf,
+        compression: Compression,
+    },
+}
+
+/// The target for backup `m` at `to`: an image (SQLite, DuckDB) restores to a file, a tree
+/// to a folder.
+pub fn target_for(m: &Manifest, to: Destination) -> Result<Box<dyn RestoreTarget>> {
+    let tree = matches!(m.content, Content::Tree { .. });
+    Ok(match (to, tree) {
+        (Destination::New { path, overwrite }, true) => Box::new(
+            crate::ops::restore_tree::FolderTarget::new(path, overwrite),
+        ),
+        (Destination::New { path, .. }, false) => Box::new(NewFile::new(path)),
+        (Destination::InPlace { db, compression }, false) => {
+            Box::new(InPlace::new(db, image_kind(m)?, compression))
+        }
+        (Destination::InPlace { .. }, true) => {
+            return Err(Error::usage(format!(
+                "backup {} is of files ({}), which are restored to a folder",
+                m.id, m.source.path
+            ))
+            .hint("give --output DIR (a new folder; with --yes an existing one, whose files of the same names are replaced)"))
+        }
     })
+}
+
+/// What an image's kind means for files beside it.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageKind {
+    pub kind: crate::source::Kind,
+    /// Files beside the database that belong to it (`-wal` …): stale ones would be replayed
+    /// into the restored file, so they are removed.
+    pub sidecars: &'static [&'static str],
+    /// Those moved aside with a database that could not be backed up first.
+    pub kept_sidecars: &'static [&'static str],
+}
+
+fn image_kind(m: &Manifest) -> Result<ImageKind> {
+    let kind = crate::source::Kind::parse(&m.source.kind)?;
+    use crate::source::{duckdb, sqlite, Kind};
+    let (sidecars, kept_sidecars) = match kind {
+        Kind::Sqlite => (sqlite::SIDECARS, sqlite::KEPT_SIDECARS),
+        Kind::Duckdb => (duckdb::SIDECARS, duckdb::SIDECARS),
+        Kind::Files => (&[][..], &[][..]),
+    };
+    Ok(ImageKind {
+        kind,
+        sidecars,
+        kept_sidecars,
+    })
+}
+
+/// Check the size of a rebuilt image against the manifest.
+fn check_image_size(m: &Manifest, stats: Option<&ImageStats>) -> Result<()> {
+    let written = stats.map_or(0, |s| s.bytes);
+    if written != m.logical_bytes() {
+        return Err(Error::integrity(format!(
+            "backup {} rebuilt to {written} bytes, not the {} its manifest records",
+            m.id,
+            m.logical_bytes()
+        )));
+    }
+    Ok(())
+}
+
+/// A new file that needs no Lifeboat to open.
+pub struct NewFile {
+    output: PathBuf,
+    rebuilt: Option<(TempFile, ImageStats)>,
+}
+
+impl NewFile {
+    pub fn new(output: PathBuf) -> NewFile {
+        NewFile {
+            output,
+            rebuilt: None,
+        }
+    }
+}
+
+impl RestoreTarget for NewFile {
+    fn prepare(&mut self, _: &Repository, _: &Manifest, _: &Progress) -> Result<()> {
+        if self.output.exists() {
+            return Err(
+                Error::usage(format!("{} already exists", self.output.display()))
+                    .hint("choose another --output, or use --db to replace a database in place"),
+            );
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        repo: &Repository,
+        index: &Index,
+        m: &Manifest,
+        progress: &Progress,
+    ) -> Result<()> {
+        let rebuilt = rebuild_beside(repo, index, m, &self.output, progress).map_err(|e| {
+            interrupted_hint(e, format!("{} was not created", self.output.display()))
+        })?;
+        self.rebuilt = Some(rebuilt);
+        Ok(())
+    }
+
+    fn verify(&mut self, m: &Manifest) -> Result<()> {
+        check_image_size(m, self.rebuilt.as_ref().map(|(_, s)| s))
+    }
+
+    fn commit(&mut self, m: &Manifest) -> Result<RestoreOutcome> {
+        let (mut tmp, stats) = self
+            .rebuilt
+            .take()
+            .ok_or_else(|| Error::internal("restore committed before it was written"))?;
+        let output = &self.output;
+        // link(2) rather than rename(2): a file that appeared meanwhile is never replaced.
+        std::fs::hard_link(&tmp.path, output).map_err(|e| Error::io("cannot create", output, e))?;
+        std::fs::remove_file(&tmp.path).ctx("cannot remove", &tmp.path)?;
+        tmp.keep();
+        sync_parent(output)?;
+        Ok(RestoreOutcome {
+            backup_id: m.id.clone(),
+            path: output.clone(),
+            bytes: stats.bytes,
+            safety_backup: None,
+            moved_aside: Vec::new(),
+            tree: None,
+        })
+    }
 }
 
 /// What an interrupted restore left: `state` of the target, and no temporary file.
@@ -1075,42 +1240,61 @@ pub fn check_in_place_target(db: &Path) -> Result<()> {
 }
 
 /// Replace a database in place: safety backup of the current one, rebuild beside it,
-/// verify, fsync, remove stale `-wal`/`-shm`/`-journal`, rename into place.
-pub fn restore_in_place(
-    repo: &Repository,
-    m: &Manifest,
-    db: &Path,
+/// check, fsync, remove stale sidecars (`-wal`, `.wal` …), rename into place.
+pub struct InPlace {
+    db: PathBuf,
+    kind: ImageKind,
     compression: Compression,
-    progress: &Progress,
-) -> Result<RestoreOutcome> {
-    crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
-        restore_in_place_marked(repo, m, db, compression, progress)
-    })
+    exists: bool,
+    safety_backup: Option<String>,
+    rebuilt: Option<(TempFile, ImageStats)>,
 }
 
-fn restore_in_place_marked(
-    repo: &Repository,
-    m: &Manifest,
-    db: &Path,
-    compression: Compression,
-    progress: &Progress,
-) -> Result<RestoreOutcome> {
-    check_in_place_target(db)?;
-    let exists = db.exists();
-    if exists {
-        ensure_not_in_use(db)?;
+impl InPlace {
+    pub fn new(db: PathBuf, kind: ImageKind, compression: Compression) -> InPlace {
+        InPlace {
+            db,
+            kind,
+            compression,
+            exists: false,
+            safety_backup: None,
+            rebuilt: None,
+        }
     }
-    let mut safety_backup = None;
-    let mut moved_aside = Vec::new();
-    if exists {
+
+    /// "`db` is unchanged (its safety backup … is kept)", for an interrupted restore.
+    fn unchanged(&self) -> String {
+        format!(
+            "{} is unchanged{}",
+            self.db.display(),
+            match &self.safety_backup {
+                Some(id) => format!(" (its safety backup {id} is kept)"),
+                None => String::new(),
+            }
+        )
+    }
+}
+
+impl RestoreTarget for InPlace {
+    fn prepare(&mut self, repo: &Repository, m: &Manifest, progress: &Progress) -> Result<()> {
+        let db = &self.db;
+        check_in_place_target(db)?;
+        self.exists = db.exists();
+        if !self.exists {
+            return Ok(());
+        }
+        ensure_not_in_use(db)?;
         let safety = backup(
             repo,
             &BackupOptions {
                 database: db.to_path_buf(),
+                kind: Some(self.kind.kind),
+                files: Default::default(),
+                run: None,
                 description: Some(format!("before restoring backup {}", m.id)),
                 tags: vec!["pre-restore".into()],
                 trigger: crate::repo::manifest::SAFETY_TRIGGER.into(),
-                compression,
+                compression: self.compression,
                 verify: VerifyLevel::Written,
                 progress: progress.clone(),
                 transfers: crate::ops::backup::DEFAULT_TRANSFERS,
@@ -1118,7 +1302,7 @@ fn restore_in_place_marked(
             },
         );
         match safety {
-            Ok(o) => safety_backup = Some(o.manifest.id),
+            Ok(o) => self.safety_backup = Some(o.manifest.id),
             // A damaged database is the usual reason to restore: keep its files instead.
             Err(e) if e.kind == ErrorKind::Source => {
                 tracing::warn!("no safety backup of {}: {e}", db.display());
@@ -1133,68 +1317,82 @@ fn restore_in_place_marked(
                 ))
             }
         }
+        Ok(())
     }
-    let index = repo.load_index()?;
-    let (mut tmp, stats) = rebuild_beside(repo, &index, m, db, progress).map_err(|e| {
-        interrupted_hint(
-            e,
-            format!(
-                "{} is unchanged{}",
-                db.display(),
-                match &safety_backup {
-                    Some(id) => format!(" (its safety backup {id} is kept)"),
-                    None => String::new(),
-                }
-            ),
-        )
-    })?;
-    // The new file takes the old one's owner and permission bits, never setuid, setgid or
-    // sticky bits (a database is not a program), and never a link target's.
-    if let Ok(meta) = std::fs::symlink_metadata(db) {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        if meta.file_type().is_file() {
-            let _ = std::os::unix::fs::chown(&tmp.path, Some(meta.uid()), Some(meta.gid()));
-            let _ = std::fs::set_permissions(
-                &tmp.path,
-                std::fs::Permissions::from_mode(meta.mode() & 0o777),
-            );
-        }
+
+    fn write(
+        &mut self,
+        repo: &Repository,
+        index: &Index,
+        m: &Manifest,
+        progress: &Progress,
+    ) -> Result<()> {
+        let rebuilt = rebuild_beside(repo, index, m, &self.db, progress)
+            .map_err(|e| interrupted_hint(e, self.unchanged()))?;
+        self.rebuilt = Some(rebuilt);
+        Ok(())
     }
-    if exists {
-        ensure_not_in_use(db)?;
+
+    fn verify(&mut self, m: &Manifest) -> Result<()> {
+        check_image_size(m, self.rebuilt.as_ref().map(|(_, s)| s))
     }
-    if exists && safety_backup.is_none() {
-        let stamp = jiff::Timestamp::now().as_second();
-        for suffix in ["", "-wal", "-journal"] {
-            let from = sidecar(db, suffix);
-            if from.exists() {
-                // `<db>.lifeboat-old-N` keeps its sidecars as `<db>.lifeboat-old-N-wal` etc.,
-                // so SQLite still pairs them when the kept copy is opened.
-                let to = sidecar(db, &format!(".lifeboat-old-{stamp}{suffix}"));
-                std::fs::rename(&from, &to).ctx("cannot move aside", &from)?;
-                moved_aside.push(to);
+
+    fn commit(&mut self, m: &Manifest) -> Result<RestoreOutcome> {
+        let (mut tmp, stats) = self
+            .rebuilt
+            .take()
+            .ok_or_else(|| Error::internal("restore committed before it was written"))?;
+        let db = &self.db;
+        // The new file takes the old one's owner and permission bits, never setuid, setgid or
+        // sticky bits (a database is not a program), and never a link target's.
+        if let Ok(meta) = std::fs::symlink_metadata(db) {
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            if meta.file_type().is_file() {
+                let _ = std::os::unix::fs::chown(&tmp.path, Some(meta.uid()), Some(meta.gid()));
+                let _ = std::fs::set_permissions(
+                    &tmp.path,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o777),
+                );
             }
         }
-    }
-    // Stale sidecars would be replayed into (or roll back) the new file: remove them first.
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let p = sidecar(db, suffix);
-        match std::fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("cannot remove", &p, e)),
+        if self.exists {
+            ensure_not_in_use(db)?;
         }
+        let mut moved_aside = Vec::new();
+        if self.exists && self.safety_backup.is_none() {
+            let stamp = jiff::Timestamp::now().as_second();
+            for suffix in std::iter::once(&"").chain(self.kind.kept_sidecars) {
+                let from = sidecar(db, suffix);
+                if from.exists() {
+                    // `<db>.lifeboat-old-N` keeps its sidecars as `<db>.lifeboat-old-N-wal`
+                    // etc., so the database still pairs them when the kept copy is opened.
+                    let to = sidecar(db, &format!(".lifeboat-old-{stamp}{suffix}"));
+                    std::fs::rename(&from, &to).ctx("cannot move aside", &from)?;
+                    moved_aside.push(to);
+                }
+            }
+        }
+        // Stale sidecars would be replayed into (or roll back) the new file: remove them first.
+        for suffix in self.kind.sidecars {
+            let p = sidecar(db, suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot remove", &p, e)),
+            }
+        }
+        std::fs::rename(&tmp.path, db).ctx("cannot move restored database into place at", db)?;
+        tmp.keep();
+        sync_parent(db)?;
+        Ok(RestoreOutcome {
+            backup_id: m.id.clone(),
+            path: db.to_path_buf(),
+            bytes: stats.bytes,
+            safety_backup: self.safety_backup.take(),
+            moved_aside,
+            tree: None,
+        })
     }
-    std::fs::rename(&tmp.path, db).ctx("cannot move restored database into place at", db)?;
-    tmp.keep();
-    sync_parent(db)?;
-    Ok(RestoreOutcome {
-        backup_id: m.id.clone(),
-        path: db.to_path_buf(),
-        bytes: stats.bytes,
-        safety_backup,
-        moved_aside,
-    })
 }
 
 /// Whether `db` looks like a database we may replace (used to word confirmations).
@@ -1311,7 +1509,7 @@ mod tests {
         ahead: u64,
         chunk: usize,
     ) -> (Vec<Job>, Vec<(usize, Fetch)>) {
-        let mut plan = Planner::new(index, PAGE as usize, ahead);
+        let mut plan = Planner::new(index, Some(PAGE as usize), ahead);
         let mut jobs: Vec<Job> = Vec::new();
         let mut fetches: Vec<(usize, Fetch)> = Vec::new();
         let mut send = |job: Option<Job>, ready: Vec<Fetch>| -> Result<()> {

@@ -1,10 +1,23 @@
 //! Backup manifests (`backups/<id>`): everything known about one backup, written last.
 //! A backup exists exactly when its manifest does.
+//!
+//! Two manifest formats. Format 1 (every release before content kinds) holds SQLite backups
+//! only: the SQLite facts under `database` and `content` of kind `pages`. Format 2 names the
+//! source's kind in `source.kind`, holds that kind's facts in a section of the same name
+//! (`sqlite`, `duckdb`, `files`) and tags `content` with its kind (`pages`, `stream`,
+//! `tree`). A repository holds manifests of format 2 only once its config lists the feature
+//! `manifest-2` (new repositories do; `repo upgrade` adds it), so that a Lifeboat that knows
+//! only format 1 refuses the repository as "made by a newer Lifeboat" instead of misreading
+//! it. Until then SQLite backups are written as format 1.
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The newest manifest format this version writes and reads.
+pub const MANIFEST_FORMAT: u32 = 2;
+/// The repository feature that allows manifests of format 2.
+pub const FEATURE: &str = "manifest-2";
 
 /// `trigger` of the safety backup an in-place restore takes of the database it replaces.
 pub const SAFETY_TRIGGER: &str = "pre-restore";
@@ -16,6 +29,10 @@ pub struct Manifest {
     /// RFC 3339, UTC, when the snapshot was taken.
     pub time: String,
     pub source: SourceInfo,
+    /// The run this backup was part of: the backups of one `lifeboat backup A B …` share it
+    /// (and their time). Absent for a run of one source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default)]
@@ -28,21 +45,32 @@ pub struct Manifest {
     /// back) or `full` (restored and verified). Absent in manifests of early versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<String>,
-    pub database: DatabaseInfo,
+    /// SQLite facts (`database` in format 1).
+    #[serde(
+        rename = "sqlite",
+        alias = "database",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sqlite: Option<DatabaseInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duckdb: Option<DuckdbInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesInfo>,
     pub content: Content,
     pub stored: StoredInfo,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceInfo {
-    /// `sqlite` today; `postgres`, `duckdb`, `files` later.
+    /// `sqlite`, `duckdb` or `files`.
     pub kind: String,
-    /// Absolute path of the database when it was backed up.
+    /// Absolute path of the database (or folder) when it was backed up.
     pub path: String,
     pub host: String,
 }
 
-/// Facts about the database that `verify` checks a restored copy against.
+/// Facts about a SQLite database that `verify` checks a restored copy against.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DatabaseInfo {
     pub page_size: u32,
@@ -58,16 +86,289 @@ pub struct DatabaseInfo {
     pub sqlite_version: String,
 }
 
-/// How to rebuild the database image: `kind = "pages"` means `blocks` fixed-size blocks of
-/// `block_size` bytes, whose blob ids are listed in order in the list blobs `lists`
-/// (each holding up to `ids_per_list` ids of 32 bytes).
+/// Facts about a DuckDB database that `verify` checks a restored copy against.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Content {
-    pub kind: String,
+pub struct DuckdbInfo {
+    /// The storage format version from the file's header.
+    pub storage_version: u64,
+    /// The DuckDB that read the tables (its CLI).
+    pub duckdb_version: String,
+    /// Bytes of the file's headers, then blocks of `block_size`.
+    pub header_bytes: u64,
     pub block_size: u32,
-    pub blocks: u64,
-    pub ids_per_list: u32,
-    pub lists: Vec<String>,
+    pub logical_bytes: u64,
+    /// SHA-256 of the database file, hex.
+    pub sha256: String,
+    /// Rows per table, `schema.table`.
+    pub tables: BTreeMap<String, u64>,
+}
+
+/// Facts about a backup of files and folders (an application's configuration).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct FilesInfo {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Bytes of the files as stored (after redaction).
+    pub bytes: u64,
+    /// The `--exclude` patterns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+    /// Whether values of secret-looking keys were redacted, and by which key patterns.
+    pub redaction: Option<Vec<String>>,
+    /// What was redacted: each file with the keys whose values were replaced (never the
+    /// values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<RedactedFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RedactedFile {
+    pub path: String,
+    pub keys: Vec<String>,
+}
+
+/// How to rebuild what was backed up, by kind:
+/// * `pages`: an image of `blocks` blocks of `block_size` bytes, whose blob ids are listed
+///   in order in the list blobs `lists` (each holding up to `ids_per_list` ids of 32 bytes);
+/// * `stream`: an image of `bytes` bytes cut into `chunks` blobs of any size (content-defined,
+///   or at the source's own block boundaries), listed the same way;
+/// * `tree`: files and folders, described by the tree blobs `nodes` in path order (see
+///   `repo::tree`), each file's content a list of chunk ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Pages {
+        block_size: u32,
+        blocks: u64,
+        ids_per_list: u32,
+        lists: Vec<String>,
+    },
+    Stream {
+        bytes: u64,
+        chunks: u64,
+        ids_per_list: u32,
+        lists: Vec<String>,
+    },
+    Tree {
+        entries: u64,
+        bytes: u64,
+        nodes: Vec<String>,
+    },
+    /// A kind this version does not know (written by a newer Lifeboat).
+    Unknown(String),
+}
+
+/// The known kinds as stored: `{"kind": "pages", …}`.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum StoredContent {
+    Pages {
+        block_size: u32,
+        blocks: u64,
+        ids_per_list: u32,
+        lists: Vec<String>,
+    },
+    Stream {
+        bytes: u64,
+        chunks: u64,
+        ids_per_list: u32,
+        lists: Vec<String>,
+    },
+    Tree {
+        entries: u64,
+        bytes: u64,
+        nodes: Vec<String>,
+    },
+}
+
+impl Serialize for Content {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let stored = match self.clone() {
+            Content::Pages {
+                block_size,
+                blocks,
+                ids_per_list,
+                lists,
+            } => StoredContent::Pages {
+                block_size,
+                blocks,
+                ids_per_list,
+                lists,
+            },
+            Content::Stream {
+                bytes,
+                chunks,
+                ids_per_list,
+                lists,
+            } => StoredContent::Stream {
+                bytes,
+                chunks,
+                ids_per_list,
+                lists,
+            },
+            Content::Tree {
+                entries,
+                bytes,
+                nodes,
+            } => StoredContent::Tree {
+                entries,
+                bytes,
+                nodes,
+            },
+            Content::Unknown(kind) => {
+                return Err(serde::ser::Error::custom(format!(
+                    "content of unknown kind '{kind}' cannot be written"
+                )))
+            }
+        };
+        stored.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let kind = value
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| serde::de::Error::custom("content has no kind"))?;
+        if !CONTENT_KINDS.contains(&kind) {
+            return Ok(Content::Unknown(kind.to_string()));
+        }
+        Ok(
+            match StoredContent::deserialize(value).map_err(serde::de::Error::custom)? {
+                StoredContent::Pages {
+                    block_size,
+                    blocks,
+                    ids_per_list,
+                    lists,
+                } => Content::Pages {
+                    block_size,
+                    blocks,
+                    ids_per_list,
+                    lists,
+                },
+                StoredContent::Stream {
+                    bytes,
+                    chunks,
+                    ids_per_list,
+                    lists,
+                } => Content::Stream {
+                    bytes,
+                    chunks,
+                    ids_per_list,
+                    lists,
+                },
+                StoredContent::Tree {
+                    entries,
+                    bytes,
+                    nodes,
+                } => Content::Tree {
+                    entries,
+                    bytes,
+                    nodes,
+                },
+            },
+        )
+    }
+}
+
+/// The content kinds this version knows.
+pub const CONTENT_KINDS: &[&str] = &["pages", "stream", "tree"];
+
+impl Content {
+    pub fn kind(&self) -> &str {
+        match self {
+            Content::Pages { .. } => "pages",
+            Content::Stream { .. } => "stream",
+            Content::Tree { .. } => "tree",
+            Content::Unknown(kind) => kind,
+        }
+    }
+
+    /// Bytes of what a restore writes.
+    pub fn logical_bytes(&self) -> u64 {
+        match self {
+            Content::Pages {
+                block_size, blocks, ..
+            } => u64::from(*block_size) * blocks,
+            Content::Stream { bytes, .. } | Content::Tree { bytes, .. } => *bytes,
+            Content::Unknown(_) => 0,
+        }
+    }
+
+    /// The list blobs of an image (pages or stream): ids in order.
+    pub fn lists(&self) -> &[String] {
+        match self {
+            Content::Pages { lists, .. } | Content::Stream { lists, .. } => lists,
+            _ => &[],
+        }
+    }
+
+    /// The blobs the manifest names: an image's lists, a tree's tree blobs.
+    pub fn roots(&self) -> &[String] {
+        match self {
+            Content::Pages { lists, .. } | Content::Stream { lists, .. } => lists,
+            Content::Tree { nodes, .. } => nodes,
+            Content::Unknown(_) => &[],
+        }
+    }
+
+    /// Blobs of the image (pages or chunks); entries of a tree.
+    pub fn items(&self) -> u64 {
+        match self {
+            Content::Pages { blocks, .. } => *blocks,
+            Content::Stream { chunks, .. } => *chunks,
+            Content::Tree { entries, .. } => *entries,
+            Content::Unknown(_) => 0,
+        }
+    }
+}
+
+impl Manifest {
+    /// Bytes of what a restore writes (the database file, or the files of a tree).
+    pub fn logical_bytes(&self) -> u64 {
+        self.content.logical_bytes()
+    }
+
+    /// SHA-256 of the database image, for the kinds that restore one file.
+    pub fn image_sha256(&self) -> Option<&str> {
+        match (&self.sqlite, &self.duckdb) {
+            (Some(s), _) => Some(&s.sha256),
+            (_, Some(d)) => Some(&d.sha256),
+            _ => None,
+        }
+    }
+
+    /// Rows per table, for the database kinds.
+    pub fn tables(&self) -> Option<&BTreeMap<String, u64>> {
+        match (&self.sqlite, &self.duckdb) {
+            (Some(s), _) => Some(&s.tables),
+            (_, Some(d)) => Some(&d.tables),
+            _ => None,
+        }
+    }
+
+    /// The stored bytes, in the manifest's format (format 1 names the SQLite facts
+    /// `database`).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let fail = |e: serde_json::Error| Error::internal(format!("cannot encode manifest: {e}"));
+        if self.format >= 2 {
+            return serde_json::to_vec_pretty(self).map_err(fail);
+        }
+        if self.source.kind != "sqlite" || !matches!(self.content, Content::Pages { .. }) {
+            return Err(Error::internal(
+                "manifest format 1 holds SQLite page images only",
+            ));
+        }
+        let mut value = serde_json::to_value(self).map_err(fail)?;
+        if let Some(o) = value.as_object_mut() {
+            if let Some(facts) = o.remove("sqlite") {
+                o.insert("database".into(), facts);
+            }
+        }
+        serde_json::to_vec_pretty(&value).map_err(fail)
+    }
 }
 
 /// What this backup added to the repository.
@@ -83,4 +384,94 @@ pub struct StoredInfo {
     pub new_stored_bytes: u64,
     pub packs: Vec<String>,
     pub index_files: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_manifest(format: u32) -> Manifest {
+        Manifest {
+            format,
+            id: "01m9632037jmvq".into(),
+            time: "2026-12-06T00:00:00Z".into(),
+            source: SourceInfo {
+                kind: "sqlite".into(),
+                path: "/srv/app.db".into(),
+                host: "h".into(),
+            },
+            run: None,
+            description: None,
+            tags: vec![],
+            trigger: "manual".into(),
+            tool_version: "0.1.0".into(),
+            duration_ms: 1,
+            verification: None,
+            sqlite: Some(DatabaseInfo {
+                page_size: 4096,
+                page_count: 2,
+                logical_bytes: 8192,
+                sha256: "00".repeat(32),
+                schema_hash: "11".repeat(32),
+                tables: BTreeMap::from([("t".into(), 3)]),
+                journal_mode: "wal".into(),
+                sqlite_version: "3".into(),
+            }),
+            duckdb: None,
+            files: None,
+            content: Content::Pages {
+                block_size: 4096,
+                blocks: 2,
+                ids_per_list: 1024,
+                lists: vec!["ab".repeat(32)],
+            },
+            stored: StoredInfo::default(),
+        }
+    }
+
+    #[test]
+    fn format_1_is_written_as_format_1_readers_expect_and_read_back() {
+        let m = sqlite_manifest(1);
+        let v: serde_json::Value = serde_json::from_slice(&m.encode().unwrap()).unwrap();
+        assert!(v.get("sqlite").is_none(), "{v}");
+        assert_eq!(v["database"]["page_size"], 4096);
+        assert_eq!(v["content"]["kind"], "pages");
+        assert_eq!(v["content"]["block_size"], 4096);
+        let back: Manifest = serde_json::from_value(v).unwrap();
+        assert_eq!(back.sqlite, m.sqlite);
+        assert_eq!(back.content, m.content);
+    }
+
+    #[test]
+    fn format_2_names_the_kind_section_and_tags_the_content() {
+        let m = sqlite_manifest(2);
+        let v: serde_json::Value = serde_json::from_slice(&m.encode().unwrap()).unwrap();
+        assert!(v.get("database").is_none(), "{v}");
+        assert_eq!(v["sqlite"]["page_count"], 2);
+        let mut t = m.clone();
+        t.sqlite = None;
+        t.source.kind = "files".into();
+        t.files = Some(FilesInfo::default());
+        t.content = Content::Tree {
+            entries: 3,
+            bytes: 10,
+            nodes: vec!["cd".repeat(32)],
+        };
+        let back: Manifest = serde_json::from_slice(&t.encode().unwrap()).unwrap();
+        assert_eq!(back.content, t.content);
+        assert_eq!(back.files, t.files);
+        assert!(back.sqlite.is_none());
+        // Format 1 cannot hold it.
+        t.format = 1;
+        assert!(t.encode().is_err());
+    }
+
+    #[test]
+    fn an_unknown_content_kind_is_kept_by_name() {
+        let mut v = serde_json::to_value(sqlite_manifest(2)).unwrap();
+        v["content"]["kind"] = "hologram".into();
+        let m: Manifest = serde_json::from_value(v).unwrap();
+        assert_eq!(m.content, Content::Unknown("hologram".into()));
+        assert_eq!(m.content.kind(), "hologram");
+    }
 }

@@ -16,6 +16,7 @@ pub mod reach;
 pub mod records;
 pub mod replicas;
 pub mod tombstones;
+pub mod tree;
 pub mod upgrade;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -124,7 +125,7 @@ impl Repository {
         };
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
-            features: Vec::new(),
+            features: vec![manifest::FEATURE.to_string()],
             id: hex::encode(rand::random::<[u8; 16]>()),
             created: jiff::Timestamp::now().to_string(),
             hash: match kind {
@@ -654,9 +655,19 @@ impl Repository {
         seen.present.insert(id.to_string());
     }
 
+    /// The manifest format new backups are written in: 2 once the repository has the
+    /// feature for it (new repositories, or after `repo upgrade`), else 1 (SQLite only), so
+    /// that the Lifeboat that made the repository can still read everything in it.
+    pub fn manifest_format(&self) -> u32 {
+        if self.config.features.iter().any(|f| f == manifest::FEATURE) {
+            manifest::MANIFEST_FORMAT
+        } else {
+            1
+        }
+    }
+
     pub fn write_manifest(&self, m: &Manifest) -> Result<u64> {
-        let data = serde_json::to_vec_pretty(m)
-            .map_err(|e| Error::internal(format!("cannot encode manifest: {e}")))?;
+        let data = m.encode()?;
         let data = self.seal(ObjectKind::Manifest, m.id.as_bytes(), data)?;
         // Same bytes already there: our own write whose answer was lost.
         crate::storage::put_new_or_same(

@@ -4,7 +4,8 @@
 //! caller decides what a missing or unreadable blob means for it.
 
 use super::index::Index;
-use super::manifest::Manifest;
+use super::manifest::{Content, Manifest};
+use super::tree::decode_node;
 use super::{FrameCache, Repository};
 use crate::error::{Error, Result};
 use crate::id::Hash;
@@ -34,17 +35,18 @@ pub enum Next {
 /// The content kinds this version can walk. A backup of another kind was written by a newer
 /// Lifeboat: what it references is unknown, so nothing may be deleted on its account.
 pub fn known_kind(m: &Manifest) -> Result<()> {
-    if m.content.kind == "pages" {
-        return Ok(());
+    if let Content::Unknown(kind) = &m.content {
+        return Err(Error::usage(format!(
+            "backup {} stores its content as '{kind}', which this version of Lifeboat does not know",
+            m.id
+        ))
+        .hint("use the Lifeboat version that wrote that backup, or a newer one"));
     }
-    Err(Error::usage(format!(
-        "backup {} stores its content as '{}', which this version of Lifeboat does not know",
-        m.id, m.content.kind
-    ))
-    .hint("use the Lifeboat version that wrote that backup, or a newer one"))
+    Ok(())
 }
 
-/// Walk backup `m`. A visitor's error stops the walk and is returned as it is.
+/// Walk backup `m`: an image's lists and the pages or chunks they name, or a tree's blobs
+/// and the chunks of its files. A visitor's error stops the walk and is returned as it is.
 pub fn walk(
     repo: &Repository,
     index: &Index,
@@ -53,7 +55,11 @@ pub fn walk(
     visit: &mut dyn FnMut(Reached) -> Result<Next>,
 ) -> Result<()> {
     known_kind(m)?;
-    for hex in &m.content.lists {
+    let (roots, tree) = match &m.content {
+        Content::Tree { nodes, .. } => (nodes.as_slice(), true),
+        other => (other.lists(), false),
+    };
+    for hex in roots {
         let Ok(id) = Hash::from_hex(hex) else {
             visit(Reached::BadId(hex))?;
             continue;
@@ -68,6 +74,24 @@ pub fn walk(
                 continue;
             }
         };
+        if tree {
+            let entries = match decode_node(&list, &id) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    visit(Reached::Unreadable(id, e))?;
+                    continue;
+                }
+            };
+            for entry in &entries {
+                for hex in &entry.chunks {
+                    match Hash::from_hex(hex) {
+                        Ok(chunk) => visit(Reached::Blob(chunk))?,
+                        Err(_) => visit(Reached::BadId(hex))?,
+                    };
+                }
+            }
+            continue;
+        }
         for chunk in list.chunks_exact(32) {
             let mut h = [0u8; 32];
             h.copy_from_slice(chunk);

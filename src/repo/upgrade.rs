@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::id::Hash;
 use crate::repo::crypto::{Legacy, MasterKeys};
 use crate::repo::format::{KeysSection, RepoConfig, FORMAT_VERSION};
+use crate::repo::manifest::FEATURE;
 use crate::repo::records::Records;
 use crate::repo::{keys, locks, Repository};
 use serde::Serialize;
@@ -42,6 +43,8 @@ pub struct UpgradeReport {
     /// Replicas named by the format-1 replica list, which could not be authenticated and was
     /// dropped: to be added again with `lifeboat replica add URL`.
     pub replicas_dropped: Vec<String>,
+    /// Features added to the config (`manifest-2`: backups of every kind, not only SQLite).
+    pub features_added: Vec<String>,
 }
 
 /// Records format 1 kept as plain JSON that are sealed as they are: a planted pin or
@@ -62,10 +65,12 @@ pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
             }
             _ => 0,
         };
+        let features_added = add_features(repo)?;
         return Ok(UpgradeReport {
             from,
             to: from,
             data_keys_resealed,
+            features_added,
             ..Default::default()
         });
     }
@@ -90,6 +95,30 @@ pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
     Ok(report)
 }
 
+/// The features this version writes under, added to a format-2 config that lacks them (a
+/// repository made before content kinds): one atomic replacement of the config, so a crash
+/// leaves it either as it was or upgraded. Manifests already there stay as they are (format
+/// 1 manifests are read by every version).
+fn add_features(repo: &mut Repository) -> Result<Vec<String>> {
+    if repo.config.features.iter().any(|f| f == FEATURE) {
+        return Ok(Vec::new());
+    }
+    let plain = Records::plain();
+    let config = locks::exclusively(repo.storage(), &plain, "upgrade", |lease| {
+        locks::ensure_no_writers(
+            repo.storage(),
+            &plain,
+            "run `repo upgrade` again when they have finished",
+        )?;
+        let mut config = repo.config.clone();
+        config.features.push(FEATURE.to_string());
+        lease.check()?;
+        repo.store_config(config, None)
+    })?;
+    repo.config = config;
+    Ok(vec![FEATURE.to_string()])
+}
+
 fn upgrade_locked(
     repo: &Repository,
     from: u32,
@@ -107,6 +136,10 @@ fn upgrade_locked(
         pack_size: repo.config.pack_target(),
         ..repo.config.clone()
     };
+    if !config.features.iter().any(|f| f == FEATURE) {
+        config.features.push(FEATURE.to_string());
+        report.features_added.push(FEATURE.to_string());
+    }
     let root = repo.keys().map(|k| k.root.clone());
     if let Some(unlocked) = repo.keys() {
         let recipient = unlocked.master.recipient;
@@ -163,19 +196,18 @@ fn reseal_manifests(repo: &Repository, v2: &MasterKeys, report: &mut UpgradeRepo
         }
         let genuine = repo.read_manifest(&id).and_then(|m| {
             let mut pages = 0u64;
-            for hex in &m.content.lists {
+            for hex in m.content.lists() {
                 let list = repo.read_blob_cached(&index, &Hash::from_hex(hex)?, &mut cache)?;
                 pages += (list.len() / 32) as u64;
             }
-            if m.content.lists.is_empty() || pages != m.content.blocks {
+            if m.content.lists().is_empty() || pages != m.content.items() {
                 return Err(Error::integrity("its page lists do not add up"));
             }
             Ok(m)
         });
         match genuine {
             Ok(m) => {
-                let data =
-                    serde_json::to_vec_pretty(&m).map_err(|e| Error::internal(e.to_string()))?;
+                let data = m.encode()?;
                 let sealed = v2.seal(
                     crate::repo::crypto::ObjectKind::Manifest,
                     id.as_bytes(),

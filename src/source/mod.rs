@@ -1,10 +1,172 @@
-//! Database sources: each kind of database yields a consistent snapshot as a stream of
-//! fixed-size blocks plus the facts `verify` later checks (schema, row counts).
+//! Sources: what can be backed up. Each kind (SQLite, DuckDB, files) implements [`Source`]:
+//! it takes a consistent snapshot, hands its content to the engine through a
+//! [`ContentWriter`] (an image of blocks, or a tree of files), and records the facts that
+//! `verify` later checks. The engine (ops/backup.rs) owns what happens to the bytes after
+//! that: chunk → dedup → compress → encrypt → store.
 
+pub mod duckdb;
+pub mod files;
+pub mod redact;
 pub mod sqlite;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::repo::manifest::{Content, DatabaseInfo, DuckdbInfo, FilesInfo};
+use crate::repo::tree::TreeEntry;
 use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The kinds of source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Duckdb,
+    Files,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "sqlite",
+            Kind::Duckdb => "duckdb",
+            Kind::Files => "files",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Kind> {
+        match name.to_ascii_lowercase().as_str() {
+            "sqlite" => Ok(Kind::Sqlite),
+            "duckdb" => Ok(Kind::Duckdb),
+            "files" => Ok(Kind::Files),
+            other => Err(Error::usage(format!(
+                "'{other}' is not a kind of source Lifeboat backs up"
+            ))
+            .hint("use --kind sqlite, duckdb or files")),
+        }
+    }
+}
+
+/// The facts a source recorded, by kind (the manifest's per-kind section).
+#[derive(Debug, Clone)]
+pub enum SourceFacts {
+    Sqlite(DatabaseInfo),
+    Duckdb(DuckdbInfo),
+    Files(FilesInfo),
+}
+
+/// What a source's backup produced.
+pub struct BackedUp {
+    pub content: Content,
+    pub facts: SourceFacts,
+}
+
+/// An image as stored: its content and its SHA-256.
+pub struct StoredImage {
+    pub content: Content,
+    pub sha256: String,
+}
+
+/// How an image is cut into blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Every buffer `read_chunks` hands over is a whole number of pages of `block_size`:
+    /// content `pages`.
+    Pages,
+    /// Buffers are cut into blobs of `block_size` (the last of a buffer may be shorter):
+    /// content `stream`. A source with a header before its blocks hands the header over as
+    /// a buffer of its own, so blocks stay aligned.
+    Blocks,
+}
+
+/// The engine's side of the seam: where a source's content goes.
+pub trait ContentWriter {
+    /// Store the image `snap` reads.
+    fn image(&mut self, snap: &mut dyn Snapshot, cut: Cut) -> Result<StoredImage>;
+    /// Store a tree: `walk` adds every entry, in path order.
+    fn tree(&mut self, walk: &mut dyn FnMut(&mut dyn TreeWriter) -> Result<()>) -> Result<Content>;
+}
+
+/// Where a tree's entries go. A file's content is read from `data` and cut by content
+/// (the entry's `chunks` are filled in); folders and links have none.
+pub trait TreeWriter {
+    fn add(&mut self, entry: TreeEntry, data: Option<&mut dyn std::io::Read>) -> Result<()>;
+}
+
+/// Something to back up.
+pub trait Source {
+    fn kind(&self) -> Kind;
+    /// Take the snapshot and hand its content to `writer`.
+    fn back_up(&mut self, writer: &mut dyn ContentWriter) -> Result<BackedUp>;
+}
+
+/// Open the source at `path` (kind given, or found by `detect`).
+pub fn open(
+    path: &Path,
+    kind: Option<Kind>,
+    files: &files::FilesOptions,
+) -> Result<Box<dyn Source>> {
+    let kind = match kind {
+        Some(k) => k,
+        None => detect(path)?,
+    };
+    Ok(match kind {
+        Kind::Sqlite => Box::new(sqlite::SqliteSource::new(path)?),
+        Kind::Duckdb => Box::new(duckdb::DuckdbSource::new(path)?),
+        Kind::Files => Box::new(files::FilesSource::new(path, files)?),
+    })
+}
+
+/// File names that promise a database: one whose header is not a database's is refused
+/// rather than backed up as a plain file (a damaged database, or the wrong path).
+const DATABASE_SUFFIXES: &[&str] = &["db", "sqlite", "sqlite3", "db3", "duckdb", "ddb"];
+
+/// The kind of source at `path`: a folder is files, a file is known by its header (SQLite,
+/// DuckDB); any other file is files, unless its name says it is a database.
+pub fn detect(path: &Path) -> Result<Kind> {
+    let unreadable = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            Error::source(format!("cannot read {}: {e}", path.display())).hint(
+                "check the permissions of the source and its folders for the user running \
+                 lifeboat",
+            )
+        } else {
+            Error::io("cannot read", path, e)
+        }
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::not_found(format!("{} does not exist", path.display()))
+                .hint("check the path; `lifeboat demo` creates a sample database to try")
+        } else {
+            unreadable(e)
+        }
+    })?;
+    if meta.is_dir() {
+        return Ok(Kind::Files);
+    }
+    let mut head = [0u8; 16];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(unreadable)?;
+    if n == 16 && &head == b"SQLite format 3\0" {
+        return Ok(Kind::Sqlite);
+    }
+    if n >= 12 && &head[8..12] == b"DUCK" {
+        return Ok(Kind::Duckdb);
+    }
+    let named_database = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| DATABASE_SUFFIXES.contains(&e.to_ascii_lowercase().as_str()));
+    if named_database {
+        return Err(Error::source(format!(
+            "{} is not a SQLite database, nor a DuckDB one (its first bytes are neither's{})",
+            path.display(),
+            if n == 0 { "; it is empty" } else { "" }
+        ))
+        .hint("check the path; to keep it as a plain file, add --kind files"));
+    }
+    Ok(Kind::Files)
+}
 
 /// Facts recorded at backup time and compared after a restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,16 +177,16 @@ pub struct Facts {
 
 /// A consistent, read-only view of a live database, held open until dropped.
 pub trait Snapshot {
-    /// `sqlite`, `postgres`, …
-    fn kind(&self) -> &'static str;
     fn block_size(&self) -> u32;
-    fn block_count(&self) -> u64;
+    /// Bytes of the image.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Call `f` with every block in order, a few at a time: each call gets a buffer holding
     /// a whole number of blocks (about 128 KiB). `f` may keep the buffer by swapping in
     /// another (ideally a recycled one of the same size), which saves a copy per chunk.
     fn read_chunks(&mut self, f: &mut dyn FnMut(&mut Vec<u8>) -> Result<()>) -> Result<()>;
-    /// Schema and row counts, from the same snapshot as the blocks.
-    fn facts(&mut self) -> Result<Facts>;
 }
 
 /// How a database path is recorded in manifests and compared (`--source`, `--db`,

@@ -6,9 +6,10 @@
 //! read; in rollback-journal mode they wait for our shared lock (SQLite's own rule). No
 //! checkpoint is forced and the journal mode is never changed.
 
-use super::{Facts, Snapshot};
+use super::{BackedUp, ContentWriter, Cut, Facts, Kind, Snapshot, Source, SourceFacts};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::id::Sha256Stream;
+use crate::repo::manifest::DatabaseInfo;
 use rusqlite::{Connection, OpenFlags};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -16,6 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const HEADER: &[u8; 16] = b"SQLite format 3\0";
+
+/// Files beside a database that belong to it: a restore removes stale ones.
+pub const SIDECARS: &[&str] = &["-wal", "-shm", "-journal"];
+/// Those that hold data, moved aside with a database a restore replaces without a safety
+/// backup (`-shm` is only an index of the `-wal`).
+pub const KEPT_SIDECARS: &[&str] = &["-wal", "-journal"];
 
 pub struct SqliteSnapshot {
     conn: Connection,
@@ -156,14 +163,11 @@ impl SqliteSnapshot {
 }
 
 impl Snapshot for SqliteSnapshot {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
     fn block_size(&self) -> u32 {
         self.page_size
     }
-    fn block_count(&self) -> u64 {
-        self.page_count
+    fn len(&self) -> u64 {
+        self.page_count * u64::from(self.page_size)
     }
 
     fn read_chunks(&mut self, f: &mut dyn FnMut(&mut Vec<u8>) -> Result<()>) -> Result<()> {
@@ -172,9 +176,54 @@ impl Snapshot for SqliteSnapshot {
         }
         self.read_file_with_wal_overlay(f)
     }
+}
 
-    fn facts(&mut self) -> Result<Facts> {
-        facts(&self.conn)
+/// A SQLite database as a [`Source`]: its pages, read in one read transaction.
+pub struct SqliteSource {
+    path: PathBuf,
+}
+
+impl SqliteSource {
+    pub fn new(path: &Path) -> Result<SqliteSource> {
+        check_is_sqlite(path)?;
+        Ok(SqliteSource {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Source for SqliteSource {
+    fn kind(&self) -> Kind {
+        Kind::Sqlite
+    }
+
+    fn back_up(&mut self, writer: &mut dyn ContentWriter) -> Result<BackedUp> {
+        let mut snap = SqliteSnapshot::open(&self.path)?;
+        let image = writer.image(&mut snap, Cut::Pages)?;
+        let facts = facts(&snap.conn)?;
+        let info = DatabaseInfo {
+            page_size: snap.page_size,
+            page_count: snap.page_count,
+            logical_bytes: snap.len(),
+            sha256: image.sha256,
+            schema_hash: facts.schema_hash,
+            tables: facts.tables,
+            journal_mode: snap.journal_mode.clone(),
+            sqlite_version: sqlite_version(),
+        };
+        drop(snap); // ends the read transaction
+        if image.content.items() != info.page_count {
+            return Err(Error::source(format!(
+                "read {} pages from {} but it has {}",
+                image.content.items(),
+                self.path.display(),
+                info.page_count
+            )));
+        }
+        Ok(BackedUp {
+            content: image.content,
+            facts: SourceFacts::Sqlite(info),
+        })
     }
 }
 
@@ -480,8 +529,8 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(n, s.block_count());
-        let facts = s.facts().unwrap();
+        assert_eq!(n, s.page_count);
+        let facts = facts(&s.conn).unwrap();
         assert_eq!(facts.tables["t"], 3);
         fn s_len() -> usize {
             4096
@@ -529,7 +578,7 @@ mod tests {
         let mut s = SqliteSnapshot::open(&db).unwrap();
         let file_len = std::fs::metadata(&db).unwrap().len();
         assert!(
-            file_len < s.block_count() * u64::from(s.block_size()),
+            file_len < s.len(),
             "the test needs pages beyond the main file"
         );
         let fast = image(&mut s, false);
@@ -538,10 +587,7 @@ mod tests {
         w.execute_batch("PRAGMA wal_checkpoint(PASSIVE)").unwrap();
         let fast_again = image(&mut s, false);
         let exact = image(&mut s, true);
-        assert_eq!(
-            fast.len() as u64,
-            s.block_count() * u64::from(s.block_size())
-        );
+        assert_eq!(fast.len() as u64, s.len());
         assert!(fast == exact, "direct reads differ from sqlite_dbpage");
         assert!(fast_again == exact, "a checkpoint leaked into the snapshot");
     }

@@ -155,7 +155,7 @@ impl<'a> Runner<'a> {
         let sha = sha256_file(&out);
         let m = self.json(&["show", id]);
         assert_eq!(
-            m["database"]["sha256"].as_str(),
+            m["sqlite"]["sha256"].as_str(),
             Some(sha.as_str()),
             "backup {id} restores to the SHA-256 its manifest records"
         );

@@ -1,0 +1,396 @@
+//! Restore of a `tree` backup (files and folders) into a folder: every chunk checked against
+//! its id, modes and modification times put back, links recreated as links.
+//!
+//! A new folder is built beside the target under a temporary name and renamed into place
+//! when complete, so an interrupted restore leaves no half-restored folder. Over an existing
+//! folder (`overwrite`, the CLI's `--yes`) each file is written to a temporary name and
+//! renamed over the old one.
+//!
+//! Entry paths come from the repository, which may be written by an attacker: a path that is
+//! absolute, holds `..` or `.`, or whose parent is not a folder of the same tree is refused,
+//! and nothing is created through a symbolic link (a link in the tree, or one already in an
+//! existing target folder).
+
+use crate::error::{Error, IoContext, Result};
+use crate::id::Hash;
+use crate::ops::restore::{RestoreOutcome, RestoreTarget};
+use crate::progress::Progress;
+use crate::repo::index::Index;
+use crate::repo::manifest::{Content, Manifest};
+use crate::repo::tree::{decode_node, EntryKind, TreeEntry};
+use crate::repo::{FrameCache, Repository};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct TreeRestored {
+    pub path: PathBuf,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Files whose secret values were redacted at backup time and must be filled in.
+    pub redacted: Vec<crate::repo::manifest::RedactedFile>,
+}
+
+/// The restore target of a tree: a new folder, built under a temporary name beside it and
+/// renamed into place when complete; or, with `overwrite`, an existing folder whose files of
+/// the same names are replaced one by one.
+pub struct FolderTarget {
+    output: PathBuf,
+    overwrite: bool,
+    exists: bool,
+    /// The folder being built (removed unless committed).
+    staging: Option<PathBuf>,
+    done: TreeRestored,
+}
+
+impl FolderTarget {
+    pub fn new(output: PathBuf, overwrite: bool) -> FolderTarget {
+        FolderTarget {
+            output,
+            overwrite,
+            exists: false,
+            staging: None,
+            done: TreeRestored::default(),
+        }
+    }
+}
+
+impl Drop for FolderTarget {
+    fn drop(&mut self) {
+        if let Some(staging) = self.staging.take() {
+            let _ = std::fs::remove_dir_all(&staging).or_else(|_| std::fs::remove_file(&staging));
+        }
+    }
+}
+
+impl RestoreTarget for FolderTarget {
+    fn prepare(&mut self, _: &Repository, m: &Manifest, _: &Progress) -> Result<()> {
+        if !matches!(m.content, Content::Tree { .. }) {
+            return Err(Error::usage(format!(
+                "backup {} is a database image, not files",
+                m.id
+            )));
+        }
+        self.exists = std::fs::symlink_metadata(&self.output).is_ok();
+        if self.exists && !self.overwrite {
+            return Err(
+                Error::usage(format!("{} already exists", self.output.display())).hint(
+                    "choose a new --output folder, or add --yes to write over the files of the same names there",
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        repo: &Repository,
+        index: &Index,
+        m: &Manifest,
+        progress: &Progress,
+    ) -> Result<()> {
+        let Content::Tree { nodes, bytes, .. } = &m.content else {
+            return Err(Error::internal("a folder target for an image"));
+        };
+        progress.start("restore", *bytes);
+        self.done = TreeRestored {
+            path: self.output.clone(),
+            redacted: m
+                .files
+                .as_ref()
+                .map(|f| f.redacted.clone())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let root = if self.exists {
+            self.output.clone()
+        } else {
+            let staging = staging_beside(&self.output)?;
+            self.staging = Some(staging.clone());
+            staging
+        };
+        let mut w = TreeWriterFs::new(repo, index, root);
+        w.restore_all(nodes, &mut self.done, progress)?;
+        w.finish_dirs()?;
+        progress.finish();
+        Ok(())
+    }
+
+    fn verify(&mut self, m: &Manifest) -> Result<()> {
+        let Content::Tree { entries, bytes, .. } = &m.content else {
+            return Err(Error::internal("a folder target for an image"));
+        };
+        let d = &self.done;
+        let restored = d.files + d.dirs + d.symlinks;
+        if restored != *entries || d.bytes != *bytes {
+            return Err(Error::integrity(format!(
+                "backup {} restored {restored} entries of {} bytes, not the {entries} of {bytes} \
+                 its manifest records",
+                m.id, d.bytes
+            )));
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, m: &Manifest) -> Result<RestoreOutcome> {
+        if let Some(staging) = self.staging.take() {
+            // rename(2) does not replace a file, or a folder that is not empty, that appeared
+            // meanwhile.
+            if let Err(e) = std::fs::rename(&staging, &self.output) {
+                self.staging = Some(staging);
+                return Err(Error::io("cannot create", &self.output, e));
+            }
+            crate::storage::local::sync_dir(
+                self.output
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new(".")),
+            )?;
+        }
+        Ok(RestoreOutcome {
+            backup_id: m.id.clone(),
+            path: self.output.clone(),
+            bytes: self.done.bytes,
+            safety_backup: None,
+            moved_aside: Vec::new(),
+            tree: Some(std::mem::take(&mut self.done)),
+        })
+    }
+}
+
+/// A new, private name beside `target` for building the restore.
+fn staging_beside(target: &Path) -> Result<PathBuf> {
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(
+            Error::not_found(format!("folder {} does not exist", parent.display()))
+                .hint("create it first, or choose another --output"),
+        );
+    }
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    Ok(parent.join(format!(
+        ".{name}.lifeboat-{:08x}.tmp",
+        rand::random::<u32>()
+    )))
+}
+
+struct TreeWriterFs<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    root: PathBuf,
+    cache: FrameCache,
+    /// Folders of the tree restored so far (relative paths): an entry's parent must be one.
+    dirs: HashSet<Vec<u8>>,
+    /// Folders whose mode and time are set last (writing into a folder changes its time).
+    dir_times: Vec<(PathBuf, u32, i64)>,
+    root_is_file: bool,
+}
+
+impl<'a> TreeWriterFs<'a> {
+    fn new(repo: &'a Repository, index: &'a Index, root: PathBuf) -> Self {
+        TreeWriterFs {
+            repo,
+            index,
+            root,
+            cache: FrameCache::default(),
+            dirs: HashSet::new(),
+            dir_times: Vec::new(),
+            root_is_file: false,
+        }
+    }
+
+    fn restore_all(
+        &mut self,
+        nodes: &[String],
+        out: &mut TreeRestored,
+        progress: &Progress,
+    ) -> Result<()> {
+        for hex in nodes {
+            let id = Hash::from_hex(hex)?;
+            let data = self
+                .repo
+                .read_blob_cached(self.index, &id, &mut self.cache)?;
+            for entry in decode_node(&data, &id)? {
+                crate::interrupt::check()?;
+                self.restore_entry(&entry, out, progress)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `entry` goes, after checking its path is one a tree can hold.
+    fn place(&self, entry: &TreeEntry) -> Result<(Vec<u8>, PathBuf)> {
+        let raw = entry.path_bytes()?;
+        let bad = || {
+            Error::integrity(format!(
+                "the backup holds a file named '{}', which is not a path inside the folder; \
+                 nothing is written outside it",
+                entry.path
+            ))
+            .hint("the repository may have been tampered with: run `lifeboat repo check`")
+        };
+        if raw.is_empty() {
+            return Ok((raw, self.root.clone()));
+        }
+        if self.root_is_file || raw.starts_with(b"/") || raw.contains(&0) {
+            return Err(bad());
+        }
+        let parts: Vec<&[u8]> = raw.split(|&b| b == b'/').collect();
+        if parts
+            .iter()
+            .any(|p| p.is_empty() || *p == b"." || *p == b"..")
+        {
+            return Err(bad());
+        }
+        let parent = &raw[..raw.len() - parts[parts.len() - 1].len()];
+        let parent = parent.strip_suffix(b"/").unwrap_or(parent);
+        if !self.dirs.contains(parent) {
+            return Err(bad());
+        }
+        Ok((raw.clone(), self.root.join(OsStr::from_bytes(&raw))))
+    }
+
+    fn restore_entry(
+        &mut self,
+        entry: &TreeEntry,
+        out: &mut TreeRestored,
+        progress: &Progress,
+    ) -> Result<()> {
+        let (raw, path) = self.place(entry)?;
+        let existing = std::fs::symlink_metadata(&path).ok();
+        match entry.kind {
+            EntryKind::Dir => {
+                match existing {
+                    Some(meta) if meta.is_dir() => {}
+                    Some(_) => {
+                        return Err(Error::usage(format!(
+                            "{} exists and is not a folder",
+                            path.display()
+                        ))
+                        .hint("move it away, or restore to a new folder"))
+                    }
+                    None => crate::storage::local::create_private_dir(&path)?,
+                }
+                self.dirs.insert(raw);
+                self.dir_times.push((path, entry.mode, entry.mtime_ns));
+                out.dirs += 1;
+            }
+            EntryKind::Symlink => {
+                let target = entry.target_bytes()?.ok_or_else(|| {
+                    Error::integrity(format!("link {} has no target", entry.path))
+                })?;
+                if let Some(meta) = existing {
+                    if meta.is_dir() {
+                        return Err(Error::usage(format!(
+                            "{} exists and is a folder",
+                            path.display()
+                        )));
+                    }
+                    std::fs::remove_file(&path).ctx("cannot replace", &path)?;
+                }
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .ctx("cannot create link", &path)?;
+                set_times(&path, entry.mtime_ns, false)?;
+                out.symlinks += 1;
+            }
+            EntryKind::File => {
+                if raw.is_empty() {
+                    self.root_is_file = true;
+                }
+                if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                    return Err(Error::usage(format!(
+                        "{} exists and is a folder",
+                        path.display()
+                    )));
+                }
+                let written = self.write_file(entry, &path, progress)?;
+                out.files += 1;
+                out.bytes += written;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a file's chunks to a temporary name beside it, then rename it into place.
+    fn write_file(&mut self, entry: &TreeEntry, path: &Path, progress: &Progress) -> Result<u64> {
+        let mut tmp = crate::ops::restore::TempFile::beside(path)?;
+        let file = tmp
+            .file
+            .as_mut()
+            .ok_or_else(|| Error::internal("temp file closed"))?;
+        let mut written = 0u64;
+        {
+            let mut w = std::io::BufWriter::new(&mut *file);
+            for id in entry.chunk_ids()? {
+                let chunk = self
+                    .repo
+                    .read_blob_cached(self.index, &id, &mut self.cache)?;
+                w.write_all(&chunk).ctx("cannot write", &tmp.path)?;
+                written += chunk.len() as u64;
+                progress.inc(chunk.len() as u64);
+            }
+            w.flush().ctx("cannot write", &tmp.path)?;
+        }
+        if written != entry.size {
+            return Err(Error::integrity(format!(
+                "{} restores to {written} bytes but the backup recorded {}",
+                entry.path, entry.size
+            )));
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
+            .ctx("cannot set the mode of", &tmp.path)?;
+        file.sync_all().ctx("cannot sync", &tmp.path)?;
+        tmp.file = None;
+        set_times(&tmp.path, entry.mtime_ns, true)?;
+        std::fs::rename(&tmp.path, path).map_err(|e| Error::io("cannot create", path, e))?;
+        tmp.keep();
+        Ok(written)
+    }
+
+    /// Modes and times of folders, deepest first (setting them earlier would be undone by
+    /// writing their files; a read-only folder would refuse its files).
+    fn finish_dirs(&mut self) -> Result<()> {
+        for (path, mode, mtime) in self.dir_times.drain(..).rev() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
+                .ctx("cannot set the mode of", &path)?;
+            set_times(&path, mtime, true)?;
+        }
+        Ok(())
+    }
+}
+
+/// Set the modification time (and access time, to the same) without following a link.
+fn set_times(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
+    let ts = rustix::fs::Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    };
+    let flags = if follow {
+        rustix::fs::AtFlags::empty()
+    } else {
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, flags).map_err(|e| {
+        Error::io(
+            "cannot set the time of",
+            path,
+            std::io::Error::from_raw_os_error(e.raw_os_error()),
+        )
+    })
+}
