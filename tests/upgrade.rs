@@ -601,3 +601,105 @@ fn an_upgraded_repository_given_back_its_format_1_config_is_refused() {
         "an old config was put in its place",
     );
 }
+
+fn fixtures_v2() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v2")
+}
+
+/// Repositories of the last release before content kinds (format 2 without the feature
+/// `manifest-2`, tests/fixtures/v2): they stay readable and take SQLite backups as manifests
+/// of format 1 (which that release reads); a DuckDB or files backup asks for `repo upgrade`,
+/// which adds the feature (authenticated in an encrypted repository) and keeps every backup.
+#[test]
+fn repositories_before_content_kinds_stay_usable_and_upgrade() {
+    for name in ["plain", "encrypted"] {
+        let env = Env::new();
+        copy_dir(&fixtures_v2().join(name), &env.repo());
+        let (vars, _) = reader(name);
+        let show = read_json(&env, name, &["repo", "show"]);
+        assert_eq!(show["format_version"], 2, "{show}");
+        assert_eq!(show["features"], serde_json::json!([]), "{show}");
+        let old: Vec<String> = read_json(&env, name, &["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(old.len(), 2, "{name}");
+        // Both old backups restore to the databases they were made from.
+        for (id, db) in old.iter().zip(["app-1.db", "app-2.db"]) {
+            let out = env.path(&format!("{name}-{id}.db"));
+            read_json(&env, name, &["restore", id, "--output", s(&out)]);
+            assert_eq!(sha256_file(&out), sha256_file(&fixtures_v2().join(db)));
+        }
+        // A SQLite backup is written as format 1 there.
+        let db = env.path("app.db");
+        std::fs::copy(fixtures_v2().join("app-2.db"), &db).unwrap();
+        let (code, out, err) = run(&env, &vars, &["backup", s(&db), "--json"]);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if name == "plain" {
+            let stored: Value =
+                serde_json::from_slice(&std::fs::read(env.repo().join("backups").join(&id)).unwrap())
+                    .unwrap();
+            assert_eq!(stored["format"], 1, "{stored}");
+            assert!(stored["database"].is_object() && stored.get("sqlite").is_none(), "{stored}");
+        }
+        // Files need the upgrade, and say so; nothing is written.
+        let conf = env.path("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        std::fs::write(conf.join("app.toml"), "a = 1\n").unwrap();
+        let before = tree(&env.repo());
+        let (code, out, err) = run(&env, &vars, &["backup", s(&conf)]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(err.contains("lifeboat repo upgrade"), "{err}");
+        assert_eq!(tree(&env.repo()), before, "{name}: a refused backup wrote something");
+        // The upgrade adds the feature, once.
+        let up = read_json(&env, name, &["repo", "upgrade"]);
+        assert_eq!(up["features_added"], serde_json::json!(["manifest-2"]), "{up}");
+        let show = read_json(&env, name, &["repo", "show"]);
+        assert_eq!(show["features"], serde_json::json!(["manifest-2"]), "{show}");
+        let again = read_json(&env, name, &["repo", "upgrade"]);
+        assert_eq!(again["features_added"], serde_json::json!([]), "{again}");
+        let (code, out, err) = run(&env, &vars, &["backup", s(&conf), "--json"]);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        assert_eq!(read_json(&env, name, &["list"]).as_array().unwrap().len(), 4);
+        for id in &old {
+            let v = read_json(&env, name, &["verify", id]);
+            assert_eq!(v["ok"], true, "{v}");
+        }
+    }
+}
+
+/// A repository whose config lists a feature this version does not know was made by a newer
+/// Lifeboat: every command refuses it, naming the feature, and changes nothing. (This is
+/// what a release before `manifest-2` does with an upgraded repository.)
+#[test]
+fn an_unknown_feature_is_refused_by_every_command() {
+    let env = Env::new();
+    copy_dir(&fixtures_v2().join("plain"), &env.repo());
+    let path = env.repo().join("config");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["features"] = serde_json::json!(["manifest-2", "wal-segments-9"]);
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    let before = tree(&env.repo());
+    let db = env.path("app.db");
+    std::fs::copy(fixtures_v2().join("app-1.db"), &db).unwrap();
+    for args in [
+        vec!["list"],
+        vec!["backup", s(&db)],
+        vec!["prune"],
+        vec!["repo", "upgrade"],
+    ] {
+        let (code, out, err) = run(&env, &[], &args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("made by a newer Lifeboat (features wal-segments-9)"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(tree(&env.repo()), before);
+}
