@@ -36,6 +36,8 @@ cargo clippy --all-targets --quiet -- -D warnings
 WEED_VERSION=4.48
 GCS_EMULATOR_VERSION=2026.7.19
 AZURITE_VERSION=3.35.0
+# The DuckDB source tests (src/source/duckdb) drive the DuckDB CLI, PyPI duckdb-cli.
+DUCKDB_CLI_VERSION=1.5.6
 # The version of a Python package in .venv-test ("none" if absent or the venv is unusable).
 venv_version() {
   .venv-test/bin/python -c 'import importlib.metadata as m, sys; print(m.version(sys.argv[1]))' "$1" 2>/dev/null || echo none
@@ -69,6 +71,17 @@ if [ ! -x .venv-test/bin/gcp-storage-emulator ] || [ "$found" != "$GCS_EMULATOR_
   [ "$found" = "$GCS_EMULATOR_VERSION" ] || { echo "gcp-storage-emulator is $found after installing $GCS_EMULATOR_VERSION" >&2; exit 1; }
 fi
 export LIFEBOAT_GCS_EMULATOR="$PWD/.venv-test/bin/gcp-storage-emulator"
+# DuckDB: the `duckdb` command-line tool (PyPI duckdb-cli: a Python launcher and the binary)
+# from the same venv.
+found=$(venv_version duckdb-cli)
+if [ ! -x .venv-test/bin/duckdb ] || [ "$found" != "$DUCKDB_CLI_VERSION" ]; then
+  echo "== installing the DuckDB CLI (duckdb-cli $DUCKDB_CLI_VERSION; found: $found) into .venv-test"
+  .venv-test/bin/pip install -q --disable-pip-version-check --force-reinstall "duckdb-cli==$DUCKDB_CLI_VERSION"
+  [ -x .venv-test/bin/duckdb ] || { echo "no .venv-test/bin/duckdb" >&2; exit 1; }
+  found=$(venv_version duckdb-cli)
+  [ "$found" = "$DUCKDB_CLI_VERSION" ] || { echo "duckdb-cli is $found after installing $DUCKDB_CLI_VERSION" >&2; exit 1; }
+fi
+export LIFEBOAT_DUCKDB="$PWD/.venv-test/bin/duckdb"
 # Azure: Azurite (npm) in .ci/node. 3.36 and later need Node >= 22.
 found=$(azurite_version)
 if [ ! -x .ci/node/node_modules/.bin/azurite-blob ] || [ "$found" != "$AZURITE_VERSION" ]; then

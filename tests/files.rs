@@ -38,7 +38,12 @@ fn listing(root: &Path) -> BTreeMap<Vec<u8>, String> {
             .collect();
         entries.sort();
         for p in entries {
-            let rel = p.strip_prefix(root).expect("under root").as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             let meta = std::fs::symlink_metadata(&p).expect("metadata");
             let what = if meta.file_type().is_symlink() {
                 format!("link -> {:?}", std::fs::read_link(&p).expect("readlink"))
@@ -102,9 +107,14 @@ fn awkward_folder(root: &Path) {
     .unwrap();
     std::os::unix::fs::symlink("run.sh", root.join("current")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
-    for (i, p) in ["empty.txt", "run.sh", "nested/big.bin", "conf.d/private.conf"]
-        .iter()
-        .enumerate()
+    for (i, p) in [
+        "empty.txt",
+        "run.sh",
+        "nested/big.bin",
+        "conf.d/private.conf",
+    ]
+    .iter()
+    .enumerate()
     {
         set_mtime(&root.join(p), 1_600_000_000 + i as u64 * 1000);
     }
@@ -134,7 +144,10 @@ fn a_folder_round_trips_with_modes_times_links_and_odd_names() {
     assert_eq!(r["files"], 8, "{r}");
     assert_eq!(listing(&out), listing(&src), "the restored folder differs");
     // The root folder's own mode and time come back too.
-    let (a, b) = (std::fs::metadata(&src).unwrap(), std::fs::metadata(&out).unwrap());
+    let (a, b) = (
+        std::fs::metadata(&src).unwrap(),
+        std::fs::metadata(&out).unwrap(),
+    );
     assert_eq!(a.mode() & 0o7777, b.mode() & 0o7777);
     assert_eq!(mtime_ns(&a), mtime_ns(&b));
     let verified = env.json(&["verify", &id]);
@@ -146,7 +159,10 @@ fn a_single_file_and_kind_override() {
     let env = Env::new();
     let conf = env.path("app.conf");
     std::fs::write(&conf, "listen = 8080\n").unwrap();
-    let id = env.json(&["backup", s(&conf)])["id"].as_str().unwrap().to_string();
+    let id = env.json(&["backup", s(&conf)])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = env.path("app.conf.restored");
     env.json(&["restore", &id, "--output", s(&out)]);
     assert_eq!(std::fs::read(&out).unwrap(), b"listen = 8080\n");
@@ -178,7 +194,10 @@ fn excluded_paths_are_left_out() {
         "cache",
     ]);
     let m = env.json(&["show", v["id"].as_str().unwrap()]);
-    assert_eq!(m["files"]["excluded"], serde_json::json!(["*.log", "cache"]));
+    assert_eq!(
+        m["files"]["excluded"],
+        serde_json::json!(["*.log", "cache"])
+    );
     let out = env.path("out");
     env.json(&["restore", v["id"].as_str().unwrap(), "--output", s(&out)]);
     assert_eq!(
@@ -247,9 +266,15 @@ fn secrets_are_redacted_listed_and_never_stored() {
     let id = v["id"].as_str().unwrap().to_string();
     let stored = every_file_bytes(&env.repo());
     for secret in &secrets {
-        assert!(!contains(&stored, secret), "{secret} reached the repository");
+        assert!(
+            !contains(&stored, secret),
+            "{secret} reached the repository"
+        );
     }
-    assert!(contains(&stored, "keep this comment"), "the test can see stored text");
+    assert!(
+        contains(&stored, "keep this comment"),
+        "the test can see stored text"
+    );
     let m = env.json(&["show", &id]);
     let redacted: BTreeMap<String, Vec<String>> = m["files"]["redacted"]
         .as_array()
@@ -269,15 +294,36 @@ fn secrets_are_redacted_listed_and_never_stored() {
         .collect();
     assert_eq!(
         redacted.keys().cloned().collect::<Vec<_>>(),
-        vec![".env", "app.ini", "config.toml", "k8s/values.yaml", "settings.json"],
+        vec![
+            ".env",
+            "app.ini",
+            "config.toml",
+            "k8s/values.yaml",
+            "settings.json"
+        ],
         "{m}"
     );
     assert!(redacted[".env"].contains(&"DB_PASSWORD".to_string()), "{m}");
-    assert!(redacted[".env"].contains(&"DATABASE_URL".to_string()), "{m}");
-    assert!(redacted["config.toml"].contains(&"database.password".to_string()), "{m}");
-    assert!(redacted["k8s/values.yaml"].contains(&"auth.api_token".to_string()), "{m}");
-    assert!(redacted["settings.json"].contains(&"service.api_key".to_string()), "{m}");
-    assert!(redacted["app.ini"].contains(&"mail.secret".to_string()), "{m}");
+    assert!(
+        redacted[".env"].contains(&"DATABASE_URL".to_string()),
+        "{m}"
+    );
+    assert!(
+        redacted["config.toml"].contains(&"database.password".to_string()),
+        "{m}"
+    );
+    assert!(
+        redacted["k8s/values.yaml"].contains(&"auth.api_token".to_string()),
+        "{m}"
+    );
+    assert!(
+        redacted["settings.json"].contains(&"service.api_key".to_string()),
+        "{m}"
+    );
+    assert!(
+        redacted["app.ini"].contains(&"mail.secret".to_string()),
+        "{m}"
+    );
     let text = m.to_string();
     for secret in &secrets {
         assert!(!text.contains(secret), "{secret} is in the manifest");
@@ -286,21 +332,38 @@ fn secrets_are_redacted_listed_and_never_stored() {
     let out = env.path("out");
     let (code, said) = env.run(&["restore", &id, "--output", s(&out)]);
     assert_eq!(code, 0, "{said}");
-    assert!(said.contains("fill these in") && said.contains("config.toml: database.password"), "{said}");
+    assert!(
+        said.contains("fill these in") && said.contains("config.toml: database.password"),
+        "{said}"
+    );
     let toml = std::fs::read_to_string(out.join("config.toml")).unwrap();
-    assert!(toml.starts_with("# main config\n[server]\nport = 8080\n"), "{toml}");
-    assert!(toml.contains("# keep this comment") && toml.contains("user = \"app\""), "{toml}");
+    assert!(
+        toml.starts_with("# main config\n[server]\nport = 8080\n"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains("# keep this comment") && toml.contains("user = \"app\""),
+        "{toml}"
+    );
     assert!(!toml.contains("toml-secret-123"), "{toml}");
     let env_file = std::fs::read_to_string(out.join(".env")).unwrap();
-    assert!(env_file.contains("RAILS_ENV=production") && env_file.contains("postgres://app:"), "{env_file}");
+    assert!(
+        env_file.contains("RAILS_ENV=production") && env_file.contains("postgres://app:"),
+        "{env_file}"
+    );
     // --no-redact keeps them; --redact replaces the default patterns.
     let v = env.json(&["backup", s(&src), "--no-redact"]);
     let out2 = env.path("out2");
     env.json(&["restore", v["id"].as_str().unwrap(), "--output", s(&out2)]);
-    assert!(std::fs::read_to_string(out2.join("config.toml")).unwrap().contains("toml-secret-123"));
+    assert!(std::fs::read_to_string(out2.join("config.toml"))
+        .unwrap()
+        .contains("toml-secret-123"));
     let v = env.json(&["backup", s(&src), "--redact", "user"]);
     let m = env.json(&["show", v["id"].as_str().unwrap()]);
-    assert!(m["files"]["redacted"].to_string().contains("database.user"), "{m}");
+    assert!(
+        m["files"]["redacted"].to_string().contains("database.user"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -310,7 +373,11 @@ fn an_unchanged_folder_stores_almost_nothing() {
     for i in 0..2000 {
         let dir = src.join(format!("d{:02}", i % 40));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i}.conf")), format!("key{i} = value {i}\n")).unwrap();
+        std::fs::write(
+            dir.join(format!("f{i}.conf")),
+            format!("key{i} = value {i}\n"),
+        )
+        .unwrap();
     }
     let first = env.json(&["backup", s(&src)]);
     assert!(num(&first, "new_blobs") >= 2000, "{first}");
@@ -323,9 +390,17 @@ fn an_unchanged_folder_stores_almost_nothing() {
     assert_eq!(num(&third, "new_blobs"), 1, "{third}");
     assert!(num(&third, "new_stored_bytes") < 64 << 10, "{third}");
     let out = env.path("out");
-    env.json(&["restore", third["id"].as_str().unwrap(), "--output", s(&out)]);
+    env.json(&[
+        "restore",
+        third["id"].as_str().unwrap(),
+        "--output",
+        s(&out),
+    ]);
     assert_eq!(listing(&out).len(), listing(&src).len());
-    assert_eq!(std::fs::read_to_string(out.join("d07/f7.conf")).unwrap(), "key7 = changed\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("d07/f7.conf")).unwrap(),
+        "key7 = changed\n"
+    );
 }
 
 #[test]
@@ -334,19 +409,34 @@ fn restore_never_writes_over_a_folder_without_yes() {
     let src = env.path("myapp");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("a.conf"), "new\n").unwrap();
-    let id = env.json(&["backup", s(&src)])["id"].as_str().unwrap().to_string();
+    let id = env.json(&["backup", s(&src)])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = env.path("existing");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("a.conf"), "old\n").unwrap();
     std::fs::write(out.join("other"), "untouched\n").unwrap();
     let (code, said) = env.run(&["restore", &id, "--output", s(&out)]);
     assert_eq!(code, 2, "{said}");
-    assert!(said.contains("already exists") && said.contains("--yes"), "{said}");
-    assert_eq!(std::fs::read_to_string(out.join("a.conf")).unwrap(), "old\n");
+    assert!(
+        said.contains("already exists") && said.contains("--yes"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.conf")).unwrap(),
+        "old\n"
+    );
     // With --yes, files of the same names are replaced and others left alone.
     env.json(&["restore", &id, "--output", s(&out), "--yes"]);
-    assert_eq!(std::fs::read_to_string(out.join("a.conf")).unwrap(), "new\n");
-    assert_eq!(std::fs::read_to_string(out.join("other")).unwrap(), "untouched\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.conf")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("other")).unwrap(),
+        "untouched\n"
+    );
     // A files backup is never restored "in place" over a database path.
     let (code, said) = env.run(&["restore", &id, "--db", s(&env.path("x.db")), "--yes"]);
     assert_eq!(code, 2, "{said}");
@@ -371,7 +461,10 @@ fn a_run_of_several_sources_shares_one_id_and_restores_together() {
     let run = v["run"].as_str().expect("run id").to_string();
     let backups = v["backups"].as_array().expect("backups");
     assert_eq!(backups.len(), 2, "{v}");
-    assert_eq!(backups[0]["time"], backups[1]["time"], "one time for the run");
+    assert_eq!(
+        backups[0]["time"], backups[1]["time"],
+        "one time for the run"
+    );
     let list = env.json(&["list"]);
     let in_run: Vec<&serde_json::Value> = list
         .as_array()
@@ -380,7 +473,9 @@ fn a_run_of_several_sources_shares_one_id_and_restores_together() {
         .filter(|m| m["run"] == run.as_str())
         .collect();
     assert_eq!(in_run.len(), 2, "{list}");
-    assert!(in_run.iter().all(|m| m["tags"] == serde_json::json!(["pre-upgrade"])));
+    assert!(in_run
+        .iter()
+        .all(|m| m["tags"] == serde_json::json!(["pre-upgrade"])));
     // `latest` of each source still works.
     let latest = env.json(&["show", "latest", "--source", s(&conf)]);
     assert_eq!(latest["source"]["kind"], "files");
@@ -388,7 +483,10 @@ fn a_run_of_several_sources_shares_one_id_and_restores_together() {
     let r = env.json(&["restore", "--run", &run[..8], "--output-dir", s(&dir)]);
     assert_eq!(r["run"], run.as_str(), "{r}");
     assert_eq!(sha256_file(&dir.join("app.db")), sha256_file(&db));
-    assert_eq!(std::fs::read_to_string(dir.join("myapp/app.toml")).unwrap(), "port = 1\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("myapp/app.toml")).unwrap(),
+        "port = 1\n"
+    );
     let (code, said) = env.run(&["restore", "--run", "zzzz", "--output-dir", s(&dir)]);
     assert_eq!(code, 3, "{said}");
 }
@@ -451,11 +549,17 @@ fn kill_during_a_files_backup_leaves_no_backup_and_a_sound_repository() {
     child.kill().expect("kill");
     let status = child.wait().expect("wait");
     assert!(!status.success(), "killed mid-way, not finished");
-    assert!(file_names(&env.repo().join("backups")).is_empty(), "no backup was committed");
+    assert!(
+        file_names(&env.repo().join("backups")).is_empty(),
+        "no backup was committed"
+    );
     let check = env.json(&["repo", "check"]);
     assert_eq!(check["ok"], true, "{check}");
     let v = env.json(&["backup", s(&src)]);
-    assert!(num(&v, "reused_blobs") > 0, "the stored chunks are reused: {v}");
+    assert!(
+        num(&v, "reused_blobs") > 0,
+        "the stored chunks are reused: {v}"
+    );
     let out = env.path("out");
     env.json(&["restore", v["id"].as_str().unwrap(), "--output", s(&out)]);
     assert_eq!(listing(&out), listing(&src));

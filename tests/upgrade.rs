@@ -642,11 +642,15 @@ fn repositories_before_content_kinds_stay_usable_and_upgrade() {
             .unwrap()
             .to_string();
         if name == "plain" {
-            let stored: Value =
-                serde_json::from_slice(&std::fs::read(env.repo().join("backups").join(&id)).unwrap())
-                    .unwrap();
+            let stored: Value = serde_json::from_slice(
+                &std::fs::read(env.repo().join("backups").join(&id)).unwrap(),
+            )
+            .unwrap();
             assert_eq!(stored["format"], 1, "{stored}");
-            assert!(stored["database"].is_object() && stored.get("sqlite").is_none(), "{stored}");
+            assert!(
+                stored["database"].is_object() && stored.get("sqlite").is_none(),
+                "{stored}"
+            );
         }
         // Files need the upgrade, and say so; nothing is written.
         let conf = env.path("conf");
@@ -656,17 +660,32 @@ fn repositories_before_content_kinds_stay_usable_and_upgrade() {
         let (code, out, err) = run(&env, &vars, &["backup", s(&conf)]);
         assert_eq!(code, 2, "{name}: {out}{err}");
         assert!(err.contains("lifeboat repo upgrade"), "{err}");
-        assert_eq!(tree(&env.repo()), before, "{name}: a refused backup wrote something");
+        assert_eq!(
+            tree(&env.repo()),
+            before,
+            "{name}: a refused backup wrote something"
+        );
         // The upgrade adds the feature, once.
         let up = read_json(&env, name, &["repo", "upgrade"]);
-        assert_eq!(up["features_added"], serde_json::json!(["manifest-2"]), "{up}");
+        assert_eq!(
+            up["features_added"],
+            serde_json::json!(["manifest-2"]),
+            "{up}"
+        );
         let show = read_json(&env, name, &["repo", "show"]);
-        assert_eq!(show["features"], serde_json::json!(["manifest-2"]), "{show}");
+        assert_eq!(
+            show["features"],
+            serde_json::json!(["manifest-2"]),
+            "{show}"
+        );
         let again = read_json(&env, name, &["repo", "upgrade"]);
         assert_eq!(again["features_added"], serde_json::json!([]), "{again}");
         let (code, out, err) = run(&env, &vars, &["backup", s(&conf), "--json"]);
         assert_eq!(code, 0, "{name}: {out}{err}");
-        assert_eq!(read_json(&env, name, &["list"]).as_array().unwrap().len(), 4);
+        assert_eq!(
+            read_json(&env, name, &["list"]).as_array().unwrap().len(),
+            4
+        );
         for id in &old {
             let v = read_json(&env, name, &["verify", id]);
             assert_eq!(v["ok"], true, "{v}");

@@ -1055,7 +1055,7 @@ pub fn target_for(m: &Manifest, to: Destination) -> Result<Box<dyn RestoreTarget
         (Destination::New { path, overwrite }, true) => Box::new(
             crate::ops::restore_tree::FolderTarget::new(path, overwrite),
         ),
-        (Destination::New { path, .. }, false) => Box::new(NewFile::new(path)),
+        (Destination::New { path, .. }, false) => Box::new(NewFile::new(path, image_kind(m).ok())),
         (Destination::InPlace { db, compression }, false) => {
             Box::new(InPlace::new(db, image_kind(m)?, compression))
         }
@@ -1085,7 +1085,7 @@ fn image_kind(m: &Manifest) -> Result<ImageKind> {
     use crate::source::{duckdb, sqlite, Kind};
     let (sidecars, kept_sidecars) = match kind {
         Kind::Sqlite => (sqlite::SIDECARS, sqlite::KEPT_SIDECARS),
-        Kind::Duckdb => (duckdb::SIDECARS, duckdb::SIDECARS),
+        Kind::Duckdb => (&duckdb::SIDECARS[..], &duckdb::SIDECARS[..]),
         Kind::Files => (&[][..], &[][..]),
     };
     Ok(ImageKind {
@@ -1111,13 +1111,16 @@ fn check_image_size(m: &Manifest, stats: Option<&ImageStats>) -> Result<()> {
 /// A new file that needs no Lifeboat to open.
 pub struct NewFile {
     output: PathBuf,
+    kind: Option<ImageKind>,
     rebuilt: Option<(TempFile, ImageStats)>,
 }
 
 impl NewFile {
-    pub fn new(output: PathBuf) -> NewFile {
+    /// `kind` (when known) names the files beside the output that would be read with it.
+    pub fn new(output: PathBuf, kind: Option<ImageKind>) -> NewFile {
         NewFile {
             output,
+            kind,
             rebuilt: None,
         }
     }
@@ -1130,6 +1133,20 @@ impl RestoreTarget for NewFile {
                 Error::usage(format!("{} already exists", self.output.display()))
                     .hint("choose another --output, or use --db to replace a database in place"),
             );
+        }
+        // A leftover `-wal` (SQLite) or `.wal` (DuckDB) under the new file's name would be
+        // replayed into it by the first program that opens it.
+        for suffix in self.kind.map_or(&[][..], |k| k.sidecars) {
+            let stale = sidecar(&self.output, suffix);
+            if std::fs::symlink_metadata(&stale).is_ok() {
+                return Err(Error::usage(format!(
+                    "{} exists: the database would replay it into the restored {} when it \
+                     opens it",
+                    stale.display(),
+                    self.output.display()
+                ))
+                .hint("move it away, or choose another --output"));
+            }
         }
         Ok(())
     }

@@ -283,10 +283,24 @@ fn check_sqlite(report: &mut VerifyReport, path: &std::path::Path, info: &Databa
 
 /// Open a rebuilt DuckDB database with the DuckDB CLI: tables and row counts.
 fn check_duckdb(report: &mut VerifyReport, path: &std::path::Path, info: &DuckdbInfo) {
-    let _ = (path, info);
-    report.push(
-        "open the rebuilt database",
-        false,
-        "this build cannot check DuckDB databases yet",
-    );
+    use crate::source::duckdb;
+    let checked = duckdb::find_cli()
+        .and_then(|cli| duckdb::check_restored(&cli, path, &duckdb::DuckdbFacts::from(info)));
+    match checked {
+        Ok(bad) => {
+            let rows: u64 = info.tables.values().sum();
+            report.push(
+                "tables and row counts match (DuckDB)",
+                bad.is_empty(),
+                if bad.is_empty() {
+                    format!("{} tables, {rows} rows", info.tables.len())
+                } else {
+                    bad.join("; ")
+                },
+            );
+        }
+        Err(e) => {
+            report.push("open the rebuilt database", false, e.to_string());
+        }
+    }
 }

@@ -93,6 +93,9 @@ pub struct DuckdbInfo {
     pub storage_version: u64,
     /// The DuckDB that read the tables (its CLI).
     pub duckdb_version: String,
+    /// The DuckDB that created the file, from its header.
+    #[serde(default)]
+    pub created_by: String,
     /// Bytes of the file's headers, then blocks of `block_size`.
     pub header_bytes: u64,
     pub block_size: u32,
