@@ -244,19 +244,7 @@ impl<'a> TreeWriterFs<'a> {
         if raw.is_empty() {
             return Ok((raw, self.root.clone()));
         }
-        if self.root_is_file || raw.starts_with(b"/") || raw.contains(&0) {
-            return Err(bad());
-        }
-        let parts: Vec<&[u8]> = raw.split(|&b| b == b'/').collect();
-        if parts
-            .iter()
-            .any(|p| p.is_empty() || *p == b"." || *p == b"..")
-        {
-            return Err(bad());
-        }
-        let parent = &raw[..raw.len() - parts[parts.len() - 1].len()];
-        let parent = parent.strip_suffix(b"/").unwrap_or(parent);
-        if !self.dirs.contains(parent) {
+        if self.root_is_file || !path_inside(&raw, &self.dirs) {
             return Err(bad());
         }
         Ok((raw.clone(), self.root.join(OsStr::from_bytes(&raw))))
@@ -371,6 +359,23 @@ impl<'a> TreeWriterFs<'a> {
     }
 }
 
+/// Whether `raw` (a non-empty entry path) names something inside the tree: relative, no
+/// empty, `.` or `..` component, no NUL, and its parent is a folder of the tree already
+/// restored (so nothing is reached through a link, or through a folder the tree does not
+/// hold).
+fn path_inside(raw: &[u8], dirs: &HashSet<Vec<u8>>) -> bool {
+    if raw.starts_with(b"/") || raw.contains(&0) {
+        return false;
+    }
+    let parts: Vec<&[u8]> = raw.split(|&b| b == b'/').collect();
+    if parts.iter().any(|p| p.is_empty() || *p == b"." || *p == b"..") {
+        return false;
+    }
+    let parent = &raw[..raw.len() - parts[parts.len() - 1].len()];
+    let parent = parent.strip_suffix(b"/").unwrap_or(parent);
+    dirs.contains(parent)
+}
+
 /// Set the modification time (and access time, to the same) without following a link.
 fn set_times(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
     let ts = rustix::fs::Timespec {
@@ -393,4 +398,33 @@ fn set_times(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
             std::io::Error::from_raw_os_error(e.raw_os_error()),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_inside_restored_folders_are_written() {
+        let dirs: HashSet<Vec<u8>> = [b"".to_vec(), b"etc".to_vec(), b"etc/app".to_vec()]
+            .into_iter()
+            .collect();
+        for ok in [&b"a.conf"[..], b"etc/x", b"etc/app/y.toml", b"etc/app/..hidden", b"caf\xe9"] {
+            assert!(path_inside(ok, &dirs), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &b"../escape"[..],
+            b"/etc/passwd",
+            b"etc/../../x",
+            b"etc//x",
+            b"./x",
+            b"etc/app/.",
+            b"nul\0byte",
+            // A parent the tree did not restore as a folder (a link named `link`).
+            b"link/passwd",
+            b"etc/missing/x",
+        ] {
+            assert!(!path_inside(bad, &dirs), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -9,6 +9,7 @@ pub mod gcs;
 pub mod s3;
 pub mod server;
 pub mod store_scenarios;
+pub mod tree;
 
 use assert_cmd::Command;
 use rusqlite::Connection;
