@@ -1,7 +1,11 @@
-//! The engine's front door: open (or create) the repository a command works on the way
-//! every caller must — unlock with the identity or a passphrase, check it against what this
-//! machine saw of it (`trust`), read damaged objects from the replicas — and remember it as
-//! the command left it. The CLI calls this; a daemon will too.
+//! The engine's front door, which the CLI calls and a daemon will: open (or create) the
+//! repository a command works on the way every caller must — unlock with the identity or a
+//! passphrase, check it against what this machine saw of it (`trust`), read damaged objects
+//! from the replicas — and remember it as the command left it; resolve the settings of a
+//! run (compression, checks, transfers); back up a run of sources then bring the replicas up
+//! to date; restore a backup (or a run) to wherever it goes. Verify (`ops::verify`), status
+//! (`ops::status`) and the other verbs are called on the opened repository directly; each
+//! takes its reader or writer marker itself.
 
 use crate::config::{self, Origin};
 use crate::error::{Error, ErrorKind, Result};
@@ -321,4 +325,71 @@ pub fn restore_run(
         done(m, &out);
     }
     Ok(())
+}
+
+/// The compression of new data: `--compression`/`LIFEBOAT_COMPRESSION` (`codec`), else the
+/// file's `compression` (zstd); `--level`/`LIFEBOAT_LEVEL` (`level`), else the file's `level`
+/// when the codec is the file's, else the codec's default.
+pub fn compression(
+    file: &crate::config::FileConfig,
+    codec: Option<&str>,
+    level: Option<i32>,
+) -> Result<crate::repo::compress::Compression> {
+    use crate::repo::compress::{Codec, Compression};
+    let file_codec = match &file.compression {
+        Some(c) => Codec::parse(c)?,
+        None => Codec::Zstd,
+    };
+    let codec = match codec {
+        Some(c) => Codec::parse(c)?,
+        None => file_codec,
+    };
+    // A level given on the command line (or LIFEBOAT_LEVEL) must fit the codec. The file's
+    // `level` belongs to the file's codec: choosing another codec with --compression starts
+    // from that codec's own default (gzip 6, not zstd's 3 from the file).
+    let file_level = file.level.filter(|_| codec == file_codec);
+    Compression::new(codec, level.or(file_level))
+}
+
+/// What a backup checks before committing: `--verify` (full), `--no-verify` (none), else
+/// `LIFEBOAT_VERIFY`, else the file's `verify`, else `written`.
+pub fn verify_level(
+    file: &crate::config::FileConfig,
+    verify: bool,
+    no_verify: bool,
+) -> Result<crate::ops::VerifyLevel> {
+    use crate::ops::VerifyLevel;
+    if verify {
+        return Ok(VerifyLevel::Full);
+    }
+    if no_verify {
+        return Ok(VerifyLevel::None);
+    }
+    let from_env = std::env::var("LIFEBOAT_VERIFY").ok();
+    match from_env.as_deref().or(file.verify.as_deref()) {
+        None | Some("written") => Ok(VerifyLevel::Written),
+        Some("full") => Ok(VerifyLevel::Full),
+        Some("none") => Ok(VerifyLevel::None),
+        Some(other) => Err(Error::usage(format!("verify = '{other}' is not valid"))
+            .hint("use written, full or none")),
+    }
+}
+
+/// Packs uploaded at once: `LIFEBOAT_TRANSFERS`, else the file's `transfers`, else 4.
+pub fn transfers(file: &crate::config::FileConfig) -> Result<usize> {
+    match std::env::var("LIFEBOAT_TRANSFERS") {
+        Ok(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "LIFEBOAT_TRANSFERS={v} is not a number from 1 to 64"
+                ))
+            }),
+        Err(_) => Ok(file
+            .transfers
+            .unwrap_or(crate::ops::backup::DEFAULT_TRANSFERS)
+            .clamp(1, 64)),
+    }
 }

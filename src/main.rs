@@ -38,7 +38,7 @@ use lifeboat::ops::restore::Destination;
 use lifeboat::ops::verify::{verify_backups, Progressed, VerifyReport};
 use lifeboat::ops::{check, restore, sync, VerifyLevel};
 use lifeboat::progress::Progress;
-use lifeboat::repo::compress::{Codec, Compression};
+use lifeboat::repo::compress::Compression;
 use lifeboat::repo::crypto::{parse_recipient, recipient_string, Identity, KdfParams};
 use lifeboat::repo::manifest::{Content, Manifest};
 use lifeboat::repo::{keys, NewRepo, Repository};
@@ -494,22 +494,7 @@ impl Ctx {
 
     /// `LIFEBOAT_TRANSFERS`, else `transfers` in the file, else the default.
     fn transfers(&self) -> Result<usize> {
-        match std::env::var("LIFEBOAT_TRANSFERS") {
-            Ok(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=64).contains(n))
-                .ok_or_else(|| {
-                    Error::usage(format!(
-                        "LIFEBOAT_TRANSFERS={v} is not a number from 1 to 64"
-                    ))
-                }),
-            Err(_) => Ok(self
-                .file
-                .transfers
-                .unwrap_or(lifeboat::ops::backup::DEFAULT_TRANSFERS)
-                .clamp(1, 64)),
-        }
+        lifeboat::engine::transfers(&self.file)
     }
 
     fn progress(&self) -> Progress {
@@ -673,36 +658,11 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn compression(ctx: &Ctx, codec: Option<String>, level: Option<i32>) -> Result<Compression> {
-    let file_codec = match &ctx.file.compression {
-        Some(c) => Codec::parse(c)?,
-        None => Codec::Zstd,
-    };
-    let codec = match codec {
-        Some(c) => Codec::parse(&c)?,
-        None => file_codec,
-    };
-    // A level given on the command line (or LIFEBOAT_LEVEL) must fit the codec. The file's
-    // `level` belongs to the file's codec: choosing another codec with --compression starts
-    // from that codec's own default (gzip 6, not zstd's 3 from the file).
-    let file_level = ctx.file.level.filter(|_| codec == file_codec);
-    Compression::new(codec, level.or(file_level))
+    lifeboat::engine::compression(&ctx.file, codec.as_deref(), level)
 }
 
 fn verify_level(ctx: &Ctx, verify: bool, no_verify: bool) -> Result<VerifyLevel> {
-    if verify {
-        return Ok(VerifyLevel::Full);
-    }
-    if no_verify {
-        return Ok(VerifyLevel::None);
-    }
-    let from_env = std::env::var("LIFEBOAT_VERIFY").ok();
-    match from_env.as_deref().or(ctx.file.verify.as_deref()) {
-        None | Some("written") => Ok(VerifyLevel::Written),
-        Some("full") => Ok(VerifyLevel::Full),
-        Some("none") => Ok(VerifyLevel::None),
-        Some(other) => Err(Error::usage(format!("verify = '{other}' is not valid"))
-            .hint("use written, full or none")),
-    }
+    lifeboat::engine::verify_level(&ctx.file, verify, no_verify)
 }
 
 fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
@@ -940,42 +900,50 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
         println!("{}", serde_json::Value::Array(rows));
         return Ok(0);
     }
-    let rows: Vec<[String; 7]> = backups
+    // The RUN column only when some backups were taken together; theirs sort together, as
+    // their ids share the run's time.
+    let runs = backups.iter().any(|m| m.run.is_some());
+    let rows: Vec<Vec<String>> = backups
         .iter()
         .map(|m| {
             let mut tags = m.tags.clone();
             if pinned.contains(&m.id) {
                 tags.insert(0, "pinned".into());
             }
-            [
+            let mut row = vec![
                 m.id.clone(),
                 m.time.get(..19).unwrap_or(&m.time).replace('T', " "),
+            ];
+            if runs {
+                row.push(m.run.clone().unwrap_or_default());
+            }
+            row.extend([
+                m.source.kind.clone(),
                 bytes(m.logical_bytes()),
                 bytes(m.stored.new_stored_bytes),
                 tags.join(","),
                 m.source.path.clone(),
                 m.description.clone().unwrap_or_default(),
-            ]
+            ]);
+            row
         })
         .collect();
-    let header = [
-        "ID",
-        "TIME (UTC)",
-        "SIZE",
-        "STORED",
-        "TAGS",
-        "SOURCE",
-        "DESCRIPTION",
-    ]
-    .map(String::from);
+    let mut header: Vec<String> = vec!["ID".into(), "TIME (UTC)".into()];
+    if runs {
+        header.push("RUN".into());
+    }
+    header.extend(["KIND", "SIZE", "STORED", "TAGS", "SOURCE", "DESCRIPTION"].map(String::from));
+    let right_aligned: Vec<bool> = header
+        .iter()
+        .map(|h| h == "SIZE" || h == "STORED")
+        .collect();
     // Columns as wide as their widest cell: long paths must not push the others out of line.
-    let mut widths = [0usize; 7];
+    let mut widths = vec![0usize; header.len()];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let right_aligned = [false, false, true, true, false, false, false];
     for row in std::iter::once(&header).chain(&rows) {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {

@@ -5,8 +5,8 @@
 //! backup.
 
 mod common;
-use common::*;
 use common::tree::{listing, mtime_ns, noise};
+use common::*;
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

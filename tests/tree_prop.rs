@@ -167,7 +167,12 @@ fn random_streams_round_trip_and_an_edit_stores_little() {
                 std::fs::write(&f, &data).unwrap();
                 let v = env.json(&["backup", f.to_str().unwrap()]);
                 let out = env.path("out.bin");
-                env.json(&["restore", v["id"].as_str().unwrap(), "--output", out.to_str().unwrap()]);
+                env.json(&[
+                    "restore",
+                    v["id"].as_str().unwrap(),
+                    "--output",
+                    out.to_str().unwrap(),
+                ]);
                 prop_assert_eq!(std::fs::read(&out).unwrap(), data.clone());
                 // Insert 100 bytes in the middle: only the chunks around the edit are new.
                 let pos = (len as f64 * at) as usize;
@@ -176,7 +181,12 @@ fn random_streams_round_trip_and_an_edit_stores_little() {
                 let w = env.json(&["backup", f.to_str().unwrap()]);
                 prop_assert!(num(&w, "new_blobs") <= 3, "{}", w);
                 let out2 = env.path("out2.bin");
-                env.json(&["restore", w["id"].as_str().unwrap(), "--output", out2.to_str().unwrap()]);
+                env.json(&[
+                    "restore",
+                    w["id"].as_str().unwrap(),
+                    "--output",
+                    out2.to_str().unwrap(),
+                ]);
                 prop_assert_eq!(std::fs::read(&out2).unwrap(), data);
                 Ok(())
             },

@@ -368,7 +368,10 @@ fn path_inside(raw: &[u8], dirs: &HashSet<Vec<u8>>) -> bool {
         return false;
     }
     let parts: Vec<&[u8]> = raw.split(|&b| b == b'/').collect();
-    if parts.iter().any(|p| p.is_empty() || *p == b"." || *p == b"..") {
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == b"." || *p == b"..")
+    {
         return false;
     }
     let parent = &raw[..raw.len() - parts[parts.len() - 1].len()];
@@ -409,7 +412,13 @@ mod tests {
         let dirs: HashSet<Vec<u8>> = [b"".to_vec(), b"etc".to_vec(), b"etc/app".to_vec()]
             .into_iter()
             .collect();
-        for ok in [&b"a.conf"[..], b"etc/x", b"etc/app/y.toml", b"etc/app/..hidden", b"caf\xe9"] {
+        for ok in [
+            &b"a.conf"[..],
+            b"etc/x",
+            b"etc/app/y.toml",
+            b"etc/app/..hidden",
+            b"caf\xe9",
+        ] {
             assert!(path_inside(ok, &dirs), "{}", String::from_utf8_lossy(ok));
         }
         for bad in [

@@ -61,4 +61,3 @@ pub fn listing(root: &Path) -> BTreeMap<Vec<u8>, String> {
 pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
     i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
 }
-
