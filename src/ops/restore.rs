@@ -883,6 +883,19 @@ fn build_job(repo: &Repository, index: &Index, job: Job, loads: &Loads) -> Resul
     })
 }
 
+/// The folder of `target` and its file name, for temporary names beside it.
+pub(crate) fn beside(target: &Path) -> (&Path, String) {
+    let dir = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    (dir, name)
+}
+
 /// A temporary file beside `target`, removed on drop unless kept.
 pub struct TempFile {
     pub path: PathBuf,
@@ -892,14 +905,7 @@ pub struct TempFile {
 
 impl TempFile {
     pub fn beside(target: &Path) -> Result<TempFile> {
-        let dir = target
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "restore".into());
+        let (dir, name) = beside(target);
         Self::in_dir(dir, &name)
     }
 
@@ -1030,6 +1036,7 @@ pub(crate) fn restore_marked(
     target: &mut dyn RestoreTarget,
     progress: &Progress,
 ) -> Result<RestoreOutcome> {
+    crate::repo::reach::known_kind(m)?;
     target.prepare(repo, m, progress)?;
     target.write(repo, index, m, progress)?;
     target.verify(m)?;
@@ -1095,6 +1102,23 @@ fn image_kind(m: &Manifest) -> Result<ImageKind> {
     })
 }
 
+/// Rebuild the image beside `target`; an interruption says `state` of the target.
+fn rebuild_image(
+    repo: &Repository,
+    index: &Index,
+    m: &Manifest,
+    target: &Path,
+    progress: &Progress,
+    state: String,
+) -> Result<(TempFile, ImageStats)> {
+    rebuild_beside(repo, index, m, target, progress).map_err(|e| interrupted_hint(e, state))
+}
+
+fn take_rebuilt(slot: &mut Option<(TempFile, ImageStats)>) -> Result<(TempFile, ImageStats)> {
+    slot.take()
+        .ok_or_else(|| Error::internal("restore committed before it was written"))
+}
+
 /// Check the size of a rebuilt image against the manifest.
 fn check_image_size(m: &Manifest, stats: Option<&ImageStats>) -> Result<()> {
     let written = stats.map_or(0, |s| s.bytes);
@@ -1158,10 +1182,15 @@ impl RestoreTarget for NewFile {
         m: &Manifest,
         progress: &Progress,
     ) -> Result<()> {
-        let rebuilt = rebuild_beside(repo, index, m, &self.output, progress).map_err(|e| {
-            interrupted_hint(e, format!("{} was not created", self.output.display()))
-        })?;
-        self.rebuilt = Some(rebuilt);
+        let state = format!("{} was not created", self.output.display());
+        self.rebuilt = Some(rebuild_image(
+            repo,
+            index,
+            m,
+            &self.output,
+            progress,
+            state,
+        )?);
         Ok(())
     }
 
@@ -1170,10 +1199,7 @@ impl RestoreTarget for NewFile {
     }
 
     fn commit(&mut self, m: &Manifest) -> Result<RestoreOutcome> {
-        let (mut tmp, stats) = self
-            .rebuilt
-            .take()
-            .ok_or_else(|| Error::internal("restore committed before it was written"))?;
+        let (mut tmp, stats) = take_rebuilt(&mut self.rebuilt)?;
         let output = &self.output;
         // link(2) rather than rename(2): a file that appeared meanwhile is never replaced.
         std::fs::hard_link(&tmp.path, output).map_err(|e| Error::io("cannot create", output, e))?;
@@ -1344,9 +1370,8 @@ impl RestoreTarget for InPlace {
         m: &Manifest,
         progress: &Progress,
     ) -> Result<()> {
-        let rebuilt = rebuild_beside(repo, index, m, &self.db, progress)
-            .map_err(|e| interrupted_hint(e, self.unchanged()))?;
-        self.rebuilt = Some(rebuilt);
+        let state = self.unchanged();
+        self.rebuilt = Some(rebuild_image(repo, index, m, &self.db, progress, state)?);
         Ok(())
     }
 
@@ -1355,10 +1380,7 @@ impl RestoreTarget for InPlace {
     }
 
     fn commit(&mut self, m: &Manifest) -> Result<RestoreOutcome> {
-        let (mut tmp, stats) = self
-            .rebuilt
-            .take()
-            .ok_or_else(|| Error::internal("restore committed before it was written"))?;
+        let (mut tmp, stats) = take_rebuilt(&mut self.rebuilt)?;
         let db = &self.db;
         // The new file takes the old one's owner and permission bits, never setuid, setgid or
         // sticky bits (a database is not a program), and never a link target's.

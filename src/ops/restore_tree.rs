@@ -166,21 +166,14 @@ impl RestoreTarget for FolderTarget {
 
 /// A new, private name beside `target` for building the restore.
 fn staging_beside(target: &Path) -> Result<PathBuf> {
-    let parent = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if !parent.is_dir() {
+    let (dir, name) = crate::ops::restore::beside(target);
+    if !dir.is_dir() {
         return Err(
-            Error::not_found(format!("folder {} does not exist", parent.display()))
+            Error::not_found(format!("folder {} does not exist", dir.display()))
                 .hint("create it first, or choose another --output"),
         );
     }
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "restore".into());
-    Ok(parent.join(format!(
+    Ok(dir.join(format!(
         ".{name}.lifeboat-{:08x}.tmp",
         rand::random::<u32>()
     )))

@@ -95,6 +95,7 @@ pub fn verify_manifest(
         ok: true,
         steps: Vec::new(),
     };
+    crate::repo::reach::known_kind(m)?;
     if let Content::Tree { entries, bytes, .. } = &m.content {
         verify_tree(repo, index, m, *entries, *bytes, progress, &mut report)?;
         return Ok(report);

@@ -138,7 +138,8 @@ pub struct RedactedFile {
 ///   or at the source's own block boundaries), listed the same way;
 /// * `tree`: files and folders, described by the tree blobs `nodes` in path order (see
 ///   `repo::tree`), each file's content a list of chunk ids.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Content {
     Pages {
         block_size: u32,
@@ -157,123 +158,10 @@ pub enum Content {
         bytes: u64,
         nodes: Vec<String>,
     },
-    /// A kind this version does not know (written by a newer Lifeboat).
-    Unknown(String),
-}
-
-/// The known kinds as stored: `{"kind": "pages", …}`.
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum StoredContent {
-    Pages {
-        block_size: u32,
-        blocks: u64,
-        ids_per_list: u32,
-        lists: Vec<String>,
-    },
-    Stream {
-        bytes: u64,
-        chunks: u64,
-        ids_per_list: u32,
-        lists: Vec<String>,
-    },
-    Tree {
-        entries: u64,
-        bytes: u64,
-        nodes: Vec<String>,
-    },
-}
-
-impl Serialize for Content {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        let stored = match self.clone() {
-            Content::Pages {
-                block_size,
-                blocks,
-                ids_per_list,
-                lists,
-            } => StoredContent::Pages {
-                block_size,
-                blocks,
-                ids_per_list,
-                lists,
-            },
-            Content::Stream {
-                bytes,
-                chunks,
-                ids_per_list,
-                lists,
-            } => StoredContent::Stream {
-                bytes,
-                chunks,
-                ids_per_list,
-                lists,
-            },
-            Content::Tree {
-                entries,
-                bytes,
-                nodes,
-            } => StoredContent::Tree {
-                entries,
-                bytes,
-                nodes,
-            },
-            Content::Unknown(kind) => {
-                return Err(serde::ser::Error::custom(format!(
-                    "content of unknown kind '{kind}' cannot be written"
-                )))
-            }
-        };
-        stored.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Content {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
-        let kind = value
-            .get("kind")
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| serde::de::Error::custom("content has no kind"))?;
-        if !CONTENT_KINDS.contains(&kind) {
-            return Ok(Content::Unknown(kind.to_string()));
-        }
-        Ok(
-            match StoredContent::deserialize(value).map_err(serde::de::Error::custom)? {
-                StoredContent::Pages {
-                    block_size,
-                    blocks,
-                    ids_per_list,
-                    lists,
-                } => Content::Pages {
-                    block_size,
-                    blocks,
-                    ids_per_list,
-                    lists,
-                },
-                StoredContent::Stream {
-                    bytes,
-                    chunks,
-                    ids_per_list,
-                    lists,
-                } => Content::Stream {
-                    bytes,
-                    chunks,
-                    ids_per_list,
-                    lists,
-                },
-                StoredContent::Tree {
-                    entries,
-                    bytes,
-                    nodes,
-                } => Content::Tree {
-                    entries,
-                    bytes,
-                    nodes,
-                },
-            },
-        )
-    }
+    /// A kind this version does not know (written by a newer Lifeboat), kept as it was
+    /// stored.
+    #[serde(untagged)]
+    Unknown(serde_json::Value),
 }
 
 /// The content kinds this version knows.
@@ -285,7 +173,10 @@ impl Content {
             Content::Pages { .. } => "pages",
             Content::Stream { .. } => "stream",
             Content::Tree { .. } => "tree",
-            Content::Unknown(kind) => kind,
+            Content::Unknown(stored) => stored
+                .get("kind")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("(none)"),
         }
     }
 
@@ -474,7 +365,14 @@ mod tests {
         let mut v = serde_json::to_value(sqlite_manifest(2)).unwrap();
         v["content"]["kind"] = "hologram".into();
         let m: Manifest = serde_json::from_value(v).unwrap();
-        assert_eq!(m.content, Content::Unknown("hologram".into()));
+        assert!(matches!(m.content, Content::Unknown(_)), "{:?}", m.content);
         assert_eq!(m.content.kind(), "hologram");
+        // A known kind with a field missing is not mistaken for a well-formed one.
+        let mut v = serde_json::to_value(sqlite_manifest(2)).unwrap();
+        v["content"].as_object_mut().unwrap().remove("block_size");
+        let m: Manifest = serde_json::from_value(v).unwrap();
+        assert!(matches!(m.content, Content::Unknown(_)), "{:?}", m.content);
+        let e = crate::repo::reach::known_kind(&m).unwrap_err();
+        assert!(e.message.contains("malformed"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 //! caller decides what a missing or unreadable blob means for it.
 
 use super::index::Index;
-use super::manifest::{Content, Manifest};
+use super::manifest::{Content, Manifest, CONTENT_KINDS};
 use super::tree::decode_node;
 use super::{FrameCache, Repository};
 use crate::error::{Error, Result};
@@ -35,7 +35,15 @@ pub enum Next {
 /// The content kinds this version can walk. A backup of another kind was written by a newer
 /// Lifeboat: what it references is unknown, so nothing may be deleted on its account.
 pub fn known_kind(m: &Manifest) -> Result<()> {
-    if let Content::Unknown(kind) = &m.content {
+    if let Content::Unknown(_) = &m.content {
+        let kind = m.content.kind();
+        if CONTENT_KINDS.contains(&kind) {
+            return Err(Error::integrity(format!(
+                "backup {} describes its '{kind}' content with missing or malformed fields",
+                m.id
+            ))
+            .hint("the manifest is damaged: `lifeboat repo repair` replaces it with a replica's intact copy"));
+        }
         return Err(Error::usage(format!(
             "backup {} stores its content as '{kind}', which this version of Lifeboat does not know",
             m.id

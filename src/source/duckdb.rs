@@ -395,37 +395,7 @@ fn sidecar(db: &Path, suffix: &str) -> PathBuf {
 
 /// Check that `path` is a DuckDB database file; its canonical path.
 fn check_is_duckdb(path: &Path) -> Result<PathBuf> {
-    let unreadable = |action: &str, e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            Error::source(format!("{action} {}: {e}", path.display())).hint(
-                "check the permissions of the database and its folders for the user running \
-                 lifeboat",
-            )
-        } else {
-            Error::io(action, path, e)
-        }
-    };
-    let meta = std::fs::metadata(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::not_found(format!("database {} does not exist", path.display()))
-                .hint("check the path")
-        } else {
-            unreadable("cannot read", e)
-        }
-    })?;
-    if meta.is_dir() {
-        return Err(Error::source(format!(
-            "{} is a directory, not a DuckDB database",
-            path.display()
-        )));
-    }
-    if meta.len() == 0 {
-        return Err(Error::source(format!(
-            "{} is empty (0 bytes): there is no database to back up yet",
-            path.display()
-        )));
-    }
-    std::fs::File::open(path).map_err(|e| unreadable("cannot open", e))?;
+    super::open_database_file(path, "DuckDB")?;
     if !is_duckdb(path) {
         return Err(Error::source(format!(
             "{} is not a DuckDB database (no DUCK magic bytes at offset 8)",

@@ -222,10 +222,6 @@ fn mtime_ns(meta: &Metadata) -> i64 {
 }
 
 fn unreadable(path: &Path, e: std::io::Error) -> Error {
-    if e.kind() == std::io::ErrorKind::PermissionDenied {
-        Error::source(format!("cannot read {}: {e}", path.display()))
-            .hint("check the permissions for the user running lifeboat, or --exclude that path")
-    } else {
-        Error::io("cannot read", path, e)
-    }
+    super::unreadable(path, "cannot read", e)
+        .hint("check the permissions for the user running lifeboat, or --exclude that path")
 }

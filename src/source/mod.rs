@@ -115,6 +115,44 @@ pub fn open(
     })
 }
 
+/// A source this user may not read is a bad source (exit 5), not a storage failure.
+pub(crate) fn unreadable(path: &Path, action: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        Error::source(format!("{action} {}: {e}", path.display())).hint(
+            "check the permissions of the source and its folders for the user running lifeboat",
+        )
+    } else {
+        Error::io(action, path, e)
+    }
+}
+
+/// Open the database file of a `what` ("SQLite", "DuckDB") source: it must exist, be a file,
+/// hold something and be readable by this user, with an error a person can act on.
+pub(crate) fn open_database_file(path: &Path, what: &str) -> Result<std::fs::File> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::not_found(format!("database {} does not exist", path.display()))
+                .hint("check the path; `lifeboat demo` creates a sample database to try")
+        } else {
+            unreadable(path, "cannot read", e)
+        }
+    })?;
+    if meta.is_dir() {
+        return Err(Error::source(format!(
+            "{} is a directory, not a {what} database",
+            path.display()
+        ))
+        .hint("to back up a folder of files, add --kind files"));
+    }
+    if meta.len() == 0 {
+        return Err(Error::source(format!(
+            "{} is empty (0 bytes): there is no database to back up yet",
+            path.display()
+        )));
+    }
+    std::fs::File::open(path).map_err(|e| unreadable(path, "cannot open", e))
+}
+
 /// File names that promise a database: one whose header is not a database's is refused
 /// rather than backed up as a plain file (a damaged database, or the wrong path).
 const DATABASE_SUFFIXES: &[&str] = &["db", "sqlite", "sqlite3", "db3", "duckdb", "ddb"];
@@ -122,16 +160,7 @@ const DATABASE_SUFFIXES: &[&str] = &["db", "sqlite", "sqlite3", "db3", "duckdb",
 /// The kind of source at `path`: a folder is files, a file is known by its header (SQLite,
 /// DuckDB); any other file is files, unless its name says it is a database.
 pub fn detect(path: &Path) -> Result<Kind> {
-    let unreadable = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            Error::source(format!("cannot read {}: {e}", path.display())).hint(
-                "check the permissions of the source and its folders for the user running \
-                 lifeboat",
-            )
-        } else {
-            Error::io("cannot read", path, e)
-        }
-    };
+    let unreadable = |e: std::io::Error| unreadable(path, "cannot read", e);
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::not_found(format!("{} does not exist", path.display()))

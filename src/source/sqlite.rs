@@ -38,42 +38,11 @@ pub struct SqliteSnapshot {
 
 /// Check that `path` is a SQLite database file, with an error a person can act on.
 pub fn check_is_sqlite(path: &Path) -> Result<()> {
-    // A source this user may not read is a bad source (exit 5), not a storage failure.
-    let unreadable = |action: &str, e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            Error::source(format!("{action} {}: {e}", path.display())).hint(
-                "check the permissions of the database and its folders for the user running \
-                 lifeboat",
-            )
-        } else {
-            Error::io(action, path, e)
-        }
-    };
-    let meta = std::fs::metadata(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::not_found(format!("database {} does not exist", path.display()))
-                .hint("check the path; `lifeboat demo` creates a sample database to try")
-        } else {
-            unreadable("cannot read", e)
-        }
-    })?;
-    if meta.is_dir() {
-        return Err(Error::source(format!(
-            "{} is a directory, not a SQLite database",
-            path.display()
-        )));
-    }
-    if meta.len() == 0 {
-        return Err(Error::source(format!(
-            "{} is empty (0 bytes): there is no database to back up yet",
-            path.display()
-        )));
-    }
+    let mut f = super::open_database_file(path, "SQLite")?;
     let mut head = [0u8; 16];
-    let mut f = std::fs::File::open(path).map_err(|e| unreadable("cannot open", e))?;
     let n = f
         .read(&mut head)
-        .map_err(|e| unreadable("cannot read", e))?;
+        .map_err(|e| super::unreadable(path, "cannot read", e))?;
     if n < 16 || &head != HEADER {
         return Err(Error::source(format!(
             "{} is not a SQLite database (no SQLite header)",
