@@ -722,3 +722,73 @@ fn an_unknown_feature_is_refused_by_every_command() {
     }
     assert_eq!(tree(&env.repo()), before);
 }
+
+/// Adding the feature on an object store, encrypted: the store fails the config's PUT (the
+/// only write), and the repository is left exactly as it was and usable; the next run
+/// upgrades it, and files backups then work.
+#[test]
+fn adding_the_feature_on_s3_survives_a_failed_write() {
+    let env = Env::new();
+    let store = Storage::s3("team/v2");
+    let root = fixtures_v2().join("encrypted");
+    for e in walk_files(&root) {
+        let name = e.strip_prefix(&root).unwrap().display().to_string();
+        store.put(&name, &std::fs::read(&e).unwrap());
+    }
+    let (bucket, prefix, upstream) = match &store.place {
+        common::attacker::Place::S3 { server, prefix } => (
+            server.bucket.clone(),
+            prefix.clone(),
+            server.addr().to_string(),
+        ),
+        _ => unreachable!(),
+    };
+    let run_at = |endpoint: Option<&str>, args: &[&str]| {
+        let mut c = env.std_cmd();
+        c.envs(store.env())
+            .env("LIFEBOAT_RETRIES", "0")
+            .env("LIFEBOAT_PASSWORD", OWNER_PW)
+            .args(["--repo", &store.url()])
+            .args(args);
+        if let Some(e) = endpoint {
+            c.env("AWS_ENDPOINT", e);
+        }
+        Out::of(c.output().unwrap())
+    };
+    let before = store.get("config").unwrap();
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            down_at: Some(format!("PUT /{bucket}/{prefix}/config")),
+            ..Faults::default()
+        },
+    );
+    run_at(Some(&proxy.endpoint()), &["repo", "upgrade"])
+        .code(7, "upgrade with the config PUT failing");
+    assert!(!proxy.log().is_empty(), "the store failed where aimed");
+    assert_eq!(
+        store.get("config").unwrap(),
+        before,
+        "a failed upgrade changed the config"
+    );
+    let list = run_at(None, &["list", "--json"])
+        .ok("list after the failed upgrade")
+        .json();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let up = run_at(None, &["repo", "upgrade", "--json"])
+        .ok("upgrade again")
+        .json();
+    assert_eq!(
+        up["features_added"],
+        serde_json::json!(["manifest-2"]),
+        "{up}"
+    );
+    let conf = env.path("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("app.toml"), "a = 1\n").unwrap();
+    run_at(None, &["backup", s(&conf)]).ok("files backup after the upgrade");
+    let v = run_at(None, &["verify", "--all", "--json"])
+        .ok("verify --all")
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+}
