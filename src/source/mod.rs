@@ -1,6 +1,7 @@
 //! Database sources: each kind of database yields a consistent snapshot as a stream of
 //! fixed-size blocks plus the facts `verify` later checks (schema, row counts).
 
+pub mod redact;
 pub mod sqlite;
 
 use crate::error::Result;
