@@ -394,8 +394,9 @@ struct BackupArgs {
     /// Files backups: leave out paths matching this glob, relative to the folder (repeatable).
     #[arg(long = "exclude", value_name = "GLOB")]
     exclude: Vec<String>,
-    /// Files backups: redact the values of keys matching this pattern instead of the default
-    /// secret-looking keys (repeatable; case-insensitive glob over key names).
+    /// Files backups: also redact the values of keys matching this pattern, besides the
+    /// secret-looking keys redacted by default (repeatable; case-insensitive glob over key
+    /// names, e.g. '*_dsn').
     #[arg(
         long = "redact",
         value_name = "KEY_PATTERN",

@@ -303,12 +303,42 @@ fn secrets_are_redacted_listed_and_never_stored() {
     assert!(std::fs::read_to_string(out2.join("config.toml"))
         .unwrap()
         .contains("toml-secret-123"));
+    // --redact adds keys: the defaults stay redacted.
     let v = env.json(&["backup", s(&src), "--redact", "user"]);
     let m = env.json(&["show", v["id"].as_str().unwrap()]);
+    let listed = m["files"]["redacted"].to_string();
     assert!(
-        m["files"]["redacted"].to_string().contains("database.user"),
+        listed.contains("database.user") && listed.contains("database.password"),
         "{m}"
     );
+}
+
+/// A file of a known format that cannot be read well enough to know where its values are
+/// (a Helm template) stops the backup, naming it: it is never stored with its secrets.
+#[test]
+fn a_file_that_cannot_be_redacted_stops_the_backup() {
+    let env = Env::new();
+    let src = env.path("chart");
+    std::fs::create_dir_all(src.join("templates")).unwrap();
+    std::fs::write(
+        src.join("templates/secret.yaml"),
+        "{{- if .Values.enabled }}\napiVersion: v1\nkind: Secret\ndata:\n  password: {{ .Values.pw | quote }}\n{{- end }}\n",
+    )
+    .unwrap();
+    let (code, said) = env.run(&["backup", s(&src)]);
+    assert_eq!(code, 5, "{said}");
+    assert!(
+        said.contains("templates/secret.yaml") && said.contains("--no-redact"),
+        "{said}"
+    );
+    assert!(
+        !env.repo().join("backups").exists() || file_names(&env.repo().join("backups")).is_empty()
+    );
+    // Excluded, the rest is backed up.
+    std::fs::write(src.join("values.yaml"), "password: hunter2\n").unwrap();
+    let v = env.json(&["backup", s(&src), "--exclude", "templates"]);
+    let m = env.json(&["show", v["id"].as_str().unwrap()]);
+    assert_eq!(m["files"]["redacted"][0]["path"], "values.yaml", "{m}");
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub struct FilesOptions {
     /// Globs over paths relative to the backed-up folder (`*.log`, `cache/**`); a folder
     /// that matches is skipped whole.
     pub exclude: Vec<String>,
-    /// Key patterns whose values are redacted; empty means the defaults.
+    /// Key patterns whose values are redacted besides the defaults.
     pub redact: Vec<String>,
     /// Store every file as it is.
     pub no_redact: bool,
@@ -53,12 +53,12 @@ impl FilesSource {
         let exclude = set
             .build()
             .map_err(|e| Error::usage(format!("--exclude patterns: {e}")))?;
+        // `--redact` adds to the defaults: naming one more key must never stop the
+        // passwords from being redacted.
         let redactor = if opts.no_redact {
             None
-        } else if opts.redact.is_empty() {
-            Some(Redactor::new(&Redactor::default_patterns())?)
         } else {
-            Some(Redactor::new(&opts.redact)?)
+            Some(Redactor::new(&patterns(opts))?)
         };
         Ok(FilesSource {
             root: root.to_path_buf(),
@@ -92,13 +92,7 @@ impl Source for FilesSource {
         })?;
         let mut info = walked.info;
         info.excluded = self.opts.exclude.clone();
-        info.redaction = self.redactor.as_ref().map(|_| {
-            if self.opts.redact.is_empty() {
-                Redactor::default_patterns()
-            } else {
-                self.opts.redact.clone()
-            }
-        });
+        info.redaction = self.redactor.as_ref().map(|_| patterns(&self.opts));
         Ok(BackedUp {
             content,
             facts: SourceFacts::Files(info),
@@ -200,6 +194,17 @@ impl FilesSource {
             }
         }
     }
+}
+
+/// The key patterns redacted: the defaults and those given with `--redact`.
+fn patterns(opts: &FilesOptions) -> Vec<String> {
+    let mut all = Redactor::default_patterns();
+    for p in &opts.redact {
+        if !all.contains(p) {
+            all.push(p.clone());
+        }
+    }
+    all
 }
 
 struct CountingReader<'a> {
