@@ -539,3 +539,55 @@ fn kill_during_a_files_backup_leaves_no_backup_and_a_sound_repository() {
     env.json(&["restore", v["id"].as_str().unwrap(), "--output", s(&out)]);
     assert_eq!(listing(&out), listing(&src));
 }
+
+/// Files backups replicate like SQLite backups: the reachability walk follows
+/// tree blobs to file chunks, so a replica restores the folder, and prune keeps what trees
+/// need.
+#[test]
+fn files_backups_replicate_and_survive_prune() {
+    let env = Env::new();
+    let src = env.path("myapp");
+    awkward_folder(&src);
+    let replica = env.path("replica");
+    env.json(&["repo", "init"]);
+    env.json(&["replica", "add", s(&replica)]);
+    let first = env.json(&["backup", s(&src), "--no-redact"]);
+    std::fs::write(src.join("nested/big.bin"), noise(2 << 20, 99)).unwrap();
+    let second = env.json(&["backup", s(&src), "--no-redact"]);
+    assert_eq!(
+        second["replication"][0]["error"],
+        serde_json::Value::Null,
+        "{second}"
+    );
+    // Forget the first backup and prune: the second still restores, from both copies.
+    let f = env.json(&["forget", "--keep-last", "1", "--prune"]);
+    let listed = env.json(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{f}");
+    assert!(
+        num(&f["prune"], "deleted_packs") + num(&f["prune"], "repacked_packs") > 0,
+        "{f}"
+    );
+    env.json(&["sync"]);
+    for repo in [env.repo(), replica.clone()] {
+        let out = env.path(&format!(
+            "out-{}",
+            repo.file_name().unwrap().to_string_lossy()
+        ));
+        env.json(&[
+            "--repo",
+            s(&repo),
+            "restore",
+            second["id"].as_str().unwrap(),
+            "--output",
+            s(&out),
+        ]);
+        assert_eq!(
+            listing(&out),
+            listing(&src),
+            "restored from {}",
+            repo.display()
+        );
+    }
+    let check = env.json(&["repo", "check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+}
