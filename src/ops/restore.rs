@@ -1436,6 +1436,9 @@ impl RestoreTarget for InPlace {
 
 /// Whether `db` looks like a database we may replace (used to word confirmations).
 pub fn describe_target(db: &Path) -> String {
+    if crate::source::duckdb::is_duckdb(db) {
+        return format!("the DuckDB database {}", db.display());
+    }
     match check_is_sqlite(db) {
         Ok(()) => format!("the SQLite database {}", db.display()),
         Err(_) if db.exists() => format!("the file {}", db.display()),
