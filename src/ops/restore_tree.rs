@@ -140,9 +140,17 @@ impl RestoreTarget for FolderTarget {
 
     fn commit(&mut self, m: &Manifest) -> Result<RestoreOutcome> {
         if let Some(staging) = self.staging.take() {
-            // rename(2) does not replace a file, or a folder that is not empty, that appeared
-            // meanwhile.
-            if let Err(e) = std::fs::rename(&staging, &self.output) {
+            // rename(2) of a folder does not replace a file, or a folder that is not empty,
+            // that appeared meanwhile; but rename(2) of a file (or link: a tree whose root is
+            // one) replaces any file, so those are linked into place, as a new image is.
+            let is_dir = std::fs::symlink_metadata(&staging).is_ok_and(|m| m.is_dir());
+            let put = if is_dir {
+                std::fs::rename(&staging, &self.output)
+            } else {
+                std::fs::hard_link(&staging, &self.output)
+                    .and_then(|()| std::fs::remove_file(&staging))
+            };
+            if let Err(e) = put {
                 self.staging = Some(staging);
                 return Err(Error::io("cannot create", &self.output, e));
             }
@@ -226,11 +234,13 @@ impl<'a> TreeWriterFs<'a> {
     /// Where `entry` goes, after checking its path is one a tree can hold.
     fn place(&self, entry: &TreeEntry) -> Result<(Vec<u8>, PathBuf)> {
         let raw = entry.path_bytes()?;
+        // The name shown is the one that would be written (`path_hex` when present), never
+        // the text beside it, which a forged entry may make look harmless.
         let bad = || {
             Error::integrity(format!(
                 "the backup holds a file named '{}', which is not a path inside the folder; \
                  nothing is written outside it",
-                entry.path
+                String::from_utf8_lossy(&raw)
             ))
             .hint("the repository may have been tampered with: run `lifeboat repo check`")
         };
@@ -330,7 +340,10 @@ impl<'a> TreeWriterFs<'a> {
                 entry.path, entry.size
             )));
         }
-        file.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o7777))
+        // Never setuid or setgid: owners are not restored, so the file belongs to whoever
+        // restores it, and a program that ran as its owner (or one an unencrypted repository's
+        // writer chose) would run as root after a restore by root.
+        file.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o1777))
             .ctx("cannot set the mode of", &tmp.path)?;
         file.sync_all().ctx("cannot sync", &tmp.path)?;
         tmp.file = None;

@@ -4,17 +4,23 @@
 //!
 //! Nothing is followed: a symbolic link is stored as a link, and special files (sockets,
 //! FIFOs, devices) are skipped with a warning. A file that changes while it is read is stored
-//! as read; configuration is small and read whole when it is redacted.
+//! as read; configuration is small and read whole when it is redacted. A name replaced while
+//! the walk passes it (a file swapped for a link, a folder for a link to another folder)
+//! stops the backup: every name is looked at and opened relative to its folder's descriptor,
+//! never through a link.
 
 use super::redact::{format_of, Redactor};
 use super::{BackedUp, ContentWriter, Kind, Source, SourceFacts, TreeWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::repo::manifest::{FilesInfo, RedactedFile};
 use crate::repo::tree::{encode_name, EntryKind, TreeEntry};
-use std::fs::Metadata;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Options of a files backup (`--exclude`, `--redact`, `--no-redact`).
 #[derive(Debug, Clone, Default)]
@@ -28,7 +34,9 @@ pub struct FilesOptions {
     pub no_redact: bool,
 }
 
-/// Files larger than this are stored as they are, never redacted (read whole otherwise).
+/// Files of a format that is redacted are read whole; a larger one cannot be redacted and
+/// stops the backup, like any other file that cannot be (storing it as it is would store its
+/// secrets).
 const REDACT_MAX: u64 = 16 << 20;
 
 pub struct FilesSource {
@@ -88,7 +96,7 @@ impl Source for FilesSource {
         let mut walked = Walked::default();
         let content = writer.tree(&mut |tree| {
             walked = Walked::default();
-            self.walk(Path::new(""), tree, &mut walked)
+            self.walk(tree, &mut walked)
         })?;
         let mut info = walked.info;
         info.excluded = self.opts.exclude.clone();
@@ -100,60 +108,141 @@ impl Source for FilesSource {
     }
 }
 
+/// One name the walk has still to add: `name` in the folder `parent` (the current directory
+/// for the root, whose `name` is then its whole path), at `rel` in the tree.
+struct Pending {
+    rel: PathBuf,
+    parent: Option<Arc<OwnedFd>>,
+    name: OsString,
+}
+
+/// Folders are opened `O_NOFOLLOW` and read through their descriptors, and every name is
+/// looked at and opened relative to the descriptor of its folder (`statat`, `openat` with
+/// `O_NOFOLLOW`, `O_NONBLOCK`), and must still be what was looked at (device and inode): a
+/// name swapped for a link (or a FIFO) between the look and the open, or a folder swapped for
+/// a link to another, can never make the backup read a file outside the folder (say
+/// /etc/shadow, when root backs up a folder its application can write) nor hang on a FIFO.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+const FILE_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC);
+
 impl FilesSource {
-    /// Add `rel` (relative to the root; empty for the root) and, for a folder, everything
-    /// under it, in path order.
-    fn walk(&self, rel: &Path, tree: &mut dyn TreeWriter, walked: &mut Walked) -> Result<()> {
-        let full = if rel.as_os_str().is_empty() {
+    /// Add the root and everything under it, in path order (a folder, then its names sorted
+    /// by bytes, each followed by what it holds). Iterative: a folder nested thousands deep
+    /// must not overflow the stack.
+    fn walk(&self, tree: &mut dyn TreeWriter, walked: &mut Walked) -> Result<()> {
+        let mut stack = vec![Pending {
+            rel: PathBuf::new(),
+            parent: None,
+            name: self.root.clone().into_os_string(),
+        }];
+        while let Some(p) = stack.pop() {
+            crate::interrupt::check()?;
+            if let Some((dir, names)) = self.add(&p, tree, walked)? {
+                let dir = Arc::new(dir);
+                for name in names.into_iter().rev() {
+                    let rel = p.rel.join(&name);
+                    if self.excluded(&rel) {
+                        continue;
+                    }
+                    stack.push(Pending {
+                        rel,
+                        parent: Some(dir.clone()),
+                        name,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Add one entry; for a folder, its open descriptor and its names, sorted.
+    fn add(
+        &self,
+        p: &Pending,
+        tree: &mut dyn TreeWriter,
+        walked: &mut Walked,
+    ) -> Result<Option<(OwnedFd, Vec<OsString>)>> {
+        let full = if p.rel.as_os_str().is_empty() {
             self.root.clone()
         } else {
-            self.root.join(rel)
+            self.root.join(&p.rel)
         };
-        let meta = std::fs::symlink_metadata(&full).map_err(|e| unreadable(&full, e))?;
-        let (path, path_hex) = encode_name(rel.as_os_str().as_bytes());
+        let at = p.parent.as_deref().map_or(rustix::fs::CWD, |d| d.as_fd());
+        let name = p.name.as_os_str();
+        let io = |e: rustix::io::Errno| unreadable(&full, std::io::Error::from(e));
+        let st = rustix::fs::statat(at, name, AtFlags::SYMLINK_NOFOLLOW).map_err(io)?;
+        let (path, path_hex) = encode_name(p.rel.as_os_str().as_bytes());
         let mut entry = TreeEntry {
             path,
             path_hex,
             kind: EntryKind::File,
-            mode: meta.mode() & 0o7777,
-            mtime_ns: mtime_ns(&meta),
+            mode: st.st_mode as u32 & 0o7777,
+            mtime_ns: (st.st_mtime as i64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(st.st_mtime_nsec as i64),
             size: 0,
             target: None,
             target_hex: None,
             chunks: Vec::new(),
         };
-        let ft = meta.file_type();
-        if ft.is_symlink() {
-            let target = std::fs::read_link(&full).map_err(|e| unreadable(&full, e))?;
-            let (t, t_hex) = encode_name(target.as_os_str().as_bytes());
+        let ft = FileType::from_raw_mode(st.st_mode as _);
+        // The file opened must be the one looked at: not a link, nor anything else swapped in.
+        let open = |flags: OFlags| -> Result<OwnedFd> {
+            let fd = rustix::fs::openat(at, name, flags, Mode::empty()).map_err(|e| {
+                if matches!(e, Errno::LOOP | Errno::NOTDIR) {
+                    changed(&full)
+                } else {
+                    io(e)
+                }
+            })?;
+            let now = rustix::fs::fstat(&fd).map_err(io)?;
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+                return Err(changed(&full));
+            }
+            Ok(fd)
+        };
+        if ft == FileType::Symlink {
+            // EINVAL: no longer a link.
+            let target = rustix::fs::readlinkat(at, name, Vec::new()).map_err(|e| {
+                if e == Errno::INVAL {
+                    changed(&full)
+                } else {
+                    io(e)
+                }
+            })?;
+            let (t, t_hex) = encode_name(target.as_bytes());
             entry.kind = EntryKind::Symlink;
             entry.target = Some(t);
             entry.target_hex = t_hex;
             walked.info.symlinks += 1;
-            return tree.add(entry, None);
+            tree.add(entry, None)?;
+            return Ok(None);
         }
-        if ft.is_dir() {
+        if ft == FileType::Directory {
+            let dir = open(DIR_FLAGS)?;
             entry.kind = EntryKind::Dir;
             walked.info.dirs += 1;
             tree.add(entry, None)?;
-            let mut names: Vec<_> = std::fs::read_dir(&full)
-                .map_err(|e| unreadable(&full, e))?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<std::io::Result<_>>()
-                .map_err(|e| unreadable(&full, e))?;
-            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-            for name in names {
-                let child = rel.join(&name);
-                if self.excluded(&child) {
-                    continue;
+            let mut names = Vec::new();
+            for e in rustix::fs::Dir::read_from(&dir).map_err(io)? {
+                let e = e.map_err(io)?;
+                let n = e.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    names.push(OsStr::from_bytes(n).to_os_string());
                 }
-                self.walk(&child, tree, walked)?;
             }
-            return Ok(());
+            names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            return Ok(Some((dir, names)));
         }
-        if !ft.is_file() {
+        if ft != FileType::RegularFile {
             tracing::warn!("skipped {}: not a file, folder or link", full.display());
-            return Ok(());
+            return Ok(None);
         }
         walked.info.files += 1;
         let file_name = full
@@ -161,10 +250,19 @@ impl FilesSource {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let format = format_of(&file_name);
-        let mut file = std::fs::File::open(&full).map_err(|e| unreadable(&full, e))?;
+        let mut file = std::fs::File::from(open(FILE_FLAGS)?);
+        let len = file.metadata().ctx("cannot read", &full)?.len();
         match (&self.redactor, format) {
-            (Some(redactor), Some(format)) if meta.len() <= REDACT_MAX => {
-                let mut data = Vec::with_capacity(meta.len() as usize);
+            (Some(_), Some(format)) if len > REDACT_MAX => {
+                return Err(Error::source(format!(
+                    "{} could not be redacted: a {format} file larger than {} MiB is not read",
+                    full.display(),
+                    REDACT_MAX >> 20
+                ))
+                .hint("exclude it (--exclude PATTERN) or store it as it is (--no-redact)"))
+            }
+            (Some(redactor), Some(format)) => {
+                let mut data = Vec::with_capacity(len as usize);
                 std::io::Read::read_to_end(&mut file, &mut data).ctx("cannot read", &full)?;
                 let redaction = redactor.redact(format, &data);
                 if let Some(w) = &redaction.warning {
@@ -181,7 +279,7 @@ impl FilesSource {
                     });
                 }
                 walked.info.bytes += redaction.data.len() as u64;
-                tree.add(entry, Some(&mut redaction.data.as_slice()))
+                tree.add(entry, Some(&mut redaction.data.as_slice()))?;
             }
             _ => {
                 let mut counted = CountingReader {
@@ -190,10 +288,21 @@ impl FilesSource {
                 };
                 tree.add(entry, Some(&mut counted))?;
                 walked.info.bytes += counted.n;
-                Ok(())
             }
         }
+        Ok(None)
     }
+}
+
+/// A name that was replaced (by a link, a FIFO, another file) between the walk's look at it
+/// and its open.
+fn changed(path: &Path) -> Error {
+    Error::source(format!(
+        "{} changed while it was backed up (it was replaced, by a link or another file); \
+         nothing of it was read",
+        path.display()
+    ))
+    .hint("run the backup again when nothing is replacing files in the folder")
 }
 
 /// The key patterns redacted: the defaults and those given with `--redact`.
@@ -218,12 +327,6 @@ impl std::io::Read for CountingReader<'_> {
         self.n += n as u64;
         Ok(n)
     }
-}
-
-fn mtime_ns(meta: &Metadata) -> i64 {
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
 }
 
 fn unreadable(path: &Path, e: std::io::Error) -> Error {

@@ -728,6 +728,16 @@ fn scan_env(src: &str, start: usize, out: &mut Out) -> Scan {
                 while e < le && !(b[e] == b'#' && is_blank(b[e - 1])) {
                     e += 1;
                 }
+                // `KEY=abc\` continues the value on the next line in a shell-sourced file;
+                // redacting only this line would store the rest of it.
+                let escapes = b[pos..e].iter().rev().take_while(|&&c| c == b'\\').count();
+                if e == le && escapes % 2 == 1 {
+                    return Err(at_line(
+                        src,
+                        pos,
+                        "a value continued on the next line with \\",
+                    ));
+                }
                 let e = trim_end_at(b, pos, e);
                 let content = pos..e;
                 pos = le;
