@@ -324,18 +324,21 @@ fn glob(pattern: &[char], text: &str) -> bool {
     pattern[p..].iter().all(|&c| c == '*')
 }
 
-/// `$NAME` or `${NAME}`: a reference to a secret kept elsewhere, not a secret.
+/// `${NAME}`, or `$NAME` in the upper case of environment variables: a reference to a secret
+/// kept elsewhere, not a secret. A bare `$Sup3rSecret` (lower case in it) is taken for the
+/// password it probably is: JSON and TOML expand nothing, so keeping it would store it.
 fn is_reference(v: &str) -> bool {
-    let name = if let Some(r) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
-        r
+    let (name, braced) = if let Some(r) = v.strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        (r, true)
     } else if let Some(r) = v.strip_prefix('$') {
-        r
+        (r, false)
     } else {
         return false;
     };
     let mut cs = name.chars();
     matches!(cs.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && cs.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && (braced || !name.chars().any(|c| c.is_ascii_lowercase()))
 }
 
 impl Redactor {
@@ -515,7 +518,29 @@ impl<'r> Out<'r> {
     fn secret(&self, key: &str) -> bool {
         self.redactor.is_secret_key(key)
     }
+    /// How a redacted value is listed: under the outermost secret key of its path, so that
+    /// the keys of a mapping under a secret key (`api_tokens: {"sk-live-…": "ci"}`), which
+    /// may be secrets themselves, never reach the manifest.
+    fn listed_as<'p>(&self, path: &'p str) -> &'p str {
+        let mut end = 0;
+        for (i, c) in path
+            .char_indices()
+            .chain(std::iter::once((path.len(), '.')))
+        {
+            if c != '.' && c != '[' {
+                continue;
+            }
+            let segment = &path[end..i];
+            let segment = segment.trim_start_matches('.');
+            if !segment.is_empty() && !segment.ends_with(']') && self.secret(segment) {
+                return &path[..i];
+            }
+            end = i;
+        }
+        path
+    }
     fn report(&mut self, path: &str) {
+        let path = self.listed_as(path);
         let path = if path.is_empty() { "(root)" } else { path };
         if !self.keys.iter().any(|(_, k)| k == path) {
             let at = self.edits.last().map_or(0, |e| e.range.start);
@@ -2662,8 +2687,7 @@ motto = "ünïcödé ✓"
         "servers[0].token",
         "servers[1].token",
         "servers[1].api.api_key",
-        "credentials.user",
-        "credentials.pin",
+        "credentials",
         "tls.private_key",
         "tls.escaped",
     ];
@@ -2822,9 +2846,7 @@ deploy:
         "services.worker.environment.SMTP_PASSWORD",
         "deploy.servers[0].token",
         "deploy.servers[1].token",
-        "deploy.credentials.username",
-        "deploy.credentials.keys[0]",
-        "deploy.credentials.keys[1]",
+        "deploy.credentials",
         "deploy.tls.private_key",
         "deploy.smtp.password",
         "deploy.admin_pwd",
@@ -2913,9 +2935,7 @@ deploy:
         "database.password",
         "servers[0].token",
         "servers[1].token",
-        "auth.provider",
-        "auth.client_id",
-        "auth.clientSecret",
+        "auth",
         "apiKey",
         "sentry_dsn",
         "mongo",
@@ -2991,7 +3011,7 @@ skip-ssl
     const APP_INI_KEYS: &[&str] = &[
         "database.password",
         "database.dsn",
-        "secrets.signing",
+        "secrets",
         "smtp.Password",
     ];
 
@@ -3207,25 +3227,25 @@ skip-ssl
                 Format::Yaml,
                 "credentials:\n  user: svc-1\n  nested:\n    - a-2\n    - {b: b-3}\nhost: h\n",
                 "credentials:\n  user: REDACTED-BY-LIFEBOAT\n  nested:\n    - REDACTED-BY-LIFEBOAT\n    - {b: REDACTED-BY-LIFEBOAT}\nhost: h\n",
-                &["credentials.user", "credentials.nested[0]", "credentials.nested[1].b"],
+                &["credentials"],
             ),
             (
                 Format::Toml,
                 "[credentials]\nuser = \"svc-1\"\nlist = [\"a-2\", 3]\n[credentials.more]\nb = \"b-3\"\n[other]\nhost = \"h\"\n",
                 "[credentials]\nuser = \"REDACTED-BY-LIFEBOAT\"\nlist = [\"REDACTED-BY-LIFEBOAT\", \"REDACTED-BY-LIFEBOAT\"]\n[credentials.more]\nb = \"REDACTED-BY-LIFEBOAT\"\n[other]\nhost = \"h\"\n",
-                &["credentials.user", "credentials.list[0]", "credentials.list[1]", "credentials.more.b"],
+                &["credentials"],
             ),
             (
                 Format::Json,
                 r#"{"credentials": {"user": "svc-1", "n": [{"b": "b-3"}, 2]}, "host": "h"}"#,
                 r#"{"credentials": {"user": "REDACTED-BY-LIFEBOAT", "n": [{"b": "REDACTED-BY-LIFEBOAT"}, "REDACTED-BY-LIFEBOAT"]}, "host": "h"}"#,
-                &["credentials.user", "credentials.n[0].b", "credentials.n[1]"],
+                &["credentials"],
             ),
             (
                 Format::Ini,
                 "[credentials]\nuser = svc-1\n[other]\nhost = h\n",
                 "[credentials]\nuser = REDACTED-BY-LIFEBOAT\n[other]\nhost = h\n",
-                &["credentials.user"],
+                &["credentials"],
             ),
         ];
         for (format, input, want, paths) in cases {
