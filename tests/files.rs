@@ -551,7 +551,7 @@ fn files_backups_replicate_and_survive_prune() {
     let replica = env.path("replica");
     env.json(&["repo", "init"]);
     env.json(&["replica", "add", s(&replica)]);
-    let first = env.json(&["backup", s(&src), "--no-redact"]);
+    env.json(&["backup", s(&src), "--no-redact"]);
     std::fs::write(src.join("nested/big.bin"), noise(2 << 20, 99)).unwrap();
     let second = env.json(&["backup", s(&src), "--no-redact"]);
     assert_eq!(
