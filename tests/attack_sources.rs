@@ -914,7 +914,6 @@ fn removing_a_feature_from_an_encrypted_config_is_refused() {
 /// link) and then writes its files by path, so a swap between the check and the write puts
 /// files (and their temporary files) elsewhere.
 #[test]
-#[ignore = "finding: restore --yes writes by path after checking the folders; a folder swapped for a link meanwhile is followed (needs openat-relative writes, as the files walk now does)"]
 fn a_folder_swapped_for_a_link_during_a_restore_is_not_followed() {
     const N: usize = 200;
     let env = Env::new();

@@ -166,7 +166,7 @@ fn config_with_secrets(root: &Path) -> Vec<&'static str> {
     .unwrap();
     std::fs::write(
         root.join("k8s/values.yaml"),
-        "# helm values\nimage: app:1.2\nauth:\n  api_token: yaml-secret-abc\n  user: admin\n",
+        "# helm values\nimage: app:1.2\nupstream:\n  api_token: yaml-secret-abc\n  user: admin\n",
     )
     .unwrap();
     std::fs::write(
@@ -258,7 +258,7 @@ fn secrets_are_redacted_listed_and_never_stored() {
         "{m}"
     );
     assert!(
-        redacted["k8s/values.yaml"].contains(&"auth.api_token".to_string()),
+        redacted["k8s/values.yaml"].contains(&"upstream.api_token".to_string()),
         "{m}"
     );
     assert!(

@@ -19,9 +19,12 @@ use crate::repo::index::Index;
 use crate::repo::manifest::{Content, Manifest};
 use crate::repo::tree::{decode_node, EntryKind, TreeEntry};
 use crate::repo::{FrameCache, Repository};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -187,15 +190,30 @@ fn staging_beside(target: &Path) -> Result<PathBuf> {
     )))
 }
 
+/// A folder of the tree being restored, held open: every name inside it is created,
+/// replaced and timed relative to this descriptor, so a folder swapped for a link meanwhile
+/// (by someone who can write the target) cannot send a file elsewhere.
+struct OpenDir {
+    rel: Vec<u8>,
+    fd: OwnedFd,
+    mode: u32,
+    mtime_ns: i64,
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 struct TreeWriterFs<'a> {
     repo: &'a Repository,
     index: &'a Index,
     root: PathBuf,
     cache: FrameCache,
-    /// Folders of the tree restored so far (relative paths): an entry's parent must be one.
-    dirs: HashSet<Vec<u8>>,
-    /// Folders whose mode and time are set last (writing into a folder changes its time).
-    dir_times: Vec<(PathBuf, u32, i64)>,
+    /// The folders from the root to the last one entered. Entries come in path order (a
+    /// folder, then what it holds), so an entry's parent is on this stack, and a folder is
+    /// complete (its mode and time can be set) when it is popped.
+    open: Vec<OpenDir>,
     root_is_file: bool,
 }
 
@@ -206,8 +224,7 @@ impl<'a> TreeWriterFs<'a> {
             index,
             root,
             cache: FrameCache::default(),
-            dirs: HashSet::new(),
-            dir_times: Vec::new(),
+            open: Vec::new(),
             root_is_file: false,
         }
     }
@@ -231,26 +248,66 @@ impl<'a> TreeWriterFs<'a> {
         Ok(())
     }
 
-    /// Where `entry` goes, after checking its path is one a tree can hold.
-    fn place(&self, entry: &TreeEntry) -> Result<(Vec<u8>, PathBuf)> {
-        let raw = entry.path_bytes()?;
+    fn shown(&self, raw: &[u8]) -> PathBuf {
+        if raw.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(OsStr::from_bytes(raw))
+        }
+    }
+
+    /// The open folder an entry goes in and its name there, after checking its path is one
+    /// a tree can hold: `path_inside` the folders restored so far, its parent being the
+    /// folder entered last or one above it.
+    fn place(&mut self, raw: &[u8]) -> Result<(usize, Vec<u8>)> {
         // The name shown is the one that would be written (`path_hex` when present), never
         // the text beside it, which a forged entry may make look harmless.
         let bad = || {
             Error::integrity(format!(
                 "the backup holds a file named '{}', which is not a path inside the folder; \
                  nothing is written outside it",
-                String::from_utf8_lossy(&raw)
+                String::from_utf8_lossy(raw)
             ))
             .hint("the repository may have been tampered with: run `lifeboat repo check`")
         };
-        if raw.is_empty() {
-            return Ok((raw, self.root.clone()));
-        }
-        if self.root_is_file || !path_inside(&raw, &self.dirs) {
+        if self.root_is_file {
             return Err(bad());
         }
-        Ok((raw.clone(), self.root.join(OsStr::from_bytes(&raw))))
+        let (parent, name) = match raw.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&raw[..i], &raw[i + 1..]),
+            None => (&b""[..], raw),
+        };
+        let dirs: HashSet<Vec<u8>> = [parent.to_vec()].into_iter().collect();
+        if !path_inside(raw, &dirs) {
+            return Err(bad());
+        }
+        while self.open.last().is_some_and(|d| d.rel != parent) {
+            self.close_dir()?;
+        }
+        if self.open.is_empty() {
+            return Err(bad());
+        }
+        Ok((self.open.len() - 1, name.to_vec()))
+    }
+
+    /// Set the mode and time of the folder entered last, now complete, and close it.
+    fn close_dir(&mut self) -> Result<()> {
+        if let Some(d) = self.open.pop() {
+            let path = self.shown(&d.rel);
+            rustix::fs::fchmod(&d.fd, Mode::from_raw_mode(d.mode & 0o7777))
+                .map_err(|e| Error::io("cannot set the mode of", &path, e.into()))?;
+            rustix::fs::futimens(&d.fd, &timestamps(d.mtime_ns))
+                .map_err(|e| Error::io("cannot set the time of", &path, e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Close every folder still open, the root last.
+    fn finish_dirs(&mut self) -> Result<()> {
+        while !self.open.is_empty() {
+            self.close_dir()?;
+        }
+        Ok(())
     }
 
     fn restore_entry(
@@ -259,12 +316,24 @@ impl<'a> TreeWriterFs<'a> {
         out: &mut TreeRestored,
         progress: &Progress,
     ) -> Result<()> {
-        let (raw, path) = self.place(entry)?;
-        let existing = std::fs::symlink_metadata(&path).ok();
+        let raw = entry.path_bytes()?;
+        if raw.is_empty() {
+            return self.restore_root(entry, out, progress);
+        }
+        let (at, name) = self.place(&raw)?;
+        let path = self.shown(&raw);
+        let name = OsStr::from_bytes(&name);
+        let dir = &self.open[at].fd;
+        let existing = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(FileType::from_raw_mode(st.st_mode as _)),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(Error::io("cannot read", &path, e.into())),
+        };
+        let is_dir = existing == Some(FileType::Directory);
         match entry.kind {
             EntryKind::Dir => {
                 match existing {
-                    Some(meta) if meta.is_dir() => {}
+                    Some(_) if is_dir => {}
                     Some(_) => {
                         return Err(Error::usage(format!(
                             "{} exists and is not a folder",
@@ -272,41 +341,52 @@ impl<'a> TreeWriterFs<'a> {
                         ))
                         .hint("move it away, or restore to a new folder"))
                     }
-                    None => crate::storage::local::create_private_dir(&path)?,
+                    None => rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))
+                        .map_err(|e| Error::io("cannot create", &path, e.into()))?,
                 }
-                self.dirs.insert(raw);
-                self.dir_times.push((path, entry.mode, entry.mtime_ns));
+                let fd = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| Error::io("cannot open", &path, e.into()))?;
+                self.open.push(OpenDir {
+                    rel: raw,
+                    fd,
+                    mode: entry.mode,
+                    mtime_ns: entry.mtime_ns,
+                });
                 out.dirs += 1;
             }
             EntryKind::Symlink => {
                 let target = entry.target_bytes()?.ok_or_else(|| {
                     Error::integrity(format!("link {} has no target", entry.path))
                 })?;
-                if let Some(meta) = existing {
-                    if meta.is_dir() {
-                        return Err(Error::usage(format!(
-                            "{} exists and is a folder",
-                            path.display()
-                        )));
-                    }
-                    std::fs::remove_file(&path).ctx("cannot replace", &path)?;
-                }
-                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
-                    .ctx("cannot create link", &path)?;
-                set_times(&path, entry.mtime_ns, false)?;
-                out.symlinks += 1;
-            }
-            EntryKind::File => {
-                if raw.is_empty() {
-                    self.root_is_file = true;
-                }
-                if existing.as_ref().is_some_and(|m| m.is_dir()) {
+                if is_dir {
                     return Err(Error::usage(format!(
                         "{} exists and is a folder",
                         path.display()
                     )));
                 }
-                let written = self.write_file(entry, &path, progress)?;
+                if existing.is_some() {
+                    rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                        .map_err(|e| Error::io("cannot replace", &path, e.into()))?;
+                }
+                rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, name)
+                    .map_err(|e| Error::io("cannot create link", &path, e.into()))?;
+                rustix::fs::utimensat(
+                    dir,
+                    name,
+                    &timestamps(entry.mtime_ns),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| Error::io("cannot set the time of", &path, e.into()))?;
+                out.symlinks += 1;
+            }
+            EntryKind::File => {
+                if is_dir {
+                    return Err(Error::usage(format!(
+                        "{} exists and is a folder",
+                        path.display()
+                    )));
+                }
+                let written = self.write_file_at(at, name, entry, &path, progress)?;
                 out.files += 1;
                 out.bytes += written;
             }
@@ -314,54 +394,168 @@ impl<'a> TreeWriterFs<'a> {
         Ok(())
     }
 
-    /// Write a file's chunks to a temporary name beside it, then rename it into place.
+    /// The tree's root: a folder (created here, or the existing target with `--yes`), or the
+    /// single file of a one-file backup.
+    fn restore_root(
+        &mut self,
+        entry: &TreeEntry,
+        out: &mut TreeRestored,
+        progress: &Progress,
+    ) -> Result<()> {
+        if !self.open.is_empty() || self.root_is_file {
+            return Err(Error::integrity(
+                "the backup names the root of its tree twice",
+            ));
+        }
+        let root = self.root.clone();
+        match entry.kind {
+            EntryKind::Dir => {
+                if std::fs::symlink_metadata(&root).is_err() {
+                    crate::storage::local::create_private_dir(&root)?;
+                }
+                let fd = rustix::fs::openat(rustix::fs::CWD, &root, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| match e {
+                        Errno::LOOP | Errno::NOTDIR => Error::usage(format!(
+                            "{} is not a folder (or is a link to one)",
+                            root.display()
+                        ))
+                        .hint("restore to a new folder"),
+                        e => Error::io("cannot open", &root, e.into()),
+                    })?;
+                self.open.push(OpenDir {
+                    rel: Vec::new(),
+                    fd,
+                    mode: entry.mode,
+                    mtime_ns: entry.mtime_ns,
+                });
+                out.dirs += 1;
+            }
+            EntryKind::File => {
+                self.root_is_file = true;
+                let written = self.write_file(entry, &root, progress)?;
+                out.files += 1;
+                out.bytes += written;
+            }
+            EntryKind::Symlink => {
+                // A backup of a link alone: the link, never what it points to.
+                self.root_is_file = true;
+                let target = entry.target_bytes()?.ok_or_else(|| {
+                    Error::integrity(format!("link {} has no target", root.display()))
+                })?;
+                if std::fs::symlink_metadata(&root).is_ok() {
+                    std::fs::remove_file(&root).ctx("cannot replace", &root)?;
+                }
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &root)
+                    .ctx("cannot create link", &root)?;
+                rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    &root,
+                    &timestamps(entry.mtime_ns),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| Error::io("cannot set the time of", &root, e.into()))?;
+                out.symlinks += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write a file's chunks to a new temporary name in the open folder `at`, then rename
+    /// it over `name` there.
+    fn write_file_at(
+        &mut self,
+        at: usize,
+        name: &OsStr,
+        entry: &TreeEntry,
+        path: &Path,
+        progress: &Progress,
+    ) -> Result<u64> {
+        let tmp_name = format!(".lifeboat-{:016x}.tmp", rand::random::<u64>());
+        let dir = self.open[at].fd.try_clone().ctx("cannot open", path)?;
+        let flags = OFlags::WRONLY
+            .union(OFlags::CREATE)
+            .union(OFlags::EXCL)
+            .union(OFlags::NOFOLLOW)
+            .union(OFlags::CLOEXEC);
+        let fd = rustix::fs::openat(&dir, tmp_name.as_str(), flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| Error::io("cannot create a file beside", path, e.into()))?;
+        let mut file = std::fs::File::from(fd);
+        let written = self.fill(&mut file, entry, path, progress).and_then(|n| {
+            finish_file(&file, entry, path)?;
+            rustix::fs::renameat(&dir, tmp_name.as_str(), &dir, name)
+                .map_err(|e| Error::io("cannot create", path, e.into()))?;
+            Ok(n)
+        });
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(&dir, tmp_name.as_str(), AtFlags::empty());
+        }
+        written
+    }
+
+    /// Write a one-file tree to a temporary file beside `path`, then rename it there.
     fn write_file(&mut self, entry: &TreeEntry, path: &Path, progress: &Progress) -> Result<u64> {
         let mut tmp = crate::ops::restore::TempFile::beside(path)?;
-        let file = tmp
+        let mut file = tmp
             .file
-            .as_mut()
+            .take()
             .ok_or_else(|| Error::internal("temp file closed"))?;
+        let written = self.fill(&mut file, entry, path, progress)?;
+        finish_file(&file, entry, path)?;
+        drop(file);
+        std::fs::rename(&tmp.path, path).map_err(|e| Error::io("cannot create", path, e))?;
+        tmp.keep();
+        Ok(written)
+    }
+
+    /// A file's chunks, each checked against its id, written to `file`; its size checked.
+    fn fill(
+        &mut self,
+        file: &mut std::fs::File,
+        entry: &TreeEntry,
+        path: &Path,
+        progress: &Progress,
+    ) -> Result<u64> {
         let mut written = 0u64;
-        {
-            let mut w = std::io::BufWriter::new(&mut *file);
-            for id in entry.chunk_ids()? {
-                let chunk = self
-                    .repo
-                    .read_blob_cached(self.index, &id, &mut self.cache)?;
-                w.write_all(&chunk).ctx("cannot write", &tmp.path)?;
-                written += chunk.len() as u64;
-                progress.inc(chunk.len() as u64);
-            }
-            w.flush().ctx("cannot write", &tmp.path)?;
+        let mut w = std::io::BufWriter::new(&mut *file);
+        for id in entry.chunk_ids()? {
+            let chunk = self
+                .repo
+                .read_blob_cached(self.index, &id, &mut self.cache)?;
+            w.write_all(&chunk).ctx("cannot write", path)?;
+            written += chunk.len() as u64;
+            progress.inc(chunk.len() as u64);
         }
+        w.flush().ctx("cannot write", path)?;
         if written != entry.size {
             return Err(Error::integrity(format!(
                 "{} restores to {written} bytes but the backup recorded {}",
                 entry.path, entry.size
             )));
         }
-        // Never setuid or setgid: owners are not restored, so the file belongs to whoever
-        // restores it, and a program that ran as its owner (or one an unencrypted repository's
-        // writer chose) would run as root after a restore by root.
-        file.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o1777))
-            .ctx("cannot set the mode of", &tmp.path)?;
-        file.sync_all().ctx("cannot sync", &tmp.path)?;
-        tmp.file = None;
-        set_times(&tmp.path, entry.mtime_ns, true)?;
-        std::fs::rename(&tmp.path, path).map_err(|e| Error::io("cannot create", path, e))?;
-        tmp.keep();
         Ok(written)
     }
+}
 
-    /// Modes and times of folders, deepest first (setting them earlier would be undone by
-    /// writing their files; a read-only folder would refuse its files).
-    fn finish_dirs(&mut self) -> Result<()> {
-        for (path, mode, mtime) in self.dir_times.drain(..).rev() {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777))
-                .ctx("cannot set the mode of", &path)?;
-            set_times(&path, mtime, true)?;
-        }
-        Ok(())
+/// Mode, durability and time of a written file. Never setuid or setgid: owners are not
+/// restored, so the file belongs to whoever restores it, and a program that ran as its owner
+/// (or one an unencrypted repository's writer chose) would run as root after a restore by
+/// root.
+fn finish_file(file: &std::fs::File, entry: &TreeEntry, path: &Path) -> Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(entry.mode & 0o1777))
+        .ctx("cannot set the mode of", path)?;
+    file.sync_all().ctx("cannot sync", path)?;
+    rustix::fs::futimens(file, &timestamps(entry.mtime_ns))
+        .map_err(|e| Error::io("cannot set the time of", path, e.into()))
+}
+
+fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
+    let ts = rustix::fs::Timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000),
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
+    };
+    rustix::fs::Timestamps {
+        last_access: ts,
+        last_modification: ts,
     }
 }
 
@@ -383,30 +577,6 @@ fn path_inside(raw: &[u8], dirs: &HashSet<Vec<u8>>) -> bool {
     let parent = &raw[..raw.len() - parts[parts.len() - 1].len()];
     let parent = parent.strip_suffix(b"/").unwrap_or(parent);
     dirs.contains(parent)
-}
-
-/// Set the modification time (and access time, to the same) without following a link.
-fn set_times(path: &Path, mtime_ns: i64, follow: bool) -> Result<()> {
-    let ts = rustix::fs::Timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000),
-        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _,
-    };
-    let times = rustix::fs::Timestamps {
-        last_access: ts,
-        last_modification: ts,
-    };
-    let flags = if follow {
-        rustix::fs::AtFlags::empty()
-    } else {
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW
-    };
-    rustix::fs::utimensat(rustix::fs::CWD, path, &times, flags).map_err(|e| {
-        Error::io(
-            "cannot set the time of",
-            path,
-            std::io::Error::from_raw_os_error(e.raw_os_error()),
-        )
-    })
 }
 
 #[cfg(test)]

@@ -22,8 +22,11 @@ pub enum EntryKind {
     Symlink,
 }
 
-/// A file, folder or symbolic link of a tree.
+/// A file, folder or symbolic link of a tree. Unknown fields are refused: a newer Lifeboat
+/// that adds one referring to blobs must not have this one prune them (the tree blob then
+/// reads as unreadable, which stops prune).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TreeEntry {
     /// Relative to the tree's root, `/`-separated; `""` is the root itself (a backup of a
     /// single file has only that entry). A name that is not UTF-8 is in `path_hex` (raw
@@ -86,6 +89,7 @@ fn decode_name(text: &str, hex: Option<&str>) -> Result<Vec<u8>> {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Node {
     entries: Vec<TreeEntry>,
 }
@@ -138,6 +142,14 @@ mod tests {
         let back = decode_node(&data, &Hash([0; 32])).unwrap();
         assert_eq!(back[0].path_bytes().unwrap(), raw);
         assert_eq!(encode_name("ünï\ncode".as_bytes()).1, None);
+    }
+
+    #[test]
+    fn fields_of_a_newer_lifeboat_are_refused() {
+        let newer = br#"{"entries": [{"path": "a", "kind": "file", "mode": 420, "mtime_ns": 0, "extents": ["ab"]}]}"#;
+        assert!(decode_node(newer, &Hash([0; 32])).is_err());
+        let newer = br#"{"entries": [], "overflow": ["ab"]}"#;
+        assert!(decode_node(newer, &Hash([0; 32])).is_err());
     }
 
     #[test]
