@@ -826,7 +826,7 @@ fn print_backup(
     println!("  {:<12} {}", m.source.kind, describe_content(m));
     if let Some(f) = &m.files {
         for r in &f.redacted {
-            println!("  redacted     {}: {}", r.path, r.keys.join(", "));
+            println!("  redacted     {}", redacted_line(r));
         }
     }
     println!(
@@ -922,9 +922,9 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
                 m.source.kind.clone(),
                 bytes(m.logical_bytes()),
                 bytes(m.stored.new_stored_bytes),
-                tags.join(","),
-                m.source.path.clone(),
-                m.description.clone().unwrap_or_default(),
+                printable(&tags.join(",")),
+                printable(&m.source.path),
+                printable(m.description.as_deref().unwrap_or_default()),
             ]);
             row
         })
@@ -970,6 +970,30 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
         repo.location()
     );
     Ok(0)
+}
+
+/// A text from the repository or from file names as a terminal shows it: control
+/// characters (a newline in a file name, an escape sequence planted in a repository) are
+/// written as escapes, never acted on.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// "config.toml: database.password, database.dsn".
+fn redacted_line(r: &lifeboat::repo::manifest::RedactedFile) -> String {
+    let keys: Vec<String> = r.keys.iter().map(|k| printable(k)).collect();
+    format!("{}: {}", printable(&r.path), keys.join(", "))
 }
 
 /// "1 backup", "2 backups".
@@ -1087,10 +1111,10 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
         println!("checked      {v} (at backup time)");
     }
     if let Some(d) = &m.description {
-        println!("description  {d}");
+        println!("description  {}", printable(d));
     }
     if !m.tags.is_empty() {
-        println!("tags         {}", m.tags.join(", "));
+        println!("tags         {}", printable(&m.tags.join(", ")));
     }
     if let Some(run) = &m.run {
         println!("run          {run}");
@@ -1124,7 +1148,7 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
             println!("excluded     {}", f.excluded.join(", "));
         }
         for r in &f.redacted {
-            println!("  redacted   {}: {}", r.path, r.keys.join(", "));
+            println!("  redacted   {}", redacted_line(r));
         }
     }
     let s = &m.stored;
@@ -1389,7 +1413,7 @@ fn print_restored(m: &Manifest, out: &restore::RestoreOutcome) {
         if !t.redacted.is_empty() {
             println!("secrets were redacted at backup time; fill these in before use:");
             for r in &t.redacted {
-                println!("  {}: {}", r.path, r.keys.join(", "));
+                println!("  {}", redacted_line(r));
             }
         }
         return;
