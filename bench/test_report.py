@@ -14,6 +14,8 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report  # noqa: E402
+import report_config  # noqa: E402
+import report_duckdb  # noqa: E402
 import report_retention  # noqa: E402
 import report_s3  # noqa: E402
 
@@ -106,6 +108,54 @@ class S3Report(unittest.TestCase):
     def test_restore_verdicts(self):
         self.assertEqual(verdict(run(report_s3, self.rows(GOOD)), "restore time"), "PASS")
         self.assertEqual(verdict(run(report_s3, self.rows(BAD)), "restore time"), "FAIL")
+
+
+class DuckdbReport(unittest.TestCase):
+    def rows(self, a_bytes="40", full_note="json: ...", restore_note=GOOD):
+        D, L = report_duckdb.DIY, report_duckdb.LIFEBOAT
+        return [
+            ("full backup", L, "9", "1000", "1000", full_note),
+            ("full backup", D, "10", "1000", "1000", ""),
+            ("change (a)", report_duckdb.CHANGED, "", "30", "", ""),
+            ("second backup (a)", L, "1", a_bytes, "1000", ""),
+            ("second backup (a)", D, "10", "1000", "1000", ""),
+            ("second backup (b)", L, "3", "400", "1000", ""),
+            ("second backup (b)", D, "10", "1000", "1000", ""),
+            ("restore", D, "2", "", "1000", GOOD),
+            ("restore", L, "2", "", "1000", restore_note),
+        ]
+
+    def test_verdicts(self):
+        good = run(report_duckdb, self.rows())
+        self.assertEqual(verdict(good, "full backup time"), "PASS", good)
+        self.assertEqual(verdict(good, "second backup (a)"), "PASS", good)
+        self.assertIn("0.40x a new compressed copy", good)
+        over = run(report_duckdb, self.rows(a_bytes="60"))
+        self.assertEqual(verdict(over, "second backup (a)"), "MISS", over)
+
+    def test_a_failed_step_fails(self):
+        out = run(report_duckdb, self.rows(full_note="FAILED: exit 2 (see x.err)"))
+        self.assertEqual(verdict(out, "full backup time"), "FAIL", out)
+        out = run(report_duckdb, self.rows(restore_note=BAD))
+        self.assertIn("[FAIL] restore", out)
+
+
+class ConfigReport(unittest.TestCase):
+    def rows(self, second_bytes="0", restore_note=GOOD):
+        L = report_config.LIFEBOAT
+        return [
+            ("full backup", L, "0.3", "1000", "1000", ""),
+            ("second backup", L, "0.2", second_bytes, "1000", "json: ...; repo grew 3000 B"),
+            ("restore", L, "0.5", "", "1000", restore_note),
+        ]
+
+    def test_verdicts(self):
+        good = run(report_config, self.rows())
+        for target in ("full backup time", "restore time", "unchanged second backup"):
+            self.assertEqual(verdict(good, target), "PASS", good)
+        self.assertIn("3,000 B", good)
+        self.assertEqual(verdict(run(report_config, self.rows("20000")), "unchanged second backup"), "MISS")
+        self.assertEqual(verdict(run(report_config, self.rows(restore_note=BAD)), "restore time"), "FAIL")
 
 
 class RetentionReport(unittest.TestCase):
