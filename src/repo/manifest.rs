@@ -248,7 +248,9 @@ impl Manifest {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let fail = |e: serde_json::Error| Error::internal(format!("cannot encode manifest: {e}"));
         if self.format >= 2 {
-            return serde_json::to_vec_pretty(self).map_err(fail);
+            // Compact: a files backup lists every redacted key, and a manifest is stored
+            // whole by every backup, however little else changed.
+            return serde_json::to_vec(self).map_err(fail);
         }
         if self.source.kind != "sqlite" || !matches!(self.content, Content::Pages { .. }) {
             return Err(Error::internal(
