@@ -105,30 +105,30 @@ fn a_writer_holding_the_file_is_refused_with_the_way_that_works() {
     let env = env_with_cli();
     let db = env.path("app.duckdb");
     make_duckdb(&db, 1000);
-    // A real writer: the DuckDB CLI with the database open read-write, waiting on stdin.
+    // A real writer: the DuckDB CLI with the database open read-write, waiting on stdin. It
+    // says "ready" once its commit is done: from then on it holds the file (probing for the
+    // lock with read-only opens instead races the writer's own open, which then fails).
     let mut writer = Command::new(cli())
         .arg(&db)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start a writer");
-    {
-        use std::io::Write;
+    // Kept open until the writer exits: a closed pipe would kill it early (SIGPIPE).
+    let mut said = {
+        use std::io::{BufRead, Write};
         let stdin = writer.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "INSERT INTO events VALUES (-1, 0, 'held');").expect("write");
+        writeln!(
+            stdin,
+            "INSERT INTO events VALUES (-1, 0, 'held'); SELECT 'writer-' || 'ready' AS r;"
+        )
+        .expect("write");
         stdin.flush().expect("flush");
-    }
-    // The writer has the lock once a read-only open fails.
-    let locked = wait_until(std::time::Duration::from_secs(20), || {
-        !Command::new(cli())
-            .args(["-readonly", s(&db), "-c", "SELECT 1"])
-            .output()
-            .expect("probe")
-            .status
-            .success()
-    });
-    assert!(locked, "the writer never took the lock");
+        std::io::BufReader::new(writer.stdout.take().expect("stdout")).lines()
+    };
+    let ready = said.any(|l| l.is_ok_and(|l| l.contains("writer-ready")));
+    assert!(ready, "the writer exited before it held the file");
     let out = Out::of(
         env.std_cmd()
             .env("LIFEBOAT_DUCKDB", cli())
@@ -148,6 +148,7 @@ fn a_writer_holding_the_file_is_refused_with_the_way_that_works() {
     );
     // Once the writer closes, the backup works and holds its last commit.
     drop(writer.stdin.take());
+    said.for_each(drop);
     writer.wait().expect("writer exits");
     let v = lb_json(&env, &["backup", s(&db)]);
     let m = lb_json(&env, &["show", v["id"].as_str().unwrap()]);

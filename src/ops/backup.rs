@@ -477,8 +477,8 @@ impl ContentWriter for Writer<'_> {
 
 /// Content-defined chunks of files and streams (FastCDC): at least 64 KiB, 256 KiB on
 /// average, at most 1 MiB. A config file is one chunk; a large file changed in one place
-/// stores about one new chunk. Frames group chunks by 1 MiB either way, so small chunks cost
-/// only index entries (~50 bytes each); see docs/FORMAT.md for the measurements.
+/// stores about one new chunk. Measured (examples/cdc_sizes.rs, docs/PERFORMANCE.md): as
+/// little stored for a local change as 64 KiB chunks, with a quarter of the index entries.
 pub const CDC_MIN: u32 = 64 << 10;
 pub const CDC_AVG: u32 = 256 << 10;
 pub const CDC_MAX: u32 = 1 << 20;
