@@ -591,3 +591,39 @@ fn files_backups_replicate_and_survive_prune() {
     let check = env.json(&["repo", "check", "--read-data"]);
     assert_eq!(check["ok"], true, "{check}");
 }
+
+/// A file whose name usually holds secrets, in a format Lifeboat does not redact, is stored
+/// as it is and named in a warning (and the warning goes once it is excluded).
+#[test]
+fn unredacted_credential_files_are_named_in_a_warning() {
+    let env = Env::new();
+    let src = env.path("home");
+    std::fs::create_dir_all(src.join("certs")).unwrap();
+    std::fs::write(
+        src.join(".npmrc"),
+        "//registry.npmjs.org/:_authToken=npm_secret\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("certs/server.key"),
+        "-----BEGIN PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("app.toml"), "port = 1\n").unwrap();
+    let v = env.json(&["backup", s(&src)]);
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains(".npmrc") && warnings.contains("certs/server.key"),
+        "{v}"
+    );
+    assert!(!warnings.contains("app.toml"), "{v}");
+    let v = env.json(&[
+        "backup",
+        s(&src),
+        "--exclude",
+        ".npmrc",
+        "--exclude",
+        "certs",
+    ]);
+    assert_eq!(v["warnings"], serde_json::json!([]), "{v}");
+}

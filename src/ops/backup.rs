@@ -202,8 +202,9 @@ fn backup_marked(
         packs: Vec::new(),
         counts: Counts::default(),
     };
-    let backed = source.back_up(&mut writer)?;
+    let mut backed = source.back_up(&mut writer)?;
     drop(source);
+    warnings.append(&mut backed.warnings);
     let Writer { packs, counts, .. } = writer;
     tracing::info!(elapsed = ?started.elapsed(), new = counts.new_blobs, "content read and stored");
 

@@ -1094,6 +1094,7 @@ impl Source for DuckdbSource {
         Ok(BackedUp {
             content: stored.content,
             facts: SourceFacts::Duckdb(info),
+            warnings: Vec::new(),
         })
     }
 }

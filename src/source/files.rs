@@ -85,6 +85,44 @@ impl FilesSource {
 #[derive(Default)]
 struct Walked {
     info: FilesInfo,
+    /// Files stored as they are whose names say they usually hold secrets.
+    unredacted: Vec<String>,
+}
+
+/// File names that usually hold secrets in a format Lifeboat does not redact: each one
+/// stored is named in a warning, so that it is excluded if it should be.
+const CREDENTIAL_FILES: &[&str] = &[
+    ".npmrc",
+    ".pypirc",
+    ".netrc",
+    ".pgpass",
+    ".htpasswd",
+    ".git-credentials",
+    "credentials",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "*.jks",
+    "*.keystore",
+    "id_rsa",
+    "id_ed25519",
+    "id_ecdsa",
+    "*.properties",
+    "*secret*",
+    "*password*",
+    "*token*",
+];
+
+fn looks_like_credentials(file_name: &str) -> bool {
+    let name = file_name.to_ascii_lowercase();
+    CREDENTIAL_FILES
+        .iter()
+        .any(|p| match (p.strip_prefix('*'), p.strip_suffix('*')) {
+            (Some(rest), _) if rest.ends_with('*') => name.contains(&rest[..rest.len() - 1]),
+            (Some(suffix), _) => name.ends_with(suffix),
+            (None, _) => name == *p,
+        })
 }
 
 impl Source for FilesSource {
@@ -101,9 +139,49 @@ impl Source for FilesSource {
         let mut info = walked.info;
         info.excluded = self.opts.exclude.clone();
         info.redaction = self.redactor.as_ref().map(|_| patterns(&self.opts));
+        let mut warnings = Vec::new();
+        if !walked.unredacted.is_empty() {
+            let shown: Vec<&str> = walked
+                .unredacted
+                .iter()
+                .take(5)
+                .map(String::as_str)
+                .collect();
+            warnings.push(format!(
+                "{} stored as {} (a format Lifeboat does not redact, with a name that usually \
+                 holds secrets): {}{}; exclude {} with --exclude if {} secrets",
+                if walked.unredacted.len() == 1 {
+                    "1 file"
+                } else {
+                    "files"
+                },
+                if walked.unredacted.len() == 1 {
+                    "it is"
+                } else {
+                    "they are"
+                },
+                shown.join(", "),
+                if walked.unredacted.len() > 5 {
+                    format!(" and {} more", walked.unredacted.len() - 5)
+                } else {
+                    String::new()
+                },
+                if walked.unredacted.len() == 1 {
+                    "it"
+                } else {
+                    "them"
+                },
+                if walked.unredacted.len() == 1 {
+                    "it holds"
+                } else {
+                    "they hold"
+                },
+            ));
+        }
         Ok(BackedUp {
             content,
             facts: SourceFacts::Files(info),
+            warnings,
         })
     }
 }
@@ -250,6 +328,9 @@ impl FilesSource {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let format = format_of(&file_name);
+        if self.redactor.is_some() && format.is_none() && looks_like_credentials(&file_name) {
+            walked.unredacted.push(p.rel.display().to_string());
+        }
         let mut file = std::fs::File::from(open(FILE_FLAGS)?);
         let len = file.metadata().ctx("cannot read", &full)?.len();
         match (&self.redactor, format) {
@@ -332,4 +413,33 @@ impl std::io::Read for CountingReader<'_> {
 fn unreadable(path: &Path, e: std::io::Error) -> Error {
     super::unreadable(path, "cannot read", e)
         .hint("check the permissions for the user running lifeboat, or --exclude that path")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_file_names() {
+        for yes in [
+            ".npmrc",
+            "server.pem",
+            "tls.KEY",
+            "id_rsa",
+            "db-password.txt",
+            "app.properties",
+            "credentials",
+        ] {
+            assert!(looks_like_credentials(yes), "{yes}");
+        }
+        for no in [
+            "nginx.conf",
+            "README.md",
+            "keys.txt",
+            "credentials.md5",
+            "app.log",
+        ] {
+            assert!(!looks_like_credentials(no), "{no}");
+        }
+    }
 }

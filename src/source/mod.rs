@@ -57,6 +57,8 @@ pub enum SourceFacts {
 pub struct BackedUp {
     pub content: Content,
     pub facts: SourceFacts,
+    /// What the user should know about this backup (printed as warnings).
+    pub warnings: Vec<String>,
 }
 
 /// An image as stored: its content and its SHA-256.

@@ -192,6 +192,7 @@ impl Source for SqliteSource {
         Ok(BackedUp {
             content: image.content,
             facts: SourceFacts::Sqlite(info),
+            warnings: Vec::new(),
         })
     }
 }
