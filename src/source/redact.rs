@@ -565,6 +565,13 @@ impl<'r> Out<'r> {
         self.edit(range, text);
         self.report(path);
     }
+    /// A comment line (`range` after its `#` or `;`) of a line-based format: the secret
+    /// `name=value` pairs and URL passwords in it, as a commented-out assignment holds them.
+    /// Prose around them is kept; `key: value` is not read (prose uses colons).
+    fn comment(&mut self, src: &str, range: Range<usize>) {
+        let path = format!("(comment, line {})", line_of(src, range.start));
+        self.scan_value(&path, &Mapped::verbatim(src, range));
+    }
     /// A value under a non-secret key: its URL passwords and secret `name=value` pairs.
     fn scan_value(&mut self, path: &str, m: &Mapped) {
         let found = self.redactor.inline_secrets(&m.text);
@@ -670,7 +677,12 @@ fn scan_env(src: &str, start: usize, out: &mut Out) -> Scan {
             continue;
         }
         if b[pos] == b'#' {
-            pos = past_eol(b, line_end(b, pos));
+            // A commented-out assignment (`# DB_PASSWORD=old`) is a secret kept "for
+            // reference": its secret `name=value` pairs and URL passwords are redacted, the
+            // rest of the comment kept.
+            let le = line_end(b, pos);
+            out.comment(src, pos + 1..le);
+            pos = past_eol(b, le);
             continue;
         }
         if src[pos..].starts_with("export") && b.get(pos + 6).is_some_and(|&c| is_blank(c)) {
@@ -832,6 +844,7 @@ fn scan_ini(src: &str, start: usize, out: &mut Out) -> Scan {
         }
         current = None;
         if line.starts_with('#') || line.starts_with(';') {
+            out.comment(src, cs + 1..ce);
             continue;
         }
         if line.starts_with('[') {
@@ -3425,6 +3438,32 @@ development:
             assert!(w.contains("line ") || w.contains("UTF-8"), "{w}");
             assert!(!w.contains("Leak"), "the warning quotes the file: {w}");
         }
+    }
+
+    #[test]
+    fn commented_out_assignments_lose_their_secrets_and_keep_their_prose() {
+        let (out, keys) = run(
+            &defaults(),
+            Format::Env,
+            "# DB_PASSWORD=old-s3cret kept for reference\nA=1\n#  see https://u:pw-9@h/x\n",
+            &["old-s3cret", "pw-9"],
+        );
+        assert_eq!(
+            out,
+            "# DB_PASSWORD=REDACTED-BY-LIFEBOAT kept for reference\nA=1\n#  see https://u:REDACTED-BY-LIFEBOAT@h/x\n"
+        );
+        assert_eq!(keys, ["(comment, line 1)", "(comment, line 3)"]);
+        let (out, _) = run(
+            &defaults(),
+            Format::Ini,
+            "; password=ini-old\n[a]\nb = 1\n",
+            &["ini-old"],
+        );
+        assert_eq!(out, "; password=REDACTED-BY-LIFEBOAT\n[a]\nb = 1\n");
+        // Prose is left alone, colons included.
+        let prose = "# the password: rotate it monthly\nA=1\n";
+        let (out, keys) = run(&defaults(), Format::Env, prose, &[]);
+        assert_eq!((out.as_str(), keys.len()), (prose, 0));
     }
 
     #[test]
