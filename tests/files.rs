@@ -119,6 +119,14 @@ fn a_single_file_and_kind_override() {
     let out = env.path("app.db.restored");
     env.json(&["restore", v["id"].as_str().unwrap(), "--output", s(&out)]);
     assert_eq!(sha256_file(&out), sha256_file(&db));
+    // A file named like a database that is not one is refused, unless --kind files says to
+    // keep it as it is.
+    let notes = env.path("notes.db");
+    std::fs::write(&notes, "not a database\n").unwrap();
+    let (code, said) = env.run(&["backup", s(&notes)]);
+    assert_eq!(code, 5, "{said}");
+    let v = env.json(&["backup", s(&notes), "--kind", "files"]);
+    assert_eq!(v["kind"], "files", "{v}");
 }
 
 #[test]

@@ -157,9 +157,13 @@ fn backup_marked(
         )
         .hint("back up with the default check here, and run `lifeboat verify --identity FILE` where the identity is"));
     }
+    // The kind given (`--kind`) is never second-guessed from the file's header.
+    let kind = match opts.kind {
+        Some(k) => k,
+        None => crate::source::detect(&opts.database)?,
+    };
     let source_path = absolute(&opts.database)?;
-    let mut source = crate::source::open(&source_path, opts.kind, &opts.files)?;
-    let kind = source.kind();
+    let mut source = crate::source::open(&source_path, kind, &opts.files)?;
     let format = repo.manifest_format();
     if format < 2 && kind != Kind::Sqlite {
         return Err(Error::usage(format!(
@@ -311,10 +315,7 @@ impl Writer<'_> {
         front: impl FnOnce(Sender<RawFrame>) -> Result<(T, Counts)>,
     ) -> Result<T> {
         let repo = self.repo;
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(1, 8);
+        let workers = worker_threads();
         let compression = self.compression;
         let pack_size = repo.config.pack_target();
         let staging = self.staging.as_path();
@@ -373,10 +374,7 @@ impl ContentWriter for Writer<'_> {
         let len = snap.len();
         progress.start("backup", len);
         let summary = self.pipeline(move |raw_tx| {
-            let workers = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .clamp(1, 8);
+            let workers = worker_threads();
             std::thread::scope(|s| {
                 // Blob ids are computed by a pool (BLAKE3 per page is the costliest per-page
                 // step after SHA-256), then put back in order for dedup and the lists.
@@ -387,11 +385,12 @@ impl ContentWriter for Writer<'_> {
                     let rx = chunk_rx.clone();
                     let tx = hashed_tx.clone();
                     let hasher = hasher.clone();
-                    s.spawn(move || hash_blocks(hasher, block, cut, rx, tx));
+                    s.spawn(move || hash_blocks(hasher, block, rx, tx));
                 }
                 drop((chunk_rx, hashed_tx));
                 let collector = s.spawn(move || {
-                    collect_blocks(index, hasher, block, hashed_rx, raw_tx, spare_tx, progress)
+                    let to = (raw_tx, spare_tx);
+                    collect_blocks(index, hasher, block, cut, hashed_rx, to, progress)
                 });
                 let read = read_image(snap, chunk_tx, spare_rx);
                 let collected = collector
@@ -474,6 +473,14 @@ impl ContentWriter for Writer<'_> {
         progress.finish();
         Ok(content)
     }
+}
+
+/// Threads per pool of a backup (compressors, hashers): one per core, 1 to 8.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8)
 }
 
 /// Content-defined chunks of files and streams (FastCDC): at least 64 KiB, 256 KiB on
@@ -657,23 +664,16 @@ fn read_image(
     Ok(sha.finish_hex())
 }
 
-/// The blobs of a chunk of the image: pages (the chunk holds whole pages), or blocks (the
-/// last may be shorter).
-fn blobs_of(data: &[u8], block: usize, cut: Cut) -> std::slice::Chunks<'_, u8> {
-    let _ = cut; // whole pages are checked by `collect_blocks`, which knows the kind
-    data.chunks(block)
-}
-
-/// Stage 2 (a pool): the BLAKE3 id of every blob.
+/// Stage 2 (a pool): the BLAKE3 id of every blob of a chunk: blocks of `block` bytes, the
+/// last one shorter if the chunk ends mid-block (`collect_blocks` refuses that for pages).
 fn hash_blocks(
     hasher: BlobHasher,
     block: usize,
-    cut: Cut,
     rx: Receiver<(u64, Vec<u8>)>,
     tx: Sender<HashedChunk>,
 ) {
     for (seq, data) in rx {
-        let ids = blobs_of(&data, block, cut).map(|p| hasher.id(p)).collect();
+        let ids = data.chunks(block).map(|p| hasher.id(p)).collect();
         if tx.send(HashedChunk { seq, data, ids }).is_err() {
             return;
         }
@@ -681,16 +681,17 @@ fn hash_blocks(
 }
 
 /// Stage 3: in image order, decide which blobs are new, group them into frames, and build
-/// the lists of ids.
+/// the lists of ids. `to`: where frames of new blobs go, and where read buffers go back.
 fn collect_blocks(
     index: &Index,
     hasher: BlobHasher,
     block: usize,
+    cut: Cut,
     rx: Receiver<HashedChunk>,
-    tx: Sender<RawFrame>,
-    spare: Sender<Vec<u8>>,
+    to: (Sender<RawFrame>, Sender<Vec<u8>>),
     progress: &Progress,
 ) -> Result<ReadSummary> {
+    let (tx, spare) = to;
     let mut sum = ReadSummary::default();
     let mut sink = Sink::new(index, hasher, tx);
     let mut list: Vec<u8> = Vec::with_capacity(IDS_PER_LIST * 32);
@@ -707,6 +708,14 @@ fn collect_blocks(
         waiting.insert(hashed.seq, hashed);
         while let Some(chunk) = waiting.remove(&next) {
             next += 1;
+            // Content `pages` promises blocks of one size: a source that hands over part of
+            // a page is a bug, caught before it becomes a backup that cannot restore.
+            if cut == Cut::Pages && chunk.data.len() % block != 0 {
+                return Err(Error::internal(format!(
+                    "the source handed over {} bytes, not whole pages of {block}",
+                    chunk.data.len()
+                )));
+            }
             for (blob, id) in chunk.data.chunks(block).zip(&chunk.ids) {
                 sum.blobs += 1;
                 sum.bytes += blob.len() as u64;
@@ -913,7 +922,9 @@ pub(crate) fn check_written(
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    crate::source::detect(p)?; // a clear error for a missing source
-    p.canonicalize()
-        .map_err(|e| Error::io("cannot resolve", p, e))
+    p.canonicalize().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::not_found(format!("{} does not exist", p.display()))
+            .hint("check the path; `lifeboat demo` creates a sample database to try"),
+        _ => crate::source::unreadable(p, "cannot resolve", e),
+    })
 }

@@ -100,16 +100,8 @@ pub trait Source {
     fn back_up(&mut self, writer: &mut dyn ContentWriter) -> Result<BackedUp>;
 }
 
-/// Open the source at `path` (kind given, or found by `detect`).
-pub fn open(
-    path: &Path,
-    kind: Option<Kind>,
-    files: &files::FilesOptions,
-) -> Result<Box<dyn Source>> {
-    let kind = match kind {
-        Some(k) => k,
-        None => detect(path)?,
-    };
+/// Open the source at `path` as a source of `kind` (given, or found by `detect`).
+pub fn open(path: &Path, kind: Kind, files: &files::FilesOptions) -> Result<Box<dyn Source>> {
     Ok(match kind {
         Kind::Sqlite => Box::new(sqlite::SqliteSource::new(path)?),
         Kind::Duckdb => Box::new(duckdb::DuckdbSource::new(path)?),
