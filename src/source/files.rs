@@ -137,45 +137,21 @@ impl Source for FilesSource {
             self.walk(tree, &mut walked)
         })?;
         let mut info = walked.info;
+        // What the tree stored (after redaction), as the engine counted it.
+        info.bytes = content.logical_bytes();
         info.excluded = self.opts.exclude.clone();
         info.redaction = self.redactor.as_ref().map(|_| patterns(&self.opts));
         let mut warnings = Vec::new();
-        if !walked.unredacted.is_empty() {
-            let shown: Vec<&str> = walked
-                .unredacted
-                .iter()
-                .take(5)
-                .map(String::as_str)
-                .collect();
+        let unredacted = &walked.unredacted;
+        if !unredacted.is_empty() {
+            let more = match unredacted.len() {
+                n if n > 5 => format!(" and {} more", n - 5),
+                _ => String::new(),
+            };
             warnings.push(format!(
-                "{} stored as {} (a format Lifeboat does not redact, with a name that usually \
-                 holds secrets): {}{}; exclude {} with --exclude if {} secrets",
-                if walked.unredacted.len() == 1 {
-                    "1 file"
-                } else {
-                    "files"
-                },
-                if walked.unredacted.len() == 1 {
-                    "it is"
-                } else {
-                    "they are"
-                },
-                shown.join(", "),
-                if walked.unredacted.len() > 5 {
-                    format!(" and {} more", walked.unredacted.len() - 5)
-                } else {
-                    String::new()
-                },
-                if walked.unredacted.len() == 1 {
-                    "it"
-                } else {
-                    "them"
-                },
-                if walked.unredacted.len() == 1 {
-                    "it holds"
-                } else {
-                    "they hold"
-                },
+                "stored as they are, in a format Lifeboat does not redact, though their names \
+                 usually hold secrets: {}{more}; --exclude those that hold secrets",
+                unredacted[..unredacted.len().min(5)].join(", ")
             ));
         }
         Ok(BackedUp {
@@ -333,43 +309,33 @@ impl FilesSource {
         }
         let mut file = std::fs::File::from(open(FILE_FLAGS)?);
         let len = file.metadata().ctx("cannot read", &full)?.len();
+        let unredactable = |why: String| {
+            Error::source(format!("{} could not be redacted: {why}", full.display()))
+                .hint("exclude it (--exclude PATTERN) or store it as it is (--no-redact)")
+        };
         match (&self.redactor, format) {
             (Some(_), Some(format)) if len > REDACT_MAX => {
-                return Err(Error::source(format!(
-                    "{} could not be redacted: a {format} file larger than {} MiB is not read",
-                    full.display(),
+                return Err(unredactable(format!(
+                    "a {format} file larger than {} MiB is not read",
                     REDACT_MAX >> 20
-                ))
-                .hint("exclude it (--exclude PATTERN) or store it as it is (--no-redact)"))
+                )))
             }
             (Some(redactor), Some(format)) => {
                 let mut data = Vec::with_capacity(len as usize);
                 std::io::Read::read_to_end(&mut file, &mut data).ctx("cannot read", &full)?;
                 let redaction = redactor.redact(format, &data);
-                if let Some(w) = &redaction.warning {
-                    return Err(Error::source(format!(
-                        "{} could not be redacted: {w}",
-                        full.display()
-                    ))
-                    .hint("exclude it (--exclude PATTERN) or store it as it is (--no-redact)"));
+                if let Some(w) = redaction.warning {
+                    return Err(unredactable(w));
                 }
                 if !redaction.keys.is_empty() {
                     walked.info.redacted.push(RedactedFile {
                         path: entry.path.clone(),
-                        keys: redaction.keys.clone(),
+                        keys: redaction.keys,
                     });
                 }
-                walked.info.bytes += redaction.data.len() as u64;
                 tree.add(entry, Some(&mut redaction.data.as_slice()))?;
             }
-            _ => {
-                let mut counted = CountingReader {
-                    inner: &mut file,
-                    n: 0,
-                };
-                tree.add(entry, Some(&mut counted))?;
-                walked.info.bytes += counted.n;
-            }
+            _ => tree.add(entry, Some(&mut file))?,
         }
         Ok(None)
     }
@@ -395,19 +361,6 @@ fn patterns(opts: &FilesOptions) -> Vec<String> {
         }
     }
     all
-}
-
-struct CountingReader<'a> {
-    inner: &'a mut std::fs::File,
-    n: u64,
-}
-
-impl std::io::Read for CountingReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
 }
 
 fn unreadable(path: &Path, e: std::io::Error) -> Error {
