@@ -21,7 +21,6 @@ use crate::repo::tree::{decode_node, EntryKind, TreeEntry};
 use crate::repo::{FrameCache, Repository};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -273,19 +272,16 @@ impl<'a> TreeWriterFs<'a> {
         if self.root_is_file {
             return Err(bad());
         }
+        if !path_inside(raw, |parent| self.open.iter().any(|d| d.rel == parent)) {
+            return Err(bad());
+        }
         let (parent, name) = match raw.iter().rposition(|&b| b == b'/') {
             Some(i) => (&raw[..i], &raw[i + 1..]),
             None => (&b""[..], raw),
         };
-        let dirs: HashSet<Vec<u8>> = [parent.to_vec()].into_iter().collect();
-        if !path_inside(raw, &dirs) {
-            return Err(bad());
-        }
+        // Folders entered since the parent are complete: entries come in path order.
         while self.open.last().is_some_and(|d| d.rel != parent) {
             self.close_dir()?;
-        }
-        if self.open.is_empty() {
-            return Err(bad());
         }
         Ok((self.open.len() - 1, name.to_vec()))
     }
@@ -573,7 +569,7 @@ fn timestamps(mtime_ns: i64) -> rustix::fs::Timestamps {
 /// empty, `.` or `..` component, no NUL, and its parent is a folder of the tree already
 /// restored (so nothing is reached through a link, or through a folder the tree does not
 /// hold).
-fn path_inside(raw: &[u8], dirs: &HashSet<Vec<u8>>) -> bool {
+fn path_inside(raw: &[u8], is_dir: impl Fn(&[u8]) -> bool) -> bool {
     if raw.starts_with(b"/") || raw.contains(&0) {
         return false;
     }
@@ -586,12 +582,13 @@ fn path_inside(raw: &[u8], dirs: &HashSet<Vec<u8>>) -> bool {
     }
     let parent = &raw[..raw.len() - parts[parts.len() - 1].len()];
     let parent = parent.strip_suffix(b"/").unwrap_or(parent);
-    dirs.contains(parent)
+    is_dir(parent)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn only_paths_inside_restored_folders_are_written() {
@@ -605,7 +602,11 @@ mod tests {
             b"etc/app/..hidden",
             b"caf\xe9",
         ] {
-            assert!(path_inside(ok, &dirs), "{}", String::from_utf8_lossy(ok));
+            assert!(
+                path_inside(ok, |p| dirs.contains(p)),
+                "{}",
+                String::from_utf8_lossy(ok)
+            );
         }
         for bad in [
             &b"../escape"[..],
@@ -619,7 +620,11 @@ mod tests {
             b"link/passwd",
             b"etc/missing/x",
         ] {
-            assert!(!path_inside(bad, &dirs), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                !path_inside(bad, |p| dirs.contains(p)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }
