@@ -765,9 +765,12 @@ fn print_backups(
         count(done.outcomes.len(), "backup", "backups")
     );
     for out in &done.outcomes {
-        print_backup(ctx, repo, out, level, &[], done.took, &None);
+        // Each its own time; the run's whole time is the last line.
+        let took = std::time::Duration::from_millis(out.manifest.duration_ms);
+        print_backup(ctx, repo, out, level, &[], took, &None);
     }
     print_replication(&done.replication);
+    println!("run took {:.2} s", done.took.as_secs_f64());
 }
 
 /// One line per replica brought up to date after a backup.
