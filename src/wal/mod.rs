@@ -1,3 +1,4 @@
 //! Continuous shipping of SQLite commits and point-in-time restore: `frames` reads a live
-//! `-wal` file.
+//! `-wal` file, `streams` finds what replication stored.
 pub mod frames;
+pub mod streams;
