@@ -71,7 +71,8 @@ pub fn load(repo: &Repository, backups: &[Manifest]) -> Result<Vec<Stream>> {
     }
     let mut out: Vec<Stream> = streams.into_values().collect();
     for s in &mut out {
-        s.bases.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        s.bases
+            .sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
     }
     Ok(out)
 }
