@@ -655,12 +655,14 @@ impl<'a> Replicator<'a> {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
                     let holds = match &pos {
                         Some(p) => me.wal.holds(p)?,
-                        None => me.wal.header()?.is_none(),
+                        None => false,
                     };
                     if holds {
                         me.pos = pos;
+                        // Commits made while Lifeboat was away are seen only now.
                         me.unseen_since = Some(last_ns);
                         me.read_new_commits()?;
+                        me.unseen_since = None;
                     }
                     Ok(holds)
                 })?;
@@ -795,6 +797,10 @@ impl<'a> Replicator<'a> {
         })?;
         if too_much {
             return Ok(None);
+        }
+        if changed.is_empty() && u64::from(pages) == map.len() as u64 {
+            // Nothing changed while Lifeboat was away: no gap to record.
+            return Ok(Some(0));
         }
         let bytes = data.len() as u64;
         let time = now_ns();
@@ -1308,10 +1314,12 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
     let (pos, last_ns, prev, next_seq) = match after.last() {
         Some(last) => {
             let (seg, hash) = segment::read(repo, repo.storage(), last)?;
-            let ends_whole = seg.header.commits.last().is_some_and(|c| !c.continues);
-            let Some(pos) = seg.header.wal.filter(|_| ends_whole) else {
+            if seg.header.commits.last().is_none_or(|c| c.continues) {
+                // Stopped in the middle of a large transaction: its parts cannot be finished.
                 return Ok(Start::New);
-            };
+            }
+            // No position: the database had no WAL then; a resume compares pages.
+            let pos = seg.header.wal.unwrap_or(WalPos::none());
             (pos, seg.last_ns(), Some(hash), last.seq + 1)
         }
         None => {
