@@ -2508,7 +2508,8 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
     if ctx.json {
         println!(
             "{}",
-            json!({ "targets": report.targets, "error": failure.as_ref().map(error_json) })
+            json!({ "targets": report.targets, "replicating": report.replicating,
+                    "error": failure.as_ref().map(error_json) })
         );
         return finish(ctx, failure);
     }
@@ -2557,6 +2558,16 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
         if let Some(e) = &t.error {
             println!("  UNREACHABLE: {e}");
         }
+    }
+    for r in &report.replicating {
+        println!(
+            "replicating {} (pid {}, stream {}): lag {:.1} s, newest commit shipped {}",
+            printable(&r.source),
+            r.pid,
+            r.stream,
+            r.lag_s,
+            r.last_shipped.as_deref().unwrap_or("none yet")
+        );
     }
     finish(ctx, failure)
 }

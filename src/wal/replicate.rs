@@ -323,6 +323,8 @@ struct Shipped {
     last_ns: AtomicI64,
     /// Page bytes handed over and not yet stored.
     in_flight: AtomicUsize,
+    /// First commit time (ns) of each segment handed over and not yet stored, oldest first.
+    queued: Mutex<std::collections::VecDeque<i64>>,
     failed: Mutex<Option<Error>>,
 }
 
@@ -352,8 +354,9 @@ struct Replicator<'a> {
     opts: &'a ReplicateOptions,
     identity: (u64, u64),
     wal: WalFile,
-    /// Where closed segments go (the shipper thread).
+    /// Where closed segments go (the shipper thread), and what it reports back.
     tx: Sender<Outgoing>,
+    shipped: Arc<Shipped>,
     /// A new stream replaced one that had bases: the first base's new bytes count as
     /// shipped again.
     reship_base: bool,
@@ -411,9 +414,11 @@ impl<'a> Replicator<'a> {
         } else {
             plan_start(repo, db, opts)?
         };
-        let shipped = Shipped::default();
-        let (tx, rx) = bounded::<Outgoing>(64);
-        let mut r = Replicator::open(repo, db, opts, tx)?;
+        let shipped = Arc::new(Shipped::default());
+        // A few segments in flight at most: memory stays bounded (about 6 × TARGET_DATA) while a
+        // target is slow; beyond that the loop waits, and commits wait in the WAL.
+        let (tx, rx) = bounded::<Outgoing>(6);
+        let mut r = Replicator::open(repo, db, opts, tx, shipped.clone())?;
         let prev = match &plan {
             Start::Resume { prev, .. } | Start::CatchUp { prev, .. } => *prev,
             Start::New => None,
@@ -445,6 +450,7 @@ impl<'a> Replicator<'a> {
         db: &Path,
         opts: &'a ReplicateOptions,
         tx: Sender<Outgoing>,
+        shipped: Arc<Shipped>,
     ) -> Result<Self> {
         let db_file = Arc::new(File::open(db).ctx("cannot open", db)?);
         let meta = db_file.metadata().ctx("cannot stat", db)?;
@@ -478,6 +484,7 @@ impl<'a> Replicator<'a> {
             identity: (meta.dev(), meta.ino()),
             wal: WalFile::new(db),
             tx,
+            shipped,
             reship_base: false,
             pins,
             pinned: 0,
@@ -837,7 +844,7 @@ impl<'a> Replicator<'a> {
     fn observe(&mut self) -> Result<()> {
         // While too much waits to be stored (a target that is down), commits stay in the
         // WAL, which the pin keeps: nothing is lost, they are read once the targets catch up.
-        if self.pending_bytes > 4 * TARGET_DATA {
+        if self.pending_bytes + self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA {
             return Ok(());
         }
         let spare = 1 - self.pinned;
@@ -1007,6 +1014,14 @@ impl<'a> Replicator<'a> {
                 data,
             };
             self.next_seq += 1;
+            self.shipped
+                .in_flight
+                .fetch_add(segment.data.len(), Ordering::SeqCst);
+            self.shipped
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(segment.first_ns());
             if self.tx.send(Outgoing { segment }).is_err() {
                 return Err(Error::internal("the shipper stopped"));
             }
@@ -1187,7 +1202,6 @@ fn ship_loop(
     let mut replica_down = vec![false; targets.len()];
     for Outgoing { mut segment } in rx {
         let data_len = segment.data.len();
-        shipped.in_flight.fetch_add(data_len, Ordering::SeqCst);
         if segment.header.seq == 0 {
             prev = None;
         }
@@ -1268,6 +1282,11 @@ fn ship_loop(
             .fetch_add(sealed.len() as u64, Ordering::SeqCst);
         shipped.last_ns.store(segment.last_ns(), Ordering::SeqCst);
         shipped.in_flight.fetch_sub(data_len, Ordering::SeqCst);
+        shipped
+            .queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
     }
     Ok(())
 }
