@@ -111,6 +111,14 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
             break;
         }
         let expected = link.next_seq + i as u64;
+        if s.seq + 1 == expected {
+            return Err(Error::integrity(format!(
+                "stream {} (database {path}) has two segments numbered {}: two processes \
+                 shipped it",
+                stream.id, s.seq
+            ))
+            .hint("run `lifeboat repo check`; restore to a moment before that segment"));
+        }
         if s.seq != expected {
             return Err(Error::integrity(format!(
                 "segment {expected} of stream {} (database {path}) is missing: commits after \
