@@ -137,6 +137,45 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
     })
 }
 
+/// The segments that base `m` is the starting point for: from its `next_seq` up to the
+/// next base of its stream (or the stream's end), checked to be contiguous.
+pub fn plan_span(repo: &Repository, m: &Manifest) -> Result<Option<Plan>> {
+    let Some(link) = &m.wal else {
+        return Ok(None);
+    };
+    let backups = repo.list_backups()?;
+    let all = streams::load(repo, &backups)?;
+    let Some(stream) = all.iter().find(|s| s.id == link.stream) else {
+        return Ok(None);
+    };
+    let until = stream
+        .bases
+        .iter()
+        .filter_map(|b| b.wal.as_ref().map(|w| w.next_seq))
+        .filter(|&n| n > link.next_seq)
+        .min();
+    let mut segments = Vec::new();
+    for (i, s) in stream.segments_from(link.next_seq).iter().enumerate() {
+        if until.is_some_and(|u| s.seq >= u) {
+            break;
+        }
+        let expected = link.next_seq + i as u64;
+        if s.seq != expected {
+            return Err(Error::integrity(format!(
+                "stream {}: segment {expected} is missing or doubled (found {})",
+                stream.id, s.seq
+            )));
+        }
+        segments.push(s.clone());
+    }
+    Ok(Some(Plan {
+        base: m.clone(),
+        stream: stream.id.clone(),
+        segments,
+        at: At::Latest,
+    }))
+}
+
 /// What applying a plan did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Applied {
