@@ -858,7 +858,7 @@ fn repositories_before_replication_upgrade_for_it() {
         for (k, v) in &vars {
             child.env(k, v);
         }
-        let mut child = child
+        let child = child
             .args(["replicate", s(&db), "--json", "--interval", "200ms"])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
