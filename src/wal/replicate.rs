@@ -1430,6 +1430,8 @@ fn plan_catch_up(repo: &Repository, db: &Path, stream_id: &str) -> Result<Option
 /// Wakes the loop when the `-wal` file is written (inotify), or after a timeout.
 struct Watch {
     fd: Option<std::os::fd::OwnedFd>,
+    wal: PathBuf,
+    watching_wal: std::cell::Cell<bool>,
 }
 
 impl Watch {
@@ -1437,19 +1439,28 @@ impl Watch {
         use rustix::fs::inotify;
         let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).ok();
         if let Some(fd) = &fd {
-            // The folder too: the `-wal` file may not exist yet, or be created again.
+            // The folder, for the `-wal` file's creation (it may not exist yet).
             let dir = db
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let _ = inotify::add_watch(
-                fd,
-                dir,
-                inotify::WatchFlags::CREATE | inotify::WatchFlags::MODIFY,
-            );
-            let _ = inotify::add_watch(fd, wal, inotify::WatchFlags::MODIFY);
+            let _ = inotify::add_watch(fd, dir, inotify::WatchFlags::CREATE);
         }
-        Watch { fd }
+        let w = Watch {
+            fd,
+            wal: wal.to_path_buf(),
+            watching_wal: std::cell::Cell::new(false),
+        };
+        w.watch_wal();
+        w
+    }
+
+    fn watch_wal(&self) {
+        use rustix::fs::inotify;
+        if let (Some(fd), false) = (&self.fd, self.watching_wal.get()) {
+            let ok = inotify::add_watch(fd, &self.wal, inotify::WatchFlags::MODIFY).is_ok();
+            self.watching_wal.set(ok);
+        }
     }
 
     fn wait(&self, timeout: Duration) {
@@ -1458,6 +1469,7 @@ impl Watch {
             std::thread::sleep(timeout);
             return;
         };
+        self.watch_wal();
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
