@@ -1056,11 +1056,11 @@ impl<'a> Replicator<'a> {
         if self.last_checkpoint.elapsed() < Duration::from_millis(250)
             || self.pending_bytes > 4 * TARGET_DATA
             || shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
-            || self.wal.size()? < threshold
+            // Frames of this generation read so far (the file itself never shrinks).
+            || self.pos.map_or(0, |p| p.offset) < threshold
         {
             return Ok(());
         }
-        self.last_checkpoint = Instant::now();
         let started = Instant::now();
         let done = self.with_gate(|me| {
             // Only when every commit has been read already: the write lock is held for
@@ -1075,22 +1075,33 @@ impl<'a> Replicator<'a> {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     });
             pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+            me.last_checkpoint = Instant::now();
             Ok(r.ok())
         })?;
         tracing::debug!(?done, took = ?started.elapsed(), "checkpoint");
         Ok(())
     }
 
-    /// Whether the WAL holds no commit after `pos` (under the write lock: none can come).
+    /// Under the write lock (no commit can come): read the commits after `pos` if they are
+    /// few (the few milliseconds since the last look), and say whether every commit is read
+    /// now. Many, or a new WAL generation: false, the caller tries again after `observe`.
     fn at_end(&mut self) -> Result<bool> {
-        Ok(match self.pos {
-            None => self.wal.header()?.is_none(),
-            Some(pos) => match self.wal.scan(&pos)? {
-                Scan::Continues { commits, .. } => commits.is_empty(),
-                Scan::NoHeader => true,
-                Scan::Restarted(_) => false,
-            },
-        })
+        let Some(pos) = self.pos else {
+            return Ok(self.wal.header()?.is_none());
+        };
+        match self.wal.scan(&pos)? {
+            Scan::Continues { commits, .. } if commits.is_empty() => Ok(true),
+            Scan::Continues { commits, .. } => {
+                let bytes: u64 = commits.iter().map(|c| c.end - c.start).sum();
+                if bytes > (TARGET_DATA / 8) as u64 {
+                    return Ok(false);
+                }
+                self.read_new_commits()?;
+                Ok(self.lost_track.is_none())
+            }
+            Scan::NoHeader => Ok(true),
+            Scan::Restarted(_) => Ok(false),
+        }
     }
 
     /// Take a base: under the write lock, read the WAL to its end and open a snapshot there;
