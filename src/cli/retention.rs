@@ -340,13 +340,38 @@ pub fn cmd_prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
             progress: ctx.progress(),
         },
     )?;
+    // Old continuous-replication segments merged into fewer objects (every commit kept).
+    let compaction = lifeboat::wal::compact::compact(&repo, a.dry_run)?;
     if !a.dry_run {
         ctx.record(&repo);
     }
     if ctx.json {
-        println!("{}", json!(report));
+        let mut v = json!(report);
+        v["compaction"] = json!(compaction);
+        println!("{v}");
     } else {
         print_prune(&report);
+        if compaction.segments_merged > 0 || compaction.covered_removed > 0 {
+            println!(
+                "  segments         {} {} into {} ({} objects fewer){}",
+                compaction.segments_merged,
+                if a.dry_run {
+                    "would be merged"
+                } else {
+                    "merged"
+                },
+                compaction.merged_into,
+                compaction.objects_saved,
+                if compaction.covered_removed > 0 {
+                    format!(
+                        "; {} left by an interrupted compaction removed",
+                        compaction.covered_removed
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     Ok(0)
 }

@@ -105,30 +105,13 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
         .wal
         .as_ref()
         .ok_or_else(|| Error::internal("base without a link"))?;
-    let mut segments = Vec::new();
-    for (i, s) in stream.segments_from(link.next_seq).iter().enumerate() {
-        if target.is_some_and(|t| s.first_ms > segment::ms_of(t)) {
-            break;
-        }
-        let expected = link.next_seq + i as u64;
-        if s.seq + 1 == expected {
-            return Err(Error::integrity(format!(
-                "stream {} (database {path}) has two segments numbered {}: two processes \
-                 shipped it",
-                stream.id, s.seq
-            ))
-            .hint("run `lifeboat repo check`; restore to a moment before that segment"));
-        }
-        if s.seq != expected {
-            return Err(Error::integrity(format!(
-                "segment {expected} of stream {} (database {path}) is missing: commits after \
-                 it cannot be restored",
-                stream.id
-            ))
-            .hint("run `lifeboat repo check`; a replica may still have it (`lifeboat sync` from it), or restore to a moment before it"));
-        }
-        segments.push(s.clone());
-    }
+    let segments: Vec<SegmentName> = stream
+        .segments_from(link.next_seq)
+        .iter()
+        .take_while(|s| target.is_none_or(|t| s.first_ms <= segment::ms_of(t)))
+        .cloned()
+        .collect();
+    stream.check_contiguous(link.next_seq, &segments)?;
     Ok(Plan {
         base: base.clone(),
         stream: stream.id.clone(),
@@ -154,20 +137,13 @@ pub fn plan_span(repo: &Repository, m: &Manifest) -> Result<Option<Plan>> {
         .filter_map(|b| b.wal.as_ref().map(|w| w.next_seq))
         .filter(|&n| n > link.next_seq)
         .min();
-    let mut segments = Vec::new();
-    for (i, s) in stream.segments_from(link.next_seq).iter().enumerate() {
-        if until.is_some_and(|u| s.seq >= u) {
-            break;
-        }
-        let expected = link.next_seq + i as u64;
-        if s.seq != expected {
-            return Err(Error::integrity(format!(
-                "stream {}: segment {expected} is missing or doubled (found {})",
-                stream.id, s.seq
-            )));
-        }
-        segments.push(s.clone());
-    }
+    let segments: Vec<SegmentName> = stream
+        .segments_from(link.next_seq)
+        .iter()
+        .take_while(|s| until.is_none_or(|u| s.seq < u))
+        .cloned()
+        .collect();
+    stream.check_contiguous(link.next_seq, &segments)?;
     Ok(Some(Plan {
         base: m.clone(),
         stream: stream.id.clone(),

@@ -1028,6 +1028,8 @@ impl<'a> Replicator<'a> {
                     prev: None,
                     wal,
                     commits,
+                    last_seq: None,
+                    ends: None,
                 },
                 data,
             };
@@ -1382,11 +1384,7 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
     };
     let after = stream.segments_from(base_link.next_seq);
     // Every segment from the base on must be there, in order.
-    let contiguous = after
-        .iter()
-        .enumerate()
-        .all(|(i, s)| s.seq == base_link.next_seq + i as u64);
-    if !contiguous {
+    if stream.check_contiguous(base_link.next_seq, after).is_err() {
         (opts.say)(&format!(
             "{}: stream {} has missing segments; a new stream starts",
             db.display(),
@@ -1403,7 +1401,7 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
             }
             // No position: the database had no WAL then; a resume compares pages.
             let pos = seg.header.wal.unwrap_or(WalPos::none());
-            (pos, seg.last_ns(), Some(hash), last.seq + 1)
+            (pos, seg.last_ns(), Some(hash), last.last_seq + 1)
         }
         None => {
             let t = newest_base
@@ -1415,7 +1413,7 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
     let prev = match prev {
         Some(h) => Some(h),
         // No segment after the base: the chain goes on from the one before it, if any.
-        None => match stream.segments.iter().find(|s| s.seq + 1 == next_seq) {
+        None => match stream.segments.iter().find(|s| s.last_seq + 1 == next_seq) {
             Some(b) => Some(segment::read(repo, repo.storage(), b)?.1),
             None => None,
         },

@@ -17,15 +17,44 @@ pub struct Stream {
     pub host: String,
     /// Its bases, oldest first.
     pub bases: Vec<Manifest>,
-    /// Its segments, by sequence number.
+    /// Its segments, by sequence number; a compacted segment stands for those it holds.
     pub segments: Vec<SegmentName>,
+    /// Segments a compacted one holds too (left by a compaction that stopped before it
+    /// deleted them): never read, removed by prune.
+    pub covered: Vec<SegmentName>,
 }
 
 impl Stream {
-    /// The segments from `seq` on, in order.
+    /// The segments holding sequence number `seq` and those after it, in order.
     pub fn segments_from(&self, seq: u64) -> &[SegmentName] {
-        let at = self.segments.partition_point(|s| s.seq < seq);
+        let at = self.segments.partition_point(|s| s.last_seq < seq);
         &self.segments[at..]
+    }
+
+    /// Check that `segments` (from [`Stream::segments_from`]) follow each other from `seq`
+    /// on: each one begins where the one before ended.
+    pub fn check_contiguous(&self, seq: u64, segments: &[SegmentName]) -> Result<()> {
+        let mut expected = seq;
+        for s in segments {
+            if s.seq > expected {
+                return Err(crate::error::Error::integrity(format!(
+                    "segment {expected} of stream {} (database {}) is missing: commits after \
+                     it cannot be restored",
+                    self.id, self.path
+                ))
+                .hint("run `lifeboat repo check`; a replica may still have it (`lifeboat sync` from it), or restore to a moment before it"));
+            }
+            if s.last_seq < expected {
+                return Err(crate::error::Error::integrity(format!(
+                    "stream {} (database {}) has two segments numbered {}: two processes \
+                     shipped it",
+                    self.id, self.path, s.seq
+                ))
+                .hint("run `lifeboat repo check`; restore to a moment before that segment"));
+            }
+            expected = s.last_seq + 1;
+        }
+        Ok(())
     }
 
     /// Time of the newest commit shipped, in ms (the newest base's time when no segment).
@@ -51,6 +80,7 @@ pub fn load(repo: &Repository, backups: &[Manifest]) -> Result<Vec<Stream>> {
         host: String::new(),
         bases: Vec::new(),
         segments: Vec::new(),
+        covered: Vec::new(),
     };
     for m in backups {
         if let Some(link) = &m.wal {
@@ -73,6 +103,24 @@ pub fn load(repo: &Repository, backups: &[Manifest]) -> Result<Vec<Stream>> {
     for s in &mut out {
         s.bases
             .sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        // Widest first among those that begin at one number; a segment inside the range of
+        // one kept before it is covered (a compaction's leftover), unless it is the same
+        // range (a fork, which restores and checks report).
+        s.segments
+            .sort_by(|a, b| a.seq.cmp(&b.seq).then(b.last_seq.cmp(&a.last_seq)));
+        let mut kept: Vec<SegmentName> = Vec::with_capacity(s.segments.len());
+        for seg in std::mem::take(&mut s.segments) {
+            match kept.last() {
+                Some(k)
+                    if seg.last_seq <= k.last_seq
+                        && !(seg.seq == k.seq && seg.last_seq == k.last_seq) =>
+                {
+                    s.covered.push(seg)
+                }
+                _ => kept.push(seg),
+            }
+        }
+        s.segments = kept;
     }
     Ok(out)
 }
