@@ -313,17 +313,50 @@ fn print_forget(r: &ForgetReport, tz: &jiff::tz::TimeZone) {
     for g in &r.no_policy {
         println!("\n{g}: no retention policy applies; all kept");
     }
+    for s in &r.streams {
+        println!(
+            "\n{} on {}: continuous replication, stream {}",
+            s.source, s.host, s.stream
+        );
+        println!(
+            "  keep    {} from #{}{} ({})",
+            crate::count(s.segments_kept, "segment", "segments"),
+            s.keep_from,
+            s.base
+                .as_ref()
+                .map(|b| format!(", base {b}"))
+                .unwrap_or_default(),
+            s.why
+        );
+        if s.segments_removed > 0 {
+            println!(
+                "  {}  {} ({})",
+                if r.dry_run { "remove" } else { "removed" },
+                crate::count(s.segments_removed, "segment", "segments"),
+                bytes(s.removed_bytes)
+            );
+        }
+    }
     let total = r.backups.len();
+    let segments = if r.segments_removed > 0 {
+        format!(
+            ", and {} ({})",
+            crate::count(r.segments_removed, "segment", "segments"),
+            bytes(r.segments_removed_bytes)
+        )
+    } else {
+        String::new()
+    };
     println!();
     if r.dry_run {
         println!(
-            "would remove {} of {} (dry run: nothing changed)",
+            "would remove {} of {}{segments} (dry run: nothing changed)",
             r.removed.len(),
             crate::count(total, "backup", "backups")
         );
     } else {
         println!(
-            "removed {} of {}",
+            "removed {} of {}{segments}",
             r.removed.len(),
             crate::count(total, "backup", "backups")
         );

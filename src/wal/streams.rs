@@ -3,7 +3,7 @@
 //! a time, retention and checks all start here; what a segment holds is authenticated only
 //! when it is read (`repo::segment::read`).
 
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::segment::{self, SegmentName};
 use crate::repo::Repository;
@@ -39,6 +39,39 @@ impl Stream {
     }
 }
 
+/// Milliseconds since the epoch of a manifest's time (None if it does not parse).
+pub fn time_ms(m: &Manifest) -> Option<i64> {
+    m.time
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+impl Stream {
+    /// The newest segment that opens (is authentic and what its name says), and with it the
+    /// time of the stream's newest commit that can be relied on: a name alone is not
+    /// authenticated, and junk planted under a newer name must not make a stream look
+    /// ended (or alive). Segments that do not open are skipped with a warning; None when
+    /// none opens. A storage error (not a check that failed) is returned.
+    pub fn newest_authentic(&self, repo: &Repository) -> Result<Option<&SegmentName>> {
+        for s in self.segments.iter().rev() {
+            match segment::read(repo, repo.storage(), s) {
+                Ok(_) => return Ok(Some(s)),
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::Integrity | ErrorKind::Trust | ErrorKind::NotFound
+                    ) =>
+                {
+                    tracing::warn!("{}: {e}", s.object());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Every stream, oldest first (stream ids sort by the time they were started). `backups` are
 /// the repository's manifests (`list_backups`), passed in so a caller that has them already
 /// does not read them again.
@@ -71,7 +104,8 @@ pub fn load(repo: &Repository, backups: &[Manifest]) -> Result<Vec<Stream>> {
     }
     let mut out: Vec<Stream> = streams.into_values().collect();
     for s in &mut out {
-        s.bases.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        s.bases
+            .sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
     }
     Ok(out)
 }
