@@ -413,6 +413,28 @@ fn print_prune(r: &PruneReport) {
             r.missing_blobs
         );
     }
+    if r.segments_removed > 0 || r.segments_waiting > 0 {
+        println!(
+            "  segments         {} ({}) no base can use{}{}",
+            r.segments_removed,
+            bytes(r.segments_removed_bytes),
+            if r.dry_run { "" } else { ", deleted" },
+            if r.orphan_streams.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; streams that never stored a base: {}",
+                    r.orphan_streams.join(", ")
+                )
+            }
+        );
+    }
+    if r.segments_waiting > 0 {
+        println!(
+            "  waiting          {} segments of streams without a base are kept while a backup runs (it may be their first base); the next prune looks again",
+            r.segments_waiting
+        );
+    }
     if r.dry_run {
         println!(
             "would leave about {} in {} packs",
