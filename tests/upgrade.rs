@@ -669,13 +669,13 @@ fn repositories_before_content_kinds_stay_usable_and_upgrade() {
         let up = read_json(&env, name, &["repo", "upgrade"]);
         assert_eq!(
             up["features_added"],
-            serde_json::json!(["manifest-2"]),
+            serde_json::json!(["manifest-2", "wal-segments"]),
             "{up}"
         );
         let show = read_json(&env, name, &["repo", "show"]);
         assert_eq!(
             show["features"],
-            serde_json::json!(["manifest-2"]),
+            serde_json::json!(["manifest-2", "wal-segments"]),
             "{show}"
         );
         let again = read_json(&env, name, &["repo", "upgrade"]);
@@ -780,7 +780,7 @@ fn adding_the_feature_on_s3_survives_a_failed_write() {
         .json();
     assert_eq!(
         up["features_added"],
-        serde_json::json!(["manifest-2"]),
+        serde_json::json!(["manifest-2", "wal-segments"]),
         "{up}"
     );
     let conf = env.path("conf");

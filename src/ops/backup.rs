@@ -938,7 +938,7 @@ pub(crate) fn check_written(
     Ok(())
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub fn absolute(p: &Path) -> Result<PathBuf> {
     p.canonicalize().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::not_found(format!("{} does not exist", p.display()))
             .hint("check the path; `lifeboat demo` creates a sample database to try"),

@@ -126,7 +126,10 @@ impl Repository {
         };
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
-            features: format::KNOWN_FEATURES.iter().map(|f| f.to_string()).collect(),
+            features: format::KNOWN_FEATURES
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
             id: hex::encode(rand::random::<[u8; 16]>()),
             created: jiff::Timestamp::now().to_string(),
             hash: match kind {

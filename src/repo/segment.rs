@@ -24,7 +24,7 @@ const MAGIC: &[u8; 8] = b"LBSEG01\n";
 /// Largest stored segment read back; writers cut segments at [`TARGET_DATA`] of pages.
 pub const SEGMENT_MAX: u64 = 128 << 20;
 /// Page bytes at which a writer closes a segment early (a burst, a `VACUUM`).
-pub const TARGET_DATA: usize = 16 << 20;
+pub const TARGET_DATA: usize = 8 << 20;
 const HEADER_MAX: usize = 32 << 20;
 
 /// Where a SQLite WAL stood after a commit: enough to tell, after a restart, whether the
@@ -94,27 +94,44 @@ pub struct SegmentName {
     /// First and last commit time, milliseconds since the epoch.
     pub first_ms: i64,
     pub last_ms: i64,
+    /// Its first commit stands for commits not seen one by one since this time (ms).
+    pub unseen_since_ms: Option<i64>,
     pub size: u64,
 }
 
 impl SegmentName {
     pub fn object(&self) -> String {
-        object_name(&self.stream, self.seq, self.first_ms, self.last_ms)
+        object_name(
+            &self.stream,
+            self.seq,
+            self.first_ms,
+            self.last_ms,
+            self.unseen_since_ms,
+        )
     }
 }
 
-pub fn object_name(stream: &str, seq: u64, first_ms: i64, last_ms: i64) -> String {
-    format!("{PREFIX}{stream}/{seq:016x}-{first_ms}-{last_ms}")
+pub fn object_name(
+    stream: &str,
+    seq: u64,
+    first_ms: i64,
+    last_ms: i64,
+    unseen_since_ms: Option<i64>,
+) -> String {
+    match unseen_since_ms {
+        None => format!("{PREFIX}{stream}/{seq:016x}-{first_ms}-{last_ms}"),
+        Some(g) => format!("{PREFIX}{stream}/{seq:016x}-{first_ms}-{last_ms}-g{g}"),
+    }
 }
 
-/// Parse `wal/<stream>/<seq>-<first ms>-<last ms>`; None for anything else.
+/// Parse `wal/<stream>/<seq>-<first ms>-<last ms>[-g<ms>]`; None for anything else.
 pub fn parse_name(name: &str, size: u64) -> Option<SegmentName> {
     let rest = name.strip_prefix(PREFIX)?;
     let (stream, leaf) = rest.split_once('/')?;
     if !crate::id::is_backup_id(stream) {
         return None;
     }
-    let mut parts = leaf.splitn(3, '-');
+    let mut parts = leaf.split('-');
     let seq = parts.next()?;
     if seq.len() != 16 {
         return None;
@@ -122,13 +139,23 @@ pub fn parse_name(name: &str, size: u64) -> Option<SegmentName> {
     let seq = u64::from_str_radix(seq, 16).ok()?;
     let first_ms: i64 = parts.next()?.parse().ok()?;
     let last_ms: i64 = parts.next()?.parse().ok()?;
-    (first_ms <= last_ms).then(|| SegmentName {
+    let unseen_since_ms = match parts.next() {
+        None => None,
+        Some(g) => Some(g.strip_prefix('g')?.parse::<i64>().ok()?),
+    };
+    if parts.next().is_some() || first_ms > last_ms {
+        return None;
+    }
+    let parsed = SegmentName {
         stream: stream.to_string(),
         seq,
         first_ms,
         last_ms,
+        unseen_since_ms,
         size,
-    })
+    };
+    // One spelling per segment: the name must be exactly what a writer makes of it.
+    (parsed.object() == name).then_some(parsed)
 }
 
 /// Every segment in `storage`, by stream then sequence number; names that are not segments
@@ -167,6 +194,11 @@ impl Segment {
             ms_of(self.first_ns()),
             // Rounded up: a restore to the last commit's millisecond must include it.
             ms_of(self.last_ns() + 999_999),
+            self.header
+                .commits
+                .first()
+                .and_then(|c| c.unseen_since_ns)
+                .map(ms_of),
         )
     }
 
@@ -342,7 +374,10 @@ mod tests {
         for i in (0..bytes.len()).step_by(97) {
             let mut bad = bytes.clone();
             bad[i] ^= 1;
-            assert!(Segment::decode(&bad, "x").is_err(), "flip at {i} not caught");
+            assert!(
+                Segment::decode(&bad, "x").is_err(),
+                "flip at {i} not caught"
+            );
         }
         assert!(Segment::decode(&bytes[..bytes.len() - 1], "x").is_err());
         let pages: Vec<(u32, u8)> = seg
@@ -358,9 +393,20 @@ mod tests {
         let name = seg.object_name();
         assert_eq!(name, "wal/01m8axc18gnpx3/000000000000002a-1000-2001");
         let parsed = parse_name(&name, 9).unwrap();
-        assert_eq!((parsed.seq, parsed.first_ms, parsed.last_ms), (42, 1000, 2001));
+        assert_eq!(
+            (parsed.seq, parsed.first_ms, parsed.last_ms),
+            (42, 1000, 2001)
+        );
         assert_eq!(parsed.object(), name);
+        let mut gap = seg.clone();
+        gap.header.commits[0].unseen_since_ns = Some(500_000_000);
+        let name = gap.object_name();
+        assert_eq!(name, "wal/01m8axc18gnpx3/000000000000002a-1000-2001-g500");
+        assert_eq!(parse_name(&name, 0).unwrap().unseen_since_ms, Some(500));
         for bad in [
+            "wal/01m8axc18gnpx3/000000000000002a-01-2",
+            "wal/01m8axc18gnpx3/000000000000002a-1-2-x5",
+            "wal/01m8axc18gnpx3/000000000000002a-1-2-g5-g6",
             "wal/x/000000000000002a-1-2",
             "wal/01m8axc18gnpx3/2a-1-2",
             "wal/01m8axc18gnpx3/000000000000002a-3-2",

@@ -23,8 +23,8 @@
 use crate::error::{Error, Result};
 use crate::id::Hash;
 use crate::repo::crypto::{Legacy, MasterKeys};
-use crate::repo::format::{KeysSection, RepoConfig, FORMAT_VERSION};
 use crate::repo::format::KNOWN_FEATURES;
+use crate::repo::format::{KeysSection, RepoConfig, FORMAT_VERSION};
 use crate::repo::records::Records;
 use crate::repo::{keys, locks, Repository};
 use serde::Serialize;

@@ -111,6 +111,8 @@ pub struct FoundCommit {
     pub end: u64,
     /// Database size in pages after the commit.
     pub db_pages: u32,
+    /// The running checksum after its commit frame.
+    pub cksum: [u32; 2],
 }
 
 /// What a scan found.
@@ -170,7 +172,7 @@ impl WalFile {
         self.file = None;
     }
 
-    pub fn len(&mut self) -> Result<u64> {
+    pub fn size(&mut self) -> Result<u64> {
         let path = self.path.clone();
         match self.file()? {
             Some(f) => Ok(f.metadata().ctx("cannot stat", &path)?.len()),
@@ -233,6 +235,7 @@ impl WalFile {
                         start: txn_start,
                         end: at,
                         db_pages: commit,
+                        cksum,
                     });
                     txn_start = at;
                     end = WalPos {
@@ -355,7 +358,7 @@ mod tests {
         };
         assert_eq!(commits.len(), 2);
         assert_eq!(commits[0].start, end.offset);
-        assert_eq!(end2.offset, wal.len().unwrap());
+        assert_eq!(end2.offset, wal.size().unwrap());
         // A torn last frame (a transaction being written) is not read.
         let f = std::fs::OpenOptions::new()
             .read(true)

@@ -2,5 +2,7 @@
 //! `-wal` file, `streams` finds what replication stored, `retain` decides what retention
 //! keeps of it.
 pub mod frames;
+pub mod pitr;
+pub mod replicate;
 pub mod retain;
 pub mod streams;
