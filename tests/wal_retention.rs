@@ -481,7 +481,7 @@ fn forget_judges_a_stream_by_segments_that_open() {
     lab.hourly(&s, 0..29, t);
     // Junk named as segment 29, dated 90 h ago: by names alone, the stream ended before the
     // window and the old stream would be the newest.
-    let junk = segment::object_name(&s, 29, lab.ms_ago(90.0), lab.ms_ago(89.0));
+    let junk = segment::object_name(&s, 29, lab.ms_ago(90.0), lab.ms_ago(89.0), None);
     lab.repo
         .storage()
         .put_new(&junk, b"not sealed by anyone with the keys")
@@ -770,4 +770,14 @@ fn check_follows_each_stream_from_its_bases() {
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(p[0].contains("does not continue segment 13"), "{p:?}");
     assert!(p[1].contains("does not continue segment 14"), "{p:?}");
+
+    // A fork: another segment 16 (other times), as a second process would ship it.
+    let fork = lab.make_segment(&s, 16, t + 16 * H + 1000, t + 16 * H + 2000, None);
+    lab.store(&fork);
+    let r = lab.check(false);
+    let p = problems(&r);
+    assert!(
+        p.len() == 1 && p[0].contains("two segments numbered 16"),
+        "{p:?}"
+    );
 }

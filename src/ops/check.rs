@@ -371,6 +371,20 @@ fn check_segments(
             bytes: segs.iter().map(|s| s.size).sum(),
             ..Default::default()
         };
+        // Two segments with one number: two processes shipped the stream (a fork); a restore
+        // through that number cannot know which one happened.
+        for pair in segs.windows(2).filter(|p| p[0].seq == p[1].seq) {
+            problems.push(Problem {
+                object: pair[1].object(),
+                problem: format!(
+                    "two segments numbered {} in stream {stream} ({} and this one): the stream \
+                     was forked (shipped by two processes); a restore stops there",
+                    pair[0].seq,
+                    pair[0].object()
+                ),
+                backups: BTreeSet::new(),
+            });
+        }
         let Some(oldest) = bases.first().and_then(|m| m.wal.as_ref()) else {
             if segs.last().is_some_and(|s| s.last_ms < orphan_ms) {
                 out.orphan_streams.push(stream.to_string());

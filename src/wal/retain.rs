@@ -140,6 +140,7 @@ mod tests {
                 seq: n,
                 first_ms: n as i64 * H,
                 last_ms: n as i64 * H + H - 1,
+                unseen_since_ms: None,
                 size: 100,
             })
             .collect()
