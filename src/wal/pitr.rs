@@ -209,9 +209,44 @@ pub fn apply(repo: &Repository, plan: &Plan, file: &File, path: &Path) -> Result
     let mut held: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut held_bytes = 0usize;
     let mut spill: Option<Spill> = None;
+    // Segments are fetched a batch at a time, in parallel (on an object store each GET
+    // waits a round trip), and applied in order.
+    let batch = repo.storage().read_parallelism().clamp(1, 16);
+    let mut fetched: std::collections::VecDeque<Result<(segment::Segment, blake3::Hash)>> =
+        std::collections::VecDeque::new();
+    let mut next_fetch = 0usize;
     'segments: for s in &plan.segments {
         crate::interrupt::check()?;
-        let (seg, hash) = segment::read(repo, repo.storage(), s)?;
+        if fetched.is_empty() {
+            // At most `batch` segments and ~32 MiB stored at once.
+            let mut upto = next_fetch;
+            let mut bytes = 0u64;
+            while upto < plan.segments.len()
+                && upto - next_fetch < batch
+                && (upto == next_fetch || bytes + plan.segments[upto].size <= 32 << 20)
+            {
+                bytes += plan.segments[upto].size;
+                upto += 1;
+            }
+            let wanted = &plan.segments[next_fetch..upto];
+            fetched = std::thread::scope(|sc| {
+                let handles: Vec<_> = wanted
+                    .iter()
+                    .map(|w| sc.spawn(move || segment::read(repo, repo.storage(), w)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(Error::internal("a segment reader panicked")))
+                    })
+                    .collect()
+            });
+            next_fetch = upto;
+        }
+        let (seg, hash) = fetched
+            .pop_front()
+            .ok_or_else(|| Error::internal("segment not fetched"))??;
         if s.seq > link.next_seq {
             let want = prev.map(|h| h.to_hex().to_string());
             if seg.header.prev != want {

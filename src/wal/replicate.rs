@@ -35,11 +35,7 @@ use std::time::{Duration, Instant};
 
 /// Settings of a `replicate` run.
 pub struct ReplicateOptions {
-    pub databases: Vec<PathBuf>,
-    /// The longest a commit waits before it is shipped.
-    pub interval: Duration,
-    /// A new base after this long.
-    pub base_every: Duration,
+    pub databases: Vec<SourceSettings>,
     pub compression: crate::repo::compress::Compression,
     pub verify: crate::ops::VerifyLevel,
     pub transfers: usize,
@@ -47,6 +43,16 @@ pub struct ReplicateOptions {
     pub configured_replicas: Vec<String>,
     /// Where notices go (stderr for the CLI).
     pub say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// One database and its settings.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub path: PathBuf,
+    /// The longest a commit waits before it is shipped.
+    pub interval: Duration,
+    /// A new base after this long.
+    pub base_every: Duration,
 }
 
 /// What one database's replication did, printed when it stops.
@@ -82,19 +88,23 @@ pub fn replicate(repo: &Repository, opts: &ReplicateOptions) -> Result<Vec<DbRep
         .hint("run `lifeboat repo upgrade` (Lifeboat versions before this one can then no longer open the repository)"));
     }
     let mut fences = Vec::new();
-    for db in &opts.databases {
-        let abs = crate::ops::backup::absolute(db)?;
+    for source in &opts.databases {
+        let abs = crate::ops::backup::absolute(&source.path)?;
         crate::source::sqlite::check_is_sqlite(&abs)?;
-        fences.push((abs.clone(), Fence::take(&abs)?));
+        let settings = SourceSettings {
+            path: abs.clone(),
+            ..source.clone()
+        };
+        fences.push((settings, Fence::take(&abs)?));
     }
     let stop = AtomicBool::new(false);
     let results: Vec<Result<DbReport>> = std::thread::scope(|s| {
         let handles: Vec<_> = fences
             .iter()
-            .map(|(db, fence)| {
+            .map(|(settings, fence)| {
                 let stop = &stop;
                 s.spawn(move || {
-                    let r = run_source(repo, db, fence, opts, stop);
+                    let r = run_source(repo, settings, fence, opts, stop);
                     if r.is_err() {
                         stop.store(true, Ordering::SeqCst);
                     }
@@ -121,18 +131,19 @@ fn stopping(stop: &AtomicBool) -> bool {
 /// new one starts when it is back.
 fn run_source(
     repo: &Repository,
-    db: &Path,
+    settings: &SourceSettings,
     fence: &Fence,
     opts: &ReplicateOptions,
     stop: &AtomicBool,
 ) -> Result<DbReport> {
+    let db = settings.path.as_path();
     let mut total = DbReport {
         source: db.display().to_string(),
         ..Default::default()
     };
     let mut fresh = false;
     loop {
-        let outcome = Replicator::run(repo, db, fence, opts, stop, fresh)?;
+        let outcome = Replicator::run(repo, settings, fence, opts, stop, fresh)?;
         total.add(&outcome.report);
         if !outcome.replaced || stopping(stop) {
             return Ok(total);
@@ -354,6 +365,8 @@ struct Replicator<'a> {
     opts: &'a ReplicateOptions,
     identity: (u64, u64),
     wal: WalFile,
+    interval: Duration,
+    base_every: Duration,
     /// Where closed segments go (the shipper thread), and what it reports back.
     tx: Sender<Outgoing>,
     shipped: Arc<Shipped>,
@@ -403,12 +416,13 @@ enum Start {
 impl<'a> Replicator<'a> {
     fn run(
         repo: &'a Repository,
-        db: &Path,
+        settings: &SourceSettings,
         fence: &Fence,
         opts: &'a ReplicateOptions,
         stop: &AtomicBool,
         fresh: bool,
     ) -> Result<Outcome> {
+        let db = settings.path.as_path();
         let plan = if fresh {
             Start::New
         } else {
@@ -418,7 +432,7 @@ impl<'a> Replicator<'a> {
         // A few segments in flight at most: memory stays bounded (about 6 × TARGET_DATA) while a
         // target is slow; beyond that the loop waits, and commits wait in the WAL.
         let (tx, rx) = bounded::<Outgoing>(6);
-        let mut r = Replicator::open(repo, db, opts, tx, shipped.clone())?;
+        let mut r = Replicator::open(repo, settings, opts, tx, shipped.clone())?;
         let prev = match &plan {
             Start::Resume { prev, .. } | Start::CatchUp { prev, .. } => *prev,
             Start::New => None,
@@ -447,11 +461,12 @@ impl<'a> Replicator<'a> {
 
     fn open(
         repo: &'a Repository,
-        db: &Path,
+        settings: &SourceSettings,
         opts: &'a ReplicateOptions,
         tx: Sender<Outgoing>,
         shipped: Arc<Shipped>,
     ) -> Result<Self> {
+        let db = settings.path.as_path();
         let db_file = Arc::new(File::open(db).ctx("cannot open", db)?);
         let meta = db_file.metadata().ctx("cannot stat", db)?;
         let pins = [open_conn(db, false)?, open_conn(db, false)?];
@@ -483,6 +498,8 @@ impl<'a> Replicator<'a> {
             db_file,
             identity: (meta.dev(), meta.ino()),
             wal: WalFile::new(db),
+            interval: settings.interval,
+            base_every: settings.base_every,
             tx,
             shipped,
             reship_base: false,
@@ -593,7 +610,7 @@ impl<'a> Replicator<'a> {
                 self.new_stream();
                 self.start_base(s, stop, &mut base)?;
             }
-            let interval = self.opts.interval;
+            let interval = self.interval;
             let margin = (interval / 5).min(Duration::from_millis(200));
             if self
                 .oldest_pending
@@ -605,8 +622,7 @@ impl<'a> Replicator<'a> {
             if base.as_ref().is_some_and(|h| h.is_finished()) {
                 self.finish_base(base.take());
             }
-            if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.opts.base_every)
-            {
+            if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.base_every) {
                 self.start_base(s, stop, &mut base)?;
             }
             if last_status.elapsed() >= Duration::from_secs(1) {
@@ -1133,7 +1149,7 @@ impl<'a> Replicator<'a> {
             Ok(Err(e)) => {
                 self.report.base_failures += 1;
                 // Tried again after a while: segments keep flowing meanwhile.
-                self.last_base = Instant::now() - self.opts.base_every + Duration::from_secs(30);
+                self.last_base = Instant::now() - self.base_every + Duration::from_secs(30);
                 (self.opts.say)(&format!(
                     "{}: a base failed (tried again in 30 s): {}",
                     self.db.display(),
@@ -1414,6 +1430,8 @@ fn plan_catch_up(repo: &Repository, db: &Path, stream_id: &str) -> Result<Option
 /// Wakes the loop when the `-wal` file is written (inotify), or after a timeout.
 struct Watch {
     fd: Option<std::os::fd::OwnedFd>,
+    wal: PathBuf,
+    watching_wal: std::cell::Cell<bool>,
 }
 
 impl Watch {
@@ -1421,19 +1439,28 @@ impl Watch {
         use rustix::fs::inotify;
         let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).ok();
         if let Some(fd) = &fd {
-            // The folder too: the `-wal` file may not exist yet, or be created again.
+            // The folder, for the `-wal` file's creation (it may not exist yet).
             let dir = db
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let _ = inotify::add_watch(
-                fd,
-                dir,
-                inotify::WatchFlags::CREATE | inotify::WatchFlags::MODIFY,
-            );
-            let _ = inotify::add_watch(fd, wal, inotify::WatchFlags::MODIFY);
+            let _ = inotify::add_watch(fd, dir, inotify::WatchFlags::CREATE);
         }
-        Watch { fd }
+        let w = Watch {
+            fd,
+            wal: wal.to_path_buf(),
+            watching_wal: std::cell::Cell::new(false),
+        };
+        w.watch_wal();
+        w
+    }
+
+    fn watch_wal(&self) {
+        use rustix::fs::inotify;
+        if let (Some(fd), false) = (&self.fd, self.watching_wal.get()) {
+            let ok = inotify::add_watch(fd, &self.wal, inotify::WatchFlags::MODIFY).is_ok();
+            self.watching_wal.set(ok);
+        }
     }
 
     fn wait(&self, timeout: Duration) {
@@ -1442,6 +1469,7 @@ impl Watch {
             std::thread::sleep(timeout);
             return;
         };
+        self.watch_wal();
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
