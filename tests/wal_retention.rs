@@ -781,3 +781,50 @@ fn check_follows_each_stream_from_its_bases() {
         "{p:?}"
     );
 }
+
+/// Outside the window, a base the policy keeps (pinned here) restores to its own moment, and
+/// a moment between it and the anchor is refused (its commits were removed), never answered
+/// with the older base's state; `timeline` shows that span as a gap.
+#[test]
+fn a_moment_retention_removed_is_refused_not_guessed() {
+    use lifeboat::wal::pitr::{self, At};
+    let mut lab = Lab::new(false);
+    let start = lab.ms_ago(130.0);
+    let s = stream_id(start);
+    let bases: Vec<String> = (0..6)
+        .map(|k| lab.base(&s, 24 * k, start + 24 * k as i64 * H))
+        .collect();
+    lab.hourly(&s, 0..130, start);
+    forget::set_pinned(&lab.repo, &bases[0], None, true).expect("pin");
+    let r = lab.forget(within("36h"), false);
+    assert_eq!(r.removed, bases[1..3].to_vec());
+    assert_eq!(lab.seqs(&s), (72..130).collect::<Vec<_>>());
+
+    let source = lab.source();
+    let at = |ms: i64| At::Time(Timestamp::from_millisecond(ms).expect("t"));
+    let e = pitr::plan(&lab.repo, &source, at(start + 10 * H)).expect_err("refused");
+    assert!(e.message.contains("cannot be restored"), "{e}");
+    assert!(e.message.contains("segments 0 to 71"), "{e}");
+    let p = pitr::plan(&lab.repo, &source, at(start)).expect("the pinned base's moment");
+    assert_eq!(
+        (p.base.id.as_str(), p.segments.len()),
+        (bases[0].as_str(), 0)
+    );
+    let p = pitr::plan(&lab.repo, &source, at(start + 77 * H + 30 * 60_000)).expect("window");
+    assert_eq!(p.base.id, bases[3]);
+    assert_eq!(
+        p.segments.iter().map(|x| x.seq).collect::<Vec<_>>(),
+        (72..78).collect::<Vec<_>>()
+    );
+
+    let t = pitr::timeline(&lab.repo, &source).expect("timeline");
+    let removed: Vec<_> = t
+        .gaps
+        .iter()
+        .filter(|g| g.why.contains("removed by retention"))
+        .collect();
+    assert_eq!(removed.len(), 1, "{:?}", t.gaps);
+    let base0 = Timestamp::from_millisecond(start).expect("t").to_string();
+    assert_eq!(removed[0].from, base0);
+    assert!(lab.check(true).ok);
+}
