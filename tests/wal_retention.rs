@@ -7,6 +7,8 @@
 //! (a real SQLite database that changes between them), segments written as `replicate`
 //! writes them (`segment::seal` + a create-only put), one an hour, chained by `prev`.
 
+mod common;
+
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use lifeboat::ops::backup::{backup_prepared, BackupOptions};
@@ -827,4 +829,146 @@ fn a_moment_retention_removed_is_refused_not_guessed() {
     let base0 = Timestamp::from_millisecond(start).expect("t").to_string();
     assert_eq!(removed[0].from, base0);
     assert!(lab.check(true).ok);
+}
+
+/// End to end, with the real binary: `replicate` runs while an old backup is forgotten
+/// (`forget --keep-within 1h`, whose window the running stream is in) and `prune` frees its
+/// space without waiting for the replication; commits go on being shipped; after SIGTERM,
+/// `restore --source DB --at T` gives the database as it was at each moment noted, and the
+/// repository checks clean, every segment read.
+#[test]
+fn replicate_runs_while_prune_frees_space_and_the_window_restores() {
+    use std::time::{Duration, Instant};
+    let env = common::Env::new();
+    let db = env.path("app.db");
+    let dbs = db.to_str().expect("utf-8");
+    let conn = rusqlite::Connection::open(&db).expect("db");
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA busy_timeout=10000; \
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+    )
+    .expect("schema");
+    let add = |rows: u32| {
+        let tx = conn.unchecked_transaction().expect("tx");
+        for _ in 0..rows {
+            let v: Vec<u8> = (0..500).map(|_| rand::random::<u8>()).collect();
+            tx.execute("INSERT INTO t(v) VALUES (?1)", [v])
+                .expect("insert");
+        }
+        tx.commit().expect("commit");
+    };
+    add(400);
+    // A backup from two days ago whose pages then go away: what prune will free.
+    let two_days_ago = Timestamp::now() - jiff::SignedDuration::from_hours(48);
+    let old = env.json(&["backup", dbs, "--time", &two_days_ago.to_string()]);
+    let old = old["id"].as_str().expect("id").to_string();
+    conn.execute("DELETE FROM t", []).expect("delete");
+    add(400);
+
+    let child = env
+        .std_cmd()
+        .args([
+            "replicate",
+            dbs,
+            "--interval",
+            "200ms",
+            "--base-every",
+            "1h",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("replicate");
+    let listed =
+        |env: &common::Env| -> usize { env.json(&["list"]).as_array().map_or(0, |a| a.len()) };
+    let started = Instant::now();
+    while listed(&env) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no base after a minute"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Moments to restore to: after each commit has been shipped, before the next one.
+    let mut moments: Vec<(String, Vec<String>)> = Vec::new();
+    let note = |moments: &mut Vec<(String, Vec<String>)>| {
+        std::thread::sleep(Duration::from_millis(800));
+        moments.push((Timestamp::now().to_string(), common::dump(&db)));
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for k in 0..3 {
+        add(20);
+        conn.execute("UPDATE t SET v = zeroblob(100) WHERE id % 7 = ?1", [k])
+            .expect("update");
+        note(&mut moments);
+    }
+
+    let f = env.json(&["forget", "--keep-within", "1h"]);
+    assert_eq!(f["forget"]["removed"], serde_json::json!([old]), "{f}");
+    let stream = &f["forget"]["streams"][0];
+    // Only segments shipped before the base was taken (below its next_seq) may go.
+    assert!(stream["segments_kept"].as_u64().expect("n") >= 3, "{f}");
+    let base = stream["base"]
+        .as_str()
+        .expect("the base is the anchor")
+        .to_string();
+    let row = f["forget"]["backups"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["id"] == base.as_str())
+        .expect("row")
+        .clone();
+    assert!(
+        row["reasons"].to_string().contains("point-in-time base"),
+        "{row}"
+    );
+
+    let t = Instant::now();
+    let p = env.json(&["prune"]);
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert!(p["deleted_packs"].as_u64().expect("n") > 0, "{p}");
+    assert_eq!(
+        p["pending_packs"], 0,
+        "prune waited for the replication: {p}"
+    );
+
+    for k in 3..5 {
+        add(20);
+        conn.execute("DELETE FROM t WHERE id % 11 = ?1", [k])
+            .expect("delete");
+        note(&mut moments);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "replicate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (i, (at, expected)) in moments.iter().enumerate() {
+        let target = env.path(&format!("at-{i}.db"));
+        env.json(&[
+            "restore",
+            "--source",
+            dbs,
+            "--at",
+            at,
+            "--output",
+            target.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            &common::dump(&target) == expected,
+            "restore --at {at} differs"
+        );
+    }
+    let c = env.json(&["repo", "check", "--read-data"]);
+    assert_eq!(c["ok"], true, "{c}");
+    assert_eq!(
+        c["wal"]["streams"].as_array().map(|a| a.len()),
+        Some(1),
+        "{c}"
+    );
+    assert!(c["wal"]["segments_read"].as_u64().expect("n") >= 5, "{c}");
 }
