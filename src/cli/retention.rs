@@ -319,7 +319,8 @@ fn print_forget(r: &ForgetReport, tz: &jiff::tz::TimeZone) {
             s.source, s.host, s.stream
         );
         println!(
-            "  keep    {} from #{}{} ({})",
+            "  {:<8}{} from #{}{} ({})",
+            "keep",
             crate::count(s.segments_kept, "segment", "segments"),
             s.keep_from,
             s.base
@@ -330,7 +331,7 @@ fn print_forget(r: &ForgetReport, tz: &jiff::tz::TimeZone) {
         );
         if s.segments_removed > 0 {
             println!(
-                "  {}  {} ({})",
+                "  {:<8}{} ({})",
                 if r.dry_run { "remove" } else { "removed" },
                 crate::count(s.segments_removed, "segment", "segments"),
                 bytes(s.removed_bytes)

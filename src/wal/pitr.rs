@@ -134,9 +134,15 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
                      are {} (base {}) and {}",
                     base.time,
                     base.id,
-                    jiff::Timestamp::from_millisecond(s.first_ms)
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
+                    // The base that starts where the segments resume, if one does.
+                    stream
+                        .bases
+                        .iter()
+                        .find(|b| b.wal.as_ref().is_some_and(|w| w.next_seq == s.seq))
+                        .map(|b| b.time.clone())
+                        .unwrap_or_else(|| jiff::Timestamp::from_millisecond(s.first_ms)
+                            .map(|t| t.to_string())
+                            .unwrap_or_default())
                 )));
             }
             break;
@@ -464,9 +470,14 @@ fn missing_spans(s: &Stream) -> Vec<Gap> {
                 .map(|&(_, t)| t)
                 .max()
                 .map_or(known, |t| t.max(known));
+            // Restorable again from the base that starts there, if one does.
+            let to = bases
+                .iter()
+                .find(|(n, _)| *n == seq)
+                .map_or(first, |&(_, t)| t.min(first));
             out.push(Gap {
                 from: rfc_ms(from),
-                to: rfc_ms(first),
+                to: rfc_ms(to),
                 why: format!(
                     "segments {expected} to {} are not in the repository (removed by \
                      retention, or lost: `lifeboat repo check`): a restore stops only at a base \
