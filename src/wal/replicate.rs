@@ -23,7 +23,7 @@ use crate::source::sqlite::{SqliteSnapshot, SqliteSource};
 use crate::source::Snapshot;
 use crate::wal::frames::{Scan, WalFile, WalHeader};
 use crate::wal::streams;
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 use std::fs::File;
@@ -71,9 +71,6 @@ pub struct DbReport {
     pub reshipped_bytes: u64,
     pub bases: u64,
     pub base_failures: u64,
-    /// Commits not shipped when it stopped (a target that stayed down): still in the
-    /// database, missing from the point-in-time history.
-    pub unshipped_commits: u64,
 }
 
 /// Run until a signal (or a fatal error); each database in its own thread.
@@ -173,7 +170,6 @@ impl DbReport {
         self.reshipped_bytes += o.reshipped_bytes;
         self.bases += o.bases;
         self.base_failures += o.base_failures;
-        self.unshipped_commits += o.unshipped_commits;
     }
 }
 
@@ -429,9 +425,10 @@ impl<'a> Replicator<'a> {
             plan_start(repo, db, opts)?
         };
         let shipped = Arc::new(Shipped::default());
-        // A few segments in flight at most: memory stays bounded (about 6 × TARGET_DATA) while a
-        // target is slow; beyond that the loop waits, and commits wait in the WAL.
-        let (tx, rx) = bounded::<Outgoing>(6);
+        // Memory is bounded by bytes, not by segments (`observe` stops reading at 4 ×
+        // TARGET_DATA waiting to be stored; commits then wait in the WAL): while a target is
+        // down the loop keeps timing commits and never blocks on the queue.
+        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
         let mut r = Replicator::open(repo, settings, opts, tx, shipped.clone())?;
         let prev = match &plan {
             Start::Resume { prev, .. } | Start::CatchUp { prev, .. } => *prev,
@@ -441,7 +438,7 @@ impl<'a> Replicator<'a> {
             let shipper = s.spawn(|| ship_loop(repo, &r_targets(repo), rx, &shipped, prev));
             let result = r.replicate(s, plan, &shipped, fence, stop);
             // Closing the queue lets the shipper finish what it holds and return.
-            let (closed, _) = bounded::<Outgoing>(0);
+            let (closed, _) = crossbeam_channel::bounded::<Outgoing>(0);
             drop(std::mem::replace(&mut r.tx, closed));
             let shipper_result = shipper
                 .join()
@@ -450,8 +447,8 @@ impl<'a> Replicator<'a> {
             r.report.commits = shipped.commits.load(Ordering::SeqCst);
             r.report.bytes_shipped = shipped.bytes.load(Ordering::SeqCst);
             r.write_status(fence, &shipped, true);
-            let replaced = result?;
             shipper_result?;
+            let replaced = result?;
             Ok(Outcome {
                 report: r.report.clone(),
                 replaced,
@@ -640,8 +637,6 @@ impl<'a> Replicator<'a> {
         if let Some(h) = base.take() {
             self.finish_base(Some(h));
         }
-        self.report.unshipped_commits =
-            self.pending.iter().filter(|p| p.pos.is_some()).count() as u64;
         Ok(replaced)
     }
 
@@ -972,6 +967,13 @@ impl<'a> Replicator<'a> {
                 };
                 let part = std::mem::replace(&mut cur, next);
                 self.push(part);
+                // A transaction of gigabytes (a VACUUM) is read no faster than it is stored.
+                while self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
+                    && crate::interrupt::received().is_none()
+                    && self.shipped.failed.lock().map_or(true, |f| f.is_none())
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 self.close_segment()?;
             }
         }
@@ -1054,14 +1056,18 @@ impl<'a> Replicator<'a> {
         if self.last_checkpoint.elapsed() < Duration::from_millis(250)
             || self.pending_bytes > 4 * TARGET_DATA
             || shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
-            || self.wal.size()? < threshold
+            // Frames of this generation read so far (the file itself never shrinks).
+            || self.pos.map_or(0, |p| p.offset) < threshold
         {
             return Ok(());
         }
-        self.last_checkpoint = Instant::now();
         let started = Instant::now();
         let done = self.with_gate(|me| {
-            me.read_new_commits()?;
+            // Only when every commit has been read already: the write lock is held for
+            // milliseconds, never while frames are read or wait for a slow target.
+            if !me.at_end()? {
+                return Ok(None);
+            }
             unpin(&me.pins[me.pinned]);
             let r: rusqlite::Result<(i64, i64, i64)> =
                 me.checkpointer
@@ -1069,10 +1075,33 @@ impl<'a> Replicator<'a> {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     });
             pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+            me.last_checkpoint = Instant::now();
             Ok(r.ok())
         })?;
         tracing::debug!(?done, took = ?started.elapsed(), "checkpoint");
         Ok(())
+    }
+
+    /// Under the write lock (no commit can come): read the commits after `pos` if they are
+    /// few (the few milliseconds since the last look), and say whether every commit is read
+    /// now. Many, or a new WAL generation: false, the caller tries again after `observe`.
+    fn at_end(&mut self) -> Result<bool> {
+        let Some(pos) = self.pos else {
+            return Ok(self.wal.header()?.is_none());
+        };
+        match self.wal.scan(&pos)? {
+            Scan::Continues { commits, .. } if commits.is_empty() => Ok(true),
+            Scan::Continues { commits, .. } => {
+                let bytes: u64 = commits.iter().map(|c| c.end - c.start).sum();
+                if bytes > (TARGET_DATA / 8) as u64 {
+                    return Ok(false);
+                }
+                self.read_new_commits()?;
+                Ok(self.lost_track.is_none())
+            }
+            Scan::NoHeader => Ok(true),
+            Scan::Restarted(_) => Ok(false),
+        }
     }
 
     /// Take a base: under the write lock, read the WAL to its end and open a snapshot there;
@@ -1088,10 +1117,27 @@ impl<'a> Replicator<'a> {
     {
         self.base_due = false;
         self.last_base = Instant::now();
-        let snap = self.with_gate_waiting(stop, |me| {
-            me.read_new_commits()?;
-            SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
-        })?;
+        if base.is_some() {
+            self.finish_base(base.take());
+        }
+        // The snapshot is opened under the write lock once every commit has been read, so it
+        // is exactly the state after them (commits keep being read between attempts).
+        let snap = loop {
+            self.observe()?;
+            let snap = self.with_gate(|me| {
+                if !me.at_end()? {
+                    return Ok(None);
+                }
+                SqliteSnapshot::open_sharing(&me.db, me.db_file.clone()).map(Some)
+            })?;
+            if let Some(Some(snap)) = snap {
+                break snap;
+            }
+            if stopping(stop) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         // Everything read so far goes in segments before the base.
         self.close_segment()?;
         let link = WalLink {
