@@ -1825,6 +1825,7 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
             count(r.packs, "pack", "packs"),
             count(r.blobs, "blob", "blobs")
         );
+        print_wal_check(&r.wal, read_data);
         for p in &r.problems {
             println!("  ✗ {}: {}", p.object, p.problem);
             if !p.backups.is_empty() {
@@ -1865,6 +1866,64 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
     } else {
         ErrorKind::Integrity.exit_code()
     })
+}
+
+/// The streams of continuous replication `repo check` found, and its notes about them.
+fn print_wal_check(w: &check::WalCheck, read_data: bool) {
+    if w.streams.is_empty() && w.not_segments.is_empty() {
+        return;
+    }
+    println!(
+        "  continuous replication: {} ({}) in {}{}",
+        count(w.segments, "segment", "segments"),
+        bytes(w.segment_bytes),
+        count(w.streams.len(), "stream", "streams"),
+        if read_data {
+            format!(", {} opened and chained", w.segments_read)
+        } else {
+            String::new()
+        }
+    );
+    for s in &w.streams {
+        let source = match (&s.source, &s.host) {
+            (Some(p), Some(h)) => format!("{} on {h}", printable(p)),
+            _ => "no base".to_string(),
+        };
+        let span = match (&s.restorable_from, &s.restorable_to) {
+            (Some(from), Some(to)) => format!("; restorable to any moment from {from} to {to}"),
+            _ => String::new(),
+        };
+        println!(
+            "    stream {} ({source}): {}, {}{span}",
+            s.stream,
+            count(s.bases, "base", "bases"),
+            count(s.segments, "segment", "segments"),
+        );
+        if s.before_oldest_base > 0 {
+            println!(
+                "  note: stream {}: {} before its oldest base; no restore uses them, `lifeboat prune` removes them",
+                s.stream,
+                count(s.before_oldest_base, "segment", "segments")
+            );
+        }
+    }
+    if w.covered_segments > 0 {
+        println!(
+            "  note: {} also held by compacted segments (an interrupted compaction); `lifeboat prune` removes them",
+            count(w.covered_segments, "segment is", "segments are")
+        );
+    }
+    for o in &w.orphan_streams {
+        println!(
+            "  warning: stream {o} has no base and shipped nothing for a day (a `replicate` that never stored its first base); `lifeboat prune` removes its segments"
+        );
+    }
+    for n in &w.not_segments {
+        println!(
+            "  note: {} is not a segment; nothing reads it",
+            printable(n)
+        );
+    }
 }
 
 fn cmd_stats(ctx: &Ctx) -> Result<i32> {

@@ -3,7 +3,7 @@
 //! a time, retention and checks all start here; what a segment holds is authenticated only
 //! when it is read (`repo::segment::read`).
 
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 use crate::repo::manifest::Manifest;
 use crate::repo::segment::{self, SegmentName};
 use crate::repo::Repository;
@@ -68,6 +68,39 @@ impl Stream {
     }
 }
 
+/// Milliseconds since the epoch of a manifest's time (None if it does not parse).
+pub fn time_ms(m: &Manifest) -> Option<i64> {
+    m.time
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+impl Stream {
+    /// The newest segment that opens (is authentic and what its name says), and with it the
+    /// time of the stream's newest commit that can be relied on: a name alone is not
+    /// authenticated, and junk planted under a newer name must not make a stream look
+    /// ended (or alive). Segments that do not open are skipped with a warning; None when
+    /// none opens. A storage error (not a check that failed) is returned.
+    pub fn newest_authentic(&self, repo: &Repository) -> Result<Option<&SegmentName>> {
+        for s in self.segments.iter().rev() {
+            match segment::read(repo, repo.storage(), s) {
+                Ok(_) => return Ok(Some(s)),
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        ErrorKind::Integrity | ErrorKind::Trust | ErrorKind::NotFound
+                    ) =>
+                {
+                    tracing::warn!("{}: {e}", s.object());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Every stream, oldest first (stream ids sort by the time they were started). `backups` are
 /// the repository's manifests (`list_backups`), passed in so a caller that has them already
 /// does not read them again.
@@ -103,26 +136,33 @@ pub fn load(repo: &Repository, backups: &[Manifest]) -> Result<Vec<Stream>> {
     for s in &mut out {
         s.bases
             .sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        // Widest first among those that begin at one number; a segment inside the range of
-        // one kept before it is covered (a compaction's leftover), unless it is the same
-        // range (a fork, which restores and checks report).
-        s.segments
-            .sort_by(|a, b| a.seq.cmp(&b.seq).then(b.last_seq.cmp(&a.last_seq)));
-        let mut kept: Vec<SegmentName> = Vec::with_capacity(s.segments.len());
-        for seg in std::mem::take(&mut s.segments) {
-            match kept.last() {
-                Some(k)
-                    if seg.last_seq <= k.last_seq
-                        && !(seg.seq == k.seq && seg.last_seq == k.last_seq) =>
-                {
-                    s.covered.push(seg)
-                }
-                _ => kept.push(seg),
-            }
-        }
+        let (kept, covered) = effective(std::mem::take(&mut s.segments));
+        s.covered = covered;
         s.segments = kept;
     }
     Ok(out)
+}
+
+/// The segments of one stream a reader uses, in order, and those a compacted segment also
+/// holds (a compaction's leftovers). Widest first among those that begin at one number; a
+/// segment inside the range of one kept before it is covered, unless it has the same range
+/// (a fork, which restores and checks report).
+pub fn effective(mut segments: Vec<SegmentName>) -> (Vec<SegmentName>, Vec<SegmentName>) {
+    segments.sort_by(|a, b| a.seq.cmp(&b.seq).then(b.last_seq.cmp(&a.last_seq)));
+    let mut kept: Vec<SegmentName> = Vec::with_capacity(segments.len());
+    let mut covered = Vec::new();
+    for seg in segments {
+        match kept.last() {
+            Some(k)
+                if seg.last_seq <= k.last_seq
+                    && !(seg.seq == k.seq && seg.last_seq == k.last_seq) =>
+            {
+                covered.push(seg)
+            }
+            _ => kept.push(seg),
+        }
+    }
+    (kept, covered)
 }
 
 /// The streams of the database at `path` (absolute, as manifests record it).
