@@ -766,6 +766,13 @@ impl<'a> Replicator<'a> {
             Start::New => {
                 self.with_gate_waiting(stop, |me| {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+                    // What the WAL holds now is in the base: start reading after it.
+                    me.pos = me.wal.header()?.map(|h| h.start());
+                    if let Some(pos) = me.pos {
+                        if let Scan::Continues { end, .. } = me.wal.scan(&pos)? {
+                            me.pos = Some(end);
+                        }
+                    }
                     Ok(())
                 })?;
                 self.new_stream();
