@@ -29,6 +29,8 @@ pub struct CompactReport {
     pub covered_removed: u64,
     /// Objects fewer after the run.
     pub objects_saved: u64,
+    /// Runs left as they were because a segment in them does not open (`repo check`).
+    pub skipped_damaged: u64,
 }
 
 /// The group a segment that ended at `last_ms` belongs to at `now_ms` (None: too young to
@@ -66,7 +68,20 @@ pub fn compact(repo: &Repository, dry_run: bool) -> Result<CompactReport> {
             report.merged_into += 1;
             report.objects_saved += run.len() as u64 - 1;
             if !dry_run {
-                merge_run(repo, &run)?;
+                // A segment that does not open (damaged, or planted by someone without the
+                // keys) is left for `repo check` to report; it must not stop every prune.
+                if let Err(e) = merge_run(repo, &run) {
+                    if e.kind != crate::error::ErrorKind::Integrity
+                        && e.kind != crate::error::ErrorKind::Trust
+                    {
+                        return Err(e);
+                    }
+                    tracing::warn!("segments of stream {} not compacted: {e}", stream.id);
+                    report.segments_merged -= run.len() as u64;
+                    report.merged_into -= 1;
+                    report.objects_saved -= run.len() as u64 - 1;
+                    report.skipped_damaged += 1;
+                }
             }
         }
     }
