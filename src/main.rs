@@ -267,7 +267,7 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         base_every: Option<std::time::Duration>,
         /// Create the repository if it does not exist.
-        #[arg(long)]
+        #[arg(long, env = "LIFEBOAT_INIT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
         init: bool,
     },
     /// The moments a replicated database can be restored to: window, gaps, last commit.

@@ -272,7 +272,7 @@ fn rfc3339_ns(ns: i64) -> String {
         .unwrap_or_default()
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     jiff::Timestamp::now().as_nanosecond() as i64
 }
 
@@ -352,6 +352,9 @@ struct Replicator<'a> {
     checkpointer: Connection,
     /// Two read-only connections: one holds the pin, the other takes it over.
     pins: [Connection; 2],
+    /// Our descriptor of the `-shm` file (the clock reads SQLite's WAL index through it),
+    /// closed only after the connections, like `db_file`.
+    shm_file: Arc<File>,
     /// Held until every connection has closed: closing any descriptor of the database would
     /// drop this process's SQLite locks on it (POSIX), so none is ever closed before.
     db_file: Arc<File>,
@@ -363,6 +366,11 @@ struct Replicator<'a> {
     wal: WalFile,
     interval: Duration,
     base_every: Duration,
+    /// When each commit appeared, and a nudge when one did.
+    clock: Arc<crate::wal::clock::Clock>,
+    wake: Receiver<()>,
+    /// Time given to the newest commit read (times never go backwards).
+    last_commit_ns: i64,
     /// Where closed segments go (the shipper thread), and what it reports back.
     tx: Sender<Outgoing>,
     shipped: Arc<Shipped>,
@@ -406,7 +414,9 @@ enum Start {
         last_ns: i64,
         map: Vec<Hash>,
     },
-    New,
+    /// A new stream; `replaces`: one of this database could not be continued (its base's
+    /// new bytes count as shipped again).
+    New { replaces: bool },
 }
 
 impl<'a> Replicator<'a> {
@@ -420,7 +430,7 @@ impl<'a> Replicator<'a> {
     ) -> Result<Outcome> {
         let db = settings.path.as_path();
         let plan = if fresh {
-            Start::New
+            Start::New { replaces: false }
         } else {
             plan_start(repo, db, opts)?
         };
@@ -429,14 +439,30 @@ impl<'a> Replicator<'a> {
         // TARGET_DATA waiting to be stored; commits then wait in the WAL): while a target is
         // down the loop keeps timing commits and never blocks on the queue.
         let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
-        let mut r = Replicator::open(repo, settings, opts, tx, shipped.clone())?;
+        let clock = Arc::new(crate::wal::clock::Clock::default());
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        let mut r = Replicator::open(
+            repo,
+            settings,
+            opts,
+            tx,
+            shipped.clone(),
+            clock.clone(),
+            wake_rx,
+        )?;
+        let observing = AtomicBool::new(false);
+        let shm = r.shm_file.clone();
+        let wal_path = r.wal.path().to_path_buf();
         let prev = match &plan {
             Start::Resume { prev, .. } | Start::CatchUp { prev, .. } => *prev,
-            Start::New => None,
+            Start::New { .. } => None,
         };
         std::thread::scope(|s| -> Result<Outcome> {
             let shipper = s.spawn(|| ship_loop(repo, &r_targets(repo), rx, &shipped, prev));
+            let observer = s.spawn(|| clock.run(&shm, &wal_path, db, &observing, &wake_tx));
             let result = r.replicate(s, plan, &shipped, fence, stop);
+            observing.store(true, Ordering::SeqCst);
+            let _ = observer.join();
             // Closing the queue lets the shipper finish what it holds and return.
             let (closed, _) = crossbeam_channel::bounded::<Outgoing>(0);
             drop(std::mem::replace(&mut r.tx, closed));
@@ -462,6 +488,8 @@ impl<'a> Replicator<'a> {
         opts: &'a ReplicateOptions,
         tx: Sender<Outgoing>,
         shipped: Arc<Shipped>,
+        clock: Arc<crate::wal::clock::Clock>,
+        wake: Receiver<()>,
     ) -> Result<Self> {
         let db = settings.path.as_path();
         let db_file = Arc::new(File::open(db).ctx("cannot open", db)?);
@@ -481,8 +509,12 @@ impl<'a> Replicator<'a> {
         let page_size: u32 = pins[0]
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(sql_err(db, "cannot read"))?;
+        let shm = crate::wal::clock::shm_path(db);
+        let shm_file = Arc::new(File::open(&shm).ctx("cannot open", &shm)?);
         let gate = open_conn(db, true)?;
-        gate.busy_timeout(Duration::from_secs(2))
+        // A moment at most: the loop must go on shipping while a writer holds the lock (it
+        // tries again on its next turn).
+        gate.busy_timeout(Duration::from_millis(100))
             .map_err(sql_err(db, "cannot open"))?;
         let checkpointer = open_conn(db, true)?;
         checkpointer
@@ -497,6 +529,10 @@ impl<'a> Replicator<'a> {
             wal: WalFile::new(db),
             interval: settings.interval,
             base_every: settings.base_every,
+            clock,
+            wake,
+            last_commit_ns: 0,
+            shm_file,
             tx,
             shipped,
             reship_base: false,
@@ -575,7 +611,6 @@ impl<'a> Replicator<'a> {
     {
         let mut base: Option<std::thread::ScopedJoinHandle<'s, BaseResult>> = None;
         self.start(s, plan, stop, &mut base)?;
-        let watch = Watch::new(self.wal.path(), &self.db);
         let mut last_status = Instant::now() - Duration::from_secs(10);
         let replaced = loop {
             if let Some(e) = shipped
@@ -604,8 +639,11 @@ impl<'a> Replicator<'a> {
                     self.db.display()
                 ));
                 self.report.start = "new stream".into();
+                if base.is_some() {
+                    self.finish_base(base.take());
+                }
                 self.new_stream();
-                self.start_base(s, stop, &mut base)?;
+                self.base_due = true;
             }
             let interval = self.interval;
             let margin = (interval / 5).min(Duration::from_millis(200));
@@ -620,7 +658,7 @@ impl<'a> Replicator<'a> {
                 self.finish_base(base.take());
             }
             if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.base_every) {
-                self.start_base(s, stop, &mut base)?;
+                self.try_start_base(s, &mut base)?;
             }
             if last_status.elapsed() >= Duration::from_secs(1) {
                 self.write_status(fence, shipped, false);
@@ -632,7 +670,7 @@ impl<'a> Replicator<'a> {
                 }
                 None => Duration::from_millis(100),
             };
-            watch.wait(wait);
+            let _ = self.wake.recv_timeout(wait);
         };
         if let Some(h) = base.take() {
             self.finish_base(Some(h));
@@ -687,6 +725,7 @@ impl<'a> Replicator<'a> {
                 if holds {
                     self.stream = stream;
                     self.next_seq = next_seq;
+                    self.last_commit_ns = self.last_commit_ns.max(last_ns);
                     self.report.stream = self.stream.clone();
                     self.report.start = "resumed".into();
                     (self.opts.say)(&format!(
@@ -716,8 +755,7 @@ impl<'a> Replicator<'a> {
                     }
                     None => {
                         unpin(&self.pins[self.pinned]);
-                        self.reship_base = true;
-                        self.start(s, Start::New, stop, base)
+                        self.start(s, Start::New { replaces: true }, stop, base)
                     }
                 }
             }
@@ -758,22 +796,26 @@ impl<'a> Replicator<'a> {
                     }
                     None => {
                         unpin(&self.pins[self.pinned]);
-                        self.reship_base = true;
-                        self.start(s, Start::New, stop, base)
+                        self.start(s, Start::New { replaces: true }, stop, base)
                     }
                 }
             }
-            Start::New => {
-                self.with_gate_waiting(stop, |me| {
+            Start::New { replaces } => {
+                self.reship_base |= replaces;
+                // Pinned, and the base's snapshot opened, under one write lock: the stream
+                // starts exactly after what the base holds.
+                let snap = self.with_gate_waiting(stop, |me| {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
-                    // What the WAL holds now is in the base: start reading after it.
                     me.pos = me.wal.header()?.map(|h| h.start());
                     if let Some(pos) = me.pos {
                         if let Scan::Continues { end, .. } = me.wal.scan(&pos)? {
                             me.pos = Some(end);
                         }
                     }
-                    Ok(())
+                    me.pending.clear();
+                    me.pending_bytes = 0;
+                    me.oldest_pending = None;
+                    SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
                 })?;
                 self.new_stream();
                 self.report.start = "new stream".into();
@@ -782,7 +824,8 @@ impl<'a> Replicator<'a> {
                     self.db.display(),
                     self.stream
                 ));
-                self.start_base(s, stop, base)
+                self.spawn_base(s, snap, base);
+                Ok(())
             }
         }
     }
@@ -903,8 +946,17 @@ impl<'a> Replicator<'a> {
                     self.pos = Some(h.start());
                 }
                 Scan::Continues { commits, end } => {
-                    let time = now_ns();
+                    let now = now_ns();
+                    let frame_len =
+                        u64::from(self.page_size) + crate::wal::frames::FRAME_HEADER_LEN;
                     for c in commits {
+                        let frame = ((c.end - crate::wal::frames::HEADER_LEN) / frame_len) as u32;
+                        let seen = self
+                            .clock
+                            .time_of(pos.salt1, pos.salt2, frame)
+                            .unwrap_or(now);
+                        let time = seen.max(self.last_commit_ns);
+                        self.last_commit_ns = time;
                         self.take_commit(c, time, &pos)?;
                     }
                     self.pos = Some(end);
@@ -1113,42 +1165,50 @@ impl<'a> Replicator<'a> {
         }
     }
 
-    /// Take a base: under the write lock, read the WAL to its end and open a snapshot there;
-    /// then back it up in the background while commits keep being shipped.
-    fn start_base<'s>(
+    /// Try to take a base now: under the write lock, once every commit is read, open a
+    /// snapshot there (exactly the state after them), then back it up in the background
+    /// while commits keep being shipped. Busy (a writer holds the lock): tried again on the
+    /// next turn of the loop, which meanwhile goes on shipping.
+    fn try_start_base<'s>(
         &mut self,
         s: &'s std::thread::Scope<'s, '_>,
-        stop: &AtomicBool,
         base: &mut Option<std::thread::ScopedJoinHandle<'s, BaseResult>>,
     ) -> Result<()>
     where
         'a: 's,
     {
-        self.base_due = false;
-        self.last_base = Instant::now();
         if base.is_some() {
             self.finish_base(base.take());
         }
-        // The snapshot is opened under the write lock once every commit has been read, so it
-        // is exactly the state after them (commits keep being read between attempts).
-        let snap = loop {
-            self.observe()?;
-            let snap = self.with_gate(|me| {
-                if !me.at_end()? {
-                    return Ok(None);
-                }
-                SqliteSnapshot::open_sharing(&me.db, me.db_file.clone()).map(Some)
-            })?;
-            if let Some(Some(snap)) = snap {
-                break snap;
+        self.observe()?;
+        let snap = self.with_gate(|me| {
+            if !me.at_end()? {
+                return Ok(None);
             }
-            if stopping(stop) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            SqliteSnapshot::open_sharing(&me.db, me.db_file.clone()).map(Some)
+        })?;
+        let Some(Some(snap)) = snap else {
+            self.base_due = true;
+            return Ok(());
         };
         // Everything read so far goes in segments before the base.
         self.close_segment()?;
+        self.spawn_base(s, snap, base);
+        Ok(())
+    }
+
+    /// Back up `snap` (the state after every commit read) as the base the next segment
+    /// follows.
+    fn spawn_base<'s>(
+        &mut self,
+        s: &'s std::thread::Scope<'s, '_>,
+        snap: SqliteSnapshot,
+        base: &mut Option<std::thread::ScopedJoinHandle<'s, BaseResult>>,
+    ) where
+        'a: 's,
+    {
+        self.base_due = false;
+        self.last_base = Instant::now();
         let link = WalLink {
             stream: self.stream.clone(),
             next_seq: self.next_seq,
@@ -1166,7 +1226,9 @@ impl<'a> Replicator<'a> {
             compression: self.opts.compression,
             verify: self.opts.verify,
             progress: crate::progress::Progress::hidden(),
-            transfers: self.opts.transfers,
+            // Fewer packs in flight: a base shares the process with a stream that must stay
+            // within its memory.
+            transfers: self.opts.transfers.min(2),
             time: None,
         };
         let replicas = self.opts.configured_replicas.clone();
@@ -1182,7 +1244,6 @@ impl<'a> Replicator<'a> {
             }
             Ok(o.manifest)
         }));
-        Ok(())
     }
 
     fn finish_base(&mut self, h: Option<std::thread::ScopedJoinHandle<'_, BaseResult>>) {
@@ -1369,7 +1430,7 @@ fn ship_loop(
 fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<Start> {
     if repo.is_write_only() {
         // Nothing stored can be read back here: every start is a new stream.
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: false });
     }
     let backups = repo.list_backups()?;
     let all = streams::load(repo, &backups)?;
@@ -1380,14 +1441,14 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
         .filter(|s| s.path == path && s.host == host && !s.bases.is_empty())
         .max_by(|a, b| a.id.cmp(&b.id))
     else {
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: false });
     };
     let newest_base = stream
         .bases
         .iter()
         .max_by_key(|b| b.wal.as_ref().map(|w| w.next_seq));
     let Some(base_link) = newest_base.and_then(|b| b.wal.clone()) else {
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: true });
     };
     let after = stream.segments_from(base_link.next_seq);
     // Every segment from the base on must be there, in order.
@@ -1397,14 +1458,14 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
             db.display(),
             stream.id
         ));
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: true });
     }
     let (pos, last_ns, prev, next_seq) = match after.last() {
         Some(last) => {
             let (seg, hash) = segment::read(repo, repo.storage(), last)?;
             if seg.header.commits.last().is_none_or(|c| c.continues) {
                 // Stopped in the middle of a large transaction: its parts cannot be finished.
-                return Ok(Start::New);
+                return Ok(Start::New { replaces: true });
             }
             // No position: the database had no WAL then; a resume compares pages.
             let pos = seg.header.wal.unwrap_or(WalPos::none());
@@ -1476,63 +1537,4 @@ fn plan_catch_up(repo: &Repository, db: &Path, stream_id: &str) -> Result<Option
         }
     }
     Ok(Some(map))
-}
-
-/// Wakes the loop when the `-wal` file is written (inotify), or after a timeout.
-struct Watch {
-    fd: Option<std::os::fd::OwnedFd>,
-    wal: PathBuf,
-    watching_wal: std::cell::Cell<bool>,
-}
-
-impl Watch {
-    fn new(wal: &Path, db: &Path) -> Watch {
-        use rustix::fs::inotify;
-        let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).ok();
-        if let Some(fd) = &fd {
-            // The folder, for the `-wal` file's creation (it may not exist yet).
-            let dir = db
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let _ = inotify::add_watch(fd, dir, inotify::WatchFlags::CREATE);
-        }
-        let w = Watch {
-            fd,
-            wal: wal.to_path_buf(),
-            watching_wal: std::cell::Cell::new(false),
-        };
-        w.watch_wal();
-        w
-    }
-
-    fn watch_wal(&self) {
-        use rustix::fs::inotify;
-        if let (Some(fd), false) = (&self.fd, self.watching_wal.get()) {
-            let ok = inotify::add_watch(fd, &self.wal, inotify::WatchFlags::MODIFY).is_ok();
-            self.watching_wal.set(ok);
-        }
-    }
-
-    fn wait(&self, timeout: Duration) {
-        use std::os::fd::AsRawFd;
-        let Some(fd) = &self.fd else {
-            std::thread::sleep(timeout);
-            return;
-        };
-        self.watch_wal();
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack, a descriptor we own.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-        if ready > 0 {
-            let mut buf = [0u8; 4096];
-            // Drain the queue: one wake-up covers every event so far.
-            // SAFETY: reading into a buffer we own from a descriptor we own.
-            while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-        }
-    }
 }
