@@ -258,12 +258,14 @@ enum Command {
         /// SQLite databases in WAL mode.
         #[arg(required = true)]
         databases: Vec<PathBuf>,
-        /// The longest a commit waits before it is shipped (e.g. 1s, 500ms).
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        interval: std::time::Duration,
-        /// Take a new base after this long (bounds restore time; e.g. 1h, 30m).
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        base_every: std::time::Duration,
+        /// The longest a commit waits before it is shipped (e.g. 1s, 500ms). Default: the
+        /// config file's `[replicate.source."PATH"]` or `[replicate]` interval, else 1s.
+        #[arg(long, value_parser = parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// Take a new base after this long (bounds restore time; e.g. 1h, 30m). Default: as
+        /// for --interval (`base_every`), else 1h.
+        #[arg(long, value_parser = parse_duration)]
+        base_every: Option<std::time::Duration>,
         /// Create the repository if it does not exist.
         #[arg(long)]
         init: bool,
@@ -1454,18 +1456,41 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 fn cmd_replicate(
     ctx: &Ctx,
     databases: Vec<PathBuf>,
-    interval: std::time::Duration,
-    base_every: std::time::Duration,
+    interval: Option<std::time::Duration>,
+    base_every: Option<std::time::Duration>,
     init: bool,
 ) -> Result<i32> {
-    for db in &databases {
-        lifeboat::source::sqlite::check_is_sqlite(db)?;
+    let section = ctx.file.replicate.clone().unwrap_or_default();
+    let setting = |flag: Option<std::time::Duration>,
+                   file: Option<&str>,
+                   key: &str,
+                   default: std::time::Duration|
+     -> Result<std::time::Duration> {
+        match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(text)) => parse_duration(text)
+                .map_err(|e| Error::usage(format!("{key} in [replicate] of the config file: {e}"))),
+            (None, None) => Ok(default),
+        }
+    };
+    let mut sources = Vec::new();
+    for db in databases {
+        lifeboat::source::sqlite::check_is_sqlite(&db)?;
+        let (i, b) = section.for_source(&source_key(&db));
+        sources.push(lifeboat::wal::replicate::SourceSettings {
+            interval: setting(interval, i, "interval", std::time::Duration::from_secs(1))?,
+            base_every: setting(
+                base_every,
+                b,
+                "base_every",
+                std::time::Duration::from_secs(3600),
+            )?,
+            path: db,
+        });
     }
     let repo = ctx.open_or_init_repo(init)?;
     let opts = lifeboat::wal::replicate::ReplicateOptions {
-        databases,
-        interval,
-        base_every,
+        databases: sources,
         compression: compression(ctx, None, None)?,
         verify: verify_level(ctx, false, false)?,
         transfers: ctx.transfers()?,
@@ -2508,7 +2533,8 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
     if ctx.json {
         println!(
             "{}",
-            json!({ "targets": report.targets, "error": failure.as_ref().map(error_json) })
+            json!({ "targets": report.targets, "replicating": report.replicating,
+                    "error": failure.as_ref().map(error_json) })
         );
         return finish(ctx, failure);
     }
@@ -2557,6 +2583,16 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
         if let Some(e) = &t.error {
             println!("  UNREACHABLE: {e}");
         }
+    }
+    for r in &report.replicating {
+        println!(
+            "replicating {} (pid {}, stream {}): lag {:.1} s, newest commit shipped {}",
+            printable(&r.source),
+            r.pid,
+            r.stream,
+            r.lag_s,
+            r.last_shipped.as_deref().unwrap_or("none yet")
+        );
     }
     finish(ctx, failure)
 }

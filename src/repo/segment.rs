@@ -24,7 +24,7 @@ const MAGIC: &[u8; 8] = b"LBSEG01\n";
 /// Largest stored segment read back; writers cut segments at [`TARGET_DATA`] of pages.
 pub const SEGMENT_MAX: u64 = 128 << 20;
 /// Page bytes at which a writer closes a segment early (a burst, a `VACUUM`).
-pub const TARGET_DATA: usize = 16 << 20;
+pub const TARGET_DATA: usize = 8 << 20;
 const HEADER_MAX: usize = 32 << 20;
 
 /// Where a SQLite WAL stood after a commit: enough to tell, after a restart, whether the

@@ -111,6 +111,14 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
             break;
         }
         let expected = link.next_seq + i as u64;
+        if s.seq + 1 == expected {
+            return Err(Error::integrity(format!(
+                "stream {} (database {path}) has two segments numbered {}: two processes \
+                 shipped it",
+                stream.id, s.seq
+            ))
+            .hint("run `lifeboat repo check`; restore to a moment before that segment"));
+        }
         if s.seq != expected {
             return Err(Error::integrity(format!(
                 "segment {expected} of stream {} (database {path}) is missing: commits after \
@@ -127,6 +135,45 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
         segments,
         at,
     })
+}
+
+/// The segments that base `m` is the starting point for: from its `next_seq` up to the
+/// next base of its stream (or the stream's end), checked to be contiguous.
+pub fn plan_span(repo: &Repository, m: &Manifest) -> Result<Option<Plan>> {
+    let Some(link) = &m.wal else {
+        return Ok(None);
+    };
+    let backups = repo.list_backups()?;
+    let all = streams::load(repo, &backups)?;
+    let Some(stream) = all.iter().find(|s| s.id == link.stream) else {
+        return Ok(None);
+    };
+    let until = stream
+        .bases
+        .iter()
+        .filter_map(|b| b.wal.as_ref().map(|w| w.next_seq))
+        .filter(|&n| n > link.next_seq)
+        .min();
+    let mut segments = Vec::new();
+    for (i, s) in stream.segments_from(link.next_seq).iter().enumerate() {
+        if until.is_some_and(|u| s.seq >= u) {
+            break;
+        }
+        let expected = link.next_seq + i as u64;
+        if s.seq != expected {
+            return Err(Error::integrity(format!(
+                "stream {}: segment {expected} is missing or doubled (found {})",
+                stream.id, s.seq
+            )));
+        }
+        segments.push(s.clone());
+    }
+    Ok(Some(Plan {
+        base: m.clone(),
+        stream: stream.id.clone(),
+        segments,
+        at: At::Latest,
+    }))
 }
 
 /// What applying a plan did.
@@ -162,9 +209,44 @@ pub fn apply(repo: &Repository, plan: &Plan, file: &File, path: &Path) -> Result
     let mut held: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut held_bytes = 0usize;
     let mut spill: Option<Spill> = None;
+    // Segments are fetched a batch at a time, in parallel (on an object store each GET
+    // waits a round trip), and applied in order.
+    let batch = repo.storage().read_parallelism().clamp(1, 16);
+    let mut fetched: std::collections::VecDeque<Result<(segment::Segment, blake3::Hash)>> =
+        std::collections::VecDeque::new();
+    let mut next_fetch = 0usize;
     'segments: for s in &plan.segments {
         crate::interrupt::check()?;
-        let (seg, hash) = segment::read(repo, repo.storage(), s)?;
+        if fetched.is_empty() {
+            // At most `batch` segments and ~32 MiB stored at once.
+            let mut upto = next_fetch;
+            let mut bytes = 0u64;
+            while upto < plan.segments.len()
+                && upto - next_fetch < batch
+                && (upto == next_fetch || bytes + plan.segments[upto].size <= 32 << 20)
+            {
+                bytes += plan.segments[upto].size;
+                upto += 1;
+            }
+            let wanted = &plan.segments[next_fetch..upto];
+            fetched = std::thread::scope(|sc| {
+                let handles: Vec<_> = wanted
+                    .iter()
+                    .map(|w| sc.spawn(move || segment::read(repo, repo.storage(), w)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(Error::internal("a segment reader panicked")))
+                    })
+                    .collect()
+            });
+            next_fetch = upto;
+        }
+        let (seg, hash) = fetched
+            .pop_front()
+            .ok_or_else(|| Error::internal("segment not fetched"))??;
         if s.seq > link.next_seq {
             let want = prev.map(|h| h.to_hex().to_string());
             if seg.header.prev != want {

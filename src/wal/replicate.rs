@@ -23,7 +23,7 @@ use crate::source::sqlite::{SqliteSnapshot, SqliteSource};
 use crate::source::Snapshot;
 use crate::wal::frames::{Scan, WalFile, WalHeader};
 use crate::wal::streams;
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 use std::fs::File;
@@ -35,11 +35,7 @@ use std::time::{Duration, Instant};
 
 /// Settings of a `replicate` run.
 pub struct ReplicateOptions {
-    pub databases: Vec<PathBuf>,
-    /// The longest a commit waits before it is shipped.
-    pub interval: Duration,
-    /// A new base after this long.
-    pub base_every: Duration,
+    pub databases: Vec<SourceSettings>,
     pub compression: crate::repo::compress::Compression,
     pub verify: crate::ops::VerifyLevel,
     pub transfers: usize,
@@ -47,6 +43,16 @@ pub struct ReplicateOptions {
     pub configured_replicas: Vec<String>,
     /// Where notices go (stderr for the CLI).
     pub say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// One database and its settings.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub path: PathBuf,
+    /// The longest a commit waits before it is shipped.
+    pub interval: Duration,
+    /// A new base after this long.
+    pub base_every: Duration,
 }
 
 /// What one database's replication did, printed when it stops.
@@ -65,9 +71,6 @@ pub struct DbReport {
     pub reshipped_bytes: u64,
     pub bases: u64,
     pub base_failures: u64,
-    /// Commits not shipped when it stopped (a target that stayed down): still in the
-    /// database, missing from the point-in-time history.
-    pub unshipped_commits: u64,
 }
 
 /// Run until a signal (or a fatal error); each database in its own thread.
@@ -82,19 +85,23 @@ pub fn replicate(repo: &Repository, opts: &ReplicateOptions) -> Result<Vec<DbRep
         .hint("run `lifeboat repo upgrade` (Lifeboat versions before this one can then no longer open the repository)"));
     }
     let mut fences = Vec::new();
-    for db in &opts.databases {
-        let abs = crate::ops::backup::absolute(db)?;
+    for source in &opts.databases {
+        let abs = crate::ops::backup::absolute(&source.path)?;
         crate::source::sqlite::check_is_sqlite(&abs)?;
-        fences.push((abs.clone(), Fence::take(&abs)?));
+        let settings = SourceSettings {
+            path: abs.clone(),
+            ..source.clone()
+        };
+        fences.push((settings, Fence::take(&abs)?));
     }
     let stop = AtomicBool::new(false);
     let results: Vec<Result<DbReport>> = std::thread::scope(|s| {
         let handles: Vec<_> = fences
             .iter()
-            .map(|(db, fence)| {
+            .map(|(settings, fence)| {
                 let stop = &stop;
                 s.spawn(move || {
-                    let r = run_source(repo, db, fence, opts, stop);
+                    let r = run_source(repo, settings, fence, opts, stop);
                     if r.is_err() {
                         stop.store(true, Ordering::SeqCst);
                     }
@@ -121,18 +128,19 @@ fn stopping(stop: &AtomicBool) -> bool {
 /// new one starts when it is back.
 fn run_source(
     repo: &Repository,
-    db: &Path,
+    settings: &SourceSettings,
     fence: &Fence,
     opts: &ReplicateOptions,
     stop: &AtomicBool,
 ) -> Result<DbReport> {
+    let db = settings.path.as_path();
     let mut total = DbReport {
         source: db.display().to_string(),
         ..Default::default()
     };
     let mut fresh = false;
     loop {
-        let outcome = Replicator::run(repo, db, fence, opts, stop, fresh)?;
+        let outcome = Replicator::run(repo, settings, fence, opts, stop, fresh)?;
         total.add(&outcome.report);
         if !outcome.replaced || stopping(stop) {
             return Ok(total);
@@ -162,7 +170,6 @@ impl DbReport {
         self.reshipped_bytes += o.reshipped_bytes;
         self.bases += o.bases;
         self.base_failures += o.base_failures;
-        self.unshipped_commits += o.unshipped_commits;
     }
 }
 
@@ -323,6 +330,8 @@ struct Shipped {
     last_ns: AtomicI64,
     /// Page bytes handed over and not yet stored.
     in_flight: AtomicUsize,
+    /// First commit time (ns) of each segment handed over and not yet stored, oldest first.
+    queued: Mutex<std::collections::VecDeque<i64>>,
     failed: Mutex<Option<Error>>,
 }
 
@@ -352,8 +361,11 @@ struct Replicator<'a> {
     opts: &'a ReplicateOptions,
     identity: (u64, u64),
     wal: WalFile,
-    /// Where closed segments go (the shipper thread).
+    interval: Duration,
+    base_every: Duration,
+    /// Where closed segments go (the shipper thread), and what it reports back.
     tx: Sender<Outgoing>,
+    shipped: Arc<Shipped>,
     /// A new stream replaced one that had bases: the first base's new bytes count as
     /// shipped again.
     reship_base: bool,
@@ -400,20 +412,24 @@ enum Start {
 impl<'a> Replicator<'a> {
     fn run(
         repo: &'a Repository,
-        db: &Path,
+        settings: &SourceSettings,
         fence: &Fence,
         opts: &'a ReplicateOptions,
         stop: &AtomicBool,
         fresh: bool,
     ) -> Result<Outcome> {
+        let db = settings.path.as_path();
         let plan = if fresh {
             Start::New
         } else {
             plan_start(repo, db, opts)?
         };
-        let shipped = Shipped::default();
-        let (tx, rx) = bounded::<Outgoing>(64);
-        let mut r = Replicator::open(repo, db, opts, tx)?;
+        let shipped = Arc::new(Shipped::default());
+        // Memory is bounded by bytes, not by segments (`observe` stops reading at 4 ×
+        // TARGET_DATA waiting to be stored; commits then wait in the WAL): while a target is
+        // down the loop keeps timing commits and never blocks on the queue.
+        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
+        let mut r = Replicator::open(repo, settings, opts, tx, shipped.clone())?;
         let prev = match &plan {
             Start::Resume { prev, .. } | Start::CatchUp { prev, .. } => *prev,
             Start::New => None,
@@ -422,7 +438,7 @@ impl<'a> Replicator<'a> {
             let shipper = s.spawn(|| ship_loop(repo, &r_targets(repo), rx, &shipped, prev));
             let result = r.replicate(s, plan, &shipped, fence, stop);
             // Closing the queue lets the shipper finish what it holds and return.
-            let (closed, _) = bounded::<Outgoing>(0);
+            let (closed, _) = crossbeam_channel::bounded::<Outgoing>(0);
             drop(std::mem::replace(&mut r.tx, closed));
             let shipper_result = shipper
                 .join()
@@ -431,8 +447,8 @@ impl<'a> Replicator<'a> {
             r.report.commits = shipped.commits.load(Ordering::SeqCst);
             r.report.bytes_shipped = shipped.bytes.load(Ordering::SeqCst);
             r.write_status(fence, &shipped, true);
-            let replaced = result?;
             shipper_result?;
+            let replaced = result?;
             Ok(Outcome {
                 report: r.report.clone(),
                 replaced,
@@ -442,10 +458,12 @@ impl<'a> Replicator<'a> {
 
     fn open(
         repo: &'a Repository,
-        db: &Path,
+        settings: &SourceSettings,
         opts: &'a ReplicateOptions,
         tx: Sender<Outgoing>,
+        shipped: Arc<Shipped>,
     ) -> Result<Self> {
+        let db = settings.path.as_path();
         let db_file = Arc::new(File::open(db).ctx("cannot open", db)?);
         let meta = db_file.metadata().ctx("cannot stat", db)?;
         let pins = [open_conn(db, false)?, open_conn(db, false)?];
@@ -477,7 +495,10 @@ impl<'a> Replicator<'a> {
             db_file,
             identity: (meta.dev(), meta.ino()),
             wal: WalFile::new(db),
+            interval: settings.interval,
+            base_every: settings.base_every,
             tx,
+            shipped,
             reship_base: false,
             pins,
             pinned: 0,
@@ -586,7 +607,7 @@ impl<'a> Replicator<'a> {
                 self.new_stream();
                 self.start_base(s, stop, &mut base)?;
             }
-            let interval = self.opts.interval;
+            let interval = self.interval;
             let margin = (interval / 5).min(Duration::from_millis(200));
             if self
                 .oldest_pending
@@ -598,8 +619,7 @@ impl<'a> Replicator<'a> {
             if base.as_ref().is_some_and(|h| h.is_finished()) {
                 self.finish_base(base.take());
             }
-            if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.opts.base_every)
-            {
+            if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.base_every) {
                 self.start_base(s, stop, &mut base)?;
             }
             if last_status.elapsed() >= Duration::from_secs(1) {
@@ -617,8 +637,6 @@ impl<'a> Replicator<'a> {
         if let Some(h) = base.take() {
             self.finish_base(Some(h));
         }
-        self.report.unshipped_commits =
-            self.pending.iter().filter(|p| p.pos.is_some()).count() as u64;
         Ok(replaced)
     }
 
@@ -655,12 +673,14 @@ impl<'a> Replicator<'a> {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
                     let holds = match &pos {
                         Some(p) => me.wal.holds(p)?,
-                        None => me.wal.header()?.is_none(),
+                        None => false,
                     };
                     if holds {
                         me.pos = pos;
+                        // Commits made while Lifeboat was away are seen only now.
                         me.unseen_since = Some(last_ns);
                         me.read_new_commits()?;
+                        me.unseen_since = None;
                     }
                     Ok(holds)
                 })?;
@@ -796,6 +816,10 @@ impl<'a> Replicator<'a> {
         if too_much {
             return Ok(None);
         }
+        if changed.is_empty() && u64::from(pages) == map.len() as u64 {
+            // Nothing changed while Lifeboat was away: no gap to record.
+            return Ok(Some(0));
+        }
         let bytes = data.len() as u64;
         let time = now_ns();
         // Pages in pieces of a segment's size, one commit continued across them.
@@ -831,7 +855,7 @@ impl<'a> Replicator<'a> {
     fn observe(&mut self) -> Result<()> {
         // While too much waits to be stored (a target that is down), commits stay in the
         // WAL, which the pin keeps: nothing is lost, they are read once the targets catch up.
-        if self.pending_bytes > 4 * TARGET_DATA {
+        if self.pending_bytes + self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA {
             return Ok(());
         }
         let spare = 1 - self.pinned;
@@ -943,6 +967,13 @@ impl<'a> Replicator<'a> {
                 };
                 let part = std::mem::replace(&mut cur, next);
                 self.push(part);
+                // A transaction of gigabytes (a VACUUM) is read no faster than it is stored.
+                while self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
+                    && crate::interrupt::received().is_none()
+                    && self.shipped.failed.lock().map_or(true, |f| f.is_none())
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 self.close_segment()?;
             }
         }
@@ -1001,6 +1032,14 @@ impl<'a> Replicator<'a> {
                 data,
             };
             self.next_seq += 1;
+            self.shipped
+                .in_flight
+                .fetch_add(segment.data.len(), Ordering::SeqCst);
+            self.shipped
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(segment.first_ns());
             if self.tx.send(Outgoing { segment }).is_err() {
                 return Err(Error::internal("the shipper stopped"));
             }
@@ -1011,18 +1050,24 @@ impl<'a> Replicator<'a> {
 
     /// Restart the WAL when it has grown past ~1,000 pages (see the module doc).
     fn checkpoint_if_large(&mut self, shipped: &Shipped) -> Result<()> {
-        let threshold = 1000 * (u64::from(self.page_size) + 24);
-        if self.last_checkpoint.elapsed() < Duration::from_secs(1)
+        // Before SQLite's own auto-checkpoint (1,000 pages): under a pin that trails by a
+        // commit, the application's would run (and fsync) after every commit.
+        let threshold = 800 * (u64::from(self.page_size) + 24);
+        if self.last_checkpoint.elapsed() < Duration::from_millis(250)
             || self.pending_bytes > 4 * TARGET_DATA
             || shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
-            || self.wal.size()? < threshold
+            // Frames of this generation read so far (the file itself never shrinks).
+            || self.pos.map_or(0, |p| p.offset) < threshold
         {
             return Ok(());
         }
-        self.last_checkpoint = Instant::now();
         let started = Instant::now();
         let done = self.with_gate(|me| {
-            me.read_new_commits()?;
+            // Only when every commit has been read already: the write lock is held for
+            // milliseconds, never while frames are read or wait for a slow target.
+            if !me.at_end()? {
+                return Ok(None);
+            }
             unpin(&me.pins[me.pinned]);
             let r: rusqlite::Result<(i64, i64, i64)> =
                 me.checkpointer
@@ -1030,10 +1075,33 @@ impl<'a> Replicator<'a> {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     });
             pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+            me.last_checkpoint = Instant::now();
             Ok(r.ok())
         })?;
         tracing::debug!(?done, took = ?started.elapsed(), "checkpoint");
         Ok(())
+    }
+
+    /// Under the write lock (no commit can come): read the commits after `pos` if they are
+    /// few (the few milliseconds since the last look), and say whether every commit is read
+    /// now. Many, or a new WAL generation: false, the caller tries again after `observe`.
+    fn at_end(&mut self) -> Result<bool> {
+        let Some(pos) = self.pos else {
+            return Ok(self.wal.header()?.is_none());
+        };
+        match self.wal.scan(&pos)? {
+            Scan::Continues { commits, .. } if commits.is_empty() => Ok(true),
+            Scan::Continues { commits, .. } => {
+                let bytes: u64 = commits.iter().map(|c| c.end - c.start).sum();
+                if bytes > (TARGET_DATA / 8) as u64 {
+                    return Ok(false);
+                }
+                self.read_new_commits()?;
+                Ok(self.lost_track.is_none())
+            }
+            Scan::NoHeader => Ok(true),
+            Scan::Restarted(_) => Ok(false),
+        }
     }
 
     /// Take a base: under the write lock, read the WAL to its end and open a snapshot there;
@@ -1049,10 +1117,27 @@ impl<'a> Replicator<'a> {
     {
         self.base_due = false;
         self.last_base = Instant::now();
-        let snap = self.with_gate_waiting(stop, |me| {
-            me.read_new_commits()?;
-            SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
-        })?;
+        if base.is_some() {
+            self.finish_base(base.take());
+        }
+        // The snapshot is opened under the write lock once every commit has been read, so it
+        // is exactly the state after them (commits keep being read between attempts).
+        let snap = loop {
+            self.observe()?;
+            let snap = self.with_gate(|me| {
+                if !me.at_end()? {
+                    return Ok(None);
+                }
+                SqliteSnapshot::open_sharing(&me.db, me.db_file.clone()).map(Some)
+            })?;
+            if let Some(Some(snap)) = snap {
+                break snap;
+            }
+            if stopping(stop) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         // Everything read so far goes in segments before the base.
         self.close_segment()?;
         let link = WalLink {
@@ -1110,7 +1195,7 @@ impl<'a> Replicator<'a> {
             Ok(Err(e)) => {
                 self.report.base_failures += 1;
                 // Tried again after a while: segments keep flowing meanwhile.
-                self.last_base = Instant::now() - self.opts.base_every + Duration::from_secs(30);
+                self.last_base = Instant::now() - self.base_every + Duration::from_secs(30);
                 (self.opts.say)(&format!(
                     "{}: a base failed (tried again in 30 s): {}",
                     self.db.display(),
@@ -1181,7 +1266,6 @@ fn ship_loop(
     let mut replica_down = vec![false; targets.len()];
     for Outgoing { mut segment } in rx {
         let data_len = segment.data.len();
-        shipped.in_flight.fetch_add(data_len, Ordering::SeqCst);
         if segment.header.seq == 0 {
             prev = None;
         }
@@ -1262,6 +1346,11 @@ fn ship_loop(
             .fetch_add(sealed.len() as u64, Ordering::SeqCst);
         shipped.last_ns.store(segment.last_ns(), Ordering::SeqCst);
         shipped.in_flight.fetch_sub(data_len, Ordering::SeqCst);
+        shipped
+            .queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
     }
     Ok(())
 }
@@ -1308,10 +1397,12 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
     let (pos, last_ns, prev, next_seq) = match after.last() {
         Some(last) => {
             let (seg, hash) = segment::read(repo, repo.storage(), last)?;
-            let ends_whole = seg.header.commits.last().is_some_and(|c| !c.continues);
-            let Some(pos) = seg.header.wal.filter(|_| ends_whole) else {
+            if seg.header.commits.last().is_none_or(|c| c.continues) {
+                // Stopped in the middle of a large transaction: its parts cannot be finished.
                 return Ok(Start::New);
-            };
+            }
+            // No position: the database had no WAL then; a resume compares pages.
+            let pos = seg.header.wal.unwrap_or(WalPos::none());
             (pos, seg.last_ns(), Some(hash), last.seq + 1)
         }
         None => {
@@ -1385,6 +1476,8 @@ fn plan_catch_up(repo: &Repository, db: &Path, stream_id: &str) -> Result<Option
 /// Wakes the loop when the `-wal` file is written (inotify), or after a timeout.
 struct Watch {
     fd: Option<std::os::fd::OwnedFd>,
+    wal: PathBuf,
+    watching_wal: std::cell::Cell<bool>,
 }
 
 impl Watch {
@@ -1392,19 +1485,28 @@ impl Watch {
         use rustix::fs::inotify;
         let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).ok();
         if let Some(fd) = &fd {
-            // The folder too: the `-wal` file may not exist yet, or be created again.
+            // The folder, for the `-wal` file's creation (it may not exist yet).
             let dir = db
                 .parent()
                 .filter(|d| !d.as_os_str().is_empty())
                 .unwrap_or(Path::new("."));
-            let _ = inotify::add_watch(
-                fd,
-                dir,
-                inotify::WatchFlags::CREATE | inotify::WatchFlags::MODIFY,
-            );
-            let _ = inotify::add_watch(fd, wal, inotify::WatchFlags::MODIFY);
+            let _ = inotify::add_watch(fd, dir, inotify::WatchFlags::CREATE);
         }
-        Watch { fd }
+        let w = Watch {
+            fd,
+            wal: wal.to_path_buf(),
+            watching_wal: std::cell::Cell::new(false),
+        };
+        w.watch_wal();
+        w
+    }
+
+    fn watch_wal(&self) {
+        use rustix::fs::inotify;
+        if let (Some(fd), false) = (&self.fd, self.watching_wal.get()) {
+            let ok = inotify::add_watch(fd, &self.wal, inotify::WatchFlags::MODIFY).is_ok();
+            self.watching_wal.set(ok);
+        }
     }
 
     fn wait(&self, timeout: Duration) {
@@ -1413,6 +1515,7 @@ impl Watch {
             std::thread::sleep(timeout);
             return;
         };
+        self.watch_wal();
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events: libc::POLLIN,
