@@ -875,15 +875,29 @@ fn check_instants(t: &Target, db: &Path, recs: &[Rec], instants: &[i64], tag: &s
     for (i, &at) in instants.iter().enumerate() {
         let want = state_at(recs, at);
         let (got, out) = t.restored_digest(db, &rfc(at), &format!("{tag}-{i}.db"));
-        assert_eq!(
-            got,
-            want.digest,
-            "restore --at {} ({tag} #{i}) should equal the state recorded at {} ({}), \
-             the last commit before it",
-            rfc(at),
-            rfc(want.t_ns),
-            want.what
-        );
+        if got != want.digest {
+            // Which recorded state it is, if any: tells a late or early commit time apart
+            // from damage.
+            let matching: Vec<String> = recs
+                .iter()
+                .filter(|r| r.digest == got)
+                .map(|r| format!("{} ({})", rfc(r.t_ns), r.what))
+                .collect();
+            let near: Vec<String> = recs
+                .iter()
+                .filter(|r| (r.t_ns - at).abs() < 1_000_000_000)
+                .map(|r| format!("{} ({})", rfc(r.t_ns), r.what))
+                .collect();
+            panic!(
+                "restore --at {} ({tag} #{i}) should equal the state recorded at {} ({}), the \
+                 last commit before it; it equals the states recorded at {matching:?}; commits \
+                 within 1 s: {near:?}; timeline: {}",
+                rfc(at),
+                rfc(want.t_ns),
+                want.what,
+                t.json(&["timeline", s(db)])
+            );
+        }
         std::fs::remove_file(&out).expect("remove restored file");
     }
     instants.len()
@@ -1767,15 +1781,39 @@ fn a_missing_segment_fails_restores_past_it_and_not_before_it() {
         &format!("segment {seq}"),
     );
 
-    // Before it: exact.
+    // Up to the last commit of the segment before it: exact. (Between that commit and the
+    // missing segment's first one the state is unknown, since the missing segment's name
+    // told its first time: the restore refuses, tested below.)
+    let before_gone = segs[segs.len() / 2 - 1]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').nth(2))
+        .and_then(|ms| ms.parse::<i64>().ok())
+        .expect("last ms of the segment before")
+        * 1_000_000
+        - 1_000_000;
+    let upto = gone_from.min(before_gone);
     let tl = t.timeline(&db);
     let before: Vec<Rec> = recs
         .iter()
-        .filter(|r| r.t_ns < gone_from - MARGIN_NS)
+        .filter(|r| r.t_ns < upto - MARGIN_NS)
         .cloned()
         .collect();
     let instants =
-        instants_between_commits(&before, &[], tl.from, gone_from - MARGIN_NS, 3, &mut Rng(7));
+        instants_between_commits(&before, &[], tl.from, upto - MARGIN_NS, 3, &mut Rng(7));
+    // After the segment before it, and before the missing one's first commit: unknown.
+    if gone_from - before_gone > 4_000_000 {
+        t.restore_at(
+            &db,
+            &rfc(before_gone + (gone_from - before_gone) / 2),
+            &env.path("between.db"),
+        )
+        .fails(
+            3,
+            "restore --at between a segment and a missing one",
+            "not in",
+        );
+    }
     check_instants(&t, &db, &recs, &instants, "before");
 
     // Before the first base: nothing to restore from.

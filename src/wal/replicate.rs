@@ -388,9 +388,6 @@ struct Replicator<'a> {
     oldest_pending: Option<Instant>,
     /// The next commit read stands for commits not seen one by one since this time.
     unseen_since: Option<i64>,
-    /// A WAL generation was missed (the file was replaced or checkpointed behind our back):
-    /// the stream ends, a new one starts with a base.
-    lost_track: Option<String>,
     last_base: Instant,
     base_due: bool,
     last_checkpoint: Instant,
@@ -548,7 +545,6 @@ impl<'a> Replicator<'a> {
             pending_bytes: 0,
             oldest_pending: None,
             unseen_since: None,
-            lost_track: None,
             last_base: Instant::now(),
             base_due: false,
             last_checkpoint: Instant::now(),
@@ -631,20 +627,6 @@ impl<'a> Replicator<'a> {
                 break true;
             }
             self.observe()?;
-            if let Some(why) = self.lost_track.take() {
-                // The stream cannot continue without a gap: end it, start a new one.
-                self.close_segment()?;
-                (self.opts.say)(&format!(
-                    "{}: {why}; a new stream starts with a base",
-                    self.db.display()
-                ));
-                self.report.start = "new stream".into();
-                if base.is_some() {
-                    self.finish_base(base.take());
-                }
-                self.new_stream();
-                self.base_due = true;
-            }
             let interval = self.interval;
             let margin = (interval / 5).min(Duration::from_millis(200));
             if self
@@ -871,7 +853,9 @@ impl<'a> Replicator<'a> {
             return Ok(Some(0));
         }
         let bytes = data.len() as u64;
-        let time = now_ns();
+        // Commits read from now on come after this one.
+        let time = now_ns().max(self.last_commit_ns);
+        self.last_commit_ns = time;
         // Pages in pieces of a segment's size, one commit continued across them.
         let per = (TARGET_DATA / ps).max(1);
         let n = changed.len().div_ceil(per).max(1);
@@ -933,16 +917,9 @@ impl<'a> Replicator<'a> {
                 Scan::NoHeader => return Ok(()),
                 Scan::Restarted(h) => {
                     self.check_page_size(&h)?;
-                    // The pins guarantee every frame of the previous generation was read; a
-                    // generation that is not the next one means the WAL was replaced.
-                    if h.ckpt_seq != pos.ckpt_seq.wrapping_add(1)
-                        || h.salt1 != pos.salt1.wrapping_add(1)
-                    {
-                        self.lost_track = Some(format!(
-                            "the WAL was replaced (checkpoint sequence {} after {})",
-                            h.ckpt_seq, pos.ckpt_seq
-                        ));
-                    }
+                    // A new generation. The pins guarantee every frame of the previous one
+                    // was read. Its salts say nothing more: a TRUNCATE checkpoint moves them
+                    // on even when the WAL was empty, so a restart may skip numbers.
                     self.pos = Some(h.start());
                 }
                 Scan::Continues { commits, end } => {
@@ -1158,7 +1135,7 @@ impl<'a> Replicator<'a> {
                     return Ok(false);
                 }
                 self.read_new_commits()?;
-                Ok(self.lost_track.is_none())
+                Ok(true)
             }
             Scan::NoHeader => Ok(true),
             Scan::Restarted(_) => Ok(false),
