@@ -511,7 +511,7 @@ impl<'a> Replicator<'a> {
         let gate = open_conn(db, true)?;
         // A moment at most: the loop must go on shipping while a writer holds the lock (it
         // tries again on its next turn).
-        gate.busy_timeout(Duration::from_millis(100))
+        gate.busy_timeout(Duration::from_millis(50))
             .map_err(sql_err(db, "cannot open"))?;
         let checkpointer = open_conn(db, true)?;
         checkpointer
@@ -628,7 +628,7 @@ impl<'a> Replicator<'a> {
             }
             self.observe()?;
             let interval = self.interval;
-            let margin = (interval / 5).min(Duration::from_millis(200));
+            let margin = (interval / 4).min(Duration::from_millis(300));
             if self
                 .oldest_pending
                 .is_some_and(|t| t.elapsed() + margin >= interval)
@@ -1099,6 +1099,9 @@ impl<'a> Replicator<'a> {
         {
             return Ok(());
         }
+        // Tried at most every 250 ms, done or not: under writers that never pause, each try
+        // may wait out the lock's busy timeout, and shipping must go on meanwhile.
+        self.last_checkpoint = Instant::now();
         let started = Instant::now();
         let done = self.with_gate(|me| {
             // Only when every commit has been read already: the write lock is held for
@@ -1113,7 +1116,6 @@ impl<'a> Replicator<'a> {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     });
             pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
-            me.last_checkpoint = Instant::now();
             Ok(r.ok())
         })?;
         tracing::debug!(?done, took = ?started.elapsed(), "checkpoint");
