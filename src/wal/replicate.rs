@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,7 +192,6 @@ fn state_name(db: &Path) -> String {
 impl Fence {
     fn take(db: &Path) -> Result<Fence> {
         use std::io::{Read, Seek, Write};
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = state_dir();
         crate::storage::local::create_private_dir(&dir)?;
         let name = state_name(db);
@@ -1102,6 +1101,8 @@ impl<'a> Replicator<'a> {
         // Tried at most every 250 ms, done or not: under writers that never pause, each try
         // may wait out the lock's busy timeout, and shipping must go on meanwhile.
         self.last_checkpoint = Instant::now();
+        // What is pending goes first: it must not wait behind the checkpoint's sync.
+        self.close_segment()?;
         let started = Instant::now();
         let done = self.with_gate(|me| {
             // Only when every commit has been read already: the write lock is held for
@@ -1274,7 +1275,20 @@ impl<'a> Replicator<'a> {
             updated: jiff::Timestamp::now().to_string(),
         };
         if let Ok(json) = serde_json::to_vec(&status) {
-            let _ = crate::storage::local::write_private_file(&fence.status, &json);
+            // Replaced by a rename, not synced: it is rewritten every second, and an fsync on
+            // a busy disk would hold up the loop.
+            let tmp = fence.status.with_extension("json.tmp");
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+                .and_then(|()| std::fs::rename(&tmp, &fence.status));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
         }
     }
 }
