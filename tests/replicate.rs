@@ -459,6 +459,10 @@ impl Drop for Replication {
 #[derive(Debug, Clone)]
 struct Rec {
     t_ns: i64,
+    /// When the step that made it began: the commit happened in [t0_ns, t_ns] (a COMMIT
+    /// returns only after the application's auto-checkpoint, which may take a while after
+    /// the commit is visible).
+    t0_ns: i64,
     digest: String,
     what: &'static str,
 }
@@ -478,6 +482,8 @@ struct Writer {
     next_table: u32,
     extra: Vec<String>,
     ckpts: Vec<Ckpt>,
+    /// When the current step began (see `Rec::t0_ns`).
+    step_start: i64,
 }
 
 impl Writer {
@@ -504,6 +510,7 @@ impl Writer {
             next_table: 1,
             extra: vec!["extra_0".into()],
             ckpts: Vec::new(),
+            step_start: now_ns(),
         };
         let rec = w.record("initial");
         (w, rec)
@@ -527,6 +534,7 @@ impl Writer {
             next_table: 1000,
             extra,
             ckpts: Vec::new(),
+            step_start: now_ns(),
         }
     }
 
@@ -534,6 +542,7 @@ impl Writer {
         let t_ns = now_ns();
         Rec {
             t_ns,
+            t0_ns: std::mem::replace(&mut self.step_start, t_ns),
             digest: digest_conn(&self.c),
             what,
         }
@@ -569,6 +578,7 @@ impl Writer {
     /// One random operation: a committed transaction (returned, with its record) or, when
     /// `may_checkpoint`, sometimes an application checkpoint or a rolled-back transaction.
     fn step(&mut self, may_checkpoint: bool) -> Option<Rec> {
+        self.step_start = now_ns();
         let mut r = self.rng.below(100);
         if self.count("items") > 1500 && r < 40 {
             r = 50; // keep the database small: delete instead
@@ -716,6 +726,7 @@ impl Writer {
     }
 
     fn vacuum(&mut self) -> Rec {
+        self.step_start = now_ns();
         self.batch("VACUUM");
         self.record("vacuum")
     }
@@ -825,7 +836,8 @@ fn instants_between_commits(
     n: usize,
     rng: &mut Rng,
 ) -> Vec<i64> {
-    let mut times: Vec<i64> = recs.iter().map(|r| r.t_ns).collect();
+    // Each commit happened somewhere in [t0, t]: both ends bound the spaces.
+    let mut times: Vec<i64> = recs.iter().flat_map(|r| [r.t0_ns, r.t_ns]).collect();
     times.sort();
     // Spaces between consecutive commits (and before the first / after the last), shrunk
     // by the margin, clipped to [lo, hi], minus the gaps.
