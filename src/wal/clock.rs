@@ -125,6 +125,7 @@ impl Clock {
                             _ => seen,
                         };
                         last_ns = ns;
+                        tracing::debug!(?state, ns, seen, ?written, "commit seen");
                         self.note(state, ns);
                     }
                     last = now;

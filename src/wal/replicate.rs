@@ -789,7 +789,9 @@ impl<'a> Replicator<'a> {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
                     me.pos = me.wal.header()?.map(|h| h.start());
                     if let Some(pos) = me.pos {
-                        if let Scan::Continues { end, .. } = me.wal.scan(&pos)? {
+                        if let Scan::Continues { end, .. } =
+                            me.wal.scan(&pos, me.committed(&pos))?
+                        {
                             me.pos = Some(end);
                         }
                     }
@@ -912,7 +914,7 @@ impl<'a> Replicator<'a> {
                     None => return Ok(()),
                 }
             };
-            match self.wal.scan(&pos)? {
+            match self.wal.scan(&pos, self.committed(&pos))? {
                 Scan::NoHeader => return Ok(()),
                 Scan::Restarted(h) => {
                     self.check_page_size(&h)?;
@@ -932,6 +934,7 @@ impl<'a> Replicator<'a> {
                             .time_of(pos.salt1, pos.salt2, frame)
                             .unwrap_or(now);
                         let time = seen.max(self.last_commit_ns);
+                        tracing::debug!(frame, seen, time, salt1 = pos.salt1, "commit read");
                         self.last_commit_ns = time;
                         self.take_commit(c, time, &pos)?;
                     }
@@ -941,6 +944,15 @@ impl<'a> Replicator<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The last frame of `pos`'s generation that SQLite's WAL index shows committed (0 when
+    /// the index is of another generation, or being rewritten: nothing is taken then).
+    fn committed(&self, pos: &WalPos) -> u32 {
+        match crate::wal::clock::read_index(&self.shm_file) {
+            Some(ix) if ix.salt1 == pos.salt1 && ix.salt2 == pos.salt2 => ix.mx_frame,
+            _ => 0,
+        }
     }
 
     fn check_page_size(&self, h: &WalHeader) -> Result<()> {
@@ -1130,7 +1142,7 @@ impl<'a> Replicator<'a> {
         let Some(pos) = self.pos else {
             return Ok(self.wal.header()?.is_none());
         };
-        match self.wal.scan(&pos)? {
+        match self.wal.scan(&pos, self.committed(&pos))? {
             Scan::Continues { commits, .. } if commits.is_empty() => Ok(true),
             Scan::Continues { commits, .. } => {
                 let bytes: u64 = commits.iter().map(|c| c.end - c.start).sum();
