@@ -336,7 +336,7 @@ impl Replication {
         let started_ns = now_ns();
         let mut cmd = t.cmd();
         if std::env::var_os("LIFEBOAT_TEST_LOG").is_some() {
-            cmd.env("LIFEBOAT_LOG", "lifeboat::wal=debug");
+            cmd.env("LIFEBOAT_LOG", "lifeboat::wal=debug,object_store=debug");
         }
         let child = cmd
             .arg("replicate")

@@ -1365,7 +1365,7 @@ fn ship_loop(
         let mut delay = Duration::from_millis(200);
         let mut warned = false;
         loop {
-            match crate::storage::put_new_or_same(targets[0], &name, &sealed) {
+            match put_segment(targets[0], &name, &sealed) {
                 Ok(()) => break,
                 Err(e) if e.kind == ErrorKind::Usage => {
                     let e = Error::new(
@@ -1406,7 +1406,7 @@ fn ship_loop(
             tracing::warn!("segment {name} stored: the target is back");
         }
         for (i, t) in targets.iter().enumerate().skip(1) {
-            match crate::storage::put_new_or_same(*t, &name, &sealed) {
+            match put_segment(*t, &name, &sealed) {
                 Ok(()) => replica_down[i] = false,
                 Err(e) => {
                     if !replica_down[i] {
@@ -1442,6 +1442,23 @@ fn ship_loop(
             .pop_front();
     }
     Ok(())
+}
+
+/// Store a segment (create-only; our own earlier attempt with the same bytes is fine),
+/// giving up on a request that hangs after a time that grows with its size: the shipper
+/// tries again, and commits must not wait behind a dead connection.
+fn put_segment(target: &dyn crate::storage::Storage, name: &str, sealed: &[u8]) -> Result<()> {
+    let within = Duration::from_secs(10 + (sealed.len() >> 20) as u64);
+    if target.put_new_within(name, sealed, within)? {
+        return Ok(());
+    }
+    if target.get(name)? == sealed {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "{}/{name} already exists with other content",
+        target.describe()
+    )))
 }
 
 /// How to start on `db`: the newest stream of this database on this host, if its last
