@@ -1102,6 +1102,11 @@ impl<'a> Replicator<'a> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push_back(segment.first_ns());
+            tracing::debug!(
+                seq = segment.header.seq,
+                commits = segment.header.commits.len(),
+                "segment closed"
+            );
             if self.tx.send(Outgoing { segment }).is_err() {
                 return Err(Error::internal("the shipper stopped"));
             }
@@ -1404,6 +1409,8 @@ fn ship_loop(
         }
         if warned {
             tracing::warn!("segment {name} stored: the target is back");
+        } else {
+            tracing::debug!(%name, "segment stored");
         }
         for (i, t) in targets.iter().enumerate().skip(1) {
             match put_segment(*t, &name, &sealed) {
