@@ -1131,8 +1131,15 @@ impl<'a> Replicator<'a> {
         // Tried at most every 250 ms, done or not: under writers that never pause, each try
         // may wait out the lock's busy timeout, and shipping must go on meanwhile.
         self.last_checkpoint = Instant::now();
-        // What is pending goes first: it must not wait behind the checkpoint's sync.
-        self.close_segment()?;
+        // What is pending and half its interval old goes first: it must not wait behind the
+        // checkpoint's sync (younger commits can, without closing a segment early: one PUT
+        // per interval).
+        if self
+            .oldest_pending
+            .is_some_and(|t| t.elapsed() >= self.interval / 2)
+        {
+            self.close_segment()?;
+        }
         let started = Instant::now();
         let done = self.with_gate(|me| {
             // Only when every commit has been read already: the write lock is held for
