@@ -135,19 +135,12 @@ pub fn status(repo: &Repository, configured: &[String]) -> Result<StatusReport> 
 
 /// The replications of this machine that ship into `repo`, with their lag.
 pub fn replicating(repo: &Repository) -> Vec<Replicating> {
-    let now_ms = jiff::Timestamp::now().as_millisecond();
     let here = repo.location();
     crate::wal::replicate::live_statuses()
         .into_iter()
         .filter(|l| crate::config::same_location(&l.repo, &here))
         .map(|l| {
-            let lag_s = l
-                .oldest_unshipped
-                .as_deref()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map_or(0.0, |t| {
-                    (now_ms - t.as_millisecond()).max(0) as f64 / 1000.0
-                });
+            let lag_s = l.lag_s();
             Replicating {
                 source: l.source,
                 pid: l.pid,

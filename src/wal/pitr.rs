@@ -574,13 +574,7 @@ pub fn timeline(repo: &Repository, path: &str) -> Result<Timeline> {
         .into_iter()
         .find(|l| l.source == path)
         .map(|l| {
-            let lag = l
-                .oldest_unshipped
-                .as_deref()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map_or(0.0, |t| {
-                    (now_ms - t.as_millisecond()).max(0) as f64 / 1000.0
-                });
+            let lag = l.lag_s();
             Live {
                 pid: l.pid,
                 lag_s: lag,

@@ -241,6 +241,19 @@ pub struct LiveStatus {
     pub updated: String,
 }
 
+impl LiveStatus {
+    /// Seconds the oldest commit not stored yet has waited (0 when everything is stored).
+    pub fn lag_s(&self) -> f64 {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        self.oldest_unshipped
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map_or(0.0, |t| {
+                (now_ms - t.as_millisecond()).max(0) as f64 / 1000.0
+            })
+    }
+}
+
 /// The status files of replications running on this machine (stale ones, of a process that
 /// is gone, are left out).
 pub fn live_statuses() -> Vec<LiveStatus> {
