@@ -223,3 +223,67 @@ fn an_interrupted_compaction_leaves_restores_intact_and_is_cleaned_up() {
     assert_eq!(r.covered_removed, 15, "{r:?}");
     assert_every_commit_restores(&f, "cleaned up");
 }
+
+/// A name planted by someone without the keys, claiming to be a compacted segment that holds
+/// the whole stream: prune deletes nothing because of it, and restores use the real segments.
+#[test]
+fn a_planted_covering_name_deletes_nothing_and_misleads_no_restore() {
+    let f = fixture();
+    let names = segment::list(f.repo.storage()).unwrap().0;
+    let first = &names[0];
+    let last = &names[names.len() - 2];
+    let planted = segment::object_name(
+        &first.stream,
+        first.seq,
+        first.first_ms,
+        last.last_ms,
+        None,
+        last.last_seq,
+    );
+    f.repo.storage().put_new(&planted, b"junk").unwrap();
+    let r = lifeboat::wal::compact::compact(&f.repo, false).unwrap();
+    assert_eq!(r.covered_removed, 0, "{r:?}");
+    for n in &names {
+        assert!(
+            f.repo.storage().exists(&n.object()).unwrap(),
+            "{} was deleted",
+            n.object()
+        );
+    }
+    assert_every_commit_restores(&f, "with a planted covering name");
+}
+
+/// A real segment deleted and a name with a later time planted in its place: a restore to a
+/// moment of the deleted segment's commit must not stop before it and call that the state.
+#[test]
+fn a_planted_late_name_in_place_of_a_deleted_segment_is_not_believed() {
+    let f = fixture();
+    let names = segment::list(f.repo.storage()).unwrap().0;
+    let victim = &names[10];
+    f.repo.storage().delete(&victim.object()).unwrap();
+    let far = victim.last_ms + 86_400_000;
+    let planted = segment::object_name(&victim.stream, victim.seq, far, far, None, victim.seq);
+    f.repo.storage().put_new(&planted, b"junk").unwrap();
+    let (time, _) = &f.states[10];
+    let at = jiff::Timestamp::from_nanosecond(i128::from(*time) + 500_000_000).unwrap();
+    let _ = std::fs::remove_file(&f.out);
+    let r = lifeboat::engine::restore_at(
+        &f.repo,
+        &f.db.display().to_string(),
+        At::Time(at),
+        Destination::New {
+            path: f.out.clone(),
+            overwrite: false,
+        },
+        &Progress::hidden(),
+    );
+    let e = r.err().expect("a restore past a planted name must fail");
+    assert_eq!(e.kind, lifeboat::ErrorKind::Integrity, "{e}");
+    assert!(e.message.contains("does not open"), "{e}");
+    assert!(!f.out.exists());
+    // Before the last commit known ahead of it (segment 9's): still exact, whatever the
+    // planted name says.
+    let (time, expected) = &f.states[8];
+    let at = jiff::Timestamp::from_nanosecond(i128::from(*time) + 500_000_000).unwrap();
+    assert!(restore_at(&f, At::Time(at)) == *expected);
+}

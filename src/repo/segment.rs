@@ -171,7 +171,8 @@ pub fn parse_name(name: &str, size: u64) -> Option<SegmentName> {
             return None;
         }
     }
-    if first_ms > last_ms || last_seq < seq {
+    // Numbers stay far from overflow: `last_seq + 1` is computed everywhere.
+    if first_ms > last_ms || last_seq < seq || last_seq >= 1 << 62 {
         return None;
     }
     let parsed = SegmentName {

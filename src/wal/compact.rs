@@ -56,7 +56,29 @@ pub fn compact(repo: &Repository, dry_run: bool) -> Result<CompactReport> {
     let backups = repo.list_backups()?;
     let now_ms = jiff::Timestamp::now().as_millisecond();
     for stream in streams::load(repo, &backups)? {
+        // Leftovers go only once the segment that covers them opens: a name alone (planted
+        // by someone without the keys) must never make prune delete a real segment.
+        let mut opened: Vec<&SegmentName> = Vec::new();
         for c in &stream.covered {
+            let Some(cover) = stream
+                .segments
+                .iter()
+                .find(|k| k.seq <= c.seq && c.last_seq <= k.last_seq && k.covers() > 1)
+            else {
+                continue;
+            };
+            if !opened.contains(&cover) {
+                match segment::read(repo, repo.storage(), cover) {
+                    Ok(_) => opened.push(cover),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{} does not open ({e}): the segments it claims to hold are kept",
+                            cover.object()
+                        );
+                        continue;
+                    }
+                }
+            }
             if !dry_run {
                 repo.storage().delete(&c.object())?;
             }
@@ -96,9 +118,16 @@ fn runs(stream: &Stream, now_ms: i64) -> Vec<Vec<SegmentName>> {
     let mut cur_bytes = 0u64;
     // The stream's newest segment stays as it is: a restarting `replicate` reads it.
     let n = stream.segments.len().saturating_sub(1);
+    // Nor does a merged segment span a base: commits a base holds are never replayed on it.
+    let starts: Vec<u64> = stream
+        .bases
+        .iter()
+        .filter_map(|b| b.wal.as_ref().map(|w| w.next_seq))
+        .collect();
     for s in &stream.segments[..n] {
         let key = bucket(s.first_ms, s.last_ms, now_ms);
-        let follows = cur.last().is_some_and(|p| p.last_seq + 1 == s.seq);
+        let follows =
+            cur.last().is_some_and(|p| p.last_seq + 1 == s.seq) && !starts.contains(&s.seq);
         // A segment that begins after a gap starts a group: its name carries the gap.
         let joins = key.is_some()
             && key == cur_key

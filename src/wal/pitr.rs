@@ -120,6 +120,24 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
                 Some(ms) => segment::ms_of(t) + 2 <= ms,
                 None => t <= time_ns(base),
             };
+            // Unless the moment is before the last commit known (the previous segment's),
+            // where to stop is decided by this segment's first commit time: from its name,
+            // which counts only once the segment opens (the name is bound to it). A planted
+            // name with a late time must not make the restore skip a real segment's commits.
+            if !before_them {
+                if let Err(e) = segment::read(repo, repo.storage(), s) {
+                    return Err(Error::integrity(format!(
+                    "segment {} of stream {} does not open ({}): whether it holds commits \
+                     before {} cannot be told",
+                    s.seq,
+                    stream.id,
+                    e.message,
+                    at_text(at)
+                ))
+                .hint("run `lifeboat repo check --read-data`; a replica may have it (`lifeboat repo repair`)"));
+                }
+            }
+
             if s.seq > expected && !before_them {
                 return Err(Error::not_found(format!(
                     "{path} cannot be restored to {}: segments {expected} to {} of stream {} \
@@ -167,12 +185,60 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
         expected = s.last_seq + 1;
         segments.push(s.clone());
     }
+    let segments = with_covering_checked(repo, stream, segments)?;
     Ok(Plan {
         base: base.clone(),
         stream: stream.id.clone(),
         segments,
         at,
     })
+}
+
+/// A compacted segment is used only if it opens: its name (the range it claims) is
+/// authenticated only then. One that does not is replaced by the segments it claims to hold,
+/// when they are still there; otherwise the restore stops at it (apply reports it).
+fn with_covering_checked(
+    repo: &Repository,
+    stream: &Stream,
+    segments: Vec<SegmentName>,
+) -> Result<Vec<SegmentName>> {
+    let mut out = Vec::with_capacity(segments.len());
+    for s in segments {
+        if s.covers() == 1 {
+            out.push(s);
+            continue;
+        }
+        match segment::read(repo, repo.storage(), &s) {
+            Ok(_) => out.push(s),
+            Err(e)
+                if matches!(
+                    e.kind,
+                    crate::error::ErrorKind::Integrity | crate::error::ErrorKind::Trust
+                ) =>
+            {
+                let mut parts: Vec<SegmentName> = stream
+                    .covered
+                    .iter()
+                    .filter(|c| c.seq >= s.seq && c.last_seq <= s.last_seq)
+                    .cloned()
+                    .collect();
+                parts.sort();
+                let whole = parts.first().is_some_and(|p| p.seq == s.seq)
+                    && parts.windows(2).all(|w| w[0].last_seq + 1 == w[1].seq)
+                    && parts.last().is_some_and(|p| p.last_seq == s.last_seq);
+                if !whole {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "segment {} does not open ({e}); the segments it claims to hold are used",
+                    s.object()
+                );
+                out.extend(parts);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 fn at_text(at: At) -> String {

@@ -516,6 +516,9 @@ impl<'a> Replicator<'a> {
         let db = settings.path.as_path();
         let db_file = Arc::new(File::open(db).ctx("cannot open", db)?);
         let meta = db_file.metadata().ctx("cannot stat", db)?;
+        // Declared before the connections, so that on an early return it is closed after
+        // them (locals drop in reverse order).
+        let shm_file: Arc<File>;
         let pins = [open_conn(db, false)?, open_conn(db, false)?];
         let mode: String = pins[0]
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -532,7 +535,7 @@ impl<'a> Replicator<'a> {
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(sql_err(db, "cannot read"))?;
         let shm = crate::wal::clock::shm_path(db);
-        let shm_file = Arc::new(File::open(&shm).ctx("cannot open", &shm)?);
+        shm_file = Arc::new(File::open(&shm).ctx("cannot open", &shm)?);
         let gate = open_conn(db, true)?;
         // A moment at most: the loop must go on shipping while a writer holds the lock (it
         // tries again on its next turn).
