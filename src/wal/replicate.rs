@@ -388,6 +388,8 @@ struct Replicator<'a> {
     wal: WalFile,
     interval: Duration,
     base_every: Duration,
+    /// SQLite's write lock is held (`with_gate`): nothing may wait on uploads.
+    gated: bool,
     /// When each commit appeared, and a nudge when one did.
     clock: Arc<crate::wal::clock::Clock>,
     wake: Receiver<()>,
@@ -554,6 +556,7 @@ impl<'a> Replicator<'a> {
             wal: WalFile::new(db),
             interval: settings.interval,
             base_every: settings.base_every,
+            gated: false,
             clock,
             wake,
             last_commit_ns: 0,
@@ -598,7 +601,9 @@ impl<'a> Replicator<'a> {
             }
             Err(e) => return Err(sql_err(&self.db, "cannot lock")(e)),
         }
+        self.gated = true;
         let r = f(self);
+        self.gated = false;
         let _ = self.gate.execute_batch("ROLLBACK");
         r.map(Some)
     }
@@ -966,6 +971,13 @@ impl<'a> Replicator<'a> {
                         tracing::debug!(frame, seen, time, salt1 = pos.salt1, "commit read");
                         self.last_commit_ns = time;
                         self.take_commit(c, time, &pos)?;
+                        // A backlog (a burst, a target that was slow) is shipped as it is read,
+                        // never held whole: every commit up to the end must be read before
+                        // the pin moves on, so the bound is waiting for the shipper here.
+                        if self.pending_bytes >= TARGET_DATA {
+                            self.close_segment()?;
+                            self.wait_for_shipper();
+                        }
                     }
                     self.pos = Some(end);
                     return Ok(());
@@ -1044,12 +1056,7 @@ impl<'a> Replicator<'a> {
                 let part = std::mem::replace(&mut cur, next);
                 self.push(part);
                 // A transaction of gigabytes (a VACUUM) is read no faster than it is stored.
-                while self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
-                    && crate::interrupt::received().is_none()
-                    && self.shipped.failed.lock().map_or(true, |f| f.is_none())
-                {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                self.wait_for_shipper();
                 self.close_segment()?;
             }
         }
@@ -1060,6 +1067,19 @@ impl<'a> Replicator<'a> {
         });
         self.push(cur);
         Ok(())
+    }
+
+    /// Wait while more than 4 × TARGET_DATA waits to be stored (memory stays bounded; the
+    /// commits meanwhile wait in the WAL, which the pins keep), unless asked to stop, the
+    /// shipper failed, or the write lock is held (the application must not wait on uploads).
+    fn wait_for_shipper(&self) {
+        while !self.gated
+            && self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
+            && crate::interrupt::received().is_none()
+            && self.shipped.failed.lock().map_or(true, |f| f.is_none())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn push(&mut self, p: Pending) {
@@ -1261,7 +1281,7 @@ impl<'a> Replicator<'a> {
             progress: crate::progress::Progress::hidden(),
             // Fewer packs in flight: a base shares the process with a stream that must stay
             // within its memory.
-            transfers: self.opts.transfers.min(2),
+            transfers: 1,
             time: None,
         };
         let replicas = self.opts.configured_replicas.clone();
