@@ -730,10 +730,18 @@ impl<'a> Replicator<'a> {
                     };
                     if holds {
                         me.pos = pos;
-                        // Commits made while Lifeboat was away are seen only now.
-                        me.unseen_since = Some(last_ns);
-                        me.read_new_commits()?;
-                        me.unseen_since = None;
+                        // Commits made while Lifeboat was away (read after the lock is let go:
+                        // the pin keeps them) are seen only now: the first one says so.
+                        let waiting = match &pos {
+                            Some(p) => matches!(
+                                me.wal.scan(p, me.committed(p))?,
+                                Scan::Continues { ref commits, .. } if !commits.is_empty()
+                            ),
+                            None => false,
+                        };
+                        if waiting {
+                            me.unseen_since = Some(last_ns);
+                        }
                     }
                     Ok(holds)
                 })?;
@@ -783,13 +791,8 @@ impl<'a> Replicator<'a> {
             } => {
                 let mut snap = self.with_gate_waiting(stop, |me| {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
-                    me.pos = me.wal.header()?.map(|h| h.start());
-                    me.pending.clear();
-                    me.pending_bytes = 0;
-                    me.read_new_commits()?;
-                    me.pending.clear();
-                    me.pending_bytes = 0;
-                    me.oldest_pending = None;
+                    // The snapshot holds what the WAL holds now: read on after its end.
+                    me.skip_to_end()?;
                     SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
                 })?;
                 self.stream = stream;
@@ -821,14 +824,7 @@ impl<'a> Replicator<'a> {
                 // starts exactly after what the base holds.
                 let snap = self.with_gate_waiting(stop, |me| {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
-                    me.pos = me.wal.header()?.map(|h| h.start());
-                    if let Some(pos) = me.pos {
-                        if let Scan::Continues { end, .. } =
-                            me.wal.scan(&pos, me.committed(&pos))?
-                        {
-                            me.pos = Some(end);
-                        }
-                    }
+                    me.skip_to_end()?;
                     me.pending.clear();
                     me.pending_bytes = 0;
                     me.oldest_pending = None;
@@ -1066,6 +1062,21 @@ impl<'a> Replicator<'a> {
             ..*gen
         });
         self.push(cur);
+        Ok(())
+    }
+
+    /// Under the write lock, with a snapshot opened there: take the WAL's end as the position
+    /// (what it holds is in the snapshot), read nothing.
+    fn skip_to_end(&mut self) -> Result<()> {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.oldest_pending = None;
+        self.pos = self.wal.header()?.map(|h| h.start());
+        if let Some(pos) = self.pos {
+            if let Scan::Continues { end, .. } = self.wal.scan(&pos, self.committed(&pos))? {
+                self.pos = Some(end);
+            }
+        }
         Ok(())
     }
 
