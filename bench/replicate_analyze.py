@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Analysis helpers of the replication benchmark (replicate.sh).
+
+    replicate_analyze.py events REQS.jsonl PGNO REGEX > EVENTS.tsv
+    replicate_analyze.py lag COMMITS.log EVENTS.tsv [--from NS] [--until NS] [--at NS]...
+    replicate_analyze.py window REQS.jsonl [--from S] [--until S] [--match RX] [--exclude RX]
+    replicate_analyze.py bucket ENDPOINT BUCKET PREFIX
+    replicate_analyze.py seq-at COMMITS.log NS
+    replicate_analyze.py ltx-seq FILE.ltx PGNO
+
+**Replication lag.** The lag of commit k is (the first instant a restore of the
+replica would contain k) - (the instant k committed).  Commit instants come from
+the workload's log (replicate_workload.py writes "commit_time_ns<TAB>seq" right
+after COMMIT returns).  The other side comes from the uploads themselves, the
+same way for both tools: the counting proxy (count_proxy.py) saves the body of
+every PUT whose path matches the tool's data objects (Litestream's level-0 LTX
+files, Lifeboat's WAL segments), and `events` reads, for each such object, the
+newest commit it carries: every transaction of the workload rewrites the one
+row of `bench_marker`, whose page holds the text tag "SEQ:%012d", so the largest
+tag in the object's pages is the newest commit in it.  The object's instant is
+when the proxy finished relaying the server's 2xx answer (for a multipart
+upload: the answer to CompleteMultipartUpload): from then on it is stored and
+a restore sees it.
+
+Reading the tag needs the pages in the clear:
+  * LTX (Litestream): a 100-byte header, then per page pgno u32, flags u16 and,
+    when the header's flag 2 says compressed, a u32 size and an LZ4 block; only
+    page PGNO (bench_marker's, from `replicate_workload.py DB --init`) is
+    decompressed, by the small LZ4 decoder below;
+  * zstd (Lifeboat segments: zstd of a header and whole pages): `zstd -dc`;
+  * anything else is searched as it is.
+
+`lag` prints p50 / p99 / max / mean (ms) over the commits in [--from, --until)
+(ns), the commits no object ever carried, and for each --at instant the newest
+seq the replica held then (for the kill test).  `window` counts the proxy's
+requests by kind (and bytes) finished in [--from, --until) (seconds), `bucket`
+sums the sizes of the objects under a prefix (ListObjectsV2, unsigned: the
+benchmark's server runs without auth), `seq-at` is the newest commit at or
+before an instant.
+"""
+import json
+import re
+import struct
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+import xml.etree.ElementTree as ET
+
+TAG = re.compile(rb"SEQ:(\d{12})")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+# --- decoding uploads ------------------------------------------------------------
+
+def lz4_block(src):
+    """Decompress one raw LZ4 block (no frame)."""
+    out = bytearray()
+    i, n = 0, len(src)
+    while i < n:
+        token = src[i]
+        i += 1
+        lit = token >> 4
+        if lit == 15:
+            while True:
+                b = src[i]
+                i += 1
+                lit += b
+                if b != 255:
+                    break
+        out += src[i:i + lit]
+        i += lit
+        if i >= n:
+            break
+        off = src[i] | (src[i + 1] << 8)
+        i += 2
+        mlen = token & 15
+        if mlen == 15:
+            while True:
+                b = src[i]
+                i += 1
+                mlen += b
+                if b != 255:
+                    break
+        mlen += 4
+        start = len(out) - off
+        if off >= mlen:
+            out += out[start:start + mlen]
+        else:
+            for k in range(mlen):
+                out.append(out[start + k])
+    return bytes(out)
+
+
+def ltx_pages(data):
+    """(pgno, blob, compressed) of each page of an LTX file (the v0.5 layout)."""
+    if data[:4] != b"LTX1":
+        raise ValueError("not an LTX file")
+    flags, page_size = struct.unpack(">II", data[4:12])
+    compressed = bool(flags & 2)
+    i = 100
+    while i + 6 <= len(data):
+        pgno, _ = struct.unpack(">IH", data[i:i + 6])
+        i += 6
+        if pgno == 0:
+            return
+        if compressed:
+            (size,) = struct.unpack(">I", data[i:i + 4])
+            i += 4
+            yield pgno, data[i:i + size], True
+            i += size
+        else:
+            yield pgno, data[i:i + page_size], False
+            i += page_size
+
+
+def max_tag(data):
+    best = None
+    for m in TAG.finditer(data):
+        v = int(m.group(1))
+        best = v if best is None else max(best, v)
+    return best
+
+
+def object_seq(data, pgno):
+    """The newest commit (largest SEQ tag) carried by one uploaded object, or None."""
+    if data[:4] == b"LTX1":
+        best = None
+        for p, blob, comp in ltx_pages(data):
+            if p == pgno:
+                v = max_tag(lz4_block(blob) if comp else blob)
+                if v is not None:
+                    best = v if best is None else max(best, v)
+        return best
+    if data[:4] == ZSTD_MAGIC:
+        r = subprocess.run(["zstd", "-dcq"], input=data, stdout=subprocess.PIPE, check=False)
+        return max_tag(r.stdout)
+    return max_tag(data)
+
+
+def ltx_seq(path, pgno):
+    with open(path, "rb") as f:
+        return object_seq(f.read(), pgno)
+
+
+def load_reqs(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def events(reqs_path, pgno, regex):
+    """(t_ns, seq, key) of each stored object matching REGEX, from the proxy's log."""
+    rx = re.compile(regex)
+    parts = {}   # uploadId -> {partNumber: saved file}
+    out = []
+    for r in sorted(load_reqs(reqs_path), key=lambda r: r["n"]):
+        if not rx.search(r["path"]) or not 200 <= r["status"] < 300:
+            continue
+        q = urllib.parse.parse_qs(r["query"], keep_blank_values=True)
+        data = None
+        if r["method"] == "PUT" and "partNumber" in q and "uploadId" in q:
+            if r.get("saved"):
+                parts.setdefault(q["uploadId"][0], {})[int(q["partNumber"][0])] = r["saved"]
+            continue
+        if r["method"] == "PUT" and r.get("saved"):
+            with open(r["saved"], "rb") as f:
+                data = f.read()
+        elif r["method"] == "POST" and "uploadId" in q:
+            got = parts.pop(q["uploadId"][0], {})
+            chunks = []
+            for k in sorted(got):
+                with open(got[k], "rb") as f:
+                    chunks.append(f.read())
+            data = b"".join(chunks)
+        if data:
+            s = object_seq(data, pgno)
+            if s is not None:
+                out.append((int(r["t1"] * 1e9), s, r["path"]))
+    out.sort()
+    return out
+
+
+# --- lag ---------------------------------------------------------------------------
+
+def load_pairs(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 2:
+                out.append((int(parts[0]), int(parts[1])))
+    return out
+
+
+def pct(sorted_vals, p):
+    """Nearest-rank percentile."""
+    if not sorted_vals:
+        return None
+    k = -(-p * len(sorted_vals) // 100)   # ceil
+    return sorted_vals[max(0, min(len(sorted_vals), int(k)) - 1)]
+
+
+def lag(commits, evs, t_from=None, t_until=None, at=()):
+    evs = sorted(evs)
+    times, held, m = [], [], -1
+    for t, s in evs:
+        m = max(m, s)
+        times.append(t)
+        held.append(m)
+    lags, never = [], 0
+    j = 0
+    for t, seq in sorted(commits, key=lambda c: c[1]):
+        if (t_from is not None and t < t_from) or (t_until is not None and t >= t_until):
+            continue
+        while j < len(held) and held[j] < seq:
+            j += 1
+        if j == len(held):
+            never += 1
+            continue
+        lags.append(round(max(0, times[j] - t) / 1e6, 1))
+    lags.sort()
+    res = {"commits": len(lags) + never, "never_replicated": never,
+           "p50_ms": pct(lags, 50), "p99_ms": pct(lags, 99),
+           "max_ms": lags[-1] if lags else None,
+           "mean_ms": round(sum(lags) / len(lags), 1) if lags else None,
+           "objects": len(evs), "held_at": {}}
+    for t in at:
+        h = [s for tt, s in zip(times, held) if tt <= t]
+        res["held_at"][str(t)] = h[-1] if h else None
+    return res
+
+
+# --- requests, bucket, commits -----------------------------------------------------
+
+def window(reqs_path, t_from=None, t_until=None, match=None, exclude=None):
+    rx = re.compile(match) if match else None
+    ex = re.compile(exclude) if exclude else None
+    kinds, total, up, down, last_write = {}, 0, 0, 0, None
+    for r in load_reqs(reqs_path):
+        if (t_from is not None and r["t1"] < t_from) or (t_until is not None and r["t1"] >= t_until):
+            continue
+        if (rx and not rx.search(r["path"])) or (ex and ex.search(r["path"])):
+            continue
+        k = kinds.setdefault(r["kind"], {"requests": 0, "bytes_up": 0, "bytes_down": 0})
+        k["requests"] += 1
+        k["bytes_up"] += r["up"]
+        k["bytes_down"] += r["down"]
+        total += 1
+        up += r["up"]
+        down += r["down"]
+        if r["method"] in ("PUT", "POST") and 200 <= r["status"] < 300:
+            last_write = max(last_write or 0, r["t1"])
+    return {"requests": total, "bytes_up": up, "bytes_down": down, "kinds": kinds,
+            "last_write_t1": last_write}
+
+
+def bucket(endpoint, name, prefix):
+    total = count = 0
+    token = None
+    while True:
+        q = {"list-type": "2", "prefix": prefix.rstrip("/") + "/"}
+        if token:
+            q["continuation-token"] = token
+        url = "%s/%s?%s" % (endpoint.rstrip("/"), name, urllib.parse.urlencode(q))
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            root = ET.fromstring(resp.read())
+        ns = {"s": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
+        p = "s:" if ns else ""
+        for c in root.findall(p + "Contents", ns):
+            total += int(c.find(p + "Size", ns).text)
+            count += 1
+        if (root.findtext(p + "IsTruncated", "false", ns) or "").lower() == "true":
+            token = root.findtext(p + "NextContinuationToken", None, ns)
+            if not token:
+                break
+        else:
+            break
+    return total, count
+
+
+def seq_at(commits, t):
+    """(seq, time) of the newest commit at or before t; (0, None) if none."""
+    best = (0, None)
+    for ct, s in commits:
+        if ct <= t and s > best[0]:
+            best = (s, ct)
+    return best
+
+
+def main():
+    a = sys.argv[1:]
+    cmd = a[0] if a else ""
+    if cmd == "events":
+        for t, s, key in events(a[1], int(a[2]), a[3]):
+            print("%d\t%d\t%s" % (t, s, key))
+    elif cmd == "lag":
+        opts, at, pos, i = {"--from": None, "--until": None}, [], [], 1
+        while i < len(a):
+            if a[i] in opts:
+                opts[a[i]] = int(a[i + 1])
+                i += 2
+            elif a[i] == "--at":
+                at.append(int(a[i + 1]))
+                i += 2
+            else:
+                pos.append(a[i])
+                i += 1
+        print(json.dumps(lag(load_pairs(pos[0]), load_pairs(pos[1]),
+                             opts["--from"], opts["--until"], at)))
+    elif cmd == "window":
+        opts, i = {"--from": None, "--until": None, "--match": None, "--exclude": None}, 2
+        while i < len(a):
+            opts[a[i]] = a[i + 1]
+            i += 2
+        f = lambda x: None if x is None else float(x)  # noqa: E731
+        print(json.dumps(window(a[1], f(opts["--from"]), f(opts["--until"]), opts["--match"],
+                                opts["--exclude"])))
+    elif cmd == "bucket":
+        print(*bucket(a[1], a[2], a[3]))
+    elif cmd == "seq-at":
+        s, t = seq_at(load_pairs(a[1]), int(a[2]))
+        print(s, t if t is not None else 0)
+    elif cmd == "ltx-seq":
+        print(ltx_seq(a[1], int(a[2])))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
