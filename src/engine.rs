@@ -393,3 +393,53 @@ pub fn transfers(file: &crate::config::FileConfig) -> Result<usize> {
             .clamp(1, 64)),
     }
 }
+
+/// What a point-in-time restore did.
+pub struct RestoredAt {
+    pub outcome: RestoreOutcome,
+    pub plan: crate::wal::pitr::Plan,
+    pub applied: crate::wal::pitr::Applied,
+}
+
+/// Restore the database at `source` (absolute path, as recorded) as it was at `at`: the
+/// newest base of its replication at or before that moment, then the commits shipped after
+/// it up to the moment, to a new file or in place (same safety backup and swap as any
+/// restore).
+pub fn restore_at(
+    repo: &Repository,
+    source: &str,
+    at: crate::wal::pitr::At,
+    to: Destination,
+    progress: &Progress,
+) -> Result<RestoredAt> {
+    use crate::ops::restore::{image_kind, InPlace, NewFile, RestoreTarget};
+    use std::sync::{Arc, Mutex};
+    let plan = crate::wal::pitr::plan(repo, source, at)?;
+    let applied = Arc::new(Mutex::new(crate::wal::pitr::Applied::default()));
+    let replay: crate::ops::restore::Replay = {
+        let plan = plan.clone();
+        let applied = applied.clone();
+        Box::new(move |repo, file, path| {
+            let a = crate::wal::pitr::apply(repo, &plan, file, path)?;
+            let bytes = a.bytes;
+            *applied.lock().unwrap_or_else(|p| p.into_inner()) = a;
+            Ok(bytes)
+        })
+    };
+    let kind = image_kind(&plan.base)?;
+    let mut target: Box<dyn RestoreTarget> = match to {
+        Destination::New { path, .. } => {
+            Box::new(NewFile::new(path, Some(kind)).with_replay(replay))
+        }
+        Destination::InPlace { db, compression } => {
+            Box::new(InPlace::new(db, kind, compression).with_replay(replay))
+        }
+    };
+    let outcome = crate::ops::restore::restore(repo, &plan.base, target.as_mut(), progress)?;
+    let applied = applied.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(RestoredAt {
+        outcome,
+        plan,
+        applied,
+    })
+}

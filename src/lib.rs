@@ -18,5 +18,6 @@ pub mod secret;
 pub mod source;
 pub mod storage;
 pub mod trust;
+pub mod wal;
 
 pub use error::{Error, ErrorKind, Result};

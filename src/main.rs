@@ -250,6 +250,29 @@ enum Command {
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
+    /// Ship every commit of live SQLite databases continuously (runs until stopped).
+    #[command(
+        after_help = "Each committed transaction reaches the repository within --interval, then         the replicas; bases (ordinary backups) are taken at the start and every --base-every.         SIGTERM or SIGINT ships what is pending, then stops. A restart resumes the stream where         it stopped. `lifeboat timeline DB` shows the restorable window, `lifeboat restore         --source DB --at TIME` restores a moment."
+    )]
+    Replicate {
+        /// SQLite databases in WAL mode.
+        #[arg(required = true)]
+        databases: Vec<PathBuf>,
+        /// The longest a commit waits before it is shipped (e.g. 1s, 500ms).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: std::time::Duration,
+        /// Take a new base after this long (bounds restore time; e.g. 1h, 30m).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        base_every: std::time::Duration,
+        /// Create the repository if it does not exist.
+        #[arg(long)]
+        init: bool,
+    },
+    /// The moments a replicated database can be restored to: window, gaps, last commit.
+    Timeline {
+        /// The database (as given to `replicate`).
+        database: PathBuf,
+    },
     /// Restore a backup to a new file (--output) or over a database (--db).
     #[command(
         after_help = "`latest` with --db means the newest backup of that database that is \
@@ -258,8 +281,12 @@ enum Command {
     )]
     Restore {
         /// Backup id, unambiguous prefix, or `latest`.
-        #[arg(required_unless_present = "run")]
+        #[arg(required_unless_present_any = ["run", "at"])]
         id: Option<String>,
+        /// Restore a replicated database as it was at this moment (RFC 3339, e.g.
+        /// 2026-11-11T14:29:59Z) or `latest`: a base, then every commit up to it.
+        #[arg(long, conflicts_with_all = ["id", "run"])]
+        at: Option<String>,
         /// Write a new database file (or, for a files backup, a new folder) here.
         #[arg(long, conflicts_with = "db", required_unless_present_any = ["db", "run"])]
         output: Option<PathBuf>,
@@ -611,8 +638,33 @@ fn run(cli: Cli) -> Result<i32> {
         Command::List { source, tag } => cmd_list(&ctx, source, tag),
         Command::Show { id, source } => cmd_show(&ctx, &id, source),
         Command::Verify { id, source, all } => cmd_verify(&ctx, id, source, all),
+        Command::Replicate {
+            databases,
+            interval,
+            base_every,
+            init,
+        } => cmd_replicate(&ctx, databases, interval, base_every, init),
+        Command::Timeline { database } => cmd_timeline(&ctx, &database),
+        Command::Restore {
+            id: _,
+            at,
+            output,
+            run: _,
+            output_dir: _,
+            db,
+            source,
+            yes,
+            force: _,
+        } if at.is_some() => cmd_restore_at(
+            &ctx,
+            at.as_deref().unwrap_or("latest"),
+            RestoreTo { output, db },
+            source,
+            yes,
+        ),
         Command::Restore {
             id,
+            at: _,
             output,
             run,
             output_dir,
@@ -1371,6 +1423,211 @@ fn cmd_restore(
         println!("{}", restored_json(&m, &out));
     } else {
         print_restored(&m, &out);
+    }
+    Ok(0)
+}
+
+/// `1s`, `500ms`, `2m`, `1h`, `1d`, or a number of seconds.
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 500ms, 5m, 1h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(format!("{s:?} is not a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+fn cmd_replicate(
+    ctx: &Ctx,
+    databases: Vec<PathBuf>,
+    interval: std::time::Duration,
+    base_every: std::time::Duration,
+    init: bool,
+) -> Result<i32> {
+    for db in &databases {
+        lifeboat::source::sqlite::check_is_sqlite(db)?;
+    }
+    let repo = ctx.open_or_init_repo(init)?;
+    let opts = lifeboat::wal::replicate::ReplicateOptions {
+        databases,
+        interval,
+        base_every,
+        compression: compression(ctx, None, None)?,
+        verify: verify_level(ctx, false, false)?,
+        transfers: ctx.transfers()?,
+        configured_replicas: ctx.opener.configured_replicas.clone(),
+        say: std::sync::Arc::new(|m: &str| eprintln!("{m}")),
+    };
+    let reports = lifeboat::wal::replicate::replicate(&repo, &opts)?;
+    ctx.record(&repo);
+    for r in &reports {
+        if ctx.json {
+            println!("{}", json!(r));
+        } else {
+            println!(
+                "{}: stream {} ({}), {} in {} ({}), {} base{}, {} shipped again at start",
+                printable(&r.source),
+                r.stream,
+                r.start,
+                count(r.commits as usize, "commit", "commits"),
+                count(r.segments as usize, "segment", "segments"),
+                bytes(r.bytes_shipped),
+                r.bases,
+                if r.bases == 1 { "" } else { "s" },
+                bytes(r.reshipped_bytes)
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_timeline(ctx: &Ctx, database: &Path) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let t = lifeboat::wal::pitr::timeline(&repo, &source_key(database))?;
+    ctx.record(&repo);
+    if ctx.json {
+        println!("{}", json!(t));
+        return Ok(0);
+    }
+    if t.streams.is_empty() {
+        return Err(Error::not_found(format!(
+            "no continuous replication of {} in {}",
+            database.display(),
+            repo.location()
+        ))
+        .hint("`lifeboat replicate DB` ships it"));
+    }
+    println!("{}", printable(&t.source));
+    println!(
+        "  restorable   {} .. {}",
+        t.from.as_deref().unwrap_or("-"),
+        t.to.as_deref().unwrap_or("-")
+    );
+    match (&t.last_commit, t.last_commit_age_s) {
+        (Some(c), Some(age)) => println!("  last commit  {c} ({age:.1} s ago)"),
+        _ => println!("  last commit  none shipped yet"),
+    }
+    match &t.live {
+        Some(l) => println!(
+            "  replicating  pid {}, lag {:.1} s (status of {})",
+            l.pid, l.lag_s, l.updated
+        ),
+        None => println!("  replicating  not on this machine"),
+    }
+    for g in &t.gaps {
+        println!("  gap          {} .. {}: {}", g.from, g.to, g.why);
+    }
+    for s in &t.streams {
+        println!(
+            "  stream {}  {} .. {}  {} base(s), {}, {}",
+            s.stream,
+            s.from.as_deref().unwrap_or("-"),
+            s.to.as_deref().unwrap_or("-"),
+            s.bases,
+            count(s.segments, "segment", "segments"),
+            bytes(s.bytes)
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_restore_at(
+    ctx: &Ctx,
+    at: &str,
+    to: RestoreTo,
+    source: Option<PathBuf>,
+    yes: bool,
+) -> Result<i32> {
+    let at = lifeboat::wal::pitr::At::parse(at)?;
+    if let Some(db) = &to.db {
+        restore::check_in_place_target(db)?;
+        if db.exists() {
+            restore::ensure_not_in_use(db)?;
+        }
+    }
+    let Some(source) = source.as_deref().or(to.db.as_deref()) else {
+        return Err(Error::usage("--at needs the database it restores")
+            .hint("give --source DB (the path `lifeboat replicate` was given), or --db DB"));
+    };
+    let source = source_key(source);
+    let repo = ctx.open_repo()?;
+    let to = match (to.output, to.db) {
+        (Some(path), _) => Destination::New {
+            path,
+            overwrite: false,
+        },
+        (None, Some(db)) => {
+            if !yes {
+                confirm(
+                    &format!(
+                        "Replace {} with {source} as it was at {}? A safety backup is taken first.",
+                        restore::describe_target(&db),
+                        match at {
+                            lifeboat::wal::pitr::At::Latest => "its latest commit".to_string(),
+                            lifeboat::wal::pitr::At::Time(t) => t.to_string(),
+                        }
+                    ),
+                    "an in-place restore replaces the database: it needs confirmation",
+                    "add --yes to go on without asking",
+                )?;
+            }
+            Destination::InPlace {
+                db,
+                compression: compression(ctx, None, None)?,
+            }
+        }
+        (None, None) => {
+            return Err(
+                Error::usage("restore needs a place to write the database to")
+                    .hint("give --output FILE (a new file) or --db FILE (replace that database)"),
+            )
+        }
+    };
+    let done = lifeboat::engine::restore_at(&repo, &source, at, to, &ctx.progress())?;
+    ctx.record(&repo);
+    let out = &done.outcome;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({"source": source, "at": match at {
+                        lifeboat::wal::pitr::At::Latest => "latest".to_string(),
+                        lifeboat::wal::pitr::At::Time(t) => t.to_string() },
+                   "base": done.plan.base.id, "stream": done.plan.stream,
+                   "segments": done.applied.segments, "commits": done.applied.commits,
+                   "last_commit": done.applied.last_commit, "path": out.path,
+                   "bytes": out.bytes, "safety_backup": out.safety_backup})
+        );
+    } else {
+        println!(
+            "restored {} as of {} to {} ({}): base {} + {} from {}",
+            printable(&source),
+            done.applied
+                .last_commit
+                .as_deref()
+                .unwrap_or(done.plan.base.time.as_str()),
+            out.path.display(),
+            bytes(out.bytes),
+            done.plan.base.id,
+            count(done.applied.commits as usize, "commit", "commits"),
+            count(done.applied.segments as usize, "segment", "segments"),
+        );
+        if let Some(id) = &out.safety_backup {
+            println!("  safety backup of the replaced database: {id}");
+        }
     }
     Ok(0)
 }
@@ -2251,7 +2508,8 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
     if ctx.json {
         println!(
             "{}",
-            json!({ "targets": report.targets, "error": failure.as_ref().map(error_json) })
+            json!({ "targets": report.targets, "replicating": report.replicating,
+                    "error": failure.as_ref().map(error_json) })
         );
         return finish(ctx, failure);
     }
@@ -2300,6 +2558,16 @@ fn cmd_status(ctx: &Ctx) -> Result<i32> {
         if let Some(e) = &t.error {
             println!("  UNREACHABLE: {e}");
         }
+    }
+    for r in &report.replicating {
+        println!(
+            "replicating {} (pid {}, stream {}): lag {:.1} s, newest commit shipped {}",
+            printable(&r.source),
+            r.pid,
+            r.stream,
+            r.lag_s,
+            r.last_shipped.as_deref().unwrap_or("none yet")
+        );
     }
     finish(ctx, failure)
 }

@@ -55,6 +55,11 @@ pub struct Seen {
 }
 
 fn state_dir() -> PathBuf {
+    state_home().join("trust")
+}
+
+/// Lifeboat's folder of local state (`$XDG_STATE_HOME/lifeboat`).
+pub fn state_home() -> PathBuf {
     std::env::var_os("XDG_STATE_HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)
@@ -65,7 +70,6 @@ fn state_dir() -> PathBuf {
         })
         .unwrap_or_else(|| PathBuf::from("."))
         .join("lifeboat")
-        .join("trust")
 }
 
 /// One spelling per location: local paths made absolute and resolved, URLs without a

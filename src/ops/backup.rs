@@ -124,6 +124,17 @@ struct ReadSummary {
 const PIPELINE_STOPPED: &str = "backup pipeline stopped";
 
 pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> {
+    backup_prepared(repo, opts, None, None)
+}
+
+/// [`backup`] of a source already opened (a snapshot taken at a chosen moment: a base of
+/// continuous replication), its manifest carrying `wal` when given.
+pub fn backup_prepared(
+    repo: &Repository,
+    opts: &BackupOptions,
+    source: Option<Box<dyn crate::source::Source>>,
+    wal: Option<crate::repo::manifest::WalLink>,
+) -> Result<BackupOutcome> {
     // The marker tells a concurrent prune that this backup may reuse any pack it indexed.
     repo.require_writable("backup")?;
     locks::as_writer(
@@ -131,7 +142,7 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
         &repo.records(),
         "backup",
         true,
-        |plans, lease| backup_marked(repo, opts, plans, lease),
+        |plans, lease| backup_marked(repo, opts, source, wal, plans, lease),
     )
     .map_err(|e| match e.kind {
         ErrorKind::Interrupted => e.hint(
@@ -145,6 +156,8 @@ pub fn backup(repo: &Repository, opts: &BackupOptions) -> Result<BackupOutcome> 
 fn backup_marked(
     repo: &Repository,
     opts: &BackupOptions,
+    prepared: Option<Box<dyn crate::source::Source>>,
+    wal: Option<crate::repo::manifest::WalLink>,
     plans: &[locks::Plan],
     lease: &locks::Lease,
 ) -> Result<BackupOutcome> {
@@ -163,7 +176,10 @@ fn backup_marked(
         None => crate::source::detect(&opts.database)?,
     };
     let source_path = absolute(&opts.database)?;
-    let mut source = crate::source::open(&source_path, kind, &opts.files)?;
+    let mut source = match prepared {
+        Some(s) => s,
+        None => crate::source::open(&source_path, kind, &opts.files)?,
+    };
     let format = repo.manifest_format();
     if format < 2 && kind != Kind::Sqlite {
         return Err(Error::usage(format!(
@@ -253,6 +269,7 @@ fn backup_marked(
             packs: packs.iter().map(|p| p.id.to_hex()).collect(),
             index_files: index_files.iter().map(|h| h.to_hex()).collect(),
         },
+        wal,
     };
     match backed.facts {
         SourceFacts::Sqlite(f) => manifest.sqlite = Some(f),
@@ -921,7 +938,7 @@ pub(crate) fn check_written(
     Ok(())
 }
 
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub fn absolute(p: &Path) -> Result<PathBuf> {
     p.canonicalize().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::not_found(format!("{} does not exist", p.display()))
             .hint("check the path; `lifeboat demo` creates a sample database to try"),

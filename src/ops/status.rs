@@ -36,9 +36,24 @@ pub struct ReplicaStatus {
     pub last_error_time: Option<String>,
 }
 
+/// A `lifeboat replicate` running on this machine into this repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replicating {
+    pub source: String,
+    pub pid: u32,
+    pub stream: String,
+    /// Newest commit shipped.
+    pub last_shipped: Option<String>,
+    /// Age of the oldest commit not shipped yet (0 when everything is).
+    pub lag_s: f64,
+    /// When the process last wrote its status (about every second).
+    pub updated: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub targets: Vec<TargetStatus>,
+    pub replicating: Vec<Replicating>,
     /// Targets that cannot be reached or listed, or whose last sync failed: the command
     /// exits 7 after the report.
     #[serde(skip)]
@@ -111,5 +126,36 @@ pub fn status(repo: &Repository, configured: &[String]) -> Result<StatusReport> 
             "backups on the primary are not affected; once the target is reachable, `lifeboat sync` catches it up",
         )
     });
-    Ok(StatusReport { targets, trouble })
+    Ok(StatusReport {
+        targets,
+        replicating: replicating(repo),
+        trouble,
+    })
+}
+
+/// The replications of this machine that ship into `repo`, with their lag.
+pub fn replicating(repo: &Repository) -> Vec<Replicating> {
+    let now_ms = jiff::Timestamp::now().as_millisecond();
+    let here = repo.location();
+    crate::wal::replicate::live_statuses()
+        .into_iter()
+        .filter(|l| crate::config::same_location(&l.repo, &here))
+        .map(|l| {
+            let lag_s = l
+                .oldest_unshipped
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map_or(0.0, |t| {
+                    (now_ms - t.as_millisecond()).max(0) as f64 / 1000.0
+                });
+            Replicating {
+                source: l.source,
+                pid: l.pid,
+                stream: l.stream,
+                last_shipped: l.last_shipped,
+                lag_s,
+                updated: l.updated,
+            }
+        })
+        .collect()
 }

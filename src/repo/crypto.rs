@@ -62,11 +62,21 @@ pub enum ObjectKind {
     PastKeys = 8,
     /// What a full key rotation may re-seal (`keys/inventory-<epoch>`).
     Inventory = 9,
+    /// Continuous-replication segments (`wal/…`): committed pages and their times.
+    Segment = 10,
 }
 
 impl ObjectKind {
     fn code(self) -> u8 {
         self as u8
+    }
+
+    /// Content a write-only repository seals to its recipient (unreadable by the writer).
+    fn is_content(self) -> bool {
+        matches!(
+            self,
+            ObjectKind::Frame | ObjectKind::Manifest | ObjectKind::Segment
+        )
     }
 }
 
@@ -360,7 +370,11 @@ impl MasterKeys {
     fn decides(kind: ObjectKind) -> bool {
         matches!(
             kind,
-            ObjectKind::Manifest | ObjectKind::Index | ObjectKind::Record | ObjectKind::Inventory
+            ObjectKind::Manifest
+                | ObjectKind::Index
+                | ObjectKind::Record
+                | ObjectKind::Inventory
+                | ObjectKind::Segment
         )
     }
 
@@ -410,7 +424,7 @@ impl MasterKeys {
     pub fn seal(&self, kind: ObjectKind, name: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
         let nonce: [u8; NONCE_LEN] = rand::random();
         match &self.recipient {
-            Some(recipient) if matches!(kind, ObjectKind::Frame | ObjectKind::Manifest) => {
+            Some(recipient) if kind.is_content() => {
                 self.seal_to_recipient(recipient, kind, name, plain, nonce, rand::random())
             }
             _ => Ok(self.seal_symmetric(kind, name, plain, nonce)),
@@ -570,7 +584,7 @@ impl MasterKeys {
                     V2_SEALED
                         if avail == V2_SEALED_HEADER
                             && sealed.len() >= NONCE_LEN + V2_SEALED_HEADER + TAG_LEN
-                            && matches!(kind, ObjectKind::Frame | ObjectKind::Manifest)
+                            && kind.is_content()
                             && self.recipient.is_some() =>
                     {
                         if !any_epoch && !self.epoch_allowed(kind, epoch_no as u32) {

@@ -31,7 +31,10 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const OLDEST_READABLE: u32 = 1;
 /// Features this version knows. A repository that lists any other was made by a newer
 /// Lifeboat, which may store things this one would misread or delete.
-pub const KNOWN_FEATURES: &[&str] = &[crate::repo::manifest::FEATURE];
+pub const KNOWN_FEATURES: &[&str] = &[
+    crate::repo::manifest::FEATURE,
+    crate::repo::segment::FEATURE,
+];
 
 /// The encryption scheme name in `config`.
 pub const ENCRYPTION: &str = "aes-256-gcm+blake3";

@@ -59,6 +59,21 @@ pub struct Manifest {
     pub files: Option<FilesInfo>,
     pub content: Content,
     pub stored: StoredInfo,
+    /// A base of continuous replication (`lifeboat replicate`): the image is the database
+    /// as it was after the segments of `wal.stream` numbered below `wal.next_seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalLink>,
+}
+
+/// Where a base stands in its stream of segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalLink {
+    pub stream: String,
+    /// The first segment to apply on top of this image.
+    pub next_seq: u64,
+    /// The WAL position the image corresponds to.
+    pub pos: crate::repo::segment::WalPos,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -322,6 +337,7 @@ mod tests {
                 lists: vec!["ab".repeat(32)],
             },
             stored: StoredInfo::default(),
+            wal: None,
         }
     }
 

@@ -15,6 +15,7 @@ pub mod pack;
 pub mod reach;
 pub mod records;
 pub mod replicas;
+pub mod segment;
 pub mod tombstones;
 pub mod tree;
 pub mod upgrade;
@@ -125,7 +126,10 @@ impl Repository {
         };
         let config = RepoConfig {
             format_version: FORMAT_VERSION,
-            features: vec![manifest::FEATURE.to_string()],
+            features: format::KNOWN_FEATURES
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
             id: hex::encode(rand::random::<[u8; 16]>()),
             created: jiff::Timestamp::now().to_string(),
             hash: match kind {
@@ -658,6 +662,10 @@ impl Repository {
     /// The manifest format new backups are written in: 2 once the repository has the
     /// feature for it (new repositories, or after `repo upgrade`), else 1 (SQLite only), so
     /// that the Lifeboat that made the repository can still read everything in it.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.config.features.iter().any(|f| f == feature)
+    }
+
     pub fn manifest_format(&self) -> u32 {
         if self.config.features.iter().any(|f| f == manifest::FEATURE) {
             manifest::MANIFEST_FORMAT

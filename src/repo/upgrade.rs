@@ -23,8 +23,8 @@
 use crate::error::{Error, Result};
 use crate::id::Hash;
 use crate::repo::crypto::{Legacy, MasterKeys};
+use crate::repo::format::KNOWN_FEATURES;
 use crate::repo::format::{KeysSection, RepoConfig, FORMAT_VERSION};
-use crate::repo::manifest::FEATURE;
 use crate::repo::records::Records;
 use crate::repo::{keys, locks, Repository};
 use serde::Serialize;
@@ -100,7 +100,8 @@ pub fn upgrade(repo: &mut Repository) -> Result<UpgradeReport> {
 /// leaves it either as it was or upgraded. Manifests already there stay as they are (format
 /// 1 manifests are read by every version).
 fn add_features(repo: &mut Repository) -> Result<Vec<String>> {
-    if repo.config.features.iter().any(|f| f == FEATURE) {
+    let missing = missing_features(&repo.config);
+    if missing.is_empty() {
         return Ok(Vec::new());
     }
     let plain = Records::plain();
@@ -111,12 +112,21 @@ fn add_features(repo: &mut Repository) -> Result<Vec<String>> {
             "run `repo upgrade` again when they have finished",
         )?;
         let mut config = repo.config.clone();
-        config.features.push(FEATURE.to_string());
+        config.features.extend(missing.iter().cloned());
         lease.check()?;
         repo.store_config(config, None)
     })?;
     repo.config = config;
-    Ok(vec![FEATURE.to_string()])
+    Ok(missing)
+}
+
+/// The features this version writes under that `config` lacks.
+fn missing_features(config: &RepoConfig) -> Vec<String> {
+    KNOWN_FEATURES
+        .iter()
+        .filter(|f| !config.features.iter().any(|have| have == *f))
+        .map(|f| f.to_string())
+        .collect()
 }
 
 fn upgrade_locked(
@@ -136,9 +146,9 @@ fn upgrade_locked(
         pack_size: repo.config.pack_target(),
         ..repo.config.clone()
     };
-    if !config.features.iter().any(|f| f == FEATURE) {
-        config.features.push(FEATURE.to_string());
-        report.features_added.push(FEATURE.to_string());
+    for f in missing_features(&config) {
+        config.features.push(f.clone());
+        report.features_added.push(f);
     }
     let root = repo.keys().map(|k| k.root.clone());
     if let Some(unlocked) = repo.keys() {

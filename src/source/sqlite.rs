@@ -33,7 +33,9 @@ pub struct SqliteSnapshot {
     /// Our own descriptor of the database file, for direct reads. Closing any descriptor of a
     /// file drops every POSIX lock this process holds on it, SQLite's shared lock included, so
     /// it stays open until the connection has closed (fields drop after `Drop::drop`, in order).
-    db_file: std::fs::File,
+    /// Shared with a caller that keeps other connections to the database open (replication),
+    /// which holds it until they have closed too.
+    db_file: std::sync::Arc<std::fs::File>,
 }
 
 /// Check that `path` is a SQLite database file, with an error a person can act on.
@@ -92,6 +94,17 @@ fn sqlite_error(path: &Path, action: &str, e: rusqlite::Error) -> Error {
 impl SqliteSnapshot {
     pub fn open(path: &Path) -> Result<SqliteSnapshot> {
         check_is_sqlite(path)?;
+        let db_file = std::fs::File::open(path).ctx("cannot open", path)?;
+        Self::open_sharing(path, std::sync::Arc::new(db_file))
+    }
+
+    /// A snapshot reading the database through `db_file`, a descriptor of it the caller keeps
+    /// open for as long as it has any connection to the database: this opens and closes no
+    /// other descriptor of the file (closing one would drop the caller's SQLite locks).
+    pub fn open_sharing(
+        path: &Path,
+        db_file: std::sync::Arc<std::fs::File>,
+    ) -> Result<SqliteSnapshot> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -126,7 +139,7 @@ impl SqliteSnapshot {
             page_size,
             page_count,
             journal_mode,
-            db_file: std::fs::File::open(path).ctx("cannot open", path)?,
+            db_file,
         })
     }
 }
@@ -150,6 +163,8 @@ impl Snapshot for SqliteSnapshot {
 /// A SQLite database as a [`Source`]: its pages, read in one read transaction.
 pub struct SqliteSource {
     path: PathBuf,
+    /// A snapshot opened beforehand (at a moment the caller chose).
+    snapshot: Option<SqliteSnapshot>,
 }
 
 impl SqliteSource {
@@ -157,7 +172,16 @@ impl SqliteSource {
         check_is_sqlite(path)?;
         Ok(SqliteSource {
             path: path.to_path_buf(),
+            snapshot: None,
         })
+    }
+
+    /// The source of a snapshot already open.
+    pub fn of_snapshot(snapshot: SqliteSnapshot) -> SqliteSource {
+        SqliteSource {
+            path: snapshot.path.clone(),
+            snapshot: Some(snapshot),
+        }
     }
 }
 
@@ -167,7 +191,10 @@ impl Source for SqliteSource {
     }
 
     fn back_up(&mut self, writer: &mut dyn ContentWriter) -> Result<BackedUp> {
-        let mut snap = SqliteSnapshot::open(&self.path)?;
+        let mut snap = match self.snapshot.take() {
+            Some(s) => s,
+            None => SqliteSnapshot::open(&self.path)?,
+        };
         let image = writer.image(&mut snap, Cut::Pages)?;
         let facts = facts(&snap.conn)?;
         let info = DatabaseInfo {

@@ -1,0 +1,1459 @@
+//! `lifeboat replicate`: ship every transaction committed to live SQLite databases, within
+//! an interval, as write-once segments; take bases that bound restore time; resume after a
+//! restart without a gap, a duplicate or a full upload.
+//!
+//! How the `-wal` file is kept readable (docs/REPLICATION.md says why): Lifeboat always holds
+//! a read transaction (a *pin*) on the database. While a reader is in the WAL, SQLite never
+//! restarts it, so no frame Lifeboat has not read is overwritten. The pin moves forward by a
+//! hand-over: a second connection begins a read transaction, the WAL is read to its end, then
+//! the first ends its own. Because a pin stops the application's checkpoints from ever
+//! restarting the WAL, Lifeboat restarts it itself when it grows past ~1,000 pages: holding
+//! SQLite's write lock for a moment (`BEGIN IMMEDIATE`, which writes nothing), it reads the
+//! last frames, lets go of its pins, runs a PASSIVE checkpoint and pins again; the next
+//! writer then starts the WAL over. The same moment under the write lock aligns a base (its
+//! snapshot is exactly the state after the commits read) and a restart of Lifeboat.
+
+use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::id::Hash;
+use crate::ops::backup::BackupOptions;
+use crate::repo::manifest::{Manifest, WalLink};
+use crate::repo::segment::{self, CommitRec, Segment, SegmentHeader, WalPos, TARGET_DATA};
+use crate::repo::Repository;
+use crate::source::sqlite::{SqliteSnapshot, SqliteSource};
+use crate::source::Snapshot;
+use crate::wal::frames::{Scan, WalFile, WalHeader};
+use crate::wal::streams;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Settings of a `replicate` run.
+pub struct ReplicateOptions {
+    pub databases: Vec<PathBuf>,
+    /// The longest a commit waits before it is shipped.
+    pub interval: Duration,
+    /// A new base after this long.
+    pub base_every: Duration,
+    pub compression: crate::repo::compress::Compression,
+    pub verify: crate::ops::VerifyLevel,
+    pub transfers: usize,
+    /// Replicas from the config file (bases are synced to every replica after they commit).
+    pub configured_replicas: Vec<String>,
+    /// Where notices go (stderr for the CLI).
+    pub say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// What one database's replication did, printed when it stops.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DbReport {
+    pub source: String,
+    pub stream: String,
+    /// How it started: `new stream`, `resumed` (the WAL still held every commit after the
+    /// last one shipped) or `caught up` (the changed pages were found by comparison).
+    pub start: String,
+    pub segments: u64,
+    pub commits: u64,
+    /// Bytes of segments stored (compressed, sealed).
+    pub bytes_shipped: u64,
+    /// Bytes shipped again at start-up for commits already shipped before (0 when resumed).
+    pub reshipped_bytes: u64,
+    pub bases: u64,
+    pub base_failures: u64,
+    /// Commits not shipped when it stopped (a target that stayed down): still in the
+    /// database, missing from the point-in-time history.
+    pub unshipped_commits: u64,
+}
+
+/// Run until a signal (or a fatal error); each database in its own thread.
+pub fn replicate(repo: &Repository, opts: &ReplicateOptions) -> Result<Vec<DbReport>> {
+    repo.require_writable("replicate")?;
+    if !repo.has_feature(segment::FEATURE) {
+        return Err(Error::usage(format!(
+            "the repository at {} was made before continuous replication: it cannot hold \
+             segments yet",
+            repo.location()
+        ))
+        .hint("run `lifeboat repo upgrade` (Lifeboat versions before this one can then no longer open the repository)"));
+    }
+    let mut fences = Vec::new();
+    for db in &opts.databases {
+        let abs = crate::ops::backup::absolute(db)?;
+        crate::source::sqlite::check_is_sqlite(&abs)?;
+        fences.push((abs.clone(), Fence::take(&abs)?));
+    }
+    let stop = AtomicBool::new(false);
+    let results: Vec<Result<DbReport>> = std::thread::scope(|s| {
+        let handles: Vec<_> = fences
+            .iter()
+            .map(|(db, fence)| {
+                let stop = &stop;
+                s.spawn(move || {
+                    let r = run_source(repo, db, fence, opts, stop);
+                    if r.is_err() {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    r
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::internal("a replication thread panicked")))
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
+fn stopping(stop: &AtomicBool) -> bool {
+    stop.load(Ordering::SeqCst) || crate::interrupt::received().is_some()
+}
+
+/// One database, through replacements: a database replaced or deleted ends its stream; a
+/// new one starts when it is back.
+fn run_source(
+    repo: &Repository,
+    db: &Path,
+    fence: &Fence,
+    opts: &ReplicateOptions,
+    stop: &AtomicBool,
+) -> Result<DbReport> {
+    let mut total = DbReport {
+        source: db.display().to_string(),
+        ..Default::default()
+    };
+    let mut fresh = false;
+    loop {
+        let outcome = Replicator::run(repo, db, fence, opts, stop, fresh)?;
+        total.add(&outcome.report);
+        if !outcome.replaced || stopping(stop) {
+            return Ok(total);
+        }
+        fresh = true;
+        (opts.say)(&format!(
+            "{} was replaced or removed: its stream {} ends here; a new stream starts when it \
+             is back",
+            db.display(),
+            outcome.report.stream
+        ));
+        while !stopping(stop) && crate::source::sqlite::check_is_sqlite(db).is_err() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl DbReport {
+    fn add(&mut self, o: &DbReport) {
+        self.stream = o.stream.clone();
+        if self.start.is_empty() {
+            self.start = o.start.clone();
+        }
+        self.segments += o.segments;
+        self.commits += o.commits;
+        self.bytes_shipped += o.bytes_shipped;
+        self.reshipped_bytes += o.reshipped_bytes;
+        self.bases += o.bases;
+        self.base_failures += o.base_failures;
+        self.unshipped_commits += o.unshipped_commits;
+    }
+}
+
+/// The local lock that fences off a second `replicate` of the same database, and the status
+/// file `lifeboat status` reads (`$XDG_STATE_HOME/lifeboat/replicate/<hash of the path>`).
+pub struct Fence {
+    _lock: File,
+    status: PathBuf,
+}
+
+pub fn state_dir() -> PathBuf {
+    crate::trust::state_home().join("replicate")
+}
+
+fn state_name(db: &Path) -> String {
+    let h = blake3::hash(db.as_os_str().as_encoded_bytes());
+    hex::encode(&h.as_bytes()[..16])
+}
+
+impl Fence {
+    fn take(db: &Path) -> Result<Fence> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = state_dir();
+        crate::storage::local::create_private_dir(&dir)?;
+        let name = state_name(db);
+        let path = dir.join(format!("{name}.lock"));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .ctx("cannot open", &path)?;
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            return Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "another `lifeboat replicate` (pid {}) is shipping {}",
+                    pid.trim(),
+                    db.display()
+                ),
+            )
+            .hint("stop it first: two would ship the same commits into separate streams"));
+        }
+        let _ = f.set_len(0);
+        let _ = f.rewind();
+        let _ = write!(f, "{}", std::process::id());
+        Ok(Fence {
+            _lock: f,
+            status: dir.join(format!("{name}.json")),
+        })
+    }
+}
+
+/// What `status` shows of a running replication (written about once a second).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LiveStatus {
+    pub source: String,
+    pub pid: u32,
+    pub repo: String,
+    pub stream: String,
+    /// Newest commit shipped to the primary (RFC 3339), if any.
+    pub last_shipped: Option<String>,
+    /// Oldest commit not yet shipped: its age is the lag.
+    pub oldest_unshipped: Option<String>,
+    pub updated: String,
+}
+
+/// The status files of replications running on this machine (stale ones, of a process that
+/// is gone, are left out).
+pub fn live_statuses() -> Vec<LiveStatus> {
+    let Ok(dir) = std::fs::read_dir(state_dir()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "json") {
+            if let Some(s) = std::fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LiveStatus>(&b).ok())
+            {
+                if Path::new(&format!("/proc/{}", s.pid)).exists() {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.source.cmp(&b.source));
+    out
+}
+
+fn rfc3339_ns(ns: i64) -> String {
+    jiff::Timestamp::from_nanosecond(i128::from(ns))
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn now_ns() -> i64 {
+    jiff::Timestamp::now().as_nanosecond() as i64
+}
+
+fn open_conn(db: &Path, writable: bool) -> Result<Connection> {
+    let mode = if writable {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let c = Connection::open_with_flags(
+        db,
+        mode | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| Error::source(format!("cannot open {}: {e}", db.display())))?;
+    c.busy_timeout(Duration::from_secs(5))
+        .map_err(|e| Error::source(format!("cannot open {}: {e}", db.display())))?;
+    Ok(c)
+}
+
+fn sql_err(db: &Path, what: &str) -> impl Fn(rusqlite::Error) -> Error {
+    let what = what.to_string();
+    let db = db.to_path_buf();
+    move |e| Error::source(format!("{what} {}: {e}", db.display()))
+}
+
+fn pin(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch("BEGIN")?;
+    c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+}
+
+fn unpin(c: &Connection) {
+    let _ = c.execute_batch("COMMIT");
+}
+
+/// A commit read from the WAL and not yet handed to the shipper.
+struct Pending {
+    rec: CommitRec,
+    data: Vec<u8>,
+    /// The WAL position after it (None for a part of a commit that continues).
+    pos: Option<WalPos>,
+}
+
+/// A segment on its way to the targets, and what shipping it told the loop.
+struct Outgoing {
+    segment: Segment,
+}
+
+/// What the shipper thread reports back.
+#[derive(Default)]
+struct Shipped {
+    segments: AtomicU64,
+    commits: AtomicU64,
+    bytes: AtomicU64,
+    /// Newest commit time shipped (ns), 0 if none.
+    last_ns: AtomicI64,
+    /// Page bytes handed over and not yet stored.
+    in_flight: AtomicUsize,
+    /// First commit time (ns) of each segment handed over and not yet stored, oldest first.
+    queued: Mutex<std::collections::VecDeque<i64>>,
+    failed: Mutex<Option<Error>>,
+}
+
+struct Outcome {
+    report: DbReport,
+    replaced: bool,
+}
+
+/// Outcome of a base running in the background.
+type BaseResult = Result<Manifest>;
+
+struct Replicator<'a> {
+    // Fields drop in this order: the read-write connections first, while the read-only pins
+    // keep them from being the last connection (which would checkpoint and delete the WAL),
+    // then the pins, then our descriptor of the database.
+    /// Read-write: `BEGIN IMMEDIATE` (the write lock, nothing written) and checkpoints.
+    gate: Connection,
+    checkpointer: Connection,
+    /// Two read-only connections: one holds the pin, the other takes it over.
+    pins: [Connection; 2],
+    /// Held until every connection has closed: closing any descriptor of the database would
+    /// drop this process's SQLite locks on it (POSIX), so none is ever closed before.
+    db_file: Arc<File>,
+    pinned: usize,
+    repo: &'a Repository,
+    db: PathBuf,
+    opts: &'a ReplicateOptions,
+    identity: (u64, u64),
+    wal: WalFile,
+    /// Where closed segments go (the shipper thread), and what it reports back.
+    tx: Sender<Outgoing>,
+    shipped: Arc<Shipped>,
+    /// A new stream replaced one that had bases: the first base's new bytes count as
+    /// shipped again.
+    reship_base: bool,
+    page_size: u32,
+    stream: String,
+    next_seq: u64,
+    /// The position after the last commit read (None: no WAL yet; the next header starts).
+    pos: Option<WalPos>,
+    pending: Vec<Pending>,
+    pending_bytes: usize,
+    /// When the oldest pending commit was seen.
+    oldest_pending: Option<Instant>,
+    /// The next commit read stands for commits not seen one by one since this time.
+    unseen_since: Option<i64>,
+    /// A WAL generation was missed (the file was replaced or checkpointed behind our back):
+    /// the stream ends, a new one starts with a base.
+    lost_track: Option<String>,
+    last_base: Instant,
+    base_due: bool,
+    last_checkpoint: Instant,
+    report: DbReport,
+}
+
+enum Start {
+    /// Continue stream `stream` at `pos` (the WAL still holds what follows).
+    Resume {
+        stream: String,
+        next_seq: u64,
+        prev: Option<blake3::Hash>,
+        last_ns: i64,
+        pos: Option<WalPos>,
+    },
+    /// Continue stream `stream`, whose last state is `map` (page ids), by comparison.
+    CatchUp {
+        stream: String,
+        next_seq: u64,
+        prev: Option<blake3::Hash>,
+        last_ns: i64,
+        map: Vec<Hash>,
+    },
+    New,
+}
+
+impl<'a> Replicator<'a> {
+    fn run(
+        repo: &'a Repository,
+        db: &Path,
+        fence: &Fence,
+        opts: &'a ReplicateOptions,
+        stop: &AtomicBool,
+        fresh: bool,
+    ) -> Result<Outcome> {
+        let plan = if fresh {
+            Start::New
+        } else {
+            plan_start(repo, db, opts)?
+        };
+        let shipped = Arc::new(Shipped::default());
+        // A few segments in flight at most: memory stays bounded (about 6 × TARGET_DATA) while a
+        // target is slow; beyond that the loop waits, and commits wait in the WAL.
+        let (tx, rx) = bounded::<Outgoing>(6);
+        let mut r = Replicator::open(repo, db, opts, tx, shipped.clone())?;
+        let prev = match &plan {
+            Start::Resume { prev, .. } | Start::CatchUp { prev, .. } => *prev,
+            Start::New => None,
+        };
+        std::thread::scope(|s| -> Result<Outcome> {
+            let shipper = s.spawn(|| ship_loop(repo, &r_targets(repo), rx, &shipped, prev));
+            let result = r.replicate(s, plan, &shipped, fence, stop);
+            // Closing the queue lets the shipper finish what it holds and return.
+            let (closed, _) = bounded::<Outgoing>(0);
+            drop(std::mem::replace(&mut r.tx, closed));
+            let shipper_result = shipper
+                .join()
+                .unwrap_or_else(|_| Err(Error::internal("the shipper thread panicked")));
+            r.report.segments = shipped.segments.load(Ordering::SeqCst);
+            r.report.commits = shipped.commits.load(Ordering::SeqCst);
+            r.report.bytes_shipped = shipped.bytes.load(Ordering::SeqCst);
+            r.write_status(fence, &shipped, true);
+            let replaced = result?;
+            shipper_result?;
+            Ok(Outcome {
+                report: r.report.clone(),
+                replaced,
+            })
+        })
+    }
+
+    fn open(
+        repo: &'a Repository,
+        db: &Path,
+        opts: &'a ReplicateOptions,
+        tx: Sender<Outgoing>,
+        shipped: Arc<Shipped>,
+    ) -> Result<Self> {
+        let db_file = Arc::new(File::open(db).ctx("cannot open", db)?);
+        let meta = db_file.metadata().ctx("cannot stat", db)?;
+        let pins = [open_conn(db, false)?, open_conn(db, false)?];
+        let mode: String = pins[0]
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(sql_err(db, "cannot read"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::source(format!(
+                "{} is in rollback-journal mode (journal_mode={mode}); continuous replication \
+                 reads the WAL",
+                db.display()
+            ))
+            .hint("switch the database to WAL mode once (`sqlite3 DB 'PRAGMA journal_mode=WAL'`, it persists), or take scheduled backups with `lifeboat backup` instead"));
+        }
+        let page_size: u32 = pins[0]
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(sql_err(db, "cannot read"))?;
+        let gate = open_conn(db, true)?;
+        gate.busy_timeout(Duration::from_secs(2))
+            .map_err(sql_err(db, "cannot open"))?;
+        let checkpointer = open_conn(db, true)?;
+        checkpointer
+            .busy_timeout(Duration::from_millis(0))
+            .map_err(sql_err(db, "cannot open"))?;
+        Ok(Replicator {
+            repo,
+            db: db.to_path_buf(),
+            opts,
+            db_file,
+            identity: (meta.dev(), meta.ino()),
+            wal: WalFile::new(db),
+            tx,
+            shipped,
+            reship_base: false,
+            pins,
+            pinned: 0,
+            gate,
+            checkpointer,
+            page_size,
+            stream: String::new(),
+            next_seq: 0,
+            pos: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            oldest_pending: None,
+            unseen_since: None,
+            lost_track: None,
+            last_base: Instant::now(),
+            base_due: false,
+            last_checkpoint: Instant::now(),
+            report: DbReport {
+                source: db.display().to_string(),
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Hold SQLite's write lock (nothing is written) while `f` runs: no transaction commits
+    /// meanwhile. None if the lock stayed busy (another writer's long transaction).
+    fn with_gate<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        match self.gate.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(sql_err(&self.db, "cannot lock")(e)),
+        }
+        let r = f(self);
+        let _ = self.gate.execute_batch("ROLLBACK");
+        r.map(Some)
+    }
+
+    /// The gate, waiting for it as long as it takes (start-up, bases).
+    fn with_gate_waiting<T>(
+        &mut self,
+        stop: &AtomicBool,
+        mut f: impl FnMut(&mut Self) -> Result<T>,
+    ) -> Result<T> {
+        loop {
+            if let Some(v) = self.with_gate(&mut f)? {
+                return Ok(v);
+            }
+            if stopping(stop) {
+                return Err(crate::interrupt::check()
+                    .err()
+                    .unwrap_or_else(|| Error::internal("stopped")));
+            }
+            tracing::info!("the database's write lock is busy; waiting");
+        }
+    }
+
+    fn replicate<'s>(
+        &mut self,
+        s: &'s std::thread::Scope<'s, '_>,
+        plan: Start,
+        shipped: &Shipped,
+        fence: &Fence,
+        stop: &AtomicBool,
+    ) -> Result<bool>
+    where
+        'a: 's,
+    {
+        let mut base: Option<std::thread::ScopedJoinHandle<'s, BaseResult>> = None;
+        self.start(s, plan, stop, &mut base)?;
+        let watch = Watch::new(self.wal.path(), &self.db);
+        let mut last_status = Instant::now() - Duration::from_secs(10);
+        let replaced = loop {
+            if let Some(e) = shipped
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                return Err(e);
+            }
+            if stopping(stop) {
+                self.observe()?;
+                self.close_segment()?;
+                break false;
+            }
+            if !self.same_file() {
+                self.close_segment()?;
+                break true;
+            }
+            self.observe()?;
+            if let Some(why) = self.lost_track.take() {
+                // The stream cannot continue without a gap: end it, start a new one.
+                self.close_segment()?;
+                (self.opts.say)(&format!(
+                    "{}: {why}; a new stream starts with a base",
+                    self.db.display()
+                ));
+                self.report.start = "new stream".into();
+                self.new_stream();
+                self.start_base(s, stop, &mut base)?;
+            }
+            let interval = self.opts.interval;
+            let margin = (interval / 5).min(Duration::from_millis(200));
+            if self
+                .oldest_pending
+                .is_some_and(|t| t.elapsed() + margin >= interval)
+            {
+                self.close_segment()?;
+            }
+            self.checkpoint_if_large(shipped)?;
+            if base.as_ref().is_some_and(|h| h.is_finished()) {
+                self.finish_base(base.take());
+            }
+            if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.opts.base_every)
+            {
+                self.start_base(s, stop, &mut base)?;
+            }
+            if last_status.elapsed() >= Duration::from_secs(1) {
+                self.write_status(fence, shipped, false);
+                last_status = Instant::now();
+            }
+            let wait = match self.oldest_pending {
+                Some(t) => {
+                    (interval.saturating_sub(t.elapsed() + margin)).min(Duration::from_millis(100))
+                }
+                None => Duration::from_millis(100),
+            };
+            watch.wait(wait);
+        };
+        if let Some(h) = base.take() {
+            self.finish_base(Some(h));
+        }
+        self.report.unshipped_commits =
+            self.pending.iter().filter(|p| p.pos.is_some()).count() as u64;
+        Ok(replaced)
+    }
+
+    fn same_file(&self) -> bool {
+        std::fs::metadata(&self.db).is_ok_and(|m| (m.dev(), m.ino()) == self.identity)
+    }
+
+    fn new_stream(&mut self) {
+        self.stream = crate::id::new_backup_id(jiff::Timestamp::now().as_millisecond() as u64);
+        self.next_seq = 0;
+        self.report.stream = self.stream.clone();
+    }
+
+    /// Begin: pin the WAL under the write lock, and resume, catch up or start a new stream.
+    fn start<'s>(
+        &mut self,
+        s: &'s std::thread::Scope<'s, '_>,
+        plan: Start,
+        stop: &AtomicBool,
+        base: &mut Option<std::thread::ScopedJoinHandle<'s, BaseResult>>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        match plan {
+            Start::Resume {
+                stream,
+                next_seq,
+                last_ns,
+                pos,
+                ..
+            } => {
+                let holds = self.with_gate_waiting(stop, |me| {
+                    pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+                    let holds = match &pos {
+                        Some(p) => me.wal.holds(p)?,
+                        None => false,
+                    };
+                    if holds {
+                        me.pos = pos;
+                        // Commits made while Lifeboat was away are seen only now.
+                        me.unseen_since = Some(last_ns);
+                        me.read_new_commits()?;
+                        me.unseen_since = None;
+                    }
+                    Ok(holds)
+                })?;
+                if holds {
+                    self.stream = stream;
+                    self.next_seq = next_seq;
+                    self.report.stream = self.stream.clone();
+                    self.report.start = "resumed".into();
+                    (self.opts.say)(&format!(
+                        "{}: resuming stream {} at segment {next_seq}: the WAL still holds every \
+                         commit since the last one shipped",
+                        self.db.display(),
+                        self.stream
+                    ));
+                    return Ok(());
+                }
+                // The WAL moved on while Lifeboat was away: compare.
+                match plan_catch_up(self.repo, &self.db, &stream)? {
+                    Some(map) => {
+                        unpin(&self.pins[self.pinned]);
+                        self.start(
+                            s,
+                            Start::CatchUp {
+                                stream,
+                                next_seq,
+                                prev: None,
+                                last_ns,
+                                map,
+                            },
+                            stop,
+                            base,
+                        )
+                    }
+                    None => {
+                        unpin(&self.pins[self.pinned]);
+                        self.reship_base = true;
+                        self.start(s, Start::New, stop, base)
+                    }
+                }
+            }
+            Start::CatchUp {
+                stream,
+                next_seq,
+                last_ns,
+                map,
+                ..
+            } => {
+                let mut snap = self.with_gate_waiting(stop, |me| {
+                    pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+                    me.pos = me.wal.header()?.map(|h| h.start());
+                    me.pending.clear();
+                    me.pending_bytes = 0;
+                    me.read_new_commits()?;
+                    me.pending.clear();
+                    me.pending_bytes = 0;
+                    me.oldest_pending = None;
+                    SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
+                })?;
+                self.stream = stream;
+                self.next_seq = next_seq;
+                self.report.stream = self.stream.clone();
+                let changed = self.catch_up(&mut snap, &map, last_ns)?;
+                drop(snap);
+                match changed {
+                    Some(bytes) => {
+                        self.report.start = "caught up".into();
+                        self.report.reshipped_bytes = 0;
+                        (self.opts.say)(&format!(
+                            "{}: resumed stream {}: the WAL had been checkpointed meanwhile; \
+                             {bytes} bytes of pages changed since the last commit shipped",
+                            self.db.display(),
+                            self.stream
+                        ));
+                        Ok(())
+                    }
+                    None => {
+                        unpin(&self.pins[self.pinned]);
+                        self.reship_base = true;
+                        self.start(s, Start::New, stop, base)
+                    }
+                }
+            }
+            Start::New => {
+                self.with_gate_waiting(stop, |me| {
+                    pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+                    Ok(())
+                })?;
+                self.new_stream();
+                self.report.start = "new stream".into();
+                (self.opts.say)(&format!(
+                    "{}: new stream {}, starting with a base",
+                    self.db.display(),
+                    self.stream
+                ));
+                self.start_base(s, stop, base)
+            }
+        }
+    }
+
+    /// Compare the snapshot's pages with `map` (the state after the last commit shipped);
+    /// ship the changed ones as one commit. None when too much changed for that to pay (a
+    /// base is cheaper to restore from).
+    fn catch_up(
+        &mut self,
+        snap: &mut SqliteSnapshot,
+        map: &[Hash],
+        last_ns: i64,
+    ) -> Result<Option<u64>> {
+        let hasher = self.repo.hasher();
+        let ps = self.page_size as usize;
+        let pages = (snap.len() / ps as u64) as u32;
+        let limit = (snap.len() / 4).max(TARGET_DATA as u64);
+        let mut changed = Vec::new();
+        let mut data = Vec::new();
+        let mut pgno = 0u32;
+        let mut too_much = false;
+        snap.read_chunks(&mut |chunk| {
+            for page in chunk.chunks(ps) {
+                pgno += 1;
+                let same = map
+                    .get(pgno as usize - 1)
+                    .is_some_and(|id| hasher.matches(page, id));
+                if !same {
+                    changed.push(pgno);
+                    data.extend_from_slice(page);
+                    if data.len() as u64 > limit {
+                        too_much = true;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if too_much {
+            return Ok(None);
+        }
+        if changed.is_empty() && u64::from(pages) == map.len() as u64 {
+            // Nothing changed while Lifeboat was away: no gap to record.
+            return Ok(Some(0));
+        }
+        let bytes = data.len() as u64;
+        let time = now_ns();
+        // Pages in pieces of a segment's size, one commit continued across them.
+        let per = (TARGET_DATA / ps).max(1);
+        let n = changed.len().div_ceil(per).max(1);
+        for i in 0..n {
+            let lo = i * per;
+            let hi = ((i + 1) * per).min(changed.len());
+            let last = i + 1 == n;
+            self.pending.push(Pending {
+                rec: CommitRec {
+                    time_ns: time,
+                    db_pages: pages.max(1),
+                    pages: changed[lo..hi].to_vec(),
+                    unseen_since_ns: (i == 0).then_some(last_ns),
+                    continues: !last,
+                },
+                data: data[lo * ps..hi * ps].to_vec(),
+                pos: if last {
+                    self.pos.or(Some(WalPos::none()))
+                } else {
+                    None
+                },
+            });
+            self.pending_bytes += (hi - lo) * ps;
+            self.oldest_pending.get_or_insert_with(Instant::now);
+            self.close_segment()?;
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Move the pin to the WAL's end and take the commits found on the way.
+    fn observe(&mut self) -> Result<()> {
+        // While too much waits to be stored (a target that is down), commits stay in the
+        // WAL, which the pin keeps: nothing is lost, they are read once the targets catch up.
+        if self.pending_bytes + self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA {
+            return Ok(());
+        }
+        let spare = 1 - self.pinned;
+        pin(&self.pins[spare]).map_err(sql_err(&self.db, "cannot read"))?;
+        let r = self.read_new_commits();
+        unpin(&self.pins[self.pinned]);
+        self.pinned = spare;
+        r
+    }
+
+    /// Read the commits after `pos` to the end of the WAL, into `pending`.
+    fn read_new_commits(&mut self) -> Result<()> {
+        for _ in 0..4 {
+            let Some(pos) = self.pos else {
+                match self.wal.header()? {
+                    Some(h) => {
+                        self.check_page_size(&h)?;
+                        self.pos = Some(h.start());
+                        continue;
+                    }
+                    None => return Ok(()),
+                }
+            };
+            match self.wal.scan(&pos)? {
+                Scan::NoHeader => return Ok(()),
+                Scan::Restarted(h) => {
+                    self.check_page_size(&h)?;
+                    // The pins guarantee every frame of the previous generation was read; a
+                    // generation that is not the next one means the WAL was replaced.
+                    if h.ckpt_seq != pos.ckpt_seq.wrapping_add(1)
+                        || h.salt1 != pos.salt1.wrapping_add(1)
+                    {
+                        self.lost_track = Some(format!(
+                            "the WAL was replaced (checkpoint sequence {} after {})",
+                            h.ckpt_seq, pos.ckpt_seq
+                        ));
+                    }
+                    self.pos = Some(h.start());
+                }
+                Scan::Continues { commits, end } => {
+                    let time = now_ns();
+                    for c in commits {
+                        self.take_commit(c, time, &pos)?;
+                    }
+                    self.pos = Some(end);
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_page_size(&self, h: &WalHeader) -> Result<()> {
+        if h.page_size != self.page_size {
+            return Err(Error::source(format!(
+                "{}: its WAL has pages of {} bytes, the database {}",
+                self.db.display(),
+                h.page_size,
+                self.page_size
+            ))
+            .hint(
+                "the page size changed (VACUUM with a new page_size): restart `lifeboat replicate`",
+            ));
+        }
+        Ok(())
+    }
+
+    fn take_commit(
+        &mut self,
+        c: crate::wal::frames::FoundCommit,
+        time: i64,
+        gen: &WalPos,
+    ) -> Result<()> {
+        let frame_len = u64::from(self.page_size) + crate::wal::frames::FRAME_HEADER_LEN;
+        let mut cur = Pending {
+            rec: CommitRec {
+                time_ns: time,
+                db_pages: c.db_pages,
+                pages: Vec::new(),
+                unseen_since_ns: self.unseen_since.take(),
+                continues: false,
+            },
+            data: Vec::new(),
+            pos: None,
+        };
+        let mut at = c.start;
+        while at < c.end {
+            let upto = c.end.min(at + 1024 * frame_len);
+            let (pages, data) = (&mut cur.rec.pages, &mut cur.data);
+            self.wal
+                .read_frames(self.page_size, at, upto, &mut |p, d| {
+                    pages.push(p);
+                    data.extend_from_slice(d);
+                    Ok(())
+                })?;
+            at = upto;
+            if at < c.end && self.pending_bytes + cur.data.len() >= TARGET_DATA {
+                // A transaction larger than a segment: shipped in parts.
+                cur.rec.continues = true;
+                let next = Pending {
+                    rec: CommitRec {
+                        pages: Vec::new(),
+                        unseen_since_ns: None,
+                        continues: false,
+                        ..cur.rec.clone()
+                    },
+                    data: Vec::new(),
+                    pos: None,
+                };
+                let part = std::mem::replace(&mut cur, next);
+                self.push(part);
+                self.close_segment()?;
+            }
+        }
+        cur.pos = Some(WalPos {
+            offset: c.end,
+            cksum: c.cksum,
+            ..*gen
+        });
+        self.push(cur);
+        Ok(())
+    }
+
+    fn push(&mut self, p: Pending) {
+        self.pending_bytes += p.data.len();
+        self.pending.push(p);
+        self.oldest_pending.get_or_insert_with(Instant::now);
+    }
+
+    /// Hand everything pending to the shipper as segments of at most ~TARGET_DATA.
+    fn close_segment(&mut self) -> Result<()> {
+        while !self.pending.is_empty() {
+            let mut take = 0;
+            let mut bytes = 0;
+            for p in &self.pending {
+                if take > 0 && bytes + p.data.len() > TARGET_DATA {
+                    break;
+                }
+                bytes += p.data.len();
+                take += 1;
+            }
+            let batch: Vec<Pending> = self.pending.drain(..take).collect();
+            self.pending_bytes -= bytes;
+            let wal = batch
+                .iter()
+                .rev()
+                .find_map(|p| p.pos)
+                .filter(|p| !p.is_none());
+            let mut data = Vec::with_capacity(bytes);
+            let mut commits = Vec::with_capacity(batch.len());
+            for p in batch {
+                data.extend_from_slice(&p.data);
+                commits.push(p.rec);
+            }
+            let segment = Segment {
+                header: SegmentHeader {
+                    format: segment::SEGMENT_FORMAT,
+                    stream: self.stream.clone(),
+                    seq: self.next_seq,
+                    path: self.db.display().to_string(),
+                    host: crate::host::hostname(),
+                    page_size: self.page_size,
+                    prev: None,
+                    wal,
+                    commits,
+                },
+                data,
+            };
+            self.next_seq += 1;
+            self.shipped
+                .in_flight
+                .fetch_add(segment.data.len(), Ordering::SeqCst);
+            self.shipped
+                .queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(segment.first_ns());
+            if self.tx.send(Outgoing { segment }).is_err() {
+                return Err(Error::internal("the shipper stopped"));
+            }
+        }
+        self.oldest_pending = None;
+        Ok(())
+    }
+
+    /// Restart the WAL when it has grown past ~1,000 pages (see the module doc).
+    fn checkpoint_if_large(&mut self, shipped: &Shipped) -> Result<()> {
+        // Before SQLite's own auto-checkpoint (1,000 pages): under a pin that trails by a
+        // commit, the application's would run (and fsync) after every commit.
+        let threshold = 800 * (u64::from(self.page_size) + 24);
+        if self.last_checkpoint.elapsed() < Duration::from_millis(250)
+            || self.pending_bytes > 4 * TARGET_DATA
+            || shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
+            || self.wal.size()? < threshold
+        {
+            return Ok(());
+        }
+        self.last_checkpoint = Instant::now();
+        let started = Instant::now();
+        let done = self.with_gate(|me| {
+            me.read_new_commits()?;
+            unpin(&me.pins[me.pinned]);
+            let r: rusqlite::Result<(i64, i64, i64)> =
+                me.checkpointer
+                    .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    });
+            pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+            Ok(r.ok())
+        })?;
+        tracing::debug!(?done, took = ?started.elapsed(), "checkpoint");
+        Ok(())
+    }
+
+    /// Take a base: under the write lock, read the WAL to its end and open a snapshot there;
+    /// then back it up in the background while commits keep being shipped.
+    fn start_base<'s>(
+        &mut self,
+        s: &'s std::thread::Scope<'s, '_>,
+        stop: &AtomicBool,
+        base: &mut Option<std::thread::ScopedJoinHandle<'s, BaseResult>>,
+    ) -> Result<()>
+    where
+        'a: 's,
+    {
+        self.base_due = false;
+        self.last_base = Instant::now();
+        let snap = self.with_gate_waiting(stop, |me| {
+            me.read_new_commits()?;
+            SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
+        })?;
+        // Everything read so far goes in segments before the base.
+        self.close_segment()?;
+        let link = WalLink {
+            stream: self.stream.clone(),
+            next_seq: self.next_seq,
+            pos: self.pos.unwrap_or(WalPos::none()),
+        };
+        let repo = self.repo;
+        let opts = BackupOptions {
+            database: self.db.clone(),
+            kind: Some(crate::source::Kind::Sqlite),
+            files: Default::default(),
+            run: None,
+            description: None,
+            tags: Vec::new(),
+            trigger: "replicate".into(),
+            compression: self.opts.compression,
+            verify: self.opts.verify,
+            progress: crate::progress::Progress::hidden(),
+            transfers: self.opts.transfers,
+            time: None,
+        };
+        let replicas = self.opts.configured_replicas.clone();
+        *base = Some(s.spawn(move || {
+            let source = Box::new(SqliteSource::of_snapshot(snap));
+            let o = crate::ops::backup::backup_prepared(repo, &opts, Some(source), Some(link))?;
+            if !repo.replica_locations().is_empty() || !replicas.is_empty() {
+                if let Ok(reports) = crate::ops::sync::sync_replicas(repo, &replicas, None) {
+                    if let Some(e) = crate::ops::sync::replica_failure(&reports) {
+                        tracing::warn!("base {} not copied to every replica: {e}", o.manifest.id);
+                    }
+                }
+            }
+            Ok(o.manifest)
+        }));
+        Ok(())
+    }
+
+    fn finish_base(&mut self, h: Option<std::thread::ScopedJoinHandle<'_, BaseResult>>) {
+        let Some(h) = h else { return };
+        match h.join() {
+            Ok(Ok(m)) => {
+                self.report.bases += 1;
+                if std::mem::take(&mut self.reship_base) {
+                    self.report.reshipped_bytes += m.stored.new_stored_bytes;
+                }
+                (self.opts.say)(&format!(
+                    "{}: base {} of stream {} committed",
+                    self.db.display(),
+                    m.id,
+                    self.stream
+                ));
+            }
+            Ok(Err(e)) if e.kind == ErrorKind::Interrupted => {}
+            Ok(Err(e)) => {
+                self.report.base_failures += 1;
+                // Tried again after a while: segments keep flowing meanwhile.
+                self.last_base = Instant::now() - self.opts.base_every + Duration::from_secs(30);
+                (self.opts.say)(&format!(
+                    "{}: a base failed (tried again in 30 s): {}",
+                    self.db.display(),
+                    e.message
+                ));
+            }
+            Err(_) => self.report.base_failures += 1,
+        }
+    }
+
+    fn write_status(&self, fence: &Fence, shipped: &Shipped, stopped: bool) {
+        if stopped {
+            let _ = std::fs::remove_file(&fence.status);
+            return;
+        }
+        let last = shipped.last_ns.load(Ordering::SeqCst);
+        let oldest = self
+            .oldest_pending
+            .map(|t| now_ns() - t.elapsed().as_nanos() as i64);
+        let status = LiveStatus {
+            source: self.db.display().to_string(),
+            pid: std::process::id(),
+            repo: self.repo.location(),
+            stream: self.stream.clone(),
+            last_shipped: (last != 0).then(|| rfc3339_ns(last)),
+            oldest_unshipped: oldest.map(rfc3339_ns),
+            updated: jiff::Timestamp::now().to_string(),
+        };
+        if let Ok(json) = serde_json::to_vec(&status) {
+            let _ = crate::storage::local::write_private_file(&fence.status, &json);
+        }
+    }
+}
+
+impl WalPos {
+    /// "No WAL": a base taken while the database had no `-wal` file.
+    pub fn none() -> WalPos {
+        WalPos {
+            salt1: 0,
+            salt2: 0,
+            ckpt_seq: 0,
+            offset: 0,
+            cksum: [0, 0],
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        self.offset == 0
+    }
+}
+
+/// The targets segments go to: the primary, then each replica.
+fn r_targets(repo: &Repository) -> Vec<&dyn crate::storage::Storage> {
+    let mut t: Vec<&dyn crate::storage::Storage> = vec![repo.storage()];
+    t.extend(repo.replicas().iter().map(|r| r.as_ref()));
+    t
+}
+
+/// Store segments in order: seal, put to the primary (retrying while it is down), then to
+/// each replica (a replica that fails is caught up by the next `sync`).
+fn ship_loop(
+    repo: &Repository,
+    targets: &[&dyn crate::storage::Storage],
+    rx: Receiver<Outgoing>,
+    shipped: &Shipped,
+    mut prev: Option<blake3::Hash>,
+) -> Result<()> {
+    let mut replica_down = vec![false; targets.len()];
+    for Outgoing { mut segment } in rx {
+        let data_len = segment.data.len();
+        if segment.header.seq == 0 {
+            prev = None;
+        }
+        segment.header.prev = prev.map(|h| h.to_hex().to_string());
+        let encoded = segment.encode()?;
+        let name = segment.object_name();
+        let sealed = segment::seal(repo, &name, &encoded)?;
+        let mut delay = Duration::from_millis(200);
+        let mut warned = false;
+        loop {
+            match crate::storage::put_new_or_same(targets[0], &name, &sealed) {
+                Ok(()) => break,
+                Err(e) if e.kind == ErrorKind::Usage => {
+                    let e = Error::new(
+                        ErrorKind::InUse,
+                        format!(
+                            "segment {} of stream {} was written by another process: {}",
+                            segment.header.seq, segment.header.stream, e.message
+                        ),
+                    )
+                    .hint("another `lifeboat replicate` ships this database (on another machine?); stop one of them");
+                    *shipped.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                    return Err(e);
+                }
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(
+                            "cannot store segment {name} (retrying until it works; commits \
+                             wait in the WAL meanwhile): {e}"
+                        );
+                        warned = true;
+                    }
+                    if crate::interrupt::received().is_some() && delay > Duration::from_secs(10) {
+                        let e = e.hint(format!(
+                            "stopped while the target was down: segment {} and later ones were \
+                             not stored; their commits are in the database, and the next \
+                             `lifeboat replicate` takes them up",
+                            segment.header.seq
+                        ));
+                        *shipped.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                        return Err(e);
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(15));
+                }
+            }
+        }
+        if warned {
+            tracing::warn!("segment {name} stored: the target is back");
+        }
+        for (i, t) in targets.iter().enumerate().skip(1) {
+            match crate::storage::put_new_or_same(*t, &name, &sealed) {
+                Ok(()) => replica_down[i] = false,
+                Err(e) => {
+                    if !replica_down[i] {
+                        tracing::warn!(
+                            "replica {} missed segment {name} (`lifeboat sync` copies it): {e}",
+                            t.describe()
+                        );
+                    }
+                    replica_down[i] = true;
+                }
+            }
+        }
+        prev = Some(blake3::hash(&encoded));
+        shipped.segments.fetch_add(1, Ordering::SeqCst);
+        shipped.commits.fetch_add(
+            segment
+                .header
+                .commits
+                .iter()
+                .filter(|c| !c.continues)
+                .count() as u64,
+            Ordering::SeqCst,
+        );
+        shipped
+            .bytes
+            .fetch_add(sealed.len() as u64, Ordering::SeqCst);
+        shipped.last_ns.store(segment.last_ns(), Ordering::SeqCst);
+        shipped.in_flight.fetch_sub(data_len, Ordering::SeqCst);
+        shipped
+            .queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+    }
+    Ok(())
+}
+
+/// How to start on `db`: the newest stream of this database on this host, if its last
+/// segment (or base) tells where the WAL stood.
+fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<Start> {
+    if repo.is_write_only() {
+        // Nothing stored can be read back here: every start is a new stream.
+        return Ok(Start::New);
+    }
+    let backups = repo.list_backups()?;
+    let all = streams::load(repo, &backups)?;
+    let path = db.display().to_string();
+    let host = crate::host::hostname();
+    let Some(stream) = all
+        .iter()
+        .filter(|s| s.path == path && s.host == host && !s.bases.is_empty())
+        .max_by(|a, b| a.id.cmp(&b.id))
+    else {
+        return Ok(Start::New);
+    };
+    let newest_base = stream
+        .bases
+        .iter()
+        .max_by_key(|b| b.wal.as_ref().map(|w| w.next_seq));
+    let Some(base_link) = newest_base.and_then(|b| b.wal.clone()) else {
+        return Ok(Start::New);
+    };
+    let after = stream.segments_from(base_link.next_seq);
+    // Every segment from the base on must be there, in order.
+    let contiguous = after
+        .iter()
+        .enumerate()
+        .all(|(i, s)| s.seq == base_link.next_seq + i as u64);
+    if !contiguous {
+        (opts.say)(&format!(
+            "{}: stream {} has missing segments; a new stream starts",
+            db.display(),
+            stream.id
+        ));
+        return Ok(Start::New);
+    }
+    let (pos, last_ns, prev, next_seq) = match after.last() {
+        Some(last) => {
+            let (seg, hash) = segment::read(repo, repo.storage(), last)?;
+            if seg.header.commits.last().is_none_or(|c| c.continues) {
+                // Stopped in the middle of a large transaction: its parts cannot be finished.
+                return Ok(Start::New);
+            }
+            // No position: the database had no WAL then; a resume compares pages.
+            let pos = seg.header.wal.unwrap_or(WalPos::none());
+            (pos, seg.last_ns(), Some(hash), last.seq + 1)
+        }
+        None => {
+            let t = newest_base
+                .and_then(|b| b.time.parse::<jiff::Timestamp>().ok())
+                .map_or(0, |t| t.as_nanosecond() as i64);
+            (base_link.pos, t, None, base_link.next_seq)
+        }
+    };
+    let prev = match prev {
+        Some(h) => Some(h),
+        // No segment after the base: the chain goes on from the one before it, if any.
+        None => match stream.segments.iter().find(|s| s.seq + 1 == next_seq) {
+            Some(b) => Some(segment::read(repo, repo.storage(), b)?.1),
+            None => None,
+        },
+    };
+    Ok(Start::Resume {
+        stream: stream.id.clone(),
+        next_seq,
+        prev,
+        last_ns,
+        pos: (!pos.is_none()).then_some(pos),
+    })
+}
+
+/// The page ids of the state after the last segment of `stream`: its newest base's pages,
+/// then every segment's pages. None when there is nothing to compare with.
+fn plan_catch_up(repo: &Repository, db: &Path, stream_id: &str) -> Result<Option<Vec<Hash>>> {
+    let backups = repo.list_backups()?;
+    let all = streams::load(repo, &backups)?;
+    let path = db.display().to_string();
+    let Some(stream) = all.iter().find(|s| s.id == stream_id && s.path == path) else {
+        return Ok(None);
+    };
+    let Some(base) = stream
+        .bases
+        .iter()
+        .max_by_key(|b| b.wal.as_ref().map(|w| w.next_seq))
+    else {
+        return Ok(None);
+    };
+    let Some(link) = &base.wal else {
+        return Ok(None);
+    };
+    let index = repo.load_index()?;
+    let mut map: Vec<Hash> = Vec::new();
+    crate::ops::restore::for_each_id(repo, &index, base, &mut |id| {
+        map.push(id);
+        Ok(())
+    })?;
+    let hasher = repo.hasher();
+    for s in stream.segments_from(link.next_seq) {
+        let (seg, _) = segment::read(repo, repo.storage(), s)?;
+        for (c, pages) in seg.commits() {
+            for (p, data) in pages {
+                let i = p as usize - 1;
+                if i >= map.len() {
+                    map.resize(i + 1, Hash([0; 32]));
+                }
+                map[i] = hasher.id(data);
+            }
+            if !c.continues {
+                map.truncate(c.db_pages as usize);
+            }
+        }
+    }
+    Ok(Some(map))
+}
+
+/// Wakes the loop when the `-wal` file is written (inotify), or after a timeout.
+struct Watch {
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl Watch {
+    fn new(wal: &Path, db: &Path) -> Watch {
+        use rustix::fs::inotify;
+        let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).ok();
+        if let Some(fd) = &fd {
+            // The folder too: the `-wal` file may not exist yet, or be created again.
+            let dir = db
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let _ = inotify::add_watch(
+                fd,
+                dir,
+                inotify::WatchFlags::CREATE | inotify::WatchFlags::MODIFY,
+            );
+            let _ = inotify::add_watch(fd, wal, inotify::WatchFlags::MODIFY);
+        }
+        Watch { fd }
+    }
+
+    fn wait(&self, timeout: Duration) {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = &self.fd else {
+            std::thread::sleep(timeout);
+            return;
+        };
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack, a descriptor we own.
+        let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+        if ready > 0 {
+            let mut buf = [0u8; 4096];
+            // Drain the queue: one wake-up covers every event so far.
+            // SAFETY: reading into a buffer we own from a descriptor we own.
+            while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        }
+    }
+}
