@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Analysis helpers of the replication benchmark (replicate.sh).
 
-    replicate_analyze.py events REQS.jsonl PGNO REGEX > EVENTS.tsv
+    replicate_analyze.py events REQS.jsonl PGNO REGEX > EVENTS.tsv   # t_ns seq key first
     replicate_analyze.py lag COMMITS.log EVENTS.tsv [--from NS] [--until NS] [--at NS]...
     replicate_analyze.py window REQS.jsonl [--from S] [--until S] [--match RX] [--exclude RX]
     replicate_analyze.py bucket ENDPOINT BUCKET PREFIX
@@ -114,33 +114,32 @@ def ltx_pages(data):
             i += page_size
 
 
-def max_tag(data):
-    best = None
-    for m in TAG.finditer(data):
-        v = int(m.group(1))
-        best = v if best is None else max(best, v)
-    return best
+def tags(data):
+    return [int(m.group(1)) for m in TAG.finditer(data)]
 
 
-def object_seq(data, pgno):
-    """The newest commit (largest SEQ tag) carried by one uploaded object, or None."""
+def object_seqs(data, pgno):
+    """(oldest, newest) commit tags in one uploaded object, or None.  The newest is
+    the newest commit the object carries; the oldest is its first commit only where
+    every commit's version of the page is kept (Lifeboat segments; an LTX file
+    keeps the last version of each page, so there both are the same)."""
     if data[:4] == b"LTX1":
-        best = None
+        found = []
         for p, blob, comp in ltx_pages(data):
             if p == pgno:
-                v = max_tag(lz4_block(blob) if comp else blob)
-                if v is not None:
-                    best = v if best is None else max(best, v)
-        return best
-    if data[:4] == ZSTD_MAGIC:
+                found += tags(lz4_block(blob) if comp else blob)
+    elif data[:4] == ZSTD_MAGIC:
         r = subprocess.run(["zstd", "-dcq"], input=data, stdout=subprocess.PIPE, check=False)
-        return max_tag(r.stdout)
-    return max_tag(data)
+        found = tags(r.stdout)
+    else:
+        found = tags(data)
+    return (min(found), max(found)) if found else None
 
 
 def ltx_seq(path, pgno):
     with open(path, "rb") as f:
-        return object_seq(f.read(), pgno)
+        got = object_seqs(f.read(), pgno)
+    return got and got[1]
 
 
 def load_reqs(path):
@@ -173,9 +172,9 @@ def events(reqs_path, pgno, regex):
                     chunks.append(f.read())
             data = b"".join(chunks)
         if data:
-            s = object_seq(data, pgno)
+            s = object_seqs(data, pgno)
             if s is not None:
-                out.append((int(r["t1"] * 1e9), s, r["path"]))
+                out.append((int(r["t1"] * 1e9), s[1], r["path"], s[0]))
     out.sort()
     return out
 
@@ -291,8 +290,8 @@ def main():
     a = sys.argv[1:]
     cmd = a[0] if a else ""
     if cmd == "events":
-        for t, s, key in events(a[1], int(a[2]), a[3]):
-            print("%d\t%d\t%s" % (t, s, key))
+        for t, s, key, first in events(a[1], int(a[2]), a[3]):
+            print("%d\t%d\t%s\t%d" % (t, s, key, first))
     elif cmd == "lag":
         opts, at, pos, i = {"--from": None, "--until": None}, [], [], 1
         while i < len(a):
