@@ -269,6 +269,17 @@ tool_start() {
         [[ -n $TOOL_PID ]] && break
         sleep 0.02
     done
+    # RSS over time (VmRSS every 0.25 s): says when the peak GNU time reports happened
+    [[ -n $TOOL_PID ]] && (while kill -0 "$TOOL_PID" 2>/dev/null; do
+        r=$(awk '/^VmRSS/ {print $2}' "/proc/$TOOL_PID/status" 2>/dev/null)
+        [[ -n $r ]] && echo "$EPOCHREALTIME $r"
+        sleep 0.25
+    done >"$dir/rss-$n.tsv" 2>/dev/null &)
+}
+
+# rss_peak FILE [FROM [UNTIL]] -> the largest sampled VmRSS (KiB) in the window
+rss_peak() {
+    awk -v a="${2:-0}" -v b="${3:-1e20}" '$1 >= a && $1 < b && $2 > m {m = $2} END {print m + 0}' "$1" 2>/dev/null
 }
 
 # wait_ready DIR T0 -> 0 once the tool stored its initial copy: at least one
@@ -453,7 +464,8 @@ analyze_run() {
     cpu=$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}')
     rec "CPU s" "$tool" "$cpu" "whole run, user $u + sys $s; wall $el s"
     rec "CPU, workload window s" "$tool" "$(awk -v c="$cpu" -v r="$CPU_READY" 'BEGIN {printf "%.2f", c - r}')" "total minus CPU at workload start"
-    rec "peak RSS KiB" "$tool" "$rss"
+    rec "peak RSS KiB" "$tool" "$rss" "GNU time, whole run; sampled VmRSS peak: $(( $(rss_peak "$DIR/rss-1.tsv" 0 "$t_wl0") / 1024 )) MiB before the workload (initial copy), $(( $(rss_peak "$DIR/rss-1.tsv" "$t_wl0") / 1024 )) MiB during it"
+    rec "peak RSS, workload window KiB" "$tool" "$(rss_peak "$DIR/rss-1.tsv" "$t_wl0")" "VmRSS sampled every 0.25 s from the workload's start to exit"
     rec "stop s" "$tool" "$STOP_SECS" "SIGTERM to exit; exit: $(grep -o 'exited with non-zero status [0-9]*' "$DIR/time-1" || echo 0)"
     if [[ $tool == "$LB_NAME" ]]; then
         rec "lifeboat summary" "$tool" "" "$(grep -h '^{' "$DIR/tool-1.out" | tail -n 1)"
@@ -549,18 +561,18 @@ killtest() {
         rel_from=$(awk -v k="$t_kill_ns" -v b="$t_wl0" -v s="$s_wl0" 'BEGIN {printf "%.3f", s + k / 1e9 - b}')
         up_s=$(python3 "$AN" window "$sdir/proxy/reqs.jsonl" --from "$rel_from" --until "$s_exit" \
             --exclude "$(housekeeping_regex "$tool" "${base}-steady")" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bytes_up"])')
-        rec "kill: re-shipped B" "$tool" "$((up_k - up_s))" \
+        rec "kill: re-shipped (estimate) B" "$tool" "$((up_k - up_s))" \
             "uploaded from restart to exit $up_k B; the steady run from the same point of the workload (the kill) to exit $up_s B$([[ $tool == "$LS_NAME" ]] && echo "; both without compactions")"
     else
-        rec "kill: re-shipped B" "$tool" "" "no steady run to compare with; uploaded from restart to exit $up_k B"
+        rec "kill: re-shipped (estimate) B" "$tool" "" "no steady run to compare with; uploaded from restart to exit $up_k B"
     fi
     if [[ $tool == "$LB_NAME" ]]; then
         local own; own=$(grep -h '^{' "$DIR/tool-2.out" | tail -n 1)
-        rec "kill: re-shipped B (tool's count)" "$tool" \
+        rec "kill: re-shipped, tool's own count B" "$tool" \
             "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("reshipped_bytes",""))' "$own" 2>/dev/null)" "$own"
     fi
     local rss; read -r _ rss _ _ < <(tail -n 1 "$DIR/time-2")
-    rec "kill: peak RSS after restart KiB" "$tool" "$rss"
+    rec "kill: peak RSS after restart KiB" "$tool" "$rss" "GNU time of the restarted process (no initial copy; sampled VmRSS peak $(( $(rss_peak "$DIR/rss-2.tsv") / 1024 )) MiB)"
     rm -f "$DIR/db.sqlite" "$DIR/db.sqlite-wal" "$DIR/db.sqlite-shm"
 }
 
