@@ -14,21 +14,24 @@ the workload's log (replicate_workload.py writes "commit_time_ns<TAB>seq" right
 after COMMIT returns).  The other side comes from the uploads themselves, the
 same way for both tools: the counting proxy (count_proxy.py) saves the body of
 every PUT whose path matches the tool's data objects (Litestream's level-0 LTX
-files, Lifeboat's WAL segments), and `events` reads, for each such object, the
-newest commit it carries: every transaction of the workload rewrites the one
-row of `bench_marker`, whose page holds the text tag "SEQ:%012d", so the largest
-tag in the object's pages is the newest commit in it.  The object's instant is
-when the proxy finished relaying the server's 2xx answer (for a multipart
-upload: the answer to CompleteMultipartUpload): from then on it is stored and
-a restore sees it.
+files, Lifeboat's WAL segments), and `events` reads in each the commits it
+carries: every transaction of the workload rewrites the one row of
+`bench_marker`, whose page (PGNO) holds the text tag "SEQ:%012d".  An object
+counts from the instant the proxy finished relaying the server's 2xx answer to
+it (for a multipart upload: to CompleteMultipartUpload) *and* to every object
+before it in its chain (LTX files by TXID, segments by their stream's sequence
+number), since a restore needs them all; a transaction that a segment continues
+into the next one counts where it ends.
 
-Reading the tag needs the pages in the clear:
-  * LTX (Litestream): a 100-byte header, then per page pgno u32, flags u16 and,
-    when the header's flag 2 says compressed, a u32 size and an LZ4 block; only
-    page PGNO (bench_marker's, from `replicate_workload.py DB --init`) is
-    decompressed, by the small LZ4 decoder below;
-  * zstd (Lifeboat segments: zstd of a header and whole pages): `zstd -dc`;
-  * anything else is searched as it is.
+Reading the tags needs the pages in the clear:
+  * LTX (Litestream): a 100-byte header (min TXID at byte 16), then per page
+    pgno u32, flags u16 and, when the header's flag 2 says compressed, a u32
+    size and an LZ4 block; only page PGNO (bench_marker's, from
+    `replicate_workload.py DB --init`) is decompressed, by the LZ4 decoder below;
+  * Lifeboat segments (src/repo/segment.rs; unencrypted repository): zstd of
+    "LBSEG01\\n", a u32 LE header length, the header JSON (stream, seq,
+    page_size, commits with their page lists and `continues`), then the pages
+    of every commit in order; decompressed with `zstd -dc`.
 
 `lag` prints p50 / p99 / max / mean (ms) over the commits in [--from, --until)
 (ns), the commits no object ever carried, and for each --at instant the newest
@@ -118,28 +121,58 @@ def tags(data):
     return [int(m.group(1)) for m in TAG.finditer(data)]
 
 
-def object_seqs(data, pgno):
-    """(oldest, newest) commit tags in one uploaded object, or None.  The newest is
-    the newest commit the object carries; the oldest is its first commit only where
-    every commit's version of the page is kept (Lifeboat segments; an LTX file
-    keeps the last version of each page, so there both are the same)."""
+def page_tags(page):
+    found = tags(page)
+    return max(found) if found else None
+
+
+def decode_object(data, pgno):
+    """What one uploaded data object says: (family, order, commits), where commits is
+    [(tag, continues)] in commit order (tag: the newest SEQ tag in that commit's copy
+    of page PGNO, None if the commit did not carry the page), family and order place
+    the object in its chain (a restore needs every object before it); None if the
+    object is not one this script reads.
+
+      LTX (Litestream):  family "ltx", order = its minimum TXID; one entry: the
+                         last version of page PGNO the file holds.
+      Lifeboat segment:  zstd of "LBSEG01\\n", u32 LE header length, the header JSON
+                         (stream, seq, page_size, commits: [{pages, continues}]),
+                         the pages of every commit in order; family = the stream,
+                         order = the segment's seq; one entry per commit.
+    """
     if data[:4] == b"LTX1":
         found = []
         for p, blob, comp in ltx_pages(data):
             if p == pgno:
-                found += tags(lz4_block(blob) if comp else blob)
-    elif data[:4] == ZSTD_MAGIC:
+                v = page_tags(lz4_block(blob) if comp else blob)
+                if v is not None:
+                    found.append(v)
+        (min_txid,) = struct.unpack(">Q", data[16:24])
+        return "ltx", min_txid, [(max(found) if found else None, False)]
+    if data[:4] == ZSTD_MAGIC:
         r = subprocess.run(["zstd", "-dcq"], input=data, stdout=subprocess.PIPE, check=False)
-        found = tags(r.stdout)
-    else:
-        found = tags(data)
-    return (min(found), max(found)) if found else None
+        data = r.stdout
+    if data[:8] == b"LBSEG01\n":
+        (hlen,) = struct.unpack("<I", data[8:12])
+        h = json.loads(data[12:12 + hlen])
+        ps, at, commits = h["page_size"], 12 + hlen, []
+        for c in h["commits"]:
+            tag = None
+            for p in c["pages"]:
+                if p == pgno:
+                    v = page_tags(data[at:at + ps])
+                    if v is not None:
+                        tag = v if tag is None else max(tag, v)
+                at += ps
+            commits.append((tag, bool(c.get("continues"))))
+        return h["stream"], h["seq"], commits
+    return None
 
 
 def ltx_seq(path, pgno):
     with open(path, "rb") as f:
-        got = object_seqs(f.read(), pgno)
-    return got and got[1]
+        got = decode_object(f.read(), pgno)
+    return got and got[2][0][0]
 
 
 def load_reqs(path):
@@ -148,10 +181,15 @@ def load_reqs(path):
 
 
 def events(reqs_path, pgno, regex):
-    """(t_ns, seq, key) of each stored object matching REGEX, from the proxy's log."""
+    """(t_ns, seq, key, first) per stored data object matching REGEX: from t_ns on a
+    restore can reach commit seq.  t_ns is when the object and every object before it
+    in its chain were stored (the proxy relayed their 2xx answers; for a multipart
+    upload, CompleteMultipartUpload's); seq is the newest commit completed in it (a
+    transaction continued into the next segment counts where it ends); first is the
+    oldest tag it carries."""
     rx = re.compile(regex)
     parts = {}   # uploadId -> {partNumber: saved file}
-    out = []
+    objs = []    # (family, order, t_ns, key, commits)
     for r in sorted(load_reqs(reqs_path), key=lambda r: r["n"]):
         if not rx.search(r["path"]) or not 200 <= r["status"] < 300:
             continue
@@ -172,9 +210,27 @@ def events(reqs_path, pgno, regex):
                     chunks.append(f.read())
             data = b"".join(chunks)
         if data:
-            s = object_seqs(data, pgno)
-            if s is not None:
-                out.append((int(r["t1"] * 1e9), s[1], r["path"], s[0]))
+            d = decode_object(data, pgno)
+            if d is not None:
+                objs.append((d[0], d[1], int(r["t1"] * 1e9), r["path"], d[2]))
+    out = []
+    fams = {}
+    for o in objs:
+        fams.setdefault(o[0], []).append(o)
+    for fam in fams.values():
+        fam.sort(key=lambda o: o[1])
+        t_chain, pending, newest = 0, None, None
+        for _, _, t, key, commits in fam:
+            t_chain = max(t_chain, t)
+            seen = [tag for tag, _ in commits if tag is not None]
+            for tag, cont in commits:
+                if tag is not None:
+                    pending = tag if pending is None else max(pending, tag)
+                if not cont and pending is not None:
+                    newest = pending if newest is None else max(newest, pending)
+                    pending = None
+            if newest is not None:
+                out.append((t_chain, newest, key, min(seen) if seen else newest))
     out.sort()
     return out
 
