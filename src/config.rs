@@ -31,6 +31,46 @@ pub struct FileConfig {
     /// How to reach particular object-store targets: `[target."s3://bucket/prefix"]`.
     #[serde(default)]
     pub target: BTreeMap<String, TargetConfig>,
+    /// `lifeboat replicate`: `[replicate]` and `[replicate.source."PATH"]`.
+    pub replicate: Option<ReplicateSection>,
+}
+
+/// Settings of continuous replication, for every database or one (`[replicate.source."PATH"]`
+/// wins); durations such as `1s`, `500ms`, `1h`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateSection {
+    pub interval: Option<String>,
+    pub base_every: Option<String>,
+    #[serde(default)]
+    pub source: BTreeMap<String, ReplicateSource>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateSource {
+    pub interval: Option<String>,
+    pub base_every: Option<String>,
+}
+
+impl ReplicateSection {
+    /// `(interval, base_every)` of `source` (as `source_key` spells it), as written.
+    pub fn for_source(&self, source: &str) -> (Option<&str>, Option<&str>) {
+        let specific = self.source.get(source).or_else(|| {
+            self.source
+                .iter()
+                .find(|(k, _)| crate::source::source_key(Path::new(k.as_str())) == source)
+                .map(|(_, v)| v)
+        });
+        (
+            specific
+                .and_then(|s| s.interval.as_deref())
+                .or(self.interval.as_deref()),
+            specific
+                .and_then(|s| s.base_every.as_deref())
+                .or(self.base_every.as_deref()),
+        )
+    }
 }
 
 /// Settings of one object-store target, for replicas on another provider or account than

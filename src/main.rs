@@ -258,14 +258,16 @@ enum Command {
         /// SQLite databases in WAL mode.
         #[arg(required = true)]
         databases: Vec<PathBuf>,
-        /// The longest a commit waits before it is shipped (e.g. 1s, 500ms).
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        interval: std::time::Duration,
-        /// Take a new base after this long (bounds restore time; e.g. 1h, 30m).
-        #[arg(long, default_value = "1h", value_parser = parse_duration)]
-        base_every: std::time::Duration,
+        /// The longest a commit waits before it is shipped (e.g. 1s, 500ms). Default: the
+        /// config file's `[replicate.source."PATH"]` or `[replicate]` interval, else 1s.
+        #[arg(long, value_parser = parse_duration)]
+        interval: Option<std::time::Duration>,
+        /// Take a new base after this long (bounds restore time; e.g. 1h, 30m). Default: as
+        /// for --interval (`base_every`), else 1h.
+        #[arg(long, value_parser = parse_duration)]
+        base_every: Option<std::time::Duration>,
         /// Create the repository if it does not exist.
-        #[arg(long)]
+        #[arg(long, env = "LIFEBOAT_INIT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
         init: bool,
     },
     /// The moments a replicated database can be restored to: window, gaps, last commit.
@@ -1454,18 +1456,41 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 fn cmd_replicate(
     ctx: &Ctx,
     databases: Vec<PathBuf>,
-    interval: std::time::Duration,
-    base_every: std::time::Duration,
+    interval: Option<std::time::Duration>,
+    base_every: Option<std::time::Duration>,
     init: bool,
 ) -> Result<i32> {
-    for db in &databases {
-        lifeboat::source::sqlite::check_is_sqlite(db)?;
+    let section = ctx.file.replicate.clone().unwrap_or_default();
+    let setting = |flag: Option<std::time::Duration>,
+                   file: Option<&str>,
+                   key: &str,
+                   default: std::time::Duration|
+     -> Result<std::time::Duration> {
+        match (flag, file) {
+            (Some(d), _) => Ok(d),
+            (None, Some(text)) => parse_duration(text)
+                .map_err(|e| Error::usage(format!("{key} in [replicate] of the config file: {e}"))),
+            (None, None) => Ok(default),
+        }
+    };
+    let mut sources = Vec::new();
+    for db in databases {
+        lifeboat::source::sqlite::check_is_sqlite(&db)?;
+        let (i, b) = section.for_source(&source_key(&db));
+        sources.push(lifeboat::wal::replicate::SourceSettings {
+            interval: setting(interval, i, "interval", std::time::Duration::from_secs(1))?,
+            base_every: setting(
+                base_every,
+                b,
+                "base_every",
+                std::time::Duration::from_secs(3600),
+            )?,
+            path: db,
+        });
     }
     let repo = ctx.open_or_init_repo(init)?;
     let opts = lifeboat::wal::replicate::ReplicateOptions {
-        databases,
-        interval,
-        base_every,
+        databases: sources,
         compression: compression(ctx, None, None)?,
         verify: verify_level(ctx, false, false)?,
         transfers: ctx.transfers()?,
@@ -1800,6 +1825,7 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
             count(r.packs, "pack", "packs"),
             count(r.blobs, "blob", "blobs")
         );
+        print_wal_check(&r.wal, read_data);
         for p in &r.problems {
             println!("  ✗ {}: {}", p.object, p.problem);
             if !p.backups.is_empty() {
@@ -1840,6 +1866,64 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
     } else {
         ErrorKind::Integrity.exit_code()
     })
+}
+
+/// The streams of continuous replication `repo check` found, and its notes about them.
+fn print_wal_check(w: &check::WalCheck, read_data: bool) {
+    if w.streams.is_empty() && w.not_segments.is_empty() {
+        return;
+    }
+    println!(
+        "  continuous replication: {} ({}) in {}{}",
+        count(w.segments, "segment", "segments"),
+        bytes(w.segment_bytes),
+        count(w.streams.len(), "stream", "streams"),
+        if read_data {
+            format!(", {} opened and chained", w.segments_read)
+        } else {
+            String::new()
+        }
+    );
+    for s in &w.streams {
+        let source = match (&s.source, &s.host) {
+            (Some(p), Some(h)) => format!("{} on {h}", printable(p)),
+            _ => "no base".to_string(),
+        };
+        let span = match (&s.restorable_from, &s.restorable_to) {
+            (Some(from), Some(to)) => format!("; restorable to any moment from {from} to {to}"),
+            _ => String::new(),
+        };
+        println!(
+            "    stream {} ({source}): {}, {}{span}",
+            s.stream,
+            count(s.bases, "base", "bases"),
+            count(s.segments, "segment", "segments"),
+        );
+        if s.before_oldest_base > 0 {
+            println!(
+                "  note: stream {}: {} before its oldest base; no restore uses them, `lifeboat prune` removes them",
+                s.stream,
+                count(s.before_oldest_base, "segment", "segments")
+            );
+        }
+    }
+    if w.covered_segments > 0 {
+        println!(
+            "  note: {} also held by compacted segments (an interrupted compaction); `lifeboat prune` removes them",
+            count(w.covered_segments, "segment is", "segments are")
+        );
+    }
+    for o in &w.orphan_streams {
+        println!(
+            "  warning: stream {o} has no base and shipped nothing for a day (a `replicate` that never stored its first base); `lifeboat prune` removes its segments"
+        );
+    }
+    for n in &w.not_segments {
+        println!(
+            "  note: {} is not a segment; nothing reads it",
+            printable(n)
+        );
+    }
 }
 
 fn cmd_stats(ctx: &Ctx) -> Result<i32> {

@@ -669,13 +669,13 @@ fn repositories_before_content_kinds_stay_usable_and_upgrade() {
         let up = read_json(&env, name, &["repo", "upgrade"]);
         assert_eq!(
             up["features_added"],
-            serde_json::json!(["manifest-2"]),
+            serde_json::json!(["manifest-2", "wal-segments"]),
             "{up}"
         );
         let show = read_json(&env, name, &["repo", "show"]);
         assert_eq!(
             show["features"],
-            serde_json::json!(["manifest-2"]),
+            serde_json::json!(["manifest-2", "wal-segments"]),
             "{show}"
         );
         let again = read_json(&env, name, &["repo", "upgrade"]);
@@ -780,7 +780,7 @@ fn adding_the_feature_on_s3_survives_a_failed_write() {
         .json();
     assert_eq!(
         up["features_added"],
-        serde_json::json!(["manifest-2"]),
+        serde_json::json!(["manifest-2", "wal-segments"]),
         "{up}"
     );
     let conf = env.path("conf");
@@ -791,4 +791,120 @@ fn adding_the_feature_on_s3_survives_a_failed_write() {
         .ok("verify --all")
         .json();
     assert_eq!(v["ok"], true, "{v}");
+}
+
+fn fixtures_v3() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v3")
+}
+
+/// Repositories of the release before continuous replication (tests/fixtures/v3, made by
+/// the binary of e6d8dc1: feature `manifest-2` only): their backups still restore;
+/// `replicate` asks for `repo upgrade` and changes nothing; the upgrade adds `wal-segments`
+/// once, after which commits are shipped and a restore to the latest one matches.
+#[test]
+fn repositories_before_replication_upgrade_for_it() {
+    for (name, vars) in [
+        ("plain", vec![]),
+        (
+            "encrypted",
+            vec![("LIFEBOAT_PASSWORD", "fixture-passphrase".to_string())],
+        ),
+    ] {
+        let env = Env::new();
+        copy_dir(&fixtures_v3().join(name), &env.repo());
+        let db = env.path("app.db");
+        std::fs::copy(fixtures_v3().join("app.db"), &db).unwrap();
+        let json = |args: &[&str]| -> Value {
+            let mut a = args.to_vec();
+            a.push("--json");
+            let (code, out, err) = run(&env, &vars, &a);
+            assert_eq!(code, 0, "{name}: {args:?}:\n{out}{err}");
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        };
+        // The release's SQLite backup restores to the database it was made from.
+        let list = json(&["list"]);
+        let sqlite = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["kind"] == "sqlite" || b["source"]["kind"] == "sqlite")
+            .unwrap_or_else(|| panic!("{name}: no SQLite backup in {list}"));
+        let id = sqlite["id"].as_str().unwrap().to_string();
+        let restored = env.path("restored.db");
+        json(&["restore", &id, "--output", s(&restored)]);
+        assert_eq!(
+            std::fs::read(&restored).unwrap(),
+            std::fs::read(&db).unwrap(),
+            "{name}: the release's backup restored to other bytes"
+        );
+        // Replication needs the feature: refused, nothing written.
+        let before = tree(&env.repo());
+        let (code, out, err) = run(&env, &vars, &["replicate", s(&db)]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(err.contains("lifeboat repo upgrade"), "{name}: {err}");
+        assert_eq!(
+            tree(&env.repo()),
+            before,
+            "{name}: a refused replicate wrote"
+        );
+        let up = json(&["repo", "upgrade"]);
+        assert_eq!(
+            up["features_added"],
+            serde_json::json!(["wal-segments"]),
+            "{name}: {up}"
+        );
+        // Now it ships: rows committed while it runs are in a restore to the latest moment.
+        let mut child = env.std_cmd();
+        for (k, v) in &vars {
+            child.env(k, v);
+        }
+        let child = child
+            .args(["replicate", s(&db), "--json", "--interval", "200ms"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        for i in 0..20 {
+            conn.execute(
+                "INSERT INTO items(name, qty) VALUES (?1, ?2)",
+                rusqlite::params![format!("after upgrade {i}"), i],
+            )
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        // SAFETY: a signal to the child we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let o = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(report["commits"], 20, "{name}: {report}");
+        let latest = env.path("latest.db");
+        json(&[
+            "restore",
+            "--source",
+            s(&db),
+            "--at",
+            "latest",
+            "--output",
+            s(&latest),
+        ]);
+        let count = |p: &Path| -> i64 {
+            rusqlite::Connection::open(p)
+                .unwrap()
+                .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&latest), 520, "{name}");
+        assert_eq!(count(&latest), count(&db), "{name}");
+    }
 }

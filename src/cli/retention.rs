@@ -313,17 +313,51 @@ fn print_forget(r: &ForgetReport, tz: &jiff::tz::TimeZone) {
     for g in &r.no_policy {
         println!("\n{g}: no retention policy applies; all kept");
     }
+    for s in &r.streams {
+        println!(
+            "\n{} on {}: continuous replication, stream {}",
+            s.source, s.host, s.stream
+        );
+        println!(
+            "  {:<8}{} from #{}{} ({})",
+            "keep",
+            crate::count(s.segments_kept, "segment", "segments"),
+            s.keep_from,
+            s.base
+                .as_ref()
+                .map(|b| format!(", base {b}"))
+                .unwrap_or_default(),
+            s.why
+        );
+        if s.segments_removed > 0 {
+            println!(
+                "  {:<8}{} ({})",
+                if r.dry_run { "remove" } else { "removed" },
+                crate::count(s.segments_removed, "segment", "segments"),
+                bytes(s.removed_bytes)
+            );
+        }
+    }
     let total = r.backups.len();
+    let segments = if r.segments_removed > 0 {
+        format!(
+            ", and {} ({})",
+            crate::count(r.segments_removed, "segment", "segments"),
+            bytes(r.segments_removed_bytes)
+        )
+    } else {
+        String::new()
+    };
     println!();
     if r.dry_run {
         println!(
-            "would remove {} of {} (dry run: nothing changed)",
+            "would remove {} of {}{segments} (dry run: nothing changed)",
             r.removed.len(),
             crate::count(total, "backup", "backups")
         );
     } else {
         println!(
-            "removed {} of {}",
+            "removed {} of {}{segments}",
             r.removed.len(),
             crate::count(total, "backup", "backups")
         );
@@ -340,13 +374,38 @@ pub fn cmd_prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
             progress: ctx.progress(),
         },
     )?;
+    // Old continuous-replication segments merged into fewer objects (every commit kept).
+    let compaction = lifeboat::wal::compact::compact(&repo, a.dry_run)?;
     if !a.dry_run {
         ctx.record(&repo);
     }
     if ctx.json {
-        println!("{}", json!(report));
+        let mut v = json!(report);
+        v["compaction"] = json!(compaction);
+        println!("{v}");
     } else {
         print_prune(&report);
+        if compaction.segments_merged > 0 || compaction.covered_removed > 0 {
+            println!(
+                "  segments         {} {} into {} ({} objects fewer){}",
+                compaction.segments_merged,
+                if a.dry_run {
+                    "would be merged"
+                } else {
+                    "merged"
+                },
+                compaction.merged_into,
+                compaction.objects_saved,
+                if compaction.covered_removed > 0 {
+                    format!(
+                        "; {} left by an interrupted compaction removed",
+                        compaction.covered_removed
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     Ok(0)
 }
@@ -378,6 +437,28 @@ fn print_prune(r: &PruneReport) {
         println!(
             "  WARNING          {} blobs that backups need are in no index: prune deleted nothing (run `lifeboat repo repair`: it restores them from a replica or rebuilds the index from the packs; or forget the backups `repo check` names)",
             r.missing_blobs
+        );
+    }
+    if r.segments_removed > 0 || r.segments_waiting > 0 {
+        println!(
+            "  segments         {} ({}) no base can use{}{}",
+            r.segments_removed,
+            bytes(r.segments_removed_bytes),
+            if r.dry_run { "" } else { ", deleted" },
+            if r.orphan_streams.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; streams that never stored a base: {}",
+                    r.orphan_streams.join(", ")
+                )
+            }
+        );
+    }
+    if r.segments_waiting > 0 {
+        println!(
+            "  waiting          {} segments of streams without a base are kept while a backup runs (it may be their first base); the next prune looks again",
+            r.segments_waiting
         );
     }
     if r.dry_run {

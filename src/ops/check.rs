@@ -40,6 +40,44 @@ pub struct CheckReport {
     pub problems: Vec<Problem>,
     /// What to do about the problems, if any.
     pub hint: Option<String>,
+    /// Continuous replication: streams and segments (their damage is among `problems`).
+    pub wal: WalCheck,
+}
+
+/// What `repo check` found of continuous replication (`wal/`).
+#[derive(Debug, Serialize, Default)]
+pub struct WalCheck {
+    pub streams: Vec<StreamCheck>,
+    pub segments: usize,
+    pub segment_bytes: u64,
+    /// Segments opened (authenticated) and their chain followed: with `--read-data`.
+    pub segments_read: usize,
+    /// Names under `wal/` that are not segments: junk, ignored by everyone.
+    pub not_segments: Vec<String>,
+    /// Streams without a base that shipped nothing for a day (`prune` removes them).
+    pub orphan_streams: Vec<String>,
+    /// Segments a compacted segment holds too (an interrupted compaction's leftovers; the
+    /// next prune removes them).
+    pub covered_segments: usize,
+}
+
+/// One stream of continuous replication, as `repo check` found it.
+#[derive(Debug, Serialize, Default)]
+pub struct StreamCheck {
+    pub stream: String,
+    /// The database and host, from its bases (none without a base).
+    pub source: Option<String>,
+    pub host: Option<String>,
+    pub bases: usize,
+    pub segments: usize,
+    pub bytes: u64,
+    /// Segments numbered below its oldest base's: no restore uses them; prune removes them.
+    pub before_oldest_base: usize,
+    /// The stretch a restore `--at` any moment of works for (RFC 3339), when there is one:
+    /// from the first base after the stream's last break (retention's or damage) to its
+    /// newest commit.
+    pub restorable_from: Option<String>,
+    pub restorable_to: Option<String>,
 }
 
 /// Check the primary alone: what replicas hold does not hide its damage (`repo repair`
@@ -178,6 +216,7 @@ fn check_marked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         .collect();
 
     // Backups: every list and page resolvable, and which backups each problem breaks.
+    let mut bases: Vec<Manifest> = Vec::new();
     for obj in manifests {
         let id = obj.name.rsplit('/').next().unwrap_or_default().to_string();
         if !crate::id::is_backup_id(&id) {
@@ -193,6 +232,9 @@ fn check_marked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
                 continue;
             }
         };
+        if m.wal.is_some() {
+            bases.push(m.clone());
+        }
         let mut missing = 0u64;
         let mut list_cache = crate::repo::FrameCache::default();
         let blame = |h: &Hash, problems: &mut Vec<Problem>, missing: &mut u64| match index.get(h) {
@@ -257,12 +299,239 @@ fn check_marked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
             problems.push(p);
         }
     }
+    report.wal = check_segments(
+        repo,
+        &bases,
+        read_data,
+        &mut problems,
+        &mut report.bytes_read,
+    )?;
     report.ok = problems.is_empty();
     report.problems = problems;
     if !report.ok {
         report.hint = Some(repair_hint(&repo.replica_locations()));
     }
     Ok(report)
+}
+
+/// Check the streams of continuous replication against their bases (`bases`: the
+/// manifests with a `wal` link). Per stream with a base, from its oldest base's `next_seq`
+/// on, segment numbers must follow each other. Retention removes the start of a stream, so
+/// a run of missing segments that ends where one of its bases begins (or below a number
+/// this repository recorded removing) is what retention left: point-in-time restores start
+/// after it. Any other is damage. With `read_data`, every segment is opened (authenticated,
+/// and what its name says) and must continue the one before (`prev`). Without it only names
+/// are looked at: a stream may hold hundreds of thousands of segments, one request each.
+fn check_segments(
+    repo: &Repository,
+    bases: &[Manifest],
+    read_data: bool,
+    problems: &mut Vec<Problem>,
+    bytes_read: &mut u64,
+) -> Result<WalCheck> {
+    use crate::repo::segment::{self, SegmentName};
+    use crate::wal::streams::time_ms;
+    let storage = repo.storage();
+    let (segments, strange) = segment::list(storage)?;
+    let mut out = WalCheck {
+        segments: segments.len(),
+        segment_bytes: segments.iter().map(|s| s.size).sum(),
+        not_segments: strange,
+        ..Default::default()
+    };
+    let mut streams: BTreeMap<&str, (Vec<&Manifest>, Vec<SegmentName>)> = BTreeMap::new();
+    for m in bases {
+        if let Some(w) = &m.wal {
+            streams.entry(&w.stream).or_default().0.push(m);
+        }
+    }
+    for s in &segments {
+        streams.entry(&s.stream).or_default().1.push(s.clone());
+    }
+    let floors = if segments.is_empty() {
+        Default::default()
+    } else {
+        crate::repo::tombstones::read(storage, &repo.records())?.segments_below
+    };
+    let rfc = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| ms.to_string())
+    };
+    let orphan_ms = jiff::Timestamp::now().as_millisecond()
+        - crate::ops::prune::ORPHAN_AFTER.as_millis() as i64;
+    for (stream, (mut bases, segs)) in streams {
+        bases.sort_by_key(|m| m.wal.as_ref().map_or(0, |w| w.next_seq));
+        // Segments a compacted one holds too are a compaction's leftovers (prune removes
+        // them), not a fork.
+        let (segs, covered) = crate::wal::streams::effective(segs);
+        out.covered_segments += covered.len();
+        let segs: Vec<&SegmentName> = segs.iter().collect();
+        if read_data {
+            read_stream(repo, &segs, &bases, problems, &mut out, bytes_read)?;
+        }
+        let mut row = StreamCheck {
+            stream: stream.to_string(),
+            source: bases.first().map(|m| m.source.path.clone()),
+            host: bases.first().map(|m| m.source.host.clone()),
+            bases: bases.len(),
+            segments: segs.len(),
+            bytes: segs.iter().map(|s| s.size).sum(),
+            ..Default::default()
+        };
+        // Two segments with one number: two processes shipped the stream (a fork); a restore
+        // through that number cannot know which one happened.
+        for pair in segs.windows(2).filter(|p| p[0].seq == p[1].seq) {
+            problems.push(Problem {
+                object: pair[1].object(),
+                problem: format!(
+                    "two segments numbered {} in stream {stream} ({} and this one): the stream \
+                     was forked (shipped by two processes); a restore stops there",
+                    pair[0].seq,
+                    pair[0].object()
+                ),
+                backups: BTreeSet::new(),
+            });
+        }
+        let Some(oldest) = bases.first().and_then(|m| m.wal.as_ref()) else {
+            if segs.last().is_some_and(|s| s.last_ms < orphan_ms) {
+                out.orphan_streams.push(stream.to_string());
+            }
+            out.streams.push(row);
+            continue;
+        };
+        row.before_oldest_base = segs.iter().filter(|s| s.last_seq < oldest.next_seq).count();
+        let starts: BTreeMap<u64, &Manifest> = bases
+            .iter()
+            .filter_map(|m| m.wal.as_ref().map(|w| (w.next_seq, *m)))
+            .collect();
+        let floor = floors.get(stream).copied();
+        // Present segments from the oldest base on, then the starts of bases beyond the
+        // last one: each is where the stream is expected to go on from.
+        let last_seq = segs.last().map(|s| s.last_seq);
+        let resumes = starts
+            .keys()
+            .copied()
+            .filter(|&n| last_seq.is_none_or(|l| n > l + 1));
+        let points: Vec<(u64, Option<&SegmentName>)> = segs
+            .iter()
+            .filter(|s| s.last_seq >= oldest.next_seq)
+            .map(|s| (s.seq, Some(*s)))
+            .chain(resumes.map(|n| (n, None)))
+            .collect();
+        let mut expected = oldest.next_seq;
+        let mut run_start = oldest.next_seq;
+        let mut before: Option<&SegmentName> = None;
+        for (seq, s) in points {
+            if seq > expected {
+                run_start = seq;
+                let retention = starts.contains_key(&seq) || floor.is_some_and(|f| seq <= f);
+                if !retention {
+                    let from = before
+                        .map_or_else(String::new, |b| format!(" between {} and", rfc(b.last_ms)));
+                    let to = s.map_or_else(String::new, |s| rfc(s.first_ms));
+                    problems.push(Problem {
+                        object: s.map_or_else(
+                            || format!("{}{stream}/", segment::PREFIX),
+                            |s| s.object(),
+                        ),
+                        problem: format!(
+                            "segments {expected} to {} of stream {stream} are missing: no \
+                             restore to a time{from} {to}",
+                            seq - 1
+                        ),
+                        backups: BTreeSet::new(),
+                    });
+                }
+            }
+            // A segment is followed by the number after its last; a base goes on from its own.
+            expected = expected.max(s.map_or(seq, |s| s.last_seq + 1));
+            if s.is_some() {
+                before = s;
+            }
+        }
+        // Restorable: from the first base at or after the stream's last break, to its newest
+        // commit (or newest base).
+        row.restorable_from = starts
+            .range(run_start..)
+            .next()
+            .and_then(|(_, m)| time_ms(m))
+            .map(rfc);
+        let newest = segs
+            .last()
+            .filter(|s| s.last_seq >= run_start)
+            .map(|s| s.last_ms)
+            .into_iter()
+            .chain(bases.iter().filter_map(|m| time_ms(m)))
+            .max();
+        if row.restorable_from.is_some() {
+            row.restorable_to = newest.map(rfc);
+        }
+        out.streams.push(row);
+    }
+    Ok(out)
+}
+
+/// Open every segment of one stream, in order: authentic, what its name says, from the
+/// stream's source, and continuing the one before it.
+fn read_stream(
+    repo: &Repository,
+    segs: &[&crate::repo::segment::SegmentName],
+    bases: &[&Manifest],
+    problems: &mut Vec<Problem>,
+    out: &mut WalCheck,
+    bytes_read: &mut u64,
+) -> Result<()> {
+    let source = bases.first().map(|m| (&m.source.path, &m.source.host));
+    let mut prev: Option<(u64, blake3::Hash)> = None;
+    for s in segs {
+        crate::interrupt::check()?;
+        let opened = crate::repo::segment::read(repo, repo.storage(), s);
+        let damaged = |what: String| Problem {
+            object: s.object(),
+            problem: what,
+            backups: BTreeSet::new(),
+        };
+        let (seg, hash) = match opened {
+            Ok(x) => x,
+            // Deleted by a forget or prune since the listing.
+            Err(e) if e.kind == crate::error::ErrorKind::NotFound => {
+                prev = None;
+                continue;
+            }
+            Err(e)
+                if matches!(
+                    e.kind,
+                    crate::error::ErrorKind::Integrity | crate::error::ErrorKind::Trust
+                ) =>
+            {
+                problems.push(damaged(e.message));
+                prev = None;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        out.segments_read += 1;
+        *bytes_read += s.size;
+        let h = &seg.header;
+        if let Some((path, host)) = source {
+            if (&h.path, &h.host) != (path, host) {
+                problems.push(damaged(format!(
+                    "it holds commits of {} on {}, its stream's bases are of {path} on {host}",
+                    h.path, h.host
+                )));
+            }
+        }
+        if let Some((n, hash)) = prev {
+            if n + 1 == h.seq && h.prev.as_deref() != Some(hash.to_hex().as_str()) {
+                problems.push(damaged(format!(
+                    "it does not continue segment {n} of its stream (its `prev` names another)"
+                )));
+            }
+        }
+        prev = Some((h.last_seq.unwrap_or(h.seq), hash));
+    }
+    Ok(())
 }
 
 /// What `repo check` suggests for damage: `repo repair`, and what it can do here.

@@ -4,14 +4,20 @@
 //!
 //! - `pins/<backup id>`: the backup is pinned (never forgotten).
 //! - `verified/<backup id>`: `lifeboat verify` passed for it (time and host inside).
+//!
+//! Continuous replication: the bases and segments of each stream follow `wal::retain` (the
+//! point-in-time window of `keep_within`, else the segments from the newest kept base on);
+//! the segments it no longer needs are deleted here, after the manifests.
 
 use crate::error::{Error, Result};
 use crate::ops::policy::{self, Candidate, Decision, Policy};
 use crate::repo::manifest::Manifest;
+use crate::repo::segment::SegmentName;
 use crate::repo::Repository;
+use crate::wal::{retain, streams};
 use jiff::tz::TimeZone;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 const PINS: &str = "pins/";
 const VERIFIED: &str = "verified/";
@@ -44,6 +50,23 @@ pub struct ForgetRow {
     pub policy: String,
 }
 
+/// What retention did with one stream of continuous replication.
+#[derive(Debug, Serialize)]
+pub struct StreamRow {
+    pub stream: String,
+    pub source: String,
+    pub host: String,
+    /// The base kept for the point-in-time window or for the newest commits (also listed,
+    /// with the reason "point-in-time base", among the backups).
+    pub base: Option<String>,
+    /// The first segment kept: those numbered below it go.
+    pub keep_from: u64,
+    pub segments_kept: usize,
+    pub segments_removed: usize,
+    pub removed_bytes: u64,
+    pub why: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ForgetReport {
     pub dry_run: bool,
@@ -52,6 +75,12 @@ pub struct ForgetReport {
     pub removed: Vec<String>,
     /// Sources left alone because no policy applies to them.
     pub no_policy: Vec<String>,
+    /// Streams of continuous replication with a base under a policy.
+    pub streams: Vec<StreamRow>,
+    pub segments_removed: usize,
+    pub segments_removed_bytes: u64,
+    /// The segments removed (in a dry run: that would be).
+    pub removed_segments: Vec<String>,
 }
 
 fn group_of(m: &Manifest) -> String {
@@ -127,6 +156,7 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
         }
     }
     rows.sort_by(|a, b| (&a.source, &a.host, &a.id).cmp(&(&b.source, &b.host, &b.id)));
+    let (stream_rows, doomed) = plan_segments(repo, opts, &backups, &mut rows)?;
     let mut removed = Vec::new();
     if !opts.dry_run {
         // Recorded first, so that a sync from a primary that still has them does not copy
@@ -137,12 +167,24 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
             .map(|r| r.id.clone())
             .collect();
         crate::repo::tombstones::record_forgotten(storage, &repo.records(), &gone)?;
+        let below: BTreeMap<String, u64> = stream_rows
+            .iter()
+            .filter(|r| r.segments_removed > 0)
+            .map(|r| (r.stream.clone(), r.keep_from))
+            .collect();
+        crate::repo::tombstones::record_segments_dropped(storage, &repo.records(), &below)?;
         for row in rows.iter().filter(|r| !r.keep) {
             // The manifest is the backup: once it is gone, the rest is garbage for prune.
             storage.delete(&format!("backups/{}", row.id))?;
             repo.note_forgotten(&row.id);
             storage.delete(&format!("{VERIFIED}{}", row.id))?;
             removed.push(row.id.clone());
+        }
+        // Segments after the manifests, each stream from its newest removed segment down:
+        // a run stopped half way leaves a stream whose segments resume where a base
+        // begins, never a hole a base in the middle needs.
+        for s in doomed.iter().rev() {
+            storage.delete(&s.object())?;
         }
     } else {
         removed = rows
@@ -157,7 +199,111 @@ pub fn forget(repo: &Repository, opts: &ForgetOptions) -> Result<ForgetReport> {
         backups: rows,
         removed,
         no_policy,
+        streams: stream_rows,
+        segments_removed: doomed.len(),
+        segments_removed_bytes: doomed.iter().map(|s| s.size).sum(),
+        removed_segments: doomed.iter().map(|s| s.object()).collect(),
     })
+}
+
+/// Apply `wal::retain` to every stream with a base among `backups` under a policy: keep the
+/// bases it needs (changing their rows to kept, "point-in-time base") and return a row per
+/// stream with the segments to delete, by stream and sequence number. Streams without a
+/// base are left to prune.
+///
+/// What decides: the bases (authenticated manifests), the policy, and the time of each
+/// stream's newest commit, taken from the newest segment that opens (a name alone could be
+/// planted). Segments go by their numbers, below a base's `next_seq`: a planted name there
+/// is junk, and deleting it harms nothing.
+fn plan_segments(
+    repo: &Repository,
+    opts: &ForgetOptions,
+    backups: &[Manifest],
+    rows: &mut [ForgetRow],
+) -> Result<(Vec<StreamRow>, Vec<SegmentName>)> {
+    let all = streams::load(repo, backups)?;
+    let by_id: HashMap<String, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.clone(), i))
+        .collect();
+    // Each stream under a policy, with the time of its newest commit.
+    let mut considered = Vec::new();
+    for s in all.iter().filter(|s| !s.bases.is_empty()) {
+        let newest_base = s.bases.last().expect("a base");
+        let Some(p) = (opts.policy_for)(newest_base) else {
+            continue;
+        };
+        let base_ms = s.bases.iter().filter_map(streams::time_ms).max();
+        let last_ms = match s.newest_authentic(repo)? {
+            Some(seg) => Some(seg.last_ms.max(base_ms.unwrap_or(i64::MIN))),
+            None => base_ms,
+        }
+        .unwrap_or(i64::MIN);
+        considered.push((s, p, last_ms));
+    }
+    let mut out = Vec::new();
+    let mut doomed = Vec::new();
+    for &(s, ref p, last_ms) in &considered {
+        let newest_of_source = !considered.iter().any(|(o, _, o_last)| {
+            o.id != s.id
+                && o.path == s.path
+                && o.host == s.host
+                && (*o_last, &o.id) > (last_ms, &s.id)
+        });
+        let bases: Vec<retain::Base> = s
+            .bases
+            .iter()
+            .map(|m| retain::Base {
+                id: m.id.clone(),
+                time_ms: streams::time_ms(m).unwrap_or(i64::MIN),
+                next_seq: m.wal.as_ref().map_or(0, |w| w.next_seq),
+                kept: by_id.get(&m.id).is_some_and(|&i| rows[i].keep),
+            })
+            .collect();
+        let window = p.keep_within.as_ref().map(|age| {
+            (
+                age.before(opts.now, &opts.tz).as_millisecond(),
+                age.to_string(),
+            )
+        });
+        let d = retain::decide(
+            &retain::Facts {
+                bases: &bases,
+                segments: &s.segments,
+                last_ms,
+                newest_of_source,
+            },
+            window.as_ref().map(|(ms, text)| (*ms, text.as_str())),
+        );
+        let base = d.rescue.map(|i| bases[i].id.clone());
+        if let Some(row) = base
+            .as_ref()
+            .and_then(|id| by_id.get(id))
+            .map(|&i| &mut rows[i])
+        {
+            if !row.keep {
+                row.keep = true;
+                row.reasons.clear();
+            }
+            row.reasons.push(retain::POINT_IN_TIME_BASE.to_string());
+        }
+        let (gone, kept): (Vec<&SegmentName>, Vec<&SegmentName>) =
+            s.segments.iter().partition(|g| g.last_seq < d.keep_from);
+        out.push(StreamRow {
+            stream: s.id.clone(),
+            source: s.path.clone(),
+            host: s.host.clone(),
+            base,
+            keep_from: d.keep_from,
+            segments_kept: kept.len(),
+            segments_removed: gone.len(),
+            removed_bytes: gone.iter().map(|g| g.size).sum(),
+            why: d.why,
+        });
+        doomed.extend(gone.into_iter().cloned());
+    }
+    Ok((out, doomed))
 }
 
 fn backup_time(m: &Manifest) -> jiff::Timestamp {

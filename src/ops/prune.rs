@@ -9,6 +9,13 @@
 //! planned packs that hold no needed blob, rewrite the index files that named them, delete
 //! the plan. A plan a running backup has not seen waits for the next prune.
 //!
+//! Continuous-replication segments are not packs: prune deletes those no base can use, the
+//! segments of a stream numbered below its oldest base's `next_seq`, and every segment of a
+//! stream that has no base and shipped nothing for a day (a `replicate` killed before its
+//! first base was stored). Nothing here waits for `replicate`: it holds a writer marker only
+//! while it stores a base, and the packs a base may reuse are protected by the plans as for
+//! any backup.
+//!
 //! Memory is bounded by the referenced blob keys (16 bytes and a bit per distinct blob the
 //! kept backups need) plus one index file and one pack at a time; the full index is never
 //! loaded.
@@ -30,7 +37,7 @@ use crate::repo::reach::{self, Next, Reached};
 use crate::repo::{FrameCache, Repository};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 pub struct PruneOptions {
@@ -77,12 +84,25 @@ pub struct PruneReport {
     pub bytes_after: u64,
     /// Estimated bytes in packs that no backup needs, after this run.
     pub unused_bytes_after: u64,
+    /// Continuous-replication segments no base can use, deleted (in a dry run: found).
+    pub segments_removed: usize,
+    pub segments_removed_bytes: u64,
+    /// Streams without a base whose segments those include.
+    pub orphan_streams: Vec<String>,
+    /// Segments of streams without a base left for a later prune: a backup is running,
+    /// which may be that stream's first base.
+    pub segments_waiting: usize,
 }
 
 impl PruneReport {
-    /// Bytes freed: deleted minus written by repacking.
+    /// Bytes freed: deleted minus written by repacking, and segments deleted.
     pub fn freed_bytes(&self) -> i64 {
         self.bytes_before as i64 - self.bytes_after as i64
+            + if self.dry_run {
+                0
+            } else {
+                self.segments_removed_bytes as i64
+            }
     }
 }
 
@@ -166,6 +186,7 @@ fn plan_and_sweep(
                 .map(|id| survey.packs[id].live_size())
                 .sum::<u64>();
         report.unused_bytes_after = survey.unused_bytes_except(&doomed, &repack);
+        prune_segments(repo, &survey.bases, &mut report, None)?;
         return Ok(report);
     }
     // What the repack stored. A pack the repack produced may already have been there, from
@@ -189,6 +210,7 @@ fn plan_and_sweep(
         locks::write_plan(storage, &records, names)?;
     }
     let doomed: HashSet<Hash> = doomed.into_iter().collect();
+    let bases = survey.bases.clone();
     sweep(
         repo,
         opts,
@@ -198,6 +220,9 @@ fn plan_and_sweep(
         &check_lease,
     )?;
     tracing::info!(elapsed = ?started.elapsed(), deleted = report.deleted_packs, "swept");
+    if report.missing_blobs == 0 {
+        prune_segments(repo, &bases, &mut report, Some(&check_lease))?;
+    }
     compact_index(repo, &mut report)?;
     tracing::info!(elapsed = ?started.elapsed(), "index compacted");
     crate::repo::tombstones::merge(storage, &records)?;
@@ -207,6 +232,91 @@ fn plan_and_sweep(
     report.packs_after = after.len();
     report.bytes_after = after.iter().map(|o| o.size).sum();
     Ok(report)
+}
+
+/// A stream without a base that shipped nothing for this long is a `replicate` that never
+/// stored its first base (killed, or failing): its segments can never be applied.
+pub const ORPHAN_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Delete the segments no base can use (see the module comment). `bases`: per stream with a
+/// base, the lowest `next_seq` of its bases, from the survey; a base stored since only
+/// starts later in its stream. `lease`: None for a dry run, which only counts.
+///
+/// Below a base, segments go by their numbers: a restore never reads them, and a planted
+/// name there is junk. A stream without a base goes by the time of its newest commit, taken
+/// from the newest segment that opens (a name alone could be planted to look old); one
+/// none of whose segments opens holds nothing that can be applied.
+fn prune_segments(
+    repo: &Repository,
+    bases: &BTreeMap<String, u64>,
+    report: &mut PruneReport,
+    lease: Option<&dyn Fn() -> Result<()>>,
+) -> Result<()> {
+    use crate::repo::segment::{self, SegmentName};
+    let storage = repo.storage();
+    let (all, _) = segment::list(storage)?;
+    if all.is_empty() {
+        return Ok(());
+    }
+    let mut by_stream: BTreeMap<&str, Vec<&SegmentName>> = BTreeMap::new();
+    for s in &all {
+        by_stream.entry(&s.stream).or_default().push(s);
+    }
+    // A running backup may be the first base of a stream that has none yet.
+    let base_running = locks::live_markers(storage, &repo.records())?
+        .iter()
+        .any(|(name, m)| name != locks::PRUNE_LOCK && m.kind == "backup");
+    let young = jiff::Timestamp::now().as_millisecond() - ORPHAN_AFTER.as_millis() as i64;
+    let mut below: BTreeMap<String, u64> = BTreeMap::new();
+    let mut doomed: Vec<&SegmentName> = Vec::new();
+    for (stream, segs) in by_stream {
+        let floor = match bases.get(stream) {
+            Some(&floor) => floor,
+            None if base_running => {
+                report.segments_waiting += segs.len();
+                continue;
+            }
+            None => {
+                let s = crate::wal::streams::Stream {
+                    id: stream.to_string(),
+                    path: String::new(),
+                    host: String::new(),
+                    bases: Vec::new(),
+                    segments: segs.iter().map(|s| (*s).clone()).collect(),
+                    covered: Vec::new(),
+                };
+                if s.newest_authentic(repo)?
+                    .is_some_and(|n| n.last_ms >= young)
+                {
+                    continue; // shipping now: its first base may still come
+                }
+                report.orphan_streams.push(stream.to_string());
+                segs.iter().map(|s| s.last_seq + 1).max().unwrap_or(0)
+            }
+        };
+        // A compacted segment that reaches the floor holds commits above it: kept.
+        let gone: Vec<&SegmentName> = segs.into_iter().filter(|s| s.last_seq < floor).collect();
+        if !gone.is_empty() {
+            below.insert(stream.to_string(), floor);
+            doomed.extend(gone);
+        }
+    }
+    report.segments_removed = doomed.len();
+    report.segments_removed_bytes = doomed.iter().map(|s| s.size).sum();
+    let Some(check_lease) = lease else {
+        return Ok(()); // a dry run
+    };
+    if doomed.is_empty() {
+        return Ok(());
+    }
+    crate::interrupt::check()?;
+    check_lease()?;
+    // Recorded first, so that a sync does not copy them back; deleted newest first.
+    crate::repo::tombstones::record_segments_dropped(storage, &repo.records(), &below)?;
+    for s in doomed.iter().rev() {
+        storage.delete(&s.object())?;
+    }
+    Ok(())
 }
 
 /// Delete what every eligible plan names and no backup needs. `prior` is this run's survey
@@ -679,6 +789,8 @@ struct Survey {
     max_unused: f64,
     /// Ids of the backups surveyed.
     manifests: HashSet<String>,
+    /// Per stream of continuous replication with a base: the lowest `next_seq` of its bases.
+    bases: BTreeMap<String, u64>,
     packs: HashMap<Hash, PackUse>,
     index_files: Vec<IndexFile>,
     damaged_index: Vec<String>,
@@ -730,7 +842,7 @@ impl Survey {
                 packs: file.iter().map(|p| p.id).collect(),
             });
         }
-        let (manifests, referenced) = referenced_blobs(repo, &lists, progress)?;
+        let (manifests, bases, referenced) = referenced_blobs(repo, &lists, progress)?;
         let backups = manifests.len();
         drop(lists);
         let mut referenced = referenced;
@@ -783,6 +895,7 @@ impl Survey {
             backups,
             max_unused,
             manifests,
+            bases,
             packs,
             index_files,
             damaged_index,
@@ -826,7 +939,7 @@ fn referenced_blobs(
     repo: &Repository,
     lists: &Index,
     progress: &Progress,
-) -> Result<(HashSet<String>, Referenced)> {
+) -> Result<(HashSet<String>, BTreeMap<String, u64>, Referenced)> {
     const BATCH: usize = 1 << 22;
     let backups = repo.list_backups()?;
     // A manifest that `forget` removed and someone copied back, whose data a prune already
@@ -844,6 +957,7 @@ fn referenced_blobs(
     let mut keys: Vec<Key> = Vec::new();
     let mut pending: Vec<Key> = Vec::new();
     let mut cache = FrameCache::default();
+    let mut bases: BTreeMap<String, u64> = BTreeMap::new();
     progress.start("survey", backups.len() as u64);
     for m in &backups {
         if gone(m) {
@@ -894,12 +1008,16 @@ fn referenced_blobs(
             }
             Ok(Next::Descend)
         })?;
+        if let Some(w) = &m.wal {
+            let lowest = bases.entry(w.stream.clone()).or_insert(w.next_seq);
+            *lowest = (*lowest).min(w.next_seq);
+        }
         progress.inc(1);
     }
     merge_sorted(&mut keys, &mut pending);
     progress.finish();
     let ids = backups.into_iter().map(|m| m.id).collect();
-    Ok((ids, Referenced::build(keys)))
+    Ok((ids, bases, Referenced::build(keys)))
 }
 
 /// Merge `pending` into the sorted set `keys`. In place (extend, sort, dedup) rather than

@@ -7,6 +7,12 @@
 //! every moment: a manifest is never there before what it needs, and a replica is not a
 //! repository until its first sync has finished. A write-only host, which cannot read page
 //! lists, copies by object name instead.
+//!
+//! Continuous-replication segments (`wal/`) are copied after the backups, by name: every
+//! segment the target lacks, except those the target removed on purpose (its tombstones:
+//! retention there removed a stream's segments below some number). Like forgotten backups,
+//! segments the source deleted stay on the target until its own `forget` or `prune` removes
+//! them; a segment that a base on the target needs is never taken away by a sync.
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{Hash, Key};
@@ -288,6 +294,9 @@ fn sync_marked(
         let reindex = matches!(update, ConfigUpdate::Rekey { .. });
         copy_backups(repo, target, &copier, lease, reindex)?;
     }
+    // Segments after the bases they continue (a segment alone is of no use, and one a
+    // target holds without its base is removed by its prune a day later).
+    copy_segments(repo, target, &copier)?;
     // The config last: only now is the replica a repository (or has the new keys).
     if update != ConfigUpdate::None {
         let data = repo
@@ -574,6 +583,29 @@ fn copy_backups(
     copier.copy_all(names)
 }
 
+/// Copy the segments the target lacks (or holds with another size), except those it
+/// removed on purpose. Stored bytes are copied as they are: a segment is sealed with its
+/// name, so the copy is authentic under the same name there.
+fn copy_segments(repo: &Repository, target: &dyn Storage, copier: &Copier) -> Result<()> {
+    let (segments, _) = crate::repo::segment::list(repo.storage())?;
+    if segments.is_empty() {
+        return Ok(());
+    }
+    let tomb = tombstones::read(target, &repo.records())?;
+    let have = by_name(target.list(crate::repo::segment::PREFIX)?);
+    let todo = segments
+        .into_iter()
+        .filter(|s| !tomb.segment_dropped(&s.stream, s.last_seq))
+        .map(|s| (s.object(), s.size))
+        .filter(|(name, size)| have.get(name) != Some(size))
+        .map(|(name, _)| {
+            let replace = have.contains_key(&name);
+            (name, replace)
+        })
+        .collect();
+    copier.copy_all(todo)
+}
+
 /// Copies objects from one storage to another, several at a time, counting.
 struct Copier<'a> {
     /// The source: its storage, and its keys to check what is copied.
@@ -712,6 +744,11 @@ fn copy_one(
         repo.decode_manifest(id, data.clone())
             .map_err(|_| damaged())?;
         true
+    } else if let Some(s) =
+        crate::repo::segment::parse_name(name, data.len() as u64).filter(|_| !repo.is_write_only())
+    {
+        crate::repo::segment::open(repo, name, data.clone(), &s).map_err(|_| damaged())?;
+        true
     } else {
         false
     };
@@ -770,7 +807,7 @@ pub fn lag(repo: &Repository, target: &dyn Storage) -> Lag {
             objects += 1;
         }
         let tomb = tombstones::read(target, &records)?;
-        for group in ["keys/", "data/", "backups/"] {
+        for group in ["keys/", "data/", "backups/", crate::repo::segment::PREFIX] {
             let target_list = target.list(group)?;
             let source_list = source.list(group)?;
             if group == "keys/" {
@@ -783,10 +820,18 @@ pub fn lag(repo: &Repository, target: &dyn Storage) -> Lag {
                 if group == "keys/" && crate::ops::rekey::is_inventory(&o.name) {
                     continue; // never copied
                 }
+                if group == crate::repo::segment::PREFIX
+                    && crate::repo::segment::parse_name(&o.name, o.size).is_none()
+                {
+                    continue; // not a segment: never copied
+                }
                 let id = object_id(&o.name);
+                let dropped_segment = crate::repo::segment::parse_name(&o.name, o.size)
+                    .is_some_and(|s| tomb.segment_dropped(&s.stream, s.last_seq));
                 if have.get(&o.name) != Some(&o.size)
                     && !tomb.packs.contains(id)
                     && !tomb.backups.contains(id)
+                    && !dropped_segment
                 {
                     objects += 1;
                     bytes += o.size;

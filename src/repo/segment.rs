@@ -77,6 +77,13 @@ pub struct SegmentHeader {
     /// The WAL position after the last commit here.
     pub wal: Option<WalPos>,
     pub commits: Vec<CommitRec>,
+    /// A compacted segment: it holds the commits of segments `seq..=last_seq`, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+    /// A compacted segment: hex BLAKE3 of the encoding of segment `last_seq` as it was first
+    /// stored, which the next segment's `prev` names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +103,8 @@ pub struct SegmentName {
     pub last_ms: i64,
     /// Its first commit stands for commits not seen one by one since this time (ms).
     pub unseen_since_ms: Option<i64>,
+    /// The last sequence number it covers (`seq` but for a compacted segment).
+    pub last_seq: u64,
     pub size: u64,
 }
 
@@ -107,7 +116,13 @@ impl SegmentName {
             self.first_ms,
             self.last_ms,
             self.unseen_since_ms,
+            self.last_seq,
         )
+    }
+
+    /// How many segments it stands for (more than one once compacted).
+    pub fn covers(&self) -> u64 {
+        self.last_seq - self.seq + 1
     }
 }
 
@@ -117,14 +132,20 @@ pub fn object_name(
     first_ms: i64,
     last_ms: i64,
     unseen_since_ms: Option<i64>,
+    last_seq: u64,
 ) -> String {
-    match unseen_since_ms {
-        None => format!("{PREFIX}{stream}/{seq:016x}-{first_ms}-{last_ms}"),
-        Some(g) => format!("{PREFIX}{stream}/{seq:016x}-{first_ms}-{last_ms}-g{g}"),
+    let mut name = format!("{PREFIX}{stream}/{seq:016x}-{first_ms}-{last_ms}");
+    if let Some(g) = unseen_since_ms {
+        name.push_str(&format!("-g{g}"));
     }
+    if last_seq != seq {
+        name.push_str(&format!("-to{last_seq:016x}"));
+    }
+    name
 }
 
-/// Parse `wal/<stream>/<seq>-<first ms>-<last ms>[-g<ms>]`; None for anything else.
+/// Parse `wal/<stream>/<seq>-<first ms>-<last ms>[-g<ms>][-to<last seq>]`; None for
+/// anything else.
 pub fn parse_name(name: &str, size: u64) -> Option<SegmentName> {
     let rest = name.strip_prefix(PREFIX)?;
     let (stream, leaf) = rest.split_once('/')?;
@@ -139,11 +160,18 @@ pub fn parse_name(name: &str, size: u64) -> Option<SegmentName> {
     let seq = u64::from_str_radix(seq, 16).ok()?;
     let first_ms: i64 = parts.next()?.parse().ok()?;
     let last_ms: i64 = parts.next()?.parse().ok()?;
-    let unseen_since_ms = match parts.next() {
-        None => None,
-        Some(g) => Some(g.strip_prefix('g')?.parse::<i64>().ok()?),
-    };
-    if parts.next().is_some() || first_ms > last_ms {
+    let mut unseen_since_ms = None;
+    let mut last_seq = seq;
+    for part in parts {
+        if let Some(g) = part.strip_prefix('g') {
+            unseen_since_ms = Some(g.parse::<i64>().ok()?);
+        } else if let Some(to) = part.strip_prefix("to") {
+            last_seq = u64::from_str_radix(to, 16).ok()?;
+        } else {
+            return None;
+        }
+    }
+    if first_ms > last_ms || last_seq < seq {
         return None;
     }
     let parsed = SegmentName {
@@ -152,6 +180,7 @@ pub fn parse_name(name: &str, size: u64) -> Option<SegmentName> {
         first_ms,
         last_ms,
         unseen_since_ms,
+        last_seq,
         size,
     };
     // One spelling per segment: the name must be exactly what a writer makes of it.
@@ -199,6 +228,7 @@ impl Segment {
                 .first()
                 .and_then(|c| c.unseen_since_ns)
                 .map(ms_of),
+            self.header.last_seq.unwrap_or(self.header.seq),
         )
     }
 
@@ -293,7 +323,8 @@ pub fn seal(repo: &Repository, name: &str, encoded: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Read, authenticate and decode segment `s` from `storage`; checks that it is what its name
-/// says. Returns the segment and the BLAKE3 of its encoding (the next one's `prev`).
+/// says. Returns the segment and the hash the next segment's `prev` names: the BLAKE3 of its
+/// encoding, or for a compacted segment that of the last segment it holds (`ends`).
 pub fn read(
     repo: &Repository,
     storage: &dyn Storage,
@@ -325,7 +356,51 @@ pub fn open(
             h.commits.len()
         )));
     }
-    Ok((seg, blake3::hash(&encoded)))
+    let chain = match &h.ends {
+        None => blake3::hash(&encoded),
+        Some(hex) => blake3::Hash::from_hex(hex)
+            .map_err(|_| Error::integrity(format!("segment {name} is damaged: bad `ends`")))?,
+    };
+    Ok((seg, chain))
+}
+
+/// One segment holding the commits of `parts` (consecutive segments of one stream, in
+/// order, each with its chain hash from [`read`]): compaction.
+pub fn merge(parts: Vec<(Segment, blake3::Hash)>) -> Result<Segment> {
+    let mut iter = parts.into_iter();
+    let (first, mut chain) = iter
+        .next()
+        .ok_or_else(|| Error::internal("nothing to merge"))?;
+    let mut out = first;
+    for (next, hash) in iter {
+        let h = &next.header;
+        let expected = out.header.last_seq.unwrap_or(out.header.seq) + 1;
+        if h.stream != out.header.stream
+            || h.seq != expected
+            || h.page_size != out.header.page_size
+            || h.prev.as_deref() != Some(chain.to_hex().as_str())
+        {
+            return Err(Error::integrity(format!(
+                "segment {} of stream {} does not follow segment {} (not merged)",
+                h.seq,
+                h.stream,
+                expected - 1
+            )));
+        }
+        if out.header.commits.last().is_some_and(|c| c.continues) && h.commits.is_empty() {
+            return Err(Error::internal("a continued commit without its end"));
+        }
+        let last = h.last_seq.unwrap_or(h.seq);
+        out.header.wal = h.wal;
+        out.header.commits.extend(next.header.commits);
+        out.data.extend_from_slice(&next.data);
+        out.header.last_seq = Some(last);
+        chain = hash;
+    }
+    if out.header.last_seq.is_some() {
+        out.header.ends = Some(chain.to_hex().to_string());
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -361,6 +436,8 @@ mod tests {
                 prev: None,
                 wal: None,
                 commits,
+                last_seq: None,
+                ends: None,
             },
             data,
         }
@@ -403,6 +480,15 @@ mod tests {
         let name = gap.object_name();
         assert_eq!(name, "wal/01m8axc18gnpx3/000000000000002a-1000-2001-g500");
         assert_eq!(parse_name(&name, 0).unwrap().unseen_since_ms, Some(500));
+        let mut merged = gap.clone();
+        merged.header.last_seq = Some(0x30);
+        let name = merged.object_name();
+        assert_eq!(
+            name,
+            "wal/01m8axc18gnpx3/000000000000002a-1000-2001-g500-to0000000000000030"
+        );
+        let parsed = parse_name(&name, 0).unwrap();
+        assert_eq!((parsed.seq, parsed.last_seq, parsed.covers()), (42, 48, 7));
         for bad in [
             "wal/01m8axc18gnpx3/000000000000002a-01-2",
             "wal/01m8axc18gnpx3/000000000000002a-1-2-x5",

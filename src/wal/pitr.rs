@@ -106,12 +106,56 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
         .as_ref()
         .ok_or_else(|| Error::internal("base without a link"))?;
     let mut segments = Vec::new();
-    for (i, s) in stream.segments_from(link.next_seq).iter().enumerate() {
-        if target.is_some_and(|t| s.first_ms > segment::ms_of(t)) {
+    // The newest commit known to come before the next segment: the base's moment, then
+    // each segment's last commit (ms, rounded up).
+    let mut known_until: Option<i64> = None;
+    let mut expected = link.next_seq;
+    for s in stream.segments_from(link.next_seq) {
+        if let Some(t) = target.filter(|&t| s.first_ms > segment::ms_of(t)) {
+            // Segments missing just before the first one after the moment (removed by
+            // retention, or lost) may hold commits up to it: the state then is unknown,
+            // not the base's.
+            let before_them = match known_until {
+                // Strictly before that last commit, whatever the rounding of its name.
+                Some(ms) => segment::ms_of(t) + 2 <= ms,
+                None => t <= time_ns(base),
+            };
+            if s.seq > expected && !before_them {
+                return Err(Error::not_found(format!(
+                    "{path} cannot be restored to {}: segments {expected} to {} of stream {} \
+                     are not in {} (removed by retention, or lost)",
+                    at_text(at),
+                    s.seq - 1,
+                    stream.id,
+                    repo.location()
+                ))
+                .hint(format!(
+                    "`lifeboat timeline DB` shows the restorable window; the nearest moments \
+                     are {} (base {}) and {}",
+                    base.time,
+                    base.id,
+                    // The base that starts where the segments resume, if one does.
+                    stream
+                        .bases
+                        .iter()
+                        .find(|b| b.wal.as_ref().is_some_and(|w| w.next_seq == s.seq))
+                        .map(|b| b.time.clone())
+                        .unwrap_or_else(|| jiff::Timestamp::from_millisecond(s.first_ms)
+                            .map(|t| t.to_string())
+                            .unwrap_or_default())
+                )));
+            }
             break;
         }
-        let expected = link.next_seq + i as u64;
-        if s.seq != expected {
+        if s.last_seq < expected {
+            return Err(Error::integrity(format!(
+                "stream {} (database {path}) has two segments numbered {}: two processes \
+                 shipped it",
+                stream.id, s.seq
+            ))
+            .hint("run `lifeboat repo check`; restore to a moment before that segment"));
+        }
+        if s.seq > expected {
             return Err(Error::integrity(format!(
                 "segment {expected} of stream {} (database {path}) is missing: commits after \
                  it cannot be restored",
@@ -119,6 +163,8 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
             ))
             .hint("run `lifeboat repo check`; a replica may still have it (`lifeboat sync` from it), or restore to a moment before it"));
         }
+        known_until = Some(s.last_ms);
+        expected = s.last_seq + 1;
         segments.push(s.clone());
     }
     Ok(Plan {
@@ -127,6 +173,45 @@ pub fn plan(repo: &Repository, path: &str, at: At) -> Result<Plan> {
         segments,
         at,
     })
+}
+
+fn at_text(at: At) -> String {
+    match at {
+        At::Time(t) => t.to_string(),
+        At::Latest => "latest".into(),
+    }
+}
+
+/// The segments that base `m` is the starting point for: from its `next_seq` up to the
+/// next base of its stream (or the stream's end), checked to be contiguous.
+pub fn plan_span(repo: &Repository, m: &Manifest) -> Result<Option<Plan>> {
+    let Some(link) = &m.wal else {
+        return Ok(None);
+    };
+    let backups = repo.list_backups()?;
+    let all = streams::load(repo, &backups)?;
+    let Some(stream) = all.iter().find(|s| s.id == link.stream) else {
+        return Ok(None);
+    };
+    let until = stream
+        .bases
+        .iter()
+        .filter_map(|b| b.wal.as_ref().map(|w| w.next_seq))
+        .filter(|&n| n > link.next_seq)
+        .min();
+    let segments: Vec<SegmentName> = stream
+        .segments_from(link.next_seq)
+        .iter()
+        .take_while(|s| until.is_none_or(|u| s.seq < u))
+        .cloned()
+        .collect();
+    stream.check_contiguous(link.next_seq, &segments)?;
+    Ok(Some(Plan {
+        base: m.clone(),
+        stream: stream.id.clone(),
+        segments,
+        at: At::Latest,
+    }))
 }
 
 /// What applying a plan did.
@@ -162,11 +247,48 @@ pub fn apply(repo: &Repository, plan: &Plan, file: &File, path: &Path) -> Result
     let mut held: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut held_bytes = 0usize;
     let mut spill: Option<Spill> = None;
+    // Segments are fetched a batch at a time, in parallel (on an object store each GET
+    // waits a round trip), and applied in order.
+    let batch = repo.storage().read_parallelism().clamp(1, 16);
+    let mut fetched: std::collections::VecDeque<Result<(segment::Segment, blake3::Hash)>> =
+        std::collections::VecDeque::new();
+    let mut next_fetch = 0usize;
     'segments: for s in &plan.segments {
         crate::interrupt::check()?;
-        let (seg, hash) = segment::read(repo, repo.storage(), s)?;
-        if s.seq > link.next_seq {
-            let want = prev.map(|h| h.to_hex().to_string());
+        if fetched.is_empty() {
+            // At most `batch` segments and ~32 MiB stored at once.
+            let mut upto = next_fetch;
+            let mut bytes = 0u64;
+            while upto < plan.segments.len()
+                && upto - next_fetch < batch
+                && (upto == next_fetch || bytes + plan.segments[upto].size <= 32 << 20)
+            {
+                bytes += plan.segments[upto].size;
+                upto += 1;
+            }
+            let wanted = &plan.segments[next_fetch..upto];
+            fetched = std::thread::scope(|sc| {
+                let handles: Vec<_> = wanted
+                    .iter()
+                    .map(|w| sc.spawn(move || segment::read(repo, repo.storage(), w)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(Error::internal("a segment reader panicked")))
+                    })
+                    .collect()
+            });
+            next_fetch = upto;
+        }
+        let (seg, hash) = fetched
+            .pop_front()
+            .ok_or_else(|| Error::internal("segment not fetched"))??;
+        // The first segment applied may begin before the base (a compacted one): its chain
+        // goes back past the base, not checked; every later one continues the one before.
+        if let Some(p) = prev.filter(|_| s.seq > link.next_seq) {
+            let want = Some(p.to_hex().to_string());
             if seg.header.prev != want {
                 return Err(Error::integrity(format!(
                     "segment {} of stream {} does not follow segment {} (chain broken)",
@@ -305,6 +427,67 @@ pub struct StreamSummary {
     pub bytes: u64,
 }
 
+/// The stretches of stream `s` whose segments are not there (retention removes the
+/// segments before the base it keeps for the point-in-time window; older bases it keeps
+/// then restore only to their own moment): from the last commit (or base) before them to
+/// the first commit (or base) after.
+fn missing_spans(s: &Stream) -> Vec<Gap> {
+    let mut bases: Vec<(u64, i64)> = s
+        .bases
+        .iter()
+        .filter_map(|b| b.wal.as_ref().map(|w| (w.next_seq, time_ns(b) / 1_000_000)))
+        .collect();
+    bases.sort_unstable();
+    let Some(&(oldest, _)) = bases.first() else {
+        return Vec::new();
+    };
+    let last_seq = s.segments.last().map(|x| x.seq);
+    // Where the stream goes on: each segment from the oldest base on, and each base that
+    // starts after the last segment. (seq, first ms, last ms, a segment)
+    let mut points: Vec<(u64, i64, i64, bool)> = s
+        .segments_from(oldest)
+        .iter()
+        .map(|x| (x.seq, x.first_ms, x.last_ms, true))
+        .collect();
+    points.extend(
+        bases
+            .iter()
+            .filter(|(n, _)| last_seq.is_none_or(|l| *n > l + 1))
+            .map(|&(n, t)| (n, t, t, false)),
+    );
+    let mut out = Vec::new();
+    let mut expected = oldest;
+    let mut known = bases[0].1;
+    for (seq, first, last, is_segment) in points {
+        if seq > expected {
+            let from = bases
+                .iter()
+                .filter(|(n, _)| *n <= expected)
+                .map(|&(_, t)| t)
+                .max()
+                .map_or(known, |t| t.max(known));
+            // Restorable again from the base that starts there, if one does.
+            let to = bases
+                .iter()
+                .find(|(n, _)| *n == seq)
+                .map_or(first, |&(_, t)| t.min(first));
+            out.push(Gap {
+                from: rfc_ms(from),
+                to: rfc_ms(to),
+                why: format!(
+                    "segments {expected} to {} are not in the repository (removed by \
+                     retention, or lost: `lifeboat repo check`): a restore stops only at a base \
+                     in this span",
+                    seq - 1
+                ),
+            });
+        }
+        expected = expected.max(seq + u64::from(is_segment));
+        known = known.max(last);
+    }
+    out
+}
+
 /// The restorable window of a database.
 #[derive(Debug, Clone, Serialize)]
 pub struct Timeline {
@@ -357,6 +540,7 @@ pub fn timeline(repo: &Repository, path: &str) -> Result<Timeline> {
                 });
             }
         }
+        gaps.extend(missing_spans(s));
         for seg in &s.segments {
             if let Some(g) = seg.unseen_since_ms {
                 gaps.push(Gap {

@@ -23,7 +23,7 @@ use crate::source::sqlite::{SqliteSnapshot, SqliteSource};
 use crate::source::Snapshot;
 use crate::wal::frames::{Scan, WalFile, WalHeader};
 use crate::wal::streams;
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 use std::fs::File;
@@ -35,11 +35,7 @@ use std::time::{Duration, Instant};
 
 /// Settings of a `replicate` run.
 pub struct ReplicateOptions {
-    pub databases: Vec<PathBuf>,
-    /// The longest a commit waits before it is shipped.
-    pub interval: Duration,
-    /// A new base after this long.
-    pub base_every: Duration,
+    pub databases: Vec<SourceSettings>,
     pub compression: crate::repo::compress::Compression,
     pub verify: crate::ops::VerifyLevel,
     pub transfers: usize,
@@ -47,6 +43,16 @@ pub struct ReplicateOptions {
     pub configured_replicas: Vec<String>,
     /// Where notices go (stderr for the CLI).
     pub say: Arc<dyn Fn(&str) + Send + Sync>,
+}
+
+/// One database and its settings.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub path: PathBuf,
+    /// The longest a commit waits before it is shipped.
+    pub interval: Duration,
+    /// A new base after this long.
+    pub base_every: Duration,
 }
 
 /// What one database's replication did, printed when it stops.
@@ -65,9 +71,6 @@ pub struct DbReport {
     pub reshipped_bytes: u64,
     pub bases: u64,
     pub base_failures: u64,
-    /// Commits not shipped when it stopped (a target that stayed down): still in the
-    /// database, missing from the point-in-time history.
-    pub unshipped_commits: u64,
 }
 
 /// Run until a signal (or a fatal error); each database in its own thread.
@@ -82,19 +85,23 @@ pub fn replicate(repo: &Repository, opts: &ReplicateOptions) -> Result<Vec<DbRep
         .hint("run `lifeboat repo upgrade` (Lifeboat versions before this one can then no longer open the repository)"));
     }
     let mut fences = Vec::new();
-    for db in &opts.databases {
-        let abs = crate::ops::backup::absolute(db)?;
+    for source in &opts.databases {
+        let abs = crate::ops::backup::absolute(&source.path)?;
         crate::source::sqlite::check_is_sqlite(&abs)?;
-        fences.push((abs.clone(), Fence::take(&abs)?));
+        let settings = SourceSettings {
+            path: abs.clone(),
+            ..source.clone()
+        };
+        fences.push((settings, Fence::take(&abs)?));
     }
     let stop = AtomicBool::new(false);
     let results: Vec<Result<DbReport>> = std::thread::scope(|s| {
         let handles: Vec<_> = fences
             .iter()
-            .map(|(db, fence)| {
+            .map(|(settings, fence)| {
                 let stop = &stop;
                 s.spawn(move || {
-                    let r = run_source(repo, db, fence, opts, stop);
+                    let r = run_source(repo, settings, fence, opts, stop);
                     if r.is_err() {
                         stop.store(true, Ordering::SeqCst);
                     }
@@ -121,18 +128,19 @@ fn stopping(stop: &AtomicBool) -> bool {
 /// new one starts when it is back.
 fn run_source(
     repo: &Repository,
-    db: &Path,
+    settings: &SourceSettings,
     fence: &Fence,
     opts: &ReplicateOptions,
     stop: &AtomicBool,
 ) -> Result<DbReport> {
+    let db = settings.path.as_path();
     let mut total = DbReport {
         source: db.display().to_string(),
         ..Default::default()
     };
     let mut fresh = false;
     loop {
-        let outcome = Replicator::run(repo, db, fence, opts, stop, fresh)?;
+        let outcome = Replicator::run(repo, settings, fence, opts, stop, fresh)?;
         total.add(&outcome.report);
         if !outcome.replaced || stopping(stop) {
             return Ok(total);
@@ -162,7 +170,6 @@ impl DbReport {
         self.reshipped_bytes += o.reshipped_bytes;
         self.bases += o.bases;
         self.base_failures += o.base_failures;
-        self.unshipped_commits += o.unshipped_commits;
     }
 }
 
@@ -265,7 +272,7 @@ fn rfc3339_ns(ns: i64) -> String {
         .unwrap_or_default()
 }
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     jiff::Timestamp::now().as_nanosecond() as i64
 }
 
@@ -345,6 +352,9 @@ struct Replicator<'a> {
     checkpointer: Connection,
     /// Two read-only connections: one holds the pin, the other takes it over.
     pins: [Connection; 2],
+    /// Our descriptor of the `-shm` file (the clock reads SQLite's WAL index through it),
+    /// closed only after the connections, like `db_file`.
+    shm_file: Arc<File>,
     /// Held until every connection has closed: closing any descriptor of the database would
     /// drop this process's SQLite locks on it (POSIX), so none is ever closed before.
     db_file: Arc<File>,
@@ -354,6 +364,13 @@ struct Replicator<'a> {
     opts: &'a ReplicateOptions,
     identity: (u64, u64),
     wal: WalFile,
+    interval: Duration,
+    base_every: Duration,
+    /// When each commit appeared, and a nudge when one did.
+    clock: Arc<crate::wal::clock::Clock>,
+    wake: Receiver<()>,
+    /// Time given to the newest commit read (times never go backwards).
+    last_commit_ns: i64,
     /// Where closed segments go (the shipper thread), and what it reports back.
     tx: Sender<Outgoing>,
     shipped: Arc<Shipped>,
@@ -397,37 +414,57 @@ enum Start {
         last_ns: i64,
         map: Vec<Hash>,
     },
-    New,
+    /// A new stream; `replaces`: one of this database could not be continued (its base's
+    /// new bytes count as shipped again).
+    New { replaces: bool },
 }
 
 impl<'a> Replicator<'a> {
     fn run(
         repo: &'a Repository,
-        db: &Path,
+        settings: &SourceSettings,
         fence: &Fence,
         opts: &'a ReplicateOptions,
         stop: &AtomicBool,
         fresh: bool,
     ) -> Result<Outcome> {
+        let db = settings.path.as_path();
         let plan = if fresh {
-            Start::New
+            Start::New { replaces: false }
         } else {
             plan_start(repo, db, opts)?
         };
         let shipped = Arc::new(Shipped::default());
-        // A few segments in flight at most: memory stays bounded (about 6 × TARGET_DATA) while a
-        // target is slow; beyond that the loop waits, and commits wait in the WAL.
-        let (tx, rx) = bounded::<Outgoing>(6);
-        let mut r = Replicator::open(repo, db, opts, tx, shipped.clone())?;
+        // Memory is bounded by bytes, not by segments (`observe` stops reading at 4 ×
+        // TARGET_DATA waiting to be stored; commits then wait in the WAL): while a target is
+        // down the loop keeps timing commits and never blocks on the queue.
+        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
+        let clock = Arc::new(crate::wal::clock::Clock::default());
+        let (wake_tx, wake_rx) = crossbeam_channel::bounded::<()>(1);
+        let mut r = Replicator::open(
+            repo,
+            settings,
+            opts,
+            tx,
+            shipped.clone(),
+            clock.clone(),
+            wake_rx,
+        )?;
+        let observing = AtomicBool::new(false);
+        let shm = r.shm_file.clone();
+        let wal_path = r.wal.path().to_path_buf();
         let prev = match &plan {
             Start::Resume { prev, .. } | Start::CatchUp { prev, .. } => *prev,
-            Start::New => None,
+            Start::New { .. } => None,
         };
         std::thread::scope(|s| -> Result<Outcome> {
             let shipper = s.spawn(|| ship_loop(repo, &r_targets(repo), rx, &shipped, prev));
+            let observer = s.spawn(|| clock.run(&shm, &wal_path, db, &observing, &wake_tx));
             let result = r.replicate(s, plan, &shipped, fence, stop);
+            observing.store(true, Ordering::SeqCst);
+            let _ = observer.join();
             // Closing the queue lets the shipper finish what it holds and return.
-            let (closed, _) = bounded::<Outgoing>(0);
+            let (closed, _) = crossbeam_channel::bounded::<Outgoing>(0);
             drop(std::mem::replace(&mut r.tx, closed));
             let shipper_result = shipper
                 .join()
@@ -436,8 +473,8 @@ impl<'a> Replicator<'a> {
             r.report.commits = shipped.commits.load(Ordering::SeqCst);
             r.report.bytes_shipped = shipped.bytes.load(Ordering::SeqCst);
             r.write_status(fence, &shipped, true);
-            let replaced = result?;
             shipper_result?;
+            let replaced = result?;
             Ok(Outcome {
                 report: r.report.clone(),
                 replaced,
@@ -447,11 +484,14 @@ impl<'a> Replicator<'a> {
 
     fn open(
         repo: &'a Repository,
-        db: &Path,
+        settings: &SourceSettings,
         opts: &'a ReplicateOptions,
         tx: Sender<Outgoing>,
         shipped: Arc<Shipped>,
+        clock: Arc<crate::wal::clock::Clock>,
+        wake: Receiver<()>,
     ) -> Result<Self> {
+        let db = settings.path.as_path();
         let db_file = Arc::new(File::open(db).ctx("cannot open", db)?);
         let meta = db_file.metadata().ctx("cannot stat", db)?;
         let pins = [open_conn(db, false)?, open_conn(db, false)?];
@@ -469,8 +509,12 @@ impl<'a> Replicator<'a> {
         let page_size: u32 = pins[0]
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .map_err(sql_err(db, "cannot read"))?;
+        let shm = crate::wal::clock::shm_path(db);
+        let shm_file = Arc::new(File::open(&shm).ctx("cannot open", &shm)?);
         let gate = open_conn(db, true)?;
-        gate.busy_timeout(Duration::from_secs(2))
+        // A moment at most: the loop must go on shipping while a writer holds the lock (it
+        // tries again on its next turn).
+        gate.busy_timeout(Duration::from_millis(100))
             .map_err(sql_err(db, "cannot open"))?;
         let checkpointer = open_conn(db, true)?;
         checkpointer
@@ -483,6 +527,12 @@ impl<'a> Replicator<'a> {
             db_file,
             identity: (meta.dev(), meta.ino()),
             wal: WalFile::new(db),
+            interval: settings.interval,
+            base_every: settings.base_every,
+            clock,
+            wake,
+            last_commit_ns: 0,
+            shm_file,
             tx,
             shipped,
             reship_base: false,
@@ -561,7 +611,6 @@ impl<'a> Replicator<'a> {
     {
         let mut base: Option<std::thread::ScopedJoinHandle<'s, BaseResult>> = None;
         self.start(s, plan, stop, &mut base)?;
-        let watch = Watch::new(self.wal.path(), &self.db);
         let mut last_status = Instant::now() - Duration::from_secs(10);
         let replaced = loop {
             if let Some(e) = shipped
@@ -590,10 +639,13 @@ impl<'a> Replicator<'a> {
                     self.db.display()
                 ));
                 self.report.start = "new stream".into();
+                if base.is_some() {
+                    self.finish_base(base.take());
+                }
                 self.new_stream();
-                self.start_base(s, stop, &mut base)?;
+                self.base_due = true;
             }
-            let interval = self.opts.interval;
+            let interval = self.interval;
             let margin = (interval / 5).min(Duration::from_millis(200));
             if self
                 .oldest_pending
@@ -605,9 +657,8 @@ impl<'a> Replicator<'a> {
             if base.as_ref().is_some_and(|h| h.is_finished()) {
                 self.finish_base(base.take());
             }
-            if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.opts.base_every)
-            {
-                self.start_base(s, stop, &mut base)?;
+            if base.is_none() && (self.base_due || self.last_base.elapsed() >= self.base_every) {
+                self.try_start_base(s, &mut base)?;
             }
             if last_status.elapsed() >= Duration::from_secs(1) {
                 self.write_status(fence, shipped, false);
@@ -619,13 +670,11 @@ impl<'a> Replicator<'a> {
                 }
                 None => Duration::from_millis(100),
             };
-            watch.wait(wait);
+            let _ = self.wake.recv_timeout(wait);
         };
         if let Some(h) = base.take() {
             self.finish_base(Some(h));
         }
-        self.report.unshipped_commits =
-            self.pending.iter().filter(|p| p.pos.is_some()).count() as u64;
         Ok(replaced)
     }
 
@@ -676,6 +725,7 @@ impl<'a> Replicator<'a> {
                 if holds {
                     self.stream = stream;
                     self.next_seq = next_seq;
+                    self.last_commit_ns = self.last_commit_ns.max(last_ns);
                     self.report.stream = self.stream.clone();
                     self.report.start = "resumed".into();
                     (self.opts.say)(&format!(
@@ -705,8 +755,7 @@ impl<'a> Replicator<'a> {
                     }
                     None => {
                         unpin(&self.pins[self.pinned]);
-                        self.reship_base = true;
-                        self.start(s, Start::New, stop, base)
+                        self.start(s, Start::New { replaces: true }, stop, base)
                     }
                 }
             }
@@ -747,15 +796,26 @@ impl<'a> Replicator<'a> {
                     }
                     None => {
                         unpin(&self.pins[self.pinned]);
-                        self.reship_base = true;
-                        self.start(s, Start::New, stop, base)
+                        self.start(s, Start::New { replaces: true }, stop, base)
                     }
                 }
             }
-            Start::New => {
-                self.with_gate_waiting(stop, |me| {
+            Start::New { replaces } => {
+                self.reship_base |= replaces;
+                // Pinned, and the base's snapshot opened, under one write lock: the stream
+                // starts exactly after what the base holds.
+                let snap = self.with_gate_waiting(stop, |me| {
                     pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
-                    Ok(())
+                    me.pos = me.wal.header()?.map(|h| h.start());
+                    if let Some(pos) = me.pos {
+                        if let Scan::Continues { end, .. } = me.wal.scan(&pos)? {
+                            me.pos = Some(end);
+                        }
+                    }
+                    me.pending.clear();
+                    me.pending_bytes = 0;
+                    me.oldest_pending = None;
+                    SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
                 })?;
                 self.new_stream();
                 self.report.start = "new stream".into();
@@ -764,7 +824,8 @@ impl<'a> Replicator<'a> {
                     self.db.display(),
                     self.stream
                 ));
-                self.start_base(s, stop, base)
+                self.spawn_base(s, snap, base);
+                Ok(())
             }
         }
     }
@@ -885,8 +946,17 @@ impl<'a> Replicator<'a> {
                     self.pos = Some(h.start());
                 }
                 Scan::Continues { commits, end } => {
-                    let time = now_ns();
+                    let now = now_ns();
+                    let frame_len =
+                        u64::from(self.page_size) + crate::wal::frames::FRAME_HEADER_LEN;
                     for c in commits {
+                        let frame = ((c.end - crate::wal::frames::HEADER_LEN) / frame_len) as u32;
+                        let seen = self
+                            .clock
+                            .time_of(pos.salt1, pos.salt2, frame)
+                            .unwrap_or(now);
+                        let time = seen.max(self.last_commit_ns);
+                        self.last_commit_ns = time;
                         self.take_commit(c, time, &pos)?;
                     }
                     self.pos = Some(end);
@@ -956,6 +1026,13 @@ impl<'a> Replicator<'a> {
                 };
                 let part = std::mem::replace(&mut cur, next);
                 self.push(part);
+                // A transaction of gigabytes (a VACUUM) is read no faster than it is stored.
+                while self.shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
+                    && crate::interrupt::received().is_none()
+                    && self.shipped.failed.lock().map_or(true, |f| f.is_none())
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 self.close_segment()?;
             }
         }
@@ -1010,6 +1087,8 @@ impl<'a> Replicator<'a> {
                     prev: None,
                     wal,
                     commits,
+                    last_seq: None,
+                    ends: None,
                 },
                 data,
             };
@@ -1038,14 +1117,18 @@ impl<'a> Replicator<'a> {
         if self.last_checkpoint.elapsed() < Duration::from_millis(250)
             || self.pending_bytes > 4 * TARGET_DATA
             || shipped.in_flight.load(Ordering::SeqCst) > 4 * TARGET_DATA
-            || self.wal.size()? < threshold
+            // Frames of this generation read so far (the file itself never shrinks).
+            || self.pos.map_or(0, |p| p.offset) < threshold
         {
             return Ok(());
         }
-        self.last_checkpoint = Instant::now();
         let started = Instant::now();
         let done = self.with_gate(|me| {
-            me.read_new_commits()?;
+            // Only when every commit has been read already: the write lock is held for
+            // milliseconds, never while frames are read or wait for a slow target.
+            if !me.at_end()? {
+                return Ok(None);
+            }
             unpin(&me.pins[me.pinned]);
             let r: rusqlite::Result<(i64, i64, i64)> =
                 me.checkpointer
@@ -1053,31 +1136,79 @@ impl<'a> Replicator<'a> {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     });
             pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
+            me.last_checkpoint = Instant::now();
             Ok(r.ok())
         })?;
         tracing::debug!(?done, took = ?started.elapsed(), "checkpoint");
         Ok(())
     }
 
-    /// Take a base: under the write lock, read the WAL to its end and open a snapshot there;
-    /// then back it up in the background while commits keep being shipped.
-    fn start_base<'s>(
+    /// Under the write lock (no commit can come): read the commits after `pos` if they are
+    /// few (the few milliseconds since the last look), and say whether every commit is read
+    /// now. Many, or a new WAL generation: false, the caller tries again after `observe`.
+    fn at_end(&mut self) -> Result<bool> {
+        let Some(pos) = self.pos else {
+            return Ok(self.wal.header()?.is_none());
+        };
+        match self.wal.scan(&pos)? {
+            Scan::Continues { commits, .. } if commits.is_empty() => Ok(true),
+            Scan::Continues { commits, .. } => {
+                let bytes: u64 = commits.iter().map(|c| c.end - c.start).sum();
+                if bytes > (TARGET_DATA / 8) as u64 {
+                    return Ok(false);
+                }
+                self.read_new_commits()?;
+                Ok(self.lost_track.is_none())
+            }
+            Scan::NoHeader => Ok(true),
+            Scan::Restarted(_) => Ok(false),
+        }
+    }
+
+    /// Try to take a base now: under the write lock, once every commit is read, open a
+    /// snapshot there (exactly the state after them), then back it up in the background
+    /// while commits keep being shipped. Busy (a writer holds the lock): tried again on the
+    /// next turn of the loop, which meanwhile goes on shipping.
+    fn try_start_base<'s>(
         &mut self,
         s: &'s std::thread::Scope<'s, '_>,
-        stop: &AtomicBool,
         base: &mut Option<std::thread::ScopedJoinHandle<'s, BaseResult>>,
     ) -> Result<()>
     where
         'a: 's,
     {
-        self.base_due = false;
-        self.last_base = Instant::now();
-        let snap = self.with_gate_waiting(stop, |me| {
-            me.read_new_commits()?;
-            SqliteSnapshot::open_sharing(&me.db, me.db_file.clone())
+        if base.is_some() {
+            self.finish_base(base.take());
+        }
+        self.observe()?;
+        let snap = self.with_gate(|me| {
+            if !me.at_end()? {
+                return Ok(None);
+            }
+            SqliteSnapshot::open_sharing(&me.db, me.db_file.clone()).map(Some)
         })?;
+        let Some(Some(snap)) = snap else {
+            self.base_due = true;
+            return Ok(());
+        };
         // Everything read so far goes in segments before the base.
         self.close_segment()?;
+        self.spawn_base(s, snap, base);
+        Ok(())
+    }
+
+    /// Back up `snap` (the state after every commit read) as the base the next segment
+    /// follows.
+    fn spawn_base<'s>(
+        &mut self,
+        s: &'s std::thread::Scope<'s, '_>,
+        snap: SqliteSnapshot,
+        base: &mut Option<std::thread::ScopedJoinHandle<'s, BaseResult>>,
+    ) where
+        'a: 's,
+    {
+        self.base_due = false;
+        self.last_base = Instant::now();
         let link = WalLink {
             stream: self.stream.clone(),
             next_seq: self.next_seq,
@@ -1095,7 +1226,9 @@ impl<'a> Replicator<'a> {
             compression: self.opts.compression,
             verify: self.opts.verify,
             progress: crate::progress::Progress::hidden(),
-            transfers: self.opts.transfers,
+            // Fewer packs in flight: a base shares the process with a stream that must stay
+            // within its memory.
+            transfers: self.opts.transfers.min(2),
             time: None,
         };
         let replicas = self.opts.configured_replicas.clone();
@@ -1111,7 +1244,6 @@ impl<'a> Replicator<'a> {
             }
             Ok(o.manifest)
         }));
-        Ok(())
     }
 
     fn finish_base(&mut self, h: Option<std::thread::ScopedJoinHandle<'_, BaseResult>>) {
@@ -1133,7 +1265,7 @@ impl<'a> Replicator<'a> {
             Ok(Err(e)) => {
                 self.report.base_failures += 1;
                 // Tried again after a while: segments keep flowing meanwhile.
-                self.last_base = Instant::now() - self.opts.base_every + Duration::from_secs(30);
+                self.last_base = Instant::now() - self.base_every + Duration::from_secs(30);
                 (self.opts.say)(&format!(
                     "{}: a base failed (tried again in 30 s): {}",
                     self.db.display(),
@@ -1298,7 +1430,7 @@ fn ship_loop(
 fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<Start> {
     if repo.is_write_only() {
         // Nothing stored can be read back here: every start is a new stream.
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: false });
     }
     let backups = repo.list_backups()?;
     let all = streams::load(repo, &backups)?;
@@ -1309,39 +1441,35 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
         .filter(|s| s.path == path && s.host == host && !s.bases.is_empty())
         .max_by(|a, b| a.id.cmp(&b.id))
     else {
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: false });
     };
     let newest_base = stream
         .bases
         .iter()
         .max_by_key(|b| b.wal.as_ref().map(|w| w.next_seq));
     let Some(base_link) = newest_base.and_then(|b| b.wal.clone()) else {
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: true });
     };
     let after = stream.segments_from(base_link.next_seq);
     // Every segment from the base on must be there, in order.
-    let contiguous = after
-        .iter()
-        .enumerate()
-        .all(|(i, s)| s.seq == base_link.next_seq + i as u64);
-    if !contiguous {
+    if stream.check_contiguous(base_link.next_seq, after).is_err() {
         (opts.say)(&format!(
             "{}: stream {} has missing segments; a new stream starts",
             db.display(),
             stream.id
         ));
-        return Ok(Start::New);
+        return Ok(Start::New { replaces: true });
     }
     let (pos, last_ns, prev, next_seq) = match after.last() {
         Some(last) => {
             let (seg, hash) = segment::read(repo, repo.storage(), last)?;
             if seg.header.commits.last().is_none_or(|c| c.continues) {
                 // Stopped in the middle of a large transaction: its parts cannot be finished.
-                return Ok(Start::New);
+                return Ok(Start::New { replaces: true });
             }
             // No position: the database had no WAL then; a resume compares pages.
             let pos = seg.header.wal.unwrap_or(WalPos::none());
-            (pos, seg.last_ns(), Some(hash), last.seq + 1)
+            (pos, seg.last_ns(), Some(hash), last.last_seq + 1)
         }
         None => {
             let t = newest_base
@@ -1353,7 +1481,7 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
     let prev = match prev {
         Some(h) => Some(h),
         // No segment after the base: the chain goes on from the one before it, if any.
-        None => match stream.segments.iter().find(|s| s.seq + 1 == next_seq) {
+        None => match stream.segments.iter().find(|s| s.last_seq + 1 == next_seq) {
             Some(b) => Some(segment::read(repo, repo.storage(), b)?.1),
             None => None,
         },
@@ -1409,51 +1537,4 @@ fn plan_catch_up(repo: &Repository, db: &Path, stream_id: &str) -> Result<Option
         }
     }
     Ok(Some(map))
-}
-
-/// Wakes the loop when the `-wal` file is written (inotify), or after a timeout.
-struct Watch {
-    fd: Option<std::os::fd::OwnedFd>,
-}
-
-impl Watch {
-    fn new(wal: &Path, db: &Path) -> Watch {
-        use rustix::fs::inotify;
-        let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).ok();
-        if let Some(fd) = &fd {
-            // The folder too: the `-wal` file may not exist yet, or be created again.
-            let dir = db
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let _ = inotify::add_watch(
-                fd,
-                dir,
-                inotify::WatchFlags::CREATE | inotify::WatchFlags::MODIFY,
-            );
-            let _ = inotify::add_watch(fd, wal, inotify::WatchFlags::MODIFY);
-        }
-        Watch { fd }
-    }
-
-    fn wait(&self, timeout: Duration) {
-        use std::os::fd::AsRawFd;
-        let Some(fd) = &self.fd else {
-            std::thread::sleep(timeout);
-            return;
-        };
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd on the stack, a descriptor we own.
-        let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
-        if ready > 0 {
-            let mut buf = [0u8; 4096];
-            // Drain the queue: one wake-up covers every event so far.
-            // SAFETY: reading into a buffer we own from a descriptor we own.
-            while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-        }
-    }
 }
