@@ -419,14 +419,14 @@ steady() {
     local t_exit; t_exit=$(now)
     stop_proxy
     echo "$t_wl0 $t_stop $t_exit" >"$DIR/times"
-    analyze_run "$tool" "$t_wl0" "$t_exit"
+    analyze_run "$tool" "$t_wl0" "$t_exit" "$t_stop"
     restores "$tool"
     rm -f "$DIR/db.sqlite" "$DIR/db.sqlite-wal" "$DIR/db.sqlite-shm"
 }
 
 # analyze_run TOOL T_WL0 T_EXIT -> lag, stored bytes, requests, CPU, RSS rows
 analyze_run() {
-    local tool=$1 t_wl0=$2 t_exit=$3 w=$DIR/workload.json
+    local tool=$1 t_wl0=$2 t_exit=$3 t_stop=$4 w=$DIR/workload.json
     python3 "$AN" events "$DIR/proxy/reqs.jsonl" "$PGNO" "$(data_regex "$tool" "$PREFIX")" >"$DIR/events.tsv"
     local b0 b1 s0 s1
     s0=$(json_get "$w" small 0); s1=$(json_get "$w" small 1); b0=$(json_get "$w" burst 0); b1=$(json_get "$w" burst 1)
@@ -436,7 +436,8 @@ analyze_run() {
     local n never objs
     n=$(json_get "$DIR/lag.json" commits); never=$(json_get "$DIR/lag.json" never_replicated)
     objs=$(json_get "$DIR/lag.json" objects)
-    local wl_note="$n commits ($(json_get "$w" rate_achieved)/s achieved, burst $(json_get "$w" burst_secs) s); $objs data objects"
+    local wl_note
+    wl_note="$n commits ($(json_get "$w" rate_achieved)/s achieved, burst $(json_get "$w" burst_secs) s); $objs data objects"
     rec "lag p50 ms" "$tool" "$(json_get "$DIR/lag.json" p50_ms)" "$wl_note"
     rec "lag p99 ms" "$tool" "$(json_get "$DIR/lag.json" p99_ms)" \
         "small txns p99 $(json_get "$DIR/lag-small.json" p99_ms) ms; burst p99 $(json_get "$DIR/lag-burst.json" p99_ms) ms"
@@ -466,6 +467,7 @@ analyze_run() {
     rec "CPU, workload window s" "$tool" "$(awk -v c="$cpu" -v r="$CPU_READY" 'BEGIN {printf "%.2f", c - r}')" "total minus CPU at workload start"
     rec "peak RSS KiB" "$tool" "$rss" "GNU time, whole run; sampled VmRSS peak: $(( $(rss_peak "$DIR/rss-1.tsv" 0 "$t_wl0") / 1024 )) MiB before the workload (initial copy), $(( $(rss_peak "$DIR/rss-1.tsv" "$t_wl0") / 1024 )) MiB during it"
     rec "peak RSS, workload window KiB" "$tool" "$(rss_peak "$DIR/rss-1.tsv" "$t_wl0")" "VmRSS sampled every 0.25 s from the workload's start to exit"
+    rec "peak RSS, before SIGTERM KiB" "$tool" "$(rss_peak "$DIR/rss-1.tsv" 0 "$t_stop")" "sampled; what is left is the drain after SIGTERM"
     rec "stop s" "$tool" "$STOP_SECS" "SIGTERM to exit; exit: $(grep -o 'exited with non-zero status [0-9]*' "$DIR/time-1" || echo 0)"
     if [[ $tool == "$LB_NAME" ]]; then
         rec "lifeboat summary" "$tool" "" "$(grep -h '^{' "$DIR/tool-1.out" | tail -n 1)"
@@ -473,7 +475,7 @@ analyze_run() {
 }
 
 restores() {
-    local tool=$1 last mid_ns mid want wt min
+    local tool=$1 last mid_ns mid want min
     last=$(tail -n 1 "$DIR/commits.log" | cut -f2)
     tool_restore "$tool" "$DIR" "$PREFIX" latest "$DIR/restore-latest.db"
     if [[ $? == 0 ]]; then
@@ -487,7 +489,7 @@ restores() {
     # the middle of the small-transaction phase
     mid_ns=$(( $(json_get "$DIR/workload.json" t_start_ns) + ${SECS%.*} * 500000000 + 123456789 ))
     mid=$(ns_rfc3339 "$mid_ns")
-    read -r want wt < <(python3 "$AN" seq-at "$DIR/commits.log" "$mid_ns")
+    read -r want _ < <(python3 "$AN" seq-at "$DIR/commits.log" "$mid_ns")
     read -r min _ < <(python3 "$AN" seq-at "$DIR/commits.log" $((mid_ns - 2000000000)))
     tool_restore "$tool" "$DIR" "$PREFIX" "$mid" "$DIR/restore-mid.db"
     if [[ $? == 0 ]]; then
@@ -520,10 +522,11 @@ killtest() {
     wait "$WL_PID" || warn "workload failed: $(tail -n 3 "$DIR/workload.err")"
     WL_PID=""
     sleep "$TAIL"
+    local t_stop; t_stop=$(now)
     tool_stop
     local t_exit; t_exit=$(now)
     stop_proxy
-    echo "$t_wl0 $t_kill_ns $t_restart $t_exit" >"$DIR/times"
+    echo "$t_wl0 $t_kill_ns $t_restart $t_exit $t_stop" >"$DIR/times"
 
     local last final lost_old lost_all
     last=$(tail -n 1 "$DIR/commits.log" | cut -f2)
@@ -572,7 +575,7 @@ killtest() {
             "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]).get("reshipped_bytes",""))' "$own" 2>/dev/null)" "$own"
     fi
     local rss; read -r _ rss _ _ < <(tail -n 1 "$DIR/time-2")
-    rec "kill: peak RSS after restart KiB" "$tool" "$rss" "GNU time of the restarted process (no initial copy; sampled VmRSS peak $(( $(rss_peak "$DIR/rss-2.tsv") / 1024 )) MiB)"
+    rec "kill: peak RSS after restart KiB" "$tool" "$rss" "GNU time of the restarted process (no initial copy); sampled VmRSS peak $(( $(rss_peak "$DIR/rss-2.tsv") / 1024 )) MiB, $(( $(rss_peak "$DIR/rss-2.tsv" 0 "$t_stop") / 1024 )) MiB before SIGTERM"
     rm -f "$DIR/db.sqlite" "$DIR/db.sqlite-wal" "$DIR/db.sqlite-shm"
 }
 
