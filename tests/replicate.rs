@@ -459,6 +459,10 @@ impl Drop for Replication {
 #[derive(Debug, Clone)]
 struct Rec {
     t_ns: i64,
+    /// When the step that made it began: the commit happened in [t0_ns, t_ns] (a COMMIT
+    /// returns only after the application's auto-checkpoint, which may take a while after
+    /// the commit is visible).
+    t0_ns: i64,
     digest: String,
     what: &'static str,
 }
@@ -478,6 +482,8 @@ struct Writer {
     next_table: u32,
     extra: Vec<String>,
     ckpts: Vec<Ckpt>,
+    /// When the current step began (see `Rec::t0_ns`).
+    step_start: i64,
 }
 
 impl Writer {
@@ -504,6 +510,7 @@ impl Writer {
             next_table: 1,
             extra: vec!["extra_0".into()],
             ckpts: Vec::new(),
+            step_start: now_ns(),
         };
         let rec = w.record("initial");
         (w, rec)
@@ -527,6 +534,7 @@ impl Writer {
             next_table: 1000,
             extra,
             ckpts: Vec::new(),
+            step_start: now_ns(),
         }
     }
 
@@ -534,6 +542,7 @@ impl Writer {
         let t_ns = now_ns();
         Rec {
             t_ns,
+            t0_ns: std::mem::replace(&mut self.step_start, t_ns),
             digest: digest_conn(&self.c),
             what,
         }
@@ -569,6 +578,7 @@ impl Writer {
     /// One random operation: a committed transaction (returned, with its record) or, when
     /// `may_checkpoint`, sometimes an application checkpoint or a rolled-back transaction.
     fn step(&mut self, may_checkpoint: bool) -> Option<Rec> {
+        self.step_start = now_ns();
         let mut r = self.rng.below(100);
         if self.count("items") > 1500 && r < 40 {
             r = 50; // keep the database small: delete instead
@@ -716,6 +726,7 @@ impl Writer {
     }
 
     fn vacuum(&mut self) -> Rec {
+        self.step_start = now_ns();
         self.batch("VACUUM");
         self.record("vacuum")
     }
@@ -825,7 +836,8 @@ fn instants_between_commits(
     n: usize,
     rng: &mut Rng,
 ) -> Vec<i64> {
-    let mut times: Vec<i64> = recs.iter().map(|r| r.t_ns).collect();
+    // Each commit happened somewhere in [t0, t]: both ends bound the spaces.
+    let mut times: Vec<i64> = recs.iter().flat_map(|r| [r.t0_ns, r.t_ns]).collect();
     times.sort();
     // Spaces between consecutive commits (and before the first / after the last), shrunk
     // by the margin, clipped to [lo, hi], minus the gaps.
@@ -875,15 +887,29 @@ fn check_instants(t: &Target, db: &Path, recs: &[Rec], instants: &[i64], tag: &s
     for (i, &at) in instants.iter().enumerate() {
         let want = state_at(recs, at);
         let (got, out) = t.restored_digest(db, &rfc(at), &format!("{tag}-{i}.db"));
-        assert_eq!(
-            got,
-            want.digest,
-            "restore --at {} ({tag} #{i}) should equal the state recorded at {} ({}), \
-             the last commit before it",
-            rfc(at),
-            rfc(want.t_ns),
-            want.what
-        );
+        if got != want.digest {
+            // Which recorded state it is, if any: tells a late or early commit time apart
+            // from damage.
+            let matching: Vec<String> = recs
+                .iter()
+                .filter(|r| r.digest == got)
+                .map(|r| format!("{} ({})", rfc(r.t_ns), r.what))
+                .collect();
+            let near: Vec<String> = recs
+                .iter()
+                .filter(|r| (r.t_ns - at).abs() < 1_000_000_000)
+                .map(|r| format!("{} ({})", rfc(r.t_ns), r.what))
+                .collect();
+            panic!(
+                "restore --at {} ({tag} #{i}) should equal the state recorded at {} ({}), the \
+                 last commit before it; it equals the states recorded at {matching:?}; commits \
+                 within 1 s: {near:?}; timeline: {}",
+                rfc(at),
+                rfc(want.t_ns),
+                want.what,
+                t.json(&["timeline", s(db)])
+            );
+        }
         std::fs::remove_file(&out).expect("remove restored file");
     }
     instants.len()
@@ -1692,10 +1718,16 @@ fn history_in_segments(env: &Env, t: &Target, db: &Path, test: &str) -> (Vec<Rec
     let mut r = Replication::start(t, db, &["--interval", "150ms"], "replicate");
     r.wait_bases(1);
     let mut recs = vec![first];
-    while recs.len() < 12 {
+    // Twelve states that differ (a step that changes nothing writes no frame, and so makes
+    // no segment).
+    let mut changes = 0;
+    while changes < 11 {
         if let Some(rec) = w.step(false) {
+            if recs.last().is_some_and(|l| l.digest != rec.digest) {
+                changes += 1;
+                std::thread::sleep(Duration::from_millis(350));
+            }
             recs.push(rec);
-            std::thread::sleep(Duration::from_millis(350));
         }
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -1767,15 +1799,39 @@ fn a_missing_segment_fails_restores_past_it_and_not_before_it() {
         &format!("segment {seq}"),
     );
 
-    // Before it: exact.
+    // Up to the last commit of the segment before it: exact. (Between that commit and the
+    // missing segment's first one the state is unknown, since the missing segment's name
+    // told its first time: the restore refuses, tested below.)
+    let before_gone = segs[segs.len() / 2 - 1]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split('-').nth(2))
+        .and_then(|ms| ms.parse::<i64>().ok())
+        .expect("last ms of the segment before")
+        * 1_000_000
+        - 1_000_000;
+    let upto = gone_from.min(before_gone);
     let tl = t.timeline(&db);
     let before: Vec<Rec> = recs
         .iter()
-        .filter(|r| r.t_ns < gone_from - MARGIN_NS)
+        .filter(|r| r.t_ns < upto - MARGIN_NS)
         .cloned()
         .collect();
     let instants =
-        instants_between_commits(&before, &[], tl.from, gone_from - MARGIN_NS, 3, &mut Rng(7));
+        instants_between_commits(&before, &[], tl.from, upto - MARGIN_NS, 3, &mut Rng(7));
+    // After the segment before it, and before the missing one's first commit: unknown.
+    if gone_from - before_gone > 4_000_000 {
+        t.restore_at(
+            &db,
+            &rfc(before_gone + (gone_from - before_gone) / 2),
+            &env.path("between.db"),
+        )
+        .fails(
+            3,
+            "restore --at between a segment and a missing one",
+            "not in",
+        );
+    }
     check_instants(&t, &db, &recs, &instants, "before");
 
     // Before the first base: nothing to restore from.

@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -192,7 +192,6 @@ fn state_name(db: &Path) -> String {
 impl Fence {
     fn take(db: &Path) -> Result<Fence> {
         use std::io::{Read, Seek, Write};
-        use std::os::unix::fs::OpenOptionsExt;
         let dir = state_dir();
         crate::storage::local::create_private_dir(&dir)?;
         let name = state_name(db);
@@ -388,9 +387,6 @@ struct Replicator<'a> {
     oldest_pending: Option<Instant>,
     /// The next commit read stands for commits not seen one by one since this time.
     unseen_since: Option<i64>,
-    /// A WAL generation was missed (the file was replaced or checkpointed behind our back):
-    /// the stream ends, a new one starts with a base.
-    lost_track: Option<String>,
     last_base: Instant,
     base_due: bool,
     last_checkpoint: Instant,
@@ -514,7 +510,7 @@ impl<'a> Replicator<'a> {
         let gate = open_conn(db, true)?;
         // A moment at most: the loop must go on shipping while a writer holds the lock (it
         // tries again on its next turn).
-        gate.busy_timeout(Duration::from_millis(100))
+        gate.busy_timeout(Duration::from_millis(50))
             .map_err(sql_err(db, "cannot open"))?;
         let checkpointer = open_conn(db, true)?;
         checkpointer
@@ -548,7 +544,6 @@ impl<'a> Replicator<'a> {
             pending_bytes: 0,
             oldest_pending: None,
             unseen_since: None,
-            lost_track: None,
             last_base: Instant::now(),
             base_due: false,
             last_checkpoint: Instant::now(),
@@ -631,22 +626,8 @@ impl<'a> Replicator<'a> {
                 break true;
             }
             self.observe()?;
-            if let Some(why) = self.lost_track.take() {
-                // The stream cannot continue without a gap: end it, start a new one.
-                self.close_segment()?;
-                (self.opts.say)(&format!(
-                    "{}: {why}; a new stream starts with a base",
-                    self.db.display()
-                ));
-                self.report.start = "new stream".into();
-                if base.is_some() {
-                    self.finish_base(base.take());
-                }
-                self.new_stream();
-                self.base_due = true;
-            }
             let interval = self.interval;
-            let margin = (interval / 5).min(Duration::from_millis(200));
+            let margin = (interval / 4).min(Duration::from_millis(300));
             if self
                 .oldest_pending
                 .is_some_and(|t| t.elapsed() + margin >= interval)
@@ -871,7 +852,9 @@ impl<'a> Replicator<'a> {
             return Ok(Some(0));
         }
         let bytes = data.len() as u64;
-        let time = now_ns();
+        // Commits read from now on come after this one.
+        let time = now_ns().max(self.last_commit_ns);
+        self.last_commit_ns = time;
         // Pages in pieces of a segment's size, one commit continued across them.
         let per = (TARGET_DATA / ps).max(1);
         let n = changed.len().div_ceil(per).max(1);
@@ -933,16 +916,9 @@ impl<'a> Replicator<'a> {
                 Scan::NoHeader => return Ok(()),
                 Scan::Restarted(h) => {
                     self.check_page_size(&h)?;
-                    // The pins guarantee every frame of the previous generation was read; a
-                    // generation that is not the next one means the WAL was replaced.
-                    if h.ckpt_seq != pos.ckpt_seq.wrapping_add(1)
-                        || h.salt1 != pos.salt1.wrapping_add(1)
-                    {
-                        self.lost_track = Some(format!(
-                            "the WAL was replaced (checkpoint sequence {} after {})",
-                            h.ckpt_seq, pos.ckpt_seq
-                        ));
-                    }
+                    // A new generation. The pins guarantee every frame of the previous one
+                    // was read. Its salts say nothing more: a TRUNCATE checkpoint moves them
+                    // on even when the WAL was empty, so a restart may skip numbers.
                     self.pos = Some(h.start());
                 }
                 Scan::Continues { commits, end } => {
@@ -1122,6 +1098,11 @@ impl<'a> Replicator<'a> {
         {
             return Ok(());
         }
+        // Tried at most every 250 ms, done or not: under writers that never pause, each try
+        // may wait out the lock's busy timeout, and shipping must go on meanwhile.
+        self.last_checkpoint = Instant::now();
+        // What is pending goes first: it must not wait behind the checkpoint's sync.
+        self.close_segment()?;
         let started = Instant::now();
         let done = self.with_gate(|me| {
             // Only when every commit has been read already: the write lock is held for
@@ -1136,7 +1117,6 @@ impl<'a> Replicator<'a> {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                     });
             pin(&me.pins[me.pinned]).map_err(sql_err(&me.db, "cannot read"))?;
-            me.last_checkpoint = Instant::now();
             Ok(r.ok())
         })?;
         tracing::debug!(?done, took = ?started.elapsed(), "checkpoint");
@@ -1158,7 +1138,7 @@ impl<'a> Replicator<'a> {
                     return Ok(false);
                 }
                 self.read_new_commits()?;
-                Ok(self.lost_track.is_none())
+                Ok(true)
             }
             Scan::NoHeader => Ok(true),
             Scan::Restarted(_) => Ok(false),
@@ -1295,7 +1275,20 @@ impl<'a> Replicator<'a> {
             updated: jiff::Timestamp::now().to_string(),
         };
         if let Ok(json) = serde_json::to_vec(&status) {
-            let _ = crate::storage::local::write_private_file(&fence.status, &json);
+            // Replaced by a rename, not synced: it is rewritten every second, and an fsync on
+            // a busy disk would hold up the loop.
+            let tmp = fence.status.with_extension("json.tmp");
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &json))
+                .and_then(|()| std::fs::rename(&tmp, &fence.status));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
         }
     }
 }
