@@ -33,9 +33,11 @@
 #  * restore time to latest and to the middle of the small-transaction phase
 #    [from S3 directly, cold page cache; the restored file must pass PRAGMA
 #    integrity_check and hold the expected bench_marker.seq: the last commit for
-#    latest; for the mid-point the newest commit at or before that instant,
-#    and a restore up to 2 s short of it is accepted (both tools cut point-in-
-#    time restores at upload granularity), one past it is BAD];
+#    latest; for the mid-point the newest commit whose COMMIT returned by that
+#    instant; a restore up to 2 s short of it is accepted (Litestream cuts
+#    point-in-time restores at its syncs), and so is the commit in flight at the
+#    instant (begun before it, returned after); a commit begun after the instant
+#    is BAD];
 #  * kill test: data lost = commits in the log older than (kill - 1 s) that
 #    the final restore lacks; also what the replica held at the kill instant
 #    (what a lost machine would have lost); bytes re-shipped = bytes the
@@ -335,20 +337,24 @@ d=json.load(open(sys.argv[1]))
 for k in sys.argv[2:]: d=d[k] if isinstance(d,dict) else d[int(k)]
 print("" if d is None else d)' "$@" 2>/dev/null; }
 
-# check_seq FILE WANT MIN -> CHECK_NOTE, RESTORED_SEQ; fails unless integrity_check
-# is ok and MIN <= seq <= WANT
+# check_seq FILE WANT MIN [INFLIGHT] -> CHECK_NOTE, RESTORED_SEQ; fails unless
+# integrity_check is ok and MIN <= seq <= INFLIGHT (default WANT).  WANT: the newest
+# commit whose COMMIT returned by the instant; INFLIGHT: the newest one begun by then
+# (a commit in flight at the instant may be in a restore to it or not).
 check_seq() {
-    local f=$1 want=$2 min=$3 ic seq
+    local f=$1 want=$2 min=$3 inflight=${4:-$2} ic seq
     RESTORED_SEQ=""
     [[ -s $f ]] || { CHECK_NOTE="MISSING OUTPUT"; return 1; }
     ic=$(sql "$f" "PRAGMA integrity_check" 2>&1 | head -n 1)
     seq=$(sql "$f" "SELECT seq FROM bench_marker" 2>&1)
     RESTORED_SEQ=$seq
-    if [[ $ic == ok && $seq =~ ^[0-9]+$ ]] && ((seq <= want && seq >= min)); then
+    if [[ $ic == ok && $seq =~ ^[0-9]+$ ]] && ((seq <= inflight && seq >= min)); then
         if ((seq == want)); then CHECK_NOTE="integrity ok, seq $seq (expected)"
+        elif ((seq > want)); then CHECK_NOTE="integrity ok, seq $seq (includes the commit in flight at that instant)"
         else CHECK_NOTE="integrity ok, seq $seq ($((want - seq)) commits short of $want)"; fi
     else
-        CHECK_NOTE="BAD RESTORE: integrity=$ic seq=$seq want=$want (at least $min)"; return 1
+        CHECK_NOTE="BAD RESTORE: integrity=$ic seq=$seq want=$want (at least $min, at most $inflight)"
+        return 1
     fi
 }
 
@@ -489,12 +495,16 @@ restores() {
     # the middle of the small-transaction phase
     mid_ns=$(( $(json_get "$DIR/workload.json" t_start_ns) + ${SECS%.*} * 500000000 + 123456789 ))
     mid=$(ns_rfc3339 "$mid_ns")
-    read -r want _ < <(python3 "$AN" seq-at "$DIR/commits.log" "$mid_ns")
+    read -r want _ inflight < <(python3 "$AN" seq-at "$DIR/commits.log" "$mid_ns")
     read -r min _ < <(python3 "$AN" seq-at "$DIR/commits.log" $((mid_ns - 2000000000)))
     tool_restore "$tool" "$DIR" "$PREFIX" "$mid" "$DIR/restore-mid.db"
     if [[ $? == 0 ]]; then
-        local t=$T_SECS r=$T_RSS_KIB
-        check_seq "$DIR/restore-mid.db" "$want" "$min"
+        local t=$T_SECS r=$T_RSS_KIB b rt
+        check_seq "$DIR/restore-mid.db" "$want" "$min" "$inflight"
+        if [[ $RESTORED_SEQ =~ ^[0-9]+$ ]] && ((RESTORED_SEQ > want)); then
+            read -r b rt < <(python3 "$AN" commit-times "$DIR/commits.log" "$RESTORED_SEQ")
+            CHECK_NOTE+=" (commit $RESTORED_SEQ began $(awk -v b="$b" -v t="$mid_ns" 'BEGIN {printf "%+.3f", (b - t) / 1e6}') ms and returned $(awk -v b="$rt" -v t="$mid_ns" 'BEGIN {printf "%+.3f", (b - t) / 1e6}') ms from the instant)"
+        fi
         rec "restore mid-point s" "$tool" "$t" "at $mid: $CHECK_NOTE; peak RSS $((r / 1024)) MiB"
     else
         rec "restore mid-point s" "$tool" "" "FAILED at $mid (see $DIR/restore-mid.db.log.err)"

@@ -5,7 +5,8 @@
     replicate_analyze.py lag COMMITS.log EVENTS.tsv [--from NS] [--until NS] [--at NS]...
     replicate_analyze.py window REQS.jsonl [--from S] [--until S] [--match RX] [--exclude RX]
     replicate_analyze.py bucket ENDPOINT BUCKET PREFIX
-    replicate_analyze.py seq-at COMMITS.log NS
+    replicate_analyze.py seq-at COMMITS.log NS          # returned-by seq, its time, begun-by seq
+    replicate_analyze.py commit-times COMMITS.log SEQ   # begin_ns returned_ns
     replicate_analyze.py ltx-seq FILE.ltx PGNO
 
 **Replication lag.** The lag of commit k is (the first instant a restore of the
@@ -342,6 +343,17 @@ def seq_at(commits, t):
     return best
 
 
+def load_begins(path):
+    """seq -> begin_ns, from the commit log's third column (when present)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                out[int(parts[1])] = int(parts[2])
+    return out
+
+
 def main():
     a = sys.argv[1:]
     cmd = a[0] if a else ""
@@ -373,8 +385,17 @@ def main():
     elif cmd == "bucket":
         print(*bucket(a[1], a[2], a[3]))
     elif cmd == "seq-at":
-        s, t = seq_at(load_pairs(a[1]), int(a[2]))
-        print(s, t if t is not None else 0)
+        # newest commit returned by NS, its time, and the newest commit begun by NS
+        # (one in flight at NS may or may not be in a restore to NS)
+        t_at = int(a[2])
+        s, t = seq_at(load_pairs(a[1]), t_at)
+        begun = [q for q, b in load_begins(a[1]).items() if b <= t_at]
+        print(s, t if t is not None else 0, max(begun) if begun else s)
+    elif cmd == "commit-times":
+        # SEQ -> "begin_ns returned_ns" (0 0 if not in the log)
+        seq = int(a[2])
+        ret = dict((q, t) for t, q in load_pairs(a[1]))
+        print(load_begins(a[1]).get(seq, 0), ret.get(seq, 0))
     elif cmd == "ltx-seq":
         print(ltx_seq(a[1], int(a[2])))
     else:

@@ -19,8 +19,11 @@ NORMAL, busy_timeout 5000, the default autocheckpoint) and commits:
 Every transaction also sets the one row of `bench_marker` to its sequence
 number (seq, 1, 2, 3 ... continuing from the value found), both as an integer
 and as the text tag "SEQ:%012d" (replicate_lag.py finds the tag in replicated
-pages).  After each COMMIT returns, "commit_time_ns<TAB>seq" is appended to
-LOG (line-buffered, so a reader sees each commit as soon as it is made).  A
+pages).  After each COMMIT returns, "commit_time_ns<TAB>seq<TAB>begin_ns" is
+appended to LOG (line-buffered, so a reader sees each commit as soon as it is
+made): commit_time_ns is when COMMIT returned, begin_ns when the transaction
+was about to BEGIN, so the commit reached the WAL somewhere in between (COMMIT
+may also run SQLite's auto-checkpoint before it returns).  A
 restored copy tells which commit it holds: SELECT seq FROM bench_marker.
 
 The same seed gives the same transactions, so both tools see identical work.
@@ -84,12 +87,13 @@ def main():
     def commit(body):
         nonlocal seq
         seq += 1
+        t0 = time.time_ns()
         con.execute("BEGIN IMMEDIATE")
         body()
         con.execute("UPDATE bench_marker SET seq = ?, tag = ?", (seq, "SEQ:%012d" % seq))
         con.execute("COMMIT")
         t = time.time_ns()
-        log.write("%d\t%d\n" % (t, seq))
+        log.write("%d\t%d\t%d\n" % (t, seq, t0))
         return t
 
     def small():
