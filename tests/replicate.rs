@@ -328,10 +328,17 @@ impl Replication {
     /// `lifeboat replicate DB ARGS --json`, its stdout and stderr in files named after `name`.
     fn start(t: &Target, db: &Path, args: &[&str], name: &str) -> Replication {
         let out = t.env.path(&format!("{name}.out"));
-        let err = t.env.path(&format!("{name}.err"));
+        // LIFEBOAT_TEST_LOG=DIR: keep replicate's debug log there (for a failure's story).
+        let err = match std::env::var_os("LIFEBOAT_TEST_LOG") {
+            Some(dir) => PathBuf::from(dir).join(format!("{name}-{}.err", now_ns())),
+            None => t.env.path(&format!("{name}.err")),
+        };
         let started_ns = now_ns();
-        let child = t
-            .cmd()
+        let mut cmd = t.cmd();
+        if std::env::var_os("LIFEBOAT_TEST_LOG").is_some() {
+            cmd.env("LIFEBOAT_LOG", "lifeboat::wal=debug,object_store=debug");
+        }
+        let child = cmd
             .arg("replicate")
             .arg(db)
             .args(args)

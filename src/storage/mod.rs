@@ -89,6 +89,13 @@ pub trait Storage: Send + Sync {
     fn describe(&self) -> String;
     /// Create `name` holding `data` unless it exists. Returns false when it already existed.
     fn put_new(&self, name: &str, data: &[u8]) -> Result<bool>;
+    /// `put_new`, giving up (a Storage error) after `within`: a request that hangs (a network
+    /// partition) must not hold up a caller that will try again (continuous replication).
+    /// Stores that cannot hang ignore the limit.
+    fn put_new_within(&self, name: &str, data: &[u8], within: std::time::Duration) -> Result<bool> {
+        let _ = within;
+        self.put_new(name, data)
+    }
     /// Create `name` from a finished local file written in `staging_dir`, unless it exists.
     /// The staged file is consumed either way.
     fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool>;

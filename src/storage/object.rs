@@ -406,6 +406,34 @@ impl Storage for ObjectStorage {
         self.put(name, PutPayload::from(data.to_vec()))
     }
 
+    fn put_new_within(&self, name: &str, data: &[u8], within: std::time::Duration) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        let path = self.path(name);
+        let put = self
+            .store
+            .put_opts(&path, PutPayload::from(data.to_vec()), opts);
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(within, put).await })
+        {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(object_store::Error::AlreadyExists { .. }))
+            | Ok(Err(object_store::Error::Precondition { .. })) => Ok(false),
+            Ok(Err(e)) => Err(self.error("store", name, e)),
+            Err(_) => Err(Error::new(
+                crate::error::ErrorKind::Storage,
+                format!(
+                    "storing {}/{name} took more than {} s (the target does not answer)",
+                    self.describe(),
+                    within.as_secs()
+                ),
+            )),
+        }
+    }
+
     fn put_file_new(&self, name: &str, staged: &Path) -> Result<bool> {
         let data = std::fs::read(staged).map_err(|e| Error::io("cannot read", staged, e));
         let _ = std::fs::remove_file(staged);

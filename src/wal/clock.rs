@@ -96,8 +96,6 @@ impl Clock {
     ) {
         let watch = Watch::new(wal, db);
         let mut last = read_index(shm);
-        let mut wal_file: Option<File> = None;
-        let mut last_ns = 0i64;
         while !stop.load(Ordering::SeqCst) {
             let woken = watch.wait(Duration::from_millis(10));
             // The index is updated just after the last frame is written (and an update of a
@@ -107,24 +105,10 @@ impl Clock {
                 let now = read_index(shm);
                 if now.is_some() && now != last {
                     if let Some(state) = now {
-                        // The commit frame was the last write to the `-wal` file: its
-                        // modification time dates the commit even when this thread woke
-                        // late (a busy machine), as long as it is not later than now.
-                        let seen = crate::wal::replicate::now_ns();
-                        if wal_file.is_none() {
-                            wal_file = File::open(wal).ok();
-                        }
-                        let written = wal_file
-                            .as_ref()
-                            .and_then(|f| f.metadata().ok())
-                            .and_then(|m| m.modified().ok())
-                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                            .map(|d| d.as_nanos() as i64);
-                        let ns = match written {
-                            Some(w) if w <= seen && w >= last_ns => w,
-                            _ => seen,
-                        };
-                        last_ns = ns;
+                        // When the index moved on, not when the frame was written: the
+                        // commit counts once synced and published (the sync may take long).
+                        let ns = crate::wal::replicate::now_ns();
+                        tracing::debug!(?state, ns, "commit seen");
                         self.note(state, ns);
                     }
                     last = now;

@@ -190,8 +190,12 @@ impl WalFile {
         Ok(parse_header(&b[..n]))
     }
 
-    /// The transactions committed after `pos`.
-    pub fn scan(&mut self, pos: &WalPos) -> Result<Scan> {
+    /// The transactions committed after `pos`, up to frame `max_frame` (1-based): the last
+    /// one SQLite's WAL index shows committed. A commit frame can be in the file before its
+    /// transaction is committed (SQLite syncs the file, then publishes the frame in the
+    /// index; a failed sync leaves it there, to be overwritten), so frames past the index are
+    /// never taken.
+    pub fn scan(&mut self, pos: &WalPos, max_frame: u32) -> Result<Scan> {
         let Some(h) = self.header()? else {
             return Ok(Scan::NoHeader);
         };
@@ -218,6 +222,9 @@ impl WalFile {
                 break;
             }
             for frame in buf[..whole * frame_len].chunks_exact(frame_len) {
+                if (at - HEADER_LEN) / frame_len as u64 >= u64::from(max_frame) {
+                    break 'outer;
+                }
                 let pgno = be32(frame, 0);
                 let commit = be32(frame, 4);
                 if be32(frame, 8) != h.salt1 || be32(frame, 12) != h.salt2 || pgno == 0 {
@@ -347,17 +354,26 @@ mod tests {
         let (path, conn) = db_in_wal_mode(dir.path());
         let mut wal = WalFile::new(&path);
         let h = wal.header().unwrap().unwrap();
-        let Scan::Continues { commits, end } = wal.scan(&h.start()).unwrap() else {
+        let Scan::Continues { commits, end } = wal.scan(&h.start(), u32::MAX).unwrap() else {
             panic!("not continuing")
         };
         assert_eq!(commits.len(), 1, "CREATE TABLE");
         conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
         conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
-        let Scan::Continues { commits, end: end2 } = wal.scan(&end).unwrap() else {
+        let Scan::Continues { commits, end: end2 } = wal.scan(&end, u32::MAX).unwrap() else {
             panic!("not continuing")
         };
         assert_eq!(commits.len(), 2);
         assert_eq!(commits[0].start, end.offset);
+        // Only as far as the index shows committed.
+        let first_end = ((commits[0].end - HEADER_LEN) / h.frame_len()) as u32;
+        let Scan::Continues {
+            commits: capped, ..
+        } = wal.scan(&end, first_end).unwrap()
+        else {
+            panic!("not continuing")
+        };
+        assert_eq!(capped, commits[..1]);
         assert_eq!(end2.offset, wal.size().unwrap());
         // A torn last frame (a transaction being written) is not read.
         let f = std::fs::OpenOptions::new()
@@ -366,7 +382,7 @@ mod tests {
             .open(wal.path())
             .unwrap();
         f.set_len(end2.offset - 100).unwrap();
-        let Scan::Continues { commits, .. } = wal.scan(&end).unwrap() else {
+        let Scan::Continues { commits, .. } = wal.scan(&end, u32::MAX).unwrap() else {
             panic!("not continuing")
         };
         assert_eq!(commits.len(), 1);
@@ -374,7 +390,7 @@ mod tests {
         let mut b = [0u8; 1];
         f.read_at(&mut b, end.offset + 30).unwrap();
         f.write_at(&[b[0] ^ 1], end.offset + 30).unwrap();
-        let Scan::Continues { commits, .. } = wal.scan(&end).unwrap() else {
+        let Scan::Continues { commits, .. } = wal.scan(&end, u32::MAX).unwrap() else {
             panic!("not continuing")
         };
         assert!(commits.is_empty());
@@ -393,7 +409,7 @@ mod tests {
         conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
             .unwrap();
         conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
-        match wal.scan(&h.start()).unwrap() {
+        match wal.scan(&h.start(), u32::MAX).unwrap() {
             Scan::Restarted(h2) => {
                 assert_eq!(h2.salt1, h.salt1.wrapping_add(1));
                 assert_eq!(h2.ckpt_seq, h.ckpt_seq + 1);
