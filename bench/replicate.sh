@@ -129,59 +129,8 @@ ensure_tools() {
 
 # --- the S3 server (as in s3.sh) -----------------------------------------------
 
-ports_free() {
-    python3 -c 'import socket,sys
-b=int(sys.argv[1])
-for p in [b+o+g for o in (1,2,3,4,7) for g in (0,10000)]:
-    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
-    try: s.bind(("127.0.0.1",p))
-    except OSError: sys.exit(1)
-    finally: s.close()' "$1"
-}
+# ports_free, start_s3 and stop_s3: bench/lib.sh (shared with s3.sh).
 
-start_s3() {
-    local dir=$RUN/weed base code i
-    mkdir -p "$dir/data"
-    for ((base = ${BENCH_S3_BASE:-30000}, i = 0; i < 5; base += 20, i++)); do
-        ports_free $base || continue
-        (cd "$dir" && exec env -i PATH="$PATH" HOME="$dir" TMPDIR="$dir" "$WEED" mini \
-            -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-            -master.port=$((base + 1)) -volume.port=$((base + 2)) -filer.port=$((base + 3)) \
-            -s3.port=$((base + 4)) -s3.port.iceberg=0 -s3.port.lance=0 \
-            -admin.port=$((base + 7)) -admin.ui=false -webdav=false -master.telemetry=false \
-            -volume.preStopSeconds=0 \
-            -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock") \
-            </dev/null >"$dir/weed.log" 2>&1 &
-        WEED_PID=$!
-        ENDPOINT=http://127.0.0.1:$((base + 4))
-        for ((t = 0; t < 200; t++)); do
-            kill -0 "$WEED_PID" 2>/dev/null || break
-            code=$(curl -s -o /dev/null -w '%{http_code}' "$ENDPOINT/")
-            [[ $code != 000 ]] && break
-            sleep 0.1
-        done
-        if kill -0 "$WEED_PID" 2>/dev/null && [[ $code != 000 ]]; then
-            for ((t = 0; t < 100; t++)); do
-                [[ $(curl -s -o /dev/null -w '%{http_code}' -X PUT "$ENDPOINT/$BUCKET") == 200 ]] && {
-                    log "weed mini (pid $WEED_PID) serving S3 on $ENDPOINT, bucket $BUCKET"; return; }
-                sleep 0.1
-            done
-            echo "could not create bucket $BUCKET on $ENDPOINT; log: $dir/weed.log" >&2; exit 1
-        fi
-        warn "weed mini on port base $base did not come up; trying another (log: $dir/weed.log)"
-        stop_s3
-    done
-    echo "weed mini failed to start; last log:" >&2; tail -n 20 "$dir/weed.log" >&2; exit 1
-}
-
-stop_s3() {
-    [[ -n $WEED_PID ]] || return 0
-    kill "$WEED_PID" 2>/dev/null
-    for ((t = 0; t < 300; t++)); do kill -0 "$WEED_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$WEED_PID" 2>/dev/null && { warn "weed mini ignored SIGTERM; SIGKILL"; kill -9 "$WEED_PID"; }
-    wait "$WEED_PID" 2>/dev/null
-    WEED_PID=""
-}
 
 # Credentials for both tools and nothing from the caller's AWS setup (a CA
 # bundle in the environment makes Litestream's SDK refuse a plain-HTTP endpoint).

@@ -86,65 +86,6 @@ ensure_tools() {
     [[ -x $WEED ]] || { echo "no weed binary at $WEED (see $BENCH_DIR/pip.log)" >&2; exit 1; }
 }
 
-# Are all the ports of port base $1 free on 127.0.0.1?
-ports_free() {
-    python3 -c 'import socket,sys
-b=int(sys.argv[1])
-for p in [b+o+g for o in (1,2,3,4,7) for g in (0,10000)]:
-    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
-    try: s.bind(("127.0.0.1",p))
-    except OSError: sys.exit(1)
-    finally: s.close()' "$1"
-}
-
-# Start weed mini (no auth: no AWS_* in its environment) and create the bucket.
-# Sets WEED_PID and ENDPOINT; stop_s3 runs on exit.  Flags as in tests/common/s3.rs.
-start_s3() {
-    local dir=$RUN/weed base code i
-    mkdir -p "$dir/data"
-    trap stop_s3 EXIT
-    trap 'exit 130' INT TERM
-    for ((base = ${BENCH_S3_BASE:-30000}, i = 0; i < 5; base += 20, i++)); do
-        ports_free $base || continue
-        (cd "$dir" && exec env -i PATH="$PATH" HOME="$dir" TMPDIR="$dir" "$WEED" mini \
-            -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-            -master.port=$((base + 1)) -volume.port=$((base + 2)) -filer.port=$((base + 3)) \
-            -s3.port=$((base + 4)) -s3.port.iceberg=0 -s3.port.lance=0 \
-            -admin.port=$((base + 7)) -admin.ui=false -webdav=false -master.telemetry=false \
-            -volume.preStopSeconds=0 \
-            -filer.localSocket="$dir/filer.sock" -s3.localSocket="$dir/s3.sock") \
-            </dev/null >"$dir/weed.log" 2>&1 &
-        WEED_PID=$!
-        ENDPOINT=http://127.0.0.1:$((base + 4))
-        for ((t = 0; t < 200; t++)); do   # up to 20 s; it is usually ready within 1 s
-            kill -0 "$WEED_PID" 2>/dev/null || break
-            code=$(curl -s -o /dev/null -w '%{http_code}' "$ENDPOINT/")
-            [[ $code != 000 ]] && break
-            sleep 0.1
-        done
-        if kill -0 "$WEED_PID" 2>/dev/null && [[ $code != 000 ]]; then
-            for ((t = 0; t < 100; t++)); do   # the bucket, retried briefly like the tests do
-                [[ $(curl -s -o /dev/null -w '%{http_code}' -X PUT "$ENDPOINT/$BUCKET") == 200 ]] && {
-                    log "weed mini (pid $WEED_PID) serving S3 on $ENDPOINT, bucket $BUCKET"; return; }
-                sleep 0.1
-            done
-            echo "could not create bucket $BUCKET on $ENDPOINT; log: $dir/weed.log" >&2; exit 1
-        fi
-        warn "weed mini on port base $base did not come up; trying another (log: $dir/weed.log)"
-        stop_s3
-    done
-    echo "weed mini failed to start; last log:" >&2; tail -n 20 "$dir/weed.log" >&2; exit 1
-}
-
-# Stop our server by its PID: SIGTERM, SIGKILL after 30 s (it usually takes ~4 s).
-stop_s3() {
-    [[ -n $WEED_PID ]] || return 0
-    kill "$WEED_PID" 2>/dev/null
-    for ((t = 0; t < 300; t++)); do kill -0 "$WEED_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$WEED_PID" 2>/dev/null && { warn "weed mini ignored SIGTERM; SIGKILL"; kill -9 "$WEED_PID"; }
-    wait "$WEED_PID" 2>/dev/null
-    WEED_PID=""
-}
 
 # Credentials and endpoint for both clients, and nothing from the caller's AWS
 # setup (profiles, config files, tokens) that could change what they do.
@@ -271,6 +212,8 @@ main() {
     build_lifeboat
     prepare_pristine
     begin_run "Lifeboat S3 benchmark"
+    trap stop_s3 EXIT
+    trap 'exit 130' INT TERM
     start_s3
     s3_client_env
     echo "# S3: weed mini $("$WEED" version 2>/dev/null | awk '/^version/ {print $3; exit}') on $ENDPOINT (same machine)," \
