@@ -34,7 +34,25 @@ pub fn staging_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
 /// own earlier attempt whose answer was lost, or a concurrent writer of the same content).
 /// Errors if a different object holds the name.
 pub fn put_new_or_same(storage: &dyn Storage, name: &str, data: &[u8]) -> Result<()> {
-    if storage.put_new(name, data)? {
+    let created = storage.put_new(name, data)?;
+    accept_same(storage, name, data, created)
+}
+
+/// [`put_new_or_same`] through [`Storage::put_new_within`]: a request that hangs is given up
+/// after `within`.
+pub fn put_new_or_same_within(
+    storage: &dyn Storage,
+    name: &str,
+    data: &[u8],
+    within: std::time::Duration,
+) -> Result<()> {
+    let created = storage.put_new_within(name, data, within)?;
+    accept_same(storage, name, data, created)
+}
+
+/// After a create-only put: fine if it created `name`, or if what is there is `data`.
+fn accept_same(storage: &dyn Storage, name: &str, data: &[u8], created: bool) -> Result<()> {
+    if created {
         return Ok(());
     }
     if storage.get(name)? == data {

@@ -167,11 +167,6 @@ impl WalFile {
         Ok(self.file.as_ref())
     }
 
-    /// Forget the descriptor (the file was replaced).
-    pub fn reopen(&mut self) {
-        self.file = None;
-    }
-
     pub fn size(&mut self) -> Result<u64> {
         let path = self.path.clone();
         match self.file()? {

@@ -441,6 +441,8 @@ enum Start {
         prev: Option<blake3::Hash>,
         last_ns: i64,
         pos: Option<WalPos>,
+        /// What the repository holds of it (its bases and segments), for a catch-up.
+        found: Box<streams::Stream>,
     },
     /// Continue stream `stream`, whose last state is `map` (page ids), by comparison.
     CatchUp {
@@ -735,6 +737,7 @@ impl<'a> Replicator<'a> {
                 next_seq,
                 last_ns,
                 pos,
+                found,
                 ..
             } => {
                 let holds = self.with_gate_waiting(stop, |me| {
@@ -775,7 +778,7 @@ impl<'a> Replicator<'a> {
                     return Ok(());
                 }
                 // The WAL moved on while Lifeboat was away: compare.
-                match plan_catch_up(self.repo, &self.db, &stream)? {
+                match plan_catch_up(self.repo, &found)? {
                     Some(map) => {
                         unpin(&self.pins[self.pinned]);
                         self.start(
@@ -1525,16 +1528,7 @@ fn ship_loop(
 /// tries again, and commits must not wait behind a dead connection.
 fn put_segment(target: &dyn crate::storage::Storage, name: &str, sealed: &[u8]) -> Result<()> {
     let within = Duration::from_secs(10 + (sealed.len() >> 20) as u64);
-    if target.put_new_within(name, sealed, within)? {
-        return Ok(());
-    }
-    if target.get(name)? == sealed {
-        return Ok(());
-    }
-    Err(Error::usage(format!(
-        "{}/{name} already exists with other content",
-        target.describe()
-    )))
+    crate::storage::put_new_or_same_within(target, name, sealed, within)
 }
 
 /// How to start on `db`: the newest stream of this database on this host, if its last
@@ -1604,18 +1598,13 @@ fn plan_start(repo: &Repository, db: &Path, opts: &ReplicateOptions) -> Result<S
         prev,
         last_ns,
         pos: (!pos.is_none()).then_some(pos),
+        found: Box::new(stream.clone()),
     })
 }
 
 /// The page ids of the state after the last segment of `stream`: its newest base's pages,
 /// then every segment's pages. None when there is nothing to compare with.
-fn plan_catch_up(repo: &Repository, db: &Path, stream_id: &str) -> Result<Option<Vec<Hash>>> {
-    let backups = repo.list_backups()?;
-    let all = streams::load(repo, &backups)?;
-    let path = db.display().to_string();
-    let Some(stream) = all.iter().find(|s| s.id == stream_id && s.path == path) else {
-        return Ok(None);
-    };
+fn plan_catch_up(repo: &Repository, stream: &streams::Stream) -> Result<Option<Vec<Hash>>> {
     let Some(base) = stream
         .bases
         .iter()
