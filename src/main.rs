@@ -413,8 +413,9 @@ enum RepoCommand {
 
 #[derive(Args)]
 struct BackupArgs {
-    /// What to back up: SQLite or DuckDB database files (known by their header), or folders
-    /// and files of configuration. Several share one run id and one time.
+    /// What to back up: SQLite or DuckDB database files (known by their header), folders
+    /// and files of configuration, or PostgreSQL databases (postgres://USER@HOST:PORT/DB).
+    /// Several share one run id and one time.
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<PathBuf>,
     /// The kind of every source (sqlite, duckdb, files) instead of finding it from the file.
@@ -435,6 +436,19 @@ struct BackupArgs {
     /// Files backups: store every file as it is, secrets included.
     #[arg(long)]
     no_redact: bool,
+    /// PostgreSQL: dump only this schema (repeatable; pg_dump patterns).
+    #[arg(long, value_name = "SCHEMA")]
+    schema: Vec<String>,
+    /// PostgreSQL: leave out this table (repeatable; pg_dump patterns such as 'audit.*').
+    #[arg(long, value_name = "TABLE")]
+    exclude_table: Vec<String>,
+    /// PostgreSQL: tables dumped at once (pg_dump --jobs; each takes a connection).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: u16,
+    /// PostgreSQL: back up every database of the server the URI names (one backup each),
+    /// plus its roles and tablespaces (pg_dumpall --globals-only).
+    #[arg(long)]
+    all_databases: bool,
     /// A note stored with the backup (shown by `list` and `show`).
     #[arg(long)]
     description: Option<String>,
@@ -731,8 +745,38 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         redact: a.redact,
         no_redact: a.no_redact,
     };
+    let source_options = lifeboat::source::SourceOptions {
+        files,
+        postgres: lifeboat::source::postgres::PgOptions {
+            schemas: a.schema,
+            exclude_tables: a.exclude_table,
+            jobs: a.jobs as usize,
+        },
+        postgres_globals: false,
+    };
+    // --all-databases: each database of the server, then its globals.
+    let mut sources: Vec<(PathBuf, bool)> = Vec::new();
+    for source in a.sources {
+        if a.all_databases {
+            let uri = source.to_str().filter(|s| lifeboat::source::postgres::is_postgres_uri(s));
+            let Some(uri) = uri else {
+                return Err(lifeboat::error::Error::usage(format!(
+                    "--all-databases needs a PostgreSQL server's URI, not {}",
+                    source.display()
+                ))
+                .hint("write it as postgres://USER@HOST:PORT/")
+                .into());
+            };
+            for db in lifeboat::source::postgres::list_databases(uri)? {
+                sources.push((PathBuf::from(db), false));
+            }
+            sources.push((source.clone(), true));
+        } else {
+            sources.push((source, false));
+        }
+    }
     // Several sources are one run: one id and one time for all of them.
-    let several = a.sources.len() > 1;
+    let several = sources.len() > 1;
     let time = match (a.time, several) {
         (Some(t), _) => Some(t),
         (None, true) => Some(jiff::Timestamp::now()),
@@ -742,7 +786,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         .then(|| lifeboat::id::new_backup_id(time.map_or(0, |t| t.as_millisecond().max(0) as u64)));
     let level = verify_level(ctx, a.verify, a.no_verify)?;
     let mut runs = Vec::new();
-    for source in a.sources {
+    for (source, globals) in sources {
         // Check each source before creating a repository for it.
         let found = match kind {
             Some(k) => k,
@@ -754,7 +798,10 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
         runs.push(BackupOptions {
             database: source,
             kind: Some(found),
-            files: files.clone(),
+            source: lifeboat::source::SourceOptions {
+                postgres_globals: globals,
+                ..source_options.clone()
+            },
             run: run.clone(),
             description: a.description.clone(),
             tags: a.tags.clone(),
@@ -1981,7 +2028,7 @@ fn cmd_demo(ctx: &Ctx, db: Option<PathBuf>, rows: u64) -> Result<i32> {
     let opts = BackupOptions {
         database: db.clone(),
         kind: Some(lifeboat::source::Kind::Sqlite),
-        files: Default::default(),
+        source: Default::default(),
         run: None,
         description: Some("lifeboat demo".into()),
         tags: vec!["demo".into()],

@@ -39,8 +39,8 @@ pub struct BackupOptions {
     pub database: PathBuf,
     /// The kind of source; found from the path when not given.
     pub kind: Option<Kind>,
-    /// Options of a files backup.
-    pub files: crate::source::files::FilesOptions,
+    /// Options of a files or PostgreSQL backup.
+    pub source: crate::source::SourceOptions,
     /// The run this backup belongs to (several sources backed up by one command).
     pub run: Option<String>,
     pub description: Option<String>,
@@ -175,17 +175,18 @@ fn backup_marked(
         Some(k) => k,
         None => crate::source::detect(&opts.database)?,
     };
-    let source_path = absolute(&opts.database)?;
+    let source_name = crate::source::source_name(&opts.database, kind, &opts.source)?;
     let mut source = match prepared {
         Some(s) => s,
-        None => crate::source::open(&source_path, kind, &opts.files)?,
+        None if kind == Kind::Postgres => crate::source::open(&opts.database, kind, &opts.source)?,
+        None => crate::source::open(&absolute(&opts.database)?, kind, &opts.source)?,
     };
     let format = repo.manifest_format();
     if format < 2 && kind != Kind::Sqlite {
         return Err(Error::usage(format!(
             "this repository holds SQLite backups only (it was made by an earlier Lifeboat); \
              backing up {} ({}) needs its format upgraded",
-            source_path.display(),
+            source_name,
             kind.name()
         ))
         .hint("run `lifeboat repo upgrade` (Lifeboat versions before this one can then no longer open the repository)"));
@@ -245,7 +246,7 @@ fn backup_marked(
         time: now.to_string(),
         source: SourceInfo {
             kind: kind.name().into(),
-            path: source_path.display().to_string(),
+            path: source_name,
             host: crate::host::hostname(),
         },
         run: opts.run.clone(),
@@ -258,6 +259,7 @@ fn backup_marked(
         sqlite: None,
         duckdb: None,
         files: None,
+        postgres: None,
         content: backed.content,
         stored: StoredInfo {
             compression: compression.codec.name().into(),
@@ -275,6 +277,7 @@ fn backup_marked(
         SourceFacts::Sqlite(f) => manifest.sqlite = Some(f),
         SourceFacts::Duckdb(f) => manifest.duckdb = Some(f),
         SourceFacts::Files(f) => manifest.files = Some(f),
+        SourceFacts::Postgres(f) => manifest.postgres = Some(f),
     }
 
     let verify = if opts.verify == VerifyLevel::Full {
@@ -548,31 +551,11 @@ impl TreeWriter for TreeBuilder<'_> {
     fn add(&mut self, mut entry: TreeEntry, data: Option<&mut dyn std::io::Read>) -> Result<()> {
         crate::interrupt::check()?;
         if let Some(data) = data {
-            let mut size = 0u64;
-            let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
-                data,
-                CDC_MIN,
-                CDC_AVG,
-                CDC_MAX,
-                fastcdc::v2020::Normalization::Level1,
-                self.seed,
-            );
-            for chunk in chunker {
-                let chunk = chunk.map_err(|e| match e {
-                    fastcdc::v2020::Error::IoError(io) => {
-                        Error::io("cannot read", Path::new(&entry.path), io)
-                    }
-                    other => Error::source(format!("cannot read {}: {other}", entry.path)),
-                })?;
-                let id = self.sink.hasher.id(&chunk.data);
-                self.sink.put(id, BlobKind::Data, &chunk.data)?;
-                size += chunk.data.len() as u64;
-                self.progress.inc(chunk.data.len() as u64);
-                entry.chunks.push(id.to_hex());
-            }
+            let (chunks, size) = self.store(&entry.path, data)?;
+            entry.chunks = chunks;
             entry.size = size;
-            self.bytes += size;
         }
+        self.bytes += entry.size;
         let path = entry.path_bytes()?;
         self.node.push(entry);
         self.entries += 1;
@@ -581,6 +564,45 @@ impl TreeWriter for TreeBuilder<'_> {
         }
         Ok(())
     }
+
+    fn store(&mut self, path: &str, data: &mut dyn std::io::Read) -> Result<(Vec<String>, u64)> {
+        let mut size = 0u64;
+        let mut chunks = Vec::new();
+        let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
+            data,
+            CDC_MIN,
+            CDC_AVG,
+            CDC_MAX,
+            fastcdc::v2020::Normalization::Level1,
+            self.seed,
+        );
+        for chunk in chunker {
+            let chunk = chunk.map_err(|e| match e {
+                fastcdc::v2020::Error::IoError(io) => chunk_read_error(path, io),
+                other => Error::source(format!("cannot read {path}: {other}")),
+            })?;
+            let id = self.sink.hasher.id(&chunk.data);
+            self.sink.put(id, BlobKind::Data, &chunk.data)?;
+            size += chunk.data.len() as u64;
+            self.progress.inc(chunk.data.len() as u64);
+            chunks.push(id.to_hex());
+        }
+        Ok((chunks, size))
+    }
+}
+
+/// A reader's error: one carrying a Lifeboat error (a source that failed while its bytes
+/// were read) keeps it; any other is an I/O error on `path`.
+fn chunk_read_error(path: &str, io: std::io::Error) -> Error {
+    if io.get_ref().is_some_and(|e| e.is::<Error>()) {
+        if let Some(inner) = io.into_inner() {
+            if let Ok(e) = inner.downcast::<Error>() {
+                return *e;
+            }
+        }
+        return Error::internal(format!("cannot read {path}"));
+    }
+    Error::io("cannot read", Path::new(path), io)
 }
 
 /// Dedup and framing: a blob not in the index (nor already sent by this pipeline) joins a

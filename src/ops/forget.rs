@@ -365,13 +365,42 @@ pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
 
 /// Record that `verify` passed for a backup (the "newest verified" safety rail).
 pub fn record_verified(repo: &Repository, id: &str) -> Result<()> {
+    record_verified_with(repo, id, serde_json::json!({}))
+}
+
+/// [`record_verified`] with more about how (a drill's `rto_ms`, where it restored).
+pub fn record_verified_with(repo: &Repository, id: &str, extra: serde_json::Value) -> Result<()> {
     repo.require_writable("recording a verification")?;
-    let record = serde_json::json!({
+    let mut record = serde_json::json!({
         "verified": jiff::Timestamp::now().to_string(),
         "host": crate::host::hostname(),
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
+    if let (Some(r), serde_json::Value::Object(more)) = (record.as_object_mut(), extra) {
+        r.extend(more);
+    }
     let name = format!("{VERIFIED}{id}");
     repo.storage()
         .put_replace(&name, &repo.records().encode(&name, &record)?)
+}
+
+/// The authentic verification record of each backup that has one (`verified/<id>`): when,
+/// and for a drill its measured restore time.
+pub fn verification_records(
+    repo: &Repository,
+) -> Result<std::collections::HashMap<String, serde_json::Value>> {
+    let records = repo.records();
+    let mut out = std::collections::HashMap::new();
+    for obj in repo.storage().list(VERIFIED)? {
+        let Some(id) = obj.name.rsplit('/').next() else {
+            continue;
+        };
+        let Some(data) = crate::repo::records::fetch(repo.storage(), &obj.name)? else {
+            continue;
+        };
+        if let Some(v) = records.decode_or_warn::<serde_json::Value>(&obj.name, &data) {
+            out.insert(id.to_string(), v);
+        }
+    }
+    Ok(out)
 }

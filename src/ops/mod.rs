@@ -1,9 +1,11 @@
 //! Operations on a repository: the data path forwards (backup) and backwards (restore,
-//! verify), and the repository's own health (check, stats, repair).
+//! verify, PostgreSQL restores and drills), and the repository's own health (check, stats,
+//! repair).
 
 pub mod backup;
 pub mod check;
 pub mod forget;
+pub mod pg;
 pub mod policy;
 pub mod prune;
 pub mod rekey;

@@ -1104,7 +1104,7 @@ pub fn image_kind(m: &Manifest) -> Result<ImageKind> {
     let (sidecars, kept_sidecars) = match kind {
         Kind::Sqlite => (sqlite::SIDECARS, sqlite::KEPT_SIDECARS),
         Kind::Duckdb => (&duckdb::SIDECARS[..], &duckdb::SIDECARS[..]),
-        Kind::Files => (&[][..], &[][..]),
+        Kind::Files | Kind::Postgres => (&[][..], &[][..]),
     };
     Ok(ImageKind {
         kind,
@@ -1369,7 +1369,7 @@ impl RestoreTarget for InPlace {
             &BackupOptions {
                 database: db.to_path_buf(),
                 kind: Some(self.kind.kind),
-                files: Default::default(),
+                source: Default::default(),
                 run: None,
                 description: Some(format!("before restoring backup {}", m.id)),
                 tags: vec!["pre-restore".into()],

@@ -57,6 +57,8 @@ pub struct Manifest {
     pub duckdb: Option<DuckdbInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresInfo>,
     pub content: Content,
     pub stored: StoredInfo,
     /// A base of continuous replication (`lifeboat replicate`): the image is the database
@@ -78,9 +80,10 @@ pub struct WalLink {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SourceInfo {
-    /// `sqlite`, `duckdb` or `files`.
+    /// `sqlite`, `duckdb`, `files` or `postgres`.
     pub kind: String,
-    /// Absolute path of the database (or folder) when it was backed up.
+    /// Absolute path of the database (or folder) when it was backed up; for PostgreSQL the
+    /// connection URI without its password (`postgres://user@host:5432/app`).
     pub path: String,
     pub host: String,
 }
@@ -119,6 +122,38 @@ pub struct DuckdbInfo {
     pub sha256: String,
     /// Rows per table, `schema.table`.
     pub tables: BTreeMap<String, u64>,
+}
+
+/// Facts about a PostgreSQL backup (a `pg_dump` archive in directory format, stored as a
+/// tree: `toc.dat` and one data file per table), or of a cluster's global objects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct PostgresInfo {
+    /// The database dumped; empty for the globals (roles, tablespaces) of `--all-databases`.
+    pub database: String,
+    /// `host:port` (or socket folder and port) as connected to.
+    pub server: String,
+    pub user: String,
+    /// `server_version` of the server, e.g. `15.18 (Debian 15.18-0+deb12u1)`.
+    pub server_version: String,
+    /// `server_version_num`, e.g. 150018.
+    pub server_version_num: u32,
+    /// The `pg_dump --version` that took the dump.
+    pub client_version: String,
+    /// `directory` (a `pg_dump -Fd -Z0` archive) or `globals` (`pg_dumpall --globals-only`).
+    pub dump_format: String,
+    /// `pg_database_size()` when the dump started.
+    pub database_bytes: u64,
+    /// Rows per table as dumped, `schema.table` (a part quoted when it is not a plain
+    /// lower-case name: `public."Mixed Case"`).
+    pub tables: BTreeMap<String, u64>,
+    pub large_objects: u64,
+    /// SHA-256 over the archive's schema (every entry's kind, name and definition).
+    pub schema_sha256: String,
+    /// `--schema` and `--exclude-table` as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schemas: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_tables: Vec<String>,
 }
 
 /// Facts about a backup of files and folders (an application's configuration).
@@ -251,9 +286,10 @@ impl Manifest {
 
     /// Rows per table, for the database kinds.
     pub fn tables(&self) -> Option<&BTreeMap<String, u64>> {
-        match (&self.sqlite, &self.duckdb) {
-            (Some(s), _) => Some(&s.tables),
-            (_, Some(d)) => Some(&d.tables),
+        match (&self.sqlite, &self.duckdb, &self.postgres) {
+            (Some(s), _, _) => Some(&s.tables),
+            (_, Some(d), _) => Some(&d.tables),
+            (_, _, Some(p)) => Some(&p.tables),
             _ => None,
         }
     }
@@ -330,6 +366,7 @@ mod tests {
             }),
             duckdb: None,
             files: None,
+            postgres: None,
             content: Content::Pages {
                 block_size: 4096,
                 blocks: 2,

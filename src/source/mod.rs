@@ -6,11 +6,12 @@
 
 pub mod duckdb;
 pub mod files;
+pub mod postgres;
 pub mod redact;
 pub mod sqlite;
 
 use crate::error::{Error, Result};
-use crate::repo::manifest::{Content, DatabaseInfo, DuckdbInfo, FilesInfo};
+use crate::repo::manifest::{Content, DatabaseInfo, DuckdbInfo, FilesInfo, PostgresInfo};
 use crate::repo::tree::TreeEntry;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,6 +22,7 @@ pub enum Kind {
     Sqlite,
     Duckdb,
     Files,
+    Postgres,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Sqlite => "sqlite",
             Kind::Duckdb => "duckdb",
             Kind::Files => "files",
+            Kind::Postgres => "postgres",
         }
     }
 
@@ -37,10 +40,11 @@ impl Kind {
             "sqlite" => Ok(Kind::Sqlite),
             "duckdb" => Ok(Kind::Duckdb),
             "files" => Ok(Kind::Files),
+            "postgres" | "postgresql" => Ok(Kind::Postgres),
             other => Err(Error::usage(format!(
                 "'{other}' is not a kind of source Lifeboat backs up"
             ))
-            .hint("use --kind sqlite, duckdb or files")),
+            .hint("use --kind sqlite, duckdb or files; a PostgreSQL database is given as postgres://USER@HOST:PORT/DB")),
         }
     }
 }
@@ -51,6 +55,7 @@ pub enum SourceFacts {
     Sqlite(DatabaseInfo),
     Duckdb(DuckdbInfo),
     Files(FilesInfo),
+    Postgres(PostgresInfo),
 }
 
 /// What a source's backup produced.
@@ -91,6 +96,10 @@ pub trait ContentWriter {
 /// (the entry's `chunks` are filled in); folders and links have none.
 pub trait TreeWriter {
     fn add(&mut self, entry: TreeEntry, data: Option<&mut dyn std::io::Read>) -> Result<()>;
+    /// Store a file's content now and return its chunk ids and size, for an entry added
+    /// later (with no data): a source that produces files out of path order stores each as
+    /// it is ready, then adds the entries in order.
+    fn store(&mut self, path: &str, data: &mut dyn std::io::Read) -> Result<(Vec<String>, u64)>;
 }
 
 /// Something to back up.
@@ -101,12 +110,40 @@ pub trait Source {
 }
 
 /// Open the source at `path` as a source of `kind` (given, or found by `detect`).
-pub fn open(path: &Path, kind: Kind, files: &files::FilesOptions) -> Result<Box<dyn Source>> {
+pub fn open(path: &Path, kind: Kind, options: &SourceOptions) -> Result<Box<dyn Source>> {
     Ok(match kind {
         Kind::Sqlite => Box::new(sqlite::SqliteSource::new(path)?),
         Kind::Duckdb => Box::new(duckdb::DuckdbSource::new(path)?),
-        Kind::Files => Box::new(files::FilesSource::new(path, files)?),
+        Kind::Files => Box::new(files::FilesSource::new(path, &options.files)?),
+        Kind::Postgres => Box::new(postgres_source(path, options)?),
     })
+}
+
+fn postgres_source(path: &Path, options: &SourceOptions) -> Result<postgres::PgSource> {
+    let uri = path.to_str().ok_or_else(|| Error::usage("a PostgreSQL URI must be UTF-8"))?;
+    if options.postgres_globals {
+        postgres::PgSource::globals(uri)
+    } else {
+        postgres::PgSource::new(uri, &options.postgres)
+    }
+}
+
+/// The options of every kind of source, as a backup was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    pub files: files::FilesOptions,
+    pub postgres: postgres::PgOptions,
+    /// Back up the PostgreSQL cluster's roles and tablespaces, not a database.
+    pub postgres_globals: bool,
+}
+
+/// How the source at `path` is recorded in manifests: the absolute path of a file or folder,
+/// or a PostgreSQL URI without its password (see [`postgres::PgSource::source_key`]).
+pub fn source_name(path: &Path, kind: Kind, options: &SourceOptions) -> Result<String> {
+    if kind == Kind::Postgres {
+        return Ok(postgres_source(path, options)?.source_key());
+    }
+    Ok(crate::ops::backup::absolute(path)?.display().to_string())
 }
 
 /// A source this user may not read is a bad source (exit 5), not a storage failure.
@@ -154,6 +191,9 @@ const DATABASE_SUFFIXES: &[&str] = &["db", "sqlite", "sqlite3", "db3", "duckdb",
 /// The kind of source at `path`: a folder is files, a file is known by its header (SQLite,
 /// DuckDB); any other file is files, unless its name says it is a database.
 pub fn detect(path: &Path) -> Result<Kind> {
+    if path.to_str().is_some_and(postgres::is_postgres_uri) {
+        return Ok(Kind::Postgres);
+    }
     let unreadable = |e: std::io::Error| unreadable(path, "cannot read", e);
     let meta = std::fs::metadata(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -216,6 +256,13 @@ pub trait Snapshot {
 /// `[retention.source."PATH"]`): absolute, symlinks resolved, no trailing slash. A path that
 /// does not exist (a deleted database) is resolved through its parent folder.
 pub fn source_key(path: &std::path::Path) -> String {
+    if let Some(key) = path
+        .to_str()
+        .filter(|p| postgres::is_postgres_uri(p))
+        .and_then(|p| postgres::conn::PgTarget::parse(p).ok())
+    {
+        return key.source_key();
+    }
     if let Ok(p) = path.canonicalize() {
         return p.display().to_string();
     }

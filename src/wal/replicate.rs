@@ -1300,7 +1300,7 @@ impl<'a> Replicator<'a> {
         let opts = BackupOptions {
             database: self.db.clone(),
             kind: Some(crate::source::Kind::Sqlite),
-            files: Default::default(),
+            source: Default::default(),
             run: None,
             description: None,
             tags: Vec::new(),

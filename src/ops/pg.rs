@@ -1,0 +1,611 @@
+//! PostgreSQL backups out of the repository: restore into a database (`pg_restore` of the
+//! stored dump, in parallel), write a standalone archive any `pg_restore` reads, and drills
+//! (restore into a throwaway database, compare tables and row counts with the manifest, run
+//! the user's check query, drop it, record the measured restore time).
+//!
+//! The dump is rebuilt into a private temporary folder first (every chunk checked against
+//! its id), then handed to `pg_restore`: a corrupt or missing object stops the restore
+//! before anything reaches the database.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ops::restore_tree::FolderTarget;
+use crate::ops::verify::Step;
+use crate::progress::Progress;
+use crate::repo::manifest::{Manifest, PostgresInfo};
+use crate::repo::Repository;
+use crate::source::postgres::archive::{self, TOC};
+use crate::source::postgres::cluster::Cluster;
+use crate::source::postgres::conn::{ClientEnv, PgTarget};
+use crate::source::postgres::tools::{self, client_failure, Psql};
+use crate::source::postgres::{connect, work_dir, GLOBALS_FILE};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// The PostgreSQL facts of a backup, or an error saying it is not one.
+pub fn pg_info(m: &Manifest) -> Result<&PostgresInfo> {
+    m.postgres.as_ref().ok_or_else(|| {
+        Error::usage(format!(
+            "backup {} is of {} ({}), not of a PostgreSQL database",
+            m.id, m.source.path, m.source.kind
+        ))
+        .hint("--to restores PostgreSQL backups; restore this one with --output")
+    })
+}
+
+/// How to restore into a database.
+#[derive(Debug, Clone, Default)]
+pub struct PgRestoreOptions {
+    /// `postgres://…/DB`: where to restore.
+    pub to: String,
+    /// Create the database (it must not exist).
+    pub create: bool,
+    /// Drop the objects the dump creates before creating them (`pg_restore --clean`).
+    pub clean: bool,
+    /// Parallel pg_restore jobs.
+    pub jobs: usize,
+    /// Leave ownership and privileges out (restoring onto a server without the same roles).
+    pub no_owner: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PgRestored {
+    /// The database restored into, as a URI without password.
+    pub target: String,
+    pub created: bool,
+    /// Rebuilding the dump from the repository.
+    pub rebuild_ms: u64,
+    /// pg_restore (or psql, for globals).
+    pub restore_ms: u64,
+    pub tables: usize,
+    pub rows: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Restore backup `m` into the database `opts.to`.
+pub fn restore_to_database(
+    repo: &Repository,
+    m: &Manifest,
+    opts: &PgRestoreOptions,
+    progress: &Progress,
+) -> Result<PgRestored> {
+    let info = pg_info(m)?;
+    let target = PgTarget::parse(&opts.to)?;
+    let work = work_dir("pg-restore")?;
+    let env = target.client_env(work.path())?;
+    if info.dump_format == "globals" {
+        return restore_globals(repo, m, &target, &env, work.path(), progress);
+    }
+    let created = prepare_database(&target, &env, opts.create, opts.clean)?;
+    let done = (|| {
+        let started = Instant::now();
+        let dump = rebuild(repo, m, work.path(), progress)?;
+        let rebuild_ms = started.elapsed().as_millis() as u64;
+        let started = Instant::now();
+        let warnings = pg_restore(&target, &env, &dump, info, opts)?;
+        Ok(PgRestored {
+            target: target.display(),
+            created,
+            rebuild_ms,
+            restore_ms: started.elapsed().as_millis() as u64,
+            tables: info.tables.len(),
+            rows: info.tables.values().sum(),
+            warnings,
+        })
+    })();
+    if done.is_err() && created {
+        // A database Lifeboat created and could not fill must not pass for a restored one.
+        if let Err(e) = drop_database(&target, &env) {
+            tracing::warn!("could not drop the half-restored database: {e}");
+        }
+    }
+    done
+}
+
+/// Check the target database, or create it. Returns whether it was created.
+fn prepare_database(target: &PgTarget, env: &ClientEnv, create: bool, clean: bool) -> Result<bool> {
+    let db = target.database();
+    match connect(target, env) {
+        Ok((psql, _)) => {
+            if create {
+                return Err(Error::usage(format!(
+                    "database {db} exists already at {}; --create makes a new one",
+                    target.server()
+                ))
+                .hint("restore into a new name with --create, or into this one without --create (with --clean --yes to replace what it holds)"));
+            }
+            let tables = psql.value(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'",
+            )?;
+            if tables.trim() != "0" && !clean {
+                return Err(Error::usage(format!(
+                    "database {db} at {} already holds {} tables, views or sequences",
+                    target.server(),
+                    tables.trim()
+                ))
+                .hint("restore into a new database with --create, or add --clean --yes to drop and recreate the objects the backup holds"));
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            if !create {
+                return Err(Error::not_found(format!(
+                    "database {db} does not exist at {}",
+                    target.server()
+                ))
+                .hint("add --create to create it"));
+            }
+            let maintenance = target.with_database("postgres");
+            let (psql, _) = connect(&maintenance, env)?;
+            psql.query(&format!("CREATE DATABASE {}", quote_ident(&db)))?;
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn drop_database(target: &PgTarget, env: &ClientEnv) -> Result<()> {
+    let maintenance = target.with_database("postgres");
+    let (psql, server) = connect(&maintenance, env)?;
+    let force = if server.version_num >= 130000 {
+        " WITH (FORCE)"
+    } else {
+        ""
+    };
+    psql.query(&format!(
+        "DROP DATABASE IF EXISTS {}{force}",
+        quote_ident(&target.database())
+    ))?;
+    Ok(())
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Rebuild the stored dump into `work/dump` (every chunk checked); returns that folder.
+fn rebuild(repo: &Repository, m: &Manifest, work: &Path, progress: &Progress) -> Result<PathBuf> {
+    let dump = work.join("dump");
+    let mut folder = FolderTarget::new(dump.clone(), false);
+    crate::ops::restore::restore(repo, m, &mut folder, progress)?;
+    Ok(dump)
+}
+
+fn pg_restore(
+    target: &PgTarget,
+    env: &ClientEnv,
+    dump: &Path,
+    info: &PostgresInfo,
+    opts: &PgRestoreOptions,
+) -> Result<Vec<String>> {
+    let (_, server) = connect(target, env)?;
+    let major = (server.version_num / 10000).max(info.server_version_num / 10000);
+    let client = tools::find("pg_restore", Some(major))?;
+    let err_path = dump.with_extension("err");
+    let err_file =
+        std::fs::File::create(&err_path).map_err(|e| Error::io("cannot create", &err_path, e))?;
+    let mut cmd = Command::new(&client.path);
+    cmd.args(["--no-password", "--format=directory"])
+        .arg(format!("--jobs={}", opts.jobs.max(1)))
+        .arg(format!("--dbname={}", target.display()));
+    if opts.clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    if opts.no_owner {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
+    cmd.arg(dump)
+        .env("PGAPPNAME", "lifeboat")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(err_file));
+    env.apply(&mut cmd);
+    let status = cmd
+        .status()
+        .map_err(|e| Error::io("cannot run", &client.path, e))?;
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if !status.success() {
+        let e = client_failure("pg_restore", target, &stderr);
+        return Err(Error::new(
+            e.kind,
+            format!("the restore into {} failed: {}", target.display(), e.message),
+        )
+        .hint(
+            "a role the dump names may be missing on this server (add --no-owner), or the \
+             database was not empty (add --clean --yes, or restore into a new one with --create)",
+        ));
+    }
+    Ok(stderr
+        .lines()
+        .filter(|l| l.contains("warning"))
+        .map(|l| l.to_string())
+        .collect())
+}
+
+fn restore_globals(
+    repo: &Repository,
+    m: &Manifest,
+    target: &PgTarget,
+    env: &ClientEnv,
+    work: &Path,
+    progress: &Progress,
+) -> Result<PgRestored> {
+    let started = Instant::now();
+    let dump = rebuild(repo, m, work, progress)?;
+    let rebuild_ms = started.elapsed().as_millis() as u64;
+    let (psql, _) = connect(target, env)?;
+    let started = Instant::now();
+    let mut cmd = Command::new(&psql.client.path);
+    // Roles that exist already fail their CREATE ROLE and the script goes on: the rest still
+    // applies (their ALTER ROLE sets the stored attributes and passwords).
+    cmd.args(["-X", "-q", "--no-password", "-f"])
+        .arg(dump.join(GLOBALS_FILE))
+        .arg(format!("--dbname={}", target.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    env.apply(&mut cmd);
+    let out = cmd
+        .output()
+        .map_err(|e| Error::io("cannot run", &psql.client.path, e))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(client_failure("psql", target, &stderr));
+    }
+    Ok(PgRestored {
+        target: target.display(),
+        created: false,
+        rebuild_ms,
+        restore_ms: started.elapsed().as_millis() as u64,
+        tables: 0,
+        rows: 0,
+        warnings: stderr
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+/// Write backup `m` as a tar-format archive at `output`, which `pg_restore` reads without
+/// Lifeboat (`pg_restore -d DB FILE`); a globals backup is written as its SQL script.
+pub fn write_archive(
+    repo: &Repository,
+    m: &Manifest,
+    output: &Path,
+    overwrite: bool,
+    progress: &Progress,
+) -> Result<u64> {
+    let info = pg_info(m)?;
+    if output.exists() && !overwrite {
+        return Err(Error::usage(format!("{} exists already", output.display()))
+            .hint("give a new file name, or add --yes to replace it"));
+    }
+    let parent = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = work_dir("pg-archive")?;
+    let dump = rebuild(repo, m, work.path(), progress)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".lifeboat-archive-")
+        .tempfile_in(parent)
+        .map_err(|e| Error::io("cannot create a file in", parent, e))?;
+    let written = if info.dump_format == "globals" {
+        let mut src = std::fs::File::open(dump.join(GLOBALS_FILE))
+            .map_err(|e| Error::io("cannot open", &dump, e))?;
+        std::io::copy(&mut src, tmp.as_file_mut())
+            .map_err(|e| Error::io("cannot write", output, e))?
+    } else {
+        write_tar(&dump, tmp.as_file_mut())?
+    };
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io("cannot write", output, e))?;
+    tmp.persist(output)
+        .map_err(|e| Error::io("cannot write", output, e.error))?;
+    Ok(written)
+}
+
+/// The tar format of pg_dump: `toc.dat`, then the data files in the order of the table of
+/// contents (pg_restore reads a tar front to back), large objects where their entry is,
+/// each `blob_<oid>.dat` before `blobs.toc`. Directory and tar archives share `toc.dat`
+/// (both name each entry's file the same way).
+fn write_tar(dump: &Path, out: &mut std::fs::File) -> Result<u64> {
+    let toc_bytes =
+        std::fs::read(dump.join(TOC)).map_err(|e| Error::io("cannot read", &dump.join(TOC), e))?;
+    let toc = archive::parse_toc(&toc_bytes)?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    let mut written = 0u64;
+    let mut add = |tar: &mut tar::Builder<_>, name: &str| -> Result<()> {
+        let path = dump.join(name);
+        let mut f = std::fs::File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| Error::io("cannot read", &path, e))?
+            .len();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(len);
+        header.set_mode(0o600);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, name, &mut f)
+            .map_err(|e| Error::io("cannot write the archive", &path, e))?;
+        written += len;
+        Ok(())
+    };
+    add(&mut tar, TOC)?;
+    for entry in toc.data_files() {
+        if entry.filename == "blobs.toc" {
+            let list = std::fs::read(dump.join("blobs.toc"))
+                .map_err(|e| Error::io("cannot read", &dump.join("blobs.toc"), e))?;
+            for line in String::from_utf8_lossy(&list).lines() {
+                if let Some(file) = line.split_whitespace().nth(1) {
+                    if !file.starts_with("blob_") || file.contains('/') {
+                        return Err(Error::integrity(format!(
+                            "blobs.toc names '{file}', which is not a large object's file"
+                        )));
+                    }
+                    add(&mut tar, file)?;
+                }
+            }
+        } else if entry.filename.contains('/') || entry.filename.starts_with('.') {
+            return Err(Error::integrity(format!(
+                "the dump's table of contents names the file '{}'",
+                entry.filename
+            )));
+        }
+        add(&mut tar, &entry.filename)?;
+    }
+    let inner = tar
+        .into_inner()
+        .map_err(|e| Error::io("cannot write", dump, e))?;
+    inner
+        .into_inner()
+        .map_err(|e| Error::io("cannot write", dump, e.into_error()))?;
+    Ok(written)
+}
+
+/// How to drill.
+#[derive(Debug, Clone, Default)]
+pub struct DrillOptions {
+    /// A server where a database may be created and dropped; else a throwaway local cluster.
+    pub server: Option<String>,
+    /// The user's check: SQL run in the restored database; it passes when it runs and its
+    /// first value is not false, 0 or empty.
+    pub query: Option<String>,
+    pub jobs: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub id: String,
+    pub ok: bool,
+    /// Where the drill restored (a URI without password, or "throwaway cluster").
+    pub restored_into: String,
+    /// Restore time objective as measured: rebuild from the repository plus pg_restore.
+    pub rto_ms: u64,
+    pub steps: Vec<Step>,
+}
+
+impl DrillReport {
+    fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.steps.push(Step {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+        });
+        self.ok &= ok;
+    }
+
+    pub fn first_failure(&self) -> Option<&str> {
+        self.steps.iter().find(|s| !s.ok).map(|s| s.name.as_str())
+    }
+}
+
+/// Restore `m` into a throwaway database, compare it with the manifest, run the check
+/// query, drop it; record the result beside the backup when it passed.
+pub fn drill(
+    repo: &Repository,
+    m: &Manifest,
+    opts: &DrillOptions,
+    progress: &Progress,
+) -> Result<DrillReport> {
+    let info = pg_info(m)?.clone();
+    if info.dump_format == "globals" {
+        return Err(Error::usage(format!(
+            "backup {} holds a server's roles and tablespaces, which a drill does not restore",
+            m.id
+        ))
+        .hint("drill the backups of its databases; `lifeboat verify` checks this one"));
+    }
+    let mut report = DrillReport {
+        id: m.id.clone(),
+        ok: true,
+        restored_into: String::new(),
+        rto_ms: 0,
+        steps: Vec::new(),
+    };
+    // The cluster (when local) outlives everything that connects to it.
+    let cluster;
+    let name = format!("lifeboat_drill_{}", m.id.to_ascii_lowercase());
+    let target = match &opts.server {
+        Some(uri) => {
+            let server = PgTarget::parse(uri)?;
+            report.restored_into = server.with_database(&name).display();
+            server.with_database(&name)
+        }
+        None => {
+            let major = info.server_version_num / 10000;
+            cluster = Cluster::start(major)?;
+            report.restored_into = format!("a throwaway PostgreSQL {major} cluster");
+            cluster.target(&name)?
+        }
+    };
+    let restore_opts = PgRestoreOptions {
+        to: String::new(),
+        create: true,
+        clean: false,
+        jobs: opts.jobs.max(1),
+        no_owner: true,
+    };
+    let work = work_dir("pg-drill")?;
+    let env = target.client_env(work.path())?;
+    // A drill's database left by a drill that was killed is dropped first.
+    if opts.server.is_some() {
+        drop_database(&target, &env)?;
+    }
+    prepare_database(&target, &env, true, false)?;
+    let result = drill_in(repo, m, &info, &target, &env, work.path(), &restore_opts, opts, progress, &mut report);
+    let dropped = drop_database(&target, &env);
+    result?;
+    match dropped {
+        Ok(()) => report.push("drop the drill's database", true, name),
+        Err(e) => report.push("drop the drill's database", false, e.to_string()),
+    }
+    if report.ok {
+        let record = serde_json::json!({
+            "drill": true,
+            "rto_ms": report.rto_ms,
+            "restored_into": report.restored_into,
+        });
+        if let Err(e) = crate::ops::forget::record_verified_with(repo, &m.id, record) {
+            tracing::warn!("could not record the drill of {}: {e}", m.id);
+        }
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn drill_in(
+    repo: &Repository,
+    m: &Manifest,
+    info: &PostgresInfo,
+    target: &PgTarget,
+    env: &ClientEnv,
+    work: &Path,
+    restore_opts: &PgRestoreOptions,
+    opts: &DrillOptions,
+    progress: &Progress,
+    report: &mut DrillReport,
+) -> Result<()> {
+    let started = Instant::now();
+    let dump = match rebuild(repo, m, work, progress) {
+        Ok(d) => d,
+        Err(e) if e.kind == ErrorKind::Integrity || e.kind == ErrorKind::NotFound => {
+            report.push("read and check every object", false, e.to_string());
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    report.push("read and check every object", true, "every chunk matches its id");
+    if let Err(e) = pg_restore(target, env, &dump, info, restore_opts) {
+        report.push("pg_restore", false, e.to_string());
+        return Ok(());
+    }
+    report.rto_ms = started.elapsed().as_millis() as u64;
+    report.push(
+        "pg_restore",
+        true,
+        format!("restored in {:.1} s", report.rto_ms as f64 / 1000.0),
+    );
+    let (psql, _) = connect(target, env)?;
+    compare_tables(&psql, info, report)?;
+    if info.large_objects > 0 {
+        let n = psql.value("SELECT count(*) FROM pg_largeobject_metadata")?;
+        let n: u64 = n.trim().parse().unwrap_or(u64::MAX);
+        report.push(
+            "large objects match",
+            n == info.large_objects,
+            format!("{n} of {}", info.large_objects),
+        );
+    }
+    if let Some(q) = &opts.query {
+        match psql.query(q) {
+            Ok(rows) => {
+                let first = rows
+                    .first()
+                    .and_then(|r| r.first())
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default();
+                let passed = !matches!(first.as_str(), "" | "f" | "false" | "0");
+                report.push(
+                    "check query",
+                    passed,
+                    format!("first value: {}", if first.is_empty() { "(none)" } else { &first }),
+                );
+            }
+            Err(e) => report.push("check query", false, e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+/// Tables of the restored database and their rows against the manifest.
+fn compare_tables(psql: &Psql, info: &PostgresInfo, report: &mut DrillReport) -> Result<()> {
+    let present: std::collections::BTreeSet<String> = psql
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%'",
+        )?
+        .into_iter()
+        .filter_map(|r| Some(archive::table_key(r.first()?, r.get(1)?)))
+        .collect();
+    let missing: Vec<&String> = info.tables.keys().filter(|k| !present.contains(*k)).collect();
+    report.push(
+        "tables match",
+        missing.is_empty(),
+        if missing.is_empty() {
+            format!("{} tables", info.tables.len())
+        } else {
+            format!("missing after the restore: {}", join_some(&missing))
+        },
+    );
+    let keys: Vec<&String> = info.tables.keys().filter(|k| present.contains(*k)).collect();
+    let mut wrong = Vec::new();
+    for batch in keys.chunks(200) {
+        let mut sql = Vec::new();
+        for (i, key) in batch.iter().enumerate() {
+            sql.push(format!("SELECT {i}, count(*) FROM ONLY {}", archive::key_to_sql(key)?));
+        }
+        let rows = psql.query(&sql.join(" UNION ALL "))?;
+        for r in rows {
+            let (Some(i), Some(n)) = (r.first(), r.get(1)) else {
+                continue;
+            };
+            let (Ok(i), Ok(n)) = (i.parse::<usize>(), n.parse::<u64>()) else {
+                continue;
+            };
+            let Some(key) = batch.get(i) else { continue };
+            let want = info.tables[*key];
+            if n != want {
+                wrong.push(format!("{key}: {n} rows, backed up {want}"));
+            }
+        }
+    }
+    let rows: u64 = info.tables.values().sum();
+    report.push(
+        "row counts match",
+        wrong.is_empty() && missing.is_empty(),
+        if wrong.is_empty() {
+            format!("{rows} rows")
+        } else {
+            join_some(&wrong)
+        },
+    );
+    Ok(())
+}
+
+fn join_some<T: std::fmt::Display>(items: &[T]) -> String {
+    let shown: Vec<String> = items.iter().take(5).map(|i| i.to_string()).collect();
+    if items.len() > 5 {
+        format!("{} and {} more", shown.join(", "), items.len() - 5)
+    } else {
+        shown.join(", ")
+    }
+}

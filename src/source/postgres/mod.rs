@@ -1,0 +1,425 @@
+//! PostgreSQL (logical): a database dumped by `pg_dump` in directory format without
+//! compression, stored as a tree (`toc.dat` and one file per table), so each table is its own
+//! stream of content-defined chunks: a table that did not change stores nothing, one that
+//! changed a little stores a few chunks. Lifeboat compresses and encrypts; pg_dump does not
+//! (compressed data would not deduplicate). docs/POSTGRES.md has the measurements behind the
+//! choice.
+//!
+//! Facts come from the dump itself, so they match its snapshot exactly: rows per table
+//! (lines of each COPY data file), large objects, a checksum of the schema (from the table of
+//! contents); the server's version and the database's size from one query before the dump.
+
+pub mod archive;
+pub mod cluster;
+pub mod conn;
+pub mod follow;
+pub mod tools;
+
+use crate::error::{Error, Result};
+use crate::repo::manifest::PostgresInfo;
+use crate::repo::tree::{EntryKind, TreeEntry};
+use crate::source::{BackedUp, ContentWriter, Kind, Source, SourceFacts, TreeWriter};
+use archive::{Counting, RowCounter, TOC};
+use conn::{ClientEnv, PgTarget};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use tools::{client_failure, Client, Psql};
+
+pub use conn::is_postgres_uri;
+
+/// What to dump of a database.
+#[derive(Debug, Clone, Default)]
+pub struct PgOptions {
+    /// `--schema` (only these schemas; pg_dump patterns).
+    pub schemas: Vec<String>,
+    /// `--exclude-table` (pg_dump patterns).
+    pub exclude_tables: Vec<String>,
+    /// Parallel pg_dump workers (`--jobs`), at least 1.
+    pub jobs: usize,
+}
+
+/// The name of the one file of a globals backup.
+pub const GLOBALS_FILE: &str = "globals.sql";
+
+/// A PostgreSQL database (or, with `globals`, a cluster's roles and tablespaces).
+pub struct PgSource {
+    target: PgTarget,
+    opts: PgOptions,
+    globals: bool,
+}
+
+impl PgSource {
+    pub fn new(uri: &str, opts: &PgOptions) -> Result<PgSource> {
+        Ok(PgSource {
+            target: PgTarget::parse(uri)?,
+            opts: opts.clone(),
+            globals: false,
+        })
+    }
+
+    /// The roles and tablespaces of the cluster at `uri` (`pg_dumpall --globals-only`).
+    pub fn globals(uri: &str) -> Result<PgSource> {
+        Ok(PgSource {
+            target: PgTarget::parse(uri)?,
+            opts: PgOptions::default(),
+            globals: true,
+        })
+    }
+
+    /// How backups of this source are named: the URI without password, user, host, port
+    /// and database filled in (`postgres://app@db:5432/shop`); `postgres://app@db:5432/`
+    /// for the globals.
+    pub fn source_key(&self) -> String {
+        if self.globals {
+            self.target.with_database("").source_key()
+        } else {
+            self.target.source_key()
+        }
+    }
+}
+
+/// The folder for a dump's temporary files: private (0700), in `LIFEBOAT_TEMP_DIR` or the
+/// system's temp folder, removed when dropped.
+pub fn work_dir(what: &str) -> Result<tempfile::TempDir> {
+    let base = crate::ops::verify::temp_dir();
+    tempfile::Builder::new()
+        .prefix(&format!("lifeboat-{what}-"))
+        .tempdir_in(&base)
+        .map_err(|e| {
+            Error::io("cannot create a temporary folder in", &base, e).hint(
+                "set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data",
+            )
+        })
+}
+
+/// The server's version and the database's size; the first connection, so a wrong password,
+/// an unreachable server or a missing database is reported here, before anything runs.
+pub struct ServerFacts {
+    pub version: String,
+    pub version_num: u32,
+    pub database_bytes: u64,
+}
+
+pub fn server_facts(psql: &Psql) -> Result<ServerFacts> {
+    let row = psql
+        .query(
+            "SELECT current_setting('server_version'), current_setting('server_version_num'), \
+             pg_database_size(current_database())",
+        )?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    let (Some(version), Some(num), Some(size)) = (row.first(), row.get(1), row.get(2)) else {
+        return Err(Error::source(format!(
+            "PostgreSQL at {} did not say its version",
+            psql.target.display()
+        )));
+    };
+    Ok(ServerFacts {
+        version: version.clone(),
+        version_num: num.trim().parse().unwrap_or(0),
+        database_bytes: size.trim().parse().unwrap_or(0),
+    })
+}
+
+/// Connect: the password file, psql, and the server's facts.
+pub fn connect<'a>(
+    target: &'a PgTarget,
+    env: &'a ClientEnv,
+) -> Result<(Psql<'a>, ServerFacts)> {
+    let psql = Psql {
+        client: tools::find("psql", None)?,
+        target,
+        env,
+    };
+    let facts = server_facts(&psql)?;
+    Ok((psql, facts))
+}
+
+impl Source for PgSource {
+    fn kind(&self) -> Kind {
+        Kind::Postgres
+    }
+
+    fn back_up(&mut self, writer: &mut dyn ContentWriter) -> Result<BackedUp> {
+        let work = work_dir("pg-dump")?;
+        let env = self.target.client_env(work.path())?;
+        let (_psql, server) = connect(&self.target, &env)?;
+        let major = server.version_num / 10000;
+        let mut info = PostgresInfo {
+            database: if self.globals {
+                String::new()
+            } else {
+                self.target.database()
+            },
+            server: self.target.server(),
+            user: self.target.user(),
+            server_version: server.version,
+            server_version_num: server.version_num,
+            database_bytes: server.database_bytes,
+            schemas: self.opts.schemas.clone(),
+            excluded_tables: self.opts.exclude_tables.clone(),
+            ..PostgresInfo::default()
+        };
+        if self.globals {
+            let dumpall = tools::find("pg_dumpall", Some(major))?;
+            info.client_version = dumpall.version.clone();
+            info.dump_format = "globals".into();
+            info.database_bytes = 0;
+            let content = dump_globals(&self.target, &env, &dumpall, writer)?;
+            return Ok(BackedUp {
+                content,
+                facts: SourceFacts::Postgres(info),
+                warnings: Vec::new(),
+            });
+        }
+        let pg_dump = tools::find("pg_dump", Some(major))?;
+        info.client_version = pg_dump.version.clone();
+        info.dump_format = "directory".into();
+        let dir = work.path().join("dump");
+        crate::storage::local::create_private_dir(&dir)?;
+        let mut cmd = Command::new(&pg_dump.path);
+        cmd.args(["--format=directory", "--compress=0", "--no-password"])
+            .arg(format!("--jobs={}", self.opts.jobs.max(1)))
+            .arg(format!("--file={}", dir.display()))
+            .arg(format!("--lock-wait-timeout={}", lock_wait_ms()));
+        for s in &self.opts.schemas {
+            cmd.arg(format!("--schema={s}"));
+        }
+        for t in &self.opts.exclude_tables {
+            cmd.arg(format!("--exclude-table={t}"));
+        }
+        cmd.arg(format!("--dbname={}", self.target.display()))
+            .env("PGAPPNAME", "lifeboat")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr_file(work.path())?));
+        env.apply(&mut cmd);
+        let mut folder = follow::DumpFolder::start(&dir, cmd)?;
+        let mut dumped = Dumped::default();
+        let content = writer.tree(&mut |tree| ingest(&mut folder, tree, &mut dumped));
+        // pg_dump's own account of a failure explains more than what it left behind.
+        let status = folder.wait();
+        let stderr = std::fs::read_to_string(work.path().join("pg_dump.err")).unwrap_or_default();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(_) => return Err(client_failure("pg_dump", &self.target, &stderr)),
+            Err(e) => return Err(e),
+        }
+        let content = content?;
+        let toc = archive::parse_toc(&dumped.toc)?;
+        for (file, table) in toc.table_files() {
+            let rows = dumped.rows.get(&file).copied().flatten().ok_or_else(|| {
+                Error::source(format!(
+                    "pg_dump's data file {file} of table {table} is missing or incomplete"
+                ))
+                .hint("nothing was committed; run the backup again, and check pg_dump's messages")
+            })?;
+            info.tables.insert(table, rows);
+        }
+        info.large_objects = dumped.blobs;
+        info.schema_sha256 = toc.schema_sha256();
+        let mut warnings = Vec::new();
+        for line in stderr.lines().filter(|l| l.contains("warning")) {
+            warnings.push(format!("pg_dump: {line}"));
+        }
+        Ok(BackedUp {
+            content,
+            facts: SourceFacts::Postgres(info),
+            warnings,
+        })
+    }
+}
+
+/// `--lock-wait-timeout` for pg_dump: `LIFEBOAT_BUSY_TIMEOUT` seconds (default 30), so a
+/// table locked by a long migration fails the backup with a message instead of hanging it.
+fn lock_wait_ms() -> u64 {
+    std::env::var("LIFEBOAT_BUSY_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(30_000, |s| (s.min(86_400.0) * 1000.0) as u64)
+        .max(1)
+}
+
+fn stderr_file(dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = dir.join("pg_dump.err");
+    std::fs::File::create(&path).map_err(|e| Error::io("cannot create", &path, e))
+}
+
+/// What the files of a dump held, besides their chunks.
+#[derive(Default)]
+struct Dumped {
+    toc: Vec<u8>,
+    /// Data file → rows (`None`: the file did not end as complete table data does).
+    rows: BTreeMap<String, Option<u64>>,
+    blobs: u64,
+}
+
+/// Store every file of the dump as pg_dump writes it, then add the tree's entries in path
+/// order: the root folder, then the files.
+fn ingest(
+    folder: &mut follow::DumpFolder,
+    tree: &mut dyn TreeWriter,
+    dumped: &mut Dumped,
+) -> Result<()> {
+    let now = jiff::Timestamp::now().as_nanosecond() as i64;
+    let mut entries = Vec::new();
+    while let Some(name) = folder.next_file()? {
+        let keep_bytes = name == TOC || name == "blobs.toc";
+        let is_table_data = name.ends_with(".dat") && !name.starts_with("blob_") && name != TOC;
+        let mut counter = RowCounter::default();
+        let mut kept = Vec::new();
+        let (chunks, size) = {
+            let growing = folder.open(&name)?;
+            let mut reader = Counting {
+                inner: growing,
+                counter: &mut counter,
+            };
+            if keep_bytes {
+                let mut tee = Tee {
+                    inner: &mut reader,
+                    copy: &mut kept,
+                };
+                tree.store(&name, &mut tee)?
+            } else {
+                tree.store(&name, &mut reader)?
+            }
+        };
+        if is_table_data {
+            dumped.rows.insert(name.clone(), counter.rows());
+        }
+        if name == TOC {
+            dumped.toc = kept;
+        } else if name == "blobs.toc" {
+            dumped.blobs = archive::count_blobs(&kept);
+        }
+        // Stored: its room in the temporary folder is free for what pg_dump writes next.
+        let _ = std::fs::remove_file(folder.path(&name));
+        entries.push(TreeEntry {
+            path: name,
+            path_hex: None,
+            kind: EntryKind::File,
+            mode: 0o600,
+            mtime_ns: now,
+            size,
+            target: None,
+            target_hex: None,
+            chunks,
+        });
+    }
+    if dumped.toc.is_empty() {
+        // pg_dump failed before writing its table of contents; its exit status says why.
+        return Ok(());
+    }
+    tree.add(root_entry(now), None)?;
+    entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    for e in entries {
+        tree.add(e, None)?;
+    }
+    Ok(())
+}
+
+fn root_entry(now: i64) -> TreeEntry {
+    TreeEntry {
+        path: String::new(),
+        path_hex: None,
+        kind: EntryKind::Dir,
+        mode: 0o700,
+        mtime_ns: now,
+        size: 0,
+        target: None,
+        target_hex: None,
+        chunks: Vec::new(),
+    }
+}
+
+/// A reader that keeps a copy of what it passes on (the small files Lifeboat reads itself).
+struct Tee<'a, R> {
+    inner: R,
+    copy: &'a mut Vec<u8>,
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// `pg_dumpall --globals-only`, streamed into a tree of one file.
+fn dump_globals(
+    target: &PgTarget,
+    env: &ClientEnv,
+    dumpall: &Client,
+    writer: &mut dyn ContentWriter,
+) -> Result<crate::repo::manifest::Content> {
+    let work = work_dir("pg-globals")?;
+    let mut cmd = Command::new(&dumpall.path);
+    cmd.args(["--globals-only", "--no-password"])
+        .arg(format!("--dbname={}", target.display()))
+        .env("PGAPPNAME", "lifeboat")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(stderr_file(work.path())?));
+    env.apply(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("cannot run", &dumpall.path, e))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::internal("pg_dumpall has no stdout"))?;
+    let now = jiff::Timestamp::now().as_nanosecond() as i64;
+    let content = writer.tree(&mut |tree| {
+        let (chunks, size) = tree.store(GLOBALS_FILE, &mut stdout)?;
+        tree.add(root_entry(now), None)?;
+        tree.add(
+            TreeEntry {
+                path: GLOBALS_FILE.into(),
+                path_hex: None,
+                kind: EntryKind::File,
+                mode: 0o600,
+                mtime_ns: now,
+                size,
+                target: None,
+                target_hex: None,
+                chunks,
+            },
+            None,
+        )
+    });
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("cannot wait for", &dumpall.path, e))?;
+    if !status.success() {
+        let stderr = std::fs::read_to_string(work.path().join("pg_dump.err")).unwrap_or_default();
+        return Err(client_failure("pg_dumpall", target, &stderr));
+    }
+    content
+}
+
+/// The databases of the server at `uri` that accept connections (templates left out), as
+/// URIs of the same server and user; the password stays in them.
+pub fn list_databases(uri: &str) -> Result<Vec<String>> {
+    let target = PgTarget::parse(uri)?;
+    // Any database answers the question; `postgres` exists unless dropped on purpose.
+    let probe = if target.names_database() {
+        target.clone()
+    } else {
+        target.with_database("postgres")
+    };
+    let work = work_dir("pg-list")?;
+    let env = probe.client_env(work.path())?;
+    let (psql, _) = connect(&probe, &env)?;
+    let names = psql.query(
+        "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname",
+    )?;
+    Ok(names
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .map(|db| conn::with_database_keeping_password(uri, &db))
+        .collect::<Result<Vec<_>>>()?)
+}
