@@ -19,6 +19,19 @@ need strace || missing+=(strace)
 # Node and npm for Azurite, the Azure Blob emulator (its npm package needs no newer Node than Debian's).
 need node || missing+=(nodejs)
 need npm || missing+=(npm)
+# PostgreSQL for the pg_dump/pg_restore tests (tests/common/postgres.rs starts its own servers):
+# Debian keeps initdb and pg_ctl off PATH, in /usr/lib/postgresql/<major>/bin.
+pg_bin_dir() {
+  local d major best="" best_major=-1
+  for d in /usr/lib/postgresql/*/bin; do
+    major=${d#/usr/lib/postgresql/}; major=${major%/bin}
+    if [[ -x $d/initdb && $major =~ ^[0-9]+$ ]] && ((major > best_major)); then
+      best=$d; best_major=$major
+    fi
+  done
+  echo "$best"
+}
+[ -n "$(pg_bin_dir)" ] || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
@@ -95,6 +108,12 @@ if [ ! -x .ci/node/node_modules/.bin/azurite-blob ] || [ "$found" != "$AZURITE_V
   [ "$found" = "$AZURITE_VERSION" ] || { echo "azurite is $found after installing $AZURITE_VERSION" >&2; exit 1; }
 fi
 export LIFEBOAT_AZURITE="$PWD/.ci/node/node_modules/.bin/azurite-blob"
+# The newest installed PostgreSQL, unless the caller chose one.
+if [ -z "${LIFEBOAT_PG_BIN:-}" ]; then
+  LIFEBOAT_PG_BIN=$(pg_bin_dir)
+  [ -n "$LIFEBOAT_PG_BIN" ] || { echo "no /usr/lib/postgresql/*/bin/initdb after installing postgresql" >&2; exit 1; }
+fi
+export LIFEBOAT_PG_BIN
 echo "== benchmark report verdicts (bench/test_report.py)"
 python3 -m unittest discover -s bench -p 'test_*.py'
 echo "== cargo test"

@@ -6,6 +6,7 @@ pub mod attacker;
 pub mod azure;
 pub mod fault_proxy;
 pub mod gcs;
+pub mod postgres;
 pub mod s3;
 pub mod server;
 pub mod store_scenarios;
