@@ -33,6 +33,20 @@ pub struct FileConfig {
     pub target: BTreeMap<String, TargetConfig>,
     /// `lifeboat replicate`: `[replicate]` and `[replicate.source."PATH"]`.
     pub replicate: Option<ReplicateSection>,
+    /// `lifeboat drill`: `[drill]`.
+    pub drill: Option<DrillSection>,
+}
+
+/// Settings of restore drills.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillSection {
+    /// SQL run in the restored database; the drill passes when it runs and its first value
+    /// is not false, 0 or empty (e.g. `SELECT count(*) > 0 FROM orders`).
+    pub query: Option<String>,
+    /// A server where drills may create and drop a database, instead of a throwaway local
+    /// cluster (postgres://USER@HOST/).
+    pub server: Option<String>,
 }
 
 /// Settings of continuous replication, for every database or one (`[replicate.source."PATH"]`

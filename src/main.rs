@@ -289,9 +289,26 @@ enum Command {
         /// 2026-11-11T14:29:59Z) or `latest`: a base, then every commit up to it.
         #[arg(long, conflicts_with_all = ["id", "run"])]
         at: Option<String>,
-        /// Write a new database file (or, for a files backup, a new folder) here.
-        #[arg(long, conflicts_with = "db", required_unless_present_any = ["db", "run"])]
+        /// Write a new database file (a files backup: a new folder; a PostgreSQL backup: a
+        /// tar archive that `pg_restore -d DB FILE` reads without Lifeboat) here.
+        #[arg(long, conflicts_with = "db", required_unless_present_any = ["db", "run", "to"])]
         output: Option<PathBuf>,
+        /// Restore a PostgreSQL backup into this database (postgres://USER@HOST:PORT/DB).
+        #[arg(long, conflicts_with_all = ["db", "output", "run", "at"])]
+        to: Option<String>,
+        /// With --to: create the database first (it must not exist yet).
+        #[arg(long, requires = "to")]
+        create: bool,
+        /// With --to: drop the objects the backup holds from the database before restoring
+        /// them (with --yes).
+        #[arg(long, requires = "to")]
+        clean: bool,
+        /// With --to: tables restored at once (pg_restore --jobs).
+        #[arg(long, requires = "to", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
+        /// With --to: leave ownership and privileges out (a server without the same roles).
+        #[arg(long, requires = "to")]
+        no_owner: bool,
         /// Restore every backup of this run (`lifeboat list` shows runs) into --output-dir.
         #[arg(long, conflicts_with_all = ["id", "output", "db", "source"], requires = "output_dir")]
         run: Option<String>,
@@ -310,6 +327,29 @@ enum Command {
         /// With --db: restore a backup taken of another database over it.
         #[arg(long)]
         force: bool,
+    },
+    /// Prove a PostgreSQL backup restores: into a throwaway database, tables and row counts
+    /// compared with the backup, the check query run, then dropped; the restore time is
+    /// recorded beside the backup.
+    #[command(
+        after_help = "Without --drill-server the drill starts a throwaway PostgreSQL cluster of the \
+        backup's major version (initdb and pg_ctl must be installed). The check query is \
+        `drill.query` in lifeboat.toml; it passes when it runs and its first value is not false, \
+        0 or empty."
+    )]
+    Drill {
+        /// Backup id, unambiguous prefix, or `latest`.
+        id: String,
+        /// Pick the backup among those of this database.
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// A server where the drill may create and drop a database (postgres://USER@HOST/).
+        /// Default: `drill.server` in lifeboat.toml, else a throwaway local cluster.
+        #[arg(long, env = "LIFEBOAT_DRILL_SERVER")]
+        drill_server: Option<String>,
+        /// Tables restored at once (pg_restore --jobs).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
     },
     /// Create, check or measure the repository.
     Repo {
@@ -662,15 +702,41 @@ fn run(cli: Cli) -> Result<i32> {
         } => cmd_replicate(&ctx, databases, interval, base_every, init),
         Command::Timeline { database } => cmd_timeline(&ctx, &database),
         Command::Restore {
-            id: _,
+            id: Some(id),
+            to: Some(to),
+            source,
+            create,
+            clean,
+            jobs,
+            no_owner,
+            yes,
+            ..
+        } => cmd_restore_pg(
+            &ctx,
+            &id,
+            source,
+            lifeboat::ops::pg::PgRestoreOptions {
+                to,
+                create,
+                clean,
+                jobs: jobs as usize,
+                no_owner,
+            },
+            yes,
+        ),
+        Command::Drill {
+            id,
+            source,
+            drill_server,
+            jobs,
+        } => cmd_drill(&ctx, &id, source, drill_server, jobs as usize),
+        Command::Restore {
             at,
             output,
-            run: _,
-            output_dir: _,
             db,
             source,
             yes,
-            force: _,
+            ..
         } if at.is_some() => cmd_restore_at(
             &ctx,
             at.as_deref().unwrap_or("latest"),
@@ -680,7 +746,6 @@ fn run(cli: Cli) -> Result<i32> {
         ),
         Command::Restore {
             id,
-            at: _,
             output,
             run,
             output_dir,
@@ -688,6 +753,7 @@ fn run(cli: Cli) -> Result<i32> {
             source,
             yes,
             force,
+            ..
         } => match (run, output_dir, id) {
             (Some(run), Some(dir), _) => cmd_restore_run(&ctx, &run, &dir, yes),
             (_, _, Some(id)) => cmd_restore(
@@ -758,7 +824,9 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let mut sources: Vec<(PathBuf, bool)> = Vec::new();
     for source in a.sources {
         if a.all_databases {
-            let uri = source.to_str().filter(|s| lifeboat::source::postgres::is_postgres_uri(s));
+            let uri = source
+                .to_str()
+                .filter(|s| lifeboat::source::postgres::is_postgres_uri(s));
             let Some(uri) = uri else {
                 return Err(lifeboat::error::Error::usage(format!(
                     "--all-databases needs a PostgreSQL server's URI, not {}",
@@ -992,6 +1060,7 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
         .filter(|m| tag.as_ref().is_none_or(|t| m.tags.contains(t)))
         .collect();
     let pinned = lifeboat::ops::forget::pinned_ids(&repo)?;
+    let verified = lifeboat::ops::forget::verification_records(&repo)?;
     ctx.record(&repo);
     if ctx.json {
         let rows: Vec<_> = backups
@@ -999,6 +1068,7 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
             .map(|m| {
                 let mut row = summary_json(m);
                 row["pinned"] = json!(pinned.contains(&m.id));
+                row["verified"] = verified.get(&m.id).cloned().unwrap_or(json!(null));
                 row
             })
             .collect();
@@ -1008,6 +1078,8 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
     // The RUN column only when some backups were taken together; theirs sort together, as
     // their ids share the run's time.
     let runs = backups.iter().any(|m| m.run.is_some());
+    // The VERIFIED column only when some backup was verified or drilled.
+    let any_verified = backups.iter().any(|m| verified.contains_key(&m.id));
     let rows: Vec<Vec<String>> = backups
         .iter()
         .map(|m| {
@@ -1026,6 +1098,11 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
                 m.source.kind.clone(),
                 bytes(m.logical_bytes()),
                 bytes(m.stored.new_stored_bytes),
+            ]);
+            if any_verified {
+                row.push(verified.get(&m.id).map(verified_cell).unwrap_or_default());
+            }
+            row.extend([
                 printable(&tags.join(",")),
                 printable(&m.source.path),
                 printable(m.description.as_deref().unwrap_or_default()),
@@ -1037,7 +1114,11 @@ fn cmd_list(ctx: &Ctx, source: Option<PathBuf>, tag: Option<String>) -> Result<i
     if runs {
         header.push("RUN".into());
     }
-    header.extend(["KIND", "SIZE", "STORED", "TAGS", "SOURCE", "DESCRIPTION"].map(String::from));
+    header.extend(["KIND", "SIZE", "STORED"].map(String::from));
+    if any_verified {
+        header.push("VERIFIED".into());
+    }
+    header.extend(["TAGS", "SOURCE", "DESCRIPTION"].map(String::from));
     let right_aligned: Vec<bool> = header
         .iter()
         .map(|h| h == "SIZE" || h == "STORED")
@@ -1189,15 +1270,33 @@ fn describe_content(m: &Manifest) -> String {
     )
 }
 
+/// A verification record in a word or two: the day it passed, and a drill's restore time.
+fn verified_cell(record: &serde_json::Value) -> String {
+    let day = record["verified"]
+        .as_str()
+        .and_then(|t| t.get(..10))
+        .unwrap_or("yes")
+        .to_string();
+    match record["rto_ms"].as_u64() {
+        Some(ms) => format!("{day} drill {:.1}s", ms as f64 / 1000.0),
+        None => day,
+    }
+}
+
 fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let source = source.as_deref().map(source_key);
     let m = repo.resolve(id, source.as_deref())?;
+    let verified = lifeboat::ops::forget::verification_records(&repo)?.remove(&m.id);
     ctx.record(&repo);
     if ctx.json {
+        let mut value = serde_json::to_value(&m).map_err(|e| Error::internal(e.to_string()))?;
+        if let (Some(v), Some(obj)) = (&verified, value.as_object_mut()) {
+            obj.insert("verified".into(), v.clone());
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&m).map_err(|e| Error::internal(e.to_string()))?
+            serde_json::to_string_pretty(&value).map_err(|e| Error::internal(e.to_string()))?
         );
         return Ok(0);
     }
@@ -1213,6 +1312,17 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
     }
     if let Some(v) = &m.verification {
         println!("checked      {v} (at backup time)");
+    }
+    if let Some(v) = &verified {
+        let mut line = format!("verified     {}", v["verified"].as_str().unwrap_or("?"));
+        if let Some(ms) = v["rto_ms"].as_u64() {
+            line.push_str(&format!(
+                " by a drill: restored in {:.1} s into {}",
+                ms as f64 / 1000.0,
+                v["restored_into"].as_str().unwrap_or("?")
+            ));
+        }
+        println!("{line}");
     }
     if let Some(d) = &m.description {
         println!("description  {}", printable(d));
@@ -1233,6 +1343,31 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
     }
     if let Some(d) = &m.duckdb {
         println!("duckdb       {}", d.duckdb_version);
+    }
+    if let Some(p) = &m.postgres {
+        println!(
+            "server       PostgreSQL {} at {}",
+            p.server_version, p.server
+        );
+        println!(
+            "dumped by    pg_dump {} ({} format)",
+            p.client_version, p.dump_format
+        );
+        if p.dump_format != "globals" {
+            println!(
+                "database     {} ({} on the server)",
+                p.database,
+                bytes(p.database_bytes)
+            );
+            println!("schema hash  {}", p.schema_sha256);
+            println!("large objs   {}", p.large_objects);
+        }
+        if !p.schemas.is_empty() {
+            println!("schemas      {}", p.schemas.join(", "));
+        }
+        if !p.excluded_tables.is_empty() {
+            println!("excluded     {}", p.excluded_tables.join(", "));
+        }
     }
     if let Some(sha) = m.image_sha256() {
         println!("sha256       {sha}");
@@ -1412,6 +1547,9 @@ fn cmd_restore(
         );
     }
     let progress = ctx.progress();
+    if m.postgres.is_some() {
+        return restore_pg_archive(ctx, &repo, &m, to, agreed.yes, &progress);
+    }
     let to = match (to.output, to.db) {
         (Some(path), _) => Destination::New {
             path,
@@ -1474,6 +1612,159 @@ fn cmd_restore(
         print_restored(&m, &out);
     }
     Ok(0)
+}
+
+/// A PostgreSQL backup with --output: a tar archive pg_restore reads (or, for globals, their
+/// SQL script).
+fn restore_pg_archive(
+    ctx: &Ctx,
+    repo: &Repository,
+    m: &Manifest,
+    to: RestoreTo,
+    yes: bool,
+    progress: &lifeboat::progress::Progress,
+) -> Result<i32> {
+    let Some(output) = to.output else {
+        return Err(Error::usage(format!(
+            "backup {} is of the PostgreSQL database {}, which is restored into a database, not over a file",
+            m.id, m.source.path
+        ))
+        .hint("give --to postgres://USER@HOST:PORT/DB (with --create for a new database), or --output FILE for an archive pg_restore reads"));
+    };
+    let started = std::time::Instant::now();
+    let written = lifeboat::ops::pg::write_archive(repo, m, &output, yes, progress)?;
+    ctx.record(repo);
+    let globals = m
+        .postgres
+        .as_ref()
+        .is_some_and(|p| p.dump_format == "globals");
+    if ctx.json {
+        println!(
+            "{}",
+            json!({
+                "id": m.id, "source": m.source.path, "output": output,
+                "format": if globals { "sql" } else { "tar" },
+                "bytes": written, "duration_ms": started.elapsed().as_millis() as u64,
+            })
+        );
+    } else if globals {
+        println!(
+            "wrote the roles and tablespaces of backup {} to {} ({}; apply with psql -f)",
+            m.id,
+            output.display(),
+            bytes(written)
+        );
+    } else {
+        println!(
+            "wrote backup {} of {} to {} ({}, a pg_dump tar archive; restore it with pg_restore -d DB {})",
+            m.id,
+            m.source.path,
+            output.display(),
+            bytes(written),
+            output.display()
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_restore_pg(
+    ctx: &Ctx,
+    id: &str,
+    source: Option<PathBuf>,
+    opts: lifeboat::ops::pg::PgRestoreOptions,
+    yes: bool,
+) -> Result<i32> {
+    if opts.clean && !yes {
+        confirm(
+            &format!(
+                "Drop the objects the backup holds from {} and restore them?",
+                lifeboat::source::postgres::conn::redact_uri_text(&opts.to)
+            ),
+            "--clean drops tables from the target database: it needs confirmation",
+            "add --yes to go on without asking",
+        )?;
+    }
+    let repo = ctx.open_repo()?;
+    let source = source.as_deref().map(source_key);
+    let m = repo.resolve(id, source.as_deref())?;
+    ctx.record(&repo);
+    let out = lifeboat::ops::pg::restore_to_database(&repo, &m, &opts, &ctx.progress())?;
+    if ctx.json {
+        println!(
+            "{}",
+            json!({
+                "id": m.id, "source": m.source.path, "restored": out,
+            })
+        );
+    } else {
+        println!(
+            "restored backup {} of {} into {}{} ({} tables, {} rows; rebuilt in {:.1} s, pg_restore {:.1} s)",
+            m.id,
+            m.source.path,
+            out.target,
+            if out.created { " (created)" } else { "" },
+            out.tables,
+            out.rows,
+            out.rebuild_ms as f64 / 1000.0,
+            out.restore_ms as f64 / 1000.0
+        );
+        for w in &out.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_drill(
+    ctx: &Ctx,
+    id: &str,
+    source: Option<PathBuf>,
+    server: Option<String>,
+    jobs: usize,
+) -> Result<i32> {
+    let repo = ctx.open_repo()?;
+    let source = source.as_deref().map(source_key);
+    let m = repo.resolve(id, source.as_deref())?;
+    let drill = ctx.file.drill.clone().unwrap_or_default();
+    let opts = lifeboat::ops::pg::DrillOptions {
+        server: server.or(drill.server),
+        query: drill.query,
+        jobs,
+    };
+    if !ctx.json {
+        println!("drill {} of {} ({})", m.id, m.source.path, m.time);
+    }
+    let report = lifeboat::ops::pg::drill(&repo, &m, &opts, &ctx.progress())?;
+    ctx.record(&repo);
+    if ctx.json {
+        println!("{}", json!(report));
+    } else {
+        println!("  restored into {}", report.restored_into);
+        for step in &report.steps {
+            println!(
+                "  {} {:<28} {}",
+                if step.ok { "ok  " } else { "FAIL" },
+                step.name,
+                step.detail
+            );
+        }
+        if report.ok {
+            println!(
+                "  OK: this backup restores (restore time {:.1} s, recorded)",
+                report.rto_ms as f64 / 1000.0
+            );
+        } else {
+            println!(
+                "  FAILED at: {}",
+                report.first_failure().unwrap_or("unknown step")
+            );
+        }
+    }
+    Ok(if report.ok {
+        0
+    } else {
+        ErrorKind::Integrity.exit_code()
+    })
 }
 
 /// `1s`, `500ms`, `2m`, `1h`, `1d`, or a number of seconds.

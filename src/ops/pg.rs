@@ -212,7 +212,11 @@ fn pg_restore(
         let e = client_failure("pg_restore", target, &stderr);
         return Err(Error::new(
             e.kind,
-            format!("the restore into {} failed: {}", target.display(), e.message),
+            format!(
+                "the restore into {} failed: {}",
+                target.display(),
+                e.message
+            ),
         )
         .hint(
             "a role the dump names may be missing on this server (add --no-owner), or the \
@@ -460,7 +464,18 @@ pub fn drill(
         drop_database(&target, &env)?;
     }
     prepare_database(&target, &env, true, false)?;
-    let result = drill_in(repo, m, &info, &target, &env, work.path(), &restore_opts, opts, progress, &mut report);
+    let result = drill_in(
+        repo,
+        m,
+        &info,
+        &target,
+        &env,
+        work.path(),
+        &restore_opts,
+        opts,
+        progress,
+        &mut report,
+    );
     let dropped = drop_database(&target, &env);
     result?;
     match dropped {
@@ -502,7 +517,11 @@ fn drill_in(
         }
         Err(e) => return Err(e),
     };
-    report.push("read and check every object", true, "every chunk matches its id");
+    report.push(
+        "read and check every object",
+        true,
+        "every chunk matches its id",
+    );
     if let Err(e) = pg_restore(target, env, &dump, info, restore_opts) {
         report.push("pg_restore", false, e.to_string());
         return Ok(());
@@ -536,7 +555,10 @@ fn drill_in(
                 report.push(
                     "check query",
                     passed,
-                    format!("first value: {}", if first.is_empty() { "(none)" } else { &first }),
+                    format!(
+                        "first value: {}",
+                        if first.is_empty() { "(none)" } else { &first }
+                    ),
                 );
             }
             Err(e) => report.push("check query", false, e.to_string()),
@@ -556,7 +578,11 @@ fn compare_tables(psql: &Psql, info: &PostgresInfo, report: &mut DrillReport) ->
         .into_iter()
         .filter_map(|r| Some(archive::table_key(r.first()?, r.get(1)?)))
         .collect();
-    let missing: Vec<&String> = info.tables.keys().filter(|k| !present.contains(*k)).collect();
+    let missing: Vec<&String> = info
+        .tables
+        .keys()
+        .filter(|k| !present.contains(*k))
+        .collect();
     report.push(
         "tables match",
         missing.is_empty(),
@@ -566,12 +592,19 @@ fn compare_tables(psql: &Psql, info: &PostgresInfo, report: &mut DrillReport) ->
             format!("missing after the restore: {}", join_some(&missing))
         },
     );
-    let keys: Vec<&String> = info.tables.keys().filter(|k| present.contains(*k)).collect();
+    let keys: Vec<&String> = info
+        .tables
+        .keys()
+        .filter(|k| present.contains(*k))
+        .collect();
     let mut wrong = Vec::new();
     for batch in keys.chunks(200) {
         let mut sql = Vec::new();
         for (i, key) in batch.iter().enumerate() {
-            sql.push(format!("SELECT {i}, count(*) FROM ONLY {}", archive::key_to_sql(key)?));
+            sql.push(format!(
+                "SELECT {i}, count(*) FROM ONLY {}",
+                archive::key_to_sql(key)?
+            ));
         }
         let rows = psql.query(&sql.join(" UNION ALL "))?;
         for r in rows {

@@ -120,7 +120,9 @@ pub fn open(path: &Path, kind: Kind, options: &SourceOptions) -> Result<Box<dyn 
 }
 
 fn postgres_source(path: &Path, options: &SourceOptions) -> Result<postgres::PgSource> {
-    let uri = path.to_str().ok_or_else(|| Error::usage("a PostgreSQL URI must be UTF-8"))?;
+    let uri = path
+        .to_str()
+        .ok_or_else(|| Error::usage("a PostgreSQL URI must be UTF-8"))?;
     if options.postgres_globals {
         postgres::PgSource::globals(uri)
     } else {

@@ -283,7 +283,8 @@ impl RowCounter {
     pub fn update(&mut self, data: &[u8]) {
         self.newlines += data.iter().filter(|&&b| b == b'\n').count() as u64;
         self.bytes += data.len() as u64;
-        self.tail.extend_from_slice(&data[data.len().saturating_sub(DATA_END.len())..]);
+        self.tail
+            .extend_from_slice(&data[data.len().saturating_sub(DATA_END.len())..]);
         let excess = self.tail.len().saturating_sub(DATA_END.len());
         self.tail.drain(..excess);
     }
@@ -329,7 +330,11 @@ mod tests {
             ("1st", "user"),
         ] {
             let key = table_key(schema, table);
-            assert_eq!(split_key(&key).unwrap(), (schema.into(), table.into()), "{key}");
+            assert_eq!(
+                split_key(&key).unwrap(),
+                (schema.into(), table.into()),
+                "{key}"
+            );
         }
         assert_eq!(table_key("app", "Mixed Case"), "app.\"Mixed Case\"");
         assert_eq!(key_to_sql("public.t").unwrap(), "\"public\".\"t\"");

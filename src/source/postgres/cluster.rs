@@ -129,7 +129,8 @@ impl Cluster {
             .output()
             .map_err(|e| Error::io("cannot run", &path, e))?;
         if !out.status.success() {
-            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             return Err(Error::source(format!(
                 "{program} of the drill's throwaway cluster failed: {} {}",
                 String::from_utf8_lossy(&out.stderr).trim(),

@@ -294,10 +294,14 @@ mod tests {
 
     #[test]
     fn the_password_is_taken_out_of_every_spelling() {
-        let t = PgTarget::parse("postgres://app:s%40cret%3Apw@db.example:6543/shop?sslmode=require")
-            .unwrap();
+        let t =
+            PgTarget::parse("postgres://app:s%40cret%3Apw@db.example:6543/shop?sslmode=require")
+                .unwrap();
         assert_eq!(t.password.as_deref().map(|p| p.as_str()), Some("s@cret:pw"));
-        assert_eq!(t.display(), "postgres://app@db.example:6543/shop?sslmode=require");
+        assert_eq!(
+            t.display(),
+            "postgres://app@db.example:6543/shop?sslmode=require"
+        );
         assert_eq!(t.source_key(), "postgres://app@db.example:6543/shop");
         assert_eq!(t.database(), "shop");
         assert_eq!(t.server(), "db.example:6543");
@@ -311,7 +315,10 @@ mod tests {
         let t = PgTarget::parse("postgres://u:a%5Cb%3Ac@h/d").unwrap();
         let env = t.client_env(dir.path()).unwrap();
         let path = env.vars[0].1.clone();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "*:*:*:*:a\\\\b\\:c\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "*:*:*:*:a\\\\b\\:c\n"
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         drop(env);
@@ -323,12 +330,17 @@ mod tests {
         let t = PgTarget::parse("postgresql://u@h:1/a").unwrap();
         assert_eq!(t.with_database("b c").display(), "postgresql://u@h:1/b%20c");
         assert_eq!(t.with_database("b c").database(), "b c");
-        assert!(!PgTarget::parse("postgres://u@h:1/").unwrap().names_database());
+        assert!(!PgTarget::parse("postgres://u@h:1/")
+            .unwrap()
+            .names_database());
     }
 
     #[test]
     fn unparsable_text_is_redacted_in_messages() {
-        assert_eq!(redact_uri_text("postgres://u:pw@h:x/d"), "postgres://u:***@h:x/d");
+        assert_eq!(
+            redact_uri_text("postgres://u:pw@h:x/d"),
+            "postgres://u:***@h:x/d"
+        );
         let e = PgTarget::parse("postgres://u:pw@h:notaport/d").unwrap_err();
         assert!(!e.to_string().contains("pw@"), "{e}");
     }

@@ -34,11 +34,7 @@ impl DumpFolder {
     /// Watch `dir` (created empty by the caller), then start `pg_dump` writing into it.
     pub fn start(dir: &Path, mut pg_dump: std::process::Command) -> Result<DumpFolder> {
         let watch_error = |e: rustix::io::Errno| {
-            Error::io(
-                "cannot watch the dump folder",
-                dir,
-                std::io::Error::from(e),
-            )
+            Error::io("cannot watch the dump folder", dir, std::io::Error::from(e))
         };
         let fd = inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC)
             .map_err(watch_error)?;
@@ -77,7 +73,11 @@ impl DumpFolder {
             events: libc::POLLIN,
             revents: 0,
         };
-        let timeout = if self.exited.is_some() { 0 } else { wait.as_millis() as i32 };
+        let timeout = if self.exited.is_some() {
+            0
+        } else {
+            wait.as_millis() as i32
+        };
         // SAFETY: one valid pollfd on the stack, for a descriptor we own.
         unsafe { libc::poll(&mut pfd, 1, timeout) };
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
@@ -144,8 +144,7 @@ impl DumpFolder {
     /// Open `name` for reading as it grows.
     pub fn open(&mut self, name: &str) -> Result<Growing<'_>> {
         let path = self.dir.join(name);
-        let file =
-            std::fs::File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?;
+        let file = std::fs::File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?;
         Ok(Growing {
             file,
             name: name.to_string(),
@@ -205,9 +204,7 @@ impl Read for Growing<'_> {
                 // Closed after the read above came up empty: what it wrote last is there now.
                 return self.file.read(buf);
             }
-            self.folder
-                .poll(WAIT)
-                .map_err(std::io::Error::other)?;
+            self.folder.poll(WAIT).map_err(std::io::Error::other)?;
         }
     }
 }

@@ -87,9 +87,8 @@ pub fn work_dir(what: &str) -> Result<tempfile::TempDir> {
         .prefix(&format!("lifeboat-{what}-"))
         .tempdir_in(&base)
         .map_err(|e| {
-            Error::io("cannot create a temporary folder in", &base, e).hint(
-                "set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data",
-            )
+            Error::io("cannot create a temporary folder in", &base, e)
+                .hint("set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data")
         })
 }
 
@@ -124,10 +123,7 @@ pub fn server_facts(psql: &Psql) -> Result<ServerFacts> {
 }
 
 /// Connect: the password file, psql, and the server's facts.
-pub fn connect<'a>(
-    target: &'a PgTarget,
-    env: &'a ClientEnv,
-) -> Result<(Psql<'a>, ServerFacts)> {
+pub fn connect<'a>(target: &'a PgTarget, env: &'a ClientEnv) -> Result<(Psql<'a>, ServerFacts)> {
     let psql = Psql {
         client: tools::find("psql", None)?,
         target,

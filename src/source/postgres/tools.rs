@@ -131,16 +131,25 @@ impl Psql<'_> {
     /// Run `sql` and return its rows, fields split on the unit separator (0x1f).
     pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>> {
         let mut cmd = Command::new(&self.client.path);
-        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-F", "\u{1f}"])
-            .arg("-c")
-            .arg(sql)
-            .arg(format!("--dbname={}", self.target.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env("PGAPPNAME", "lifeboat")
-            // Never wait at a password prompt: fail at once with the server's message.
-            .arg("--no-password");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-F",
+            "\u{1f}",
+        ])
+        .arg("-c")
+        .arg(sql)
+        .arg(format!("--dbname={}", self.target.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("PGAPPNAME", "lifeboat")
+        // Never wait at a password prompt: fail at once with the server's message.
+        .arg("--no-password");
         self.env.apply(&mut cmd);
         let out = cmd
             .output()
