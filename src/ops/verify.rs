@@ -263,6 +263,11 @@ fn verify_tree(
         done.bytes == bytes,
         format!("{} bytes", done.bytes),
     );
+    if let Some(info) = &m.postgres {
+        for (name, ok, detail) in crate::ops::pg::check_dump(&done.path, info) {
+            report.push(name, ok, detail);
+        }
+    }
     if let Some(f) = &m.files {
         let same = (done.files, done.dirs, done.symlinks) == (f.files, f.dirs, f.symlinks);
         report.push(

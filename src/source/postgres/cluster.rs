@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub struct Cluster {
-    dir: tempfile::TempDir,
+    dir: super::WorkDir,
     bin: PathBuf,
     /// The user the server runs as (uid, gid), when not this process's.
     run_as: Option<(u32, u32)>,

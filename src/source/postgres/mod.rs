@@ -79,17 +79,76 @@ impl PgSource {
     }
 }
 
-/// The folder for a dump's temporary files: private (0700), in `LIFEBOAT_TEMP_DIR` or the
-/// system's temp folder, removed when dropped.
-pub fn work_dir(what: &str) -> Result<tempfile::TempDir> {
+/// A folder for a dump's temporary files: private (0700), in `LIFEBOAT_TEMP_DIR` or the
+/// system's temp folder, removed when dropped. It holds a lock for as long as it lives, so
+/// the folder of a Lifeboat that was killed (nothing removed it) is known as such and
+/// removed by the next one.
+pub struct WorkDir {
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+impl WorkDir {
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+const WORK_PREFIX: &str = "lifeboat-pg-";
+const WORK_LOCK: &str = ".lock";
+
+pub fn work_dir(what: &str) -> Result<WorkDir> {
     let base = crate::ops::verify::temp_dir();
-    tempfile::Builder::new()
-        .prefix(&format!("lifeboat-{what}-"))
+    remove_abandoned(&base);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{WORK_PREFIX}{what}-"))
         .tempdir_in(&base)
         .map_err(|e| {
-            Error::io("cannot create a temporary folder in", &base, e)
-                .hint("set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data")
-        })
+            Error::io("cannot create a temporary folder in", &base, e).hint(
+                "set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data",
+            )
+        })?;
+    let lock_path = dir.path().join(WORK_LOCK);
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| Error::io("cannot create", &lock_path, e))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(|e| Error::io("cannot lock", &lock_path, std::io::Error::from(e)))?;
+    Ok(WorkDir { dir, _lock: lock })
+}
+
+/// Remove the work folders of killed Lifeboat processes: those whose lock nobody holds.
+fn remove_abandoned(base: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(WORK_PREFIX) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(e.path().join(WORK_LOCK)) else {
+            continue;
+        };
+        let free =
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
+        if free {
+            tracing::info!("removing {}, left by a Lifeboat that was stopped", e.path().display());
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Make a client program die with Lifeboat: a Lifeboat killed with SIGKILL cannot stop it,
+/// and a pg_dump left running would fill the temporary folder for nothing.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe, called between fork and exec with constant args.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
 }
 
 /// The server's version and the database's size; the first connection, so a wrong password,
@@ -192,6 +251,7 @@ impl Source for PgSource {
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr_file(work.path())?));
         env.apply(&mut cmd);
+        die_with_parent(&mut cmd);
         let mut folder = follow::DumpFolder::start(&dir, cmd)?;
         let mut dumped = Dumped::default();
         let content = writer.tree(&mut |tree| ingest(&mut folder, tree, &mut dumped));
@@ -361,6 +421,7 @@ fn dump_globals(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr_file(work.path())?));
     env.apply(&mut cmd);
+    die_with_parent(&mut cmd);
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io("cannot run", &dumpall.path, e))?;
