@@ -8,10 +8,14 @@
 //! before anything reaches the database.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::ops::restore_tree::FolderTarget;
+use crate::id::Hash;
 use crate::ops::verify::Step;
 use crate::progress::Progress;
+use crate::repo::index::Index;
+use crate::repo::manifest::Content;
 use crate::repo::manifest::{Manifest, PostgresInfo};
+use crate::repo::tree::{decode_node, EntryKind, TreeEntry};
+use crate::repo::FrameCache;
 use crate::repo::Repository;
 use crate::source::postgres::archive::{self, TOC};
 use crate::source::postgres::cluster::Cluster;
@@ -19,7 +23,8 @@ use crate::source::postgres::conn::{ClientEnv, PgTarget};
 use crate::source::postgres::tools::{self, client_failure, Psql};
 use crate::source::postgres::{connect, work_dir, GLOBALS_FILE};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -54,9 +59,7 @@ pub struct PgRestored {
     /// The database restored into, as a URI without password.
     pub target: String,
     pub created: bool,
-    /// Rebuilding the dump from the repository.
-    pub rebuild_ms: u64,
-    /// pg_restore (or psql, for globals).
+    /// The whole restore: reading the repository and pg_restore (psql, for globals), at once.
     pub restore_ms: u64,
     pub tables: usize,
     pub rows: u64,
@@ -75,32 +78,53 @@ pub fn restore_to_database(
     let work = work_dir("pg-restore")?;
     let env = target.client_env(work.path())?;
     if info.dump_format == "globals" {
-        return restore_globals(repo, m, &target, &env, work.path(), progress);
+        return restore_globals(repo, m, &target, &env, work.path());
     }
     let created = prepare_database(&target, &env, opts.create, opts.clean)?;
-    let done = (|| {
-        let started = Instant::now();
-        let dump = rebuild(repo, m, work.path(), progress)?;
-        let rebuild_ms = started.elapsed().as_millis() as u64;
-        let started = Instant::now();
-        let warnings = pg_restore(&target, &env, &dump, info, opts)?;
-        Ok(PgRestored {
-            target: target.display(),
-            created,
-            rebuild_ms,
-            restore_ms: started.elapsed().as_millis() as u64,
-            tables: info.tables.len(),
-            rows: info.tables.values().sum(),
-            warnings,
-        })
-    })();
+    let started = Instant::now();
+    let done = crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
+        let index = repo.load_index()?;
+        let dump = StoredDump::load(repo, &index, m)?;
+        progress.start("restore", dump.bytes());
+        let warnings = stream_restore(
+            repo,
+            &index,
+            &dump,
+            work.path(),
+            &target,
+            &env,
+            info,
+            opts,
+            progress,
+        );
+        progress.finish();
+        warnings
+    });
     if done.is_err() && created {
         // A database Lifeboat created and could not fill must not pass for a restored one.
         if let Err(e) = drop_database(&target, &env) {
             tracing::warn!("could not drop the half-restored database: {e}");
         }
     }
-    done
+    let done = done.map_err(|e| {
+        if created {
+            e
+        } else {
+            let hint = format!(
+                "database {} may hold part of the backup now: restore again with --clean --yes, or into a new database with --create",
+                target.database()
+            );
+            e.hint(hint)
+        }
+    })?;
+    Ok(PgRestored {
+        target: target.display(),
+        created,
+        restore_ms: started.elapsed().as_millis() as u64,
+        tables: info.tables.len(),
+        rows: info.tables.values().sum(),
+        warnings: done,
+    })
 }
 
 /// Check the target database, or create it. Returns whether it was created.
@@ -167,25 +191,191 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// Rebuild the stored dump into `work/dump` (every chunk checked); returns that folder.
-fn rebuild(repo: &Repository, m: &Manifest, work: &Path, progress: &Progress) -> Result<PathBuf> {
-    let dump = work.join("dump");
-    let mut folder = FolderTarget::new(dump.clone(), false);
-    crate::ops::restore::restore(repo, m, &mut folder, progress)?;
-    Ok(dump)
+/// The files of a stored dump, by name.
+struct StoredDump {
+    files: Vec<TreeEntry>,
 }
 
-fn pg_restore(
+impl StoredDump {
+    fn load(repo: &Repository, index: &Index, m: &Manifest) -> Result<StoredDump> {
+        crate::repo::reach::known_kind(m)?;
+        let Content::Tree { nodes, .. } = &m.content else {
+            return Err(Error::integrity(format!(
+                "backup {} is a PostgreSQL backup whose content is not a tree",
+                m.id
+            )));
+        };
+        let mut cache = FrameCache::default();
+        let mut files = Vec::new();
+        for hex in nodes {
+            let id = Hash::from_hex(hex)?;
+            let data = repo.read_blob_cached(index, &id, &mut cache)?;
+            for e in decode_node(&data, &id)? {
+                match e.kind {
+                    EntryKind::File => {
+                        // Names come from the repository: only plain names in the folder.
+                        if e.path.is_empty()
+                            || e.path.contains('/')
+                            || e.path.starts_with('.')
+                            || e.path_hex.is_some()
+                        {
+                            return Err(Error::integrity(format!(
+                                "backup {} holds a file named '{}', which no pg_dump writes",
+                                m.id, e.path
+                            )));
+                        }
+                        files.push(e);
+                    }
+                    EntryKind::Dir if e.path.is_empty() => {}
+                    _ => {
+                        return Err(Error::integrity(format!(
+                            "backup {} holds '{}', which is not a file of a pg_dump archive",
+                            m.id, e.path
+                        )))
+                    }
+                }
+            }
+        }
+        Ok(StoredDump { files })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    fn get(&self, name: &str) -> Result<&TreeEntry> {
+        self.files
+            .iter()
+            .find(|f| f.path == name)
+            .ok_or_else(|| Error::integrity(format!("the stored dump has no {name}")))
+    }
+
+    fn read_all(&self, repo: &Repository, index: &Index, name: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        ChunkReader::new(repo, index, self.get(name)?)?
+            .read_to_end(&mut out)
+            .map_err(|e| io_to_error(e, name))?;
+        Ok(out)
+    }
+}
+
+/// A stored file's bytes, chunk by chunk, each checked against its id; its size checked at
+/// the end.
+struct ChunkReader<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    name: String,
+    ids: std::vec::IntoIter<Hash>,
+    chunk: Vec<u8>,
+    at: usize,
+    read: u64,
+    size: u64,
+    cache: FrameCache,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(repo: &'a Repository, index: &'a Index, entry: &TreeEntry) -> Result<ChunkReader<'a>> {
+        Ok(ChunkReader {
+            repo,
+            index,
+            name: entry.path.clone(),
+            ids: entry.chunk_ids()?.into_iter(),
+            chunk: Vec::new(),
+            at: 0,
+            read: 0,
+            size: entry.size,
+            cache: FrameCache::default(),
+        })
+    }
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            crate::interrupt::check().map_err(std::io::Error::other)?;
+            let Some(id) = self.ids.next() else {
+                if self.read != self.size {
+                    return Err(std::io::Error::other(Error::integrity(format!(
+                        "{} restores to {} bytes but the backup recorded {}",
+                        self.name, self.read, self.size
+                    ))));
+                }
+                return Ok(0);
+            };
+            self.chunk = self
+                .repo
+                .read_blob_cached(self.index, &id, &mut self.cache)
+                .map_err(std::io::Error::other)?;
+            self.at = 0;
+            self.read += self.chunk.len() as u64;
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// An I/O error that carries a Lifeboat error (a chunk that failed its check) gives it back.
+fn io_to_error(e: std::io::Error, name: &str) -> Error {
+    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
+        if let Some(Ok(inner)) = e.into_inner().map(|i| i.downcast::<Error>()) {
+            return *inner;
+        }
+        return Error::internal(format!("cannot read {name}"));
+    }
+    Error::io("cannot write", Path::new(name), e)
+}
+
+/// Restore a stored dump with pg_restore without writing the tables' data to disk: the small
+/// files (`toc.dat`, large objects) are written to `work`, each table's data file is a named
+/// pipe, and each pipe is filled from the repository as pg_restore opens it (`--jobs` at
+/// once). A chunk that fails its check stops pg_restore and the restore; so does a file that
+/// pg_restore stops reading.
+#[allow(clippy::too_many_arguments)]
+fn stream_restore(
+    repo: &Repository,
+    index: &Index,
+    dump: &StoredDump,
+    work: &Path,
     target: &PgTarget,
     env: &ClientEnv,
-    dump: &Path,
     info: &PostgresInfo,
     opts: &PgRestoreOptions,
+    progress: &Progress,
 ) -> Result<Vec<String>> {
+    let dir = work.join("dump");
+    crate::storage::local::create_private_dir(&dir)?;
+    let mut pipes = Vec::new();
+    for f in &dump.files {
+        let path = dir.join(&f.path);
+        let is_table_data =
+            f.path.ends_with(".dat") && !f.path.starts_with("blob_") && f.path != TOC;
+        if is_table_data {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            )
+            .map_err(|e| Error::io("cannot create the pipe", &path, e.into()))?;
+            pipes.push(f);
+        } else {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| Error::io("cannot create", &path, e))?;
+            let copied = std::io::copy(&mut ChunkReader::new(repo, index, f)?, &mut out)
+                .map_err(|e| io_to_error(e, &f.path))?;
+            progress.inc(copied);
+        }
+    }
     let (_, server) = connect(target, env)?;
     let major = (server.version_num / 10000).max(info.server_version_num / 10000);
     let client = tools::find("pg_restore", Some(major))?;
-    let err_path = dump.with_extension("err");
+    let err_path = work.join("pg_restore.err");
     let err_file =
         std::fs::File::create(&err_path).map_err(|e| Error::io("cannot create", &err_path, e))?;
     let mut cmd = Command::new(&client.path);
@@ -198,17 +388,98 @@ fn pg_restore(
     if opts.no_owner {
         cmd.args(["--no-owner", "--no-privileges"]);
     }
-    cmd.arg(dump)
+    cmd.arg(&dir)
         .env("PGAPPNAME", "lifeboat")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(err_file));
     env.apply(&mut cmd);
     crate::source::postgres::die_with_parent(&mut cmd);
-    let status = cmd
-        .status()
+    let mut child = cmd
+        .spawn()
         .map_err(|e| Error::io("cannot run", &client.path, e))?;
+    let fed: Result<()> = std::thread::scope(|s| {
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Result<()>>();
+        let mut waiting: Vec<&TreeEntry> = pipes.clone();
+        let mut running = 0usize;
+        let mut first_error: Option<Error> = None;
+        let mut exited = false;
+        loop {
+            // Pipes pg_restore opened: a writer each.
+            waiting.retain(|f| {
+                let path = dir.join(&f.path);
+                match rustix::fs::open(
+                    &path,
+                    rustix::fs::OFlags::WRONLY
+                        | rustix::fs::OFlags::NONBLOCK
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                ) {
+                    Ok(fd) => {
+                        let tx = done_tx.clone();
+                        let f = *f;
+                        running += 1;
+                        s.spawn(move || {
+                            let _ = tx.send(feed_pipe(repo, index, f, fd, progress));
+                        });
+                        false
+                    }
+                    Err(rustix::io::Errno::NXIO) => true,
+                    Err(e) => {
+                        first_error.get_or_insert(Error::io(
+                            "cannot open the pipe",
+                            &path,
+                            e.into(),
+                        ));
+                        false
+                    }
+                }
+            });
+            while let Ok(r) = done_rx.try_recv() {
+                running -= 1;
+                if let Err(e) = r {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if first_error.is_none() {
+                if let Err(e) = crate::interrupt::check() {
+                    first_error = Some(e);
+                }
+            }
+            if first_error.is_some() && !exited {
+                let _ = child.kill();
+            }
+            if !exited {
+                exited = child
+                    .try_wait()
+                    .map_err(|e| Error::io("cannot wait for", &client.path, e))?
+                    .is_some();
+            }
+            if exited && running == 0 {
+                break;
+            }
+            if exited {
+                // pg_restore is gone: a writer still blocked on its pipe gets EPIPE and ends.
+                if let Ok(r) = done_rx.recv_timeout(std::time::Duration::from_millis(50)) {
+                    running -= 1;
+                    if let Err(e) = r {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                continue;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    });
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("cannot wait for", &client.path, e))?;
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    fed?;
     if !status.success() {
         let e = client_failure("pg_restore", target, &stderr);
         return Err(Error::new(
@@ -231,24 +502,57 @@ fn pg_restore(
         .collect())
 }
 
+/// Fill one named pipe with a stored file, then close it.
+fn feed_pipe(
+    repo: &Repository,
+    index: &Index,
+    entry: &TreeEntry,
+    fd: std::os::fd::OwnedFd,
+    progress: &Progress,
+) -> Result<()> {
+    // Blocking writes from here on: pg_restore reads at its own pace.
+    rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::empty())
+        .map_err(|e| Error::io("cannot set up the pipe", Path::new(&entry.path), e.into()))?;
+    let mut pipe = std::fs::File::from(fd);
+    let mut reader = ChunkReader::new(repo, index, entry)?;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| io_to_error(e, &entry.path))?;
+        if n == 0 {
+            return Ok(());
+        }
+        pipe.write_all(&buf[..n]).map_err(|e| {
+            Error::source(format!(
+                "pg_restore stopped reading {} ({e}); its messages say why",
+                entry.path
+            ))
+        })?;
+        progress.inc(n as u64);
+    }
+}
+
 fn restore_globals(
     repo: &Repository,
     m: &Manifest,
     target: &PgTarget,
     env: &ClientEnv,
     work: &Path,
-    progress: &Progress,
 ) -> Result<PgRestored> {
     let started = Instant::now();
-    let dump = rebuild(repo, m, work, progress)?;
-    let rebuild_ms = started.elapsed().as_millis() as u64;
+    let script = crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
+        let index = repo.load_index()?;
+        StoredDump::load(repo, &index, m)?.read_all(repo, &index, GLOBALS_FILE)
+    })?;
+    let path = work.join(GLOBALS_FILE);
+    std::fs::write(&path, script).map_err(|e| Error::io("cannot write", &path, e))?;
     let (psql, _) = connect(target, env)?;
-    let started = Instant::now();
     let mut cmd = Command::new(&psql.client.path);
     // Roles that exist already fail their CREATE ROLE and the script goes on: the rest still
     // applies (their ALTER ROLE sets the stored attributes and passwords).
     cmd.args(["-X", "-q", "--no-password", "-f"])
-        .arg(dump.join(GLOBALS_FILE))
+        .arg(&path)
         .arg(format!("--dbname={}", target.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -264,7 +568,6 @@ fn restore_globals(
     Ok(PgRestored {
         target: target.display(),
         created: false,
-        rebuild_ms,
         restore_ms: started.elapsed().as_millis() as u64,
         tables: 0,
         rows: 0,
@@ -294,20 +597,32 @@ pub fn write_archive(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let work = work_dir("pg-archive")?;
-    let dump = rebuild(repo, m, work.path(), progress)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".lifeboat-archive-")
         .tempfile_in(parent)
         .map_err(|e| Error::io("cannot create a file in", parent, e))?;
-    let written = if info.dump_format == "globals" {
-        let mut src = std::fs::File::open(dump.join(GLOBALS_FILE))
-            .map_err(|e| Error::io("cannot open", &dump, e))?;
-        std::io::copy(&mut src, tmp.as_file_mut())
-            .map_err(|e| Error::io("cannot write", output, e))?
-    } else {
-        write_tar(&dump, tmp.as_file_mut())?
-    };
+    let written =
+        crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
+            let index = repo.load_index()?;
+            let dump = StoredDump::load(repo, &index, m)?;
+            progress.start("restore", dump.bytes());
+            let out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
+            let written = if info.dump_format == "globals" {
+                let mut out = out;
+                let n = std::io::copy(
+                    &mut ChunkReader::new(repo, &index, dump.get(GLOBALS_FILE)?)?,
+                    &mut out,
+                )
+                .map_err(|e| io_to_error(e, GLOBALS_FILE))?;
+                out.flush()
+                    .map_err(|e| Error::io("cannot write", output, e))?;
+                n
+            } else {
+                write_tar(repo, &index, &dump, out, output)?
+            };
+            progress.finish();
+            Ok(written)
+        })?;
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io("cannot write", output, e))?;
@@ -320,58 +635,47 @@ pub fn write_archive(
 /// contents (pg_restore reads a tar front to back), large objects where their entry is,
 /// each `blob_<oid>.dat` before `blobs.toc`. Directory and tar archives share `toc.dat`
 /// (both name each entry's file the same way).
-fn write_tar(dump: &Path, out: &mut std::fs::File) -> Result<u64> {
-    let toc_bytes =
-        std::fs::read(dump.join(TOC)).map_err(|e| Error::io("cannot read", &dump.join(TOC), e))?;
-    let toc = archive::parse_toc(&toc_bytes)?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
+fn write_tar<W: Write>(
+    repo: &Repository,
+    index: &Index,
+    dump: &StoredDump,
+    out: W,
+    output: &Path,
+) -> Result<u64> {
+    let toc = archive::parse_toc(&dump.read_all(repo, index, TOC)?)?;
+    let mut tar = tar::Builder::new(out);
     let mut written = 0u64;
-    let mut add = |tar: &mut tar::Builder<_>, name: &str| -> Result<()> {
-        let path = dump.join(name);
-        let mut f = std::fs::File::open(&path).map_err(|e| Error::io("cannot open", &path, e))?;
-        let len = f
-            .metadata()
-            .map_err(|e| Error::io("cannot read", &path, e))?
-            .len();
+    let mut add = |tar: &mut tar::Builder<W>, name: &str| -> Result<()> {
+        let entry = dump.get(name)?;
         let mut header = tar::Header::new_gnu();
-        header.set_size(len);
+        header.set_size(entry.size);
         header.set_mode(0o600);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, name, &mut f)
-            .map_err(|e| Error::io("cannot write the archive", &path, e))?;
-        written += len;
+        let mut reader = ChunkReader::new(repo, index, entry)?;
+        tar.append_data(&mut header, name, &mut reader)
+            .map_err(|e| io_to_error(e, name))?;
+        written += entry.size;
         Ok(())
     };
     add(&mut tar, TOC)?;
     for entry in toc.data_files() {
         if entry.filename == "blobs.toc" {
-            let list = std::fs::read(dump.join("blobs.toc"))
-                .map_err(|e| Error::io("cannot read", &dump.join("blobs.toc"), e))?;
+            let list = dump.read_all(repo, index, "blobs.toc")?;
             for line in String::from_utf8_lossy(&list).lines() {
                 if let Some(file) = line.split_whitespace().nth(1) {
-                    if !file.starts_with("blob_") || file.contains('/') {
-                        return Err(Error::integrity(format!(
-                            "blobs.toc names '{file}', which is not a large object's file"
-                        )));
-                    }
                     add(&mut tar, file)?;
                 }
             }
-        } else if entry.filename.contains('/') || entry.filename.starts_with('.') {
-            return Err(Error::integrity(format!(
-                "the dump's table of contents names the file '{}'",
-                entry.filename
-            )));
         }
         add(&mut tar, &entry.filename)?;
     }
-    let inner = tar
+    let mut inner = tar
         .into_inner()
-        .map_err(|e| Error::io("cannot write", dump, e))?;
+        .map_err(|e| Error::io("cannot write", output, e))?;
     inner
-        .into_inner()
-        .map_err(|e| Error::io("cannot write", dump, e.into_error()))?;
+        .flush()
+        .map_err(|e| Error::io("cannot write", output, e))?;
     Ok(written)
 }
 
@@ -428,7 +732,11 @@ pub fn check_dump(dump: &Path, info: &PostgresInfo) -> Vec<(&'static str, bool, 
         } else if !wrong.is_empty() {
             join_some(&wrong)
         } else {
-            format!("{} tables in the dump, {} recorded", tables.len(), info.tables.len())
+            format!(
+                "{} tables in the dump, {} recorded",
+                tables.len(),
+                info.tables.len()
+            )
         },
     ));
     steps
@@ -569,22 +877,35 @@ fn drill_in(
     report: &mut DrillReport,
 ) -> Result<()> {
     let started = Instant::now();
-    let dump = match rebuild(repo, m, work, progress) {
-        Ok(d) => d,
+    let restored = crate::repo::locks::as_reader(repo.storage(), &repo.records(), "drill", || {
+        let index = repo.load_index()?;
+        let dump = StoredDump::load(repo, &index, m)?;
+        stream_restore(
+            repo,
+            &index,
+            &dump,
+            work,
+            target,
+            env,
+            info,
+            restore_opts,
+            progress,
+        )
+    });
+    match restored {
+        Ok(_) => report.push(
+            "read and check every object",
+            true,
+            "every chunk matches its id",
+        ),
         Err(e) if e.kind == ErrorKind::Integrity || e.kind == ErrorKind::NotFound => {
             report.push("read and check every object", false, e.to_string());
             return Ok(());
         }
-        Err(e) => return Err(e),
-    };
-    report.push(
-        "read and check every object",
-        true,
-        "every chunk matches its id",
-    );
-    if let Err(e) = pg_restore(target, env, &dump, info, restore_opts) {
-        report.push("pg_restore", false, e.to_string());
-        return Ok(());
+        Err(e) => {
+            report.push("pg_restore", false, e.to_string());
+            return Ok(());
+        }
     }
     report.rto_ms = started.elapsed().as_millis() as u64;
     report.push(

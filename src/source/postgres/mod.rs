@@ -104,13 +104,12 @@ pub fn work_dir(what: &str) -> Result<WorkDir> {
         .prefix(&format!("{WORK_PREFIX}{what}-"))
         .tempdir_in(&base)
         .map_err(|e| {
-            Error::io("cannot create a temporary folder in", &base, e).hint(
-                "set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data",
-            )
+            Error::io("cannot create a temporary folder in", &base, e)
+                .hint("set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data")
         })?;
     let lock_path = dir.path().join(WORK_LOCK);
-    let lock = std::fs::File::create(&lock_path)
-        .map_err(|e| Error::io("cannot create", &lock_path, e))?;
+    let lock =
+        std::fs::File::create(&lock_path).map_err(|e| Error::io("cannot create", &lock_path, e))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         .map_err(|e| Error::io("cannot lock", &lock_path, std::io::Error::from(e)))?;
     Ok(WorkDir { dir, _lock: lock })
@@ -132,7 +131,10 @@ fn remove_abandoned(base: &std::path::Path) {
         let free =
             rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
         if free {
-            tracing::info!("removing {}, left by a Lifeboat that was stopped", e.path().display());
+            tracing::info!(
+                "removing {}, left by a Lifeboat that was stopped",
+                e.path().display()
+            );
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
