@@ -832,8 +832,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
                     "--all-databases needs a PostgreSQL server's URI, not {}",
                     source.display()
                 ))
-                .hint("write it as postgres://USER@HOST:PORT/")
-                .into());
+                .hint("write it as postgres://USER@HOST:PORT/"));
             };
             for db in lifeboat::source::postgres::list_databases(uri)? {
                 sources.push((PathBuf::from(db), false));

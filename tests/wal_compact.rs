@@ -56,7 +56,7 @@ fn fixture() -> Fixture {
     let opts = BackupOptions {
         database: db.clone(),
         kind: Some(lifeboat::source::Kind::Sqlite),
-        files: Default::default(),
+        source: Default::default(),
         run: None,
         description: None,
         tags: Vec::new(),

@@ -124,7 +124,7 @@ impl Lab {
         let opts = BackupOptions {
             database: self.db.clone(),
             kind: Some(lifeboat::source::Kind::Sqlite),
-            files: Default::default(),
+            source: Default::default(),
             run: None,
             description: None,
             tags: Vec::new(),

@@ -38,7 +38,7 @@ fn search_dirs(major: Option<u32>) -> Vec<PathBuf> {
             Some((v, e.path().join("bin")))
         })
         .collect();
-    installed.sort_by(|a, b| b.0.cmp(&a.0));
+    installed.sort_by_key(|d| std::cmp::Reverse(d.0));
     dirs.extend(installed.into_iter().map(|(_, d)| d));
     dirs
 }
