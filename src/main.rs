@@ -621,6 +621,7 @@ fn parse_args() -> Cli {
 fn main() {
     lifeboat::interrupt::install();
     let cli = parse_args();
+    cli::argv::hide_uri_passwords();
     let filter = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -1,4 +1,5 @@
 //! Subcommand groups of the `lifeboat` binary that are big enough for a file of their own.
 
+pub mod argv;
 pub mod repair;
 pub mod retention;

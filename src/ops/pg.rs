@@ -75,7 +75,7 @@ pub fn restore_to_database(
 ) -> Result<PgRestored> {
     let info = pg_info(m)?;
     let target = PgTarget::parse(&opts.to)?;
-    let work = work_dir("pg-restore")?;
+    let work = work_dir("restore")?;
     let env = target.client_env(work.path())?;
     if info.dump_format == "globals" {
         return restore_globals(repo, m, &target, &env, work.path());
@@ -825,7 +825,7 @@ pub fn drill(
         jobs: opts.jobs.max(1),
         no_owner: true,
     };
-    let work = work_dir("pg-drill")?;
+    let work = work_dir("drill")?;
     let env = target.client_env(work.path())?;
     // A drill's database left by a drill that was killed is dropped first.
     if opts.server.is_some() {

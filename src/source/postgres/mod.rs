@@ -200,7 +200,7 @@ impl Source for PgSource {
     }
 
     fn back_up(&mut self, writer: &mut dyn ContentWriter) -> Result<BackedUp> {
-        let work = work_dir("pg-dump")?;
+        let work = work_dir("dump")?;
         let env = self.target.client_env(work.path())?;
         let (_psql, server) = connect(&self.target, &env)?;
         let major = server.version_num / 10000;
@@ -414,7 +414,7 @@ fn dump_globals(
     dumpall: &Client,
     writer: &mut dyn ContentWriter,
 ) -> Result<crate::repo::manifest::Content> {
-    let work = work_dir("pg-globals")?;
+    let work = work_dir("globals")?;
     let mut cmd = Command::new(&dumpall.path);
     cmd.args(["--globals-only", "--no-password"])
         .arg(format!("--dbname={}", target.display()))
@@ -470,7 +470,7 @@ pub fn list_databases(uri: &str) -> Result<Vec<String>> {
     } else {
         target.with_database("postgres")
     };
-    let work = work_dir("pg-list")?;
+    let work = work_dir("list")?;
     let env = probe.client_env(work.path())?;
     let (psql, _) = connect(&probe, &env)?;
     let names = psql.query(
