@@ -278,3 +278,59 @@ stop_s3() {
     wait "$WEED_PID" 2>/dev/null
     WEED_PID=""
 }
+
+# --- a throwaway PostgreSQL cluster (pg_dump_forms.sh, a later postgres.sh) -------
+# start_pg DIR -> initdb a new cluster in DIR/data (socket in DIR/sock, log DIR/pg.log),
+# listening on 127.0.0.1 at a free port, fsync off; starts it and exports PGHOST, PGPORT,
+# PGUSER (postgres) and PGDATABASE (postgres) for the clients, PG_DIR for stop_pg.  The
+# server programs run as the `postgres` user when we are root (initdb refuses root).
+# PG_BIN: the server binaries (default BENCH_PG_BIN, else the newest /usr/lib/postgresql/*/bin).
+# The caller sets `trap stop_pg EXIT` (stop_pg is safe to call twice or before start_pg).
+# As root, DIR and its parents must be reachable by `postgres` (e.g. under /tmp, not /root).
+PG_DIR=""
+pg_bin() {
+    [[ -z ${PG_BIN:-} ]] || return 0   # (a bare `return` in a trap gives the trap's status)
+    PG_BIN=${BENCH_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}
+    [[ -x $PG_BIN/initdb ]] || { echo "no PostgreSQL server binaries (set BENCH_PG_BIN)" >&2; exit 1; }
+}
+as_pg() {   # run a server program as `postgres` when root
+    if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+start_pg() {
+    local dir=$1 port
+    pg_bin
+    mkdir -p "$dir/sock"
+    [[ $(id -u) == 0 ]] && chown postgres: "$dir" "$dir/sock"
+    as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale \
+        >"$dir/initdb.log" 2>&1 || { echo "initdb failed; see $dir/initdb.log" >&2; exit 1; }
+    port=$(free_port)
+    cat >>"$dir/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$dir/sock'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_wal_size = 4GB
+CONF
+    PG_DIR=$dir
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/pg.log" -w -t 60 start >/dev/null \
+        || { echo "PostgreSQL did not start; see $dir/pg.log" >&2; tail -n 20 "$dir/pg.log" >&2; exit 1; }
+    export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+    unset PGPASSWORD PGSERVICE PGSERVICEFILE PGPASSFILE PGOPTIONS
+    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port, data in $dir/data"
+}
+# Stop our cluster (fast shutdown; SIGQUIT to its postmaster by pid if that fails).
+stop_pg() {
+    [[ -n $PG_DIR ]] || return 0
+    local data=$PG_DIR/data pid
+    PG_DIR=""
+    pg_bin
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null 2>&1 && return 0
+    pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null) || return 0
+    [[ -n $pid ]] && kill -QUIT "$pid" 2>/dev/null
+    return 0
+}
