@@ -20,7 +20,9 @@ use crate::repo::manifest::{Content, Manifest, SourceInfo, StoredInfo};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, PackWriter};
 use crate::repo::tree::{encode_node, ends_node, TreeEntry};
 use crate::repo::{locks, Repository};
-use crate::source::{ContentWriter, Cut, Kind, Snapshot, SourceFacts, StoredImage, TreeWriter};
+use crate::source::{
+    Chunking, ContentWriter, Cut, Kind, Snapshot, SourceFacts, StoredImage, TreeWriter,
+};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -503,14 +505,6 @@ fn worker_threads() -> usize {
         .clamp(1, 8)
 }
 
-/// Content-defined chunks of files and streams (FastCDC): at least 64 KiB, 256 KiB on
-/// average, at most 1 MiB. A config file is one chunk; a large file changed in one place
-/// stores about one new chunk. Measured (examples/cdc_sizes.rs, docs/PERFORMANCE.md): as
-/// little stored for a local change as 64 KiB chunks, with a quarter of the index entries.
-pub const CDC_MIN: u32 = 64 << 10;
-pub const CDC_AVG: u32 = 256 << 10;
-pub const CDC_MAX: u32 = 1 << 20;
-
 /// The chunker's gear seed: secret in an encrypted repository (derived from the id key), so
 /// chunk boundaries, which the sizes of stored frames could reveal, do not fingerprint
 /// content.
@@ -551,7 +545,7 @@ impl TreeWriter for TreeBuilder<'_> {
     fn add(&mut self, mut entry: TreeEntry, data: Option<&mut dyn std::io::Read>) -> Result<()> {
         crate::interrupt::check()?;
         if let Some(data) = data {
-            let (chunks, size) = self.store(&entry.path, data)?;
+            let (chunks, size) = self.store(&entry.path, data, Chunking::FILES)?;
             entry.chunks = chunks;
             entry.size = size;
         }
@@ -565,14 +559,19 @@ impl TreeWriter for TreeBuilder<'_> {
         Ok(())
     }
 
-    fn store(&mut self, path: &str, data: &mut dyn std::io::Read) -> Result<(Vec<String>, u64)> {
+    fn store(
+        &mut self,
+        path: &str,
+        data: &mut dyn std::io::Read,
+        chunking: Chunking,
+    ) -> Result<(Vec<String>, u64)> {
         let mut size = 0u64;
         let mut chunks = Vec::new();
         let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
             data,
-            CDC_MIN,
-            CDC_AVG,
-            CDC_MAX,
+            chunking.min,
+            chunking.avg,
+            chunking.max,
             fastcdc::v2020::Normalization::Level1,
             self.seed,
         );

@@ -18,7 +18,7 @@ pub mod tools;
 use crate::error::{Error, Result};
 use crate::repo::manifest::PostgresInfo;
 use crate::repo::tree::{EntryKind, TreeEntry};
-use crate::source::{BackedUp, ContentWriter, Kind, Source, SourceFacts, TreeWriter};
+use crate::source::{BackedUp, Chunking, ContentWriter, Kind, Source, SourceFacts, TreeWriter};
 use archive::{Counting, RowCounter, TOC};
 use conn::{ClientEnv, PgTarget};
 use std::collections::BTreeMap;
@@ -327,6 +327,12 @@ fn ingest(
     while let Some(name) = folder.next_file()? {
         let keep_bytes = name == TOC || name == "blobs.toc";
         let is_table_data = name.ends_with(".dat") && !name.starts_with("blob_") && name != TOC;
+        // Table data changes everywhere at once (updated rows move): small chunks.
+        let chunking = if is_table_data {
+            Chunking::ROWS
+        } else {
+            Chunking::FILES
+        };
         let mut counter = RowCounter::default();
         let mut kept = Vec::new();
         let (chunks, size) = {
@@ -340,9 +346,9 @@ fn ingest(
                     inner: &mut reader,
                     copy: &mut kept,
                 };
-                tree.store(&name, &mut tee)?
+                tree.store(&name, &mut tee, Chunking::FILES)?
             } else {
-                tree.store(&name, &mut reader)?
+                tree.store(&name, &mut reader, chunking)?
             }
         };
         if is_table_data {
@@ -433,7 +439,7 @@ fn dump_globals(
         .ok_or_else(|| Error::internal("pg_dumpall has no stdout"))?;
     let now = jiff::Timestamp::now().as_nanosecond() as i64;
     let content = writer.tree(&mut |tree| {
-        let (chunks, size) = tree.store(GLOBALS_FILE, &mut stdout)?;
+        let (chunks, size) = tree.store(GLOBALS_FILE, &mut stdout, Chunking::FILES)?;
         tree.add(root_entry(now), None)?;
         tree.add(
             TreeEntry {
