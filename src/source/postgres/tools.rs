@@ -207,6 +207,16 @@ pub fn client_failure(program: &str, target: &PgTarget, stderr: &str) -> Error {
             "check that the server runs and listens on that host and port, and that a firewall lets you in",
         );
     }
+    let lock_wait = lower.contains("could not obtain lock")
+        || lower.contains("lock timeout")
+        || (lower.contains("statement timeout") && lower.contains("lock table"));
+    if lock_wait {
+        return Error::new(
+            crate::error::ErrorKind::InUse,
+            format!("{program} waited too long for a table lock on {what}: {detail}"),
+        )
+        .hint("a transaction holds an exclusive lock (a migration, VACUUM FULL, LOCK TABLE): run the backup when it is done, or raise LIFEBOAT_BUSY_TIMEOUT (seconds)");
+    }
     if lower.contains("permission denied") || lower.contains("must be owner") {
         return Error::source(format!("{program} lacks privileges on {what}: {detail}"))
             .hint("run as a role that can read every table being backed up (the owner, or a member of pg_read_all_data)");
@@ -252,6 +262,12 @@ mod tests {
             "connection to server at \"h\", port 5 failed: Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?",
         );
         assert!(e.to_string().contains("cannot reach"), "{e}");
+        let e = client_failure(
+            "pg_dump",
+            &t,
+            "pg_dump: error: query failed: ERROR:  canceling statement due to lock timeout\npg_dump: error: could not obtain lock on relation \"public.t\"",
+        );
+        assert_eq!(e.kind, crate::error::ErrorKind::InUse);
         assert!(!e.to_string().contains("pw"), "{e}");
     }
 }
