@@ -18,7 +18,7 @@ use crate::repo::crypto::ObjectKind;
 use crate::repo::index::{encode_index_file, index_object_name, Index, IndexedPack};
 use crate::repo::manifest::{Content, Manifest, SourceInfo, StoredInfo};
 use crate::repo::pack::{pack_object_name, BlobEntry, BlobKind, PackWriter};
-use crate::repo::tree::{encode_node, ends_node, TreeEntry};
+use crate::repo::tree::{encode_node, ends_node, TreeEntry, NODE_ALONE_CHUNKS};
 use crate::repo::{locks, Repository};
 use crate::source::{
     Chunking, ContentWriter, Cut, Kind, Snapshot, SourceFacts, StoredImage, TreeWriter,
@@ -551,9 +551,13 @@ impl TreeWriter for TreeBuilder<'_> {
         }
         self.bytes += entry.size;
         let path = entry.path_bytes()?;
+        let alone = entry.chunks.len() >= NODE_ALONE_CHUNKS;
+        if alone {
+            self.flush_node()?;
+        }
         self.node.push(entry);
         self.entries += 1;
-        if ends_node(&path, self.node.len()) {
+        if alone || ends_node(&path, self.node.len()) {
             self.flush_node()?;
         }
         Ok(())

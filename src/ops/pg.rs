@@ -80,7 +80,21 @@ pub fn restore_to_database(
     if info.dump_format == "globals" {
         return restore_globals(repo, m, &target, &env, work.path());
     }
-    let created = prepare_database(&target, &env, opts.create, opts.clean)?;
+    // A new database is built under a name that says it is incomplete, and renamed when the
+    // restore is done: a restore that is killed leaves `<db>_lifeboat_incomplete`, never a
+    // half-restored database under the name asked for.
+    let into = if opts.create {
+        ensure_absent(&target, &env)?;
+        let building = target.with_database(&incomplete_name(&target.database()));
+        // One left by a restore that was killed is dropped: the name says what it is.
+        drop_database(&building, &env)?;
+        create_database(&building, &env)?;
+        building
+    } else {
+        check_empty(&target, &env, opts.clean)?;
+        target.clone()
+    };
+    let created = opts.create;
     let started = Instant::now();
     let done = crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
         let index = repo.load_index()?;
@@ -91,7 +105,7 @@ pub fn restore_to_database(
             &index,
             &dump,
             work.path(),
-            &target,
+            &into,
             &env,
             info,
             opts,
@@ -99,10 +113,16 @@ pub fn restore_to_database(
         );
         progress.finish();
         warnings
+    })
+    .and_then(|w| {
+        if created {
+            rename_database(&into, &target.database(), &env)?;
+        }
+        Ok(w)
     });
     if done.is_err() && created {
         // A database Lifeboat created and could not fill must not pass for a restored one.
-        if let Err(e) = drop_database(&target, &env) {
+        if let Err(e) = drop_database(&into, &env) {
             tracing::warn!("could not drop the half-restored database: {e}");
         }
     }
@@ -127,49 +147,91 @@ pub fn restore_to_database(
     })
 }
 
-/// Check the target database, or create it. Returns whether it was created.
-fn prepare_database(target: &PgTarget, env: &ClientEnv, create: bool, clean: bool) -> Result<bool> {
-    let db = target.database();
+/// The name a database is built under by `restore --create` (at most 63 bytes, PostgreSQL's
+/// limit, cut at a character boundary).
+fn incomplete_name(db: &str) -> String {
+    const SUFFIX: &str = "_lifeboat_incomplete";
+    let mut keep = 63 - SUFFIX.len();
+    while !db.is_char_boundary(keep.min(db.len())) {
+        keep -= 1;
+    }
+    format!("{}{SUFFIX}", &db[..keep.min(db.len())])
+}
+
+fn rename_database(from: &PgTarget, to: &str, env: &ClientEnv) -> Result<()> {
+    let maintenance = from.with_database("postgres");
+    let (psql, _) = connect(&maintenance, env)?;
+    psql.query(&format!(
+        "ALTER DATABASE {} RENAME TO {}",
+        quote_ident(&from.database()),
+        quote_ident(to)
+    ))
+    .map_err(|e| {
+        Error::new(
+            e.kind,
+            format!(
+                "the restore is complete in database {}, but it could not be renamed to {to}: {}",
+                from.database(),
+                e.message
+            ),
+        )
+    })?;
+    Ok(())
+}
+
+/// The database must not exist yet (`--create`).
+fn ensure_absent(target: &PgTarget, env: &ClientEnv) -> Result<()> {
     match connect(target, env) {
-        Ok((psql, _)) => {
-            if create {
-                return Err(Error::usage(format!(
-                    "database {db} exists already at {}; --create makes a new one",
-                    target.server()
-                ))
-                .hint("restore into a new name with --create, or into this one without --create (with --clean --yes to replace what it holds)"));
-            }
-            let tables = psql.value(
-                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
-                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'",
-            )?;
-            if tables.trim() != "0" && !clean {
-                return Err(Error::usage(format!(
-                    "database {db} at {} already holds {} tables, views or sequences",
-                    target.server(),
-                    tables.trim()
-                ))
-                .hint("restore into a new database with --create, or add --clean --yes to drop and recreate the objects the backup holds"));
-            }
-            Ok(false)
-        }
-        Err(e) if e.kind == ErrorKind::NotFound => {
-            if !create {
-                return Err(Error::not_found(format!(
-                    "database {db} does not exist at {}",
-                    target.server()
-                ))
-                .hint("add --create to create it"));
-            }
-            let maintenance = target.with_database("postgres");
-            let (psql, _) = connect(&maintenance, env)?;
-            psql.query(&format!("CREATE DATABASE {}", quote_ident(&db)))?;
-            Ok(true)
-        }
+        Ok(_) => Err(Error::usage(format!(
+            "database {} exists already at {}; --create makes a new one",
+            target.database(),
+            target.server()
+        ))
+        .hint("restore into a new name with --create, or into this one without --create (with --clean --yes to replace what it holds)")),
+        Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+fn create_database(target: &PgTarget, env: &ClientEnv) -> Result<()> {
+    let maintenance = target.with_database("postgres");
+    let (psql, _) = connect(&maintenance, env)?;
+    psql.query(&format!(
+        "CREATE DATABASE {}",
+        quote_ident(&target.database())
+    ))?;
+    Ok(())
+}
+
+/// The database must exist and hold no tables, views or sequences, unless `clean`.
+fn check_empty(target: &PgTarget, env: &ClientEnv, clean: bool) -> Result<()> {
+    let db = target.database();
+    let psql = match connect(target, env) {
+        Ok((psql, _)) => psql,
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            return Err(Error::not_found(format!(
+                "database {db} does not exist at {}",
+                target.server()
+            ))
+            .hint("add --create to create it"))
+        }
+        Err(e) => return Err(e),
+    };
+    let tables = psql.value(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') \
+         AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'",
+    )?;
+    if tables.trim() != "0" && !clean {
+        return Err(Error::usage(format!(
+            "database {db} at {} already holds {} tables, views or sequences",
+            target.server(),
+            tables.trim()
+        ))
+        .hint("restore into a new database with --create, or add --clean --yes to drop and recreate the objects the backup holds"));
+    }
+    Ok(())
 }
 
 fn drop_database(target: &PgTarget, env: &ClientEnv) -> Result<()> {
@@ -394,10 +456,7 @@ fn stream_restore(
         .stdout(Stdio::null())
         .stderr(Stdio::from(err_file));
     env.apply(&mut cmd);
-    crate::source::postgres::die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("cannot run", &client.path, e))?;
+    let mut child = tools::Guarded::spawn(&mut cmd, &client.path)?;
     let fed: Result<()> = std::thread::scope(|s| {
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<Result<()>>();
         let mut waiting: Vec<&TreeEntry> = pipes.clone();
@@ -447,7 +506,7 @@ fn stream_restore(
                 }
             }
             if first_error.is_some() && !exited {
-                let _ = child.kill();
+                child.kill();
             }
             if !exited {
                 exited = child
@@ -491,8 +550,10 @@ fn stream_restore(
             ),
         )
         .hint(
-            "a role the dump names may be missing on this server (add --no-owner), or the \
-             database was not empty (add --clean --yes, or restore into a new one with --create)",
+            "pg_restore's messages above say what failed; often a role the dump names is missing \
+             on this server (add --no-owner), an extension or object outside the dumped schemas \
+             is missing (a backup with --schema leaves out extensions of other schemas: create \
+             them first), or the database was not empty (add --clean --yes)",
         ));
     }
     Ok(stderr
@@ -831,7 +892,7 @@ pub fn drill(
     if opts.server.is_some() {
         drop_database(&target, &env)?;
     }
-    prepare_database(&target, &env, true, false)?;
+    create_database(&target, &env)?;
     let result = drill_in(
         repo,
         m,

@@ -94,6 +94,11 @@ struct Node {
     entries: Vec<TreeEntry>,
 }
 
+/// A file of at least this many chunks has a tree blob of its own: its long list of chunk
+/// ids is not stored again when a small file beside it changes (a dump's `toc.dat` changes
+/// every time; its tables mostly do not).
+pub const NODE_ALONE_CHUNKS: usize = 16;
+
 /// Whether a tree blob ends after the entry with this path.
 pub fn ends_node(path: &[u8], entries_in_node: usize) -> bool {
     if entries_in_node >= NODE_MAX_ENTRIES {

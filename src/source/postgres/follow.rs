@@ -7,13 +7,14 @@
 //! (in order) and which pg_dump has closed; a file is complete when closed, or when pg_dump
 //! has exited.
 
+use super::tools::Guarded;
 use crate::error::{Error, Result};
 use rustix::fs::inotify;
 use std::collections::{HashSet, VecDeque};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 /// How long a reader at the end of a growing file waits before looking again.
@@ -26,13 +27,17 @@ pub struct DumpFolder {
     seen: HashSet<String>,
     waiting: VecDeque<String>,
     closed: HashSet<String>,
-    child: Child,
+    child: Guarded,
     exited: Option<ExitStatus>,
 }
 
 impl DumpFolder {
     /// Watch `dir` (created empty by the caller), then start `pg_dump` writing into it.
-    pub fn start(dir: &Path, mut pg_dump: std::process::Command) -> Result<DumpFolder> {
+    pub fn start(
+        dir: &Path,
+        mut pg_dump: std::process::Command,
+        program: &Path,
+    ) -> Result<DumpFolder> {
         let watch_error = |e: rustix::io::Errno| {
             Error::io("cannot watch the dump folder", dir, std::io::Error::from(e))
         };
@@ -44,9 +49,7 @@ impl DumpFolder {
             inotify::WatchFlags::CREATE | inotify::WatchFlags::CLOSE_WRITE,
         )
         .map_err(watch_error)?;
-        let child = pg_dump
-            .spawn()
-            .map_err(|e| Error::io("cannot run", Path::new("pg_dump"), e))?;
+        let child = Guarded::spawn(&mut pg_dump, program)?;
         Ok(DumpFolder {
             dir: dir.to_path_buf(),
             inotify: fd,
@@ -178,8 +181,7 @@ impl Drop for DumpFolder {
     /// A dump abandoned (an error, an interruption) stops pg_dump and its workers.
     fn drop(&mut self) {
         if self.exited.is_none() {
-            // pg_dump's parallel workers are its children: they exit when its pipes close.
-            let _ = self.child.kill();
+            self.child.kill();
             let _ = self.child.wait();
         }
     }

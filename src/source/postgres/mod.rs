@@ -140,19 +140,6 @@ fn remove_abandoned(base: &std::path::Path) {
     }
 }
 
-/// Make a client program die with Lifeboat: a Lifeboat killed with SIGKILL cannot stop it,
-/// and a pg_dump left running would fill the temporary folder for nothing.
-pub fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe, called between fork and exec with constant args.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
 /// The server's version and the database's size; the first connection, so a wrong password,
 /// an unreachable server or a missing database is reported here, before anything runs.
 pub struct ServerFacts {
@@ -253,8 +240,7 @@ impl Source for PgSource {
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr_file(work.path())?));
         env.apply(&mut cmd);
-        die_with_parent(&mut cmd);
-        let mut folder = follow::DumpFolder::start(&dir, cmd)?;
+        let mut folder = follow::DumpFolder::start(&dir, cmd, &pg_dump.path)?;
         let mut dumped = Dumped::default();
         let content = writer.tree(&mut |tree| ingest(&mut folder, tree, &mut dumped));
         // pg_dump's own account of a failure explains more than what it left behind.
@@ -322,16 +308,20 @@ fn ingest(
     tree: &mut dyn TreeWriter,
     dumped: &mut Dumped,
 ) -> Result<()> {
-    let now = jiff::Timestamp::now().as_nanosecond() as i64;
+    // Entries carry no time: a dump's files are new every time, and a time that changed
+    // would store every tree blob (and its lists of chunk ids) again.
+    let now = 0;
     let mut entries = Vec::new();
     while let Some(name) = folder.next_file()? {
         let keep_bytes = name == TOC || name == "blobs.toc";
         let is_table_data = name.ends_with(".dat") && !name.starts_with("blob_") && name != TOC;
-        // Table data changes everywhere at once (updated rows move): small chunks.
-        let chunking = if is_table_data {
-            Chunking::ROWS
-        } else {
+        // Table data changes everywhere at once (updated rows move): small chunks. So does
+        // the table of contents, whose first bytes (the dump's time) change every time: small
+        // chunks keep the rest of it from being stored again.
+        let chunking = if name.starts_with("blob_") {
             Chunking::FILES
+        } else {
+            Chunking::ROWS
         };
         let mut counter = RowCounter::default();
         let mut kept = Vec::new();
@@ -346,7 +336,7 @@ fn ingest(
                     inner: &mut reader,
                     copy: &mut kept,
                 };
-                tree.store(&name, &mut tee, Chunking::FILES)?
+                tree.store(&name, &mut tee, chunking)?
             } else {
                 tree.store(&name, &mut reader, chunking)?
             }
@@ -429,15 +419,13 @@ fn dump_globals(
         .stdout(Stdio::piped())
         .stderr(Stdio::from(stderr_file(work.path())?));
     env.apply(&mut cmd);
-    die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io("cannot run", &dumpall.path, e))?;
+    let mut child = tools::Guarded::spawn(&mut cmd, &dumpall.path)?;
     let mut stdout = child
+        .child
         .stdout
         .take()
         .ok_or_else(|| Error::internal("pg_dumpall has no stdout"))?;
-    let now = jiff::Timestamp::now().as_nanosecond() as i64;
+    let now = 0;
     let content = writer.tree(&mut |tree| {
         let (chunks, size) = tree.store(GLOBALS_FILE, &mut stdout, Chunking::FILES)?;
         tree.add(root_entry(now), None)?;

@@ -175,6 +175,95 @@ impl Psql<'_> {
     }
 }
 
+/// A client program running in a process group of its own (it and the parallel workers it
+/// forks), watched by a tiny shell that kills the whole group if Lifeboat dies: a worker
+/// copying a large table would otherwise go on for as long as the table takes, holding its
+/// snapshot and filling the temporary folder. (The leader also gets a parent-death signal,
+/// which its forked workers do not inherit.)
+pub struct Guarded {
+    pub child: std::process::Child,
+    watchdog: Option<(std::process::Child, std::process::ChildStdin)>,
+}
+
+impl Guarded {
+    pub fn spawn(cmd: &mut Command, what: &Path) -> Result<Guarded> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        // SAFETY: prctl is async-signal-safe, called between fork and exec with constant
+        // arguments.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| Error::io("cannot run", what, e))?;
+        // The watchdog reads its stdin, whose other end only this process holds (close on
+        // exec): end of file without "done" means Lifeboat is gone.
+        let watchdog = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("read line; [ \"$line\" = done ] || kill -KILL -\"$1\" 2>/dev/null")
+            .arg("lifeboat-watchdog")
+            .arg(child.id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()
+            .and_then(|mut w| w.stdin.take().map(|i| (w, i)));
+        if watchdog.is_none() {
+            tracing::warn!(
+                "no watchdog for {}: its workers may outlive a killed lifeboat",
+                what.display()
+            );
+        }
+        Ok(Guarded { child, watchdog })
+    }
+
+    /// Kill the program and every process of its group.
+    pub fn kill(&mut self) {
+        // SAFETY: signalling a process group this process created.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.kill();
+    }
+
+    /// Stand the watchdog down (the program has exited or was killed).
+    fn release(&mut self) {
+        if let Some((mut w, mut stdin)) = self.watchdog.take() {
+            use std::io::Write;
+            let _ = stdin.write_all(b"done\n");
+            drop(stdin);
+            let _ = w.wait();
+        }
+    }
+
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = self.child.wait();
+        self.release();
+        status
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let status = self.child.try_wait()?;
+        if status.is_some() {
+            self.release();
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if self.watchdog.is_some() {
+            if let Ok(None) = self.child.try_wait() {
+                self.kill();
+                let _ = self.child.wait();
+            }
+            self.release();
+        }
+    }
+}
+
 /// An error for a client program that failed, by what its message says. The message is
 /// libpq's or the server's, which never holds the password.
 pub fn client_failure(program: &str, target: &PgTarget, stderr: &str) -> Error {
@@ -192,7 +281,7 @@ pub fn client_failure(program: &str, target: &PgTarget, stderr: &str) -> Error {
         .hint("check the user and password (in the URI, PGPASSWORD or ~/.pgpass)");
     }
     if lower.contains("does not exist") && lower.contains("database") {
-        return Error::not_found(format!("{program}: {detail}"))
+        return Error::not_found(format!("{what}: {detail}"))
             .hint("check the database name in the URI (`psql -l` lists the databases); restore with --create makes a new one");
     }
     if lower.contains("could not connect")
@@ -227,8 +316,25 @@ pub fn client_failure(program: &str, target: &PgTarget, stderr: &str) -> Error {
     Error::source(format!("{program} failed on {what}: {detail}"))
 }
 
+/// The last `n` lines that say something: without the programs' `name: error:` prefixes,
+/// nor libpq's note of which password file it read (Lifeboat's own, a temporary path).
 fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| {
+            let l = l.trim();
+            [
+                "psql: error: ",
+                "pg_dump: error: ",
+                "pg_dumpall: error: ",
+                "pg_restore: error: ",
+            ]
+            .iter()
+            .find_map(|p| l.strip_prefix(p))
+            .unwrap_or(l)
+        })
+        .filter(|l| !l.is_empty() && !l.contains("password retrieved from file"))
+        .collect();
     let start = lines.len().saturating_sub(n);
     lines[start..].join(" / ")
 }
