@@ -1349,11 +1349,16 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
             "server       PostgreSQL {} at {}",
             p.server_version, p.server
         );
-        println!(
-            "dumped by    pg_dump {} ({} format)",
-            p.client_version, p.dump_format
-        );
-        if p.dump_format != "globals" {
+        if p.dump_format == "globals" {
+            println!(
+                "dumped by    pg_dumpall {} (roles and tablespaces)",
+                p.client_version
+            );
+        } else {
+            println!(
+                "dumped by    pg_dump {} ({} format)",
+                p.client_version, p.dump_format
+            );
             println!(
                 "database     {} ({} on the server)",
                 p.database,
@@ -1372,7 +1377,7 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
     if let Some(sha) = m.image_sha256() {
         println!("sha256       {sha}");
     }
-    if let Some(tables) = m.tables() {
+    if let Some(tables) = m.tables().filter(|t| !t.is_empty() || m.postgres.is_none()) {
         println!("tables");
         for (t, n) in tables {
             println!("  {t:<30} {n:>12} rows");
