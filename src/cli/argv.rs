@@ -48,6 +48,9 @@ pub fn hide_uri_passwords() {
             if let Some(range) = password_range(bytes) {
                 bytes[range].fill(b'x');
             }
+            for range in password_parameters(bytes) {
+                bytes[range].fill(b'x');
+            }
         }
     }
 }
@@ -66,6 +69,28 @@ fn password_range(arg: &[u8]) -> Option<std::ops::Range<usize>> {
     (colon + 1 < at).then(|| scheme_end + colon + 1..scheme_end + at)
 }
 
+/// The values of `password=` parameters in a URI's query (`?password=…&…`).
+fn password_parameters(arg: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let Some(q) = arg.iter().position(|&b| b == b'?') else {
+        return Vec::new();
+    };
+    if !arg.windows(3).any(|w| w == b"://") {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut start = q + 1;
+    for part in arg[q + 1..].split(|&b| b == b'&' || b == b'#') {
+        if let Some(value) = part.strip_prefix(b"password=") {
+            let from = start + (part.len() - value.len());
+            if !value.is_empty() {
+                out.push(from..from + value.len());
+            }
+        }
+        start += part.len() + 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +105,9 @@ mod tests {
         assert_eq!(password_range(b"postgres://app@db:5432/shop"), None);
         assert_eq!(password_range(b"s3://bucket/prefix"), None);
         assert_eq!(password_range(b"/srv/app.db"), None);
+        let arg = b"postgres://app@db/x?sslmode=require&password=s3cret&x=1";
+        let r = password_parameters(arg);
+        assert_eq!(r.len(), 1);
+        assert_eq!(&arg[r[0].clone()], b"s3cret");
     }
 }

@@ -165,7 +165,8 @@ pub fn parse_toc(data: &[u8]) -> Result<Toc> {
     if count < 0 || count as usize > data.len() {
         return Err(bad("its entry count is out of range"));
     }
-    let mut entries = Vec::with_capacity(count as usize);
+    // Grown as entries are read: a count from a damaged file must not size an allocation.
+    let mut entries = Vec::with_capacity((count as usize).min(4096));
     for _ in 0..count {
         let dump_id = r.int()?;
         r.int()?; // had a data dumper

@@ -57,6 +57,27 @@ impl PgTarget {
             None => None,
         };
         let _ = uri.set_password(None);
+        // libpq also takes the password as a parameter (`?password=…`): moved out the same way.
+        let mut password = password;
+        if uri.query_pairs().any(|(k, _)| k == "password") {
+            let pairs: Vec<(String, String)> = uri
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            uri.set_query(None);
+            let kept: Vec<&(String, String)> =
+                pairs.iter().filter(|(k, _)| k != "password").collect();
+            if !kept.is_empty() {
+                uri.query_pairs_mut()
+                    .extend_pairs(kept.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            }
+            if password.is_none() {
+                password = pairs
+                    .into_iter()
+                    .find(|(k, _)| k == "password")
+                    .map(|(_, v)| Zeroizing::new(v));
+            }
+        }
         if uri.scheme() != "postgres" && uri.scheme() != "postgresql" {
             return Err(Error::usage("a PostgreSQL URI starts with postgres://"));
         }
@@ -306,6 +327,15 @@ mod tests {
         assert_eq!(t.database(), "shop");
         assert_eq!(t.server(), "db.example:6543");
         assert!(!format!("{t:?}").contains("cret"));
+    }
+
+    #[test]
+    fn a_password_parameter_is_taken_out_too() {
+        let t = PgTarget::parse("postgres://app@db/shop?password=p%40ss&sslmode=require").unwrap();
+        assert_eq!(t.password.as_deref().map(|p| p.as_str()), Some("p@ss"));
+        assert_eq!(t.display(), "postgres://app@db/shop?sslmode=require");
+        let t = PgTarget::parse("postgres://app@db/shop?password=x").unwrap();
+        assert_eq!(t.display(), "postgres://app@db/shop");
     }
 
     #[test]
