@@ -1744,7 +1744,7 @@ fn cmd_drill(
         println!("{}", json!(report));
     } else {
         println!("  restored into {}", report.restored_into);
-        for step in &report.steps {
+        for step in &report.check.steps {
             println!(
                 "  {} {:<28} {}",
                 if step.ok { "ok  " } else { "FAIL" },
@@ -1752,7 +1752,7 @@ fn cmd_drill(
                 step.detail
             );
         }
-        if report.ok {
+        if report.ok() {
             println!(
                 "  OK: this backup restores (restore time {:.1} s, recorded)",
                 report.rto_ms as f64 / 1000.0
@@ -1764,7 +1764,7 @@ fn cmd_drill(
             );
         }
     }
-    Ok(if report.ok {
+    Ok(if report.ok() {
         0
     } else {
         ErrorKind::Integrity.exit_code()

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::Hash;
-use crate::ops::verify::Step;
+use crate::ops::verify::VerifyReport;
 use crate::progress::Progress;
 use crate::repo::index::Index;
 use crate::repo::manifest::Content;
@@ -816,27 +816,26 @@ pub struct DrillOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillReport {
-    pub id: String,
-    pub ok: bool,
+    /// `id`, `ok` and the `steps`, as `verify` reports them.
+    #[serde(flatten)]
+    pub check: VerifyReport,
     /// Where the drill restored (a URI without password, or "throwaway cluster").
     pub restored_into: String,
-    /// Restore time objective as measured: rebuild from the repository plus pg_restore.
+    /// Restore time objective as measured: reading the repository and pg_restore, at once.
     pub rto_ms: u64,
-    pub steps: Vec<Step>,
 }
 
 impl DrillReport {
     fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
-        self.steps.push(Step {
-            name: name.into(),
-            ok,
-            detail: detail.into(),
-        });
-        self.ok &= ok;
+        self.check.push(name, ok, detail);
+    }
+
+    pub fn ok(&self) -> bool {
+        self.check.ok
     }
 
     pub fn first_failure(&self) -> Option<&str> {
-        self.steps.iter().find(|s| !s.ok).map(|s| s.name.as_str())
+        self.check.first_failure()
     }
 }
 
@@ -857,11 +856,9 @@ pub fn drill(
         .hint("drill the backups of its databases; `lifeboat verify` checks this one"));
     }
     let mut report = DrillReport {
-        id: m.id.clone(),
-        ok: true,
+        check: VerifyReport::new(&m.id),
         restored_into: String::new(),
         rto_ms: 0,
-        steps: Vec::new(),
     };
     // The cluster (when local) outlives everything that connects to it.
     let cluster;
@@ -911,7 +908,7 @@ pub fn drill(
         Ok(()) => report.push("drop the drill's database", true, name),
         Err(e) => report.push("drop the drill's database", false, e.to_string()),
     }
-    if report.ok {
+    if report.ok() {
         let record = serde_json::json!({
             "drill": true,
             "rto_ms": report.rto_ms,

@@ -27,7 +27,15 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
-    fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
+    pub(crate) fn new(id: &str) -> VerifyReport {
+        VerifyReport {
+            id: id.to_string(),
+            ok: true,
+            steps: Vec::new(),
+        }
+    }
+
+    pub(crate) fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) -> bool {
         self.steps.push(Step {
             name: name.into(),
             ok,

@@ -308,9 +308,6 @@ fn ingest(
     tree: &mut dyn TreeWriter,
     dumped: &mut Dumped,
 ) -> Result<()> {
-    // Entries carry no time: a dump's files are new every time, and a time that changed
-    // would store every tree blob (and its lists of chunk ids) again.
-    let now = 0;
     let mut entries = Vec::new();
     while let Some(name) = folder.next_file()? {
         let keep_bytes = name == TOC || name == "blobs.toc";
@@ -351,23 +348,13 @@ fn ingest(
         }
         // Stored: its room in the temporary folder is free for what pg_dump writes next.
         let _ = std::fs::remove_file(folder.path(&name));
-        entries.push(TreeEntry {
-            path: name,
-            path_hex: None,
-            kind: EntryKind::File,
-            mode: 0o600,
-            mtime_ns: now,
-            size,
-            target: None,
-            target_hex: None,
-            chunks,
-        });
+        entries.push(file_entry(name, size, chunks));
     }
     if dumped.toc.is_empty() {
         // pg_dump failed before writing its table of contents; its exit status says why.
         return Ok(());
     }
-    tree.add(root_entry(now), None)?;
+    tree.add(root_entry(), None)?;
     entries.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     for e in entries {
         tree.add(e, None)?;
@@ -375,17 +362,31 @@ fn ingest(
     Ok(())
 }
 
-fn root_entry(now: i64) -> TreeEntry {
+// Entries of a dump's tree carry no time: a dump's files are new every time, and a time that
+// changed would store every tree blob (and its lists of chunk ids) again.
+
+fn root_entry() -> TreeEntry {
     TreeEntry {
         path: String::new(),
         path_hex: None,
         kind: EntryKind::Dir,
         mode: 0o700,
-        mtime_ns: now,
+        mtime_ns: 0,
         size: 0,
         target: None,
         target_hex: None,
         chunks: Vec::new(),
+    }
+}
+
+fn file_entry(path: String, size: u64, chunks: Vec<String>) -> TreeEntry {
+    TreeEntry {
+        path,
+        kind: EntryKind::File,
+        mode: 0o600,
+        size,
+        chunks,
+        ..root_entry()
     }
 }
 
@@ -425,24 +426,10 @@ fn dump_globals(
         .stdout
         .take()
         .ok_or_else(|| Error::internal("pg_dumpall has no stdout"))?;
-    let now = 0;
     let content = writer.tree(&mut |tree| {
         let (chunks, size) = tree.store(GLOBALS_FILE, &mut stdout, Chunking::FILES)?;
-        tree.add(root_entry(now), None)?;
-        tree.add(
-            TreeEntry {
-                path: GLOBALS_FILE.into(),
-                path_hex: None,
-                kind: EntryKind::File,
-                mode: 0o600,
-                mtime_ns: now,
-                size,
-                target: None,
-                target_hex: None,
-                chunks,
-            },
-            None,
-        )
+        tree.add(root_entry(), None)?;
+        tree.add(file_entry(GLOBALS_FILE.into(), size, chunks), None)
     });
     let status = child
         .wait()
