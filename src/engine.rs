@@ -215,7 +215,7 @@ pub fn backup_then_replicate(
                 return Err(e.hint(format!(
                     "the backups of this run before {} are committed: {}; run `lifeboat sync` \
                      to copy them to the replicas",
-                    opts.database.display(),
+                    crate::source::source_key(&opts.database),
                     done.join(", ")
                 )));
             }

@@ -345,7 +345,7 @@ enum Command {
         source: Option<PathBuf>,
         /// A server where the drill may create and drop a database (postgres://USER@HOST/).
         /// Default: `drill.server` in lifeboat.toml, else a throwaway local cluster.
-        #[arg(long, env = "LIFEBOAT_DRILL_SERVER")]
+        #[arg(long, env = "LIFEBOAT_DRILL_SERVER", hide_env_values = true)]
         drill_server: Option<String>,
         /// Tables restored at once (pg_restore --jobs).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -1693,6 +1693,23 @@ fn cmd_restore_pg(
     let source = source.as_deref().map(source_key);
     let m = repo.resolve(id, source.as_deref())?;
     ctx.record(&repo);
+    let globals = m
+        .postgres
+        .as_ref()
+        .is_some_and(|p| p.dump_format == "globals");
+    if globals && !yes {
+        // It sets every role's attributes and password back to what they were then.
+        confirm(
+            &format!(
+                "Set the roles and tablespaces of {} back to backup {} (taken {}), passwords included?",
+                lifeboat::source::postgres::conn::redact_uri_text(&opts.to),
+                m.id,
+                m.time
+            ),
+            "restoring roles puts their old passwords back: it needs confirmation",
+            "add --yes to go on without asking",
+        )?;
+    }
     let out = lifeboat::ops::pg::restore_to_database(&repo, &m, &opts, &ctx.progress())?;
     if ctx.json {
         println!(

@@ -80,7 +80,12 @@ fn password_parameters(arg: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = q + 1;
     for part in arg[q + 1..].split(|&b| b == b'&' || b == b'#') {
-        if let Some(value) = part.strip_prefix(b"password=") {
+        let value = part
+            .strip_prefix(b"password=")
+            .or_else(|| part.strip_prefix(b"sslpassword="))
+            .or_else(|| part.strip_prefix(b"pass%77ord="))
+            .or_else(|| part.strip_prefix(b"%70assword="));
+        if let Some(value) = value {
             let from = start + (part.len() - value.len());
             if !value.is_empty() {
                 out.push(from..from + value.len());

@@ -113,12 +113,6 @@ pub fn restore_to_database(
         );
         progress.finish();
         warnings
-    })
-    .and_then(|w| {
-        if created {
-            rename_database(&into, &target.database(), &env)?;
-        }
-        Ok(w)
     });
     if done.is_err() && created {
         // A database Lifeboat created and could not fill must not pass for a restored one.
@@ -137,6 +131,10 @@ pub fn restore_to_database(
             e.hint(hint)
         }
     })?;
+    if created {
+        // Complete: from here on a failure keeps the database, under the name it was built as.
+        rename_database(&into, &target.database(), &env)?;
+    }
     Ok(PgRestored {
         target: target.display(),
         created,
@@ -161,16 +159,27 @@ fn incomplete_name(db: &str) -> String {
 fn rename_database(from: &PgTarget, to: &str, env: &ClientEnv) -> Result<()> {
     let maintenance = from.with_database("postgres");
     let (psql, _) = connect(&maintenance, env)?;
-    psql.query(&format!(
+    let rename = format!(
         "ALTER DATABASE {} RENAME TO {}",
         quote_ident(&from.database()),
         quote_ident(to)
-    ))
-    .map_err(|e| {
+    );
+    // A session still on the database (a monitoring tool that noticed it) stops the rename:
+    // nobody else has business in a database being restored.
+    let renamed = psql.query(&rename).or_else(|_| {
+        psql.query(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            from.database().replace('\'', "''")
+        ))?;
+        psql.query(&rename)
+    });
+    renamed.map_err(|e| {
         Error::new(
             e.kind,
             format!(
-                "the restore is complete in database {}, but it could not be renamed to {to}: {}",
+                "the restore is complete in database {}, but it could not be renamed to {to} \
+                 (the database is kept as it is): {}",
                 from.database(),
                 e.message
             ),
@@ -301,6 +310,16 @@ impl StoredDump {
         Ok(StoredDump { files })
     }
 
+    /// The table of contents, its data files checked: plain names, each once, all stored.
+    fn toc(&self, repo: &Repository, index: &Index) -> Result<archive::Toc> {
+        let toc = archive::parse_toc(&self.read_all(repo, index, TOC)?)?;
+        archive::check_data_files(&toc)?;
+        for e in toc.data_files() {
+            self.get(&e.filename)?;
+        }
+        Ok(toc)
+    }
+
     fn bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
     }
@@ -313,8 +332,15 @@ impl StoredDump {
     }
 
     fn read_all(&self, repo: &Repository, index: &Index, name: &str) -> Result<Vec<u8>> {
+        let entry = self.get(name)?;
+        if entry.size > archive::MAX_LIST_BYTES {
+            return Err(Error::integrity(format!(
+                "the stored dump's {name} is {} bytes, more than any pg_dump writes",
+                entry.size
+            )));
+        }
         let mut out = Vec::new();
-        ChunkReader::new(repo, index, self.get(name)?)?
+        ChunkReader::new(repo, index, entry)?
             .read_to_end(&mut out)
             .map_err(|e| io_to_error(e, name))?;
         Ok(out)
@@ -406,6 +432,7 @@ fn stream_restore(
     opts: &PgRestoreOptions,
     progress: &Progress,
 ) -> Result<Vec<String>> {
+    dump.toc(repo, index)?;
     let dir = work.join("dump");
     crate::storage::local::create_private_dir(&dir)?;
     let mut pipes = Vec::new();
@@ -438,12 +465,11 @@ fn stream_restore(
     let major = (server.version_num / 10000).max(info.server_version_num / 10000);
     let client = tools::find("pg_restore", Some(major))?;
     let err_path = work.join("pg_restore.err");
-    let err_file =
-        std::fs::File::create(&err_path).map_err(|e| Error::io("cannot create", &err_path, e))?;
+    let err_file = crate::source::postgres::private_file(&err_path)?;
     let mut cmd = Command::new(&client.path);
     cmd.args(["--no-password", "--format=directory"])
         .arg(format!("--jobs={}", opts.jobs.max(1)))
-        .arg(format!("--dbname={}", target.display()));
+        .arg(format!("--dbname={}", target.conn_uri()));
     if opts.clean {
         cmd.args(["--clean", "--if-exists"]);
     }
@@ -538,7 +564,12 @@ fn stream_restore(
         .wait()
         .map_err(|e| Error::io("cannot wait for", &client.path, e))?;
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    fed?;
+    // A chunk that failed its check (or an interruption) is the cause; a pipe pg_restore
+    // stopped reading is a symptom of what pg_restore says.
+    match fed {
+        Err(e) if e.kind != ErrorKind::Source || status.success() => return Err(e),
+        _ => {}
+    }
     if !status.success() {
         let e = client_failure("pg_restore", target, &stderr);
         return Err(Error::new(
@@ -607,14 +638,17 @@ fn restore_globals(
         StoredDump::load(repo, &index, m)?.read_all(repo, &index, GLOBALS_FILE)
     })?;
     let path = work.join(GLOBALS_FILE);
-    std::fs::write(&path, script).map_err(|e| Error::io("cannot write", &path, e))?;
+    let script = restricted_script(&script, &tools::find("psql", None)?)?;
+    crate::source::postgres::private_file(&path)?
+        .write_all(&script)
+        .map_err(|e| Error::io("cannot write", &path, e))?;
     let (psql, _) = connect(target, env)?;
     let mut cmd = Command::new(&psql.client.path);
     // Roles that exist already fail their CREATE ROLE and the script goes on: the rest still
     // applies (their ALTER ROLE sets the stored attributes and passwords).
     cmd.args(["-X", "-q", "--no-password", "-f"])
         .arg(&path)
-        .arg(format!("--dbname={}", target.display()))
+        .arg(format!("--dbname={}", target.conn_uri()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -687,8 +721,14 @@ pub fn write_archive(
     tmp.as_file()
         .sync_all()
         .map_err(|e| Error::io("cannot write", output, e))?;
-    tmp.persist(output)
-        .map_err(|e| Error::io("cannot write", output, e.error))?;
+    // Without --yes, a file that appeared at OUTPUT meanwhile is not replaced either.
+    if overwrite {
+        tmp.persist(output)
+            .map_err(|e| Error::io("cannot write", output, e.error))?;
+    } else {
+        tmp.persist_noclobber(output)
+            .map_err(|e| Error::io("cannot write", output, e.error))?;
+    }
     Ok(written)
 }
 
@@ -703,7 +743,7 @@ fn write_tar<W: Write>(
     out: W,
     output: &Path,
 ) -> Result<u64> {
-    let toc = archive::parse_toc(&dump.read_all(repo, index, TOC)?)?;
+    let toc = dump.toc(repo, index)?;
     let mut tar = tar::Builder::new(out);
     let mut written = 0u64;
     let mut add = |tar: &mut tar::Builder<W>, name: &str| -> Result<()> {
@@ -721,8 +761,8 @@ fn write_tar<W: Write>(
     };
     add(&mut tar, TOC)?;
     for entry in toc.data_files() {
-        if entry.filename == "blobs.toc" {
-            let list = dump.read_all(repo, index, "blobs.toc")?;
+        if archive::is_blobs_list(&entry.filename) {
+            let list = dump.read_all(repo, index, &entry.filename)?;
             for line in String::from_utf8_lossy(&list).lines() {
                 if let Some(file) = line.split_whitespace().nth(1) {
                     add(&mut tar, file)?;
@@ -747,13 +787,25 @@ pub fn check_dump(dump: &Path, info: &PostgresInfo) -> Vec<(&'static str, bool, 
         let ok = dump.join(GLOBALS_FILE).is_file();
         return vec![("roles and tablespaces script", ok, GLOBALS_FILE.to_string())];
     }
-    let toc = match std::fs::read(dump.join(TOC))
-        .map_err(|e| Error::io("cannot read", &dump.join(TOC), e))
+    let toc_path = dump.join(TOC);
+    let too_big = std::fs::metadata(&toc_path).is_ok_and(|m| m.len() > archive::MAX_LIST_BYTES);
+    if too_big {
+        return vec![(
+            "table of contents",
+            false,
+            "larger than any pg_dump writes".into(),
+        )];
+    }
+    let toc = match std::fs::read(&toc_path)
+        .map_err(|e| Error::io("cannot read", &toc_path, e))
         .and_then(|b| archive::parse_toc(&b))
     {
         Ok(t) => t,
         Err(e) => return vec![("table of contents", false, e.to_string())],
     };
+    if let Err(e) = archive::check_data_files(&toc) {
+        return vec![("table of contents", false, e.to_string())];
+    }
     let mut steps = vec![(
         "table of contents",
         true,
@@ -862,7 +914,12 @@ pub fn drill(
     };
     // The cluster (when local) outlives everything that connects to it.
     let cluster;
-    let name = format!("lifeboat_drill_{}", m.id.to_ascii_lowercase());
+    // One name per drill: two drills of a backup on one server must not drop each other's.
+    let name = format!(
+        "lifeboat_drill_{}_{:08x}",
+        m.id.to_ascii_lowercase(),
+        rand::random::<u32>()
+    );
     let target = match &opts.server {
         Some(uri) => {
             let server = PgTarget::parse(uri)?;
@@ -885,10 +942,6 @@ pub fn drill(
     };
     let work = work_dir("drill")?;
     let env = target.client_env(work.path())?;
-    // A drill's database left by a drill that was killed is dropped first.
-    if opts.server.is_some() {
-        drop_database(&target, &env)?;
-    }
     create_database(&target, &env)?;
     let result = drill_in(
         repo,
@@ -1079,5 +1132,99 @@ fn join_some<T: std::fmt::Display>(items: &[T]) -> String {
         format!("{} and {} more", shown.join(", "), items.len() - 5)
     } else {
         shown.join(", ")
+    }
+}
+
+/// The roles script to run: pg_dumpall writes SQL only (its own `\restrict` lines aside), so
+/// a line starting with a psql command (`\!`, `\o`, `\copy` …) was not written by it and
+/// the script is refused. The script then runs under a `\restrict` key of Lifeboat's own
+/// (psql 13.22, 14.19, 15.14, 16.10, 17.6 and later), which forbids psql commands anywhere
+/// in it, even mid-line.
+fn restricted_script(script: &[u8], psql: &tools::Client) -> Result<Vec<u8>> {
+    let text = String::from_utf8_lossy(script);
+    let mut body = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("\\restrict ") || t.starts_with("\\unrestrict ") {
+            continue;
+        }
+        if t.starts_with('\\') {
+            return Err(Error::integrity(format!(
+                "the stored roles script holds the psql command '{}', which pg_dumpall never writes; it was not run",
+                t.split_whitespace().next().unwrap_or(t)
+            ))
+            .hint("the repository may have been tampered with: restore the roles from a backup you trust"));
+        }
+        body.push_str(line);
+        body.push('\n');
+    }
+    let key = hex::encode(rand::random::<[u8; 16]>());
+    let mut out = String::new();
+    if restrict_supported(&psql.version) {
+        out.push_str(&format!("\\restrict {key}\n"));
+        out.push_str(&body);
+        out.push_str(&format!("\\unrestrict {key}\n"));
+    } else {
+        out.push_str(&body);
+    }
+    Ok(out.into_bytes())
+}
+
+/// Whether this psql knows `\restrict` (added in the August 2025 minor releases).
+fn restrict_supported(version: &str) -> bool {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    match major {
+        0..=12 => false,
+        13 => minor >= 22,
+        14 => minor >= 19,
+        15 => minor >= 14,
+        16 => minor >= 10,
+        17 => minor >= 6,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(version: &str) -> tools::Client {
+        tools::Client {
+            path: "psql".into(),
+            version: version.into(),
+            major: tools::parse_major(version).unwrap_or(0),
+        }
+    }
+
+    #[test]
+    fn a_roles_script_runs_restricted_and_psql_commands_are_refused() {
+        let script =
+            b"\\restrict abc\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\n\\unrestrict abc\n";
+        let out = String::from_utf8(restricted_script(script, &client("15.18 (Debian)")).unwrap())
+            .unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("\\restrict ") && lines[0] != "\\restrict abc");
+        assert_eq!(
+            &lines[1..3],
+            ["CREATE ROLE app;", "ALTER ROLE app WITH LOGIN;"]
+        );
+        assert!(lines[3].starts_with("\\unrestrict ") && lines[3][12..] == lines[0][10..]);
+        let planted = b"CREATE ROLE app;\n  \\! id > /tmp/x\n";
+        let e = restricted_script(planted, &client("15.18")).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Integrity);
+        assert!(!restrict_supported("15.13"));
+        assert!(restrict_supported("18.1"));
+    }
+
+    #[test]
+    fn incomplete_names_fit_postgres_limit() {
+        assert_eq!(incomplete_name("shop"), "shop_lifeboat_incomplete");
+        let long = "é".repeat(40);
+        let n = incomplete_name(&long);
+        assert!(n.len() <= 63 && n.ends_with("_lifeboat_incomplete"), "{n}");
     }
 }

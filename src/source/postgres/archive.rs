@@ -100,7 +100,7 @@ impl Reader<'_> {
                 v |= (*b as i64) << (8 * i);
             }
         }
-        Ok(if negative { -v } else { v })
+        Ok(if negative { v.wrapping_neg() } else { v })
     }
 
     /// `WriteStr`: a length (-1 for NULL), then the bytes.
@@ -208,6 +208,38 @@ pub fn parse_toc(data: &[u8]) -> Result<Toc> {
     })
 }
 
+/// The largest table of contents or list of large objects Lifeboat reads into memory: real
+/// ones are kilobytes to megabytes; a larger one comes from a damaged or forged archive.
+pub const MAX_LIST_BYTES: u64 = 256 << 20;
+
+/// Whether `name` is a list of large objects: `blobs.toc` (archives before 1.16) or
+/// `blobs_<dump id>.toc` (pg_dump 17).
+pub fn is_blobs_list(name: &str) -> bool {
+    name == "blobs.toc" || (name.starts_with("blobs_") && name.ends_with(".toc"))
+}
+
+/// The files the table of contents names must be plain names in the dump's folder, each
+/// named once: a path elsewhere would be read (verify) or opened (pg_restore) outside it,
+/// and a file named twice would be opened twice.
+pub fn check_data_files(toc: &Toc) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for e in toc.data_files() {
+        let f = &e.filename;
+        let plain = !f.is_empty()
+            && !f.starts_with('.')
+            && !f.contains('/')
+            && !f.contains('\0')
+            && f != TOC;
+        if !plain {
+            return Err(bad(&format!("it names the data file '{f}'")));
+        }
+        if !seen.insert(f.as_str()) {
+            return Err(bad(&format!("it names the data file '{f}' twice")));
+        }
+    }
+    Ok(())
+}
+
 /// `schema.table`, each part double-quoted unless it is a plain lower-case name (as
 /// PostgreSQL prints identifiers), so no two tables share a key and the key reads back.
 pub fn table_key(schema: &str, table: &str) -> String {
@@ -310,7 +342,7 @@ impl<R: std::io::Read> std::io::Read for Counting<'_, R> {
     }
 }
 
-/// Large objects listed in `blobs.toc` (one `<oid> blob_<oid>.dat` line each).
+/// Large objects listed in a `blobs.toc` (one `<oid> blob_<oid>.dat` line each).
 pub fn count_blobs(blobs_toc: &[u8]) -> u64 {
     blobs_toc
         .split(|&b| b == b'\n')

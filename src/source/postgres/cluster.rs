@@ -77,7 +77,8 @@ impl Cluster {
             ],
         )?;
         let conf = format!(
-            "listen_addresses = ''\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n\
+            "listen_addresses = ''\nport = {port}\nunix_socket_directories = '{}'\n\
+             unix_socket_permissions = 0700\nfsync = off\n\
              synchronous_commit = off\nfull_page_writes = off\nmax_wal_size = 4GB\n",
             cluster.dir.path().display()
         );

@@ -24,6 +24,8 @@ pub struct PgTarget {
     /// The URI without its password; what the clients get as `--dbname`.
     uri: url::Url,
     password: Option<Zeroizing<String>>,
+    /// `sslpassword`: the passphrase of the client's key, handed over in a service file.
+    ssl_password: Option<Zeroizing<String>>,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -57,31 +59,38 @@ impl PgTarget {
             None => None,
         };
         let _ = uri.set_password(None);
-        // libpq also takes the password as a parameter (`?password=…`): moved out the same way.
+        // libpq also takes the password (and the client key's passphrase) as parameters:
+        // moved out the same way. The other parameters are kept byte for byte (libpq does
+        // not read `+` as a space, so they are not re-encoded).
         let mut password = password;
-        if uri.query_pairs().any(|(k, _)| k == "password") {
-            let pairs: Vec<(String, String)> = uri
-                .query_pairs()
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            uri.set_query(None);
-            let kept: Vec<&(String, String)> =
-                pairs.iter().filter(|(k, _)| k != "password").collect();
-            if !kept.is_empty() {
-                uri.query_pairs_mut()
-                    .extend_pairs(kept.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut ssl_password = None;
+        if let Some(query) = uri.query().map(str::to_string) {
+            let mut kept = Vec::new();
+            for part in query.split('&') {
+                let (key, value) = part.split_once('=').unwrap_or((part, ""));
+                let key = percent_encoding_decode(key).unwrap_or_default();
+                let value = || Zeroizing::new(percent_encoding_decode(value).unwrap_or_default());
+                match key.as_str() {
+                    "password" => {
+                        if password.is_none() {
+                            password = Some(value());
+                        }
+                    }
+                    "sslpassword" => ssl_password = Some(value()),
+                    _ => kept.push(part),
+                }
             }
-            if password.is_none() {
-                password = pairs
-                    .into_iter()
-                    .find(|(k, _)| k == "password")
-                    .map(|(_, v)| Zeroizing::new(v));
-            }
+            let kept = kept.join("&");
+            uri.set_query((!kept.is_empty()).then_some(kept.as_str()));
         }
         if uri.scheme() != "postgres" && uri.scheme() != "postgresql" {
             return Err(Error::usage("a PostgreSQL URI starts with postgres://"));
         }
-        Ok(PgTarget { uri, password })
+        Ok(PgTarget {
+            uri,
+            password,
+            ssl_password,
+        })
     }
 
     /// The database named in the URI, else `PGDATABASE`, else the user name (libpq's rule).
@@ -167,9 +176,24 @@ impl PgTarget {
         t
     }
 
-    /// The URI without password, for `--dbname` of the clients and for messages.
+    /// The URI without password, for messages.
     pub fn display(&self) -> String {
         self.uri.to_string()
+    }
+
+    /// The URI for `--dbname` of the clients: [`PgTarget::display`], naming the service of
+    /// the private service file when there is a key passphrase to hand over.
+    pub fn conn_uri(&self) -> String {
+        if self.ssl_password.is_none() {
+            return self.display();
+        }
+        let mut u = self.uri.clone();
+        let query = match u.query() {
+            Some(q) if !q.is_empty() => format!("{q}&service={SERVICE}"),
+            _ => format!("service={SERVICE}"),
+        };
+        u.set_query(Some(&query));
+        u.to_string()
     }
 
     /// The environment for a client program: the password file when the URI carries a
@@ -185,16 +209,43 @@ pub struct ClientEnv {
     /// Variables removed from the child's environment.
     pub removed: Vec<&'static str>,
     passfile: Option<PathBuf>,
+    service_file: Option<PathBuf>,
+}
+
+/// The service of the private service file (`PGSERVICEFILE`).
+const SERVICE: &str = "lifeboat";
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode_private()
+        .open(path)
+        .map_err(|e| Error::io("cannot create the password file", path, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("cannot write", path, e))
 }
 
 impl ClientEnv {
     fn new(target: &PgTarget, dir: &Path) -> Result<ClientEnv> {
+        let mut env = ClientEnv {
+            vars: Vec::new(),
+            removed: Vec::new(),
+            passfile: None,
+            service_file: None,
+        };
+        if let Some(ssl_password) = &target.ssl_password {
+            let path = dir.join(format!("pg_service-{}.conf", std::process::id()));
+            let text = Zeroizing::new(format!(
+                "[{SERVICE}]\nsslpassword={}\n",
+                ssl_password.as_str()
+            ));
+            write_private(&path, text.as_bytes())?;
+            env.vars.push(("PGSERVICEFILE".into(), path.clone()));
+            env.service_file = Some(path);
+        }
         let Some(password) = &target.password else {
-            return Ok(ClientEnv {
-                vars: Vec::new(),
-                removed: Vec::new(),
-                passfile: None,
-            });
+            return Ok(env);
         };
         // The pgpass format: fields separated by ':', with '\' and ':' escaped.
         let mut line = Zeroizing::new(String::from("*:*:*:*:"));
@@ -206,20 +257,12 @@ impl ClientEnv {
         }
         line.push('\n');
         let path = dir.join(format!("pgpass-{}", std::process::id()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode_private()
-            .open(&path)
-            .map_err(|e| Error::io("cannot create the password file", &path, e))?;
-        f.write_all(line.as_bytes())
-            .map_err(|e| Error::io("cannot write", &path, e))?;
-        Ok(ClientEnv {
-            vars: vec![("PGPASSFILE".into(), path.clone())],
-            // A PGPASSWORD in the environment would win over the URI's password.
-            removed: vec!["PGPASSWORD"],
-            passfile: Some(path),
-        })
+        write_private(&path, line.as_bytes())?;
+        env.vars.push(("PGPASSFILE".into(), path.clone()));
+        // A PGPASSWORD in the environment would win over the URI's password.
+        env.removed.push("PGPASSWORD");
+        env.passfile = Some(path);
+        Ok(env)
     }
 
     /// Apply to a command.
@@ -235,7 +278,7 @@ impl ClientEnv {
 
 impl Drop for ClientEnv {
     fn drop(&mut self) {
-        if let Some(p) = &self.passfile {
+        for p in [&self.passfile, &self.service_file].into_iter().flatten() {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -298,7 +341,8 @@ pub fn redact_uri_text(text: &str) -> String {
         return text.to_string();
     };
     let rest = &text[scheme_end + 3..];
-    match (rest.find('@'), rest.find(':')) {
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match (authority.rfind('@'), authority.find(':')) {
         (Some(at), Some(colon)) if colon < at => format!(
             "{}{}:***{}",
             &text[..scheme_end + 3],
@@ -336,6 +380,38 @@ mod tests {
         assert_eq!(t.display(), "postgres://app@db/shop?sslmode=require");
         let t = PgTarget::parse("postgres://app@db/shop?password=x").unwrap();
         assert_eq!(t.display(), "postgres://app@db/shop");
+    }
+
+    #[test]
+    fn other_parameters_are_kept_as_written_and_the_key_passphrase_moves_out() {
+        let t = PgTarget::parse(
+            "postgres://u@h/d?options=-c%20statement_timeout%3D0&password=pw&sslpassword=kp",
+        )
+        .unwrap();
+        assert_eq!(
+            t.display(),
+            "postgres://u@h/d?options=-c%20statement_timeout%3D0"
+        );
+        assert_eq!(
+            t.conn_uri(),
+            "postgres://u@h/d?options=-c%20statement_timeout%3D0&service=lifeboat"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let env = t.client_env(dir.path()).unwrap();
+        let service = &env
+            .vars
+            .iter()
+            .find(|(k, _)| k == "PGSERVICEFILE")
+            .unwrap()
+            .1;
+        assert_eq!(
+            std::fs::read_to_string(service).unwrap(),
+            "[lifeboat]\nsslpassword=kp\n"
+        );
+        assert_eq!(
+            redact_uri_text("postgres://a:hunter@2@db:x/s"),
+            "postgres://a:***@db:x/s"
+        );
     }
 
     #[test]

@@ -51,8 +51,18 @@ pub struct PgSource {
 
 impl PgSource {
     pub fn new(uri: &str, opts: &PgOptions) -> Result<PgSource> {
+        let target = PgTarget::parse(uri)?;
+        // A URI without a database names the server (its globals); the database libpq would
+        // pick (PGDATABASE, the user's name) must not be backed up under that name.
+        if !target.names_database() {
+            return Err(Error::usage(format!(
+                "{} names a server, not a database",
+                target.display()
+            ))
+            .hint("add the database: postgres://USER@HOST:PORT/DB, or --all-databases for every database of the server and its roles"));
+        }
         Ok(PgSource {
-            target: PgTarget::parse(uri)?,
+            target,
             opts: opts.clone(),
             globals: false,
         })
@@ -82,15 +92,22 @@ impl PgSource {
 /// A folder for a dump's temporary files: private (0700), in `LIFEBOAT_TEMP_DIR` or the
 /// system's temp folder, removed when dropped. It holds a lock for as long as it lives, so
 /// the folder of a Lifeboat that was killed (nothing removed it) is known as such and
-/// removed by the next one.
+/// removed by the next one. It is made and locked under a name of its own, then renamed
+/// into the name the cleanup looks at, so no cleanup sees it unlocked.
 pub struct WorkDir {
-    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
     _lock: std::fs::File,
 }
 
 impl WorkDir {
     pub fn path(&self) -> &std::path::Path {
-        self.dir.path()
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -100,34 +117,70 @@ const WORK_LOCK: &str = ".lock";
 pub fn work_dir(what: &str) -> Result<WorkDir> {
     let base = crate::ops::verify::temp_dir();
     remove_abandoned(&base);
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{WORK_PREFIX}{what}-"))
+    let hint = "set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data";
+    let fresh = tempfile::Builder::new()
+        .prefix(".lifeboat-pg-new-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
         .tempdir_in(&base)
-        .map_err(|e| {
-            Error::io("cannot create a temporary folder in", &base, e)
-                .hint("set LIFEBOAT_TEMP_DIR to a folder with room for the largest table's data")
-        })?;
-    let lock_path = dir.path().join(WORK_LOCK);
-    let lock =
-        std::fs::File::create(&lock_path).map_err(|e| Error::io("cannot create", &lock_path, e))?;
+        .map_err(|e| Error::io("cannot create a temporary folder in", &base, e).hint(hint))?;
+    let lock_path = fresh.path().join(WORK_LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io("cannot create", &lock_path, e))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         .map_err(|e| Error::io("cannot lock", &lock_path, std::io::Error::from(e)))?;
-    Ok(WorkDir { dir, _lock: lock })
+    let suffix = fresh
+        .path()
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit('-').next())
+        .unwrap_or("x")
+        .to_string();
+    let path = base.join(format!("{WORK_PREFIX}{what}-{suffix}"));
+    let fresh = fresh.keep();
+    std::fs::rename(&fresh, &path).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&fresh);
+        Error::io("cannot create a temporary folder in", &base, e).hint(hint)
+    })?;
+    Ok(WorkDir { path, _lock: lock })
 }
 
-/// Remove the work folders of killed Lifeboat processes: those whose lock nobody holds.
+/// Remove the work folders of killed Lifeboat processes: this user's folders whose lock
+/// nobody holds. Anything else (another user's folder, a lock that is not a plain file) is
+/// left alone.
 fn remove_abandoned(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
     for e in entries.flatten() {
         let name = e.file_name();
         if !name.to_string_lossy().starts_with(WORK_PREFIX) {
             continue;
         }
-        let Ok(lock) = std::fs::File::open(e.path().join(WORK_LOCK)) else {
+        let ours = std::fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if !ours {
             continue;
-        };
+        }
+        let lock = rustix::fs::open(
+            e.path().join(WORK_LOCK),
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        );
+        let Ok(lock) = lock else { continue };
+        let plain = rustix::fs::fstat(&lock).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        });
+        if !plain {
+            continue;
+        }
         let free =
             rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok();
         if free {
@@ -224,17 +277,23 @@ impl Source for PgSource {
         let dir = work.path().join("dump");
         crate::storage::local::create_private_dir(&dir)?;
         let mut cmd = Command::new(&pg_dump.path);
-        cmd.args(["--format=directory", "--compress=0", "--no-password"])
-            .arg(format!("--jobs={}", self.opts.jobs.max(1)))
-            .arg(format!("--file={}", dir.display()))
-            .arg(format!("--lock-wait-timeout={}", lock_wait_ms()));
+        // --no-sync: its files are stored and deleted at once, never read from this disk again.
+        cmd.args([
+            "--format=directory",
+            "--compress=0",
+            "--no-password",
+            "--no-sync",
+        ])
+        .arg(format!("--jobs={}", self.opts.jobs.max(1)))
+        .arg(format!("--file={}", dir.display()))
+        .arg(format!("--lock-wait-timeout={}", lock_wait_ms()));
         for s in &self.opts.schemas {
             cmd.arg(format!("--schema={s}"));
         }
         for t in &self.opts.exclude_tables {
             cmd.arg(format!("--exclude-table={t}"));
         }
-        cmd.arg(format!("--dbname={}", self.target.display()))
+        cmd.arg(format!("--dbname={}", self.target.conn_uri()))
             .env("PGAPPNAME", "lifeboat")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -253,6 +312,7 @@ impl Source for PgSource {
         }
         let content = content?;
         let toc = archive::parse_toc(&dumped.toc)?;
+        archive::check_data_files(&toc)?;
         for (file, table) in toc.table_files() {
             let rows = dumped.rows.get(&file).copied().flatten().ok_or_else(|| {
                 Error::source(format!(
@@ -288,8 +348,19 @@ fn lock_wait_ms() -> u64 {
 }
 
 fn stderr_file(dir: &std::path::Path) -> Result<std::fs::File> {
-    let path = dir.join("pg_dump.err");
-    std::fs::File::create(&path).map_err(|e| Error::io("cannot create", &path, e))
+    private_file(&dir.join("pg_dump.err"))
+}
+
+/// A new file only this user may read (client messages may quote rows; scripts hold roles'
+/// password hashes).
+pub fn private_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("cannot create", path, e))
 }
 
 /// What the files of a dump held, besides their chunks.
@@ -310,7 +381,7 @@ fn ingest(
 ) -> Result<()> {
     let mut entries = Vec::new();
     while let Some(name) = folder.next_file()? {
-        let keep_bytes = name == TOC || name == "blobs.toc";
+        let keep_bytes = name == TOC || archive::is_blobs_list(&name);
         let is_table_data = name.ends_with(".dat") && !name.starts_with("blob_") && name != TOC;
         // Table data changes everywhere at once (updated rows move): small chunks. So does
         // the table of contents, whose first bytes (the dump's time) change every time: small
@@ -343,8 +414,8 @@ fn ingest(
         }
         if name == TOC {
             dumped.toc = kept;
-        } else if name == "blobs.toc" {
-            dumped.blobs = archive::count_blobs(&kept);
+        } else if archive::is_blobs_list(&name) {
+            dumped.blobs += archive::count_blobs(&kept);
         }
         // Stored: its room in the temporary folder is free for what pg_dump writes next.
         let _ = std::fs::remove_file(folder.path(&name));
@@ -414,7 +485,7 @@ fn dump_globals(
     let work = work_dir("globals")?;
     let mut cmd = Command::new(&dumpall.path);
     cmd.args(["--globals-only", "--no-password"])
-        .arg(format!("--dbname={}", target.display()))
+        .arg(format!("--dbname={}", target.conn_uri()))
         .env("PGAPPNAME", "lifeboat")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -136,6 +136,8 @@ impl Psql<'_> {
             "-A",
             "-t",
             "-q",
+            // Records end with NUL: a table's name may hold a line break.
+            "-0",
             "-v",
             "ON_ERROR_STOP=1",
             "-F",
@@ -143,7 +145,7 @@ impl Psql<'_> {
         ])
         .arg("-c")
         .arg(sql)
-        .arg(format!("--dbname={}", self.target.display()))
+        .arg(format!("--dbname={}", self.target.conn_uri()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -159,8 +161,8 @@ impl Psql<'_> {
             return Err(client_failure("psql", self.target, &stderr));
         }
         Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.is_empty())
+            .split('\0')
+            .filter(|l| !l.is_empty() && *l != "\n")
             .map(|l| l.split('\u{1f}').map(str::to_string).collect())
             .collect())
     }
