@@ -60,8 +60,12 @@ pub struct Client {
 /// Find `program` able to work with a server of major version `server_major` (a client at
 /// least as new as the server; `None` when the server's version is not known yet).
 pub fn find(program: &str, server_major: Option<u32>) -> Result<Client> {
+    find_in(program, server_major, search_dirs(server_major))
+}
+
+fn find_in(program: &str, server_major: Option<u32>, dirs: Vec<PathBuf>) -> Result<Client> {
     let mut too_old: Option<Client> = None;
-    for dir in search_dirs(server_major) {
+    for dir in dirs {
         let path = dir.join(program);
         if !is_executable(&path) {
             continue;
@@ -350,6 +354,43 @@ mod tests {
         assert_eq!(parse_major("15.18 (Debian 15.18-0+deb12u1)"), Some(15));
         assert_eq!(parse_major("17devel"), Some(17));
         assert_eq!(parse_major("9.6.24"), Some(9));
+    }
+
+    /// A folder with a fake `program` that prints `version` like the real ones do.
+    fn fake_client(program: &str, version: &str) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(program);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\necho '{program} (PostgreSQL) {version}'\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_client_older_than_the_server_is_refused_and_a_newer_one_taken() {
+        let old = fake_client("pg_dump", "14.11 (Debian 14.11-1)");
+        let new = fake_client("pg_dump", "16.4");
+        let e = find_in("pg_dump", Some(15), vec![old.path().into()]).unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::Usage);
+        assert!(
+            e.to_string().contains("14.11")
+                && e.to_string()
+                    .contains("older than the PostgreSQL 15 server"),
+            "{e}"
+        );
+        let found = find_in(
+            "pg_dump",
+            Some(15),
+            vec![old.path().into(), new.path().into()],
+        )
+        .unwrap();
+        assert_eq!((found.major, found.path), (16, new.path().join("pg_dump")));
+        let none = find_in("pg_dump", Some(15), vec![]).unwrap_err();
+        assert!(none.to_string().contains("was not found"), "{none}");
     }
 
     #[test]
