@@ -23,10 +23,16 @@
 #                   LIFEBOAT_PASSWORD), and the plain dump into restic
 #                   (`pg_dump | restic backup --stdin`, repository format 2, compressed).
 #                   Stored bytes: the repository folder (du -sb) or the file.
+#                   Info rows (once, no target): `pg_dump -Fp >/dev/null` (the dump alone)
+#                   and `pg_dump -Fd -Z0 -j2` to disk (what Lifeboat runs, without storing).
 #   2 change        `pgbench -c 2 -j 2 -T $PGBENCH_SECONDS` (built-in tpcb-like), then
 #                   1% of `docs` rows, drawn uniformly over the whole table, get a new
 #                   body of the same length distribution (COPY of ids and bodies into
-#                   a temporary table, one UPDATE … FROM).
+#                   a temporary table, one UPDATE … FROM).  pgbench runs unthrottled: at
+#                   ~6000 tps it updates ~16% of the accounts at scale 100 in 300 s, so
+#                   nearly every 4 KiB chunk of pgbench_accounts changes, and
+#                   pgbench_history gains ~90 MB of new rows; the header gives each
+#                   table's share of a new compressed dump.
 #   3 second backup Lifeboat into the repository of step 1 ($RUNS times: the repository
 #                   and Lifeboat's state folder are copied back before each run); bytes
 #                   added = growth of the repository folder; a new `pg_dump | zstd`
@@ -39,7 +45,10 @@
 #                   (dropped after it).  After each, the row count of every table
 #                   must equal the source's: otherwise the row says BAD RESTORE, the
 #                   report fails the target and this script exits 1.
-#                   Then once `lifeboat drill ID` on the same server (info only).
+#                   Info rows (once, no target): Lifeboat's restore of the step-1 full
+#                   backup (chunks in stored order; checked against the counts then),
+#                   `pg_restore -j2` of a `pg_dump -Fd -Z0` folder (what Lifeboat
+#                   streams, from disk), and `lifeboat drill ID` on the same server.
 #
 # Peak RSS: GNU time's %M, the largest single process of the tool's tree (for
 # Lifeboat: lifeboat itself or its pg_dump / pg_restore); Lifeboat's own peak
@@ -92,6 +101,7 @@ T_PGR="pg_restore -j2"
 T_FD="pg_dump -Fd -Z0 -j2 (to disk, info)"       # what Lifeboat runs, without storing
 T_PLAIN="pg_dump -Fp >/dev/null (info)"         # the dump alone, the floor of the zstd pipeline
 T_PGR_FD="pg_restore -j2 of -Fd -Z0 (info)"     # an uncompressed folder: the floor of Lifeboat's restore
+T_LB_FIRST="lifeboat, the first backup (info)"  # the full backup of step 1, restored the same way
 BAD_RESTORES=0
 
 die() { echo "ERROR: $*" >&2; exit 1; }
@@ -183,17 +193,18 @@ ORDER BY 1;
 SQL
 }
 
-# check_restore DB -> note: "N tables, row counts equal to the source's" or "BAD RESTORE: …"
-# (the caller counts the bad ones: this runs in a command substitution)
+# check_restore DB [EXPECTED] -> note: "N tables, row counts equal to the source's" or
+# "BAD RESTORE: …" (the caller counts the bad ones: this runs in a command substitution).
+# EXPECTED: table_counts of the source when backed up (default: now, $SOURCE_COUNTS).
 check_restore() {
-    local got
+    local got want=${2:-$SOURCE_COUNTS}
     got=$(table_counts "$1" 2>&1)
-    if [[ $got == "$SOURCE_COUNTS" ]]; then
+    if [[ $got == "$want" ]]; then
         echo "$(wc -l <<<"$got") tables, row counts equal to the source's"
     else
-        echo "BAD RESTORE: row counts differ from the source's: $(diff <(echo "$SOURCE_COUNTS") <(echo "$got") | grep '^[<>]' | head -n 6 | tr '\n' ';')"
+        echo "BAD RESTORE: row counts differ from the source's: $(diff <(echo "$want") <(echo "$got") | grep '^[<>]' | head -n 6 | tr '\n' ';')"
         echo "BAD RESTORE of $1; source vs restored:" >&2
-        diff <(echo "$SOURCE_COUNTS") <(echo "$got") >&2
+        diff <(echo "$want") <(echo "$got") >&2
     fi
 }
 
@@ -239,7 +250,9 @@ change_db() {
         -c "UPDATE docs d SET body = n.body FROM docs_new n WHERE d.id = n.id RETURNING 1" | wc -l)
     [[ $n == "$upd" ]] || die "docs update changed $n rows, not $upd"
     q -c CHECKPOINT
-    CHANGE_NOTE="pgbench -c 2 -j 2 -T $PGBENCH_SECONDS tpcb-like: $txns transactions ($tps tps); $upd docs rows (1%, uniform over ids) given a new body"
+    local touched
+    touched=$(q -c "SELECT round(100.0 * count(*) FILTER (WHERE abalance <> 0) / count(*), 1) FROM pgbench_accounts")
+    CHANGE_NOTE="pgbench -c 2 -j 2 -T $PGBENCH_SECONDS tpcb-like: $txns transactions ($tps tps; $touched% of pgbench_accounts rows now have abalance <> 0, i.e. were updated); $upd docs rows (1%, uniform over ids) given a new body"
     echo "# change: $CHANGE_NOTE" >>"$TSV"
 }
 
@@ -281,7 +294,8 @@ step_full() {
         log "  pg_dump | zstd run $i: $P_SECS s (cpu $P_CPU1 + $P_CPU2 s), $z_bytes B, RSS pg_dump $P_RSS1 / zstd $P_RSS2 KiB, load $(load)"
         rm -f "$out"
     done
-    REPO=$RUN/repo-$RUNS
+    REPO=$RUN/repo-$RUNS FULL_ID=${id:-}
+    DAY1_COUNTS=$(table_counts "$DBNAME")
     record "full backup" "$T_LB" "$(median "${lbs[@]}")" "$lb_bytes" "$(maxof "${lbr[@]:-}")" \
         "${lb_note:-runs ${lbs[*]} s; CPU of lifeboat + its pg_dump ${lbc[*]} s; repository folder; new_stored_bytes $new; lifeboat own peak RSS $(mib "$(maxof "${lbh[@]:-0}")") MiB; --jobs 2 (default)}"
     record "full backup" "$T_FC" "$(median "${fcs[@]:-}")" "$fc_bytes" "$(maxof "${fcr[@]:-}")" \
@@ -389,6 +403,19 @@ step_second() {
     run_timed "$RUN/fd2.log" "$PG_DUMP" -Fd -Z0 -j 2 -f "$FD_DIR" -d "$DBNAME" || FD_DIR=""
 }
 
+# What a new compressed dump is made of, table by table (COPY text, zstd -3): a header line.
+table_sizes() {
+    local t raw z i parts=()
+    while read -r t; do
+        rm -f "$RUN/.raw"
+        z=$(q -c "COPY $t TO STDOUT" | tee >(wc -c >"$RUN/.raw.tmp"; mv "$RUN/.raw.tmp" "$RUN/.raw") | zstd -3 -q -c | wc -c)
+        for ((i = 0; i < 100; i++)); do [[ -s $RUN/.raw ]] && break; sleep 0.05; done   # the tee's counter
+        raw=$(cat "$RUN/.raw" 2>/dev/null || echo 0)
+        parts+=("$t $(awk -v r="$raw" -v z="$z" 'BEGIN {printf "%.1f MB raw, %.1f MB zstd -3", r / 1e6, z / 1e6}')")
+    done < <(q -c "SELECT format('%I.%I', schemaname, relname) FROM pg_stat_user_tables ORDER BY pg_total_relation_size(relid) DESC")
+    echo "# second backup's database, table data (COPY text): $(IFS=';'; echo "${parts[*]}" | sed 's/;/; /g')" >>"$TSV"
+}
+
 step_restore() {
     log "step 4: restores into a new database, $RUNS runs each, interleaved"
     local i rc out lbs=() lbr=() lbh=() lbc=() pgs=() pgr=() pgc=() lb_note="" pg_note="" lb_check="" pg_check=""
@@ -427,6 +454,20 @@ step_restore() {
         "${lb_note:-runs ${lbs[*]} s; CPU of lifeboat + its pg_restore ${lbc[*]} s; --to NEWDB --create --jobs 2; $lb_check; lifeboat own peak RSS $(mib "$(maxof "${lbh[@]:-0}")") MiB}"
     [[ -n $FC_FILE ]] && record "restore" "$T_PGR" "$(median "${pgs[@]:-}")" "" "$(maxof "${pgr[@]:-}")" \
         "${pg_note:-runs ${pgs[*]} s; CPU ${pgc[*]} s; createdb + pg_restore -j 2 of the second pg_dump -Fc; $pg_check}"
+
+    if [[ -n $FULL_ID ]]; then   # once, info: the first backup, its chunks in the order stored
+        "$DROPDB" --if-exists r_lifeboat 2>/dev/null
+        out=$RUN/lb-restore-full.log
+        if lb_timed "$out" restore "$FULL_ID" --repo "$REPO" --to "$(uri r_lifeboat)" --create --jobs 2; then
+            local chk
+            chk=$(check_restore r_lifeboat "$DAY1_COUNTS")
+            [[ $chk == BAD* ]] && BAD_RESTORES=$((BAD_RESTORES + 1))
+            record "restore" "$T_LB_FIRST" "$T_SECS" "" "$T_RSS_KIB" "1 run; CPU of lifeboat + its pg_restore $T_CPU s; the full backup of step 1 (the database before the change); $chk; lifeboat own peak RSS $(mib "$LB_HWM") MiB"
+        else
+            record "restore" "$T_LB_FIRST" "$T_SECS" "" "$T_RSS_KIB" "FAILED: exit $? (see $out.err)"
+        fi
+        "$DROPDB" --if-exists r_lifeboat 2>/dev/null
+    fi
 
     if [[ -n $FD_DIR ]]; then   # once, info
         "$DROPDB" --if-exists r_pg_restore 2>/dev/null
@@ -481,6 +522,7 @@ main() {
     change_db
     SOURCE_COUNTS=$(table_counts "$DBNAME") || die "counting the source's rows failed"
     step_second
+    table_sizes
     step_restore
     echo "# load average at end: $(load); whole run $(((SECONDS - t0) / 60)) min" >>"$TSV"
 
