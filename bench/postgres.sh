@@ -60,7 +60,7 @@
 # <= 256 MiB.  report_postgres.py prints the table, ratios and verdicts.
 #
 # Usage:
-#   bench/postgres.sh                                           # full size, ~30-40 min
+#   bench/postgres.sh                                           # full size, ~15 min here (+ the build)
 #   SCALE=10 TEXT_MB=50 PGBENCH_SECONDS=20 bench/postgres.sh    # quick check of the script
 # Environment:
 #   SCALE             pgbench scale (100)
