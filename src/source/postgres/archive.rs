@@ -314,7 +314,7 @@ pub struct RowCounter {
 
 impl RowCounter {
     pub fn update(&mut self, data: &[u8]) {
-        self.newlines += data.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.newlines += memchr::memchr_iter(b'\n', data).count() as u64;
         self.bytes += data.len() as u64;
         self.tail
             .extend_from_slice(&data[data.len().saturating_sub(DATA_END.len())..]);

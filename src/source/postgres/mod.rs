@@ -394,7 +394,9 @@ fn ingest(
         let mut counter = RowCounter::default();
         let mut kept = Vec::new();
         let (chunks, size) = {
-            let growing = folder.open(&name)?;
+            // Read in 1 MiB gulps: the chunker asks for at most a chunk (16 KiB) at a time,
+            // which would be a system call each.
+            let growing = std::io::BufReader::with_capacity(1 << 20, folder.open(&name)?);
             let mut reader = Counting {
                 inner: growing,
                 counter: &mut counter,
