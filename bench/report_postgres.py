@@ -19,7 +19,12 @@ restore did not give the source's row counts, whatever the numbers):
   full backup time <= 1.1x pg_dump | zstd;  second backup <= 0.3x a new compressed dump;
   second backup < restic's;  restore time <= 1.1x pg_restore -j2;  peak RSS <= 256 MiB.
 """
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The same results format, checks and formatting as the SQLite report.
+from report import failed_check as failed, human, load as load_results, ratio  # noqa: E402
 
 LIFEBOAT = "lifeboat"
 LIFEBOAT_ENC = "lifeboat (encrypted)"
@@ -27,50 +32,12 @@ FC = "pg_dump -Fc"
 ZSTD = "pg_dump | zstd -T0 -3"
 RESTIC = "restic --stdin (plain dump)"
 PG_RESTORE = "pg_restore -j2"
-BAD_NOTES = ("BAD RESTORE", "MISSING OUTPUT")
 RSS_LIMIT_KIB = 256 * 1024
 
 
-def num(s):
-    try:
-        return float(s)
-    except (TypeError, ValueError):
-        return None
-
-
 def load(path):
-    header, rows = [], []
-    with open(path) as f:
-        for line in f:
-            line = line.rstrip("\n")
-            if line.startswith("#"):
-                header.append(line[1:].strip())
-            elif line.strip():
-                step, tool, secs, nbytes, rss, note = (line.split("\t") + [""] * 6)[:6]
-                rows.append(dict(step=step, tool=tool, secs=num(secs), bytes=num(nbytes),
-                                 rss=num(rss), note=note))
+    header, rows, _ = load_results(path)
     return header, rows
-
-
-def failed(row):
-    """Why the row's step failed (its note), else None; a missing row is not a failure."""
-    note = (row or {}).get("note") or ""
-    if note.startswith("FAILED") or any(mark in note for mark in BAD_NOTES):
-        return note
-    return None
-
-
-def human(n):
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def ratio(a, b):
-    return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
 def md_escape(text):
