@@ -1121,3 +1121,71 @@ fn all_databases_backs_up_each_database_and_the_roles() {
     p.assert_no_secret();
     eprintln!("all databases: {:?}", t.elapsed());
 }
+
+/// A password given as a URI parameter (`?password=`) is taken out like one in the user part,
+/// and the other parameters reach libpq as written (a `%20` stays a space: re-encoded as `+`,
+/// `options` would name the setting `+statement_timeout` and the server refuse it); a
+/// `--create` restore drops what a killed restore left under `<db>_lifeboat_incomplete` and
+/// renames the new database into place; `--create` over an existing database and a backup of
+/// a URI without a database are refused without touching anything.
+#[test]
+fn password_parameters_incomplete_leftovers_and_refusals() {
+    let p = Pg::start();
+    p.pg.create_db("shop");
+    small_fill(&p.pg, "shop");
+    let url = format!(
+        "postgres://{USER}@127.0.0.1:{}/shop?options=-c%20statement_timeout%3D0&password={PASSWORD_PCT}",
+        p.pg.port()
+    );
+    let b = p.json(&["backup", &url]);
+    let id = id_of(&b);
+    let m = p.manifest(&id);
+    assert_eq!(
+        m["source"]["path"],
+        format!("postgres://{USER}@127.0.0.1:{}/shop", p.pg.port()),
+        "{m}"
+    );
+    assert_eq!(manifest_tables(&m)["public.notes"], 20000, "{m}");
+
+    // What a killed `--create` restore leaves: a database under the name that says so.
+    p.pg.create_db("copy_lifeboat_incomplete");
+    p.pg.psql("copy_lifeboat_incomplete", "CREATE TABLE half (x int)");
+    p.restore_to(&id, "copy");
+    assert_eq!(
+        p.databases_like("copy%"),
+        "copy",
+        "the leftover is gone, the copy in place"
+    );
+    assert_eq!(p.pg.psql("copy", "SELECT count(*) FROM notes"), "20000");
+    assert_eq!(
+        p.pg.psql(
+            "copy",
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'half'"
+        ),
+        "0"
+    );
+
+    // --create over an existing database: refused, the database as it was.
+    p.pg.psql("copy", "DELETE FROM notes WHERE id <= 10");
+    let again = p.run(&["restore", &id, "--to", &p.pg.url("copy"), "--create"]);
+    let again = again.code(2, "restore --create over an existing database");
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    assert_eq!(p.pg.psql("copy", "SELECT count(*) FROM notes"), "19990");
+
+    // A URI naming the server, not a database: refused, nothing backed up.
+    let before = p.list().len();
+    let server = format!(
+        "postgres://{USER}:{PASSWORD_PCT}@127.0.0.1:{}/",
+        p.pg.port()
+    );
+    let refused = p
+        .run(&["backup", &server])
+        .code(2, "backup of a URI without a database");
+    assert!(
+        refused.stderr.contains("names a server"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(p.list().len(), before);
+    p.assert_no_secret();
+}
