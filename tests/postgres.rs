@@ -1189,3 +1189,68 @@ fn password_parameters_incomplete_leftovers_and_refusals() {
     assert_eq!(p.list().len(), before);
     p.assert_no_secret();
 }
+
+/// The pids of processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if contains(&cmdline, needle) && proc_stat(pid).is_some_and(|(state, _)| state != 'Z') {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A drill killed with -9 while its throwaway cluster runs leaves no server behind: the
+/// server is Lifeboat's child in a process group its watchdog kills.
+#[test]
+fn a_killed_drill_leaves_no_server_running() {
+    let p = Pg::start();
+    p.pg.create_db("shop");
+    small_fill(&p.pg, "shop");
+    let id = id_of(&p.backup("shop", &[]));
+    let marker = format!("{}", p.env.dir.path().display());
+    let mut child = p
+        .cmd()
+        .args(["drill", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the drill");
+    // The kill must land while the cluster runs: wait for its postmaster to appear.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let servers = loop {
+        let found: Vec<i32> = processes_mentioning(&marker)
+            .into_iter()
+            .filter(|&pid| comm(pid) == "postgres")
+            .collect();
+        if !found.is_empty() {
+            break found;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the drill ended before its cluster was seen"
+        );
+        assert!(Instant::now() < deadline, "no drill cluster started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    child.kill().expect("kill -9 the drill");
+    child.wait().expect("reap");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<i32> = servers.iter().copied().filter(|&pid| alive(pid)).collect();
+        let more = processes_mentioning(&marker);
+        if left.is_empty() && more.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after the kill, the drill's server still runs: {left:?} {more:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -16,7 +16,7 @@ pub struct Cluster {
     bin: PathBuf,
     /// The user the server runs as (uid, gid), when not this process's.
     run_as: Option<(u32, u32)>,
-    started: bool,
+    server: Option<tools::Guarded>,
     port: u16,
 }
 
@@ -57,7 +57,7 @@ impl Cluster {
             dir,
             bin,
             run_as,
-            started: false,
+            server: None,
             port,
         };
         let data = cluster.data();
@@ -84,22 +84,56 @@ impl Cluster {
         );
         let conf_path = data.join("postgresql.auto.conf");
         std::fs::write(&conf_path, conf).map_err(|e| Error::io("cannot write", &conf_path, e))?;
-        let log = cluster.dir.path().join("server.log");
-        cluster.run(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-l",
-                &log.display().to_string(),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        )?;
-        cluster.started = true;
+        // The server runs as this process's child (not daemonized by pg_ctl), in a process
+        // group the watchdog kills if Lifeboat is killed: a killed drill leaves no server.
+        let log_path = cluster.dir.path().join("server.log");
+        let log = super::private_file(&log_path)?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| Error::io("cannot open", &log_path, e))?;
+        let postgres = cluster.bin.join("postgres");
+        let mut cmd = Command::new(&postgres);
+        cmd.arg("-D")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .current_dir(cluster.dir.path());
+        if let Some((uid, gid)) = cluster.run_as {
+            cmd.uid(uid).gid(gid).env("HOME", cluster.dir.path());
+        }
+        cluster.server = Some(tools::Guarded::spawn(&mut cmd, &postgres)?);
+        cluster.wait_ready(&data)?;
         Ok(cluster)
+    }
+
+    /// Wait until the postmaster says it is ready (the status line of `postmaster.pid`, what
+    /// `pg_ctl -w` reads), or fail with the end of its log.
+    fn wait_ready(&mut self, data: &Path) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            crate::interrupt::check()?;
+            let status = std::fs::read_to_string(data.join("postmaster.pid")).unwrap_or_default();
+            if status.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
+                return Ok(());
+            }
+            let exited = match self.server.as_mut() {
+                Some(s) => s
+                    .try_wait()
+                    .map_err(|e| Error::io("cannot wait for", Path::new("postgres"), e))?
+                    .is_some(),
+                None => true,
+            };
+            if exited || std::time::Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+                return Err(Error::source(format!(
+                    "the drill's throwaway PostgreSQL server did not start: {}",
+                    log.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -143,10 +177,19 @@ impl Cluster {
 }
 
 impl Drop for Cluster {
+    /// Immediate shutdown (SIGQUIT: nothing of a throwaway cluster needs saving), then the
+    /// group is killed if anything is left.
     fn drop(&mut self) {
-        if self.started {
-            let data = self.data().display().to_string();
-            let _ = self.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"]);
+        if let Some(mut server) = self.server.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(server.child.id() as i32, libc::SIGQUIT) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if !matches!(server.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
     }
 }
