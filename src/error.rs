@@ -155,6 +155,20 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+impl Error {
+    /// The Lifeboat error an I/O error carries (one raised inside a reader or writer Lifeboat
+    /// handed to a library, passed back through `std::io::Error::other`), else the I/O error.
+    pub fn carried_by(io: std::io::Error) -> std::result::Result<Error, std::io::Error> {
+        if !io.get_ref().is_some_and(|e| e.is::<Error>()) {
+            return Err(io);
+        }
+        match io.into_inner().map(|e| e.downcast::<Error>()) {
+            Some(Ok(e)) => Ok(*e),
+            _ => Ok(Error::internal("an error was lost on its way back")),
+        }
+    }
+}
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         Error::source(format!("SQLite: {e}"))

@@ -594,18 +594,10 @@ impl TreeWriter for TreeBuilder<'_> {
     }
 }
 
-/// A reader's error: one carrying a Lifeboat error (a source that failed while its bytes
-/// were read) keeps it; any other is an I/O error on `path`.
+/// A reader's error: the Lifeboat error it carries (a source that failed while its bytes
+/// were read), else an I/O error on `path`.
 fn chunk_read_error(path: &str, io: std::io::Error) -> Error {
-    if io.get_ref().is_some_and(|e| e.is::<Error>()) {
-        if let Some(inner) = io.into_inner() {
-            if let Ok(e) = inner.downcast::<Error>() {
-                return *e;
-            }
-        }
-        return Error::internal(format!("cannot read {path}"));
-    }
-    Error::io("cannot read", Path::new(path), io)
+    Error::carried_by(io).unwrap_or_else(|io| Error::io("cannot read", Path::new(path), io))
 }
 
 /// Dedup and framing: a blob not in the index (nor already sent by this pipeline) joins a

@@ -317,17 +317,28 @@ fn backup_time(m: &Manifest) -> jiff::Timestamp {
 /// The backup ids with an authentic record under `prefix` (`pins/`, `verified/`): a planted
 /// pin or verification must not decide what a policy keeps.
 fn ids_under(repo: &Repository, prefix: &str) -> Result<HashSet<String>> {
+    Ok(records_under(repo, prefix)?.into_keys().collect())
+}
+
+/// The authentic records under `prefix`, by backup id (a bad one is left out with a warning).
+fn records_under(
+    repo: &Repository,
+    prefix: &str,
+) -> Result<std::collections::HashMap<String, serde_json::Value>> {
     let records = repo.records();
-    let mut ids = HashSet::new();
-    for o in repo.storage().list(prefix)? {
-        let Some(id) = o.name.rsplit('/').next() else {
+    let mut out = std::collections::HashMap::new();
+    for obj in repo.storage().list(prefix)? {
+        let Some(id) = obj.name.rsplit('/').next() else {
             continue;
         };
-        if records.holds(repo.storage(), &o.name)? {
-            ids.insert(id.to_string());
+        let Some(data) = crate::repo::records::fetch(repo.storage(), &obj.name)? else {
+            continue;
+        };
+        if let Some(v) = records.decode_or_warn::<serde_json::Value>(&obj.name, &data) {
+            out.insert(id.to_string(), v);
         }
     }
-    Ok(ids)
+    Ok(out)
 }
 
 /// Pin or unpin a backup (by id, prefix or `latest`, among those of `source` if given).
@@ -389,18 +400,5 @@ pub fn record_verified_with(repo: &Repository, id: &str, extra: serde_json::Valu
 pub fn verification_records(
     repo: &Repository,
 ) -> Result<std::collections::HashMap<String, serde_json::Value>> {
-    let records = repo.records();
-    let mut out = std::collections::HashMap::new();
-    for obj in repo.storage().list(VERIFIED)? {
-        let Some(id) = obj.name.rsplit('/').next() else {
-            continue;
-        };
-        let Some(data) = crate::repo::records::fetch(repo.storage(), &obj.name)? else {
-            continue;
-        };
-        if let Some(v) = records.decode_or_warn::<serde_json::Value>(&obj.name, &data) {
-            out.insert(id.to_string(), v);
-        }
-    }
-    Ok(out)
+    records_under(repo, VERIFIED)
 }

@@ -406,13 +406,7 @@ impl Read for ChunkReader<'_> {
 
 /// An I/O error that carries a Lifeboat error (a chunk that failed its check) gives it back.
 fn io_to_error(e: std::io::Error, name: &str) -> Error {
-    if e.get_ref().is_some_and(|i| i.is::<Error>()) {
-        if let Some(Ok(inner)) = e.into_inner().map(|i| i.downcast::<Error>()) {
-            return *inner;
-        }
-        return Error::internal(format!("cannot read {name}"));
-    }
-    Error::io("cannot write", Path::new(name), e)
+    Error::carried_by(e).unwrap_or_else(|e| Error::io("cannot write", Path::new(name), e))
 }
 
 /// Restore a stored dump with pg_restore without writing the tables' data to disk: the small
@@ -438,9 +432,7 @@ fn stream_restore(
     let mut pipes = Vec::new();
     for f in &dump.files {
         let path = dir.join(&f.path);
-        let is_table_data =
-            f.path.ends_with(".dat") && !f.path.starts_with("blob_") && f.path != TOC;
-        if is_table_data {
+        if archive::is_table_data(&f.path) {
             rustix::fs::mknodat(
                 rustix::fs::CWD,
                 &path,

@@ -19,7 +19,10 @@
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::id::Sha256Stream;
 use crate::repo::manifest::DuckdbInfo;
-use crate::source::{BackedUp, ContentWriter, Cut, Kind, Snapshot, Source, SourceFacts};
+use crate::source::{
+    is_executable, seconds_from_env, BackedUp, ContentWriter, Cut, Kind, Snapshot, Source,
+    SourceFacts,
+};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -79,16 +82,6 @@ impl Timeouts {
     }
 }
 
-fn seconds_from_env(var: &str, default: u64) -> Duration {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map_or(Duration::from_secs(default), |s| {
-            Duration::from_secs_f64(s.min(86_400.0))
-        })
-}
-
 /// The DuckDB command-line tool: `$LIFEBOAT_DUCKDB`, else `duckdb` on PATH.
 pub fn find_cli() -> Result<PathBuf> {
     find_cli_in(
@@ -125,11 +118,6 @@ fn find_cli_in(var: Option<OsString>, path: Option<OsString>) -> Result<PathBuf>
         )
         .hint(INSTALL_HINT)
     })
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Whether the file starts like a DuckDB database (magic at offset 8).

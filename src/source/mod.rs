@@ -186,6 +186,24 @@ pub fn source_name(path: &Path, kind: Kind, options: &SourceOptions) -> Result<S
     Ok(crate::ops::backup::absolute(path)?.display().to_string())
 }
 
+/// `var` as seconds (fractions allowed, at most a day), else `default`: the time limits
+/// (`LIFEBOAT_BUSY_TIMEOUT`, …).
+pub(crate) fn seconds_from_env(var: &str, default: u64) -> std::time::Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(std::time::Duration::from_secs(default), |s| {
+            std::time::Duration::from_secs_f64(s.min(86_400.0))
+        })
+}
+
+/// Whether `p` is a file this process may run (the client programs Lifeboat drives).
+pub(crate) fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// A source this user may not read is a bad source (exit 5), not a storage failure.
 pub(crate) fn unreadable(path: &Path, action: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::PermissionDenied {

@@ -212,6 +212,11 @@ pub fn parse_toc(data: &[u8]) -> Result<Toc> {
 /// ones are kilobytes to megabytes; a larger one comes from a damaged or forged archive.
 pub const MAX_LIST_BYTES: u64 = 256 << 20;
 
+/// Whether `name` is a table's data file (`<dump id>.dat`), not a large object's.
+pub fn is_table_data(name: &str) -> bool {
+    name.ends_with(".dat") && !name.starts_with("blob_") && name != TOC
+}
+
 /// Whether `name` is a list of large objects: `blobs.toc` (archives before 1.16) or
 /// `blobs_<dump id>.toc` (pg_dump 17).
 pub fn is_blobs_list(name: &str) -> bool {

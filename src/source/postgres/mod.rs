@@ -339,12 +339,7 @@ impl Source for PgSource {
 /// `--lock-wait-timeout` for pg_dump: `LIFEBOAT_BUSY_TIMEOUT` seconds (default 30), so a
 /// table locked by a long migration fails the backup with a message instead of hanging it.
 fn lock_wait_ms() -> u64 {
-    std::env::var("LIFEBOAT_BUSY_TIMEOUT")
-        .ok()
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map_or(30_000, |s| (s.min(86_400.0) * 1000.0) as u64)
-        .max(1)
+    (crate::source::seconds_from_env("LIFEBOAT_BUSY_TIMEOUT", 30).as_millis() as u64).max(1)
 }
 
 fn stderr_file(dir: &std::path::Path) -> Result<std::fs::File> {
@@ -382,7 +377,7 @@ fn ingest(
     let mut entries = Vec::new();
     while let Some(name) = folder.next_file()? {
         let keep_bytes = name == TOC || archive::is_blobs_list(&name);
-        let is_table_data = name.ends_with(".dat") && !name.starts_with("blob_") && name != TOC;
+        let is_table_data = archive::is_table_data(&name);
         // Table data changes everywhere at once (updated rows move): small chunks. So does
         // the table of contents, whose first bytes (the dump's time) change every time: small
         // chunks keep the rest of it from being stored again.

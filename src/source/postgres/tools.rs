@@ -8,6 +8,7 @@
 
 use super::conn::{ClientEnv, PgTarget};
 use crate::error::{Error, Result};
+use crate::source::is_executable;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -41,11 +42,6 @@ fn search_dirs(major: Option<u32>) -> Vec<PathBuf> {
     installed.sort_by_key(|d| std::cmp::Reverse(d.0));
     dirs.extend(installed.into_iter().map(|(_, d)| d));
     dirs
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A client program and its major version.
