@@ -216,13 +216,8 @@ pub struct ClientEnv {
 const SERVICE: &str = "lifeboat";
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode_private()
-        .open(path)
-        .map_err(|e| Error::io("cannot create the password file", path, e))?;
-    f.write_all(bytes)
+    super::private_file(path)?
+        .write_all(bytes)
         .map_err(|e| Error::io("cannot write", path, e))
 }
 
@@ -281,17 +276,6 @@ impl Drop for ClientEnv {
         for p in [&self.passfile, &self.service_file].into_iter().flatten() {
             let _ = std::fs::remove_file(p);
         }
-    }
-}
-
-trait PrivateOpen {
-    fn mode_private(&mut self) -> &mut Self;
-}
-
-impl PrivateOpen for std::fs::OpenOptions {
-    fn mode_private(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
     }
 }
 
