@@ -96,24 +96,7 @@ pub fn restore_to_database(
     };
     let created = opts.create;
     let started = Instant::now();
-    let done = crate::repo::locks::as_reader(repo.storage(), &repo.records(), "restore", || {
-        let index = repo.load_index()?;
-        let dump = StoredDump::load(repo, &index, m)?;
-        progress.start("restore", dump.bytes());
-        let warnings = stream_restore(
-            repo,
-            &index,
-            &dump,
-            work.path(),
-            &into,
-            &env,
-            info,
-            opts,
-            progress,
-        );
-        progress.finish();
-        warnings
-    });
+    let done = stream_restore(repo, m, work.path(), &into, &env, opts, progress, "restore");
     if done.is_err() && created {
         // A database Lifeboat created and could not fill must not pass for a restored one.
         if let Err(e) = drop_database(&into, &env) {
@@ -416,6 +399,30 @@ fn io_to_error(e: std::io::Error, name: &str) -> Error {
 /// pg_restore stops reading.
 #[allow(clippy::too_many_arguments)]
 fn stream_restore(
+    repo: &Repository,
+    m: &Manifest,
+    work: &Path,
+    target: &PgTarget,
+    env: &ClientEnv,
+    opts: &PgRestoreOptions,
+    progress: &Progress,
+    why: &str,
+) -> Result<Vec<String>> {
+    let info = pg_info(m)?;
+    // The reader marker keeps a concurrent prune from deleting what the restore reads.
+    crate::repo::locks::as_reader(repo.storage(), &repo.records(), why, || {
+        let index = repo.load_index()?;
+        let dump = StoredDump::load(repo, &index, m)?;
+        progress.start("restore", dump.bytes());
+        let done =
+            stream_restore_marked(repo, &index, &dump, work, target, env, info, opts, progress);
+        progress.finish();
+        done
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stream_restore_marked(
     repo: &Repository,
     index: &Index,
     dump: &StoredDump,
@@ -980,21 +987,7 @@ fn drill_in(
     report: &mut DrillReport,
 ) -> Result<()> {
     let started = Instant::now();
-    let restored = crate::repo::locks::as_reader(repo.storage(), &repo.records(), "drill", || {
-        let index = repo.load_index()?;
-        let dump = StoredDump::load(repo, &index, m)?;
-        stream_restore(
-            repo,
-            &index,
-            &dump,
-            work,
-            target,
-            env,
-            info,
-            restore_opts,
-            progress,
-        )
-    });
+    let restored = stream_restore(repo, m, work, target, env, restore_opts, progress, "drill");
     match restored {
         Ok(_) => report.push(
             "read and check every object",
