@@ -270,10 +270,39 @@ enum Command {
         #[arg(long, env = "LIFEBOAT_INIT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
         init: bool,
     },
-    /// The moments a replicated database can be restored to: window, gaps, last commit.
+    /// The moments a replicated database can be restored to: window, gaps, last commit;
+    /// for a PostgreSQL cluster (postgres://USER@HOST:PORT/), its archived WAL and the window
+    /// of each base backup.
     Timeline {
-        /// The database (as given to `replicate`).
+        /// The database (as given to `replicate`), or a PostgreSQL cluster's URI.
         database: PathBuf,
+    },
+    /// PostgreSQL's archive_command: store a WAL file durably (archive_command = 'lifeboat
+    /// --repo REPO wal-push %p').
+    #[command(
+        after_help = "Exit 0 only once the file is durable in the repository. The same file pushed         twice succeeds; other bytes under a name already archived fail (exit 4) and nothing is         overwritten. Segments PostgreSQL has marked ready are pushed ahead in the same call         (LIFEBOAT_WAL_PUSH_BATCH, LIFEBOAT_WAL_PUSH_PARALLEL)."
+    )]
+    WalPush {
+        /// The file, as PostgreSQL's %p gives it (relative to the data directory).
+        path: PathBuf,
+        /// The cluster's data directory (default: the current directory, where PostgreSQL
+        /// runs the command).
+        #[arg(long)]
+        pgdata: Option<PathBuf>,
+    },
+    /// PostgreSQL's restore_command: write an archived WAL file (restore_command = 'lifeboat
+    /// --repo REPO wal-fetch %f %p').
+    #[command(
+        after_help = "Exit 0 when written, 1 when the archive does not hold the file (PostgreSQL         asks for files that may not exist), 128 + the usual code on any other failure (a damaged         file, an unreachable repository), which makes PostgreSQL stop recovery rather than end         it early. The next segments are fetched ahead (LIFEBOAT_WAL_PREFETCH, default 16)."
+    )]
+    WalFetch {
+        /// The file's name (%f).
+        file: String,
+        /// Where to write it (%p).
+        dest: PathBuf,
+        /// The data directory being recovered (default: the current directory).
+        #[arg(long)]
+        pgdata: Option<PathBuf>,
     },
     /// Restore a backup to a new file (--output) or over a database (--db).
     #[command(
@@ -283,15 +312,43 @@ enum Command {
     )]
     Restore {
         /// Backup id, unambiguous prefix, or `latest`.
-        #[arg(required_unless_present_any = ["run", "at"])]
+        #[arg(required_unless_present_any = ["run", "at", "pgdata"])]
         id: Option<String>,
         /// Restore a replicated database as it was at this moment (RFC 3339, e.g.
         /// 2026-11-11T14:29:59Z) or `latest`: a base, then every commit up to it.
-        #[arg(long, conflicts_with_all = ["id", "run"])]
+        /// With --pgdata: recover to this moment (RFC 3339) or `latest` (all archived WAL).
+        #[arg(long, conflicts_with_all = ["run"])]
         at: Option<String>,
+        /// Restore a physical PostgreSQL base backup into this new (or empty) data directory,
+        /// with recovery.signal and the settings that replay the archived WAL.
+        #[arg(long, conflicts_with_all = ["output", "db", "to", "run"])]
+        pgdata: Option<PathBuf>,
+        /// With --pgdata: recover to this WAL position (e.g. 0/16B3740).
+        #[arg(long, requires = "pgdata", conflicts_with_all = ["at", "xid", "immediate"])]
+        lsn: Option<String>,
+        /// With --pgdata: recover to this transaction id (it included).
+        #[arg(long, requires = "pgdata", conflicts_with_all = ["at", "lsn", "immediate"])]
+        xid: Option<String>,
+        /// With --pgdata: stop as soon as the backup is consistent.
+        #[arg(long, requires = "pgdata", conflicts_with_all = ["at", "lsn", "xid"])]
+        immediate: bool,
+        /// With --pgdata: start the server and wait until recovery has ended.
+        #[arg(long, requires = "pgdata")]
+        start: bool,
+        /// With --pgdata: the port the restored server listens on.
+        #[arg(long, requires = "pgdata")]
+        port: Option<u16>,
+        /// With --pgdata: the timeline to recover along (recovery_target_timeline): latest
+        /// (default), current (the backup's) or a number.
+        #[arg(long, requires = "pgdata")]
+        timeline: Option<String>,
+        /// With --pgdata: turn WAL archiving off in the restored server (a copy beside the
+        /// original must not archive into the same repository).
+        #[arg(long, requires = "pgdata")]
+        no_archive: bool,
         /// Write a new database file (a files backup: a new folder; a PostgreSQL backup: a
         /// tar archive that `pg_restore -d DB FILE` reads without Lifeboat) here.
-        #[arg(long, conflicts_with = "db", required_unless_present_any = ["db", "run", "to"])]
+        #[arg(long, conflicts_with = "db", required_unless_present_any = ["db", "run", "to", "pgdata"])]
         output: Option<PathBuf>,
         /// Restore a PostgreSQL backup into this database (postgres://USER@HOST:PORT/DB).
         #[arg(long, conflicts_with_all = ["db", "output", "run", "at"])]
@@ -350,6 +407,10 @@ enum Command {
         /// Tables restored at once (pg_restore --jobs).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: u16,
+        /// The backup must be a physical base backup (restored into a throwaway server's
+        /// data directory, the archived WAL replayed to its end); drilled that way anyway.
+        #[arg(long, conflicts_with = "drill_server")]
+        physical: bool,
     },
     /// Create, check or measure the repository.
     Repo {
@@ -489,6 +550,10 @@ struct BackupArgs {
     /// plus its roles and tablespaces (pg_dumpall --globals-only).
     #[arg(long)]
     all_databases: bool,
+    /// PostgreSQL: a physical base backup of the whole cluster (pg_basebackup; needs WAL
+    /// archiving into this repository: archive_command = 'lifeboat wal-push %p').
+    #[arg(long, conflicts_with_all = ["all_databases", "schema", "exclude_table"])]
+    physical: bool,
     /// A note stored with the backup (shown by `list` and `show`).
     #[arg(long)]
     description: Option<String>,
@@ -533,6 +598,8 @@ fn exit_codes_help() -> String {
 
 pub(crate) struct Ctx {
     json: bool,
+    /// `--config` as given (the restore_command of a restored data directory repeats it).
+    config_path: Option<PathBuf>,
     pub(crate) file: FileConfig,
     /// Opens the repository (unlock, trust check, replicas) and records it afterwards.
     opener: lifeboat::engine::Opener,
@@ -664,6 +731,7 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     let (file, _) = config::load(cli.config.as_deref())?;
+    let config_path = cli.config.clone();
     config::register_targets(&file.target);
     if let Some(t) = &file.temp_dir {
         if std::env::var_os("LIFEBOAT_TEMP_DIR").is_none() {
@@ -687,6 +755,7 @@ fn run(cli: Cli) -> Result<i32> {
     };
     let ctx = Ctx {
         json: cli.json,
+        config_path,
         file,
         opener,
     };
@@ -701,7 +770,45 @@ fn run(cli: Cli) -> Result<i32> {
             base_every,
             init,
         } => cmd_replicate(&ctx, databases, interval, base_every, init),
-        Command::Timeline { database } => cmd_timeline(&ctx, &database),
+        Command::Timeline { database } => match database.to_str() {
+            Some(uri) if lifeboat::source::postgres::is_postgres_uri(uri) => {
+                cli::pg_physical::cmd_pg_timeline(&ctx, uri)
+            }
+            _ => cmd_timeline(&ctx, &database),
+        },
+        Command::WalPush { path, pgdata } => cli::pg_physical::cmd_wal_push(&ctx, &path, pgdata),
+        Command::WalFetch { file, dest, pgdata } => {
+            cli::pg_physical::cmd_wal_fetch(&ctx, &file, &dest, pgdata)
+        }
+        Command::Restore {
+            id,
+            pgdata: Some(pgdata),
+            at,
+            lsn,
+            xid,
+            immediate,
+            start,
+            port,
+            timeline,
+            no_archive,
+            source,
+            ..
+        } => cli::pg_physical::cmd_restore_pgdata(
+            &ctx,
+            cli::pg_physical::PgdataArgs {
+                id,
+                source: source.map(|s| s.display().to_string()),
+                pgdata,
+                at,
+                lsn,
+                xid,
+                immediate,
+                start,
+                port,
+                timeline,
+                no_archive,
+            },
+        ),
         Command::Restore {
             id: Some(id),
             to: Some(to),
@@ -730,13 +837,23 @@ fn run(cli: Cli) -> Result<i32> {
             source,
             drill_server,
             jobs,
-        } => cmd_drill(&ctx, &id, source, drill_server, jobs as usize),
+            physical,
+        } => cmd_drill(&ctx, &id, source, drill_server, jobs as usize, physical),
+        Command::Restore {
+            id: Some(_),
+            at: Some(_),
+            ..
+        } => Err(Error::usage(
+            "--at picks the moment of a replicated SQLite database itself: give it without a backup id",
+        )
+        .hint("lifeboat restore --source DB --at TIME --output FILE; a PostgreSQL base backup with --at needs --pgdata DIR")),
         Command::Restore {
             at,
             output,
             db,
             source,
             yes,
+            id: None,
             ..
         } if at.is_some() => cmd_restore_at(
             &ctx,
@@ -820,7 +937,19 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             jobs: a.jobs as usize,
         },
         postgres_globals: false,
+        postgres_physical: a.physical,
     };
+    if a.physical {
+        let uris = a.sources.iter().all(|s| {
+            s.to_str()
+                .is_some_and(lifeboat::source::postgres::is_postgres_uri)
+        });
+        if !uris {
+            return Err(lifeboat::error::Error::usage(
+                "--physical backs up a PostgreSQL cluster, given as postgres://USER@HOST:PORT/",
+            ));
+        }
+    }
     // --all-databases: each database of the server, then its globals.
     let mut sources: Vec<(PathBuf, bool)> = Vec::new();
     for source in a.sources {
@@ -1742,11 +1871,16 @@ fn cmd_drill(
     source: Option<PathBuf>,
     server: Option<String>,
     jobs: usize,
+    physical: bool,
 ) -> Result<i32> {
     let repo = ctx.open_repo()?;
     let source = source.as_deref().map(source_key);
     let m = repo.resolve(id, source.as_deref())?;
     let drill = ctx.file.drill.clone().unwrap_or_default();
+    let is_physical = lifeboat::ops::pg_physical::physical_info(&m).is_ok();
+    if physical && !is_physical {
+        lifeboat::ops::pg_physical::physical_info(&m)?;
+    }
     let opts = lifeboat::ops::pg::DrillOptions {
         server: server.or(drill.server),
         query: drill.query,
@@ -1755,7 +1889,11 @@ fn cmd_drill(
     if !ctx.json {
         println!("drill {} of {} ({})", m.id, m.source.path, m.time);
     }
-    let report = lifeboat::ops::pg::drill(&repo, &m, &opts, &ctx.progress())?;
+    let report = if is_physical {
+        lifeboat::ops::pg_physical::drill(&repo, &m, opts.query.as_deref(), &ctx.progress())?
+    } else {
+        lifeboat::ops::pg::drill(&repo, &m, &opts, &ctx.progress())?
+    };
     ctx.record(&repo);
     if ctx.json {
         println!("{}", json!(report));

@@ -281,6 +281,10 @@ fn backup_marked(
         SourceFacts::Files(f) => manifest.files = Some(f),
         SourceFacts::Postgres(f) => manifest.postgres = Some(f),
     }
+    if let Some(physical) = manifest.postgres.as_ref().and_then(|p| p.physical.as_ref()) {
+        crate::ops::pgwal::require_feature(repo)?;
+        crate::ops::pgwal::await_backup_wal(repo, physical)?;
+    }
 
     let verify = if opts.verify == VerifyLevel::Full {
         let report = verify_manifest(repo, &index, &manifest, &opts.progress)?;
@@ -571,6 +575,22 @@ impl TreeWriter for TreeBuilder<'_> {
     ) -> Result<(Vec<String>, u64)> {
         let mut size = 0u64;
         let mut chunks = Vec::new();
+        if chunking.min == chunking.max {
+            // Fixed blocks (pages): a changed page is a new chunk, its neighbours stay.
+            let mut buf = vec![0u8; chunking.max as usize];
+            loop {
+                let n = read_full(data, &mut buf).map_err(|e| chunk_read_error(path, e))?;
+                if n == 0 {
+                    break;
+                }
+                let id = self.sink.hasher.id(&buf[..n]);
+                self.sink.put(id, BlobKind::Data, &buf[..n])?;
+                size += n as u64;
+                self.progress.inc(n as u64);
+                chunks.push(id.to_hex());
+            }
+            return Ok((chunks, size));
+        }
         let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
             data,
             chunking.min,
@@ -592,6 +612,20 @@ impl TreeWriter for TreeBuilder<'_> {
         }
         Ok((chunks, size))
     }
+}
+
+/// Read until `buf` is full or the reader ends; the bytes read.
+fn read_full(data: &mut dyn std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match data.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// A reader's error: the Lifeboat error it carries (a source that failed while its bytes

@@ -6,6 +6,8 @@ pub mod backup;
 pub mod check;
 pub mod forget;
 pub mod pg;
+pub mod pg_physical;
+pub mod pgwal;
 pub mod policy;
 pub mod prune;
 pub mod rekey;

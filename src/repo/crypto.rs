@@ -64,6 +64,8 @@ pub enum ObjectKind {
     Inventory = 9,
     /// Continuous-replication segments (`wal/…`): committed pages and their times.
     Segment = 10,
+    /// PostgreSQL's archived WAL (`pgwal/…`): segments, timeline histories, backup labels.
+    PgWal = 11,
 }
 
 impl ObjectKind {
@@ -75,7 +77,7 @@ impl ObjectKind {
     fn is_content(self) -> bool {
         matches!(
             self,
-            ObjectKind::Frame | ObjectKind::Manifest | ObjectKind::Segment
+            ObjectKind::Frame | ObjectKind::Manifest | ObjectKind::Segment | ObjectKind::PgWal
         )
     }
 }
@@ -375,6 +377,7 @@ impl MasterKeys {
                 | ObjectKind::Record
                 | ObjectKind::Inventory
                 | ObjectKind::Segment
+                | ObjectKind::PgWal
         )
     }
 

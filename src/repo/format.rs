@@ -34,6 +34,7 @@ pub const OLDEST_READABLE: u32 = 1;
 pub const KNOWN_FEATURES: &[&str] = &[
     crate::repo::manifest::FEATURE,
     crate::repo::segment::FEATURE,
+    crate::repo::pgwal::FEATURE,
 ];
 
 /// The encryption scheme name in `config`.

@@ -154,6 +154,46 @@ pub struct PostgresInfo {
     pub schemas: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_tables: Vec<String>,
+    /// A physical base backup of the whole cluster (`dump_format` `physical`), whose tree
+    /// is the data directory; absent for dumps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<Box<PhysicalInfo>>,
+}
+
+/// Facts about a physical base backup (`pg_basebackup`): the WAL it needs from the archive
+/// (`pgwal/<system_id>/`) to be consistent, and what it was taken of.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PhysicalInfo {
+    /// The cluster's system identifier (`pg_control`), decimal.
+    pub system_id: String,
+    pub timeline: u32,
+    /// WAL range the backup needs replayed (`0/2000028`), from its `backup_label` and
+    /// `backup_manifest`.
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub checkpoint_lsn: String,
+    /// The segments holding the start and stop positions.
+    pub start_wal: String,
+    pub stop_wal: String,
+    pub wal_segment_size: u64,
+    /// RFC 3339: when the backup's checkpoint started and when the backup ended (the
+    /// earliest moment it can be restored to).
+    pub start_time: String,
+    pub stop_time: String,
+    /// Tablespaces other than the default ones: oid and location on the server (their
+    /// files are stored under `pg_tblspc/<oid>/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<Tablespace>,
+    pub files: u64,
+    pub data_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Tablespace {
+    pub oid: u32,
+    pub location: String,
 }
 
 /// Facts about a backup of files and folders (an application's configuration).

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod locks;
 pub mod manifest;
 pub mod pack;
+pub mod pgwal;
 pub mod reach;
 pub mod records;
 pub mod replicas;

@@ -138,6 +138,13 @@ impl Chunking {
         avg: 4 << 10,
         max: 16 << 10,
     };
+    /// Pages of PostgreSQL relation files: fixed 8 KiB blocks, so a block changed in a 1 GiB
+    /// segment stores one new chunk. (Fixed: `min == max`.)
+    pub const PAGES: Chunking = Chunking {
+        min: 8 << 10,
+        avg: 8 << 10,
+        max: 8 << 10,
+    };
 }
 
 /// Something to back up.
@@ -161,7 +168,9 @@ fn postgres_source(path: &Path, options: &SourceOptions) -> Result<postgres::PgS
     let uri = path
         .to_str()
         .ok_or_else(|| Error::usage("a PostgreSQL URI must be UTF-8"))?;
-    if options.postgres_globals {
+    if options.postgres_physical {
+        postgres::PgSource::physical(uri)
+    } else if options.postgres_globals {
         postgres::PgSource::globals(uri)
     } else {
         postgres::PgSource::new(uri, &options.postgres)
@@ -175,6 +184,8 @@ pub struct SourceOptions {
     pub postgres: postgres::PgOptions,
     /// Back up the PostgreSQL cluster's roles and tablespaces, not a database.
     pub postgres_globals: bool,
+    /// A physical base backup of the whole PostgreSQL cluster (`--physical`).
+    pub postgres_physical: bool,
 }
 
 /// How the source at `path` is recorded in manifests: the absolute path of a file or folder,

@@ -24,7 +24,32 @@ impl Cluster {
     /// Create and start a cluster of major version `major` (or newer, when that is what is
     /// installed).
     pub fn start(major: u32) -> Result<Cluster> {
-        let initdb = tools::find("initdb", Some(major)).map_err(|e| {
+        let mut cluster = Cluster::prepare(major, "initdb")?;
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ],
+        )?;
+        cluster.launch("")?;
+        Ok(cluster)
+    }
+
+    /// The folder, the server programs of major version `major` (`program` must be among
+    /// them) and the user to run them as, without a data directory yet (`data()`, to be
+    /// created, e.g. by a restore, before [`Cluster::launch`]).
+    pub fn prepare(major: u32, program: &str) -> Result<Cluster> {
+        let initdb = tools::find(program, Some(major)).map_err(|e| {
             Error::usage(format!(
                 "a drill without --drill-server starts a throwaway PostgreSQL {major} cluster, \
                  which needs initdb: {e}"
@@ -52,38 +77,38 @@ impl Cluster {
         } else {
             None
         };
-        let port = free_port();
-        let mut cluster = Cluster {
+        Ok(Cluster {
             dir,
             bin,
             run_as,
             server: None,
-            port,
-        };
-        let data = cluster.data();
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-locale",
-                "--no-sync",
-            ],
-        )?;
+            port: free_port(),
+        })
+    }
+
+    /// Start the server on `data()`, reachable only through a socket in the private
+    /// folder, with `extra` settings after Lifeboat's; wait until it accepts connections.
+    pub fn launch(&mut self, extra: &str) -> Result<()> {
+        let data = self.data();
         let conf = format!(
-            "listen_addresses = ''\nport = {port}\nunix_socket_directories = '{}'\n\
+            "listen_addresses = ''\nport = {}\nunix_socket_directories = '{}'\n\
              unix_socket_permissions = 0700\nfsync = off\n\
-             synchronous_commit = off\nfull_page_writes = off\nmax_wal_size = 4GB\n",
-            cluster.dir.path().display()
+             synchronous_commit = off\nfull_page_writes = off\nmax_wal_size = 4GB\n{extra}",
+            self.port,
+            self.dir.path().display()
         );
         let conf_path = data.join("postgresql.auto.conf");
-        std::fs::write(&conf_path, conf).map_err(|e| Error::io("cannot write", &conf_path, e))?;
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&conf_path)
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .map_err(|e| Error::io("cannot write", &conf_path, e))?;
+        if let Some((uid, gid)) = self.run_as {
+            chown_tree(&data, uid, gid)?;
+        }
+        let cluster = self;
         // The server runs as this process's child (not daemonized by pg_ctl), in a process
         // group the watchdog kills if Lifeboat is killed: a killed drill leaves no server.
         let log_path = cluster.dir.path().join("server.log");
@@ -103,8 +128,37 @@ impl Cluster {
             cmd.uid(uid).gid(gid).env("HOME", cluster.dir.path());
         }
         cluster.server = Some(tools::Guarded::spawn(&mut cmd, &postgres)?);
-        cluster.wait_ready(&data)?;
-        Ok(cluster)
+        cluster.wait_ready(&data)
+    }
+
+    /// Whether the server is still running.
+    pub fn running(&mut self) -> bool {
+        self.server
+            .as_mut()
+            .is_some_and(|s| matches!(s.try_wait(), Ok(None)))
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let mut last: Vec<&str> = log.lines().rev().take(lines).collect();
+        last.reverse();
+        last.join(" / ")
+    }
+
+    /// The private folder the cluster lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The user the server runs as, when not this process's.
+    pub fn run_as(&self) -> Option<(u32, u32)> {
+        self.run_as
+    }
+
+    /// The server programs' folder.
+    pub fn bin(&self) -> &Path {
+        &self.bin
     }
 
     /// Wait until the postmaster says it is ready (the status line of `postmaster.pid`, what
@@ -129,14 +183,14 @@ impl Cluster {
                     std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
                 return Err(Error::source(format!(
                     "the drill's throwaway PostgreSQL server did not start: {}",
-                    log.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+                    log.lines().rev().take(8).collect::<Vec<_>>().join(" / ")
                 )));
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 
-    fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
@@ -147,6 +201,18 @@ impl Cluster {
             self.dir.path().display(),
             self.port
         ))
+    }
+
+    /// The URI of database `db` on this cluster as role `user`.
+    pub fn target_as(&self, db: &str, user: &str) -> Result<PgTarget> {
+        let mut u = url::Url::parse("postgresql://localhost/")
+            .map_err(|e| Error::internal(e.to_string()))?;
+        u.set_path(db);
+        u.query_pairs_mut()
+            .append_pair("host", &self.dir.path().display().to_string())
+            .append_pair("port", &self.port.to_string())
+            .append_pair("user", user);
+        PgTarget::parse(&u.to_string().replacen("//localhost/", "///", 1))
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<()> {
@@ -169,7 +235,7 @@ impl Cluster {
             return Err(Error::source(format!(
                 "{program} of the drill's throwaway cluster failed: {} {}",
                 String::from_utf8_lossy(&out.stderr).trim(),
-                log.lines().rev().take(5).collect::<Vec<_>>().join(" / ")
+                log.lines().rev().take(8).collect::<Vec<_>>().join(" / ")
             )));
         }
         Ok(())
@@ -194,8 +260,22 @@ impl Drop for Cluster {
     }
 }
 
+/// Hand `path` and everything below it (not following links) to `uid:gid`.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(|e| Error::io("cannot hand over", path, e))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(|e| Error::io("cannot list", path, e))? {
+            let entry = entry.map_err(|e| Error::io("cannot list", path, e))?;
+            chown_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
 /// uid and gid of a system user.
-fn system_user(name: &str) -> Option<(u32, u32)> {
+pub fn system_user(name: &str) -> Option<(u32, u32)> {
     let cname = std::ffi::CString::new(name).ok()?;
     // SAFETY: getpwnam returns null or a pointer to static storage, read at once.
     unsafe {

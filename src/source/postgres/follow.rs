@@ -152,6 +152,8 @@ impl DumpFolder {
             file,
             name: name.to_string(),
             folder: self,
+            read: 0,
+            freed: 0,
         })
     }
 
@@ -193,6 +195,31 @@ pub struct Growing<'a> {
     file: std::fs::File,
     name: String,
     folder: &'a mut DumpFolder,
+    /// Bytes read, and bytes whose room was given back to the file system.
+    read: u64,
+    freed: u64,
+}
+
+/// Room given back in steps of this many bytes.
+const FREE_STEP: u64 = 64 << 20;
+
+impl Growing<'_> {
+    /// Give back the room of what was read (a hole punched at the file's start): a 100 GB
+    /// tar needs no 100 GB of temporary space. Where the file system cannot, the file
+    /// stays until it is deleted whole.
+    fn free_read(&mut self) {
+        if self.read - self.freed < FREE_STEP {
+            return;
+        }
+        let upto = self.read - self.read % FREE_STEP;
+        let _ = rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            self.freed,
+            upto - self.freed,
+        );
+        self.freed = upto;
+    }
 }
 
 impl Read for Growing<'_> {
@@ -200,11 +227,15 @@ impl Read for Growing<'_> {
         loop {
             let n = self.file.read(buf)?;
             if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                self.free_read();
                 return Ok(n);
             }
             if self.folder.complete(&self.name) {
                 // Closed after the read above came up empty: what it wrote last is there now.
-                return self.file.read(buf);
+                let n = self.file.read(buf)?;
+                self.read += n as u64;
+                return Ok(n);
             }
             self.folder.poll(WAIT).map_err(std::io::Error::other)?;
         }

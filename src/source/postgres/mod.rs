@@ -13,6 +13,7 @@ pub mod archive;
 pub mod cluster;
 pub mod conn;
 pub mod follow;
+pub mod physical;
 pub mod tools;
 
 use crate::error::{Error, Result};
@@ -47,6 +48,7 @@ pub struct PgSource {
     target: PgTarget,
     opts: PgOptions,
     globals: bool,
+    physical: bool,
 }
 
 impl PgSource {
@@ -65,6 +67,7 @@ impl PgSource {
             target,
             opts: opts.clone(),
             globals: false,
+            physical: false,
         })
     }
 
@@ -74,6 +77,17 @@ impl PgSource {
             target: PgTarget::parse(uri)?,
             opts: PgOptions::default(),
             globals: true,
+            physical: false,
+        })
+    }
+
+    /// A physical base backup of the whole cluster at `uri` (`pg_basebackup`).
+    pub fn physical(uri: &str) -> Result<PgSource> {
+        Ok(PgSource {
+            target: PgTarget::parse(uri)?,
+            opts: PgOptions::default(),
+            globals: false,
+            physical: true,
         })
     }
 
@@ -81,7 +95,7 @@ impl PgSource {
     /// and database filled in (`postgres://app@db:5432/shop`); `postgres://app@db:5432/`
     /// for the globals.
     pub fn source_key(&self) -> String {
-        if self.globals {
+        if self.globals || self.physical {
             self.target.with_database("").source_key()
         } else {
             self.target.source_key()
@@ -240,6 +254,9 @@ impl Source for PgSource {
     }
 
     fn back_up(&mut self, writer: &mut dyn ContentWriter) -> Result<BackedUp> {
+        if self.physical {
+            return physical::back_up(&self.target, writer);
+        }
         let work = work_dir("dump")?;
         let env = self.target.client_env(work.path())?;
         let (_psql, server) = connect(&self.target, &env)?;
