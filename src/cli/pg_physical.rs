@@ -16,7 +16,8 @@ pub fn cmd_wal_push(ctx: &Ctx, path: &Path, pgdata: Option<PathBuf>) -> Result<i
         batch: env_count("LIFEBOAT_WAL_PUSH_BATCH", 64),
     };
     let open = || ctx.open_repo();
-    let report = pgwal::push(&ctx.opener.location, &open, path, &opts)?;
+    let storage = lifeboat::storage::open(&ctx.opener.location, false)?;
+    let report = pgwal::push(&ctx.opener.location, storage.as_ref(), &open, path, &opts)?;
     if ctx.json {
         println!("{}", json!(report));
     } else if !report.stored.is_empty() {

@@ -91,17 +91,29 @@ impl Spool {
         Ok(Spool { dir })
     }
 
-    /// The checksum noted for `file` when it was pushed.
-    fn pushed(&self, file: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.join("pushed").join(file))
-            .ok()
-            .map(|s| s.trim().to_string())
+    /// Whether `file` (at `path`) is noted as pushed: with bytes of checksum `hash`, or,
+    /// without one, unchanged since it was noted (same size, modification time and inode:
+    /// PostgreSQL never rewrites a segment it has completed, so the bytes need not be
+    /// read again).
+    fn noted(&self, file: &str, path: &Path, hash: Option<&str>) -> bool {
+        let Ok(note) = std::fs::read_to_string(self.dir.join("pushed").join(file)) else {
+            return false;
+        };
+        let mut parts = note.split_whitespace();
+        let (Some(noted_hash), noted_ident) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        match hash {
+            Some(h) => h == noted_hash,
+            None => noted_ident.is_some_and(|i| Some(i.to_string()) == file_ident(path)),
+        }
     }
 
-    fn note_pushed(&self, file: &str, hash: &str) -> Result<()> {
+    fn note_pushed(&self, file: &str, hash: &str, path: &Path) -> Result<()> {
+        let ident = file_ident(path).unwrap_or_default();
         crate::storage::local::write_private_file(
             &self.dir.join("pushed").join(file),
-            hash.as_bytes(),
+            format!("{hash} {ident}\n").as_bytes(),
         )
     }
 
@@ -141,6 +153,23 @@ impl Spool {
     fn ahead(&self, file: &str) -> PathBuf {
         self.dir.join("ahead").join(file)
     }
+}
+
+/// Size, modification time, change time, inode and device of a file: what changes when
+/// its bytes do.
+fn file_ident(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!(
+        "{}:{}.{}:{}.{}:{}:{}",
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.ino(),
+        m.dev()
+    ))
 }
 
 /// The system identifier in `pgdata/global/pg_control` (its first 8 bytes).
@@ -220,14 +249,20 @@ fn read_wal_file(path: &Path, name: &str, kind: WalFile, pgdata: &Path) -> Resul
 
 /// Store `data` as `file` of `system_id`: created, or already there with the same bytes
 /// (`false`); other bytes under that name are an error and nothing is overwritten.
-fn store(repo: &Repository, system_id: u64, file: &str, data: &[u8]) -> Result<bool> {
-    let sealed = pgwal::seal(repo, system_id, file, data)?;
+fn store(
+    repo: &Repository,
+    system_id: u64,
+    file: &str,
+    data: &[u8],
+    hash: &blake3::Hash,
+) -> Result<bool> {
+    let sealed = pgwal::seal(repo, system_id, file, data, hash)?;
     let name = pgwal::object_name(system_id, file);
     if repo.storage().put_new(&name, &sealed)? {
         return Ok(true);
     }
     let same = match pgwal::fetch(repo, repo.storage(), system_id, file) {
-        Ok(Some((header, _))) => header.blake3 == blake3::hash(data).to_hex().as_str(),
+        Ok(Some((header, _))) => header.blake3 == hash.to_hex().as_str(),
         Ok(None) => false,
         Err(e) if e.kind == ErrorKind::Integrity => {
             return Err(Error::integrity(format!(
@@ -249,7 +284,7 @@ fn store(repo: &Repository, system_id: u64, file: &str, data: &[u8]) -> Result<b
 }
 
 /// The segments after `file` that PostgreSQL has marked ready to archive, in order.
-fn ready_after(wal_dir: &Path, file: &str, limit: usize, spool: &Spool) -> Vec<String> {
+fn ready_after(wal_dir: &Path, file: &str, limit: usize) -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(wal_dir.join("archive_status")) else {
         return Vec::new();
     };
@@ -260,7 +295,7 @@ fn ready_after(wal_dir: &Path, file: &str, limit: usize, spool: &Spool) -> Vec<S
             let seg = n.strip_suffix(".ready")?.to_string();
             matches!(WalFile::parse(&seg), Some(WalFile::Segment { .. })).then_some(seg)
         })
-        .filter(|n| n.as_str() > file && spool.pushed(n).is_none())
+        .filter(|n| n.as_str() > file)
         .collect();
     names.sort();
     names.truncate(limit);
@@ -268,71 +303,52 @@ fn ready_after(wal_dir: &Path, file: &str, limit: usize, spool: &Spool) -> Vec<S
 }
 
 /// `wal-push PATH`: store the file PostgreSQL hands over, durably, and the ready segments
-/// after it. `open` opens the repository (called only when something must be stored).
+/// after it. `storage` is the repository's storage opened without keys (enough to see that
+/// a noted file is there); `open` opens the repository, only when something must be stored.
 pub fn push(
     location: &str,
+    storage: &dyn Storage,
     open: &dyn Fn() -> Result<Repository>,
     path: &Path,
     opts: &PushOptions,
 ) -> Result<PushReport> {
     let (file, kind) = file_name(path, "wal-push")?;
     let pgdata = data_dir_of(path, opts.pgdata.as_deref());
-    let (data, system_id) = read_wal_file(path, &file, kind, &pgdata)?;
-    let hash = blake3::hash(&data).to_hex().to_string();
+    let system_id = system_id_of_file(path, kind, &pgdata)?;
     let mut report = PushReport {
         file: file.clone(),
         system_id: system_id.to_string(),
         ..Default::default()
     };
     let spool = Spool::open(location, system_id)?;
-    if spool.pushed(&file).as_deref() == Some(hash.as_str()) {
+    let object = pgwal::object_name(system_id, &file);
+    // Noted as pushed, and there (a repository made anew at the same location does not
+    // have what its predecessor's notes say).
+    if spool.noted(&file, path, None) && storage.exists(&object)? {
         report.already = true;
         return Ok(report);
     }
     let _lock = spool.lock()?;
-    if spool.pushed(&file).as_deref() == Some(hash.as_str()) {
-        report.already = true;
-        return Ok(report);
-    }
-    let repo = open()?;
-    repo.require_writable("wal-push")?;
-    require_feature(&repo)?;
     let wal_dir = path.parent().unwrap_or(Path::new("."));
-    let ahead = if matches!(kind, WalFile::Segment { .. }) {
-        ready_after(wal_dir, &file, opts.batch.saturating_sub(1), &spool)
-    } else {
-        Vec::new()
-    };
-    // Its own file first, alone: its result is this call's.
-    let created = store(&repo, system_id, &file, &data)?;
-    spool.note_pushed(&file, &hash)?;
-    report.already = !created;
-    if created {
-        report.stored.push(file.clone());
-        report.stored_bytes += data.len() as u64;
+    let mut todo = vec![file.clone()];
+    if matches!(kind, WalFile::Segment { .. }) {
+        todo.extend(ready_after(wal_dir, &file, opts.batch.saturating_sub(1)));
     }
-    drop(data);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..opts.parallel.clamp(1, 32).min(ahead.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(name) = ahead.get(i) else { break };
-                let r = push_ahead(&repo, &spool, wal_dir, name, system_id);
-                if let Ok(mut all) = results.lock() {
-                    all.push((name.clone(), r));
-                }
-            });
-        }
-    });
-    for (name, r) in results.into_inner().unwrap_or_default() {
+    let ctx = PushContext {
+        spool: &spool,
+        storage,
+        wal_dir,
+        system_id,
+        pgdata: &pgdata,
+    };
+    for (name, r) in ctx.push_all(open, &todo, opts)? {
         match r {
             Ok(Some(bytes)) => {
                 report.stored.push(name);
                 report.stored_bytes += bytes;
             }
-            Ok(None) => {}
+            Ok(None) => report.already |= name == file,
+            Err(e) if name == file => return Err(e),
             // PostgreSQL pushes it itself later, and gets the error then.
             Err(e) => tracing::warn!("pushing {name} ahead failed: {e}"),
         }
@@ -342,26 +358,110 @@ pub fn push(
     Ok(report)
 }
 
-/// Push a ready segment ahead of PostgreSQL's call for it; its size when this call stored it.
-fn push_ahead(
-    repo: &Repository,
-    spool: &Spool,
-    wal_dir: &Path,
-    name: &str,
+/// What every file of one `wal-push` call shares.
+struct PushContext<'a> {
+    spool: &'a Spool,
+    storage: &'a dyn Storage,
+    wal_dir: &'a Path,
     system_id: u64,
-) -> Result<Option<u64>> {
-    let path = wal_dir.join(name);
-    let Ok(data) = std::fs::read(&path) else {
-        return Ok(None); // archived and recycled meanwhile
-    };
-    // A file that is not (yet) a whole segment of this cluster is left to its own call.
-    if pgwal::check_segment(name, &data, Some(system_id)).is_err() {
-        return Ok(None);
+    pgdata: &'a Path,
+}
+
+impl PushContext<'_> {
+    /// Push `todo` (the call's own file first), several at a time; per file, its size when
+    /// this call stored it, `None` when it was there already.
+    #[allow(clippy::type_complexity)]
+    fn push_all(
+        &self,
+        open: &dyn Fn() -> Result<Repository>,
+        todo: &[String],
+        opts: &PushOptions,
+    ) -> Result<Vec<(String, Result<Option<u64>>)>> {
+        // Only what is not noted yet needs the repository (and its key derivation).
+        let mut work = Vec::new();
+        let mut out = Vec::new();
+        for (i, name) in todo.iter().enumerate() {
+            let path = self.wal_dir.join(name);
+            let there = self.spool.noted(name, &path, None)
+                && self
+                    .storage
+                    .exists(&pgwal::object_name(self.system_id, name))?;
+            if there {
+                out.push((name.clone(), Ok(None)));
+            } else if i == 0 || path.exists() {
+                work.push(name.clone());
+            }
+        }
+        if work.is_empty() {
+            return Ok(out);
+        }
+        let repo = open()?;
+        repo.require_writable("wal-push")?;
+        require_feature(&repo)?;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for _ in 0..opts.parallel.clamp(1, 32).min(work.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(name) = work.get(i) else { break };
+                    let own = i == 0 && name == &todo[0];
+                    let r = self.push_one(&repo, name, own);
+                    if let Ok(mut all) = results.lock() {
+                        all.push((name.clone(), r));
+                    }
+                });
+            }
+        });
+        out.extend(results.into_inner().unwrap_or_default());
+        Ok(out)
     }
-    let hash = blake3::hash(&data).to_hex().to_string();
-    let created = store(repo, system_id, name, &data)?;
-    spool.note_pushed(name, &hash)?;
-    Ok(created.then_some(data.len() as u64))
+
+    /// Push one file; its size when this call stored it. `own`: the file PostgreSQL asked
+    /// for (any error is reported); a file pushed ahead that is not a whole segment of this
+    /// cluster yet is left to its own call.
+    fn push_one(&self, repo: &Repository, name: &str, own: bool) -> Result<Option<u64>> {
+        let path = self.wal_dir.join(name);
+        let kind = WalFile::parse(name).ok_or_else(|| Error::internal("not a WAL file name"))?;
+        let data = match read_wal_file(&path, name, kind, self.pgdata) {
+            Ok((data, id)) if id == self.system_id => data,
+            Ok(_) if own => return Err(Error::source(format!("{name} changed cluster"))),
+            Err(e) if own => return Err(e),
+            _ => return Ok(None),
+        };
+        let hash = blake3::hash(&data);
+        let hex = hash.to_hex().to_string();
+        if self.spool.noted(name, &path, Some(&hex))
+            && repo
+                .storage()
+                .exists(&pgwal::object_name(self.system_id, name))?
+        {
+            self.spool.note_pushed(name, &hex, &path)?;
+            return Ok(None);
+        }
+        let created = store(repo, self.system_id, name, &data, &hash)?;
+        self.spool.note_pushed(name, &hex, &path)?;
+        Ok(created.then_some(data.len() as u64))
+    }
+}
+
+/// The cluster a file belongs to: a segment's first page says; other files are the data
+/// directory's.
+fn system_id_of_file(path: &Path, kind: WalFile, pgdata: &Path) -> Result<u64> {
+    if !matches!(kind, WalFile::Segment { .. } | WalFile::Partial { .. }) {
+        return system_id_of(pgdata);
+    }
+    let mut head = [0u8; 64];
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot read", path, e))?;
+    std::io::Read::read_exact(&mut f, &mut head).map_err(|e| Error::io("cannot read", path, e))?;
+    pgwal::segment_head(&head)
+        .map(|h| h.system_id)
+        .ok_or_else(|| {
+            Error::source(format!(
+                "{} does not start with a WAL page header",
+                path.display()
+            ))
+        })
 }
 
 pub fn require_feature(repo: &Repository) -> Result<()> {

@@ -243,25 +243,35 @@ pub fn object_name(system_id: u64, file: &str) -> String {
 
 /// Encode, compress and seal `data` (the file `file` of cluster `system_id`) for storage
 /// under [`object_name`].
-pub fn seal(repo: &Repository, system_id: u64, file: &str, data: &[u8]) -> Result<Vec<u8>> {
+/// `hash`: the BLAKE3 of `data` (the caller has it already).
+pub fn seal(
+    repo: &Repository,
+    system_id: u64,
+    file: &str,
+    data: &[u8],
+    hash: &blake3::Hash,
+) -> Result<Vec<u8>> {
+    use std::io::Write;
     let header = WalHeader {
         format: 1,
         name: file.to_string(),
         system_id: system_id.to_string(),
         size: data.len() as u64,
-        blake3: blake3::hash(data).to_hex().to_string(),
+        blake3: hash.to_hex().to_string(),
         archived: jiff::Timestamp::now().to_string(),
         host: crate::host::hostname(),
     };
     let header = serde_json::to_vec(&header).map_err(|e| Error::internal(e.to_string()))?;
-    let mut encoded = Vec::with_capacity(MAGIC.len() + 4 + header.len() + data.len());
-    encoded.extend_from_slice(MAGIC);
-    encoded.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    encoded.extend_from_slice(&header);
-    encoded.extend_from_slice(data);
-    let compressed = zstd::bulk::compress(&encoded, LEVEL)
-        .map_err(|e| Error::internal(format!("cannot compress WAL file {file}: {e}")))?;
-    drop(encoded);
+    let failed =
+        |e: std::io::Error| Error::internal(format!("cannot compress WAL file {file}: {e}"));
+    let mut enc = zstd::stream::write::Encoder::new(Vec::with_capacity(data.len() / 4), LEVEL)
+        .map_err(failed)?;
+    enc.write_all(MAGIC).map_err(failed)?;
+    enc.write_all(&(header.len() as u32).to_le_bytes())
+        .map_err(failed)?;
+    enc.write_all(&header).map_err(failed)?;
+    enc.write_all(data).map_err(failed)?;
+    let compressed = enc.finish().map_err(failed)?;
     let name = object_name(system_id, file);
     repo.seal(ObjectKind::PgWal, name.as_bytes(), compressed)
 }

@@ -95,7 +95,7 @@ fn server_user() -> Option<(u32, u32)> {
 }
 
 /// `path` and everything below it owned by `uid:gid`.
-fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
+pub fn chown_tree(path: &Path, (uid, gid): (u32, u32)) {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
     if path.is_dir() && !path.is_symlink() {
@@ -125,6 +125,12 @@ pub struct PgCluster {
 impl PgCluster {
     /// initdb and start a server; panics with initdb's output or the server's log if it cannot.
     pub fn start() -> PgCluster {
+        Self::start_with("")
+    }
+
+    /// `start`, with `extra` appended to postgresql.conf before the server starts (WAL
+    /// archiving, say).
+    pub fn start_with(extra: &str) -> PgCluster {
         let bin = pg_bin();
         let owner = server_user();
         let dir = tempfile::Builder::new()
@@ -180,7 +186,7 @@ impl PgCluster {
                  timezone = 'UTC'\n\
                  log_timezone = 'UTC'\n\
                  # No background work competing with the test on small CI machines.\n\
-                 autovacuum = off\n",
+                 autovacuum = off\n{extra}\n",
                 sock = dir.path().join("sock").display()
             ),
         );
@@ -248,6 +254,18 @@ impl PgCluster {
     fn pg_ctl(&self) -> Command {
         let mut c = Self::server_cmd(&self.bin, "pg_ctl", self.dir.path(), self.owner);
         c.args(["-D", "data"]);
+        c
+    }
+
+    /// The uid and gid the server runs as, when not the test's own.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        self.owner
+    }
+
+    /// `pg_ctl -D <data> <args>` as the server's user (for a restored data directory).
+    pub fn pg_ctl_on(&self, data: &Path) -> Command {
+        let mut c = Self::server_cmd(&self.bin, "pg_ctl", self.dir.path(), self.owner);
+        c.arg("-D").arg(data);
         c
     }
 
@@ -512,7 +530,7 @@ impl Drop for PgCluster {
 }
 
 /// A port the kernel had free on 127.0.0.1 a moment ago (bound to port 0, then released).
-fn any_free_port() -> u16 {
+pub fn any_free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
