@@ -439,6 +439,14 @@ fn print_prune(r: &PruneReport) {
             r.missing_blobs
         );
     }
+    if r.pg_wal_removed > 0 {
+        println!(
+            "  PostgreSQL WAL   {} ({}) older than every base backup{}",
+            crate::count(r.pg_wal_removed, "file", "files"),
+            bytes(r.pg_wal_removed_bytes),
+            if r.dry_run { "" } else { ", deleted" }
+        );
+    }
     if r.segments_removed > 0 || r.segments_waiting > 0 {
         println!(
             "  segments         {} ({}) no base can use{}{}",

@@ -339,12 +339,7 @@ fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
         last.join("\n  ")
     };
     if !out.status.success() {
-        return Err(Error::source(format!(
-            "the restored server did not start: {}\n  {}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            log_tail()
-        ))
-        .hint(format!("see {}", log.display())));
+        return Err(recovery_failed(&log_tail(), &log));
     }
     let deadline =
         Instant::now() + crate::source::seconds_from_env("LIFEBOAT_RECOVERY_TIMEOUT", 86_400);
@@ -352,11 +347,7 @@ fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
         crate::interrupt::check()?;
         let pid = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap_or_default();
         if pid.is_empty() {
-            return Err(Error::source(format!(
-                "the restored server stopped during recovery:\n  {}",
-                log_tail()
-            ))
-            .hint(format!("see {}", log.display())));
+            return Err(recovery_failed(&log_tail(), &log));
         }
         let ready = pid.lines().nth(7).is_some_and(|l| l.trim() == "ready");
         if ready && !pgdata.join("recovery.signal").exists() {
@@ -371,6 +362,27 @@ fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The restored server stopped: what its log says, and what to do about the usual causes.
+fn recovery_failed(tail: &str, log: &Path) -> Error {
+    let hint = if tail.contains("recovery ended before configured recovery target was reached") {
+        format!(
+            "the archive ends before the target (no commit after it was archived yet): restore again with `--at latest`, or a moment the archive covers (`lifeboat timeline`); see {}",
+            log.display()
+        )
+    } else if tail.contains("could not restore file") || tail.contains("restore_command") {
+        format!(
+            "`lifeboat wal-fetch` failed for the server (as the server's user: it must reach the repository, and an encrypted one needs its passphrase); see {}",
+            log.display()
+        )
+    } else {
+        format!("see {}", log.display())
+    };
+    Error::source(format!(
+        "the restored server stopped before recovery ended:\n  {tail}"
+    ))
+    .hint(hint)
 }
 
 fn info_major(_info: &PhysicalInfo, pgdata: &Path) -> u32 {

@@ -92,6 +92,10 @@ pub struct PruneReport {
     /// Segments of streams without a base left for a later prune: a backup is running,
     /// which may be that stream's first base.
     pub segments_waiting: usize,
+    /// Archived PostgreSQL WAL files no base backup needs (below each cluster's oldest base
+    /// backup), deleted (in a dry run: found).
+    pub pg_wal_removed: usize,
+    pub pg_wal_removed_bytes: u64,
 }
 
 impl PruneReport {
@@ -101,7 +105,7 @@ impl PruneReport {
             + if self.dry_run {
                 0
             } else {
-                self.segments_removed_bytes as i64
+                (self.segments_removed_bytes + self.pg_wal_removed_bytes) as i64
             }
     }
 }
@@ -187,6 +191,7 @@ fn plan_and_sweep(
                 .sum::<u64>();
         report.unused_bytes_after = survey.unused_bytes_except(&doomed, &repack);
         prune_segments(repo, &survey.bases, &mut report, None)?;
+        prune_pg_wal(repo, &mut report, None)?;
         return Ok(report);
     }
     // What the repack stored. A pack the repack produced may already have been there, from
@@ -222,6 +227,7 @@ fn plan_and_sweep(
     tracing::info!(elapsed = ?started.elapsed(), deleted = report.deleted_packs, "swept");
     if report.missing_blobs == 0 {
         prune_segments(repo, &bases, &mut report, Some(&check_lease))?;
+        prune_pg_wal(repo, &mut report, Some(&check_lease))?;
     }
     compact_index(repo, &mut report)?;
     tracing::info!(elapsed = ?started.elapsed(), "index compacted");
@@ -232,6 +238,59 @@ fn plan_and_sweep(
     report.packs_after = after.len();
     report.bytes_after = after.iter().map(|o| o.size).sum();
     Ok(report)
+}
+
+/// Delete the archived PostgreSQL WAL no base backup needs: per cluster, the files of
+/// segments numbered below the first segment of its oldest physical base backup (a kept
+/// base needs everything from its start on, to be consistent and to replay to the end of
+/// its window). Timeline histories stay (tiny; recovery reads them to pick a timeline), and
+/// a cluster without a base backup keeps all of its WAL (its first base may be under way).
+/// Manifests are authenticated; a planted file name below the floor is junk either way.
+fn prune_pg_wal(
+    repo: &Repository,
+    report: &mut PruneReport,
+    lease: Option<&dyn Fn() -> Result<()>>,
+) -> Result<()> {
+    use crate::repo::pgwal::{self, WalFile};
+    let storage = repo.storage();
+    let systems = pgwal::systems(storage)?;
+    if systems.is_empty() {
+        return Ok(());
+    }
+    let mut floors: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for m in repo.list_backups()? {
+        let Ok(p) = crate::ops::pg_physical::physical_info(&m) else {
+            continue;
+        };
+        let size = p.wal_segment_size.max(1 << 20);
+        let Some(start) = WalFile::parse(&p.start_wal).and_then(|f| f.segno(size)) else {
+            continue;
+        };
+        let e = floors.entry(p.system_id.clone()).or_insert((start, size));
+        e.0 = e.0.min(start);
+    }
+    let mut doomed = Vec::new();
+    for id in systems {
+        let Some(&(floor, size)) = floors.get(&id.to_string()) else {
+            continue;
+        };
+        for l in pgwal::list(storage, id)? {
+            if l.kind.segno(size).is_some_and(|n| n < floor) {
+                doomed.push((pgwal::object_name(id, &l.file), l.size));
+            }
+        }
+    }
+    report.pg_wal_removed = doomed.len();
+    report.pg_wal_removed_bytes = doomed.iter().map(|(_, s)| s).sum();
+    let Some(check_lease) = lease else {
+        return Ok(()); // a dry run
+    };
+    for (name, _) in doomed {
+        crate::interrupt::check()?;
+        check_lease()?;
+        storage.delete(&name)?;
+    }
+    Ok(())
 }
 
 /// A stream without a base that shipped nothing for this long is a `replicate` that never

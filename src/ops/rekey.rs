@@ -95,6 +95,9 @@ fn sealing_of(name: &str) -> Option<(ObjectKind, Vec<u8>)> {
     if name.starts_with("index/") {
         return Some((ObjectKind::Index, Vec::new()));
     }
+    if name.starts_with(crate::repo::pgwal::PREFIX) {
+        return Some((ObjectKind::PgWal, name.as_bytes().to_vec()));
+    }
     RECORD_PREFIXES
         .iter()
         .any(|p| name.starts_with(p))
@@ -104,7 +107,8 @@ fn sealing_of(name: &str) -> Option<(ObjectKind, Vec<u8>)> {
 /// Every manifest, index file and record of `storage`, by name.
 fn sealed_objects(storage: &dyn Storage) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    for prefix in ["backups/", "index/"].into_iter().chain(RECORD_PREFIXES) {
+    let prefixes = ["backups/", "index/", crate::repo::pgwal::PREFIX];
+    for prefix in prefixes.into_iter().chain(RECORD_PREFIXES) {
         names.extend(
             storage
                 .list(prefix)?
@@ -123,6 +127,8 @@ fn get_if_present(storage: &dyn Storage, name: &str) -> Result<Option<Vec<u8>>> 
         MANIFEST_MAX
     } else if name.starts_with("index/") || is_inventory(name) {
         INDEX_MAX
+    } else if name.starts_with(crate::repo::pgwal::PREFIX) {
+        crate::repo::pgwal::FILE_MAX + (1 << 20)
     } else {
         RECORD_MAX
     };

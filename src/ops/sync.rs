@@ -297,6 +297,10 @@ fn sync_marked(
     // Segments after the bases they continue (a segment alone is of no use, and one a
     // target holds without its base is removed by its prune a day later).
     copy_segments(repo, target, &copier)?;
+    // PostgreSQL's archived WAL (write-once, named by PostgreSQL; checked as copied).
+    copier.copy_missing(crate::repo::pgwal::PREFIX, |name| {
+        pg_wal_name(name).is_some()
+    })?;
     // The config last: only now is the replica a repository (or has the new keys).
     if update != ConfigUpdate::None {
         let data = repo
@@ -744,6 +748,9 @@ fn copy_one(
         repo.decode_manifest(id, data.clone())
             .map_err(|_| damaged())?;
         true
+    } else if let Some((system_id, file)) = pg_wal_name(name).filter(|_| !repo.is_write_only()) {
+        crate::repo::pgwal::open(repo, system_id, file, data.clone()).map_err(|_| damaged())?;
+        true
     } else if let Some(s) =
         crate::repo::segment::parse_name(name, data.len() as u64).filter(|_| !repo.is_write_only())
     {
@@ -767,6 +774,14 @@ fn copy_one(
     }
     target.put_new(name, &data)?;
     Ok(Some(data.len() as u64))
+}
+
+/// `pgwal/<system id>/<file>` split, for names of PostgreSQL's WAL files.
+fn pg_wal_name(name: &str) -> Option<(u64, &str)> {
+    let rest = name.strip_prefix(crate::repo::pgwal::PREFIX)?;
+    let (id, file) = rest.split_once('/')?;
+    crate::repo::pgwal::WalFile::parse(file)?;
+    Some((id.parse().ok()?, file))
 }
 
 /// The source's config as stored is the one this repository was opened with, or a later
@@ -807,7 +822,13 @@ pub fn lag(repo: &Repository, target: &dyn Storage) -> Lag {
             objects += 1;
         }
         let tomb = tombstones::read(target, &records)?;
-        for group in ["keys/", "data/", "backups/", crate::repo::segment::PREFIX] {
+        for group in [
+            "keys/",
+            "data/",
+            "backups/",
+            crate::repo::segment::PREFIX,
+            crate::repo::pgwal::PREFIX,
+        ] {
             let target_list = target.list(group)?;
             let source_list = source.list(group)?;
             if group == "keys/" {
@@ -824,6 +845,9 @@ pub fn lag(repo: &Repository, target: &dyn Storage) -> Lag {
                     && crate::repo::segment::parse_name(&o.name, o.size).is_none()
                 {
                     continue; // not a segment: never copied
+                }
+                if group == crate::repo::pgwal::PREFIX && pg_wal_name(&o.name).is_none() {
+                    continue; // not a WAL file: never copied
                 }
                 let id = object_id(&o.name);
                 let dropped_segment = crate::repo::segment::parse_name(&o.name, o.size)
