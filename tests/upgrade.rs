@@ -669,13 +669,13 @@ fn repositories_before_content_kinds_stay_usable_and_upgrade() {
         let up = read_json(&env, name, &["repo", "upgrade"]);
         assert_eq!(
             up["features_added"],
-            serde_json::json!(["manifest-2", "wal-segments"]),
+            serde_json::json!(["manifest-2", "wal-segments", "pg-wal"]),
             "{up}"
         );
         let show = read_json(&env, name, &["repo", "show"]);
         assert_eq!(
             show["features"],
-            serde_json::json!(["manifest-2", "wal-segments"]),
+            serde_json::json!(["manifest-2", "wal-segments", "pg-wal"]),
             "{show}"
         );
         let again = read_json(&env, name, &["repo", "upgrade"]);
@@ -780,7 +780,7 @@ fn adding_the_feature_on_s3_survives_a_failed_write() {
         .json();
     assert_eq!(
         up["features_added"],
-        serde_json::json!(["manifest-2", "wal-segments"]),
+        serde_json::json!(["manifest-2", "wal-segments", "pg-wal"]),
         "{up}"
     );
     let conf = env.path("conf");
@@ -850,7 +850,7 @@ fn repositories_before_replication_upgrade_for_it() {
         let up = json(&["repo", "upgrade"]);
         assert_eq!(
             up["features_added"],
-            serde_json::json!(["wal-segments"]),
+            serde_json::json!(["wal-segments", "pg-wal"]),
             "{name}: {up}"
         );
         // Now it ships: rows committed while it runs are in a restore to the latest moment.
@@ -906,5 +906,81 @@ fn repositories_before_replication_upgrade_for_it() {
         };
         assert_eq!(count(&latest), 520, "{name}");
         assert_eq!(count(&latest), count(&db), "{name}");
+    }
+}
+
+fn fixtures_v4() -> PathBuf {
+    fixtures().join("../v4")
+}
+
+/// Repositories of the release before PostgreSQL WAL archiving (tests/fixtures/v4, made by
+/// the binary of b74595d: features `manifest-2` and `wal-segments`): their backups still
+/// restore; `wal-push` asks for `repo upgrade` and stores nothing; the upgrade adds
+/// `pg-wal` once, after which a segment is archived and fetched back unchanged.
+#[test]
+fn repositories_before_wal_archiving_upgrade_for_it() {
+    for (name, vars) in [
+        ("plain", vec![]),
+        (
+            "encrypted",
+            vec![("LIFEBOAT_PASSWORD", "fixture-passphrase".to_string())],
+        ),
+    ] {
+        let env = Env::new();
+        copy_dir(&fixtures_v4().join(name), &env.repo());
+        let json = |args: &[&str]| -> Value {
+            let mut a = args.to_vec();
+            a.push("--json");
+            let (code, out, err) = run(&env, &vars, &a);
+            assert_eq!(code, 0, "{name}: {args:?}:\n{out}{err}");
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        };
+        let list = json(&["list"]);
+        let id = list[0]["id"].as_str().unwrap().to_string();
+        let restored = env.path("restored.db");
+        json(&["restore", &id, "--output", s(&restored)]);
+        assert_eq!(
+            std::fs::read(&restored).unwrap(),
+            std::fs::read(fixtures_v4().join("app.db")).unwrap(),
+            "{name}: the release's backup restored to other bytes"
+        );
+        // A WAL segment of a (made-up) cluster, as PostgreSQL would hand it over.
+        let pgdata = env.path("pgdata");
+        std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+        let seg_name = "000000010000000000000007";
+        let size: u32 = 1 << 20;
+        let mut seg = vec![0u8; size as usize];
+        seg[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        seg[2..4].copy_from_slice(&2u16.to_le_bytes());
+        seg[4..8].copy_from_slice(&1u32.to_le_bytes());
+        seg[8..16].copy_from_slice(&(7u64 * size as u64).to_le_bytes());
+        seg[24..32].copy_from_slice(&4242u64.to_le_bytes());
+        seg[32..36].copy_from_slice(&size.to_le_bytes());
+        seg[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        seg[4096..4100].copy_from_slice(b"data");
+        let seg_path = pgdata.join("pg_wal").join(seg_name);
+        std::fs::write(&seg_path, &seg).unwrap();
+        let before = tree(&env.repo());
+        let (code, out, err) = run(&env, &vars, &["wal-push", s(&seg_path)]);
+        assert_eq!(code, 2, "{name}: {out}{err}");
+        assert!(err.contains("lifeboat repo upgrade"), "{name}: {err}");
+        assert_eq!(tree(&env.repo()), before, "{name}: a refused wal-push wrote");
+        let up = json(&["repo", "upgrade"]);
+        assert_eq!(up["features_added"], serde_json::json!(["pg-wal"]), "{name}: {up}");
+        let (code, out, err) = run(&env, &vars, &["wal-push", s(&seg_path)]);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        // wal-fetch reads the cluster's identity from the data directory's pg_control.
+        std::fs::create_dir_all(pgdata.join("global")).unwrap();
+        let mut control = vec![0u8; 8192];
+        control[..8].copy_from_slice(&4242u64.to_le_bytes());
+        std::fs::write(pgdata.join("global/pg_control"), control).unwrap();
+        let back = env.path("back");
+        let (code, out, err) = run(
+            &env,
+            &vars,
+            &["wal-fetch", seg_name, s(&back), "--pgdata", s(&pgdata)],
+        );
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        assert_eq!(std::fs::read(&back).unwrap(), seg, "{name}");
     }
 }
