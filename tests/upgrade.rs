@@ -964,9 +964,17 @@ fn repositories_before_wal_archiving_upgrade_for_it() {
         let (code, out, err) = run(&env, &vars, &["wal-push", s(&seg_path)]);
         assert_eq!(code, 2, "{name}: {out}{err}");
         assert!(err.contains("lifeboat repo upgrade"), "{name}: {err}");
-        assert_eq!(tree(&env.repo()), before, "{name}: a refused wal-push wrote");
+        assert_eq!(
+            tree(&env.repo()),
+            before,
+            "{name}: a refused wal-push wrote"
+        );
         let up = json(&["repo", "upgrade"]);
-        assert_eq!(up["features_added"], serde_json::json!(["pg-wal"]), "{name}: {up}");
+        assert_eq!(
+            up["features_added"],
+            serde_json::json!(["pg-wal"]),
+            "{name}: {up}"
+        );
         let (code, out, err) = run(&env, &vars, &["wal-push", s(&seg_path)]);
         assert_eq!(code, 0, "{name}: {out}{err}");
         // wal-fetch reads the cluster's identity from the data directory's pg_control.

@@ -200,6 +200,9 @@ pub fn cmd_restore_pgdata(ctx: &Ctx, a: PgdataArgs) -> Result<i32> {
         no_archive: a.no_archive,
     };
     let done = pg_physical::restore_pgdata(&repo, &m, &opts, &ctx.progress())?;
+    for w in &done.warnings {
+        eprintln!("warning: {w}");
+    }
     if ctx.json {
         println!("{}", json!(done));
         return Ok(0);

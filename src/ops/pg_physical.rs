@@ -178,6 +178,8 @@ pub struct PgdataRestored {
     pub tablespaces_inside: Vec<u32>,
     /// With `--start`: the server is running and has finished recovery.
     pub started: bool,
+    /// What the operator should know (a gap in the WAL after the backup).
+    pub warnings: Vec<String>,
     pub start_ms: u64,
 }
 
@@ -190,6 +192,23 @@ pub fn restore_pgdata(
 ) -> Result<PgdataRestored> {
     let info = physical_info(m)?.clone();
     check_target(m, &opts.target, opts.timeline.as_deref())?;
+    let chain = Chain::of(repo, &info, false)?;
+    if let Some(missing) = chain.missing_for_consistency() {
+        return Err(Error::integrity(format!(
+            "WAL segment {missing}, which base backup {} needs to be consistent, is not in the \
+             archive: the backup cannot be restored",
+            m.id
+        ))
+        .hint("restore another base backup (`lifeboat timeline postgres://…` shows which are restorable), or put the segment back from a replica (`lifeboat repo repair`)"));
+    }
+    let mut warnings = Vec::new();
+    if let Some(gap) = chain.gap_name() {
+        warnings.push(format!(
+            "WAL segment {gap} is missing from the archive: recovery cannot go past {} \
+             (WAL archived after the gap is unreachable from this backup)",
+            chain.last_name().unwrap_or_default()
+        ));
+    }
     prepare_empty(&opts.pgdata)?;
     let mut target = crate::ops::restore_tree::FolderTarget::new(opts.pgdata.clone(), false);
     let outcome = crate::ops::restore::restore(repo, m, &mut target, progress)?;
@@ -200,6 +219,7 @@ pub fn restore_pgdata(
         files: done.files,
         bytes: done.bytes,
         target: opts.target.describe(),
+        warnings,
         ..Default::default()
     };
     restored.tablespaces_inside = keep_tablespaces_inside(&opts.pgdata, &info)?;
@@ -305,7 +325,7 @@ fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<P
 /// `recovery.signal`.
 fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
     let major = info_major(info, pgdata);
-    let pg_ctl = tools::find("pg_ctl", Some(major))?;
+    let pg_ctl = tools::find_exact("pg_ctl", major)?;
     let log = pgdata.join("log");
     std::fs::create_dir_all(&log).map_err(|e| Error::io("cannot create", &log, e))?;
     let log = log.join("lifeboat-start.log");
@@ -390,6 +410,80 @@ fn info_major(_info: &PhysicalInfo, pgdata: &Path) -> u32 {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(15)
+}
+
+/// The archived WAL a base backup needs and what follows it.
+struct Chain {
+    system_id: u64,
+    seg_size: u64,
+    listing: Vec<Listed>,
+    /// The first and last segment the backup needs to be consistent.
+    start: u64,
+    stop: u64,
+    /// The last segment of the unbroken run from `start`, and the first missing one after
+    /// it when a later segment exists.
+    last: Option<u64>,
+    gap: Option<u64>,
+    timeline: u32,
+}
+
+impl Chain {
+    /// `own_timeline`: only segments of the backup's timeline count.
+    fn of(repo: &Repository, info: &PhysicalInfo, own_timeline: bool) -> Result<Chain> {
+        let system_id: u64 = info
+            .system_id
+            .parse()
+            .map_err(|_| Error::integrity("the manifest's system_id is malformed"))?;
+        let seg_size = info.wal_segment_size.max(1 << 20);
+        let segno = |name: &str, what: &str| {
+            WalFile::parse(name)
+                .and_then(|f| f.segno(seg_size))
+                .ok_or_else(|| Error::integrity(format!("the manifest's {what} is malformed")))
+        };
+        let start = segno(&info.start_wal, "start_wal")?;
+        let stop = segno(&info.stop_wal, "stop_wal")?;
+        let listing: Vec<Listed> = pgwal::list(repo.storage(), system_id)?
+            .into_iter()
+            .filter(|l| {
+                !own_timeline
+                    || !matches!(l.kind, WalFile::Segment { .. })
+                    || l.kind.tli() == info.timeline
+            })
+            .collect();
+        let (last, gap) = run_from(&listing, start, info.timeline, seg_size);
+        Ok(Chain {
+            system_id,
+            seg_size,
+            listing,
+            start,
+            stop,
+            last,
+            gap,
+            timeline: info.timeline,
+        })
+    }
+
+    /// The first segment the backup needs that the archive lacks.
+    fn missing_for_consistency(&self) -> Option<String> {
+        match self.last {
+            Some(l) if l >= self.stop => None,
+            last => Some(pgwal::segment_name(
+                self.timeline,
+                last.map_or(self.start, |l| l + 1),
+                self.seg_size,
+            )),
+        }
+    }
+
+    fn gap_name(&self) -> Option<String> {
+        self.gap
+            .map(|g| pgwal::segment_name(self.timeline, g, self.seg_size))
+    }
+
+    fn last_name(&self) -> Option<String> {
+        self.last
+            .and_then(|l| archived_name(&self.listing, l, self.timeline, self.seg_size))
+    }
 }
 
 /// The archive of one cluster, as `timeline` shows it.
@@ -608,7 +702,7 @@ pub fn drill(
         rto_ms: 0,
     };
     let started = Instant::now();
-    let mut cluster = Cluster::prepare(major, "postgres")?;
+    let mut cluster = Cluster::prepare(major, "postgres", true)?;
     let data = cluster.data();
     let mut target = crate::ops::restore_tree::FolderTarget::new(data.clone(), false);
     match crate::ops::restore::restore(repo, m, &mut target, progress) {
@@ -630,27 +724,18 @@ pub fn drill(
     };
     verify_backup_manifest(&cluster, &data, &mut report.check);
     keep_tablespaces_inside(&data, &info)?;
-    let system_id: u64 = info
-        .system_id
-        .parse()
-        .map_err(|_| Error::integrity("the manifest's system_id is malformed"))?;
-    let listing = pgwal::list(repo.storage(), system_id)?;
-    let seg_size = info.wal_segment_size;
-    let start = WalFile::parse(&info.start_wal)
-        .and_then(|f| f.segno(seg_size))
-        .ok_or_else(|| Error::integrity("the manifest's start_wal is malformed"))?;
-    let stop = WalFile::parse(&info.stop_wal)
-        .and_then(|f| f.segno(seg_size))
-        .ok_or_else(|| Error::integrity("the manifest's stop_wal is malformed"))?;
     // The drill replays the backup's own timeline (`recovery_target_timeline = 'current'`):
     // a later timeline may be another restore's, whose WAL was never archived in full.
-    let own: Vec<Listed> = listing
-        .iter()
-        .filter(|l| !matches!(l.kind, WalFile::Segment { .. }) || l.kind.tli() == info.timeline)
-        .cloned()
-        .collect();
-    let listing = own;
-    let (last, gap) = run_from(&listing, start, info.timeline, seg_size);
+    let chain = Chain::of(repo, &info, true)?;
+    let Chain {
+        system_id,
+        seg_size,
+        start,
+        stop,
+        ..
+    } = chain;
+    let listing = chain.listing;
+    let (last, gap) = (chain.last, chain.gap);
     let Some(last) = last.filter(|l| *l >= stop) else {
         let missing = pgwal::segment_name(info.timeline, last.map_or(start, |l| l + 1), seg_size);
         report.check.push(

@@ -24,7 +24,7 @@ impl Cluster {
     /// Create and start a cluster of major version `major` (or newer, when that is what is
     /// installed).
     pub fn start(major: u32) -> Result<Cluster> {
-        let mut cluster = Cluster::prepare(major, "initdb")?;
+        let mut cluster = Cluster::prepare(major, "initdb", false)?;
         let data = cluster.data();
         cluster.run(
             "initdb",
@@ -48,15 +48,24 @@ impl Cluster {
     /// The folder, the server programs of major version `major` (`program` must be among
     /// them) and the user to run them as, without a data directory yet (`data()`, to be
     /// created, e.g. by a restore, before [`Cluster::launch`]).
-    pub fn prepare(major: u32, program: &str) -> Result<Cluster> {
-        let initdb = tools::find(program, Some(major)).map_err(|e| {
+    /// `exact`: only that major version will do (a restored data directory).
+    pub fn prepare(major: u32, program: &str, exact: bool) -> Result<Cluster> {
+        let found = if exact {
+            tools::find_exact(program, major)
+        } else {
+            tools::find(program, Some(major))
+        };
+        let program_found = found.map_err(|e| {
+            if exact {
+                return e; // says which version to install
+            }
             Error::usage(format!(
                 "a drill without --drill-server starts a throwaway PostgreSQL {major} cluster, \
-                 which needs initdb: {e}"
+                 which needs {program}: {e}"
             ))
             .hint("install the PostgreSQL server package (Debian: apt-get install postgresql), or give --drill-server postgres://USER@HOST/ (a server where Lifeboat may create and drop a database)")
         })?;
-        let bin = initdb
+        let bin = program_found
             .path
             .parent()
             .map(Path::to_path_buf)

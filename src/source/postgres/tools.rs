@@ -59,6 +59,44 @@ pub fn find(program: &str, server_major: Option<u32>) -> Result<Client> {
     find_in(program, server_major, search_dirs(server_major))
 }
 
+/// Find the server program `program` of exactly major version `major`: a data directory
+/// runs only under the server version that wrote it.
+pub fn find_exact(program: &str, major: u32) -> Result<Client> {
+    let mut other: Option<Client> = None;
+    for dir in search_dirs(Some(major)) {
+        let path = dir.join(program);
+        if !is_executable(&path) {
+            continue;
+        }
+        let Some((version, found)) = version_of(&path) else {
+            continue;
+        };
+        let client = Client {
+            path,
+            version,
+            major: found,
+        };
+        if found == major {
+            return Ok(client);
+        }
+        other.get_or_insert(client);
+    }
+    Err(match other {
+        Some(o) => Error::usage(format!(
+            "a PostgreSQL {major} data directory needs PostgreSQL {major}'s {program}; found only \
+             {program} {} at {}",
+            o.version,
+            o.path.display()
+        )),
+        None => Error::usage(format!(
+            "PostgreSQL {major}'s {program} was not found (searched LIFEBOAT_PG_BIN, /usr/lib/postgresql/*/bin and PATH)"
+        )),
+    }
+    .hint(format!(
+        "install PostgreSQL {major}'s server package (Debian: apt-get install postgresql-{major}), or set LIFEBOAT_PG_BIN to its bin folder"
+    )))
+}
+
 fn find_in(program: &str, server_major: Option<u32>, dirs: Vec<PathBuf>) -> Result<Client> {
     let mut too_old: Option<Client> = None;
     for dir in dirs {
