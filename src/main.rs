@@ -2323,6 +2323,19 @@ fn cmd_check(ctx: &Ctx, read_data: bool) -> Result<i32> {
             count(r.blobs, "blob", "blobs")
         );
         print_wal_check(&r.wal, read_data);
+        if r.pg_wal.clusters > 0 {
+            println!(
+                "  PostgreSQL WAL: {} of {} ({}){}",
+                count(r.pg_wal.files, "file", "files"),
+                count(r.pg_wal.clusters, "cluster", "clusters"),
+                bytes(r.pg_wal.bytes),
+                if read_data {
+                    format!(", {} read and checked", r.pg_wal.files_read)
+                } else {
+                    String::new()
+                }
+            );
+        }
         for p in &r.problems {
             println!("  ✗ {}: {}", p.object, p.problem);
             if !p.backups.is_empty() {

@@ -399,6 +399,12 @@ fn point_in_time_restores_are_exact_and_drills_name_a_damaged_segment() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains(&victim) && text.contains("damaged"), "{text}");
+    // `repo check` sees nothing wrong without reading; reading, it names the segment.
+    a.ok(&["repo", "check"]);
+    let out = a.run(&["repo", "check", "--read-data"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains(&victim) && text.contains(&base), "{text}");
     // wal-fetch of it: 128 + 4, so PostgreSQL stops recovery instead of ending it early.
     let dest = a.dir.path().join("fetched");
     let pgdata = a.pg.dir().join("data").display().to_string();
@@ -779,6 +785,13 @@ fn gaps_in_the_archive_are_named_with_the_window_they_break() {
     let text = a.ok(&["timeline", &a.uri()]);
     assert!(
         text.contains("GAP") && text.contains(&after_first),
+        "{text}"
+    );
+    let out = a.run(&["repo", "check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains(&after_first) && text.contains(&first),
         "{text}"
     );
     // Restoring the first backup says where its window ends.

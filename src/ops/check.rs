@@ -42,6 +42,8 @@ pub struct CheckReport {
     pub hint: Option<String>,
     /// Continuous replication: streams and segments (their damage is among `problems`).
     pub wal: WalCheck,
+    /// PostgreSQL's archived WAL (`pgwal/`).
+    pub pg_wal: crate::ops::pg_physical::ArchiveCheck,
 }
 
 /// What `repo check` found of continuous replication (`wal/`).
@@ -217,6 +219,7 @@ fn check_marked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
 
     // Backups: every list and page resolvable, and which backups each problem breaks.
     let mut bases: Vec<Manifest> = Vec::new();
+    let mut physical: Vec<Manifest> = Vec::new();
     for obj in manifests {
         let id = obj.name.rsplit('/').next().unwrap_or_default().to_string();
         if !crate::id::is_backup_id(&id) {
@@ -234,6 +237,9 @@ fn check_marked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         };
         if m.wal.is_some() {
             bases.push(m.clone());
+        }
+        if crate::ops::pg_physical::physical_info(&m).is_ok() {
+            physical.push(m.clone());
         }
         let mut missing = 0u64;
         let mut list_cache = crate::repo::FrameCache::default();
@@ -306,6 +312,14 @@ fn check_marked(repo: &Repository, read_data: bool) -> Result<CheckReport> {
         &mut problems,
         &mut report.bytes_read,
     )?;
+    let (pg_wal, pg_problems) =
+        crate::ops::pg_physical::check_archive(repo, &physical, read_data, &mut report.bytes_read)?;
+    report.pg_wal = pg_wal;
+    for (object, what, backups) in pg_problems {
+        let mut p = problem(object, what);
+        p.backups.extend(backups);
+        problems.push(p);
+    }
     report.ok = problems.is_empty();
     report.problems = problems;
     if !report.ok {
