@@ -182,6 +182,22 @@ if not isinstance(obj,dict): sys.exit(1)
 print(*[obj.get(k,"?") for k in ("id","logical_bytes","new_stored_bytes","repo_stored_bytes","duration_ms")])' "$1"
 }
 
+# Median and largest of the numbers given as arguments (postgres.sh, pg_physical.sh).
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+maxof() { printf '%s\n' "$@" | sort -g | tail -n 1; }
+
+json_field() {   # FILE KEY... -> the keys of the JSON object FILE holds (the last one)
+    python3 -c 'import json,sys
+text=open(sys.argv[1]).read()
+obj=None
+try: obj=json.loads(text[text.find("{"):])
+except ValueError:
+    for line in reversed(text.splitlines()):
+        try: obj=json.loads(line); break
+        except ValueError: pass
+print(*[(obj or {}).get(k, "?") for k in sys.argv[2:]])' "$@" 2>/dev/null || echo "?"
+}
+
 # Is FILE a sound database with WANT rows?  -> note text
 check_restored() {
     local f=$1 want=$2 qc cnt

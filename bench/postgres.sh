@@ -125,8 +125,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 q() { "$PSQL" -X -q -v ON_ERROR_STOP=1 -At "$@"; }   # SQL from -c or stdin
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-maxof() { printf '%s\n' "$@" | sort -g | tail -n 1; }
 mib() { [[ $1 =~ ^[0-9]+$ ]] && awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}' || echo "?"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 uri() { echo "postgres://postgres@$PGHOST:$PGPORT/$1"; }
@@ -208,17 +206,6 @@ check_restore() {
     fi
 }
 
-json_field() {   # FILE KEY... -> the keys of the JSON object FILE holds (the last one)
-    python3 -c 'import json,sys
-text=open(sys.argv[1]).read()
-obj=None
-try: obj=json.loads(text[text.find("{"):])
-except ValueError:
-    for line in reversed(text.splitlines()):
-        try: obj=json.loads(line); break
-        except ValueError: pass
-print(*[(obj or {}).get(k, "?") for k in sys.argv[2:]])' "$@" 2>/dev/null || echo "?"
-}
 
 # --- the database ---------------------------------------------------------------------
 
