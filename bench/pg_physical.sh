@@ -76,6 +76,7 @@
 set -uo pipefail   # no -e: a failing tool is recorded as failed; setup failures exit
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck disable=SC2034  # read by lib.sh (LB, build_lifeboat)
 [[ -n ${LIFEBOAT_BIN:-} ]] && BENCH_LIFEBOAT=$(realpath "$LIFEBOAT_BIN")
 # shellcheck source=bench/lib.sh
 . "$HERE/lib.sh"   # log, warn, have, dusize, run_timed, record, start_pg, as_pg, median, json_field
@@ -278,7 +279,7 @@ lb_failed() {   # NOTE -> count a Lifeboat failure, loudly
 
 step_full() {
     log "step 1: full backups, $RUNS runs each, interleaved"
-    local i rc out repo stored id lbs=() lbr=() lbb="" lbw="" lb_note="" brs=() brr=() brb=() br_note=""
+    local i rc out repo stored id new news=() lbs=() lbr=() lbb="" lbw="" lb_note="" brs=() brr=() brb=() br_note=""
     local bbs=() bbr=() bbb="" bb_note="" before dir
     DAY1_STATE=$(pg_state) || die "reading the source's state failed"
     log "  source: $DAY1_STATE"
@@ -294,12 +295,12 @@ step_full() {
             out=$RUN/lb-full-$i.json
             settle
             run_timed "$out" "${AS_PG[@]}" "$LB" --repo "$repo" backup "$(uri)" --physical --json; rc=$?
-            id=$(json_field "$out" id)
+            read -r id new <<<"$(json_field "$out" id new_stored_bytes)"
             if ((rc)) || [[ $id == "?" ]]; then
                 lb_note=$(lb_failure $rc "$out"); lb_failed "full backup: $lb_note"
             else
                 lb_stored "$repo"
-                lbs+=("$T_SECS") lbr+=("$T_RSS_KIB") lbb=$LB_STORED lbw=$LB_WAL FULL_ID=$id
+                lbs+=("$T_SECS") lbr+=("$T_RSS_KIB") lbb=$LB_STORED lbw=$LB_WAL FULL_ID=$id news+=("$new")
                 log "  lifeboat run $i: $T_SECS s (cpu $T_CPU s), $LB_STORED B stored + $LB_WAL B WAL, RSS $T_RSS_KIB KiB, id $id, load $(load)"
             fi
         fi
@@ -337,7 +338,7 @@ step_full() {
         record "full backup" "$T_LB" "" "" "" "$SKIP_NOTE"
     else
         record "full backup" "$T_LB" "$(median "${lbs[@]:-}")" "$lbb" "$(maxof "${lbr[@]:-}")" \
-            "${lb_note:-runs ${lbs[*]} s; a new repository each run; bytes: the repository without its WAL folder $LB_WAL_DIR/ (+$lbw B of WAL archived since repo init); backup --physical --json}"
+            "${lb_note:-runs ${lbs[*]} s; a new repository each run; bytes: the repository without its WAL folder $LB_WAL_DIR/ (+$lbw B of WAL archived since repo init); new_stored_bytes ${news[*]}; backup --physical --json}"
     fi
     record "full backup" "$T_BR" "$(median "${brs[@]:-}")" "$(median "${brb[@]:-}")" "$(maxof "${brr[@]:-}")" \
         "${br_note:-runs ${brs[*]:-} s; --type=full, compress-type=zst level 3, process-max=2, start-fast; bytes: growth of backup/$STANZA (runs ${brb[*]:-} B; archive/ left out)}"
@@ -391,14 +392,15 @@ step_second() {
         out=$RUN/lb-second.json
         settle
         run_timed "$out" "${AS_PG[@]}" "$LB" --repo "$LB_REPO" backup "$(uri)" --physical --json; rc=$?
-        LB_ID=$(json_field "$out" id)
+        local new
+        read -r LB_ID new <<<"$(json_field "$out" id new_stored_bytes)"
         if ((rc)) || [[ $LB_ID == "?" ]]; then
             local note; note=$(lb_failure $rc "$out"); LB_ID=""
             record "second backup" "$T_LB" "$T_SECS" "" "$T_RSS_KIB" "$note"; lb_failed "second backup: $note"
         else
             lb_stored "$LB_REPO"; stored=$((LB_STORED - before))
             record "second backup" "$T_LB" "$T_SECS" "$stored" "$T_RSS_KIB" \
-                "1 run; CPU $T_CPU s; repository growth without $LB_WAL_DIR/ (the WAL archived meanwhile: +$((LB_WAL - wal0)) B); backup id $LB_ID; load $(load)"
+                "1 run; CPU $T_CPU s; repository growth without $LB_WAL_DIR/ (the WAL archived meanwhile: +$((LB_WAL - wal0)) B); new_stored_bytes $new; backup id $LB_ID; load $(load)"
         fi
     fi
 
