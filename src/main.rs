@@ -1478,7 +1478,31 @@ fn cmd_show(ctx: &Ctx, id: &str, source: Option<PathBuf>) -> Result<i32> {
             "server       PostgreSQL {} at {}",
             p.server_version, p.server
         );
-        if p.dump_format == "globals" {
+        if let Some(ph) = &p.physical {
+            println!(
+                "base backup  pg_basebackup {}, {} files ({})",
+                p.client_version,
+                ph.files,
+                bytes(ph.data_bytes)
+            );
+            println!("system id    {}", ph.system_id);
+            println!(
+                "WAL          timeline {}, {} .. {} ({} .. {}), checkpoint {}",
+                ph.timeline,
+                ph.start_lsn,
+                ph.stop_lsn,
+                ph.start_wal,
+                ph.stop_wal,
+                ph.checkpoint_lsn
+            );
+            println!(
+                "restorable   from {} (the backup's end); `lifeboat timeline {}` shows until when",
+                ph.stop_time, m.source.path
+            );
+            for t in &ph.tablespaces {
+                println!("tablespace   {} at {}", t.oid, t.location);
+            }
+        } else if p.dump_format == "globals" {
             println!(
                 "dumped by    pg_dumpall {} (roles and tablespaces)",
                 p.client_version
@@ -1681,6 +1705,13 @@ fn cmd_restore(
         );
     }
     let progress = ctx.progress();
+    if lifeboat::ops::pg_physical::physical_info(&m).is_ok() {
+        return Err(Error::usage(format!(
+            "backup {} is a physical base backup of the PostgreSQL cluster {}: it is restored as a data directory",
+            m.id, m.source.path
+        ))
+        .hint("give --pgdata DIR (a new or empty folder), with --at TIME, --lsn, --xid or --at latest"));
+    }
     if m.postgres.is_some() {
         return restore_pg_archive(ctx, &repo, &m, to, agreed.yes, &progress);
     }

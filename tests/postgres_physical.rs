@@ -318,6 +318,22 @@ fn point_in_time_restores_are_exact_and_drills_name_a_damaged_segment() {
         "{show}"
     );
     assert!(phys["start_lsn"].as_str().unwrap().contains('/'), "{show}");
+    let text = a.ok(&["show", &base]);
+    assert!(
+        text.contains("system id") && text.contains("timeline 1"),
+        "{text}"
+    );
+    // verify rebuilds it and checks it against PostgreSQL's own manifest and the archive.
+    let text = a.ok(&["verify", &base]);
+    assert!(
+        text.contains("files match PostgreSQL's backup manifest")
+            && text.contains("WAL the backup needs"),
+        "{text}"
+    );
+    // It is a data directory, not a dump.
+    let out = a.run(&["restore", &base, "--output", "x.dump"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pgdata"));
 
     // Random recorded instants, each restored into its own data directory and started.
     for (n, i) in pick(moments.len(), 6).into_iter().enumerate() {

@@ -722,7 +722,8 @@ pub fn drill(
         }
         Err(e) => return Err(e),
     };
-    verify_backup_manifest(&cluster, &data, &mut report.check);
+    let (ok, detail) = verify_backup_manifest(&cluster.bin().join("pg_verifybackup"), &data);
+    report.check.push(MANIFEST_STEP, ok, detail);
     keep_tablespaces_inside(&data, &info)?;
     // The drill replays the backup's own timeline (`recovery_target_timeline = 'current'`):
     // a later timeline may be another restore's, whose WAL was never archived in full.
@@ -739,7 +740,7 @@ pub fn drill(
     let Some(last) = last.filter(|l| *l >= stop) else {
         let missing = pgwal::segment_name(info.timeline, last.map_or(start, |l| l + 1), seg_size);
         report.check.push(
-            "WAL the backup needs",
+            WAL_STEP,
             false,
             format!(
                 "segment {missing} is not in the archive: the backup cannot be made consistent"
@@ -838,37 +839,52 @@ pub fn drill(
     Ok(report)
 }
 
+/// `verify` of a base backup rebuilt in `data`: its files against PostgreSQL's own backup
+/// manifest, and the WAL it needs in the archive. (`drill` also replays it.)
+pub fn check_restored(
+    repo: &Repository,
+    m: &Manifest,
+    data: &Path,
+) -> Vec<(&'static str, bool, String)> {
+    let major = m
+        .postgres
+        .as_ref()
+        .map_or(0, |p| p.server_version_num / 10000);
+    let files = match tools::find("pg_verifybackup", Some(major)) {
+        Ok(client) => verify_backup_manifest(&client.path, data),
+        Err(e) => (false, e.to_string()),
+    };
+    let wal = match physical_info(m).and_then(|info| Chain::of(repo, info, false)) {
+        Ok(c) => match c.missing_for_consistency() {
+            None => (
+                true,
+                format!(
+                    "in the archive (through {})",
+                    c.last_name().unwrap_or_default()
+                ),
+            ),
+            Some(missing) => (false, format!("segment {missing} is not in the archive")),
+        },
+        Err(e) => (false, e.to_string()),
+    };
+    vec![(MANIFEST_STEP, files.0, files.1), (WAL_STEP, wal.0, wal.1)]
+}
+
+const MANIFEST_STEP: &str = "files match PostgreSQL's backup manifest";
+const WAL_STEP: &str = "WAL the backup needs";
+
 /// `pg_verifybackup`: every restored file against the checksums PostgreSQL wrote in its
 /// backup manifest when it sent them (the WAL is checked separately).
-fn verify_backup_manifest(cluster: &Cluster, data: &Path, report: &mut VerifyReport) {
-    let program = cluster.bin().join("pg_verifybackup");
-    let out = std::process::Command::new(&program)
+fn verify_backup_manifest(program: &Path, data: &Path) -> (bool, String) {
+    let out = std::process::Command::new(program)
         .args(["--no-parse-wal", "--quiet"])
         .arg(data)
         .stdin(std::process::Stdio::null())
         .output();
     match out {
-        Ok(o) if o.status.success() => {
-            report.push(
-                "files match PostgreSQL's backup manifest",
-                true,
-                "pg_verifybackup: every checksum matches",
-            );
-        }
-        Ok(o) => {
-            report.push(
-                "files match PostgreSQL's backup manifest",
-                false,
-                String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            );
-        }
-        Err(e) => {
-            report.push(
-                "files match PostgreSQL's backup manifest",
-                false,
-                format!("cannot run {}: {e}", program.display()),
-            );
-        }
+        Ok(o) if o.status.success() => (true, "pg_verifybackup: every checksum matches".into()),
+        Ok(o) => (false, String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => (false, format!("cannot run {}: {e}", program.display())),
     }
 }
 

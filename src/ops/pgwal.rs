@@ -261,6 +261,14 @@ fn store(
     if repo.storage().put_new(&name, &sealed)? {
         return Ok(true);
     }
+    if repo.is_write_only() {
+        // Sealed to the identity: this host cannot read it back to compare. The spool's
+        // note (checked first) covers the ordinary case of a file pushed again.
+        tracing::warn!(
+            "{name} is in the repository already; a write-only host cannot compare its bytes"
+        );
+        return Ok(false);
+    }
     let same = match pgwal::fetch(repo, repo.storage(), system_id, file) {
         Ok(Some((header, _))) => header.blake3 == hash.to_hex().as_str(),
         Ok(None) => false,

@@ -271,7 +271,11 @@ fn verify_tree(
         done.bytes == bytes,
         format!("{} bytes", done.bytes),
     );
-    if let Some(info) = &m.postgres {
+    if crate::ops::pg_physical::physical_info(m).is_ok() {
+        for (name, ok, detail) in crate::ops::pg_physical::check_restored(repo, m, &done.path) {
+            report.push(name, ok, detail);
+        }
+    } else if let Some(info) = &m.postgres {
         for (name, ok, detail) in crate::ops::pg::check_dump(&done.path, info) {
             report.push(name, ok, detail);
         }
