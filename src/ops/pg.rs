@@ -888,6 +888,22 @@ impl DrillReport {
     pub fn first_failure(&self) -> Option<&str> {
         self.check.first_failure()
     }
+
+    /// A drill that passed is recorded beside the backup (`verified/<id>`), with its
+    /// measured restore time.
+    pub fn record(&self, repo: &Repository, id: &str) {
+        if !self.ok() {
+            return;
+        }
+        let record = serde_json::json!({
+            "drill": true,
+            "rto_ms": self.rto_ms,
+            "restored_into": self.restored_into,
+        });
+        if let Err(e) = crate::ops::forget::record_verified_with(repo, id, record) {
+            tracing::warn!("could not record the drill of {id}: {e}");
+        }
+    }
 }
 
 /// Restore `m` into a throwaway database, compare it with the manifest, run the check
@@ -960,16 +976,7 @@ pub fn drill(
         Ok(()) => report.push("drop the drill's database", true, name),
         Err(e) => report.push("drop the drill's database", false, e.to_string()),
     }
-    if report.ok() {
-        let record = serde_json::json!({
-            "drill": true,
-            "rto_ms": report.rto_ms,
-            "restored_into": report.restored_into,
-        });
-        if let Err(e) = crate::ops::forget::record_verified_with(repo, &m.id, record) {
-            tracing::warn!("could not record the drill of {}: {e}", m.id);
-        }
-    }
+    report.record(repo, &m.id);
     Ok(report)
 }
 

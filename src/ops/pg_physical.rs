@@ -826,16 +826,7 @@ pub fn drill(
     };
     let target = cluster.target_as("postgres", &pg.user)?;
     drill_queries(&target, cluster.dir(), &info, query, &mut report.check)?;
-    if report.ok() {
-        let record = serde_json::json!({
-            "drill": true,
-            "rto_ms": report.rto_ms,
-            "restored_into": report.restored_into,
-        });
-        if let Err(e) = crate::ops::forget::record_verified_with(repo, &m.id, record) {
-            tracing::warn!("could not record the drill of {}: {e}", m.id);
-        }
-    }
+    report.record(repo, &m.id);
     Ok(report)
 }
 
