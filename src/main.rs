@@ -342,10 +342,11 @@ enum Command {
         /// (default), current (the backup's) or a number.
         #[arg(long, requires = "pgdata")]
         timeline: Option<String>,
-        /// With --pgdata: turn WAL archiving off in the restored server (a copy beside the
-        /// original must not archive into the same repository).
+        /// With --pgdata: keep WAL archiving on in the restored server (it replaces the
+        /// original). Without it the copy gets archive_mode = off: it must not archive into
+        /// the original's repository.
         #[arg(long, requires = "pgdata")]
-        no_archive: bool,
+        archive: bool,
         /// Write a new database file (a files backup: a new folder; a PostgreSQL backup: a
         /// tar archive that `pg_restore -d DB FILE` reads without Lifeboat) here.
         #[arg(long, conflicts_with = "db", required_unless_present_any = ["db", "run", "to", "pgdata"])]
@@ -685,9 +686,38 @@ fn parse_args() -> Cli {
     std::process::exit(e.exit_code());
 }
 
+/// Whether this is `wal-fetch` (PostgreSQL's restore_command), by the raw arguments: known
+/// before they are parsed, so even a parse error or a panic exits above 125.
+fn is_wal_fetch_call() -> bool {
+    std::env::args_os().skip(1).any(|a| a == "wal-fetch")
+}
+
+/// wal-fetch's exit status: 0 and 1 (not in the archive) as they are, any failure as 128 +
+/// its code, which PostgreSQL takes as fatal (it would end recovery early on 2..=125).
+fn wal_fetch_status(code: i32) -> i32 {
+    if (0..=1).contains(&code) || code > 125 {
+        code
+    } else {
+        128 + code
+    }
+}
+
 fn main() {
     lifeboat::interrupt::install();
-    let cli = parse_args();
+    let wal_fetch = is_wal_fetch_call();
+    if wal_fetch {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("error: lifeboat wal-fetch failed: {info}");
+            std::process::exit(wal_fetch_status(ErrorKind::Internal.exit_code()));
+        }));
+    }
+    let cli = match Cli::try_parse() {
+        Err(e) if wal_fetch => {
+            let _ = e.print();
+            std::process::exit(wal_fetch_status(e.exit_code()));
+        }
+        _ => parse_args(),
+    };
     cli::argv::hide_uri_passwords();
     let filter = match cli.verbose {
         0 => "warn",
@@ -725,6 +755,11 @@ fn main() {
             ErrorKind::Storage.exit_code()
         }
         _ => code,
+    };
+    let code = if wal_fetch {
+        wal_fetch_status(code)
+    } else {
+        code
     };
     std::process::exit(code);
 }
@@ -790,7 +825,7 @@ fn run(cli: Cli) -> Result<i32> {
             start,
             port,
             timeline,
-            no_archive,
+            archive,
             source,
             ..
         } => cli::pg_physical::cmd_restore_pgdata(
@@ -806,7 +841,7 @@ fn run(cli: Cli) -> Result<i32> {
                 start,
                 port,
                 timeline,
-                no_archive,
+                archive,
             },
         ),
         Command::Restore {

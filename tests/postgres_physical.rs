@@ -160,7 +160,7 @@ impl Archiving {
         let data_s = data.display().to_string();
         args.push(&data_s);
         args.extend(target);
-        args.extend(["--port", &port_s, "--no-archive", "--start"]);
+        args.extend(["--port", &port_s, "--start"]);
         self.ok(&args);
         (data, port)
     }
@@ -438,6 +438,27 @@ fn point_in_time_restores_are_exact_and_drills_name_a_damaged_segment() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!dest.exists());
+    // A repository that is not there (a mount gone): a failure, not "not archived".
+    let out = a
+        .lifeboat_at(&a.dir.path().join("no-such-repo").display().to_string())
+        .args([
+            "wal-fetch",
+            &victim,
+            &dest.display().to_string(),
+            "--pgdata",
+            &pgdata,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(131),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Even a usage error is above 125.
+    let out = a.run(&["wal-fetch", "--no-such-flag"]);
+    assert!(out.status.code().unwrap_or(0) > 125, "{:?}", out.status);
     // A file the archive does not hold: 1, at once.
     let out = a.run(&[
         "wal-fetch",
@@ -679,7 +700,7 @@ fn base_backups_store_changed_pages_and_retention_keeps_whole_chains() {
         .lifeboat_at(&replica)
         .args(["--accept-change", "restore", id, "--pgdata"])
         .arg(&data)
-        .args(["--at", "latest", "--port", &port, "--no-archive", "--start"])
+        .args(["--at", "latest", "--port", &port, "--start"])
         .output()
         .unwrap();
     assert!(
@@ -737,7 +758,7 @@ fn an_encrypted_archive_survives_a_full_key_rotation() {
         .env("LIFEBOAT_PASSWORD", "second secret")
         .args(["restore", &base, "--pgdata"])
         .arg(&data)
-        .args(["--at", &m.at, "--port", &port, "--no-archive", "--start"])
+        .args(["--at", &m.at, "--port", &port, "--start"])
         .output()
         .unwrap();
     assert!(
@@ -835,4 +856,50 @@ fn gaps_in_the_archive_are_named_with_the_window_they_break() {
     let out = a.run(&["drill", &second]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stdout).contains(p2["start_wal"].as_str().unwrap()));
+}
+
+#[test]
+fn a_promoted_copy_archives_its_new_timeline() {
+    let a = Archiving::start(None, &plain);
+    a.ok(&["repo", "init"]);
+    let base = a.base_backup();
+    let moments = record_moments(&a, 6);
+    a.archive_now();
+    // Restored with archiving kept on (it replaces the original), to a moment in the
+    // middle: it promotes to timeline 2 and archives into the same repository.
+    let m = &moments[2];
+    let (data, port) = a.restore_and_start(&base, "promoted", &["--at", &m.at, "--archive"]);
+    a.sql_on(port, "INSERT INTO ledger (v) VALUES ('after promotion')");
+    let closed = a.sql_on(port, "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(closed.starts_with("00000002"), "{closed}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = a.sql_on(
+            port,
+            "SELECT coalesce(last_archived_wal, '') || ' ' || failed_count FROM pg_stat_archiver",
+        );
+        if last.get(..24).is_some_and(|seg| seg >= closed.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timeline 2 not archived: {last}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let failed = a.sql_on(port, "SELECT failed_count FROM pg_stat_archiver");
+    assert_eq!(failed, "0", "the new timeline's first segment was refused");
+    a.stop(&data);
+    let t: serde_json::Value =
+        serde_json::from_str(&a.ok(&["--json", "timeline", &a.uri()])).unwrap();
+    let tls: Vec<u64> = t["timelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tl| tl["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(tls, vec![1, 2], "{t}");
+    // The base backup still drills (on its own timeline) and restores along timeline 1.
+    let out = a.ok(&["drill", &base]);
+    assert!(out.contains("OK"), "{out}");
+    let (data, port) = a.restore_and_start(&base, "tl1", &["--at", "latest", "--timeline", "1"]);
+    assert_eq!(a.sql_on(port, DIGEST), moments.last().unwrap().digest);
+    a.stop(&data);
 }

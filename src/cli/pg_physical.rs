@@ -132,7 +132,7 @@ pub struct PgdataArgs {
     pub start: bool,
     pub port: Option<u16>,
     pub timeline: Option<String>,
-    pub no_archive: bool,
+    pub archive: bool,
 }
 
 pub fn cmd_restore_pgdata(ctx: &Ctx, a: PgdataArgs) -> Result<i32> {
@@ -149,6 +149,24 @@ pub fn cmd_restore_pgdata(ctx: &Ctx, a: PgdataArgs) -> Result<i32> {
     };
     let repo = ctx.open_repo()?;
     let source = a.source.as_deref().map(|s| crate::source_key(Path::new(s)));
+    if source.is_none() && a.id.as_deref().unwrap_or("latest") == "latest" {
+        // `latest` of which cluster: refused when the repository holds several.
+        let all = repo.list_backups()?;
+        let mut clusters: Vec<&str> = all
+            .iter()
+            .filter(|m| pg_physical::physical_info(m).is_ok())
+            .map(|m| m.source.path.as_str())
+            .collect();
+        clusters.sort_unstable();
+        clusters.dedup();
+        if clusters.len() > 1 {
+            return Err(Error::usage(format!(
+                "the repository holds base backups of several clusters ({}): which one?",
+                clusters.join(", ")
+            ))
+            .hint("add --source postgres://USER@HOST:PORT/, or give a backup id"));
+        }
+    }
     let id = a.id.as_deref().unwrap_or("latest");
     let m = match (&target, id) {
         // `--at T` with `latest`: the newest base backup that ended by T.
@@ -197,7 +215,7 @@ pub fn cmd_restore_pgdata(ctx: &Ctx, a: PgdataArgs) -> Result<i32> {
         port: a.port,
         start: a.start,
         timeline: a.timeline.clone(),
-        no_archive: a.no_archive,
+        archive: a.archive,
     };
     let done = pg_physical::restore_pgdata(&repo, &m, &opts, &ctx.progress())?;
     for w in &done.warnings {
@@ -222,6 +240,13 @@ pub fn cmd_restore_pgdata(ctx: &Ctx, a: PgdataArgs) -> Result<i32> {
         println!(
             "tablespaces {:?} are restored inside the data directory (pg_tblspc/OID), not at their original locations",
             done.tablespaces_inside
+        );
+    }
+    if !a.archive {
+        println!(
+            "WAL archiving is off in the restored server (archive_mode = off at the end of {}): \
+             if it now replaces the original, remove that line and restart it, or restore with --archive",
+            done.settings_file.display()
         );
     }
     if done.started {

@@ -160,9 +160,10 @@ pub struct PgdataOptions {
     pub start: bool,
     /// `recovery_target_timeline`: `latest` (PostgreSQL's default), `current` or a number.
     pub timeline: Option<String>,
-    /// Turn WAL archiving off in the restored server (a copy beside the original must not
-    /// archive into its repository).
-    pub no_archive: bool,
+    /// Keep WAL archiving on in the restored server (it replaces the original). Off by
+    /// default: a copy beside the original must not archive into its repository, where a
+    /// new timeline would change what later restores follow.
+    pub archive: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -210,7 +211,14 @@ pub fn restore_pgdata(
         ));
     }
     prepare_empty(&opts.pgdata)?;
-    let mut target = crate::ops::restore_tree::FolderTarget::new(opts.pgdata.clone(), false);
+    // Built under another name, with its recovery set up, then renamed: a data directory
+    // under the asked name is always one that recovers from the archive.
+    let building = building_name(&opts.pgdata)?;
+    if std::fs::symlink_metadata(&building).is_ok() {
+        std::fs::remove_dir_all(&building)
+            .map_err(|e| Error::io("cannot remove a killed restore's", &building, e))?;
+    }
+    let mut target = crate::ops::restore_tree::FolderTarget::new(building.clone(), false);
     let outcome = crate::ops::restore::restore(repo, m, &mut target, progress)?;
     let done = outcome.tree.unwrap_or_default();
     let mut restored = PgdataRestored {
@@ -222,8 +230,17 @@ pub fn restore_pgdata(
         warnings,
         ..Default::default()
     };
-    restored.tablespaces_inside = keep_tablespaces_inside(&opts.pgdata, &info)?;
-    restored.settings_file = write_recovery(&opts.pgdata, m, opts)?;
+    restored.tablespaces_inside = keep_tablespaces_inside(&building, &info)?;
+    write_recovery(&building, m, opts)?;
+    std::fs::rename(&building, &opts.pgdata)
+        .map_err(|e| Error::io("cannot create", &opts.pgdata, e))?;
+    crate::storage::local::sync_dir(
+        opts.pgdata
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    restored.settings_file = opts.pgdata.join("postgresql.auto.conf");
     if opts.start {
         let started = Instant::now();
         start_and_wait(&opts.pgdata, &info)?;
@@ -231,6 +248,16 @@ pub fn restore_pgdata(
         restored.start_ms = started.elapsed().as_millis() as u64;
     }
     Ok(restored)
+}
+
+/// `<pgdata>.lifeboat-restoring`: where a data directory is built.
+fn building_name(pgdata: &Path) -> Result<PathBuf> {
+    let name = pgdata
+        .file_name()
+        .ok_or_else(|| Error::usage(format!("{} names no folder", pgdata.display())))?;
+    let mut building = name.to_os_string();
+    building.push(".lifeboat-restoring");
+    Ok(pgdata.with_file_name(building))
 }
 
 /// A data directory goes where nothing is: a missing path, or an empty folder (removed so
@@ -267,6 +294,23 @@ fn keep_tablespaces_inside(pgdata: &Path, info: &PhysicalInfo) -> Result<Vec<u32
     Ok(info.tablespaces.iter().map(|t| t.oid).collect())
 }
 
+/// What a drill's server must not take from the backed-up settings: commands (a superuser
+/// of the source could make the drill host run anything), recovery targets, and what only
+/// the source's host has (certificates).
+const DRILL_OVERRIDES: &str = "archive_command = ''\narchive_library = ''\n\
+     recovery_end_command = ''\narchive_cleanup_command = ''\nssl = off\n\
+     ssl_passphrase_command = ''\nrecovery_target = ''\nrecovery_target_lsn = ''\n\
+     recovery_target_name = ''\nrecovery_target_time = ''\nrecovery_target_xid = ''\n";
+
+/// Every recovery target setting (PostgreSQL accepts one at most).
+const RECOVERY_TARGETS: [&str; 5] = [
+    "recovery_target",
+    "recovery_target_lsn",
+    "recovery_target_name",
+    "recovery_target_time",
+    "recovery_target_xid",
+];
+
 /// Tablespaces restored as folders in `pg_tblspc/` are "in-place" tablespaces to
 /// PostgreSQL, which recovery refuses unless this is on.
 const IN_PLACE_TABLESPACES: &str =
@@ -276,14 +320,44 @@ fn has_tablespaces(pgdata: &Path) -> bool {
     std::fs::read_dir(pgdata.join("pg_tblspc")).is_ok_and(|mut rd| rd.next().is_some())
 }
 
-/// A value for postgresql.conf, quoted.
+/// A value for postgresql.conf, quoted: its parser reads `\\` escapes and `''`. A control
+/// character (a line break would start a new setting) is refused by the callers'
+/// [`check_conf_value`].
 fn conf_quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod conf_tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_quoted_for_postgresql() {
+        assert_eq!(conf_quote("a'b"), "'a''b'");
+        assert_eq!(conf_quote("C:\\x\\t"), "'C:\\\\x\\\\t'");
+        assert!(check_conf_value("x", "a\nrestore_command = 'evil'").is_err());
+        assert!(check_conf_value("x", "/srv/it's fine").is_ok());
+        assert_eq!(
+            pg_time("2026-11-11T14:29:59.5Z"),
+            "2026-11-11 14:29:59.5+00"
+        );
+    }
+}
+
+/// Refuse what no setting should hold (a line break would start a new one).
+fn check_conf_value(what: &str, v: &str) -> Result<()> {
+    if v.chars().any(char::is_control) {
+        return Err(Error::usage(format!(
+            "{what} holds a control character, which cannot go into postgresql.auto.conf"
+        )));
+    }
+    Ok(())
 }
 
 /// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf`.
-fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<PathBuf> {
+fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<()> {
     use std::io::Write;
+    check_conf_value("the restore command", &opts.restore_command)?;
     let signal = pgdata.join("recovery.signal");
     crate::storage::local::write_private_file(&signal, b"")?;
     let mut text = format!(
@@ -295,10 +369,19 @@ fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<P
         conf_quote(&opts.restore_command),
         conf_quote(opts.timeline.as_deref().unwrap_or("latest"))
     );
-    if opts.no_archive {
-        text.push_str("archive_mode = off\n");
+    if !opts.archive {
+        text.push_str(
+            "# A restored copy does not archive into the original's repository (lifeboat \
+             restore --archive keeps archiving on)\narchive_mode = off\n",
+        );
+    }
+    // Targets the backed-up settings (or an earlier restore) left are emptied first:
+    // PostgreSQL refuses several, and a stale one would stop recovery somewhere else.
+    for k in RECOVERY_TARGETS {
+        text.push_str(&format!("{k} = ''\n"));
     }
     for (k, v) in opts.target.settings() {
+        check_conf_value(k, &v)?;
         text.push_str(&format!("{k} = {}\n", conf_quote(&v)));
     }
     if opts.target != RecoveryTarget::Latest {
@@ -317,7 +400,7 @@ fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<P
         .open(&conf)
         .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
         .map_err(|e| Error::io("cannot write", &conf, e))?;
-    Ok(conf)
+    Ok(())
 }
 
 /// Start the server on a restored data directory (`pg_ctl`, as the `postgres` user when
@@ -346,6 +429,10 @@ fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
                 .hint("restore without --start, hand the folder to the server's user, and start it as that user")
         })?;
         cluster::chown_tree(pgdata, uid, gid)?;
+        // The server (and the restore_command it runs) is the postgres user's: none of
+        // root's environment (a passphrase, cloud keys) goes with it.
+        let home = cluster::system_user_home("postgres").unwrap_or_else(|| pgdata.to_path_buf());
+        cluster::clean_env(&mut cmd, &home);
         std::os::unix::process::CommandExt::uid(&mut cmd, uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, gid);
     }
@@ -529,20 +616,17 @@ pub struct BaseWindow {
 /// number): its last segment number, and the first missing one when a later segment
 /// exists (a gap, not just the end).
 fn run_from(listing: &[Listed], first: u64, tli: u32, seg_size: u64) -> (Option<u64>, Option<u64>) {
-    let mut have: BTreeMap<u64, u32> = BTreeMap::new();
-    for l in listing {
-        if let WalFile::Segment { tli: t, .. } = l.kind {
-            if t >= tli {
-                if let Some(n) = l.kind.segno(seg_size) {
-                    let e = have.entry(n).or_insert(t);
-                    *e = (*e).max(t);
-                }
-            }
-        }
-    }
+    // Only the backup's own timeline: another timeline's segment of the same number (a
+    // fork, or a name planted in the listing, which is not authenticated) must not hide a
+    // gap in this one.
+    let have: std::collections::BTreeSet<u64> = listing
+        .iter()
+        .filter(|l| matches!(l.kind, WalFile::Segment { .. }) && l.kind.tli() == tli)
+        .filter_map(|l| l.kind.segno(seg_size))
+        .collect();
     let mut last = None;
     let mut n = first;
-    while have.contains_key(&n) {
+    while have.contains(&n) {
         last = Some(n);
         n += 1;
     }
@@ -550,13 +634,12 @@ fn run_from(listing: &[Listed], first: u64, tli: u32, seg_size: u64) -> (Option<
     (last, gap)
 }
 
-/// The name of segment `n` as archived (its newest timeline at or after `tli`).
+/// The name of segment `n` of timeline `tli`, when archived.
 fn archived_name(listing: &[Listed], n: u64, tli: u32, seg_size: u64) -> Option<String> {
     listing
         .iter()
-        .filter(|l| matches!(l.kind, WalFile::Segment { .. }) && l.kind.tli() >= tli)
-        .filter(|l| l.kind.segno(seg_size) == Some(n))
-        .max_by_key(|l| l.kind.tli())
+        .filter(|l| matches!(l.kind, WalFile::Segment { .. }) && l.kind.tli() == tli)
+        .find(|l| l.kind.segno(seg_size) == Some(n))
         .map(|l| l.file.clone())
 }
 
@@ -778,8 +861,11 @@ pub fn drill(
     let feed = Feed::create(cluster.dir(), &plan, cluster.run_as())?;
     let conf = format!(
         "restore_command = {}\nrecovery_target_timeline = 'current'\narchive_mode = off\n\
-         hba_file = {}\nident_file = {}\nhot_standby = on\n{}",
-        conf_quote(&format!("/bin/sh {} %f %p", feed.script.display())),
+         hba_file = {}\nident_file = {}\nhot_standby = on\n{DRILL_OVERRIDES}{}",
+        conf_quote(&format!(
+            "/bin/sh '{}' %f %p",
+            feed.script.display().to_string().replace('\'', "'\\''")
+        )),
         conf_quote(&feed.hba.display().to_string()),
         conf_quote(&feed.ident.display().to_string()),
         if has_tablespaces(&data) {
@@ -792,7 +878,7 @@ pub fn drill(
     let fed = std::thread::scope(|s| {
         let feeder = s.spawn(|| feed.run(repo, system_id, seg_size, &plan));
         let launched = cluster.launch(&conf);
-        let ended = launched.and_then(|()| wait_recovered(&mut cluster, &data));
+        let ended = launched.and_then(|()| wait_recovered(&mut cluster, &data, &feed.failed));
         feed.stop();
         let fed = feeder
             .join()
@@ -880,11 +966,18 @@ fn verify_backup_manifest(program: &Path, data: &Path) -> (bool, String) {
 }
 
 /// Wait until the drill's server has ended recovery and accepts connections.
-fn wait_recovered(cluster: &mut Cluster, data: &Path) -> Result<()> {
+fn wait_recovered(
+    cluster: &mut Cluster,
+    data: &Path,
+    feed_failed: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
     let deadline =
         Instant::now() + crate::source::seconds_from_env("LIFEBOAT_RECOVERY_TIMEOUT", 86_400);
     loop {
         crate::interrupt::check()?;
+        if feed_failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::source("the WAL feed failed"));
+        }
         if !cluster.running() {
             return Err(Error::source(format!(
                 "the server stopped during recovery: {}",
@@ -916,10 +1009,12 @@ fn drill_queries(
         target,
         env: &env,
     };
+    let stop = pgwal::parse_lsn(&info.stop_lsn)
+        .map(pgwal::format_lsn)
+        .ok_or_else(|| Error::integrity("the manifest's stop_lsn is malformed"))?;
     let sql = format!(
-        "SELECT NOT pg_is_in_recovery(), pg_current_wal_lsn() >= '{}'::pg_lsn, \
-         (SELECT count(*) FROM pg_database WHERE datallowconn), pg_current_wal_lsn()",
-        info.stop_lsn
+        "SELECT NOT pg_is_in_recovery(), pg_current_wal_lsn() >= '{stop}'::pg_lsn, \
+         (SELECT count(*) FROM pg_database WHERE datallowconn), pg_current_wal_lsn()"
     );
     match psql.query(&sql) {
         Ok(rows) => {
@@ -966,6 +1061,8 @@ struct Feed {
     ident: PathBuf,
     run_as: Option<(u32, u32)>,
     stop: std::sync::atomic::AtomicBool,
+    /// The feeder failed (the server is told through the folder; this tells the drill).
+    failed: std::sync::atomic::AtomicBool,
 }
 
 /// Files fetched ahead of recovery, at most.
@@ -1006,6 +1103,7 @@ impl Feed {
             ident,
             run_as,
             stop: std::sync::atomic::AtomicBool::new(false),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1039,8 +1137,26 @@ impl Feed {
         n
     }
 
-    /// Supply every planned file in order; the number supplied.
+    /// Supply every planned file in order; the number supplied. Any failure is marked in
+    /// the folder (the script then stops recovery) and in `failed` (the drill stops
+    /// waiting).
     fn run(
+        &self,
+        repo: &Repository,
+        system_id: u64,
+        seg_size: u64,
+        plan: &[String],
+    ) -> Result<usize> {
+        let result = self.supply(repo, system_id, seg_size, plan);
+        if let Err(e) = &result {
+            self.failed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.put("failed", e.to_string().as_bytes());
+        }
+        result
+    }
+
+    fn supply(
         &self,
         repo: &Repository,
         system_id: u64,
@@ -1058,34 +1174,43 @@ impl Feed {
             if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(n);
             }
-            let fetched = pgwal::fetch(repo, repo.storage(), system_id, name).and_then(|got| {
-                let (_, data) = got.ok_or_else(|| {
-                    Error::not_found(format!("WAL file {name} disappeared from the repository"))
-                })?;
-                if matches!(WalFile::parse(name), Some(WalFile::Segment { .. })) {
-                    pgwal::check_segment(name, &data, Some(system_id))?;
-                }
-                Ok(data)
-            });
-            let data = match fetched {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = std::fs::write(self.dir.join("failed"), e.to_string());
-                    return Err(e);
-                }
-            };
-            let tmp = self.dir.join(format!(".{name}.tmp"));
-            crate::storage::local::write_private_file(&tmp, &data)?;
-            if let Some((uid, gid)) = self.run_as {
-                std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-                    .map_err(|e| Error::io("cannot hand over", &tmp, e))?;
+            let got = pgwal::fetch(repo, repo.storage(), system_id, name)?;
+            let (_, data) = got.ok_or_else(|| {
+                Error::not_found(format!("WAL file {name} disappeared from the repository"))
+            })?;
+            if matches!(WalFile::parse(name), Some(WalFile::Segment { .. })) {
+                pgwal::check_segment(name, &data, Some(system_id))?;
             }
-            let path = self.dir.join(name);
-            std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))?;
+            self.put(name, &data)?;
             n += 1;
         }
-        crate::storage::local::write_private_file(&self.dir.join("end"), b"")?;
+        self.put("end", b"")?;
         Ok(n)
+    }
+
+    /// Write `name` in the feed folder (which the server's user owns): created new under a
+    /// temporary name without following links, handed over through its descriptor, then
+    /// renamed into place.
+    fn put(&self, name: &str, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .map_err(|e| Error::io("cannot create", &tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| Error::io("cannot write", &tmp, e))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| Error::io("cannot hand over", &tmp, e))?;
+        }
+        drop(f);
+        let path = self.dir.join(name);
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io("cannot write", &path, e))
     }
 }
 

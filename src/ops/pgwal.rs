@@ -406,22 +406,34 @@ impl PushContext<'_> {
         let repo = open()?;
         repo.require_writable("wal-push")?;
         require_feature(&repo)?;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let results = std::sync::Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..opts.parallel.clamp(1, 32).min(work.len()) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(name) = work.get(i) else { break };
-                    let own = i == 0 && name == &todo[0];
-                    let r = self.push_one(&repo, name, own);
-                    if let Ok(mut all) = results.lock() {
-                        all.push((name.clone(), r));
+        // As a writer, with a marker: a full key rotation (which re-seals the archive)
+        // waits for it, and it does not store anything while one runs.
+        crate::repo::locks::as_writer(
+            repo.storage(),
+            &repo.records(),
+            "wal-push",
+            false,
+            |_, lease| {
+                lease.check()?;
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let results = std::sync::Mutex::new(Vec::new());
+                std::thread::scope(|s| {
+                    for _ in 0..opts.parallel.clamp(1, 32).min(work.len()) {
+                        s.spawn(|| loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(name) = work.get(i) else { break };
+                            let own = i == 0 && name == &todo[0];
+                            let r = self.push_one(&repo, name, own);
+                            if let Ok(mut all) = results.lock() {
+                                all.push((name.clone(), r));
+                            }
+                        });
                     }
                 });
-            }
-        });
-        out.extend(results.into_inner().unwrap_or_default());
+                out.extend(results.into_inner().unwrap_or_default());
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -542,8 +554,16 @@ pub fn fetch(
         report.from_spool = true;
         return Ok(report);
     }
-    // Before any key is derived: most "not found" answers end here.
+    // Before any key is derived: most "not found" answers end here. But only a repository
+    // can answer "not there": a location without one (a mount that went away, a deleted
+    // bucket) is an error, or PostgreSQL would end recovery early.
     if !storage.exists(&pgwal::object_name(system_id, &file))? {
+        if !storage.exists("config")? {
+            return Err(Error::not_found(format!(
+                "there is no repository at {location}: cannot tell whether WAL file {file} was archived"
+            ))
+            .hint("check that the repository's storage is reachable (a mount, a bucket) and that restore_command names it"));
+        }
         return Ok(report);
     }
     let repo = open()?;

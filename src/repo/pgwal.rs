@@ -75,6 +75,7 @@ pub enum WalFile {
 
 fn hex_u32(s: &str) -> Option<u32> {
     if s.len() == 8
+        && s.is_ascii()
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase())
     {
@@ -85,7 +86,7 @@ fn hex_u32(s: &str) -> Option<u32> {
 }
 
 fn segment_parts(s: &str) -> Option<(u32, u32, u32)> {
-    if s.len() != 24 {
+    if s.len() != 24 || !s.is_ascii() {
         return None;
     }
     Some((hex_u32(&s[..8])?, hex_u32(&s[8..16])?, hex_u32(&s[16..])?))
@@ -218,7 +219,9 @@ pub fn check_segment(name: &str, data: &[u8], system_id: Option<u64>) -> Result<
         return Err(bad("not a segment's name".into()));
     };
     let expected = segno(log, seg, head.seg_size as u64) * head.seg_size as u64;
-    if head.tli != tli || head.page_addr != expected {
+    // The first segment of a new timeline is a copy of its parent's: its first page still
+    // names the parent timeline.
+    if head.tli > tli || head.page_addr != expected {
         return Err(bad(format!(
             "it starts at {} of timeline {}",
             format_lsn(head.page_addr),
@@ -426,6 +429,8 @@ mod tests {
             "../00000001.history",
             "0000000G.history",
             "000000010000000000000002.backup",
+            "0000000\u{e9}000000000000001",
+            "0000000\u{e9}.history",
         ] {
             assert_eq!(WalFile::parse(bad), None, "{bad}");
         }
@@ -457,7 +462,11 @@ mod tests {
         // Another cluster, another position, another timeline, a short file, zeros.
         assert!(check_segment(&name, &seg, Some(43)).is_err());
         assert!(check_segment(&segment_name(1, 6, size as u64), &seg, None).is_err());
-        assert!(check_segment(&segment_name(2, 5, size as u64), &seg, None).is_err());
+        // A new timeline's first segment starts with its parent's page header; a segment
+        // claiming a later timeline than its name is refused.
+        assert!(check_segment(&segment_name(2, 5, size as u64), &seg, None).is_ok());
+        let later = fake_segment(3, 5, 42, size);
+        assert!(check_segment(&segment_name(2, 5, size as u64), &later, None).is_err());
         assert!(check_segment(&name, &seg[..size as usize - 1], None).is_err());
         assert!(check_segment(&name, &vec![0u8; size as usize], None).is_err());
     }

@@ -7,6 +7,7 @@
 use super::conn::PgTarget;
 use super::tools;
 use crate::error::{Error, Result};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,6 +27,10 @@ impl Cluster {
     pub fn start(major: u32) -> Result<Cluster> {
         let mut cluster = Cluster::prepare(major, "initdb", false)?;
         let data = cluster.data();
+        crate::storage::local::create_private_dir(&data)?;
+        if let Some((uid, gid)) = cluster.run_as {
+            chown_tree(&data, uid, gid)?;
+        }
         cluster.run(
             "initdb",
             &[
@@ -80,12 +85,23 @@ impl Cluster {
                 )
                 .hint("run lifeboat as another user, create the postgres user, or give --drill-server")
             })?;
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
-                .map_err(|e| Error::io("cannot hand over", dir.path(), e))?;
             Some((uid, gid))
         } else {
             None
         };
+        // The folder stays Lifeboat's (the server's user may pass through it, not rename
+        // what is in it: the data directory is built and handed over here); the socket
+        // gets a folder of its own that the server's user owns.
+        let sock = dir.path().join("sock");
+        crate::storage::local::create_private_dir(&sock)?;
+        if let Some((uid, gid)) = run_as {
+            std::fs::set_permissions(
+                dir.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o711),
+            )
+            .map_err(|e| Error::io("cannot set the mode of", dir.path(), e))?;
+            chown_tree(&sock, uid, gid)?;
+        }
         Ok(Cluster {
             dir,
             bin,
@@ -93,6 +109,11 @@ impl Cluster {
             server: None,
             port: free_port(),
         })
+    }
+
+    /// The folder of the server's socket.
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("sock")
     }
 
     /// Start the server on `data()`, reachable only through a socket in the private
@@ -104,7 +125,7 @@ impl Cluster {
              unix_socket_permissions = 0700\nfsync = off\n\
              synchronous_commit = off\nfull_page_writes = off\nmax_wal_size = 4GB\n{extra}",
             self.port,
-            self.dir.path().display()
+            self.sock().display()
         );
         let conf_path = data.join("postgresql.auto.conf");
         use std::io::Write;
@@ -133,8 +154,11 @@ impl Cluster {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .current_dir(cluster.dir.path());
+        // Nothing of Lifeboat's environment (a passphrase, cloud keys) reaches the server,
+        // which runs what the backed-up settings say.
+        clean_env(&mut cmd, cluster.dir.path());
         if let Some((uid, gid)) = cluster.run_as {
-            cmd.uid(uid).gid(gid).env("HOME", cluster.dir.path());
+            cmd.uid(uid).gid(gid);
         }
         cluster.server = Some(tools::Guarded::spawn(&mut cmd, &postgres)?);
         cluster.wait_ready(&data)
@@ -207,7 +231,7 @@ impl Cluster {
     pub fn target(&self, db: &str) -> Result<PgTarget> {
         PgTarget::parse(&format!(
             "postgresql:///{db}?host={}&port={}&user=postgres",
-            self.dir.path().display(),
+            self.sock().display(),
             self.port
         ))
     }
@@ -218,7 +242,7 @@ impl Cluster {
             .map_err(|e| Error::internal(e.to_string()))?;
         u.set_path(db);
         u.query_pairs_mut()
-            .append_pair("host", &self.dir.path().display().to_string())
+            .append_pair("host", &self.sock().display().to_string())
             .append_pair("port", &self.port.to_string())
             .append_pair("user", user);
         PgTarget::parse(&u.to_string().replacen("//localhost/", "///", 1))
@@ -232,8 +256,9 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .current_dir(self.dir.path());
+        clean_env(&mut cmd, self.dir.path());
         if let Some((uid, gid)) = self.run_as {
-            cmd.uid(uid).gid(gid).env("HOME", self.dir.path());
+            cmd.uid(uid).gid(gid);
         }
         let out = cmd
             .output()
@@ -269,18 +294,84 @@ impl Drop for Cluster {
     }
 }
 
-/// Hand `path` and everything below it (not following links) to `uid:gid`.
+/// The environment of a server program: a search path, a home, the C locale, and nothing
+/// else of Lifeboat's.
+pub fn clean_env(cmd: &mut Command, home: &Path) {
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("LANG", "C");
+}
+
+/// Hand `path` and everything below it to `uid:gid`, never following a link: the walk goes
+/// through descriptors of folders opened without following links, and a folder is handed
+/// over only after everything in it, so the new owner cannot rename anything under a
+/// folder while it is being walked (to send the walk elsewhere).
 pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .map_err(|e| Error::io("cannot hand over", path, e))?;
-    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io("cannot read", path, e))?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(|e| Error::io("cannot list", path, e))? {
-            let entry = entry.map_err(|e| Error::io("cannot list", path, e))?;
-            chown_tree(&entry.path(), uid, gid)?;
+    use rustix::fs::{AtFlags, Mode, OFlags, CWD};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let owner = |e: rustix::io::Errno| Error::io("cannot hand over", path, e.into());
+    let (uid, gid) = (
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    );
+    match rustix::fs::openat(CWD, path, flags, Mode::empty()) {
+        Ok(dir) => {
+            chown_below(&dir, path, uid, gid)?;
+            rustix::fs::fchown(&dir, uid, gid).map_err(owner)
+        }
+        Err(rustix::io::Errno::NOTDIR) | Err(rustix::io::Errno::LOOP) => {
+            rustix::fs::chownat(CWD, path, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(owner)
+        }
+        Err(e) => Err(owner(e)),
+    }
+}
+
+fn chown_below(
+    dir: &std::os::fd::OwnedFd,
+    shown: &Path,
+    uid: Option<rustix::fs::Uid>,
+    gid: Option<rustix::fs::Gid>,
+) -> Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let fail = |e: rustix::io::Errno| Error::io("cannot hand over", shown, e.into());
+    let entries = rustix::fs::Dir::read_from(dir).map_err(fail)?;
+    for entry in entries {
+        let entry = entry.map_err(fail)?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let sub = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(fail)?;
+            chown_below(&sub, shown, uid, gid)?;
+            rustix::fs::fchown(&sub, uid, gid).map_err(fail)?;
+        } else {
+            rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
         }
     }
     Ok(())
+}
+
+/// A system user's home folder.
+pub fn system_user_home(name: &str) -> Option<PathBuf> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam returns null or a pointer to static storage, read at once.
+    unsafe {
+        let pw = libc::getpwnam(cname.as_ptr());
+        if pw.is_null() || (*pw).pw_dir.is_null() {
+            return None;
+        }
+        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
+    }
 }
 
 /// uid and gid of a system user.
