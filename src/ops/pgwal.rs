@@ -65,7 +65,16 @@ struct Spool {
 impl Spool {
     fn open(location: &str, system_id: u64) -> Result<Spool> {
         let key = blake3::hash(crate::trust::normalize_location(location).as_bytes());
-        let dir = crate::trust::state_home()
+        let home = crate::trust::state_home();
+        if home.is_relative() {
+            // It would land in the data directory (PostgreSQL's working directory), and
+            // from there in every base backup.
+            return Err(Error::usage(
+                "neither HOME nor XDG_STATE_HOME is set: Lifeboat has no folder for its notes of the WAL it archived",
+            )
+            .hint("set HOME (or XDG_STATE_HOME) in the environment PostgreSQL runs archive_command and restore_command with"));
+        }
+        let dir = home
             .join("pgwal")
             .join(&key.to_hex()[..16])
             .join(system_id.to_string());
