@@ -686,38 +686,54 @@ fn parse_args() -> Cli {
     std::process::exit(e.exit_code());
 }
 
-/// Whether this is `wal-fetch` (PostgreSQL's restore_command), by the raw arguments: known
-/// before they are parsed, so even a parse error or a panic exits above 125.
-fn is_wal_fetch_call() -> bool {
-    std::env::args_os().skip(1).any(|a| a == "wal-fetch")
+/// Whether the raw arguments are a `wal-fetch` call (PostgreSQL's restore_command), for an
+/// error before they could be parsed: its first word that is not an option.
+fn argv_is_wal_fetch() -> bool {
+    const WITH_VALUE: [&str; 5] = [
+        "--repo",
+        "--config",
+        "--password-file",
+        "--password-command",
+        "--identity",
+    ];
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let a = a.to_string_lossy().into_owned();
+        if WITH_VALUE.contains(&a.as_str()) {
+            args.next();
+        } else if !a.starts_with('-') {
+            return a == "wal-fetch";
+        }
+    }
+    false
 }
 
-/// wal-fetch's exit status: 0 and 1 (not in the archive) as they are, any failure as 128 +
-/// its code, which PostgreSQL takes as fatal (it would end recovery early on 2..=125).
-fn wal_fetch_status(code: i32) -> i32 {
-    if (0..=1).contains(&code) || code > 125 {
+/// wal-fetch's exit status for a failure: 128 + its code, above 125 whatever the code, which
+/// PostgreSQL takes as fatal (on 1..=125 it would end recovery early and promote).
+fn wal_fetch_failure(code: i32) -> i32 {
+    if (126..=255).contains(&code) {
         code
     } else {
-        128 + code
+        128 + code.clamp(1, 127)
     }
 }
 
 fn main() {
     lifeboat::interrupt::install();
-    let wal_fetch = is_wal_fetch_call();
-    if wal_fetch {
-        std::panic::set_hook(Box::new(|info| {
-            eprintln!("error: lifeboat wal-fetch failed: {info}");
-            std::process::exit(wal_fetch_status(ErrorKind::Internal.exit_code()));
-        }));
-    }
     let cli = match Cli::try_parse() {
-        Err(e) if wal_fetch => {
+        Err(e) if argv_is_wal_fetch() => {
             let _ = e.print();
-            std::process::exit(wal_fetch_status(e.exit_code()));
+            std::process::exit(wal_fetch_failure(e.exit_code()));
         }
         _ => parse_args(),
     };
+    let wal_fetch = matches!(cli.command, Command::WalFetch { .. });
+    if wal_fetch {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("error: lifeboat wal-fetch failed: {info}");
+            std::process::exit(wal_fetch_failure(ErrorKind::Internal.exit_code()));
+        }));
+    }
     cli::argv::hide_uri_passwords();
     let filter = match cli.verbose {
         0 => "warn",
@@ -740,7 +756,11 @@ fn main() {
                 println!("{}", json!({ "error": error_json(&e) }));
             }
             print_error(&e);
-            e.exit_code()
+            if wal_fetch {
+                wal_fetch_failure(e.exit_code())
+            } else {
+                e.exit_code()
+            }
         }
     };
     // A command a signal stopped reports it the shell's way, whatever part of it failed.
@@ -756,8 +776,9 @@ fn main() {
         }
         _ => code,
     };
-    let code = if wal_fetch {
-        wal_fetch_status(code)
+    // (wal-fetch's own answers are 0, 1 or already above 125; a lost output is a failure.)
+    let code = if wal_fetch && code > 1 && code <= 125 {
+        wal_fetch_failure(code)
     } else {
         code
     };
@@ -3271,5 +3292,19 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "lifeboat".into(), &mut missing);
         assert!(missing.is_empty(), "no help text for: {missing:?}");
+    }
+}
+
+#[cfg(test)]
+mod wal_fetch_tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_of_wal_fetch_is_fatal_to_postgresql() {
+        for code in 1..=255 {
+            let status = wal_fetch_failure(code);
+            assert!((126..=255).contains(&status), "{code} -> {status}");
+        }
+        assert_eq!(wal_fetch_failure(ErrorKind::Internal.exit_code()), 129);
     }
 }

@@ -72,7 +72,7 @@ pub fn cmd_wal_fetch(ctx: &Ctx, file: &str, dest: &Path, pgdata: Option<PathBuf>
                 println!("{}", json!({ "error": crate::error_json(&e) }));
             }
             print_error(&e);
-            Ok(128 + e.exit_code())
+            Ok(crate::wal_fetch_failure(e.exit_code()))
         }
     }
 }
@@ -197,6 +197,21 @@ pub fn cmd_restore_pgdata(ctx: &Ctx, a: PgdataArgs) -> Result<i32> {
         _ => repo.resolve(id, source.as_deref())?,
     };
     ctx.record(&repo);
+    // As root, --start runs the server as postgres with none of root's environment: its
+    // restore_command must find the passphrase in a file that user can read.
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if a.start
+        && root
+        && repo.is_encrypted()
+        && ctx.opener.passphrase.file.is_none()
+        && ctx.opener.identity.is_none()
+    {
+        return Err(Error::usage(
+            "with --start as root, the server (run as postgres, without root's environment) cannot get the repository's passphrase",
+        )
+        .hint("give --password-file FILE (readable by postgres; it goes into restore_command), or restore without --start and start the server yourself"));
+    }
     if !ctx.json {
         eprintln!(
             "restoring base backup {} of {} (taken {}, {} ago) into {}, recovery to {}",

@@ -193,6 +193,11 @@ pub fn restore_pgdata(
 ) -> Result<PgdataRestored> {
     let info = physical_info(m)?.clone();
     check_target(m, &opts.target, opts.timeline.as_deref())?;
+    // Whatever would fail after the restore fails before it.
+    check_conf_value("the restore command", &opts.restore_command)?;
+    for (k, v) in opts.target.settings() {
+        check_conf_value(k, &v)?;
+    }
     let chain = Chain::of(repo, &info, false)?;
     if let Some(missing) = chain.missing_for_consistency() {
         return Err(Error::integrity(format!(
@@ -220,6 +225,8 @@ pub fn restore_pgdata(
     }
     let mut target = crate::ops::restore_tree::FolderTarget::new(building.clone(), false);
     let outcome = crate::ops::restore::restore(repo, m, &mut target, progress)?;
+    // Removed if anything fails before it is renamed into place.
+    let mut guard = RemoveOnDrop(Some(building.clone()));
     let done = outcome.tree.unwrap_or_default();
     let mut restored = PgdataRestored {
         id: m.id.clone(),
@@ -231,9 +238,17 @@ pub fn restore_pgdata(
         ..Default::default()
     };
     restored.tablespaces_inside = keep_tablespaces_inside(&building, &info)?;
+    if remove_standby_signal(&building)? {
+        restored.warnings.push(
+            "the backup was taken of a standby: its standby.signal was removed so that the copy \
+             recovers and promotes (put it back, with primary_conninfo, to make it a standby)"
+                .into(),
+        );
+    }
     write_recovery(&building, m, opts)?;
     std::fs::rename(&building, &opts.pgdata)
         .map_err(|e| Error::io("cannot create", &opts.pgdata, e))?;
+    guard.0 = None;
     crate::storage::local::sync_dir(
         opts.pgdata
             .parent()
@@ -248,6 +263,17 @@ pub fn restore_pgdata(
         restored.start_ms = started.elapsed().as_millis() as u64;
     }
     Ok(restored)
+}
+
+/// A folder removed when dropped (unless taken out).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
 }
 
 /// `<pgdata>.lifeboat-restoring`: where a data directory is built.
@@ -294,13 +320,54 @@ fn keep_tablespaces_inside(pgdata: &Path, info: &PhysicalInfo) -> Result<Vec<u32
     Ok(info.tablespaces.iter().map(|t| t.oid).collect())
 }
 
-/// What a drill's server must not take from the backed-up settings: commands (a superuser
-/// of the source could make the drill host run anything), recovery targets, and what only
-/// the source's host has (certificates).
-const DRILL_OVERRIDES: &str = "archive_command = ''\narchive_library = ''\n\
-     recovery_end_command = ''\narchive_cleanup_command = ''\nssl = off\n\
-     ssl_passphrase_command = ''\nrecovery_target = ''\nrecovery_target_lsn = ''\n\
-     recovery_target_name = ''\nrecovery_target_time = ''\nrecovery_target_xid = ''\n";
+/// What a drill's server must not take from the backed-up settings: commands and libraries
+/// (a superuser of the source could make the drill host run anything: a library named by a
+/// path is loaded from the data directory the backup brought), a primary to follow, recovery
+/// targets, and what only the source's host has (certificates, a pid file elsewhere).
+/// Given on the server's command line, where they win over every file and `include`.
+fn drill_overrides(cluster: &Cluster) -> Result<Vec<(&'static str, String)>> {
+    let mut o: Vec<(&'static str, String)> = [
+        "archive_command",
+        "archive_library",
+        "recovery_end_command",
+        "archive_cleanup_command",
+        "ssl_passphrase_command",
+        "primary_conninfo",
+        "primary_slot_name",
+        "session_preload_libraries",
+        "local_preload_libraries",
+        "external_pid_file",
+        "recovery_target",
+        "recovery_target_lsn",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+    ]
+    .into_iter()
+    .map(|k| (k, String::new()))
+    .collect();
+    o.push(("ssl", "off".into()));
+    o.push(("dynamic_library_path", "$libdir".into()));
+    // Preloaded libraries the data may need (an extension's) are kept when they are plain
+    // names from the installation's library folder; one named by a path is dropped.
+    let preload = cluster::effective_setting(cluster, "shared_preload_libraries")?;
+    let kept: Vec<&str> = preload
+        .split(',')
+        .map(|l| l.trim().trim_matches('"'))
+        .filter(|l| !l.is_empty() && !l.contains('/'))
+        .collect();
+    o.push(("shared_preload_libraries", kept.join(",")));
+    Ok(o)
+}
+
+fn remove_standby_signal(data: &Path) -> Result<bool> {
+    let signal = data.join("standby.signal");
+    match std::fs::remove_file(&signal) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("cannot remove", &signal, e)),
+    }
+}
 
 /// Every recovery target setting (PostgreSQL accepts one at most).
 const RECOVERY_TARGETS: [&str; 5] = [
@@ -324,7 +391,7 @@ fn has_tablespaces(pgdata: &Path) -> bool {
 /// character (a line break would start a new setting) is refused by the callers'
 /// [`check_conf_value`].
 fn conf_quote(v: &str) -> String {
-    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+    cluster::quote_setting(v)
 }
 
 #[cfg(test)]
@@ -356,15 +423,15 @@ fn check_conf_value(what: &str, v: &str) -> Result<()> {
 
 /// `recovery.signal`, and the recovery settings appended to `postgresql.auto.conf`.
 fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<()> {
-    use std::io::Write;
     check_conf_value("the restore command", &opts.restore_command)?;
     let signal = pgdata.join("recovery.signal");
     crate::storage::local::write_private_file(&signal, b"")?;
     let mut text = format!(
         "\n# Added by `lifeboat restore` of backup {} ({}), {}\nrestore_command = {}\n\
-         recovery_target_timeline = {}\n",
-        m.id,
-        m.time,
+         recovery_target_timeline = {}\nrecovery_target_inclusive = on\n\
+         recovery_min_apply_delay = 0\n",
+        m.id.replace(|c: char| c.is_control(), ""),
+        m.time.replace(|c: char| c.is_control(), ""),
         jiff::Timestamp::now(),
         conf_quote(&opts.restore_command),
         conf_quote(opts.timeline.as_deref().unwrap_or("latest"))
@@ -393,13 +460,7 @@ fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<(
     if has_tablespaces(pgdata) {
         text.push_str(IN_PLACE_TABLESPACES);
     }
-    let conf = pgdata.join("postgresql.auto.conf");
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&conf)
-        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
-        .map_err(|e| Error::io("cannot write", &conf, e))?;
+    cluster::append_conf(&pgdata.join("postgresql.auto.conf"), &text)?;
     Ok(())
 }
 
@@ -414,6 +475,7 @@ fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
     let log = log.join("lifeboat-start.log");
     let mut cmd = std::process::Command::new(&pg_ctl.path);
     cmd.arg("start")
+        .current_dir(pgdata)
         .arg("-D")
         .arg(pgdata)
         .arg("-l")
@@ -431,7 +493,10 @@ fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
         cluster::chown_tree(pgdata, uid, gid)?;
         // The server (and the restore_command it runs) is the postgres user's: none of
         // root's environment (a passphrase, cloud keys) goes with it.
-        let home = cluster::system_user_home("postgres").unwrap_or_else(|| pgdata.to_path_buf());
+        let home = cluster::system_user_home("postgres").ok_or_else(|| {
+            Error::usage("the postgres user has no home folder for Lifeboat's WAL notes")
+                .hint("give the postgres user a home, or start the server yourself with HOME set")
+        })?;
         cluster::clean_env(&mut cmd, &home);
         std::os::unix::process::CommandExt::uid(&mut cmd, uid);
         std::os::unix::process::CommandExt::gid(&mut cmd, gid);
@@ -861,7 +926,7 @@ pub fn drill(
     let feed = Feed::create(cluster.dir(), &plan, cluster.run_as())?;
     let conf = format!(
         "restore_command = {}\nrecovery_target_timeline = 'current'\narchive_mode = off\n\
-         hba_file = {}\nident_file = {}\nhot_standby = on\n{DRILL_OVERRIDES}{}",
+         hba_file = {}\nident_file = {}\nhot_standby = on\n{}",
         conf_quote(&format!(
             "/bin/sh '{}' %f %p",
             feed.script.display().to_string().replace('\'', "'\\''")
@@ -875,9 +940,13 @@ pub fn drill(
         }
     );
     crate::storage::local::write_private_file(&data.join("recovery.signal"), b"")?;
+    // A backup of a standby brings standby.signal: the drill recovers, it does not follow.
+    remove_standby_signal(&data)?;
+    cluster.hand_over_data()?;
+    let overrides = drill_overrides(&cluster)?;
     let fed = std::thread::scope(|s| {
         let feeder = s.spawn(|| feed.run(repo, system_id, seg_size, &plan));
-        let launched = cluster.launch(&conf);
+        let launched = cluster.launch(&conf, &overrides);
         let ended = launched.and_then(|()| wait_recovered(&mut cluster, &data, &feed.failed));
         feed.stop();
         let fed = feeder
@@ -1072,7 +1141,8 @@ impl Feed {
     fn create(work: &Path, plan: &[String], run_as: Option<(u32, u32)>) -> Result<Feed> {
         let dir = work.join("wal-feed");
         let planned = dir.join("plan");
-        std::fs::create_dir_all(&planned).map_err(|e| Error::io("cannot create", &planned, e))?;
+        crate::storage::local::create_private_dir(&dir)?;
+        crate::storage::local::create_private_dir(&planned)?;
         for name in plan {
             crate::storage::local::write_private_file(&planned.join(name), b"")?;
         }

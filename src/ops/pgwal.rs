@@ -420,7 +420,7 @@ impl PushContext<'_> {
         crate::repo::locks::as_writer(
             repo.storage(),
             &repo.records(),
-            "wal-push",
+            crate::repo::locks::WAL_PUSH,
             false,
             |_, lease| {
                 lease.check()?;
@@ -432,7 +432,7 @@ impl PushContext<'_> {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(name) = work.get(i) else { break };
                             let own = i == 0 && name == &todo[0];
-                            let r = self.push_one(&repo, name, own);
+                            let r = lease.check().and_then(|()| self.push_one(&repo, name, own));
                             if let Ok(mut all) = results.lock() {
                                 all.push((name.clone(), r));
                             }

@@ -399,6 +399,7 @@ fn sweep(
     let (eligible, waiting): (Vec<Plan>, Vec<Plan>) = plans.into_iter().partition(|plan| {
         markers.iter().all(|(name, m)| {
             name == locks::PRUNE_LOCK
+                || !locks::touches_packs(m)
                 || m.seen_plans
                     .as_ref()
                     .is_some_and(|seen| seen.contains(&plan.id))
@@ -668,7 +669,10 @@ const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(10 * 60
 fn remove_temp_files(repo: &Repository) -> Result<usize> {
     let storage = repo.storage();
     let writers = locks::live_markers(storage, &repo.records())?;
-    if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
+    if writers
+        .iter()
+        .any(|(name, m)| name != locks::PRUNE_LOCK && locks::touches_packs(m))
+    {
         return Ok(0);
     }
     storage.remove_staged_leftovers(LEFTOVER_AGE)
@@ -691,7 +695,10 @@ fn compact_index(repo: &Repository, report: &mut PruneReport) -> Result<()> {
     let storage = repo.storage();
     // A running backup reads its own index files back before committing: leave them be.
     let writers = locks::live_markers(storage, &repo.records())?;
-    if writers.iter().any(|(name, _)| name != locks::PRUNE_LOCK) {
+    if writers
+        .iter()
+        .any(|(name, m)| name != locks::PRUNE_LOCK && locks::touches_packs(m))
+    {
         return Ok(());
     }
     let mut small = Vec::new();

@@ -215,6 +215,16 @@ pub fn plan_object(id: &str) -> String {
 /// repository whose records are sealed, a marker that is not authentic was planted: it is
 /// ignored (it must not hold prune off forever); in one whose records are plain, an
 /// unreadable marker counts as a live writer.
+/// The marker kind of `wal-push`, which writes only `pgwal/` objects: it never reuses a pack,
+/// so prune's sweep, index compaction and clean-up need not wait for it (a key rotation or
+/// an upgrade still does).
+pub const WAL_PUSH: &str = "wal-push";
+
+/// Whether a marker's writer may reuse packs or stage them (prune waits for those).
+pub fn touches_packs(m: &Marker) -> bool {
+    m.kind != WAL_PUSH
+}
+
 pub fn live_markers(storage: &dyn Storage, records: &Records) -> Result<Vec<(String, Marker)>> {
     let mut out = Vec::new();
     for obj in storage.list(LOCKS)? {

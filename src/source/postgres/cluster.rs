@@ -46,7 +46,7 @@ impl Cluster {
                 "--no-sync",
             ],
         )?;
-        cluster.launch("")?;
+        cluster.launch("", &[])?;
         Ok(cluster)
     }
 
@@ -118,26 +118,19 @@ impl Cluster {
 
     /// Start the server on `data()`, reachable only through a socket in the private
     /// folder, with `extra` settings after Lifeboat's; wait until it accepts connections.
-    pub fn launch(&mut self, extra: &str) -> Result<()> {
+    /// `settings` are given on the server's command line (`-c name=value`), where they win
+    /// over every configuration file the data directory brings.
+    pub fn launch(&mut self, extra: &str, settings: &[(&str, String)]) -> Result<()> {
         let data = self.data();
         let conf = format!(
-            "listen_addresses = ''\nport = {}\nunix_socket_directories = '{}'\n\
+            "listen_addresses = ''\nport = {}\nunix_socket_directories = {}\n\
              unix_socket_permissions = 0700\nfsync = off\n\
              synchronous_commit = off\nfull_page_writes = off\nmax_wal_size = 4GB\n{extra}",
             self.port,
-            self.sock().display()
+            quote_setting(&self.sock().display().to_string())
         );
-        let conf_path = data.join("postgresql.auto.conf");
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&conf_path)
-            .and_then(|mut f| f.write_all(conf.as_bytes()))
-            .map_err(|e| Error::io("cannot write", &conf_path, e))?;
-        if let Some((uid, gid)) = self.run_as {
-            chown_tree(&data, uid, gid)?;
-        }
+        append_conf(&data.join("postgresql.auto.conf"), &conf)?;
+        self.hand_over_data()?;
         let cluster = self;
         // The server runs as this process's child (not daemonized by pg_ctl), in a process
         // group the watchdog kills if Lifeboat is killed: a killed drill leaves no server.
@@ -148,6 +141,9 @@ impl Cluster {
             .map_err(|e| Error::io("cannot open", &log_path, e))?;
         let postgres = cluster.bin.join("postgres");
         let mut cmd = Command::new(&postgres);
+        for (k, v) in settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
         cmd.arg("-D")
             .arg(&data)
             .stdin(Stdio::null())
@@ -162,6 +158,15 @@ impl Cluster {
         }
         cluster.server = Some(tools::Guarded::spawn(&mut cmd, &postgres)?);
         cluster.wait_ready(&data)
+    }
+
+    /// Give the data directory to the server's user (when not this process's), after
+    /// everything in it is written.
+    pub fn hand_over_data(&self) -> Result<()> {
+        match self.run_as {
+            Some((uid, gid)) => chown_tree(&self.data(), uid, gid),
+            None => Ok(()),
+        }
     }
 
     /// Whether the server is still running.
@@ -294,6 +299,65 @@ impl Drop for Cluster {
     }
 }
 
+/// A value for a PostgreSQL settings file, quoted (`\\` escapes, `''`).
+pub fn quote_setting(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Append `text` to a data directory's `postgresql.auto.conf` (or another settings file)
+/// that a backup brought: a link there is refused, never followed (it could name any file
+/// the restoring user may write).
+pub fn append_conf(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io("cannot write", path, e))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::integrity(format!(
+            "{} is not a plain file",
+            path.display()
+        )));
+    }
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("cannot write", path, e))
+}
+
+/// The value of setting `name` as the server would start with it on `data`
+/// (`postgres -C`), run as the server's user.
+pub fn effective_setting(cluster: &Cluster, name: &str) -> Result<String> {
+    let program = cluster.bin.join("postgres");
+    let mut cmd = Command::new(&program);
+    cmd.arg("-C")
+        .arg(name)
+        .arg("-D")
+        .arg(cluster.data())
+        .stdin(Stdio::null())
+        .current_dir(cluster.dir.path());
+    clean_env(&mut cmd, cluster.dir.path());
+    if let Some((uid, gid)) = cluster.run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| Error::io("cannot run", &program, e))?;
+    if !out.status.success() {
+        return Err(Error::source(format!(
+            "postgres -C {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// The environment of a server program: a search path, a home, the C locale, and nothing
 /// else of Lifeboat's.
 pub fn clean_env(cmd: &mut Command, home: &Path) {
@@ -342,7 +406,14 @@ fn chown_below(
         if name.to_bytes() == b"." || name.to_bytes() == b".." {
             continue;
         }
+        let here = shown.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let fail = |e: rustix::io::Errno| Error::io("cannot hand over", &here, e.into());
         let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
+        // A second name of a file may be one the new owner linked to a file of ours:
+        // left as it is (a restore makes no hard links).
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory && st.st_nlink > 1 {
+            continue;
+        }
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             let sub = rustix::fs::openat(
                 dir,
@@ -351,7 +422,7 @@ fn chown_below(
                 Mode::empty(),
             )
             .map_err(fail)?;
-            chown_below(&sub, shown, uid, gid)?;
+            chown_below(&sub, &here, uid, gid)?;
             rustix::fs::fchown(&sub, uid, gid).map_err(fail)?;
         } else {
             rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
