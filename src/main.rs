@@ -721,7 +721,8 @@ fn wal_fetch_failure(code: i32) -> i32 {
 fn main() {
     lifeboat::interrupt::install();
     let cli = match Cli::try_parse() {
-        Err(e) if argv_is_wal_fetch() => {
+        // (--help and --version are not failures.)
+        Err(e) if e.use_stderr() && argv_is_wal_fetch() => {
             let _ = e.print();
             std::process::exit(wal_fetch_failure(e.exit_code()));
         }
