@@ -903,3 +903,38 @@ fn a_promoted_copy_archives_its_new_timeline() {
     assert_eq!(a.sql_on(port, DIGEST), moments.last().unwrap().digest);
     a.stop(&data);
 }
+
+#[test]
+fn tablespaces_come_back_inside_the_data_directory() {
+    let a = Archiving::start(None, &plain);
+    a.ok(&["repo", "init"]);
+    let ts = a.dir.path().join("ts_one");
+    std::fs::create_dir(&ts).unwrap();
+    if let Some(ids) = a.pg.owner() {
+        chown_tree(&ts, ids);
+    }
+    a.sql(&format!(
+        "CREATE TABLESPACE ts_one LOCATION '{}'",
+        ts.display()
+    ));
+    a.sql("CREATE TABLE ledger (id serial PRIMARY KEY, v text NOT NULL) TABLESPACE ts_one");
+    a.sql("INSERT INTO ledger (v) SELECT md5(g::text) FROM generate_series(1, 5000) g");
+    let base = a.base_backup();
+    a.sql("INSERT INTO ledger (v) VALUES ('after the backup')");
+    a.archive_now();
+    let want = a.sql(DIGEST);
+    let show: serde_json::Value = serde_json::from_str(&a.ok(&["--json", "show", &base])).unwrap();
+    let spaces = &show["postgres"]["physical"]["tablespaces"];
+    assert_eq!(spaces[0]["location"], ts.display().to_string(), "{show}");
+    let oid = spaces[0]["oid"].as_u64().unwrap();
+    let (data, port) = a.restore_and_start(&base, "with-ts", &["--at", "latest"]);
+    assert_eq!(a.sql_on(port, DIGEST), want);
+    // Inside the restored data directory, not over the original's location.
+    let inside = data.join("pg_tblspc").join(oid.to_string());
+    assert!(
+        std::fs::symlink_metadata(&inside).unwrap().is_dir(),
+        "{inside:?}"
+    );
+    a.stop(&data);
+    assert_eq!(a.sql("SELECT count(*) FROM ledger"), "5001");
+}
