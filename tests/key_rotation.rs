@@ -283,3 +283,71 @@ fn a_backup_does_not_start_while_a_full_rotation_runs() {
         .json();
     assert_eq!(list.as_array().unwrap().len(), t.ids.len() + 1, "{list}");
 }
+
+/// Continuous-replication segments (sealed under the data key of their epoch, like the
+/// manifests) are re-sealed by a full rotation: a restore to the latest commit works with
+/// the new passphrase afterwards.
+#[test]
+fn replication_segments_survive_a_full_rotation() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_random_db(&db, "wal", 200, 100);
+    run(&env, OLD_PW, &["repo", "init", "--encrypt"]).ok("init");
+    let mut child = env
+        .std_cmd()
+        .env("LIFEBOAT_PASSWORD", OLD_PW)
+        .args(["replicate", s(&db), "--interval", "200ms", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    for i in 0..10 {
+        conn.execute("CREATE TABLE IF NOT EXISTS later (i INTEGER); ", [])
+            .unwrap();
+        conn.execute("INSERT INTO later (i) VALUES (?1)", [i])
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SAFETY: a signal to the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let segments = walk_files(&env.repo().join("wal")).len();
+    assert!(segments > 0, "nothing shipped");
+    let new_pw = "new-passphrase-2231";
+    Out::of(
+        env.std_cmd()
+            .env("LIFEBOAT_PASSWORD", OLD_PW)
+            .env("LIFEBOAT_NEW_PASSWORD", new_pw)
+            .args(["key", "rotate", "--full", "--yes"])
+            .args(FAST_KDF)
+            .output()
+            .unwrap(),
+    )
+    .ok("rotate --full");
+    let latest = env.path("latest.db");
+    run(
+        &env,
+        new_pw,
+        &[
+            "restore",
+            "--source",
+            s(&db),
+            "--at",
+            "latest",
+            "--output",
+            s(&latest),
+        ],
+    )
+    .ok("restore --at latest after the rotation");
+    let count: i64 = rusqlite::Connection::open(&latest)
+        .unwrap()
+        .query_row("SELECT count(*) FROM later", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 10);
+}

@@ -98,6 +98,12 @@ fn sealing_of(name: &str) -> Option<(ObjectKind, Vec<u8>)> {
     if name.starts_with(crate::repo::pgwal::PREFIX) {
         return Some((ObjectKind::PgWal, name.as_bytes().to_vec()));
     }
+    // Continuous-replication segments are sealed with their names, under the current epoch's
+    // data key like manifests: a full rotation must re-seal them too, or no restore to a
+    // moment could read them afterwards.
+    if crate::repo::segment::parse_name(name, 0).is_some() {
+        return Some((ObjectKind::Segment, name.as_bytes().to_vec()));
+    }
     RECORD_PREFIXES
         .iter()
         .any(|p| name.starts_with(p))
@@ -107,7 +113,12 @@ fn sealing_of(name: &str) -> Option<(ObjectKind, Vec<u8>)> {
 /// Every manifest, index file and record of `storage`, by name.
 fn sealed_objects(storage: &dyn Storage) -> Result<Vec<String>> {
     let mut names = Vec::new();
-    let prefixes = ["backups/", "index/", crate::repo::pgwal::PREFIX];
+    let prefixes = [
+        "backups/",
+        "index/",
+        crate::repo::pgwal::PREFIX,
+        crate::repo::segment::PREFIX,
+    ];
     for prefix in prefixes.into_iter().chain(RECORD_PREFIXES) {
         names.extend(
             storage
@@ -129,6 +140,8 @@ fn get_if_present(storage: &dyn Storage, name: &str) -> Result<Option<Vec<u8>>> 
         INDEX_MAX
     } else if name.starts_with(crate::repo::pgwal::PREFIX) {
         crate::repo::pgwal::FILE_MAX + (1 << 20)
+    } else if name.starts_with(crate::repo::segment::PREFIX) {
+        crate::repo::segment::SEGMENT_MAX
     } else {
         RECORD_MAX
     };
