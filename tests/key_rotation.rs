@@ -293,7 +293,7 @@ fn replication_segments_survive_a_full_rotation() {
     let db = env.path("app.db");
     make_random_db(&db, "wal", 200, 100);
     run(&env, OLD_PW, &["repo", "init", "--encrypt"]).ok("init");
-    let mut child = env
+    let child = env
         .std_cmd()
         .env("LIFEBOAT_PASSWORD", OLD_PW)
         .args(["replicate", s(&db), "--interval", "200ms", "--json"])
