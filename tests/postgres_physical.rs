@@ -424,55 +424,36 @@ fn point_in_time_restores_are_exact_and_drills_name_a_damaged_segment() {
     // wal-fetch of it: 128 + 4, so PostgreSQL stops recovery instead of ending it early.
     let dest = a.dir.path().join("fetched");
     let pgdata = a.pg.dir().join("data").display().to_string();
-    let out = a.run(&[
-        "wal-fetch",
-        &victim,
-        &dest.display().to_string(),
-        "--pgdata",
-        &pgdata,
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(132),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let fetch = |repo: &str, file: &str| -> (Option<i32>, String) {
+        let out = a
+            .lifeboat_at(repo)
+            .args([
+                "wal-fetch",
+                file,
+                &dest.display().to_string(),
+                "--pgdata",
+                &pgdata,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = fetch(&a.repo, &victim);
+    assert_eq!(code, Some(132), "{err}");
     assert!(!dest.exists());
     // A repository that is not there (a mount gone): a failure, not "not archived".
-    let out = a
-        .lifeboat_at(&a.dir.path().join("no-such-repo").display().to_string())
-        .args([
-            "wal-fetch",
-            &victim,
-            &dest.display().to_string(),
-            "--pgdata",
-            &pgdata,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(131),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let gone = a.dir.path().join("no-such-repo").display().to_string();
+    let (code, err) = fetch(&gone, &victim);
+    assert_eq!(code, Some(131), "{err}");
     // Even a usage error is above 125.
     let out = a.run(&["wal-fetch", "--no-such-flag"]);
     assert!(out.status.code().unwrap_or(0) > 125, "{:?}", out.status);
     // A file the archive does not hold: 1, at once.
-    let out = a.run(&[
-        "wal-fetch",
-        "0000000900000000000000AA",
-        &dest.display().to_string(),
-        "--pgdata",
-        &pgdata,
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = fetch(&a.repo, "0000000900000000000000AA");
+    assert_eq!(code, Some(1), "{err}");
 }
 
 #[test]
