@@ -619,7 +619,7 @@ fn base_backups_store_changed_pages_and_retention_keeps_whole_chains() {
         let out = a.ok(&["--json", "backup", &a.uri(), "--physical"]);
         serde_json::from_str(out.trim()).expect("backup json")
     };
-    let first = backup(&a);
+    backup(&a);
     a.sql("CREATE TABLE ledger (id serial PRIMARY KEY, v text NOT NULL)");
     a.sql("INSERT INTO ledger (v) VALUES ('one'), ('two')");
     a.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 1000 = 0");
@@ -667,7 +667,6 @@ fn base_backups_store_changed_pages_and_retention_keeps_whole_chains() {
         t["timelines"][0]["segments"].as_u64().unwrap() < segments_before,
         "{t0}\n{t}"
     );
-    let _ = first;
     let id = second["id"].as_str().unwrap();
     let (data, port) = a.restore_and_start(id, "kept", &["--at", "latest"]);
     assert_eq!(a.sql_on(port, DIGEST), final_digest);

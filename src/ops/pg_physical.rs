@@ -258,7 +258,7 @@ pub fn restore_pgdata(
     restored.settings_file = opts.pgdata.join("postgresql.auto.conf");
     if opts.start {
         let started = Instant::now();
-        start_and_wait(&opts.pgdata, &info)?;
+        start_and_wait(&opts.pgdata)?;
         restored.started = true;
         restored.start_ms = started.elapsed().as_millis() as u64;
     }
@@ -467,8 +467,8 @@ fn write_recovery(pgdata: &Path, m: &Manifest, opts: &PgdataOptions) -> Result<(
 /// Start the server on a restored data directory (`pg_ctl`, as the `postgres` user when
 /// root) and wait until recovery has ended: the server accepts connections and has removed
 /// `recovery.signal`.
-fn start_and_wait(pgdata: &Path, info: &PhysicalInfo) -> Result<()> {
-    let major = info_major(info, pgdata);
+fn start_and_wait(pgdata: &Path) -> Result<()> {
+    let major = data_major(pgdata)?;
     let pg_ctl = tools::find_exact("pg_ctl", major)?;
     let log = pgdata.join("log");
     std::fs::create_dir_all(&log).map_err(|e| Error::io("cannot create", &log, e))?;
@@ -557,11 +557,13 @@ fn recovery_failed(tail: &str, log: &Path) -> Error {
     .hint(hint)
 }
 
-fn info_major(_info: &PhysicalInfo, pgdata: &Path) -> u32 {
-    std::fs::read_to_string(pgdata.join("PG_VERSION"))
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(15)
+/// The major version a data directory was written by (its `PG_VERSION`).
+fn data_major(pgdata: &Path) -> Result<u32> {
+    let path = pgdata.join("PG_VERSION");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("cannot read", &path, e))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Error::integrity(format!("{} holds {text:?}, not a version", path.display())))
 }
 
 /// The archived WAL a base backup needs and what follows it.
