@@ -198,7 +198,7 @@ pub fn restore_pgdata(
     for (k, v) in opts.target.settings() {
         check_conf_value(k, &v)?;
     }
-    let chain = Chain::of(repo, &info, false)?;
+    let chain = Chain::of(repo, &info)?;
     if let Some(missing) = chain.missing_for_consistency() {
         return Err(Error::integrity(format!(
             "WAL segment {missing}, which base backup {} needs to be consistent, is not in the \
@@ -566,11 +566,11 @@ fn data_major(pgdata: &Path) -> Result<u32> {
         .map_err(|_| Error::integrity(format!("{} holds {text:?}, not a version", path.display())))
 }
 
-/// The archived WAL a base backup needs and what follows it.
-struct Chain {
+/// The archived WAL a base backup needs and what follows it, on the backup's own timeline.
+struct Chain<'a> {
     system_id: u64,
     seg_size: u64,
-    listing: Vec<Listed>,
+    listing: std::borrow::Cow<'a, [Listed]>,
     /// The first and last segment the backup needs to be consistent.
     start: u64,
     stop: u64,
@@ -581,13 +581,18 @@ struct Chain {
     timeline: u32,
 }
 
-impl Chain {
-    /// `own_timeline`: only segments of the backup's timeline count.
-    fn of(repo: &Repository, info: &PhysicalInfo, own_timeline: bool) -> Result<Chain> {
-        let system_id: u64 = info
-            .system_id
-            .parse()
-            .map_err(|_| Error::integrity("the manifest's system_id is malformed"))?;
+impl<'a> Chain<'a> {
+    /// The chain of one backup, from a listing of its cluster's archive.
+    fn of(repo: &Repository, info: &PhysicalInfo) -> Result<Chain<'static>> {
+        let listing = pgwal::list(repo.storage(), parse_system_id(info)?)?;
+        Chain::in_listing(std::borrow::Cow::Owned(listing), info)
+    }
+
+    /// The chain of one backup in `listing` (of its cluster: several backups share one).
+    fn in_listing(
+        listing: std::borrow::Cow<'a, [Listed]>,
+        info: &PhysicalInfo,
+    ) -> Result<Chain<'a>> {
         let seg_size = info.wal_segment_size.max(1 << 20);
         let segno = |name: &str, what: &str| {
             WalFile::parse(name)
@@ -596,17 +601,9 @@ impl Chain {
         };
         let start = segno(&info.start_wal, "start_wal")?;
         let stop = segno(&info.stop_wal, "stop_wal")?;
-        let listing: Vec<Listed> = pgwal::list(repo.storage(), system_id)?
-            .into_iter()
-            .filter(|l| {
-                !own_timeline
-                    || !matches!(l.kind, WalFile::Segment { .. })
-                    || l.kind.tli() == info.timeline
-            })
-            .collect();
         let (last, gap) = run_from(&listing, start, info.timeline, seg_size);
         Ok(Chain {
-            system_id,
+            system_id: parse_system_id(info)?,
             seg_size,
             listing,
             start,
@@ -617,16 +614,19 @@ impl Chain {
         })
     }
 
+    fn consistent(&self) -> bool {
+        self.last.is_some_and(|l| l >= self.stop)
+    }
+
     /// The first segment the backup needs that the archive lacks.
     fn missing_for_consistency(&self) -> Option<String> {
-        match self.last {
-            Some(l) if l >= self.stop => None,
-            last => Some(pgwal::segment_name(
+        (!self.consistent()).then(|| {
+            pgwal::segment_name(
                 self.timeline,
-                last.map_or(self.start, |l| l + 1),
+                self.last.map_or(self.start, |l| l + 1),
                 self.seg_size,
-            )),
-        }
+            )
+        })
     }
 
     fn gap_name(&self) -> Option<String> {
@@ -638,6 +638,13 @@ impl Chain {
         self.last
             .and_then(|l| archived_name(&self.listing, l, self.timeline, self.seg_size))
     }
+}
+
+/// The manifest's system identifier.
+fn parse_system_id(info: &PhysicalInfo) -> Result<u64> {
+    info.system_id
+        .parse()
+        .map_err(|_| Error::integrity("the manifest's system_id is malformed"))
 }
 
 /// The archive of one cluster, as `timeline` shows it.
@@ -769,35 +776,21 @@ pub fn timeline(repo: &Repository, system_id: u64, source: &str) -> Result<Timel
         .map(|t| jiff::Timestamp::now().as_second() - t.as_second());
     let mut base_backups = Vec::new();
     for (m, p) in bases {
-        let start = WalFile::parse(&p.start_wal).and_then(|f| f.segno(seg_size));
-        let stop = WalFile::parse(&p.stop_wal).and_then(|f| f.segno(seg_size));
-        let (Some(start), Some(stop)) = (start, stop) else {
+        let Ok(chain) = Chain::in_listing(std::borrow::Cow::Borrowed(&listing), p) else {
             continue;
         };
-        let (last, gap) = run_from(&listing, start, p.timeline, seg_size);
-        let consistent = last.is_some_and(|l| l >= stop);
-        let to_segment = last
-            .filter(|_| consistent)
-            .and_then(|n| archived_name(&listing, n, p.timeline, seg_size));
+        let to_segment = chain.last_name().filter(|_| chain.consistent());
         let to = to_segment
             .as_deref()
             .and_then(|f| archived_at(repo, system_id, f));
-        let broken_at = match (consistent, last) {
-            (false, last) => Some(pgwal::segment_name(
-                p.timeline,
-                last.map_or(start, |l| l + 1),
-                seg_size,
-            )),
-            (true, _) => gap.map(|g| pgwal::segment_name(p.timeline, g, seg_size)),
-        };
         base_backups.push(BaseWindow {
             id: m.id.clone(),
             timeline: p.timeline,
             from: p.stop_time.clone(),
             to,
             to_segment,
-            broken_at,
-            consistent,
+            broken_at: chain.missing_for_consistency().or_else(|| chain.gap_name()),
+            consistent: chain.consistent(),
         });
     }
     Ok(TimelineReport {
@@ -877,18 +870,8 @@ pub fn drill(
     keep_tablespaces_inside(&data, &info)?;
     // The drill replays the backup's own timeline (`recovery_target_timeline = 'current'`):
     // a later timeline may be another restore's, whose WAL was never archived in full.
-    let chain = Chain::of(repo, &info, true)?;
-    let Chain {
-        system_id,
-        seg_size,
-        start,
-        stop,
-        ..
-    } = chain;
-    let listing = chain.listing;
-    let (last, gap) = (chain.last, chain.gap);
-    let Some(last) = last.filter(|l| *l >= stop) else {
-        let missing = pgwal::segment_name(info.timeline, last.map_or(start, |l| l + 1), seg_size);
+    let chain = Chain::of(repo, &info)?;
+    if let Some(missing) = chain.missing_for_consistency() {
         report.check.push(
             WAL_STEP,
             false,
@@ -897,33 +880,29 @@ pub fn drill(
             ),
         );
         return Ok(report);
-    };
-    match gap {
+    }
+    match chain.gap_name() {
         None => report.check.push(
             "WAL chain after the backup",
             true,
-            format!(
-                "unbroken to {}",
-                archived_name(&listing, last, info.timeline, seg_size).unwrap_or_default()
-            ),
+            format!("unbroken to {}", chain.last_name().unwrap_or_default()),
         ),
-        Some(g) => report.check.push(
+        Some(gap) => report.check.push(
             "WAL chain after the backup",
             false,
-            format!(
-                "segment {} is missing: WAL archived after it cannot be replayed",
-                pgwal::segment_name(info.timeline, g, seg_size)
-            ),
+            format!("segment {gap} is missing: WAL archived after it cannot be replayed"),
         ),
     };
+    let (system_id, seg_size) = (chain.system_id, chain.seg_size);
     // What recovery will ask for, in the order it will: timeline histories, then segments.
-    let mut plan: Vec<String> = listing
+    let mut plan: Vec<String> = chain
+        .listing
         .iter()
         .filter(|l| matches!(l.kind, WalFile::History { .. }))
         .map(|l| l.file.clone())
         .collect();
-    for n in start..=last {
-        plan.extend(archived_name(&listing, n, info.timeline, seg_size));
+    for n in chain.start..=chain.last.unwrap_or(chain.stop) {
+        plan.extend(archived_name(&chain.listing, n, chain.timeline, seg_size));
     }
     let feed = Feed::create(cluster.dir(), &plan, cluster.run_as())?;
     let conf = format!(
@@ -1002,7 +981,7 @@ pub fn check_restored(
         Ok(client) => verify_backup_manifest(&client.path, data),
         Err(e) => (false, e.to_string()),
     };
-    let wal = match physical_info(m).and_then(|info| Chain::of(repo, info, false)) {
+    let wal = match physical_info(m).and_then(|info| Chain::of(repo, info)) {
         Ok(c) => match c.missing_for_consistency() {
             None => (
                 true,
@@ -1318,8 +1297,18 @@ pub fn check_archive(
         .iter()
         .filter_map(|m| Some((m, physical_info(m).ok()?)))
         .collect();
+    // One listing per cluster, for every backup of it and the read below.
+    let mut listings: BTreeMap<u64, Vec<Listed>> = BTreeMap::new();
+    for id in &systems {
+        listings.insert(*id, pgwal::list(repo.storage(), *id)?);
+    }
     for &(m, info) in &physical {
-        let chain = Chain::of(repo, info, false)?;
+        let id = parse_system_id(info)?;
+        let listing = match listings.get(&id) {
+            Some(l) => std::borrow::Cow::Borrowed(l.as_slice()),
+            None => std::borrow::Cow::Owned(Vec::new()),
+        };
+        let chain = Chain::in_listing(listing, info)?;
         if let Some(missing) = chain.missing_for_consistency() {
             problems.push((
                 pgwal::object_name(chain.system_id, &missing),
@@ -1338,14 +1327,13 @@ pub fn check_archive(
             }
         }
     }
-    for id in systems {
-        let listing = pgwal::list(repo.storage(), id)?;
+    for (&id, listing) in &listings {
         report.files += listing.len();
         report.bytes += listing.iter().map(|l| l.size).sum::<u64>();
         if !read_data {
             continue;
         }
-        for l in &listing {
+        for l in listing {
             crate::interrupt::check()?;
             let read = pgwal::fetch(repo, repo.storage(), id, &l.file).and_then(|got| {
                 let (_, data) = got.ok_or_else(|| Error::not_found("gone"))?;
