@@ -339,6 +339,22 @@ CONF
     unset PGPASSWORD PGSERVICE PGSERVICEFILE PGPASSFILE PGOPTIONS
     log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$port, data in $dir/data"
 }
+# make_pg_bench_db -> database $DBNAME on the running cluster (start_pg): `pgbench -i -s
+# $SCALE`, then `docs (id, body)` with TEXT_MB*1000 rows of random-word text (pg_docs.py);
+# vacuumed and checkpointed. Sets PGDATABASE and DOCS_ROWS. The caller defines q (psql, -c
+# or stdin) and die, and sets PGBENCH, RUN and HERE (the bench folder).
+make_pg_bench_db() {
+    local rows=$((TEXT_MB * 1000))
+    q -c "CREATE DATABASE $DBNAME"
+    export PGDATABASE=$DBNAME
+    log "pgbench -i -s $SCALE"
+    "$PGBENCH" -i -q -s "$SCALE" "$DBNAME" >"$RUN/pgbench-init.log" 2>&1 || { tail "$RUN/pgbench-init.log" >&2; die "pgbench -i failed"; }
+    log "docs: $rows rows of random words (~$TEXT_MB MB), COPY from pg_docs.py"
+    q -c "CREATE TABLE docs (id bigint PRIMARY KEY, body text NOT NULL)" || die "CREATE TABLE docs"
+    python3 "$HERE/pg_docs.py" docs "$rows" 1 | q -c "COPY docs FROM STDIN" || die "loading docs failed"
+    q -c "VACUUM ANALYZE" && q -c CHECKPOINT || die "VACUUM"
+    DOCS_ROWS=$rows
+}
 # Stop our cluster (fast shutdown; SIGQUIT to its postmaster by pid if that fails).
 stop_pg() {
     [[ -n $PG_DIR ]] || return 0

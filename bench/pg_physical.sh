@@ -204,7 +204,7 @@ wait_archived() {
 setup_cluster() {
     start_pg "$RUN/pg"
     DATA=$RUN/pg/data SOCK=$RUN/pg/sock PG_LOG=$RUN/pg/pg.log
-    make_db
+    make_pg_bench_db
     log "archiving on: archive_mode=on, wal_level=replica, full_page_writes=on (restart)"
     PGBR_REPO=$RUN/pgbr-repo PGBR_CONF=$RUN/pgbackrest/pgbackrest.conf
     write_pgbr_conf "$PGBR_CONF" "$PGBR_REPO" "$DATA"
@@ -258,17 +258,6 @@ write_pgbr_conf() {
     [[ $(id -u) == 0 ]] && chown postgres: "$f"
 }
 
-make_db() {
-    local rows=$((TEXT_MB * 1000))
-    q -c "CREATE DATABASE $DBNAME"
-    export PGDATABASE=$DBNAME
-    log "pgbench -i -s $SCALE"
-    "$PGBENCH" -i -q -s "$SCALE" "$DBNAME" >"$RUN/pgbench-init.log" 2>&1 || { tail "$RUN/pgbench-init.log" >&2; die "pgbench -i failed"; }
-    log "docs: $rows rows of random words (~$TEXT_MB MB), COPY from pg_docs.py"
-    q -c "CREATE TABLE docs (id bigint PRIMARY KEY, body text NOT NULL)" || die "CREATE TABLE docs"
-    python3 "$HERE/pg_docs.py" docs "$rows" 1 | q -c "COPY docs FROM STDIN" || die "loading docs failed"
-    q -c "VACUUM ANALYZE" && q -c CHECKPOINT || die "VACUUM"
-}
 
 # --- step 1: full backups ----------------------------------------------------------------
 

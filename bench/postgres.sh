@@ -209,18 +209,6 @@ check_restore() {
 
 # --- the database ---------------------------------------------------------------------
 
-make_db() {
-    local rows=$((TEXT_MB * 1000))
-    q -c "CREATE DATABASE $DBNAME"
-    export PGDATABASE=$DBNAME
-    log "pgbench -i -s $SCALE"
-    "$PGBENCH" -i -q -s "$SCALE" "$DBNAME" >"$RUN/pgbench-init.log" 2>&1 || { tail "$RUN/pgbench-init.log" >&2; die "pgbench -i failed"; }
-    log "docs: $rows rows of random words (~$TEXT_MB MB), COPY from pg_docs.py"
-    q -c "CREATE TABLE docs (id bigint PRIMARY KEY, body text NOT NULL)" || die "CREATE TABLE docs"
-    python3 "$HERE/pg_docs.py" docs "$rows" 1 | q -c "COPY docs FROM STDIN" || die "loading docs failed"
-    q -c "VACUUM ANALYZE" && q -c CHECKPOINT || die "VACUUM"
-    DOCS_ROWS=$rows
-}
 
 # The writes between the two backups.
 change_db() {
@@ -494,7 +482,7 @@ main() {
     local cache="cold page cache before every timed run (CHECKPOINT, sync, drop_caches)"
     ((DROP_OK)) || cache="WARM page cache (drop_caches not writable); CHECKPOINT before every timed run"
     start_pg "$RUN/pg"
-    make_db
+    make_pg_bench_db
     SOURCE_COUNTS=""   # set after the change
     {
         echo "# PostgreSQL benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores (shared), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(lifeboat_version)"

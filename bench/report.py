@@ -62,6 +62,24 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a is not None and b else "-"
 
 
+def md_escape(text):
+    """Text for a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def md_targets(result):
+    """The markdown lines of a targets table (desc, measured, limit, verdict, why per
+    target) and the count of those met, missed and not measured."""
+    out = ["| target (issue) | measured | limit | verdict |", "|---|---:|---:|---|"]
+    for desc, got, limit, verdict, why in result:
+        cell = f"**{verdict}**" + (f" ({md_escape(why)})" if why else "")
+        out.append(f"| {md_escape(desc)} | {got} | {limit} | {cell} |")
+    met = sum(1 for t in result if t[3] == "met")
+    missed = sum(1 for t in result if t[3] in ("missed", "failed"))
+    out += ["", f"{met} of {len(result)} targets met, {missed} missed, {len(result) - met - missed} not measured"]
+    return out
+
+
 def aligned(table):
     """Rows of cells as text lines, columns padded; the last column (notes) is left ragged.
     The first row is the heading, underlined."""

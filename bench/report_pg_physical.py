@@ -25,7 +25,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The same results format, checks and formatting as the other reports.
-from report import failed_check as failed, human, load as load_results, ratio  # noqa: E402
+from report import failed_check as failed, human, load as load_results, md_escape, md_targets, ratio  # noqa: E402
 
 LIFEBOAT = "lifeboat"
 LIFEBOAT_ENC = "lifeboat (encrypted)"
@@ -40,10 +40,6 @@ SEGS_PER_SEC = 50.0    # wal-push, Lifeboat unencrypted
 def load(path):
     header, rows, _ = load_results(path)
     return header, rows
-
-
-def md_escape(text):
-    return text.replace("|", "\\|")
 
 
 def segments_per_sec(row):
@@ -123,15 +119,7 @@ def report(header, rows):
             " incremental (`--type=incr`), its restore, its synchronous `archive-push`."
             " Bytes leave archived WAL out, except in wal-push (the repository after the pushes).", ""]
 
-    result = targets(get, rows)
-    out.append("| target (issue) | measured | limit | verdict |")
-    out.append("|---|---:|---:|---|")
-    for desc, got, limit, verdict, why in result:
-        cell = f"**{verdict}**" + (f" ({md_escape(why)})" if why else "")
-        out.append(f"| {md_escape(desc)} | {got} | {limit} | {cell} |")
-    met = sum(1 for t in result if t[3] == "met")
-    missed = sum(1 for t in result if t[3] in ("missed", "failed"))
-    out += ["", f"{met} of {len(result)} targets met, {missed} missed, {len(result) - met - missed} not measured"]
+    out += md_targets(targets(get, rows))
     return "\n".join(out)
 
 

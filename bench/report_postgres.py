@@ -24,7 +24,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The same results format, checks and formatting as the SQLite report.
-from report import failed_check as failed, human, load as load_results, ratio  # noqa: E402
+from report import failed_check as failed, human, load as load_results, md_escape, md_targets, ratio  # noqa: E402
 
 LIFEBOAT = "lifeboat"
 LIFEBOAT_ENC = "lifeboat (encrypted)"
@@ -38,10 +38,6 @@ RSS_LIMIT_KIB = 256 * 1024
 def load(path):
     header, rows, _ = load_results(path)
     return header, rows
-
-
-def md_escape(text):
-    return text.replace("|", "\\|")
 
 
 def targets(get, rows):
@@ -114,15 +110,7 @@ def report(header, rows):
     out += ["", "References: full backup -> `pg_dump | zstd -T0 -3` (time and bytes); second backup ->"
             " bytes of a new `pg_dump | zstd -T0 -3` of the changed database; restore -> `pg_restore -j2`.", ""]
 
-    result = targets(get, rows)
-    out.append("| target (issue) | measured | limit | verdict |")
-    out.append("|---|---:|---:|---|")
-    for desc, got, limit, verdict, why in result:
-        cell = f"**{verdict}**" + (f" ({md_escape(why)})" if why else "")
-        out.append(f"| {md_escape(desc)} | {got} | {limit} | {cell} |")
-    met = sum(1 for t in result if t[3] == "met")
-    missed = sum(1 for t in result if t[3] in ("missed", "failed"))
-    out += ["", f"{met} of {len(result)} targets met, {missed} missed, {len(result) - met - missed} not measured"]
+    out += md_targets(targets(get, rows))
     return "\n".join(out)
 
 
