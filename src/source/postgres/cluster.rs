@@ -140,22 +140,14 @@ impl Cluster {
             .try_clone()
             .map_err(|e| Error::io("cannot open", &log_path, e))?;
         let postgres = cluster.bin.join("postgres");
-        let mut cmd = Command::new(&postgres);
+        let mut cmd = cluster.server_program(&postgres);
         for (k, v) in settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
         cmd.arg("-D")
             .arg(&data)
-            .stdin(Stdio::null())
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .current_dir(cluster.dir.path());
-        // Nothing of Lifeboat's environment (a passphrase, cloud keys) reaches the server,
-        // which runs what the backed-up settings say.
-        clean_env(&mut cmd, cluster.dir.path());
-        if let Some((uid, gid)) = cluster.run_as {
-            cmd.uid(uid).gid(gid);
-        }
+            .stderr(Stdio::from(log_err));
         cluster.server = Some(tools::Guarded::spawn(&mut cmd, &postgres)?);
         cluster.wait_ready(&data)
     }
@@ -253,18 +245,23 @@ impl Cluster {
         PgTarget::parse(&u.to_string().replacen("//localhost/", "///", 1))
     }
 
-    fn run(&self, program: &str, args: &[&str]) -> Result<()> {
-        let path = self.bin.join(program);
-        let mut cmd = Command::new(&path);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .current_dir(self.dir.path());
+    /// A server program, run in the cluster's folder as the server's user, with none of
+    /// Lifeboat's environment (a passphrase, cloud keys): the server runs what the
+    /// backed-up settings say.
+    fn server_program(&self, path: &Path) -> Command {
+        let mut cmd = Command::new(path);
+        cmd.stdin(Stdio::null()).current_dir(self.dir.path());
         clean_env(&mut cmd, self.dir.path());
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid);
         }
+        cmd
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<()> {
+        let path = self.bin.join(program);
+        let mut cmd = self.server_program(&path);
+        cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
         let out = cmd
             .output()
             .map_err(|e| Error::io("cannot run", &path, e))?;
@@ -335,17 +332,8 @@ pub fn append_conf(path: &Path, text: &str) -> Result<()> {
 /// (`postgres -C`), run as the server's user.
 pub fn effective_setting(cluster: &Cluster, name: &str) -> Result<String> {
     let program = cluster.bin.join("postgres");
-    let mut cmd = Command::new(&program);
-    cmd.arg("-C")
-        .arg(name)
-        .arg("-D")
-        .arg(cluster.data())
-        .stdin(Stdio::null())
-        .current_dir(cluster.dir.path());
-    clean_env(&mut cmd, cluster.dir.path());
-    if let Some((uid, gid)) = cluster.run_as {
-        cmd.uid(uid).gid(gid);
-    }
+    let mut cmd = cluster.server_program(&program);
+    cmd.arg("-C").arg(name).arg("-D").arg(cluster.data());
     let out = cmd
         .output()
         .map_err(|e| Error::io("cannot run", &program, e))?;
