@@ -35,6 +35,118 @@ pub struct FileConfig {
     pub replicate: Option<ReplicateSection>,
     /// `lifeboat drill`: `[drill]`.
     pub drill: Option<DrillSection>,
+    /// `lifeboat daemon`: `[daemon]`, its tokens and webhooks.
+    pub daemon: Option<DaemonSection>,
+    /// What `lifeboat daemon` protects: `[[source]]`, one table per source.
+    #[serde(default)]
+    pub source: Vec<SourceSection>,
+}
+
+/// `[daemon]`: the HTTP API, its tokens, webhooks and the repository-wide jobs.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// Address of the HTTP API (default `127.0.0.1:7474`); `off` for none.
+    pub listen: Option<String>,
+    /// A PEM certificate chain and its key: the API is served over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(default)]
+    pub token: Vec<TokenSection>,
+    #[serde(default)]
+    pub webhook: Vec<WebhookSection>,
+    /// When `forget` (with the `[retention]` policies) and `prune` run, e.g. `0 3 * * *`.
+    pub retention: Option<String>,
+    /// Health checks of every source (default `every 6h`).
+    pub health: Option<String>,
+    /// Folders an API restore may write into.
+    #[serde(default)]
+    pub restore_dirs: Vec<PathBuf>,
+    /// Where the daemon keeps its lock, schedule state and delivery log.
+    pub state_dir: Option<PathBuf>,
+    /// Retries of a failed scheduled job before it waits for its next run (default 3).
+    pub retries: Option<u32>,
+    /// Wait before the first retry, doubled for each next one (default `1m`).
+    pub retry_delay: Option<String>,
+    /// Requests served at once (default 64); more wait.
+    pub max_requests: Option<usize>,
+    /// Used fraction of a local target's disk that is reported as low storage (0.85).
+    pub storage_warn: Option<f64>,
+    /// A backup smaller than this fraction of the median of the previous ones is flagged
+    /// by the health check (0.5).
+    pub size_drop: Option<f64>,
+    /// How often the catalog looks for backups other processes made (default `30s`).
+    pub refresh: Option<String>,
+}
+
+/// `[[daemon.token]]`: a bearer token of the API and what it may do.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    pub name: String,
+    /// A file whose first line is the token.
+    pub file: Option<PathBuf>,
+    /// A variable holding the token.
+    pub env: Option<String>,
+    /// The token's SHA-256, `sha256:HEX` (the token itself is then written nowhere).
+    pub sha256: Option<String>,
+    /// `read`, `backup`, `restore`, `admin`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `[[daemon.webhook]]`: where events are posted.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    pub url: String,
+    /// The HMAC-SHA256 key of the signature header: a file (first line) or a variable.
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
+    /// Events sent (default all); `failures` is every failure event.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// `json` (default) or `slack` (a Slack-compatible `{"text": …}` body).
+    pub format: Option<String>,
+    /// Deliveries tried before giving up (default 5).
+    pub attempts: Option<u32>,
+    /// Wait before the first retry, doubled each time (default `2s`).
+    pub retry_delay: Option<String>,
+    pub timeout: Option<String>,
+}
+
+/// `[[source]]`: one thing the daemon backs up, and its jobs.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// Anything `lifeboat backup` takes: a SQLite/DuckDB file, a folder, `postgres://…`.
+    pub path: String,
+    /// What the API and metrics call it (default: the path).
+    pub name: Option<String>,
+    /// `sqlite`, `duckdb`, `files`, `postgres` (found from the path when not given).
+    pub kind: Option<String>,
+    /// `every 6h`, `every 1d at 02:00`, `every 1h jitter 5m`, a cron expression
+    /// (`0 2 * * *`), `continuous` (SQLite: replicate every commit) or `off`.
+    pub schedule: Option<String>,
+    /// Restore drills, verifications and health checks of this source.
+    pub drill: Option<String>,
+    pub verify: Option<String>,
+    pub health: Option<String>,
+    /// A PostgreSQL cluster's physical base backup instead of a dump.
+    #[serde(default)]
+    pub physical: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Files sources: patterns left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Commands run (by `sh -c`) before and after each backup; a failing `before` cancels it.
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// Time limit of each command (default `5m`).
+    pub command_timeout: Option<String>,
+    /// SQL a drill runs in the restored database; passes when its first value is true.
+    pub drill_query: Option<String>,
 }
 
 /// Settings of restore drills.
@@ -260,7 +372,7 @@ pub fn load(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>)> {
         .map_err(|e| Error::io("cannot read config file", &path, e))?;
     let cfg: FileConfig = toml::from_str(&text).map_err(|e| {
         Error::usage(format!("config file {} is invalid: {e}", path.display()))
-            .hint("valid keys: repo, compression, level, verify, temp_dir, transfers, replicas, timezone, [retention], [target]; see the README")
+            .hint("valid keys: repo, compression, level, verify, temp_dir, transfers, replicas, timezone, [retention], [target], [replicate], [drill], [daemon], [[source]]; see the README and docs/DAEMON.md")
     })?;
     Ok((cfg, Some(path)))
 }
@@ -332,6 +444,30 @@ pub fn missing_repo_hint(location: &str, known: &[String]) -> String {
                  repo init` (--encrypt to encrypt it), or add --init to `backup`"
             .to_string(),
     }
+}
+
+/// A duration as the config and flags write it: `1s`, `500ms`, `5m`, `1h`, `7d`, or seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 500ms, 5m, 1h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    };
+    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
+        return Err(format!("{s:?} is not a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]

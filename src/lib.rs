@@ -5,6 +5,7 @@
 //! `repo::pack` → `storage`; `ops::restore` and `ops::verify` walk it backwards.
 
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod error;

@@ -260,11 +260,11 @@ enum Command {
         databases: Vec<PathBuf>,
         /// The longest a commit waits before it is shipped (e.g. 1s, 500ms). Default: the
         /// config file's `[replicate.source."PATH"]` or `[replicate]` interval, else 1s.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = config::parse_duration)]
         interval: Option<std::time::Duration>,
         /// Take a new base after this long (bounds restore time; e.g. 1h, 30m). Default: as
         /// for --interval (`base_every`), else 1h.
-        #[arg(long, value_parser = parse_duration)]
+        #[arg(long, value_parser = config::parse_duration)]
         base_every: Option<std::time::Duration>,
         /// Create the repository if it does not exist.
         #[arg(long, env = "LIFEBOAT_INIT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
@@ -456,6 +456,14 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Run the schedules of lifeboat.toml's [[source]] tables (backups, replication, verify,
+    /// drills, health checks, retention), the HTTP API, /metrics and webhooks, in the
+    /// foreground until SIGTERM (SIGHUP reloads the config). See docs/DAEMON.md.
+    Daemon {
+        /// Check the config (schedules, tokens, webhooks, secrets) and print what would run.
+        #[arg(long)]
+        check_config: bool,
+    },
     /// Create a sample database and back it up, to see Lifeboat work end to end.
     Demo {
         /// Where to create the sample database. Default: ~/.local/share/lifeboat/demo.db
@@ -561,6 +569,10 @@ struct BackupArgs {
     /// Tag the backup (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// Why this backup is taken (pre-migration, pre-deploy, …): recorded in it, shown by
+    /// list and the API, and a filter of both.
+    #[arg(long, default_value = "manual")]
+    trigger: String,
     /// zstd (default), gzip, lz4 or none.
     #[arg(long, env = "LIFEBOAT_COMPRESSION")]
     compression: Option<String>,
@@ -736,7 +748,14 @@ fn main() {
         }));
     }
     cli::argv::hide_uri_passwords();
+    let daemon = matches!(
+        cli.command,
+        Command::Daemon {
+            check_config: false
+        }
+    );
     let filter = match cli.verbose {
+        0 if daemon => "info",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -956,6 +975,7 @@ fn run(cli: Cli) -> Result<i32> {
             RepoCommand::Repair { dry_run } => cli::repair::cmd_repair(&ctx, dry_run),
         },
         Command::Demo { db, rows } => cmd_demo(&ctx, db, rows),
+        Command::Daemon { check_config } => cmd_daemon(&ctx, check_config),
         Command::Key { command } => cmd_key(&ctx, command),
         Command::Replica { command } => cmd_replica(&ctx, command),
         Command::Sync { target } => cmd_sync(&ctx, target),
@@ -965,6 +985,23 @@ fn run(cli: Cli) -> Result<i32> {
         Command::Pin { id, source } => cli::retention::cmd_pin(&ctx, &id, source, true),
         Command::Unpin { id, source } => cli::retention::cmd_pin(&ctx, &id, source, false),
     }
+}
+
+fn cmd_daemon(ctx: &Ctx, check_config: bool) -> Result<i32> {
+    let opts = lifeboat::daemon::Options {
+        config_path: ctx.config_path.clone(),
+        repo: (ctx.opener.origin == config::Origin::FlagOrEnv).then(|| ctx.opener.location.clone()),
+        passphrase: ctx.opener.passphrase.clone(),
+        identity: ctx.opener.identity.clone(),
+        accept_change: ctx.opener.accept_change,
+    };
+    if check_config {
+        print!("{}", lifeboat::daemon::check_config(&opts)?);
+        println!("config OK");
+        return Ok(0);
+    }
+    lifeboat::daemon::run(opts)?;
+    Ok(0)
 }
 
 fn compression(ctx: &Ctx, codec: Option<String>, level: Option<i32>) -> Result<Compression> {
@@ -1039,6 +1076,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let run = several
         .then(|| lifeboat::id::new_backup_id(time.map_or(0, |t| t.as_millisecond().max(0) as u64)));
     let level = verify_level(ctx, a.verify, a.no_verify)?;
+    lifeboat::daemon::api::check_label("--trigger", &a.trigger)?;
     let mut runs = Vec::new();
     for (source, globals) in sources {
         // Check each source before creating a repository for it.
@@ -1059,7 +1097,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
             run: run.clone(),
             description: a.description.clone(),
             tags: a.tags.clone(),
-            trigger: "manual".into(),
+            trigger: a.trigger.clone(),
             compression: compression(ctx, a.compression.clone(), a.level)?,
             verify: level,
             progress: ctx.progress(),
@@ -1977,11 +2015,7 @@ fn cmd_drill(
     if !ctx.json {
         println!("drill {} of {} ({})", m.id, m.source.path, m.time);
     }
-    let report = if is_physical {
-        lifeboat::ops::pg_physical::drill(&repo, &m, opts.query.as_deref(), &ctx.progress())?
-    } else {
-        lifeboat::ops::pg::drill(&repo, &m, &opts, &ctx.progress())?
-    };
+    let report = lifeboat::ops::drill::drill(&repo, &m, &opts, &ctx.progress())?;
     ctx.record(&repo);
     if ctx.json {
         println!("{}", json!(report));
@@ -2015,29 +2049,6 @@ fn cmd_drill(
 }
 
 /// `1s`, `500ms`, `2m`, `1h`, `1d`, or a number of seconds.
-fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: f64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 1s, 500ms, 5m, 1h)"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "ms" => n / 1000.0,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
-    };
-    if !(secs.is_finite() && secs > 0.0 && secs < 1e9) {
-        return Err(format!("{s:?} is not a positive duration"));
-    }
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
-
 fn cmd_replicate(
     ctx: &Ctx,
     databases: Vec<PathBuf>,
@@ -2053,7 +2064,7 @@ fn cmd_replicate(
      -> Result<std::time::Duration> {
         match (flag, file) {
             (Some(d), _) => Ok(d),
-            (None, Some(text)) => parse_duration(text)
+            (None, Some(text)) => config::parse_duration(text)
                 .map_err(|e| Error::usage(format!("{key} in [replicate] of the config file: {e}"))),
             (None, None) => Ok(default),
         }

@@ -45,6 +45,15 @@ impl Progress {
         self.bar.inc(bytes);
     }
 
+    /// The step's name, bytes done and total (what the daemon's job status shows).
+    pub fn snapshot(&self) -> (String, u64, u64) {
+        (
+            self.bar.message(),
+            self.bar.position(),
+            self.bar.length().unwrap_or(0),
+        )
+    }
+
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod drill;
 pub mod forget;
 pub mod pg;
 pub mod pg_physical;

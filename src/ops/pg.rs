@@ -877,7 +877,7 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
-    fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+    pub(crate) fn push(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
         self.check.push(name, ok, detail);
     }
 

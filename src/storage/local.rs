@@ -312,7 +312,12 @@ pub fn create_private_file(path: &Path) -> Result<File> {
 /// Replace `path` with a private (0600) file holding `data`, atomically: written beside it
 /// under a name of this process, synced, renamed over it; nothing is left on failure.
 pub fn write_private_file(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // Unique per call: a daemon's threads may write the same file at once.
+    let tmp = path.with_extension(format!(
+        "tmp-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let written = create_private_file(&tmp)
         .and_then(|mut f| {
             f.write_all(data)

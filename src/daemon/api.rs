@@ -1,0 +1,644 @@
+//! The HTTP API (`/api/v1`, JSON), `/metrics` and the status page, on axum. Every route
+//! but the health probes and the OpenAPI document needs a bearer token from the config with
+//! the route's scope; tokens are compared as SHA-256 digests in constant time. Lists and
+//! status are answered from memory; work (a backup, a verify, a drill, a restore) becomes a
+//! job, answered 202 with the job to follow.
+
+// Handlers return a ready response as their error: that is how axum answers.
+#![allow(clippy::result_large_err)]
+
+use super::config::Scope;
+use super::jobs::{JobKind, JobView};
+use super::Daemon;
+use crate::error::{Error, ErrorKind};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+type D = State<Arc<Daemon>>;
+
+/// The OpenAPI document, as served at `/api/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn router(d: Arc<Daemon>) -> Router {
+    let max = d.config().max_requests;
+    Router::new()
+        .route("/", get(page))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/health/live", get(live))
+        .route("/api/v1/health/ready", get(ready))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/sources", get(sources))
+        .route("/api/v1/backups", get(list_backups).post(create_backup))
+        .route("/api/v1/backups/{id}", get(show_backup))
+        .route("/api/v1/backups/{id}/verify", post(verify_backup))
+        .route("/api/v1/backups/{id}/drill", post(drill_backup))
+        .route("/api/v1/backups/{id}/restore", post(restore_backup))
+        .route("/api/v1/backups/{id}/download", get(download_backup))
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{id}", get(show_job))
+        .route("/api/v1/jobs/{id}/events", get(job_events))
+        .route("/api/v1/webhooks/deliveries", get(deliveries))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(max))
+        .with_state(d)
+}
+
+/// Serve until the daemon stops.
+pub async fn serve(d: Arc<Daemon>, listener: tokio::net::TcpListener) {
+    let app = router(d.clone());
+    let stop = {
+        let d = d.clone();
+        async move {
+            while !d.stopping() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let served = match d.config().tls.clone() {
+        Some((cert, key)) => super::tls::serve(listener, app, &cert, &key, stop).await,
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+            .map_err(|e| Error::internal(format!("the API stopped: {e}"))),
+    };
+    if let Err(e) = served {
+        tracing::error!("{e}");
+    }
+}
+
+/// An error as JSON, with the HTTP status its kind calls for.
+pub fn error_response(e: &Error) -> Response {
+    let status = match e.kind {
+        ErrorKind::Usage => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::InUse | ErrorKind::Trust | ErrorKind::Aborted => StatusCode::CONFLICT,
+        ErrorKind::Auth => StatusCode::UNAUTHORIZED,
+        ErrorKind::Storage | ErrorKind::Source => StatusCode::BAD_GATEWAY,
+        ErrorKind::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Integrity | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = json!({"error": {"kind": format!("{:?}", e.kind).to_lowercase(), "message": e.message, "hint": e.hint}});
+    (status, Json(body)).into_response()
+}
+
+fn refuse(status: StatusCode, message: &str, hint: &str) -> Response {
+    let mut r = (
+        status,
+        Json(json!({"error": {"message": message, "hint": hint}})),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        // Browsers then ask (any user name, the token as password) for the status page.
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"lifeboat\", Basic realm=\"lifeboat\""),
+        );
+    }
+    r
+}
+
+/// The token a request carries: `Authorization: Bearer T`, or Basic with T as the password.
+fn presented(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "bearer" => Some(rest.trim().to_string()),
+        "basic" => {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            Some(text.split_once(':')?.1.to_string())
+        }
+        _ => None,
+    }
+}
+
+/// Check the request's token for `scope`: 401 without a known token, 403 without the scope.
+fn authorize(d: &Daemon, headers: &HeaderMap, scope: Scope) -> Result<String, Response> {
+    let cfg = d.config();
+    let Some(token) = presented(headers) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "this needs a token",
+            "send Authorization: Bearer TOKEN (a [[daemon.token]] of the daemon's config)",
+        ));
+    };
+    let digest = super::config::token_hash(&token);
+    // Every token is compared, the same way, whichever matches.
+    let mut found = None;
+    for t in &cfg.tokens {
+        if same_digest(&t.sha256, &digest) {
+            found = Some(t);
+        }
+    }
+    let Some(t) = found else {
+        tracing::warn!("API: a request with an unknown token was refused");
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "unknown token",
+            "check the token against the [[daemon.token]] files of the daemon's config",
+        ));
+    };
+    if !t.allows(scope) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "token {:?} does not have the {} scope",
+                t.name,
+                scope.name()
+            ),
+            "give the token that scope in [[daemon.token]] scopes, or use another token",
+        ));
+    }
+    Ok(t.name.clone())
+}
+
+/// Equal digests, compared in time that does not depend on where they differ.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+macro_rules! authorized {
+    ($d:expr, $headers:expr, $scope:expr) => {
+        match authorize(&$d, &$headers, $scope) {
+            Ok(name) => name,
+            Err(r) => return r,
+        }
+    };
+}
+
+async fn not_found() -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "no such route",
+        "GET /api/v1/openapi.json lists the API",
+    )
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn live(State(d): D) -> Response {
+    Json(json!({"status": "live", "uptime_s": d.uptime().as_secs()})).into_response()
+}
+
+async fn ready(State(d): D) -> Response {
+    if d.ready.load(std::sync::atomic::Ordering::SeqCst) && !d.stopping() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": if d.stopping() { "stopping" } else { "starting" }})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(d): D, headers: HeaderMap) -> Response {
+    authorized!(d, headers, Scope::Read);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        d.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(d): D, headers: HeaderMap) -> Response {
+    authorized!(d, headers, Scope::Read);
+    Json(super::view::status(&d)).into_response()
+}
+
+async fn page(State(d): D, headers: HeaderMap) -> Response {
+    authorized!(d, headers, Scope::Read);
+    let html = super::page::render(&super::view::status(&d));
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        html,
+    )
+        .into_response()
+}
+
+async fn sources(State(d): D, headers: HeaderMap) -> Response {
+    authorized!(d, headers, Scope::Read);
+    let cfg = d.config();
+    let list: Vec<_> = cfg
+        .sources
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name, "path": s.path, "schedule": s.schedule.describe(),
+                "verify": s.verify.as_ref().map(|x| x.describe()),
+                "drill": s.drill.as_ref().map(|x| x.describe()),
+                "health": s.health.describe(), "tags": s.tags,
+            })
+        })
+        .collect();
+    Json(json!({ "sources": list })).into_response()
+}
+
+async fn list_backups(
+    State(d): D,
+    headers: HeaderMap,
+    query: Result<Query<super::catalog::Query>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    authorized!(d, headers, Scope::Read);
+    let Query(mut q) =
+        match query {
+            Ok(q) => q,
+            Err(e) => {
+                return error_response(&Error::usage(e.body_text()).hint(
+                    "filters: source, kind, tag, trigger, status, since, until, limit, order",
+                ))
+            }
+        };
+    if let Some(s) = q
+        .source
+        .as_deref()
+        .and_then(|s| d.config().source(s).map(|s| s.key.clone()))
+    {
+        q.source = Some(s);
+    }
+    let catalog = match d.catalog.read() {
+        Ok(c) => c,
+        Err(_) => return error_response(&Error::internal("catalog lock poisoned")),
+    };
+    match catalog.query(&q) {
+        Ok(rows) => Json(json!({"count": rows.len(), "total": catalog.len(), "backups": rows}))
+            .into_response(),
+        Err(e) => error_response(&Error::usage(e)),
+    }
+}
+
+fn checked_id(id: &str) -> Result<String, Response> {
+    let id = id.to_ascii_lowercase();
+    if crate::id::is_backup_id(&id) || id == "latest" {
+        Ok(id)
+    } else {
+        Err(error_response(
+            &Error::usage(format!("{id:?} is not a backup id"))
+                .hint("GET /api/v1/backups lists them"),
+        ))
+    }
+}
+
+async fn show_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    authorized!(d, headers, Scope::Read);
+    let id = match checked_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let entry = d.catalog.read().ok().and_then(|c| c.get(&id).cloned());
+    let Some(entry) = entry else {
+        return error_response(
+            &Error::not_found(format!("no backup {id}")).hint("GET /api/v1/backups lists them"),
+        );
+    };
+    let d2 = d.clone();
+    let manifest = tokio::task::spawn_blocking(move || {
+        d2.catalog_repo(false).and_then(|r| r.read_manifest(&id))
+    })
+    .await;
+    match manifest {
+        Ok(Ok(m)) => Json(json!({"backup": entry, "manifest": m})).into_response(),
+        Ok(Err(e)) => error_response(&e),
+        Err(_) => error_response(&Error::internal("the manifest read panicked")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBackup {
+    source: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    trigger: Option<String>,
+}
+
+/// A trigger or tag as callers may name it: short, printable, no spaces.
+pub fn check_label(what: &str, s: &str) -> Result<(), Error> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "{what} {s:?}: 1 to 64 letters, digits, - _ . :"
+        )))
+    }
+}
+
+fn accepted(job: JobView) -> Response {
+    let location = format!("/api/v1/jobs/{}", job.id);
+    let mut r = (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+async fn create_backup(
+    State(d): D,
+    headers: HeaderMap,
+    body: Result<Json<CreateBackup>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let who = authorized!(d, headers, Scope::Backup);
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(
+                &Error::usage(e.body_text())
+                    .hint(r#"{"source": NAME, "tags": [...], "trigger": "pre-migration"}"#),
+            )
+        }
+    };
+    let trigger = req.trigger.unwrap_or_else(|| "api".into());
+    for (what, s) in
+        std::iter::once(("trigger", &trigger)).chain(req.tags.iter().map(|t| ("tag", t)))
+    {
+        if let Err(e) = check_label(what, s) {
+            return error_response(&e);
+        }
+    }
+    let cfg = d.config();
+    let Some(s) = cfg.source(&req.source) else {
+        let names: Vec<&str> = cfg.sources.iter().map(|s| s.name.as_str()).collect();
+        return error_response(
+            &Error::not_found(format!("no source {:?} in the daemon's config", req.source))
+                .hint(format!("sources: {}", names.join(", "))),
+        );
+    };
+    if s.schedule.is_continuous() && s.kind.is_none() {
+        tracing::info!("API backup of continuously replicated {}", s.name);
+    }
+    tracing::info!(
+        "API: token {who} asked for a backup of {} (trigger {trigger})",
+        s.name
+    );
+    let job = d.spawn(JobKind::Backup, s, None, &trigger, req.tags.clone());
+    accepted(job.view())
+}
+
+async fn verify_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    backup_job(d, headers, id, JobKind::Verify).await
+}
+
+async fn drill_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    backup_job(d, headers, id, JobKind::Drill).await
+}
+
+/// A verify or drill of one backup, as a job on its source's turn.
+async fn backup_job(d: Arc<Daemon>, headers: HeaderMap, id: String, kind: JobKind) -> Response {
+    authorized!(d, headers, Scope::Backup);
+    let id = match checked_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Some(entry) = d.catalog.read().ok().and_then(|c| c.get(&id).cloned()) else {
+        return error_response(
+            &Error::not_found(format!("no backup {id}")).hint("GET /api/v1/backups lists them"),
+        );
+    };
+    let cfg = d.config();
+    let source = cfg.source(&entry.source).cloned();
+    let name = source
+        .as_ref()
+        .map(|s| s.name.clone())
+        .unwrap_or(entry.source.clone());
+    let b = id.clone();
+    let body: super::Body = match kind {
+        JobKind::Verify => {
+            Box::new(move |d, job| super::work::verify(d, source.as_ref(), Some(&b), job))
+        }
+        _ => Box::new(move |d, job| super::work::drill(d, source.as_ref(), Some(&b), job)),
+    };
+    let job = d.spawn_job(kind, Some(name), Some(id), "api", body);
+    accepted(job.view())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    /// A new file or folder inside one of `[daemon] restore_dirs`.
+    to: std::path::PathBuf,
+}
+
+/// Where an API restore may write: a new path whose parent is (under) an allowed folder,
+/// with no link on the way.
+fn restore_target(d: &Daemon, to: &std::path::Path) -> Result<std::path::PathBuf, Error> {
+    let cfg = d.config();
+    if cfg.restore_dirs.is_empty() {
+        return Err(Error::usage("restores through the API are off")
+            .hint("list the folders they may write into in [daemon] restore_dirs"));
+    }
+    if !to.is_absolute()
+        || to
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::usage(format!(
+            "{} must be an absolute path without ..",
+            to.display()
+        )));
+    }
+    let (Some(parent), Some(name)) = (to.parent(), to.file_name()) else {
+        return Err(Error::usage(format!("{} names no file", to.display())));
+    };
+    let parent =
+        std::fs::canonicalize(parent).map_err(|e| Error::io("cannot restore into", parent, e))?;
+    let allowed = cfg
+        .restore_dirs
+        .iter()
+        .filter_map(|a| std::fs::canonicalize(a).ok())
+        .any(|a| parent.starts_with(&a));
+    if !allowed {
+        return Err(Error::usage(format!(
+            "{} is not inside a folder of [daemon] restore_dirs",
+            to.display()
+        )));
+    }
+    let target = parent.join(name);
+    if std::fs::symlink_metadata(&target).is_ok() {
+        return Err(Error::new(
+            ErrorKind::InUse,
+            format!(
+                "{} exists; an API restore never overwrites",
+                target.display()
+            ),
+        )
+        .hint("give a new name"));
+    }
+    Ok(target)
+}
+
+async fn restore_backup(
+    State(d): D,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<RestoreRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let who = authorized!(d, headers, Scope::Restore);
+    let id = match checked_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(
+                &Error::usage(e.body_text()).hint(r#"{"to": "/allowed/folder/new-name.db"}"#),
+            )
+        }
+    };
+    let Some(entry) = d.catalog.read().ok().and_then(|c| c.get(&id).cloned()) else {
+        return error_response(&Error::not_found(format!("no backup {id}")));
+    };
+    if entry.form == "physical" {
+        return error_response(&Error::usage(
+            "a PostgreSQL base backup is restored with `lifeboat restore ID --pgdata DIR`",
+        ));
+    }
+    let to = match restore_target(&d, &req.to) {
+        Ok(t) => t,
+        Err(e) => return error_response(&e),
+    };
+    tracing::info!("API: token {who} restores {id} to {}", to.display());
+    let name = d
+        .config()
+        .source(&entry.source)
+        .map(|s| s.name.clone())
+        .unwrap_or(entry.source.clone());
+    let b = id.clone();
+    let job = d.spawn_job(
+        JobKind::Restore,
+        Some(name),
+        Some(id),
+        "api",
+        Box::new(move |d, job| super::work::restore(d, &b, to, job)),
+    );
+    accepted(job.view())
+}
+
+async fn download_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let who = authorized!(d, headers, Scope::Restore);
+    let id = match checked_id(&id) {
+        Ok(id) => id,
+        Err(r) => return r,
+    };
+    let Some(entry) = d.catalog.read().ok().and_then(|c| c.get(&id).cloned()) else {
+        return error_response(&Error::not_found(format!("no backup {id}")));
+    };
+    if entry.form == "physical" {
+        return error_response(
+            &Error::usage("a PostgreSQL base backup is not downloaded as one file")
+                .hint("restore it with `lifeboat restore ID --pgdata DIR`"),
+        );
+    }
+    tracing::info!("API: token {who} downloads {id}");
+    let d2 = d.clone();
+    let prepared = tokio::task::spawn_blocking(move || super::download::prepare(&d2, &id)).await;
+    let file = match prepared {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return error_response(&e),
+        Err(_) => return error_response(&Error::internal("the download panicked")),
+    };
+    let mut r = Response::new(Body::from_stream(super::download::stream(file.file)));
+    let h = r.headers_mut();
+    let pairs = [
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        (header::CONTENT_LENGTH, file.size.to_string()),
+        (
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", file.name),
+        ),
+    ];
+    for (k, v) in pairs {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&file.sha256) {
+        h.insert("x-lifeboat-sha256", v);
+    }
+    r
+}
+
+async fn list_jobs(State(d): D, headers: HeaderMap) -> Response {
+    authorized!(d, headers, Scope::Read);
+    let jobs: Vec<JobView> = d.jobs.all().iter().take(200).map(|j| j.view()).collect();
+    Json(json!({ "jobs": jobs })).into_response()
+}
+
+async fn show_job(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    authorized!(d, headers, Scope::Read);
+    match d.jobs.get(&id) {
+        Some(j) => Json(json!({"job": j.view()})).into_response(),
+        None => error_response(
+            &Error::not_found(format!("no job {id}"))
+                .hint("jobs are kept in memory: a restarted daemon has forgotten older ones"),
+        ),
+    }
+}
+
+/// Server-sent events: the job as JSON every half second while it changes, until it ends.
+async fn job_events(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    authorized!(d, headers, Scope::Read);
+    let Some(job) = d.jobs.get(&id) else {
+        return error_response(&Error::not_found(format!("no job {id}")));
+    };
+    let stream = futures::stream::unfold(
+        (job, None::<String>, false),
+        |(job, last, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let view = job.view();
+                let text = serde_json::to_string(&view).unwrap_or_default();
+                let finished = view.state.finished();
+                if last.as_deref() != Some(text.as_str()) || finished {
+                    let chunk = format!("event: job\ndata: {text}\n\n");
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(chunk),
+                        (job, Some(text), finished),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn deliveries(State(d): D, headers: HeaderMap) -> Response {
+    authorized!(d, headers, Scope::Admin);
+    Json(json!({"deliveries": d.webhooks().recent()})).into_response()
+}
