@@ -32,6 +32,11 @@ pg_bin_dir() {
   echo "$best"
 }
 [ -n "$(pg_bin_dir)" ] || missing+=(postgresql)
+# The daemon's tests: a real Prometheus scrapes /metrics and promtool checks the shipped
+# alert rules (tests/daemon_monitoring.rs); headless Chromium loads the status page.
+need prometheus || missing+=(prometheus)
+need promtool || missing+=(prometheus)
+need chromium || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq

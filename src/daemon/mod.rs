@@ -707,7 +707,9 @@ impl Daemon {
         }
         if let Some(sched) = &cfg.retention {
             if !self.jobs.pending(JobKind::Retention, None) {
-                if let Some((next, why)) = self.due(&job_key(JobKind::Retention, ""), sched, None, now) {
+                if let Some((next, why)) =
+                    self.due(&job_key(JobKind::Retention, ""), sched, None, now)
+                {
                     if next <= now {
                         self.spawn_job(
                             JobKind::Retention,

@@ -4,6 +4,7 @@
 
 pub mod attacker;
 pub mod azure;
+pub mod daemon;
 pub mod fault_proxy;
 pub mod gcs;
 pub mod postgres;
