@@ -77,6 +77,8 @@ pub struct DaemonSection {
     pub size_drop: Option<f64>,
     /// How often the catalog looks for backups other processes made (default `30s`).
     pub refresh: Option<String>,
+    /// Replication lag of a continuous source that sends `replication.lagging` (default `5m`).
+    pub lag_alert: Option<String>,
 }
 
 /// `[[daemon.token]]`: a bearer token of the API and what it may do.

@@ -136,6 +136,7 @@ pub struct DaemonConfig {
     pub storage_warn: f64,
     pub size_drop: f64,
     pub refresh: Duration,
+    pub lag_alert: Duration,
     pub tz: jiff::tz::TimeZone,
 }
 
@@ -384,6 +385,11 @@ impl DaemonConfig {
                 section.refresh.as_deref(),
                 "[daemon] refresh",
                 Duration::from_secs(30),
+            )?,
+            lag_alert: duration(
+                section.lag_alert.as_deref(),
+                "[daemon] lag_alert",
+                Duration::from_secs(300),
             )?,
             tz: crate::ops::policy::time_zone(file.timezone.as_deref())?,
         })

@@ -96,6 +96,8 @@ pub struct Daemon {
     pub health: Mutex<BTreeMap<String, HealthReport>>,
     pub targets: Mutex<Vec<crate::ops::status::TargetStatus>>,
     pub replicating: Mutex<Vec<crate::ops::status::Replicating>>,
+    /// Continuous sources reported lagging (a webhook was sent; the next is when they catch up).
+    lagging: Mutex<std::collections::HashSet<String>>,
     pub ready: AtomicBool,
     stopping: AtomicBool,
     runtime: tokio::runtime::Handle,
@@ -308,6 +310,7 @@ pub fn run(opts: Options) -> Result<()> {
         health: Mutex::new(BTreeMap::new()),
         targets: Mutex::new(Vec::new()),
         replicating: Mutex::new(Vec::new()),
+        lagging: Mutex::new(std::collections::HashSet::new()),
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         runtime: runtime.handle().clone(),
@@ -326,6 +329,19 @@ pub fn run(opts: Options) -> Result<()> {
         d.config().sources.len(),
         d.opener().location
     );
+    // A repository that is not there at all is a mistake to report now; one that cannot be
+    // reached (a bucket down) is retried while the daemon runs.
+    match d.refresh_catalog() {
+        Ok(()) => d.ready.store(true, Ordering::SeqCst),
+        Err(e) if e.kind == ErrorKind::NotFound => {
+            d.stopping.store(true, Ordering::SeqCst);
+            if let Some(s) = server {
+                s.abort();
+            }
+            return Err(e);
+        }
+        Err(e) => tracing::error!("cannot read the repository (retrying): {e}"),
+    }
     d.scheduler(&reload);
     // Stopping: the engine saw the signal too, so running jobs end at their next safe
     // point, removing what they had not committed.
@@ -411,7 +427,8 @@ impl Daemon {
         if let (Some(r), false) = (slot.as_ref(), reopen) {
             return Ok(r.clone());
         }
-        let repo = Arc::new(self.opener().open()?);
+        // At the default location a first start creates it, as a first backup would.
+        let repo = Arc::new(self.opener().open_or_init(false)?.0);
         *slot = Some(repo.clone());
         Ok(repo)
     }
@@ -422,13 +439,16 @@ impl Daemon {
         let repo = match self.catalog_repo(false) {
             Ok(r) => r,
             Err(e) => {
-                self.metrics
-                    .target_up
-                    .get_or_create(&metrics::target(&self.opener().location))
-                    .set(0);
+                let target = metrics::target(&self.opener().location);
+                self.metrics.target_up.get_or_create(&target).set(0);
+                self.metrics.target_errors.get_or_create(&target).inc();
                 return Err(e);
             }
         };
+        self.metrics
+            .target_up
+            .get_or_create(&metrics::target(&repo.location()))
+            .set(1);
         let known = self.catalog.read().map(|c| c.ids()).unwrap_or_default();
         let read_records = self.catalog.read().is_ok_and(|c| c.records_due());
         let mut changes = catalog::Catalog::fetch(&repo, &known, read_records);
@@ -503,17 +523,50 @@ impl Daemon {
         }
     }
 
+    /// Lag of each continuous source, and `replication.lagging` / `replication.caught_up`
+    /// when it crosses `[daemon] lag_alert`.
     fn update_lag_metrics(&self) {
         let cfg = self.config();
-        let Ok(r) = self.replicating.lock() else {
-            return;
+        let lags: Vec<(String, f64)> = match self.replicating.lock() {
+            Ok(r) => cfg
+                .sources
+                .iter()
+                .filter(|s| s.schedule.is_continuous())
+                .filter_map(|s| {
+                    r.iter()
+                        .find(|x| x.source == s.key)
+                        .map(|rep| (s.name.clone(), rep.lag_s))
+                })
+                .collect(),
+            Err(_) => return,
         };
-        for s in cfg.sources.iter().filter(|s| s.schedule.is_continuous()) {
-            if let Some(rep) = r.iter().find(|x| x.source == s.key) {
-                self.metrics
-                    .replication_lag
-                    .get_or_create(&metrics::source(&s.name))
-                    .set(rep.lag_s);
+        let limit = cfg.lag_alert.as_secs_f64();
+        for (name, lag) in lags {
+            self.metrics
+                .replication_lag
+                .get_or_create(&metrics::source(&name))
+                .set(lag);
+            let Ok(mut lagging) = self.lagging.lock() else {
+                continue;
+            };
+            if lag > limit && lagging.insert(name.clone()) {
+                self.emit(
+                    Event::new(
+                        "replication.lagging",
+                        Some(&name),
+                        format!("replication of {name} is {lag:.0} s behind"),
+                    )
+                    .details(serde_json::json!({"lag_s": lag, "limit_s": limit})),
+                );
+            } else if lag <= limit && lagging.remove(&name) {
+                self.emit(
+                    Event::new(
+                        "replication.caught_up",
+                        Some(&name),
+                        format!("replication of {name} caught up ({lag:.1} s behind)"),
+                    )
+                    .details(serde_json::json!({"lag_s": lag, "limit_s": limit})),
+                );
             }
         }
     }
@@ -584,7 +637,9 @@ impl Daemon {
 
     /// The scheduler: every second, start each job that is due. Returns when asked to stop.
     fn scheduler(self: &Arc<Self>, reload: &AtomicBool) {
-        let mut last_refresh: Option<Instant> = None;
+        // Just read at start when ready.
+        let mut last_refresh: Option<Instant> =
+            self.ready.load(Ordering::SeqCst).then(Instant::now);
         loop {
             if self.stopping() {
                 self.stopping.store(true, Ordering::SeqCst);
@@ -604,8 +659,8 @@ impl Daemon {
                     Err(e) => {
                         tracing::error!("cannot read the repository: {e}");
                         // Retried at the next tick, but not more than every 5 s.
-                        last_refresh =
-                            Some(Instant::now() - refresh + Duration::from_secs(5).min(refresh));
+                        let wait = Duration::from_secs(5).min(refresh);
+                        last_refresh = Instant::now().checked_sub(refresh - wait);
                     }
                 }
             }
