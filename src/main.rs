@@ -386,14 +386,15 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Prove a PostgreSQL backup restores: into a throwaway database, tables and row counts
-    /// compared with the backup, the check query run, then dropped; the restore time is
+    /// Prove a backup restores: a SQLite/DuckDB image or a file tree into a throwaway folder
+    /// (every object checked; SQLite's integrity_check), a PostgreSQL dump into a throwaway
+    /// database (tables and row counts compared), then the check query; the restore time is
     /// recorded beside the backup.
     #[command(
-        after_help = "Without --drill-server the drill starts a throwaway PostgreSQL cluster of the \
+        after_help = "Without --drill-server a PostgreSQL drill starts a throwaway cluster of the \
         backup's major version (initdb and pg_ctl must be installed). The check query is \
-        `drill.query` in lifeboat.toml; it passes when it runs and its first value is not false, \
-        0 or empty."
+        `drill.query` in lifeboat.toml (SQLite and PostgreSQL); it passes when it runs and its \
+        first value is not false, 0 or empty."
     )]
     Drill {
         /// Backup id, unambiguous prefix, or `latest`.
