@@ -133,6 +133,24 @@ pub fn check_config(opts: &Options) -> Result<String> {
     let now = jiff::Timestamp::now();
     let mut out = String::new();
     out.push_str(&format!("repository: {}\n", opener.location));
+    // The plan from what ran: the newest backups and the schedule's state, when readable.
+    let state: State = std::fs::read(state_files(&cfg, opts).1)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut catalog = Catalog::default();
+    match opener
+        .open()
+        .and_then(|r| Catalog::fetch(&r, &Default::default(), false))
+    {
+        Ok(changes) => {
+            catalog.apply(changes);
+        }
+        Err(e) => out.push_str(&format!(
+            "  (cannot read it now: {}; the times below assume no backups)\n",
+            e.message
+        )),
+    }
     match cfg.listen {
         Some(a) => out.push_str(&format!(
             "API: {}://{a}/api/v1 ({} token{})\n",
@@ -179,15 +197,22 @@ pub fn check_config(opts: &Options) -> Result<String> {
         ];
         for (name, sched) in jobs {
             let Some(sched) = sched else { continue };
-            let next = sched
-                .next_run(None, now, &cfg.tz, 0)
-                .map(|t| {
-                    format!(
-                        ", first run at start ({})",
-                        t.strftime("%Y-%m-%d %H:%M:%S UTC")
-                    )
-                })
-                .unwrap_or_default();
+            let kind = match name {
+                "backup" => JobKind::Backup,
+                "verify" => JobKind::Verify,
+                "drill" => JobKind::Drill,
+                _ => JobKind::Health,
+            };
+            let key = job_key(kind, &s.name);
+            let rec = state.jobs.get(&key).cloned().unwrap_or_default();
+            let newest = (kind == JobKind::Backup)
+                .then(|| catalog.newest_of(&s.key).map(|e| e.unix))
+                .flatten();
+            let next = match next_by_schedule(&key, &rec, sched, newest, now, &cfg.tz) {
+                Some((t, _)) if t <= now => ", due: runs at start".to_string(),
+                Some((t, _)) => format!(", next {}", t.strftime("%Y-%m-%d %H:%M:%S UTC")),
+                None => String::new(),
+            };
             out.push_str(&format!("  {name:<7} {}{next}\n", sched.describe()));
         }
         for (what, cmd) in [("before", &s.before), ("after", &s.after)] {
@@ -687,18 +712,8 @@ impl Daemon {
         {
             return Some((at, "retry"));
         }
-        let ran = rec
-            .last_run
-            .as_deref()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let backup = newest_backup.and_then(|s| jiff::Timestamp::from_second(s).ok());
-        let last = ran.max(backup);
-        let seed = u64::from_le_bytes(
-            blake3::hash(key.as_bytes()).as_bytes()[..8]
-                .try_into()
-                .unwrap_or([0; 8]),
-        );
-        let next = sched.next_run(last, now, &self.config().tz, seed)?;
+        let (next, last) =
+            next_by_schedule(key, &rec, sched, newest_backup, now, &self.config().tz)?;
         let why = if last.is_some() && next < self.started {
             "catch-up"
         } else {
@@ -921,6 +936,31 @@ impl Daemon {
         }
         self.save_state();
     }
+}
+
+/// When job `key` runs next by its schedule, after its last run or the source's newest
+/// backup, whichever is later; and that time.
+fn next_by_schedule(
+    key: &str,
+    rec: &JobRecord,
+    sched: &schedule::Schedule,
+    newest_backup: Option<i64>,
+    now: jiff::Timestamp,
+    tz: &jiff::tz::TimeZone,
+) -> Option<(jiff::Timestamp, Option<jiff::Timestamp>)> {
+    let ran = rec
+        .last_run
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let backup = newest_backup.and_then(|s| jiff::Timestamp::from_second(s).ok());
+    let last = ran.max(backup);
+    // The jitter of a job stays the same across restarts.
+    let seed = u64::from_le_bytes(
+        blake3::hash(key.as_bytes()).as_bytes()[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    Some((sched.next_run(last, now, tz, seed)?, last))
 }
 
 pub type Body = Box<dyn FnOnce(&Arc<Daemon>, &Job) -> Result<serde_json::Value> + Send>;
