@@ -27,6 +27,9 @@ type D = State<Arc<Daemon>>;
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
+/// The largest request body read.
+const MAX_BODY: usize = 64 * 1024;
+
 pub fn router(d: Arc<Daemon>) -> Router {
     let max = d.config().max_requests;
     Router::new()
@@ -48,7 +51,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/v1/jobs/{id}/events", get(job_events))
         .route("/api/v1/webhooks/deliveries", get(deliveries))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(tower::limit::ConcurrencyLimitLayer::new(max))
         .with_state(d)
 }
@@ -289,6 +292,19 @@ async fn list_backups(
     }
 }
 
+/// The catalog's entry of backup `id` (`latest`: the newest backup of all).
+fn lookup(d: &Daemon, id: &str) -> Option<super::catalog::Entry> {
+    let c = d.catalog.read().ok()?;
+    if id == "latest" {
+        let newest = super::catalog::Query {
+            limit: Some(1),
+            ..Default::default()
+        };
+        return c.query(&newest).ok()?.first().map(|e| (*e).clone());
+    }
+    c.get(id).cloned()
+}
+
 fn checked_id(id: &str) -> Result<String, Response> {
     let id = id.to_ascii_lowercase();
     if crate::id::is_backup_id(&id) || id == "latest" {
@@ -307,12 +323,12 @@ async fn show_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) ->
         Ok(id) => id,
         Err(r) => return r,
     };
-    let entry = d.catalog.read().ok().and_then(|c| c.get(&id).cloned());
-    let Some(entry) = entry else {
+    let Some(entry) = lookup(&d, &id) else {
         return error_response(
             &Error::not_found(format!("no backup {id}")).hint("GET /api/v1/backups lists them"),
         );
     };
+    let id = entry.id.clone();
     let d2 = d.clone();
     let manifest = tokio::task::spawn_blocking(move || {
         d2.catalog_repo(false).and_then(|r| r.read_manifest(&id))
@@ -349,6 +365,18 @@ pub fn check_label(what: &str, s: &str) -> Result<(), Error> {
     }
 }
 
+/// A JSON body that could not be read: 413 when it is over the limit, else 400.
+fn body_refused(e: axum::extract::rejection::JsonRejection, hint: &str) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is over {} KiB", MAX_BODY / 1024),
+            hint,
+        );
+    }
+    error_response(&Error::usage(e.body_text()).hint(hint))
+}
+
 fn accepted(job: JobView) -> Response {
     let location = format!("/api/v1/jobs/{}", job.id);
     let mut r = (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response();
@@ -367,9 +395,9 @@ async fn create_backup(
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => {
-            return error_response(
-                &Error::usage(e.body_text())
-                    .hint(r#"{"source": NAME, "tags": [...], "trigger": "pre-migration"}"#),
+            return body_refused(
+                e,
+                r#"{"source": NAME, "tags": [...], "trigger": "pre-migration"}"#,
             )
         }
     };
@@ -415,11 +443,12 @@ async fn backup_job(d: Arc<Daemon>, headers: HeaderMap, id: String, kind: JobKin
         Ok(id) => id,
         Err(r) => return r,
     };
-    let Some(entry) = d.catalog.read().ok().and_then(|c| c.get(&id).cloned()) else {
+    let Some(entry) = lookup(&d, &id) else {
         return error_response(
             &Error::not_found(format!("no backup {id}")).hint("GET /api/v1/backups lists them"),
         );
     };
+    let id = entry.id.clone();
     let cfg = d.config();
     let source = cfg.source(&entry.source).cloned();
     let name = source
@@ -505,15 +534,12 @@ async fn restore_backup(
     };
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => {
-            return error_response(
-                &Error::usage(e.body_text()).hint(r#"{"to": "/allowed/folder/new-name.db"}"#),
-            )
-        }
+        Err(e) => return body_refused(e, r#"{"to": "/allowed/folder/new-name.db"}"#),
     };
-    let Some(entry) = d.catalog.read().ok().and_then(|c| c.get(&id).cloned()) else {
+    let Some(entry) = lookup(&d, &id) else {
         return error_response(&Error::not_found(format!("no backup {id}")));
     };
+    let id = entry.id.clone();
     if entry.form == "physical" {
         return error_response(&Error::usage(
             "a PostgreSQL base backup is restored with `lifeboat restore ID --pgdata DIR`",
@@ -546,9 +572,10 @@ async fn download_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>
         Ok(id) => id,
         Err(r) => return r,
     };
-    let Some(entry) = d.catalog.read().ok().and_then(|c| c.get(&id).cloned()) else {
+    let Some(entry) = lookup(&d, &id) else {
         return error_response(&Error::not_found(format!("no backup {id}")));
     };
+    let id = entry.id.clone();
     if entry.form == "physical" {
         return error_response(
             &Error::usage("a PostgreSQL base backup is not downloaded as one file")

@@ -129,6 +129,10 @@ fn load(opts: &Options) -> Result<(FileConfig, DaemonConfig)> {
 /// daemon would run, in words (tokens by name, webhooks by host: never a secret).
 pub fn check_config(opts: &Options) -> Result<String> {
     let (file, cfg) = load(opts)?;
+    if let Some((cert, key)) = &cfg.tls {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        tls::server_config(cert, key)?;
+    }
     let opener = opener_for(opts, &file);
     let now = jiff::Timestamp::now();
     let mut out = String::new();
