@@ -138,6 +138,8 @@ pub struct DaemonConfig {
     pub refresh: Duration,
     pub lag_alert: Duration,
     pub tz: jiff::tz::TimeZone,
+    /// The config file these settings came from (None: no file).
+    pub config_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7474";
@@ -392,6 +394,7 @@ impl DaemonConfig {
                 Duration::from_secs(300),
             )?,
             tz: crate::ops::policy::time_zone(file.timezone.as_deref())?,
+            config_file: None,
         })
     }
 

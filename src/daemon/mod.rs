@@ -120,8 +120,9 @@ fn opener_for(opts: &Options, file: &FileConfig) -> Opener {
 }
 
 fn load(opts: &Options) -> Result<(FileConfig, DaemonConfig)> {
-    let (file, _) = crate::config::load(opts.config_path.as_deref())?;
-    let cfg = DaemonConfig::from_file(&file)?;
+    let (file, found) = crate::config::load(opts.config_path.as_deref())?;
+    let mut cfg = DaemonConfig::from_file(&file)?;
+    cfg.config_file = found;
     Ok((file, cfg))
 }
 
@@ -138,7 +139,7 @@ pub fn check_config(opts: &Options) -> Result<String> {
     let mut out = String::new();
     out.push_str(&format!("repository: {}\n", opener.location));
     // The plan from what ran: the newest backups and the schedule's state, when readable.
-    let state: State = std::fs::read(state_files(&cfg, opts).1)
+    let state: State = std::fs::read(state_files(&cfg).1)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
@@ -237,9 +238,10 @@ pub fn check_config(opts: &Options) -> Result<String> {
 
 /// The files of one daemon: keyed by its config file, so two daemons with different
 /// configs can share a state folder and a second one on the same config is refused.
-fn state_files(cfg: &DaemonConfig, opts: &Options) -> (PathBuf, PathBuf, PathBuf) {
-    let key = opts
-        .config_path
+fn state_files(cfg: &DaemonConfig) -> (PathBuf, PathBuf, PathBuf) {
+    // The file found, however it was named (--config, LIFEBOAT_CONFIG, the default places).
+    let key = cfg
+        .config_file
         .as_ref()
         .and_then(|p| std::fs::canonicalize(p).ok())
         .map(|p| p.display().to_string())
@@ -284,7 +286,7 @@ pub fn run(opts: Options) -> Result<()> {
         tls::server_config(cert, key)?;
     }
     crate::storage::local::create_private_dir(&cfg.state_dir)?;
-    let (lock_path, state_path, log_path) = state_files(&cfg, &opts);
+    let (lock_path, state_path, log_path) = state_files(&cfg);
     let _lock = take_lock(&lock_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -61,15 +61,14 @@ fn drill_local(
     };
     let started = std::time::Instant::now();
     let restored = crate::repo::locks::as_reader(repo.storage(), &repo.records(), "drill", || {
-        crate::engine::restore(
-            repo,
+        let mut target = crate::ops::restore::target_for(
             m,
             Destination::New {
                 path: path.clone(),
                 overwrite: false,
             },
-            progress,
-        )
+        )?;
+        crate::ops::restore::restore(repo, m, target.as_mut(), progress)
     });
     match restored {
         Ok(out) => {
