@@ -331,7 +331,7 @@ impl DaemonConfig {
             {
                 return Err(Error::usage(format!(
                     "two [[source]] tables name {} ({} and {})",
-                    o.name, o.path, src.path
+                    o.name, o.key, src.key
                 ))
                 .hint("give each a different name = \"…\""));
             }
@@ -429,8 +429,7 @@ fn source(s: &SourceSection, default_health: &Schedule) -> Result<Source> {
     };
     if name.is_empty() || name.chars().any(|c| c.is_control()) {
         return Err(Error::usage(format!(
-            "[[source]] {}: a name without control characters",
-            s.path
+            "[[source]] {key}: a name without control characters"
         )));
     }
     let kind = s
@@ -450,7 +449,7 @@ fn source(s: &SourceSection, default_health: &Schedule) -> Result<Source> {
             return Err(Error::usage(format!(
                 "{}: \"continuous\" replicates a SQLite database; {} is not one",
                 what("schedule"),
-                s.path
+                key
             ))
             .hint("PostgreSQL ships its WAL with archive_command = 'lifeboat wal-push %p' (docs/POSTGRES.md); use an interval for the others"));
         }
