@@ -102,9 +102,16 @@ fn refuse(status: StatusCode, message: &str, hint: &str) -> Response {
         .into_response();
     if status == StatusCode::UNAUTHORIZED {
         // Browsers then ask (any user name, the token as password) for the status page.
-        r.headers_mut().insert(
+        // One challenge per header: Chromium reads only the first challenge of a header,
+        // and would never send Basic credentials after `Bearer …, Basic …`.
+        let h = r.headers_mut();
+        h.insert(
             header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"lifeboat\", Basic realm=\"lifeboat\""),
+            HeaderValue::from_static("Basic realm=\"lifeboat\""),
+        );
+        h.append(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"lifeboat\""),
         );
     }
     r

@@ -12,6 +12,7 @@ pub mod s3;
 pub mod server;
 pub mod store_scenarios;
 pub mod tree;
+pub mod webhook_receiver;
 
 use assert_cmd::Command;
 use rusqlite::Connection;
