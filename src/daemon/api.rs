@@ -223,7 +223,9 @@ async fn metrics(State(d): D, headers: HeaderMap) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            // What prometheus-client writes (`_total` samples under the family's name,
+            // `# EOF`); Prometheus parses it as such only when told so.
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         d.metrics.render(),
     )

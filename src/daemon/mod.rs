@@ -311,6 +311,17 @@ pub fn run(opts: Options) -> Result<()> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let metrics = metrics::Metrics::new();
+    if !cfg.webhooks.is_empty() {
+        // At 0 from the start, so that increase() sees the first delivery given up.
+        for event in webhooks::EVENTS {
+            metrics
+                .webhook_failures
+                .get_or_create(&metrics::EventLabel {
+                    event: (*event).into(),
+                })
+                .inc_by(0);
+        }
+    }
     let failures = metrics.webhook_failures.clone();
     let hooks = Webhooks::new(
         cfg.webhooks.clone(),
@@ -521,6 +532,17 @@ impl Daemon {
         };
         for s in &cfg.sources {
             let label = metrics::source(&s.name);
+            // The failure counter exists (at 0) before the first failure: Prometheus'
+            // increase() does not see a series that is born at 1, so the first failure of
+            // a source would never alert. Same labels as work::backup's failure.
+            self.metrics
+                .backups
+                .get_or_create(&metrics::BackupLabels {
+                    source: s.name.clone(),
+                    kind: s.kind.map(|k| k.name().to_string()).unwrap_or_default(),
+                    status: "failure".into(),
+                })
+                .inc_by(0);
             if let Some(e) = catalog.newest_of(&s.key) {
                 self.metrics.last_success.get_or_create(&label).set(e.unix);
                 self.metrics
