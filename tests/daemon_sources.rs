@@ -40,10 +40,18 @@ fn postgres_duckdb_and_files_sources_are_backed_up_and_drilled() {
         ])
         .output()
         .expect("duckdb");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let conf = env.path("conf");
     std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(conf.join("app.env"), "DATABASE_PASSWORD=hunter2-secret\nPORT=80\n").unwrap();
+    std::fs::write(
+        conf.join("app.env"),
+        "DATABASE_PASSWORD=hunter2-secret\nPORT=80\n",
+    )
+    .unwrap();
 
     let (tok, token) = token_file(&env, "ops");
     let port = free_port();
@@ -89,17 +97,21 @@ schedule = "every 1h"
     ];
     let mut d = Daemon::start_with(&env, &config_path, port, &extra);
     // Every source backed up at start, the two databases drilled after.
-    d.wait_until(Duration::from_secs(240), "three backups and two drills", |d| {
-        let s = d.get_json("/api/v1/status", &token);
-        let sources = s["sources"].as_array().cloned().unwrap_or_default();
-        sources.len() == 3
-            && sources.iter().all(|x| x["backups"].as_u64() >= Some(1))
-            && sources
-                .iter()
-                .filter(|x| x["last_drill"]["rto_ms"].as_u64().is_some())
-                .count()
-                == 2
-    });
+    d.wait_until(
+        Duration::from_secs(240),
+        "three backups and two drills",
+        |d| {
+            let s = d.get_json("/api/v1/status", &token);
+            let sources = s["sources"].as_array().cloned().unwrap_or_default();
+            sources.len() == 3
+                && sources.iter().all(|x| x["backups"].as_u64() >= Some(1))
+                && sources
+                    .iter()
+                    .filter(|x| x["last_drill"]["rto_ms"].as_u64().is_some())
+                    .count()
+                    == 2
+        },
+    );
     let status = d.get_json("/api/v1/status", &token);
     let by_name = |n: &str| {
         status["sources"]
@@ -117,7 +129,10 @@ schedule = "every 1h"
         assert_eq!(by_name(n)["last_drill"]["ok"], true, "{n}: {status}");
     }
     // The files backup was redacted as a CLI backup is.
-    let id = by_name("conf")["last_backup"]["id"].as_str().unwrap().to_string();
+    let id = by_name("conf")["last_backup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = env.path("conf-restored");
     env.cmd()
         .args(["restore", &id, "--output", out.to_str().unwrap()])
@@ -141,17 +156,31 @@ schedule = "every 1h"
         .env("LIFEBOAT_PG_BIN", &pg_bin)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(d.stop(Duration::from_secs(60)).success());
     let log = d.log_text();
     for (what, text) in shown.iter().map(|t| ("API", t.clone())).chain([
         ("log", log),
-        ("check-config", String::from_utf8_lossy(&check.stdout).into_owned()),
+        (
+            "check-config",
+            String::from_utf8_lossy(&check.stdout).into_owned(),
+        ),
     ]) {
         for secret in [PASSWORD, PASSWORD_PCT, "s3cret"] {
-            assert!(!text.contains(secret), "the password is in the {what}:\n{text}");
+            assert!(
+                !text.contains(secret),
+                "the password is in the {what}:\n{text}"
+            );
         }
     }
     // The source is shown by its password-less key.
-    assert!(shown[0].contains("postgres://postgres@127.0.0.1"), "{}", shown[0]);
+    assert!(
+        shown[0].contains("postgres://postgres@127.0.0.1"),
+        "{}",
+        shown[0]
+    );
 }

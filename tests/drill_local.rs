@@ -75,8 +75,16 @@ fn a_files_drill_restores_the_tree() {
     let (code, v, err) = env.run_json(&["drill", &id]);
     assert_eq!(code, 0, "{v}\n{err}");
     assert_eq!(v["steps"][0]["name"], "restore");
-    // A check query is SQL: refused for a tree, before anything runs.
+    // The general check query is SQL: said to be not run for a tree, never silently dropped.
     std::fs::write(env.path("lifeboat.toml"), "[drill]\nquery = \"SELECT 1\"\n").unwrap();
-    let (code, out) = env.run(&["--config", "lifeboat.toml", "drill", &id]);
-    assert_eq!(code, 2, "{out}");
+    let (code, v, err) = env.run_json(&["--config", "lifeboat.toml", "drill", &id]);
+    assert_eq!(code, 0, "{v}\n{err}");
+    assert_eq!(v["steps"][1]["name"], "check query", "{v}");
+    assert!(
+        v["steps"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("not run"),
+        "{v}"
+    );
 }

@@ -438,6 +438,26 @@ fn source(s: &SourceSection, default_health: &Schedule) -> Result<Source> {
         .map(crate::source::Kind::parse)
         .transpose()?;
     let schedule = sched(&s.schedule, "schedule")?.unwrap_or(Schedule::Off);
+    let sql = match kind {
+        Some(k) => matches!(
+            k,
+            crate::source::Kind::Sqlite | crate::source::Kind::Postgres
+        ),
+        None => {
+            crate::source::postgres::is_postgres_uri(&s.path)
+                || matches!(
+                    crate::source::detect(Path::new(&s.path)),
+                    Ok(crate::source::Kind::Sqlite) | Err(_)
+                )
+        }
+    };
+    if s.drill_query.is_some() && !sql {
+        return Err(Error::usage(format!(
+            "{}: a check query is SQL, run in a restored SQLite or PostgreSQL database; {key} is not one",
+            what("drill_query")
+        ))
+        .hint("remove drill_query: a drill of this source checks every byte as it restores"));
+    }
     if schedule.is_continuous() {
         let sqlite = match kind {
             Some(k) => k == crate::source::Kind::Sqlite,
