@@ -232,15 +232,28 @@ fn take_lock(path: &std::path::Path) -> Result<std::fs::File> {
         .open(path)
         .map_err(|e| Error::io("cannot open the daemon's lock", path, e))?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(f),
-        Err(_) => Err(Error::new(
-            ErrorKind::InUse,
-            format!(
-                "another lifeboat daemon is running with this config (it holds {})",
-                path.display()
-            ),
-        )
-        .hint("stop it first (systemctl stop lifeboat), or give this one another config")),
+        Ok(()) => {
+            // The holder's pid, for the message of a second daemon.
+            use std::io::Write;
+            let _ = f.set_len(0);
+            let _ = (&f).write_all(format!("{}\n", std::process::id()).as_bytes());
+            Ok(f)
+        }
+        Err(_) => {
+            let pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                .map(|p| format!("pid {p}, "))
+                .unwrap_or_default();
+            Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "another lifeboat daemon is running with this config ({pid}it holds {})",
+                    path.display()
+                ),
+            )
+            .hint("stop it first (systemctl stop lifeboat), or give this one another config"))
+        }
     }
 }
 
@@ -671,7 +684,8 @@ impl Daemon {
                         .retry_at
                         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
                     if retry.is_none_or(|t| t <= now) {
-                        self.spawn(JobKind::Replicate, s, None, "schedule", Vec::new());
+                        let why = if retry.is_some() { "retry" } else { "schedule" };
+                        self.spawn(JobKind::Replicate, s, None, why, Vec::new());
                     }
                 }
             } else if let Some((next, why)) =
@@ -815,6 +829,12 @@ impl Daemon {
     ) {
         if let Err(e) = outcome {
             if e.kind == ErrorKind::Interrupted {
+                tracing::warn!(
+                    "{} job of {} abandoned: {}",
+                    kind.name(),
+                    source.unwrap_or("the repository"),
+                    e.message
+                );
                 return; // Nothing recorded: it runs again at the next start.
             }
             self.metrics
@@ -858,6 +878,20 @@ impl Daemon {
                 _ => {
                     rec.retry_at = None;
                     rec.attempts = 0;
+                    if kind == JobKind::Replicate && scheduled && outcome.is_err() {
+                        // A replication has no next run to wait for: after its retries it
+                        // waits as long as one more would, then starts a new round (else it
+                        // would be started again at the next tick, four times a second).
+                        let delay = cfg.retry_delay.saturating_mul(1 << cfg.retries.min(16));
+                        let at = jiff::Timestamp::now()
+                            .checked_add(
+                                jiff::SignedDuration::try_from(delay)
+                                    .unwrap_or(jiff::SignedDuration::MAX),
+                            )
+                            .unwrap_or(jiff::Timestamp::MAX);
+                        rec.retry_at = Some(at.to_string());
+                        tracing::info!("{key}: started again at {at}");
+                    }
                     if scheduled || rec.last_run.is_none() || outcome.is_ok() {
                         rec.last_run = Some(started.to_string());
                     }
