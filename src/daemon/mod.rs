@@ -634,7 +634,7 @@ impl Daemon {
         &self,
         key: &str,
         sched: &schedule::Schedule,
-        newest_backup: Option<i64>,
+        newest_backup: Option<jiff::Timestamp>,
         now: jiff::Timestamp,
     ) -> Option<(jiff::Timestamp, &'static str)> {
         let rec = self.record(key);
@@ -649,8 +649,7 @@ impl Daemon {
             .last_run
             .as_deref()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let backup = newest_backup.and_then(|s| jiff::Timestamp::from_second(s).ok());
-        let last = ran.max(backup);
+        let last = ran.max(newest_backup);
         let seed = u64::from_le_bytes(
             blake3::hash(key.as_bytes()).as_bytes()[..8]
                 .try_into()
@@ -672,7 +671,7 @@ impl Daemon {
             let (newest, has_backup) = match self.catalog.read() {
                 Ok(c) => {
                     let n = c.newest_of(&s.key);
-                    (n.map(|e| e.unix), n.is_some())
+                    (n.and_then(|e| e.timestamp()), n.is_some())
                 }
                 Err(_) => continue,
             };
@@ -710,6 +709,11 @@ impl Daemon {
                     continue;
                 }
                 if self.jobs.pending(kind, Some(&s.name)) {
+                    continue;
+                }
+                // A health check waits for a backup due with it (at start: the first one),
+                // rather than race it for the source and report it missing.
+                if kind == JobKind::Health && self.jobs.pending(JobKind::Backup, Some(&s.name)) {
                     continue;
                 }
                 if let Some((next, why)) = self.due(&job_key(kind, &s.name), sched, None, now) {
@@ -861,7 +865,10 @@ impl Daemon {
                 rec.recent.remove(0);
             }
             match outcome {
-                Err(_) if scheduled && rec.attempts < cfg.retries => {
+                // A failed API or CLI-triggered job leaves the schedule (and a retry it
+                // waits for) as it was.
+                Err(_) if !scheduled => {}
+                Err(_) if rec.attempts < cfg.retries => {
                     rec.attempts += 1;
                     let delay = cfg
                         .retry_delay

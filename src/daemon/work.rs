@@ -320,7 +320,27 @@ pub fn verify(
         .ok_or_else(|| Error::internal("verify without a report"))?;
     let details = json!(r);
     if r.ok {
-        let record = json!({"verified": jiff::Timestamp::now().to_string()});
+        let mut record = json!({"verified": jiff::Timestamp::now().to_string()});
+        // The verify replaced the backup's record; a drill's measured restore time stays
+        // true, so it is written back with it.
+        let drilled = d
+            .catalog
+            .read()
+            .ok()
+            .and_then(|c| c.get(&m.id).and_then(|e| e.verified.clone()))
+            .filter(|v| v.get("rto_ms").is_some_and(|r| r.is_u64()));
+        if let Some(old) = drilled {
+            let mut keep = json!({"drill": true, "rto_ms": old["rto_ms"]});
+            if let Some(into) = old.get("restored_into") {
+                keep["restored_into"] = into.clone();
+            }
+            if let Err(e) = crate::ops::forget::record_verified_with(&repo, &m.id, keep.clone()) {
+                tracing::warn!("could not keep the drill's record of {}: {e}", m.id);
+            }
+            if let (Some(r), Some(k)) = (record.as_object_mut(), keep.as_object()) {
+                r.extend(k.clone());
+            }
+        }
         if let Ok(mut c) = d.catalog.write() {
             c.set_verified(&m.id, record);
         }
