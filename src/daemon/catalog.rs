@@ -65,6 +65,12 @@ impl Entry {
         }
     }
 
+    /// `time` to the nanosecond (`unix` is whole seconds: a schedule counted from it would
+    /// run up to a second early).
+    pub fn timestamp(&self) -> Option<jiff::Timestamp> {
+        self.time.parse().ok()
+    }
+
     pub fn rto_ms(&self) -> Option<u64> {
         self.verified.as_ref()?.get("rto_ms")?.as_u64()
     }

@@ -354,7 +354,8 @@ impl DaemonConfig {
                 return Err(Error::usage("[daemon] state_dir must be an absolute path"))
             }
             Some(d) => d.clone(),
-            None => crate::trust::state_home().join("lifeboat").join("daemon"),
+            // state_home() is already …/lifeboat.
+            None => crate::trust::state_home().join("daemon"),
         };
         let ratio = |v: Option<f64>, key: &str, default: f64| -> Result<f64> {
             match v {

@@ -211,7 +211,7 @@ pub fn check_config(opts: &Options) -> Result<String> {
             let key = job_key(kind, &s.name);
             let rec = state.jobs.get(&key).cloned().unwrap_or_default();
             let newest = (kind == JobKind::Backup)
-                .then(|| catalog.newest_of(&s.key).map(|e| e.unix))
+                .then(|| catalog.newest_of(&s.key).and_then(|e| e.timestamp()))
                 .flatten();
             let next = match next_by_schedule(&key, &rec, sched, newest, now, &cfg.tz) {
                 Some((t, _)) if t <= now => ", due: runs at start".to_string(),
@@ -265,15 +265,28 @@ fn take_lock(path: &std::path::Path) -> Result<std::fs::File> {
         .open(path)
         .map_err(|e| Error::io("cannot open the daemon's lock", path, e))?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(f),
-        Err(_) => Err(Error::new(
-            ErrorKind::InUse,
-            format!(
-                "another lifeboat daemon is running with this config (it holds {})",
-                path.display()
-            ),
-        )
-        .hint("stop it first (systemctl stop lifeboat), or give this one another config")),
+        Ok(()) => {
+            // The holder's pid, for the message of a second daemon.
+            use std::io::Write;
+            let _ = f.set_len(0);
+            let _ = (&f).write_all(format!("{}\n", std::process::id()).as_bytes());
+            Ok(f)
+        }
+        Err(_) => {
+            let pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+                .map(|p| format!("pid {p}, "))
+                .unwrap_or_default();
+            Err(Error::new(
+                ErrorKind::InUse,
+                format!(
+                    "another lifeboat daemon is running with this config ({pid}it holds {})",
+                    path.display()
+                ),
+            )
+            .hint("stop it first (systemctl stop lifeboat), or give this one another config"))
+        }
     }
 }
 
@@ -729,7 +742,7 @@ impl Daemon {
         &self,
         key: &str,
         sched: &schedule::Schedule,
-        newest_backup: Option<i64>,
+        newest_backup: Option<jiff::Timestamp>,
         now: jiff::Timestamp,
     ) -> Option<(jiff::Timestamp, &'static str)> {
         let rec = self.record(key);
@@ -757,7 +770,7 @@ impl Daemon {
             let (newest, has_backup) = match self.catalog.read() {
                 Ok(c) => {
                     let n = c.newest_of(&s.key);
-                    (n.map(|e| e.unix), n.is_some())
+                    (n.and_then(|e| e.timestamp()), n.is_some())
                 }
                 Err(_) => continue,
             };
@@ -769,7 +782,8 @@ impl Daemon {
                         .retry_at
                         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
                     if retry.is_none_or(|t| t <= now) {
-                        self.spawn(JobKind::Replicate, s, None, "schedule", Vec::new());
+                        let why = if retry.is_some() { "retry" } else { "schedule" };
+                        self.spawn(JobKind::Replicate, s, None, why, Vec::new());
                     }
                 }
             } else if let Some((next, why)) =
@@ -794,6 +808,11 @@ impl Daemon {
                     continue;
                 }
                 if self.jobs.pending(kind, Some(&s.name)) {
+                    continue;
+                }
+                // A health check waits for a backup due with it (at start: the first one),
+                // rather than race it for the source and report it missing.
+                if kind == JobKind::Health && self.jobs.pending(JobKind::Backup, Some(&s.name)) {
                     continue;
                 }
                 if let Some((next, why)) = self.due(&job_key(kind, &s.name), sched, None, now) {
@@ -913,6 +932,12 @@ impl Daemon {
     ) {
         if let Err(e) = outcome {
             if e.kind == ErrorKind::Interrupted {
+                tracing::warn!(
+                    "{} job of {} abandoned: {}",
+                    kind.name(),
+                    source.unwrap_or("the repository"),
+                    e.message
+                );
                 return; // Nothing recorded: it runs again at the next start.
             }
             self.metrics
@@ -939,7 +964,10 @@ impl Daemon {
                 rec.recent.remove(0);
             }
             match outcome {
-                Err(_) if scheduled && rec.attempts < cfg.retries => {
+                // A failed API or CLI-triggered job leaves the schedule (and a retry it
+                // waits for) as it was.
+                Err(_) if !scheduled => {}
+                Err(_) if rec.attempts < cfg.retries => {
                     rec.attempts += 1;
                     let delay = cfg
                         .retry_delay
@@ -956,6 +984,20 @@ impl Daemon {
                 _ => {
                     rec.retry_at = None;
                     rec.attempts = 0;
+                    if kind == JobKind::Replicate && scheduled && outcome.is_err() {
+                        // A replication has no next run to wait for: after its retries it
+                        // waits as long as one more would, then starts a new round (else it
+                        // would be started again at the next tick, four times a second).
+                        let delay = cfg.retry_delay.saturating_mul(1 << cfg.retries.min(16));
+                        let at = jiff::Timestamp::now()
+                            .checked_add(
+                                jiff::SignedDuration::try_from(delay)
+                                    .unwrap_or(jiff::SignedDuration::MAX),
+                            )
+                            .unwrap_or(jiff::Timestamp::MAX);
+                        rec.retry_at = Some(at.to_string());
+                        tracing::info!("{key}: started again at {at}");
+                    }
                     if scheduled || rec.last_run.is_none() || outcome.is_ok() {
                         rec.last_run = Some(started.to_string());
                     }
@@ -972,7 +1014,7 @@ fn next_by_schedule(
     key: &str,
     rec: &JobRecord,
     sched: &schedule::Schedule,
-    newest_backup: Option<i64>,
+    newest_backup: Option<jiff::Timestamp>,
     now: jiff::Timestamp,
     tz: &jiff::tz::TimeZone,
 ) -> Option<(jiff::Timestamp, Option<jiff::Timestamp>)> {
@@ -980,8 +1022,7 @@ fn next_by_schedule(
         .last_run
         .as_deref()
         .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let backup = newest_backup.and_then(|s| jiff::Timestamp::from_second(s).ok());
-    let last = ran.max(backup);
+    let last = ran.max(newest_backup);
     // The jitter of a job stays the same across restarts.
     let seed = u64::from_le_bytes(
         blake3::hash(key.as_bytes()).as_bytes()[..8]

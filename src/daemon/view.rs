@@ -131,7 +131,7 @@ pub fn status(d: &Daemon) -> StatusView {
             d.due(
                 &job_key(JobKind::Backup, &s.name),
                 &s.schedule,
-                newest.map(|e| e.unix),
+                newest.and_then(|e| e.timestamp()),
                 jiff::Timestamp::now(),
             )
             .map(|(t, _)| t.to_string())

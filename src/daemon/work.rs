@@ -21,8 +21,16 @@ fn open(d: &Daemon) -> Result<Repository> {
     Ok(repo)
 }
 
-/// Run a `before`/`after` command with `sh -c`, killed after `limit`.
-fn run_command(what: &str, cmd: &str, limit: Duration, env: &[(&str, String)]) -> Result<()> {
+/// Run a `before`/`after` command with `sh -c`, killed after `limit`, or (`stop`) as soon as
+/// the daemon is asked to stop: a `before` command is not waited for then, an `after` one is
+/// (it may resume what `before` paused).
+fn run_command(
+    what: &str,
+    cmd: &str,
+    limit: Duration,
+    env: &[(&str, String)],
+    stop: Option<&dyn Fn() -> bool>,
+) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new("sh");
     c.arg("-c").arg(cmd).stdin(std::process::Stdio::null());
@@ -47,6 +55,17 @@ fn run_command(what: &str, cmd: &str, limit: Duration, env: &[(&str, String)]) -
                     format!("the {what} command failed ({status})"),
                 )
                 .hint("its output is in the daemon's log; the backup did not run"))
+            }
+            Ok(None) if stop.is_some_and(|stop| stop()) => {
+                // SAFETY: signalling the process group we created.
+                unsafe {
+                    libc::kill(-(child.id() as i32), libc::SIGKILL);
+                }
+                let _ = child.wait();
+                return Err(Error::new(
+                    ErrorKind::Interrupted,
+                    format!("the daemon stopped during the {what} command"),
+                ));
             }
             Ok(None) if std::time::Instant::now() >= until => {
                 // SAFETY: signalling the process group we created.
@@ -93,7 +112,13 @@ pub fn backup(
     let result = (|| {
         if let Some(cmd) = &s.before {
             job.with(|v| v.phase = Some("before command".into()));
-            run_command("before", cmd, s.command_timeout, &env("", ""))?;
+            run_command(
+                "before",
+                cmd,
+                s.command_timeout,
+                &env("", ""),
+                Some(&|| d.stopping()),
+            )?;
         }
         take_backup(d, s, job, tags, trigger)
     })();
@@ -102,7 +127,7 @@ pub fn backup(
             Ok((m, _)) => ("ok", m.id.clone()),
             Err(_) => ("failed", String::new()),
         };
-        if let Err(e) = run_command("after", cmd, s.command_timeout, &env(status, &id)) {
+        if let Err(e) = run_command("after", cmd, s.command_timeout, &env(status, &id), None) {
             tracing::warn!("source {}: {e}", s.name);
         }
     }
@@ -295,7 +320,27 @@ pub fn verify(
         .ok_or_else(|| Error::internal("verify without a report"))?;
     let details = json!(r);
     if r.ok {
-        let record = json!({"verified": jiff::Timestamp::now().to_string()});
+        let mut record = json!({"verified": jiff::Timestamp::now().to_string()});
+        // The verify replaced the backup's record; a drill's measured restore time stays
+        // true, so it is written back with it.
+        let drilled = d
+            .catalog
+            .read()
+            .ok()
+            .and_then(|c| c.get(&m.id).and_then(|e| e.verified.clone()))
+            .filter(|v| v.get("rto_ms").is_some_and(|r| r.is_u64()));
+        if let Some(old) = drilled {
+            let mut keep = json!({"drill": true, "rto_ms": old["rto_ms"]});
+            if let Some(into) = old.get("restored_into") {
+                keep["restored_into"] = into.clone();
+            }
+            if let Err(e) = crate::ops::forget::record_verified_with(&repo, &m.id, keep.clone()) {
+                tracing::warn!("could not keep the drill's record of {}: {e}", m.id);
+            }
+            if let (Some(r), Some(k)) = (record.as_object_mut(), keep.as_object()) {
+                r.extend(k.clone());
+            }
+        }
         if let Ok(mut c) = d.catalog.write() {
             c.set_verified(&m.id, record);
         }
@@ -404,6 +449,16 @@ pub fn drill(
     }
 }
 
+/// An age for people: `45s`, `12m`, `3h05m`, `2d4h` (not `10801s`).
+fn rounded(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 /// Used fraction of the file system holding `path`.
 fn used_ratio(path: &std::path::Path) -> Option<f64> {
     let st = rustix::fs::statvfs(path).ok()?;
@@ -454,16 +509,12 @@ pub fn health(d: &Arc<Daemon>, s: &Source, job: &Job) -> Result<serde_json::Valu
                         age <= limit,
                         format!(
                             "{} old; the schedule allows {}",
-                            super::schedule::human_duration(Duration::from_secs(age.max(0) as u64)),
-                            super::schedule::human_duration(Duration::from_secs(limit as u64))
+                            rounded(age.max(0) as u64),
+                            rounded(limit as u64)
                         ),
                     );
                 }
-                None => check(
-                    "age",
-                    true,
-                    super::schedule::human_duration(Duration::from_secs(age.max(1) as u64)),
-                ),
+                None => check("age", true, format!("{} old", rounded(age.max(0) as u64))),
             }
             if !previous.is_empty() {
                 let mut sorted = previous.clone();
