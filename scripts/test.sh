@@ -37,6 +37,9 @@ pg_bin_dir() {
 need prometheus || missing+=(prometheus)
 need promtool || missing+=(prometheus)
 need chromium || missing+=(chromium)
+# The API's TLS test makes a certificate with openssl and calls the API with curl.
+need openssl || missing+=(openssl)
+need curl || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
