@@ -32,6 +32,12 @@ fn a_sqlite_drill_restores_checks_runs_the_query_and_records_the_rto() {
     assert_eq!(row["verified"]["drill"], true, "{row}");
     assert_eq!(row["verified"]["rto_ms"], v["rto_ms"], "{row}");
 
+    // A later verify keeps the drill's measured restore time (it is still true).
+    env.cmd().args(["verify", &id]).assert().success();
+    let row = &env.json(&["list"]).as_array().unwrap()[0].clone();
+    assert_eq!(row["verified"]["drill"], true, "{row}");
+    assert_eq!(row["verified"]["rto_ms"], v["rto_ms"], "{row}");
+
     // A query that is false fails the drill (exit 4), and names the step.
     std::fs::write(
         env.path("lifeboat.toml"),

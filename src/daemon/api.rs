@@ -326,16 +326,22 @@ fn checked_id(id: &str) -> Result<String, Response> {
     }
 }
 
+/// The catalog entry of backup `id` (an id or `latest`): 400 for what is not an id, 404
+/// for one the repository does not hold.
+fn backup_entry(d: &Daemon, id: &str) -> Result<super::catalog::Entry, Response> {
+    let id = checked_id(id)?;
+    lookup(d, &id).ok_or_else(|| {
+        error_response(
+            &Error::not_found(format!("no backup {id}")).hint("GET /api/v1/backups lists them"),
+        )
+    })
+}
+
 async fn show_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
     authorized!(d, headers, Scope::Read);
-    let id = match checked_id(&id) {
-        Ok(id) => id,
+    let entry = match backup_entry(&d, &id) {
+        Ok(e) => e,
         Err(r) => return r,
-    };
-    let Some(entry) = lookup(&d, &id) else {
-        return error_response(
-            &Error::not_found(format!("no backup {id}")).hint("GET /api/v1/backups lists them"),
-        );
     };
     let id = entry.id.clone();
     let d2 = d.clone();
@@ -448,14 +454,9 @@ async fn drill_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -
 /// A verify or drill of one backup, as a job on its source's turn.
 async fn backup_job(d: Arc<Daemon>, headers: HeaderMap, id: String, kind: JobKind) -> Response {
     authorized!(d, headers, Scope::Backup);
-    let id = match checked_id(&id) {
-        Ok(id) => id,
+    let entry = match backup_entry(&d, &id) {
+        Ok(e) => e,
         Err(r) => return r,
-    };
-    let Some(entry) = lookup(&d, &id) else {
-        return error_response(
-            &Error::not_found(format!("no backup {id}")).hint("GET /api/v1/backups lists them"),
-        );
     };
     let id = entry.id.clone();
     let cfg = d.config();
@@ -537,16 +538,13 @@ async fn restore_backup(
     body: Result<Json<RestoreRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let who = authorized!(d, headers, Scope::Restore);
-    let id = match checked_id(&id) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return body_refused(e, r#"{"to": "/allowed/folder/new-name.db"}"#),
     };
-    let Some(entry) = lookup(&d, &id) else {
-        return error_response(&Error::not_found(format!("no backup {id}")));
+    let entry = match backup_entry(&d, &id) {
+        Ok(e) => e,
+        Err(r) => return r,
     };
     let id = entry.id.clone();
     if entry.form == "physical" {
@@ -577,12 +575,9 @@ async fn restore_backup(
 
 async fn download_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let who = authorized!(d, headers, Scope::Restore);
-    let id = match checked_id(&id) {
-        Ok(id) => id,
+    let entry = match backup_entry(&d, &id) {
+        Ok(e) => e,
         Err(r) => return r,
-    };
-    let Some(entry) = lookup(&d, &id) else {
-        return error_response(&Error::not_found(format!("no backup {id}")));
     };
     let id = entry.id.clone();
     if entry.form == "physical" {

@@ -416,31 +416,19 @@ pub fn run(opts: Options) -> Result<()> {
 
 impl Daemon {
     pub fn config(&self) -> Arc<DaemonConfig> {
-        self.cfg
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        current(&self.cfg)
     }
 
     pub fn file(&self) -> Arc<FileConfig> {
-        self.file
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        current(&self.file)
     }
 
     pub fn opener(&self) -> Arc<Opener> {
-        self.opener
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        current(&self.opener)
     }
 
     pub fn webhooks(&self) -> Arc<Webhooks> {
-        self.webhooks
-            .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        current(&self.webhooks)
     }
 
     pub fn emit(&self, event: Event) {
@@ -1030,6 +1018,14 @@ fn next_by_schedule(
             .unwrap_or([0; 8]),
     );
     Some((sched.next_run(last, now, tz, seed)?, last))
+}
+
+/// The value behind a reloadable setting (a poisoned lock still holds a whole value).
+fn current<T>(slot: &RwLock<Arc<T>>) -> Arc<T> {
+    match slot.read() {
+        Ok(v) => v.clone(),
+        Err(p) => p.into_inner().clone(),
+    }
 }
 
 pub type Body = Box<dyn FnOnce(&Arc<Daemon>, &Job) -> Result<serde_json::Value> + Send>;

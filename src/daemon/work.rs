@@ -318,56 +318,79 @@ pub fn verify(
         .into_iter()
         .next()
         .ok_or_else(|| Error::internal("verify without a report"))?;
-    let details = json!(r);
-    if r.ok {
+    let record = r.ok.then(|| {
+        // `record_verified` kept a drill's measured restore time: so does the catalog.
         let mut record = json!({"verified": jiff::Timestamp::now().to_string()});
-        // The verify replaced the backup's record; a drill's measured restore time stays
-        // true, so it is written back with it.
-        let drilled = d
+        let before = d
             .catalog
             .read()
             .ok()
-            .and_then(|c| c.get(&m.id).and_then(|e| e.verified.clone()))
-            .filter(|v| v.get("rto_ms").is_some_and(|r| r.is_u64()));
-        if let Some(old) = drilled {
-            let mut keep = json!({"drill": true, "rto_ms": old["rto_ms"]});
-            if let Some(into) = old.get("restored_into") {
-                keep["restored_into"] = into.clone();
-            }
-            if let Err(e) = crate::ops::forget::record_verified_with(&repo, &m.id, keep.clone()) {
-                tracing::warn!("could not keep the drill's record of {}: {e}", m.id);
-            }
-            if let (Some(r), Some(k)) = (record.as_object_mut(), keep.as_object()) {
-                r.extend(k.clone());
+            .and_then(|c| c.get(&m.id).and_then(|e| e.verified.clone()));
+        if let (Some(r), Some(old)) = (record.as_object_mut(), before) {
+            if old.get("drill") == Some(&json!(true)) {
+                r.insert("drill".into(), json!(true));
+                r.insert("rto_ms".into(), old["rto_ms"].clone());
             }
         }
-        if let Ok(mut c) = d.catalog.write() {
-            c.set_verified(&m.id, record);
+        record
+    });
+    checked(
+        d,
+        Checked {
+            what: "verify",
+            name: &name,
+            id: &m.id,
+            record,
+            passed: format!("backup {} of {name} verified", m.id),
+            failure: r.first_failure().map(str::to_string),
+            details: json!(r),
+            hint: "`lifeboat repo check --read-data` names the damaged objects; `lifeboat repo repair` restores them from a replica",
+        },
+    )
+}
+
+/// How a verify or drill ended, for [`checked`].
+struct Checked<'a> {
+    what: &'static str,
+    name: &'a str,
+    id: &'a str,
+    /// The backup's new verification record (None: it failed).
+    record: Option<serde_json::Value>,
+    passed: String,
+    failure: Option<String>,
+    details: serde_json::Value,
+    hint: &'static str,
+}
+
+/// Tell the catalog, the metrics and the webhooks how a verify or drill ended; a failure
+/// becomes the job's error.
+fn checked(d: &Daemon, c: Checked) -> Result<serde_json::Value> {
+    match c.record {
+        Some(record) => {
+            if let Ok(mut cat) = d.catalog.write() {
+                cat.set_verified(c.id, record);
+            }
+            d.update_source_metrics();
+            d.emit(
+                Event::new(&format!("{}.passed", c.what), Some(c.name), c.passed)
+                    .backup(c.id)
+                    .details(c.details.clone()),
+            );
+            Ok(c.details)
         }
-        d.update_source_metrics();
-        d.emit(
-            Event::new(
-                "verify.passed",
-                Some(&name),
-                format!("backup {} of {name} verified", m.id),
-            )
-            .backup(&m.id)
-            .details(details.clone()),
-        );
-        Ok(details)
-    } else {
-        let failure = r.first_failure().unwrap_or("a check").to_string();
-        d.emit(
-            Event::new(
-                "verify.failed",
-                Some(&name),
-                format!("backup {} of {name} failed verify at: {failure}", m.id),
-            )
-            .backup(&m.id)
-            .details(details),
-        );
-        Err(Error::integrity(format!("backup {} failed verify at: {failure}", m.id))
-            .hint("`lifeboat repo check --read-data` names the damaged objects; `lifeboat repo repair` restores them from a replica"))
+        None => {
+            let failure = c.failure.unwrap_or_else(|| "a step".into());
+            let message = format!(
+                "{} of backup {} of {} failed at: {failure}",
+                c.what, c.id, c.name
+            );
+            d.emit(
+                Event::new(&format!("{}.failed", c.what), Some(c.name), message.clone())
+                    .backup(c.id)
+                    .details(c.details),
+            );
+            Err(Error::integrity(message).hint(c.hint))
+        }
     }
 }
 
@@ -406,47 +429,31 @@ pub fn drill(
         .drill_last_success
         .get_or_create(&label)
         .set(i64::from(report.ok()));
-    let details = json!(report);
     if report.ok() {
         d.metrics
             .drill_rto
             .get_or_create(&label)
             .set(report.rto_ms as f64 / 1000.0);
-        if let Ok(mut c) = d.catalog.write() {
-            c.set_verified(
-                &m.id,
-                json!({"verified": jiff::Timestamp::now().to_string(), "drill": true, "rto_ms": report.rto_ms}),
-            );
-        }
-        d.update_source_metrics();
-        d.emit(
-            Event::new(
-                "drill.passed",
-                Some(&name),
-                format!(
-                    "drill of backup {} of {name} passed: restored in {:.1} s",
-                    m.id,
-                    report.rto_ms as f64 / 1000.0
-                ),
-            )
-            .backup(&m.id)
-            .details(details.clone()),
-        );
-        Ok(details)
-    } else {
-        let failure = report.first_failure().unwrap_or("a step").to_string();
-        d.emit(
-            Event::new(
-                "drill.failed",
-                Some(&name),
-                format!("drill of backup {} of {name} failed at: {failure}", m.id),
-            )
-            .backup(&m.id)
-            .details(details),
-        );
-        Err(Error::integrity(format!("the drill of backup {} failed at: {failure}", m.id))
-            .hint("`lifeboat drill ID` shows every step; `lifeboat repo check --read-data` names damaged objects"))
     }
+    checked(
+        d,
+        Checked {
+            what: "drill",
+            name: &name,
+            id: &m.id,
+            record: report.ok().then(|| {
+                json!({"verified": jiff::Timestamp::now().to_string(), "drill": true, "rto_ms": report.rto_ms})
+            }),
+            passed: format!(
+                "drill of backup {} of {name} passed: restored in {:.1} s",
+                m.id,
+                report.rto_ms as f64 / 1000.0
+            ),
+            failure: report.first_failure().map(str::to_string),
+            details: json!(report),
+            hint: "`lifeboat drill ID` shows every step; `lifeboat repo check --read-data` names damaged objects",
+        },
+    )
 }
 
 /// An age for people: `45s`, `12m`, `3h05m`, `2d4h` (not `10801s`).

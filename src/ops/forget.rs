@@ -374,9 +374,23 @@ pub fn is_pinned(repo: &Repository, id: &str) -> Result<bool> {
     repo.records().holds(repo.storage(), &format!("{PINS}{id}"))
 }
 
-/// Record that `verify` passed for a backup (the "newest verified" safety rail).
+/// Record that `verify` passed for a backup (the "newest verified" safety rail). A drill's
+/// measured restore time recorded before stays true, so it is kept.
 pub fn record_verified(repo: &Repository, id: &str) -> Result<()> {
-    record_verified_with(repo, id, serde_json::json!({}))
+    let name = format!("{VERIFIED}{id}");
+    let before = crate::repo::records::fetch(repo.storage(), &name)?.and_then(|data| {
+        repo.records()
+            .decode_or_warn::<serde_json::Value>(&name, &data)
+    });
+    let kept = match before {
+        Some(v) if v.get("drill") == Some(&serde_json::json!(true)) => serde_json::json!({
+            "drill": true,
+            "rto_ms": v["rto_ms"],
+            "restored_into": v["restored_into"],
+        }),
+        _ => serde_json::json!({}),
+    };
+    record_verified_with(repo, id, kept)
 }
 
 /// [`record_verified`] with more about how (a drill's `rto_ms`, where it restored).
