@@ -4,23 +4,11 @@
 
 mod common;
 
-use common::daemon::{free_port, token_file, Daemon};
+use common::daemon::{free_port, sqlite_db, token_file, Daemon};
 use common::Env;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-fn sqlite_db(env: &Env, name: &str, rows: i64) -> PathBuf {
-    let path = env.path(name);
-    let db = rusqlite::Connection::open(&path).expect("db");
-    db.execute_batch("CREATE TABLE t(x INTEGER, pad TEXT);")
-        .expect("schema");
-    for i in 0..rows {
-        db.execute("INSERT INTO t VALUES (?1, hex(randomblob(64)))", [i])
-            .expect("row");
-    }
-    path
-}
 
 /// A database of about `mb` MiB of random rows (nothing dedups, nothing compresses).
 fn big_db(env: &Env, name: &str, mb: u32) -> PathBuf {

@@ -25,42 +25,13 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn to_answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    match r {
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect();
-            let body = resp
-                .body_mut()
-                .with_config()
-                .limit(1 << 30)
-                .read_to_vec()
-                .unwrap_or_default();
-            Answer {
-                status,
-                headers,
-                body,
-            }
-        }
-        Err(e) => Answer {
-            status: 0,
-            headers: Vec::new(),
-            body: e.to_string().into_bytes(),
-        },
-    }
-}
-
 /// GET with exactly these headers.
 fn get_with(d: &Daemon, path: &str, headers: &[(&str, String)]) -> Answer {
     let mut req = agent().get(d.url(path));
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    to_answer(req.call())
+    Daemon::answer(req.call())
 }
 
 /// `method` (GET or POST) with this bearer token and, for a POST, this raw JSON body.
@@ -77,7 +48,7 @@ fn call(d: &Daemon, method: &str, path: &str, token: Option<&str>, body: &[u8]) 
             for (k, v) in &auth {
                 req = req.header(*k, v);
             }
-            to_answer(req.send(body))
+            Daemon::answer(req.send(body))
         }
         m => panic!("method {m}"),
     }
@@ -1340,7 +1311,7 @@ fn tls_serves_https_only_and_refuses_a_key_of_another_certificate() {
     ]);
     assert_ne!(code, 0, "plain HTTP answered: {out}");
     assert!(!out.contains("\"sources\""), "{out}");
-    let plain = to_answer(
+    let plain = Daemon::answer(
         agent()
             .get(format!("http://127.0.0.1:{}/api/v1/health/live", w.port))
             .call(),

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::daemon::{free_port, token_file, Daemon};
+use common::daemon::{free_port, sqlite_db, token_file, Daemon};
 use common::Env;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,18 +20,6 @@ const EVIL: &str = r#"legacy <script>document.title="pwned"</script>"#;
 const EVIL_ESCAPED: &str = "legacy &lt;script&gt;document.title=&quot;pwned&quot;&lt;/script&gt;";
 /// As Chromium serializes the text node (quotes are not escaped in text).
 const EVIL_IN_DOM: &str = r#"legacy &lt;script&gt;document.title="pwned"&lt;/script&gt;"#;
-
-fn sqlite_db(env: &Env, name: &str, rows: i64) -> PathBuf {
-    let path = env.path(name);
-    let db = rusqlite::Connection::open(&path).expect("db");
-    db.execute_batch("CREATE TABLE t(x INTEGER, pad TEXT);")
-        .expect("schema");
-    for i in 0..rows {
-        db.execute("INSERT INTO t VALUES (?1, hex(randomblob(64)))", [i])
-            .expect("row");
-    }
-    path
-}
 
 /// Chromium, or a clear failure: this test needs it (Debian's `chromium`).
 fn chromium() -> PathBuf {

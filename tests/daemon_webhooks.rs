@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::daemon::{token_file, Daemon};
+use common::daemon::{sqlite_db, token_file, Daemon};
 use common::webhook_receiver::{unix_now, verify, Receiver};
 use common::Env;
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,18 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const SECRET: &str = "whsec-0123456789abcdef-shared";
-
-fn sqlite_db(env: &Env, name: &str, rows: i64) -> PathBuf {
-    let path = env.path(name);
-    let db = rusqlite::Connection::open(&path).expect("db");
-    db.execute_batch("CREATE TABLE t(x INTEGER, pad TEXT);")
-        .expect("schema");
-    for i in 0..rows {
-        db.execute("INSERT INTO t VALUES (?1, hex(randomblob(64)))", [i])
-            .expect("row");
-    }
-    path
-}
 
 /// The shared secret in a private file.
 fn secret_file(env: &Env) -> PathBuf {

@@ -33,6 +33,19 @@ fn rand_u128() -> u128 {
     u128::from_le_bytes(b)
 }
 
+/// A SQLite database of `rows` rows of random text in table `t`.
+pub fn sqlite_db(env: &Env, name: &str, rows: i64) -> PathBuf {
+    let path = env.path(name);
+    let db = rusqlite::Connection::open(&path).expect("db");
+    db.execute_batch("CREATE TABLE t(x INTEGER, pad TEXT);")
+        .expect("schema");
+    for i in 0..rows {
+        db.execute("INSERT INTO t VALUES (?1, hex(randomblob(64)))", [i])
+            .expect("row");
+    }
+    path
+}
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub port: u16,
@@ -130,7 +143,7 @@ impl Daemon {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
+    pub fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
         match r {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
