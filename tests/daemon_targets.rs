@@ -257,3 +257,125 @@ fn a_continuous_source_that_fails_backs_off_instead_of_spinning() {
     assert!(gaps.iter().any(|g| *g >= 1.9), "gaps {gaps:?}");
     assert!(d.stop(Duration::from_secs(30)).success());
 }
+
+/// The bucket becomes unreachable (a fault proxy in front of the real S3 server answers 503
+/// to everything): backups fail and are retried, the failure shows in the jobs, the status,
+/// the health check and the metrics, the API keeps answering from its catalog; once the
+/// bucket is back, the next retry succeeds and the repository is sound.
+#[test]
+fn an_unreachable_bucket_fails_backups_visibly_and_they_resume_when_it_is_back() {
+    use common::fault_proxy::{Down, FaultProxy, Faults};
+    let env = Env::new();
+    let s3 = S3Server::start();
+    let proxy = FaultProxy::start(s3.addr(), Faults::default());
+    let url = s3.url("flaky");
+    let db = env.path("app.db");
+    drop(common::make_db(&db, 300));
+    let (tok, token) = token_file(&env, "ops");
+    let port = free_port();
+    let mut vars = s3.env();
+    vars.push(("AWS_ENDPOINT", proxy.endpoint()));
+    // Few, quick store retries: a failure is reached in seconds.
+    vars.push(("LIFEBOAT_RETRIES", "1".into()));
+    vars.push(("LIFEBOAT_RETRY_TIMEOUT_SECS", "2".into()));
+    let out = env
+        .cmd()
+        .env_remove("LIFEBOAT_REPO")
+        .envs(vars.iter().map(|(k, v)| (*k, v.clone())))
+        .args(["--repo", &url, "repo", "init"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let config = env.path("lifeboat.toml");
+    std::fs::write(
+        &config,
+        daemon_config(
+            &url,
+            port,
+            &tok,
+            "retries = 50\nretry_delay = \"1s\"\nrefresh = \"1s\"",
+            &format!(
+                "[[source]]\nname = \"app\"\npath = \"{}\"\nschedule = \"every 2s\"\nhealth = \"every 1s\"\n",
+                db.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut d = Daemon::start_with(&env, &config, port, &pairs);
+    d.wait_until(Duration::from_secs(60), "a first backup", |d| {
+        !backups(d, &token, "app").is_empty()
+    });
+
+    proxy.set_down(Down::ServiceUnavailable);
+    let down_at = proxy.counts();
+    d.wait_until(
+        Duration::from_secs(90),
+        "a backup fails on the bucket",
+        |d| {
+            let jobs = d.get_json("/api/v1/jobs", &token)["jobs"].clone();
+            jobs.as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["kind"] == "backup" && j["state"] == "failed" && j["error"].is_string())
+        },
+    );
+    assert!(
+        proxy.injected() > 0,
+        "the proxy injected nothing: {down_at:?}"
+    );
+    d.wait_until(
+        Duration::from_secs(60),
+        "the failure shows everywhere",
+        |d| {
+            let st = d.get_json("/api/v1/status", &token);
+            let src = &st["sources"][0];
+            let metrics = d.get("/metrics", Some(&token)).text();
+            src["last_error"].is_string()
+                && src["health"]["ok"] == false
+                && metrics
+                    .lines()
+                    .any(|l| l.starts_with("lifeboat_target_up{") && l.ends_with(" 0"))
+                && metrics.lines().any(|l| {
+                    l.starts_with("lifeboat_backups_total{")
+                        && l.contains("status=\"failure\"")
+                        && !l.ends_with(" 0")
+                })
+        },
+    );
+    // The API still answers from memory while the bucket is down.
+    assert_eq!(d.get("/api/v1/health/live", None).status, 200);
+    let listed = backups(&d, &token, "app").len();
+    assert!(listed >= 1);
+    let jobs = d.get_json("/api/v1/jobs", &token)["jobs"].clone();
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["trigger"] == "retry"),
+        "failed backups are retried: {jobs}"
+    );
+
+    proxy.set_down(Down::No);
+    let back = Instant::now();
+    d.wait_until(Duration::from_secs(60), "a backup succeeds again", |d| {
+        backups(d, &token, "app").len() > listed
+    });
+    d.wait_until(Duration::from_secs(30), "the target is up again", |d| {
+        let metrics = d.get("/metrics", Some(&token)).text();
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("lifeboat_target_up{"))
+            .all(|l| l.ends_with(" 1"))
+    });
+    assert!(back.elapsed() < Duration::from_secs(60));
+    assert!(d.stop(Duration::from_secs(30)).success());
+    let out = env
+        .cmd()
+        .env_remove("LIFEBOAT_REPO")
+        .envs(s3.env())
+        .args(["--repo", &url, "repo", "check"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

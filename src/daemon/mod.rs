@@ -479,19 +479,23 @@ impl Daemon {
     /// Read what changed in the repository into the catalog, and the repository-wide
     /// metrics with it.
     pub fn refresh_catalog(&self) -> Result<()> {
-        let repo = match self.catalog_repo(false) {
-            Ok(r) => r,
-            Err(e) => {
-                let target = metrics::target(&self.opener().location);
+        let target = metrics::target(&self.opener().location);
+        let read = self.read_catalog();
+        match &read {
+            Ok(()) => {
+                self.metrics.target_up.get_or_create(&target).set(1);
+            }
+            Err(e) if e.kind == ErrorKind::Storage || e.kind == ErrorKind::NotFound => {
                 self.metrics.target_up.get_or_create(&target).set(0);
                 self.metrics.target_errors.get_or_create(&target).inc();
-                return Err(e);
             }
-        };
-        self.metrics
-            .target_up
-            .get_or_create(&metrics::target(&repo.location()))
-            .set(1);
+            Err(_) => {}
+        }
+        read
+    }
+
+    fn read_catalog(&self) -> Result<()> {
+        let repo = self.catalog_repo(false)?;
         let known = self.catalog.read().map(|c| c.ids()).unwrap_or_default();
         let read_records = self.catalog.read().is_ok_and(|c| c.records_due());
         let mut changes = catalog::Catalog::fetch(&repo, &known, read_records);

@@ -177,6 +177,11 @@ pub fn backup(
             Ok(details)
         }
         Err(e) => {
+            if e.kind == ErrorKind::Storage {
+                let target = metrics::target(&d.opener().location);
+                d.metrics.target_up.get_or_create(&target).set(0);
+                d.metrics.target_errors.get_or_create(&target).inc();
+            }
             if e.kind != ErrorKind::Interrupted {
                 d.metrics
                     .backups
@@ -544,7 +549,13 @@ pub fn health(d: &Arc<Daemon>, s: &Source, job: &Job) -> Result<serde_json::Valu
     let repo = open(d);
     let opener = d.opener();
     match &repo {
-        Err(e) => check("repository", false, e.to_string()),
+        Err(e) => {
+            d.metrics
+                .target_up
+                .get_or_create(&metrics::target(&opener.location))
+                .set(0);
+            check("repository", false, e.to_string())
+        }
         Ok(repo) => {
             let wants = opener.passphrase_configured() || opener.identity.is_some();
             let enc = repo.is_encrypted();
