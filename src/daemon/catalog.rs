@@ -261,3 +261,116 @@ fn parse_time(text: &str) -> std::result::Result<i64, String> {
         .map(|z| z.timestamp().as_second())
         .ok_or_else(|| format!("{text:?} is not a time (2026-01-31T02:00:00Z or 2026-01-31)"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, unix: i64, source: &str, tags: &[&str], trigger: &str) -> Entry {
+        Entry {
+            id: id.into(),
+            time: jiff::Timestamp::from_second(unix).unwrap().to_string(),
+            unix,
+            source: source.into(),
+            kind: "sqlite".into(),
+            form: "logical",
+            host: "h".into(),
+            run: None,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            trigger: trigger.into(),
+            description: None,
+            size_bytes: 1,
+            stored_bytes: 1,
+            duration_ms: 1,
+            encrypted: false,
+            verified: None,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::default();
+        let day = 86_400;
+        let base = 1_767_225_600; // 2026-01-01
+        let added = vec![
+            entry("01a", base, "/a.db", &["nightly"], "schedule"),
+            entry("01b", base + day, "/b.db", &[], "api"),
+            entry("01c", base + 2 * day, "/a.db", &["pre"], "pre-migration"),
+            entry("01d", base + 3 * day, "/a.db", &[], "schedule"),
+        ];
+        let mut records = HashMap::new();
+        records.insert(
+            "01c".to_string(),
+            serde_json::json!({"verified": "x", "rto_ms": 5}),
+        );
+        records.insert("01d".to_string(), serde_json::json!({"verified": "x"}));
+        c.apply(Changes {
+            present: added.iter().map(|e| e.id.clone()).collect(),
+            added,
+            records: Some(records),
+            unreadable: 0,
+        });
+        c
+    }
+
+    fn ids(c: &Catalog, q: Query) -> Vec<String> {
+        c.query(&q).unwrap().iter().map(|e| e.id.clone()).collect()
+    }
+
+    #[test]
+    fn filters_orders_and_limits() {
+        let c = catalog();
+        assert_eq!(ids(&c, Query::default()), ["01d", "01c", "01b", "01a"]);
+        let q = |f: fn(&mut Query)| {
+            let mut q = Query::default();
+            f(&mut q);
+            q
+        };
+        assert_eq!(
+            ids(&c, q(|q| q.order = Some("asc".into()))),
+            ["01a", "01b", "01c", "01d"]
+        );
+        assert_eq!(
+            ids(&c, q(|q| q.source = Some("/a.db".into()))),
+            ["01d", "01c", "01a"]
+        );
+        assert_eq!(ids(&c, q(|q| q.tag = Some("pre".into()))), ["01c"]);
+        assert_eq!(ids(&c, q(|q| q.trigger = Some("api".into()))), ["01b"]);
+        assert_eq!(ids(&c, q(|q| q.status = Some("drilled".into()))), ["01c"]);
+        assert_eq!(
+            ids(&c, q(|q| q.status = Some("verified".into()))),
+            ["01d", "01c"]
+        );
+        assert_eq!(
+            ids(&c, q(|q| q.status = Some("unverified".into()))),
+            ["01b", "01a"]
+        );
+        assert_eq!(
+            ids(
+                &c,
+                q(|q| {
+                    q.since = Some("2026-01-02".into());
+                    q.until = Some("2026-01-03T00:00:00Z".into());
+                })
+            ),
+            ["01c", "01b"]
+        );
+        assert_eq!(ids(&c, q(|q| q.limit = Some(2))), ["01d", "01c"]);
+        assert!(c.query(&q(|q| q.order = Some("up".into()))).is_err());
+        assert!(c.query(&q(|q| q.since = Some("yesterday".into()))).is_err());
+        assert_eq!(c.newest_of("/a.db").map(|e| e.id.as_str()), Some("01d"));
+    }
+
+    #[test]
+    fn a_refresh_drops_what_is_gone_and_keeps_records() {
+        let mut c = catalog();
+        let changed = c.apply(Changes {
+            present: ["01a", "01c"].iter().map(|s| s.to_string()).collect(),
+            added: Vec::new(),
+            records: None,
+            unreadable: 0,
+        });
+        assert_eq!(changed, 2);
+        assert_eq!(ids(&c, Query::default()), ["01c", "01a"]);
+        assert_eq!(c.get("01c").and_then(|e| e.rto_ms()), Some(5));
+    }
+}

@@ -497,3 +497,77 @@ fn source(s: &SourceSection, default_health: &Schedule) -> Result<Source> {
         path: s.path.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<DaemonConfig> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| Error::usage(e.to_string()))?;
+        DaemonConfig::from_file(&file)
+    }
+
+    #[test]
+    fn tokens_are_kept_as_digests_with_their_scopes() {
+        std::env::set_var("LIFEBOAT_TEST_TOKEN_A", "a-token-long-enough-1234");
+        let cfg = parse(
+            "[[daemon.token]]\nname = \"a\"\nenv = \"LIFEBOAT_TEST_TOKEN_A\"\nscopes = [\"read\", \"backup\"]\n",
+        )
+        .unwrap();
+        let t = &cfg.tokens[0];
+        assert_eq!(t.sha256, token_hash("a-token-long-enough-1234"));
+        assert!(t.allows(Scope::Read) && t.allows(Scope::Backup));
+        assert!(!t.allows(Scope::Restore) && !t.allows(Scope::Admin));
+        assert!(!format!("{t:?}").contains("a-token"));
+        // Admin implies every scope.
+        let hash = hex::encode(token_hash("x"));
+        let cfg = parse(&format!(
+            "[[daemon.token]]\nname = \"b\"\nsha256 = \"sha256:{hash}\"\nscopes = [\"admin\"]\n"
+        ))
+        .unwrap();
+        assert!(cfg.tokens[0].allows(Scope::Restore));
+    }
+
+    #[test]
+    fn mistakes_are_refused_before_anything_runs() {
+        std::env::set_var("LIFEBOAT_TEST_TOKEN_SHORT", "short");
+        for (bad, says) in [
+            ("[[daemon.token]]\nname = \"a\"\nenv = \"LIFEBOAT_TEST_TOKEN_SHORT\"\nscopes = [\"read\"]\n", "shorter than 16"),
+            ("[[daemon.token]]\nname = \"a\"\nsha256 = \"sha256:00\"\nscopes = [\"read\"]\n", "64 hex"),
+            ("[[daemon.token]]\nname = \"a\"\nenv = \"LIFEBOAT_TEST_NO_SUCH_VAR\"\nscopes = [\"read\"]\n", "not set"),
+            ("[[daemon.token]]\nname = \"a\"\nsha256 = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\nscopes = [\"root\"]\n", "unknown scope"),
+            ("[[daemon.token]]\nname = \"a\"\nsha256 = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n", "no scopes"),
+            ("[[daemon.webhook]]\nurl = \"ftp://x/\"\n", "only http"),
+            ("[[daemon.webhook]]\nurl = \"http://x/\"\nevents = [\"backup.done\"]\n", "unknown event"),
+            ("[daemon]\nlisten = \"localhost\"\n", "listen"),
+            ("[daemon]\nretention = \"every 1d\"\n", "no [retention]"),
+            ("[daemon]\nstorage_warn = 1.5\n", "fraction"),
+            ("[daemon]\ntls_cert = \"/x\"\n", "go together"),
+            ("[[source]]\npath = \"postgres://u@h/db\"\nschedule = \"continuous\"\n", "continuous"),
+            ("[[source]]\npath = \"/tmp\"\ndrill_query = \"SELECT 1\"\n", "check query is SQL"),
+            ("[[source]]\npath = \"/a.db\"\n[[source]]\npath = \"/a.db\"\n", "two [[source]]"),
+            ("[[source]]\npath = \"/a.db\"\nschedule = \"every 6x\"\n", "schedule"),
+        ] {
+            let e = parse(bad).err().unwrap_or_else(|| panic!("accepted: {bad}"));
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn urls_are_shown_without_their_path() {
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T0/B0/secret"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:9000/hook?k=s"),
+            "http://127.0.0.1:9000/…"
+        );
+        let cfg =
+            parse("[daemon]\nlisten = \"off\"\n[[source]]\npath = \"postgres://u:pw@h/db\"\n")
+                .unwrap();
+        assert!(cfg.listen.is_none());
+        // A source is named by its password-less key.
+        assert_eq!(cfg.sources[0].name, "postgres://u@h:5432/db");
+    }
+}
