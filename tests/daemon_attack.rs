@@ -726,3 +726,65 @@ fn a_restore_that_waited_checks_its_target_again() {
     let e = job["error"].as_str().unwrap_or("");
     assert!(e.contains("restore_dirs"), "{job}");
 }
+
+/// A PostgreSQL source written with its password in the URI (or as `password=`): a read
+/// token saw the password in `/api/v1/sources`, the status and the status page, and
+/// `--check-config` printed it.
+#[test]
+fn a_postgres_password_in_a_source_uri_is_never_shown() {
+    let w = World::new();
+    let tail = r#"[[source]]
+name = "pg"
+path = "postgres://app:S3cretPw-in-uri@127.0.0.1:9/appdb"
+[[source]]
+name = "pg2"
+path = "postgres://app@127.0.0.1:9/other?password=S3cretPw-in-query&sslmode=disable"
+"#;
+    let text = w.config("", "", tail);
+    let d = w.start(&text);
+    let secrets = ["S3cretPw-in-uri", "S3cretPw-in-query"];
+    let sources = d.get_json("/api/v1/sources", &w.reader);
+    assert_eq!(sources["sources"][1]["name"], "pg", "{sources}");
+    assert_eq!(
+        sources["sources"][1]["path"], "postgres://app@127.0.0.1:9/appdb",
+        "{sources}"
+    );
+    let status = d.get("/api/v1/status", Some(&w.reader));
+    let page = d.get("/", Some(&w.reader));
+    assert_eq!((status.status, page.status), (200, 200));
+    assert!(
+        page.text().contains("postgres://app@127.0.0.1:9/other"),
+        "{}",
+        page.text()
+    );
+    let check = w
+        .env
+        .cmd()
+        .env("LIFEBOAT_TOKEN_CI", CI_TOKEN)
+        .arg("--config")
+        .arg(&d.config)
+        .args(["daemon", "--check-config"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&check.stdout).to_string();
+    assert!(
+        check.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        printed.contains("source pg (postgres://app@127.0.0.1:9/appdb)"),
+        "{printed}"
+    );
+    for (what, text) in [
+        ("/api/v1/sources", sources.to_string()),
+        ("/api/v1/status", status.text()),
+        ("the status page", page.text()),
+        ("--check-config", printed),
+        ("the log", d.log_text()),
+    ] {
+        for s in secrets {
+            assert!(!text.contains(s), "{what} shows the password {s}:\n{text}");
+        }
+    }
+}

@@ -384,7 +384,7 @@ async fn sources(State(d): D, headers: HeaderMap) -> Response {
         .iter()
         .map(|s| {
             json!({
-                "name": s.name, "path": s.path, "schedule": s.schedule.describe(),
+                "name": s.name, "path": s.shown_path(), "schedule": s.schedule.describe(),
                 "verify": s.verify.as_ref().map(|x| x.describe()),
                 "drill": s.drill.as_ref().map(|x| x.describe()),
                 "health": s.health.describe(), "tags": s.tags,

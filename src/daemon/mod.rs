@@ -191,7 +191,7 @@ pub fn check_config(opts: &Options) -> Result<String> {
         out.push_str("warning: no [[source]]: the daemon has nothing to back up\n");
     }
     for s in &cfg.sources {
-        out.push_str(&format!("source {} ({})\n", s.name, s.path));
+        out.push_str(&format!("source {} ({})\n", s.name, s.shown_path()));
         let jobs = [
             ("backup", Some(&s.schedule)),
             ("verify", s.verify.as_ref()),
