@@ -788,3 +788,49 @@ path = "postgres://app@127.0.0.1:9/other?password=S3cretPw-in-query&sslmode=disa
         }
     }
 }
+
+/// Objects planted under `backups/` that do not authenticate are read once, not at every
+/// refresh: before, each refresh read every one of them twice (and opened the repository
+/// again, a key derivation), so a bucket writer could make the daemon read and log without
+/// end.
+#[test]
+fn forged_manifests_are_read_once_not_at_every_refresh() {
+    let w = World::new();
+    let alphabet = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let stem = &w.backup[..w.backup.len() - 2];
+    let mut forged = Vec::new();
+    for (i, a) in alphabet.iter().enumerate().take(20) {
+        let id = format!("{stem}{}{}", *a as char, alphabet[(i * 7) % 32] as char);
+        if id != w.backup {
+            std::fs::write(w.env.repo().join("backups").join(&id), b"not a manifest").unwrap();
+            forged.push(id);
+        }
+    }
+    let mut d = w.start(&w.config("refresh = \"1s\"", "", ""));
+    let left_out = |d: &Daemon| d.log_text().matches("left out").count();
+    d.wait_until(
+        Duration::from_secs(30),
+        "the forged manifests are met",
+        |d| left_out(d) >= forged.len(),
+    );
+    // Three more refreshes: nothing is read again.
+    std::thread::sleep(Duration::from_secs(2));
+    let after_first = left_out(&d);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        left_out(&d),
+        after_first,
+        "forged manifests were read again:\n{}",
+        d.log_text()
+    );
+    assert!(after_first <= 2 * forged.len(), "{after_first}");
+    // The real backup is listed, none of the forged ones.
+    let list = d.get_json("/api/v1/backups", &w.reader);
+    assert_eq!(list["count"], 1, "{list}");
+    assert_eq!(list["backups"][0]["id"], w.backup.as_str());
+    // A backup made meanwhile still appears at the next refresh.
+    w.env.backup(&w.db);
+    d.wait_until(Duration::from_secs(30), "a new backup is listed", |d| {
+        d.get_json("/api/v1/backups", &w.reader)["count"] == 2
+    });
+}

@@ -540,7 +540,7 @@ impl Daemon {
             .target_up
             .get_or_create(&metrics::target(&repo.location()))
             .set(1);
-        let known = self.catalog.read().map(|c| c.ids()).unwrap_or_default();
+        let known = self.catalog.read().map(|c| c.seen()).unwrap_or_default();
         let read_records = self.catalog.read().is_ok_and(|c| c.records_due());
         let mut changes = catalog::Catalog::fetch(&repo, &known, read_records);
         if changes.as_ref().is_ok_and(|c| c.unreadable > 0) {
