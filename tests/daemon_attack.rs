@@ -834,3 +834,35 @@ fn forged_manifests_are_read_once_not_at_every_refresh() {
         d.get_json("/api/v1/backups", &w.reader)["count"] == 2
     });
 }
+
+/// A verify whose (empty) body arrives after its head keeps the connection usable: before,
+/// the daemon answered without reading it and closed the connection, so a client reusing
+/// it (as HTTP libraries do) failed its next request.
+#[test]
+fn a_verify_body_sent_late_does_not_break_the_connection() {
+    let w = World::new();
+    let d = w.start(&w.config("", "", ""));
+    let mut s = connect(w.port);
+    for (i, pause) in [200u64, 0].into_iter().enumerate() {
+        let head = format!(
+            "POST /api/v1/backups/{}/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n",
+            w.backup, w.ci
+        );
+        let sent = s.write_all(head.as_bytes()).and_then(|()| {
+            std::thread::sleep(Duration::from_millis(pause));
+            s.write_all(b"{}")
+        });
+        assert!(sent.is_ok(), "request {i} could not be sent: {sent:?}");
+        let (got, done) = read_until(&mut s, Duration::from_secs(10), |b| {
+            head_done(b) && String::from_utf8_lossy(b).contains("}}")
+        });
+        assert!(done, "request {i}: {}", String::from_utf8_lossy(&got));
+        let status = status_of(&got);
+        assert!(
+            [202, 429].contains(&status),
+            "request {i}: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    drop(d);
+}

@@ -583,11 +583,23 @@ async fn create_backup(
     admitted(job)
 }
 
-async fn verify_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+// These take no body but read one if sent: a body left unread when the answer goes makes
+// hyper close the connection, and a client that reuses it fails its next request.
+async fn verify_backup(
+    State(d): D,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    _body: axum::body::Bytes,
+) -> Response {
     backup_job(d, headers, id, JobKind::Verify).await
 }
 
-async fn drill_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn drill_backup(
+    State(d): D,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    _body: axum::body::Bytes,
+) -> Response {
     backup_job(d, headers, id, JobKind::Drill).await
 }
 
