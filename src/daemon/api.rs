@@ -19,6 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,14 +31,44 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// The largest request body read.
 const MAX_BODY: usize = 64 * 1024;
 
+/// Job event streams open at once (each is a task that follows its job).
+const MAX_STREAMS: usize = 32;
+static STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Downloads at once: each keeps a restored copy of its backup on disk until it is sent.
+const MAX_DOWNLOADS: usize = 2;
+static DOWNLOADS: AtomicUsize = AtomicUsize::new(0);
+
+/// One of a limited number of places, given back when dropped.
+struct Slot(&'static AtomicUsize);
+
+impl Slot {
+    fn take(count: &'static AtomicUsize, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(count))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub fn router(d: Arc<Daemon>) -> Router {
     let max = d.config().max_requests;
+    // The probes and the API's description answer anyone, outside the request limit.
+    let public = Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/health/live", get(live))
+        .route("/api/v1/health/ready", get(ready));
     Router::new()
         .route("/", get(page))
         .route("/metrics", get(metrics))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/health/live", get(live))
-        .route("/api/v1/health/ready", get(ready))
         .route("/api/v1/status", get(status))
         .route("/api/v1/sources", get(sources))
         .route("/api/v1/backups", get(list_backups).post(create_backup))
@@ -52,30 +83,111 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/v1/webhooks/deliveries", get(deliveries))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(max))
+        // A request without a known token is answered before its body is read.
+        .layer(axum::middleware::from_fn_with_state(d.clone(), known_token))
+        // One limit for all routes (a layer of its own per route would multiply it).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(max))
+        .merge(public)
         .with_state(d)
 }
 
-/// Serve until the daemon stops.
+/// How long a client has to send a request's head (and a TLS client its handshake); a
+/// connection idle that long between requests is closed too.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once: a quarter of the open files the process may have (at least
+/// 16, at most 1024), so that idle or slow clients cannot take the descriptors the jobs
+/// need. More wait in the listen queue.
+fn max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    usize::try_from(soft / 4).unwrap_or(1024).clamp(16, 1024)
+}
+
+async fn stopped(d: &Daemon) {
+    while !d.stopping() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Serve until the daemon stops: each connection on its own task, at most
+/// `max_connections()` at once, each closed when its client is silent for `HEAD_TIMEOUT`
+/// where a request (or a handshake) is due.
 pub async fn serve(d: Arc<Daemon>, listener: tokio::net::TcpListener) {
     let app = router(d.clone());
-    let stop = {
-        let d = d.clone();
-        async move {
-            while !d.stopping() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let tls = match d.config().tls.clone() {
+        Some((cert, key)) => match super::tls::acceptor(&cert, &key) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::error!("the API stopped: {e}");
+                return;
             }
+        },
+        None => None,
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections()));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p,
+            _ = stopped(&d) => break,
+        };
+        let Ok(permit) = permit else { break };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&d) => break,
+        };
+        let (tcp, addr) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("API accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (d, app, tls) = (d.clone(), app.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(&d, app, tcp).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(&d, app, stream).await,
+                        Ok(Err(e)) => tracing::debug!("TLS handshake with {addr}: {e}"),
+                        Err(_) => tracing::debug!("TLS handshake with {addr} timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<I>(d: &Daemon, app: Router, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT);
+    let conn = builder.serve_connection(
+        hyper_util::rt::TokioIo::new(io),
+        hyper_util::service::TowerToHyperService::new(app),
+    );
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped(d) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
-    };
-    let served = match d.config().tls.clone() {
-        Some((cert, key)) => super::tls::serve(listener, app, &cert, &key, stop).await,
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-            .map_err(|e| Error::internal(format!("the API stopped: {e}"))),
-    };
-    if let Err(e) = served {
-        tracing::error!("{e}");
     }
 }
 
@@ -135,9 +247,26 @@ fn presented(headers: &HeaderMap) -> Option<String> {
     }
 }
 
-/// Check the request's token for `scope`: 401 without a known token, 403 without the scope.
-fn authorize(d: &Daemon, headers: &HeaderMap, scope: Scope) -> Result<String, Response> {
+/// Refuse a request without a known token (401) before anything reads its body; the
+/// handler then checks the scope its route needs.
+async fn known_token(
+    State(d): D,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let cfg = d.config();
+    if let Err(r) = token_of(&cfg, req.headers()) {
+        return r;
+    }
+    drop(cfg);
+    next.run(req).await
+}
+
+/// The configured token the request carries; 401 when there is none.
+fn token_of<'a>(
+    cfg: &'a super::config::DaemonConfig,
+    headers: &HeaderMap,
+) -> Result<&'a super::config::Token, Response> {
     let Some(token) = presented(headers) else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
@@ -153,14 +282,20 @@ fn authorize(d: &Daemon, headers: &HeaderMap, scope: Scope) -> Result<String, Re
             found = Some(t);
         }
     }
-    let Some(t) = found else {
+    found.ok_or_else(|| {
         tracing::warn!("API: a request with an unknown token was refused");
-        return Err(refuse(
+        refuse(
             StatusCode::UNAUTHORIZED,
             "unknown token",
             "check the token against the [[daemon.token]] files of the daemon's config",
-        ));
-    };
+        )
+    })
+}
+
+/// Check the request's token for `scope`: 401 without a known token, 403 without the scope.
+fn authorize(d: &Daemon, headers: &HeaderMap, scope: Scope) -> Result<String, Response> {
+    let cfg = d.config();
+    let t = token_of(&cfg, headers)?;
     if !t.allows(scope) {
         return Err(refuse(
             StatusCode::FORBIDDEN,
@@ -258,7 +393,7 @@ async fn sources(State(d): D, headers: HeaderMap) -> Response {
         .iter()
         .map(|s| {
             json!({
-                "name": s.name, "path": s.key, "schedule": s.schedule.describe(),
+                "name": s.name, "path": s.shown_path(), "schedule": s.schedule.describe(),
                 "verify": s.verify.as_ref().map(|x| x.describe()),
                 "drill": s.drill.as_ref().map(|x| x.describe()),
                 "health": s.health.describe(), "tags": s.tags,
@@ -401,6 +536,25 @@ fn accepted(job: JobView) -> Response {
     r
 }
 
+/// 202 with the job, or 429 when too many jobs wait for their turn already.
+fn admitted(job: Result<Arc<super::jobs::Job>, String>) -> Response {
+    match job {
+        Ok(job) => accepted(job.view()),
+        Err(why) => busy(
+            &why,
+            "ask again when it has started (GET /api/v1/jobs lists them)",
+        ),
+    }
+}
+
+/// 429 with a `Retry-After`.
+fn busy(message: &str, hint: &str) -> Response {
+    let mut r = refuse(StatusCode::TOO_MANY_REQUESTS, message, hint);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
 async fn create_backup(
     State(d): D,
     headers: HeaderMap,
@@ -439,15 +593,28 @@ async fn create_backup(
         "API: token {who} asked for a backup of {} (trigger {trigger})",
         s.name
     );
-    let job = d.spawn(JobKind::Backup, s, None, &trigger, req.tags.clone());
-    accepted(job.view())
+    let body = super::source_body(JobKind::Backup, s, None, &trigger, req.tags.clone());
+    let job = d.spawn_api_job(JobKind::Backup, Some(s.name.clone()), None, &trigger, body);
+    admitted(job)
 }
 
-async fn verify_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+// These take no body but read one if sent: a body left unread when the answer goes makes
+// hyper close the connection, and a client that reuses it fails its next request.
+async fn verify_backup(
+    State(d): D,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    _body: axum::body::Bytes,
+) -> Response {
     backup_job(d, headers, id, JobKind::Verify).await
 }
 
-async fn drill_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn drill_backup(
+    State(d): D,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    _body: axum::body::Bytes,
+) -> Response {
     backup_job(d, headers, id, JobKind::Drill).await
 }
 
@@ -472,8 +639,7 @@ async fn backup_job(d: Arc<Daemon>, headers: HeaderMap, id: String, kind: JobKin
         }
         _ => Box::new(move |d, job| super::work::drill(d, source.as_ref(), Some(&b), job)),
     };
-    let job = d.spawn_job(kind, Some(name), Some(id), "api", body);
-    accepted(job.view())
+    admitted(d.spawn_api_job(kind, Some(name), Some(id), "api", body))
 }
 
 #[derive(Deserialize)]
@@ -485,7 +651,10 @@ struct RestoreRequest {
 
 /// Where an API restore may write: a new path whose parent is (under) an allowed folder,
 /// with no link on the way.
-fn restore_target(d: &Daemon, to: &std::path::Path) -> Result<std::path::PathBuf, Error> {
+pub(super) fn restore_target(
+    d: &Daemon,
+    to: &std::path::Path,
+) -> Result<std::path::PathBuf, Error> {
     let cfg = d.config();
     if cfg.restore_dirs.is_empty() {
         return Err(Error::usage("restores through the API are off")
@@ -563,14 +732,13 @@ async fn restore_backup(
         .map(|s| s.name.clone())
         .unwrap_or(entry.source.clone());
     let b = id.clone();
-    let job = d.spawn_job(
+    admitted(d.spawn_api_job(
         JobKind::Restore,
         Some(name),
         Some(id),
         "api",
         Box::new(move |d, job| super::work::restore(d, &b, to, job)),
-    );
-    accepted(job.view())
+    ))
 }
 
 async fn download_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -586,15 +754,28 @@ async fn download_backup(State(d): D, headers: HeaderMap, Path(id): Path<String>
                 .hint("restore it with `lifeboat restore ID --pgdata DIR`"),
         );
     }
+    let Some(slot) = Slot::take(&DOWNLOADS, MAX_DOWNLOADS) else {
+        return busy(
+            &format!("{MAX_DOWNLOADS} downloads are under way"),
+            "ask again when one of them has finished",
+        );
+    };
     tracing::info!("API: token {who} downloads {id}");
     let d2 = d.clone();
-    let prepared = tokio::task::spawn_blocking(move || super::download::prepare(&d2, &id)).await;
-    let file = match prepared {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) => return error_response(&e),
+    // The slot is held while the copy exists: through the restore (which goes on if the
+    // client leaves) and the sending.
+    let prepared =
+        tokio::task::spawn_blocking(move || (super::download::prepare(&d2, &id), slot)).await;
+    let (file, slot) = match prepared {
+        Ok((Ok(f), slot)) => (f, slot),
+        Ok((Err(e), _)) => return error_response(&e),
         Err(_) => return error_response(&Error::internal("the download panicked")),
     };
-    let mut r = Response::new(Body::from_stream(super::download::stream(file.file)));
+    let stream = futures::StreamExt::map(super::download::stream(file.file), move |chunk| {
+        let _held = &slot;
+        chunk
+    });
+    let mut r = Response::new(Body::from_stream(stream));
     let h = r.headers_mut();
     let pairs = [
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -632,33 +813,48 @@ async fn show_job(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Re
     }
 }
 
-/// Server-sent events: the job as JSON every half second while it changes, until it ends.
+/// Server-sent events: the job as JSON every half second while it changes, until it ends
+/// (or the token that opened the stream is no longer in the config).
 async fn job_events(State(d): D, headers: HeaderMap, Path(id): Path<String>) -> Response {
     authorized!(d, headers, Scope::Read);
     let Some(job) = d.jobs.get(&id) else {
         return error_response(&Error::not_found(format!("no job {id}")));
     };
-    let stream = futures::stream::unfold(
-        (job, None::<String>, false),
-        |(job, last, done)| async move {
-            if done {
+    let Some(slot) = Slot::take(&STREAMS, MAX_STREAMS) else {
+        return busy(
+            &format!("{MAX_STREAMS} event streams are open"),
+            "poll GET /api/v1/jobs/{id} instead, or close a stream",
+        );
+    };
+    let digest = presented(&headers).map(|t| super::config::token_hash(&t));
+    let state = (job, None::<String>, false, d, digest, slot);
+    let stream = futures::stream::unfold(state, |(job, last, done, d, digest, slot)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let allowed = digest.is_some_and(|digest| {
+                d.config()
+                    .tokens
+                    .iter()
+                    .any(|t| same_digest(&t.sha256, &digest) && t.allows(Scope::Read))
+            });
+            if !allowed {
                 return None;
             }
-            loop {
-                let view = job.view();
-                let text = serde_json::to_string(&view).unwrap_or_default();
-                let finished = view.state.finished();
-                if last.as_deref() != Some(text.as_str()) || finished {
-                    let chunk = format!("event: job\ndata: {text}\n\n");
-                    return Some((
-                        Ok::<_, std::convert::Infallible>(chunk),
-                        (job, Some(text), finished),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let view = job.view();
+            let text = serde_json::to_string(&view).unwrap_or_default();
+            let finished = view.state.finished();
+            if last.as_deref() != Some(text.as_str()) || finished {
+                let chunk = format!("event: job\ndata: {text}\n\n");
+                return Some((
+                    Ok::<_, std::convert::Infallible>(chunk),
+                    (job, Some(text), finished, d, digest, slot),
+                ));
             }
-        },
-    );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),

@@ -85,6 +85,8 @@ pub struct Changes {
     pub records: Option<HashMap<String, serde_json::Value>>,
     /// Manifests that did not authenticate (keys changed, or tampering).
     pub unreadable: usize,
+    /// Those of them that failed authentication (not a storage error).
+    pub rejected: Vec<String>,
 }
 
 /// The filters of `GET /api/v1/backups`.
@@ -107,6 +109,10 @@ pub struct Query {
 #[derive(Default)]
 pub struct Catalog {
     entries: BTreeMap<String, Entry>,
+    /// Listed backups whose manifest failed authentication even with the repository opened
+    /// again: not read again while they are listed (manifests are write-once), so objects
+    /// planted in the bucket cost one read each, not one per refresh.
+    rejected: std::collections::HashSet<String>,
     refreshes: u64,
     pub repo_stored_bytes: Option<u64>,
 }
@@ -152,6 +158,15 @@ impl Catalog {
         self.entries.keys().cloned().collect()
     }
 
+    /// The ids a refresh need not read: those in the catalog and those rejected before.
+    pub fn seen(&self) -> std::collections::HashSet<String> {
+        self.entries
+            .keys()
+            .chain(self.rejected.iter())
+            .cloned()
+            .collect()
+    }
+
     /// Every tenth refresh re-reads all verification records (a record may be rewritten
     /// in place, which a listing does not show).
     pub fn records_due(&self) -> bool {
@@ -185,6 +200,12 @@ impl Catalog {
                 Err(e) if e.kind == crate::ErrorKind::NotFound => {}
                 Err(e) => {
                     changes.unreadable += 1;
+                    if matches!(
+                        e.kind,
+                        crate::ErrorKind::Integrity | crate::ErrorKind::Trust
+                    ) {
+                        changes.rejected.push(id.clone());
+                    }
                     tracing::warn!("catalog: backup {id} left out: {e}");
                 }
             }
@@ -198,6 +219,8 @@ impl Catalog {
     pub fn apply(&mut self, changes: Changes) -> usize {
         let before = self.entries.len();
         self.entries.retain(|id, _| changes.present.contains(id));
+        self.rejected.retain(|id| changes.present.contains(id));
+        self.rejected.extend(changes.rejected.iter().cloned());
         let removed = before - self.entries.len();
         let added = changes.added.len();
         for e in changes.added {
@@ -308,6 +331,7 @@ mod tests {
             added,
             records: Some(records),
             unreadable: 0,
+            rejected: Default::default(),
         });
         c
     }
@@ -368,6 +392,7 @@ mod tests {
             added: Vec::new(),
             records: None,
             unreadable: 0,
+            rejected: Default::default(),
         });
         assert_eq!(changed, 2);
         assert_eq!(ids(&c, Query::default()), ["01c", "01a"]);

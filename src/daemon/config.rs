@@ -79,6 +79,25 @@ pub struct Source {
     pub drill_query: Option<String>,
 }
 
+impl Source {
+    /// The path as it is shown (API, status page, `--check-config`): a PostgreSQL URI
+    /// without its password.
+    pub fn shown_path(&self) -> String {
+        shown_path(&self.path)
+    }
+}
+
+/// `path` as it may be shown: a PostgreSQL URI loses its password (and `password=`).
+pub fn shown_path(path: &str) -> String {
+    use crate::source::postgres::conn;
+    if !crate::source::postgres::is_postgres_uri(path) {
+        return path.to_string();
+    }
+    conn::PgTarget::parse(path)
+        .map(|t| t.display())
+        .unwrap_or_else(|_| conn::redact_uri_text(path))
+}
+
 /// A webhook endpoint: the key of its signature is read once, kept in memory only.
 #[derive(Clone)]
 pub struct Webhook {
@@ -331,7 +350,9 @@ impl DaemonConfig {
             {
                 return Err(Error::usage(format!(
                     "two [[source]] tables name {} ({} and {})",
-                    o.name, o.key, src.key
+                    o.name,
+                    o.shown_path(),
+                    src.shown_path()
                 ))
                 .hint("give each a different name = \"…\""));
             }
@@ -430,7 +451,8 @@ fn source(s: &SourceSection, default_health: &Schedule) -> Result<Source> {
     };
     if name.is_empty() || name.chars().any(|c| c.is_control()) {
         return Err(Error::usage(format!(
-            "[[source]] {key}: a name without control characters"
+            "[[source]] {}: a name without control characters",
+            shown_path(&s.path)
         )));
     }
     let kind = s
@@ -470,7 +492,7 @@ fn source(s: &SourceSection, default_health: &Schedule) -> Result<Source> {
             return Err(Error::usage(format!(
                 "{}: \"continuous\" replicates a SQLite database; {} is not one",
                 what("schedule"),
-                key
+                shown_path(&s.path)
             ))
             .hint("PostgreSQL ships its WAL with archive_command = 'lifeboat wal-push %p' (docs/POSTGRES.md); use an interval for the others"));
         }

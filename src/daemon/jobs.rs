@@ -197,21 +197,62 @@ pub struct Jobs {
 /// Finished jobs kept for the API (running ones are always kept).
 const KEPT: usize = 1000;
 
+/// Jobs waiting for their turn that the API may add to: one per kind and source, this many
+/// in all (each waits on a thread of its own).
+pub const MAX_QUEUED: usize = 32;
+
+fn push(l: &mut VecDeque<Arc<Job>>, job: Arc<Job>) {
+    l.push_back(job);
+    while l.len() > KEPT {
+        match l.iter().position(|j| j.with(|v| v.state.finished())) {
+            Some(i) => {
+                l.remove(i);
+            }
+            None => break,
+        }
+    }
+}
+
 impl Jobs {
     pub fn add(&self, job: Job) -> Arc<Job> {
         let job = Arc::new(job);
         if let Ok(mut l) = self.list.lock() {
-            l.push_back(job.clone());
-            while l.len() > KEPT {
-                match l.iter().position(|j| j.with(|v| v.state.finished())) {
-                    Some(i) => {
-                        l.remove(i);
-                    }
-                    None => break,
-                }
-            }
+            push(&mut l, job.clone());
         }
         job
+    }
+
+    /// Add a job the API asked for, unless a job of the same kind and source is already
+    /// waiting for its turn, or `MAX_QUEUED` jobs are: then why it was refused.
+    pub fn admit(&self, job: Job) -> Result<Arc<Job>, String> {
+        let (kind, source) = job.with(|v| (v.kind, v.source.clone()));
+        let mut l = self
+            .list
+            .lock()
+            .map_err(|_| "the job list is unusable".to_string())?;
+        let queued: Vec<&Arc<Job>> = l
+            .iter()
+            .filter(|j| j.with(|v| v.state == JobState::Queued))
+            .collect();
+        if let Some(same) = queued
+            .iter()
+            .find(|j| j.with(|v| v.kind == kind && v.source == source))
+        {
+            return Err(format!(
+                "a {} job of {} is already waiting for its turn ({})",
+                kind.name(),
+                source.as_deref().unwrap_or("the repository"),
+                same.id()
+            ));
+        }
+        if queued.len() >= MAX_QUEUED {
+            return Err(format!(
+                "{MAX_QUEUED} jobs are already waiting for their turn"
+            ));
+        }
+        let job = Arc::new(job);
+        push(&mut l, job.clone());
+        Ok(job)
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Job>> {

@@ -139,8 +139,7 @@ pub fn check_config(opts: &Options) -> Result<String> {
     let mut out = String::new();
     out.push_str(&format!("repository: {}\n", opener.location));
     // The plan from what ran: the newest backups and the schedule's state, when readable.
-    let state: State = std::fs::read(state_files(&cfg).1)
-        .ok()
+    let state: State = read_own_file(&state_files(&cfg).1)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let mut catalog = Catalog::default();
@@ -193,7 +192,7 @@ pub fn check_config(opts: &Options) -> Result<String> {
         out.push_str("warning: no [[source]]: the daemon has nothing to back up\n");
     }
     for s in &cfg.sources {
-        out.push_str(&format!("source {} ({})\n", s.name, s.key));
+        out.push_str(&format!("source {} ({})\n", s.name, s.shown_path()));
         let jobs = [
             ("backup", Some(&s.schedule)),
             ("verify", s.verify.as_ref()),
@@ -255,15 +254,79 @@ fn state_files(cfg: &DaemonConfig) -> (PathBuf, PathBuf, PathBuf) {
     )
 }
 
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// The state folder, made if missing, and private: it must be this user's, and a folder
+/// others could read or write (made before, say by `mkdir`) is narrowed to 0700, so that no
+/// one else can read the delivery log or plant a file or link where the daemon writes.
+fn private_state_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    crate::storage::local::create_private_dir(dir)?;
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io("cannot read", dir, e))?;
+    let me = euid();
+    if meta.uid() != me {
+        return Err(Error::usage(format!(
+            "the daemon's state folder {} belongs to user {}, not to this one ({me})",
+            dir.display(),
+            meta.uid()
+        ))
+        .hint("set [daemon] state_dir to a folder of the user the daemon runs as"));
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(
+            "the daemon's state folder {} was open to other users (mode {:o}): now 700",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("cannot make private", dir, e))?;
+    }
+    Ok(())
+}
+
+/// A file of the state folder, if it is there, is a file (not a link) and is this user's.
+fn read_own_file(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != euid() {
+        tracing::warn!("{} is not a file of this user: ignored", path.display());
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 fn take_lock(path: &std::path::Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| Error::io("cannot open the daemon's lock", path, e))?;
+    let owner = f
+        .metadata()
+        .map_err(|e| Error::io("cannot open the daemon's lock", path, e))?
+        .uid();
+    if owner != euid() {
+        return Err(Error::usage(format!(
+            "the daemon's lock {} belongs to user {owner}, not to this one",
+            path.display()
+        ))
+        .hint("remove it (someone else made it in the state folder)"));
+    }
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {
             // The holder's pid, for the message of a second daemon.
@@ -298,7 +361,7 @@ pub fn run(opts: Options) -> Result<()> {
     if let Some((cert, key)) = &cfg.tls {
         tls::server_config(cert, key)?;
     }
-    crate::storage::local::create_private_dir(&cfg.state_dir)?;
+    private_state_dir(&cfg.state_dir)?;
     let (lock_path, state_path, log_path) = state_files(&cfg);
     let _lock = take_lock(&lock_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -319,8 +382,7 @@ pub fn run(opts: Options) -> Result<()> {
         ),
         None => None,
     };
-    let state: State = std::fs::read(&state_path)
-        .ok()
+    let state: State = read_own_file(&state_path)
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
     let metrics = metrics::Metrics::new();
@@ -496,7 +558,7 @@ impl Daemon {
 
     fn read_catalog(&self) -> Result<()> {
         let repo = self.catalog_repo(false)?;
-        let known = self.catalog.read().map(|c| c.ids()).unwrap_or_default();
+        let known = self.catalog.read().map(|c| c.seen()).unwrap_or_default();
         let read_records = self.catalog.read().is_ok_and(|c| c.records_due());
         let mut changes = catalog::Catalog::fetch(&repo, &known, read_records);
         if changes.as_ref().is_ok_and(|c| c.unreadable > 0) {
@@ -842,22 +904,28 @@ impl Daemon {
         trigger: &str,
         tags: Vec<String>,
     ) -> Arc<Job> {
-        let src = s.clone();
-        let b = backup.clone();
-        let t = trigger.to_string();
-        let body: Body = match kind {
-            JobKind::Backup => Box::new(move |d, job| work::backup(d, &src, job, &tags, &t)),
-            JobKind::Verify => {
-                Box::new(move |d, job| work::verify(d, Some(&src), b.as_deref(), job))
-            }
-            JobKind::Drill => Box::new(move |d, job| work::drill(d, Some(&src), b.as_deref(), job)),
-            JobKind::Health => Box::new(move |d, job| work::health(d, &src, job)),
-            JobKind::Replicate => Box::new(move |d, job| work::replicate(d, &src, job)),
-            JobKind::Retention | JobKind::Restore => {
-                Box::new(|_, _| Err(Error::internal("not a source job")))
-            }
-        };
+        let body = source_body(kind, s, backup.clone(), trigger, tags);
         self.spawn_job(kind, Some(s.name.clone()), backup, trigger, body)
+    }
+
+    /// Start a job the API asked for, unless too many are waiting already (`Jobs::admit`):
+    /// then why not.
+    pub fn spawn_api_job(
+        self: &Arc<Self>,
+        kind: JobKind,
+        source: Option<String>,
+        backup: Option<String>,
+        trigger: &str,
+        body: Body,
+    ) -> std::result::Result<Arc<Job>, String> {
+        let job = self.jobs.admit(Job::new(
+            kind,
+            source.as_deref(),
+            backup.as_deref(),
+            trigger,
+        ))?;
+        self.launch(job.clone(), kind, source, trigger, body);
+        Ok(job)
     }
 
     /// Start a job: it waits for its source to be free, runs `body` on its own thread,
@@ -875,6 +943,19 @@ impl Daemon {
         let job = Job::new(kind, source.as_deref(), backup.as_deref(), trigger);
         job.with(|v| v.attempt = if trigger == "retry" { attempt } else { 1 });
         let job = self.jobs.add(job);
+        self.launch(job.clone(), kind, source, trigger, body);
+        job
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        job: Arc<Job>,
+        kind: JobKind,
+        source: Option<String>,
+        trigger: &str,
+        body: Body,
+    ) {
+        let key = job_key(kind, source.as_deref().unwrap_or(""));
         let d = self.clone();
         let j = job.clone();
         let scheduled = matches!(trigger, "schedule" | "catch-up" | "retry");
@@ -910,7 +991,6 @@ impl Daemon {
         if let Err(e) = spawned {
             job.finish(&Err(Error::internal(format!("cannot start a thread: {e}"))));
         }
-        job
     }
 
     fn after_job(
@@ -997,6 +1077,32 @@ impl Daemon {
             }
         }
         self.save_state();
+    }
+}
+
+/// The body of a job of source `s` (`backup`: the one a verify or drill works on).
+pub fn source_body(
+    kind: JobKind,
+    s: &Source,
+    backup: Option<String>,
+    trigger: &str,
+    tags: Vec<String>,
+) -> Body {
+    let src = s.clone();
+    let t = trigger.to_string();
+    match kind {
+        JobKind::Backup => Box::new(move |d, job| work::backup(d, &src, job, &tags, &t)),
+        JobKind::Verify => {
+            Box::new(move |d, job| work::verify(d, Some(&src), backup.as_deref(), job))
+        }
+        JobKind::Drill => {
+            Box::new(move |d, job| work::drill(d, Some(&src), backup.as_deref(), job))
+        }
+        JobKind::Health => Box::new(move |d, job| work::health(d, &src, job)),
+        JobKind::Replicate => Box::new(move |d, job| work::replicate(d, &src, job)),
+        JobKind::Retention | JobKind::Restore => {
+            Box::new(|_, _| Err(Error::internal("not a source job")))
+        }
     }
 }
 

@@ -169,7 +169,7 @@ fn source_card(s: &SourceView, now: i64) -> String {
                     .unwrap_or_default();
                 format!(
                     "{state} {}{rto}",
-                    d.time.as_deref().map(short_time).unwrap_or_default()
+                    escape(&d.time.as_deref().map(short_time).unwrap_or_default())
                 )
             }
             None => "never".into(),

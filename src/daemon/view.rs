@@ -138,7 +138,7 @@ pub fn status(d: &Daemon) -> StatusView {
         };
         sources.push(SourceView {
             name: s.name.clone(),
-            path: s.key.clone(),
+            path: s.shown_path(),
             kind: newest
                 .map(|e| e.kind.clone())
                 .or_else(|| s.kind.map(|k| k.name().to_string())),

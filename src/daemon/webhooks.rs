@@ -176,19 +176,30 @@ fn body(endpoint: &Webhook, event: &Event) -> serde_json::Result<Vec<u8>> {
         } else {
             ":large_green_circle:"
         };
+        // Slack reads `<…>` as a link or a mention (`<!channel>`): names and messages,
+        // which may quote a file or path, are escaped as its docs ask.
         let mut text = format!(
             "{icon} *{}* on {}: {}",
-            event.event, event.host, event.message
+            event.event,
+            slack_escape(&event.host),
+            slack_escape(&event.message)
         );
         if let Some(s) = &event.source {
-            text.push_str(&format!("\nsource: {s}"));
+            text.push_str(&format!("\nsource: {}", slack_escape(s)));
         }
         if let Some(b) = &event.backup {
-            text.push_str(&format!("\nbackup: {b}"));
+            text.push_str(&format!("\nbackup: {}", slack_escape(b)));
         }
         return serde_json::to_vec(&serde_json::json!({ "text": text }));
     }
     serde_json::to_vec(event)
+}
+
+/// Text as Slack's `mrkdwn` shows it literally: `&`, `<` and `>` escaped.
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// `t=<unix>,v1=<hex>`: the HMAC-SHA256 of `"<unix>.<body>"` under `secret`.
@@ -282,6 +293,8 @@ impl Deliver {
                 .create(true)
                 .append(true)
                 .mode(0o600)
+                // Never through a link someone left in its place.
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&self.log_path)
                 .and_then(|mut f| f.write_all(&line));
             if let Err(e) = written {

@@ -21,19 +21,42 @@ fn open(d: &Daemon) -> Result<Repository> {
     Ok(repo)
 }
 
-/// Run a `before`/`after` command with `sh -c`, killed after `limit`, or (`stop`) as soon as
-/// the daemon is asked to stop: a `before` command is not waited for then, an `after` one is
-/// (it may resume what `before` paused).
+/// Variables a `before`/`after` command does not inherit: the repository's passphrase (the
+/// file it names, `LIFEBOAT_PASSWORD_FILE`, stays for a command that runs lifeboat) and the
+/// variables that hold the API's tokens and the webhooks' secrets.
+fn secret_variables(file: &crate::config::FileConfig) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "LIFEBOAT_PASSWORD",
+        "LIFEBOAT_NEW_PASSWORD",
+        "LIFEBOAT_PASSWORD_COMMAND",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(daemon) = &file.daemon {
+        names.extend(daemon.token.iter().filter_map(|t| t.env.clone()));
+        names.extend(daemon.webhook.iter().filter_map(|w| w.secret_env.clone()));
+    }
+    names
+}
+
+/// Run a `before`/`after` command with `sh -c`, without the variables in `hidden`, killed
+/// after `limit`, or (`stop`) as soon as the daemon is asked to stop: a `before` command is
+/// not waited for then, an `after` one is (it may resume what `before` paused).
 fn run_command(
     what: &str,
     cmd: &str,
     limit: Duration,
     env: &[(&str, String)],
+    hidden: &[String],
     stop: Option<&dyn Fn() -> bool>,
 ) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new("sh");
     c.arg("-c").arg(cmd).stdin(std::process::Stdio::null());
+    for name in hidden {
+        c.env_remove(name);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -108,6 +131,7 @@ pub fn backup(
             ("LIFEBOAT_BACKUP_ID", id.to_string()),
         ]
     };
+    let hidden = secret_variables(&d.file());
     let started = std::time::Instant::now();
     let result = (|| {
         if let Some(cmd) = &s.before {
@@ -117,6 +141,7 @@ pub fn backup(
                 cmd,
                 s.command_timeout,
                 &env("", ""),
+                &hidden,
                 Some(&|| d.stopping()),
             )?;
         }
@@ -127,7 +152,14 @@ pub fn backup(
             Ok((m, _)) => ("ok", m.id.clone()),
             Err(_) => ("failed", String::new()),
         };
-        if let Err(e) = run_command("after", cmd, s.command_timeout, &env(status, &id), None) {
+        if let Err(e) = run_command(
+            "after",
+            cmd,
+            s.command_timeout,
+            &env(status, &id),
+            &hidden,
+            None,
+        ) {
             tracing::warn!("source {}: {e}", s.name);
         }
     }
@@ -793,6 +825,9 @@ pub fn replicate(d: &Arc<Daemon>, s: &Source, job: &Job) -> Result<serde_json::V
 pub fn restore(d: &Arc<Daemon>, id: &str, to: PathBuf, job: &Job) -> Result<serde_json::Value> {
     let repo = open(d)?;
     let m = repo.resolve(id, None)?;
+    // Checked again now that the job has its turn: the folders on the way may have been
+    // replaced (by a link out of restore_dirs) while it waited, or the config reloaded.
+    let to = super::api::restore_target(d, &to)?;
     let out = crate::engine::restore(
         &repo,
         &m,

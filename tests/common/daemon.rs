@@ -106,14 +106,20 @@ impl Daemon {
     }
 
     pub fn start_with(env: &Env, config: &Path, port: u16, extra_env: &[(&str, &str)]) -> Daemon {
-        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = env.path(&format!("daemon-{n}.log"));
-        let out = std::fs::File::create(&log).expect("log");
         let mut c = Daemon::command(env, config);
         for (k, v) in extra_env {
             c.env(k, v);
         }
+        Daemon::start_command(env, config, port, c)
+    }
+
+    /// Start the daemon with a command of the caller's (made by `Daemon::command`, then
+    /// changed: variables, limits).
+    pub fn start_command(env: &Env, config: &Path, port: u16, mut c: Command) -> Daemon {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = env.path(&format!("daemon-{n}.log"));
+        let out = std::fs::File::create(&log).expect("log");
         let child = c
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
