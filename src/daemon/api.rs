@@ -283,7 +283,7 @@ fn token_of<'a>(
         }
     }
     found.ok_or_else(|| {
-        tracing::warn!("API: a request with an unknown token was refused");
+        note_refused();
         refuse(
             StatusCode::UNAUTHORIZED,
             "unknown token",
@@ -308,6 +308,25 @@ fn authorize(d: &Daemon, headers: &HeaderMap, scope: Scope) -> Result<String, Re
         ));
     }
     Ok(t.name.clone())
+}
+
+/// Log refused tokens at most once every 10 s, with how many there were: whoever sends
+/// unknown tokens cannot flood the log.
+fn note_refused() {
+    use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    static SINCE: AtomicU64 = AtomicU64::new(0);
+    let n = SINCE.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = jiff::Timestamp::now().as_second();
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 10
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        SINCE.store(0, Ordering::Relaxed);
+        tracing::warn!("API: {n} request(s) with an unknown token refused");
+    }
 }
 
 /// Equal digests, compared in time that does not depend on where they differ.
