@@ -690,9 +690,12 @@ impl Daemon {
                 (JobKind::Drill, s.drill.as_ref(), true),
                 (JobKind::Health, Some(&s.health), false),
             ];
+            // A source's checks wait for its pending backup (at a first start both are due in
+            // one tick, and a health check that took the source first found no backup).
+            let backing_up = self.jobs.pending(JobKind::Backup, Some(&s.name));
             for (kind, sched, needs_backup) in others {
                 let Some(sched) = sched else { continue };
-                if needs_backup && !has_backup {
+                if (needs_backup && !has_backup) || backing_up {
                     continue;
                 }
                 if self.jobs.pending(kind, Some(&s.name)) {
@@ -795,8 +798,10 @@ impl Daemon {
                             Err(Error::internal(format!("the {} job panicked", kind.name())))
                         });
                 d.metrics.jobs_running.dec();
-                j.finish(&outcome);
+                // Recorded before the job shows finished: a scheduler tick in between saw
+                // neither the job pending nor its run recorded, and started it again.
                 d.after_job(&key, kind, source.as_deref(), started, scheduled, &outcome);
+                j.finish(&outcome);
             });
         if let Err(e) = spawned {
             job.finish(&Err(Error::internal(format!("cannot start a thread: {e}"))));
