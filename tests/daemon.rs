@@ -1302,3 +1302,67 @@ fn a_failed_api_backup_leaves_the_scheduled_retry_in_place() {
     assert!((3.9..6.0).contains(&late), "{late}");
     assert!(d.stop(Duration::from_secs(30)).success());
 }
+
+#[test]
+fn first_health_checks_wait_for_the_first_backups() {
+    // At a first start every source is due for its first backup and a health check in the
+    // same tick. A health check that took the source before its backup failed ("there is no
+    // backup of this source"), sent health.failed and scheduled a retry a minute later.
+    let env = Env::new();
+    let (tok, token) = token_file(&env, "ops");
+    let port = free_port();
+    let mut config = format!(
+        r#"repo = "{repo}"
+[daemon]
+listen = "127.0.0.1:{port}"
+health = "every 1h"
+# This machine's disk is fuller than the default 85%: not what this test is about.
+storage_warn = 0.999
+[[daemon.token]]
+name = "ops"
+file = "{tok}"
+scopes = ["read"]
+"#,
+        repo = env.repo().display(),
+        tok = tok.display(),
+    );
+    let n = 40;
+    for i in 0..n {
+        let db = sqlite_db(&env, &format!("s{i}.db"), 10);
+        config.push_str(&format!(
+            "[[source]]\nname = \"s{i}\"\npath = \"{}\"\nschedule = \"every 1h\"\n",
+            db.display()
+        ));
+    }
+    env.cmd().args(["repo", "init"]).assert().success();
+    let mut d = Daemon::start(&env, &config, port);
+    let finished = |jobs: &serde_json::Value, kind: &str| {
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| {
+                j["kind"] == kind && !matches!(j["state"].as_str(), Some("queued" | "running"))
+            })
+            .count()
+    };
+    d.wait_until(
+        Duration::from_secs(60),
+        "a backup and a health check of every source have finished",
+        |d| {
+            let jobs = d.get_json("/api/v1/jobs", &token)["jobs"].clone();
+            finished(&jobs, "backup") >= n && finished(&jobs, "health") >= n
+        },
+    );
+    let jobs = d.get_json("/api/v1/jobs", &token)["jobs"].clone();
+    assert_eq!(jobs.as_array().unwrap().len(), 2 * n, "{jobs:#}");
+    for j in jobs.as_array().unwrap() {
+        assert_eq!(j["state"], "succeeded", "{j:#}\n{}", d.log_text());
+    }
+    let status = d.get_json("/api/v1/status", &token);
+    for s in status["sources"].as_array().unwrap() {
+        assert_eq!(s["health"]["ok"], true, "{s:#}");
+        assert_eq!(s["backups"], 1, "{s:#}");
+    }
+    let s = d.stop(Duration::from_secs(30));
+    assert!(s.success(), "{s}");
+}

@@ -856,17 +856,15 @@ impl Daemon {
                 (JobKind::Drill, s.drill.as_ref(), true),
                 (JobKind::Health, Some(&s.health), false),
             ];
+            // A source's checks wait for its pending backup (at a first start both are due in
+            // one tick, and a health check that took the source first found no backup).
+            let backing_up = self.jobs.pending(JobKind::Backup, Some(&s.name));
             for (kind, sched, needs_backup) in others {
                 let Some(sched) = sched else { continue };
-                if needs_backup && !has_backup {
+                if (needs_backup && !has_backup) || backing_up {
                     continue;
                 }
                 if self.jobs.pending(kind, Some(&s.name)) {
-                    continue;
-                }
-                // A health check waits for a backup due with it (at start: the first one),
-                // rather than race it for the source and report it missing.
-                if kind == JobKind::Health && self.jobs.pending(JobKind::Backup, Some(&s.name)) {
                     continue;
                 }
                 if let Some((next, why)) = self.due(&job_key(kind, &s.name), sched, None, now) {
@@ -985,8 +983,10 @@ impl Daemon {
                             Err(Error::internal(format!("the {} job panicked", kind.name())))
                         });
                 d.metrics.jobs_running.dec();
-                j.finish(&outcome);
+                // Recorded before the job shows finished: a scheduler tick in between saw
+                // neither the job pending nor its run recorded, and started it again.
                 d.after_job(&key, kind, source.as_deref(), started, scheduled, &outcome);
+                j.finish(&outcome);
             });
         if let Err(e) = spawned {
             job.finish(&Err(Error::internal(format!("cannot start a thread: {e}"))));
