@@ -1041,15 +1041,7 @@ impl Daemon {
                 Err(_) if !scheduled => {}
                 Err(_) if rec.attempts < cfg.retries => {
                     rec.attempts += 1;
-                    let delay = cfg
-                        .retry_delay
-                        .saturating_mul(1 << (rec.attempts - 1).min(16));
-                    let at = jiff::Timestamp::now()
-                        .checked_add(
-                            jiff::SignedDuration::try_from(delay)
-                                .unwrap_or(jiff::SignedDuration::MAX),
-                        )
-                        .unwrap_or(jiff::Timestamp::MAX);
+                    let at = backoff(cfg.retry_delay, rec.attempts - 1);
                     rec.retry_at = Some(at.to_string());
                     tracing::info!("{key}: retry {} of {} at {at}", rec.attempts, cfg.retries);
                 }
@@ -1060,13 +1052,7 @@ impl Daemon {
                         // A replication has no next run to wait for: after its retries it
                         // waits as long as one more would, then starts a new round (else it
                         // would be started again at the next tick, four times a second).
-                        let delay = cfg.retry_delay.saturating_mul(1 << cfg.retries.min(16));
-                        let at = jiff::Timestamp::now()
-                            .checked_add(
-                                jiff::SignedDuration::try_from(delay)
-                                    .unwrap_or(jiff::SignedDuration::MAX),
-                            )
-                            .unwrap_or(jiff::Timestamp::MAX);
+                        let at = backoff(cfg.retry_delay, cfg.retries);
                         rec.retry_at = Some(at.to_string());
                         tracing::info!("{key}: started again at {at}");
                     }
@@ -1128,6 +1114,14 @@ fn next_by_schedule(
             .unwrap_or([0; 8]),
     );
     Some((sched.next_run(last, now, tz, seed)?, last))
+}
+
+/// Now plus `delay` doubled `doublings` times (at most 2^16): when a retry runs.
+fn backoff(delay: Duration, doublings: u32) -> jiff::Timestamp {
+    let wait = delay.saturating_mul(1 << doublings.min(16));
+    jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or(jiff::SignedDuration::MAX))
+        .unwrap_or(jiff::Timestamp::MAX)
 }
 
 /// The value behind a reloadable setting (a poisoned lock still holds a whole value).
