@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::daemon::{free_port, sqlite_db, token_file, Daemon};
+use common::daemon::{admin_config, free_port, sqlite_db, token_file, Daemon};
 use common::Env;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -17,24 +17,14 @@ fn big_db(env: &Env, name: &str, mb: u32) -> PathBuf {
     path
 }
 
-/// A daemon config: `top` keys before any table, `daemon` keys in `[daemon]` (which listens
-/// on `port`), one admin token read from `tok`, then `rest` (`[[source]]`, `[retention]`…).
 fn config(env: &Env, port: u16, tok: &Path, top: &str, daemon: &str, rest: &str) -> String {
-    format!(
-        r#"repo = "{repo}"
-{top}
-[daemon]
-listen = "127.0.0.1:{port}"
-{daemon}
-[[daemon.token]]
-name = "ops"
-file = "{tok}"
-scopes = ["admin"]
-
-{rest}
-"#,
-        repo = env.repo().display(),
-        tok = tok.display(),
+    admin_config(
+        &env.repo().display().to_string(),
+        port,
+        tok,
+        top,
+        daemon,
+        rest,
     )
 }
 

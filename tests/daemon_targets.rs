@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::daemon::{free_port, token_file, Daemon};
+use common::daemon::{admin_config, free_port, token_file, Daemon};
 use common::s3::S3Server;
 use common::server::TestStore;
 use common::Env;
@@ -12,20 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn daemon_config(repo: &str, port: u16, tok: &Path, daemon: &str, sources: &str) -> String {
-    format!(
-        r#"repo = "{repo}"
-[daemon]
-listen = "127.0.0.1:{port}"
-{daemon}
-[[daemon.token]]
-name = "ops"
-file = "{tok}"
-scopes = ["admin"]
-
-{sources}
-"#,
-        tok = tok.display(),
-    )
+    admin_config(repo, port, tok, "", daemon, sources)
 }
 
 fn backups(d: &Daemon, token: &str, source: &str) -> Vec<Value> {

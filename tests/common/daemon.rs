@@ -33,6 +33,34 @@ fn rand_u128() -> u128 {
     u128::from_le_bytes(b)
 }
 
+/// A daemon config on repository `repo`: `top` keys before any table, `daemon` keys in
+/// `[daemon]` (which listens on `port`), one admin token `ops` read from `tok`, then `rest`
+/// (`[[source]]`, `[retention]`…).
+pub fn admin_config(
+    repo: &str,
+    port: u16,
+    tok: &Path,
+    top: &str,
+    daemon: &str,
+    rest: &str,
+) -> String {
+    format!(
+        r#"repo = "{repo}"
+{top}
+[daemon]
+listen = "127.0.0.1:{port}"
+{daemon}
+[[daemon.token]]
+name = "ops"
+file = "{tok}"
+scopes = ["admin"]
+
+{rest}
+"#,
+        tok = tok.display(),
+    )
+}
+
 /// A SQLite database of `rows` rows of random text in table `t`.
 pub fn sqlite_db(env: &Env, name: &str, rows: i64) -> PathBuf {
     let path = env.path(name);
