@@ -866,3 +866,66 @@ fn a_verify_body_sent_late_does_not_break_the_connection() {
     }
     drop(d);
 }
+
+/// A caller with a token (here only the read scope, which may not even start the job it
+/// asks for) cannot hold request slots by sending a body slowly: the body must come
+/// within the head's time limit. Before, the body was read without a time limit before
+/// the scope was checked, so two such connections held both request slots for ever and
+/// nobody could start a backup.
+#[test]
+fn a_token_holder_cannot_hold_request_slots_with_a_slow_body() {
+    let w = World::new();
+    let d = w.start(&w.config("max_requests = 2", "", ""));
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(w.port);
+            write!(
+                s,
+                "POST /api/v1/backups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"source\":",
+                w.reader
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The slow callers keep sending a byte now and then.
+    let started = Instant::now();
+    let mut s = connect(w.port);
+    let body = json!({"source": "app", "trigger": "pre-migration"}).to_string();
+    write!(
+        s,
+        "POST /api/v1/backups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        w.ci,
+        body.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut done = false;
+    while started.elapsed() < Duration::from_secs(30) && !done {
+        for s in &mut slow {
+            let _ = s.write_all(b" ");
+        }
+        let (h, d) = read_until(&mut s, Duration::from_secs(1), head_done);
+        head.extend_from_slice(&h);
+        done = d || head_done(&head);
+    }
+    let waited = started.elapsed();
+    assert!(
+        done,
+        "the backup request waited {waited:?} behind slow bodies"
+    );
+    assert_eq!(status_of(&head), 202, "{}", String::from_utf8_lossy(&head));
+    assert!(waited < Duration::from_secs(15), "waited {waited:?}");
+    // The slow callers were answered (and not with a job started for them).
+    for s in &mut slow {
+        let (h, _) = read_until(s, Duration::from_secs(5), head_done);
+        let code = status_of(&h);
+        assert!(
+            code == 400 || code == 403 || code == 408,
+            "{}",
+            String::from_utf8_lossy(&h)
+        );
+    }
+    drop(d);
+}
