@@ -929,3 +929,74 @@ fn a_token_holder_cannot_hold_request_slots_with_a_slow_body() {
     }
     drop(d);
 }
+
+/// A caller without a token cannot keep a connection by asking again and again within the
+/// head's time limit: a 401 closes the connection. Before, 16 clients each repeating an
+/// unauthenticated GET every 2 s held all the connections a daemon with 64 open files
+/// serves, and a caller with a token waited for ever in the listen queue.
+#[test]
+fn a_caller_without_a_token_cannot_keep_connections_by_asking_again() {
+    let w = World::new();
+    let config = w.write_config(&w.config("", "", ""));
+    let mut c = Daemon::command(&w.env, &config);
+    c.env("LIFEBOAT_TOKEN_CI", &w.ci);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut d = Daemon::start_command(&w.env, &config, w.port, c);
+    ready(&mut d);
+    // 16 connections (a quarter of 64; the harness may keep one of its own), each asking
+    // without a token.
+    let ask = |s: &mut TcpStream| -> u16 {
+        if s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .is_err()
+        {
+            return 0;
+        }
+        let (h, _) = read_until(s, Duration::from_secs(2), |b| {
+            head_done(b) && b.ends_with(b"}")
+        });
+        status_of(&h)
+    };
+    let mut held: Vec<TcpStream> = (0..16).map(|_| connect(w.port)).collect();
+    let answered = held.iter_mut().map(&ask).filter(|c| *c == 401).count();
+    assert!(answered >= 15, "{answered} answered 401");
+    let started = Instant::now();
+    let mut legit = connect(w.port);
+    write!(
+        legit,
+        "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        w.reader
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut kept = 0;
+    while started.elapsed() < Duration::from_secs(30) && !head_done(&head) {
+        kept = 0;
+        for s in &mut held {
+            if ask(s) == 401 {
+                kept += 1;
+            }
+        }
+        let (h, _) = read_until(&mut legit, Duration::from_secs(1), head_done);
+        head.extend_from_slice(&h);
+    }
+    assert!(
+        head_done(&head),
+        "a caller with a token waited {:?} while {kept} unauthenticated connections were kept",
+        started.elapsed()
+    );
+    assert_eq!(status_of(&head), 200, "{}", String::from_utf8_lossy(&head));
+    assert_eq!(kept, 0, "{kept} connections were kept after a 401");
+}

@@ -225,6 +225,9 @@ fn refuse(status: StatusCode, message: &str, hint: &str) -> Response {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"lifeboat\""),
         );
+        // And the connection closed: a caller without a token cannot keep one by asking
+        // again within the head's time limit.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
 }
