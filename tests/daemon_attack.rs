@@ -1000,3 +1000,53 @@ fn a_caller_without_a_token_cannot_keep_connections_by_asking_again() {
     assert_eq!(status_of(&head), 200, "{}", String::from_utf8_lossy(&head));
     assert_eq!(kept, 0, "{kept} connections were kept after a 401");
 }
+
+/// A state folder that is a link (someone who can write where the folder is named put it
+/// there, in place of the folder) to a folder open to others is refused, not narrowed:
+/// before, a daemon running as root made whatever folder the link named (say /etc or
+/// /usr/bin) 0700 at its next start.
+#[test]
+fn a_state_folder_linked_elsewhere_is_not_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let shared = w.env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = w.env.path("state");
+    std::os::unix::fs::symlink(&shared, &state).unwrap();
+    let config = w.write_config(&w.config(&format!("state_dir = \"{}\"", state.display()), "", ""));
+    let mut c = Daemon::command(&w.env, &config);
+    c.env("LIFEBOAT_TOKEN_CI", &w.ci)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let started = Instant::now();
+    let exited = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = child.wait();
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o755,
+        "the folder the link names was made {mode:o}: {err}"
+    );
+    let status = exited.expect("the daemon started on a linked state folder open to others");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("link"), "{err}");
+}
