@@ -866,3 +866,187 @@ fn a_verify_body_sent_late_does_not_break_the_connection() {
     }
     drop(d);
 }
+
+/// A caller with a token (here only the read scope, which may not even start the job it
+/// asks for) cannot hold request slots by sending a body slowly: the body must come
+/// within the head's time limit. Before, the body was read without a time limit before
+/// the scope was checked, so two such connections held both request slots for ever and
+/// nobody could start a backup.
+#[test]
+fn a_token_holder_cannot_hold_request_slots_with_a_slow_body() {
+    let w = World::new();
+    let d = w.start(&w.config("max_requests = 2", "", ""));
+    let mut slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = connect(w.port);
+            write!(
+                s,
+                "POST /api/v1/backups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"source\":",
+                w.reader
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The slow callers keep sending a byte now and then.
+    let started = Instant::now();
+    let mut s = connect(w.port);
+    let body = json!({"source": "app", "trigger": "pre-migration"}).to_string();
+    write!(
+        s,
+        "POST /api/v1/backups HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        w.ci,
+        body.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut done = false;
+    while started.elapsed() < Duration::from_secs(30) && !done {
+        for s in &mut slow {
+            let _ = s.write_all(b" ");
+        }
+        let (h, d) = read_until(&mut s, Duration::from_secs(1), head_done);
+        head.extend_from_slice(&h);
+        done = d || head_done(&head);
+    }
+    let waited = started.elapsed();
+    assert!(
+        done,
+        "the backup request waited {waited:?} behind slow bodies"
+    );
+    assert_eq!(status_of(&head), 202, "{}", String::from_utf8_lossy(&head));
+    assert!(waited < Duration::from_secs(15), "waited {waited:?}");
+    // The slow callers were answered (and not with a job started for them).
+    for s in &mut slow {
+        let (h, _) = read_until(s, Duration::from_secs(5), head_done);
+        let code = status_of(&h);
+        assert!(
+            code == 400 || code == 403 || code == 408,
+            "{}",
+            String::from_utf8_lossy(&h)
+        );
+    }
+    drop(d);
+}
+
+/// A caller without a token cannot keep a connection by asking again and again within the
+/// head's time limit: a 401 closes the connection. Before, 16 clients each repeating an
+/// unauthenticated GET every 2 s held all the connections a daemon with 64 open files
+/// serves, and a caller with a token waited for ever in the listen queue.
+#[test]
+fn a_caller_without_a_token_cannot_keep_connections_by_asking_again() {
+    let w = World::new();
+    let config = w.write_config(&w.config("", "", ""));
+    let mut c = Daemon::command(&w.env, &config);
+    c.env("LIFEBOAT_TOKEN_CI", &w.ci);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut d = Daemon::start_command(&w.env, &config, w.port, c);
+    ready(&mut d);
+    // 16 connections (a quarter of 64; the harness may keep one of its own), each asking
+    // without a token.
+    let ask = |s: &mut TcpStream| -> u16 {
+        if s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+            .is_err()
+        {
+            return 0;
+        }
+        let (h, _) = read_until(s, Duration::from_secs(2), |b| {
+            head_done(b) && b.ends_with(b"}")
+        });
+        status_of(&h)
+    };
+    let mut held: Vec<TcpStream> = (0..16).map(|_| connect(w.port)).collect();
+    let answered = held.iter_mut().map(&ask).filter(|c| *c == 401).count();
+    assert!(answered >= 15, "{answered} answered 401");
+    let started = Instant::now();
+    let mut legit = connect(w.port);
+    write!(
+        legit,
+        "GET /api/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        w.reader
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut kept = 0;
+    while started.elapsed() < Duration::from_secs(30) && !head_done(&head) {
+        kept = 0;
+        for s in &mut held {
+            if ask(s) == 401 {
+                kept += 1;
+            }
+        }
+        let (h, _) = read_until(&mut legit, Duration::from_secs(1), head_done);
+        head.extend_from_slice(&h);
+    }
+    assert!(
+        head_done(&head),
+        "a caller with a token waited {:?} while {kept} unauthenticated connections were kept",
+        started.elapsed()
+    );
+    assert_eq!(status_of(&head), 200, "{}", String::from_utf8_lossy(&head));
+    assert_eq!(kept, 0, "{kept} connections were kept after a 401");
+}
+
+/// A state folder that is a link (someone who can write where the folder is named put it
+/// there, in place of the folder) to a folder open to others is refused, not narrowed:
+/// before, a daemon running as root made whatever folder the link named (say /etc or
+/// /usr/bin) 0700 at its next start.
+#[test]
+fn a_state_folder_linked_elsewhere_is_not_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new();
+    let shared = w.env.path("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = w.env.path("state");
+    std::os::unix::fs::symlink(&shared, &state).unwrap();
+    let config = w.write_config(&w.config(&format!("state_dir = \"{}\"", state.display()), "", ""));
+    let mut c = Daemon::command(&w.env, &config);
+    c.env("LIFEBOAT_TOKEN_CI", &w.ci)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let started = Instant::now();
+    let exited = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = child.wait();
+    let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o755,
+        "the folder the link names was made {mode:o}: {err}"
+    );
+    let status = exited.expect("the daemon started on a linked state folder open to others");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("link"), "{err}");
+}

@@ -225,6 +225,9 @@ fn refuse(status: StatusCode, message: &str, hint: &str) -> Response {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"lifeboat\""),
         );
+        // And the connection closed: a caller without a token cannot keep one by asking
+        // again within the head's time limit.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
 }
@@ -259,7 +262,36 @@ async fn known_token(
         return r;
     }
     drop(cfg);
-    next.run(req).await
+    next.run(body_in_time(req)).await
+}
+
+/// A request whose body must come whole within `HEAD_TIMEOUT` of its head: past that, its
+/// reader gets an error and the request's slot is given back (a body sent a byte at a time
+/// held a request slot for ever).
+fn body_in_time(req: axum::extract::Request) -> axum::extract::Request {
+    let h = req.headers();
+    if !h.contains_key(header::CONTENT_LENGTH) && !h.contains_key(header::TRANSFER_ENCODING) {
+        return req;
+    }
+    use futures::StreamExt;
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
+    let (parts, body) = req.into_parts();
+    let chunks = futures::stream::unfold(Some(body.into_data_stream()), move |data| async move {
+        let mut data = data?;
+        match tokio::time::timeout_at(deadline, data.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), Some(data))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the request's body came too slowly",
+                )),
+                None,
+            )),
+        }
+    });
+    axum::extract::Request::from_parts(parts, axum::body::Body::from_stream(chunks))
 }
 
 /// The configured token the request carries; 401 when there is none.

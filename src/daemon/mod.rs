@@ -276,12 +276,35 @@ fn private_state_dir(dir: &std::path::Path) -> Result<()> {
         .hint("set [daemon] state_dir to a folder of the user the daemon runs as"));
     }
     if meta.mode() & 0o077 != 0 {
+        // Not through a link: whoever could put one in place of the folder would have the
+        // daemon (say as root) narrow a folder of their choice, /etc or /usr/bin.
+        let linked =
+            std::fs::symlink_metadata(dir).map_err(|e| Error::io("cannot read", dir, e))?;
+        if linked.file_type().is_symlink() {
+            return Err(Error::usage(format!(
+                "the daemon's state folder {} is a link to a folder open to other users (mode {:o}): not changed",
+                dir.display(),
+                meta.mode() & 0o7777
+            ))
+            .hint("set [daemon] state_dir to a private folder (mode 700), not a link to a shared one"));
+        }
         tracing::warn!(
             "the daemon's state folder {} was open to other users (mode {:o}): now 700",
             dir.display(),
             meta.mode() & 0o7777
         );
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        // Through the folder opened without following a link (the one just checked).
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(dir)
+            .and_then(|f| {
+                if f.metadata()?.uid() != me {
+                    return Err(std::io::Error::other("it changed owner"));
+                }
+                f.set_permissions(std::fs::Permissions::from_mode(0o700))
+            })
             .map_err(|e| Error::io("cannot make private", dir, e))?;
     }
     Ok(())
