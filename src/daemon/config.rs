@@ -4,6 +4,7 @@
 
 use crate::config::{FileConfig, SourceSection};
 use crate::daemon::schedule::Schedule;
+pub use crate::daemon::webhooks::{redact_url, Webhook};
 use crate::error::{Error, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,47 +97,6 @@ pub fn shown_path(path: &str) -> String {
     conn::PgTarget::parse(path)
         .map(|t| t.display())
         .unwrap_or_else(|_| conn::redact_uri_text(path))
-}
-
-/// A webhook endpoint: the key of its signature is read once, kept in memory only.
-#[derive(Clone)]
-pub struct Webhook {
-    pub url: String,
-    pub secret: Option<zeroize::Zeroizing<Vec<u8>>>,
-    /// Event names sent; empty: all.
-    pub events: Vec<String>,
-    pub slack: bool,
-    pub attempts: u32,
-    pub retry_delay: Duration,
-    pub timeout: Duration,
-}
-
-impl std::fmt::Debug for Webhook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Webhook({})", redact_url(&self.url))
-    }
-}
-
-impl Webhook {
-    pub fn wants(&self, event: &str) -> bool {
-        self.events.is_empty()
-            || self.events.iter().any(|e| {
-                e == event || (e == "failures" && crate::daemon::webhooks::is_failure(event))
-            })
-    }
-}
-
-/// A URL as it may be shown: scheme, host and port (a Slack webhook's path is its secret).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}://{}{}/…",
-            u.scheme(),
-            u.host_str().unwrap_or(""),
-            u.port().map(|p| format!(":{p}")).unwrap_or_default()
-        ),
-        Err(_) => "(not a URL)".into(),
-    }
 }
 
 #[derive(Debug)]

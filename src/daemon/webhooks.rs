@@ -4,12 +4,53 @@
 //! receiver can check who sent it and refuse a replay (an old `t`). A failed delivery is
 //! retried with exponential backoff; every attempt is written to the delivery log.
 
-use crate::daemon::config::{redact_url, Webhook};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// A webhook endpoint: the key of its signature is read once, kept in memory only.
+#[derive(Clone)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Event names sent; empty: all.
+    pub events: Vec<String>,
+    pub slack: bool,
+    pub attempts: u32,
+    pub retry_delay: Duration,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Webhook({})", redact_url(&self.url))
+    }
+}
+
+impl Webhook {
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.is_empty()
+            || self
+                .events
+                .iter()
+                .any(|e| e == event || (e == "failures" && is_failure(event)))
+    }
+}
+
+/// A URL as it may be shown: scheme, host and port (a Slack webhook's path is its secret).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(not a URL)".into(),
+    }
+}
 
 /// Every event the daemon sends.
 pub const EVENTS: &[&str] = &[

@@ -827,7 +827,7 @@ pub fn restore(d: &Arc<Daemon>, id: &str, to: PathBuf, job: &Job) -> Result<serd
     let m = repo.resolve(id, None)?;
     // Checked again now that the job has its turn: the folders on the way may have been
     // replaced (by a link out of restore_dirs) while it waited, or the config reloaded.
-    let to = super::api::restore_target(d, &to)?;
+    let to = restore_target(d, &to)?;
     let out = crate::engine::restore(
         &repo,
         &m,
@@ -838,4 +838,52 @@ pub fn restore(d: &Arc<Daemon>, id: &str, to: PathBuf, job: &Job) -> Result<serd
         &job.progress,
     )?;
     Ok(json!({"id": m.id, "path": out.path, "bytes": out.bytes}))
+}
+
+/// Where an API restore may write: a new path whose parent is (under) an allowed folder,
+/// with no link on the way.
+pub(super) fn restore_target(d: &Daemon, to: &std::path::Path) -> Result<std::path::PathBuf> {
+    let cfg = d.config();
+    if cfg.restore_dirs.is_empty() {
+        return Err(Error::usage("restores through the API are off")
+            .hint("list the folders they may write into in [daemon] restore_dirs"));
+    }
+    if !to.is_absolute()
+        || to
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(Error::usage(format!(
+            "{} must be an absolute path without ..",
+            to.display()
+        )));
+    }
+    let (Some(parent), Some(name)) = (to.parent(), to.file_name()) else {
+        return Err(Error::usage(format!("{} names no file", to.display())));
+    };
+    let parent =
+        std::fs::canonicalize(parent).map_err(|e| Error::io("cannot restore into", parent, e))?;
+    let allowed = cfg
+        .restore_dirs
+        .iter()
+        .filter_map(|a| std::fs::canonicalize(a).ok())
+        .any(|a| parent.starts_with(&a));
+    if !allowed {
+        return Err(Error::usage(format!(
+            "{} is not inside a folder of [daemon] restore_dirs",
+            to.display()
+        )));
+    }
+    let target = parent.join(name);
+    if std::fs::symlink_metadata(&target).is_ok() {
+        return Err(Error::new(
+            ErrorKind::InUse,
+            format!(
+                "{} exists; an API restore never overwrites",
+                target.display()
+            ),
+        )
+        .hint("give a new name"));
+    }
+    Ok(target)
 }
