@@ -1077,7 +1077,7 @@ fn cmd_backup(ctx: &Ctx, a: BackupArgs) -> Result<i32> {
     let run = several
         .then(|| lifeboat::id::new_backup_id(time.map_or(0, |t| t.as_millisecond().max(0) as u64)));
     let level = verify_level(ctx, a.verify, a.no_verify)?;
-    lifeboat::daemon::api::check_label("--trigger", &a.trigger)?;
+    lifeboat::ops::backup::check_label("--trigger", &a.trigger)?;
     let mut runs = Vec::new();
     for (source, globals) in sources {
         // Check each source before creating a repository for it.

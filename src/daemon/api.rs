@@ -564,21 +564,6 @@ struct CreateBackup {
     trigger: Option<String>,
 }
 
-/// A trigger or tag as callers may name it: short, printable, no spaces.
-pub fn check_label(what: &str, s: &str) -> Result<(), Error> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::usage(format!(
-            "{what} {s:?}: 1 to 64 letters, digits, - _ . :"
-        )))
-    }
-}
-
 /// A JSON body that could not be read: 413 when it is over the limit, else 400.
 fn body_refused(e: axum::extract::rejection::JsonRejection, hint: &str) -> Response {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -638,7 +623,7 @@ async fn create_backup(
     for (what, s) in
         std::iter::once(("trigger", &trigger)).chain(req.tags.iter().map(|t| ("tag", t)))
     {
-        if let Err(e) = check_label(what, s) {
+        if let Err(e) = crate::ops::backup::check_label(what, s) {
             return error_response(&e);
         }
     }

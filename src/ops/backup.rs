@@ -36,6 +36,22 @@ pub const IDS_PER_LIST: usize = 1024;
 /// Packs uploaded at once by default.
 pub const DEFAULT_TRANSFERS: usize = 4;
 
+/// A trigger (or a tag the API is given) as callers may name it: short, printable, no
+/// spaces — it is shown in lists, URLs and webhooks.
+pub fn check_label(what: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "{what} {s:?}: 1 to 64 letters, digits, - _ . :"
+        )))
+    }
+}
+
 pub struct BackupOptions {
     /// The database file, or the folder or file of a files backup.
     pub database: PathBuf,
