@@ -47,6 +47,21 @@ def verdict(text, target):
     raise AssertionError(f"no target {target!r} in:\n{text}")
 
 
+def target_row(text, target):
+    """The cells (desc, measured, limit, verdict) of the row of a targets table
+    (report.md_targets) whose description starts with `target`."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 4 and cells[0].startswith(target):
+            return cells
+    raise AssertionError(f"no target {target!r} in:\n{text}")
+
+
+def md_verdict(text, target):
+    """The verdict (met, missed, failed, n/a) of that row."""
+    return target_row(text, target)[3].split("**")[1]
+
+
 GOOD = "quick_check ok, 100 rows, byte-identical to source"
 BAD = "BAD RESTORE: quick_check=ok rows=99 want=100"
 

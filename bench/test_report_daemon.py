@@ -4,17 +4,15 @@ daemon_load.py's percentile and answer checks (no daemon is run).
 
     python3 -m unittest discover -s bench -p 'test_*.py'     (scripts/test.sh runs it)
 """
-import contextlib
-import io
 import json
 import os
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon_load as dl  # noqa: E402
 import report_daemon as rd  # noqa: E402
+from test_report import md_verdict as verdict, run as run_report, target_row  # noqa: E402
 
 
 def lat(case, repo, conns, p99, p50="0.5", note=None):
@@ -48,33 +46,7 @@ def rows(cpu="0.100", rss="20800", backups="10000", list_p99="3.0", list4_p99="9
 
 
 def run(rows_):
-    with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as f:
-        f.write("# test results\n")
-        for r in rows_:
-            f.write("\t".join(r) + "\n")
-    out = io.StringIO()
-    argv = sys.argv
-    try:
-        sys.argv = [rd.__file__, f.name]
-        with contextlib.redirect_stdout(out):
-            rd.main()
-    finally:
-        sys.argv = argv
-        os.unlink(f.name)
-    return out.getvalue()
-
-
-def target_row(text, target):
-    """The cells (desc, measured, limit, verdict) of the target row starting with `target`."""
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 4 and cells[0].startswith(target):
-            return cells
-    raise AssertionError(f"no target {target!r} in:\n{text}")
-
-
-def verdict(text, target):
-    return target_row(text, target)[3].split("**")[1]
+    return run_report(rd, rows_)
 
 
 TARGETS = ("idle CPU", "idle RSS", "GET /api/v1/backups p99", "GET /api/v1/backups?source=",

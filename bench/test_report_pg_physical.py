@@ -3,15 +3,13 @@
 
     python3 -m unittest discover -s bench -p 'test_*.py'     (scripts/test.sh runs it)
 """
-import contextlib
-import io
 import os
 import sys
-import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report_pg_physical as rp  # noqa: E402
+from test_report import md_verdict as verdict, run as run_report  # noqa: E402
 
 GOOD = "checked: server up and recovery ended in 3 s; accounts 500000 sum 0; ..."
 BAD = "BAD RESTORE: got 'accounts 499999 ...', want 'accounts 500000 ...'"
@@ -36,29 +34,7 @@ def rows(lb_full_secs="10", lb_second_bytes="300", lb_restore_secs="20", lb_rest
 
 
 def run(rows_):
-    with tempfile.NamedTemporaryFile("w", suffix=".tsv", delete=False) as f:
-        f.write("# test results\n")
-        for r in rows_:
-            f.write("\t".join(r) + "\n")
-    out = io.StringIO()
-    argv = sys.argv
-    try:
-        sys.argv = [rp.__file__, f.name]
-        with contextlib.redirect_stdout(out):
-            rp.main()
-    finally:
-        sys.argv = argv
-        os.unlink(f.name)
-    return out.getvalue()
-
-
-def verdict(text, target):
-    """The verdict cell (met, missed, failed, n/a) of the target row starting with `target`."""
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if len(cells) == 4 and cells[0].startswith(target):
-            return cells[3].split("**")[1]
-    raise AssertionError(f"no target {target!r} in:\n{text}")
+    return run_report(rp, rows_)
 
 
 TARGETS = ("full backup time", "restore time", "second backup stores", "wal-push", "peak RSS")
