@@ -16,7 +16,7 @@ pub struct Prepared {
 }
 
 pub fn prepare(d: &Arc<Daemon>, id: &str) -> Result<Prepared> {
-    let (repo, _) = d.opener().open_or_init(false)?;
+    let repo = super::work::open(d)?;
     let m = repo.resolve(id, None)?;
     let dir = tempfile::Builder::new()
         .prefix("lifeboat-download-")

@@ -394,8 +394,7 @@ impl Daemon {
         if let (Some(r), false) = (slot.as_ref(), reopen) {
             return Ok(r.clone());
         }
-        // At the default location a first start creates it, as a first backup would.
-        let repo = Arc::new(self.opener().open_or_init(false)?.0);
+        let repo = Arc::new(work::open(self)?);
         *slot = Some(repo.clone());
         Ok(repo)
     }

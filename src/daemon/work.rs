@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn open(d: &Daemon) -> Result<Repository> {
+/// The repository, opened for one job the way the CLI opens it (a first start at the
+/// default location creates it).
+pub(super) fn open(d: &Daemon) -> Result<Repository> {
     let opener = d.opener();
     let (repo, _) = opener.open_or_init(false)?;
     Ok(repo)
